@@ -1,0 +1,120 @@
+//! Wires the services together and owns shutdown.
+//!
+//! Shutdown follows mini-redis: one CancellationToken tells every listener to
+//! stop accepting; a TaskTracker lets in-flight associations finish within the
+//! grace period; then the index writer drains and the database is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::archive::files::Archive;
+use crate::archive::index::Index;
+use crate::config::Config;
+use crate::dicom::scp::{Scp, bind_listener};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("archive at {path}: {source}")]
+    Archive { path: String, source: crate::archive::files::ArchiveError },
+    #[error("index: {0}")]
+    Index(#[from] crate::archive::index::IndexError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What HTTP handlers share.
+pub struct Services {
+    pub cfg: Arc<Config>,
+    pub archive: Archive,
+    pub index: Index,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| AppError::Other(format!("creating data dir {}: {e}", cfg.data_dir.display())))?;
+    if crate::tls::ensure_certificate(&cfg.cert_dir)? {
+        warn!(dir = %cfg.cert_dir.display(), "generated a self-signed development certificate; replace it for production");
+    }
+    let http_tls = crate::tls::server_config(&cfg.cert_dir, &[b"h2", b"http/1.1"])?;
+    let archive = Archive::open(&cfg.data_dir, cfg.dicom.min_free_bytes)
+        .map_err(|source| AppError::Archive { path: cfg.data_dir.display().to_string(), source })?;
+    match archive.clean_tmp() {
+        Ok(0) => {}
+        Ok(n) => info!(files = n, "removed unacknowledged partial receptions from a previous run"),
+        Err(e) => warn!(error = %e, "could not clean the tmp directory"),
+    }
+    let (index, writer) = Index::open(&cfg.index_path()).await?;
+    let metrics = Arc::new(Metrics::default());
+
+    let tracker = TaskTracker::new();
+    let dicom_tls = match cfg.dicom.tls_listen {
+        Some(_) => Some(crate::tls::server_config(&cfg.cert_dir, &[])?),
+        None => None,
+    };
+    let scp = Arc::new(Scp::new(cfg.clone(), archive.clone(), index.clone(), metrics.clone(), dicom_tls));
+    let bind = |addr| bind_listener(addr, cfg.dicom.recv_buffer_bytes).map_err(|source| AppError::Bind { addr, source });
+    let dicom_listener = bind(cfg.dicom.listen)?;
+    info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listening");
+    let mut listeners = Vec::new();
+    listeners.push(tokio::spawn(scp.clone().serve(dicom_listener, false, shutdown.clone(), tracker.clone())));
+    if let Some(addr) = cfg.dicom.tls_listen {
+        let l = bind(addr)?;
+        info!(%addr, "DICOM TLS listening");
+        listeners.push(tokio::spawn(scp.clone().serve(l, true, shutdown.clone(), tracker.clone())));
+    }
+
+    let services = Arc::new(Services { cfg: cfg.clone(), archive, index: index.clone(), metrics: metrics.clone() });
+    let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|source| AppError::Bind { addr: cfg.http.listen, source })?;
+    info!(addr = %cfg.http.listen, "HTTPS API listening");
+    let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+    let http = tokio::spawn(crate::http::serve(
+        http_listener,
+        http_tls,
+        crate::http::router(services),
+        shutdown.clone(),
+        grace,
+    ));
+
+    let sweep_every = Duration::from_millis(
+        ((cfg.stability.stable_after_secs * 1000.0 / 4.0) as u64).clamp(50, 1000),
+    );
+    let stability = tokio::spawn(crate::archive::stability::run(index.clone(), metrics, sweep_every, shutdown.clone()));
+    // Ready marker for scripts and tests: every listener is bound.
+    info!("medrelay ready");
+
+    shutdown.cancelled().await;
+    info!("shutting down: no new associations; waiting for in-flight transfers");
+    for l in listeners {
+        let _ = l.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(grace_secs = cfg.shutdown_grace_secs, "associations still open after the grace period; dropping them");
+    }
+    let _ = http.await;
+    let _ = stability.await;
+    drop(scp);
+    // The writer ends once every Index handle is gone and its queue is drained;
+    // only then is the pool closed (which checkpoints the WAL).
+    let pool = index.pool().clone();
+    drop(index);
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    pool.close().await;
+    info!("shutdown complete");
+    Ok(())
+}

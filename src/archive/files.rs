@@ -1,0 +1,275 @@
+//! Instance files: streamed to a temporary file, fsynced, renamed into a
+//! content-addressed place, directory fsynced.
+//!
+//! Content addressing (`instances/ab/cd/<sha256>.dcm`, hash over transfer
+//! syntax + dataset bytes) makes a resent identical instance a no-op and lets
+//! two different versions of one SOP Instance UID live side by side without a
+//! naming scheme. Everything here is blocking I/O: callers run it on
+//! `spawn_blocking` threads, never on the async runtime.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("out of disk space")]
+    DiskFull,
+    #[error("free disk space {free} bytes is below the configured reserve {reserve}")]
+    BelowReserve { free: u64, reserve: u64 },
+    #[error("archive I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ArchiveError {
+    fn from_io(e: io::Error) -> ArchiveError {
+        // ENOSPC and EDQUOT are both "no room": the sender should retry later.
+        match e.raw_os_error() {
+            Some(28) | Some(122) => ArchiveError::DiskFull,
+            _ if e.kind() == io::ErrorKind::StorageFull => ArchiveError::DiskFull,
+            _ => ArchiveError::Io(e),
+        }
+    }
+    pub fn is_resource_problem(&self) -> bool {
+        matches!(self, ArchiveError::DiskFull | ArchiveError::BelowReserve { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Archive {
+    root: PathBuf,
+    min_free_bytes: u64,
+}
+
+/// A file being received. Dropping it without `finish` removes the file.
+pub struct TmpInstance {
+    path: PathBuf,
+    file: Option<File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+/// A fully written, fsynced temporary file, ready to be committed.
+#[derive(Debug)]
+pub struct Written {
+    tmp_path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Path relative to the archive root, as stored in the index.
+    pub rel_path: String,
+    pub sha256: String,
+    pub size: u64,
+    /// False when an identical file was already there (a resend).
+    pub created: bool,
+}
+
+impl Archive {
+    pub fn open(root: &Path, min_free_bytes: u64) -> Result<Archive, ArchiveError> {
+        fs::create_dir_all(root.join("tmp")).map_err(ArchiveError::from_io)?;
+        fs::create_dir_all(root.join("instances")).map_err(ArchiveError::from_io)?;
+        Ok(Archive { root: root.to_path_buf(), min_free_bytes })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Remove leftovers of receptions interrupted by a crash. They were never
+    /// acknowledged, so the sender still owns the data.
+    pub fn clean_tmp(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let st = rustix::fs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Refuse early when the disk is nearly full, before any byte is written,
+    /// so the index and other services keep room to work.
+    pub fn check_reserve(&self) -> Result<(), ArchiveError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let free = self.free_bytes()?;
+        if free < self.min_free_bytes {
+            return Err(ArchiveError::BelowReserve { free, reserve: self.min_free_bytes });
+        }
+        Ok(())
+    }
+
+    /// Start a file. `header` (the Part 10 meta) is written but not hashed;
+    /// the hash covers `hash_prefix` (the transfer syntax) and the dataset.
+    pub fn begin(&self, header: &[u8], hash_prefix: &[u8]) -> Result<TmpInstance, ArchiveError> {
+        let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
+        let path = self.root.join("tmp").join(name);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(ArchiveError::from_io)?;
+        let mut hasher = Sha256::new();
+        hasher.update(hash_prefix);
+        hasher.update([0u8]);
+        let mut tmp = TmpInstance { path, file: None, hasher, size: 0 };
+        file.write_all(header).map_err(ArchiveError::from_io)?;
+        tmp.file = Some(file);
+        Ok(tmp)
+    }
+
+    /// Move a written file into place. Durable when this returns: the data was
+    /// fsynced by `finish`, and the directory entry is fsynced here.
+    pub fn commit(&self, w: Written) -> Result<Committed, ArchiveError> {
+        let rel_dir = format!("instances/{}/{}", &w.sha256[0..2], &w.sha256[2..4]);
+        let rel_path = format!("{rel_dir}/{}.dcm", w.sha256);
+        let dir = self.root.join(&rel_dir);
+        let dest = self.root.join(&rel_path);
+        let result = (|| {
+            create_dir_durable(&dir)?;
+            if dest.exists() {
+                fs::remove_file(&w.tmp_path)?;
+                return Ok(false);
+            }
+            fs::rename(&w.tmp_path, &dest)?;
+            File::open(&dir)?.sync_all()?;
+            Ok(true)
+        })();
+        match result {
+            Ok(created) => Ok(Committed { rel_path, sha256: w.sha256.clone(), size: w.size, created }),
+            Err(e) => {
+                let _ = fs::remove_file(&w.tmp_path);
+                Err(ArchiveError::from_io(e))
+            }
+        }
+    }
+
+    /// Undo a commit whose index write failed, so no unindexed file is kept.
+    pub fn discard(&self, c: &Committed) {
+        if c.created {
+            let _ = fs::remove_file(self.root.join(&c.rel_path));
+        }
+    }
+
+    pub fn path_of(&self, rel_path: &str) -> PathBuf {
+        self.root.join(rel_path)
+    }
+}
+
+/// Create `dir` and any missing parents, fsyncing each parent whose entries changed.
+fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => File::open(parent)?.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl TmpInstance {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
+        let file = self.file.as_mut().ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
+        file.write_all(chunk).map_err(ArchiveError::from_io)?;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of dataset written so far (header excluded).
+    pub fn dataset_len(&self) -> u64 {
+        self.size
+    }
+
+    pub fn finish(mut self) -> Result<Written, ArchiveError> {
+        let file = self.file.take().ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
+        file.sync_data().map_err(ArchiveError::from_io)?;
+        drop(file);
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let written = Written { tmp_path: std::mem::take(&mut self.path), sha256, size: self.size };
+        Ok(written)
+    }
+}
+
+impl Drop for TmpInstance {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        // Only reached when commit() was never called; commit consumes the
+        // temp path by renaming or removing it, after which this is a no-op.
+        let _ = fs::remove_file(&self.tmp_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_content_is_stored_once_and_tmp_is_cleaned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = Archive::open(dir.path(), 0).expect("open");
+        let mut commits = Vec::new();
+        for _ in 0..2 {
+            let mut t = a.begin(b"HDR", b"1.2.840.10008.1.2.1").expect("begin");
+            t.write(b"dataset").expect("write");
+            commits.push(a.commit(t.finish().expect("finish")).expect("commit"));
+        }
+        assert!(commits[0].created);
+        assert!(!commits[1].created);
+        assert_eq!(commits[0].rel_path, commits[1].rel_path);
+        assert_eq!(fs::read(a.path_of(&commits[0].rel_path)).expect("read"), b"HDRdataset");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+        // different transfer syntax, same bytes: a different version
+        let mut t = a.begin(b"HDR", b"1.2.840.10008.1.2").expect("begin");
+        t.write(b"dataset").expect("write");
+        let c = a.commit(t.finish().expect("finish")).expect("commit");
+        assert_ne!(c.sha256, commits[0].sha256);
+    }
+
+    #[test]
+    fn abandoned_reception_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = Archive::open(dir.path(), 0).expect("open");
+        let mut t = a.begin(b"HDR", b"ts").expect("begin");
+        t.write(b"partial").expect("write");
+        drop(t);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+        assert_eq!(a.clean_tmp().expect("clean"), 0);
+    }
+
+    #[test]
+    fn reserve_refuses_before_writing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = Archive::open(dir.path(), u64::MAX).expect("open");
+        assert!(matches!(a.check_reserve(), Err(ArchiveError::BelowReserve { .. })));
+    }
+}

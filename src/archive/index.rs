@@ -1,0 +1,797 @@
+//! The study index (SQLite through sqlx): schema, the single writer with group
+//! commit, study stability, and the read queries the API needs.
+//!
+//! SQLite allows one writer at a time, so all writes go through one task that
+//! drains whatever requests are waiting and commits them in one transaction:
+//! concurrent associations then share one WAL fsync instead of queueing on the
+//! database lock. Each request runs inside its own savepoint so one bad
+//! instance cannot fail its neighbours.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Acquire, Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::files::Committed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("index writer has shut down")]
+    Closed,
+}
+
+impl IndexError {
+    /// SQLITE_FULL (13) or an I/O error on a full disk: a resource problem.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            IndexError::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("13") | Some("4874"))
+            }
+            IndexError::Db(sqlx::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS patients (
+    id INTEGER PRIMARY KEY,
+    clinic_id TEXT NOT NULL,
+    patient_key TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    patient_name TEXT NOT NULL,
+    birth_date TEXT NOT NULL,
+    sex TEXT NOT NULL,
+    UNIQUE (clinic_id, patient_key)
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_row INTEGER NOT NULL REFERENCES patients(id),
+    clinic_id TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    patient_name TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL,
+    study_time TEXT NOT NULL,
+    accession_number TEXT NOT NULL,
+    description TEXT NOT NULL,
+    referring_physician TEXT NOT NULL,
+    modalities TEXT NOT NULL,
+    body_parts TEXT NOT NULL,
+    num_series INTEGER NOT NULL DEFAULT 0,
+    num_instances INTEGER NOT NULL DEFAULT 0,
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    first_received_ms INTEGER NOT NULL,
+    last_received_ms INTEGER NOT NULL,
+    stable_after_ms INTEGER NOT NULL,
+    stable_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    completed_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS studies_stable ON studies(status, stable_at_ms);
+CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date);
+CREATE INDEX IF NOT EXISTS studies_received ON studies(last_received_ms);
+CREATE INDEX IF NOT EXISTS studies_patient_id ON studies(patient_id);
+CREATE INDEX IF NOT EXISTS studies_clinic ON studies(clinic_id);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    modality TEXT NOT NULL,
+    series_number INTEGER,
+    description TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    num_instances INTEGER NOT NULL DEFAULT 0,
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    first_received_ms INTEGER NOT NULL,
+    last_received_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    instance_number INTEGER,
+    rows INTEGER,
+    columns INTEGER,
+    frames INTEGER,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (sop_instance_uid, version)
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid, instance_number);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS worklist (
+    study_uid TEXT PRIMARY KEY REFERENCES studies(study_uid),
+    state TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    enqueued_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    completions INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS worklist_state ON worklist(state, enqueued_ms);
+"#;
+
+#[derive(Debug, Clone, Default)]
+pub struct NewInstance {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    pub birth_date: String,
+    pub sex: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub accession_number: String,
+    pub study_description: String,
+    pub referring_physician: String,
+    pub modality: String,
+    pub series_number: Option<i64>,
+    pub series_description: String,
+    pub body_part: String,
+    pub instance_number: Option<i64>,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+    pub frames: Option<i64>,
+    pub calling_ae: String,
+    pub clinic_id: String,
+    pub stable_after_ms: i64,
+    pub received_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored,
+    /// Same SOP Instance UID, same bytes: nothing changed.
+    Duplicate,
+    /// Same SOP Instance UID, different bytes: kept as this version number.
+    NewVersion(i64),
+}
+
+enum WriteRequest {
+    Store(Box<(NewInstance, Committed)>, oneshot::Sender<Result<StoreOutcome, IndexError>>),
+    Sweep(i64, oneshot::Sender<Result<Vec<String>, IndexError>>),
+}
+
+/// Cheap to clone: a pool for reads and a channel to the writer.
+#[derive(Clone)]
+pub struct Index {
+    pool: SqlitePool,
+    writer: mpsc::Sender<WriteRequest>,
+}
+
+/// Upper bound on requests folded into one transaction.
+const MAX_BATCH: usize = 128;
+
+impl Index {
+    /// Open (creating if needed) the database and start the writer task. The
+    /// writer ends when every `Index` clone is dropped.
+    pub async fn open(path: &Path) -> Result<(Index, tokio::task::JoinHandle<()>), IndexError> {
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the C-STORE-RSP goes out.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(6)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let writer_pool = pool.clone();
+        let handle = tokio::spawn(writer_loop(writer_pool, rx));
+        Ok((Index { pool, writer: tx }, handle))
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn store(&self, inst: NewInstance, file: Committed) -> Result<StoreOutcome, IndexError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Store(Box::new((inst, file)), tx))
+            .await
+            .map_err(|_| IndexError::Closed)?;
+        rx.await.map_err(|_| IndexError::Closed)?
+    }
+
+    /// Mark studies quiet since their `stable_after` as complete and enqueue
+    /// them for reading. Returns the study UIDs that completed now.
+    pub async fn sweep_stable(&self, now_ms: i64) -> Result<Vec<String>, IndexError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Sweep(now_ms, tx))
+            .await
+            .map_err(|_| IndexError::Closed)?;
+        rx.await.map_err(|_| IndexError::Closed)?
+    }
+
+    /// Earliest time a receiving study may become stable, to sleep until then.
+    pub async fn next_stable_at(&self) -> Result<Option<i64>, IndexError> {
+        let row = sqlx::query("SELECT MIN(stable_at_ms) FROM studies WHERE status = 'receiving'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+}
+
+async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<WriteRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let replies = run_batch(&pool, &mut batch).await;
+        for reply in replies {
+            reply();
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce() + Send>;
+
+/// Apply a batch in one transaction. Replies are sent only after the commit,
+/// so no caller hears "stored" for something that could still roll back.
+async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) -> Vec<Reply> {
+    let mut results: Vec<(WriteRequest, Result<Outcome, IndexError>)> = Vec::with_capacity(batch.len());
+    let tx_result = async {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        for req in batch.drain(..) {
+            let mut sp = tx.begin().await?;
+            let r = match &req {
+                WriteRequest::Store(b, _) => apply_store(&mut sp, &b.0, &b.1).await.map(Outcome::Store),
+                WriteRequest::Sweep(now, _) => apply_sweep(&mut sp, *now).await.map(Outcome::Sweep),
+            };
+            if r.is_ok() {
+                sp.commit().await?;
+            } else {
+                sp.rollback().await?;
+            }
+            results.push((req, r));
+        }
+        tx.commit().await?;
+        Ok::<(), IndexError>(())
+    }
+    .await;
+    // If the transaction itself failed, every request in it failed.
+    let shared_err = tx_result.err().map(|e| e.to_string());
+    batch.clear();
+    results
+        .into_iter()
+        .map(|(req, r)| {
+            let r = match &shared_err {
+                Some(e) => Err(IndexError::Db(sqlx::Error::Protocol(format!("batch commit failed: {e}")))),
+                None => r,
+            };
+            let reply: Reply = match req {
+                WriteRequest::Store(_, tx) => Box::new(move || {
+                    let _ = tx.send(r.and_then(|o| match o {
+                        Outcome::Store(s) => Ok(s),
+                        Outcome::Sweep(_) => Err(IndexError::Closed),
+                    }));
+                }),
+                WriteRequest::Sweep(_, tx) => Box::new(move || {
+                    let _ = tx.send(r.and_then(|o| match o {
+                        Outcome::Sweep(s) => Ok(s),
+                        Outcome::Store(_) => Err(IndexError::Closed),
+                    }));
+                }),
+            };
+            reply
+        })
+        .collect()
+}
+
+enum Outcome {
+    Store(StoreOutcome),
+    Sweep(Vec<String>),
+}
+
+type Conn = sqlx::SqliteConnection;
+
+fn patient_key(i: &NewInstance) -> String {
+    if i.patient_id.trim().is_empty() {
+        format!("name:{}|{}", i.patient_name.trim(), i.birth_date.trim())
+    } else {
+        format!("id:{}", i.patient_id.trim())
+    }
+}
+
+fn add_to_list(list: &str, item: &str) -> String {
+    let item = item.trim();
+    if item.is_empty() || list.split(',').any(|m| m == item) {
+        return list.to_string();
+    }
+    if list.is_empty() { item.to_string() } else { format!("{list},{item}") }
+}
+
+async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
+    let versions = sqlx::query("SELECT version, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY version")
+        .bind(&i.sop_instance_uid)
+        .fetch_all(&mut *c)
+        .await?;
+    if versions.iter().any(|r| r.get::<String, _>(1) == f.sha256) {
+        return Ok(StoreOutcome::Duplicate);
+    }
+    let version = versions.last().map(|r| r.get::<i64, _>(0) + 1).unwrap_or(1);
+
+    sqlx::query(
+        "INSERT INTO patients (clinic_id, patient_key, patient_id, patient_name, birth_date, sex)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (clinic_id, patient_key) DO UPDATE SET
+           patient_name = excluded.patient_name, birth_date = excluded.birth_date, sex = excluded.sex",
+    )
+    .bind(&i.clinic_id)
+    .bind(patient_key(i))
+    .bind(&i.patient_id)
+    .bind(&i.patient_name)
+    .bind(&i.birth_date)
+    .bind(&i.sex)
+    .execute(&mut *c)
+    .await?;
+    let patient_row: i64 = sqlx::query("SELECT id FROM patients WHERE clinic_id = ? AND patient_key = ?")
+        .bind(&i.clinic_id)
+        .bind(patient_key(i))
+        .fetch_one(&mut *c)
+        .await?
+        .get(0);
+
+    let new_instance = version == 1;
+    let added = if new_instance { 1i64 } else { 0 };
+    let size = f.size as i64;
+    let stable_at = i.received_ms + i.stable_after_ms;
+
+    let study = sqlx::query("SELECT modalities, body_parts FROM studies WHERE study_uid = ?")
+        .bind(&i.study_uid)
+        .fetch_optional(&mut *c)
+        .await?;
+    match study {
+        None => {
+            sqlx::query(
+                "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id,
+                   study_date, study_time, accession_number, description, referring_physician, modalities,
+                   body_parts, num_series, num_instances, size_bytes, first_received_ms, last_received_ms,
+                   stable_after_ms, stable_at_ms, status)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 'receiving')",
+            )
+            .bind(&i.study_uid)
+            .bind(patient_row)
+            .bind(&i.clinic_id)
+            .bind(&i.calling_ae)
+            .bind(&i.patient_name)
+            .bind(&i.patient_id)
+            .bind(&i.study_date)
+            .bind(&i.study_time)
+            .bind(&i.accession_number)
+            .bind(&i.study_description)
+            .bind(&i.referring_physician)
+            .bind(i.modality.trim())
+            .bind(i.body_part.trim())
+            .bind(added)
+            .bind(size)
+            .bind(i.received_ms)
+            .bind(i.received_ms)
+            .bind(i.stable_after_ms)
+            .bind(stable_at)
+            .execute(&mut *c)
+            .await?;
+        }
+        Some(row) => {
+            let modalities = add_to_list(&row.get::<String, _>(0), &i.modality);
+            let body_parts = add_to_list(&row.get::<String, _>(1), &i.body_part);
+            // A late instance re-opens a complete study: it will be swept
+            // again once quiet, and the worklist entry is updated, not duplicated.
+            sqlx::query(
+                "UPDATE studies SET num_instances = num_instances + ?, size_bytes = size_bytes + ?,
+                   last_received_ms = MAX(last_received_ms, ?), stable_after_ms = ?,
+                   stable_at_ms = MAX(stable_at_ms, ?), status = 'receiving',
+                   modalities = ?, body_parts = ?
+                 WHERE study_uid = ?",
+            )
+            .bind(added)
+            .bind(size)
+            .bind(i.received_ms)
+            .bind(i.stable_after_ms)
+            .bind(stable_at)
+            .bind(modalities)
+            .bind(body_parts)
+            .bind(&i.study_uid)
+            .execute(&mut *c)
+            .await?;
+        }
+    }
+
+    let series_new = sqlx::query("SELECT 1 FROM series WHERE series_uid = ?")
+        .bind(&i.series_uid)
+        .fetch_optional(&mut *c)
+        .await?
+        .is_none();
+    sqlx::query(
+        "INSERT INTO series (series_uid, study_uid, modality, series_number, description, body_part,
+           num_instances, size_bytes, first_received_ms, last_received_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (series_uid) DO UPDATE SET
+           num_instances = num_instances + excluded.num_instances,
+           size_bytes = size_bytes + excluded.size_bytes,
+           last_received_ms = MAX(last_received_ms, excluded.last_received_ms)",
+    )
+    .bind(&i.series_uid)
+    .bind(&i.study_uid)
+    .bind(i.modality.trim())
+    .bind(i.series_number)
+    .bind(&i.series_description)
+    .bind(i.body_part.trim())
+    .bind(added)
+    .bind(size)
+    .bind(i.received_ms)
+    .bind(i.received_ms)
+    .execute(&mut *c)
+    .await?;
+    if series_new {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM series WHERE study_uid = ?")
+            .bind(&i.study_uid)
+            .fetch_one(&mut *c)
+            .await?
+            .get(0);
+        sqlx::query("UPDATE studies SET num_series = ? WHERE study_uid = ?")
+            .bind(n)
+            .bind(&i.study_uid)
+            .execute(&mut *c)
+            .await?;
+    }
+
+    sqlx::query(
+        "INSERT INTO instances (sop_instance_uid, version, series_uid, study_uid, sop_class_uid, transfer_syntax,
+           instance_number, rows, columns, frames, sha256, size_bytes, path, calling_ae, received_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&i.sop_instance_uid)
+    .bind(version)
+    .bind(&i.series_uid)
+    .bind(&i.study_uid)
+    .bind(&i.sop_class_uid)
+    .bind(&i.transfer_syntax)
+    .bind(i.instance_number)
+    .bind(i.rows)
+    .bind(i.columns)
+    .bind(i.frames)
+    .bind(&f.sha256)
+    .bind(size)
+    .bind(&f.rel_path)
+    .bind(&i.calling_ae)
+    .bind(i.received_ms)
+    .execute(&mut *c)
+    .await?;
+
+    Ok(if new_instance { StoreOutcome::Stored } else { StoreOutcome::NewVersion(version) })
+}
+
+async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexError> {
+    let done: Vec<String> = sqlx::query(
+        "UPDATE studies SET status = 'complete', completed_ms = ?
+         WHERE status = 'receiving' AND stable_at_ms <= ? RETURNING study_uid",
+    )
+    .bind(now_ms)
+    .bind(now_ms)
+    .fetch_all(&mut *c)
+    .await?
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect();
+    for uid in &done {
+        // One worklist row per study, ever: a re-completed study updates it.
+        sqlx::query(
+            "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions)
+             VALUES (?, 'new', 'routine', ?, ?, 1)
+             ON CONFLICT (study_uid) DO UPDATE SET updated_ms = excluded.updated_ms,
+               completions = completions + 1",
+        )
+        .bind(uid)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(done)
+}
+
+// ---------------------------------------------------------------- reads
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StudyRow {
+    pub study_uid: String,
+    pub clinic_id: String,
+    pub calling_ae: String,
+    pub patient_name: String,
+    pub patient_id: String,
+    pub birth_date: String,
+    pub sex: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub accession_number: String,
+    pub description: String,
+    pub referring_physician: String,
+    pub modalities: String,
+    pub body_parts: String,
+    pub num_series: i64,
+    pub num_instances: i64,
+    pub size_bytes: i64,
+    pub first_received_ms: i64,
+    pub last_received_ms: i64,
+    pub status: String,
+    pub completed_ms: Option<i64>,
+    pub worklist_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SeriesRow {
+    pub series_uid: String,
+    pub study_uid: String,
+    pub modality: String,
+    pub series_number: Option<i64>,
+    pub description: String,
+    pub body_part: String,
+    pub num_instances: i64,
+    pub size_bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InstanceRow {
+    pub sop_instance_uid: String,
+    pub version: i64,
+    pub series_uid: String,
+    pub study_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub instance_number: Option<i64>,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+    pub frames: Option<i64>,
+    pub sha256: String,
+    pub size_bytes: i64,
+    #[serde(skip)]
+    pub path: String,
+    pub calling_ae: String,
+    pub received_ms: i64,
+}
+
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct StudyFilter {
+    pub patient_name: Option<String>,
+    pub patient_id: Option<String>,
+    /// Study date range, inclusive, YYYYMMDD.
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+    pub modality: Option<String>,
+    pub clinic: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_name, s.patient_id,
+    p.birth_date, p.sex, s.study_date, s.study_time, s.accession_number, s.description,
+    s.referring_physician, s.modalities, s.body_parts, s.num_series, s.num_instances, s.size_bytes,
+    s.first_received_ms, s.last_received_ms, s.status, s.completed_ms, w.state AS worklist_state";
+
+impl Index {
+    pub async fn search_studies(&self, f: &StudyFilter) -> Result<(Vec<StudyRow>, i64), IndexError> {
+        let mut qb = sqlx::QueryBuilder::new(format!(
+            "SELECT {STUDY_COLUMNS}, COUNT(*) OVER () AS total FROM studies s
+             JOIN patients p ON p.id = s.patient_row LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE 1=1"
+        ));
+        if let Some(v) = f.patient_name.as_deref().filter(|v| !v.is_empty()) {
+            // DICOM-style wildcards, and a plain substring otherwise.
+            let pat = if v.contains('*') || v.contains('?') {
+                v.replace('*', "%").replace('?', "_")
+            } else {
+                format!("%{v}%")
+            };
+            qb.push(" AND s.patient_name LIKE ").push_bind(pat);
+        }
+        if let Some(v) = f.patient_id.as_deref().filter(|v| !v.is_empty()) {
+            qb.push(" AND s.patient_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = f.date_from.as_deref().filter(|v| !v.is_empty()) {
+            qb.push(" AND s.study_date >= ").push_bind(v.replace('-', ""));
+        }
+        if let Some(v) = f.date_to.as_deref().filter(|v| !v.is_empty()) {
+            qb.push(" AND s.study_date <= ").push_bind(v.replace('-', ""));
+        }
+        if let Some(v) = f.modality.as_deref().filter(|v| !v.is_empty()) {
+            qb.push(" AND (',' || s.modalities || ',') LIKE ").push_bind(format!("%,{v},%"));
+        }
+        if let Some(v) = f.clinic.as_deref().filter(|v| !v.is_empty()) {
+            qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = f.status.as_deref().filter(|v| !v.is_empty()) {
+            qb.push(" AND s.status = ").push_bind(v.to_string());
+        }
+        let limit = f.limit.unwrap_or(50).clamp(1, 500);
+        let offset = f.offset.unwrap_or(0).max(0);
+        qb.push(" ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let total = rows.first().map(|r| r.get::<i64, _>("total")).unwrap_or(0);
+        let studies = rows
+            .iter()
+            .map(<StudyRow as sqlx::FromRow<sqlx::sqlite::SqliteRow>>::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = if studies.is_empty() && offset > 0 { self.count_matching(f).await? } else { total };
+        Ok((studies, total))
+    }
+
+    async fn count_matching(&self, f: &StudyFilter) -> Result<i64, IndexError> {
+        let all = StudyFilter { limit: Some(1), offset: Some(0), ..f.clone() };
+        Ok(Box::pin(self.search_studies(&all)).await?.1)
+    }
+
+    pub async fn study(&self, uid: &str) -> Result<Option<StudyRow>, IndexError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {STUDY_COLUMNS} FROM studies s JOIN patients p ON p.id = s.patient_row
+             LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE s.study_uid = ?"
+        ))
+        .bind(uid)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn series_of(&self, study_uid: &str) -> Result<Vec<SeriesRow>, IndexError> {
+        Ok(sqlx::query_as(
+            "SELECT series_uid, study_uid, modality, series_number, description, body_part, num_instances, size_bytes
+             FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",
+        )
+        .bind(study_uid)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Latest version of each instance in a series.
+    pub async fn instances_of_series(&self, series_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
+        Ok(sqlx::query_as(
+            "SELECT i.* FROM instances i WHERE i.series_uid = ?
+               AND i.version = (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid = i.sop_instance_uid)
+             ORDER BY i.instance_number, i.sop_instance_uid",
+        )
+        .bind(series_uid)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn instances_of_study(&self, study_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
+        Ok(sqlx::query_as(
+            "SELECT i.* FROM instances i WHERE i.study_uid = ?
+               AND i.version = (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid = i.sop_instance_uid)
+             ORDER BY i.series_uid, i.instance_number, i.sop_instance_uid",
+        )
+        .bind(study_uid)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// All versions of one SOP instance, newest first.
+    pub async fn instance_versions(&self, sop_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
+        Ok(sqlx::query_as("SELECT * FROM instances WHERE sop_instance_uid = ? ORDER BY version DESC")
+            .bind(sop_uid)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn worklist_depth(&self) -> Result<i64, IndexError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM worklist WHERE state = 'new'")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(sop: &str, study: &str, series: &str, modality: &str, t: i64) -> NewInstance {
+        NewInstance {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            study_uid: study.into(),
+            series_uid: series.into(),
+            patient_id: "P1".into(),
+            patient_name: "DOE^JANE".into(),
+            modality: modality.into(),
+            study_date: "20261124".into(),
+            calling_ae: "CT01".into(),
+            clinic_id: "c1".into(),
+            stable_after_ms: 1000,
+            received_ms: t,
+            ..Default::default()
+        }
+    }
+
+    fn file(sha: &str) -> Committed {
+        Committed { rel_path: format!("instances/{sha}.dcm"), sha256: sha.into(), size: 100, created: true }
+    }
+
+    #[tokio::test]
+    async fn store_versions_counts_and_stability() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        assert_eq!(idx.store(inst("1.1", "9", "9.1", "CT", 0), file("aa")).await.expect("s"), StoreOutcome::Stored);
+        assert_eq!(idx.store(inst("1.1", "9", "9.1", "CT", 10), file("aa")).await.expect("s"), StoreOutcome::Duplicate);
+        assert_eq!(
+            idx.store(inst("1.1", "9", "9.1", "CT", 20), file("bb")).await.expect("s"),
+            StoreOutcome::NewVersion(2)
+        );
+        assert_eq!(idx.store(inst("1.2", "9", "9.2", "SR", 30), file("cc")).await.expect("s"), StoreOutcome::Stored);
+        let s = idx.study("9").await.expect("q").expect("study");
+        assert_eq!((s.num_instances, s.num_series, s.modalities.as_str()), (2, 2, "CT,SR"));
+        assert_eq!(idx.instance_versions("1.1").await.expect("v").len(), 2);
+        assert_eq!(idx.instances_of_study("9").await.expect("i").len(), 2);
+
+        // not yet stable at t=1029, stable at t=1030, and only once
+        assert!(idx.sweep_stable(1029).await.expect("sweep").is_empty());
+        assert_eq!(idx.sweep_stable(1030).await.expect("sweep"), vec!["9".to_string()]);
+        assert!(idx.sweep_stable(5000).await.expect("sweep").is_empty());
+        assert_eq!(idx.worklist_depth().await.expect("depth"), 1);
+
+        // a late instance re-opens it; re-completion updates, never duplicates
+        idx.store(inst("1.3", "9", "9.2", "SR", 6000), file("dd")).await.expect("late");
+        assert_eq!(idx.study("9").await.expect("q").map(|s| s.status), Some("receiving".into()));
+        assert_eq!(idx.sweep_stable(7000).await.expect("sweep").len(), 1);
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist").fetch_one(idx.pool()).await.expect("c").get(0);
+        assert_eq!(n, 1);
+
+        let (rows, total) = idx
+            .search_studies(&StudyFilter { modality: Some("SR".into()), ..Default::default() })
+            .await
+            .expect("search");
+        assert_eq!((rows.len(), total), (1, 1));
+        let (rows, _) = idx
+            .search_studies(&StudyFilter { patient_name: Some("doe*".into()), ..Default::default() })
+            .await
+            .expect("search");
+        assert_eq!(rows.len(), 1);
+        let (rows, _) = idx
+            .search_studies(&StudyFilter { modality: Some("MR".into()), ..Default::default() })
+            .await
+            .expect("search");
+        assert!(rows.is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_stores_are_group_committed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        let mut tasks = Vec::new();
+        for n in 0..200 {
+            let idx = idx.clone();
+            tasks.push(tokio::spawn(async move {
+                idx.store(inst(&format!("1.{n}"), "9", "9.1", "CT", n), file(&format!("{n:04}"))).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("join").expect("store"), StoreOutcome::Stored);
+        }
+        assert_eq!(idx.study("9").await.expect("q").map(|s| s.num_instances), Some(200));
+    }
+}

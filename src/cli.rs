@@ -1,0 +1,229 @@
+//! Command-line interface: `serve`, `echo`, `store`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::config::{Config, Overrides};
+use crate::dicom::scu::{self, FileResult, Target};
+
+#[derive(Parser, Debug)]
+#[command(name = "medrelay", version, about = "DICOM + WebRTC gateway for regional hospital alliances")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (DICOM SCP + HTTPS API).
+    Serve(ServeArgs),
+    /// C-ECHO a DICOM node: `medrelay echo [AE@]HOST:PORT`.
+    Echo {
+        target: String,
+        /// Our calling AE title.
+        #[arg(long, default_value = "MEDRELAY_SCU")]
+        aet: String,
+        /// Called AE title when TARGET has no AE@ part.
+        #[arg(long, default_value = "ANY-SCP")]
+        aec: String,
+    },
+    /// C-STORE files or directories to a DICOM node.
+    Store {
+        /// Files and/or directories (searched recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Destination, AE@HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Associations in parallel.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        #[arg(long, default_value = "MEDRELAY_SCU")]
+        aet: String,
+        /// No progress bar (for scripts).
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file (see medrelay.example.toml).
+    #[arg(long, short, env = "MEDRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "MEDRELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "MEDRELAY_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
+    #[arg(long, env = "MEDRELAY_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
+    #[arg(long, env = "MEDRELAY_DICOM_LISTEN")]
+    dicom_listen: Option<std::net::SocketAddr>,
+    #[arg(long, env = "MEDRELAY_DICOM_TLS_LISTEN")]
+    dicom_tls_listen: Option<std::net::SocketAddr>,
+    #[arg(long, env = "MEDRELAY_AE_TITLE")]
+    ae_title: Option<String>,
+    #[arg(long, env = "MEDRELAY_STABLE_AFTER_SECS")]
+    stable_after_secs: Option<f64>,
+    #[arg(long, env = "MEDRELAY_MIN_FREE_BYTES")]
+    min_free_bytes: Option<u64>,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(a).await,
+            Cmd::Echo { target, aet, aec } => {
+                init_tracing("warn");
+                let t = match Target::parse(&target, &aec) {
+                    Ok(t) => t,
+                    Err(e) => return fail(e),
+                };
+                match scu::echo(&t, &aet).await {
+                    Ok(rtt) => {
+                        println!("C-ECHO {}@{}: success in {:.1} ms", t.called_ae, t.addr, rtt.as_secs_f64() * 1000.0);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            Cmd::Store { paths, to, parallel, aet, quiet } => {
+                init_tracing("warn");
+                store(paths, &to, parallel, &aet, quiet).await
+            }
+        }
+    })
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+async fn serve(a: ServeArgs) -> ExitCode {
+    let o = Overrides {
+        data_dir: a.data_dir,
+        cert_dir: a.cert_dir,
+        http_listen: a.http_listen,
+        dicom_listen: a.dicom_listen,
+        dicom_tls_listen: a.dicom_tls_listen,
+        ae_title: a.ae_title,
+        stable_after_secs: a.stable_after_secs,
+        min_free_bytes: a.min_free_bytes,
+    };
+    let cfg = match Config::load(a.config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&cfg.log);
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_token.cancel();
+    });
+    match crate::app::serve(cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "medrelay stopped");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn store(paths: Vec<PathBuf>, to: &str, parallel: usize, aet: &str, quiet: bool) -> ExitCode {
+    let target = match Target::parse(to, "ANY-SCP") {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let files = scu::collect_files(&paths);
+    if files.is_empty() {
+        return fail("no files found");
+    }
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(files.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed_precise} eta {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let bytes = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let (bar, bytes) = (bar.clone(), bytes.clone());
+        Arc::new(move |r: &FileResult| {
+            let total = bytes.fetch_add(r.bytes, Relaxed) + r.bytes;
+            bar.set_message(format!("{:.1} MB", total as f64 / 1e6));
+            bar.inc(1);
+        })
+    };
+    let t = Instant::now();
+    let results = scu::store(files, &target, aet, parallel, progress).await;
+    bar.finish_and_clear();
+    let elapsed = t.elapsed().as_secs_f64();
+    let ok: Vec<&FileResult> = results.iter().filter(|r| r.ok()).collect();
+    let warnings = ok.iter().filter(|r| r.status.is_some_and(|s| s != 0)).count();
+    let failed: Vec<&FileResult> = results.iter().filter(|r| !r.ok()).collect();
+    let mut lat: Vec<f64> = ok.iter().map(|r| r.latency.as_secs_f64() * 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let mb = bytes.load(Relaxed) as f64 / 1e6;
+    println!(
+        "sent {} of {} files ({} with warnings), {:.1} MB in {:.2} s: {:.1} instances/s, {:.1} MB/s; C-STORE latency ms p50 {:.2} p95 {:.2} p99 {:.2}",
+        ok.len(),
+        results.len(),
+        warnings,
+        mb,
+        elapsed,
+        ok.len() as f64 / elapsed.max(1e-9),
+        mb / elapsed.max(1e-9),
+        pct(0.5),
+        pct(0.95),
+        pct(0.99)
+    );
+    for r in &failed {
+        println!("FAILED {}: {}", r.path.display(), r.error.as_deref().unwrap_or("unknown error"));
+    }
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}

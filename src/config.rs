@@ -1,0 +1,276 @@
+//! One `Config`, read from a TOML file, then environment, then flags, and
+//! validated once at startup so the services never see an inconsistent value.
+//! `medrelay.example.toml` documents every key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// "hub" (default) or "edge".
+    pub role: String,
+    pub data_dir: PathBuf,
+    pub cert_dir: PathBuf,
+    pub http: HttpConfig,
+    pub dicom: DicomConfig,
+    pub stability: StabilityConfig,
+    /// Clinics and the AE titles their devices call from.
+    #[serde(rename = "clinic")]
+    pub clinics: Vec<ClinicConfig>,
+    /// Seconds to let in-flight associations and requests finish on shutdown.
+    pub shutdown_grace_secs: u64,
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    pub ae_title: String,
+    pub listen: SocketAddr,
+    /// Optional DICOM TLS port using the same certificate as HTTPS.
+    pub tls_listen: Option<SocketAddr>,
+    /// Reject associations whose called AE title is not ours.
+    pub check_called_ae: bool,
+    pub max_associations: usize,
+    /// Max PDU length we accept (announced in A-ASSOCIATE-AC).
+    pub max_pdu: u32,
+    /// Seconds without a PDU before the association is aborted.
+    pub idle_timeout_secs: u64,
+    pub recv_buffer_bytes: usize,
+    /// Refuse new instances (0xA700) when free disk space drops below this.
+    pub min_free_bytes: u64,
+    /// Extra (e.g. private) SOP classes to accept for storage.
+    pub extra_sop_classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StabilityConfig {
+    /// A study receiving nothing for this long is complete.
+    pub stable_after_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub ae_titles: Vec<String>,
+    #[serde(default)]
+    pub stable_after_secs: Option<f64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: "hub".into(),
+            data_dir: PathBuf::from("data"),
+            cert_dir: PathBuf::from("certs"),
+            http: HttpConfig::default(),
+            dicom: DicomConfig::default(),
+            stability: StabilityConfig::default(),
+            clinics: Vec::new(),
+            shutdown_grace_secs: 30,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        // Loopback until accounts and roles exist (reading-workflow issue).
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8443)) }
+    }
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            ae_title: "MEDRELAY".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 11112)),
+            tls_listen: None,
+            check_called_ae: true,
+            max_associations: 64,
+            max_pdu: 1 << 20,
+            idle_timeout_secs: 60,
+            recv_buffer_bytes: 4 << 20,
+            min_free_bytes: 256 << 20,
+            extra_sop_classes: Vec::new(),
+        }
+    }
+}
+
+impl Default for StabilityConfig {
+    fn default() -> Self {
+        StabilityConfig { stable_after_secs: 60.0 }
+    }
+}
+
+/// Values given on the command line or in `MEDRELAY_*` variables (clap merges
+/// the two); they override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub cert_dir: Option<PathBuf>,
+    pub http_listen: Option<SocketAddr>,
+    pub dicom_listen: Option<SocketAddr>,
+    pub dicom_tls_listen: Option<SocketAddr>,
+    pub ae_title: Option<String>,
+    pub stable_after_secs: Option<f64>,
+    pub min_free_bytes: Option<u64>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &o.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &o.cert_dir {
+            cfg.cert_dir = v.clone();
+        }
+        if let Some(v) = o.http_listen {
+            cfg.http.listen = v;
+        }
+        if let Some(v) = o.dicom_listen {
+            cfg.dicom.listen = v;
+        }
+        if let Some(v) = o.dicom_tls_listen {
+            cfg.dicom.tls_listen = Some(v);
+        }
+        if let Some(v) = &o.ae_title {
+            cfg.dicom.ae_title = v.clone();
+        }
+        if let Some(v) = o.stable_after_secs {
+            cfg.stability.stable_after_secs = v;
+        }
+        if let Some(v) = o.min_free_bytes {
+            cfg.dicom.min_free_bytes = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.role != "hub" && self.role != "edge" {
+            return bad(format!("role must be \"hub\" or \"edge\", not {:?}", self.role));
+        }
+        if !valid_ae(&self.dicom.ae_title) {
+            return bad(format!("dicom.ae_title {:?}: 1-16 printable characters, no backslash", self.dicom.ae_title));
+        }
+        if self.dicom.max_pdu < 16384 || self.dicom.max_pdu > (1 << 24) {
+            return bad("dicom.max_pdu must be between 16384 and 16777216".into());
+        }
+        if self.dicom.max_associations == 0 {
+            return bad("dicom.max_associations must be at least 1".into());
+        }
+        if self.dicom.idle_timeout_secs == 0 {
+            return bad("dicom.idle_timeout_secs must be at least 1".into());
+        }
+        if !(self.stability.stable_after_secs > 0.0) {
+            return bad("stability.stable_after_secs must be positive".into());
+        }
+        let mut seen_ae: HashMap<String, String> = HashMap::new();
+        for c in &self.clinics {
+            if c.id.trim().is_empty() {
+                return bad("every [[clinic]] needs an id".into());
+            }
+            if c.stable_after_secs.is_some_and(|s| !(s > 0.0)) {
+                return bad(format!("clinic {}: stable_after_secs must be positive", c.id));
+            }
+            for ae in &c.ae_titles {
+                if !valid_ae(ae) {
+                    return bad(format!("clinic {}: invalid AE title {ae:?}", c.id));
+                }
+                if let Some(other) = seen_ae.insert(ae.trim().to_string(), c.id.clone()) {
+                    return bad(format!("AE title {ae:?} is listed for both clinic {other} and {}", c.id));
+                }
+            }
+        }
+        for uid in &self.dicom.extra_sop_classes {
+            if !crate::dicom::meta::is_valid_uid(uid) {
+                return bad(format!("dicom.extra_sop_classes: {uid:?} is not a valid UID"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.data_dir.join("index.db")
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.dicom.idle_timeout_secs)
+    }
+}
+
+pub fn valid_ae(ae: &str) -> bool {
+    let t = ae.trim();
+    !t.is_empty() && ae.len() <= 16 && ae.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("medrelay.example.toml");
+        let cfg = Config::load(Some(&path), &Overrides::default()).expect("example config");
+        assert_eq!(cfg.dicom.ae_title, "MEDRELAY");
+        assert!(!cfg.clinics.is_empty());
+    }
+
+    #[test]
+    fn overrides_win_and_bad_values_are_named() {
+        let o = Overrides { ae_title: Some("HUB1".into()), stable_after_secs: Some(2.0), ..Default::default() };
+        let cfg = Config::load(None, &o).expect("cfg");
+        assert_eq!((cfg.dicom.ae_title.as_str(), cfg.stability.stable_after_secs), ("HUB1", 2.0));
+        let o = Overrides { ae_title: Some("WAY_TOO_LONG_AE_TITLE".into()), ..Default::default() };
+        let err = Config::load(None, &o).expect_err("invalid");
+        assert!(err.to_string().contains("ae_title"));
+        let mut cfg = Config::default();
+        cfg.clinics = vec![
+            ClinicConfig { id: "a".into(), name: String::new(), ae_titles: vec!["CT1".into()], stable_after_secs: None },
+            ClinicConfig { id: "b".into(), name: String::new(), ae_titles: vec!["CT1".into()], stable_after_secs: None },
+        ];
+        assert!(cfg.validate().expect_err("dup").to_string().contains("both clinic a and b"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("[dicom]\nae_tittle = \"X\"\n").expect_err("typo");
+        assert!(err.to_string().contains("ae_tittle"));
+    }
+}

@@ -1,0 +1,12 @@
+//! DICOM networking: the SCP (C-ECHO, C-STORE), the SCU for the CLI tools,
+//! and the pure pieces they share (DIMSE codec, PDV reassembly, dataset walk,
+//! Part 10 header).
+
+pub mod assembly;
+pub mod attrs;
+pub mod dimse;
+pub mod meta;
+pub mod scp;
+pub mod scu;
+pub mod sop_classes;
+pub mod walk;

@@ -1,0 +1,760 @@
+//! The DICOM SCP: listener, association loop, C-ECHO and C-STORE.
+//!
+//! Layering, from the socket in: dicom-ul negotiates the association and reads
+//! whole PDUs (strict: never more than our max PDU, so memory per association
+//! is bounded); [`Assembler`] turns PDVs into DIMSE messages; dataset bytes go
+//! through a bounded channel to a blocking writer thread ([`receive_instance`])
+//! that writes, validates, fsyncs and renames; the index writer commits; only
+//! then is the C-STORE-RSP sent. Errors map to DIMSE statuses in one place,
+//! [`StoreFailure`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use dicom_ul::association::server::AccessControl;
+use dicom_ul::association::{AsyncServerAssociation, ServerAssociationOptions};
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType, Pdu, PresentationContextResultReason,
+    UserIdentity,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::assembly::{Assembler, PdvKind, Step};
+use super::attrs::{self, Attrs};
+use super::dimse::{Command, field, status, tag};
+use super::meta::{file_meta, is_valid_uid};
+use super::sop_classes::STORAGE_SOP_CLASSES;
+use super::walk::{self, Encoding};
+use crate::archive::files::{Archive, ArchiveError, Committed};
+use crate::archive::index::{Index, NewInstance, StoreOutcome};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Command sets are a few hundred bytes; anything near this is hostile.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Dataset chunks in flight between the socket and the writer thread, per
+/// association: with 1 MB PDUs this bounds buffered data to a few MB.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, Clone)]
+struct ClinicRoute {
+    clinic_id: String,
+    stable_after_ms: i64,
+}
+
+/// Everything an association needs, shared read-only.
+pub struct Scp {
+    cfg: Arc<Config>,
+    archive: Archive,
+    index: Index,
+    metrics: Arc<Metrics>,
+    routes: HashMap<String, ClinicRoute>,
+    abstract_syntaxes: Vec<String>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    slots: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+/// Calling-AE allow-list and called-AE check, applied during negotiation so an
+/// unknown device gets a proper A-ASSOCIATE-RJ with the reason.
+#[derive(Clone)]
+struct AeControl {
+    allowed: Option<Arc<HashSet<String>>>,
+    check_called: bool,
+}
+
+impl AccessControl for AeControl {
+    fn check_access(
+        &self,
+        this_ae: &str,
+        calling: &str,
+        called: &str,
+        _user: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if self.check_called && called.trim() != this_ae.trim() {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        match &self.allowed {
+            Some(set) if !set.contains(calling.trim()) => Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Scp {
+    pub fn new(
+        cfg: Arc<Config>,
+        archive: Archive,
+        index: Index,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Scp {
+        let global_ms = (cfg.stability.stable_after_secs * 1000.0) as i64;
+        let mut routes = HashMap::new();
+        for c in &cfg.clinics {
+            let ms = c.stable_after_secs.map(|s| (s * 1000.0) as i64).unwrap_or(global_ms);
+            for ae in &c.ae_titles {
+                routes.insert(ae.trim().to_string(), ClinicRoute { clinic_id: c.id.clone(), stable_after_ms: ms });
+            }
+        }
+        if routes.is_empty() {
+            warn!("no [[clinic]] configured: accepting associations from ANY calling AE title (first-run mode)");
+        }
+        let mut abstract_syntaxes: Vec<String> = STORAGE_SOP_CLASSES.iter().map(|(uid, _)| uid.to_string()).collect();
+        abstract_syntaxes.extend(cfg.dicom.extra_sop_classes.iter().cloned());
+        abstract_syntaxes.push(super::dimse::VERIFICATION_SOP_CLASS.to_string());
+        let slots = Arc::new(Semaphore::new(cfg.dicom.max_associations));
+        Scp { cfg, archive, index, metrics, routes, abstract_syntaxes, tls, slots, next_id: AtomicU64::new(1) }
+    }
+
+    fn options(&self) -> ServerAssociationOptions<'_, AeControl, dicom_ul::association::server::DefaultNegotiation> {
+        let allowed = if self.routes.is_empty() {
+            None
+        } else {
+            Some(Arc::new(self.routes.keys().cloned().collect::<HashSet<_>>()))
+        };
+        let mut o = ServerAssociationOptions::new()
+            .ae_access_control(AeControl { allowed, check_called: self.cfg.dicom.check_called_ae })
+            .ae_title(self.cfg.dicom.ae_title.as_str())
+            .max_pdu_length(self.cfg.dicom.max_pdu)
+            .strict(true)
+            .read_timeout(self.cfg.idle_timeout())
+            .write_timeout(self.cfg.idle_timeout());
+        for a in &self.abstract_syntaxes {
+            o = o.with_abstract_syntax(a.as_str());
+        }
+        if let Some(tls) = &self.tls {
+            o = o.tls_config(tls.clone());
+        }
+        o
+    }
+
+    /// Accept associations until `shutdown`; each runs on `tracker` so the
+    /// caller can wait for in-flight transfers to finish.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, use_tls: bool, shutdown: CancellationToken, tracker: TaskTracker) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let permit = self.slots.clone().try_acquire_owned().ok();
+            let id = self.next_id.fetch_add(1, Relaxed);
+            let scp = self.clone();
+            let span = info_span!("assoc", id, %peer, tls = use_tls);
+            tracker.spawn(async move { scp.handle(stream, peer, permit, use_tls).await }.instrument(span));
+        }
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>, use_tls: bool) {
+        let Some(_permit) = permit else {
+            self.metrics.associations_rejected.fetch_add(1, Relaxed);
+            warn!(max = self.cfg.dicom.max_associations, "association limit reached, rejecting");
+            reject_busy(stream, self.cfg.dicom.max_pdu).await;
+            return;
+        };
+        let opts = self.options();
+        if use_tls {
+            match opts.establish_tls_async(stream).await {
+                Ok(a) => self.clone().run(a, peer).await,
+                Err(e) => self.rejected(e),
+            }
+        } else {
+            match opts.establish_async(stream).await {
+                Ok(a) => self.clone().run(a, peer).await,
+                Err(e) => self.rejected(e),
+            }
+        }
+    }
+
+    fn rejected(&self, e: dicom_ul::association::Error) {
+        self.metrics.associations_rejected.fetch_add(1, Relaxed);
+        info!(reason = %e, "association not established");
+    }
+
+    async fn run<S>(self: Arc<Self>, mut assoc: AsyncServerAssociation<S>, _peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.metrics.associations_total.fetch_add(1, Relaxed);
+        self.metrics.associations_active.fetch_add(1, Relaxed);
+        let calling = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+        let contexts: HashMap<u8, (String, String)> = assoc
+            .presentation_contexts()
+            .iter()
+            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+            .map(|pc| (pc.id, (pc.abstract_syntax.clone(), pc.transfer_syntax.clone())))
+            .collect();
+        info!(calling = %calling, contexts = contexts.len(), "association accepted");
+        let route = self.routes.get(&calling).cloned().unwrap_or(ClinicRoute {
+            clinic_id: String::new(),
+            stable_after_ms: (self.cfg.stability.stable_after_secs * 1000.0) as i64,
+        });
+        let mut session = Session {
+            scp: self.clone(),
+            calling,
+            route,
+            contexts,
+            max_send_pdu: assoc.requestor_max_pdu_length(),
+            asm: Assembler::new(MAX_COMMAND_BYTES),
+            current: None,
+        };
+        let end = session.drive(&mut assoc).await;
+        match end {
+            End::Released => {
+                let _ = assoc.send(&Pdu::ReleaseRP).await;
+                debug!("association released");
+            }
+            End::PeerAborted => info!("association aborted by peer"),
+            End::Closed(why) => {
+                self.metrics.associations_aborted.fetch_add(1, Relaxed);
+                info!(reason = %why, "association ended without release");
+            }
+            End::Abort(reason, why) => {
+                self.metrics.associations_aborted.fetch_add(1, Relaxed);
+                warn!(reason = %why, "aborting association");
+                let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceProvider(reason) }).await;
+            }
+        }
+        let _ = assoc.inner_stream().shutdown().await;
+        self.metrics.associations_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Answer an A-ASSOCIATE-RQ with "transient, local limit exceeded" so the
+/// sender retries later instead of treating it as a configuration error.
+async fn reject_busy(mut stream: TcpStream, max_pdu: u32) {
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    let read = dicom_ul::association::read_pdu_from_wire_async(&mut stream, &mut buf, max_pdu, true);
+    if let Ok(Ok(Pdu::AssociationRQ(_))) = tokio::time::timeout(Duration::from_secs(10), read).await {
+        let rj = Pdu::AssociationRJ(AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        });
+        let mut out = Vec::new();
+        if dicom_ul::pdu::write_pdu(&mut out, &rj).is_ok() {
+            let _ = stream.write_all(&out).await;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+enum End {
+    Released,
+    PeerAborted,
+    Closed(String),
+    Abort(AbortRQServiceProviderReason, String),
+}
+
+/// Per-association state.
+struct Session {
+    scp: Arc<Scp>,
+    calling: String,
+    route: ClinicRoute,
+    contexts: HashMap<u8, (String, String)>,
+    max_send_pdu: u32,
+    asm: Assembler,
+    current: Option<Reception>,
+}
+
+/// The message whose dataset is being received.
+enum Reception {
+    Store(StoreJob),
+    /// Refused up front (unknown context, bad command): drain the dataset, then answer.
+    Discard { rq: Command, pc: u8, failure: StoreFailure },
+}
+
+struct StoreJob {
+    rq: Command,
+    pc: u8,
+    tx: mpsc::Sender<Chunk>,
+    job: tokio::task::JoinHandle<Result<(NewInstance, Committed), StoreFailure>>,
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+}
+
+/// Why a C-STORE failed, mapped once to a DIMSE status and comment.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreFailure {
+    #[error("out of resources: {0}")]
+    Resources(String),
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("cannot understand: {0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("processing failure: {0}")]
+    Internal(String),
+}
+
+impl StoreFailure {
+    fn status(&self) -> u16 {
+        match self {
+            StoreFailure::Resources(_) => status::OUT_OF_RESOURCES,
+            StoreFailure::Mismatch(_) => status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            StoreFailure::Unreadable(_) => status::CANNOT_UNDERSTAND,
+            StoreFailure::Refused(_) => status::SOP_CLASS_NOT_SUPPORTED,
+            StoreFailure::Internal(_) => status::PROCESSING_FAILURE,
+        }
+    }
+
+    fn count(&self, m: &Metrics) {
+        let c = match self {
+            StoreFailure::Resources(_) => &m.store_failures_resources,
+            StoreFailure::Mismatch(_) | StoreFailure::Unreadable(_) => &m.store_failures_invalid,
+            StoreFailure::Refused(_) => &m.store_failures_refused,
+            StoreFailure::Internal(_) => &m.store_failures_internal,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+impl From<ArchiveError> for StoreFailure {
+    fn from(e: ArchiveError) -> Self {
+        if e.is_resource_problem() {
+            StoreFailure::Resources(e.to_string())
+        } else {
+            StoreFailure::Internal(e.to_string())
+        }
+    }
+}
+
+impl Session {
+    async fn drive<S>(&mut self, assoc: &mut AsyncServerAssociation<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        loop {
+            let pdu = match assoc.receive().await {
+                Ok(p) => p,
+                Err(e) => return self.classify_error(e),
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    for pdv in data {
+                        if let Err(end) = self.on_pdv(assoc, pdv).await {
+                            return end;
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ if self.asm.in_message() => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::UnexpectedPdu,
+                        "release requested in the middle of a message".into(),
+                    );
+                }
+                Pdu::ReleaseRQ => return End::Released,
+                Pdu::AbortRQ { .. } => return End::PeerAborted,
+                Pdu::Unknown { pdu_type, .. } => {
+                    return End::Abort(AbortRQServiceProviderReason::UnrecognizedPdu, format!("unknown PDU type {pdu_type:#04x}"));
+                }
+                other => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::UnexpectedPdu,
+                        format!("unexpected PDU {}", other.short_description()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn classify_error(&self, e: dicom_ul::association::Error) -> End {
+        use dicom_ul::association::Error as E;
+        let text = e.to_string();
+        match e {
+            E::ReceivePdu { .. } if text.contains("closed") || text.contains("Connection") => End::Closed(text),
+            E::ReceivePdu { .. } => End::Abort(AbortRQServiceProviderReason::InvalidPduParameter, text),
+            E::Timeout { .. } => End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, format!("idle timeout: {text}")),
+            _ => End::Closed(text),
+        }
+    }
+
+    async fn on_pdv<S>(&mut self, assoc: &mut AsyncServerAssociation<S>, pdv: PDataValue) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let kind = match pdv.value_type {
+            PDataValueType::Command => PdvKind::Command,
+            PDataValueType::Data => PdvKind::Data,
+        };
+        let step = self
+            .asm
+            .feed(pdv.presentation_context_id, kind, pdv.is_last, &pdv.data)
+            .map_err(|e| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, e.to_string()))?;
+        match step {
+            Step::Pending => Ok(()),
+            Step::Command { pc, cmd } => self.on_command(assoc, pc, cmd).await,
+            Step::Data { last, .. } => {
+                if let Some(Reception::Store(job)) = &self.current {
+                    self.scp.metrics.bytes_received.fetch_add(pdv.data.len() as u64, Relaxed);
+                    // A send error means the writer already failed; keep draining,
+                    // the failure is reported when the dataset ends.
+                    let _ = job.tx.send(Chunk::Data(pdv.data)).await;
+                }
+                if last {
+                    self.finish_message(assoc).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_command<S>(&mut self, assoc: &mut AsyncServerAssociation<S>, pc: u8, cmd: Command) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let fieldv = cmd.command_field().unwrap_or(0);
+        match fieldv {
+            field::C_ECHO_RQ if !cmd.has_dataset() => {
+                self.scp.metrics.echoes_total.fetch_add(1, Relaxed);
+                self.respond(assoc, pc, &Command::response_to(&cmd, status::SUCCESS, None)).await
+            }
+            field::C_STORE_RQ if cmd.has_dataset() => {
+                self.current = Some(match self.start_store(pc, &cmd) {
+                    Ok(job) => Reception::Store(job),
+                    Err(failure) => Reception::Discard { rq: cmd, pc, failure },
+                });
+                Ok(())
+            }
+            _ if cmd.has_dataset() => {
+                let failure = StoreFailure::Refused(format!("unsupported command {fieldv:#06x}"));
+                self.current = Some(Reception::Discard { rq: cmd, pc, failure });
+                Ok(())
+            }
+            field::C_CANCEL_RQ => Ok(()),
+            _ => {
+                let rsp = Command::response_to(&cmd, status::UNRECOGNIZED_OPERATION, Some("operation not supported"));
+                self.respond(assoc, pc, &rsp).await
+            }
+        }
+    }
+
+    /// Validate the request against the negotiated context and start the writer.
+    fn start_store(&self, pc: u8, cmd: &Command) -> Result<StoreJob, StoreFailure> {
+        let (abstract_syntax, ts) = self
+            .contexts
+            .get(&pc)
+            .ok_or_else(|| StoreFailure::Refused(format!("presentation context {pc} was not accepted")))?;
+        let sop_class = cmd
+            .str(tag::AFFECTED_SOP_CLASS_UID)
+            .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
+            .to_string();
+        if sop_class != *abstract_syntax {
+            return Err(StoreFailure::Refused(format!("SOP class {sop_class} sent on context for {abstract_syntax}")));
+        }
+        let sop_instance = cmd
+            .str(tag::AFFECTED_SOP_INSTANCE_UID)
+            .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
+            .to_string();
+        if !is_valid_uid(&sop_instance) {
+            return Err(StoreFailure::Unreadable("invalid Affected SOP Instance UID".into()));
+        }
+        self.scp.archive.check_reserve()?;
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let params = ReceiveParams {
+            archive: self.scp.archive.clone(),
+            sop_class,
+            sop_instance,
+            ts: ts.clone(),
+            calling: self.calling.clone(),
+            route: self.route.clone(),
+        };
+        let job = tokio::task::spawn_blocking(move || receive_instance(params, rx));
+        Ok(StoreJob { rq: cmd.clone(), pc, tx, job })
+    }
+
+    async fn finish_message<S>(&mut self, assoc: &mut AsyncServerAssociation<S>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let started = Instant::now();
+        let (rq, pc, result) = match self.current.take() {
+            None => return Ok(()),
+            Some(Reception::Discard { rq, pc, failure }) => (rq, pc, Err(failure)),
+            Some(Reception::Store(job)) => {
+                let _ = job.tx.send(Chunk::End).await;
+                drop(job.tx);
+                let r = match job.job.await {
+                    Ok(r) => r,
+                    Err(e) => Err(StoreFailure::Internal(format!("writer task failed: {e}"))),
+                };
+                let r = match r {
+                    Ok((inst, committed)) => self.index(inst, committed).await,
+                    Err(f) => Err(f),
+                };
+                (job.rq, job.pc, r)
+            }
+        };
+        let scp = self.scp.clone();
+        let metrics = &scp.metrics;
+        let rsp = match &result {
+            Ok(StoreOutcome::Stored) => {
+                metrics.instances_stored.fetch_add(1, Relaxed);
+                Command::response_to(&rq, status::SUCCESS, None)
+            }
+            Ok(StoreOutcome::Duplicate) => {
+                metrics.instances_duplicate.fetch_add(1, Relaxed);
+                Command::response_to(&rq, status::SUCCESS, None)
+            }
+            Ok(StoreOutcome::NewVersion(v)) => {
+                metrics.instances_new_version.fetch_add(1, Relaxed);
+                let note = format!("SOP Instance UID already stored with other content; kept as version {v}");
+                Command::response_to(&rq, status::WARNING_COERCION, Some(&note))
+            }
+            Err(f) => {
+                f.count(metrics);
+                info!(status = format!("{:#06x}", f.status()), error = %f, "C-STORE failed");
+                Command::response_to(&rq, f.status(), Some(&f.to_string()))
+            }
+        };
+        self.respond(assoc, pc, &rsp).await?;
+        metrics.store_latency.observe(started.elapsed());
+        Ok(())
+    }
+
+    async fn index(&self, inst: NewInstance, committed: Committed) -> Result<StoreOutcome, StoreFailure> {
+        let study = inst.study_uid.clone();
+        match self.scp.index.store(inst, committed.clone()).await {
+            Ok(o) => {
+                debug!(study = %study, outcome = ?o, "instance indexed");
+                Ok(o)
+            }
+            Err(e) => {
+                // Keep archive and index consistent: no file without an index row.
+                let archive = self.scp.archive.clone();
+                let _ = tokio::task::spawn_blocking(move || archive.discard(&committed)).await;
+                if e.is_disk_full() {
+                    Err(StoreFailure::Resources(format!("index: {e}")))
+                } else {
+                    Err(StoreFailure::Internal(format!("index: {e}")))
+                }
+            }
+        }
+    }
+
+    async fn respond<S>(&mut self, assoc: &mut AsyncServerAssociation<S>, pc: u8, rsp: &Command) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let bytes = rsp.encode();
+        // A response command is ~200 bytes; it always fits the peer's max PDU
+        // (minimum 4096), so one PDV, marked command + last.
+        debug_assert!(bytes.len() + 12 <= self.max_send_pdu.max(4096) as usize);
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: bytes,
+            }],
+        };
+        assoc.send(&pdu).await.map_err(|e| End::Closed(format!("sending response: {e}")))
+    }
+}
+
+struct ReceiveParams {
+    archive: Archive,
+    sop_class: String,
+    sop_instance: String,
+    ts: String,
+    calling: String,
+    route: ClinicRoute,
+}
+
+/// Blocking: stream chunks to a temp file, validate, fsync, commit. Runs on a
+/// `spawn_blocking` thread; returns what the index needs.
+fn receive_instance(p: ReceiveParams, mut rx: mpsc::Receiver<Chunk>) -> Result<(NewInstance, Committed), StoreFailure> {
+    let header = file_meta(&p.sop_class, &p.sop_instance, &p.ts, &p.calling);
+    let mut tmp: Result<_, StoreFailure> = p.archive.begin(&header, p.ts.as_bytes()).map_err(StoreFailure::from);
+    let mut complete = false;
+    while let Some(chunk) = rx.blocking_recv() {
+        match chunk {
+            Chunk::Data(bytes) => {
+                if let Ok(t) = &mut tmp
+                    && let Err(e) = t.write(&bytes)
+                {
+                    // Keep draining so the association stays in step; the
+                    // temp file is removed when `tmp` is dropped.
+                    tmp = Err(e.into());
+                }
+            }
+            Chunk::End => {
+                complete = true;
+                break;
+            }
+        }
+    }
+    let tmp = tmp?;
+    if !complete {
+        return Err(StoreFailure::Internal("association ended mid-dataset".into()));
+    }
+    let enc = Encoding::for_transfer_syntax(&p.ts);
+    let summary = {
+        let mut f = File::open(tmp.path()).map_err(|e| StoreFailure::Internal(e.to_string()))?;
+        f.seek(SeekFrom::Start(header.len() as u64)).map_err(|e| StoreFailure::Internal(e.to_string()))?;
+        walk::walk(BufReader::with_capacity(256 * 1024, f), enc, attrs::WANTED)
+            .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
+    };
+    let inst = describe(&p, &summary, enc, now_ms())?;
+    let written = tmp.finish()?;
+    let committed = p.archive.commit(written)?;
+    Ok((inst, committed))
+}
+
+/// Check the dataset against the command and extract the index attributes.
+fn describe(p: &ReceiveParams, summary: &walk::Summary, enc: Encoding, now_ms: i64) -> Result<NewInstance, StoreFailure> {
+    let a = Attrs::new(summary, enc);
+    let ds_class = a.text(attrs::SOP_CLASS_UID);
+    if ds_class != p.sop_class {
+        return Err(StoreFailure::Mismatch(format!(
+            "dataset SOP Class UID {ds_class:?} does not match the request's {}",
+            p.sop_class
+        )));
+    }
+    let ds_instance = a.text(attrs::SOP_INSTANCE_UID);
+    if ds_instance != p.sop_instance {
+        return Err(StoreFailure::Mismatch("dataset SOP Instance UID differs from the request's".into()));
+    }
+    let study_uid = a.text(attrs::STUDY_UID);
+    let series_uid = a.text(attrs::SERIES_UID);
+    if !is_valid_uid(&study_uid) || !is_valid_uid(&series_uid) {
+        return Err(StoreFailure::Mismatch("missing or invalid Study/Series Instance UID".into()));
+    }
+    let is_image = STORAGE_SOP_CLASSES
+        .iter()
+        .any(|(uid, alias)| *uid == p.sop_class && alias.contains("Image") && !alias.contains("Presentation"));
+    if is_image && !summary.has_pixel_data {
+        return Err(StoreFailure::Mismatch("image SOP class without Pixel Data".into()));
+    }
+    Ok(NewInstance {
+        sop_instance_uid: p.sop_instance.clone(),
+        sop_class_uid: p.sop_class.clone(),
+        transfer_syntax: p.ts.clone(),
+        study_uid,
+        series_uid,
+        patient_id: a.text(attrs::PATIENT_ID),
+        patient_name: a.text(attrs::PATIENT_NAME),
+        birth_date: a.text(attrs::BIRTH_DATE),
+        sex: a.text(attrs::SEX),
+        study_date: a.text(attrs::STUDY_DATE),
+        study_time: a.text(attrs::STUDY_TIME),
+        accession_number: a.text(attrs::ACCESSION_NUMBER),
+        study_description: a.text(attrs::STUDY_DESCRIPTION),
+        referring_physician: a.text(attrs::REFERRING_PHYSICIAN),
+        modality: a.text(attrs::MODALITY),
+        series_number: a.int(attrs::SERIES_NUMBER),
+        series_description: a.text(attrs::SERIES_DESCRIPTION),
+        body_part: a.text(attrs::BODY_PART),
+        instance_number: a.int(attrs::INSTANCE_NUMBER),
+        rows: a.us(attrs::ROWS),
+        columns: a.us(attrs::COLUMNS),
+        frames: a.int(attrs::NUMBER_OF_FRAMES),
+        calling_ae: p.calling.clone(),
+        clinic_id: p.route.clinic_id.clone(),
+        stable_after_ms: p.route.stable_after_ms,
+        received_ms: now_ms,
+    })
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Bind a listener whose accepted sockets inherit a large receive buffer:
+/// SO_RCVBUF must be set before the handshake for window scaling to use it.
+pub fn bind_listener(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_recv_buffer_size(recv_buffer)?;
+    sock.set_tcp_nodelay(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::walk::Summary;
+
+    fn params() -> ReceiveParams {
+        let dir = std::env::temp_dir();
+        ReceiveParams {
+            archive: Archive::open(&dir.join("medrelay-unit-archive"), 0).expect("archive"),
+            sop_class: "1.2.840.10008.5.1.4.1.1.2".into(),
+            sop_instance: "1.2.3".into(),
+            ts: "1.2.840.10008.1.2.1".into(),
+            calling: "CT01".into(),
+            route: ClinicRoute { clinic_id: "c1".into(), stable_after_ms: 1000 },
+        }
+    }
+
+    fn summary(class: &str, inst: &str, pixels: bool) -> Summary {
+        let mut s = Summary { has_pixel_data: pixels, top_level_elements: 5, ..Default::default() };
+        s.values.insert(attrs::SOP_CLASS_UID, class.as_bytes().to_vec());
+        s.values.insert(attrs::SOP_INSTANCE_UID, inst.as_bytes().to_vec());
+        s.values.insert(attrs::STUDY_UID, b"1.2.9".to_vec());
+        s.values.insert(attrs::SERIES_UID, b"1.2.9.1".to_vec());
+        s
+    }
+
+    #[test]
+    fn describe_maps_mismatches_to_a900() {
+        let enc = Encoding::for_transfer_syntax("1.2.840.10008.1.2.1");
+        let p = params();
+        let ok = describe(&p, &summary("1.2.840.10008.5.1.4.1.1.2", "1.2.3", true), enc, 5).expect("ok");
+        assert_eq!((ok.clinic_id.as_str(), ok.received_ms), ("c1", 5));
+        let e = describe(&p, &summary("1.2.840.10008.5.1.4.1.1.4", "1.2.3", true), enc, 5).expect_err("class");
+        assert_eq!(e.status(), 0xA900);
+        let e = describe(&p, &summary("1.2.840.10008.5.1.4.1.1.2", "1.2.4", true), enc, 5).expect_err("inst");
+        assert_eq!(e.status(), 0xA900);
+        let e = describe(&p, &summary("1.2.840.10008.5.1.4.1.1.2", "1.2.3", false), enc, 5).expect_err("pixels");
+        assert!(e.to_string().contains("Pixel Data"));
+    }
+
+    #[test]
+    fn ae_control_reasons() {
+        let c = AeControl { allowed: Some(Arc::new(["CT01".to_string()].into())), check_called: true };
+        assert_eq!(c.check_access("MEDRELAY", "CT01", "MEDRELAY", None), Ok(()));
+        assert_eq!(
+            c.check_access("MEDRELAY", "EVIL", "MEDRELAY", None),
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        );
+        assert_eq!(
+            c.check_access("MEDRELAY", "CT01", "OTHER", None),
+            Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+        );
+        let open = AeControl { allowed: None, check_called: false };
+        assert_eq!(open.check_access("MEDRELAY", "ANY", "X", None), Ok(()));
+    }
+}

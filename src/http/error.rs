@@ -1,0 +1,38 @@
+//! The API's one error type, mapped once to an HTTP status and a JSON body.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::archive::index::IndexError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(detail) => {
+                // Detail goes to the log, not to the client.
+                tracing::error!(error = %detail, "API request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}

@@ -1,0 +1,80 @@
+//! HTTPS API: axum router served over rustls with hyper-util, so TLS and
+//! graceful shutdown stay under our control (no second TLS stack).
+
+pub mod api;
+pub mod error;
+pub mod zipstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::app::Services;
+
+pub fn router(services: Arc<Services>) -> Router {
+    Router::new()
+        .route("/api/health", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .route("/api/studies", get(api::studies))
+        .route("/api/studies/{uid}", get(api::study))
+        .route("/api/studies/{uid}/series", get(api::study_series))
+        .route("/api/studies/{uid}/instances", get(api::study_instances))
+        .route("/api/studies/{uid}/archive.zip", get(api::study_zip))
+        .route("/api/series/{uid}/instances", get(api::series_instances))
+        .route("/api/instances/{uid}", get(api::instance))
+        .route("/api/instances/{uid}/file", get(api::instance_file))
+        .with_state(services)
+}
+
+/// Serve until `shutdown`, then let open connections finish within `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                debug!(%peer, error = %e, "HTTP connection ended with error");
+            }
+        });
+    }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!("HTTP connections still open after the grace period; closing");
+    }
+}
