@@ -151,6 +151,8 @@ pub fn inspect(path: &Path) -> Result<FileInfo, ScuError> {
     if &pre[128..132] != b"DICM" {
         return Err(err("not a DICOM Part 10 file (no DICM prefix)".into()));
     }
+    // The meta reader wants to see the magic code itself.
+    let mut r = std::io::Read::chain(&b"DICM"[..], r);
     let meta = dicom_object::FileMetaTable::from_reader(&mut r).map_err(|e| err(format!("bad file meta: {e}")))?;
     let group_len = meta.information_group_length;
     Ok(FileInfo {

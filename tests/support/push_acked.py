@@ -47,6 +47,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 MAX_CONTEXTS = 128
+IMPLICIT_LE = "1.2.840.10008.1.2"
+UNCOMPRESSED = {IMPLICIT_LE, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
 def _patch_tcp_nodelay() -> None:
@@ -63,6 +65,10 @@ def _patch_tcp_nodelay() -> None:
     AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
 
 
+class PeerGone(Exception):
+    pass
+
+
 def _throttle_send_queue(assoc, max_queued: int = 64) -> None:
     """pynetdicom's chunked send reads the file into an unbounded queue much
     faster than the socket drains it (a 1 GB file grows the sender to ~0.5 GB
@@ -74,8 +80,13 @@ def _throttle_send_queue(assoc, max_queued: int = 64) -> None:
     def send_pdu(primitive):  # type: ignore[no-untyped-def]
         if isinstance(primitive, P_DATA):
             q = dul.to_provider_queue
-            while q.qsize() > max_queued and assoc.is_established:
+            while q.qsize() > max_queued:
+                if not (assoc.is_established and dul.is_alive()) or assoc.is_aborted:
+                    # the DUL thread is gone (peer closed/aborted): stop reading the file
+                    raise PeerGone("connection closed/aborted by peer while sending")
                 time.sleep(0.0005)
+            if not dul.is_alive():
+                raise PeerGone("connection closed/aborted by peer while sending")
         orig(primitive)
 
     dul.send_pdu = send_pdu
@@ -165,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 2 if any instance was not acked")
     ap.add_argument("-v", "--verbose", action="store_true", help="pynetdicom debug log")
     args = ap.parse_args(argv)
+    # create the acked file up front, so it exists even if nothing gets acked
+    open(args.acked, "a").close()
 
     if args.verbose:
         from pynetdicom import debug_logger
@@ -191,6 +204,14 @@ def main(argv=None) -> int:
         if ts not in lst:
             lst.append(ts)
     n_ctx = sum(len(v) for v in pairs.values())
+    # Fallback: Implicit VR LE (which every SCP must support) for SOP classes
+    # that have uncompressed files, so pynetdicom can convert if the exact
+    # transfer syntax is refused. Only while there is room for it.
+    fallback = [
+        cls for cls, tss in pairs.items()
+        if IMPLICIT_LE not in tss and any(ts in UNCOMPRESSED for ts in tss)
+    ]
+    fallback = fallback[: max(0, MAX_CONTEXTS - n_ctx)]
     if n_ctx > MAX_CONTEXTS:
         print(f"push_acked: {n_ctx} (SOP class, transfer syntax) pairs > {MAX_CONTEXTS} contexts", file=sys.stderr)
         print(f"acked {skipped} of {total}")
@@ -213,6 +234,8 @@ def main(argv=None) -> int:
     for cls, tss in pairs.items():
         for ts in tss:
             ae.add_requested_context(cls, [ts])
+    for cls in fallback:
+        ae.add_requested_context(cls, [IMPLICIT_LE])
 
     peer = PeerEvents()
     handlers = [
@@ -250,14 +273,16 @@ def main(argv=None) -> int:
             try:
                 if (cls, ts) in accepted and not args.no_chunked:
                     _config.STORE_SEND_CHUNKED_DATASET = True
-                    status = assoc.send_c_store(path, msg_id=msg_id & 0xFFFF)
+                    status = assoc.send_c_store(path, msg_id=(msg_id - 1) % 65535 + 1)
                 else:
                     _config.STORE_SEND_CHUNKED_DATASET = False
-                    status = assoc.send_c_store(dcmread(path), msg_id=msg_id & 0xFFFF)
+                    status = assoc.send_c_store(dcmread(path), msg_id=(msg_id - 1) % 65535 + 1)
             except (ValueError, AttributeError) as exc:
                 print(f"push_acked: NOT SENT {path}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
+            except PeerGone as exc:
+                status, peer.reason = None, peer.reason or str(exc)
             sent += 1
             code = status.get("Status") if status else None
             if code is None:

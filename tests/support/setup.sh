@@ -63,8 +63,15 @@ if ! venv_ok; then
 fi
 
 # ---------------------------------------------------------------- venv
+PYVERS=""
 venv_has_pkgs() {
-    [ -x "$VPY" ] && "$VPY" -c 'import pynetdicom, pydicom, numpy, importlib.util as u, sys; sys.exit(u.find_spec("pydicom_data") is None and u.find_spec("data_store") is None)' >/dev/null 2>&1
+    [ -x "$VPY" ] && PYVERS=$("$VPY" -c '
+import importlib.util as u, sys
+import numpy, pydicom, pynetdicom
+if u.find_spec("data_store") is None and u.find_spec("pydicom_data") is None:
+    sys.exit(1)
+print(f"pydicom {pydicom.__version__}, pynetdicom {pynetdicom.__version__}, numpy {numpy.__version__}")
+' 2>/dev/null)
 }
 if ! venv_has_pkgs; then
     if [ ! -x "$VPY" ] || ! "$VPY" -m pip --version >/dev/null 2>&1; then
@@ -103,5 +110,4 @@ fi
 # ---------------------------------------------------------------- summary
 n_samples=$(find "$SAMPLES/pydicom/data/test_files" "$SAMPLES/data_store/data" -name '*.dcm' -type f | wc -l)
 dcmtk_ver=$(storescu --version 2>/dev/null | grep -oE 'v[0-9]+\.[0-9]+\.[0-9]+' | head -1 || true)
-pyvers=$("$VPY" -c 'import pydicom, pynetdicom, numpy; print(f"pydicom {pydicom.__version__}, pynetdicom {pynetdicom.__version__}, numpy {numpy.__version__}")')
-echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), venv .cache/venv ($pyvers), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files)"
+echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), venv .cache/venv ($PYVERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files)"

@@ -1,0 +1,296 @@
+//! DICOM ingest against real peers: DCMTK (echoscu, storescu, storescp),
+//! pynetdicom, and the medrelay CLI itself.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+/// Dataset bytes of a Part 10 file (everything after the meta group).
+fn dataset_bytes(path: &Path) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[128..132], b"DICM", "{}", path.display());
+    let group_len = u32::from_le_bytes([b[140], b[141], b[142], b[143]]) as usize;
+    b[144 + group_len..].to_vec()
+}
+
+fn ct_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(ct300()).expect("ct300").flatten().map(|e| e.path()).collect();
+    v.sort();
+    assert_eq!(v.len(), 300, "expected 300 CT slices");
+    v
+}
+
+fn sop_uid_of(path: &Path) -> String {
+    let o = run({
+        let mut c = Command::new("dcmdump");
+        c.args(["-q", "+P", "0008,0018", "-s"]).arg(path);
+        c
+    });
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    t.split('[').nth(1).and_then(|s| s.split(']').next()).unwrap_or_default().to_string()
+}
+
+#[test]
+fn echo_from_dcmtk_and_cli_and_called_ae_check() {
+    let s = Server::start(ServerOpts::default());
+    let o = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "MEDRELAY", "127.0.0.1", &s.dicom_port.to_string()]);
+        c
+    });
+    assert!(o.status.success(), "echoscu: {}", text(&o));
+
+    let o = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+        c.args(["echo", &s.target()]);
+        c
+    });
+    assert!(o.status.success(), "medrelay echo: {}", text(&o));
+    assert!(text(&o).contains("success"));
+
+    // Wrong called AE: rejected with "called AE title not recognized".
+    let o = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "SOMEONE_ELSE", "127.0.0.1", &s.dicom_port.to_string()]);
+        c
+    });
+    assert!(!o.status.success());
+    assert!(text(&o).to_lowercase().contains("called ae title not recognized"), "{}", text(&o));
+    assert_eq!(s.metric("medrelay_dicom_echo_total"), 2.0);
+    assert!(s.metric("medrelay_dicom_associations_rejected_total") >= 1.0);
+}
+
+#[test]
+fn calling_ae_allow_list_per_clinic() {
+    let cfg = r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+"#;
+    let s = Server::start(ServerOpts { config_toml: cfg.into(), ..Default::default() });
+    let echo = |aet: &str| {
+        run({
+            let mut c = dcmtk("echoscu");
+            c.args(["-aet", aet, "-aec", "MEDRELAY", "127.0.0.1", &s.dicom_port.to_string()]);
+            c
+        })
+    };
+    assert!(echo("T01_CT").status.success());
+    let o = echo("INTRUDER");
+    assert!(!o.status.success());
+    assert!(text(&o).to_lowercase().contains("calling ae title not recognized"), "{}", text(&o));
+    // The server keeps serving after a rejection.
+    assert!(echo("T01_CT").status.success());
+    // A study from the clinic's AE is attributed to that clinic.
+    let f = &ct_files()[0];
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.arg(f);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let j = s.get_json("/api/studies?clinic=t01");
+    assert_eq!(j["total"], 1);
+    assert_eq!(j["studies"][0]["calling_ae"], "T01_CT");
+}
+
+#[test]
+fn ct_series_with_storescu_then_stable_then_resent_idempotently() {
+    let s = Server::start(ServerOpts { stable_after_secs: 2.0, ..Default::default() });
+    let o = run({
+        let mut c = s.storescu("CT01");
+        c.args(["+sd", "-v"]).arg(ct300());
+        c
+    });
+    assert!(o.status.success(), "storescu: {}", text(&o));
+    assert_eq!(text(&o).matches("Received Store Response (Success)").count(), 300);
+    let files = ct_files();
+    let j = s.get_json("/api/studies");
+    assert_eq!(j["total"], 1);
+    let study = &j["studies"][0];
+    let study_uid = study["study_uid"].as_str().expect("uid").to_string();
+    assert_eq!(study["num_instances"], 300);
+    assert_eq!(study["modalities"], "CT");
+    assert_eq!(study["patient_name"], "TEST^CT300");
+
+    // byte-equal datasets for a sample of slices, fetched through the API
+    for f in [&files[0], &files[149], &files[299]] {
+        let uid = sop_uid_of(f);
+        let (code, body) = s.get(&format!("/api/instances/{uid}/file"));
+        assert_eq!(code, 200);
+        let stored = s.dir.join("fetched.dcm");
+        std::fs::write(&stored, body).expect("write");
+        assert_eq!(dataset_bytes(&stored), dataset_bytes(f), "dataset of {}", f.display());
+    }
+
+    // stability: complete after ~2 s, queued exactly once
+    s.wait_for(30, "study completion", || s.sqlite("SELECT status FROM studies") == "complete");
+    assert_eq!(s.sqlite("SELECT COUNT(*), MIN(state) FROM worklist"), "1|new");
+
+    // a resend of identical instances is idempotent: success, no new rows;
+    // the late arrival re-opens the study, which completes again once.
+    let o = run({
+        let mut c = s.storescu("CT01");
+        c.arg(&files[0]).arg(&files[1]);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(s.sqlite("SELECT COUNT(*) FROM instances"), "300");
+    assert_eq!(s.metric("medrelay_dicom_instances_duplicate_total"), 2.0);
+
+    // zip download has all 300 instances, verified by an independent reader
+    let (code, body) = s.get(&format!("/api/studies/{study_uid}/archive.zip"));
+    assert_eq!(code, 200);
+    let zip = s.dir.join("study.zip");
+    std::fs::write(&zip, body).expect("write");
+    let o = run({
+        let mut c = Command::new("python3");
+        c.args(["-c", "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nprint(len(z.namelist()))"]).arg(&zip);
+        c
+    });
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "300", "{}", text(&o));
+
+    // the worklist entry survives a restart and is not duplicated by it
+    let mut s = s;
+    s.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.sqlite("SELECT COUNT(*) FROM worklist"), "1");
+    assert_eq!(s.get_json("/api/studies?status=complete")["total"], 1);
+}
+
+#[test]
+fn stability_is_exactly_once_across_a_restart() {
+    let mut s = Server::start(ServerOpts { stable_after_secs: 3.0, ..Default::default() });
+    let files = ct_files();
+    let o = run({
+        let mut c = s.storescu("CT01");
+        c.args(&files[0..5]);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    // crash before the study is stable; the deadline is durable, so the
+    // restarted server completes it, once
+    s.kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    s.restart();
+    s.wait_for(30, "completion after restart", || s.sqlite("SELECT status FROM studies") == "complete");
+    std::thread::sleep(Duration::from_secs(1));
+    s.restart();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.sqlite("SELECT COUNT(*), MAX(completions) FROM worklist"), "1|1");
+}
+
+#[test]
+fn medrelay_store_to_dcmtk_storescp_and_to_itself() {
+    // to DCMTK storescp
+    let port = free_port();
+    let out = tempfile::tempdir().expect("tmp");
+    let mut scp = dcmtk("storescp")
+        .args(["-aet", "DCMTK_SCP", "-od"])
+        .arg(out.path())
+        .arg(port.to_string())
+        .spawn()
+        .expect("storescp");
+    std::thread::sleep(Duration::from_millis(500));
+    let o = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+        c.args(["store", "--quiet", "--parallel", "4", "--to", &format!("DCMTK_SCP@127.0.0.1:{port}")]).arg(ct300());
+        c
+    });
+    let _ = scp.kill();
+    let _ = scp.wait();
+    assert!(o.status.success(), "medrelay store → storescp: {}", text(&o));
+    assert!(text(&o).contains("sent 300 of 300 files"), "{}", text(&o));
+    let received: Vec<PathBuf> = std::fs::read_dir(out.path()).expect("ls").flatten().map(|e| e.path()).collect();
+    assert_eq!(received.len(), 300);
+    // storescp writes what it received; datasets are byte-equal to the originals
+    let by_uid: std::collections::HashMap<String, PathBuf> =
+        ct_files().into_iter().map(|p| (sop_uid_of(&p), p)).collect();
+    for r in received.iter().take(20) {
+        let orig = &by_uid[&sop_uid_of(r)];
+        assert_eq!(dataset_bytes(r), dataset_bytes(orig));
+    }
+
+    // to medrelay itself, 4 associations in parallel
+    let s = Server::start(ServerOpts::default());
+    let o = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+        c.args(["store", "--quiet", "--parallel", "4", "--to", &s.target()]).arg(ct300());
+        c
+    });
+    assert!(o.status.success(), "medrelay store → medrelay: {}", text(&o));
+    assert_eq!(s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM instances"), "300|300");
+    assert_eq!(s.metric("medrelay_dicom_associations_total"), 4.0);
+
+    // per-file failures are reported, the rest still sent
+    let mixed = tempfile::tempdir().expect("tmp");
+    std::fs::copy(&ct_files()[0], mixed.path().join("a.dcm")).expect("copy");
+    std::fs::write(mixed.path().join("b.dcm"), b"not dicom at all").expect("write");
+    let o = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+        c.args(["store", "--quiet", "--to", &s.target()]).arg(mixed.path());
+        c
+    });
+    assert!(!o.status.success());
+    assert!(text(&o).contains("sent 1 of 2 files"), "{}", text(&o));
+    assert!(text(&o).contains("FAILED") && text(&o).contains("b.dcm"), "{}", text(&o));
+}
+
+#[test]
+fn kill9_during_push_loses_no_acknowledged_instance() {
+    let mut s = Server::start(ServerOpts::default());
+    let acked = s.dir.join("acked.txt");
+    let port = s.dicom_port;
+    let push = |skip: bool| {
+        let mut c = Command::new(python());
+        c.arg(script("push_acked.py"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--aec", "MEDRELAY", "--aet", "PUSHER"])
+            .arg("--acked")
+            .arg(&acked);
+        if skip {
+            c.arg("--skip-acked");
+        }
+        c.arg(ct300());
+        c
+    };
+    let mut child = push(false).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("push");
+    s.wait_for(120, "100 acknowledged instances", || {
+        std::fs::read_to_string(&acked).map(|t| t.lines().count() >= 100).unwrap_or(false)
+    });
+    s.kill9();
+    let _ = child.wait();
+    let acked_uids: Vec<String> = std::fs::read_to_string(&acked).expect("acked").lines().map(str::to_string).collect();
+    assert!(acked_uids.len() >= 100 && acked_uids.len() < 300, "acked {}", acked_uids.len());
+
+    s.restart();
+    // no partial files: tmp is empty after recovery
+    assert_eq!(std::fs::read_dir(s.data_dir.join("tmp")).expect("tmp").count(), 0);
+    // every acknowledged instance is indexed, and its file is intact (hash)
+    let by_uid: std::collections::HashMap<String, PathBuf> =
+        ct_files().into_iter().map(|p| (sop_uid_of(&p), p)).collect();
+    for uid in &acked_uids {
+        let rows = s.sqlite(&format!("SELECT path FROM instances WHERE sop_instance_uid = '{uid}'"));
+        assert!(!rows.is_empty(), "acknowledged {uid} missing after kill -9");
+        let stored = s.data_dir.join(rows.lines().next().expect("row"));
+        assert_eq!(dataset_bytes(&stored), dataset_bytes(&by_uid[uid]), "{uid} corrupted");
+    }
+    // every indexed file verifies against its recorded SHA-256 (nothing torn)
+    let o = run({
+        let mut c = Command::new(python());
+        c.args(["-c", "import sqlite3,hashlib,sys,os\nroot=sys.argv[1]\nbad=0\nfor p,ts,h in sqlite3.connect(os.path.join(root,'index.db')).execute('select path,transfer_syntax,sha256 from instances'):\n  b=open(os.path.join(root,p),'rb').read()\n  g=int.from_bytes(b[140:144],'little')\n  d=hashlib.sha256(ts.encode()+b'\\0'+b[144+g:]).hexdigest()\n  bad+= d!=h\nprint(bad)"]).arg(&s.data_dir);
+        c
+    });
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0", "{}", text(&o));
+
+    // resume: the push completes, each instance exactly once
+    let o = run(push(true));
+    assert!(o.status.success(), "resume: {}", text(&o));
+    assert!(text(&o).contains("acked 300 of 300"), "{}", text(&o));
+    assert_eq!(s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid) FROM instances"), "300|300");
+    assert_eq!(s.sqlite("SELECT num_instances FROM studies"), "300");
+}

@@ -1,0 +1,313 @@
+//! Integration-test helpers: start the real `medrelay` binary on free ports
+//! with its own data directory, and run real peers (DCMTK, pynetdicom).
+//!
+//! The peers and the sample corpus come from `tests/support/setup.sh` (the
+//! README's test command runs it). A missing peer fails the test with a clear
+//! message rather than skipping: a skipped peer test proves nothing.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn cache() -> PathBuf {
+    repo().join(".cache")
+}
+
+fn require(path: PathBuf, what: &str) -> PathBuf {
+    assert!(path.exists(), "{what} missing at {}: run `bash tests/support/setup.sh` (the README's test command does)", path.display());
+    path
+}
+
+pub fn corpus_pydicom() -> PathBuf {
+    require(cache().join("dicom-samples/pydicom/data/test_files"), "pydicom sample corpus")
+}
+
+pub fn corpus_nema() -> PathBuf {
+    require(cache().join("dicom-samples/data_store/data"), "pydicom-data sample corpus")
+}
+
+pub fn ct300() -> PathBuf {
+    require(cache().join("ct300"), "generated 300-slice CT")
+}
+
+pub fn python() -> PathBuf {
+    require(cache().join("venv/bin/python"), "test venv")
+}
+
+pub fn script(name: &str) -> PathBuf {
+    repo().join("tests/support").join(name)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A DCMTK (or other) command with Nagle off, as DESIGN.md says.
+pub fn dcmtk(prog: &str) -> Command {
+    let mut c = Command::new(prog);
+    c.env("TCP_NODELAY", "1");
+    c
+}
+
+pub fn run(mut c: Command) -> Output {
+    let o = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
+    o
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub struct ServerOpts {
+    pub ae_title: String,
+    pub stable_after_secs: f64,
+    pub config_toml: String,
+    pub min_free_bytes: u64,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        ServerOpts {
+            ae_title: "MEDRELAY".into(),
+            stable_after_secs: 60.0,
+            config_toml: String::new(),
+            min_free_bytes: 0,
+            data_dir: None,
+        }
+    }
+}
+
+pub struct Server {
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub dicom_port: u16,
+    pub http_port: u16,
+    pub ae_title: String,
+    child: Option<Child>,
+    pub log: Arc<Mutex<String>>,
+    opts_args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub fn start(opts: ServerOpts) -> Server {
+        let tmp = tempfile::Builder::new().prefix("medrelay-it-").tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+        let config = dir.join("medrelay.toml");
+        std::fs::write(&config, &opts.config_toml).expect("write config");
+        let dicom_port = free_port();
+        let http_port = free_port();
+        let args = vec![
+            "serve".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--cert-dir".into(),
+            dir.join("certs").display().to_string(),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--dicom-listen".into(),
+            format!("127.0.0.1:{dicom_port}"),
+            "--ae-title".into(),
+            opts.ae_title.clone(),
+            "--stable-after-secs".into(),
+            opts.stable_after_secs.to_string(),
+            "--min-free-bytes".into(),
+            opts.min_free_bytes.to_string(),
+        ];
+        let mut s = Server {
+            dir,
+            data_dir,
+            dicom_port,
+            http_port,
+            ae_title: opts.ae_title,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            opts_args: args,
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medrelay"))
+            .args(&self.opts_args)
+            .env("RUST_LOG", "info,medrelay=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn medrelay");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("medrelay ready")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("medrelay did not become ready; log:\n{}", self.log());
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn dicom_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.dicom_port))
+    }
+
+    pub fn target(&self) -> String {
+        format!("{}@127.0.0.1:{}", self.ae_title, self.dicom_port)
+    }
+
+    /// `kill -9`: no flush, no shutdown path.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status success.
+    pub fn terminate(&mut self) -> bool {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return st.success();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+        }
+        false
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.log.lock().map(|mut l| l.clear()).ok();
+        self.spawn();
+    }
+
+    pub fn index_db(&self) -> PathBuf {
+        self.data_dir.join("index.db")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http_get(self.http_port, path)
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).expect("json")
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Poll until `f` is true, failing with the server log after `secs`.
+    pub fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; server log:\n{}", self.log());
+    }
+
+    /// A DCMTK storescu command aimed at this server.
+    pub fn storescu(&self, calling: &str) -> Command {
+        let mut c = dcmtk("storescu");
+        c.args(["-aet", calling, "-aec", &self.ae_title, "127.0.0.1", &self.dicom_port.to_string()]);
+        c
+    }
+
+    pub fn sqlite(&self, sql: &str) -> String {
+        let o = run({
+            let mut c = Command::new(python());
+            c.args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]): print('|'.join(str(x) for x in r))", &self.index_db().display().to_string(), sql]);
+            c
+        });
+        assert!(o.status.success(), "sqlite: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Minimal HTTPS GET against the self-signed dev certificate, with curl (a
+/// real, independent client) so tests do not need a TLS stack of their own.
+pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    let out = std::env::temp_dir().join(format!("medrelay-it-body-{}-{}", std::process::id(), rand_suffix()));
+    let o = run({
+        let mut c = Command::new("curl");
+        c.args(["-sk", "--max-time", "60", "-o", &out.display().to_string(), "-w", "%{http_code}"]);
+        c.arg(format!("https://127.0.0.1:{port}{path}"));
+        c
+    });
+    let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+    let body = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (code, body)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect")
+}
+
+pub fn copy_dir_files(from: &Path, to: &Path, filter: impl Fn(&Path) -> bool) -> usize {
+    std::fs::create_dir_all(to).expect("mkdir");
+    let mut n = 0;
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_file() && filter(&p) {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+            n += 1;
+        }
+    }
+    n
+}
