@@ -294,3 +294,125 @@ fn kill9_during_push_loses_no_acknowledged_instance() {
     assert_eq!(s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid) FROM instances"), "300|300");
     assert_eq!(s.sqlite("SELECT num_instances FROM studies"), "300");
 }
+
+#[test]
+fn same_uid_different_content_is_kept_as_a_version_with_a_warning() {
+    let s = Server::start(ServerOpts::default());
+    let orig = ct_files()[10].clone();
+    let changed = s.dir.join("changed.dcm");
+    let o = run({
+        let mut c = Command::new(python());
+        c.args(["-c", "import pydicom,sys\nds=pydicom.dcmread(sys.argv[1])\nds.SeriesDescription='CORRECTED'\nds.save_as(sys.argv[2])"])
+            .arg(&orig)
+            .arg(&changed);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [&orig, &changed] {
+        let o = run({
+            let mut c = s.storescu("CT01");
+            c.arg("-v").arg(f);
+            c
+        });
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let uid = sop_uid_of(&orig);
+    let j = s.get_json(&format!("/api/instances/{uid}"));
+    assert_eq!(j["versions"].as_array().map(Vec::len), Some(2));
+    assert_eq!(j["instance"]["version"], 2);
+    assert_eq!(s.metric("medrelay_dicom_instances_new_version_total"), 1.0);
+    // both versions downloadable, each byte-equal to what was sent
+    for (v, f) in [(1, &orig), (2, &changed)] {
+        let (code, body) = s.get(&format!("/api/instances/{uid}/file?version={v}"));
+        assert_eq!(code, 200);
+        let p = s.dir.join(format!("v{v}.dcm"));
+        std::fs::write(&p, body).expect("write");
+        assert_eq!(dataset_bytes(&p), dataset_bytes(f));
+    }
+    // the study counts the instance once
+    assert_eq!(s.sqlite("SELECT num_instances FROM studies"), "1");
+}
+
+#[test]
+fn sigterm_lets_the_inflight_push_finish_and_exits_cleanly() {
+    let mut s = Server::start(ServerOpts::default());
+    let acked = s.dir.join("acked.txt");
+    let mut push = Command::new(python())
+        .arg(script("push_acked.py"))
+        .args(["--host", "127.0.0.1", "--port", &s.dicom_port.to_string(), "--aec", "MEDRELAY", "--aet", "PUSHER"])
+        .arg("--acked")
+        .arg(&acked)
+        .arg(ct300())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("push");
+    s.wait_for(60, "push under way", || std::fs::read_to_string(&acked).map(|t| t.lines().count() >= 20).unwrap_or(false));
+    assert!(s.terminate(), "medrelay did not exit cleanly on SIGTERM; log:\n{}", s.log());
+    let out = push.wait_with_output().expect("push");
+    // the association in flight was allowed to complete
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acked 300 of 300"), "{}", String::from_utf8_lossy(&out.stdout));
+    // new associations are refused after shutdown began; the data is all there
+    s.restart();
+    assert_eq!(s.sqlite("SELECT COUNT(*) FROM instances"), "300");
+}
+
+#[test]
+fn dicom_tls_with_dcmtk() {
+    let tls_port = free_port();
+    let cfg = format!("[dicom]\ntls_listen = \"127.0.0.1:{tls_port}\"\n");
+    let s = Server::start(ServerOpts { config_toml: cfg, ..Default::default() });
+    let o = run({
+        let mut c = dcmtk("storescu");
+        // anonymous TLS client, verifying our certificate against the generated CA file
+        c.args(["+tla", "+cf"])
+            .arg(s.dir.join("certs/medrelay.crt"))
+            .args(["-aet", "TLSCLIENT", "-aec", "MEDRELAY", "127.0.0.1", &tls_port.to_string()])
+            .arg(ct300().join("CT000001.dcm"));
+        c
+    });
+    assert!(o.status.success(), "storescu over TLS: {}", text(&o));
+    assert_eq!(s.sqlite("SELECT calling_ae FROM instances"), "TLSCLIENT");
+    // plain DICOM on the TLS port fails cleanly; the server keeps serving
+    let o = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "MEDRELAY", "127.0.0.1", &tls_port.to_string()]);
+        c
+    });
+    assert!(!o.status.success());
+    let o = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["+tla", "-ic", "-aec", "MEDRELAY", "127.0.0.1", &tls_port.to_string()]);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Memory stays bounded whatever the instance size: receive a 512 MB
+/// multi-frame instance and check the server's peak RSS.
+#[test]
+fn large_instance_is_streamed_with_bounded_memory() {
+    let s = Server::start(ServerOpts::default());
+    let big = s.dir.join("big.dcm");
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(repo().join("fixtures/gen_ct.py")).args(["--size-mb", "512", "--out"]).arg(&big);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run({
+        let mut c = s.storescu("CT01");
+        c.arg(&big);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let stored = s.sqlite("SELECT path FROM instances");
+    assert_eq!(dataset_bytes(&s.data_dir.join(stored)), dataset_bytes(&big));
+    let pid = s.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(hwm_kb < 128 * 1024, "peak RSS {hwm_kb} kB while receiving a 512 MB instance");
+}

@@ -177,6 +177,10 @@ impl Server {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("server running")
+    }
+
     pub fn dicom_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.dicom_port))
     }
