@@ -24,11 +24,17 @@ pub enum AppError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("archive at {path}: {source}")]
-    Archive { path: String, source: crate::archive::files::ArchiveError },
+    Archive {
+        path: String,
+        source: crate::archive::files::ArchiveError,
+    },
     #[error("index: {0}")]
     Index(#[from] crate::archive::index::IndexError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -49,11 +55,16 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         warn!(dir = %cfg.cert_dir.display(), "generated a self-signed development certificate; replace it for production");
     }
     let http_tls = crate::tls::server_config(&cfg.cert_dir, &[b"h2", b"http/1.1"])?;
-    let archive = Archive::open(&cfg.data_dir, cfg.dicom.min_free_bytes)
-        .map_err(|source| AppError::Archive { path: cfg.data_dir.display().to_string(), source })?;
+    let archive = Archive::open(&cfg.data_dir, cfg.dicom.min_free_bytes).map_err(|source| AppError::Archive {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
     match archive.clean_tmp() {
         Ok(0) => {}
-        Ok(n) => info!(files = n, "removed unacknowledged partial receptions from a previous run"),
+        Ok(n) => info!(
+            files = n,
+            "removed unacknowledged partial receptions from a previous run"
+        ),
         Err(e) => warn!(error = %e, "could not clean the tmp directory"),
     }
     let (index, writer) = Index::open(&cfg.index_path()).await?;
@@ -64,22 +75,47 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         Some(_) => Some(crate::tls::server_config(&cfg.cert_dir, &[])?),
         None => None,
     };
-    let scp = Arc::new(Scp::new(cfg.clone(), archive.clone(), index.clone(), metrics.clone(), dicom_tls));
-    let bind = |addr| bind_listener(addr, cfg.dicom.recv_buffer_bytes).map_err(|source| AppError::Bind { addr, source });
+    let scp = Arc::new(Scp::new(
+        cfg.clone(),
+        archive.clone(),
+        index.clone(),
+        metrics.clone(),
+        dicom_tls,
+    ));
+    let bind =
+        |addr| bind_listener(addr, cfg.dicom.recv_buffer_bytes).map_err(|source| AppError::Bind { addr, source });
     let dicom_listener = bind(cfg.dicom.listen)?;
     info!(addr = %cfg.dicom.listen, ae = %cfg.dicom.ae_title, "DICOM listening");
     let mut listeners = Vec::new();
-    listeners.push(tokio::spawn(scp.clone().serve(dicom_listener, false, shutdown.clone(), tracker.clone())));
+    listeners.push(tokio::spawn(scp.clone().serve(
+        dicom_listener,
+        false,
+        shutdown.clone(),
+        tracker.clone(),
+    )));
     if let Some(addr) = cfg.dicom.tls_listen {
         let l = bind(addr)?;
         info!(%addr, "DICOM TLS listening");
-        listeners.push(tokio::spawn(scp.clone().serve(l, true, shutdown.clone(), tracker.clone())));
+        listeners.push(tokio::spawn(scp.clone().serve(
+            l,
+            true,
+            shutdown.clone(),
+            tracker.clone(),
+        )));
     }
 
-    let services = Arc::new(Services { cfg: cfg.clone(), archive, index: index.clone(), metrics: metrics.clone() });
+    let services = Arc::new(Services {
+        cfg: cfg.clone(),
+        archive,
+        index: index.clone(),
+        metrics: metrics.clone(),
+    });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
-        .map_err(|source| AppError::Bind { addr: cfg.http.listen, source })?;
+        .map_err(|source| AppError::Bind {
+            addr: cfg.http.listen,
+            source,
+        })?;
     info!(addr = %cfg.http.listen, "HTTPS API listening");
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     let http = tokio::spawn(crate::http::serve(
@@ -90,10 +126,13 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         grace,
     ));
 
-    let sweep_every = Duration::from_millis(
-        ((cfg.stability.stable_after_secs * 1000.0 / 4.0) as u64).clamp(50, 1000),
-    );
-    let stability = tokio::spawn(crate::archive::stability::run(index.clone(), metrics, sweep_every, shutdown.clone()));
+    let sweep_every = Duration::from_millis(((cfg.stability.stable_after_secs * 1000.0 / 4.0) as u64).clamp(50, 1000));
+    let stability = tokio::spawn(crate::archive::stability::run(
+        index.clone(),
+        metrics,
+        sweep_every,
+        shutdown.clone(),
+    ));
     // Ready marker for scripts and tests: every listener is bound.
     info!("medrelay ready");
 
@@ -104,7 +143,10 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     }
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(grace_secs = cfg.shutdown_grace_secs, "associations still open after the grace period; dropping them");
+        warn!(
+            grace_secs = cfg.shutdown_grace_secs,
+            "associations still open after the grace period; dropping them"
+        );
     }
     let _ = http.await;
     let _ = stability.await;

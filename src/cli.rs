@@ -14,7 +14,11 @@ use crate::config::{Config, Overrides};
 use crate::dicom::scu::{self, FileResult, Target};
 
 #[derive(Parser, Debug)]
-#[command(name = "medrelay", version, about = "DICOM + WebRTC gateway for regional hospital alliances")]
+#[command(
+    name = "medrelay",
+    version,
+    about = "DICOM + WebRTC gateway for regional hospital alliances"
+)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -79,7 +83,10 @@ struct ServeArgs {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn run() -> ExitCode {
@@ -102,13 +109,24 @@ pub fn run() -> ExitCode {
                 };
                 match scu::echo(&t, &aet).await {
                     Ok(rtt) => {
-                        println!("C-ECHO {}@{}: success in {:.1} ms", t.called_ae, t.addr, rtt.as_secs_f64() * 1000.0);
+                        println!(
+                            "C-ECHO {}@{}: success in {:.1} ms",
+                            t.called_ae,
+                            t.addr,
+                            rtt.as_secs_f64() * 1000.0
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(e),
                 }
             }
-            Cmd::Store { paths, to, parallel, aet, quiet } => {
+            Cmd::Store {
+                paths,
+                to,
+                parallel,
+                aet,
+                quiet,
+            } => {
                 init_tracing("warn");
                 store(paths, &to, parallel, &aet, quiet).await
             }
@@ -207,7 +225,11 @@ async fn store(paths: Vec<PathBuf>, to: &str, parallel: usize, aet: &str, quiet:
     let failed: Vec<&FileResult> = results.iter().filter(|r| !r.ok()).collect();
     let mut lat: Vec<f64> = ok.iter().map(|r| r.latency.as_secs_f64() * 1000.0).collect();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     let mb = bytes.load(Relaxed) as f64 / 1e6;
     println!(
         "sent {} of {} files ({} with warnings), {:.1} MB in {:.2} s: {:.1} instances/s, {:.1} MB/s; C-STORE latency ms p50 {:.2} p95 {:.2} p99 {:.2}",
@@ -223,7 +245,15 @@ async fn store(paths: Vec<PathBuf>, to: &str, parallel: usize, aet: &str, quiet:
         pct(0.99)
     );
     for r in &failed {
-        println!("FAILED {}: {}", r.path.display(), r.error.as_deref().unwrap_or("unknown error"));
+        println!(
+            "FAILED {}: {}",
+            r.path.display(),
+            r.error.as_deref().unwrap_or("unknown error")
+        );
     }
-    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -14,7 +14,10 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -101,7 +104,9 @@ impl Default for Config {
 impl Default for HttpConfig {
     fn default() -> Self {
         // Loopback until accounts and roles exist (reading-workflow issue).
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8443)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+        }
     }
 }
 
@@ -124,7 +129,9 @@ impl Default for DicomConfig {
 
 impl Default for StabilityConfig {
     fn default() -> Self {
-        StabilityConfig { stable_after_secs: 60.0 }
+        StabilityConfig {
+            stable_after_secs: 60.0,
+        }
     }
 }
 
@@ -146,10 +153,14 @@ impl Config {
     pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
         let mut cfg = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?
             }
             None => Config::default(),
         };
@@ -187,7 +198,10 @@ impl Config {
             return bad(format!("role must be \"hub\" or \"edge\", not {:?}", self.role));
         }
         if !valid_ae(&self.dicom.ae_title) {
-            return bad(format!("dicom.ae_title {:?}: 1-16 printable characters, no backslash", self.dicom.ae_title));
+            return bad(format!(
+                "dicom.ae_title {:?}: 1-16 printable characters, no backslash",
+                self.dicom.ae_title
+            ));
         }
         if self.dicom.max_pdu < 16384 || self.dicom.max_pdu > (1 << 24) {
             return bad("dicom.max_pdu must be between 16384 and 16777216".into());
@@ -198,7 +212,7 @@ impl Config {
         if self.dicom.idle_timeout_secs == 0 {
             return bad("dicom.idle_timeout_secs must be at least 1".into());
         }
-        if !(self.stability.stable_after_secs > 0.0) {
+        if self.stability.stable_after_secs.is_nan() || self.stability.stable_after_secs <= 0.0 {
             return bad("stability.stable_after_secs must be positive".into());
         }
         let mut seen_ae: HashMap<String, String> = HashMap::new();
@@ -206,7 +220,7 @@ impl Config {
             if c.id.trim().is_empty() {
                 return bad("every [[clinic]] needs an id".into());
             }
-            if c.stable_after_secs.is_some_and(|s| !(s > 0.0)) {
+            if c.stable_after_secs.is_some_and(|s| s.is_nan() || s <= 0.0) {
                 return bad(format!("clinic {}: stable_after_secs must be positive", c.id));
             }
             for ae in &c.ae_titles {
@@ -214,7 +228,10 @@ impl Config {
                     return bad(format!("clinic {}: invalid AE title {ae:?}", c.id));
                 }
                 if let Some(other) = seen_ae.insert(ae.trim().to_string(), c.id.clone()) {
-                    return bad(format!("AE title {ae:?} is listed for both clinic {other} and {}", c.id));
+                    return bad(format!(
+                        "AE title {ae:?} is listed for both clinic {other} and {}",
+                        c.id
+                    ));
                 }
             }
         }
@@ -254,18 +271,45 @@ mod tests {
 
     #[test]
     fn overrides_win_and_bad_values_are_named() {
-        let o = Overrides { ae_title: Some("HUB1".into()), stable_after_secs: Some(2.0), ..Default::default() };
+        let o = Overrides {
+            ae_title: Some("HUB1".into()),
+            stable_after_secs: Some(2.0),
+            ..Default::default()
+        };
         let cfg = Config::load(None, &o).expect("cfg");
-        assert_eq!((cfg.dicom.ae_title.as_str(), cfg.stability.stable_after_secs), ("HUB1", 2.0));
-        let o = Overrides { ae_title: Some("WAY_TOO_LONG_AE_TITLE".into()), ..Default::default() };
+        assert_eq!(
+            (cfg.dicom.ae_title.as_str(), cfg.stability.stable_after_secs),
+            ("HUB1", 2.0)
+        );
+        let o = Overrides {
+            ae_title: Some("WAY_TOO_LONG_AE_TITLE".into()),
+            ..Default::default()
+        };
         let err = Config::load(None, &o).expect_err("invalid");
         assert!(err.to_string().contains("ae_title"));
-        let mut cfg = Config::default();
-        cfg.clinics = vec![
-            ClinicConfig { id: "a".into(), name: String::new(), ae_titles: vec!["CT1".into()], stable_after_secs: None },
-            ClinicConfig { id: "b".into(), name: String::new(), ae_titles: vec!["CT1".into()], stable_after_secs: None },
-        ];
-        assert!(cfg.validate().expect_err("dup").to_string().contains("both clinic a and b"));
+        let mut cfg = Config {
+            clinics: vec![
+                ClinicConfig {
+                    id: "a".into(),
+                    name: String::new(),
+                    ae_titles: vec!["CT1".into()],
+                    stable_after_secs: None,
+                },
+                ClinicConfig {
+                    id: "b".into(),
+                    name: String::new(),
+                    ae_titles: vec!["CT1".into()],
+                    stable_after_secs: None,
+                },
+            ],
+            ..Config::default()
+        };
+        assert!(
+            cfg.validate()
+                .expect_err("dup")
+                .to_string()
+                .contains("both clinic a and b")
+        );
     }
 
     #[test]

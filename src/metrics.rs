@@ -32,11 +32,17 @@ pub struct Histogram {
     sum_us: AtomicU64,
 }
 
-const BUCKETS_MS: [f64; 12] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+const BUCKETS_MS: [f64; 12] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: Default::default(), count: AtomicU64::new(0), sum_us: AtomicU64::new(0) }
+        Histogram {
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
     }
 }
 
@@ -59,33 +65,101 @@ impl Metrics {
     pub fn render(&self, gauges: &[(&str, &str, i64)]) -> String {
         let mut out = String::with_capacity(4096);
         let counters: [(&str, &str, &AtomicU64); 13] = [
-            ("medrelay_dicom_associations_total", "Associations accepted", &self.associations_total),
-            ("medrelay_dicom_associations_rejected_total", "Associations rejected", &self.associations_rejected),
-            ("medrelay_dicom_associations_aborted_total", "Associations aborted", &self.associations_aborted),
-            ("medrelay_dicom_echo_total", "C-ECHO requests answered", &self.echoes_total),
-            ("medrelay_dicom_instances_stored_total", "New instances stored", &self.instances_stored),
-            ("medrelay_dicom_instances_duplicate_total", "Identical resends", &self.instances_duplicate),
-            ("medrelay_dicom_instances_new_version_total", "Same UID, new content", &self.instances_new_version),
-            ("medrelay_dicom_received_bytes_total", "Dataset bytes received", &self.bytes_received),
-            ("medrelay_studies_completed_total", "Studies that became complete", &self.studies_completed),
-            ("medrelay_dicom_store_failures_resources_total", "C-STORE failed: out of resources", &self.store_failures_resources),
-            ("medrelay_dicom_store_failures_invalid_total", "C-STORE failed: invalid dataset", &self.store_failures_invalid),
-            ("medrelay_dicom_store_failures_refused_total", "C-STORE refused: SOP class/context", &self.store_failures_refused),
-            ("medrelay_dicom_store_failures_internal_total", "C-STORE failed: internal error", &self.store_failures_internal),
+            (
+                "medrelay_dicom_associations_total",
+                "Associations accepted",
+                &self.associations_total,
+            ),
+            (
+                "medrelay_dicom_associations_rejected_total",
+                "Associations rejected",
+                &self.associations_rejected,
+            ),
+            (
+                "medrelay_dicom_associations_aborted_total",
+                "Associations aborted",
+                &self.associations_aborted,
+            ),
+            (
+                "medrelay_dicom_echo_total",
+                "C-ECHO requests answered",
+                &self.echoes_total,
+            ),
+            (
+                "medrelay_dicom_instances_stored_total",
+                "New instances stored",
+                &self.instances_stored,
+            ),
+            (
+                "medrelay_dicom_instances_duplicate_total",
+                "Identical resends",
+                &self.instances_duplicate,
+            ),
+            (
+                "medrelay_dicom_instances_new_version_total",
+                "Same UID, new content",
+                &self.instances_new_version,
+            ),
+            (
+                "medrelay_dicom_received_bytes_total",
+                "Dataset bytes received",
+                &self.bytes_received,
+            ),
+            (
+                "medrelay_studies_completed_total",
+                "Studies that became complete",
+                &self.studies_completed,
+            ),
+            (
+                "medrelay_dicom_store_failures_resources_total",
+                "C-STORE failed: out of resources",
+                &self.store_failures_resources,
+            ),
+            (
+                "medrelay_dicom_store_failures_invalid_total",
+                "C-STORE failed: invalid dataset",
+                &self.store_failures_invalid,
+            ),
+            (
+                "medrelay_dicom_store_failures_refused_total",
+                "C-STORE refused: SOP class/context",
+                &self.store_failures_refused,
+            ),
+            (
+                "medrelay_dicom_store_failures_internal_total",
+                "C-STORE failed: internal error",
+                &self.store_failures_internal,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         let name = "medrelay_dicom_associations_active";
-        let _ = writeln!(out, "# HELP {name} Associations open now\n# TYPE {name} gauge\n{name} {}", self.associations_active.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name} Associations open now\n# TYPE {name} gauge\n{name} {}",
+            self.associations_active.load(Relaxed)
+        );
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         let h = &self.store_latency;
         let name = "medrelay_dicom_store_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} Time from last dataset byte to C-STORE-RSP\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from last dataset byte to C-STORE-RSP\n# TYPE {name} histogram"
+        );
         for (i, b) in BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", b / 1000.0, h.buckets[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {}",
+                b / 1000.0,
+                h.buckets[i].load(Relaxed)
+            );
         }
         let count = h.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");

@@ -28,7 +28,10 @@ pub struct CertPaths {
 }
 
 pub fn paths(cert_dir: &Path) -> CertPaths {
-    CertPaths { cert: cert_dir.join("medrelay.crt"), key: cert_dir.join("medrelay.key") }
+    CertPaths {
+        cert: cert_dir.join("medrelay.crt"),
+        key: cert_dir.join("medrelay.key"),
+    }
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -54,8 +57,12 @@ pub fn ensure_certificate(cert_dir: &Path) -> Result<bool, TlsError> {
         }
     }
     let mut params = rcgen::CertificateParams::new(names)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "medrelay development certificate");
-    params.distinguished_name.push(rcgen::DnType::OrganizationName, "medrelay");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "medrelay development certificate");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "medrelay");
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     write_private(&p.key, key.serialize_pem().as_bytes()).map_err(io(&p.key))?;
@@ -66,7 +73,12 @@ pub fn ensure_certificate(cert_dir: &Path) -> Result<bool, TlsError> {
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -75,14 +87,20 @@ pub fn load(cert_dir: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKey
     let p = paths(cert_dir);
     let pem_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: rustls::pki_types::pem::Error| TlsError::Pem { path, msg: e.to_string() }
+        move |e: rustls::pki_types::pem::Error| TlsError::Pem {
+            path,
+            msg: e.to_string(),
+        }
     };
     let certs = CertificateDer::pem_file_iter(&p.cert)
         .map_err(pem_err(&p.cert))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_err(&p.cert))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: p.cert, msg: "no certificate in file".into() });
+        return Err(TlsError::Pem {
+            path: p.cert,
+            msg: "no certificate in file".into(),
+        });
     }
     let key = PrivateKeyDer::from_pem_file(&p.key).map_err(pem_err(&p.key))?;
     Ok((certs, key))
@@ -110,7 +128,10 @@ mod tests {
         assert_eq!(std::fs::read(super::paths(dir.path()).cert).expect("read"), first);
         super::server_config(dir.path(), &[b"h2"]).expect("config");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(super::paths(dir.path()).key).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(super::paths(dir.path()).key)
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -15,13 +15,24 @@ fn bad_peer(s: &Server, case: &str, extra: &[&str]) -> serde_json::Value {
         let mut c = Command::new("python3");
         c.arg(script("bad_peer.py"))
             .arg(case)
-            .args(["--host", "127.0.0.1", "--port", &s.dicom_port.to_string(), "--aec", &s.ae_title])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &s.dicom_port.to_string(),
+                "--aec",
+                &s.ae_title,
+            ])
             .arg("--file")
             .arg(ct300().join("CT000001.dcm"))
             .args(extra);
         c
     });
-    let line = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string();
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
     serde_json::from_str(&line).unwrap_or_else(|_| panic!("bad_peer {case}: {}", text(&o)))
 }
 
@@ -55,14 +66,26 @@ fn malformed_pdus_and_datasets_get_the_right_answer_and_nothing_is_indexed() {
     let r = bad_peer(&s, "truncated-dataset", &[]);
     assert_eq!(r["result"], "rsp", "{r}");
     assert_eq!(r["detail"]["status"], "0xC000", "{r}");
-    assert!(r["detail"]["error_comment"].as_str().unwrap_or("").contains("truncated"), "{r}");
-    assert_eq!(r["detail"]["released"], true, "association stays usable after a failed store: {r}");
+    assert!(
+        r["detail"]["error_comment"]
+            .as_str()
+            .unwrap_or("")
+            .contains("truncated"),
+        "{r}"
+    );
+    assert_eq!(
+        r["detail"]["released"], true,
+        "association stays usable after a failed store: {r}"
+    );
 
     let r = bad_peer(&s, "not-dicom", &[]);
     assert_eq!(r["detail"]["status"], "0xC000", "{r}");
 
     let r = bad_peer(&s, "sop-mismatch", &[]);
-    assert_eq!(r["detail"]["status"], "0x0122", "SOP class differs from the context's: {r}");
+    assert_eq!(
+        r["detail"]["status"], "0x0122",
+        "SOP class differs from the context's: {r}"
+    );
 
     for variant in ["rejected", "unproposed"] {
         let r = bad_peer(&s, "pc-not-accepted", &["--variant", variant]);
@@ -109,7 +132,10 @@ fn malformed_pdus_and_datasets_get_the_right_answer_and_nothing_is_indexed() {
 #[test]
 fn idle_peers_time_out_and_the_association_limit_rejects_transiently() {
     let cfg = "[dicom]\nidle_timeout_secs = 2\nmax_associations = 2\n";
-    let s = Server::start(ServerOpts { config_toml: cfg.into(), ..Default::default() });
+    let s = Server::start(ServerOpts {
+        config_toml: cfg.into(),
+        ..Default::default()
+    });
 
     let r = bad_peer(&s, "hang", &["--wait", "10"]);
     assert_eq!(r["result"], "abort", "idle association must be aborted: {r}");
@@ -120,14 +146,26 @@ fn idle_peers_time_out_and_the_association_limit_rejects_transiently() {
     let hang = || {
         Command::new("python3")
             .arg(script("bad_peer.py"))
-            .args(["hang", "--host", "127.0.0.1", "--port", &s.dicom_port.to_string(), "--aec", &s.ae_title, "--wait", "10"])
+            .args([
+                "hang",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &s.dicom_port.to_string(),
+                "--aec",
+                &s.ae_title,
+                "--wait",
+                "10",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("hang")
     };
     let mut a = hang();
     let mut b = hang();
-    s.wait_for(10, "two open associations", || s.metric("medrelay_dicom_associations_active") == 2.0);
+    s.wait_for(10, "two open associations", || {
+        s.metric("medrelay_dicom_associations_active") == 2.0
+    });
     let o = run({
         let mut c = dcmtk("echoscu");
         c.args(["-aec", &s.ae_title, "127.0.0.1", &s.dicom_port.to_string()]);
@@ -139,7 +177,9 @@ fn idle_peers_time_out_and_the_association_limit_rejects_transiently() {
     let _ = a.wait();
     let _ = b.wait();
     // once the idle ones are gone, service resumes
-    s.wait_for(10, "slots freed", || s.metric("medrelay_dicom_associations_active") == 0.0);
+    s.wait_for(10, "slots freed", || {
+        s.metric("medrelay_dicom_associations_active") == 0.0
+    });
     assert!(echo_ok(&s));
 }
 
@@ -164,7 +204,11 @@ fn full_disk_answers_out_of_resources_and_keeps_serving() {
     let _guard = Unmount(mnt.path().to_path_buf());
 
     let data = mnt.path().join("data");
-    let s = Server::start(ServerOpts { data_dir: Some(data.clone()), min_free_bytes: 0, ..Default::default() });
+    let s = Server::start(ServerOpts {
+        data_dir: Some(data.clone()),
+        min_free_bytes: 0,
+        ..Default::default()
+    });
     let o = run({
         let mut c = s.storescu("CT01");
         c.args(["+sd", "-v"]).arg(ct300());
@@ -188,7 +232,11 @@ fn full_disk_answers_out_of_resources_and_keeps_serving() {
 
     // With a reserve configured, refusal happens before any byte is written.
     drop(s);
-    let s = Server::start(ServerOpts { data_dir: Some(data.clone()), min_free_bytes: 64 << 20, ..Default::default() });
+    let s = Server::start(ServerOpts {
+        data_dir: Some(data.clone()),
+        min_free_bytes: 64 << 20,
+        ..Default::default()
+    });
     let o = run({
         let mut c = s.storescu("CT01");
         c.arg("-v").arg(ct300().join("CT000300.dcm"));

@@ -18,7 +18,11 @@ fn dataset_bytes(path: &Path) -> Vec<u8> {
 }
 
 fn ct_files() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(ct300()).expect("ct300").flatten().map(|e| e.path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(ct300())
+        .expect("ct300")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     v.sort();
     assert_eq!(v.len(), 300, "expected 300 CT slices");
     v
@@ -31,7 +35,11 @@ fn sop_uid_of(path: &Path) -> String {
         c
     });
     let t = String::from_utf8_lossy(&o.stdout).to_string();
-    t.split('[').nth(1).and_then(|s| s.split(']').next()).unwrap_or_default().to_string()
+    t.split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -59,7 +67,11 @@ fn echo_from_dcmtk_and_cli_and_called_ae_check() {
         c
     });
     assert!(!o.status.success());
-    assert!(text(&o).to_lowercase().contains("called ae title not recognized"), "{}", text(&o));
+    assert!(
+        text(&o).to_lowercase().contains("called ae title not recognized"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(s.metric("medrelay_dicom_echo_total"), 2.0);
     assert!(s.metric("medrelay_dicom_associations_rejected_total") >= 1.0);
 }
@@ -72,7 +84,10 @@ id = "t01"
 name = "Township 01"
 ae_titles = ["T01_CT"]
 "#;
-    let s = Server::start(ServerOpts { config_toml: cfg.into(), ..Default::default() });
+    let s = Server::start(ServerOpts {
+        config_toml: cfg.into(),
+        ..Default::default()
+    });
     let echo = |aet: &str| {
         run({
             let mut c = dcmtk("echoscu");
@@ -83,7 +98,11 @@ ae_titles = ["T01_CT"]
     assert!(echo("T01_CT").status.success());
     let o = echo("INTRUDER");
     assert!(!o.status.success());
-    assert!(text(&o).to_lowercase().contains("calling ae title not recognized"), "{}", text(&o));
+    assert!(
+        text(&o).to_lowercase().contains("calling ae title not recognized"),
+        "{}",
+        text(&o)
+    );
     // The server keeps serving after a rejection.
     assert!(echo("T01_CT").status.success());
     // A study from the clinic's AE is attributed to that clinic.
@@ -101,7 +120,10 @@ ae_titles = ["T01_CT"]
 
 #[test]
 fn ct_series_with_storescu_then_stable_then_resent_idempotently() {
-    let s = Server::start(ServerOpts { stable_after_secs: 2.0, ..Default::default() });
+    let s = Server::start(ServerOpts {
+        stable_after_secs: 2.0,
+        ..Default::default()
+    });
     let o = run({
         let mut c = s.storescu("CT01");
         c.args(["+sd", "-v"]).arg(ct300());
@@ -129,7 +151,9 @@ fn ct_series_with_storescu_then_stable_then_resent_idempotently() {
     }
 
     // stability: complete after ~2 s, queued exactly once
-    s.wait_for(30, "study completion", || s.sqlite("SELECT status FROM studies") == "complete");
+    s.wait_for(30, "study completion", || {
+        s.sqlite("SELECT status FROM studies") == "complete"
+    });
     assert_eq!(s.sqlite("SELECT COUNT(*), MIN(state) FROM worklist"), "1|new");
 
     // a resend of identical instances is idempotent: success, no new rows;
@@ -150,7 +174,11 @@ fn ct_series_with_storescu_then_stable_then_resent_idempotently() {
     std::fs::write(&zip, body).expect("write");
     let o = run({
         let mut c = Command::new("python3");
-        c.args(["-c", "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nprint(len(z.namelist()))"]).arg(&zip);
+        c.args([
+            "-c",
+            "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nprint(len(z.namelist()))",
+        ])
+        .arg(&zip);
         c
     });
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "300", "{}", text(&o));
@@ -165,7 +193,10 @@ fn ct_series_with_storescu_then_stable_then_resent_idempotently() {
 
 #[test]
 fn stability_is_exactly_once_across_a_restart() {
-    let mut s = Server::start(ServerOpts { stable_after_secs: 3.0, ..Default::default() });
+    let mut s = Server::start(ServerOpts {
+        stable_after_secs: 3.0,
+        ..Default::default()
+    });
     let files = ct_files();
     let o = run({
         let mut c = s.storescu("CT01");
@@ -178,7 +209,9 @@ fn stability_is_exactly_once_across_a_restart() {
     s.kill9();
     std::thread::sleep(Duration::from_secs(4));
     s.restart();
-    s.wait_for(30, "completion after restart", || s.sqlite("SELECT status FROM studies") == "complete");
+    s.wait_for(30, "completion after restart", || {
+        s.sqlite("SELECT status FROM studies") == "complete"
+    });
     std::thread::sleep(Duration::from_secs(1));
     s.restart();
     std::thread::sleep(Duration::from_secs(1));
@@ -199,14 +232,26 @@ fn medrelay_store_to_dcmtk_storescp_and_to_itself() {
     std::thread::sleep(Duration::from_millis(500));
     let o = run({
         let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
-        c.args(["store", "--quiet", "--parallel", "4", "--to", &format!("DCMTK_SCP@127.0.0.1:{port}")]).arg(ct300());
+        c.args([
+            "store",
+            "--quiet",
+            "--parallel",
+            "4",
+            "--to",
+            &format!("DCMTK_SCP@127.0.0.1:{port}"),
+        ])
+        .arg(ct300());
         c
     });
     let _ = scp.kill();
     let _ = scp.wait();
     assert!(o.status.success(), "medrelay store → storescp: {}", text(&o));
     assert!(text(&o).contains("sent 300 of 300 files"), "{}", text(&o));
-    let received: Vec<PathBuf> = std::fs::read_dir(out.path()).expect("ls").flatten().map(|e| e.path()).collect();
+    let received: Vec<PathBuf> = std::fs::read_dir(out.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert_eq!(received.len(), 300);
     // storescp writes what it received; datasets are byte-equal to the originals
     let by_uid: std::collections::HashMap<String, PathBuf> =
@@ -220,11 +265,15 @@ fn medrelay_store_to_dcmtk_storescp_and_to_itself() {
     let s = Server::start(ServerOpts::default());
     let o = run({
         let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
-        c.args(["store", "--quiet", "--parallel", "4", "--to", &s.target()]).arg(ct300());
+        c.args(["store", "--quiet", "--parallel", "4", "--to", &s.target()])
+            .arg(ct300());
         c
     });
     assert!(o.status.success(), "medrelay store → medrelay: {}", text(&o));
-    assert_eq!(s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM instances"), "300|300");
+    assert_eq!(
+        s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM instances"),
+        "300|300"
+    );
     assert_eq!(s.metric("medrelay_dicom_associations_total"), 4.0);
 
     // per-file failures are reported, the rest still sent
@@ -238,7 +287,11 @@ fn medrelay_store_to_dcmtk_storescp_and_to_itself() {
     });
     assert!(!o.status.success());
     assert!(text(&o).contains("sent 1 of 2 files"), "{}", text(&o));
-    assert!(text(&o).contains("FAILED") && text(&o).contains("b.dcm"), "{}", text(&o));
+    assert!(
+        text(&o).contains("FAILED") && text(&o).contains("b.dcm"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -249,7 +302,16 @@ fn kill9_during_push_loses_no_acknowledged_instance() {
     let push = |skip: bool| {
         let mut c = Command::new(python());
         c.arg(script("push_acked.py"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--aec", "MEDRELAY", "--aet", "PUSHER"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--aec",
+                "MEDRELAY",
+                "--aet",
+                "PUSHER",
+            ])
             .arg("--acked")
             .arg(&acked);
         if skip {
@@ -258,14 +320,28 @@ fn kill9_during_push_loses_no_acknowledged_instance() {
         c.arg(ct300());
         c
     };
-    let mut child = push(false).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("push");
+    let mut child = push(false)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("push");
     s.wait_for(120, "100 acknowledged instances", || {
-        std::fs::read_to_string(&acked).map(|t| t.lines().count() >= 100).unwrap_or(false)
+        std::fs::read_to_string(&acked)
+            .map(|t| t.lines().count() >= 100)
+            .unwrap_or(false)
     });
     s.kill9();
     let _ = child.wait();
-    let acked_uids: Vec<String> = std::fs::read_to_string(&acked).expect("acked").lines().map(str::to_string).collect();
-    assert!(acked_uids.len() >= 100 && acked_uids.len() < 300, "acked {}", acked_uids.len());
+    let acked_uids: Vec<String> = std::fs::read_to_string(&acked)
+        .expect("acked")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        acked_uids.len() >= 100 && acked_uids.len() < 300,
+        "acked {}",
+        acked_uids.len()
+    );
 
     s.restart();
     // no partial files: tmp is empty after recovery
@@ -291,7 +367,10 @@ fn kill9_during_push_loses_no_acknowledged_instance() {
     let o = run(push(true));
     assert!(o.status.success(), "resume: {}", text(&o));
     assert!(text(&o).contains("acked 300 of 300"), "{}", text(&o));
-    assert_eq!(s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid) FROM instances"), "300|300");
+    assert_eq!(
+        s.sqlite("SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid) FROM instances"),
+        "300|300"
+    );
     assert_eq!(s.sqlite("SELECT num_instances FROM studies"), "300");
 }
 
@@ -337,20 +416,41 @@ fn same_uid_different_content_is_kept_as_a_version_with_a_warning() {
 fn sigterm_lets_the_inflight_push_finish_and_exits_cleanly() {
     let mut s = Server::start(ServerOpts::default());
     let acked = s.dir.join("acked.txt");
-    let mut push = Command::new(python())
+    let push = Command::new(python())
         .arg(script("push_acked.py"))
-        .args(["--host", "127.0.0.1", "--port", &s.dicom_port.to_string(), "--aec", "MEDRELAY", "--aet", "PUSHER"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &s.dicom_port.to_string(),
+            "--aec",
+            "MEDRELAY",
+            "--aet",
+            "PUSHER",
+        ])
         .arg("--acked")
         .arg(&acked)
         .arg(ct300())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("push");
-    s.wait_for(60, "push under way", || std::fs::read_to_string(&acked).map(|t| t.lines().count() >= 20).unwrap_or(false));
-    assert!(s.terminate(), "medrelay did not exit cleanly on SIGTERM; log:\n{}", s.log());
+    s.wait_for(60, "push under way", || {
+        std::fs::read_to_string(&acked)
+            .map(|t| t.lines().count() >= 20)
+            .unwrap_or(false)
+    });
+    assert!(
+        s.terminate(),
+        "medrelay did not exit cleanly on SIGTERM; log:\n{}",
+        s.log()
+    );
     let out = push.wait_with_output().expect("push");
     // the association in flight was allowed to complete
-    assert!(String::from_utf8_lossy(&out.stdout).contains("acked 300 of 300"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("acked 300 of 300"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // new associations are refused after shutdown began; the data is all there
     s.restart();
     assert_eq!(s.sqlite("SELECT COUNT(*) FROM instances"), "300");
@@ -360,13 +460,23 @@ fn sigterm_lets_the_inflight_push_finish_and_exits_cleanly() {
 fn dicom_tls_with_dcmtk() {
     let tls_port = free_port();
     let cfg = format!("[dicom]\ntls_listen = \"127.0.0.1:{tls_port}\"\n");
-    let s = Server::start(ServerOpts { config_toml: cfg, ..Default::default() });
+    let s = Server::start(ServerOpts {
+        config_toml: cfg,
+        ..Default::default()
+    });
     let o = run({
         let mut c = dcmtk("storescu");
         // anonymous TLS client, verifying our certificate against the generated CA file
         c.args(["+tla", "+cf"])
             .arg(s.dir.join("certs/medrelay.crt"))
-            .args(["-aet", "TLSCLIENT", "-aec", "MEDRELAY", "127.0.0.1", &tls_port.to_string()])
+            .args([
+                "-aet",
+                "TLSCLIENT",
+                "-aec",
+                "MEDRELAY",
+                "127.0.0.1",
+                &tls_port.to_string(),
+            ])
             .arg(ct300().join("CT000001.dcm"));
         c
     });
@@ -395,7 +505,9 @@ fn large_instance_is_streamed_with_bounded_memory() {
     let big = s.dir.join("big.dcm");
     let o = run({
         let mut c = Command::new(python());
-        c.arg(repo().join("fixtures/gen_ct.py")).args(["--size-mb", "512", "--out"]).arg(&big);
+        c.arg(repo().join("fixtures/gen_ct.py"))
+            .args(["--size-mb", "512", "--out"])
+            .arg(&big);
         c
     });
     assert!(o.status.success(), "{}", text(&o));
@@ -414,5 +526,8 @@ fn large_instance_is_streamed_with_bounded_memory() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
-    assert!(hwm_kb < 128 * 1024, "peak RSS {hwm_kb} kB while receiving a 512 MB instance");
+    assert!(
+        hwm_kb < 128 * 1024,
+        "peak RSS {hwm_kb} kB while receiving a 512 MB instance"
+    );
 }

@@ -73,7 +73,10 @@ impl Archive {
     pub fn open(root: &Path, min_free_bytes: u64) -> Result<Archive, ArchiveError> {
         fs::create_dir_all(root.join("tmp")).map_err(ArchiveError::from_io)?;
         fs::create_dir_all(root.join("instances")).map_err(ArchiveError::from_io)?;
-        Ok(Archive { root: root.to_path_buf(), min_free_bytes })
+        Ok(Archive {
+            root: root.to_path_buf(),
+            min_free_bytes,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -107,7 +110,10 @@ impl Archive {
         }
         let free = self.free_bytes()?;
         if free < self.min_free_bytes {
-            return Err(ArchiveError::BelowReserve { free, reserve: self.min_free_bytes });
+            return Err(ArchiveError::BelowReserve {
+                free,
+                reserve: self.min_free_bytes,
+            });
         }
         Ok(())
     }
@@ -125,7 +131,12 @@ impl Archive {
         let mut hasher = Sha256::new();
         hasher.update(hash_prefix);
         hasher.update([0u8]);
-        let mut tmp = TmpInstance { path, file: None, hasher, size: 0 };
+        let mut tmp = TmpInstance {
+            path,
+            file: None,
+            hasher,
+            size: 0,
+        };
         file.write_all(header).map_err(ArchiveError::from_io)?;
         tmp.file = Some(file);
         Ok(tmp)
@@ -149,7 +160,12 @@ impl Archive {
             Ok(true)
         })();
         match result {
-            Ok(created) => Ok(Committed { rel_path, sha256: w.sha256.clone(), size: w.size, created }),
+            Ok(created) => Ok(Committed {
+                rel_path,
+                sha256: w.sha256.clone(),
+                size: w.size,
+                created,
+            }),
             Err(e) => {
                 let _ = fs::remove_file(&w.tmp_path);
                 Err(ArchiveError::from_io(e))
@@ -187,7 +203,10 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
 
 impl TmpInstance {
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
-        let file = self.file.as_mut().ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
         file.write_all(chunk).map_err(ArchiveError::from_io)?;
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
@@ -204,11 +223,18 @@ impl TmpInstance {
     }
 
     pub fn finish(mut self) -> Result<Written, ArchiveError> {
-        let file = self.file.take().ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
         file.sync_data().map_err(ArchiveError::from_io)?;
         drop(file);
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let written = Written { tmp_path: std::mem::take(&mut self.path), sha256, size: self.size };
+        let written = Written {
+            tmp_path: std::mem::take(&mut self.path),
+            sha256,
+            size: self.size,
+        };
         Ok(written)
     }
 }

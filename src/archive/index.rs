@@ -163,7 +163,10 @@ pub enum StoreOutcome {
 }
 
 enum WriteRequest {
-    Store(Box<(NewInstance, Committed)>, oneshot::Sender<Result<StoreOutcome, IndexError>>),
+    Store(
+        Box<(NewInstance, Committed)>,
+        oneshot::Sender<Result<StoreOutcome, IndexError>>,
+    ),
     Sweep(i64, oneshot::Sender<Result<Vec<String>, IndexError>>),
 }
 
@@ -232,7 +235,6 @@ impl Index {
             .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
-
 }
 
 async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<WriteRequest>) {
@@ -278,7 +280,9 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) -> Vec<Repl
         .into_iter()
         .map(|(req, r)| {
             let r = match &shared_err {
-                Some(e) => Err(IndexError::Db(sqlx::Error::Protocol(format!("batch commit failed: {e}")))),
+                Some(e) => Err(IndexError::Db(sqlx::Error::Protocol(format!(
+                    "batch commit failed: {e}"
+                )))),
                 None => r,
             };
             let reply: Reply = match req {
@@ -320,7 +324,11 @@ fn add_to_list(list: &str, item: &str) -> String {
     if item.is_empty() || list.split(',').any(|m| m == item) {
         return list.to_string();
     }
-    if list.is_empty() { item.to_string() } else { format!("{list},{item}") }
+    if list.is_empty() {
+        item.to_string()
+    } else {
+        format!("{list},{item}")
+    }
 }
 
 async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
@@ -481,7 +489,11 @@ async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<Sto
     .execute(&mut *c)
     .await?;
 
-    Ok(if new_instance { StoreOutcome::Stored } else { StoreOutcome::NewVersion(version) })
+    Ok(if new_instance {
+        StoreOutcome::Stored
+    } else {
+        StoreOutcome::NewVersion(version)
+    })
 }
 
 async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexError> {
@@ -617,7 +629,8 @@ impl Index {
             qb.push(" AND s.study_date <= ").push_bind(v.replace('-', ""));
         }
         if let Some(v) = f.modality.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND (',' || s.modalities || ',') LIKE ").push_bind(format!("%,{v},%"));
+            qb.push(" AND (',' || s.modalities || ',') LIKE ")
+                .push_bind(format!("%,{v},%"));
         }
         if let Some(v) = f.clinic.as_deref().filter(|v| !v.is_empty()) {
             qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
@@ -637,12 +650,20 @@ impl Index {
             .iter()
             .map(<StudyRow as sqlx::FromRow<sqlx::sqlite::SqliteRow>>::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let total = if studies.is_empty() && offset > 0 { self.count_matching(f).await? } else { total };
+        let total = if studies.is_empty() && offset > 0 {
+            self.count_matching(f).await?
+        } else {
+            total
+        };
         Ok((studies, total))
     }
 
     async fn count_matching(&self, f: &StudyFilter) -> Result<i64, IndexError> {
-        let all = StudyFilter { limit: Some(1), offset: Some(0), ..f.clone() };
+        let all = StudyFilter {
+            limit: Some(1),
+            offset: Some(0),
+            ..f.clone()
+        };
         Ok(Box::pin(self.search_studies(&all)).await?.1)
     }
 
@@ -691,10 +712,12 @@ impl Index {
 
     /// All versions of one SOP instance, newest first.
     pub async fn instance_versions(&self, sop_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
-        Ok(sqlx::query_as("SELECT * FROM instances WHERE sop_instance_uid = ? ORDER BY version DESC")
-            .bind(sop_uid)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM instances WHERE sop_instance_uid = ? ORDER BY version DESC")
+                .bind(sop_uid)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn worklist_depth(&self) -> Result<i64, IndexError> {
@@ -729,20 +752,42 @@ mod tests {
     }
 
     fn file(sha: &str) -> Committed {
-        Committed { rel_path: format!("instances/{sha}.dcm"), sha256: sha.into(), size: 100, created: true }
+        Committed {
+            rel_path: format!("instances/{sha}.dcm"),
+            sha256: sha.into(),
+            size: 100,
+            created: true,
+        }
     }
 
     #[tokio::test]
     async fn store_versions_counts_and_stability() {
         let dir = tempfile::tempdir().expect("tmp");
         let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
-        assert_eq!(idx.store(inst("1.1", "9", "9.1", "CT", 0), file("aa")).await.expect("s"), StoreOutcome::Stored);
-        assert_eq!(idx.store(inst("1.1", "9", "9.1", "CT", 10), file("aa")).await.expect("s"), StoreOutcome::Duplicate);
         assert_eq!(
-            idx.store(inst("1.1", "9", "9.1", "CT", 20), file("bb")).await.expect("s"),
+            idx.store(inst("1.1", "9", "9.1", "CT", 0), file("aa"))
+                .await
+                .expect("s"),
+            StoreOutcome::Stored
+        );
+        assert_eq!(
+            idx.store(inst("1.1", "9", "9.1", "CT", 10), file("aa"))
+                .await
+                .expect("s"),
+            StoreOutcome::Duplicate
+        );
+        assert_eq!(
+            idx.store(inst("1.1", "9", "9.1", "CT", 20), file("bb"))
+                .await
+                .expect("s"),
             StoreOutcome::NewVersion(2)
         );
-        assert_eq!(idx.store(inst("1.2", "9", "9.2", "SR", 30), file("cc")).await.expect("s"), StoreOutcome::Stored);
+        assert_eq!(
+            idx.store(inst("1.2", "9", "9.2", "SR", 30), file("cc"))
+                .await
+                .expect("s"),
+            StoreOutcome::Stored
+        );
         let s = idx.study("9").await.expect("q").expect("study");
         assert_eq!((s.num_instances, s.num_series, s.modalities.as_str()), (2, 2, "CT,SR"));
         assert_eq!(idx.instance_versions("1.1").await.expect("v").len(), 2);
@@ -755,24 +800,42 @@ mod tests {
         assert_eq!(idx.worklist_depth().await.expect("depth"), 1);
 
         // a late instance re-opens it; re-completion updates, never duplicates
-        idx.store(inst("1.3", "9", "9.2", "SR", 6000), file("dd")).await.expect("late");
-        assert_eq!(idx.study("9").await.expect("q").map(|s| s.status), Some("receiving".into()));
+        idx.store(inst("1.3", "9", "9.2", "SR", 6000), file("dd"))
+            .await
+            .expect("late");
+        assert_eq!(
+            idx.study("9").await.expect("q").map(|s| s.status),
+            Some("receiving".into())
+        );
         assert_eq!(idx.sweep_stable(7000).await.expect("sweep").len(), 1);
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist").fetch_one(idx.pool()).await.expect("c").get(0);
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist")
+            .fetch_one(idx.pool())
+            .await
+            .expect("c")
+            .get(0);
         assert_eq!(n, 1);
 
         let (rows, total) = idx
-            .search_studies(&StudyFilter { modality: Some("SR".into()), ..Default::default() })
+            .search_studies(&StudyFilter {
+                modality: Some("SR".into()),
+                ..Default::default()
+            })
             .await
             .expect("search");
         assert_eq!((rows.len(), total), (1, 1));
         let (rows, _) = idx
-            .search_studies(&StudyFilter { patient_name: Some("doe*".into()), ..Default::default() })
+            .search_studies(&StudyFilter {
+                patient_name: Some("doe*".into()),
+                ..Default::default()
+            })
             .await
             .expect("search");
         assert_eq!(rows.len(), 1);
         let (rows, _) = idx
-            .search_studies(&StudyFilter { modality: Some("MR".into()), ..Default::default() })
+            .search_studies(&StudyFilter {
+                modality: Some("MR".into()),
+                ..Default::default()
+            })
             .await
             .expect("search");
         assert!(rows.is_empty());
@@ -786,7 +849,8 @@ mod tests {
         for n in 0..200 {
             let idx = idx.clone();
             tasks.push(tokio::spawn(async move {
-                idx.store(inst(&format!("1.{n}"), "9", "9.1", "CT", n), file(&format!("{n:04}"))).await
+                idx.store(inst(&format!("1.{n}"), "9", "9.1", "CT", n), file(&format!("{n:04}")))
+                    .await
             }));
         }
         for t in tasks {

@@ -32,7 +32,9 @@ pub async fn run(index: Index, metrics: Arc<Metrics>, max_wait: Duration, shutdo
                 for uid in &done {
                     info!(study = %uid, "study complete, queued for reading");
                 }
-                metrics.studies_completed.fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .studies_completed
+                    .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => warn!(error = %e, "stability sweep failed; will retry"),
         }

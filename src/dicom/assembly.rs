@@ -56,7 +56,10 @@ impl Assembler {
     /// `max_command` bounds the only buffer this machine owns; real command
     /// sets are a few hundred bytes.
     pub fn new(max_command: usize) -> Self {
-        Assembler { max_command, state: State::Idle }
+        Assembler {
+            max_command,
+            state: State::Idle,
+        }
     }
 
     /// True while a message is half-received (used to refuse a release mid-message).
@@ -122,8 +125,14 @@ mod tests {
         let step = a.feed(1, PdvKind::Command, true, tail).expect("command");
         assert!(matches!(step, Step::Command { pc: 1, .. }));
         assert!(a.in_message());
-        assert_eq!(a.feed(1, PdvKind::Data, false, b"ab"), Ok(Step::Data { pc: 1, last: false }));
-        assert_eq!(a.feed(1, PdvKind::Data, true, b"cd"), Ok(Step::Data { pc: 1, last: true }));
+        assert_eq!(
+            a.feed(1, PdvKind::Data, false, b"ab"),
+            Ok(Step::Data { pc: 1, last: false })
+        );
+        assert_eq!(
+            a.feed(1, PdvKind::Data, true, b"cd"),
+            Ok(Step::Data { pc: 1, last: true })
+        );
         assert!(!a.in_message());
     }
 
@@ -133,7 +142,10 @@ mod tests {
         let step = a.feed(3, PdvKind::Command, true, &Command::c_echo_rq(1).encode());
         assert!(matches!(step, Ok(Step::Command { pc: 3, .. })));
         assert!(!a.in_message());
-        assert_eq!(a.feed(3, PdvKind::Data, true, b"x"), Err(AssemblyError::UnexpectedData(3)));
+        assert_eq!(
+            a.feed(3, PdvKind::Data, true, b"x"),
+            Err(AssemblyError::UnexpectedData(3))
+        );
     }
 
     #[test]

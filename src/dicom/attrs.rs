@@ -67,7 +67,12 @@ impl<'a> Attrs<'a> {
             .values
             .get(&SPECIFIC_CHARACTER_SET)
             .and_then(|raw| std::str::from_utf8(raw).ok())
-            .and_then(|s| s.split('\\').map(str::trim).rfind(|t| !t.is_empty()).map(str::to_string))
+            .and_then(|s| {
+                s.split('\\')
+                    .map(str::trim)
+                    .rfind(|t| !t.is_empty())
+                    .map(str::to_string)
+            })
             .and_then(|code| SpecificCharacterSet::from_code(&code));
         Attrs { summary, enc, charset }
     }
@@ -80,10 +85,14 @@ impl<'a> Attrs<'a> {
     pub fn text(&self, tag: u32) -> String {
         let Some(raw) = self.raw(tag) else { return String::new() };
         let decoded = match &self.charset {
-            Some(cs) => cs.decode(raw).unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
+            Some(cs) => cs
+                .decode(raw)
+                .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
             None => String::from_utf8_lossy(raw).into_owned(),
         };
-        decoded.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string()
+        decoded
+            .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string()
     }
 
     /// First value of a multi-valued string (e.g. IS), parsed as an integer.

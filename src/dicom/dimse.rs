@@ -83,9 +83,7 @@ impl Command {
         let mut pos = 0usize;
         let mut last: Option<u16> = None;
         while pos < bytes.len() {
-            let header = bytes
-                .get(pos..pos + 8)
-                .ok_or(CommandError::Truncated(pos))?;
+            let header = bytes.get(pos..pos + 8).ok_or(CommandError::Truncated(pos))?;
             let group = u16::from_le_bytes([header[0], header[1]]);
             let elem = u16::from_le_bytes([header[2], header[3]]);
             let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
@@ -210,17 +208,18 @@ impl Command {
         }
         let field = rq.command_field().unwrap_or(0) | 0x8000;
         c.set_u16(tag::COMMAND_FIELD, field)
-            .set_u16(
-                tag::MESSAGE_ID_BEING_RESPONDED_TO,
-                rq.message_id().unwrap_or(0),
-            )
+            .set_u16(tag::MESSAGE_ID_BEING_RESPONDED_TO, rq.message_id().unwrap_or(0))
             .set_u16(tag::COMMAND_DATA_SET_TYPE, NO_DATASET)
             .set_u16(tag::STATUS, status);
         if let Some(v) = rq.get_raw(tag::AFFECTED_SOP_INSTANCE_UID) {
             c.elements.insert(tag::AFFECTED_SOP_INSTANCE_UID, v.to_vec());
         }
         if let Some(text) = comment {
-            let clipped: String = text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(64).collect();
+            let clipped: String = text
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .take(64)
+                .collect();
             c.set_str(tag::ERROR_COMMENT, &clipped);
         }
         c
@@ -248,8 +247,8 @@ mod tests {
     /// A C-ECHO-RQ as DCMTK's echoscu sends it (captured byte layout).
     const ECHO_RQ: &[u8] = &[
         0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x38, 0x00, 0x00, 0x00, // group length 56
-        0x00, 0x00, 0x02, 0x00, 0x12, 0x00, 0x00, 0x00, b'1', b'.', b'2', b'.', b'8', b'4', b'0',
-        b'.', b'1', b'0', b'0', b'0', b'8', b'.', b'1', b'.', b'1', 0x00, // sop class
+        0x00, 0x00, 0x02, 0x00, 0x12, 0x00, 0x00, 0x00, b'1', b'.', b'2', b'.', b'8', b'4', b'0', b'.', b'1', b'0',
+        b'0', b'0', b'8', b'.', b'1', b'.', b'1', 0x00, // sop class
         0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x30, 0x00, // command field
         0x00, 0x00, 0x10, 0x01, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, // message id 1
         0x00, 0x00, 0x00, 0x08, 0x02, 0x00, 0x00, 0x00, 0x01, 0x01, // no dataset
@@ -289,17 +288,26 @@ mod tests {
 
     #[test]
     fn rejects_malformed_command_sets() {
-        assert_eq!(Command::decode(&ECHO_RQ[..ECHO_RQ.len() - 1]), Err(CommandError::Truncated(58)));
+        assert_eq!(
+            Command::decode(&ECHO_RQ[..ECHO_RQ.len() - 1]),
+            Err(CommandError::Truncated(58))
+        );
         let mut wrong_group = ECHO_RQ.to_vec();
         wrong_group[12] = 0x08;
-        assert!(matches!(Command::decode(&wrong_group), Err(CommandError::WrongGroup(8, 2))));
+        assert!(matches!(
+            Command::decode(&wrong_group),
+            Err(CommandError::WrongGroup(8, 2))
+        ));
         // a length that overflows the buffer must not panic
         let mut huge = ECHO_RQ.to_vec();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(Command::decode(&huge), Err(CommandError::Truncated(_))));
         // missing command field
         let only_len = &ECHO_RQ[..12];
-        assert_eq!(Command::decode(only_len), Err(CommandError::Missing(tag::COMMAND_FIELD)));
+        assert_eq!(
+            Command::decode(only_len),
+            Err(CommandError::Missing(tag::COMMAND_FIELD))
+        );
         // duplicated element
         let mut dup = ECHO_RQ.to_vec();
         dup.extend_from_slice(&ECHO_RQ[58..68]);

@@ -52,9 +52,9 @@ pub fn file_meta(sop_class: &str, sop_instance: &str, transfer_syntax: &str, sou
 pub fn is_valid_uid(uid: &str) -> bool {
     !uid.is_empty()
         && uid.len() <= 64
-        && uid.split('.').all(|c| {
-            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))
-        })
+        && uid
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0')))
 }
 
 #[cfg(test)]

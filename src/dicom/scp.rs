@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::{AsyncServerAssociation, ServerAssociationOptions};
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType, Pdu, PresentationContextResultReason,
-    UserIdentity,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource, PDataValue,
+    PDataValueType, Pdu, PresentationContextResultReason, UserIdentity,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -86,7 +86,9 @@ impl AccessControl for AeControl {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         match &self.allowed {
-            Some(set) if !set.contains(calling.trim()) => Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized),
+            Some(set) if !set.contains(calling.trim()) => {
+                Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+            }
             _ => Ok(()),
         }
     }
@@ -105,7 +107,13 @@ impl Scp {
         for c in &cfg.clinics {
             let ms = c.stable_after_secs.map(|s| (s * 1000.0) as i64).unwrap_or(global_ms);
             for ae in &c.ae_titles {
-                routes.insert(ae.trim().to_string(), ClinicRoute { clinic_id: c.id.clone(), stable_after_ms: ms });
+                routes.insert(
+                    ae.trim().to_string(),
+                    ClinicRoute {
+                        clinic_id: c.id.clone(),
+                        stable_after_ms: ms,
+                    },
+                );
             }
         }
         if routes.is_empty() {
@@ -115,7 +123,17 @@ impl Scp {
         abstract_syntaxes.extend(cfg.dicom.extra_sop_classes.iter().cloned());
         abstract_syntaxes.push(super::dimse::VERIFICATION_SOP_CLASS.to_string());
         let slots = Arc::new(Semaphore::new(cfg.dicom.max_associations));
-        Scp { cfg, archive, index, metrics, routes, abstract_syntaxes, tls, slots, next_id: AtomicU64::new(1) }
+        Scp {
+            cfg,
+            archive,
+            index,
+            metrics,
+            routes,
+            abstract_syntaxes,
+            tls,
+            slots,
+            next_id: AtomicU64::new(1),
+        }
     }
 
     fn options(&self) -> ServerAssociationOptions<'_, AeControl, dicom_ul::association::server::DefaultNegotiation> {
@@ -125,7 +143,10 @@ impl Scp {
             Some(Arc::new(self.routes.keys().cloned().collect::<HashSet<_>>()))
         };
         let mut o = ServerAssociationOptions::new()
-            .ae_access_control(AeControl { allowed, check_called: self.cfg.dicom.check_called_ae })
+            .ae_access_control(AeControl {
+                allowed,
+                check_called: self.cfg.dicom.check_called_ae,
+            })
             .ae_title(self.cfg.dicom.ae_title.as_str())
             .max_pdu_length(self.cfg.dicom.max_pdu)
             .strict(true)
@@ -142,7 +163,13 @@ impl Scp {
 
     /// Accept associations until `shutdown`; each runs on `tracker` so the
     /// caller can wait for in-flight transfers to finish.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, use_tls: bool, shutdown: CancellationToken, tracker: TaskTracker) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        use_tls: bool,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -165,10 +192,19 @@ impl Scp {
         }
     }
 
-    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>, use_tls: bool) {
+    async fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Option<OwnedSemaphorePermit>,
+        use_tls: bool,
+    ) {
         let Some(_permit) = permit else {
             self.metrics.associations_rejected.fetch_add(1, Relaxed);
-            warn!(max = self.cfg.dicom.max_associations, "association limit reached, rejecting");
+            warn!(
+                max = self.cfg.dicom.max_associations,
+                "association limit reached, rejecting"
+            );
             reject_busy(stream, self.cfg.dicom.max_pdu).await;
             return;
         };
@@ -197,7 +233,9 @@ impl Scp {
     {
         self.metrics.associations_total.fetch_add(1, Relaxed);
         self.metrics.associations_active.fetch_add(1, Relaxed);
-        let calling = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+        let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
+            .trim()
+            .to_string();
         let contexts: HashMap<u8, (String, String)> = assoc
             .presentation_contexts()
             .iter()
@@ -232,7 +270,11 @@ impl Scp {
             End::Abort(reason, why) => {
                 self.metrics.associations_aborted.fetch_add(1, Relaxed);
                 warn!(reason = %why, "aborting association");
-                let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceProvider(reason) }).await;
+                let _ = assoc
+                    .send(&Pdu::AbortRQ {
+                        source: AbortRQSource::ServiceProvider(reason),
+                    })
+                    .await;
             }
         }
         let _ = assoc.inner_stream().shutdown().await;
@@ -282,7 +324,11 @@ struct Session {
 enum Reception {
     Store(StoreJob),
     /// Refused up front (unknown context, bad command): drain the dataset, then answer.
-    Discard { rq: Command, pc: u8, failure: StoreFailure },
+    Discard {
+        rq: Command,
+        pc: u8,
+        failure: StoreFailure,
+    },
 }
 
 struct StoreJob {
@@ -371,7 +417,10 @@ impl Session {
                 Pdu::ReleaseRQ => return End::Released,
                 Pdu::AbortRQ { .. } => return End::PeerAborted,
                 Pdu::Unknown { pdu_type, .. } => {
-                    return End::Abort(AbortRQServiceProviderReason::UnrecognizedPdu, format!("unknown PDU type {pdu_type:#04x}"));
+                    return End::Abort(
+                        AbortRQServiceProviderReason::UnrecognizedPdu,
+                        format!("unknown PDU type {pdu_type:#04x}"),
+                    );
                 }
                 other => {
                     return End::Abort(
@@ -389,7 +438,10 @@ impl Session {
         match e {
             E::ReceivePdu { .. } if text.contains("closed") || text.contains("Connection") => End::Closed(text),
             E::ReceivePdu { .. } => End::Abort(AbortRQServiceProviderReason::InvalidPduParameter, text),
-            E::Timeout { .. } => End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, format!("idle timeout: {text}")),
+            E::Timeout { .. } => End::Abort(
+                AbortRQServiceProviderReason::ReasonNotSpecified,
+                format!("idle timeout: {text}"),
+            ),
             _ => End::Closed(text),
         }
     }
@@ -411,7 +463,10 @@ impl Session {
             Step::Command { pc, cmd } => self.on_command(assoc, pc, cmd).await,
             Step::Data { last, .. } => {
                 if let Some(Reception::Store(job)) = &self.current {
-                    self.scp.metrics.bytes_received.fetch_add(pdv.data.len() as u64, Relaxed);
+                    self.scp
+                        .metrics
+                        .bytes_received
+                        .fetch_add(pdv.data.len() as u64, Relaxed);
                     // A send error means the writer already failed; keep draining,
                     // the failure is reported when the dataset ends.
                     let _ = job.tx.send(Chunk::Data(pdv.data)).await;
@@ -432,7 +487,8 @@ impl Session {
         match fieldv {
             field::C_ECHO_RQ if !cmd.has_dataset() => {
                 self.scp.metrics.echoes_total.fetch_add(1, Relaxed);
-                self.respond(assoc, pc, &Command::response_to(&cmd, status::SUCCESS, None)).await
+                self.respond(assoc, pc, &Command::response_to(&cmd, status::SUCCESS, None))
+                    .await
             }
             field::C_STORE_RQ if cmd.has_dataset() => {
                 self.current = Some(match self.start_store(pc, &cmd) {
@@ -465,7 +521,9 @@ impl Session {
             .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
             .to_string();
         if sop_class != *abstract_syntax {
-            return Err(StoreFailure::Refused(format!("SOP class {sop_class} sent on context for {abstract_syntax}")));
+            return Err(StoreFailure::Refused(format!(
+                "SOP class {sop_class} sent on context for {abstract_syntax}"
+            )));
         }
         let sop_instance = cmd
             .str(tag::AFFECTED_SOP_INSTANCE_UID)
@@ -485,7 +543,12 @@ impl Session {
             route: self.route.clone(),
         };
         let job = tokio::task::spawn_blocking(move || receive_instance(params, rx));
-        Ok(StoreJob { rq: cmd.clone(), pc, tx, job })
+        Ok(StoreJob {
+            rq: cmd.clone(),
+            pc,
+            tx,
+            job,
+        })
     }
 
     async fn finish_message<S>(&mut self, assoc: &mut AsyncServerAssociation<S>) -> Result<(), End>
@@ -573,7 +636,10 @@ impl Session {
                 data: bytes,
             }],
         };
-        assoc.send(&pdu).await.map_err(|e| End::Closed(format!("sending response: {e}")))
+        assoc
+            .send(&pdu)
+            .await
+            .map_err(|e| End::Closed(format!("sending response: {e}")))
     }
 }
 
@@ -616,7 +682,8 @@ fn receive_instance(p: ReceiveParams, mut rx: mpsc::Receiver<Chunk>) -> Result<(
     let enc = Encoding::for_transfer_syntax(&p.ts);
     let summary = {
         let mut f = File::open(tmp.path()).map_err(|e| StoreFailure::Internal(e.to_string()))?;
-        f.seek(SeekFrom::Start(header.len() as u64)).map_err(|e| StoreFailure::Internal(e.to_string()))?;
+        f.seek(SeekFrom::Start(header.len() as u64))
+            .map_err(|e| StoreFailure::Internal(e.to_string()))?;
         walk::walk(BufReader::with_capacity(256 * 1024, f), enc, attrs::WANTED)
             .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
     };
@@ -627,7 +694,12 @@ fn receive_instance(p: ReceiveParams, mut rx: mpsc::Receiver<Chunk>) -> Result<(
 }
 
 /// Check the dataset against the command and extract the index attributes.
-fn describe(p: &ReceiveParams, summary: &walk::Summary, enc: Encoding, now_ms: i64) -> Result<NewInstance, StoreFailure> {
+fn describe(
+    p: &ReceiveParams,
+    summary: &walk::Summary,
+    enc: Encoding,
+    now_ms: i64,
+) -> Result<NewInstance, StoreFailure> {
     let a = Attrs::new(summary, enc);
     let ds_class = a.text(attrs::SOP_CLASS_UID);
     if ds_class != p.sop_class {
@@ -638,12 +710,16 @@ fn describe(p: &ReceiveParams, summary: &walk::Summary, enc: Encoding, now_ms: i
     }
     let ds_instance = a.text(attrs::SOP_INSTANCE_UID);
     if ds_instance != p.sop_instance {
-        return Err(StoreFailure::Mismatch("dataset SOP Instance UID differs from the request's".into()));
+        return Err(StoreFailure::Mismatch(
+            "dataset SOP Instance UID differs from the request's".into(),
+        ));
     }
     let study_uid = a.text(attrs::STUDY_UID);
     let series_uid = a.text(attrs::SERIES_UID);
     if !is_valid_uid(&study_uid) || !is_valid_uid(&series_uid) {
-        return Err(StoreFailure::Mismatch("missing or invalid Study/Series Instance UID".into()));
+        return Err(StoreFailure::Mismatch(
+            "missing or invalid Study/Series Instance UID".into(),
+        ));
     }
     let is_image = STORAGE_SOP_CLASSES
         .iter()
@@ -691,7 +767,11 @@ pub fn now_ms() -> i64 {
 /// Bind a listener whose accepted sockets inherit a large receive buffer:
 /// SO_RCVBUF must be set before the handshake for window scaling to use it.
 pub fn bind_listener(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_recv_buffer_size(recv_buffer)?;
@@ -715,12 +795,19 @@ mod tests {
             sop_instance: "1.2.3".into(),
             ts: "1.2.840.10008.1.2.1".into(),
             calling: "CT01".into(),
-            route: ClinicRoute { clinic_id: "c1".into(), stable_after_ms: 1000 },
+            route: ClinicRoute {
+                clinic_id: "c1".into(),
+                stable_after_ms: 1000,
+            },
         }
     }
 
     fn summary(class: &str, inst: &str, pixels: bool) -> Summary {
-        let mut s = Summary { has_pixel_data: pixels, top_level_elements: 5, ..Default::default() };
+        let mut s = Summary {
+            has_pixel_data: pixels,
+            top_level_elements: 5,
+            ..Default::default()
+        };
         s.values.insert(attrs::SOP_CLASS_UID, class.as_bytes().to_vec());
         s.values.insert(attrs::SOP_INSTANCE_UID, inst.as_bytes().to_vec());
         s.values.insert(attrs::STUDY_UID, b"1.2.9".to_vec());
@@ -744,7 +831,10 @@ mod tests {
 
     #[test]
     fn ae_control_reasons() {
-        let c = AeControl { allowed: Some(Arc::new(["CT01".to_string()].into())), check_called: true };
+        let c = AeControl {
+            allowed: Some(Arc::new(["CT01".to_string()].into())),
+            check_called: true,
+        };
         assert_eq!(c.check_access("MEDRELAY", "CT01", "MEDRELAY", None), Ok(()));
         assert_eq!(
             c.check_access("MEDRELAY", "EVIL", "MEDRELAY", None),
@@ -754,7 +844,10 @@ mod tests {
             c.check_access("MEDRELAY", "CT01", "OTHER", None),
             Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
         );
-        let open = AeControl { allowed: None, check_called: false };
+        let open = AeControl {
+            allowed: None,
+            check_called: false,
+        };
         assert_eq!(open.check_access("MEDRELAY", "ANY", "X", None), Ok(()));
     }
 }

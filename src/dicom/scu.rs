@@ -24,7 +24,10 @@ pub enum ScuError {
     #[error("target {0:?}: expected AE@HOST:PORT")]
     BadTarget(String),
     #[error("association with {addr} failed: {source}")]
-    Associate { addr: String, source: dicom_ul::association::Error },
+    Associate {
+        addr: String,
+        source: Box<dicom_ul::association::Error>,
+    },
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("{path}: {msg}")]
@@ -73,7 +76,10 @@ async fn associate(
     let mut a = o
         .establish_async(target.addr.as_str())
         .await
-        .map_err(|source| ScuError::Associate { addr: target.addr.clone(), source })?;
+        .map_err(|source| ScuError::Associate {
+            addr: target.addr.clone(),
+            source: Box::new(source),
+        })?;
     let _ = a.inner_stream().set_nodelay(true);
     Ok(a)
 }
@@ -112,7 +118,10 @@ async fn receive_response(a: &mut AsyncClientAssociation<TcpStream>) -> Result<C
 
 /// C-ECHO; returns the round-trip time.
 pub async fn echo(target: &Target, calling: &str) -> Result<Duration, ScuError> {
-    let ctx = vec![(super::dimse::VERIFICATION_SOP_CLASS.to_string(), vec![NATIVE[1].to_string()])];
+    let ctx = vec![(
+        super::dimse::VERIFICATION_SOP_CLASS.to_string(),
+        vec![NATIVE[1].to_string()],
+    )];
     let mut a = associate(target, calling, &ctx).await?;
     let pc = a
         .presentation_contexts()
@@ -143,11 +152,15 @@ pub struct FileInfo {
 }
 
 pub fn inspect(path: &Path) -> Result<FileInfo, ScuError> {
-    let err = |msg: String| ScuError::File { path: path.to_path_buf(), msg };
+    let err = |msg: String| ScuError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
     let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut r = BufReader::new(f);
     let mut pre = [0u8; 132];
-    r.read_exact(&mut pre).map_err(|_| err("too short to be a DICOM file".into()))?;
+    r.read_exact(&mut pre)
+        .map_err(|_| err("too short to be a DICOM file".into()))?;
     if &pre[128..132] != b"DICM" {
         return Err(err("not a DICOM Part 10 file (no DICM prefix)".into()));
     }
@@ -239,8 +252,20 @@ pub async fn store(
         .await
         {
             Ok(Ok(i)) => infos.push(i),
-            Ok(Err(e)) => results.push(FileResult { path: p, status: None, error: Some(e.to_string()), latency: Duration::ZERO, bytes: 0 }),
-            Err(e) => results.push(FileResult { path: p, status: None, error: Some(e.to_string()), latency: Duration::ZERO, bytes: 0 }),
+            Ok(Err(e)) => results.push(FileResult {
+                path: p,
+                status: None,
+                error: Some(e.to_string()),
+                latency: Duration::ZERO,
+                bytes: 0,
+            }),
+            Err(e) => results.push(FileResult {
+                path: p,
+                status: None,
+                error: Some(e.to_string()),
+                latency: Duration::ZERO,
+                bytes: 0,
+            }),
         }
     }
     for r in &results {
@@ -250,9 +275,16 @@ pub async fn store(
     let queue = Arc::new(Mutex::new(infos.into_iter().collect::<std::collections::VecDeque<_>>()));
     let mut tasks = Vec::new();
     for _ in 0..parallel.max(1) {
-        let (queue, contexts, target, calling, progress) =
-            (queue.clone(), contexts.clone(), target.clone(), calling.to_string(), progress.clone());
-        tasks.push(tokio::spawn(async move { store_worker(queue, &contexts, &target, &calling, progress).await }));
+        let (queue, contexts, target, calling, progress) = (
+            queue.clone(),
+            contexts.clone(),
+            target.clone(),
+            calling.to_string(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            store_worker(queue, &contexts, &target, &calling, progress).await
+        }));
     }
     for t in tasks {
         if let Ok(mut r) = t.await {
@@ -274,13 +306,21 @@ async fn store_worker(
     let mut failures_in_a_row = 0;
     let mut msg_id: u16 = 0;
     loop {
-        let Some(info) = queue.lock().await.pop_front() else { break };
+        let Some(info) = queue.lock().await.pop_front() else {
+            break;
+        };
         if assoc.is_none() {
             match associate(target, calling, contexts).await {
                 Ok(a) => assoc = Some(a),
                 Err(e) => {
                     failures_in_a_row += 1;
-                    let r = FileResult { path: info.path, status: None, error: Some(e.to_string()), latency: Duration::ZERO, bytes: 0 };
+                    let r = FileResult {
+                        path: info.path,
+                        status: None,
+                        error: Some(e.to_string()),
+                        latency: Duration::ZERO,
+                        bytes: 0,
+                    };
                     progress(&r);
                     results.push(r);
                     if failures_in_a_row >= 3 {
@@ -311,7 +351,13 @@ async fn store_worker(
                     assoc = None;
                     failures_in_a_row += 1;
                 }
-                FileResult { path: info.path.clone(), status: None, error: Some(e.to_string()), latency: t.elapsed(), bytes: 0 }
+                FileResult {
+                    path: info.path.clone(),
+                    status: None,
+                    error: Some(e.to_string()),
+                    latency: t.elapsed(),
+                    bytes: 0,
+                }
             }
         };
         progress(&result);
@@ -327,7 +373,13 @@ async fn store_worker(
     // none are left to take it, report it.
     if failures_in_a_row >= 3 {
         while let Some(info) = queue.lock().await.pop_front() {
-            let r = FileResult { path: info.path, status: None, error: Some("not sent: peer unreachable".into()), latency: Duration::ZERO, bytes: 0 };
+            let r = FileResult {
+                path: info.path,
+                status: None,
+                error: Some("not sent: peer unreachable".into()),
+                latency: Duration::ZERO,
+                bytes: 0,
+            };
             progress(&r);
             results.push(r);
         }
@@ -351,9 +403,11 @@ async fn store_one(
     let (pc, payload) = match exact {
         Some(pc) => (pc, None),
         None => {
-            let alt = NATIVE
-                .iter()
-                .find_map(|t| accepted.get(&(info.sop_class.clone(), t.to_string())).map(|pc| (*pc, *t)));
+            let alt = NATIVE.iter().find_map(|t| {
+                accepted
+                    .get(&(info.sop_class.clone(), t.to_string()))
+                    .map(|pc| (*pc, *t))
+            });
             match alt {
                 Some((pc, ts)) if NATIVE.contains(&info.ts.as_str()) => {
                     let bytes = transcode(&info.path, ts).map_err(|e| (e, false))?;
@@ -381,18 +435,27 @@ async fn store_one(
         .map_err(|e| (e, true))?;
     let mut sent = 0u64;
     let send_chunk = |data: Vec<u8>, last: bool| Pdu::PData {
-        data: vec![PDataValue { presentation_context_id: pc, value_type: PDataValueType::Data, is_last: last, data }],
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Data,
+            is_last: last,
+            data,
+        }],
     };
     match payload {
         Some(bytes) => {
             let n = bytes.len();
             let mut chunks = bytes.chunks(chunk_len).peekable();
             if n == 0 {
-                a.send(&send_chunk(Vec::new(), true)).await.map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
+                a.send(&send_chunk(Vec::new(), true))
+                    .await
+                    .map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
             }
             while let Some(c) = chunks.next() {
                 let last = chunks.peek().is_none();
-                a.send(&send_chunk(c.to_vec(), last)).await.map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
+                a.send(&send_chunk(c.to_vec(), last))
+                    .await
+                    .map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
                 sent += c.len() as u64;
             }
         }
@@ -418,7 +481,9 @@ async fn store_one(
                 }
                 remaining -= want as u64;
                 let last = remaining == 0;
-                a.send(&send_chunk(buf[..want].to_vec(), last)).await.map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
+                a.send(&send_chunk(buf[..want].to_vec(), last))
+                    .await
+                    .map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
                 sent += want as u64;
                 if last {
                     break;
@@ -430,19 +495,25 @@ async fn store_one(
     if rsp.command_field().ok() != Some(field::C_STORE_RSP) {
         return Err((ScuError::Protocol("response is not a C-STORE-RSP".into()), true));
     }
-    let status = rsp.u16(tag::STATUS).map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
+    let status = rsp
+        .u16(tag::STATUS)
+        .map_err(|e| (ScuError::Protocol(e.to_string()), true))?;
     let comment = rsp.str(tag::ERROR_COMMENT).unwrap_or("").to_string();
     Ok((status, comment, sent))
 }
 
 fn transcode(path: &Path, ts_uid: &str) -> Result<Vec<u8>, ScuError> {
-    let err = |msg: String| ScuError::File { path: path.to_path_buf(), msg };
+    let err = |msg: String| ScuError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
     let obj = dicom_object::open_file(path).map_err(|e| err(e.to_string()))?;
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| err(format!("unknown transfer syntax {ts_uid}")))?;
     let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, ts).map_err(|e| err(e.to_string()))?;
+    obj.write_dataset_with_ts(&mut out, ts)
+        .map_err(|e| err(e.to_string()))?;
     Ok(out)
 }
 
@@ -471,7 +542,11 @@ mod tests {
             ts: ts.into(),
             dataset_offset: 0,
         };
-        let c = contexts_for(&[f("1.2.3", "1.2.840.10008.1.2.1"), f("1.2.3", "1.2.840.10008.1.2.4.90"), f("1.2.3", "1.2.840.10008.1.2.1")]);
+        let c = contexts_for(&[
+            f("1.2.3", "1.2.840.10008.1.2.1"),
+            f("1.2.3", "1.2.840.10008.1.2.4.90"),
+            f("1.2.3", "1.2.840.10008.1.2.1"),
+        ]);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].1.len(), 3);
         assert_eq!(c[1].1, vec!["1.2.840.10008.1.2.4.90".to_string()]);

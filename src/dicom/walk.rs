@@ -27,7 +27,11 @@ impl Encoding {
             deflated: uid == "1.2.840.10008.1.2.1.99" || uid == "1.2.840.10008.1.2.4.95",
         }
     }
-    const IMPLICIT_LE: Encoding = Encoding { explicit_vr: false, big_endian: false, deflated: false };
+    const IMPLICIT_LE: Encoding = Encoding {
+        explicit_vr: false,
+        big_endian: false,
+        deflated: false,
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +39,12 @@ pub enum WalkError {
     #[error("dataset truncated at byte {0}")]
     Truncated(u64),
     #[error("invalid VR bytes {vr:02X?} for ({group:04X},{elem:04X}) at byte {at}")]
-    BadVr { group: u16, elem: u16, vr: [u8; 2], at: u64 },
+    BadVr {
+        group: u16,
+        elem: u16,
+        vr: [u8; 2],
+        at: u64,
+    },
     #[error("unexpected ({group:04X},{elem:04X}) inside a sequence at byte {at}")]
     BadItem { group: u16, elem: u16, at: u64 },
     #[error("sequences nested deeper than {0}")]
@@ -87,7 +96,11 @@ impl<R: Read> Cursor<R> {
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WalkError> {
-        if self.read_exact_or_eof(buf)? { Ok(()) } else { Err(WalkError::Truncated(self.pos)) }
+        if self.read_exact_or_eof(buf)? {
+            Ok(())
+        } else {
+            Err(WalkError::Truncated(self.pos))
+        }
     }
 
     fn skip(&mut self, mut n: u64) -> Result<(), WalkError> {
@@ -111,10 +124,18 @@ struct Header {
 }
 
 fn u16_of(b: [u8; 2], be: bool) -> u16 {
-    if be { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
+    if be {
+        u16::from_be_bytes(b)
+    } else {
+        u16::from_le_bytes(b)
+    }
 }
 fn u32_of(b: [u8; 4], be: bool) -> u32 {
-    if be { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+    if be {
+        u32::from_be_bytes(b)
+    } else {
+        u32::from_le_bytes(b)
+    }
 }
 
 fn read_header<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<Option<Header>, WalkError> {
@@ -129,7 +150,12 @@ fn read_header<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<Option<Heade
     let mut four = [0u8; 4];
     if group == 0xFFFE || !enc.explicit_vr {
         c.read_exact(&mut four)?;
-        return Ok(Some(Header { group, elem, vr: None, len: u32_of(four, be) }));
+        return Ok(Some(Header {
+            group,
+            elem,
+            vr: None,
+            len: u32_of(four, be),
+        }));
     }
     let mut vr = [0u8; 2];
     c.read_exact(&mut vr)?;
@@ -150,7 +176,12 @@ fn read_header<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<Option<Heade
         c.read_exact(&mut two)?;
         u32::from(u16_of(two, be))
     };
-    Ok(Some(Header { group, elem, vr: Some(vr), len }))
+    Ok(Some(Header {
+        group,
+        elem,
+        vr: Some(vr),
+        len,
+    }))
 }
 
 /// Walk the dataset in `reader` (no file meta group, no preamble).
@@ -164,7 +195,11 @@ pub fn walk<R: Read>(reader: R, enc: Encoding, wanted: &[u32]) -> Result<Summary
 }
 
 fn walk_plain<R: Read>(reader: R, enc: Encoding, wanted: &[u32]) -> Result<Summary, WalkError> {
-    let mut c = Cursor { inner: reader, pos: 0, scratch: vec![0u8; 64 * 1024] };
+    let mut c = Cursor {
+        inner: reader,
+        pos: 0,
+        scratch: vec![0u8; 64 * 1024],
+    };
     let mut summary = Summary::default();
     walk_dataset(&mut c, enc, 0, Some((&mut summary, wanted)), false)?;
     if summary.top_level_elements == 0 {
@@ -187,13 +222,21 @@ fn walk_dataset<R: Read>(
     loop {
         let at = c.pos;
         let Some(h) = read_header(c, enc)? else {
-            return if in_item { Err(WalkError::Truncated(c.pos)) } else { Ok(()) };
+            return if in_item {
+                Err(WalkError::Truncated(c.pos))
+            } else {
+                Ok(())
+            };
         };
         if (h.group, h.elem) == ITEM_END && in_item {
             return Ok(());
         }
         if h.group == 0xFFFE {
-            return Err(WalkError::BadItem { group: h.group, elem: h.elem, at });
+            return Err(WalkError::BadItem {
+                group: h.group,
+                elem: h.elem,
+                at,
+            });
         }
         let key = (u32::from(h.group) << 16) | u32::from(h.elem);
         if let Some((summary, wanted)) = top.as_mut() {
@@ -217,7 +260,11 @@ fn walk_dataset<R: Read>(
         if (h.group, h.elem) == PIXEL_DATA && depth == 0 {
             walk_fragments(c, enc)?;
         } else {
-            let inner = if h.vr == Some(*b"UN") { Encoding::IMPLICIT_LE } else { enc };
+            let inner = if h.vr == Some(*b"UN") {
+                Encoding::IMPLICIT_LE
+            } else {
+                enc
+            };
             walk_sequence(c, inner, depth + 1)?;
         }
     }
@@ -239,7 +286,14 @@ fn walk_sequence<R: Read>(c: &mut Cursor<R>, enc: Encoding, depth: usize) -> Res
 fn walk_fragments<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<(), WalkError> {
     loop {
         let at = c.pos;
-        let h = read_header(c, Encoding { explicit_vr: false, ..enc })?.ok_or(WalkError::Truncated(c.pos))?;
+        let h = read_header(
+            c,
+            Encoding {
+                explicit_vr: false,
+                ..enc
+            },
+        )?
+        .ok_or(WalkError::Truncated(c.pos))?;
         match (h.group, h.elem) {
             SEQ_END => return Ok(()),
             ITEM if h.len != UNDEFINED => c.skip(u64::from(h.len))?,
@@ -252,7 +306,11 @@ fn walk_fragments<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<(), WalkE
 mod tests {
     use super::*;
 
-    const EXPLICIT: Encoding = Encoding { explicit_vr: true, big_endian: false, deflated: false };
+    const EXPLICIT: Encoding = Encoding {
+        explicit_vr: true,
+        big_endian: false,
+        deflated: false,
+    };
 
     fn el(out: &mut Vec<u8>, g: u16, e: u16, vr: &[u8; 2], v: &[u8]) {
         out.extend_from_slice(&g.to_le_bytes());
@@ -341,10 +399,20 @@ mod tests {
         let mut d = Vec::new();
         raw(&mut d, 0x0010, 0x0020, 4);
         d.extend_from_slice(b"ID01");
-        let s = walk(&d[..], Encoding::for_transfer_syntax("1.2.840.10008.1.2"), &[0x0010_0020]).expect("implicit");
+        let s = walk(
+            &d[..],
+            Encoding::for_transfer_syntax("1.2.840.10008.1.2"),
+            &[0x0010_0020],
+        )
+        .expect("implicit");
         assert_eq!(s.values.get(&0x0010_0020).map(Vec::as_slice), Some(&b"ID01"[..]));
         let be = [0x00, 0x10, 0x00, 0x20, b'L', b'O', 0x00, 0x04, b'I', b'D', b'0', b'1'];
-        let s = walk(&be[..], Encoding::for_transfer_syntax("1.2.840.10008.1.2.2"), &[0x0010_0020]).expect("be");
+        let s = walk(
+            &be[..],
+            Encoding::for_transfer_syntax("1.2.840.10008.1.2.2"),
+            &[0x0010_0020],
+        )
+        .expect("be");
         assert_eq!(s.values.get(&0x0010_0020).map(Vec::as_slice), Some(&b"ID01"[..]));
     }
 

@@ -22,7 +22,11 @@ use crate::dicom::meta::is_valid_uid;
 type S = State<Arc<Services>>;
 
 fn check_uid(uid: &str) -> Result<(), ApiError> {
-    if is_valid_uid(uid) { Ok(()) } else { Err(ApiError::BadRequest(format!("{uid:?} is not a valid UID"))) }
+    if is_valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("{uid:?} is not a valid UID")))
+    }
 }
 
 pub async fn health(State(s): S) -> Json<serde_json::Value> {
@@ -42,7 +46,11 @@ pub async fn metrics(State(s): S) -> Response {
     let free = s.archive.free_bytes().map(|v| v as i64).unwrap_or(-1);
     let text = s.metrics.render(&[
         ("medrelay_worklist_depth", "Complete studies waiting to be read", depth),
-        ("medrelay_archive_free_bytes", "Free bytes on the archive filesystem", free),
+        (
+            "medrelay_archive_free_bytes",
+            "Free bytes on the archive filesystem",
+            free,
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -55,7 +63,9 @@ pub async fn studies(State(s): S, Query(f): Query<StudyFilter>) -> Result<Json<s
         }
     }
     let (rows, total) = s.index.search_studies(&f).await?;
-    Ok(Json(json!({ "total": total, "offset": f.offset.unwrap_or(0), "studies": rows })))
+    Ok(Json(
+        json!({ "total": total, "offset": f.offset.unwrap_or(0), "studies": rows }),
+    ))
 }
 
 pub async fn study(State(s): S, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {

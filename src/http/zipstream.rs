@@ -34,7 +34,11 @@ impl Default for ZipStream {
 
 impl ZipStream {
     pub fn new() -> Self {
-        ZipStream { offset: 0, entries: Vec::new(), current: None }
+        ZipStream {
+            offset: 0,
+            entries: Vec::new(),
+            current: None,
+        }
     }
 
     /// Local header for a new entry. Any previous entry must have been ended.
@@ -76,7 +80,9 @@ impl ZipStream {
 
     /// Data descriptor closing the current entry.
     pub fn end(&mut self) -> Vec<u8> {
-        let Some(mut e) = self.current.take() else { return Vec::new() };
+        let Some(mut e) = self.current.take() else {
+            return Vec::new();
+        };
         e.crc_final = std::mem::take(&mut e.crc).finalize();
         let mut b = Vec::with_capacity(24);
         b.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
@@ -169,8 +175,16 @@ mod tests {
         let path = dir.path().join("t.zip");
         std::fs::write(&path, &out).expect("write");
         let script = "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nprint(';'.join(f'{i.filename}={len(z.read(i))}' for i in z.infolist()))";
-        let o = std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output().expect("python3");
+        let o = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&path)
+            .output()
+            .expect("python3");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "a/one.dcm=10;b/two.dcm=100000");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "a/one.dcm=10;b/two.dcm=100000"
+        );
     }
 }

@@ -22,16 +22,26 @@ pub fn cache() -> PathBuf {
 }
 
 fn require(path: PathBuf, what: &str) -> PathBuf {
-    assert!(path.exists(), "{what} missing at {}: run `bash tests/support/setup.sh` (the README's test command does)", path.display());
+    assert!(
+        path.exists(),
+        "{what} missing at {}: run `bash tests/support/setup.sh` (the README's test command does)",
+        path.display()
+    );
     path
 }
 
 pub fn corpus_pydicom() -> PathBuf {
-    require(cache().join("dicom-samples/pydicom/data/test_files"), "pydicom sample corpus")
+    require(
+        cache().join("dicom-samples/pydicom/data/test_files"),
+        "pydicom sample corpus",
+    )
 }
 
 pub fn corpus_nema() -> PathBuf {
-    require(cache().join("dicom-samples/data_store/data"), "pydicom-data sample corpus")
+    require(
+        cache().join("dicom-samples/data_store/data"),
+        "pydicom-data sample corpus",
+    )
 }
 
 pub fn ct300() -> PathBuf {
@@ -47,7 +57,10 @@ pub fn script(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A DCMTK (or other) command with Nagle off, as DESIGN.md says.
@@ -58,12 +71,15 @@ pub fn dcmtk(prog: &str) -> Command {
 }
 
 pub fn run(mut c: Command) -> Output {
-    let o = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
-    o
+    c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"))
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub struct ServerOpts {
@@ -100,7 +116,10 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: ServerOpts) -> Server {
-        let tmp = tempfile::Builder::new().prefix("medrelay-it-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("medrelay-it-")
+            .tempdir()
+            .expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let config = dir.join("medrelay.toml");
@@ -237,7 +256,11 @@ impl Server {
         let (_, body) = self.get("/metrics");
         let text = String::from_utf8_lossy(&body);
         text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
     }
 
@@ -256,7 +279,14 @@ impl Server {
     /// A DCMTK storescu command aimed at this server.
     pub fn storescu(&self, calling: &str) -> Command {
         let mut c = dcmtk("storescu");
-        c.args(["-aet", calling, "-aec", &self.ae_title, "127.0.0.1", &self.dicom_port.to_string()]);
+        c.args([
+            "-aet",
+            calling,
+            "-aec",
+            &self.ae_title,
+            "127.0.0.1",
+            &self.dicom_port.to_string(),
+        ]);
         c
     }
 
@@ -283,7 +313,15 @@ pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     let out = std::env::temp_dir().join(format!("medrelay-it-body-{}-{}", std::process::id(), rand_suffix()));
     let o = run({
         let mut c = Command::new("curl");
-        c.args(["-sk", "--max-time", "60", "-o", &out.display().to_string(), "-w", "%{http_code}"]);
+        c.args([
+            "-sk",
+            "--max-time",
+            "60",
+            "-o",
+            &out.display().to_string(),
+            "-w",
+            "%{http_code}",
+        ]);
         c.arg(format!("https://127.0.0.1:{port}{path}"));
         c
     });
