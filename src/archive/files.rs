@@ -1,7 +1,7 @@
 //! Instance files: streamed to a temporary file, fsynced, renamed into a
 //! content-addressed place, directory fsynced.
 //!
-//! Content addressing (`instances/ab/cd/<sha256>.dcm`, hash over transfer
+//! Content addressing (`instances/ab/<sha256>.dcm`, hash over transfer
 //! syntax + dataset bytes) makes a resent identical instance a no-op and lets
 //! two different versions of one SOP Instance UID live side by side without a
 //! naming scheme. Everything here is blocking I/O: callers run it on
@@ -51,10 +51,13 @@ pub struct TmpInstance {
     size: u64,
 }
 
-/// A fully written, fsynced temporary file, ready to be committed.
+/// A fully written temporary file with its hash, ready to be committed
+/// (commit fsyncs it; the hash and final path are known before that, so the
+/// index work can overlap the fsync).
 #[derive(Debug)]
 pub struct Written {
     tmp_path: PathBuf,
+    file: Option<File>,
     pub sha256: String,
     pub size: u64,
 }
@@ -142,14 +145,33 @@ impl Archive {
         Ok(tmp)
     }
 
-    /// Move a written file into place. Durable when this returns: the data was
-    /// fsynced by `finish`, and the directory entry is fsynced here.
-    pub fn commit(&self, w: Written) -> Result<Committed, ArchiveError> {
-        let rel_dir = format!("instances/{}/{}", &w.sha256[0..2], &w.sha256[2..4]);
-        let rel_path = format!("{rel_dir}/{}.dcm", w.sha256);
+    fn rel_path(sha256: &str) -> (String, String) {
+        let rel_dir = format!("instances/{}", &sha256[0..2]);
+        let rel_path = format!("{rel_dir}/{sha256}.dcm");
+        (rel_dir, rel_path)
+    }
+
+    /// Where `w` will live once committed.
+    pub fn planned(&self, w: &Written) -> Committed {
+        Committed {
+            rel_path: Self::rel_path(&w.sha256).1,
+            sha256: w.sha256.clone(),
+            size: w.size,
+            created: true,
+        }
+    }
+
+    /// Make a written file durable and move it into place: fsync the data,
+    /// rename, fsync the directory. Durable when this returns.
+    pub fn commit(&self, mut w: Written) -> Result<Committed, ArchiveError> {
+        let (rel_dir, rel_path) = Self::rel_path(&w.sha256);
         let dir = self.root.join(&rel_dir);
         let dest = self.root.join(&rel_path);
+        let file = w.file.take();
         let result = (|| {
+            if let Some(f) = file {
+                f.sync_data()?;
+            }
             create_dir_durable(&dir)?;
             if dest.exists() {
                 fs::remove_file(&w.tmp_path)?;
@@ -222,20 +244,19 @@ impl TmpInstance {
         self.size
     }
 
+    /// Close the data with its hash; `Archive::commit` makes it durable.
     pub fn finish(mut self) -> Result<Written, ArchiveError> {
         let file = self
             .file
             .take()
             .ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
-        file.sync_data().map_err(ArchiveError::from_io)?;
-        drop(file);
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let written = Written {
+        Ok(Written {
             tmp_path: std::mem::take(&mut self.path),
+            file: Some(file),
             sha256,
             size: self.size,
-        };
-        Ok(written)
+        })
     }
 }
 

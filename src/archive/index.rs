@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Acquire, Row, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::files::Committed;
+use super::files::{ArchiveError, Committed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -24,6 +24,12 @@ pub enum IndexError {
     Db(#[from] sqlx::Error),
     #[error("index writer has shut down")]
     Closed,
+}
+
+impl StoreError {
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Index { source, .. } if source.is_disk_full())
+    }
 }
 
 impl IndexError {
@@ -162,11 +168,33 @@ pub enum StoreOutcome {
     NewVersion(i64),
 }
 
+/// Resolves once the instance file is durable (fsynced, renamed, directory
+/// fsynced) with its final record, or with the reason it could not be.
+pub type DurableGate = oneshot::Receiver<Result<Committed, ArchiveError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The index write failed; `file` is the durable file, if any, which the
+    /// caller should remove so that no unindexed file is kept.
+    #[error("{source}")]
+    Index {
+        source: IndexError,
+        file: Option<Committed>,
+    },
+    /// The file could not be made durable; the index work was rolled back.
+    #[error("{0}")]
+    NotDurable(ArchiveError),
+}
+
+type StoreReply = oneshot::Sender<Result<(StoreOutcome, Committed), StoreError>>;
+
 enum WriteRequest {
-    Store(
-        Box<(NewInstance, Committed)>,
-        oneshot::Sender<Result<StoreOutcome, IndexError>>,
-    ),
+    Store {
+        inst: Box<NewInstance>,
+        planned: Committed,
+        gate: Option<DurableGate>,
+        reply: StoreReply,
+    },
     Sweep(i64, oneshot::Sender<Result<Vec<String>, IndexError>>),
 }
 
@@ -208,13 +236,36 @@ impl Index {
         &self.pool
     }
 
-    pub async fn store(&self, inst: NewInstance, file: Committed) -> Result<StoreOutcome, IndexError> {
-        let (tx, rx) = oneshot::channel();
+    /// Index an instance whose file is already durable.
+    pub async fn store(&self, inst: NewInstance, file: Committed) -> Result<StoreOutcome, StoreError> {
+        self.store_when_durable(inst, file, None).await.map(|(o, _)| o)
+    }
+
+    /// Index an instance while its file is still being made durable: the
+    /// statements run now, overlapping the fsyncs, and the transaction commits
+    /// only after `gate` reports the file durable. `planned` carries the hash,
+    /// size and path, which are known before the fsync.
+    pub async fn store_when_durable(
+        &self,
+        inst: NewInstance,
+        planned: Committed,
+        gate: Option<DurableGate>,
+    ) -> Result<(StoreOutcome, Committed), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let closed = || StoreError::Index {
+            source: IndexError::Closed,
+            file: None,
+        };
         self.writer
-            .send(WriteRequest::Store(Box::new((inst, file)), tx))
+            .send(WriteRequest::Store {
+                inst: Box::new(inst),
+                planned,
+                gate,
+                reply,
+            })
             .await
-            .map_err(|_| IndexError::Closed)?;
-        rx.await.map_err(|_| IndexError::Closed)?
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     /// Mark studies quiet since their `stable_after` as complete and enqueue
@@ -240,73 +291,150 @@ impl Index {
 async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let replies = run_batch(&pool, &mut batch).await;
-        for reply in replies {
-            reply();
-        }
+        run_batch(&pool, &mut batch).await;
     }
 }
 
-type Reply = Box<dyn FnOnce() + Send>;
+enum Done {
+    Store(StoreReply, Result<(StoreOutcome, Committed), StoreError>),
+    Sweep(
+        oneshot::Sender<Result<Vec<String>, IndexError>>,
+        Result<Vec<String>, IndexError>,
+    ),
+}
 
-/// Apply a batch in one transaction. Replies are sent only after the commit,
-/// so no caller hears "stored" for something that could still roll back.
-async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) -> Vec<Reply> {
-    let mut results: Vec<(WriteRequest, Result<Outcome, IndexError>)> = Vec::with_capacity(batch.len());
-    let tx_result = async {
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        for req in batch.drain(..) {
-            let mut sp = tx.begin().await?;
-            let r = match &req {
-                WriteRequest::Store(b, _) => apply_store(&mut sp, &b.0, &b.1).await.map(Outcome::Store),
-                WriteRequest::Sweep(now, _) => apply_sweep(&mut sp, *now).await.map(Outcome::Sweep),
-            };
-            if r.is_ok() {
-                sp.commit().await?;
-            } else {
-                sp.rollback().await?;
+/// Apply a batch in one transaction, each request in its own savepoint (when
+/// there are neighbours to protect). Replies go out only after the commit, so
+/// no caller hears "stored" for something that could still roll back.
+async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
+    let alone = batch.len() == 1;
+    let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(batch.drain(..), &e.to_string()),
+    };
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        return fail_all(batch.drain(..), &e.to_string());
+    }
+    let mut any_ok = false;
+    for req in batch.drain(..) {
+        if !alone && let Err(e) = sqlx::query("SAVEPOINT req").execute(&mut *conn).await {
+            done.push(fail_one(req, &e.to_string()));
+            continue;
+        }
+        let (ok, d) = match req {
+            WriteRequest::Sweep(now, reply) => {
+                let r = apply_sweep(&mut *conn, now).await;
+                (r.is_ok(), Done::Sweep(reply, r))
             }
-            results.push((req, r));
+            WriteRequest::Store {
+                inst,
+                planned,
+                gate,
+                reply,
+            } => {
+                let r = apply_store(&mut *conn, &inst, &planned).await;
+                // The statements ran while the file was being fsynced; now
+                // wait until it is durable before this work may commit.
+                let durable = match gate {
+                    Some(g) => g.await.unwrap_or_else(|_| {
+                        Err(ArchiveError::Io(std::io::Error::other(
+                            "file writer ended unexpectedly",
+                        )))
+                    }),
+                    None => Ok(planned),
+                };
+                match (r, durable) {
+                    (Ok(o), Ok(c)) => (true, Done::Store(reply, Ok((o, c)))),
+                    (Err(e), d) => (
+                        false,
+                        Done::Store(
+                            reply,
+                            Err(StoreError::Index {
+                                source: e,
+                                file: d.ok(),
+                            }),
+                        ),
+                    ),
+                    (Ok(_), Err(why)) => (false, Done::Store(reply, Err(StoreError::NotDurable(why)))),
+                }
+            }
+        };
+        let steps: &[&str] = match (ok, alone) {
+            (true, true) => &[],
+            (true, false) => &["RELEASE req"],
+            (false, true) => &["ROLLBACK"],
+            (false, false) => &["ROLLBACK TO req", "RELEASE req"],
+        };
+        let mut step_err = None;
+        for sql in steps {
+            if let Err(e) = sqlx::query(sql).execute(&mut *conn).await {
+                step_err = Some(e);
+                break;
+            }
         }
-        tx.commit().await?;
-        Ok::<(), IndexError>(())
+        if let Some(e) = step_err {
+            // The connection is in an unknown state: fail everything.
+            done.push(d);
+            return reply_all(done, Some(&e.to_string()));
+        }
+        any_ok |= ok;
+        done.push(d);
     }
-    .await;
-    // If the transaction itself failed, every request in it failed.
-    let shared_err = tx_result.err().map(|e| e.to_string());
-    batch.clear();
-    results
-        .into_iter()
-        .map(|(req, r)| {
-            let r = match &shared_err {
-                Some(e) => Err(IndexError::Db(sqlx::Error::Protocol(format!(
-                    "batch commit failed: {e}"
-                )))),
-                None => r,
-            };
-            let reply: Reply = match req {
-                WriteRequest::Store(_, tx) => Box::new(move || {
-                    let _ = tx.send(r.and_then(|o| match o {
-                        Outcome::Store(s) => Ok(s),
-                        Outcome::Sweep(_) => Err(IndexError::Closed),
-                    }));
-                }),
-                WriteRequest::Sweep(_, tx) => Box::new(move || {
-                    let _ = tx.send(r.and_then(|o| match o {
-                        Outcome::Sweep(s) => Ok(s),
-                        Outcome::Store(_) => Err(IndexError::Closed),
-                    }));
-                }),
-            };
-            reply
-        })
-        .collect()
+    if any_ok || !alone {
+        let commit = sqlx::query("COMMIT").execute(&mut *conn).await;
+        if let Err(e) = commit {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return reply_all(done, Some(&format!("commit failed: {e}")));
+        }
+    }
+    reply_all(done, None)
 }
 
-enum Outcome {
-    Store(StoreOutcome),
-    Sweep(Vec<String>),
+fn fail_one(req: WriteRequest, why: &str) -> Done {
+    let err = || IndexError::Db(sqlx::Error::Protocol(why.to_string()));
+    match req {
+        WriteRequest::Store { reply, .. } => Done::Store(
+            reply,
+            Err(StoreError::Index {
+                source: err(),
+                file: None,
+            }),
+        ),
+        WriteRequest::Sweep(_, reply) => Done::Sweep(reply, Err(err())),
+    }
+}
+
+fn fail_all(reqs: impl Iterator<Item = WriteRequest>, why: &str) {
+    let done: Vec<Done> = reqs.map(|r| fail_one(r, why)).collect();
+    reply_all(done, None)
+}
+
+/// Send every reply; with `shared_err`, successes become failures (the
+/// transaction they were part of did not commit).
+fn reply_all(done: Vec<Done>, shared_err: Option<&str>) {
+    let err = |why: &str| IndexError::Db(sqlx::Error::Protocol(why.to_string()));
+    for d in done {
+        match d {
+            Done::Store(reply, r) => {
+                let r = match (shared_err, r) {
+                    (Some(why), Ok((_, c))) => Err(StoreError::Index {
+                        source: err(why),
+                        file: Some(c),
+                    }),
+                    (_, r) => r,
+                };
+                let _ = reply.send(r);
+            }
+            Done::Sweep(reply, r) => {
+                let r = match shared_err {
+                    Some(why) => Err(err(why)),
+                    None => r,
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
 }
 
 type Conn = sqlx::SqliteConnection;
@@ -319,18 +447,16 @@ fn patient_key(i: &NewInstance) -> String {
     }
 }
 
-fn add_to_list(list: &str, item: &str) -> String {
-    let item = item.trim();
-    if item.is_empty() || list.split(',').any(|m| m == item) {
-        return list.to_string();
-    }
-    if list.is_empty() {
-        item.to_string()
-    } else {
-        format!("{list},{item}")
-    }
+/// SQL that appends `item` to a comma list column unless already present.
+fn list_append(col: &str) -> String {
+    format!(
+        "CASE WHEN excluded.{col} = '' OR instr(',' || {col} || ',', ',' || excluded.{col} || ',') > 0 THEN {col} \
+         WHEN {col} = '' THEN excluded.{col} ELSE {col} || ',' || excluded.{col} END"
+    )
 }
 
+/// One instance into the index in few statements: each statement is a round
+/// trip to SQLite's worker thread, which is most of the cost of an insert.
 async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
     let versions = sqlx::query("SELECT version, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY version")
         .bind(&i.sop_instance_uid)
@@ -340,12 +466,17 @@ async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<Sto
         return Ok(StoreOutcome::Duplicate);
     }
     let version = versions.last().map(|r| r.get::<i64, _>(0) + 1).unwrap_or(1);
+    let new_instance = version == 1;
+    let added = i64::from(new_instance);
+    let size = f.size as i64;
+    let stable_at = i.received_ms + i.stable_after_ms;
 
-    sqlx::query(
+    let patient_row: i64 = sqlx::query(
         "INSERT INTO patients (clinic_id, patient_key, patient_id, patient_name, birth_date, sex)
          VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (clinic_id, patient_key) DO UPDATE SET
-           patient_name = excluded.patient_name, birth_date = excluded.birth_date, sex = excluded.sex",
+           patient_name = excluded.patient_name, birth_date = excluded.birth_date, sex = excluded.sex
+         RETURNING id",
     )
     .bind(&i.clinic_id)
     .bind(patient_key(i))
@@ -353,93 +484,57 @@ async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<Sto
     .bind(&i.patient_name)
     .bind(&i.birth_date)
     .bind(&i.sex)
+    .fetch_one(&mut *c)
+    .await?
+    .get(0);
+
+    // A late instance re-opens a complete study: it will be swept again once
+    // quiet, and its worklist entry is updated then, never duplicated.
+    sqlx::query(&format!(
+        "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id,
+           study_date, study_time, accession_number, description, referring_physician, modalities,
+           body_parts, num_series, num_instances, size_bytes, first_received_ms, last_received_ms,
+           stable_after_ms, stable_at_ms, status)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 'receiving')
+         ON CONFLICT (study_uid) DO UPDATE SET
+           num_instances = num_instances + excluded.num_instances,
+           size_bytes = size_bytes + excluded.size_bytes,
+           last_received_ms = MAX(last_received_ms, excluded.last_received_ms),
+           stable_after_ms = excluded.stable_after_ms,
+           stable_at_ms = MAX(stable_at_ms, excluded.stable_at_ms),
+           status = 'receiving',
+           modalities = {},
+           body_parts = {}",
+        list_append("modalities"),
+        list_append("body_parts")
+    ))
+    .bind(&i.study_uid)
+    .bind(patient_row)
+    .bind(&i.clinic_id)
+    .bind(&i.calling_ae)
+    .bind(&i.patient_name)
+    .bind(&i.patient_id)
+    .bind(&i.study_date)
+    .bind(&i.study_time)
+    .bind(&i.accession_number)
+    .bind(&i.study_description)
+    .bind(&i.referring_physician)
+    .bind(i.modality.trim())
+    .bind(i.body_part.trim())
+    .bind(added)
+    .bind(size)
+    .bind(i.received_ms)
+    .bind(i.received_ms)
+    .bind(i.stable_after_ms)
+    .bind(stable_at)
     .execute(&mut *c)
     .await?;
-    let patient_row: i64 = sqlx::query("SELECT id FROM patients WHERE clinic_id = ? AND patient_key = ?")
-        .bind(&i.clinic_id)
-        .bind(patient_key(i))
-        .fetch_one(&mut *c)
-        .await?
-        .get(0);
 
-    let new_instance = version == 1;
-    let added = if new_instance { 1i64 } else { 0 };
-    let size = f.size as i64;
-    let stable_at = i.received_ms + i.stable_after_ms;
-
-    let study = sqlx::query("SELECT modalities, body_parts FROM studies WHERE study_uid = ?")
-        .bind(&i.study_uid)
-        .fetch_optional(&mut *c)
-        .await?;
-    match study {
-        None => {
-            sqlx::query(
-                "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id,
-                   study_date, study_time, accession_number, description, referring_physician, modalities,
-                   body_parts, num_series, num_instances, size_bytes, first_received_ms, last_received_ms,
-                   stable_after_ms, stable_at_ms, status)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 'receiving')",
-            )
-            .bind(&i.study_uid)
-            .bind(patient_row)
-            .bind(&i.clinic_id)
-            .bind(&i.calling_ae)
-            .bind(&i.patient_name)
-            .bind(&i.patient_id)
-            .bind(&i.study_date)
-            .bind(&i.study_time)
-            .bind(&i.accession_number)
-            .bind(&i.study_description)
-            .bind(&i.referring_physician)
-            .bind(i.modality.trim())
-            .bind(i.body_part.trim())
-            .bind(added)
-            .bind(size)
-            .bind(i.received_ms)
-            .bind(i.received_ms)
-            .bind(i.stable_after_ms)
-            .bind(stable_at)
-            .execute(&mut *c)
-            .await?;
-        }
-        Some(row) => {
-            let modalities = add_to_list(&row.get::<String, _>(0), &i.modality);
-            let body_parts = add_to_list(&row.get::<String, _>(1), &i.body_part);
-            // A late instance re-opens a complete study: it will be swept
-            // again once quiet, and the worklist entry is updated, not duplicated.
-            sqlx::query(
-                "UPDATE studies SET num_instances = num_instances + ?, size_bytes = size_bytes + ?,
-                   last_received_ms = MAX(last_received_ms, ?), stable_after_ms = ?,
-                   stable_at_ms = MAX(stable_at_ms, ?), status = 'receiving',
-                   modalities = ?, body_parts = ?
-                 WHERE study_uid = ?",
-            )
-            .bind(added)
-            .bind(size)
-            .bind(i.received_ms)
-            .bind(i.stable_after_ms)
-            .bind(stable_at)
-            .bind(modalities)
-            .bind(body_parts)
-            .bind(&i.study_uid)
-            .execute(&mut *c)
-            .await?;
-        }
-    }
-
-    let series_new = sqlx::query("SELECT 1 FROM series WHERE series_uid = ?")
-        .bind(&i.series_uid)
-        .fetch_optional(&mut *c)
-        .await?
-        .is_none();
-    sqlx::query(
+    let series_inserted = sqlx::query(
         "INSERT INTO series (series_uid, study_uid, modality, series_number, description, body_part,
            num_instances, size_bytes, first_received_ms, last_received_ms)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (series_uid) DO UPDATE SET
-           num_instances = num_instances + excluded.num_instances,
-           size_bytes = size_bytes + excluded.size_bytes,
-           last_received_ms = MAX(last_received_ms, excluded.last_received_ms)",
+         ON CONFLICT (series_uid) DO NOTHING",
     )
     .bind(&i.series_uid)
     .bind(&i.study_uid)
@@ -452,18 +547,25 @@ async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<Sto
     .bind(i.received_ms)
     .bind(i.received_ms)
     .execute(&mut *c)
-    .await?;
-    if series_new {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM series WHERE study_uid = ?")
-            .bind(&i.study_uid)
-            .fetch_one(&mut *c)
-            .await?
-            .get(0);
-        sqlx::query("UPDATE studies SET num_series = ? WHERE study_uid = ?")
-            .bind(n)
+    .await?
+    .rows_affected()
+        == 1;
+    if series_inserted {
+        sqlx::query("UPDATE studies SET num_series = num_series + 1 WHERE study_uid = ?")
             .bind(&i.study_uid)
             .execute(&mut *c)
             .await?;
+    } else {
+        sqlx::query(
+            "UPDATE series SET num_instances = num_instances + ?, size_bytes = size_bytes + ?,
+               last_received_ms = MAX(last_received_ms, ?) WHERE series_uid = ?",
+        )
+        .bind(added)
+        .bind(size)
+        .bind(i.received_ms)
+        .bind(&i.series_uid)
+        .execute(&mut *c)
+        .await?;
     }
 
     sqlx::query(

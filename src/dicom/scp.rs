@@ -25,7 +25,7 @@ use dicom_ul::pdu::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -37,7 +37,7 @@ use super::meta::{file_meta, is_valid_uid};
 use super::sop_classes::STORAGE_SOP_CLASSES;
 use super::walk::{self, Encoding};
 use crate::archive::files::{Archive, ArchiveError, Committed};
-use crate::archive::index::{Index, NewInstance, StoreOutcome};
+use crate::archive::index::{DurableGate, Index, NewInstance, StoreError, StoreOutcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -335,7 +335,10 @@ struct StoreJob {
     rq: Command,
     pc: u8,
     tx: mpsc::Sender<Chunk>,
-    job: tokio::task::JoinHandle<Result<(NewInstance, Committed), StoreFailure>>,
+    /// Validated and hashed, not yet durable.
+    ready: oneshot::Receiver<Result<(NewInstance, Committed), StoreFailure>>,
+    /// Durable (fsynced, renamed, directory fsynced).
+    durable: DurableGate,
 }
 
 enum Chunk {
@@ -542,12 +545,15 @@ impl Session {
             calling: self.calling.clone(),
             route: self.route.clone(),
         };
-        let job = tokio::task::spawn_blocking(move || receive_instance(params, rx));
+        let (ready_tx, ready) = oneshot::channel();
+        let (durable_tx, durable) = oneshot::channel();
+        tokio::task::spawn_blocking(move || receive_instance(params, rx, ready_tx, durable_tx));
         Ok(StoreJob {
             rq: cmd.clone(),
             pc,
+            ready,
+            durable,
             tx,
-            job,
         })
     }
 
@@ -562,12 +568,12 @@ impl Session {
             Some(Reception::Store(job)) => {
                 let _ = job.tx.send(Chunk::End).await;
                 drop(job.tx);
-                let r = match job.job.await {
-                    Ok(r) => r,
-                    Err(e) => Err(StoreFailure::Internal(format!("writer task failed: {e}"))),
-                };
+                let r = job
+                    .ready
+                    .await
+                    .unwrap_or_else(|_| Err(StoreFailure::Internal("file writer ended unexpectedly".into())));
                 let r = match r {
-                    Ok((inst, committed)) => self.index(inst, committed).await,
+                    Ok((inst, planned)) => self.index(inst, planned, job.durable).await,
                     Err(f) => Err(f),
                 };
                 (job.rq, job.pc, r)
@@ -597,20 +603,33 @@ impl Session {
         };
         self.respond(assoc, pc, &rsp).await?;
         metrics.store_latency.observe(started.elapsed());
+        tracing::trace!(total_us = started.elapsed().as_micros() as u64, "response sent");
         Ok(())
     }
 
-    async fn index(&self, inst: NewInstance, committed: Committed) -> Result<StoreOutcome, StoreFailure> {
+    /// Index while the file is being made durable; the index commits only
+    /// once the file is durable (see `Index::store_when_durable`).
+    async fn index(
+        &self,
+        inst: NewInstance,
+        planned: Committed,
+        durable: DurableGate,
+    ) -> Result<StoreOutcome, StoreFailure> {
         let study = inst.study_uid.clone();
-        match self.scp.index.store(inst, committed.clone()).await {
-            Ok(o) => {
-                debug!(study = %study, outcome = ?o, "instance indexed");
+        let t = Instant::now();
+        match self.scp.index.store_when_durable(inst, planned, Some(durable)).await {
+            Ok((o, _)) => {
+                tracing::trace!(index_us = t.elapsed().as_micros() as u64, "indexed");
+                debug!(study = %study, outcome = ?o, "instance stored");
                 Ok(o)
             }
+            Err(StoreError::NotDurable(e)) => Err(e.into()),
             Err(e) => {
                 // Keep archive and index consistent: no file without an index row.
-                let archive = self.scp.archive.clone();
-                let _ = tokio::task::spawn_blocking(move || archive.discard(&committed)).await;
+                if let StoreError::Index { file: Some(c), .. } = &e {
+                    let (archive, c) = (self.scp.archive.clone(), c.clone());
+                    let _ = tokio::task::spawn_blocking(move || archive.discard(&c)).await;
+                }
                 if e.is_disk_full() {
                     Err(StoreFailure::Resources(format!("index: {e}")))
                 } else {
@@ -654,7 +673,32 @@ struct ReceiveParams {
 
 /// Blocking: stream chunks to a temp file, validate, fsync, commit. Runs on a
 /// `spawn_blocking` thread; returns what the index needs.
-fn receive_instance(p: ReceiveParams, mut rx: mpsc::Receiver<Chunk>) -> Result<(NewInstance, Committed), StoreFailure> {
+fn receive_instance(
+    p: ReceiveParams,
+    rx: mpsc::Receiver<Chunk>,
+    ready: oneshot::Sender<Result<(NewInstance, Committed), StoreFailure>>,
+    durable: oneshot::Sender<Result<Committed, ArchiveError>>,
+) {
+    match receive_and_check(&p, rx) {
+        Ok((inst, written)) => {
+            let _ = ready.send(Ok((inst, p.archive.planned(&written))));
+            let t = std::time::Instant::now();
+            let r = p.archive.commit(written);
+            tracing::trace!(durable_us = t.elapsed().as_micros() as u64, "instance durable");
+            let _ = durable.send(r);
+        }
+        Err(f) => {
+            let _ = ready.send(Err(f));
+        }
+    }
+}
+
+/// Blocking: stream chunks to a temp file, then validate it. Runs on a
+/// `spawn_blocking` thread.
+fn receive_and_check(
+    p: &ReceiveParams,
+    mut rx: mpsc::Receiver<Chunk>,
+) -> Result<(NewInstance, crate::archive::files::Written), StoreFailure> {
     let header = file_meta(&p.sop_class, &p.sop_instance, &p.ts, &p.calling);
     let mut tmp: Result<_, StoreFailure> = p.archive.begin(&header, p.ts.as_bytes()).map_err(StoreFailure::from);
     let mut complete = false;
@@ -687,10 +731,8 @@ fn receive_instance(p: ReceiveParams, mut rx: mpsc::Receiver<Chunk>) -> Result<(
         walk::walk(BufReader::with_capacity(256 * 1024, f), enc, attrs::WANTED)
             .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
     };
-    let inst = describe(&p, &summary, enc, now_ms())?;
-    let written = tmp.finish()?;
-    let committed = p.archive.commit(written)?;
-    Ok((inst, committed))
+    let inst = describe(p, &summary, enc, now_ms())?;
+    Ok((inst, tmp.finish()?))
 }
 
 /// Check the dataset against the command and extract the index attributes.
