@@ -324,7 +324,7 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
         }
         let (ok, d) = match req {
             WriteRequest::Sweep(now, reply) => {
-                let r = apply_sweep(&mut *conn, now).await;
+                let r = apply_sweep(&mut conn, now).await;
                 (r.is_ok(), Done::Sweep(reply, r))
             }
             WriteRequest::Store {
@@ -333,7 +333,7 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
                 gate,
                 reply,
             } => {
-                let r = apply_store(&mut *conn, &inst, &planned).await;
+                let r = apply_store(&mut conn, &inst, &planned).await;
                 // The statements ran while the file was being fsynced; now
                 // wait until it is durable before this work may commit.
                 let durable = match gate {
