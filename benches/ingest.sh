@@ -93,6 +93,10 @@ t0=$(now); storescu -aec MEDRELAY 127.0.0.1 "$MR_PORT" "$d/big.dcm" >/dev/null; 
 HWM=$(awk '/VmHWM/ {print $2}' "/proc/$MR_PID/status")
 kill "$MR_PID"; wait "$MR_PID" 2>/dev/null || true
 
+# the durability floor of this disk (see benches/fsync_floor.py)
+FLOOR=$(python3 benches/fsync_floor.py "$WORK/floor" 300 | awk '{print $2}')
+rm -rf "$WORK/floor"
+
 an=$(printf '%s\n' "${ANCHOR[@]}" | median)
 am=$(printf '%s\n' "${A[@]}" | median)
 bm=$(printf '%s\n' "${B[@]}" | median)
@@ -102,4 +106,7 @@ printf 'A      storescu->medrelay (fsync)  %8.1f instances/s   ratio A/anchor = 
 printf 'B      medrelay store -P4->medrelay %7.1f instances/s   ratio B/anchor = %.2f  (goal >= 2)\n' "$bm" "$(echo "$bm / $an" | bc -l)"
 echo "sender-side C-STORE latency, 1 association: $LAT1"
 echo "sender-side C-STORE latency, 4 associations (last run): $LAT_LINE"
+printf 'durability floor of this disk: %.3f ms per instance (fdatasync file + rename + dir fsync + WAL page fdatasync)\n' "$FLOOR"
+printf 'best possible durable single-association rate = 1 / (anchor time per instance + floor) = %.1f instances/s = %.2f x anchor\n' \
+    "$(echo "1000 / (1000 / $an + $FLOOR)" | bc -l)" "$(echo "(1000 / (1000 / $an + $FLOOR)) / $an" | bc -l)"
 printf '1 GiB instance: received in %.1f s, medrelay peak RSS %d MB (goal <= 64 MB)\n' "$(echo "$t1 - $t0" | bc -l)" "$((HWM / 1024))"

@@ -763,9 +763,11 @@ fn describe(
             "missing or invalid Study/Series Instance UID".into(),
         ));
     }
+    // Every "...Image Storage..." class (incl. For Presentation/Processing)
+    // requires a pixel data element; presentation states and documents do not.
     let is_image = STORAGE_SOP_CLASSES
         .iter()
-        .any(|(uid, alias)| *uid == p.sop_class && alias.contains("Image") && !alias.contains("Presentation"));
+        .any(|(uid, alias)| *uid == p.sop_class && alias.contains("ImageStorage"));
     if is_image && !summary.has_pixel_data {
         return Err(StoreFailure::Mismatch("image SOP class without Pixel Data".into()));
     }
@@ -869,6 +871,11 @@ mod tests {
         assert_eq!(e.status(), 0xA900);
         let e = describe(&p, &summary("1.2.840.10008.5.1.4.1.1.2", "1.2.3", false), enc, 5).expect_err("pixels");
         assert!(e.to_string().contains("Pixel Data"));
+        // "For Presentation" image classes need pixels too; presentation states do not
+        let dx = ReceiveParams { sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(), ..params() };
+        assert!(describe(&dx, &summary("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3", false), enc, 5).is_err());
+        let gsps = ReceiveParams { sop_class: "1.2.840.10008.5.1.4.1.1.11.1".into(), ..params() };
+        assert!(describe(&gsps, &summary("1.2.840.10008.5.1.4.1.1.11.1", "1.2.3", false), enc, 5).is_ok());
     }
 
     #[test]

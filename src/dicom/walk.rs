@@ -241,7 +241,8 @@ fn walk_dataset<R: Read>(
         let key = (u32::from(h.group) << 16) | u32::from(h.elem);
         if let Some((summary, wanted)) = top.as_mut() {
             summary.top_level_elements += 1;
-            if (h.group, h.elem) == PIXEL_DATA {
+            // Pixel Data, Float Pixel Data or Double Float Pixel Data.
+            if h.group == 0x7FE0 && matches!(h.elem, 0x0008 | 0x0009 | 0x0010) {
                 summary.has_pixel_data = true;
             }
             if h.len != UNDEFINED && h.len <= MAX_COLLECT && wanted.contains(&key) {
