@@ -872,9 +872,15 @@ mod tests {
         let e = describe(&p, &summary("1.2.840.10008.5.1.4.1.1.2", "1.2.3", false), enc, 5).expect_err("pixels");
         assert!(e.to_string().contains("Pixel Data"));
         // "For Presentation" image classes need pixels too; presentation states do not
-        let dx = ReceiveParams { sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(), ..params() };
+        let dx = ReceiveParams {
+            sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+            ..params()
+        };
         assert!(describe(&dx, &summary("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3", false), enc, 5).is_err());
-        let gsps = ReceiveParams { sop_class: "1.2.840.10008.5.1.4.1.1.11.1".into(), ..params() };
+        let gsps = ReceiveParams {
+            sop_class: "1.2.840.10008.5.1.4.1.1.11.1".into(),
+            ..params()
+        };
         assert!(describe(&gsps, &summary("1.2.840.10008.5.1.4.1.1.11.1", "1.2.3", false), enc, 5).is_ok());
     }
 
