@@ -55,6 +55,28 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Render an instance (image or ECG) to JPEG/PNG, as the previews do.
+    Render {
+        file: PathBuf,
+        /// Window centre (modality units); with --ww overrides the dataset's window.
+        #[arg(long, allow_hyphen_values = true)]
+        wc: Option<f64>,
+        /// Window width.
+        #[arg(long)]
+        ww: Option<f64>,
+        /// Frame number, 0-based.
+        #[arg(long, default_value_t = 0)]
+        frame: u32,
+        /// Long side in pixels; 0 = full size.
+        #[arg(long, default_value_t = 0)]
+        size: u32,
+        /// Output file; .png writes PNG, anything else JPEG.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// JPEG quality.
+        #[arg(long, default_value_t = 90)]
+        quality: u8,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +152,15 @@ pub fn run() -> ExitCode {
                 init_tracing("warn");
                 store(paths, &to, parallel, &aet, quiet).await
             }
+            Cmd::Render {
+                file,
+                wc,
+                ww,
+                frame,
+                size,
+                out,
+                quality,
+            } => render(file, wc, ww, frame, size, out, quality).await,
         }
     })
 }
@@ -171,6 +202,52 @@ async fn serve(a: ServeArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+async fn render(
+    file: PathBuf,
+    wc: Option<f64>,
+    ww: Option<f64>,
+    frame: u32,
+    size: u32,
+    out: PathBuf,
+    quality: u8,
+) -> ExitCode {
+    use crate::imaging::decode::DecodeError;
+    use crate::imaging::render::{self, Format, RenderParams};
+    init_tracing("warn");
+    let window = match (wc, ww) {
+        (Some(c), Some(w)) => Some((c, w)),
+        (None, None) => None,
+        _ => return fail("--wc and --ww go together"),
+    };
+    let params = RenderParams {
+        window,
+        frame,
+        max_side: size,
+    };
+    let format = match out.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("png") => Format::Png,
+        _ => Format::Jpeg,
+    };
+    let r = tokio::task::spawn_blocking(move || {
+        let img = render::render_any(&file, &params)?;
+        let bytes = render::encode(&img, format, quality)?;
+        std::fs::write(&out, bytes).map_err(|e| DecodeError::Io(e.to_string()))?;
+        Ok::<_, DecodeError>((img.width, img.height, out))
+    })
+    .await;
+    match r {
+        Ok(Ok((w, h, out))) => {
+            println!("rendered {w}x{h} -> {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("no preview: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod dicom;
 pub mod http;
+pub mod imaging;
 pub mod metrics;
 pub mod tls;
 

@@ -64,12 +64,28 @@ const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQ_END: (u16, u16) = (0xFFFE, 0xE0DD);
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 
+/// Where the top-level Pixel Data value is, relative to the dataset start
+/// (positions in the inflated stream for deflated transfer syntaxes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PixelLocation {
+    Native {
+        offset: u64,
+        length: u64,
+    },
+    /// Item values as (offset, length); the first is the basic offset table.
+    Encapsulated {
+        fragments: Vec<(u64, u32)>,
+    },
+}
+
 #[derive(Debug, Default)]
 pub struct Summary {
     /// Raw values of the wanted top-level tags, keyed by (group << 16 | elem).
     pub values: HashMap<u32, Vec<u8>>,
     pub top_level_elements: usize,
+    /// Pixel Data, Float or Double Float Pixel Data present at top level.
     pub has_pixel_data: bool,
+    pub pixel_data: Option<PixelLocation>,
 }
 
 struct Cursor<R> {
@@ -252,14 +268,24 @@ fn walk_dataset<R: Read>(
                 continue;
             }
         }
+        let top_pixels = (h.group, h.elem) == PIXEL_DATA && depth == 0 && !in_item;
         if h.len != UNDEFINED {
+            if top_pixels && let Some((summary, _)) = top.as_mut() {
+                summary.pixel_data = Some(PixelLocation::Native {
+                    offset: c.pos,
+                    length: u64::from(h.len),
+                });
+            }
             c.skip(u64::from(h.len))?;
             continue;
         }
         // Undefined length: encapsulated pixel data, or a sequence. In explicit
         // VR a UN of undefined length holds implicit VR LE content (PS3.5 §6.2.2).
-        if (h.group, h.elem) == PIXEL_DATA && depth == 0 {
-            walk_fragments(c, enc)?;
+        if top_pixels {
+            let fragments = walk_fragments(c, enc)?;
+            if let Some((summary, _)) = top.as_mut() {
+                summary.pixel_data = Some(PixelLocation::Encapsulated { fragments });
+            }
         } else {
             let inner = if h.vr == Some(*b"UN") {
                 Encoding::IMPLICIT_LE
@@ -284,20 +310,21 @@ fn walk_sequence<R: Read>(c: &mut Cursor<R>, enc: Encoding, depth: usize) -> Res
     }
 }
 
-fn walk_fragments<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<(), WalkError> {
+fn walk_fragments<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<Vec<(u64, u32)>, WalkError> {
+    let items = Encoding {
+        explicit_vr: false,
+        ..enc
+    };
+    let mut fragments = Vec::new();
     loop {
         let at = c.pos;
-        let h = read_header(
-            c,
-            Encoding {
-                explicit_vr: false,
-                ..enc
-            },
-        )?
-        .ok_or(WalkError::Truncated(c.pos))?;
+        let h = read_header(c, items)?.ok_or(WalkError::Truncated(c.pos))?;
         match (h.group, h.elem) {
-            SEQ_END => return Ok(()),
-            ITEM if h.len != UNDEFINED => c.skip(u64::from(h.len))?,
+            SEQ_END => return Ok(fragments),
+            ITEM if h.len != UNDEFINED => {
+                fragments.push((c.pos, h.len));
+                c.skip(u64::from(h.len))?;
+            }
             (group, elem) => return Err(WalkError::BadItem { group, elem, at }),
         }
     }
@@ -368,6 +395,14 @@ mod tests {
         assert_eq!(s.values.get(&0x0010_0010).map(Vec::as_slice), Some(&b"DOE^JOHN"[..]));
         assert_eq!(s.top_level_elements, 4);
         assert!(s.has_pixel_data);
+        let n = sample().len() as u64;
+        // BOT (empty) then one 4-byte fragment ending 8 bytes before the end
+        assert_eq!(
+            s.pixel_data,
+            Some(PixelLocation::Encapsulated {
+                fragments: vec![(n - 20, 0), (n - 12, 4)]
+            })
+        );
     }
 
     #[test]

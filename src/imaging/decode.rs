@@ -1,0 +1,700 @@
+//! From a stored Part 10 file to one decoded frame, with bounded memory.
+//!
+//! The header (everything before Pixel Data) is parsed with dicom-object; the
+//! pixel data is located with our own walker and only the requested frame's
+//! bytes are read from disk. Native frames are unpacked here; compressed
+//! frames are handed to dicom-pixeldata's codecs (JPEG, JPEG-LS, JPEG 2000,
+//! RLE) inside a one-frame object, so a 1 GB multi-frame never sits in memory.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use dicom_core::value::{PixelFragmentSequence, Value};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+
+use super::pixel::{Palette, Rescale, SampleFormat, VoiFunction, VoiLut, Window};
+use crate::dicom::walk::{self, Encoding, PixelLocation};
+
+/// Why an instance has no image. The text is shown to users as
+/// "no preview: <reason>", so it says what is wrong with the data.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("bad pixel data: {0}")]
+    Corrupt(String),
+    #[error("cannot read file: {0}")]
+    Io(String),
+}
+
+/// Largest frame we decode (pixels); larger is refused, not attempted.
+pub const MAX_FRAME_PIXELS: u64 = 120_000_000;
+
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub rows: u32,
+    pub cols: u32,
+    pub frames: u32,
+    pub samples_per_pixel: u16,
+    pub photometric: String,
+    pub planar: bool,
+    pub format: SampleFormat,
+    pub transfer_syntax: String,
+    pub modality: String,
+    pub padding: Option<(f64, f64)>,
+    pub palette: Option<Palette>,
+    location: PixelLocation,
+    dataset_offset: u64,
+    deflated: bool,
+}
+
+/// A decoded frame ready for the display pipeline.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// Stored values (monochrome or palette indices).
+    Stored { width: u32, height: u32, values: Vec<i32> },
+    /// 8-bit interleaved RGB.
+    Rgb { width: u32, height: u32, rgb: Vec<u8> },
+}
+
+pub struct Source {
+    pub header: DefaultDicomObject,
+    pub info: ImageInfo,
+}
+
+fn io(e: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Io(e.to_string())
+}
+
+fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<i64>().ok())
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+        .unwrap_or_default()
+}
+
+fn floats(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
+        .unwrap_or_default()
+}
+
+fn items(obj: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+        .unwrap_or(&[])
+}
+
+/// 16-bit LUT data (palette or VOI LUT), in the file's value order.
+fn lut_words(obj: &InMemDicomObject, tag: Tag, bits: u16) -> Vec<u16> {
+    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+        return Vec::new();
+    };
+    if let Ok(v) = e.value().to_multi_int::<u16>()
+        && !v.is_empty()
+        && e.vr() != VR::OB
+    {
+        return v;
+    }
+    match e.to_bytes() {
+        Ok(b) if bits <= 8 && e.vr() == VR::OB => b.iter().map(|&x| u16::from(x)).collect(),
+        Ok(b) => b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Descriptor: (entries, first mapped value, bits). 0 entries means 65536.
+fn descriptor(obj: &InMemDicomObject, tag: Tag, signed_first: bool) -> Option<(usize, i32, u16)> {
+    let e = obj.element_opt(tag).ok().flatten()?;
+    let v: Vec<i64> = e.to_multi_int::<i64>().ok()?;
+    if v.len() < 3 {
+        return None;
+    }
+    let n = if v[0] == 0 { 65536 } else { v[0] as usize };
+    // The first-mapped value is US or SS depending on pixel representation.
+    let first = if signed_first {
+        v[1] as u16 as i16 as i32
+    } else {
+        v[1] as u16 as i32
+    };
+    Some((n, first, v[2] as u16))
+}
+
+/// Open a stored file: header, imaging attributes, pixel data location.
+pub fn open(path: &Path) -> Result<Source, DecodeError> {
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| DecodeError::Corrupt(format!("cannot parse header: {e}")))?;
+    let ts = header.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let dataset_offset = 144 + u64::from(header.meta().information_group_length);
+    let enc = Encoding::for_transfer_syntax(&ts);
+    let file = File::open(path).map_err(io)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    reader.seek(SeekFrom::Start(dataset_offset)).map_err(io)?;
+    let summary = walk::walk(reader, enc, &[]).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let obj: &InMemDicomObject = &header;
+    let location = match summary.pixel_data {
+        Some(l) => l,
+        None if !items(obj, Tag(0x5400, 0x0100)).is_empty() => {
+            return Err(DecodeError::NotAnImage("waveform".into()));
+        }
+        None if summary.has_pixel_data => {
+            return Err(DecodeError::Unsupported("float pixel data".into()));
+        }
+        None => return Err(DecodeError::NotAnImage("no pixel data".into())),
+    };
+    let rows = int(obj, tags::ROWS).unwrap_or(0);
+    let cols = int(obj, tags::COLUMNS).unwrap_or(0);
+    if rows <= 0 || cols <= 0 || rows > 65535 || cols > 65535 {
+        return Err(DecodeError::Corrupt(format!("invalid Rows/Columns {rows}x{cols}")));
+    }
+    let frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let spp = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let bits_allocated = int(obj, tags::BITS_ALLOCATED).unwrap_or(0);
+    let bits_stored = int(obj, tags::BITS_STORED).unwrap_or(bits_allocated);
+    let high_bit = int(obj, tags::HIGH_BIT).unwrap_or(bits_stored - 1);
+    if !matches!(spp, 1 | 3) {
+        return Err(DecodeError::Unsupported(format!("Samples per Pixel {spp}")));
+    }
+    if !matches!(bits_allocated, 1 | 8 | 16 | 32) || bits_stored < 1 || bits_stored > bits_allocated {
+        return Err(DecodeError::Corrupt(format!(
+            "Bits Allocated {bits_allocated} / Bits Stored {bits_stored}"
+        )));
+    }
+    if (rows * cols) as u64 > MAX_FRAME_PIXELS {
+        return Err(DecodeError::Unsupported(format!(
+            "frame of {rows}x{cols} pixels is too large"
+        )));
+    }
+    let signed = int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
+    let photometric = text(obj, tags::PHOTOMETRIC_INTERPRETATION).to_uppercase();
+    let padding = int(obj, tags::PIXEL_PADDING_VALUE).map(|p| {
+        let hi = int(obj, tags::PIXEL_PADDING_RANGE_LIMIT).unwrap_or(p);
+        (p.min(hi) as f64, p.max(hi) as f64)
+    });
+    let palette = if photometric == "PALETTE COLOR" {
+        Some(read_palette(obj, signed)?)
+    } else {
+        None
+    };
+    let info = ImageInfo {
+        rows: rows as u32,
+        cols: cols as u32,
+        frames: frames as u32,
+        samples_per_pixel: spp as u16,
+        photometric,
+        planar: int(obj, tags::PLANAR_CONFIGURATION).unwrap_or(0) == 1,
+        format: SampleFormat {
+            bits_allocated: bits_allocated as u16,
+            bits_stored: bits_stored as u16,
+            high_bit: high_bit as u16,
+            signed,
+        },
+        modality: text(obj, tags::MODALITY),
+        transfer_syntax: ts,
+        padding,
+        palette,
+        location,
+        dataset_offset,
+        deflated: enc.deflated,
+    };
+    Ok(Source { header, info })
+}
+
+fn read_palette(obj: &InMemDicomObject, signed: bool) -> Result<Palette, DecodeError> {
+    let d = |t| descriptor(obj, t, signed);
+    let (Some(r), Some(g), Some(b)) = (
+        d(tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR),
+        d(tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR),
+        d(tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR),
+    ) else {
+        return Err(DecodeError::Corrupt("PALETTE COLOR without LUT descriptors".into()));
+    };
+    let segmented = obj.element_opt(Tag(0x0028, 0x1221)).ok().flatten().is_some();
+    let (red, green, blue) = if segmented {
+        let seg = |tag: u16, n: usize| {
+            super::pixel::expand_segmented(&lut_words(obj, Tag(0x0028, tag), 16), n).map_err(DecodeError::Corrupt)
+        };
+        (seg(0x1221, r.0)?, seg(0x1222, g.0)?, seg(0x1223, b.0)?)
+    } else {
+        (
+            lut_words(obj, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, r.2),
+            lut_words(obj, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, g.2),
+            lut_words(obj, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, b.2),
+        )
+    };
+    if red.len() < r.0.min(4096) || green.is_empty() || blue.is_empty() {
+        return Err(DecodeError::Corrupt(
+            "palette LUT data shorter than its descriptor".into(),
+        ));
+    }
+    Ok(Palette {
+        first: r.1,
+        bits: r.2,
+        red,
+        green,
+        blue,
+    })
+}
+
+impl Source {
+    /// Rescale for `frame`: per-frame functional group, shared group, or the
+    /// top-level attributes (PS3.3 C.7.6.16.2.9).
+    pub fn rescale(&self, frame: u32) -> Rescale {
+        let obj: &InMemDicomObject = &self.header;
+        let from = |o: &InMemDicomObject| {
+            let s = floats(o, tags::RESCALE_SLOPE).first().copied();
+            let i = floats(o, tags::RESCALE_INTERCEPT).first().copied();
+            (s.is_some() || i.is_some()).then(|| Rescale {
+                slope: s.unwrap_or(1.0),
+                intercept: i.unwrap_or(0.0),
+            })
+        };
+        self.functional(frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, from)
+            .or_else(|| from(obj))
+            .filter(|r| r.slope.is_finite() && r.intercept.is_finite() && r.slope != 0.0)
+            .unwrap_or_default()
+    }
+
+    /// The dataset's own window for `frame` (first value), if any.
+    pub fn window(&self, frame: u32) -> Option<Window> {
+        let obj: &InMemDicomObject = &self.header;
+        let from = |o: &InMemDicomObject| {
+            let c = floats(o, tags::WINDOW_CENTER).first().copied()?;
+            let w = floats(o, tags::WINDOW_WIDTH).first().copied()?;
+            let function = match text(o, tags::VOILUT_FUNCTION).as_str() {
+                "LINEAR_EXACT" => VoiFunction::LinearExact,
+                "SIGMOID" => VoiFunction::Sigmoid,
+                _ => VoiFunction::Linear,
+            };
+            (w > 0.0 && c.is_finite() && w.is_finite()).then_some(Window {
+                center: c,
+                width: w,
+                function,
+            })
+        };
+        self.functional(frame, tags::FRAME_VOILUT_SEQUENCE, from)
+            .or_else(|| from(obj))
+    }
+
+    /// First VOI LUT of the VOI LUT Sequence, if any.
+    pub fn voi_lut(&self) -> Option<VoiLut> {
+        let obj: &InMemDicomObject = &self.header;
+        let item = items(obj, tags::VOILUT_SEQUENCE).first()?;
+        let (n, first, bits) = descriptor(item, tags::LUT_DESCRIPTOR, self.info.format.signed)?;
+        let mut data = lut_words(item, tags::LUT_DATA, bits);
+        data.truncate(n);
+        // Some writers declare 16 bits but use fewer; scale to what is used.
+        let used = data.iter().copied().max().unwrap_or(0);
+        let bits = if bits > 8 && used > 0 {
+            (16 - used.leading_zeros() as u16).max(8).min(bits)
+        } else {
+            bits
+        };
+        (!data.is_empty()).then_some(VoiLut { first, bits, data })
+    }
+
+    fn functional<T>(&self, frame: u32, seq: Tag, f: impl Fn(&InMemDicomObject) -> Option<T>) -> Option<T> {
+        let obj: &InMemDicomObject = &self.header;
+        let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).get(frame as usize);
+        let shared = items(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).first();
+        [per_frame, shared]
+            .into_iter()
+            .flatten()
+            .find_map(|g| items(g, seq).first().and_then(&f))
+    }
+
+    /// Decode one frame (0-based).
+    pub fn frame(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
+        let info = &self.info;
+        if frame >= info.frames {
+            return Err(DecodeError::Unsupported(format!("frame {frame} of {}", info.frames)));
+        }
+        if info.deflated {
+            return self.frame_from_full_object(path, frame);
+        }
+        match &info.location {
+            PixelLocation::Native { offset, length } => {
+                let bytes = read_native_frame(path, info, self.info.dataset_offset + offset, *length, frame)?;
+                native_frame(info, bytes)
+            }
+            PixelLocation::Encapsulated { fragments } => {
+                let data = read_fragments(path, self.info.dataset_offset, fragments, info.frames, frame)?;
+                if info.transfer_syntax == RLE_LOSSLESS {
+                    return rle_frame(info, &data.concat());
+                }
+                self.decode_encapsulated(data)
+            }
+        }
+    }
+
+    /// Deflated datasets cannot be seeked into; they are small in practice,
+    /// so load them whole, with a size limit.
+    fn frame_from_full_object(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > 256 << 20 {
+            return Err(DecodeError::Unsupported("deflated dataset larger than 256 MB".into()));
+        }
+        let obj = dicom_object::open_file(path).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        let decoded = obj
+            .decode_pixel_data_frame(frame)
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        decoded_to_frame(&self.info, &decoded)
+    }
+
+    fn decode_encapsulated(&self, fragments: Vec<Vec<u8>>) -> Result<Frame, DecodeError> {
+        let mut obj = self.header.clone();
+        obj.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("1"),
+        ));
+        let seq = PixelFragmentSequence::new(Vec::<u32>::new(), fragments);
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::from(seq)));
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data_frame(0)))
+            .map_err(|_| DecodeError::Corrupt("decoder panicked on this data".into()))?
+            .map_err(|e| DecodeError::Corrupt(format!("cannot decode {}: {e}", self.info.transfer_syntax)))?;
+        decoded_to_frame(&self.info, &decoded)
+    }
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// RLE is decoded here for every bit depth (8, 16 and 32 bits per sample).
+fn rle_frame(info: &ImageInfo, data: &[u8]) -> Result<Frame, DecodeError> {
+    let bytes = usize::from(info.format.bits_allocated / 8).max(1);
+    let pixels = (info.rows as usize) * (info.cols as usize);
+    let spp = usize::from(info.samples_per_pixel);
+    let raw = super::pixel::rle_decode(data, pixels, spp, bytes).map_err(DecodeError::Corrupt)?;
+    if spp == 1 {
+        let values = super::pixel::unpack(&raw, info.format, pixels)
+            .ok_or_else(|| DecodeError::Corrupt("RLE frame shorter than Rows x Columns".into()))?;
+        return Ok(Frame::Stored {
+            width: info.cols,
+            height: info.rows,
+            values,
+        });
+    }
+    // RLE output is interleaved; YBR_FULL stays YBR_FULL (no 4:2:2 in RLE).
+    let pi = if info.photometric == "YBR_FULL_422" {
+        "YBR_FULL"
+    } else {
+        info.photometric.as_str()
+    };
+    color_frame(info, &raw, false, pi, info.format.bits_allocated)
+}
+
+fn frame_bytes(info: &ImageInfo) -> u64 {
+    let pixels = u64::from(info.rows) * u64::from(info.cols);
+    // Native YBR_FULL_422 stores two samples per pixel (Y Y Cb Cr per pair).
+    let per_pixel = if info.photometric == "YBR_FULL_422" && info.samples_per_pixel == 3 {
+        2
+    } else {
+        u64::from(info.samples_per_pixel)
+    };
+    let samples = pixels * per_pixel;
+    if info.format.bits_allocated == 1 {
+        samples.div_ceil(8)
+    } else {
+        samples * u64::from(info.format.bits_allocated / 8)
+    }
+}
+
+fn read_native_frame(
+    path: &Path,
+    info: &ImageInfo,
+    start: u64,
+    length: u64,
+    frame: u32,
+) -> Result<Vec<u8>, DecodeError> {
+    let size = frame_bytes(info);
+    // 1-bit frames may start mid-byte; read from the byte holding the first bit.
+    let (off, len) = if info.format.bits_allocated == 1 {
+        let bits = u64::from(info.rows) * u64::from(info.cols) * u64::from(frame);
+        (bits / 8, size + 1)
+    } else {
+        (size * u64::from(frame), size)
+    };
+    let needed = if info.format.bits_allocated == 1 {
+        (off + size).min(length)
+    } else {
+        off + size
+    };
+    if needed > length || off + size > length + u64::from(info.format.bits_allocated == 1) {
+        return Err(DecodeError::Corrupt(format!(
+            "pixel data has {length} bytes, {}x{}x{} frames need {}",
+            info.rows,
+            info.cols,
+            info.frames,
+            size * u64::from(info.frames)
+        )));
+    }
+    let mut f = File::open(path).map_err(io)?;
+    f.seek(SeekFrom::Start(start + off)).map_err(io)?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len.min(length - off)).read_to_end(&mut buf).map_err(io)?;
+    if (buf.len() as u64) < size {
+        return Err(DecodeError::Corrupt("file ends inside the pixel data".into()));
+    }
+    if info.format.bits_allocated == 1 {
+        let first_bit = (u64::from(info.rows) * u64::from(info.cols) * u64::from(frame)) % 8;
+        let pixels = (info.rows * info.cols) as usize;
+        let unpacked = (0..pixels)
+            .map(|i| {
+                let bit = first_bit as usize + i;
+                (buf[bit / 8] >> (bit % 8)) & 1
+            })
+            .collect();
+        return Ok(unpacked);
+    }
+    if Encoding::for_transfer_syntax(&info.transfer_syntax).big_endian && info.format.bits_allocated > 8 {
+        let w = usize::from(info.format.bits_allocated / 8);
+        for c in buf.chunks_exact_mut(w) {
+            c.reverse();
+        }
+    }
+    Ok(buf)
+}
+
+/// Fragments (item values) of one frame. With a basic offset table, frame i
+/// spans the fragments between its offset and the next; without one, one
+/// fragment per frame, or all fragments for a single frame, or JPEG SOI
+/// markers start each frame.
+fn read_fragments(
+    path: &Path,
+    dataset_offset: u64,
+    fragments: &[(u64, u32)],
+    frames: u32,
+    frame: u32,
+) -> Result<Vec<Vec<u8>>, DecodeError> {
+    let mut f = File::open(path).map_err(io)?;
+    let mut read = |(off, len): (u64, u32)| -> Result<Vec<u8>, DecodeError> {
+        f.seek(SeekFrom::Start(dataset_offset + off)).map_err(io)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact(&mut buf)
+            .map_err(|e| DecodeError::Corrupt(format!("truncated fragment: {e}")))?;
+        Ok(buf)
+    };
+    let Some((bot, data)) = fragments.split_first() else {
+        return Err(DecodeError::Corrupt("encapsulated pixel data without items".into()));
+    };
+    if data.is_empty() {
+        return Err(DecodeError::Corrupt("encapsulated pixel data has no fragments".into()));
+    }
+    let bot_bytes = if bot.1 > 0 && bot.1 <= 4 * 1_000_000 {
+        read(*bot)?
+    } else {
+        Vec::new()
+    };
+    let offsets: Vec<u64> = bot_bytes
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    let chosen: Vec<(u64, u32)> = if offsets.len() == frames as usize && frames > 1 {
+        // Offsets count from the first byte of the first fragment's item header.
+        let base = data[0].0 - 8;
+        let start = offsets[frame as usize];
+        let end = offsets.get(frame as usize + 1).copied().unwrap_or(u64::MAX);
+        data.iter()
+            .copied()
+            .filter(|(o, _)| (o - 8 - base) >= start && (o - 8 - base) < end)
+            .collect()
+    } else if frames == 1 {
+        data.to_vec()
+    } else if data.len() == frames as usize {
+        vec![data[frame as usize]]
+    } else {
+        // JPEG family: a frame starts with a fragment beginning FF D8.
+        let mut starts = Vec::new();
+        for (i, frag) in data.iter().enumerate() {
+            let head = read((frag.0, frag.1.min(2)))?;
+            if head == [0xFF, 0xD8] {
+                starts.push(i);
+            }
+        }
+        if starts.len() != frames as usize {
+            return Err(DecodeError::Unsupported(format!(
+                "{} fragments for {frames} frames and no offset table",
+                data.len()
+            )));
+        }
+        let s = starts[frame as usize];
+        let e = starts.get(frame as usize + 1).copied().unwrap_or(data.len());
+        data[s..e].to_vec()
+    };
+    if chosen.is_empty() {
+        return Err(DecodeError::Corrupt(format!("no fragments for frame {frame}")));
+    }
+    chosen.into_iter().map(read).collect()
+}
+
+/// Native (uncompressed) frame bytes → Frame.
+fn native_frame(info: &ImageInfo, bytes: Vec<u8>) -> Result<Frame, DecodeError> {
+    let (w, h) = (info.cols, info.rows);
+    let pixels = (w as usize) * (h as usize);
+    if info.format.bits_allocated == 1 {
+        return Ok(Frame::Stored {
+            width: w,
+            height: h,
+            values: bytes.into_iter().map(i32::from).collect(),
+        });
+    }
+    if info.samples_per_pixel == 1 {
+        let values = super::pixel::unpack(&bytes, info.format, pixels)
+            .ok_or_else(|| DecodeError::Corrupt("frame shorter than Rows x Columns".into()))?;
+        return Ok(Frame::Stored {
+            width: w,
+            height: h,
+            values,
+        });
+    }
+    color_frame(info, &bytes, info.planar, &info.photometric, info.format.bits_allocated)
+}
+
+fn color_frame(
+    info: &ImageInfo,
+    bytes: &[u8],
+    planar: bool,
+    photometric: &str,
+    bits: u16,
+) -> Result<Frame, DecodeError> {
+    let (w, h) = (info.cols, info.rows);
+    let pixels = (w as usize) * (h as usize);
+    let short = || DecodeError::Corrupt("colour frame shorter than Rows x Columns x 3".into());
+    if photometric == "YBR_FULL_422" && bits == 8 && !planar {
+        let ybr = super::pixel::expand_422(bytes, w as usize, h as usize).ok_or_else(short)?;
+        let rgb = ybr
+            .chunks_exact(3)
+            .flat_map(|p| super::pixel::ybr_to_rgb(p[0], p[1], p[2]))
+            .collect();
+        return Ok(Frame::Rgb {
+            width: w,
+            height: h,
+            rgb,
+        });
+    }
+    // Reduce to 8 bits per sample first (16/32-bit RGB keeps its top bits).
+    let eight: Vec<u8> = match bits {
+        8 => bytes.get(..pixels * 3).ok_or_else(short)?.to_vec(),
+        16 | 32 => {
+            let f = SampleFormat {
+                signed: false,
+                ..info.format
+            };
+            let v = super::pixel::unpack(bytes, f, pixels * 3).ok_or_else(short)?;
+            let shift = info.format.bits_stored.saturating_sub(8);
+            v.into_iter().map(|x| ((x as u32) >> shift).min(255) as u8).collect()
+        }
+        _ => return Err(DecodeError::Unsupported(format!("colour with {bits} bits allocated"))),
+    };
+    let interleaved = if planar {
+        super::pixel::interleave_planar(&eight, pixels).ok_or_else(short)?
+    } else {
+        eight
+    };
+    let rgb = match photometric {
+        "RGB" => interleaved,
+        "YBR_FULL" | "YBR_FULL_422" => interleaved
+            .chunks_exact(3)
+            .flat_map(|p| super::pixel::ybr_to_rgb(p[0], p[1], p[2]))
+            .collect(),
+        other => return Err(DecodeError::Unsupported(format!("photometric interpretation {other}"))),
+    };
+    Ok(Frame::Rgb {
+        width: w,
+        height: h,
+        rgb,
+    })
+}
+
+/// Output of a dicom-pixeldata decoder → Frame.
+fn decoded_to_frame(info: &ImageInfo, d: &dicom_pixeldata::DecodedPixelData<'_>) -> Result<Frame, DecodeError> {
+    let (w, h) = (d.columns(), d.rows());
+    if (w, h) != (info.cols, info.rows) {
+        return Err(DecodeError::Corrupt(format!(
+            "decoded {w}x{h}, header says {}x{}",
+            info.cols, info.rows
+        )));
+    }
+    let data = d.data();
+    if d.samples_per_pixel() == 3 {
+        let pi = d.photometric_interpretation().as_str().to_string();
+        let planar = d.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst;
+        return color_frame(info, data, planar, &pi, d.bits_allocated());
+    }
+    let f = SampleFormat {
+        bits_allocated: d.bits_allocated(),
+        bits_stored: info.format.bits_stored.min(d.bits_allocated()),
+        high_bit: info.format.bits_stored.min(d.bits_allocated()) - 1,
+        signed: info.format.signed,
+    };
+    let values = super::pixel::unpack(data, f, (w as usize) * (h as usize))
+        .ok_or_else(|| DecodeError::Corrupt("decoded frame shorter than Rows x Columns".into()))?;
+    Ok(Frame::Stored {
+        width: w,
+        height: h,
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus(name: &str) -> std::path::PathBuf {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/dicom-samples");
+        let a = base.join("pydicom/data/test_files").join(name);
+        if a.exists() {
+            a
+        } else {
+            base.join("data_store/data").join(name)
+        }
+    }
+
+    #[test]
+    fn native_ct_frame_has_the_stored_values() {
+        let p = corpus("CT_small.dcm");
+        let s = open(&p).expect("open");
+        assert_eq!((s.info.rows, s.info.cols, s.info.frames), (128, 128, 1));
+        let Frame::Stored { values, .. } = s.frame(&p, 0).expect("frame") else {
+            panic!("gray")
+        };
+        // pydicom: ds.pixel_array[0, :3] == [175, 180, 166]
+        assert_eq!(&values[..3], &[175, 180, 166]);
+        assert_eq!(
+            s.rescale(0),
+            Rescale {
+                slope: 1.0,
+                intercept: -1024.0
+            }
+        );
+    }
+
+    #[test]
+    fn lying_rows_columns_and_truncation_are_reported() {
+        let p = corpus("MR_truncated.dcm");
+        match open(&p) {
+            Err(e) => assert!(e.to_string().contains("truncated"), "{e}"),
+            Ok(s) => {
+                let e = s.frame(&p, 0).expect_err("truncated");
+                assert!(matches!(e, DecodeError::Corrupt(_)), "{e}");
+            }
+        }
+    }
+}
