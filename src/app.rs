@@ -45,6 +45,8 @@ pub struct Services {
     pub archive: Archive,
     pub index: Index,
     pub metrics: Arc<Metrics>,
+    /// Bounds on-demand renders (CPU-bound) to one per core.
+    pub render_slots: tokio::sync::Semaphore,
 }
 
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -75,12 +77,26 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         Some(_) => Some(crate::tls::server_config(&cfg.cert_dir, &[])?),
         None => None,
     };
+    let render = cfg.render.enabled.then(|| {
+        let workers = cfg.render.effective_workers();
+        info!(workers, "preview rendering on");
+        crate::imaging::worker::start(
+            archive.clone(),
+            index.clone(),
+            workers,
+            cfg.render.queue,
+            shutdown.clone(),
+            &tracker,
+        )
+        .queue
+    });
     let scp = Arc::new(Scp::new(
         cfg.clone(),
         archive.clone(),
         index.clone(),
         metrics.clone(),
         dicom_tls,
+        render,
     ));
     let bind =
         |addr| bind_listener(addr, cfg.dicom.recv_buffer_bytes).map_err(|source| AppError::Bind { addr, source });
@@ -104,11 +120,13 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         )));
     }
 
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let services = Arc::new(Services {
         cfg: cfg.clone(),
         archive,
         index: index.clone(),
         metrics: metrics.clone(),
+        render_slots: tokio::sync::Semaphore::new(cores),
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

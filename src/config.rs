@@ -32,6 +32,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub dicom: DicomConfig,
     pub stability: StabilityConfig,
+    pub render: RenderConfig,
     /// Clinics and the AE titles their devices call from.
     #[serde(rename = "clinic")]
     pub clinics: Vec<ClinicConfig>,
@@ -69,6 +70,40 @@ pub struct DicomConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RenderConfig {
+    /// Render previews as instances arrive.
+    pub enabled: bool,
+    /// Concurrent render workers (CPU-bound); 0 = one less than the cores, at least 1.
+    pub workers: usize,
+    /// Bounded queue of instances waiting for previews; when full, they stay
+    /// pending in the index and are picked up later.
+    pub queue: usize,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        RenderConfig {
+            enabled: true,
+            workers: 0,
+            queue: 1024,
+        }
+    }
+}
+
+impl RenderConfig {
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StabilityConfig {
     /// A study receiving nothing for this long is complete.
     pub stable_after_secs: f64,
@@ -94,6 +129,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             dicom: DicomConfig::default(),
             stability: StabilityConfig::default(),
+            render: RenderConfig::default(),
             clinics: Vec::new(),
             shutdown_grace_secs: 30,
             log: "info".into(),

@@ -129,6 +129,44 @@ CREATE TABLE IF NOT EXISTS worklist (
 CREATE INDEX IF NOT EXISTS worklist_state ON worklist(state, enqueued_ms);
 "#;
 
+/// Schema changes after the first release, applied in order and recorded in
+/// `PRAGMA user_version`, so an existing archive upgrades in place.
+const MIGRATIONS: &[&str] = &[
+    // 1: preview status per instance (previews issue)
+    "ALTER TABLE instances ADD COLUMN preview_status TEXT NOT NULL DEFAULT 'pending';
+     ALTER TABLE instances ADD COLUMN preview_ms INTEGER;
+     ALTER TABLE instances ADD COLUMN cine_frames INTEGER;
+     CREATE INDEX IF NOT EXISTS instances_preview ON instances(preview_status);",
+];
+
+async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
+    let mut conn = pool.acquire().await?;
+    let current: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *conn).await?.get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let step = async {
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&mut *conn).await?;
+            }
+            sqlx::query(&format!("PRAGMA user_version = {}", i + 1))
+                .execute(&mut *conn)
+                .await?;
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        match step {
+            Ok(()) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NewInstance {
     pub sop_instance_uid: String,
@@ -188,7 +226,19 @@ pub enum StoreError {
 
 type StoreReply = oneshot::Sender<Result<(StoreOutcome, Committed), StoreError>>;
 
+/// Outcome of rendering one instance's previews.
+#[derive(Debug, Clone)]
+pub struct PreviewResult {
+    pub sop_instance_uid: String,
+    pub version: i64,
+    /// "ok", or "no preview: <reason>".
+    pub status: String,
+    pub cine_frames: Option<i64>,
+    pub done_ms: i64,
+}
+
 enum WriteRequest {
+    Preview(PreviewResult, oneshot::Sender<Result<(), IndexError>>),
     Store {
         inst: Box<NewInstance>,
         planned: Committed,
@@ -226,6 +276,7 @@ impl Index {
             .connect_with(opts)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(1024);
         let writer_pool = pool.clone();
         let handle = tokio::spawn(writer_loop(writer_pool, rx));
@@ -279,6 +330,29 @@ impl Index {
         rx.await.map_err(|_| IndexError::Closed)?
     }
 
+    pub async fn set_preview(&self, p: PreviewResult) -> Result<(), IndexError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteRequest::Preview(p, tx))
+            .await
+            .map_err(|_| IndexError::Closed)?;
+        rx.await.map_err(|_| IndexError::Closed)?
+    }
+
+    /// Instances still waiting for previews, oldest first (restart catch-up).
+    pub async fn pending_previews(&self, limit: i64) -> Result<Vec<(String, i64, String)>, IndexError> {
+        Ok(sqlx::query(
+            "SELECT sop_instance_uid, version, path FROM instances WHERE preview_status = 'pending'
+             ORDER BY received_ms LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+    }
+
     /// Earliest time a receiving study may become stable, to sleep until then.
     pub async fn next_stable_at(&self) -> Result<Option<i64>, IndexError> {
         let row = sqlx::query("SELECT MIN(stable_at_ms) FROM studies WHERE status = 'receiving'")
@@ -296,6 +370,7 @@ async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<WriteRequest>) {
 }
 
 enum Done {
+    Unit(oneshot::Sender<Result<(), IndexError>>, Result<(), IndexError>),
     Store(StoreReply, Result<(StoreOutcome, Committed), StoreError>),
     Sweep(
         oneshot::Sender<Result<Vec<String>, IndexError>>,
@@ -326,6 +401,22 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
             WriteRequest::Sweep(now, reply) => {
                 let r = apply_sweep(&mut conn, now).await;
                 (r.is_ok(), Done::Sweep(reply, r))
+            }
+            WriteRequest::Preview(p, reply) => {
+                let r = sqlx::query(
+                    "UPDATE instances SET preview_status = ?, cine_frames = ?, preview_ms = ?
+                     WHERE sop_instance_uid = ? AND version = ?",
+                )
+                .bind(&p.status)
+                .bind(p.cine_frames)
+                .bind(p.done_ms)
+                .bind(&p.sop_instance_uid)
+                .bind(p.version)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+                .map_err(IndexError::from);
+                (r.is_ok(), Done::Unit(reply, r))
             }
             WriteRequest::Store {
                 inst,
@@ -394,6 +485,7 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
 fn fail_one(req: WriteRequest, why: &str) -> Done {
     let err = || IndexError::Db(sqlx::Error::Protocol(why.to_string()));
     match req {
+        WriteRequest::Preview(_, reply) => Done::Unit(reply, Err(err())),
         WriteRequest::Store { reply, .. } => Done::Store(
             reply,
             Err(StoreError::Index {
@@ -427,6 +519,13 @@ fn reply_all(done: Vec<Done>, shared_err: Option<&str>) {
                 let _ = reply.send(r);
             }
             Done::Sweep(reply, r) => {
+                let r = match shared_err {
+                    Some(why) => Err(err(why)),
+                    None => r,
+                };
+                let _ = reply.send(r);
+            }
+            Done::Unit(reply, r) => {
                 let r = match shared_err {
                     Some(why) => Err(err(why)),
                     None => r,
@@ -653,6 +752,8 @@ pub struct StudyRow {
     pub status: String,
     pub completed_ms: Option<i64>,
     pub worklist_state: Option<String>,
+    /// Instance versions whose previews are rendered.
+    pub previews_ready: i64,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -685,6 +786,10 @@ pub struct InstanceRow {
     pub path: String,
     pub calling_ae: String,
     pub received_ms: i64,
+    /// "pending", "ok", or "no preview: <reason>".
+    pub preview_status: String,
+    pub preview_ms: Option<i64>,
+    pub cine_frames: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -704,7 +809,8 @@ pub struct StudyFilter {
 const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_name, s.patient_id,
     p.birth_date, p.sex, s.study_date, s.study_time, s.accession_number, s.description,
     s.referring_physician, s.modalities, s.body_parts, s.num_series, s.num_instances, s.size_bytes,
-    s.first_received_ms, s.last_received_ms, s.status, s.completed_ms, w.state AS worklist_state";
+    s.first_received_ms, s.last_received_ms, s.status, s.completed_ms, w.state AS worklist_state,
+    (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready";
 
 impl Index {
     pub async fn search_studies(&self, f: &StudyFilter) -> Result<(Vec<StudyRow>, i64), IndexError> {

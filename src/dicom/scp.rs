@@ -64,6 +64,8 @@ pub struct Scp {
     tls: Option<Arc<rustls::ServerConfig>>,
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// Stored instances are offered here for previews (never blocking).
+    render: Option<crate::imaging::worker::RenderQueue>,
 }
 
 /// Calling-AE allow-list and called-AE check, applied during negotiation so an
@@ -101,6 +103,7 @@ impl Scp {
         index: Index,
         metrics: Arc<Metrics>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        render: Option<crate::imaging::worker::RenderQueue>,
     ) -> Scp {
         let global_ms = (cfg.stability.stable_after_secs * 1000.0) as i64;
         let mut routes = HashMap::new();
@@ -133,6 +136,7 @@ impl Scp {
             tls,
             slots,
             next_id: AtomicU64::new(1),
+            render,
         }
     }
 
@@ -616,11 +620,24 @@ impl Session {
         durable: DurableGate,
     ) -> Result<StoreOutcome, StoreFailure> {
         let study = inst.study_uid.clone();
+        let sop = inst.sop_instance_uid.clone();
         let t = Instant::now();
         match self.scp.index.store_when_durable(inst, planned, Some(durable)).await {
-            Ok((o, _)) => {
+            Ok((o, committed)) => {
                 tracing::trace!(index_us = t.elapsed().as_micros() as u64, "indexed");
                 debug!(study = %study, outcome = ?o, "instance stored");
+                let version = match o {
+                    StoreOutcome::Stored => Some(1),
+                    StoreOutcome::NewVersion(v) => Some(v),
+                    StoreOutcome::Duplicate => None,
+                };
+                if let (Some(q), Some(version)) = (&self.scp.render, version) {
+                    q.offer(crate::imaging::worker::RenderJob {
+                        sop_instance_uid: sop,
+                        version,
+                        rel_path: committed.rel_path,
+                    });
+                }
                 Ok(o)
             }
             Err(StoreError::NotDurable(e)) => Err(e.into()),

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod error;
+pub mod images;
 pub mod zipstream;
 
 use std::sync::Arc;
@@ -32,6 +33,11 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/series/{uid}/instances", get(api::series_instances))
         .route("/api/instances/{uid}", get(api::instance))
         .route("/api/instances/{uid}/file", get(api::instance_file))
+        .route("/api/instances/{uid}/thumbnail", get(images::thumbnail))
+        .route("/api/instances/{uid}/preview", get(images::preview))
+        .route("/api/instances/{uid}/cine", get(images::cine))
+        .route("/api/instances/{uid}/rendered", get(images::rendered_image))
+        .route("/api/studies/{uid}/key-images", get(images::key_images))
         .with_state(services)
 }
 

@@ -6,3 +6,4 @@
 pub mod decode;
 pub mod pixel;
 pub mod render;
+pub mod worker;

@@ -15,7 +15,7 @@ pub enum Format {
     Png,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RenderParams {
     /// Explicit window (centre, width) in modality units; None = the dataset's.
     pub window: Option<(f64, f64)>,
@@ -24,15 +24,6 @@ pub struct RenderParams {
     pub max_side: u32,
 }
 
-impl Default for RenderParams {
-    fn default() -> Self {
-        RenderParams {
-            window: None,
-            frame: 0,
-            max_side: 0,
-        }
-    }
-}
 
 /// An 8-bit display image, 1 (gray) or 3 (RGB) channels.
 #[derive(Debug, Clone, PartialEq, Eq)]

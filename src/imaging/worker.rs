@@ -1,0 +1,215 @@
+//! The render worker pool: previews are made as instances arrive, off the
+//! receive hot path.
+//!
+//! The SCP offers each stored instance with `try_send` on a bounded queue: a
+//! full queue never delays a C-STORE-RSP, the job is simply left "pending" in
+//! the index. A catch-up loop re-offers pending instances when there is room,
+//! which also covers a restart. Rendering is CPU-bound and runs on blocking
+//! threads, at most `workers` at a time.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::render;
+use crate::archive::files::Archive;
+use crate::archive::index::{Index, PreviewResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RenderJob {
+    pub sop_instance_uid: String,
+    pub version: i64,
+    /// Instance path relative to the archive root.
+    pub rel_path: String,
+}
+
+/// Handle for offering jobs; cheap to clone.
+#[derive(Clone)]
+pub struct RenderQueue {
+    tx: mpsc::Sender<RenderJob>,
+    queued: Arc<Mutex<HashSet<(String, i64)>>>,
+}
+
+impl RenderQueue {
+    /// Never waits: returns false when the queue is full or the job is
+    /// already queued (the catch-up loop will offer it again later).
+    pub fn offer(&self, job: RenderJob) -> bool {
+        let key = (job.sop_instance_uid.clone(), job.version);
+        let Ok(mut q) = self.queued.lock() else { return false };
+        if q.contains(&key) {
+            return false;
+        }
+        if self.tx.try_send(job).is_ok() {
+            q.insert(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn done(&self, job: &RenderJob) {
+        if let Ok(mut q) = self.queued.lock() {
+            q.remove(&(job.sop_instance_uid.clone(), job.version));
+        }
+    }
+
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+/// Where the rendered files of an instance live: beside it, same stem.
+pub fn render_path(archive: &Archive, rel_path: &str, kind: &str) -> PathBuf {
+    let stem = rel_path.strip_suffix(".dcm").unwrap_or(rel_path);
+    archive.path_of(&format!("{stem}.{kind}.jpg"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // Previews can always be re-rendered, so no fsync; the rename keeps
+    // readers from ever seeing half a JPEG.
+    let tmp = path.with_extension("jpg.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Render one instance's previews and write them; returns the status text.
+pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64>) {
+    let path = archive.path_of(rel_path);
+    match render::make_previews(&path) {
+        Ok(p) => {
+            let mut files = vec![("thumb", p.thumbnail), ("preview", p.preview)];
+            if let Some(m) = p.middle {
+                files.push(("mid", m));
+            }
+            let cine = p.cine.map(|(bytes, n)| {
+                files.push(("cine", bytes));
+                i64::from(n)
+            });
+            for (kind, bytes) in files {
+                if let Err(e) = write_atomic(&render_path(archive, rel_path, kind), &bytes) {
+                    return (format!("no preview: cannot write {kind}: {e}"), None);
+                }
+            }
+            ("ok".to_string(), cine)
+        }
+        Err(e) => (format!("no preview: {e}"), None),
+    }
+}
+
+pub struct Pool {
+    pub queue: RenderQueue,
+}
+
+/// Start `workers` render workers and the catch-up loop.
+pub fn start(
+    archive: Archive,
+    index: Index,
+    workers: usize,
+    capacity: usize,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Pool {
+    let (tx, rx) = mpsc::channel::<RenderJob>(capacity.max(1));
+    let queue = RenderQueue {
+        tx,
+        queued: Arc::new(Mutex::new(HashSet::new())),
+    };
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..workers.max(1) {
+        let (rx, archive, index, queue, shutdown) = (
+            rx.clone(),
+            archive.clone(),
+            index.clone(),
+            queue.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    j = async { rx.lock().await.recv().await } => match j { Some(j) => j, None => break },
+                };
+                let a = archive.clone();
+                let rel = job.rel_path.clone();
+                let (status, cine) = tokio::task::spawn_blocking(move || render_instance(&a, &rel))
+                    .await
+                    .unwrap_or_else(|e| (format!("no preview: renderer failed: {e}"), None));
+                debug!(status = %status, "previews rendered");
+                let result = PreviewResult {
+                    sop_instance_uid: job.sop_instance_uid.clone(),
+                    version: job.version,
+                    status,
+                    cine_frames: cine,
+                    done_ms: crate::dicom::scp::now_ms(),
+                };
+                if let Err(e) = index.set_preview(result).await {
+                    warn!(error = %e, "recording preview status failed; will retry");
+                }
+                queue.done(&job);
+            }
+        });
+    }
+    let catchup_queue = queue.clone();
+    tracker.spawn(async move {
+        loop {
+            let room = catchup_queue.room();
+            if room > 0 {
+                match index.pending_previews(room as i64).await {
+                    Ok(rows) => {
+                        for (sop, version, rel_path) in rows {
+                            catchup_queue.offer(RenderJob {
+                                sop_instance_uid: sop,
+                                version,
+                                rel_path,
+                            });
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "listing pending previews failed"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
+    Pool { queue }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_refuses_without_waiting_and_dedups() {
+        let (tx, _rx) = mpsc::channel(1);
+        let q = RenderQueue {
+            tx,
+            queued: Arc::new(Mutex::new(HashSet::new())),
+        };
+        let job = |n: i64| RenderJob {
+            sop_instance_uid: "1.2".into(),
+            version: n,
+            rel_path: "x.dcm".into(),
+        };
+        assert!(q.offer(job(1)));
+        assert!(!q.offer(job(1)), "already queued");
+        assert!(!q.offer(job(2)), "queue full");
+        q.done(&job(1));
+        assert_eq!(q.room(), 0);
+    }
+
+    #[test]
+    fn render_paths_sit_beside_the_instance() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = Archive::open(dir.path(), 0).expect("archive");
+        let p = render_path(&a, "instances/ab/abcdef.dcm", "thumb");
+        assert!(p.ends_with("instances/ab/abcdef.thumb.jpg"));
+    }
+}
