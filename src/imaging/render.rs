@@ -24,7 +24,6 @@ pub struct RenderParams {
     pub max_side: u32,
 }
 
-
 /// An 8-bit display image, 1 (gray) or 3 (RGB) channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image8 {
