@@ -208,3 +208,23 @@ fn a_restart_renders_what_was_missed() {
         s.sqlite("SELECT COUNT(*) FROM instances WHERE preview_status = 'ok'") == "5"
     });
 }
+
+#[test]
+fn a_township_ecg_renders_on_ecg_paper() {
+    let s = Server::start(ServerOpts::default());
+    let ecg = corpus_pydicom().join("waveform_ecg.dcm");
+    assert!(store(&s, &[ecg]).status.success());
+    s.wait_for(60, "ECG preview", || {
+        s.sqlite("SELECT preview_status FROM instances") == "ok"
+    });
+    let sop = s.sqlite("SELECT sop_instance_uid FROM instances");
+    let (code, body) = s.get(&format!("/api/instances/{sop}/preview"));
+    assert_eq!(code, 200);
+    let (w, h) = jpeg_size(&body);
+    assert!(w == 1024 && h > 500, "ECG preview {w}x{h}");
+    // full resolution: 5 px/mm, so the 10 s rhythm strip at 25 mm/s spans 1250 px
+    let (code, png) = s.get(&format!("/api/instances/{sop}/rendered?format=png"));
+    assert_eq!((code, &png[1..4]), (200, &b"PNG"[..]));
+    let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
+    assert!(width >= 1250, "{width}");
+}

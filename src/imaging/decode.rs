@@ -135,30 +135,126 @@ fn descriptor(obj: &InMemDicomObject, tag: Tag, signed_first: bool) -> Option<(u
     Some((n, first, v[2] as u16))
 }
 
+/// What a Part 10 file's meta group (PS3.10 §7.1) says about its dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part10 {
+    pub transfer_syntax: String,
+    /// Byte offset of the first dataset element.
+    pub dataset_offset: u64,
+}
+
+/// How much of the file `part10` looks at: file meta groups are a few
+/// hundred bytes; one longer than this is refused rather than read.
+const META_LIMIT: u64 = 64 * 1024;
+
+/// Read the file meta group from the first bytes of a file, element by
+/// element. The dataset offset comes from the file's own bytes, not from
+/// dicom-object's group length: that one is recomputed from the elements it
+/// kept (it drops empty ones), and some writers omit (0002,0000) altogether.
+pub fn part10(head: &[u8]) -> Result<Part10, DecodeError> {
+    if head.len() < 132 || &head[128..132] != b"DICM" {
+        return Err(DecodeError::Unsupported(
+            "not a DICOM Part 10 file (no \"DICM\" after a 128-byte preamble)".into(),
+        ));
+    }
+    let past_end =
+        |elem: u16| DecodeError::Corrupt(format!("file meta element (0002,{elem:04X}) runs past the file meta"));
+    let mut pos = 132usize;
+    let mut ts = None;
+    // The meta group is always explicit VR little endian; it ends where group 0002 does.
+    while let Some(h) = head.get(pos..pos + 8) {
+        if u16::from_le_bytes([h[0], h[1]]) != 0x0002 {
+            break;
+        }
+        let elem = u16::from_le_bytes([h[2], h[3]]);
+        let vr = [h[4], h[5]];
+        if !vr.iter().all(u8::is_ascii_uppercase) {
+            return Err(DecodeError::Corrupt(format!(
+                "file meta element (0002,{elem:04X}) is not explicit VR little endian"
+            )));
+        }
+        let long = matches!(
+            &vr,
+            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV"
+        );
+        let (len, start) = if long {
+            let l = head.get(pos + 8..pos + 12).ok_or_else(|| past_end(elem))?;
+            (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, pos + 12)
+        } else {
+            (usize::from(u16::from_le_bytes([h[6], h[7]])), pos + 8)
+        };
+        let end = start.checked_add(len).ok_or_else(|| past_end(elem))?;
+        let value = head.get(start..end).ok_or_else(|| past_end(elem))?;
+        if elem == 0x0010 {
+            ts = Some(
+                String::from_utf8_lossy(value)
+                    .trim_end_matches(['\0', ' '])
+                    .trim()
+                    .to_string(),
+            );
+        }
+        pos = end;
+    }
+    match ts {
+        Some(ts) if !ts.is_empty() => Ok(Part10 {
+            transfer_syntax: ts,
+            dataset_offset: pos as u64,
+        }),
+        _ => Err(DecodeError::Corrupt(
+            "file meta has no Transfer Syntax UID (0002,0010): the dataset cannot be read".into(),
+        )),
+    }
+}
+
+/// SOP Class UID, collected by the walker (it is short and top level).
+const SOP_CLASS_UID: u32 = 0x0008_0016;
+
 /// Open a stored file: header, imaging attributes, pixel data location.
+///
+/// Our own bounded walker goes first: it notices truncation and bad encoding
+/// without allocating what a lying length asks for, and it tells instances
+/// without pixel data apart before dicom-object parses anything (dicom-object
+/// 0.10 misreads some undefined-length UN sequences and then allocates and
+/// zero-fills gigabytes for the garbage length it reads).
 pub fn open(path: &Path) -> Result<Source, DecodeError> {
+    let file = File::open(path).map_err(io)?;
+    let mut head = Vec::new();
+    (&file).take(META_LIMIT).read_to_end(&mut head).map_err(io)?;
+    let meta = part10(&head)?;
+    let ts = meta.transfer_syntax;
+    let dataset_offset = meta.dataset_offset;
+    let enc = Encoding::for_transfer_syntax(&ts);
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    reader.seek(SeekFrom::Start(dataset_offset)).map_err(io)?;
+    let summary = walk::walk(reader, enc, &[SOP_CLASS_UID]).map_err(|e| match e {
+        walk::WalkError::BadVr { .. } => {
+            DecodeError::Corrupt(format!("dataset is not encoded as its transfer syntax {ts} says: {e}"))
+        }
+        e => DecodeError::Corrupt(e.to_string()),
+    })?;
+    let location = match summary.pixel_data {
+        Some(l) => l,
+        None if summary.has_pixel_data => {
+            return Err(DecodeError::Unsupported("float pixel data".into()));
+        }
+        None => {
+            // Waveform IODs (PS3.3 A.34) all have SOP classes under ...1.1.9.
+            let sop_class = summary
+                .values
+                .get(&SOP_CLASS_UID)
+                .map(|v| String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).to_string())
+                .unwrap_or_default();
+            if sop_class.starts_with("1.2.840.10008.5.1.4.1.1.9.") {
+                return Err(DecodeError::NotAnImage("waveform".into()));
+            }
+            return Err(DecodeError::NotAnImage("no pixel data".into()));
+        }
+    };
     let header = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| DecodeError::Corrupt(format!("cannot parse header: {e}")))?;
-    let ts = header.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let dataset_offset = 144 + u64::from(header.meta().information_group_length);
-    let enc = Encoding::for_transfer_syntax(&ts);
-    let file = File::open(path).map_err(io)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-    reader.seek(SeekFrom::Start(dataset_offset)).map_err(io)?;
-    let summary = walk::walk(reader, enc, &[]).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let obj: &InMemDicomObject = &header;
-    let location = match summary.pixel_data {
-        Some(l) => l,
-        None if !items(obj, Tag(0x5400, 0x0100)).is_empty() => {
-            return Err(DecodeError::NotAnImage("waveform".into()));
-        }
-        None if summary.has_pixel_data => {
-            return Err(DecodeError::Unsupported("float pixel data".into()));
-        }
-        None => return Err(DecodeError::NotAnImage("no pixel data".into())),
-    };
     let rows = int(obj, tags::ROWS).unwrap_or(0);
     let cols = int(obj, tags::COLUMNS).unwrap_or(0);
     if rows <= 0 || cols <= 0 || rows > 65535 || cols > 65535 {
@@ -359,6 +455,11 @@ impl Source {
     }
 
     fn decode_encapsulated(&self, fragments: Vec<Vec<u8>>) -> Result<Frame, DecodeError> {
+        if JPEG_PROCESSES.contains(&self.info.transfer_syntax.as_str())
+            && let Some(sof) = fragments.first().and_then(|f| jpeg_frame_header(f))
+        {
+            jpeg_supported(sof)?;
+        }
         let mut obj = self.header.clone();
         obj.put(DataElement::new(
             tags::NUMBER_OF_FRAMES,
@@ -369,12 +470,88 @@ impl Source {
         obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::from(seq)));
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data_frame(0)))
             .map_err(|_| DecodeError::Corrupt("decoder panicked on this data".into()))?
-            .map_err(|e| DecodeError::Corrupt(format!("cannot decode {}: {e}", self.info.transfer_syntax)))?;
+            .map_err(|e| DecodeError::Corrupt(format!("cannot decode {}: {}", self.info.transfer_syntax, chain(&e))))?;
         decoded_to_frame(&self.info, &decoded)
     }
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// An error with its sources: codec errors say "Could not decode pixel
+/// data" on top and what actually went wrong underneath.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Transfer syntaxes whose frames are ITU T.81 JPEG streams (baseline,
+/// extended, lossless).
+const JPEG_PROCESSES: &[&str] = &[
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+];
+
+/// The first frame header of a JPEG stream (ITU T.81 B.2.2): the SOFn
+/// marker's low byte and the sample precision. None when the data does not
+/// start with SOI or ends before a frame header.
+pub fn jpeg_frame_header(data: &[u8]) -> Option<(u8, u8)> {
+    if data.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let mut i = 2usize;
+    loop {
+        let (ff, marker) = (*data.get(i)?, *data.get(i + 1)?);
+        if ff != 0xFF {
+            return None;
+        }
+        match marker {
+            // fill bytes before a marker
+            0xFF => {
+                i += 1;
+                continue;
+            }
+            // SOFn (not DHT C4, JPG C8, DAC CC)
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                return Some((marker, *data.get(i + 4)?));
+            }
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([*data.get(i + 2)?, *data.get(i + 3)?]));
+        i += 2 + len;
+    }
+}
+
+/// What the JPEG decoder we ship (jpeg-decoder, via dicom-pixeldata) cannot
+/// do, said as such instead of as "bad pixel data": DCT with more than 8 bits
+/// (Extended process 4, e.g. 12-bit CT/NM) and arithmetic coding. The data
+/// is fine; another viewer can show it.
+fn jpeg_supported((marker, precision): (u8, u8)) -> Result<(), DecodeError> {
+    let lossless = matches!(marker, 0xC3 | 0xC7 | 0xCB | 0xCF);
+    if marker >= 0xC9 {
+        return Err(DecodeError::Unsupported(format!(
+            "arithmetic-coded JPEG (SOF{}) is not supported",
+            marker - 0xC0
+        )));
+    }
+    if !lossless && precision != 8 {
+        return Err(DecodeError::Unsupported(format!(
+            "{precision}-bit lossy JPEG (SOF{}, ITU T.81 extended process) is not supported yet",
+            marker - 0xC0
+        )));
+    }
+    Ok(())
+}
 
 /// RLE is decoded here for every bit depth (8, 16 and 32 bits per sample).
 fn rle_frame(info: &ImageInfo, data: &[u8]) -> Result<Frame, DecodeError> {

@@ -4,6 +4,7 @@
 //! puts them together; `worker` runs renders off the receive path.
 
 pub mod decode;
+pub mod ecg;
 pub mod pixel;
 pub mod render;
 pub mod worker;

@@ -87,8 +87,34 @@ pub fn display(src: &Source, frame: Frame, frame_index: u32, window: Option<(f64
 
 /// Any renderable instance: an image frame, or an ECG waveform on ECG paper.
 pub fn render_any(path: &Path, p: &RenderParams) -> Result<Image8, DecodeError> {
-    render(path, p)
+    match render(path, p) {
+        Err(DecodeError::NotAnImage(what)) if what == "waveform" => Ok(scale(render_ecg(path)?, p.max_side)),
+        other => other,
+    }
 }
+
+/// ECG waveforms are small (a few hundred KB), so the whole object is read,
+/// with a size limit against hostile files.
+pub fn render_ecg(path: &Path) -> Result<Image8, DecodeError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| DecodeError::Io(e.to_string()))?
+        .len();
+    if size > 64 << 20 {
+        return Err(DecodeError::Unsupported("waveform object larger than 64 MB".into()));
+    }
+    let obj = dicom_object::open_file(path).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let ecg = super::ecg::parse_ecg(&obj).map_err(|e| DecodeError::Unsupported(format!("waveform: {e}")))?;
+    let img = super::ecg::render_ecg(&ecg, ECG_PX_PER_MM);
+    Ok(Image8 {
+        width: img.width(),
+        height: img.height(),
+        channels: 3,
+        data: img.into_raw(),
+    })
+}
+
+/// ECG paper resolution: 5 px/mm keeps the 1 mm grid visible at full size.
+pub const ECG_PX_PER_MM: f32 = 5.0;
 
 /// Decode, window and scale one frame of a stored file.
 pub fn render(path: &Path, p: &RenderParams) -> Result<Image8, DecodeError> {
@@ -221,7 +247,18 @@ pub struct Previews {
 }
 
 pub fn make_previews(path: &Path) -> Result<Previews, DecodeError> {
-    let src = decode::open(path)?;
+    let src = match decode::open(path) {
+        Err(DecodeError::NotAnImage(what)) if what == "waveform" => {
+            let ecg = render_ecg(path)?;
+            return Ok(Previews {
+                thumbnail: encode(&scale(ecg.clone(), THUMB_SIDE), Format::Jpeg, 80)?,
+                preview: encode(&scale(ecg, PREVIEW_SIDE), Format::Jpeg, 90)?,
+                middle: None,
+                cine: None,
+            });
+        }
+        other => other?,
+    };
     let frames = src.info.frames;
     let first = render_source(
         &src,
