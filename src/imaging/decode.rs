@@ -435,6 +435,9 @@ impl Source {
                 if info.transfer_syntax == RLE_LOSSLESS {
                     return rle_frame(info, &data.concat());
                 }
+                if info.transfer_syntax == JPEG_EXTENDED && info.format.bits_stored > 8 {
+                    return jpeg12_frame(info, &data.concat());
+                }
                 self.decode_encapsulated(data)
             }
         }
@@ -476,6 +479,33 @@ impl Source {
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+/// 12-bit JPEG (process 4), which dicom-pixeldata's JPEG codec refuses.
+fn jpeg12_frame(info: &ImageInfo, data: &[u8]) -> Result<Frame, DecodeError> {
+    let (px, w, h, nc) = super::jpeg12::decode(data).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if (w, h) != (info.cols as usize, info.rows as usize) || nc != 1 {
+        return Err(DecodeError::Corrupt(format!(
+            "JPEG is {w}x{h}x{nc}, header says {}x{}x1",
+            info.cols, info.rows
+        )));
+    }
+    let bytes: Vec<u8> = px.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let stored = info.format.bits_stored.min(12);
+    let f = SampleFormat {
+        bits_allocated: 16,
+        bits_stored: stored,
+        high_bit: stored - 1,
+        signed: info.format.signed,
+    };
+    let values =
+        super::pixel::unpack(&bytes, f, w * h).ok_or_else(|| DecodeError::Corrupt("short JPEG output".into()))?;
+    Ok(Frame::Stored {
+        width: info.cols,
+        height: info.rows,
+        values,
+    })
+}
 
 /// An error with its sources: codec errors say "Could not decode pixel
 /// data" on top and what actually went wrong underneath.

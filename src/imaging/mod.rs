@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod ecg;
+pub mod jpeg12;
 pub mod pixel;
 pub mod render;
 pub mod worker;
