@@ -228,3 +228,67 @@ fn a_township_ecg_renders_on_ecg_paper() {
     let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
     assert!(width >= 1250, "{width}");
 }
+
+/// Peak RSS (kB) of `medrelay render` on `file`, via GNU time.
+fn render_peak_rss(file: &Path, out: &Path, extra: &[&str]) -> u64 {
+    let o = run({
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "MAXRSS %M", env!("CARGO_BIN_EXE_medrelay"), "render"])
+            .arg(file)
+            .args(extra)
+            .arg("-o")
+            .arg(out);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("MAXRSS ").and_then(|v| v.trim().parse().ok()))
+        .expect("MAXRSS")
+}
+
+#[test]
+fn very_large_images_render_with_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A 4096 x 5120 16-bit MONOCHROME1 mammogram-sized image (40 MB of pixels).
+    let mg = dir.path().join("mg.dcm");
+    let script = r#"
+import sys, numpy as np, pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+rows, cols = 5120, 4096
+y, x = np.mgrid[0:rows, 0:cols]
+img = (((x * 7 + y * 3) % 16384)).astype(np.uint16)
+ds = Dataset(); ds.file_meta = FileMetaDataset()
+ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds.SOPClassUID = '1.2.840.10008.5.1.4.1.1.1.2'; ds.SOPInstanceUID = generate_uid()
+ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID; ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+ds.StudyInstanceUID = generate_uid(); ds.SeriesInstanceUID = generate_uid(); ds.Modality = 'MG'
+ds.Rows, ds.Columns = rows, cols; ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = 'MONOCHROME1'
+ds.BitsAllocated = 16; ds.BitsStored = 14; ds.HighBit = 13; ds.PixelRepresentation = 0
+ds.PixelData = img.tobytes()
+ds.save_as(sys.argv[1], enforce_file_format=True)
+"#;
+    let o = run({
+        let mut c = Command::new(python());
+        c.args(["-c", script]).arg(&mg);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let kb = render_peak_rss(&mg, &dir.path().join("mg.jpg"), &["--size", "1024"]);
+    // one frame's values (80 MB as i32) plus the 20 MB display buffer, not more
+    assert!(kb < 200 * 1024, "4k x 5k render peaked at {kb} kB");
+
+    // A 512 MB multi-frame: only the requested frame is read.
+    let big = dir.path().join("big.dcm");
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(repo().join("fixtures/gen_ct.py"))
+            .args(["--size-mb", "512", "--out"])
+            .arg(&big);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let kb = render_peak_rss(&big, &dir.path().join("big.jpg"), &["--frame", "300"]);
+    assert!(kb < 64 * 1024, "512 MB multi-frame render peaked at {kb} kB");
+}
