@@ -85,6 +85,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
             index.clone(),
             workers,
             cfg.render.queue,
+            metrics.clone(),
             shutdown.clone(),
             &tracker,
         )

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub store_failures_refused: AtomicU64,
     pub store_failures_internal: AtomicU64,
     pub studies_completed: AtomicU64,
+    pub previews_rendered: AtomicU64,
+    pub previews_failed: AtomicU64,
     /// C-STORE handling latency (last data PDV in, response out), histogram buckets.
     pub store_latency: Histogram,
 }
@@ -64,7 +66,9 @@ impl Metrics {
     /// time (queue depths read from the index).
     pub fn render(&self, gauges: &[(&str, &str, i64)]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            ("medrelay_previews_rendered_total", "Instances whose previews were rendered", &self.previews_rendered),
+            ("medrelay_previews_failed_total", "Instances that got no preview (reason in the API)", &self.previews_failed),
             (
                 "medrelay_dicom_associations_total",
                 "Associations accepted",

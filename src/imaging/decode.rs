@@ -16,7 +16,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 
-use super::pixel::{Palette, Rescale, SampleFormat, VoiFunction, VoiLut, Window};
+use super::pixel::{ModalityLut, Palette, Rescale, SampleFormat, VoiFunction, VoiLut, Window};
 use crate::dicom::walk::{self, Encoding, PixelLocation};
 
 /// Why an instance has no image. The text is shown to users as
@@ -49,9 +49,17 @@ pub struct ImageInfo {
     pub modality: String,
     pub padding: Option<(f64, f64)>,
     pub palette: Option<Palette>,
+    /// Modality LUT Sequence of a grayscale image; `Source::frame` applies it,
+    /// so its `Frame::Stored` values are modality values and `rescale` is the
+    /// identity.
+    pub modality_lut: Option<ModalityLut>,
     location: PixelLocation,
     dataset_offset: u64,
     deflated: bool,
+    /// Native 8-bit (or 1-bit) samples in an OW value under Explicit VR Big
+    /// Endian: the bytes are swapped in pairs (PS3.5 7.3: OW is a stream of
+    /// 16-bit words, each big endian), unlike the same samples in OB.
+    words_swapped: bool,
 }
 
 /// A decoded frame ready for the display pipeline.
@@ -289,6 +297,17 @@ pub fn open(path: &Path) -> Result<Source, DecodeError> {
     } else {
         None
     };
+    let modality_lut = if spp == 1 && palette.is_none() {
+        read_modality_lut(obj, signed)
+    } else {
+        None
+    };
+    let words_swapped = enc.big_endian
+        && bits_allocated <= 8
+        && match &location {
+            PixelLocation::Native { offset, .. } => value_vr(path, dataset_offset + offset)? == *b"OW",
+            PixelLocation::Encapsulated { .. } => false,
+        };
     let info = ImageInfo {
         rows: rows as u32,
         cols: cols as u32,
@@ -306,11 +325,37 @@ pub fn open(path: &Path) -> Result<Source, DecodeError> {
         transfer_syntax: ts,
         padding,
         palette,
+        modality_lut,
         location,
         dataset_offset,
         deflated: enc.deflated,
+        words_swapped,
     };
     Ok(Source { header, info })
+}
+
+/// The VR of an explicit VR element with a 4-byte length (OB, OW, ...),
+/// given where its value starts: it sits 8 bytes before (VR, 2 reserved
+/// bytes, 4-byte length).
+fn value_vr(path: &Path, value_start: u64) -> Result<[u8; 2], DecodeError> {
+    let at = value_start
+        .checked_sub(8)
+        .ok_or_else(|| DecodeError::Corrupt("pixel data header before the dataset".into()))?;
+    let mut f = File::open(path).map_err(io)?;
+    f.seek(SeekFrom::Start(at)).map_err(io)?;
+    let mut vr = [0u8; 2];
+    f.read_exact(&mut vr).map_err(io)?;
+    Ok(vr)
+}
+
+/// First item of the Modality LUT Sequence (C.11.1), if any; an item without
+/// usable descriptor or data is ignored, as if absent.
+fn read_modality_lut(obj: &InMemDicomObject, signed: bool) -> Option<ModalityLut> {
+    let item = items(obj, tags::MODALITY_LUT_SEQUENCE).first()?;
+    let (n, first, bits) = descriptor(item, tags::LUT_DESCRIPTOR, signed)?;
+    let mut data = lut_words(item, tags::LUT_DATA, bits);
+    data.truncate(n);
+    (!data.is_empty()).then_some(ModalityLut { first, data })
 }
 
 fn read_palette(obj: &InMemDicomObject, signed: bool) -> Result<Palette, DecodeError> {
@@ -352,7 +397,12 @@ fn read_palette(obj: &InMemDicomObject, signed: bool) -> Result<Palette, DecodeE
 impl Source {
     /// Rescale for `frame`: per-frame functional group, shared group, or the
     /// top-level attributes (PS3.3 C.7.6.16.2.9).
+    /// Identity when a Modality LUT replaces the rescale (it is applied to
+    /// the frame's values already).
     pub fn rescale(&self, frame: u32) -> Rescale {
+        if self.info.modality_lut.is_some() {
+            return Rescale::default();
+        }
         let obj: &InMemDicomObject = &self.header;
         let from = |o: &InMemDicomObject| {
             let s = floats(o, tags::RESCALE_SLOPE).first().copied();
@@ -416,8 +466,21 @@ impl Source {
             .find_map(|g| items(g, seq).first().and_then(&f))
     }
 
-    /// Decode one frame (0-based).
+    /// Decode one frame (0-based). Grayscale values go through the Modality
+    /// LUT when the dataset has one (then `rescale` is the identity).
     pub fn frame(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
+        Ok(match (self.decoded_frame(path, frame)?, &self.info.modality_lut) {
+            (Frame::Stored { width, height, values }, Some(lut)) => Frame::Stored {
+                width,
+                height,
+                values: lut.apply(&values),
+            },
+            (f, _) => f,
+        })
+    }
+
+    /// The frame's stored values (or RGB) as the data holds them.
+    fn decoded_frame(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
         let info = &self.info;
         if frame >= info.frames {
             return Err(DecodeError::Unsupported(format!("frame {frame} of {}", info.frames)));
@@ -458,10 +521,17 @@ impl Source {
     }
 
     fn decode_encapsulated(&self, fragments: Vec<Vec<u8>>) -> Result<Frame, DecodeError> {
+        let mut fragments = fragments;
         if JPEG_PROCESSES.contains(&self.info.transfer_syntax.as_str())
-            && let Some(sof) = fragments.first().and_then(|f| jpeg_frame_header(f))
+            && let Some(first) = fragments.first_mut()
+            && let Some(h) = jpeg_headers(first)
         {
-            jpeg_supported(sof)?;
+            if let Some(sof) = h.sof {
+                jpeg_supported(sof)?;
+            }
+            if self.info.photometric == "RGB" && h.colour_unsignalled() {
+                *first = with_adobe_rgb(first);
+            }
         }
         let mut obj = self.header.clone();
         obj.put(DataElement::new(
@@ -532,34 +602,86 @@ const JPEG_PROCESSES: &[&str] = &[
     "1.2.840.10008.1.2.4.70",
 ];
 
-/// The first frame header of a JPEG stream (ITU T.81 B.2.2): the SOFn
-/// marker's low byte and the sample precision. None when the data does not
-/// start with SOI or ends before a frame header.
-pub fn jpeg_frame_header(data: &[u8]) -> Option<(u8, u8)> {
+/// What a JPEG stream's headers (ITU T.81 B.2, up to the first scan) say
+/// about decoding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JpegHeaders {
+    /// The SOFn marker's low byte and the sample precision.
+    pub sof: Option<(u8, u8)>,
+    /// Component identifiers from the frame header.
+    pub components: Vec<u8>,
+    /// A JFIF APP0 segment (implies YCbCr).
+    pub jfif: bool,
+    /// The Adobe APP14 segment's transform flag (0 = none, 1 = YCbCr).
+    pub adobe: Option<u8>,
+}
+
+/// Parse the marker segments before the first SOS; None when the data does
+/// not start with SOI or a segment runs past the data.
+pub fn jpeg_headers(data: &[u8]) -> Option<JpegHeaders> {
     if data.get(..2)? != [0xFF, 0xD8] {
         return None;
     }
+    let mut h = JpegHeaders::default();
     let mut i = 2usize;
     loop {
-        let (ff, marker) = (*data.get(i)?, *data.get(i + 1)?);
-        if ff != 0xFF {
+        if *data.get(i)? != 0xFF {
             return None;
         }
-        match marker {
-            // fill bytes before a marker
-            0xFF => {
-                i += 1;
-                continue;
-            }
-            // SOFn (not DHT C4, JPG C8, DAC CC)
-            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
-                return Some((marker, *data.get(i + 4)?));
-            }
-            _ => {}
+        let marker = *data.get(i + 1)?;
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA {
+            return Some(h);
         }
         let len = usize::from(u16::from_be_bytes([*data.get(i + 2)?, *data.get(i + 3)?]));
+        let payload = data.get(i + 4..i + 2 + len)?;
+        match marker {
+            // SOFn (not DHT C4, JPG C8, DAC CC): P, Y, X, Nf, then Nf x (C, H/V, Tq)
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                h.sof = Some((marker, *payload.first()?));
+                let n = usize::from(*payload.get(5)?);
+                h.components = (0..n).filter_map(|k| payload.get(6 + 3 * k).copied()).collect();
+            }
+            0xE0 if payload.starts_with(b"JFIF\0") => h.jfif = true,
+            // "Adobe", version, flags0, flags1, transform
+            0xEE if payload.starts_with(b"Adobe") => h.adobe = payload.get(11).copied(),
+            _ => {}
+        }
         i += 2 + len;
     }
+}
+
+impl JpegHeaders {
+    /// True when three components carry no colour-space signal at all: no
+    /// JFIF, no Adobe transform, no telling component identifiers. Decoders
+    /// (jpeg-decoder, like libjpeg) then assume YCbCr; in DICOM the
+    /// Photometric Interpretation is the signal (PS3.5 8.2.1: RGB means no
+    /// colour transform was applied).
+    pub fn colour_unsignalled(&self) -> bool {
+        self.components.len() == 3
+            && !self.jfif
+            && self.adobe.is_none()
+            && !matches!(
+                self.components.as_slice(),
+                [1, 2, 3] | [82, 71, 66] | [1, 34, 35] | [114, 103, 98]
+            )
+    }
+}
+
+/// The same JPEG stream with an Adobe APP14 segment saying "no colour
+/// transform" right after SOI, so the decoder keeps RGB components as RGB.
+pub fn with_adobe_rgb(data: &[u8]) -> Vec<u8> {
+    const APP14: [u8; 16] = [
+        0xFF, 0xEE, 0x00, 0x0E, b'A', b'd', b'o', b'b', b'e', 0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let mut out = Vec::with_capacity(data.len() + APP14.len());
+    out.extend_from_slice(&data[..2.min(data.len())]);
+    out.extend_from_slice(&APP14);
+    out.extend_from_slice(data.get(2..).unwrap_or_default());
+    out
 }
 
 /// What the JPEG decoder we ship (jpeg-decoder, via dicom-pixeldata) cannot
@@ -652,10 +774,27 @@ fn read_native_frame(
             size * u64::from(info.frames)
         )));
     }
+    // Swapped words are read whole: from the even byte at or before the frame.
+    let (read_off, skip) = if info.words_swapped {
+        (off & !1, off & 1)
+    } else {
+        (off, 0)
+    };
+    let want = if info.words_swapped {
+        (len + skip).next_multiple_of(2)
+    } else {
+        len
+    };
     let mut f = File::open(path).map_err(io)?;
-    f.seek(SeekFrom::Start(start + off)).map_err(io)?;
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(len.min(length - off)).read_to_end(&mut buf).map_err(io)?;
+    f.seek(SeekFrom::Start(start + read_off)).map_err(io)?;
+    let mut buf = Vec::with_capacity(want as usize);
+    f.take(want.min(length - read_off)).read_to_end(&mut buf).map_err(io)?;
+    if info.words_swapped {
+        for pair in buf.chunks_exact_mut(2) {
+            pair.swap(0, 1);
+        }
+        buf.drain(..(skip as usize).min(buf.len()));
+    }
     if (buf.len() as u64) < size {
         return Err(DecodeError::Corrupt("file ends inside the pixel data".into()));
     }

@@ -73,6 +73,34 @@ impl Rescale {
     }
 }
 
+/// A Modality LUT from the Modality LUT Sequence (PS3.3 C.11.1): stored
+/// values to modality values by table, for data whose modality values are not
+/// a linear rescale of the stored ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModalityLut {
+    /// First stored value mapped (descriptor value 2, signed when the pixel
+    /// data is).
+    pub first: i32,
+    pub data: Vec<u16>,
+}
+
+impl ModalityLut {
+    /// Stored values below the first mapped value take the first entry, above
+    /// the last mapped value the last entry (C.11.1.1.1).
+    pub fn apply(&self, stored: &[i32]) -> Vec<i32> {
+        let Some(last) = self.data.len().checked_sub(1) else {
+            return stored.to_vec();
+        };
+        stored
+            .iter()
+            .map(|&s| {
+                let i = (i64::from(s) - i64::from(self.first)).clamp(0, last as i64) as usize;
+                i32::from(self.data[i])
+            })
+            .collect()
+    }
+}
+
 /// A VOI window: centre and width, with the standard's function.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
@@ -398,6 +426,23 @@ mod tests {
             intercept: 10.0,
         };
         assert_eq!(r.apply(7), 13.5);
+    }
+
+    #[test]
+    fn modality_lut_maps_and_clamps_like_the_standard() {
+        // mlut_18.dcm's shape: 4096 entries from -2048, 16-bit output
+        let lut = ModalityLut {
+            first: -2048,
+            data: (0..4096u32).map(|i| (i * 16) as u16).collect(),
+        };
+        assert_eq!(lut.apply(&[-2048, -2047, 0, 2047]), vec![0, 16, 32768, 65520]);
+        // outside the mapped range: the first and the last entry
+        assert_eq!(lut.apply(&[-30000, 2048, i32::MAX]), vec![0, 65520, 65520]);
+        let empty = ModalityLut {
+            first: 0,
+            data: vec![],
+        };
+        assert_eq!(empty.apply(&[5]), vec![5]);
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub fn start(
     index: Index,
     workers: usize,
     capacity: usize,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Pool {
@@ -122,12 +123,13 @@ pub fn start(
     };
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..workers.max(1) {
-        let (rx, archive, index, queue, shutdown) = (
+        let (rx, archive, index, queue, shutdown, metrics) = (
             rx.clone(),
             archive.clone(),
             index.clone(),
             queue.clone(),
             shutdown.clone(),
+            metrics.clone(),
         );
         tracker.spawn(async move {
             loop {
@@ -141,6 +143,8 @@ pub fn start(
                     .await
                     .unwrap_or_else(|e| (format!("no preview: renderer failed: {e}"), None));
                 debug!(status = %status, "previews rendered");
+                let counter = if status == "ok" { &metrics.previews_rendered } else { &metrics.previews_failed };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let result = PreviewResult {
                     sop_instance_uid: job.sop_instance_uid.clone(),
                     version: job.version,
