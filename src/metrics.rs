@@ -67,8 +67,16 @@ impl Metrics {
     pub fn render(&self, gauges: &[(&str, &str, i64)]) -> String {
         let mut out = String::with_capacity(4096);
         let counters: [(&str, &str, &AtomicU64); 15] = [
-            ("medrelay_previews_rendered_total", "Instances whose previews were rendered", &self.previews_rendered),
-            ("medrelay_previews_failed_total", "Instances that got no preview (reason in the API)", &self.previews_failed),
+            (
+                "medrelay_previews_rendered_total",
+                "Instances whose previews were rendered",
+                &self.previews_rendered,
+            ),
+            (
+                "medrelay_previews_failed_total",
+                "Instances that got no preview (reason in the API)",
+                &self.previews_failed,
+            ),
             (
                 "medrelay_dicom_associations_total",
                 "Associations accepted",

@@ -41,6 +41,9 @@ use crate::archive::index::{DurableGate, Index, NewInstance, StoreError, StoreOu
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// Below this much free space, an I/O failure is reported as out of resources.
+const LOW_SPACE_BYTES: u64 = 16 << 20;
+
 /// Command sets are a few hundred bytes; anything near this is hostile.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Dataset chunks in flight between the socket and the writer thread, per
@@ -640,20 +643,33 @@ impl Session {
                 }
                 Ok(o)
             }
-            Err(StoreError::NotDurable(e)) => Err(e.into()),
+            Err(StoreError::NotDurable(e)) => Err(match StoreFailure::from(e) {
+                StoreFailure::Internal(m) if self.low_space() => StoreFailure::Resources(m),
+                f => f,
+            }),
             Err(e) => {
                 // Keep archive and index consistent: no file without an index row.
                 if let StoreError::Index { file: Some(c), .. } = &e {
                     let (archive, c) = (self.scp.archive.clone(), c.clone());
                     let _ = tokio::task::spawn_blocking(move || archive.discard(&c)).await;
                 }
-                if e.is_disk_full() {
+                // SQLite reports a full disk in several ways (SQLITE_FULL,
+                // various I/O errors); the free space says what happened.
+                if e.is_disk_full() || self.low_space() {
                     Err(StoreFailure::Resources(format!("index: {e}")))
                 } else {
                     Err(StoreFailure::Internal(format!("index: {e}")))
                 }
             }
         }
+    }
+
+    fn low_space(&self) -> bool {
+        self.scp
+            .archive
+            .free_bytes()
+            .map(|f| f < LOW_SPACE_BYTES)
+            .unwrap_or(false)
     }
 
     async fn respond<S>(&mut self, assoc: &mut AsyncServerAssociation<S>, pc: u8, rsp: &Command) -> Result<(), End>

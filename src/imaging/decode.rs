@@ -1043,4 +1043,152 @@ mod tests {
             }
         }
     }
+
+    /// Preamble + "DICM" + the given meta elements (explicit VR LE, short form).
+    fn part10_head(elements: &[(u16, &[u8; 2], &[u8])]) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        b.extend_from_slice(b"DICM");
+        for (elem, vr, value) in elements {
+            b.extend_from_slice(&[0x02, 0x00]);
+            b.extend_from_slice(&elem.to_le_bytes());
+            b.extend_from_slice(*vr);
+            if *vr == b"OB" {
+                b.extend_from_slice(&[0, 0]);
+                b.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            } else {
+                b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            }
+            b.extend_from_slice(value);
+        }
+        b
+    }
+
+    #[test]
+    fn part10_meta_is_read_from_the_file_bytes() {
+        // no (0002,0000), an empty element last: the dataset starts right after it
+        let mut head = part10_head(&[
+            (0x0001, b"OB", &[0, 1]),
+            (0x0010, b"UI", b"1.2.840.10008.1.2\0"),
+            (0x0013, b"SH", b""),
+        ]);
+        let meta_end = head.len() as u64;
+        head.extend_from_slice(&[0x08, 0x00, 0x05, 0x00, 0, 0, 0, 0]);
+        assert_eq!(
+            part10(&head),
+            Ok(Part10 {
+                transfer_syntax: "1.2.840.10008.1.2".into(),
+                dataset_offset: meta_end,
+            })
+        );
+        let no_ts = part10_head(&[(0x0001, b"OB", &[0, 1])]);
+        assert!(matches!(part10(&no_ts), Err(DecodeError::Corrupt(m)) if m.contains("Transfer Syntax")));
+        assert!(matches!(part10(b"just some text"), Err(DecodeError::Unsupported(m)) if m.contains("Part 10")));
+        let mut cut = part10_head(&[(0x0010, b"UI", b"1.2.840.10008.1.2.1\0")]);
+        cut.truncate(cut.len() - 4);
+        assert!(matches!(part10(&cut), Err(DecodeError::Corrupt(_))));
+        // The file's group length is 86; dicom-object reports 70 (it drops the
+        // two empty elements) and the dataset was read from the wrong byte.
+        let p = corpus("empty_charset_LEI.dcm");
+        let head = std::fs::read(&p).expect("read");
+        assert_eq!(part10(&head).map(|m| m.dataset_offset), Ok(144 + 86));
+        assert_eq!(open(&p).err(), Some(DecodeError::NotAnImage("no pixel data".into())));
+    }
+
+    #[test]
+    fn files_without_pixel_data_never_reach_dicom_object() {
+        // dicom-object 0.10 misreads this undefined-length UN sequence and
+        // zero-fills a 3.7 GB value; the walker reads it as implicit VR.
+        let p = corpus("UN_sequence.dcm");
+        assert_eq!(open(&p).err(), Some(DecodeError::NotAnImage("no pixel data".into())));
+        let p = corpus("waveform_ecg.dcm");
+        assert_eq!(open(&p).err(), Some(DecodeError::NotAnImage("waveform".into())));
+        let p = corpus("SC_rgb_jpeg.dcm");
+        assert!(
+            matches!(open(&p).err(), Some(DecodeError::Corrupt(m)) if m.contains("not encoded as its transfer syntax"))
+        );
+    }
+
+    fn stored(name: &str, frame: u32) -> Vec<i32> {
+        let p = corpus(name);
+        let s = open(&p).expect("open");
+        match s.frame(&p, frame).expect("frame") {
+            Frame::Stored { values, .. } => values,
+            Frame::Rgb { rgb, .. } => rgb.into_iter().map(i32::from).collect(),
+        }
+    }
+
+    #[test]
+    fn big_endian_ow_with_8_bit_samples_is_swapped_in_words() {
+        assert_eq!(stored("OBXXXX1A_expb.dcm", 0), stored("OBXXXX1A.dcm", 0));
+        assert_eq!(stored("OBXXXX1A_expb_2frame.dcm", 1), stored("OBXXXX1A_2frame.dcm", 1));
+        // 3x3 RGB: 27 bytes in a 28-byte OW value
+        assert_eq!(
+            stored("SC_rgb_small_odd_big_endian.dcm", 0),
+            stored("SC_rgb_small_odd.dcm", 0)
+        );
+        // OB under big endian is not swapped
+        assert_eq!(stored("SC_rgb_expb.dcm", 0), stored("SC_rgb.dcm", 0));
+    }
+
+    #[test]
+    fn modality_lut_sequence_gives_the_modality_values() {
+        let p = corpus("mlut_18.dcm");
+        let s = open(&p).expect("open");
+        assert_eq!(s.rescale(0), Rescale::default());
+        let Frame::Stored { values, .. } = s.frame(&p, 0).expect("frame") else {
+            panic!("gray")
+        };
+        // pydicom: apply_modality_lut(ds.pixel_array, ds)[0, :4]
+        assert_eq!(&values[..4], &[32759, 49147, 49147, 32759]);
+    }
+
+    /// SOI, the given segments (marker, payload), SOS.
+    fn jpeg(segments: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut b = vec![0xFF, 0xD8];
+        for (m, payload) in segments {
+            b.extend_from_slice(&[0xFF, *m]);
+            b.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+            b.extend_from_slice(payload);
+        }
+        b.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x02]);
+        b
+    }
+
+    fn sof(precision: u8, ids: &[u8]) -> Vec<u8> {
+        let mut p = vec![precision, 0, 8, 0, 8, ids.len() as u8];
+        for id in ids {
+            p.extend_from_slice(&[*id, 0x11, 0]);
+        }
+        p
+    }
+
+    #[test]
+    fn jpeg_headers_say_precision_and_colour_signal() {
+        let h = jpeg_headers(&jpeg(&[(0xC1, sof(12, &[1]))])).expect("headers");
+        assert_eq!(h.sof, Some((0xC1, 12)));
+        assert!(matches!(jpeg_supported((0xC1, 12)), Err(DecodeError::Unsupported(m)) if m.contains("12-bit")));
+        assert!(jpeg_supported((0xC3, 16)).is_ok(), "lossless 16-bit is decoded");
+        assert!(jpeg_supported((0xC0, 8)).is_ok());
+        assert!(matches!(jpeg_supported((0xC9, 8)), Err(DecodeError::Unsupported(m)) if m.contains("arithmetic")));
+
+        // no JFIF, no Adobe, neutral ids: the decoder would assume YCbCr
+        let bare = jpeg(&[(0xC0, sof(8, &[0, 1, 2]))]);
+        let h = jpeg_headers(&bare).expect("headers");
+        assert!(h.colour_unsignalled());
+        let hinted = jpeg_headers(&with_adobe_rgb(&bare)).expect("headers");
+        assert_eq!((hinted.adobe, hinted.components.clone()), (Some(0), vec![0, 1, 2]));
+        assert!(!hinted.colour_unsignalled());
+        // JFIF, or ids 1,2,3 / 'R','G','B', are signals of their own
+        let jfif = jpeg(&[
+            (0xE0, b"JFIF\0\x01\x02\0\0\x01\0\x01\0\0".to_vec()),
+            (0xC0, sof(8, &[0, 1, 2])),
+        ]);
+        assert!(!jpeg_headers(&jfif).expect("headers").colour_unsignalled());
+        for ids in [[1, 2, 3], [82, 71, 66]] {
+            let h = jpeg_headers(&jpeg(&[(0xC0, sof(8, &ids))])).expect("headers");
+            assert!(!h.colour_unsignalled(), "{ids:?}");
+        }
+        assert_eq!(jpeg_headers(b"\xFF\xD8\xFF\xC0\x00"), None, "segment past the end");
+        assert_eq!(jpeg_headers(b"not a jpeg"), None);
+    }
 }

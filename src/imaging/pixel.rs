@@ -438,10 +438,7 @@ mod tests {
         assert_eq!(lut.apply(&[-2048, -2047, 0, 2047]), vec![0, 16, 32768, 65520]);
         // outside the mapped range: the first and the last entry
         assert_eq!(lut.apply(&[-30000, 2048, i32::MAX]), vec![0, 65520, 65520]);
-        let empty = ModalityLut {
-            first: 0,
-            data: vec![],
-        };
+        let empty = ModalityLut { first: 0, data: vec![] };
         assert_eq!(empty.apply(&[5]), vec![5]);
     }
 

@@ -143,7 +143,11 @@ pub fn start(
                     .await
                     .unwrap_or_else(|e| (format!("no preview: renderer failed: {e}"), None));
                 debug!(status = %status, "previews rendered");
-                let counter = if status == "ok" { &metrics.previews_rendered } else { &metrics.previews_failed };
+                let counter = if status == "ok" {
+                    &metrics.previews_rendered
+                } else {
+                    &metrics.previews_failed
+                };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let result = PreviewResult {
                     sop_instance_uid: job.sop_instance_uid.clone(),
