@@ -67,7 +67,7 @@ PYVERS=""
 venv_has_pkgs() {
     [ -x "$VPY" ] && PYVERS=$("$VPY" -c '
 import importlib.util as u, sys
-import numpy, pydicom, pynetdicom
+import numpy, pydicom, pynetdicom, PIL
 if u.find_spec("data_store") is None and u.find_spec("pydicom_data") is None:
     sys.exit(1)
 print(f"pydicom {pydicom.__version__}, pynetdicom {pynetdicom.__version__}, numpy {numpy.__version__}")
@@ -79,8 +79,8 @@ if ! venv_has_pkgs; then
         rm -rf "$VENV"
         "$PY" -m venv "$VENV"
     fi
-    log "pip install pynetdicom pydicom pydicom-data numpy into $VENV"
-    "$VPY" -m pip install -q 'pynetdicom>=3,<4' 'pydicom>=3,<4' pydicom-data numpy </dev/null
+    log "pip install pynetdicom pydicom pydicom-data numpy pillow into $VENV"
+    "$VPY" -m pip install -q 'pynetdicom>=3,<4' 'pydicom>=3,<4' pydicom-data numpy pillow </dev/null
     venv_has_pkgs || die "venv packages not importable after pip install"
 fi
 
