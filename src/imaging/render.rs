@@ -156,8 +156,23 @@ pub fn encode(img: &Image8, format: Format, quality: u8) -> Result<Vec<u8>, Deco
     };
     let mut out = Vec::new();
     let r = match format {
-        Format::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
-            .write_image(&img.data, img.width, img.height, color),
+        Format::Jpeg => {
+            // jpeg-encoder has SIMD paths; the image crate's encoder is about
+            // twice as slow, and JPEG encoding is most of a preview's cost.
+            let (w, h) = (
+                u16::try_from(img.width).map_err(|_| DecodeError::Unsupported("JPEG wider than 65535".into()))?,
+                u16::try_from(img.height).map_err(|_| DecodeError::Unsupported("JPEG taller than 65535".into()))?,
+            );
+            let ct = if img.channels == 3 {
+                jpeg_encoder::ColorType::Rgb
+            } else {
+                jpeg_encoder::ColorType::Luma
+            };
+            return jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+                .encode(&img.data, w, h, ct)
+                .map(|()| out)
+                .map_err(|e| DecodeError::Io(format!("encoding: {e}")));
+        }
         Format::Png => image::codecs::png::PngEncoder::new_with_quality(
             &mut out,
             image::codecs::png::CompressionType::Fast,

@@ -4,8 +4,8 @@
 //! The SCP offers each stored instance with `try_send` on a bounded queue: a
 //! full queue never delays a C-STORE-RSP, the job is simply left "pending" in
 //! the index. A catch-up loop re-offers pending instances when there is room,
-//! which also covers a restart. Rendering is CPU-bound and runs on blocking
-//! threads, at most `workers` at a time.
+//! which also covers a restart. Rendering is CPU-bound and runs on `workers`
+//! dedicated threads at the lowest scheduling priority.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,19 @@ impl RenderQueue {
 
     pub fn room(&self) -> usize {
         self.tx.capacity()
+    }
+}
+
+/// Put the calling thread in SCHED_IDLE (it runs only when a core would
+/// otherwise idle, and yields at once to any normal thread that wakes), or at
+/// least at nice 19 if that is refused.
+fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler with pid 0 changes only the calling thread and
+    // reads `param`, a valid local, for the duration of the call.
+    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+    if !idle && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        warn!(error = %e, "could not lower the render thread priority");
     }
 }
 
@@ -121,27 +134,38 @@ pub fn start(
         tx,
         queued: Arc::new(Mutex::new(HashSet::new())),
     };
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    for _ in 0..workers.max(1) {
-        let (rx, archive, index, queue, shutdown, metrics) = (
+    let rx = Arc::new(Mutex::new(rx));
+    let runtime = tokio::runtime::Handle::current();
+    for n in 0..workers.max(1) {
+        let (rx, archive, index, queue, shutdown, metrics, runtime) = (
             rx.clone(),
             archive.clone(),
             index.clone(),
             queue.clone(),
             shutdown.clone(),
             metrics.clone(),
+            runtime.clone(),
         );
-        tracker.spawn(async move {
+        // Dedicated threads at the lowest CPU priority: previews use the
+        // cores the receive path leaves idle, so a burst of renders never
+        // delays a C-STORE acknowledgement (measured in benches/previews.sh).
+        let spawned = std::thread::Builder::new().name(format!("render-{n}")).spawn(move || {
+            lower_priority();
             loop {
-                let job = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    j = async { rx.lock().await.recv().await } => match j { Some(j) => j, None => break },
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                let job = {
+                    let Ok(mut guard) = rx.lock() else { break };
+                    runtime.block_on(async {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => None,
+                            j = guard.recv() => j,
+                        }
+                    })
                 };
-                let a = archive.clone();
-                let rel = job.rel_path.clone();
-                let (status, cine) = tokio::task::spawn_blocking(move || render_instance(&a, &rel))
-                    .await
-                    .unwrap_or_else(|e| (format!("no preview: renderer failed: {e}"), None));
+                let Some(job) = job else { break };
+                let (status, cine) = render_instance(&archive, &job.rel_path);
                 debug!(status = %status, "previews rendered");
                 let counter = if status == "ok" {
                     &metrics.previews_rendered
@@ -156,12 +180,15 @@ pub fn start(
                     cine_frames: cine,
                     done_ms: crate::dicom::scp::now_ms(),
                 };
-                if let Err(e) = index.set_preview(result).await {
+                if let Err(e) = runtime.block_on(index.set_preview(result)) {
                     warn!(error = %e, "recording preview status failed; will retry");
                 }
                 queue.done(&job);
             }
         });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start a render thread");
+        }
     }
     let catchup_queue = queue.clone();
     tracker.spawn(async move {
