@@ -503,14 +503,7 @@ fn dicom_tls_with_dcmtk() {
 fn large_instance_is_streamed_with_bounded_memory() {
     let s = Server::start(ServerOpts::default());
     let big = s.dir.join("big.dcm");
-    let o = run({
-        let mut c = Command::new(python());
-        c.arg(repo().join("fixtures/gen_ct.py"))
-            .args(["--size-mb", "512", "--out"])
-            .arg(&big);
-        c
-    });
-    assert!(o.status.success(), "{}", text(&o));
+    gen_big(&big, 512);
     let o = run({
         let mut c = s.storescu("CT01");
         c.arg(&big);

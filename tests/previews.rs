@@ -281,14 +281,7 @@ ds.save_as(sys.argv[1], enforce_file_format=True)
 
     // A 512 MB multi-frame: only the requested frame is read.
     let big = dir.path().join("big.dcm");
-    let o = run({
-        let mut c = Command::new(python());
-        c.arg(repo().join("fixtures/gen_ct.py"))
-            .args(["--size-mb", "512", "--out"])
-            .arg(&big);
-        c
-    });
-    assert!(o.status.success(), "{}", text(&o));
+    gen_big(&big, 512);
     let kb = render_peak_rss(&big, &dir.path().join("big.jpg"), &["--frame", "300"]);
     assert!(kb < 64 * 1024, "512 MB multi-frame render peaked at {kb} kB");
 }

@@ -681,42 +681,38 @@ impl Canvas {
     }
 
     fn grid(&mut self) {
-        let (w, h) = (i64::from(self.img.width()), i64::from(self.img.height()));
         let major_width = if self.ppm >= 6.0 { 2 } else { 1 };
+        // Minor lines first so the major ones are drawn over them.
         for pass_major in [false, true] {
-            for k in 0.. {
-                let x = px(k as f32, self.ppm);
-                if x >= w {
-                    break;
-                }
-                if (k % 5 == 0) == pass_major {
-                    let (color, width) = if pass_major {
-                        (GRID_MAJOR, major_width)
-                    } else {
-                        (GRID_MINOR, 1)
-                    };
-                    for dx in 0..width {
-                        for y in 0..h {
-                            self.put(x + dx, y, color);
-                        }
-                    }
-                }
+            for vertical in [true, false] {
+                self.grid_lines(vertical, pass_major, major_width);
             }
-            for k in 0.. {
-                let y = px(k as f32, self.ppm);
-                if y >= h {
-                    break;
-                }
-                if (k % 5 == 0) == pass_major {
-                    let (color, width) = if pass_major {
-                        (GRID_MAJOR, major_width)
+        }
+    }
+
+    /// Every 1 mm line (minor pass) or every 5 mm line (major pass) across the paper.
+    fn grid_lines(&mut self, vertical: bool, pass_major: bool, major_width: i64) {
+        let (w, h) = (i64::from(self.img.width()), i64::from(self.img.height()));
+        let (extent, across) = if vertical { (w, h) } else { (h, w) };
+        let (color, width) = if pass_major {
+            (GRID_MAJOR, major_width)
+        } else {
+            (GRID_MINOR, 1)
+        };
+        for k in 0.. {
+            let at = px(k as f32, self.ppm);
+            if at >= extent {
+                break;
+            }
+            if (k % 5 == 0) != pass_major {
+                continue;
+            }
+            for d in 0..width {
+                for t in 0..across {
+                    if vertical {
+                        self.put(at + d, t, color);
                     } else {
-                        (GRID_MINOR, 1)
-                    };
-                    for dy in 0..width {
-                        for x in 0..w {
-                            self.put(x, y + dy, color);
-                        }
+                        self.put(t, at + d, color);
                     }
                 }
             }

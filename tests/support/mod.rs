@@ -56,6 +56,18 @@ pub fn script(name: &str) -> PathBuf {
     repo().join("tests/support").join(name)
 }
 
+/// A single multi-frame instance of about `mb` MiB (fixtures/gen_ct.py).
+pub fn gen_big(path: &Path, mb: u32) {
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(repo().join("fixtures/gen_ct.py"))
+            .args(["--size-mb", &mb.to_string(), "--out"])
+            .arg(path);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
