@@ -12,20 +12,8 @@ use support::*;
 
 fn bad_peer(s: &Server, case: &str, extra: &[&str]) -> serde_json::Value {
     let o = run({
-        let mut c = Command::new("python3");
-        c.arg(script("bad_peer.py"))
-            .arg(case)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &s.dicom_port.to_string(),
-                "--aec",
-                &s.ae_title,
-            ])
-            .arg("--file")
-            .arg(ct300().join("CT000001.dcm"))
-            .args(extra);
+        let mut c = s.peer("bad_peer.py");
+        c.arg(case).arg("--file").arg(ct300().join("CT000001.dcm")).args(extra);
         c
     });
     let line = String::from_utf8_lossy(&o.stdout)
@@ -144,19 +132,8 @@ fn idle_peers_time_out_and_the_association_limit_rejects_transiently() {
 
     // Two idle associations fill the limit; a third is rejected transiently.
     let hang = || {
-        Command::new("python3")
-            .arg(script("bad_peer.py"))
-            .args([
-                "hang",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &s.dicom_port.to_string(),
-                "--aec",
-                &s.ae_title,
-                "--wait",
-                "10",
-            ])
+        s.peer("bad_peer.py")
+            .args(["hang", "--wait", "10"])
             .stdout(Stdio::null())
             .spawn()
             .expect("hang")

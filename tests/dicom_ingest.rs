@@ -17,6 +17,18 @@ fn dataset_bytes(path: &Path) -> Vec<u8> {
     b[144 + group_len..].to_vec()
 }
 
+/// pynetdicom push of the CT series that records each acknowledged UID in
+/// `acked` (tests/support/push_acked.py).
+fn push_acked(s: &Server, acked: &Path) -> Command {
+    let mut c = s.peer("push_acked.py");
+    c.args(["--aet", "PUSHER", "--acked"]).arg(acked).arg(ct300());
+    c
+}
+
+fn acked_count(acked: &Path) -> usize {
+    std::fs::read_to_string(acked).map(|t| t.lines().count()).unwrap_or(0)
+}
+
 fn ct_files() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(ct300())
         .expect("ct300")
@@ -298,38 +310,12 @@ fn medrelay_store_to_dcmtk_storescp_and_to_itself() {
 fn kill9_during_push_loses_no_acknowledged_instance() {
     let mut s = Server::start(ServerOpts::default());
     let acked = s.dir.join("acked.txt");
-    let port = s.dicom_port;
-    let push = |skip: bool| {
-        let mut c = Command::new(python());
-        c.arg(script("push_acked.py"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--aec",
-                "MEDRELAY",
-                "--aet",
-                "PUSHER",
-            ])
-            .arg("--acked")
-            .arg(&acked);
-        if skip {
-            c.arg("--skip-acked");
-        }
-        c.arg(ct300());
-        c
-    };
-    let mut child = push(false)
+    let mut child = push_acked(&s, &acked)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("push");
-    s.wait_for(120, "100 acknowledged instances", || {
-        std::fs::read_to_string(&acked)
-            .map(|t| t.lines().count() >= 100)
-            .unwrap_or(false)
-    });
+    s.wait_for(120, "100 acknowledged instances", || acked_count(&acked) >= 100);
     s.kill9();
     let _ = child.wait();
     let acked_uids: Vec<String> = std::fs::read_to_string(&acked)
@@ -364,7 +350,11 @@ fn kill9_during_push_loses_no_acknowledged_instance() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0", "{}", text(&o));
 
     // resume: the push completes, each instance exactly once
-    let o = run(push(true));
+    let o = run({
+        let mut c = push_acked(&s, &acked);
+        c.arg("--skip-acked");
+        c
+    });
     assert!(o.status.success(), "resume: {}", text(&o));
     assert!(text(&o).contains("acked 300 of 300"), "{}", text(&o));
     assert_eq!(
@@ -416,29 +406,11 @@ fn same_uid_different_content_is_kept_as_a_version_with_a_warning() {
 fn sigterm_lets_the_inflight_push_finish_and_exits_cleanly() {
     let mut s = Server::start(ServerOpts::default());
     let acked = s.dir.join("acked.txt");
-    let push = Command::new(python())
-        .arg(script("push_acked.py"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &s.dicom_port.to_string(),
-            "--aec",
-            "MEDRELAY",
-            "--aet",
-            "PUSHER",
-        ])
-        .arg("--acked")
-        .arg(&acked)
-        .arg(ct300())
+    let push = push_acked(&s, &acked)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("push");
-    s.wait_for(60, "push under way", || {
-        std::fs::read_to_string(&acked)
-            .map(|t| t.lines().count() >= 20)
-            .unwrap_or(false)
-    });
+    s.wait_for(60, "push under way", || acked_count(&acked) >= 20);
     assert!(
         s.terminate(),
         "medrelay did not exit cleanly on SIGTERM; log:\n{}",

@@ -106,6 +106,9 @@ async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &Hea
     if matches!(kind, "mid" | "cine") && row.frames.unwrap_or(1) <= 1 {
         return Err(ApiError::NotFound("multi-frame preview (single-frame instance)"));
     }
+    if kind == "cine" {
+        return Err(ApiError::NotFound("cine strip not rendered yet"));
+    }
     // Pending (or files lost): render this one now rather than make the reader wait.
     let file = s.archive.path_of(&row.path);
     let frames = row.frames.unwrap_or(1).max(1) as u32;
@@ -114,9 +117,6 @@ async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &Hea
         "mid" => (frames / 2, render::PREVIEW_SIDE),
         _ => (0, render::PREVIEW_SIDE),
     };
-    if kind == "cine" {
-        return Err(ApiError::NotFound("cine strip not rendered yet"));
-    }
     let r = rendered(s, move || {
         let img = render::render_any(
             &file,

@@ -49,20 +49,11 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.transport import AssociationSocket
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corpus_classify import walk  # noqa: E402  (same file order as the classifier)
+
 MAX_CONTEXTS = 128
 VERIFICATION = "1.2.840.10008.1.1"
-
-
-def walk(roots: list[str]) -> list[str]:
-    out = []
-    for root in roots:
-        for dirpath, dirs, files in os.walk(root):
-            dirs.sort()
-            for f in sorted(files):
-                p = os.path.join(dirpath, f)
-                if os.path.isfile(p):
-                    out.append(os.path.abspath(p))
-    return out
 
 
 def _patch_tcp_nodelay() -> None:

@@ -288,6 +288,21 @@ impl Server {
         panic!("timed out waiting for {what}; server log:\n{}", self.log());
     }
 
+    /// One of our Python peers (tests/support/NAME) aimed at this server:
+    /// `python NAME --host 127.0.0.1 --port P --aec AE`, more arguments to follow.
+    pub fn peer(&self, name: &str) -> Command {
+        let mut c = Command::new(python());
+        c.arg(script(name)).args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &self.dicom_port.to_string(),
+            "--aec",
+            &self.ae_title,
+        ]);
+        c
+    }
+
     /// A DCMTK storescu command aimed at this server.
     pub fn storescu(&self, calling: &str) -> Command {
         let mut c = dcmtk("storescu");
