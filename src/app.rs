@@ -35,6 +35,8 @@ pub enum AppError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sfu(#[from] crate::sfu::SfuStartError),
     #[error("{0}")]
     Other(String),
 }
@@ -47,6 +49,7 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Bounds on-demand renders (CPU-bound) to one per core.
     pub render_slots: tokio::sync::Semaphore,
+    pub sfu: Arc<crate::sfu::Sfu>,
 }
 
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -121,6 +124,9 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         )));
     }
 
+    let sfu = Arc::new(crate::sfu::Sfu::start(&cfg.sfu, shutdown.clone())?);
+    info!(addr = %sfu.media_addr, "consultation media (UDP) listening");
+
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let services = Arc::new(Services {
         cfg: cfg.clone(),
@@ -128,6 +134,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         index: index.clone(),
         metrics: metrics.clone(),
         render_slots: tokio::sync::Semaphore::new(cores),
+        sfu: sfu.clone(),
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -169,6 +176,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     }
     let _ = http.await;
     let _ = stability.await;
+    sfu.join();
     drop(scp);
     // The writer ends once every Index handle is gone and its queue is drained;
     // only then is the pool closed (which checkpoints the WAL).

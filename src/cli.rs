@@ -100,6 +100,9 @@ struct ServeArgs {
     stable_after_secs: Option<f64>,
     #[arg(long, env = "MEDRELAY_MIN_FREE_BYTES")]
     min_free_bytes: Option<u64>,
+    /// UDP address of the consultation media port.
+    #[arg(long, env = "MEDRELAY_SFU_UDP_LISTEN")]
+    sfu_udp_listen: Option<std::net::SocketAddr>,
 }
 
 fn init_tracing(default: &str) {
@@ -180,6 +183,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
         ae_title: a.ae_title,
         stable_after_secs: a.stable_after_secs,
         min_free_bytes: a.min_free_bytes,
+        sfu_udp_listen: a.sfu_udp_listen,
     };
     let cfg = match Config::load(a.config.as_deref(), &o) {
         Ok(c) => c,

@@ -33,6 +33,7 @@ pub struct Config {
     pub dicom: DicomConfig,
     pub stability: StabilityConfig,
     pub render: RenderConfig,
+    pub sfu: SfuConfig,
     /// Clinics and the AE titles their devices call from.
     #[serde(rename = "clinic")]
     pub clinics: Vec<ClinicConfig>,
@@ -66,6 +67,48 @@ pub struct DicomConfig {
     pub min_free_bytes: u64,
     /// Extra (e.g. private) SOP classes to accept for storage.
     pub extra_sop_classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuConfig {
+    /// The one UDP socket all consultation media uses (ICE-lite, demultiplexed
+    /// by ICE username fragment, then by address).
+    pub udp_listen: SocketAddr,
+    /// Addresses written into ICE candidates. Empty: the listen address, or,
+    /// when that is unspecified (0.0.0.0), every non-loopback IPv4 address of
+    /// this host. Set this to the public/NAT address browsers must reach.
+    pub announce: Vec<SocketAddr>,
+    pub max_rooms: usize,
+    pub max_participants_per_room: usize,
+    /// Published tracks per participant (mic + camera + screen = 3).
+    pub max_tracks_per_participant: usize,
+    /// Default lifetime of a room and its join tokens.
+    pub room_ttl_secs: u64,
+    /// A participant whose media connection stays silent this long is
+    /// removed even if its WebSocket looks alive (laptop lid closed, 4G gone).
+    pub peer_timeout_secs: u64,
+    /// Retransmission history per forwarded stream, by time; 800 ms RTT links
+    /// need several NACK rounds to be repaired.
+    pub history_ms: u64,
+    /// Minimum spacing of keyframe requests towards a publisher.
+    pub pli_interval_ms: u64,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            udp_listen: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            announce: Vec::new(),
+            max_rooms: 200,
+            max_participants_per_room: 8,
+            max_tracks_per_participant: 3,
+            room_ttl_secs: 4 * 3600,
+            peer_timeout_secs: 20,
+            history_ms: 3000,
+            pli_interval_ms: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +173,7 @@ impl Default for Config {
             dicom: DicomConfig::default(),
             stability: StabilityConfig::default(),
             render: RenderConfig::default(),
+            sfu: SfuConfig::default(),
             clinics: Vec::new(),
             shutdown_grace_secs: 30,
             log: "info".into(),
@@ -183,6 +227,7 @@ pub struct Overrides {
     pub ae_title: Option<String>,
     pub stable_after_secs: Option<f64>,
     pub min_free_bytes: Option<u64>,
+    pub sfu_udp_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -224,6 +269,9 @@ impl Config {
         if let Some(v) = o.min_free_bytes {
             cfg.dicom.min_free_bytes = v;
         }
+        if let Some(v) = o.sfu_udp_listen {
+            cfg.sfu.udp_listen = v;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -250,6 +298,29 @@ impl Config {
         }
         if self.stability.stable_after_secs.is_nan() || self.stability.stable_after_secs <= 0.0 {
             return bad("stability.stable_after_secs must be positive".into());
+        }
+        if self.sfu.max_participants_per_room < 2 {
+            return bad("sfu.max_participants_per_room must be at least 2".into());
+        }
+        if self.sfu.max_tracks_per_participant == 0 || self.sfu.max_tracks_per_participant > 8 {
+            return bad("sfu.max_tracks_per_participant must be between 1 and 8".into());
+        }
+        if self.sfu.history_ms < 1000 || self.sfu.history_ms > 10_000 {
+            return bad("sfu.history_ms must be between 1000 and 10000".into());
+        }
+        if self.sfu.peer_timeout_secs < 5 {
+            return bad("sfu.peer_timeout_secs must be at least 5".into());
+        }
+        if self.sfu.room_ttl_secs < 60 {
+            return bad("sfu.room_ttl_secs must be at least 60".into());
+        }
+        if self
+            .sfu
+            .announce
+            .iter()
+            .any(|a| a.ip().is_unspecified() || a.port() == 0)
+        {
+            return bad("sfu.announce entries need a concrete IP and port".into());
         }
         let mut seen_ae: HashMap<String, String> = HashMap::new();
         for c in &self.clinics {

@@ -52,6 +52,8 @@ pub async fn metrics(State(s): S) -> Response {
             free,
         ),
     ]);
+    let mut text = text;
+    super::consult::render_metrics(&s.sfu.metrics, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

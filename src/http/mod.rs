@@ -2,6 +2,7 @@
 //! graceful shutdown stay under our control (no second TLS stack).
 
 pub mod api;
+pub mod consult;
 pub mod error;
 pub mod images;
 pub mod zipstream;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -38,6 +39,12 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/instances/{uid}/cine", get(images::cine))
         .route("/api/instances/{uid}/rendered", get(images::rendered_image))
         .route("/api/studies/{uid}/key-images", get(images::key_images))
+        .route("/api/rooms", post(consult::create_room))
+        .route("/api/rooms/{id}", get(consult::room_status).delete(consult::close_room))
+        .route("/api/rooms/{id}/participants", post(consult::add_participant))
+        .route("/ws/consult", get(consult::signaling))
+        .route("/consult", get(consult::consult_page))
+        .route("/web/{name}", get(consult::web_asset))
         .with_state(services)
 }
 

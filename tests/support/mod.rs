@@ -6,6 +6,8 @@
 //! message rather than skipping: a skipped peer test proves nothing.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -68,6 +70,41 @@ pub fn gen_big(path: &Path, mb: u32) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
+}
+
+/// HTTPS request with a JSON body (curl, like `http_get`).
+pub fn http_send(port: u16, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, Vec<u8>) {
+    let out = std::env::temp_dir().join(format!("medrelay-it-body-{}-{}", std::process::id(), rand_suffix()));
+    let o = run({
+        let mut c = Command::new("curl");
+        c.args([
+            "-sk",
+            "--max-time",
+            "60",
+            "-X",
+            method,
+            "-o",
+            &out.display().to_string(),
+            "-w",
+            "%{http_code}",
+        ]);
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);
+        }
+        c.arg(format!("https://127.0.0.1:{port}{path}"));
+        c
+    });
+    let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+    let body = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (code, body)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -119,6 +156,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub dicom_port: u16,
     pub http_port: u16,
+    /// UDP port of the consultation media (SFU).
+    pub sfu_port: u16,
     pub ae_title: String,
     child: Option<Child>,
     pub log: Arc<Mutex<String>>,
@@ -138,6 +177,7 @@ impl Server {
         std::fs::write(&config, &opts.config_toml).expect("write config");
         let dicom_port = free_port();
         let http_port = free_port();
+        let sfu_port = free_udp_port();
         let args = vec![
             "serve".to_string(),
             "--config".into(),
@@ -156,12 +196,15 @@ impl Server {
             opts.stable_after_secs.to_string(),
             "--min-free-bytes".into(),
             opts.min_free_bytes.to_string(),
+            "--sfu-udp-listen".into(),
+            format!("127.0.0.1:{sfu_port}"),
         ];
         let mut s = Server {
             dir,
             data_dir,
             dicom_port,
             http_port,
+            sfu_port,
             ae_title: opts.ae_title,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
@@ -256,6 +299,15 @@ impl Server {
 
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
         http_get(self.http_port, path)
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let (code, b) = http_send(self.http_port, "POST", path, Some(body));
+        (code, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn delete(&self, path: &str) -> u16 {
+        http_send(self.http_port, "DELETE", path, None).0
     }
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {

@@ -8,7 +8,10 @@
 #
 # Provides:
 #   - dcmtk (storescu/storescp/...), cmake, python3-venv   (Debian apt, only if missing)
-#   - $REPO/.cache/venv            python venv with pynetdicom, pydicom, pydicom-data, numpy
+#   - chromium, chromium-driver (chromedriver)             (Debian apt, only if missing;
+#                                  WebRTC browser tests, tests/support/webdriver.rs)
+#   - $REPO/.cache/venv            python venv with pynetdicom, pydicom, pydicom-data, numpy,
+#                                  pillow, aiortc, websockets
 #   - $REPO/.cache/dicom-samples   public sample corpus (see shared/dicom-samples/INDEX.md):
 #         pydicom/data/test_files/*.dcm   and   data_store/data/*.dcm
 #   - $REPO/.cache/ct300           300-slice synthetic CT series (fixtures/gen_ct.py)
@@ -47,11 +50,13 @@ done
 
 # ---------------------------------------------------------------- apt
 PY="${PYTHON:-python3}"
+APT_UPDATED=""
+apt_update_once() { [ -n "$APT_UPDATED" ] || { apt-get update -qq; APT_UPDATED=1; }; }
 venv_ok() { "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; }
 if ! command -v storescu >/dev/null 2>&1 || ! command -v cmake >/dev/null 2>&1 || ! venv_ok; then
     [ "$(id -u)" = 0 ] || die "need root to apt-get install dcmtk cmake python3-venv"
     log "installing dcmtk cmake python3-venv (apt)"
-    apt-get update -qq
+    apt_update_once
     apt-get install -y -qq --no-install-recommends dcmtk cmake python3-venv </dev/null >/dev/null
 fi
 command -v storescu >/dev/null 2>&1 || die "storescu still missing after apt-get install dcmtk"
@@ -61,6 +66,20 @@ if ! venv_ok; then
     [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
     venv_ok || die "no python with a working venv module ($PY)"
 fi
+# Headless browser for the WebRTC consultation tests (Debian's chromium ships its
+# chromedriver in chromium-driver: /usr/bin/chromedriver -> /usr/lib/chromium/chromedriver).
+chromedriver_path() {
+    command -v chromedriver 2>/dev/null && return 0
+    [ -x /usr/lib/chromium/chromedriver ] && echo /usr/lib/chromium/chromedriver
+}
+if ! command -v chromium >/dev/null 2>&1 || [ -z "$(chromedriver_path)" ]; then
+    [ "$(id -u)" = 0 ] || die "need root to apt-get install chromium chromium-driver"
+    log "installing chromium chromium-driver (apt)"
+    apt_update_once
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver </dev/null >/dev/null
+fi
+command -v chromium >/dev/null 2>&1 || die "chromium still missing after apt-get install chromium"
+CHROMEDRIVER="$(chromedriver_path)" || die "chromedriver still missing after apt-get install chromium-driver"
 
 # ---------------------------------------------------------------- venv
 PYVERS=""
@@ -82,6 +101,20 @@ if ! venv_has_pkgs; then
     log "pip install pynetdicom pydicom pydicom-data numpy pillow into $VENV"
     "$VPY" -m pip install -q 'pynetdicom>=3,<4' 'pydicom>=3,<4' pydicom-data numpy pillow </dev/null
     venv_has_pkgs || die "venv packages not importable after pip install"
+fi
+# WebRTC peer / signalling helpers (python side of the consultation tests).
+WEBRTC_VERS=""
+venv_has_webrtc() {
+    [ -x "$VPY" ] && WEBRTC_VERS=$("$VPY" -c '
+from importlib.metadata import version
+import aiortc, websockets
+print("aiortc", version("aiortc") + ", websockets", version("websockets"))
+' 2>/dev/null)
+}
+if ! venv_has_webrtc; then
+    log "pip install aiortc websockets into $VENV"
+    "$VPY" -m pip install -q 'aiortc>=1.9,<2' 'websockets>=13' </dev/null
+    venv_has_webrtc || die "aiortc/websockets not importable after pip install"
 fi
 
 # ---------------------------------------------------------------- sample corpus
@@ -110,4 +143,6 @@ fi
 # ---------------------------------------------------------------- summary
 n_samples=$(find "$SAMPLES/pydicom/data/test_files" "$SAMPLES/data_store/data" -name '*.dcm' -type f | wc -l)
 dcmtk_ver=$(storescu --version 2>/dev/null | grep -oE 'v[0-9]+\.[0-9]+\.[0-9]+' | head -1 || true)
-echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), venv .cache/venv ($PYVERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files)"
+chromium_ver=$(chromium --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1 || true)
+chromedriver_ver=$("$CHROMEDRIVER" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1 || true)
+echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), chromium ${chromium_ver:-?}, chromedriver ${chromedriver_ver:-?} ($CHROMEDRIVER), venv .cache/venv ($PYVERS; $WEBRTC_VERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files)"

@@ -1,0 +1,429 @@
+//! Consultation rooms over HTTP: the rooms API, the signaling WebSocket and
+//! the embedded page.
+//!
+//! The WebSocket task is a thin translator between JSON frames and engine
+//! commands. It checks the join token itself (stateless HMAC) so forged or
+//! expired tokens never reach the engine, bounds every read with a timeout,
+//! and maps engine refusals to `error` messages and close codes once, here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::error::ApiError;
+use crate::app::Services;
+use crate::sfu::engine::{Command, NewParticipant, SfuError};
+use crate::sfu::protocol::{
+    ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, ServerMsg, ToClient, error as sig_error, parse_client,
+};
+use crate::sfu::tokens::{Claims, TokenError};
+
+type S = State<Arc<Services>>;
+
+/// A browser that sends nothing (not even `ping`) for this long is gone.
+const WS_IDLE: Duration = Duration::from_secs(60);
+/// Time allowed between opening the socket and sending `join`.
+const JOIN_WAIT: Duration = Duration::from_secs(15);
+
+static CONN_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------ rooms API
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoom {
+    #[serde(default)]
+    pub title: String,
+    pub participants: Vec<NewRoomParticipant>,
+    /// Lifetime of the join tokens; defaults to `sfu.room_ttl_secs`.
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoomParticipant {
+    pub name: String,
+    pub role: Role,
+}
+
+fn check_name(n: &str, what: &str) -> Result<String, ApiError> {
+    let t = n.trim();
+    if t.is_empty() || t.chars().count() > 80 || t.chars().any(|c| c.is_control()) {
+        return Err(ApiError::BadRequest(format!("{what}: 1-80 printable characters")));
+    }
+    Ok(t.to_string())
+}
+
+fn participant_json(s: &Services, room: &str, id: &str, name: &str, role: Role, exp: u64) -> serde_json::Value {
+    let token = s.sfu.tokens.mint(&Claims {
+        room: room.to_string(),
+        participant: id.to_string(),
+        expires_unix: exp,
+    });
+    json!({
+        "id": id,
+        "name": name,
+        "role": role,
+        "token": token,
+        // The token rides in the fragment, which browsers never send to the
+        // server, so it stays out of access logs and Referer headers.
+        "url": format!("/consult#token={token}"),
+    })
+}
+
+fn ttl(s: &Services, ttl_secs: Option<u64>) -> Result<u64, ApiError> {
+    let t = ttl_secs.unwrap_or(s.sfu.room_ttl.as_secs());
+    if !(5..=7 * 24 * 3600).contains(&t) {
+        return Err(ApiError::BadRequest("ttl_secs must be between 5 and 604800".into()));
+    }
+    Ok(t)
+}
+
+pub async fn create_room(
+    State(s): S,
+    body: Result<Json<NewRoom>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let title = if req.title.trim().is_empty() {
+        "Consultation".to_string()
+    } else {
+        check_name(&req.title, "title")?
+    };
+    if req.participants.is_empty() || req.participants.len() > 32 {
+        return Err(ApiError::BadRequest("participants: 1 to 32 entries".into()));
+    }
+    let mut ps = Vec::new();
+    for p in &req.participants {
+        ps.push(NewParticipant {
+            name: check_name(&p.name, "participant name")?,
+            role: p.role,
+        });
+    }
+    let exp = unix_now() + ttl(&s, req.ttl_secs)?;
+    let created = s
+        .sfu
+        .ask(|reply| Command::CreateRoom {
+            title,
+            participants: ps,
+            reply,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(sfu_err)?;
+    let participants: Vec<_> = created
+        .participants
+        .iter()
+        .map(|(id, name, role)| participant_json(&s, &created.id, id, name, *role, exp))
+        .collect();
+    let body = json!({
+        "id": created.id,
+        "title": created.title,
+        "expires_unix": exp,
+        "participants": participants,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn sfu_err(e: SfuError) -> ApiError {
+    match e {
+        SfuError::NoSuchRoom => ApiError::NotFound("room"),
+        SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => ApiError::Unprocessable(e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddParticipant {
+    pub name: String,
+    pub role: Role,
+    pub ttl_secs: Option<u64>,
+}
+
+pub async fn add_participant(
+    State(s): S,
+    Path(room): Path<String>,
+    body: Result<Json<AddParticipant>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = check_name(&req.name, "participant name")?;
+    let exp = unix_now() + ttl(&s, req.ttl_secs)?;
+    let (id, name, role) = s
+        .sfu
+        .ask(|reply| Command::AddParticipant {
+            room: room.clone(),
+            participant: NewParticipant { name, role: req.role },
+            reply,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(sfu_err)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(participant_json(&s, &room, &id, &name, role, exp)),
+    )
+        .into_response())
+}
+
+pub async fn room_status(State(s): S, Path(room): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let st = s
+        .sfu
+        .ask(|reply| Command::RoomStatus { room, reply })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or(ApiError::NotFound("room"))?;
+    Ok(Json(
+        serde_json::to_value(st).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+pub async fn close_room(State(s): S, Path(room): Path<String>) -> Result<StatusCode, ApiError> {
+    let existed = s
+        .sfu
+        .ask(|reply| Command::CloseRoom { room, reply })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("room"))
+    }
+}
+
+// ------------------------------------------------------------------ web page
+
+mod assets {
+    include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
+}
+
+fn asset(name: &str) -> Option<&'static [u8]> {
+    assets::WEB_ASSETS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+fn static_headers(ctype: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self' wss:; style-src 'self'; script-src 'self'",
+        ),
+    );
+    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    h
+}
+
+pub async fn consult_page() -> Response {
+    match asset("consult.html") {
+        Some(b) => (static_headers("text/html; charset=utf-8"), b).into_response(),
+        None => ApiError::NotFound("page").into_response(),
+    }
+}
+
+pub async fn web_asset(Path(name): Path<String>) -> Response {
+    let ctype = if name.ends_with(".js") {
+        "text/javascript; charset=utf-8"
+    } else if name.ends_with(".css") {
+        "text/css; charset=utf-8"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    match asset(&name) {
+        Some(b) => (static_headers(ctype), b).into_response(),
+        None => ApiError::NotFound("file").into_response(),
+    }
+}
+
+// ------------------------------------------------------------------ signaling
+
+pub async fn signaling(State(s): S, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_SIGNAL_BYTES)
+        .max_frame_size(MAX_SIGNAL_BYTES)
+        .on_upgrade(move |socket| session(s, socket))
+}
+
+async fn send(ws: &mut WebSocket, m: &ServerMsg) -> bool {
+    match serde_json::to_string(m) {
+        Ok(t) => ws.send(Message::Text(t.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn close(ws: &mut WebSocket, code: ErrorCode, reason: &str) {
+    let _ = send(ws, &sig_error(code, reason)).await;
+    let mut r = reason.to_string();
+    r.truncate(120);
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code: code.close_code().unwrap_or(1008),
+            reason: r.into(),
+        })))
+        .await;
+}
+
+/// Waits for the first message, which must be a valid `join`.
+async fn await_join(s: &Services, ws: &mut WebSocket) -> Result<Claims, (ErrorCode, String)> {
+    loop {
+        let msg = match tokio::time::timeout(JOIN_WAIT, ws.recv()).await {
+            Err(_) => return Err((ErrorCode::NotJoined, "no join message received in time".into())),
+            Ok(None) | Ok(Some(Err(_))) => return Err((ErrorCode::NotJoined, "connection closed".into())),
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return Err((ErrorCode::NotJoined, "connection closed".into())),
+            Message::Binary(_) => return Err((ErrorCode::BadMessage, "text frames only".into())),
+        };
+        match parse_client(text.as_str()) {
+            Ok(ClientMsg::Join { token }) => {
+                return s.sfu.tokens.verify(&token, unix_now()).map_err(|e| match e {
+                    TokenError::Expired => (ErrorCode::ExpiredToken, "this invitation has expired".into()),
+                    _ => (ErrorCode::BadToken, "this invitation is not valid".into()),
+                });
+            }
+            Ok(_) => return Err((ErrorCode::NotJoined, "the first message must be join".into())),
+            Err(e) => return Err((ErrorCode::BadMessage, e)),
+        }
+    }
+}
+
+async fn session(s: Arc<Services>, mut ws: WebSocket) {
+    let claims = match await_join(&s, &mut ws).await {
+        Ok(c) => c,
+        Err((code, why)) => {
+            s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
+            let code = if code.close_code().is_some() { code } else { code };
+            return close(&mut ws, code, &why).await;
+        }
+    };
+    let conn = CONN_IDS.fetch_add(1, Relaxed);
+    let (tx, mut rx) = mpsc::channel::<ToClient>(64);
+    let joined = s
+        .sfu
+        .ask(|reply| Command::Join {
+            room: claims.room.clone(),
+            participant: claims.participant.clone(),
+            conn,
+            tx,
+            reply,
+        })
+        .await;
+    match joined {
+        Ok(Ok(())) => {}
+        Ok(Err((code, why))) => return close(&mut ws, code, &why).await,
+        Err(_) => return close(&mut ws, ErrorCode::Internal, "the media engine is not running").await,
+    }
+    let pid = claims.participant;
+    debug!(room = %claims.room, participant = %pid, "signaling session open");
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(ToClient::Msg(m)) => {
+                    if !send(&mut ws, &m).await {
+                        break;
+                    }
+                }
+                Some(ToClient::Close(code, why)) => {
+                    close(&mut ws, code, &why).await;
+                    // The engine already removed us (replaced, room closed).
+                    return;
+                }
+                None => {
+                    close(&mut ws, ErrorCode::Internal, "removed from the room").await;
+                    return;
+                }
+            },
+            inc = tokio::time::timeout(WS_IDLE, ws.recv()) => {
+                let msg = match inc {
+                    Err(_) => {
+                        close(&mut ws, ErrorCode::BadState, "no message for 60 s").await;
+                        break;
+                    }
+                    Ok(None) | Ok(Some(Err(_))) => break,
+                    Ok(Some(Ok(m))) => m,
+                };
+                let text = match msg {
+                    Message::Text(t) => t,
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Binary(_) => {
+                        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
+                        if !send(&mut ws, &sig_error(ErrorCode::BadMessage, "text frames only")).await {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                match parse_client(text.as_str()) {
+                    Ok(ClientMsg::Leave) => {
+                        let _ = s.sfu.commands.send(Command::Leave { participant: pid.clone(), conn }).await;
+                        let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
+                        return;
+                    }
+                    Ok(msg) => {
+                        if s.sfu.commands.send(Command::Signal { participant: pid.clone(), conn, msg }).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
+                        if !send(&mut ws, &sig_error(ErrorCode::BadMessage, e)).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = s.sfu.commands.send(Command::Leave { participant: pid, conn }).await;
+}
+
+pub fn render_metrics(m: &crate::sfu::SfuMetrics, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, v) in m.counters() {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
+    let tasks = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_alive_tasks())
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# HELP medrelay_runtime_tasks Live tasks on the main runtime\n# TYPE medrelay_runtime_tasks gauge\nmedrelay_runtime_tasks {tasks}"
+    );
+    for (name, help, v) in [
+        ("medrelay_sfu_rooms", "Open consultation rooms", &m.rooms_active),
+        (
+            "medrelay_sfu_participants",
+            "Connected participants",
+            &m.participants_active,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
+}

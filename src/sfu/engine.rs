@@ -1,0 +1,1684 @@
+//! The SFU core: every room, participant and peer connection, driven without
+//! sockets or clocks.
+//!
+//! Inputs are `handle_datagram`, `handle_command` and `handle_timeout`, each
+//! with the current `Instant`; outputs are `poll_transmit` (datagrams to send),
+//! messages on each participant's bounded signaling channel, and
+//! `poll_timeout`. `io.rs` is the only place that touches the UDP socket or
+//! reads the clock. This is the str0m / quinn-proto shape, and it is why the
+//! hot path can be measured and tested in isolation.
+//!
+//! Each participant has two `rtc` (webrtc-rs sans-IO) peer connections: `pub`
+//! (browser offers, carries what it publishes plus the `room` data channel)
+//! and `sub` (we offer, carries what it receives). Forwarding a packet is:
+//! find the up-track, and for each subscriber's down-track decide (forward or
+//! drop), rewrite SSRC/PT/sequence/timestamp (munger), remember it for
+//! retransmission (history), and hand it to the subscriber's connection,
+//! which SRTP-protects it. The decisions themselves live in pure modules
+//! (munger, history, nack, keyframe, layer) with their own tests.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::data_channel::RTCDataChannelId;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::demux::{PacketClass, classify, stun_local_ufrag};
+use super::history::{
+    HistoryConfig, HistoryPacket, NackResponder, ResponderConfig, RetransmitHistory, RtxSequencer, rtx_payload,
+};
+use super::keyframe::{Codec, KeyframeConfig, KeyframeReason, KeyframeRequester, is_keyframe};
+use super::layer::{BitrateMeter, LayerSelector, LinkClassifier, ResumeProbe, SelectorConfig, Target};
+use super::media::{MIME_TYPE_RED, new_peer_connection, random_credentials};
+use super::munger::{InPacket, Munger, MungerConfig};
+use super::nack::{NackConfig, NackGenerator, pack_nack_pairs};
+use super::protocol::{
+    ClientMsg, ErrorCode, LinkState, ParticipantInfo, PcKind, Role, RoomInfo, ServerMsg, Source, SourceInfo, ToClient,
+    TrackInfo, error,
+};
+use super::{SfuMetrics, tokens::new_id};
+
+/// Policy tick: NACK generation, keyframe requests, link state, timeouts.
+/// 20 ms is below one frame interval at 30 fps and well below any RTT here.
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub local_addr: SocketAddr,
+    pub announce: Vec<SocketAddr>,
+    pub max_rooms: usize,
+    pub max_participants: usize,
+    pub max_tracks: usize,
+    pub peer_timeout: Duration,
+    pub history: Duration,
+    pub pli_interval: Duration,
+}
+
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: BytesMut,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewParticipant {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreatedRoom {
+    pub id: String,
+    pub title: String,
+    /// (participant id, name, role)
+    pub participants: Vec<(String, String, Role)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomStatus {
+    pub id: String,
+    pub title: String,
+    pub invited: usize,
+    pub connected: Vec<ParticipantInfo>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SfuError {
+    #[error("room limit reached ({0} rooms)")]
+    TooManyRooms(usize),
+    #[error("no such room")]
+    NoSuchRoom,
+    #[error("room is full ({0} participants)")]
+    RoomFull(usize),
+}
+
+pub type JoinResult = Result<(), (ErrorCode, String)>;
+
+pub enum Command {
+    CreateRoom {
+        title: String,
+        participants: Vec<NewParticipant>,
+        reply: oneshot::Sender<Result<CreatedRoom, SfuError>>,
+    },
+    AddParticipant {
+        room: String,
+        participant: NewParticipant,
+        reply: oneshot::Sender<Result<(String, String, Role), SfuError>>,
+    },
+    CloseRoom {
+        room: String,
+        reply: oneshot::Sender<bool>,
+    },
+    RoomStatus {
+        room: String,
+        reply: oneshot::Sender<Option<RoomStatus>>,
+    },
+    Join {
+        room: String,
+        participant: String,
+        conn: u64,
+        tx: mpsc::Sender<ToClient>,
+        reply: oneshot::Sender<JoinResult>,
+    },
+    Signal {
+        participant: String,
+        conn: u64,
+        msg: ClientMsg,
+    },
+    Leave {
+        participant: String,
+        conn: u64,
+    },
+}
+
+struct Room {
+    id: String,
+    title: String,
+    invited: HashMap<String, NewParticipant>,
+    joined: Vec<String>,
+    /// Latest shared-viewer state, replayed to late joiners.
+    last_view: Option<String>,
+}
+
+struct Peer {
+    pc: RTCPeerConnection,
+    ufrag: String,
+    deadline: Option<Instant>,
+    state: RTCPeerConnectionState,
+}
+
+/// A track a participant publishes.
+struct UpTrack {
+    receiver: RTCRtpReceiverId,
+    source: Source,
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    keyframe_codec: Option<Codec>,
+    /// Incoming payload type -> (mime, fmtp), from the publisher's negotiation.
+    pts: Vec<(u8, String, String)>,
+    media_ssrc: Option<u32>,
+    nack: NackGenerator,
+    keyframes: KeyframeRequester,
+    meter: BitrateMeter,
+}
+
+/// One up-track as forwarded to one subscriber.
+struct DownTrack {
+    sender: RTCRtpSenderId,
+    transceiver: usize,
+    source: Source,
+    publisher: String,
+    kind: RtpCodecKind,
+    ssrc: u32,
+    rtx_ssrc: u32,
+    /// Incoming PT -> outgoing PT, resolved after each `sub` answer.
+    pt_map: Vec<(u8, u8)>,
+    rtx_pt: Option<u8>,
+    munger: Munger,
+    history: RetransmitHistory,
+    responder: NackResponder,
+    rtx_seq: RtxSequencer,
+    /// Until the subscriber has a keyframe, forwarding delta frames only
+    /// produces undecodable video; hold them back and ask for one.
+    need_keyframe: bool,
+}
+
+#[derive(Default)]
+struct SubNegotiation {
+    outstanding: bool,
+    dirty: bool,
+}
+
+struct Participant {
+    id: String,
+    room: String,
+    name: String,
+    role: Role,
+    conn: u64,
+    tx: mpsc::Sender<ToClient>,
+    pubc: Peer,
+    subc: Peer,
+    mid_sources: BTreeMap<String, Source>,
+    muted: BTreeMap<Source, bool>,
+    uptracks: HashMap<String, UpTrack>,
+    down: HashMap<(String, String), DownTrack>,
+    down_by_ssrc: HashMap<u32, (String, String)>,
+    sub_neg: SubNegotiation,
+    dc: Option<RTCDataChannelId>,
+    last_rx: Instant,
+    rtt: Duration,
+    link_state: LinkState,
+    bwe_bps: Option<u64>,
+    audio_only: bool,
+    selector: LayerSelector,
+    classifier: LinkClassifier,
+    probe: ResumeProbe,
+}
+
+impl Participant {
+    fn peer(&mut self, kind: PcKind) -> &mut Peer {
+        match kind {
+            PcKind::Pub => &mut self.pubc,
+            PcKind::Sub => &mut self.subc,
+        }
+    }
+
+    fn info(&self) -> ParticipantInfo {
+        let mut sources: Vec<SourceInfo> = self
+            .uptracks
+            .values()
+            .map(|u| SourceInfo {
+                source: u.source,
+                kind: u.source.kind(),
+                muted: self.muted.get(&u.source).copied().unwrap_or(false),
+            })
+            .collect();
+        sources.sort_by_key(|s| s.source);
+        ParticipantInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            sources,
+        }
+    }
+
+    /// Never blocks the engine: a client that cannot keep up with a 64-deep
+    /// signaling queue is dropped by its WebSocket task (the channel closes).
+    fn send(&self, m: ServerMsg) -> bool {
+        self.tx.try_send(ToClient::Msg(m)).is_ok()
+    }
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    rooms: HashMap<String, Room>,
+    parts: HashMap<String, Participant>,
+    by_ufrag: HashMap<String, (String, PcKind)>,
+    by_addr: HashMap<SocketAddr, (String, PcKind)>,
+    out: VecDeque<Transmit>,
+    metrics: Arc<SfuMetrics>,
+    next_tick: Instant,
+    /// Participants to drop at the end of the current input (failed peer
+    /// connections, closed signaling channels); removing them mid-iteration
+    /// would invalidate what the caller is walking.
+    doomed: Vec<(String, &'static str)>,
+}
+
+fn transport(local: SocketAddr, peer: SocketAddr) -> TransportContext {
+    TransportContext {
+        local_addr: local,
+        peer_addr: peer,
+        ecn: None,
+        transport_protocol: TransportProtocol::UDP,
+    }
+}
+
+fn keyframe_codec(mime: &str) -> Option<Codec> {
+    let m = mime.to_ascii_lowercase();
+    match m.as_str() {
+        "video/vp8" => Some(Codec::Vp8),
+        "video/vp9" => Some(Codec::Vp9),
+        "video/h264" => Some(Codec::H264),
+        _ => None,
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, metrics: Arc<SfuMetrics>, now: Instant) -> Engine {
+        Engine {
+            cfg,
+            rooms: HashMap::new(),
+            parts: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            out: VecDeque::new(),
+            metrics,
+            next_tick: now + TICK,
+            doomed: Vec::new(),
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_tick;
+        for p in self.parts.values() {
+            for d in [p.pubc.deadline, p.subc.deadline].into_iter().flatten() {
+                t = t.min(d);
+            }
+        }
+        t
+    }
+
+    pub fn participants(&self) -> usize {
+        self.parts.len()
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::CreateRoom {
+                title,
+                participants,
+                reply,
+            } => {
+                let _ = reply.send(self.create_room(title, participants));
+            }
+            Command::AddParticipant {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = match self.rooms.get_mut(&room) {
+                    None => Err(SfuError::NoSuchRoom),
+                    Some(r) if r.invited.len() >= self.cfg.max_participants * 4 => {
+                        Err(SfuError::RoomFull(r.invited.len()))
+                    }
+                    Some(r) => {
+                        let id = new_id("p_");
+                        r.invited.insert(id.clone(), participant.clone());
+                        Ok((id, participant.name, participant.role))
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Command::CloseRoom { room, reply } => {
+                let existed = self.close_room(now, &room, "the room was closed");
+                let _ = reply.send(existed);
+            }
+            Command::RoomStatus { room, reply } => {
+                let st = self.rooms.get(&room).map(|r| RoomStatus {
+                    id: r.id.clone(),
+                    title: r.title.clone(),
+                    invited: r.invited.len(),
+                    connected: r
+                        .joined
+                        .iter()
+                        .filter_map(|p| self.parts.get(p))
+                        .map(|p| p.info())
+                        .collect(),
+                });
+                let _ = reply.send(st);
+            }
+            Command::Join {
+                room,
+                participant,
+                conn,
+                tx,
+                reply,
+            } => {
+                let r = self.join(now, &room, &participant, conn, tx);
+                let _ = reply.send(r);
+            }
+            Command::Signal { participant, conn, msg } => {
+                if self.parts.get(&participant).is_some_and(|p| p.conn == conn) {
+                    self.signal(now, &participant, msg);
+                }
+            }
+            Command::Leave { participant, conn } => {
+                if self.parts.get(&participant).is_some_and(|p| p.conn == conn) {
+                    self.remove_participant(now, &participant, "left");
+                }
+            }
+        }
+        self.reap(now);
+    }
+
+    fn create_room(&mut self, title: String, participants: Vec<NewParticipant>) -> Result<CreatedRoom, SfuError> {
+        if self.rooms.len() >= self.cfg.max_rooms {
+            return Err(SfuError::TooManyRooms(self.cfg.max_rooms));
+        }
+        let id = new_id("r_");
+        let mut invited = HashMap::new();
+        let mut out = Vec::new();
+        for p in participants {
+            let pid = new_id("p_");
+            out.push((pid.clone(), p.name.clone(), p.role));
+            invited.insert(pid, p);
+        }
+        self.rooms.insert(
+            id.clone(),
+            Room {
+                id: id.clone(),
+                title: title.clone(),
+                invited,
+                joined: Vec::new(),
+                last_view: None,
+            },
+        );
+        self.metrics.rooms_active.store(self.rooms.len() as u64, Relaxed);
+        info!(room = %id, "room created");
+        Ok(CreatedRoom {
+            id,
+            title,
+            participants: out,
+        })
+    }
+
+    pub fn close_room(&mut self, now: Instant, room: &str, why: &str) -> bool {
+        let Some(r) = self.rooms.get(room) else {
+            return false;
+        };
+        for pid in r.joined.clone() {
+            if let Some(p) = self.parts.get(&pid) {
+                let _ = p.tx.try_send(ToClient::Close(ErrorCode::RoomClosed, why.to_string()));
+            }
+            self.remove_participant(now, &pid, "room closed");
+        }
+        self.rooms.remove(room);
+        self.metrics.rooms_active.store(self.rooms.len() as u64, Relaxed);
+        info!(room, "room closed");
+        true
+    }
+
+    fn join(&mut self, now: Instant, room_id: &str, pid: &str, conn: u64, tx: mpsc::Sender<ToClient>) -> JoinResult {
+        let Some(room) = self.rooms.get(room_id) else {
+            return Err((ErrorCode::RoomClosed, "this room no longer exists".into()));
+        };
+        let Some(invitee) = room.invited.get(pid).cloned() else {
+            return Err((ErrorCode::BadToken, "not a participant of this room".into()));
+        };
+        if self.parts.contains_key(pid) {
+            // Same person, new tab or reconnect after a network change: the
+            // new connection wins, the old one is told why it was dropped.
+            if let Some(old) = self.parts.get(pid) {
+                let _ = old.tx.try_send(ToClient::Close(
+                    ErrorCode::Replaced,
+                    "you joined this room from another window".into(),
+                ));
+            }
+            self.remove_participant(now, pid, "replaced");
+        }
+        let Some(room) = self.rooms.get(room_id) else {
+            return Err((ErrorCode::RoomClosed, "this room no longer exists".into()));
+        };
+        if room.joined.len() >= self.cfg.max_participants {
+            return Err((
+                ErrorCode::RoomFull,
+                format!("the room is full ({} participants)", self.cfg.max_participants),
+            ));
+        }
+        let make = |kind| -> Result<Peer, (ErrorCode, String)> {
+            let (ufrag, pwd) = random_credentials();
+            let pc = new_peer_connection(kind, &ufrag, &pwd, &self.cfg.announce, now)
+                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            Ok(Peer {
+                pc,
+                ufrag,
+                deadline: None,
+                state: RTCPeerConnectionState::New,
+            })
+        };
+        let pubc = make(PcKind::Pub)?;
+        let subc = make(PcKind::Sub)?;
+        self.by_ufrag.insert(pubc.ufrag.clone(), (pid.to_string(), PcKind::Pub));
+        self.by_ufrag.insert(subc.ufrag.clone(), (pid.to_string(), PcKind::Sub));
+        let p = Participant {
+            id: pid.to_string(),
+            room: room_id.to_string(),
+            name: invitee.name,
+            role: invitee.role,
+            conn,
+            tx,
+            pubc,
+            subc,
+            mid_sources: BTreeMap::new(),
+            muted: BTreeMap::new(),
+            uptracks: HashMap::new(),
+            down: HashMap::new(),
+            down_by_ssrc: HashMap::new(),
+            sub_neg: SubNegotiation::default(),
+            dc: None,
+            last_rx: now,
+            rtt: Duration::from_millis(300),
+            link_state: LinkState::Good,
+            bwe_bps: None,
+            audio_only: false,
+            selector: LayerSelector::new(SelectorConfig::default()),
+            classifier: LinkClassifier::default(),
+            probe: ResumeProbe::default(),
+        };
+        let others: Vec<ParticipantInfo> = room
+            .joined
+            .iter()
+            .filter_map(|o| self.parts.get(o))
+            .map(|o| o.info())
+            .collect();
+        let me = p.info();
+        p.send(ServerMsg::Joined {
+            me: me.clone(),
+            room: RoomInfo {
+                id: room.id.clone(),
+                title: room.title.clone(),
+            },
+            participants: others,
+            limits: super::protocol::Limits {
+                max_participants: self.cfg.max_participants,
+                max_tracks: self.cfg.max_tracks,
+                max_dc_bytes: super::protocol::MAX_DC_BYTES,
+            },
+        });
+        let joined = room.joined.clone();
+        self.parts.insert(pid.to_string(), p);
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            room.joined.push(pid.to_string());
+        }
+        for o in &joined {
+            if let Some(op) = self.parts.get(o) {
+                op.send(ServerMsg::ParticipantJoined {
+                    participant: me.clone(),
+                });
+            }
+        }
+        // Subscribe the newcomer to everything already published.
+        let mut added = false;
+        for o in &joined {
+            let tracks: Vec<String> = self
+                .parts
+                .get(o)
+                .map(|op| op.uptracks.keys().cloned().collect())
+                .unwrap_or_default();
+            for t in tracks {
+                added |= self.add_downtrack(now, pid, o, &t);
+            }
+        }
+        if added {
+            self.renegotiate_sub(now, pid);
+        }
+        self.metrics.participants_active.store(self.parts.len() as u64, Relaxed);
+        self.metrics.joins.fetch_add(1, Relaxed);
+        info!(room = room_id, participant = pid, "participant joined");
+        Ok(())
+    }
+
+    pub fn remove_participant(&mut self, now: Instant, pid: &str, why: &str) {
+        let Some(mut p) = self.parts.remove(pid) else {
+            return;
+        };
+        for peer in [&mut p.pubc, &mut p.subc] {
+            let _ = peer.pc.close();
+            while let Some(w) = peer.pc.poll_write() {
+                self.out.push_back(Transmit {
+                    to: w.transport.peer_addr,
+                    data: w.message,
+                });
+            }
+            self.by_ufrag.remove(&peer.ufrag);
+        }
+        self.by_addr.retain(|_, (owner, _)| owner != pid);
+        let mut others = Vec::new();
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.joined.retain(|x| x != pid);
+            others = room.joined.clone();
+        }
+        for o in &others {
+            let mut changed = false;
+            if let Some(op) = self.parts.get_mut(o) {
+                op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
+                let keys: Vec<(String, String)> = op.down.keys().filter(|k| k.0 == pid).cloned().collect();
+                for k in keys {
+                    if let Some(d) = op.down.remove(&k) {
+                        op.down_by_ssrc.remove(&d.ssrc);
+                        op.down_by_ssrc.remove(&d.rtx_ssrc);
+                        let _ = op.subc.pc.remove_track(d.sender);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                self.renegotiate_sub(now, o);
+            }
+        }
+        self.metrics.participants_active.store(self.parts.len() as u64, Relaxed);
+        self.metrics.leaves.fetch_add(1, Relaxed);
+        info!(room = %p.room, participant = pid, reason = why, "participant left");
+    }
+
+    /// Drops participants marked during this input.
+    fn reap(&mut self, now: Instant) {
+        while let Some((pid, why)) = self.doomed.pop() {
+            if let Some(p) = self.parts.get(&pid) {
+                let _ =
+                    p.tx.try_send(ToClient::Close(ErrorCode::Internal, format!("media connection {why}")));
+            }
+            self.remove_participant(now, &pid, why);
+        }
+    }
+
+    // --------------------------------------------------------------- signaling
+
+    fn signal(&mut self, now: Instant, pid: &str, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Join { .. } => self.reply_err(pid, ErrorCode::BadState, "already joined"),
+            ClientMsg::Ping => {
+                if let Some(p) = self.parts.get(pid) {
+                    p.send(ServerMsg::Pong);
+                }
+            }
+            ClientMsg::Leave => self.remove_participant(now, pid, "left"),
+            ClientMsg::Mute { source, muted } => {
+                let Some(p) = self.parts.get_mut(pid) else { return };
+                p.muted.insert(source, muted);
+                let room = p.room.clone();
+                self.broadcast(
+                    &room,
+                    Some(pid),
+                    ServerMsg::Mute {
+                        participant: pid.to_string(),
+                        source,
+                        muted,
+                    },
+                );
+            }
+            ClientMsg::Candidate { pc, candidate } => {
+                let Some(p) = self.parts.get_mut(pid) else { return };
+                let init = RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    ..Default::default()
+                };
+                // A lite agent learns the browser's address from its checks;
+                // remote candidates are optional, so a bad one is only noted.
+                if let Err(e) = p.peer(pc).pc.add_remote_candidate(init) {
+                    debug!(participant = pid, error = %e, "remote candidate ignored");
+                }
+            }
+            ClientMsg::Offer { pc: PcKind::Sub, .. } => self.reply_err(
+                pid,
+                ErrorCode::BadState,
+                "the server makes the offers for the sub connection",
+            ),
+            ClientMsg::Answer { pc: PcKind::Pub, .. } => self.reply_err(
+                pid,
+                ErrorCode::BadState,
+                "the browser makes the offers for the pub connection",
+            ),
+            ClientMsg::Offer {
+                pc: PcKind::Pub,
+                sdp,
+                tracks,
+            } => self.pub_offer(now, pid, sdp, tracks),
+            ClientMsg::Answer { pc: PcKind::Sub, sdp } => self.sub_answer(now, pid, sdp),
+        }
+        self.process(now, pid, PcKind::Pub);
+        self.process(now, pid, PcKind::Sub);
+    }
+
+    fn reply_err(&self, pid: &str, code: ErrorCode, msg: &str) {
+        self.metrics.signal_errors.fetch_add(1, Relaxed);
+        if let Some(p) = self.parts.get(pid) {
+            p.send(error(code, msg));
+        }
+    }
+
+    fn broadcast(&self, room: &str, except: Option<&str>, m: ServerMsg) {
+        if let Some(r) = self.rooms.get(room) {
+            for o in &r.joined {
+                if Some(o.as_str()) != except
+                    && let Some(op) = self.parts.get(o)
+                {
+                    op.send(m.clone());
+                }
+            }
+        }
+    }
+
+    fn pub_offer(&mut self, now: Instant, pid: &str, sdp: String, tracks: BTreeMap<String, Source>) {
+        let max_tracks = self.cfg.max_tracks;
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        let sending = sdp.matches("\r\na=sendonly").count() + sdp.matches("\r\na=sendrecv").count();
+        if tracks.len() > max_tracks || sending > max_tracks {
+            return self.reply_err(
+                pid,
+                ErrorCode::TooManyTracks,
+                &format!("at most {max_tracks} published tracks per participant"),
+            );
+        }
+        let desc = match RTCSessionDescription::offer(sdp) {
+            Ok(d) => d,
+            Err(e) => return self.reply_err(pid, ErrorCode::BadSdp, &format!("offer refused: {e}")),
+        };
+        if let Err(e) = p.pubc.pc.set_remote_description(now, desc) {
+            return self.reply_err(pid, ErrorCode::BadSdp, &format!("offer refused: {e}"));
+        }
+        p.mid_sources = tracks;
+        let answer = match p.pubc.pc.create_answer(None) {
+            Ok(a) => a,
+            Err(e) => return self.reply_err(pid, ErrorCode::BadSdp, &format!("cannot answer this offer: {e}")),
+        };
+        if let Err(e) = p.pubc.pc.set_local_description(now, answer) {
+            return self.reply_err(pid, ErrorCode::BadSdp, &format!("cannot answer this offer: {e}"));
+        }
+        let sdp = p.pubc.pc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
+        p.send(ServerMsg::Answer { pc: PcKind::Pub, sdp });
+        // Sources can be re-labelled by a renegotiation (camera <-> screen).
+        let relabel: Vec<(String, Source)> = p
+            .uptracks
+            .iter()
+            .filter_map(|(t, u)| {
+                let mid = mid_of_receiver(&mut p.pubc.pc, u.receiver)?;
+                let s = *p.mid_sources.get(&mid)?;
+                (s != u.source).then(|| (t.clone(), s))
+            })
+            .collect();
+        for (t, s) in relabel {
+            if let Some(u) = p.uptracks.get_mut(&t) {
+                u.source = s;
+            }
+        }
+    }
+
+    fn sub_answer(&mut self, now: Instant, pid: &str, sdp: String) {
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        if !p.sub_neg.outstanding {
+            return self.reply_err(
+                pid,
+                ErrorCode::BadState,
+                "no offer is outstanding on the sub connection",
+            );
+        }
+        let desc = match RTCSessionDescription::answer(sdp) {
+            Ok(d) => d,
+            Err(e) => return self.reply_err(pid, ErrorCode::BadSdp, &format!("answer refused: {e}")),
+        };
+        if let Err(e) = p.subc.pc.set_remote_description(now, desc) {
+            return self.reply_err(pid, ErrorCode::BadSdp, &format!("answer refused: {e}"));
+        }
+        p.sub_neg.outstanding = false;
+        self.resolve_payload_types(pid);
+        let dirty = self.parts.get(pid).is_some_and(|p| p.sub_neg.dirty);
+        if dirty {
+            self.renegotiate_sub(now, pid);
+        }
+    }
+
+    /// After negotiation, map each publisher PT to the PT this subscriber
+    /// agreed for the same codec (browsers may pick different numbers).
+    fn resolve_payload_types(&mut self, pid: &str) {
+        let Some(p) = self.parts.get(pid) else { return };
+        let mut pubs: HashMap<(String, String), Vec<(u8, String, String)>> = HashMap::new();
+        for (key, _) in p.down.iter() {
+            if let Some(u) = self.parts.get(&key.0).and_then(|pp| pp.uptracks.get(&key.1)) {
+                pubs.insert(key.clone(), u.pts.clone());
+            }
+        }
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        for (key, d) in p.down.iter_mut() {
+            let Some(mut sender) = p.subc.pc.rtp_sender(d.sender) else {
+                continue;
+            };
+            let params = sender.get_parameters();
+            let negotiated: Vec<(u8, String, String)> = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .map(|c| {
+                    (
+                        c.payload_type,
+                        c.rtp_codec.mime_type.to_ascii_lowercase(),
+                        c.rtp_codec.sdp_fmtp_line.clone(),
+                    )
+                })
+                .collect();
+            let Some(up_pts) = pubs.get(key) else { continue };
+            d.pt_map.clear();
+            for (in_pt, mime, fmtp) in up_pts {
+                let exact = negotiated.iter().find(|(_, m, f)| m == mime && f == fmtp);
+                let by_mime = negotiated.iter().find(|(_, m, _)| m == mime);
+                if let Some((out_pt, _, _)) = exact.or(by_mime) {
+                    d.pt_map.push((*in_pt, *out_pt));
+                }
+            }
+            let main_out = d.pt_map.iter().find_map(|(_, o)| {
+                negotiated
+                    .iter()
+                    .find(|(pt, m, _)| pt == o && !m.ends_with("/rtx") && !m.ends_with("/red"))
+                    .map(|x| x.0)
+            });
+            d.rtx_pt = main_out.and_then(|main| {
+                negotiated
+                    .iter()
+                    .find(|(_, m, f)| m.ends_with("/rtx") && f.split(';').any(|kv| kv.trim() == format!("apt={main}")))
+                    .map(|x| x.0)
+            });
+        }
+    }
+
+    fn renegotiate_sub(&mut self, now: Instant, pid: &str) {
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        if p.sub_neg.outstanding {
+            p.sub_neg.dirty = true;
+            return;
+        }
+        p.sub_neg.dirty = false;
+        let offer = match p.subc.pc.create_offer(None) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(participant = pid, error = %e, "cannot create sub offer");
+                return;
+            }
+        };
+        if let Err(e) = p.subc.pc.set_local_description(now, offer) {
+            warn!(participant = pid, error = %e, "cannot apply sub offer");
+            return;
+        }
+        let sdp = p.subc.pc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
+        let mut tracks = BTreeMap::new();
+        for d in p.down.values() {
+            if let Some(t) = p.subc.pc.rtp_transceiver(d.transceiver)
+                && let Some(mid) = t.mid().clone()
+            {
+                tracks.insert(
+                    mid,
+                    TrackInfo {
+                        participant: d.publisher.clone(),
+                        source: d.source,
+                        kind: d.source.kind(),
+                    },
+                );
+            }
+        }
+        p.sub_neg.outstanding = true;
+        p.send(ServerMsg::Offer {
+            pc: PcKind::Sub,
+            sdp,
+            tracks,
+        });
+        self.process(now, pid, PcKind::Sub);
+    }
+
+    /// Adds a sending transceiver for `publisher`'s `track` to `sub`'s `sub`
+    /// connection. Returns whether a renegotiation is needed.
+    fn add_downtrack(&mut self, now: Instant, sub: &str, publisher: &str, track: &str) -> bool {
+        let Some(u) = self.parts.get_mut(publisher).and_then(|p| p.uptracks.get_mut(track)) else {
+            return false;
+        };
+        let (kind, source, codec) = (u.kind, u.source, u.codec.clone());
+        if kind == RtpCodecKind::Video {
+            u.keyframes.request(now, KeyframeReason::NewSubscriber);
+        }
+        let history = self.cfg.history;
+        let Some(s) = self.parts.get_mut(sub) else { return false };
+        let key = (publisher.to_string(), track.to_string());
+        if s.down.contains_key(&key) {
+            return false;
+        }
+        let ssrc: u32 = rand::random();
+        let rtx_ssrc: u32 = rand::random();
+        let video = kind == RtpCodecKind::Video;
+        let mst = MediaStreamTrack::new(
+            publisher.to_string(),
+            format!("{publisher}-{}", track_slug(source)),
+            format!("{publisher} {}", track_slug(source)),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    rtx: video.then_some(RTCRtpRtxParameters { ssrc: rtx_ssrc }),
+                    ..Default::default()
+                },
+                active: true,
+                codec: codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![publisher.to_string()],
+            send_encodings: vec![],
+        };
+        let tid = match s.subc.pc.add_transceiver_from_track(mst, Some(init)) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(participant = sub, error = %e, "cannot add a forwarded track");
+                return false;
+            }
+        };
+        let Some(sender) = s.subc.pc.rtp_transceiver(tid).and_then(|t| t.sender()) else {
+            return false;
+        };
+        s.down_by_ssrc.insert(ssrc, key.clone());
+        s.down.insert(
+            key,
+            DownTrack {
+                sender,
+                transceiver: tid,
+                source,
+                publisher: publisher.to_string(),
+                kind,
+                ssrc,
+                rtx_ssrc,
+                pt_map: Vec::new(),
+                rtx_pt: None,
+                munger: Munger::new(MungerConfig {
+                    ssrc,
+                    clock_rate: codec.clock_rate.max(1),
+                    start_seq: rand::random(),
+                    start_timestamp: rand::random(),
+                    ..Default::default()
+                }),
+                history: RetransmitHistory::new(HistoryConfig {
+                    window: history,
+                    ..Default::default()
+                }),
+                responder: NackResponder::new(ResponderConfig::default()),
+                rtx_seq: RtxSequencer::new(rand::random()),
+                need_keyframe: video,
+            },
+        );
+        true
+    }
+
+    // ------------------------------------------------------------------ media
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let class = classify(data);
+        let mut key = self.by_addr.get(&from).cloned();
+        if class == PacketClass::Stun
+            && let Some(ufrag) = stun_local_ufrag(data)
+            && let Some(k) = self.by_ufrag.get(ufrag)
+            && key.as_ref() != Some(k)
+        {
+            // New address for this connection (first check, or the browser
+            // moved from Wi-Fi to 4G): the ICE agent decides whether to use it.
+            if self.by_addr.len() < 4 * self.by_ufrag.len() + 64 {
+                self.by_addr.insert(from, k.clone());
+            }
+            key = Some(k.clone());
+        }
+        let Some((pid, kind)) = key else {
+            self.metrics.udp_unknown.fetch_add(1, Relaxed);
+            return;
+        };
+        if class == PacketClass::Other {
+            self.metrics.udp_unknown.fetch_add(1, Relaxed);
+            return;
+        }
+        let local = self.cfg.local_addr;
+        let Some(p) = self.parts.get_mut(&pid) else { return };
+        p.last_rx = now;
+        let peer = p.peer(kind);
+        let r = peer.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: transport(local, from),
+            message: BytesMut::from(data),
+        });
+        if let Err(e) = r {
+            debug!(participant = %pid, error = %e, "datagram refused by the connection");
+        }
+        self.process(now, &pid, kind);
+        self.reap(now);
+    }
+
+    /// Drains everything a connection produced: datagrams, events, messages.
+    fn process(&mut self, now: Instant, pid: &str, kind: PcKind) {
+        for _ in 0..64 {
+            let Some(p) = self.parts.get_mut(pid) else { return };
+            let peer = p.peer(kind);
+            while let Some(w) = peer.pc.poll_write() {
+                self.out.push_back(Transmit {
+                    to: w.transport.peer_addr,
+                    data: w.message,
+                });
+            }
+            let mut events = Vec::new();
+            while let Some(e) = peer.pc.poll_event() {
+                events.push(e);
+            }
+            let mut msgs = Vec::new();
+            while let Some(m) = peer.pc.poll_read() {
+                msgs.push(m);
+            }
+            peer.deadline = peer.pc.poll_timeout().map(|d| d.max(now + Duration::from_millis(1)));
+            if events.is_empty() && msgs.is_empty() {
+                return;
+            }
+            for e in events {
+                self.on_event(now, pid, kind, e);
+            }
+            for m in msgs {
+                self.on_message(now, pid, kind, m);
+            }
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, pid: &str, kind: PcKind, e: RTCPeerConnectionEvent) {
+        match e {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(st) => {
+                if let Some(p) = self.parts.get_mut(pid) {
+                    p.peer(kind).state = st;
+                }
+                debug!(participant = pid, pc = ?kind, state = %st, "connection state");
+                if st == RTCPeerConnectionState::Failed {
+                    self.doomed.push((pid.to_string(), "failed (ICE/DTLS timeout)"));
+                }
+                if st == RTCPeerConnectionState::Connected && kind == PcKind::Sub {
+                    // Fresh subscriber: every video it receives needs a keyframe.
+                    let keys: Vec<(String, String)> = self
+                        .parts
+                        .get(pid)
+                        .map(|p| p.down.keys().cloned().collect())
+                        .unwrap_or_default();
+                    for (publisher, t) in keys {
+                        if let Some(u) = self.parts.get_mut(&publisher).and_then(|pp| pp.uptracks.get_mut(&t)) {
+                            u.keyframes.request(now, KeyframeReason::NewSubscriber);
+                        }
+                    }
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if kind == PcKind::Pub => {
+                self.on_track_open(now, pid, init.receiver_id, init.track_id);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) if kind == PcKind::Pub => {
+                self.on_track_close(now, pid, &track_id);
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) if kind == PcKind::Pub => {
+                let Some(p) = self.parts.get_mut(pid) else { return };
+                p.dc = Some(id);
+                let last = self.rooms.get(&p.room).and_then(|r| r.last_view.clone());
+                if let Some(v) = last
+                    && let Some(mut dc) = p.pubc.pc.data_channel(id)
+                {
+                    let _ = dc.send_text(now, v);
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(_)) if kind == PcKind::Pub => {
+                if let Some(p) = self.parts.get_mut(pid) {
+                    p.dc = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_track_open(&mut self, now: Instant, pid: &str, receiver: RTCRtpReceiverId, track_id: String) {
+        let pli_interval = self.cfg.pli_interval;
+        let history = self.cfg.history;
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        if p.uptracks.len() >= self.cfg.max_tracks {
+            p.send(error(
+                ErrorCode::TooManyTracks,
+                "track ignored: too many published tracks",
+            ));
+            return;
+        }
+        let mid = mid_of_receiver(&mut p.pubc.pc, receiver);
+        let Some(mut r) = p.pubc.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let kind = r.track().kind();
+        let first_ssrc = r.track().ssrcs().next();
+        let track_codec = first_ssrc.and_then(|s| r.track().codec(s).cloned());
+        let params = r.get_parameters();
+        let codec = track_codec.or_else(|| params.rtp_parameters.codecs.first().map(|c| c.rtp_codec.clone()));
+        let pts: Vec<(u8, String, String)> = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .map(|c| {
+                (
+                    c.payload_type,
+                    c.rtp_codec.mime_type.to_ascii_lowercase(),
+                    c.rtp_codec.sdp_fmtp_line.clone(),
+                )
+            })
+            .collect();
+        let Some(codec) = codec else {
+            warn!(participant = pid, "published track without a negotiated codec ignored");
+            return;
+        };
+        let source =
+            mid.as_ref()
+                .and_then(|m| p.mid_sources.get(m).copied())
+                .unwrap_or(if kind == RtpCodecKind::Audio {
+                    Source::Mic
+                } else {
+                    Source::Camera
+                });
+        if kind == RtpCodecKind::Audio && codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RED) {
+            debug!(participant = pid, "publisher sends RED audio");
+        }
+        p.uptracks.insert(
+            track_id.clone(),
+            UpTrack {
+                receiver,
+                source,
+                kind,
+                keyframe_codec: keyframe_codec(&codec.mime_type),
+                codec,
+                pts,
+                media_ssrc: None,
+                nack: NackGenerator::new(NackConfig {
+                    max_age: history,
+                    ..Default::default()
+                }),
+                keyframes: KeyframeRequester::new(KeyframeConfig {
+                    min_interval: pli_interval,
+                    ..Default::default()
+                }),
+                meter: BitrateMeter::new(Duration::from_secs(1)),
+            },
+        );
+        let room = p.room.clone();
+        let info = p.info();
+        info!(participant = pid, source = ?source, "track published");
+        let subs: Vec<String> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.joined.iter().filter(|x| *x != pid).cloned().collect())
+            .unwrap_or_default();
+        for s in subs {
+            if self.add_downtrack(now, &s, pid, &track_id) {
+                self.renegotiate_sub(now, &s);
+            }
+            if let Some(sp) = self.parts.get(&s) {
+                // Refresh the publisher's source list on the others' pages.
+                sp.send(ServerMsg::ParticipantJoined {
+                    participant: info.clone(),
+                });
+            }
+        }
+    }
+
+    fn on_track_close(&mut self, now: Instant, pid: &str, track_id: &str) {
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        if p.uptracks.remove(track_id).is_none() {
+            return;
+        }
+        let room = p.room.clone();
+        let key = (pid.to_string(), track_id.to_string());
+        let subs: Vec<String> = self.rooms.get(&room).map(|r| r.joined.clone()).unwrap_or_default();
+        for s in subs {
+            let mut changed = false;
+            if let Some(sp) = self.parts.get_mut(&s)
+                && let Some(d) = sp.down.remove(&key)
+            {
+                sp.down_by_ssrc.remove(&d.ssrc);
+                let _ = sp.subc.pc.remove_track(d.sender);
+                changed = true;
+            }
+            if changed {
+                self.renegotiate_sub(now, &s);
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, pid: &str, kind: PcKind, m: TaggedRTCMessage) {
+        match (kind, m.message) {
+            (PcKind::Pub, RTCMessage::RtpPacket(track_id, pkt)) => self.forward(m.now, pid, &track_id, pkt),
+            (PcKind::Pub, RTCMessage::DataChannelMessage(_, msg)) => self.relay_data(now, pid, &msg.data),
+            (PcKind::Sub, RTCMessage::RtcpPacket(_, pkts)) => self.on_subscriber_rtcp(now, pid, pkts),
+            _ => {}
+        }
+    }
+
+    /// The hot path: one published RTP packet to every subscriber.
+    fn forward(&mut self, now: Instant, pid: &str, track_id: &str, pkt: rtc::rtp::Packet) {
+        self.metrics.rtp_in.fetch_add(1, Relaxed);
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        let Some(u) = p.uptracks.get_mut(track_id) else { return };
+        let seq = pkt.header.sequence_number;
+        u.media_ssrc = Some(pkt.header.ssrc);
+        u.meter.record(now, pkt.payload.len() + 12);
+        let video = u.kind == RtpCodecKind::Video;
+        if video {
+            u.nack.on_packet(now, seq);
+        }
+        let keyframe = u.keyframe_codec.is_some_and(|c| is_keyframe(c, &pkt.payload));
+        if keyframe {
+            u.keyframes.on_keyframe(now);
+        }
+        let room = p.room.clone();
+        let Some(r) = self.rooms.get(&room) else { return };
+        // Index loop instead of cloning the member list per packet.
+        for i in 0..r.joined.len() {
+            let Some(sid) = self.rooms.get(&room).and_then(|r| r.joined.get(i)) else {
+                break;
+            };
+            if sid == pid {
+                continue;
+            }
+            let Some(s) = self.parts.get_mut(sid.as_str()) else {
+                continue;
+            };
+            let key = (pid.to_string(), track_id.to_string());
+            let Some(d) = s.down.get_mut(&key) else { continue };
+            let Some(out_pt) = d
+                .pt_map
+                .iter()
+                .find(|(i, _)| *i == pkt.header.payload_type)
+                .map(|x| x.1)
+            else {
+                continue;
+            };
+            let paused = video && s.audio_only;
+            let inp = InPacket {
+                source: pkt.header.ssrc,
+                seq,
+                timestamp: pkt.header.timestamp,
+                marker: pkt.header.marker,
+            };
+            if video && d.need_keyframe {
+                if keyframe && !paused {
+                    d.need_keyframe = false;
+                } else {
+                    d.munger.drop_packet(&inp);
+                    continue;
+                }
+            }
+            if paused {
+                d.munger.drop_packet(&inp);
+                d.need_keyframe = true;
+                continue;
+            }
+            let Ok(m) = d.munger.forward(now, &inp) else {
+                continue;
+            };
+            let mut out = pkt.clone();
+            out.header.ssrc = m.ssrc;
+            out.header.payload_type = out_pt;
+            out.header.sequence_number = m.seq;
+            out.header.timestamp = m.timestamp;
+            // Header extensions are negotiated per connection; the publisher's
+            // ids mean nothing to this subscriber.
+            out.header.extension = false;
+            out.header.extensions.clear();
+            out.header.extension_profile = 0;
+            out.header.extensions_padding = 0;
+            if video {
+                d.history.push(
+                    now,
+                    m.seq,
+                    HistoryPacket {
+                        timestamp: m.timestamp,
+                        marker: m.marker,
+                        payload_type: out_pt,
+                        payload: out.payload.clone(),
+                    },
+                );
+            }
+            let w = s.subc.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), out),
+            });
+            if w.is_ok() {
+                self.metrics.rtp_out.fetch_add(1, Relaxed);
+            }
+            while let Some(w) = s.subc.pc.poll_write() {
+                self.out.push_back(Transmit {
+                    to: w.transport.peer_addr,
+                    data: w.message,
+                });
+            }
+        }
+    }
+
+    fn on_subscriber_rtcp(&mut self, now: Instant, pid: &str, pkts: Vec<Box<dyn rtcp::Packet>>) {
+        let mut keyframe_for: Vec<(String, String)> = Vec::new();
+        let Some(s) = self.parts.get_mut(pid) else { return };
+        for pkt in &pkts {
+            let any = pkt.as_any();
+            if let Some(n) = any.downcast_ref::<rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>() {
+                self.metrics.nack_in.fetch_add(1, Relaxed);
+                let Some(key) = s.down_by_ssrc.get(&n.media_ssrc).cloned() else { continue };
+                let Some(d) = s.down.get_mut(&key) else { continue };
+                let seqs: Vec<u16> = n.nacks.iter().flat_map(|p| p.packet_list()).collect();
+                let resend = d.responder.on_nack(&mut d.history, now, s.rtt, &seqs);
+                for seq in resend {
+                    let Some(orig) = d.history.get(seq) else { continue };
+                    let Some(rtx_pt) = d.rtx_pt else { continue };
+                    let out = rtc::rtp::Packet {
+                        header: rtc::rtp::header::Header {
+                            version: 2,
+                            marker: orig.marker,
+                            payload_type: rtx_pt,
+                            sequence_number: d.rtx_seq.next_seq(),
+                            timestamp: orig.timestamp,
+                            ssrc: d.rtx_ssrc,
+                            ..Default::default()
+                        },
+                        payload: rtx_payload(seq, &orig.payload),
+                    };
+                    if s
+                        .subc
+                        .pc
+                        .handle_write(TaggedRTCMessage {
+                            now,
+                            message: RTCMessage::RtpPacket(String::new(), out),
+                        })
+                        .is_ok()
+                    {
+                        self.metrics.rtx_sent.fetch_add(1, Relaxed);
+                    }
+                }
+            } else if let Some(p) =
+                any.downcast_ref::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+            {
+                if let Some(k) = s.down_by_ssrc.get(&p.media_ssrc) {
+                    keyframe_for.push(k.clone());
+                }
+            } else if let Some(f) = any.downcast_ref::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
+            {
+                for e in &f.fir {
+                    if let Some(k) = s.down_by_ssrc.get(&e.ssrc) {
+                        keyframe_for.push(k.clone());
+                    }
+                }
+            } else if let Some(r) = any.downcast_ref::<
+                rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate,
+            >() {
+                s.bwe_bps = Some(r.bitrate.max(0.0) as u64);
+            } else if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
+                for rep in &rr.reports {
+                    if let Some(rtt) = rtt_from_report(rep.last_sender_report, rep.delay, now_ntp_middle()) {
+                        s.rtt = rtt;
+                    }
+                }
+            }
+        }
+        while let Some(w) = s.subc.pc.poll_write() {
+            self.out.push_back(Transmit {
+                to: w.transport.peer_addr,
+                data: w.message,
+            });
+        }
+        for (publisher, t) in keyframe_for {
+            self.metrics.pli_in.fetch_add(1, Relaxed);
+            if let Some(u) = self.parts.get_mut(&publisher).and_then(|p| p.uptracks.get_mut(&t)) {
+                u.keyframes.request(now, KeyframeReason::SubscriberPli);
+            }
+        }
+    }
+
+    fn relay_data(&mut self, now: Instant, pid: &str, data: &[u8]) {
+        let Some(stamped) = stamp_dc_message(data, pid, unix_ms()) else {
+            self.metrics.dc_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some(p) = self.parts.get(pid) else { return };
+        let room = p.room.clone();
+        if stamped.is_view
+            && let Some(r) = self.rooms.get_mut(&room)
+        {
+            r.last_view = Some(stamped.text.clone());
+        }
+        let members: Vec<String> = self.rooms.get(&room).map(|r| r.joined.clone()).unwrap_or_default();
+        for o in members {
+            if o == pid {
+                continue;
+            }
+            let Some(op) = self.parts.get_mut(&o) else { continue };
+            let Some(id) = op.dc else { continue };
+            if let Some(mut dc) = op.pubc.pc.data_channel(id)
+                && dc.send_text(now, stamped.text.clone()).is_ok()
+            {
+                self.metrics.dc_relayed.fetch_add(1, Relaxed);
+            }
+            self.process(now, &o, PcKind::Pub);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(String, PcKind)> = self
+            .parts
+            .iter()
+            .flat_map(|(id, p)| {
+                let mut v = Vec::new();
+                if p.pubc.deadline.is_some_and(|d| d <= now) {
+                    v.push((id.clone(), PcKind::Pub));
+                }
+                if p.subc.deadline.is_some_and(|d| d <= now) {
+                    v.push((id.clone(), PcKind::Sub));
+                }
+                v
+            })
+            .collect();
+        for (pid, kind) in due {
+            if let Some(p) = self.parts.get_mut(&pid) {
+                let peer = p.peer(kind);
+                peer.deadline = None;
+                let _ = peer.pc.handle_timeout(now);
+            }
+            self.process(now, &pid, kind);
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick(now);
+        }
+        self.reap(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let peer_timeout = self.cfg.peer_timeout;
+        let ids: Vec<String> = self.parts.keys().cloned().collect();
+        for pid in ids {
+            let Some(p) = self.parts.get_mut(&pid) else { continue };
+            if now.saturating_duration_since(p.last_rx) > peer_timeout {
+                self.doomed.push((pid.clone(), "timed out (no packets)"));
+                continue;
+            }
+            if p.tx.is_closed() {
+                self.doomed.push((pid.clone(), "signaling closed"));
+                continue;
+            }
+            let rtt = p.rtt;
+            // NACKs and keyframe requests towards this publisher.
+            let mut rtcp_out: Vec<(RTCRtpReceiverId, Box<dyn rtcp::Packet>)> = Vec::new();
+            for u in p.uptracks.values_mut() {
+                let Some(media_ssrc) = u.media_ssrc else { continue };
+                let missing = u.nack.poll(now, rtt);
+                if !missing.is_empty() {
+                    self.metrics.nack_out.fetch_add(1, Relaxed);
+                    rtcp_out.push((
+                        u.receiver,
+                        Box::new(rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
+                            sender_ssrc: 0,
+                            media_ssrc,
+                            nacks: pack_nack_pairs(&missing)
+                                .into_iter()
+                                .map(|p| rtcp::transport_feedbacks::transport_layer_nack::NackPair {
+                                    packet_id: p.pid,
+                                    lost_packets: p.blp,
+                                })
+                                .collect(),
+                        }),
+                    ));
+                }
+                if u.kind == RtpCodecKind::Video && u.keyframes.poll(now) {
+                    self.metrics.pli_out.fetch_add(1, Relaxed);
+                    rtcp_out.push((
+                        u.receiver,
+                        Box::new(
+                            rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                                sender_ssrc: 0,
+                                media_ssrc,
+                            },
+                        ),
+                    ));
+                }
+            }
+            for (recv, pkt) in rtcp_out {
+                if let Some(mut r) = p.pubc.pc.rtp_receiver(recv) {
+                    let _ = r.write_rtcp(now, vec![pkt]);
+                }
+            }
+            self.update_link(now, &pid);
+            self.process(now, &pid, PcKind::Pub);
+            self.process(now, &pid, PcKind::Sub);
+        }
+        // Refresh cached deadlines: forwarding may have scheduled reports.
+        for p in self.parts.values_mut() {
+            for peer in [&mut p.pubc, &mut p.subc] {
+                peer.deadline = peer.pc.poll_timeout().map(|d| d.max(now + Duration::from_millis(1)));
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Audio before video: from this subscriber's receive estimate (REMB),
+    /// decide whether its video is forwarded at all, and tell the page.
+    fn update_link(&mut self, now: Instant, pid: &str) {
+        let Some(s) = self.parts.get(pid) else { return };
+        let (mut video_bps, mut audio_bps) = (0u64, 0u64);
+        for key in s.down.keys() {
+            if let Some(u) = self.parts.get(&key.0).and_then(|p| p.uptracks.get(&key.1)) {
+                match u.kind {
+                    RtpCodecKind::Video => video_bps += u.meter.bps(now),
+                    _ => audio_bps += u.meter.bps(now),
+                }
+            }
+        }
+        let Some(s) = self.parts.get_mut(pid) else { return };
+        let wants_video = s.down.values().any(|d| d.kind == RtpCodecKind::Video);
+        let wanted = if wants_video { Target::Layer(0) } else { Target::Paused };
+        let chosen = match (s.bwe_bps, wants_video) {
+            (Some(bwe), true) if video_bps > 0 => {
+                let t = s.selector.update(now, &[video_bps], bwe, audio_bps.max(32_000));
+                if s.probe.update(now, t) { Target::Layer(0) } else { t }
+            }
+            _ => wanted,
+        };
+        if let Some(bwe) = s.bwe_bps {
+            // Retransmissions may use a quarter of what the link carries.
+            let rate = (bwe / 4).max(64_000);
+            for d in s.down.values_mut() {
+                d.responder.set_max_rate_bps(rate);
+            }
+        }
+        s.audio_only = chosen == Target::Paused && wants_video;
+        let state = match s.classifier.update(now, chosen, wanted) {
+            super::layer::LinkState::Good => LinkState::Good,
+            super::layer::LinkState::Weak => LinkState::Weak,
+            super::layer::LinkState::AudioOnly => LinkState::AudioOnly,
+        };
+        if state != s.link_state {
+            s.link_state = state;
+            s.send(ServerMsg::Link {
+                state,
+                bwe_kbps: s.bwe_bps.unwrap_or(0) / 1000,
+            });
+        }
+    }
+}
+
+fn mid_of_receiver(pc: &mut RTCPeerConnection, receiver: RTCRtpReceiverId) -> Option<String> {
+    let ids: Vec<usize> = pc.get_transceivers().collect();
+    for t in ids {
+        if let Some(tr) = pc.rtp_transceiver(t)
+            && tr.receiver() == Some(receiver)
+        {
+            return tr.mid().clone();
+        }
+    }
+    None
+}
+
+fn track_slug(s: Source) -> &'static str {
+    match s {
+        Source::Mic => "mic",
+        Source::Camera => "camera",
+        Source::Screen => "screen",
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Middle 32 bits of the current NTP time, the unit of LSR/DLSR (RFC 3550 §6.4.1).
+fn now_ntp_middle() -> u32 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() + 2_208_988_800;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (((secs & 0xffff) << 16) | (frac >> 16)) as u32
+}
+
+/// RTT = A - LSR - DLSR in 1/65536 s units; None when the report carries no
+/// SR reference or the result is implausible (clock steps).
+pub fn rtt_from_report(lsr: u32, dlsr: u32, now_middle: u32) -> Option<Duration> {
+    if lsr == 0 {
+        return None;
+    }
+    let rtt = now_middle.wrapping_sub(lsr).wrapping_sub(dlsr);
+    if rtt > 10 * 65536 {
+        return None;
+    }
+    Some(Duration::from_micros((rtt as u64 * 1_000_000) >> 16).max(Duration::from_millis(1)))
+}
+
+pub struct Stamped {
+    pub text: String,
+    pub is_view: bool,
+}
+
+/// Validates a data-channel message from a participant and stamps the
+/// sender, so nobody can speak in somebody else's name.
+pub fn stamp_dc_message(data: &[u8], from: &str, ts: u64) -> Option<Stamped> {
+    if data.len() > super::protocol::MAX_DC_BYTES {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let obj = v.as_object_mut()?;
+    let t = obj.get("t")?.as_str()?.to_string();
+    match t.as_str() {
+        "chat" => {
+            let text = obj.get("text")?.as_str()?;
+            if text.chars().count() > super::protocol::MAX_CHAT_CHARS || text.trim().is_empty() {
+                return None;
+            }
+        }
+        "view" => {
+            obj.get("instance")?.as_str()?;
+        }
+        "point" => {
+            obj.get("instance")?.as_str()?;
+            for c in ["x", "y"] {
+                let f = obj.get(c)?.as_f64()?;
+                if !(0.0..=1.0).contains(&f) {
+                    return None;
+                }
+            }
+        }
+        _ => return None,
+    }
+    obj.insert("from".into(), serde_json::Value::String(from.to_string()));
+    obj.insert("ts".into(), serde_json::Value::from(ts));
+    Some(Stamped {
+        text: v.to_string(),
+        is_view: t == "view",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_and_validates_data_channel_messages() {
+        let s = stamp_dc_message(br#"{"t":"chat","text":"hello","from":"spoof"}"#, "p_1", 42).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s.text).unwrap();
+        assert_eq!(v["from"], "p_1");
+        assert_eq!(v["ts"], 42);
+        assert!(!s.is_view);
+        let view = stamp_dc_message(br#"{"t":"view","instance":"1.2.3","wc":40,"ww":400}"#, "p", 1).unwrap();
+        assert!(view.is_view);
+        for bad in [
+            &br#"not json"#[..],
+            br#"{"t":"chat"}"#,
+            br#"{"t":"chat","text":"   "}"#,
+            br#"{"t":"shout","text":"x"}"#,
+            br#"{"t":"point","instance":"1","x":2,"y":0}"#,
+            br#"[1]"#,
+        ] {
+            assert!(stamp_dc_message(bad, "p", 1).is_none());
+        }
+        let big = format!(r#"{{"t":"chat","text":"{}"}}"#, "a".repeat(5000));
+        assert!(stamp_dc_message(big.as_bytes(), "p", 1).is_none());
+    }
+
+    #[test]
+    fn rtt_from_receiver_reports() {
+        // 100 ms after an SR stamped at 1000.0 (middle bits), with 20 ms held.
+        let lsr = 1000 << 16;
+        let dlsr = (0.020 * 65536.0) as u32;
+        let now = lsr + (0.120 * 65536.0) as u32;
+        let rtt = rtt_from_report(lsr, dlsr, now).unwrap();
+        assert!((rtt.as_secs_f64() - 0.100).abs() < 0.001, "{rtt:?}");
+        assert_eq!(rtt_from_report(0, 0, now), None);
+        assert_eq!(rtt_from_report(now, 0, lsr), None);
+        // Wraps across the 16-bit seconds boundary.
+        let lsr: u32 = 0xffff_0000;
+        let now = lsr.wrapping_add(65536 / 2);
+        assert!(rtt_from_report(lsr, 0, now).is_some());
+    }
+}

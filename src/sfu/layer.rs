@@ -1,0 +1,689 @@
+//! Per-subscriber simulcast layer choice, the keyframe-gated switch that carries it out, per-layer
+//! bitrate measurement, and the link-state label shown in the UI.
+//!
+//! Policy, and why:
+//!
+//! * **Audio first.** The video budget is (estimate − audio) × **0.9**: in a consultation, losing
+//!   speech is worse than losing the picture, so audio's bitrate is reserved before any video layer is
+//!   considered, and below that the subscriber gets audio only ([`Target::Paused`]). The 10 % headroom
+//!   absorbs RTCP, retransmissions and the keyframe bursts a 1 s average hides.
+//! * **Down at once, up slowly.** A layer that no longer fits is left immediately (congestion only
+//!   gets worse while we wait); a higher layer is taken only after it has fit continuously for
+//!   **3 s**, so a noisy estimate does not flap between layers (each up-switch costs a keyframe).
+//!   Resuming from audio-only follows the same rule.
+//! * **Back off failed probes.** An up-switch followed by a congestion down-switch within **5 s** means
+//!   the estimate was optimistic: the up-wait doubles, capped at **30 s**; an up-switch that survives
+//!   5 s halves it again (not below 3 s). This is the usual exponential back-off of bandwidth probing
+//!   (libwebrtc's ProbeController, LiveKit's stream allocator), applied to layer switches.
+//! * **Keyframe-gated switching.** Simulcast layers are independent encodings: a subscriber can start
+//!   decoding another layer only at its keyframe. [`LayerSwitch`] keeps forwarding the current layer
+//!   until a keyframe of the target arrives, and takes a keyframe of any layer between current and
+//!   target as an intermediate step (video sooner on join and on the way down).
+//! * **Layer bitrates** are measured over **1 s** (libwebrtc's RateStatistics window for bitrates) in
+//!   10 buckets, so memory is fixed whatever the packet rate.
+//! * **Link label**: worse states show at once (the user already sees the picture freeze or blur);
+//!   "good" returns only after **5 s** of good, so the label does not flicker during a recovery.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Measures a stream's bitrate over a sliding window from the bytes passed in.
+#[derive(Debug, Clone)]
+pub struct BitrateMeter {
+    window: Duration,
+    bucket: Duration,
+    buckets: VecDeque<(Instant, u64)>,
+}
+
+impl Default for BitrateMeter {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1))
+    }
+}
+
+impl BitrateMeter {
+    pub fn new(window: Duration) -> Self {
+        let window = window.max(Duration::from_millis(10));
+        Self {
+            window,
+            bucket: window / 10,
+            buckets: VecDeque::with_capacity(11),
+        }
+    }
+
+    pub fn record(&mut self, now: Instant, bytes: usize) {
+        match self.buckets.back_mut() {
+            Some((start, total)) if now.saturating_duration_since(*start) < self.bucket => *total += bytes as u64,
+            _ => self.buckets.push_back((now, bytes as u64)),
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(start, _)| now.saturating_duration_since(*start) >= self.window)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Bits per second over the window, or over the meter's data while it is younger than that (so a
+    /// fresh layer is not under-rated for a whole window).
+    pub fn bps(&self, now: Instant) -> u64 {
+        let mut oldest = None;
+        let mut bytes = 0u64;
+        for (start, b) in &self.buckets {
+            if now.saturating_duration_since(*start) < self.window {
+                oldest.get_or_insert(*start);
+                bytes += b;
+            }
+        }
+        let Some(oldest) = oldest else {
+            return 0;
+        };
+        // Measured from the oldest bucket kept, so bucket granularity does not bias the rate; at
+        // least one bucket long, so a single burst does not read as an absurd rate.
+        let span = now.saturating_duration_since(oldest).clamp(self.bucket, self.window);
+        (u128::from(bytes) * 8 * 1_000_000_000 / span.as_nanos().max(1)) as u64
+    }
+}
+
+/// What a subscriber should receive of one video track. `Paused` orders below every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// Audio only.
+    Paused,
+    /// Simulcast layer index, 0 = lowest.
+    Layer(u8),
+}
+
+/// Bits per second available to video once audio is reserved, with `headroom` (0..=1) applied.
+pub fn video_budget(estimate_bps: u64, audio_bps: u64, headroom: f64) -> u64 {
+    (estimate_bps.saturating_sub(audio_bps) as f64 * headroom.clamp(0.0, 1.0)) as u64
+}
+
+/// Layer selection settings.
+#[derive(Debug, Clone)]
+pub struct SelectorConfig {
+    /// Fraction of (estimate − audio) that video may use.
+    pub headroom: f64,
+    /// How long a higher layer must fit before switching up.
+    pub up_wait: Duration,
+    /// Cap of the backed-off up-wait.
+    pub max_up_wait: Duration,
+    /// A congestion down-switch this soon after an up-switch marks the up-switch as failed.
+    pub failed_up_window: Duration,
+}
+
+impl Default for SelectorConfig {
+    fn default() -> Self {
+        Self {
+            headroom: 0.9,
+            up_wait: Duration::from_secs(3),
+            max_up_wait: Duration::from_secs(30),
+            failed_up_window: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Chooses the target layer of one subscriber for one track, with hysteresis.
+#[derive(Debug, Clone)]
+pub struct LayerSelector {
+    cfg: SelectorConfig,
+    target: Option<Target>,
+    /// Per layer: since when it has fit without interruption.
+    fit_since: Vec<Option<Instant>>,
+    up_wait: Duration,
+    last_up: Option<Instant>,
+}
+
+impl LayerSelector {
+    pub fn new(cfg: SelectorConfig) -> Self {
+        let up_wait = cfg.up_wait;
+        Self {
+            cfg,
+            target: None,
+            fit_since: Vec::new(),
+            up_wait,
+            last_up: None,
+        }
+    }
+
+    /// Current choice; `Paused` before the first update.
+    pub fn target(&self) -> Target {
+        self.target.unwrap_or(Target::Paused)
+    }
+
+    /// Current (possibly backed-off) up-wait.
+    pub fn up_wait(&self) -> Duration {
+        self.up_wait
+    }
+
+    /// Re-evaluates the choice. `layer_bps[i]` is layer i's measured bitrate, lowest layer first, 0 for
+    /// a layer not being received; pass only the layers the subscriber wants (a small tile needs no
+    /// top layer). Call on every estimate change and periodically (e.g. every 500 ms): "fits
+    /// continuously" is judged at the calls.
+    pub fn update(&mut self, now: Instant, layer_bps: &[u64], estimate_bps: u64, audio_bps: u64) -> Target {
+        let budget = video_budget(estimate_bps, audio_bps, self.cfg.headroom);
+        let fits = |i: usize| layer_bps.get(i).is_some_and(|&b| b > 0 && b <= budget);
+        let n = layer_bps.len().min(usize::from(u8::MAX) + 1);
+        self.fit_since.resize(n, None);
+        for (i, since) in self.fit_since.iter_mut().enumerate() {
+            if fits(i) {
+                since.get_or_insert(now);
+            } else {
+                *since = None;
+            }
+        }
+        if self
+            .last_up
+            .is_some_and(|up| now.saturating_duration_since(up) >= self.cfg.failed_up_window)
+        {
+            // The last up-switch held: relax the back-off.
+            self.up_wait = (self.up_wait / 2).max(self.cfg.up_wait);
+            self.last_up = None;
+        }
+        let best = (0..n).rev().find(|&i| fits(i)).map_or(Target::Paused, layer);
+        let Some(current) = self.target else {
+            // First decision: no history to be hysteretic about; show video as soon as possible.
+            self.target = Some(best);
+            return best;
+        };
+        let current_fits = match current {
+            Target::Paused => true,
+            Target::Layer(t) => fits(usize::from(t)),
+        };
+        if !current_fits {
+            let t = match current {
+                Target::Layer(t) => usize::from(t),
+                Target::Paused => 0,
+            };
+            let below = (0..t.min(n)).rev().find(|&i| fits(i)).map(layer);
+            let next = below.unwrap_or(if best > current { best } else { Target::Paused });
+            let congested = layer_bps.get(t).is_some_and(|&b| b > 0);
+            if next < current {
+                let failed_up = self
+                    .last_up
+                    .is_some_and(|up| now.saturating_duration_since(up) < self.cfg.failed_up_window);
+                if congested && failed_up {
+                    self.up_wait = self.up_wait.saturating_mul(2).min(self.cfg.max_up_wait);
+                }
+                self.last_up = None;
+            }
+            self.target = Some(next);
+            return next;
+        }
+        let lowest_above = match current {
+            Target::Paused => 0,
+            Target::Layer(t) => usize::from(t) + 1,
+        };
+        let up = (lowest_above..n)
+            .rev()
+            .find(|&i| self.fit_since[i].is_some_and(|since| now.saturating_duration_since(since) >= self.up_wait));
+        if let Some(i) = up {
+            let next = layer(i);
+            self.target = Some(next);
+            self.last_up = Some(now);
+            return next;
+        }
+        current
+    }
+}
+
+fn layer(i: usize) -> Target {
+    Target::Layer(u8::try_from(i).unwrap_or(u8::MAX))
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerDecision {
+    Forward,
+    Drop,
+}
+
+/// Carries out a target layer choice at keyframe boundaries.
+#[derive(Debug, Clone, Default)]
+pub struct LayerSwitch {
+    target: Option<Target>,
+    current: Option<u8>,
+}
+
+impl LayerSwitch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn target(&self) -> Target {
+        self.target.unwrap_or(Target::Paused)
+    }
+
+    /// The layer being forwarded, if any.
+    pub fn current(&self) -> Option<u8> {
+        self.current
+    }
+
+    /// Sets the target; returns the layer a keyframe should be requested on, if any. Pausing takes
+    /// effect at once: there is nothing to wait for.
+    pub fn set_target(&mut self, target: Target) -> Option<u8> {
+        self.target = Some(target);
+        if target == Target::Paused {
+            self.current = None;
+        }
+        self.pending_keyframe()
+    }
+
+    /// The target layer while it is not yet being forwarded (keep requesting a keyframe on it).
+    pub fn pending_keyframe(&self) -> Option<u8> {
+        match self.target {
+            Some(Target::Layer(t)) if self.current != Some(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Decides one packet of `layer`; `is_keyframe` must be true only on the first packet of a
+    /// keyframe (see [`super::keyframe::is_keyframe`]).
+    pub fn on_packet(&mut self, layer: u8, is_keyframe: bool) -> LayerDecision {
+        let Some(Target::Layer(target)) = self.target else {
+            return LayerDecision::Drop;
+        };
+        if is_keyframe && self.moves_toward(layer, target) {
+            self.current = Some(layer);
+            return LayerDecision::Forward;
+        }
+        if self.current == Some(layer) {
+            LayerDecision::Forward
+        } else {
+            LayerDecision::Drop
+        }
+    }
+
+    /// Whether switching to `layer` brings us closer to `target` (or reaches it).
+    fn moves_toward(&self, layer: u8, target: u8) -> bool {
+        match self.current {
+            None => layer <= target,
+            Some(c) if c < target => c < layer && layer <= target,
+            Some(c) if c > target => target <= layer && layer < c,
+            Some(_) => false,
+        }
+    }
+}
+
+/// Link quality as shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkState {
+    /// Receiving everything it asked for.
+    Good,
+    /// Receiving a lower layer than it asked for.
+    Weak,
+    /// Video paused for bandwidth: "audio only — weak link".
+    AudioOnly,
+}
+
+/// Classifies a subscriber's link for the UI, with hysteresis against flicker.
+#[derive(Debug, Clone)]
+pub struct LinkClassifier {
+    recover_after: Duration,
+    state: LinkState,
+    good_since: Option<Instant>,
+}
+
+impl Default for LinkClassifier {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5))
+    }
+}
+
+impl LinkClassifier {
+    pub fn new(recover_after: Duration) -> Self {
+        Self {
+            recover_after,
+            state: LinkState::Good,
+            good_since: None,
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    /// `chosen` is the selector's target, `wanted` what the subscriber asked for (its top layer, or
+    /// `Paused` if it wants no video).
+    pub fn update(&mut self, now: Instant, chosen: Target, wanted: Target) -> LinkState {
+        let raw = if chosen >= wanted {
+            LinkState::Good
+        } else if chosen == Target::Paused {
+            LinkState::AudioOnly
+        } else {
+            LinkState::Weak
+        };
+        if raw == LinkState::Good {
+            let since = *self.good_since.get_or_insert(now);
+            if self.state == LinkState::AudioOnly {
+                // Video is visibly back; "good" still has to be earned.
+                self.state = LinkState::Weak;
+            }
+            if now.saturating_duration_since(since) >= self.recover_after {
+                self.state = LinkState::Good;
+            }
+        } else {
+            self.good_since = None;
+            self.state = raw;
+        }
+        self.state
+    }
+}
+
+/// When to try video again after pausing it for bandwidth.
+///
+/// A receive-side estimate (REMB) only grows with what actually arrives, so
+/// a subscriber paused to audio would stay paused forever on the estimate
+/// alone. After a pause of `interval` the forwarder resumes video as a probe;
+/// if the estimate still says no the selector pauses again and the interval
+/// doubles (5 s, 10 s, ... 60 s), so a link that really cannot carry video is
+/// not hammered, while one that recovered gets video back within seconds.
+#[derive(Debug, Clone)]
+pub struct ResumeProbe {
+    min_interval: Duration,
+    max_interval: Duration,
+    interval: Duration,
+    paused_since: Option<Instant>,
+    probing_since: Option<Instant>,
+}
+
+impl Default for ResumeProbe {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5), Duration::from_secs(60))
+    }
+}
+
+impl ResumeProbe {
+    pub fn new(min_interval: Duration, max_interval: Duration) -> Self {
+        Self {
+            min_interval,
+            max_interval,
+            interval: min_interval,
+            paused_since: None,
+            probing_since: None,
+        }
+    }
+
+    /// Feeds the selector's decision; returns true when video should be
+    /// resumed now as a probe despite the `Paused` decision.
+    pub fn update(&mut self, now: Instant, target: Target) -> bool {
+        if target != Target::Paused {
+            // Video is flowing. A probe that survives 2 intervals earns the
+            // short interval back.
+            if let Some(p) = self.probing_since
+                && now.saturating_duration_since(p) >= 2 * self.interval
+            {
+                self.interval = self.min_interval;
+                self.probing_since = None;
+            }
+            self.paused_since = None;
+            return false;
+        }
+        if self.probing_since.take().is_some() {
+            // The probe failed: back off.
+            self.interval = (self.interval * 2).min(self.max_interval);
+        }
+        let since = *self.paused_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.interval {
+            self.paused_since = None;
+            self.probing_since = Some(now);
+            return true;
+        }
+        false
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    const LAYERS: [u64; 3] = [150_000, 500_000, 1_500_000];
+    const AUDIO: u64 = 50_000;
+
+    #[test]
+    fn meter_steady_rate() {
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::default();
+        assert_eq!(m.bps(t0), 0);
+        // 1000 bytes every 8 ms = 1 Mbit/s.
+        for i in 0..500u64 {
+            m.record(t0 + ms(i * 8), 1000);
+        }
+        let bps = m.bps(t0 + ms(4000));
+        assert!((950_000..=1_050_000).contains(&bps), "{bps}");
+        assert!(m.buckets.len() <= 11);
+    }
+
+    #[test]
+    fn meter_warm_up_and_silence() {
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::default();
+        for i in 0..25u64 {
+            m.record(t0 + ms(i * 8), 1000);
+        }
+        // 200 ms old: rate over its lifetime, not diluted by the full window.
+        let bps = m.bps(t0 + ms(200));
+        assert!((900_000..=1_100_000).contains(&bps), "{bps}");
+        assert_eq!(m.bps(t0 + ms(1300)), 0);
+    }
+
+    #[test]
+    fn budget_reserves_audio_first() {
+        assert_eq!(video_budget(1_000_000, 50_000, 0.9), 855_000);
+        assert_eq!(video_budget(40_000, 50_000, 0.9), 0);
+        assert_eq!(video_budget(1_000_000, 0, 2.0), 1_000_000);
+    }
+
+    #[test]
+    fn first_decision_is_immediate() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        assert_eq!(s.target(), Target::Paused);
+        assert_eq!(s.update(t0, &LAYERS, 1_000_000, AUDIO), Target::Layer(1));
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        assert_eq!(s.update(t0, &LAYERS, 2_000_000, AUDIO), Target::Layer(2));
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        assert_eq!(s.update(t0, &LAYERS, 150_000, AUDIO), Target::Paused);
+    }
+
+    #[test]
+    fn down_immediately_up_after_continuous_fit() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        s.update(t0, &LAYERS, 1_000_000, AUDIO);
+        assert_eq!(s.update(t0 + ms(500), &LAYERS, 400_000, AUDIO), Target::Layer(0));
+        assert_eq!(s.update(t0 + ms(10_000), &LAYERS, 1_000_000, AUDIO), Target::Layer(0));
+        assert_eq!(s.update(t0 + ms(11_500), &LAYERS, 500_000, AUDIO), Target::Layer(0));
+        // The interruption restarts the clock.
+        assert_eq!(s.update(t0 + ms(12_000), &LAYERS, 1_000_000, AUDIO), Target::Layer(0));
+        assert_eq!(s.update(t0 + ms(14_999), &LAYERS, 1_000_000, AUDIO), Target::Layer(0));
+        assert_eq!(s.update(t0 + ms(15_000), &LAYERS, 1_000_000, AUDIO), Target::Layer(1));
+    }
+
+    #[test]
+    fn audio_only_and_resume_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        s.update(t0, &LAYERS, 600_000, AUDIO);
+        // 64 kbit/s of audio leaves too little for the 150 kbit/s layer.
+        assert_eq!(s.update(t0 + ms(100), &LAYERS, 200_000, 64_000), Target::Paused);
+        assert_eq!(s.update(t0 + ms(200), &LAYERS, 30_000, 64_000), Target::Paused);
+        assert_eq!(s.update(t0 + ms(300), &LAYERS, 3_000_000, AUDIO), Target::Paused);
+        // Straight to the highest layer that has fit for the whole wait.
+        assert_eq!(s.update(t0 + ms(3300), &LAYERS, 3_000_000, AUDIO), Target::Layer(2));
+    }
+
+    #[test]
+    fn failed_up_switch_backs_off_exponentially_with_cap() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        let mut t = t0;
+        s.update(t, &LAYERS, 400_000, AUDIO);
+        let mut expected = ms(3000);
+        for _ in 0..6 {
+            s.update(t, &LAYERS, 1_000_000, AUDIO);
+            t += expected;
+            assert_eq!(s.update(t, &LAYERS, 1_000_000, AUDIO), Target::Layer(1));
+            t += ms(2000);
+            assert_eq!(s.update(t, &LAYERS, 400_000, AUDIO), Target::Layer(0));
+            expected = (expected * 2).min(ms(30_000));
+            assert_eq!(s.up_wait(), expected);
+        }
+        assert_eq!(s.up_wait(), ms(30_000));
+        // A switch that holds for 5 s halves the wait.
+        s.update(t, &LAYERS, 1_000_000, AUDIO);
+        t += ms(30_000);
+        assert_eq!(s.update(t, &LAYERS, 1_000_000, AUDIO), Target::Layer(1));
+        t += ms(5000);
+        s.update(t, &LAYERS, 1_000_000, AUDIO);
+        assert_eq!(s.up_wait(), ms(15_000));
+        // A later congestion drop is not a failed probe.
+        t += ms(1000);
+        assert_eq!(s.update(t, &LAYERS, 400_000, AUDIO), Target::Layer(0));
+        assert_eq!(s.up_wait(), ms(15_000));
+    }
+
+    #[test]
+    fn vanished_layer_is_left_without_backoff() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        s.update(t0, &LAYERS, 400_000, AUDIO);
+        s.update(t0, &LAYERS, 3_000_000, AUDIO);
+        assert_eq!(s.update(t0 + ms(3000), &LAYERS, 3_000_000, AUDIO), Target::Layer(2));
+        // The publisher stopped sending the top layer (its own uplink got worse).
+        let gone = [150_000, 500_000, 0];
+        assert_eq!(s.update(t0 + ms(3100), &gone, 3_000_000, AUDIO), Target::Layer(1));
+        assert_eq!(s.up_wait(), ms(3000));
+        let none = [0, 0, 0];
+        assert_eq!(s.update(t0 + ms(3300), &none, 3_000_000, AUDIO), Target::Paused);
+        // The current (lowest) layer vanished but a higher one fits: taken at once, it is not a probe.
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        s.update(t0, &LAYERS, 400_000, AUDIO);
+        let only_mid = [0, 500_000, 0];
+        assert_eq!(s.update(t0 + ms(100), &only_mid, 3_000_000, AUDIO), Target::Layer(1));
+        // Fewer layers than the current target.
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        s.update(t0, &LAYERS, 3_000_000, AUDIO);
+        assert_eq!(s.update(t0, &LAYERS[..1], 3_000_000, AUDIO), Target::Layer(0));
+        assert_eq!(s.update(t0, &[], 3_000_000, AUDIO), Target::Paused);
+    }
+
+    #[test]
+    fn switch_waits_for_target_keyframe_going_up() {
+        let mut sw = LayerSwitch::new();
+        assert_eq!(sw.on_packet(0, true), LayerDecision::Drop, "paused by default");
+        assert_eq!(sw.set_target(Target::Layer(0)), Some(0));
+        assert_eq!(sw.on_packet(0, false), LayerDecision::Drop, "no keyframe yet");
+        assert_eq!(sw.on_packet(0, true), LayerDecision::Forward);
+        assert_eq!(sw.pending_keyframe(), None);
+        assert_eq!(sw.set_target(Target::Layer(1)), Some(1));
+        assert_eq!(sw.on_packet(0, false), LayerDecision::Forward);
+        assert_eq!(sw.on_packet(1, false), LayerDecision::Drop);
+        assert_eq!(sw.on_packet(2, true), LayerDecision::Drop, "overshoot ignored");
+        assert_eq!(sw.on_packet(1, true), LayerDecision::Forward);
+        assert_eq!(sw.current(), Some(1));
+        assert_eq!(sw.on_packet(0, false), LayerDecision::Drop);
+        assert_eq!(sw.on_packet(0, true), LayerDecision::Drop);
+        assert_eq!(sw.on_packet(1, false), LayerDecision::Forward);
+    }
+
+    #[test]
+    fn switch_down_at_lower_keyframe_via_intermediate() {
+        let mut sw = LayerSwitch::new();
+        sw.set_target(Target::Layer(2));
+        sw.on_packet(2, true);
+        assert_eq!(sw.set_target(Target::Layer(0)), Some(0));
+        assert_eq!(
+            sw.on_packet(2, false),
+            LayerDecision::Forward,
+            "keep video until the switch"
+        );
+        assert_eq!(sw.on_packet(1, true), LayerDecision::Forward, "closer to target");
+        assert_eq!(sw.current(), Some(1));
+        assert_eq!(sw.on_packet(2, true), LayerDecision::Drop);
+        assert_eq!(sw.on_packet(0, true), LayerDecision::Forward);
+        assert_eq!(sw.target(), Target::Layer(0));
+        assert_eq!(sw.pending_keyframe(), None);
+    }
+
+    #[test]
+    fn switch_starts_on_any_lower_keyframe_and_pauses_at_once() {
+        let mut sw = LayerSwitch::new();
+        sw.set_target(Target::Layer(2));
+        assert_eq!(sw.on_packet(0, true), LayerDecision::Forward, "video sooner on join");
+        assert_eq!(sw.pending_keyframe(), Some(2));
+        assert_eq!(sw.set_target(Target::Paused), None);
+        assert_eq!(sw.current(), None);
+        assert_eq!(sw.on_packet(0, false), LayerDecision::Drop);
+        assert_eq!(sw.on_packet(0, true), LayerDecision::Drop);
+    }
+
+    #[test]
+    fn link_state_degrades_at_once_and_recovers_slowly() {
+        let t0 = Instant::now();
+        let mut c = LinkClassifier::default();
+        let want = Target::Layer(2);
+        assert_eq!(c.update(t0, Target::Layer(2), want), LinkState::Good);
+        assert_eq!(c.update(t0 + ms(100), Target::Layer(1), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(200), Target::Layer(2), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(3000), Target::Layer(1), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(4000), Target::Layer(2), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(8999), Target::Layer(2), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(9000), Target::Layer(2), want), LinkState::Good);
+    }
+
+    #[test]
+    fn link_state_audio_only_paths() {
+        let t0 = Instant::now();
+        let mut c = LinkClassifier::new(ms(5000));
+        let want = Target::Layer(1);
+        assert_eq!(c.update(t0, Target::Paused, want), LinkState::AudioOnly);
+        assert_eq!(c.update(t0 + ms(100), Target::Layer(0), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(200), Target::Paused, want), LinkState::AudioOnly);
+        assert_eq!(c.update(t0 + ms(300), Target::Layer(1), want), LinkState::Weak);
+        assert_eq!(c.update(t0 + ms(5300), Target::Layer(1), want), LinkState::Good);
+        assert_eq!(c.state(), LinkState::Good);
+        // A subscriber that wants no video is never "weak".
+        assert_eq!(c.update(t0 + ms(5400), Target::Paused, Target::Paused), LinkState::Good);
+    }
+
+    #[test]
+    fn resume_probe_backs_off_and_recovers() {
+        let t0 = Instant::now();
+        let mut p = ResumeProbe::new(ms(5000), ms(60_000));
+        // Paused: no probe before 5 s, one at 5 s.
+        assert!(!p.update(t0, Target::Paused));
+        assert!(!p.update(t0 + ms(4900), Target::Paused));
+        assert!(p.update(t0 + ms(5000), Target::Paused));
+        // The probe resumed video, but the selector pauses again: back off to 10 s.
+        assert!(!p.update(t0 + ms(5100), Target::Layer(0)));
+        assert!(!p.update(t0 + ms(6000), Target::Paused));
+        assert_eq!(p.interval(), ms(10_000));
+        assert!(!p.update(t0 + ms(15_000), Target::Paused));
+        assert!(p.update(t0 + ms(16_000), Target::Paused));
+        // This probe holds for two intervals: the short interval is back.
+        assert!(!p.update(t0 + ms(17_000), Target::Layer(0)));
+        assert!(!p.update(t0 + ms(37_000), Target::Layer(0)));
+        assert_eq!(p.interval(), ms(5000));
+        // Backoff is capped.
+        let mut q = ResumeProbe::new(ms(5000), ms(20_000));
+        let mut t = t0;
+        for _ in 0..6 {
+            while !q.update(t, Target::Paused) {
+                t += ms(100);
+            }
+            t += ms(100);
+            q.update(t, Target::Layer(0));
+        }
+        assert_eq!(q.interval(), ms(20_000));
+    }
+}

@@ -1,0 +1,192 @@
+//! Peer-connection setup for the two connections each participant has.
+//!
+//! Codecs and feedback are chosen for long, lossy links:
+//! - Opus with in-band FEC and DTX (`useinbandfec=1;usedtx=1`), and RED
+//!   (RFC 2198 redundancy) offered so browsers that support it can protect
+//!   speech; the SFU passes both through untouched.
+//! - Video with NACK + RTX (repair from the SFU's own history), PLI/FIR.
+//! - Bandwidth feedback: on `pub` the library's transport-wide CC receiver
+//!   gives the browser's sender its estimate; on `sub` we negotiate
+//!   `goog-remb`, so the subscribing browser tells us what it can receive and
+//!   the layer choice can drop video before audio.
+//!
+//! The library's own NACK generator/responder interceptors are deliberately
+//! not registered: ours (nack.rs, history.rs) size the history by time and
+//! space NACKs by RTT, which the packet-count defaults do not.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+
+use super::protocol::PcKind;
+
+pub const MIME_TYPE_RED: &str = "audio/red";
+
+pub const PT_OPUS: u8 = 111;
+pub const PT_RED: u8 = 63;
+pub const PT_VP8: u8 = 96;
+pub const PT_VP8_RTX: u8 = 97;
+pub const PT_H264: u8 = 102;
+pub const PT_H264_RTX: u8 = 103;
+
+fn fb(typ: &str, parameter: &str) -> RTCPFeedback {
+    RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    }
+}
+
+fn codec(
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &str,
+    feedback: Vec<RTCPFeedback>,
+    pt: u8,
+) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: feedback,
+        },
+        payload_type: pt,
+    }
+}
+
+/// Codec list shared by both connections; feedback differs (see module docs).
+pub fn codecs(kind: PcKind) -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
+    let mut video_fb = vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")];
+    if kind == PcKind::Sub {
+        video_fb.push(fb("goog-remb", ""));
+    }
+    vec![
+        (
+            codec(
+                MIME_TYPE_OPUS,
+                48000,
+                2,
+                "minptime=10;useinbandfec=1;usedtx=1",
+                vec![],
+                PT_OPUS,
+            ),
+            RtpCodecKind::Audio,
+        ),
+        (
+            codec(MIME_TYPE_RED, 48000, 2, "111/111", vec![], PT_RED),
+            RtpCodecKind::Audio,
+        ),
+        (
+            codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), PT_VP8),
+            RtpCodecKind::Video,
+        ),
+        (
+            codec(MIME_TYPE_RTX, 90000, 0, "apt=96", vec![], PT_VP8_RTX),
+            RtpCodecKind::Video,
+        ),
+        (
+            codec(
+                MIME_TYPE_H264,
+                90000,
+                0,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                video_fb,
+                PT_H264,
+            ),
+            RtpCodecKind::Video,
+        ),
+        (
+            codec(MIME_TYPE_RTX, 90000, 0, "apt=102", vec![], PT_H264_RTX),
+            RtpCodecKind::Video,
+        ),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer connection setup: {0}")]
+pub struct SetupError(pub String);
+
+fn se<E: std::fmt::Display>(e: E) -> SetupError {
+    SetupError(e.to_string())
+}
+
+/// ICE credentials that also serve as the demultiplexing key on the shared
+/// port; 16 alphanumerics is ~95 bits, so they do not collide.
+pub fn random_credentials() -> (String, String) {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let pick = |n: usize| {
+        (0..n)
+            .map(|_| A[rand::random_range(0..A.len())] as char)
+            .collect::<String>()
+    };
+    (pick(16), pick(32))
+}
+
+pub fn new_peer_connection(
+    kind: PcKind,
+    ufrag: &str,
+    pwd: &str,
+    announce: &[SocketAddr],
+    now: Instant,
+) -> Result<RTCPeerConnection, SetupError> {
+    let setting = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+        // We are DTLS server on both connections: a lite agent waits for the
+        // browser's checks anyway, so it should also wait for its ClientHello.
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        // Consent freshness: browsers check every ~2.5 s (lite agents only
+        // answer), so 8 s without a check is a gone peer, 15 s a failed one.
+        .with_ice_timeouts(Some(Duration::from_secs(8)), Some(Duration::from_secs(15)), None)
+        .build();
+    let mut media = MediaEngine::default();
+    for (c, k) in codecs(kind) {
+        media.register_codec(c, k).map_err(se)?;
+    }
+    let mut registry = configure_rtcp_reports(Registry::new());
+    if kind == PcKind::Pub {
+        configure_simulcast_extension_headers(&mut media).map_err(se)?;
+        registry = configure_twcc_receiver_only(registry, &mut media).map_err(se)?;
+    }
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(setting)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(se)?;
+    for addr in announce {
+        let cand = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(se)?;
+        pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().map_err(se)?)
+            .map_err(se)?;
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(se)?;
+    Ok(pc)
+}

@@ -1,0 +1,273 @@
+//! Live consultation: a WebRTC SFU that forwards media, never decodes it.
+//!
+//! Layout, following LiveKit's `pkg/sfu` split but sans-IO:
+//! - `engine`: rooms, participants, peer connections, the forwarding loop
+//!   (pure state machine, time passed in);
+//! - `munger`, `history`, `nack`, `keyframe`, `layer`: the per-packet and
+//!   per-tick decisions, each a plain struct with unit tests;
+//! - `io`: the one UDP socket and the thread that drives the engine;
+//! - `protocol`, `tokens`: signaling messages and join tokens;
+//! - `media`: codec/feedback setup of the `rtc` peer connections.
+//!
+//! Why the sans-IO `rtc` core and not the async `webrtc` layer: one UDP port
+//! for every participant (demultiplexed by ICE ufrag, then by address) is
+//! what hospital firewalls can open, and a single engine thread that owns
+//! every connection forwards a packet with no locks, no per-peer tasks and no
+//! channel hops; the async layer gives each peer connection its own sockets
+//! and tasks and each forwarded packet at least one channel send and a
+//! `TrackLocalStaticRTP` lock. The forwarding cost against the SRTP floor is
+//! measured in `benches/sfu_forward.rs`.
+
+pub mod demux;
+pub mod engine;
+pub mod history;
+pub mod io;
+pub mod keyframe;
+pub mod layer;
+pub mod media;
+pub mod munger;
+pub mod nack;
+pub mod protocol;
+pub mod sim;
+pub mod tokens;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SfuConfig;
+use engine::{Command, EngineConfig};
+use tokens::TokenKey;
+
+#[derive(Debug, Default)]
+pub struct SfuMetrics {
+    pub rooms_active: AtomicU64,
+    pub participants_active: AtomicU64,
+    pub joins: AtomicU64,
+    pub leaves: AtomicU64,
+    pub rtp_in: AtomicU64,
+    pub rtp_out: AtomicU64,
+    pub rtx_sent: AtomicU64,
+    pub nack_in: AtomicU64,
+    pub nack_out: AtomicU64,
+    pub pli_in: AtomicU64,
+    pub pli_out: AtomicU64,
+    pub udp_unknown: AtomicU64,
+    pub udp_send_dropped: AtomicU64,
+    pub dc_relayed: AtomicU64,
+    pub dc_dropped: AtomicU64,
+    pub signal_errors: AtomicU64,
+}
+
+impl SfuMetrics {
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
+        vec![
+            (
+                "medrelay_sfu_joins_total",
+                "Participants that joined a room",
+                &self.joins,
+            ),
+            (
+                "medrelay_sfu_leaves_total",
+                "Participants that left or were dropped",
+                &self.leaves,
+            ),
+            (
+                "medrelay_sfu_rtp_in_total",
+                "RTP packets received from publishers",
+                &self.rtp_in,
+            ),
+            (
+                "medrelay_sfu_rtp_out_total",
+                "RTP packets forwarded to subscribers",
+                &self.rtp_out,
+            ),
+            (
+                "medrelay_sfu_rtx_sent_total",
+                "Retransmissions sent from the SFU history",
+                &self.rtx_sent,
+            ),
+            (
+                "medrelay_sfu_nack_in_total",
+                "NACKs received from subscribers",
+                &self.nack_in,
+            ),
+            (
+                "medrelay_sfu_nack_out_total",
+                "NACKs sent to publishers",
+                &self.nack_out,
+            ),
+            (
+                "medrelay_sfu_pli_in_total",
+                "Keyframe requests from subscribers",
+                &self.pli_in,
+            ),
+            (
+                "medrelay_sfu_pli_out_total",
+                "Keyframe requests sent to publishers",
+                &self.pli_out,
+            ),
+            (
+                "medrelay_sfu_udp_unknown_total",
+                "Datagrams dropped: unknown sender or not WebRTC",
+                &self.udp_unknown,
+            ),
+            (
+                "medrelay_sfu_udp_send_dropped_total",
+                "Datagrams dropped: socket buffer full",
+                &self.udp_send_dropped,
+            ),
+            (
+                "medrelay_sfu_dc_relayed_total",
+                "Data-channel messages relayed",
+                &self.dc_relayed,
+            ),
+            (
+                "medrelay_sfu_dc_dropped_total",
+                "Data-channel messages refused",
+                &self.dc_dropped,
+            ),
+            (
+                "medrelay_sfu_signal_errors_total",
+                "Signaling requests refused",
+                &self.signal_errors,
+            ),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfuStartError {
+    #[error("cannot bind the media port {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("no address to announce: set sfu.announce")]
+    NoAnnounce,
+}
+
+/// What the HTTP side holds: a way to talk to the engine and to mint/check tokens.
+pub struct Sfu {
+    pub commands: mpsc::Sender<Command>,
+    pub tokens: TokenKey,
+    pub room_ttl: Duration,
+    pub metrics: Arc<SfuMetrics>,
+    pub media_addr: SocketAddr,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu").field("media_addr", &self.media_addr).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the media engine is not running")]
+pub struct EngineGone;
+
+impl Sfu {
+    pub fn start(cfg: &SfuConfig, shutdown: CancellationToken) -> Result<Sfu, SfuStartError> {
+        let socket = bind_udp(cfg.udp_listen).map_err(|source| SfuStartError::Bind {
+            addr: cfg.udp_listen,
+            source,
+        })?;
+        let local = socket.local_addr().map_err(|source| SfuStartError::Bind {
+            addr: cfg.udp_listen,
+            source,
+        })?;
+        let announce = if cfg.announce.is_empty() {
+            default_announce(local)
+        } else {
+            cfg.announce.clone()
+        };
+        if announce.is_empty() {
+            return Err(SfuStartError::NoAnnounce);
+        }
+        let metrics = Arc::new(SfuMetrics::default());
+        let ecfg = EngineConfig {
+            local_addr: local,
+            announce,
+            max_rooms: cfg.max_rooms,
+            max_participants: cfg.max_participants_per_room,
+            max_tracks: cfg.max_tracks_per_participant,
+            peer_timeout: Duration::from_secs(cfg.peer_timeout_secs),
+            history: Duration::from_millis(cfg.history_ms),
+            pli_interval: Duration::from_millis(cfg.pli_interval_ms),
+        };
+        let (commands, thread) =
+            io::spawn(socket, ecfg, metrics.clone(), shutdown).map_err(|source| SfuStartError::Bind {
+                addr: cfg.udp_listen,
+                source,
+            })?;
+        Ok(Sfu {
+            commands,
+            tokens: TokenKey::random(),
+            room_ttl: Duration::from_secs(cfg.room_ttl_secs),
+            metrics,
+            media_addr: local,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| EngineGone)?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    /// Waits for the engine thread after shutdown was signalled.
+    pub fn join(&self) {
+        let h = self.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Bursts of video packets for many subscribers leave in one loop turn;
+    // a larger buffer avoids self-inflicted loss.
+    let _ = s.set_send_buffer_size(4 << 20);
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Candidates when none are configured: the bound address, or for a wildcard
+/// bind every non-loopback IPv4 address this host has (loopback if none).
+fn default_announce(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out = Vec::new();
+    if let Ok(ifs) = std::fs::read_to_string("/proc/net/fib_trie") {
+        // Local host routes ("/32 host LOCAL") list this machine's addresses.
+        let mut last: Option<IpAddr> = None;
+        for line in ifs.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("|-- ") {
+                last = rest.parse().ok();
+            } else if t.contains("/32 host LOCAL")
+                && let Some(ip) = last
+                && !ip.is_loopback()
+                && !out.iter().any(|a: &SocketAddr| a.ip() == ip)
+            {
+                out.push(SocketAddr::new(ip, local.port()));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), local.port()));
+    }
+    out
+}

@@ -1,0 +1,287 @@
+//! The consultation signaling messages (web/PROTOCOL.md is the reference the
+//! page and the tests are written against). Parsing is strict on types and
+//! lenient on unknown fields, so an old page keeps working with a newer server.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest signaling frame we accept; an SDP with a dozen m-lines is ~10 KiB.
+pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+/// Largest data-channel message relayed between participants: chat and
+/// viewer sync must stay small on a few-hundred-kbit/s link.
+pub const MAX_DC_BYTES: usize = 4096;
+pub const MAX_CHAT_CHARS: usize = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PcKind {
+    Pub,
+    Sub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Mic,
+    Camera,
+    Screen,
+}
+
+impl Source {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Source::Mic => "audio",
+            Source::Camera | Source::Screen => "video",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Clinic,
+    Expert,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateInit {
+    pub candidate: String,
+    #[serde(default)]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex")]
+    pub sdp_mline_index: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Join {
+        token: String,
+    },
+    Offer {
+        pc: PcKind,
+        sdp: String,
+        #[serde(default)]
+        tracks: BTreeMap<String, Source>,
+    },
+    Answer {
+        pc: PcKind,
+        sdp: String,
+    },
+    Candidate {
+        pc: PcKind,
+        candidate: CandidateInit,
+    },
+    Mute {
+        source: Source,
+        muted: bool,
+    },
+    Leave,
+    Ping,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceInfo {
+    pub source: Source,
+    pub kind: &'static str,
+    pub muted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub sources: Vec<SourceInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoomInfo {
+    pub id: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Limits {
+    pub max_participants: usize,
+    pub max_tracks: usize,
+    pub max_dc_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrackInfo {
+    pub participant: String,
+    pub source: Source,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Good,
+    Weak,
+    AudioOnly,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Joined {
+        me: ParticipantInfo,
+        room: RoomInfo,
+        participants: Vec<ParticipantInfo>,
+        limits: Limits,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        id: String,
+    },
+    Answer {
+        pc: PcKind,
+        sdp: String,
+    },
+    Offer {
+        pc: PcKind,
+        sdp: String,
+        tracks: BTreeMap<String, TrackInfo>,
+    },
+    Mute {
+        participant: String,
+        source: Source,
+        muted: bool,
+    },
+    Link {
+        state: LinkState,
+        bwe_kbps: u64,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadMessage,
+    NotJoined,
+    BadToken,
+    ExpiredToken,
+    RoomFull,
+    RoomClosed,
+    BadSdp,
+    BadState,
+    TooManyTracks,
+    Replaced,
+    Internal,
+}
+
+impl ErrorCode {
+    /// WebSocket close code for errors that end the session; `None` keeps it open.
+    pub fn close_code(self) -> Option<u16> {
+        match self {
+            ErrorCode::BadToken | ErrorCode::ExpiredToken => Some(4001),
+            ErrorCode::RoomFull => Some(4003),
+            ErrorCode::RoomClosed => Some(4004),
+            ErrorCode::Replaced => Some(4009),
+            _ => None,
+        }
+    }
+}
+
+/// What the SFU sends down a participant's WebSocket.
+#[derive(Debug, Clone)]
+pub enum ToClient {
+    Msg(ServerMsg),
+    /// Send this error, then close the socket with its close code.
+    Close(ErrorCode, String),
+}
+
+pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Parses one text frame; the error text is safe to send back (no echo of
+/// the input, which could be large or contain SDP).
+pub fn parse_client(text: &str) -> Result<ClientMsg, String> {
+    if text.len() > MAX_SIGNAL_BYTES {
+        return Err(format!("message larger than {MAX_SIGNAL_BYTES} bytes"));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        // serde's message names the field or type at fault, which is what a
+        // page developer needs; cut it so it cannot grow unbounded.
+        let mut m = e.to_string();
+        m.truncate(200);
+        m
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_messages() {
+        let m = parse_client(r#"{"type":"offer","pc":"pub","sdp":"v=0","tracks":{"0":"mic","1":"camera"}}"#).unwrap();
+        match m {
+            ClientMsg::Offer { pc, tracks, .. } => {
+                assert_eq!(pc, PcKind::Pub);
+                assert_eq!(tracks.get("1"), Some(&Source::Camera));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = parse_client(
+            r#"{"type":"candidate","pc":"sub","candidate":{"candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+        )
+        .unwrap();
+        assert!(matches!(c, ClientMsg::Candidate { pc: PcKind::Sub, .. }));
+        assert!(matches!(
+            parse_client(r#"{"type":"leave","extra":1}"#),
+            Ok(ClientMsg::Leave)
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_messages_with_short_errors() {
+        for bad in [
+            "",
+            "not json",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"offer","pc":"side","sdp":"x"}"#,
+            r#"{"type":"mute","source":"camera"}"#,
+            r#"[1,2,3]"#,
+        ] {
+            let e = parse_client(bad).unwrap_err();
+            assert!(e.len() <= 200, "{e}");
+        }
+        let huge = format!(r#"{{"type":"join","token":"{}"}}"#, "a".repeat(MAX_SIGNAL_BYTES));
+        assert!(parse_client(&huge).unwrap_err().contains("larger"));
+    }
+
+    #[test]
+    fn server_messages_serialize_as_documented() {
+        let m = ServerMsg::Link {
+            state: LinkState::AudioOnly,
+            bwe_kbps: 80,
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"link","state":"audio_only","bwe_kbps":80}"#
+        );
+        let e = error(ErrorCode::ExpiredToken, "x");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"error","code":"expired_token","message":"x"}"#
+        );
+        assert_eq!(ErrorCode::RoomFull.close_code(), Some(4003));
+        assert_eq!(ErrorCode::BadSdp.close_code(), None);
+    }
+}

@@ -1,0 +1,563 @@
+//! Live consultation through medrelay's SFU with real peers: headless
+//! Chromium (fake camera and microphone, driven over WebDriver), aiortc as an
+//! independent WebRTC stack, a user-space lossy long link, and hostile input.
+//!
+//! Browser tests share the machine's two cores, so they run one at a time.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::webdriver::{Chromium, Session, SessionOpts};
+use support::{Server, ServerOpts, free_udp_port, python, script};
+
+static BROWSERS: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    BROWSERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn server(config_toml: &str) -> Server {
+    Server::start(ServerOpts {
+        config_toml: config_toml.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Creates a room; returns (room id, [(participant id, token)]).
+fn create_room(s: &Server, names: &[(&str, &str)], ttl: Option<u64>) -> (String, Vec<(String, String)>) {
+    let mut body = json!({
+        "title": "Chest CT second opinion",
+        "participants": names.iter().map(|(n, r)| json!({"name": n, "role": r})).collect::<Vec<_>>(),
+    });
+    if let Some(t) = ttl {
+        body["ttl_secs"] = json!(t);
+    }
+    let (code, v) = s.post_json("/api/rooms", &body);
+    assert_eq!(code, 201, "create room: {v}");
+    let ps = v["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id").to_string(),
+                p["token"].as_str().expect("token").to_string(),
+            )
+        })
+        .collect();
+    (v["id"].as_str().expect("room id").to_string(), ps)
+}
+
+fn chromium() -> Chromium {
+    Chromium::launch().unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"))
+}
+
+/// Opens the consultation page for `token` and waits until it has joined.
+fn join(ch: &Chromium, s: &Server, token: &str, extra: &str) -> Session {
+    let sess = ch.session(&SessionOpts::default()).expect("browser session");
+    sess.goto(&format!(
+        "https://127.0.0.1:{}/consult#token={token}&autojoin=1{extra}",
+        s.http_port
+    ))
+    .expect("open page");
+    if let Err(e) = sess.wait_for(
+        "window.mrTest && window.mrTest.state === 'joined'",
+        Duration::from_secs(30),
+    ) {
+        let logs = sess.console_logs().unwrap_or_default().join("\n");
+        panic!("page did not join: {e}\nconsole:\n{logs}\nserver log:\n{}", s.log());
+    }
+    sess
+}
+
+fn stats(sess: &Session) -> Value {
+    sess.execute("return window.mrTest.stats()", vec![]).expect("stats")
+}
+
+/// (video frames decoded, audio packets received) from `from`, summed over sources.
+fn inbound_from(st: &Value, from: &str) -> (u64, u64) {
+    let mut video = 0;
+    let mut audio = 0;
+    for r in st["inbound"].as_array().into_iter().flatten() {
+        if r["participant"].as_str() != Some(from) {
+            continue;
+        }
+        match r["kind"].as_str() {
+            Some("video") => video += r["framesDecoded"].as_u64().unwrap_or(0),
+            Some("audio") => audio += r["packetsReceived"].as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (video, audio)
+}
+
+fn inbound_sum(st: &Value, field: &str) -> u64 {
+    st["inbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Waits until `sess` decodes video and receives audio from `from`, then
+/// checks that both keep rising over the next two seconds.
+fn assert_media_flows(sess: &Session, from: &str, who: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    let first = loop {
+        let st = stats(sess);
+        let (v, a) = inbound_from(&st, from);
+        if v >= 10 && a >= 20 {
+            break (v, a);
+        }
+        if Instant::now() > deadline {
+            panic!("{who}: no media from {from} (video frames {v}, audio packets {a}); stats {st}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (v, a) = inbound_from(&stats(sess), from);
+    assert!(v > first.0 + 5, "{who}: video from {from} stalled: {} -> {v}", first.0);
+    assert!(a > first.1 + 20, "{who}: audio from {from} stalled: {} -> {a}", first.1);
+}
+
+fn js_array_contains(sess: &Session, array: &str, pred: &str, timeout: Duration) -> Value {
+    sess.wait_for(
+        &format!("(window.mrTest.{array} || []).find(m => {pred}) || null"),
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("{array} never got a matching message ({pred}): {e}"))
+}
+
+#[test]
+fn browsers_exchange_media_chat_and_synchronized_view() {
+    let _g = lock();
+    let s = server("");
+    let (room, ps) = create_room(
+        &s,
+        &[
+            ("Dr. Township", "clinic"),
+            ("Dr. City", "expert"),
+            ("Dr. Second", "expert"),
+        ],
+        None,
+    );
+    let ch = chromium();
+    let a = join(&ch, &s, &ps[0].1, "");
+    let b = join(&ch, &s, &ps[1].1, "");
+    assert_media_flows(&a, &ps[1].0, "clinic", Duration::from_secs(30));
+    assert_media_flows(&b, &ps[0].0, "expert", Duration::from_secs(30));
+
+    // Chat and the shared viewer go over the data channel, stamped by the server.
+    a.wait_for("window.mrTest.dcOpen === true", Duration::from_secs(10))
+        .expect("clinic data channel");
+    b.wait_for("window.mrTest.dcOpen === true", Duration::from_secs(10))
+        .expect("expert data channel");
+    a.execute(
+        "window.mrTest.sendChat('lesion in the left lower lobe?'); return true",
+        vec![],
+    )
+    .expect("send chat");
+    let chat = js_array_contains(
+        &b,
+        "chat",
+        "m.text === 'lesion in the left lower lobe?'",
+        Duration::from_secs(10),
+    );
+    assert_eq!(chat["from"], ps[0].0, "chat stamped with the sender: {chat}");
+    let view = json!({"study": "1.2.840.1", "series": "1.2.840.1.2", "instance": "1.2.840.1.2.3", "frame": 0, "wc": 40, "ww": 400});
+    b.execute("window.mrTest.sendView(arguments[0]); return true", vec![view])
+        .expect("send view");
+    let got = js_array_contains(
+        &a,
+        "views",
+        "m.instance === '1.2.840.1.2.3' && m.ww === 400",
+        Duration::from_secs(10),
+    );
+    assert_eq!(got["from"], ps[1].0);
+    a.execute(
+        "window.mrTest.sendPoint({instance: '1.2.840.1.2.3', x: 0.25, y: 0.75}); return true",
+        vec![],
+    )
+    .expect("send point");
+    let p = js_array_contains(&b, "points", "m.instance === '1.2.840.1.2.3'", Duration::from_secs(10));
+    assert_eq!(p["x"], 0.25);
+
+    // A third participant: everyone receives both others, and the late
+    // joiner is shown the image the room is looking at.
+    let c = join(&ch, &s, &ps[2].1, "");
+    assert_media_flows(&c, &ps[0].0, "second expert", Duration::from_secs(30));
+    assert_media_flows(&c, &ps[1].0, "second expert", Duration::from_secs(30));
+    assert_media_flows(&a, &ps[2].0, "clinic", Duration::from_secs(30));
+    assert_media_flows(&b, &ps[2].0, "expert", Duration::from_secs(30));
+    js_array_contains(&c, "views", "m.instance === '1.2.840.1.2.3'", Duration::from_secs(10));
+
+    let status = s.get_json(&format!("/api/rooms/{room}"));
+    assert_eq!(status["connected"].as_array().map(|v| v.len()), Some(3), "{status}");
+
+    // Closing a browser removes its participant for the others.
+    c.quit().expect("quit");
+    a.wait_for(
+        &format!("!(window.mrTest.participants || []).some(p => p.id === '{}')", ps[2].0),
+        Duration::from_secs(30),
+    )
+    .expect("participant_left reached the clinic");
+    s.wait_for(30, "two participants left", || {
+        s.metric("medrelay_sfu_participants") == 2.0
+    });
+    assert!(s.metric("medrelay_sfu_rtp_out_total") > 100.0);
+}
+
+#[test]
+fn aiortc_and_chromium_exchange_media_through_the_sfu() {
+    let _g = lock();
+    let s = server("");
+    let (_room, ps) = create_room(&s, &[("Dr. Browser", "clinic"), ("aiortc", "expert")], None);
+    let out = s.dir.join("aiortc.json");
+    let mut peer = Command::new(python())
+        .arg(script("aiortc_peer.py"))
+        .args([
+            "--ws",
+            &format!("wss://127.0.0.1:{}/ws/consult", s.http_port),
+            "--token",
+            &ps[1].1,
+            "--duration",
+            "30",
+            "--publish",
+            "audio,video",
+            "--chat",
+            "hello from aiortc",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aiortc peer");
+    let ch = chromium();
+    let a = join(&ch, &s, &ps[0].1, "");
+    assert_media_flows(&a, &ps[1].0, "chromium", Duration::from_secs(40));
+    js_array_contains(&a, "chat", "m.text === 'hello from aiortc'", Duration::from_secs(20));
+    let status = peer.wait().expect("aiortc exit");
+    let mut err = String::new();
+    if let Some(mut e) = peer.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "aiortc peer failed: {err}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).expect("aiortc result")).expect("json");
+    let from_browser = &v["received"][&ps[0].0];
+    assert!(
+        from_browser["video_frames"].as_u64().unwrap_or(0) >= 30,
+        "aiortc decoded too few video frames from chromium: {v}\n{err}"
+    );
+    assert!(
+        from_browser["audio_frames"].as_u64().unwrap_or(0) >= 50,
+        "aiortc got too little audio from chromium: {v}"
+    );
+}
+
+struct Impair(Child);
+
+impl Drop for Impair {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn impair(listen_port: u16, upstream_port: u16, delay_ms: u32, loss: f64) -> Impair {
+    use std::io::BufRead;
+    let mut c = Command::new(python())
+        .arg(script("udp_impair.py"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{listen_port}"),
+            "--upstream",
+            &format!("127.0.0.1:{upstream_port}"),
+            "--delay-ms",
+            &delay_ms.to_string(),
+            "--loss",
+            &loss.to_string(),
+            "--seed",
+            "7",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("udp_impair.py");
+    let mut line = String::new();
+    let stdout = c.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("READY line");
+    assert!(line.starts_with("READY"), "impairment proxy: {line}");
+    Impair(c)
+}
+
+#[test]
+fn long_lossy_link_is_repaired_by_retransmission() {
+    let _g = lock();
+    // Media reaches the SFU only through a user-space link with 300 ms
+    // one-way delay and 3 % loss in each direction (600 ms RTT).
+    let proxy_port = free_udp_port();
+    let s = server(&format!("[sfu]\nannounce = [\"127.0.0.1:{proxy_port}\"]\n"));
+    let _link = impair(proxy_port, s.sfu_port, 300, 0.03);
+    let (_room, ps) = create_room(&s, &[("Dr. Plateau", "clinic"), ("Dr. City", "expert")], None);
+    let ch = chromium();
+    let a = join(&ch, &s, &ps[0].1, "");
+    let b = join(&ch, &s, &ps[1].1, "");
+    assert_media_flows(&b, &ps[0].0, "expert", Duration::from_secs(60));
+    let before = stats(&b);
+    let (v0, _) = inbound_from(&before, &ps[0].0);
+    std::thread::sleep(Duration::from_secs(15));
+    let after = stats(&b);
+    let (v1, _) = inbound_from(&after, &ps[0].0);
+    assert!(
+        v1 >= v0 + 60,
+        "decoding stalled on the lossy link: {v0} -> {v1}; {after}"
+    );
+    // The subscriber asked for repairs and got retransmissions (RTX from the
+    // SFU's history), and the SFU repaired its own uplink by NACKing.
+    let nacks = inbound_sum(&after, "nackCount");
+    let rtx = inbound_sum(&after, "retransmittedPacketsReceived");
+    assert!(nacks > 0, "no NACKs from the subscriber: {after}");
+    assert!(rtx > 0, "no retransmissions received: {after}");
+    assert!(s.metric("medrelay_sfu_rtx_sent_total") > 0.0);
+    assert!(
+        s.metric("medrelay_sfu_nack_out_total") > 0.0,
+        "the SFU never NACKed the publisher"
+    );
+    drop(a);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// One join/leave cycle from inside the page's origin, with raw WebSocket and
+/// RTCPeerConnection: join, publish a data channel, answer the forwarded
+/// tracks, wait for both connections, leave.
+const CYCLE_JS: &str = r#"
+const [token, n] = arguments;
+const done = arguments[arguments.length - 1];
+async function once() {
+  const ws = new WebSocket(`wss://${location.host}/ws/consult`);
+  const pub = new RTCPeerConnection();
+  const sub = new RTCPeerConnection();
+  const opened = new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
+  const subUp = new Promise(res => { sub.onconnectionstatechange = () => sub.connectionState === 'connected' && res(); });
+  const pubUp = new Promise(res => { pub.onconnectionstatechange = () => pub.connectionState === 'connected' && res(); });
+  ws.onmessage = async ev => {
+    const m = JSON.parse(ev.data);
+    if (m.type === 'answer') await pub.setRemoteDescription({type: 'answer', sdp: m.sdp});
+    if (m.type === 'offer') {
+      await sub.setRemoteDescription({type: 'offer', sdp: m.sdp});
+      const a = await sub.createAnswer();
+      await sub.setLocalDescription(a);
+      ws.send(JSON.stringify({type: 'answer', pc: 'sub', sdp: a.sdp}));
+    }
+  };
+  await opened;
+  ws.send(JSON.stringify({type: 'join', token}));
+  pub.createDataChannel('room');
+  const o = await pub.createOffer();
+  await pub.setLocalDescription(o);
+  ws.send(JSON.stringify({type: 'offer', pc: 'pub', sdp: o.sdp, tracks: {}}));
+  const t = new Promise((_, rej) => setTimeout(() => rej(new Error('cycle timeout')), 15000));
+  await Promise.race([Promise.all([pubUp, subUp]), t]);
+  ws.send(JSON.stringify({type: 'leave'}));
+  pub.close(); sub.close(); ws.close();
+}
+(async () => {
+  try { for (let i = 0; i < n; i++) await once(); done('ok'); }
+  catch (e) { done('error: ' + e); }
+})();
+"#;
+
+#[test]
+fn join_leave_cycles_do_not_leak() {
+    let _g = lock();
+    let s = server("");
+    let (_room, ps) = create_room(&s, &[("Dr. Steady", "expert"), ("Dr. Cycling", "clinic")], None);
+    let ch = chromium();
+    let a = join(&ch, &s, &ps[0].1, "");
+    let cyc = ch
+        .session(&SessionOpts {
+            script_timeout: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .expect("session");
+    cyc.goto(&format!("https://127.0.0.1:{}/consult", s.http_port))
+        .expect("page");
+    let run = |n: u32| {
+        let r = cyc
+            .execute_async(CYCLE_JS, vec![json!(ps[1].1), json!(n)])
+            .expect("cycles");
+        assert_eq!(r, json!("ok"), "join/leave cycle failed; server log:\n{}", s.log());
+    };
+    run(20);
+    s.wait_for(20, "the cycling participant to be gone", || {
+        s.metric("medrelay_sfu_participants") == 1.0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let rss0 = rss_kb(s.pid());
+    let tasks0 = s.metric("medrelay_runtime_tasks");
+    run(200);
+    s.wait_for(20, "the cycling participant to be gone", || {
+        s.metric("medrelay_sfu_participants") == 1.0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let rss1 = rss_kb(s.pid());
+    let tasks1 = s.metric("medrelay_runtime_tasks");
+    let growth = rss1 as f64 / rss0 as f64 - 1.0;
+    eprintln!(
+        "RSS {rss0} kB -> {rss1} kB ({:+.1} %), tasks {tasks0} -> {tasks1}",
+        growth * 100.0
+    );
+    assert!(
+        growth <= 0.05,
+        "RSS grew {:.1} % over 200 join/leave cycles",
+        growth * 100.0
+    );
+    assert!(tasks1 <= tasks0 + 2.0, "tasks grew from {tasks0} to {tasks1}");
+    assert!(s.metric("medrelay_sfu_joins_total") >= 221.0);
+    // The steady participant was never disturbed.
+    let st = stats(&a);
+    assert!(st["outbound"].as_array().is_some_and(|o| !o.is_empty()), "{st}");
+}
+
+fn probe(s: &Server, scenario: &str, token: &str) -> Value {
+    let o = Command::new(python())
+        .arg(script("signal_probe.py"))
+        .args([
+            "--ws",
+            &format!("wss://127.0.0.1:{}/ws/consult", s.http_port),
+            "--scenario",
+            scenario,
+            "--token",
+            token,
+        ])
+        .output()
+        .expect("signal_probe.py");
+    assert!(
+        o.status.success(),
+        "probe {scenario}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("probe {scenario} output: {e}"))
+}
+
+fn error_codes(v: &Value) -> Vec<String> {
+    v["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == "error")
+        .filter_map(|m| m["code"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
+    let _g = lock();
+    let s = server("");
+    let (room, ps) = create_room(
+        &s,
+        &[("Dr. A", "clinic"), ("Dr. B", "expert"), ("Prober", "expert")],
+        None,
+    );
+    let (_short_room, short) = create_room(&s, &[("Late", "expert")], Some(5));
+    let ch = chromium();
+    let a = join(&ch, &s, &ps[0].1, "");
+    let b = join(&ch, &s, &ps[1].1, "");
+    assert_media_flows(&b, &ps[0].0, "B", Duration::from_secs(30));
+
+    let v = probe(&s, "garbage_first", "");
+    assert_eq!(error_codes(&v), ["bad_message"], "{v}");
+    assert_eq!(v["close_code"], 1008, "{v}");
+    let v = probe(&s, "offer_first", "");
+    assert_eq!(error_codes(&v), ["not_joined"], "{v}");
+    let forged = format!("{}0", &ps[2].1[..ps[2].1.len() - 1]);
+    let forged = if forged == ps[2].1 {
+        format!("{}1", &ps[2].1[..ps[2].1.len() - 1])
+    } else {
+        forged
+    };
+    let v = probe(&s, "token", &forged);
+    assert_eq!(error_codes(&v), ["bad_token"], "{v}");
+    assert_eq!(v["close_code"], 4001, "{v}");
+    let v = probe(&s, "token", "r_x.p_y.99999999999.00");
+    assert_eq!(error_codes(&v), ["bad_token"], "{v}");
+    std::thread::sleep(Duration::from_secs(6));
+    let v = probe(&s, "token", &short[0].1);
+    assert_eq!(error_codes(&v), ["expired_token"], "{v}");
+    assert_eq!(v["close_code"], 4001, "{v}");
+
+    // A joined participant sending garbage, bogus SDP and out-of-turn
+    // answers gets errors and stays connected.
+    let v = probe(&s, "joined_then_garbage", &ps[2].1);
+    assert_eq!(
+        error_codes(&v),
+        [
+            "bad_message",
+            "bad_message",
+            "bad_message",
+            "bad_message",
+            "bad_sdp",
+            "bad_sdp",
+            "bad_sdp",
+            "bad_state"
+        ],
+        "{v}"
+    );
+    assert_eq!(v["pong_after"], true, "{v}");
+    let v = probe(&s, "oversized", &ps[2].1);
+    assert!(
+        v["close_code"].as_u64().is_some_and(|c| c != 1000),
+        "oversized frame must close: {v}"
+    );
+
+    // Garbage on the media port: random bytes, STUN for nobody, fake RTP and DTLS.
+    let before = s.metric("medrelay_sfu_udp_unknown_total");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let to = format!("127.0.0.1:{}", s.sfu_port);
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[9; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x07]);
+    stun.extend_from_slice(b"nobody:x\0");
+    for i in 0..300u32 {
+        let junk: Vec<u8> = (0..(i % 200 + 1)).map(|j| (i * 31 + j * 7) as u8).collect();
+        let _ = sock.send_to(&junk, &to);
+        let _ = sock.send_to(&stun, &to);
+        let _ = sock.send_to(&[0x80, 96, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3], &to);
+        let _ = sock.send_to(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3], &to);
+    }
+    s.wait_for(10, "garbage datagrams counted", || {
+        s.metric("medrelay_sfu_udp_unknown_total") >= before + 1000.0
+    });
+
+    // The room is unaffected.
+    assert_media_flows(&b, &ps[0].0, "B after the attacks", Duration::from_secs(10));
+    assert_media_flows(&a, &ps[1].0, "A after the attacks", Duration::from_secs(10));
+    let status = s.get_json(&format!("/api/rooms/{room}"));
+    assert_eq!(status["connected"].as_array().map(|v| v.len()), Some(2), "{status}");
+    // Bad API input gets clear errors.
+    let (code, v) = s.post_json("/api/rooms", &json!({"participants": []}));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = s.post_json(
+        "/api/rooms",
+        &json!({"participants": [{"name": "x", "role": "janitor"}]}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(s.delete("/api/rooms/r_doesnotexist"), 404);
+}

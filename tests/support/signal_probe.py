@@ -1,0 +1,97 @@
+"""Drives medrelay's consultation WebSocket with bad input and reports what
+came back, so the Rust test can assert on the server's answers.
+
+usage: signal_probe.py --ws wss://127.0.0.1:PORT/ws/consult --scenario NAME [--token T]
+
+Prints one JSON object: {"messages": [...], "close_code": int|null, "pong_after": bool}
+"""
+import argparse
+import asyncio
+import json
+import ssl
+
+import websockets
+
+
+async def recv_json(ws, timeout=5.0):
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    return json.loads(raw)
+
+
+async def drain_until(ws, pred, timeout=5.0):
+    """Receives messages until pred(msg) is true; returns all received."""
+    got = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        m = await recv_json(ws, end - loop.time())
+        got.append(m)
+        if pred(m):
+            break
+    return got
+
+
+async def run(args):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    out = {"messages": [], "close_code": None, "pong_after": False}
+    try:
+        async with websockets.connect(args.ws, ssl=ctx, max_size=1 << 20, open_timeout=10) as ws:
+            s = args.scenario
+            if s == "garbage_first":
+                await ws.send("{not json")
+            elif s == "offer_first":
+                await ws.send(json.dumps({"type": "offer", "pc": "pub", "sdp": "v=0", "tracks": {}}))
+            elif s == "token":
+                await ws.send(json.dumps({"type": "join", "token": args.token}))
+            elif s == "joined_then_garbage":
+                await ws.send(json.dumps({"type": "join", "token": args.token}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "joined")
+                for bad in ["{{{", json.dumps({"type": "fly"}), json.dumps({"type": "mute", "source": 3})]:
+                    await ws.send(bad)
+                    out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                await ws.send(b"\x00\x01binary")
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                bogus = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nthis is not sdp\r\n"
+                await ws.send(json.dumps({"type": "offer", "pc": "pub", "sdp": bogus, "tracks": {"0": "camera"}}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                await ws.send(json.dumps({"type": "offer", "pc": "pub", "sdp": "garbage", "tracks": {}}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                await ws.send(json.dumps({"type": "answer", "pc": "sub", "sdp": "v=0"}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                await ws.send(json.dumps({"type": "offer", "pc": "sub", "sdp": "v=0", "tracks": {}}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                await ws.send(json.dumps({"type": "ping"}))
+                msgs = await drain_until(ws, lambda m: m.get("type") == "pong")
+                out["messages"] += msgs
+                out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
+                await ws.send(json.dumps({"type": "leave"}))
+            elif s == "oversized":
+                await ws.send(json.dumps({"type": "join", "token": args.token}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "joined")
+                await ws.send(json.dumps({"type": "chat", "text": "x" * 200_000}))
+            else:
+                raise SystemExit(f"unknown scenario {s}")
+            # Collect whatever else arrives until the server closes or goes quiet.
+            try:
+                while True:
+                    out["messages"].append(await recv_json(ws, 3.0))
+            except (asyncio.TimeoutError, websockets.ConnectionClosed):
+                pass
+            out["close_code"] = ws.close_code
+    except websockets.ConnectionClosed as e:
+        out["close_code"] = e.rcvd.code if e.rcvd else None
+    print(json.dumps(out))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--ws", required=True)
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--token", default="")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,969 @@
+// Live consultation page: pre-join preview, signaling (web/PROTOCOL.md),
+// the pub/sub peer connections, controls, chat, the shared study viewer,
+// the link indicator and the `window.mrTest` hooks used by the integration
+// tests. Plain ES modules, no build step, nothing loaded from elsewhere.
+//
+// PHI rule: nothing here logs names, chat text, study UIDs or the token;
+// `log()` only ever receives event names and codes.
+
+import { ChatPanel, chunkChatText } from './consult-chat.js';
+import { ICONS } from './consult-icons.js';
+import {
+  addRemoteCandidate,
+  CAMERA_ENCODING,
+  LocalMedia,
+  MIC_ENCODING,
+  PubConnection,
+  SCREEN_ENCODING,
+  SubConnection,
+} from './consult-media.js';
+import { FATAL_CODES, Signal } from './consult-signal.js';
+import { collectStreamStats, LinkMonitor, levelOf } from './consult-stats.js';
+import { Tiles } from './consult-tiles.js';
+import {
+  flagOn,
+  isFiniteNumber,
+  isValidUid,
+  log,
+  parseFragment,
+  pushBounded,
+  throttle,
+  utf8Length,
+} from './consult-util.js';
+import { StudyViewer } from './consult-viewer.js';
+
+const MAX_RECONNECTS = 5;
+const VIEW_MIN_INTERVAL_MS = 200; // at most ~5 `view` messages per second
+// After the channel opens the server sends the room's latest view; only if
+// none arrives within this grace does a study from our own URL become the room's.
+const INITIAL_VIEW_GRACE_MS = 1500;
+const ROOM_MSG_MAX_BYTES = 4096;
+const DC_HIGH_WATER = 256 * 1024; // skip views/points while this much is queued
+const OUTBOX_MAX = 100;
+
+const FATAL_TEXT = {
+  bad_token: 'This consultation link is not valid.',
+  expired_token: 'This consultation link has expired.',
+  room_full: 'The consultation room is full.',
+  room_closed: 'The consultation has ended.',
+  replaced: 'You joined this consultation from another tab or device.',
+};
+
+/* ------------------------------------------------------------------ */
+/* State                                                                */
+/* ------------------------------------------------------------------ */
+
+const frag = parseFragment(location.hash);
+const opts = {
+  token: frag.token || '',
+  autojoin: flagOn(frag, 'autojoin'),
+  nocam: flagOn(frag, 'nocam'),
+  nomic: flagOn(frag, 'nomic'),
+  study: frag.study || '',
+};
+
+const app = {
+  state: 'prejoin',
+  me: null,
+  room: null,
+  participants: new Map(), // the others, by id
+  link: { state: null, bwe_kbps: null, level: null, rttMs: null, lossPct: null, inKbps: null, outKbps: null },
+  chat: [],
+  views: [],
+  points: [],
+  errors: [],
+  dcOpen: false,
+  micMuted: false,
+  camOff: false,
+  screen: null, // {stream, track} while sharing
+  media: new LocalMedia({ wantAudio: !opts.nomic, wantVideo: !opts.nocam }),
+  signal: null,
+  pub: null,
+  sub: null,
+  fatal: null,
+  leaving: false,
+  reconnects: 0,
+  outbox: [], // chat waiting for the data channel: [{msg, item}]
+  pendingView: null, // a local view made before the channel opened
+  viewReceived: false, // a `view` arrived since the channel opened
+  viewSent: false,
+};
+
+const $ = (sel) => document.querySelector(sel);
+
+/* ------------------------------------------------------------------ */
+/* UI modules                                                           */
+/* ------------------------------------------------------------------ */
+
+const tiles = new Tiles($('#tiles'), {
+  onAudioBlocked: () => {
+    $('#enable-audio').hidden = false;
+  },
+});
+
+const chatPanel = new ChatPanel($('#panel-chat'), { submit: (text) => sendChat(text) });
+
+const viewer = new StudyViewer($('#panel-study'), {
+  onLocalView: (view) => queueView(view),
+  onPoint: (point) => sendPoint(point),
+});
+
+const monitor = new LinkMonitor({
+  pcs: () => ({ pub: app.pub?.pc ?? null, sub: app.sub?.pc ?? null }),
+  serverLink: () => app.link,
+  onSample: (summary) => renderLink(summary),
+});
+
+/* ------------------------------------------------------------------ */
+/* Page state                                                           */
+/* ------------------------------------------------------------------ */
+
+function setState(state) {
+  app.state = state;
+  document.body.dataset.state = state;
+  const label = { prejoin: '', joining: 'Connecting…', joined: '', left: '', error: '' }[state];
+  $('#conn-state').textContent = label;
+}
+
+function toast(text, kind = 'error') {
+  const item = document.createElement('div');
+  item.className = `toast ${kind}`;
+  item.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  item.textContent = text;
+  $('#toasts').append(item);
+  setTimeout(() => item.remove(), 6000);
+}
+
+/** The left-the-room screen. `canRejoin` is false when the same link cannot work again. */
+function showLeft(title, reason, canRejoin = true) {
+  $('#left-title').textContent = title;
+  $('#left-reason').textContent = reason || '';
+  $('#rejoin').hidden = !canRejoin;
+}
+
+/* ------------------------------------------------------------------ */
+/* Pre-join: preview and devices                                        */
+/* ------------------------------------------------------------------ */
+
+async function initPrejoin() {
+  setState('prejoin');
+  setupStaticUi();
+  if (!opts.token) {
+    $('#prejoin-msg').textContent = 'This link has no join token. Open the consultation link you were sent.';
+    $('#join').disabled = true;
+  }
+  await acquireMedia();
+  navigator.mediaDevices?.addEventListener?.('devicechange', () => fillDeviceSelects());
+  if (opts.autojoin && opts.token) join();
+}
+
+async function acquireMedia() {
+  $('#join').disabled = true;
+  await app.media.acquire();
+  if (opts.token) $('#join').disabled = false;
+  const err = app.media.lastError;
+  if (err) {
+    const what = err.name === 'NotAllowedError' ? 'Permission to use the camera or microphone was refused' : 'A camera or microphone could not be opened';
+    $('#prejoin-msg').textContent = `${what}. You can still join and follow the consultation.`;
+  }
+  applyLocalEnabled();
+  showLocalPreview();
+  updateControls();
+  await fillDeviceSelects();
+}
+
+function showLocalPreview() {
+  const stream = app.media.stream;
+  const preview = $('#preview');
+  preview.srcObject = null; // re-set so a swapped track is picked up everywhere
+  preview.srcObject = stream;
+  $('#prejoin .preview').classList.toggle('no-video', !app.media.videoTrack || app.camOff);
+  if (app.me) tiles.setLocal(stream, app.me.name);
+}
+
+async function fillDeviceSelects() {
+  let devices;
+  try {
+    devices = await app.media.listDevices();
+  } catch {
+    return;
+  }
+  fillSelect($('#cam-select'), devices.video, app.media.videoDeviceId, 'Camera');
+  fillSelect($('#mic-select'), devices.audio, app.media.audioDeviceId, 'Microphone');
+  $('#cam-field').hidden = opts.nocam;
+  $('#mic-field').hidden = opts.nomic;
+}
+
+function fillSelect(select, list, current, fallback) {
+  select.replaceChildren(
+    ...list.map((d, i) => {
+      const o = document.createElement('option');
+      o.value = d.deviceId;
+      o.textContent = d.label || `${fallback} ${i + 1}`;
+      o.selected = d.deviceId === current;
+      return o;
+    }),
+  );
+  select.disabled = list.length < 2;
+}
+
+async function switchDevice(kind, deviceId) {
+  const track = await app.media.switchDevice(kind, deviceId);
+  if (!track) {
+    toast(kind === 'audio' ? 'That microphone could not be opened.' : 'That camera could not be opened.');
+    return;
+  }
+  applyLocalEnabled();
+  showLocalPreview();
+  updateControls();
+  if (app.pub) {
+    const source = kind === 'audio' ? 'mic' : 'camera';
+    // Same m-line, new track: no renegotiation unless this kind was missing.
+    if (app.pub.hasSource(source)) await app.pub.replaceTrack(source, track);
+    else if (await publishLocal()) app.pub.negotiate();
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Joining and the signaling connection                                 */
+/* ------------------------------------------------------------------ */
+
+function join() {
+  if (app.state === 'joining' || app.state === 'joined' || !opts.token) return;
+  app.leaving = false;
+  app.fatal = null;
+  app.reconnects = 0;
+  setState('joining');
+  $('#settings').append($('#devices')); // device choice stays reachable in the room
+  connect();
+}
+
+function connect() {
+  app.signal = new Signal(`wss://${location.host}/ws/consult`, {
+    onMessage: (msg) => onSignal(msg),
+    onClose: (info) => onSignalClose(info),
+  });
+  app.signal.connect(opts.token);
+}
+
+function onSignal(msg) {
+  switch (msg.type) {
+    case 'joined':
+      return onJoined(msg);
+    case 'participant_joined':
+      return onParticipantJoined(msg.participant);
+    case 'participant_left':
+      return onParticipantLeft(msg.id);
+    case 'answer':
+      if (msg.pc === 'pub' && typeof msg.sdp === 'string') app.pub?.onAnswer(msg.sdp);
+      return;
+    case 'offer':
+      if (msg.pc === 'sub' && typeof msg.sdp === 'string') app.sub?.onOffer(msg);
+      return;
+    case 'candidate':
+      return addRemoteCandidate(msg.pc === 'sub' ? app.sub?.pc : app.pub?.pc, msg.candidate);
+    case 'mute':
+      return onRemoteMute(msg);
+    case 'link':
+      return onLink(msg);
+    case 'error':
+      return onServerError(msg);
+    case 'pong':
+      return;
+    default:
+      log('unknown signaling message', msg.type);
+  }
+}
+
+function onJoined(msg) {
+  if (!msg.me || typeof msg.me.id !== 'string') return;
+  app.me = msg.me;
+  app.room = msg.room || null;
+  app.reconnects = 0;
+  $('#banner-reconnect').hidden = true;
+  $('#room-title').textContent = app.room?.title || 'Consultation';
+  app.participants.clear();
+  for (const p of Array.isArray(msg.participants) ? msg.participants : []) addParticipant(p);
+  setState('joined');
+  tiles.setLocal(app.media.stream, app.me.name);
+  tiles.setLocalMuted('mic', app.micMuted || !app.media.audioTrack);
+  tiles.setLocalMuted('camera', app.camOff || !app.media.videoTrack);
+  startPeerConnections();
+  monitor.start();
+  updateControls();
+  if (opts.study && !viewer.study) viewer.loadStudy(opts.study, { origin: 'initial' });
+}
+
+function onSignalClose({ code, reason }) {
+  if (app.leaving || app.state === 'left' || app.state === 'error') return;
+  // 4000-4999 are the server's deliberate closes (PROTOCOL.md), 1000 a normal end.
+  const deliberate = code === 1000 || (code >= 4000 && code < 5000);
+  if (app.fatal || deliberate) {
+    const f = app.fatal;
+    fail(f ? FATAL_TEXT[f.code] || f.message : 'The server ended the session.', f ? f.message : reason);
+    return;
+  }
+  if (app.reconnects >= MAX_RECONNECTS) {
+    fail('The connection to the server was lost.', reason);
+    return;
+  }
+  // A dropped 4G/satellite link: rejoin with the same token (the server
+  // replaces our stale session) and keep the camera and microphone open.
+  app.reconnects += 1;
+  teardown({ stopMedia: false });
+  setState('joining');
+  const banner = $('#banner-reconnect');
+  banner.textContent = `Connection lost — reconnecting (${app.reconnects}/${MAX_RECONNECTS})…`;
+  banner.hidden = false;
+  const delay = Math.min(8000, 1000 * 2 ** (app.reconnects - 1));
+  log('reconnecting', app.reconnects);
+  setTimeout(() => {
+    if (app.state === 'joining' && !app.leaving) connect();
+  }, delay);
+}
+
+function onServerError(msg) {
+  const code = typeof msg.code === 'string' ? msg.code : 'unknown';
+  const message = typeof msg.message === 'string' ? msg.message : '';
+  pushBounded(app.errors, { code, message, ts: Date.now() }, 200);
+  log('server error', code);
+  if (FATAL_CODES.has(code)) {
+    app.fatal = { code, message };
+    fail(FATAL_TEXT[code] || 'The server ended the session.', message || code);
+    return;
+  }
+  // The protocol does not say which request an error refers to; an offer
+  // refusal can only concern the pub offer in flight.
+  if ((code === 'bad_sdp' || code === 'too_many_tracks') && app.pub) {
+    app.pub.onRefused(code).then((wasPub) => {
+      if (!wasPub) toast(describeError(code, message));
+    });
+    return;
+  }
+  toast(describeError(code, message));
+}
+
+function describeError(code, message) {
+  const known = {
+    too_many_tracks: 'The room cannot take another video stream right now.',
+    bad_sdp: 'The server refused a media description.',
+    bad_state: 'The server was not expecting that request.',
+    bad_message: 'The server did not understand a message.',
+    not_joined: 'Not joined yet.',
+  };
+  return `${known[code] || 'Error'}${message ? ` (${message})` : ` (${code})`}`;
+}
+
+/** Fatal end: state "error", the left-the-room screen with the reason. */
+function fail(title, reason) {
+  app.signal?.shutdown();
+  teardown({ stopMedia: true });
+  const hopeless = ['bad_token', 'expired_token', 'room_closed'].includes(app.fatal?.code);
+  showLeft(`You left the room: ${title}`, reason && reason !== title ? reason : '', !hopeless);
+  setState('error');
+}
+
+function leave() {
+  if (app.state === 'left' || app.state === 'error') return;
+  app.leaving = true;
+  app.signal?.leave();
+  teardown({ stopMedia: true });
+  showLeft('You left the consultation.', '');
+  setState('left');
+}
+
+/** Drop both connections and everything remote; optionally release camera and mic. */
+function teardown({ stopMedia }) {
+  monitor.stop();
+  sendViewThrottled.cancel();
+  if (app.screen) stopScreen({ renegotiate: false });
+  app.pub?.close();
+  app.sub?.close();
+  app.pub = null;
+  app.sub = null;
+  app.dcOpen = false;
+  app.viewReceived = false;
+  app.viewSent = false;
+  for (const { item } of app.outbox) item.classList.add('failed');
+  app.outbox.length = 0;
+  tiles.clearRemote();
+  app.participants.clear();
+  setVideoBanner(null);
+  if (stopMedia) {
+    app.media.stop();
+    $('#preview').srcObject = null;
+  }
+  updateControls();
+}
+
+/* ------------------------------------------------------------------ */
+/* Participants                                                         */
+/* ------------------------------------------------------------------ */
+
+function validParticipant(p) {
+  return p && typeof p.id === 'string' && p.id !== '';
+}
+
+function addParticipant(p) {
+  if (!validParticipant(p) || p.id === app.me?.id) return false;
+  const copy = { id: p.id, name: String(p.name ?? ''), role: p.role, sources: Array.isArray(p.sources) ? p.sources.map((s) => ({ ...s })) : [] };
+  app.participants.set(p.id, copy);
+  tiles.upsert(copy);
+  return true;
+}
+
+function onParticipantJoined(p) {
+  if (addParticipant(p)) chatPanel.note(`${nameOf(p.id)} joined`);
+}
+
+function onParticipantLeft(id) {
+  if (typeof id !== 'string' || !app.participants.has(id)) return;
+  const name = nameOf(id);
+  app.participants.delete(id);
+  tiles.remove(id);
+  chatPanel.note(`${name} left`);
+}
+
+function nameOf(id) {
+  if (app.me && id === app.me.id) return app.me.name || 'You';
+  return app.participants.get(id)?.name || 'Participant';
+}
+
+function onRemoteMute(msg) {
+  const { participant, source, muted } = msg;
+  if (typeof participant !== 'string' || typeof source !== 'string' || typeof muted !== 'boolean') return;
+  const p = app.participants.get(participant);
+  if (p) {
+    const s = p.sources.find((x) => x.source === source);
+    if (s) s.muted = muted;
+    else p.sources.push({ source, kind: source === 'mic' ? 'audio' : 'video', muted });
+  }
+  tiles.setMuted(participant, source, muted);
+}
+
+/* ------------------------------------------------------------------ */
+/* Peer connections                                                     */
+/* ------------------------------------------------------------------ */
+
+function startPeerConnections() {
+  const send = (m) => app.signal?.send(m) ?? false;
+  const pub = new PubConnection({
+    send,
+    onNegotiated: () => onPubNegotiated(pub),
+    onRefused: (code) => onPubRefused(code),
+    onError: (text) => toast(text),
+  });
+  const sub = new SubConnection({
+    send,
+    onTrack: (info) => tiles.attach(info),
+    onTracksSettled: (list) => tiles.settle(list),
+    onError: (text) => toast(text),
+  });
+  app.pub = pub;
+  app.sub = sub;
+  wireDataChannel(pub, pub.dc);
+  for (const pc of [pub.pc, sub.pc]) {
+    pc.onconnectionstatechange = () => onPcState(pc);
+  }
+  publishLocal()
+    .catch(() => log('could not add local tracks'))
+    .then(() => {
+      if (app.pub === pub) pub.negotiate();
+    });
+}
+
+/** Add mic and camera to pub if present and not yet published; true if anything was added. */
+async function publishLocal() {
+  const pub = app.pub;
+  const m = app.media;
+  let added = false;
+  if (!pub) return false;
+  if (m.audioTrack && !pub.hasSource('mic')) {
+    await pub.addSource('mic', m.audioTrack, m.stream, MIC_ENCODING);
+    added = true;
+  }
+  if (m.videoTrack && !pub.hasSource('camera')) {
+    await pub.addSource('camera', m.videoTrack, m.stream, CAMERA_ENCODING);
+    added = true;
+  }
+  return added;
+}
+
+function onPubNegotiated(pub) {
+  // The first time our sources exist server-side, tell the others what is muted.
+  if (pub.negotiations === 1) {
+    if (app.micMuted && app.media.audioTrack) app.signal?.send({ type: 'mute', source: 'mic', muted: true });
+    if (app.camOff && app.media.videoTrack) app.signal?.send({ type: 'mute', source: 'camera', muted: true });
+  }
+}
+
+function onPubRefused(code) {
+  log('pub offer refused', code);
+  toast(describeError(code, ''));
+  // The refused offer most likely added the screen share: give it up.
+  if (app.screen) stopScreen({ renegotiate: true });
+}
+
+function onPcState(pc) {
+  if (pc !== app.pub?.pc && pc !== app.sub?.pc) return;
+  const state = pc.connectionState;
+  $('#media-state').textContent = state === 'disconnected' ? 'Media interrupted — waiting for the link…' : '';
+  $('#media-state').hidden = state !== 'disconnected';
+  if (state === 'failed' && app.state === 'joined') {
+    // ICE has given up; a fresh session is the reliable way back.
+    log('peer connection failed');
+    app.signal?.shutdown();
+    onSignalClose({ code: 0, reason: 'media connection failed' });
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Controls                                                             */
+/* ------------------------------------------------------------------ */
+
+function applyLocalEnabled() {
+  if (app.media.audioTrack) app.media.audioTrack.enabled = !app.micMuted;
+  if (app.media.videoTrack) app.media.videoTrack.enabled = !app.camOff;
+}
+
+function setMicMuted(muted) {
+  app.micMuted = muted;
+  applyLocalEnabled();
+  tiles.setLocalMuted('mic', muted);
+  sendMute('mic', muted);
+  updateControls();
+}
+
+function setCamOff(off) {
+  app.camOff = off;
+  applyLocalEnabled();
+  tiles.setLocalMuted('camera', off);
+  $('#prejoin .preview').classList.toggle('no-video', !app.media.videoTrack || off);
+  sendMute('camera', off);
+  updateControls();
+}
+
+function sendMute(source, muted) {
+  // Before the first answer the server does not know our sources yet;
+  // onPubNegotiated sends the state then.
+  if (app.state === 'joined' && app.pub?.negotiations > 0) app.signal?.send({ type: 'mute', source, muted });
+}
+
+async function startScreen() {
+  if (app.screen || !app.pub || !navigator.mediaDevices?.getDisplayMedia) return;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({
+      video: { frameRate: { ideal: 8, max: 15 }, width: { max: 1920 }, height: { max: 1080 } },
+      audio: false,
+    });
+  } catch (err) {
+    if (err?.name !== 'NotAllowedError') toast('Screen sharing could not start.');
+    return;
+  }
+  const track = stream.getVideoTracks()[0];
+  if (!track || !app.pub || app.state !== 'joined' || app.screen) {
+    stream.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  // "detail": keep resolution (text, fine structures in images) and drop frame rate under congestion.
+  track.contentHint = 'detail';
+  track.onended = () => stopScreen({ renegotiate: true }); // the browser's own "Stop sharing"
+  app.screen = { stream, track };
+  tiles.setLocalScreen(stream);
+  updateControls();
+  await app.pub.addSource('screen', track, stream, SCREEN_ENCODING);
+  app.pub.negotiate();
+}
+
+function stopScreen({ renegotiate }) {
+  const screen = app.screen;
+  if (!screen) return;
+  app.screen = null;
+  screen.track.onended = null;
+  screen.track.stop();
+  if (app.pub) {
+    app.pub.removeSource('screen');
+    if (renegotiate) app.pub.negotiate();
+  }
+  tiles.setLocalScreen(null);
+  updateControls();
+}
+
+function updateControls() {
+  const hasMic = !!app.media.audioTrack;
+  const hasCam = !!app.media.videoTrack;
+  for (const b of document.querySelectorAll('[data-action="mic"]')) {
+    setToggle(b, !app.micMuted && hasMic, hasMic ? (app.micMuted ? 'Unmute microphone' : 'Mute microphone') : 'No microphone', app.micMuted || !hasMic ? ICONS.micOff : ICONS.mic);
+    b.disabled = !hasMic;
+  }
+  for (const b of document.querySelectorAll('[data-action="camera"]')) {
+    setToggle(b, !app.camOff && hasCam, hasCam ? (app.camOff ? 'Turn camera on' : 'Turn camera off') : 'No camera', app.camOff || !hasCam ? ICONS.camOff : ICONS.cam);
+    b.disabled = !hasCam;
+  }
+  const share = $('[data-action="screen"]');
+  setToggle(share, !!app.screen, app.screen ? 'Stop sharing screen' : 'Share screen', ICONS.screen);
+  share.disabled = app.state !== 'joined' || !navigator.mediaDevices?.getDisplayMedia;
+}
+
+/** A toggle button: icon + visible label; aria-pressed carries the state. */
+function setToggle(button, pressed, label, icon) {
+  button.setAttribute('aria-pressed', String(pressed));
+  button.setAttribute('aria-label', label);
+  button.title = label;
+  button.querySelector('.icon').innerHTML = icon; // static markup from consult-icons.js
+  button.querySelector('.label').textContent = label;
+}
+
+/* ------------------------------------------------------------------ */
+/* Data channel: chat, view, point                                      */
+/* ------------------------------------------------------------------ */
+
+function wireDataChannel(pub, dc) {
+  const current = () => app.pub === pub;
+  dc.onopen = () => {
+    if (!current()) return;
+    app.dcOpen = true;
+    log('room channel open');
+    flushOutbox();
+    if (app.pendingView) {
+      sendViewThrottled(app.pendingView);
+      app.pendingView = null;
+    } else {
+      setTimeout(() => offerInitialView(pub), INITIAL_VIEW_GRACE_MS);
+    }
+  };
+  dc.onclose = () => {
+    if (current()) app.dcOpen = false;
+  };
+  dc.onmessage = (ev) => {
+    if (current()) onRoomMessage(ev.data);
+  };
+}
+
+/** Send a JSON object on the room channel; false if it cannot go now. */
+function sendRoom(obj, { droppable = false } = {}) {
+  const dc = app.pub?.dc;
+  if (!app.dcOpen || !dc || dc.readyState !== 'open') return false;
+  if (droppable && dc.bufferedAmount > DC_HIGH_WATER) return false; // a stale view is worthless
+  const text = JSON.stringify(obj);
+  if (utf8Length(text) > ROOM_MSG_MAX_BYTES) {
+    log('room message too large, not sent', obj.t);
+    return false;
+  }
+  try {
+    dc.send(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function flushOutbox() {
+  while (app.outbox.length && app.dcOpen) {
+    const { msg, item } = app.outbox[0];
+    if (!sendRoom(msg)) break;
+    item.classList.remove('pending');
+    app.outbox.shift();
+  }
+}
+
+function onRoomMessage(data) {
+  if (typeof data !== 'string' || data.length > 2 * ROOM_MSG_MAX_BYTES) return;
+  let m;
+  try {
+    m = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (!m || typeof m !== 'object' || typeof m.t !== 'string') return;
+  if (app.me && m.from === app.me.id) return; // never our own echo
+  if (m.t === 'chat') onRemoteChat(m);
+  else if (m.t === 'view') onRemoteView(m);
+  else if (m.t === 'point') onRemotePoint(m);
+}
+
+function sendChat(text) {
+  if (typeof text !== 'string' || !text.trim() || app.state !== 'joined') return false;
+  for (const chunk of chunkChatText(text)) {
+    const entry = { from: app.me?.id ?? null, name: app.me?.name ?? '', text: chunk, ts: Date.now(), mine: true };
+    pushBounded(app.chat, entry);
+    const msg = { t: 'chat', text: chunk };
+    const sent = sendRoom(msg);
+    const item = chatPanel.add({ ...entry, pending: !sent });
+    if (!sent) {
+      if (app.outbox.length < OUTBOX_MAX) app.outbox.push({ msg, item });
+      else item.classList.add('failed');
+    }
+  }
+  return true;
+}
+
+function onRemoteChat(m) {
+  if (typeof m.text !== 'string' || typeof m.from !== 'string') return;
+  const ts = isFiniteNumber(m.ts) ? m.ts : Date.now();
+  const entry = { from: m.from, name: nameOf(m.from), text: m.text, ts, mine: false };
+  pushBounded(app.chat, entry);
+  chatPanel.add(entry);
+  if (!isVisible($('#panel-chat'))) {
+    const badge = $('#chat-unread');
+    badge.textContent = String(Number(badge.textContent || 0) + 1);
+    badge.hidden = false;
+  }
+}
+
+/** Normalise a view object to the protocol's fields (drops anything else). */
+function normaliseView(obj) {
+  if (!obj || !isValidUid(obj.study)) return null;
+  const v = { t: 'view', study: obj.study };
+  if (isValidUid(obj.series)) v.series = obj.series;
+  if (isValidUid(obj.instance)) v.instance = obj.instance;
+  v.frame = Number.isInteger(obj.frame) && obj.frame >= 0 ? obj.frame : 0;
+  if (isFiniteNumber(obj.wc) && isFiniteNumber(obj.ww) && obj.ww > 0) {
+    v.wc = obj.wc;
+    v.ww = obj.ww;
+  }
+  return v;
+}
+
+// The one path every outgoing view takes (viewer UI and mrTest.sendView).
+const sendViewThrottled = throttle((view) => {
+  if (sendRoom(view, { droppable: true })) app.viewSent = true;
+  else if (!app.dcOpen) app.pendingView = view;
+}, VIEW_MIN_INTERVAL_MS);
+
+function queueView(view) {
+  const v = normaliseView(view);
+  if (!v) return false;
+  if (!app.dcOpen) {
+    app.pendingView = v; // sent when the channel opens
+    return true;
+  }
+  sendViewThrottled(v);
+  return true;
+}
+
+/** A study opened from our own URL becomes the room's view only if the room has none. */
+function offerInitialView(pub) {
+  if (app.pub !== pub || !app.dcOpen || app.viewReceived || app.viewSent) return;
+  const v = viewer.currentView();
+  if (v) queueView(v);
+}
+
+function onRemoteView(m) {
+  const v = normaliseView(m);
+  if (!v) return;
+  const entry = { ...v, from: typeof m.from === 'string' ? m.from : null, ts: isFiniteNumber(m.ts) ? m.ts : Date.now() };
+  pushBounded(app.views, entry, 500);
+  app.viewReceived = true;
+  $('#panel-study [data-follow]').textContent = entry.from ? `Showing ${nameOf(entry.from)}’s view` : '';
+  viewer.applyView(v, 'remote');
+}
+
+function sendPoint(obj) {
+  if (!obj || !isValidUid(obj.instance) || !isFiniteNumber(obj.x) || !isFiniteNumber(obj.y)) return false;
+  if (obj.x < 0 || obj.x > 1 || obj.y < 0 || obj.y > 1) return false;
+  const msg = { t: 'point', instance: obj.instance, x: obj.x, y: obj.y };
+  viewer.showPointer({ ...msg, name: 'You', from: null });
+  return sendRoom(msg, { droppable: true });
+}
+
+function onRemotePoint(m) {
+  if (!isValidUid(m.instance) || !isFiniteNumber(m.x) || !isFiniteNumber(m.y)) return;
+  if (m.x < 0 || m.x > 1 || m.y < 0 || m.y > 1) return;
+  const from = typeof m.from === 'string' ? m.from : null;
+  pushBounded(app.points, { t: 'point', instance: m.instance, x: m.x, y: m.y, from, ts: isFiniteNumber(m.ts) ? m.ts : Date.now() }, 500);
+  viewer.showPointer({ instance: m.instance, x: m.x, y: m.y, name: from ? nameOf(from) : '', from: from || 'remote' });
+}
+
+/* ------------------------------------------------------------------ */
+/* Link quality                                                         */
+/* ------------------------------------------------------------------ */
+
+function onLink(msg) {
+  if (!['good', 'weak', 'audio_only'].includes(msg.state)) return;
+  app.link.state = msg.state;
+  app.link.bwe_kbps = isFiniteNumber(msg.bwe_kbps) ? msg.bwe_kbps : null;
+  setVideoBanner(msg.state);
+  renderLink({ ...app.link, serverState: msg.state, bweKbps: app.link.bwe_kbps });
+}
+
+function setVideoBanner(state) {
+  $('#banner-audio-only').hidden = state !== 'audio_only';
+  $('#weak-dot').hidden = state !== 'weak';
+}
+
+function renderLink(s) {
+  const level = levelOf({ rttMs: s.rttMs, lossPct: s.lossPct, serverState: app.link.state });
+  Object.assign(app.link, {
+    rttMs: s.rttMs ?? null,
+    lossPct: s.lossPct ?? null,
+    uplinkLossPct: s.uplinkLossPct ?? app.link.uplinkLossPct ?? null,
+    inKbps: s.inKbps ?? null,
+    outKbps: s.outKbps ?? null,
+    level,
+  });
+  const l = app.link;
+  const fmt = (v, unit) => (v === null || v === undefined ? '—' : `${v}${unit}`);
+  const serverText = { good: 'good', weak: 'weak', audio_only: 'audio only (video paused)' }[l.state] || 'unknown';
+  const details = [
+    ['Round trip', fmt(l.rttMs, ' ms')],
+    ['Incoming loss', fmt(l.lossPct, ' %')],
+    ['Outgoing loss', fmt(l.uplinkLossPct, ' %')],
+    ['Receiving', fmt(l.inKbps, ' kbit/s')],
+    ['Sending', fmt(l.outKbps, ' kbit/s')],
+    ['Server estimate', fmt(l.bwe_kbps, ' kbit/s')],
+    ['Server link state', serverText],
+  ];
+  const btn = $('#link');
+  btn.dataset.level = level;
+  $('#link-text').textContent = l.rttMs === null ? { green: 'Good', amber: 'Fair', red: 'Poor' }[level] : `${l.rttMs} ms · ${l.lossPct ?? 0}%`;
+  const summary = { green: 'good', amber: 'fair', red: 'poor' }[level];
+  btn.title = details.map(([k, v]) => `${k}: ${v}`).join('\n');
+  btn.setAttribute('aria-label', `Link quality ${summary}. Show details`);
+  $('#link-details dl').replaceChildren(
+    ...details.flatMap(([k, v]) => {
+      const dt = document.createElement('dt');
+      dt.textContent = k;
+      const dd = document.createElement('dd');
+      dd.textContent = v;
+      return [dt, dd];
+    }),
+  );
+}
+
+/* ------------------------------------------------------------------ */
+/* Static UI wiring                                                     */
+/* ------------------------------------------------------------------ */
+
+function isVisible(node) {
+  return !!node && node.getClientRects().length > 0;
+}
+
+function setupStaticUi() {
+  for (const b of document.querySelectorAll('[data-action="mic"]')) b.addEventListener('click', () => setMicMuted(!app.micMuted));
+  for (const b of document.querySelectorAll('[data-action="camera"]')) b.addEventListener('click', () => setCamOff(!app.camOff));
+  $('[data-action="screen"]').addEventListener('click', () => (app.screen ? stopScreen({ renegotiate: true }) : startScreen()));
+  $('[data-action="leave"]').addEventListener('click', () => leave());
+  $('#join').addEventListener('click', () => join());
+  $('#rejoin').addEventListener('click', () => location.reload());
+  $('#cam-select').addEventListener('change', (ev) => switchDevice('video', ev.target.value));
+  $('#mic-select').addEventListener('change', (ev) => switchDevice('audio', ev.target.value));
+  $('#enable-audio').addEventListener('click', () => {
+    $('#enable-audio').hidden = true;
+    tiles.resumeAudio();
+  });
+  popover($('[data-action="settings"]'), $('#settings'));
+  popover($('#link'), $('#link-details'));
+  setupTabs();
+  updateControls();
+  if (isValidUid(opts.study)) $('#panel-study [data-study-input]').value = opts.study;
+  // Best effort: tell the server at once instead of waiting for a timeout.
+  window.addEventListener('pagehide', () => {
+    if (app.state === 'joined' || app.state === 'joining') app.signal?.leave();
+  });
+}
+
+function popover(button, panel) {
+  const close = () => {
+    panel.hidden = true;
+    button.setAttribute('aria-expanded', 'false');
+  };
+  button.addEventListener('click', (ev) => {
+    ev.stopPropagation();
+    const open = panel.hidden;
+    panel.hidden = !open;
+    button.setAttribute('aria-expanded', String(open));
+  });
+  panel.addEventListener('click', (ev) => ev.stopPropagation());
+  document.addEventListener('click', close);
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') close();
+  });
+}
+
+/** Narrow screens show one panel at a time; wide screens show both and hide the tab bar. */
+function setupTabs() {
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  const select = (tab) => {
+    for (const t of tabs) {
+      const on = t === tab;
+      t.setAttribute('aria-selected', String(on));
+      t.tabIndex = on ? 0 : -1;
+      document.getElementById(t.getAttribute('aria-controls')).classList.toggle('active', on);
+    }
+    if (tab.id === 'tab-chat') {
+      $('#chat-unread').hidden = true;
+      $('#chat-unread').textContent = '';
+    }
+  };
+  tabs.forEach((t, i) => {
+    t.addEventListener('click', () => select(t));
+    t.addEventListener('keydown', (ev) => {
+      const d = ev.key === 'ArrowRight' ? 1 : ev.key === 'ArrowLeft' ? -1 : 0;
+      if (!d) return;
+      const next = tabs[(i + d + tabs.length) % tabs.length];
+      next.focus();
+      select(next);
+    });
+  });
+  select(tabs[0]);
+}
+
+/* ------------------------------------------------------------------ */
+/* Test hooks (stable: the integration tests read these)                */
+/* ------------------------------------------------------------------ */
+
+window.mrTest = {
+  get state() {
+    return app.state;
+  },
+  get me() {
+    return app.me;
+  },
+  /** The other participants currently in the room (not including `me`). */
+  get participants() {
+    return [...app.participants.values()];
+  },
+  chat: app.chat,
+  views: app.views,
+  points: app.points,
+  errors: app.errors,
+  get link() {
+    return app.link;
+  },
+  get dcOpen() {
+    return app.dcOpen;
+  },
+  async stats() {
+    const sub = app.sub;
+    const pub = app.pub;
+    return collectStreamStats(
+      pub?.pc ?? null,
+      sub?.pc ?? null,
+      (mid, trackId) => {
+        if (!sub) return null;
+        const m = mid ?? (trackId ? sub.midOfTrackId(trackId) : null);
+        const info = m !== null && m !== undefined ? sub.tracks[m] : null;
+        return info ? { participant: info.participant ?? null, source: info.source ?? null } : null;
+      },
+      (mid, trackId) => pub?.sourceOf(mid, trackId) ?? null,
+    );
+  },
+  sendChat: (text) => sendChat(text),
+  /** Same path as the viewer: throttled `view` message; the local viewer follows. */
+  sendView: (obj) => {
+    const v = normaliseView(obj);
+    if (!v) return false;
+    queueView(v);
+    viewer.applyView(v, 'none');
+    return true;
+  },
+  sendPoint: (obj) => sendPoint(obj),
+};
+
+initPrejoin().catch(() => {
+  log('start-up failed');
+  setState('error');
+  showLeft('The consultation page could not start.', '');
+});
