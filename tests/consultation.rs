@@ -115,7 +115,8 @@ fn assert_media_flows(sess: &Session, from: &str, who: &str, within: Duration) {
             break (v, a);
         }
         if Instant::now() > deadline {
-            panic!("{who}: no media from {from} (video frames {v}, audio packets {a}); stats {st}");
+            let link = sess.execute("return window.mrTest.link", vec![]).unwrap_or_default();
+            panic!("{who}: no media from {from} (video frames {v}, audio packets {a}); link {link}; stats {st}");
         }
         std::thread::sleep(Duration::from_millis(500));
     };

@@ -66,6 +66,7 @@ const app = {
   state: 'prejoin',
   me: null,
   room: null,
+  limits: null, // from `joined`: {max_participants, max_tracks, max_dc_bytes}
   participants: new Map(), // the others, by id
   link: { state: null, bwe_kbps: null, level: null, rttMs: null, lossPct: null, inKbps: null, outKbps: null },
   chat: [],
@@ -279,6 +280,7 @@ function onJoined(msg) {
   if (!msg.me || typeof msg.me.id !== 'string') return;
   app.me = msg.me;
   app.room = msg.room || null;
+  app.limits = msg.limits && typeof msg.limits === 'object' ? msg.limits : null;
   app.reconnects = 0;
   $('#banner-reconnect').hidden = true;
   $('#room-title').textContent = app.room?.title || 'Consultation';
@@ -551,6 +553,11 @@ function sendMute(source, muted) {
 
 async function startScreen() {
   if (app.screen || !app.pub || !navigator.mediaDevices?.getDisplayMedia) return;
+  const maxTracks = app.limits?.max_tracks;
+  if (isFiniteNumber(maxTracks) && Object.keys(app.pub.tracksMap()).length >= maxTracks) {
+    toast(describeError('too_many_tracks', ''));
+    return;
+  }
   let stream;
   try {
     stream = await navigator.mediaDevices.getDisplayMedia({
@@ -647,7 +654,8 @@ function sendRoom(obj, { droppable = false } = {}) {
   if (!app.dcOpen || !dc || dc.readyState !== 'open') return false;
   if (droppable && dc.bufferedAmount > DC_HIGH_WATER) return false; // a stale view is worthless
   const text = JSON.stringify(obj);
-  if (utf8Length(text) > ROOM_MSG_MAX_BYTES) {
+  const max = isFiniteNumber(app.limits?.max_dc_bytes) ? app.limits.max_dc_bytes : ROOM_MSG_MAX_BYTES;
+  if (utf8Length(text) > max) {
     log('room message too large, not sent', obj.t);
     return false;
   }
@@ -686,6 +694,7 @@ function onRoomMessage(data) {
 function sendChat(text) {
   if (typeof text !== 'string' || !text.trim() || app.state !== 'joined') return false;
   for (const chunk of chunkChatText(text)) {
+    if (!chunk.trim()) continue; // the server drops blank messages
     const entry = { from: app.me?.id ?? null, name: app.me?.name ?? '', text: chunk, ts: Date.now(), mine: true };
     pushBounded(app.chat, entry);
     const msg = { t: 'chat', text: chunk };

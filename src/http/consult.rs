@@ -310,7 +310,6 @@ async fn session(s: Arc<Services>, mut ws: WebSocket) {
         Ok(c) => c,
         Err((code, why)) => {
             s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
-            let code = if code.close_code().is_some() { code } else { code };
             return close(&mut ws, code, &why).await;
         }
     };

@@ -40,7 +40,7 @@ pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
         return None;
     }
     let len = u16::from_be_bytes([data[2], data[3]]) as usize;
-    if len % 4 != 0 || 20 + len > data.len() {
+    if !len.is_multiple_of(4) || 20 + len > data.len() {
         return None;
     }
     let mut at = 20;

@@ -47,8 +47,8 @@ use super::history::{
     HistoryConfig, HistoryPacket, NackResponder, ResponderConfig, RetransmitHistory, RtxSequencer, rtx_payload,
 };
 use super::keyframe::{Codec, KeyframeConfig, KeyframeReason, KeyframeRequester, is_keyframe};
-use super::layer::{BitrateMeter, LayerSelector, LinkClassifier, ResumeProbe, SelectorConfig, Target};
-use super::media::{MIME_TYPE_RED, new_peer_connection, random_credentials};
+use super::layer::{BitrateMeter, LayerSelector, LinkClassifier, PauseGate, ResumeProbe, SelectorConfig, Target};
+use super::media::{MIME_TYPE_RED, candidates_in_every_section, new_peer_connection, random_credentials};
 use super::munger::{InPacket, Munger, MungerConfig};
 use super::nack::{NackConfig, NackGenerator, pack_nack_pairs};
 use super::protocol::{
@@ -156,7 +156,17 @@ struct Room {
     joined: Vec<String>,
     /// Latest shared-viewer state, replayed to late joiners.
     last_view: Option<String>,
+    /// Recent chat, replayed to late joiners and to a participant who
+    /// reconnects after a dropped link, so nothing said is lost to them.
+    chat_log: VecDeque<String>,
 }
+
+/// Below this much room for video (after audio), a subscriber gets audio only:
+/// roughly the floor at which browsers still send a usable 320x180 picture.
+const VIDEO_MIN_BPS: u64 = 150_000;
+
+/// Chat lines kept per room for replay.
+const CHAT_REPLAY: usize = 50;
 
 struct Peer {
     pc: RTCPeerConnection,
@@ -164,6 +174,9 @@ struct Peer {
     deadline: Option<Instant>,
     state: RTCPeerConnectionState,
 }
+
+/// (payload type, lower-case mime type, fmtp line) of one negotiated codec.
+type PtInfo = (u8, String, String);
 
 /// A track a participant publishes.
 struct UpTrack {
@@ -231,6 +244,7 @@ struct Participant {
     selector: LayerSelector,
     classifier: LinkClassifier,
     probe: ResumeProbe,
+    gate: PauseGate,
 }
 
 impl Participant {
@@ -425,6 +439,7 @@ impl Engine {
                 invited,
                 joined: Vec::new(),
                 last_view: None,
+                chat_log: VecDeque::new(),
             },
         );
         self.metrics.rooms_active.store(self.rooms.len() as u64, Relaxed);
@@ -518,6 +533,7 @@ impl Engine {
             selector: LayerSelector::new(SelectorConfig::default()),
             classifier: LinkClassifier::default(),
             probe: ResumeProbe::default(),
+            gate: PauseGate::default(),
         };
         let others: Vec<ParticipantInfo> = room
             .joined
@@ -732,7 +748,10 @@ impl Engine {
             return self.reply_err(pid, ErrorCode::BadSdp, &format!("cannot answer this offer: {e}"));
         }
         let sdp = p.pubc.pc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
-        p.send(ServerMsg::Answer { pc: PcKind::Pub, sdp });
+        p.send(ServerMsg::Answer {
+            pc: PcKind::Pub,
+            sdp: candidates_in_every_section(&sdp),
+        });
         // Sources can be re-labelled by a renegotiation (camera <-> screen).
         let relabel: Vec<(String, Source)> = p
             .uptracks
@@ -778,7 +797,7 @@ impl Engine {
     /// agreed for the same codec (browsers may pick different numbers).
     fn resolve_payload_types(&mut self, pid: &str) {
         let Some(p) = self.parts.get(pid) else { return };
-        let mut pubs: HashMap<(String, String), Vec<(u8, String, String)>> = HashMap::new();
+        let mut pubs: HashMap<(String, String), Vec<PtInfo>> = HashMap::new();
         for (key, _) in p.down.iter() {
             if let Some(u) = self.parts.get(&key.0).and_then(|pp| pp.uptracks.get(&key.1)) {
                 pubs.insert(key.clone(), u.pts.clone());
@@ -863,7 +882,7 @@ impl Engine {
         p.sub_neg.outstanding = true;
         p.send(ServerMsg::Offer {
             pc: PcKind::Sub,
-            sdp,
+            sdp: candidates_in_every_section(&sdp),
             tracks,
         });
         self.process(now, pid, PcKind::Sub);
@@ -1011,6 +1030,7 @@ impl Engine {
             while let Some(m) = peer.pc.poll_read() {
                 msgs.push(m);
             }
+            let peer = p.peer(kind);
             peer.deadline = peer.pc.poll_timeout().map(|d| d.max(now + Duration::from_millis(1)));
             if events.is_empty() && msgs.is_empty() {
                 return;
@@ -1057,11 +1077,15 @@ impl Engine {
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) if kind == PcKind::Pub => {
                 let Some(p) = self.parts.get_mut(pid) else { return };
                 p.dc = Some(id);
-                let last = self.rooms.get(&p.room).and_then(|r| r.last_view.clone());
-                if let Some(v) = last
-                    && let Some(mut dc) = p.pubc.pc.data_channel(id)
-                {
-                    let _ = dc.send_text(now, v);
+                let (chat, view) = self
+                    .rooms
+                    .get(&p.room)
+                    .map(|r| (r.chat_log.iter().cloned().collect::<Vec<_>>(), r.last_view.clone()))
+                    .unwrap_or_default();
+                if let Some(mut dc) = p.pubc.pc.data_channel(id) {
+                    for line in chat.into_iter().chain(view) {
+                        let _ = dc.send_text(now, line);
+                    }
                 }
             }
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(_)) if kind == PcKind::Pub => {
@@ -1210,20 +1234,24 @@ impl Engine {
         if keyframe {
             u.keyframes.on_keyframe(now);
         }
+        // One key and room name per inbound packet, none per subscriber.
+        let key = (pid.to_string(), track_id.to_string());
         let room = p.room.clone();
-        let Some(r) = self.rooms.get(&room) else { return };
-        // Index loop instead of cloning the member list per packet.
-        for i in 0..r.joined.len() {
-            let Some(sid) = self.rooms.get(&room).and_then(|r| r.joined.get(i)) else {
-                break;
-            };
+        let Engine {
+            rooms,
+            parts,
+            out: transmits,
+            metrics,
+            ..
+        } = self;
+        let Some(r) = rooms.get(&room) else { return };
+        for sid in &r.joined {
             if sid == pid {
                 continue;
             }
-            let Some(s) = self.parts.get_mut(sid.as_str()) else {
+            let Some(s) = parts.get_mut(sid.as_str()) else {
                 continue;
             };
-            let key = (pid.to_string(), track_id.to_string());
             let Some(d) = s.down.get_mut(&key) else { continue };
             let Some(out_pt) = d
                 .pt_map
@@ -1240,6 +1268,12 @@ impl Engine {
                 timestamp: pkt.header.timestamp,
                 marker: pkt.header.marker,
             };
+            // Padding-only packets are bandwidth probes for the publisher's
+            // own link; forwarding them would only cost the subscriber.
+            if pkt.payload.is_empty() {
+                d.munger.drop_packet(&inp);
+                continue;
+            }
             if video && d.need_keyframe {
                 if keyframe && !paused {
                     d.need_keyframe = false;
@@ -1256,17 +1290,22 @@ impl Engine {
             let Ok(m) = d.munger.forward(now, &inp) else {
                 continue;
             };
-            let mut out = pkt.clone();
-            out.header.ssrc = m.ssrc;
-            out.header.payload_type = out_pt;
-            out.header.sequence_number = m.seq;
-            out.header.timestamp = m.timestamp;
-            // Header extensions are negotiated per connection; the publisher's
-            // ids mean nothing to this subscriber.
-            out.header.extension = false;
-            out.header.extensions.clear();
-            out.header.extension_profile = 0;
-            out.header.extensions_padding = 0;
+            // A fresh header: the publisher's CSRCs and extension ids mean
+            // nothing on this subscriber's connection (and cloning them
+            // would allocate per copy).
+            let out = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    padding: false,
+                    marker: pkt.header.marker,
+                    payload_type: out_pt,
+                    sequence_number: m.seq,
+                    timestamp: m.timestamp,
+                    ssrc: m.ssrc,
+                    ..Default::default()
+                },
+                payload: pkt.payload.clone(),
+            };
             if video {
                 d.history.push(
                     now,
@@ -1284,10 +1323,14 @@ impl Engine {
                 message: RTCMessage::RtpPacket(String::new(), out),
             });
             if w.is_ok() {
-                self.metrics.rtp_out.fetch_add(1, Relaxed);
+                metrics.rtp_out.fetch_add(1, Relaxed);
             }
-            while let Some(w) = s.subc.pc.poll_write() {
-                self.out.push_back(Transmit {
+            // One poll: the packet just written. Anything else the
+            // connection queued (a sender report) leaves on the next drain,
+            // at the latest the next 20 ms tick; a second, empty poll per
+            // copy would cost a full pass over rtc's handler chain.
+            if let Some(w) = s.subc.pc.poll_write() {
+                transmits.push_back(Transmit {
                     to: w.transport.peer_addr,
                     data: w.message,
                 });
@@ -1379,10 +1422,15 @@ impl Engine {
         };
         let Some(p) = self.parts.get(pid) else { return };
         let room = p.room.clone();
-        if stamped.is_view
-            && let Some(r) = self.rooms.get_mut(&room)
-        {
-            r.last_view = Some(stamped.text.clone());
+        if let Some(r) = self.rooms.get_mut(&room) {
+            if stamped.is_view {
+                r.last_view = Some(stamped.text.clone());
+            } else if stamped.is_chat {
+                if r.chat_log.len() >= CHAT_REPLAY {
+                    r.chat_log.pop_front();
+                }
+                r.chat_log.push_back(stamped.text.clone());
+            }
         }
         let members: Vec<String> = self.rooms.get(&room).map(|r| r.joined.clone()).unwrap_or_default();
         for o in members {
@@ -1518,8 +1566,15 @@ impl Engine {
         let wanted = if wants_video { Target::Layer(0) } else { Target::Paused };
         let chosen = match (s.bwe_bps, wants_video) {
             (Some(bwe), true) if video_bps > 0 => {
-                let t = s.selector.update(now, &[video_bps], bwe, audio_bps.max(32_000));
-                if s.probe.update(now, t) { Target::Layer(0) } else { t }
+                // With one layer per track the SFU cannot send less video,
+                // only none; and a receive-side estimate hovers around what
+                // arrives, so judging against the full stream rate would
+                // flap. Video is paused only when the link cannot carry even
+                // a minimal stream next to the audio.
+                let layer = video_bps.min(VIDEO_MIN_BPS);
+                let raw = s.selector.update(now, &[layer], bwe, audio_bps.max(32_000));
+                let gated = s.gate.update(now, raw);
+                s.probe.update(now, gated)
             }
             _ => wanted,
         };
@@ -1599,6 +1654,7 @@ pub fn rtt_from_report(lsr: u32, dlsr: u32, now_middle: u32) -> Option<Duration>
 pub struct Stamped {
     pub text: String,
     pub is_view: bool,
+    pub is_chat: bool,
 }
 
 /// Validates a data-channel message from a participant and stamps the
@@ -1636,6 +1692,7 @@ pub fn stamp_dc_message(data: &[u8], from: &str, ts: u64) -> Option<Stamped> {
     Some(Stamped {
         text: v.to_string(),
         is_view: t == "view",
+        is_chat: t == "chat",
     })
 }
 

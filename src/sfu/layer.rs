@@ -375,66 +375,124 @@ impl LinkClassifier {
 ///
 /// A receive-side estimate (REMB) only grows with what actually arrives, so
 /// a subscriber paused to audio would stay paused forever on the estimate
-/// alone. After a pause of `interval` the forwarder resumes video as a probe;
-/// if the estimate still says no the selector pauses again and the interval
+/// alone. After a pause of `interval` the forwarder resumes video for
+/// `probe_len` as a probe, long enough for the estimate to climb; if the
+/// estimate still says no at the end, video pauses again and the interval
 /// doubles (5 s, 10 s, ... 60 s), so a link that really cannot carry video is
 /// not hammered, while one that recovered gets video back within seconds.
 #[derive(Debug, Clone)]
 pub struct ResumeProbe {
     min_interval: Duration,
     max_interval: Duration,
+    probe_len: Duration,
     interval: Duration,
     paused_since: Option<Instant>,
     probing_since: Option<Instant>,
+    /// A probe that ended with video still wanted: video has held since then.
+    held_since: Option<Instant>,
 }
 
 impl Default for ResumeProbe {
     fn default() -> Self {
-        Self::new(Duration::from_secs(5), Duration::from_secs(60))
+        Self::new(Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(4))
     }
 }
 
 impl ResumeProbe {
-    pub fn new(min_interval: Duration, max_interval: Duration) -> Self {
+    pub fn new(min_interval: Duration, max_interval: Duration, probe_len: Duration) -> Self {
         Self {
             min_interval,
             max_interval,
+            probe_len,
             interval: min_interval,
             paused_since: None,
             probing_since: None,
+            held_since: None,
         }
     }
 
-    /// Feeds the selector's decision; returns true when video should be
-    /// resumed now as a probe despite the `Paused` decision.
-    pub fn update(&mut self, now: Instant, target: Target) -> bool {
+    /// Feeds the decision (`Paused` or a layer); returns what to do now.
+    pub fn update(&mut self, now: Instant, target: Target) -> Target {
+        if let Some(p) = self.probing_since {
+            if now.saturating_duration_since(p) < self.probe_len {
+                return Target::Layer(0).max(target);
+            }
+            self.probing_since = None;
+            if target == Target::Paused {
+                // The estimate did not follow: back off.
+                self.interval = (self.interval * 2).min(self.max_interval);
+                self.paused_since = Some(now);
+                return Target::Paused;
+            }
+            self.held_since = Some(now);
+        }
         if target != Target::Paused {
-            // Video is flowing. A probe that survives 2 intervals earns the
-            // short interval back.
-            if let Some(p) = self.probing_since
-                && now.saturating_duration_since(p) >= 2 * self.interval
+            self.paused_since = None;
+            // Video that holds for two intervals earns the short interval back.
+            if let Some(h) = self.held_since
+                && now.saturating_duration_since(h) >= 2 * self.interval
             {
                 self.interval = self.min_interval;
-                self.probing_since = None;
+                self.held_since = None;
             }
-            self.paused_since = None;
-            return false;
+            return target;
         }
-        if self.probing_since.take().is_some() {
-            // The probe failed: back off.
-            self.interval = (self.interval * 2).min(self.max_interval);
-        }
+        self.held_since = None;
         let since = *self.paused_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.interval {
             self.paused_since = None;
             self.probing_since = Some(now);
-            return true;
+            return Target::Layer(0);
         }
-        false
+        Target::Paused
     }
 
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+}
+
+/// Guards the drastic step of pausing video: not during the first seconds
+/// of a subscription, while the receiver's estimate is still ramping up from
+/// its initial value, and only once the estimate has stayed too low for
+/// `hold` (a single low REMB after a loss burst is not a weak link).
+#[derive(Debug, Clone)]
+pub struct PauseGate {
+    started: Option<Instant>,
+    grace: Duration,
+    hold: Duration,
+    low_since: Option<Instant>,
+}
+
+impl Default for PauseGate {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10), Duration::from_secs(3))
+    }
+}
+
+impl PauseGate {
+    pub fn new(grace: Duration, hold: Duration) -> Self {
+        Self {
+            started: None,
+            grace,
+            hold,
+            low_since: None,
+        }
+    }
+
+    /// `raw` is the selector's decision; returns it, or the lowest layer
+    /// while a pause is not yet justified.
+    pub fn update(&mut self, now: Instant, raw: Target) -> Target {
+        let started = *self.started.get_or_insert(now);
+        if raw != Target::Paused {
+            self.low_since = None;
+            return raw;
+        }
+        let low = *self.low_since.get_or_insert(now);
+        if now.saturating_duration_since(started) < self.grace || now.saturating_duration_since(low) < self.hold {
+            return Target::Layer(0);
+        }
+        Target::Paused
     }
 }
 
@@ -657,33 +715,48 @@ mod tests {
     }
 
     #[test]
-    fn resume_probe_backs_off_and_recovers() {
+    fn resume_probe_holds_video_for_the_probe_and_backs_off() {
         let t0 = Instant::now();
-        let mut p = ResumeProbe::new(ms(5000), ms(60_000));
-        // Paused: no probe before 5 s, one at 5 s.
-        assert!(!p.update(t0, Target::Paused));
-        assert!(!p.update(t0 + ms(4900), Target::Paused));
-        assert!(p.update(t0 + ms(5000), Target::Paused));
-        // The probe resumed video, but the selector pauses again: back off to 10 s.
-        assert!(!p.update(t0 + ms(5100), Target::Layer(0)));
-        assert!(!p.update(t0 + ms(6000), Target::Paused));
+        let mut p = ResumeProbe::new(ms(5000), ms(60_000), ms(4000));
+        assert_eq!(p.update(t0, Target::Paused), Target::Paused);
+        assert_eq!(p.update(t0 + ms(4900), Target::Paused), Target::Paused);
+        // Probe: video on for 4 s even though the decision is still Paused.
+        assert_eq!(p.update(t0 + ms(5000), Target::Paused), Target::Layer(0));
+        assert_eq!(p.update(t0 + ms(8900), Target::Paused), Target::Layer(0));
+        // Still paused at the end: back off to 10 s.
+        assert_eq!(p.update(t0 + ms(9000), Target::Paused), Target::Paused);
         assert_eq!(p.interval(), ms(10_000));
-        assert!(!p.update(t0 + ms(15_000), Target::Paused));
-        assert!(p.update(t0 + ms(16_000), Target::Paused));
-        // This probe holds for two intervals: the short interval is back.
-        assert!(!p.update(t0 + ms(17_000), Target::Layer(0)));
-        assert!(!p.update(t0 + ms(37_000), Target::Layer(0)));
+        assert_eq!(p.update(t0 + ms(18_900), Target::Paused), Target::Paused);
+        assert_eq!(p.update(t0 + ms(19_000), Target::Paused), Target::Layer(0));
+        // This probe succeeds: the estimate followed.
+        assert_eq!(p.update(t0 + ms(23_000), Target::Layer(0)), Target::Layer(0));
+        assert_eq!(p.update(t0 + ms(42_000), Target::Layer(0)), Target::Layer(0));
+        assert_eq!(p.update(t0 + ms(43_100), Target::Layer(0)), Target::Layer(0));
         assert_eq!(p.interval(), ms(5000));
         // Backoff is capped.
-        let mut q = ResumeProbe::new(ms(5000), ms(20_000));
+        let mut q = ResumeProbe::new(ms(5000), ms(20_000), ms(1000));
         let mut t = t0;
-        for _ in 0..6 {
-            while !q.update(t, Target::Paused) {
-                t += ms(100);
-            }
-            t += ms(100);
-            q.update(t, Target::Layer(0));
+        for _ in 0..200 {
+            q.update(t, Target::Paused);
+            t += ms(500);
         }
         assert_eq!(q.interval(), ms(20_000));
+    }
+
+    #[test]
+    fn pause_gate_waits_for_ramp_up_and_a_sustained_low_estimate() {
+        let t0 = Instant::now();
+        let mut g = PauseGate::new(ms(10_000), ms(3000));
+        assert_eq!(g.update(t0, Target::Layer(0)), Target::Layer(0));
+        // Low estimate during the ramp-up: keep video.
+        assert_eq!(g.update(t0 + ms(1000), Target::Paused), Target::Layer(0));
+        assert_eq!(g.update(t0 + ms(9000), Target::Paused), Target::Layer(0));
+        // Grace over, and the estimate has been low since 1 s: pause.
+        assert_eq!(g.update(t0 + ms(10_000), Target::Paused), Target::Paused);
+        // A good estimate resets it; the next low one has to last 3 s.
+        assert_eq!(g.update(t0 + ms(11_000), Target::Layer(0)), Target::Layer(0));
+        assert_eq!(g.update(t0 + ms(12_000), Target::Paused), Target::Layer(0));
+        assert_eq!(g.update(t0 + ms(14_900), Target::Paused), Target::Layer(0));
+        assert_eq!(g.update(t0 + ms(15_000), Target::Paused), Target::Paused);
     }
 }

@@ -17,7 +17,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::Registry;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -154,12 +155,18 @@ pub fn new_peer_connection(
         // Consent freshness: browsers check every ~2.5 s (lite agents only
         // answer), so 8 s without a check is a gone peer, 15 s a failed one.
         .with_ice_timeouts(Some(Duration::from_secs(8)), Some(Duration::from_secs(15)), None)
+        // AES-GCM first: browsers prefer it, and it is the cheaper one per
+        // packet (one pass for encryption and authentication).
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
         .build();
     let mut media = MediaEngine::default();
     for (c, k) in codecs(kind) {
         media.register_codec(c, k).map_err(se)?;
     }
-    let mut registry = configure_rtcp_reports(Registry::new());
+    let mut registry = configure_rtcp_reports(Registry::new()).with(Slot::Custom(20_000), DeliverFeedback::default());
     if kind == PcKind::Pub {
         configure_simulcast_extension_headers(&mut media).map_err(se)?;
         registry = configure_twcc_receiver_only(registry, &mut media).map_err(se)?;
@@ -189,4 +196,128 @@ pub fn new_peer_connection(
     }
     pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(se)?;
     Ok(pc)
+}
+
+/// Lets subscribers' feedback reach the engine.
+///
+/// `rtc` ends the inbound RTCP path at its chain terminus unless an
+/// interceptor marks a packet for the application; an SFU has to see NACK,
+/// PLI/FIR, REMB and receiver reports to repair, refresh and adapt, so this
+/// marks every inbound RTCP compound (the engine ignores what it does not use).
+#[derive(Default)]
+pub struct DeliverFeedback {
+    reads: std::collections::VecDeque<TaggedPacket>,
+    writes: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for DeliverFeedback {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for DeliverFeedback {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Repeats our ICE candidates in every m-section of an SDP we send.
+///
+/// With BUNDLE one section carrying them is enough for browsers, but some
+/// stacks (aiortc among them) take a bundled transport's candidates from a
+/// different section than the first; repeating them costs a few lines and
+/// makes every independent implementation find the SFU's address.
+pub fn candidates_in_every_section(sdp: &str) -> String {
+    let lines: Vec<&str> = sdp.split("\r\n").filter(|l| !l.is_empty()).collect();
+    let cands: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("a=candidate:") || *l == "a=end-of-candidates")
+        .collect();
+    if cands.is_empty() {
+        return sdp.to_string();
+    }
+    // Split into session part and media sections.
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for l in &lines {
+        if l.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(l);
+        }
+    }
+    let mut out = String::with_capacity(sdp.len() + cands.len() * 64 * sections.len());
+    for (i, sec) in sections.iter().enumerate() {
+        let has = sec.iter().any(|l| l.starts_with("a=candidate:"));
+        for l in sec {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+        if i > 0 && !has {
+            for c in &cands {
+                out.push_str(c);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_repeated_in_sections_without_them() {
+        let sdp = "v=0\r\ns=-\r\nm=audio 9 X 111\r\na=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates\r\nm=application 9 X webrtc-datachannel\r\na=mid:1\r\n";
+        let out = candidates_in_every_section(sdp);
+        assert_eq!(out.matches("a=candidate:").count(), 2);
+        assert_eq!(out.matches("a=end-of-candidates").count(), 2);
+        let app = out.split("m=application").nth(1).unwrap();
+        assert!(app.contains("a=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\n"));
+        assert!(out.starts_with("v=0\r\ns=-\r\nm=audio"));
+        // Nothing to copy: unchanged.
+        assert_eq!(
+            candidates_in_every_section("v=0\r\nm=audio 9 X 0\r\n"),
+            "v=0\r\nm=audio 9 X 0\r\n"
+        );
+    }
+
+    #[test]
+    fn codec_table_has_fec_red_and_rtx() {
+        let c = codecs(PcKind::Sub);
+        let opus = c.iter().find(|(c, _)| c.rtp_codec.mime_type == MIME_TYPE_OPUS).unwrap();
+        assert!(opus.0.rtp_codec.sdp_fmtp_line.contains("useinbandfec=1"));
+        assert!(opus.0.rtp_codec.sdp_fmtp_line.contains("usedtx=1"));
+        assert!(c.iter().any(|(c, _)| c.rtp_codec.mime_type == MIME_TYPE_RED));
+        let vp8 = c.iter().find(|(c, _)| c.rtp_codec.mime_type == MIME_TYPE_VP8).unwrap();
+        assert!(vp8.0.rtp_codec.rtcp_feedback.iter().any(|f| f.typ == "goog-remb"));
+        assert!(c.iter().any(|(c, _)| c.rtp_codec.sdp_fmtp_line == "apt=96"));
+    }
 }

@@ -187,8 +187,13 @@ impl Sfu {
             return Err(SfuStartError::NoAnnounce);
         }
         let metrics = Arc::new(SfuMetrics::default());
+        // The ICE agent accepts checks only on an address it has a candidate
+        // for. Behind NAT or a port mapping the socket's own address is not
+        // one of them, so datagrams are attributed to the first announced
+        // address (replies leave through the one socket either way).
+        let candidate_addr = if announce.contains(&local) { local } else { announce[0] };
         let ecfg = EngineConfig {
-            local_addr: local,
+            local_addr: candidate_addr,
             announce,
             max_rooms: cfg.max_rooms,
             max_participants: cfg.max_participants_per_room,

@@ -38,6 +38,9 @@ fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
     }
 }
 
+/// Decides, per datagram, whether the simulated link loses it.
+pub type LossFn = Box<dyn FnMut(&[u8]) -> bool>;
+
 pub struct SimClient {
     pub id: String,
     pub pubc: RTCPeerConnection,
@@ -53,9 +56,9 @@ pub struct SimClient {
     /// Sequence numbers delivered for each SSRC (RTX already unwrapped).
     pub seqs: HashMap<u32, Vec<u16>>,
     /// Drop this client's outgoing (to the SFU) datagrams when it returns true.
-    pub uplink_loss: Option<Box<dyn FnMut(&[u8]) -> bool>>,
+    pub uplink_loss: Option<LossFn>,
     /// Drop datagrams towards this client when it returns true.
-    pub downlink_loss: Option<Box<dyn FnMut(&[u8]) -> bool>>,
+    pub downlink_loss: Option<LossFn>,
 }
 
 fn client_pc(addr: SocketAddr, kind: PcKind, now: Instant) -> RTCPeerConnection {
@@ -63,9 +66,16 @@ fn client_pc(addr: SocketAddr, kind: PcKind, now: Instant) -> RTCPeerConnection 
     for (c, k) in codecs(kind) {
         let _ = media.register_codec(c, k);
     }
+    // Like a browser: NACKs, receiver reports and TWCC feedback.
+    let registry = rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
+        rtc::interceptor::Registry::new(),
+        &mut media,
+    )
+    .expect("interceptors");
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
+        .with_interceptor_registry(registry)
         .build(now)
         .expect("client peer connection");
     let cand = CandidateHostConfig {
@@ -95,12 +105,21 @@ pub struct Net {
     /// number of calls, for the forwarding benchmark.
     pub engine_busy: Duration,
     pub engine_calls: u64,
+    /// Of `engine_busy`, the part spent in `handle_timeout`.
+    pub timer_busy: Duration,
     pub latencies: Vec<Duration>,
     pub measure: bool,
+    /// Called with true before and false after every engine call, so a
+    /// benchmark can attribute allocations to the engine.
+    pub engine_scope: fn(bool),
 }
 
 impl Net {
     pub fn new(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str]) -> Net {
+        Self::with_scope(cfg_tweak, names, |_| {})
+    }
+
+    pub fn with_scope(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], engine_scope: fn(bool)) -> Net {
         let now = Instant::now();
         let mut cfg = EngineConfig {
             local_addr: SERVER,
@@ -139,8 +158,10 @@ impl Net {
             room: created.id.clone(),
             engine_busy: Duration::ZERO,
             engine_calls: 0,
+            timer_busy: Duration::ZERO,
             latencies: Vec::new(),
             measure: false,
+            engine_scope,
         };
         for (i, (pid, _, _)) in created.participants.iter().enumerate() {
             net.join(i, pid);
@@ -155,6 +176,7 @@ impl Net {
         let (tx, rx) = mpsc::channel(1024);
         let (rtx, mut rrx) = oneshot::channel();
         let conn = 1000 + i as u64;
+        (self.engine_scope)(true);
         self.engine.handle_command(
             self.now,
             Command::Join {
@@ -165,6 +187,7 @@ impl Net {
                 reply: rtx,
             },
         );
+        (self.engine_scope)(false);
         rrx.try_recv().expect("join reply").expect("joined");
         self.clients.push(SimClient {
             id: pid.to_string(),
@@ -185,14 +208,14 @@ impl Net {
 
     fn signal(&mut self, i: usize, msg: ClientMsg) {
         let c = &self.clients[i];
-        self.engine.handle_command(
-            self.now,
-            Command::Signal {
-                participant: c.id.clone(),
-                conn: c.conn,
-                msg,
-            },
-        );
+        let cmd = Command::Signal {
+            participant: c.id.clone(),
+            conn: c.conn,
+            msg,
+        };
+        (self.engine_scope)(true);
+        self.engine.handle_command(self.now, cmd);
+        (self.engine_scope)(false);
     }
 
     /// Client `i` publishes one video track (VP8) and, optionally, a data channel.
@@ -294,13 +317,18 @@ impl Net {
                         {
                             continue;
                         }
+                        let media = i == 0 && kind == PcKind::Pub;
+                        (self.engine_scope)(true);
                         let t0 = Instant::now();
                         self.engine.handle_datagram(self.now, from, &w.message);
+                        let spent = t0.elapsed();
+                        (self.engine_scope)(false);
                         if self.measure {
-                            let spent = t0.elapsed();
                             self.engine_busy += spent;
                             self.engine_calls += 1;
-                            self.latencies.push(spent);
+                            if media {
+                                self.latencies.push(spent);
+                            }
                         }
                     }
                 }
@@ -390,7 +418,15 @@ impl Net {
     pub fn timers(&mut self) {
         let now = self.now;
         if self.engine.poll_timeout() <= now {
+            (self.engine_scope)(true);
+            let t0 = Instant::now();
             self.engine.handle_timeout(now);
+            if self.measure {
+                let spent = t0.elapsed();
+                self.engine_busy += spent;
+                self.timer_busy += spent;
+            }
+            (self.engine_scope)(false);
         }
         for c in &mut self.clients {
             for pc in [&mut c.pubc, &mut c.subc] {
@@ -464,5 +500,51 @@ mod tests {
         for w in seqs.windows(2) {
             assert_eq!(w[1], w[0].wrapping_add(1), "gap in forwarded sequence: {seqs:?}");
         }
+    }
+
+    /// True for SRTP media (not SRTCP: RTCP packet types 200-206 sit in the
+    /// second byte with the marker bit set).
+    fn is_rtp(d: &[u8]) -> bool {
+        d.len() > 12 && (128..192).contains(&d[0]) && !(200..=206).contains(&d[1])
+    }
+
+    #[test]
+    fn lost_packets_are_repaired_from_the_sfu_history_with_rtx() {
+        let mut net = connected_pair();
+        stream(&mut net, 0, 0, 50, 10);
+        // Drop every 7th media packet towards the subscriber.
+        let mut n = 0u32;
+        net.clients[1].downlink_loss = Some(Box::new(move |d: &[u8]| {
+            if is_rtp(d) {
+                n += 1;
+                n.is_multiple_of(7)
+            } else {
+                false
+            }
+        }));
+        stream(&mut net, 0, 50, 200, 50);
+        net.clients[1].downlink_loss = None;
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        let rtx = net.metrics.rtx_sent.load(std::sync::atomic::Ordering::Relaxed);
+        let nin = net.metrics.nack_in.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(rtx >= 20, "only {rtx} retransmissions ({nin} NACKs in)");
+        let seqs = net.clients[1]
+            .seqs
+            .values()
+            .max_by_key(|v| v.len())
+            .cloned()
+            .unwrap_or_default();
+        let mut uniq = seqs.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        // Everything after the first forwarded packet arrived, repaired.
+        let first = seqs.first().copied().unwrap_or(0);
+        let last = seqs.iter().copied().max().unwrap_or(0);
+        let expected = last.wrapping_sub(first) as usize + 1;
+        assert_eq!(
+            uniq.len(),
+            expected,
+            "missing sequence numbers after repair (rtx sent {rtx})"
+        );
     }
 }
