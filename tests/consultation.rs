@@ -106,7 +106,7 @@ fn inbound_sum(st: &Value, field: &str) -> u64 {
 
 /// Waits until `sess` decodes video and receives audio from `from`, then
 /// checks that both keep rising over the next two seconds.
-fn assert_media_flows(sess: &Session, from: &str, who: &str, within: Duration) {
+fn assert_media_flows(s: &Server, sess: &Session, from: &str, who: &str, within: Duration) {
     let deadline = Instant::now() + within;
     let first = loop {
         let st = stats(sess);
@@ -116,7 +116,22 @@ fn assert_media_flows(sess: &Session, from: &str, who: &str, within: Duration) {
         }
         if Instant::now() > deadline {
             let link = sess.execute("return window.mrTest.link", vec![]).unwrap_or_default();
-            panic!("{who}: no media from {from} (video frames {v}, audio packets {a}); link {link}; stats {st}");
+            let (_, m) = s.get("/metrics");
+            let sfu: Vec<String> = String::from_utf8_lossy(&m)
+                .lines()
+                .filter(|l| l.starts_with("medrelay_sfu"))
+                .map(String::from)
+                .collect();
+            let log: Vec<String> = s
+                .log()
+                .lines()
+                .filter(|l| l.contains("sfu::engine") || l.contains("WARN") || l.contains("ERROR"))
+                .map(String::from)
+                .collect();
+            panic!(
+                "{who}: no media from {from} (video frames {v}, audio packets {a}); link {link}; stats {st}\nSFU metrics: {sfu:?}\nSFU log:\n{}",
+                log.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -150,8 +165,8 @@ fn browsers_exchange_media_chat_and_synchronized_view() {
     let ch = chromium();
     let a = join(&ch, &s, &ps[0].1, "");
     let b = join(&ch, &s, &ps[1].1, "");
-    assert_media_flows(&a, &ps[1].0, "clinic", Duration::from_secs(30));
-    assert_media_flows(&b, &ps[0].0, "expert", Duration::from_secs(30));
+    assert_media_flows(&s, &a, &ps[1].0, "clinic", Duration::from_secs(30));
+    assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(30));
 
     // Chat and the shared viewer go over the data channel, stamped by the server.
     a.wait_for("window.mrTest.dcOpen === true", Duration::from_secs(10))
@@ -191,10 +206,10 @@ fn browsers_exchange_media_chat_and_synchronized_view() {
     // A third participant: everyone receives both others, and the late
     // joiner is shown the image the room is looking at.
     let c = join(&ch, &s, &ps[2].1, "");
-    assert_media_flows(&c, &ps[0].0, "second expert", Duration::from_secs(30));
-    assert_media_flows(&c, &ps[1].0, "second expert", Duration::from_secs(30));
-    assert_media_flows(&a, &ps[2].0, "clinic", Duration::from_secs(30));
-    assert_media_flows(&b, &ps[2].0, "expert", Duration::from_secs(30));
+    assert_media_flows(&s, &c, &ps[0].0, "second expert", Duration::from_secs(30));
+    assert_media_flows(&s, &c, &ps[1].0, "second expert", Duration::from_secs(30));
+    assert_media_flows(&s, &a, &ps[2].0, "clinic", Duration::from_secs(30));
+    assert_media_flows(&s, &b, &ps[2].0, "expert", Duration::from_secs(30));
     js_array_contains(&c, "views", "m.instance === '1.2.840.1.2.3'", Duration::from_secs(10));
 
     let status = s.get_json(&format!("/api/rooms/{room}"));
@@ -241,7 +256,7 @@ fn aiortc_and_chromium_exchange_media_through_the_sfu() {
         .expect("aiortc peer");
     let ch = chromium();
     let a = join(&ch, &s, &ps[0].1, "");
-    assert_media_flows(&a, &ps[1].0, "chromium", Duration::from_secs(40));
+    assert_media_flows(&s, &a, &ps[1].0, "chromium", Duration::from_secs(40));
     js_array_contains(&a, "chat", "m.text === 'hello from aiortc'", Duration::from_secs(20));
     let status = peer.wait().expect("aiortc exit");
     let mut err = String::new();
@@ -312,7 +327,7 @@ fn long_lossy_link_is_repaired_by_retransmission() {
     let ch = chromium();
     let a = join(&ch, &s, &ps[0].1, "");
     let b = join(&ch, &s, &ps[1].1, "");
-    assert_media_flows(&b, &ps[0].0, "expert", Duration::from_secs(60));
+    assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(60));
     let before = stats(&b);
     let (v0, _) = inbound_from(&before, &ps[0].0);
     std::thread::sleep(Duration::from_secs(15));
@@ -481,7 +496,7 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     let ch = chromium();
     let a = join(&ch, &s, &ps[0].1, "");
     let b = join(&ch, &s, &ps[1].1, "");
-    assert_media_flows(&b, &ps[0].0, "B", Duration::from_secs(30));
+    assert_media_flows(&s, &b, &ps[0].0, "B", Duration::from_secs(30));
 
     let v = probe(&s, "garbage_first", "");
     assert_eq!(error_codes(&v), ["bad_message"], "{v}");
@@ -548,8 +563,8 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     });
 
     // The room is unaffected.
-    assert_media_flows(&b, &ps[0].0, "B after the attacks", Duration::from_secs(10));
-    assert_media_flows(&a, &ps[1].0, "A after the attacks", Duration::from_secs(10));
+    assert_media_flows(&s, &b, &ps[0].0, "B after the attacks", Duration::from_secs(10));
+    assert_media_flows(&s, &a, &ps[1].0, "A after the attacks", Duration::from_secs(10));
     let status = s.get_json(&format!("/api/rooms/{room}"));
     assert_eq!(status["connected"].as_array().map(|v| v.len()), Some(2), "{status}");
     // Bad API input gets clear errors.

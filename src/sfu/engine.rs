@@ -290,6 +290,7 @@ pub struct Engine {
     out: VecDeque<Transmit>,
     metrics: Arc<SfuMetrics>,
     next_tick: Instant,
+    ticks: u64,
     /// Participants to drop at the end of the current input (failed peer
     /// connections, closed signaling channels); removing them mid-iteration
     /// would invalidate what the caller is walking.
@@ -326,6 +327,7 @@ impl Engine {
             out: VecDeque::new(),
             metrics,
             next_tick: now + TICK,
+            ticks: 0,
             doomed: Vec::new(),
         }
     }
@@ -1245,6 +1247,7 @@ impl Engine {
             ..
         } = self;
         let Some(r) = rooms.get(&room) else { return };
+        let mut want_keyframe = false;
         for sid in &r.joined {
             if sid == pid {
                 continue;
@@ -1279,6 +1282,10 @@ impl Engine {
                     d.need_keyframe = false;
                 } else {
                     d.munger.drop_packet(&inp);
+                    // Keep asking while waiting: the keyframe that answered
+                    // an earlier request may have gone by before this
+                    // subscriber could take it (negotiation still open).
+                    want_keyframe |= !paused;
                     continue;
                 }
             }
@@ -1327,7 +1334,7 @@ impl Engine {
             }
             // One poll: the packet just written. Anything else the
             // connection queued (a sender report) leaves on the next drain,
-            // at the latest the next 20 ms tick; a second, empty poll per
+            // at the latest the next full tick (100 ms); a second, empty poll per
             // copy would cost a full pass over rtc's handler chain.
             if let Some(w) = s.subc.pc.poll_write() {
                 transmits.push_back(Transmit {
@@ -1335,6 +1342,9 @@ impl Engine {
                     data: w.message,
                 });
             }
+        }
+        if want_keyframe && let Some(u) = parts.get_mut(pid).and_then(|p| p.uptracks.get_mut(track_id)) {
+            u.keyframes.request(now, KeyframeReason::NewSubscriber);
         }
     }
 
@@ -1481,6 +1491,11 @@ impl Engine {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.ticks = self.ticks.wrapping_add(1);
+        // Every 5th tick (100 ms): a full drain of every connection and a
+        // refresh of cached deadlines. Doing that every 20 ms costs a pass
+        // over rtc's handler chain per connection for nothing most of the time.
+        let full = self.ticks.is_multiple_of(5);
         let peer_timeout = self.cfg.peer_timeout;
         let ids: Vec<String> = self.parts.keys().cloned().collect();
         for pid in ids {
@@ -1529,14 +1544,22 @@ impl Engine {
                     ));
                 }
             }
+            let wrote = !rtcp_out.is_empty();
             for (recv, pkt) in rtcp_out {
                 if let Some(mut r) = p.pubc.pc.rtp_receiver(recv) {
                     let _ = r.write_rtcp(now, vec![pkt]);
                 }
             }
             self.update_link(now, &pid);
-            self.process(now, &pid, PcKind::Pub);
-            self.process(now, &pid, PcKind::Sub);
+            if wrote || full {
+                self.process(now, &pid, PcKind::Pub);
+            }
+            if full {
+                self.process(now, &pid, PcKind::Sub);
+            }
+        }
+        if !full {
+            return;
         }
         // Refresh cached deadlines: forwarding may have scheduled reports.
         for p in self.parts.values_mut() {

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{ReceiverReportBuilder, SenderReportBuilder};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
@@ -166,11 +167,18 @@ pub fn new_peer_connection(
     for (c, k) in codecs(kind) {
         media.register_codec(c, k).map_err(se)?;
     }
-    let mut registry = configure_rtcp_reports(Registry::new()).with(Slot::Custom(20_000), DeliverFeedback::default());
-    if kind == PcKind::Pub {
-        configure_simulcast_extension_headers(&mut media).map_err(se)?;
-        registry = configure_twcc_receiver_only(registry, &mut media).map_err(se)?;
-    }
+    // Each connection carries media one way only, so each gets only the
+    // interceptors for its direction: every one is a hop per packet.
+    let registry = match kind {
+        PcKind::Pub => {
+            configure_simulcast_extension_headers(&mut media).map_err(se)?;
+            let r = Registry::new().with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+            configure_twcc_receiver_only(r, &mut media).map_err(se)?
+        }
+        PcKind::Sub => Registry::new()
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(Slot::Custom(20_000), DeliverFeedback::default()),
+    };
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(setting)

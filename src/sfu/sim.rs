@@ -547,4 +547,25 @@ mod tests {
             "missing sequence numbers after repair (rtx sent {rtx})"
         );
     }
+
+    #[test]
+    fn a_vanished_peer_is_removed_by_media_timeouts_not_signaling() {
+        let mut net = connected_pair();
+        stream(&mut net, 0, 0, 30, 10);
+        assert_eq!(net.engine.participants(), 2);
+        // Client 1's network goes away; its signaling channel stays open.
+        net.clients[1].uplink_loss = Some(Box::new(|_: &[u8]| true));
+        net.run_for(Duration::from_secs(10), Duration::from_millis(20));
+        assert_eq!(net.engine.participants(), 2, "not before the ICE/consent timeouts");
+        net.run_for(Duration::from_secs(15), Duration::from_millis(20));
+        assert_eq!(net.engine.participants(), 1, "the silent participant was not removed");
+        let gone = net.clients[1].id.clone();
+        assert!(
+            net.clients[0]
+                .messages
+                .iter()
+                .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == gone)),
+            "the others were not told"
+        );
+    }
 }
