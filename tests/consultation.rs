@@ -287,6 +287,10 @@ impl Drop for Impair {
 }
 
 fn impair(listen_port: u16, upstream_port: u16, delay_ms: u32, loss: f64) -> Impair {
+    impair_with(listen_port, upstream_port, delay_ms, loss, &[])
+}
+
+fn impair_with(listen_port: u16, upstream_port: u16, delay_ms: u32, loss: f64, extra: &[&str]) -> Impair {
     use std::io::BufRead;
     let mut c = Command::new(python())
         .arg(script("udp_impair.py"))
@@ -302,6 +306,7 @@ fn impair(listen_port: u16, upstream_port: u16, delay_ms: u32, loss: f64) -> Imp
             "--seed",
             "7",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -348,6 +353,40 @@ fn long_lossy_link_is_repaired_by_retransmission() {
         s.metric("medrelay_sfu_nack_out_total") > 0.0,
         "the SFU never NACKed the publisher"
     );
+    drop(a);
+}
+
+#[test]
+fn a_starved_downlink_keeps_audio_and_pauses_video() {
+    let _g = lock();
+    // Each browser's downlink is squeezed to 100 kbit/s (less than one video
+    // stream plus audio); uplinks are free. The SFU must keep audio flowing,
+    // pause video for the starved subscribers and tell their pages.
+    let proxy_port = free_udp_port();
+    let s = server(&format!("[sfu]\nannounce = [\"127.0.0.1:{proxy_port}\"]\n"));
+    let _link = impair_with(
+        proxy_port,
+        s.sfu_port,
+        20,
+        0.0,
+        &["--down-rate-kbps", "100", "--queue-ms", "300"],
+    );
+    let (_room, ps) = create_room(&s, &[("Dr. Plateau", "clinic"), ("Dr. City", "expert")], None);
+    let ch = chromium();
+    let a = join(&ch, &s, &ps[0].1, "");
+    let b = join(&ch, &s, &ps[1].1, "");
+    let state = b
+        .wait_for(
+            "window.mrTest.link && window.mrTest.link.state === 'audio_only' ? window.mrTest.link : null",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("the starved subscriber was never switched to audio only: {e}"));
+    assert!(state["bwe_kbps"].as_u64().is_some_and(|k| k < 400), "{state}");
+    // Audio keeps flowing while video is paused.
+    let (_, a0) = inbound_from(&stats(&b), &ps[0].0);
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, a1) = inbound_from(&stats(&b), &ps[0].0);
+    assert!(a1 >= a0 + 100, "audio stalled under audio-only: {a0} -> {a1}");
     drop(a);
 }
 

@@ -708,9 +708,17 @@ function sendChat(text) {
   return true;
 }
 
+// The server replays recent chat to a reconnecting page; lines already shown
+// are recognised by sender, server timestamp and text.
+const seenChat = new Set();
+
 function onRemoteChat(m) {
   if (typeof m.text !== 'string' || typeof m.from !== 'string') return;
   const ts = isFiniteNumber(m.ts) ? m.ts : Date.now();
+  const key = `${m.from}|${ts}|${m.text}`;
+  if (seenChat.has(key)) return;
+  if (seenChat.size > 1000) seenChat.clear();
+  seenChat.add(key);
   const entry = { from: m.from, name: nameOf(m.from), text: m.text, ts, mine: false };
   pushBounded(app.chat, entry);
   chatPanel.add(entry);
