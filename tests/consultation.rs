@@ -137,7 +137,13 @@ fn assert_media_flows(s: &Server, sess: &Session, from: &str, who: &str, within:
     };
     std::thread::sleep(Duration::from_secs(2));
     let (v, a) = inbound_from(&stats(sess), from);
-    assert!(v > first.0 + 5, "{who}: video from {from} stalled: {} -> {v}", first.0);
+    let link = || sess.execute("return window.mrTest.link", vec![]).unwrap_or_default();
+    assert!(
+        v > first.0 + 5,
+        "{who}: video from {from} stalled: {} -> {v}; link {}",
+        first.0,
+        link()
+    );
     assert!(a > first.1 + 20, "{who}: audio from {from} stalled: {} -> {a}", first.1);
 }
 
@@ -202,6 +208,40 @@ fn browsers_exchange_media_chat_and_synchronized_view() {
     .expect("send point");
     let p = js_array_contains(&b, "points", "m.instance === '1.2.840.1.2.3'", Duration::from_secs(10));
     assert_eq!(p["x"], 0.25);
+
+    // Screen share (a trusted click, as getDisplayMedia requires) reaches the
+    // other side as a third track, labelled as a screen.
+    a.click("button[data-action='screen']").expect("click share");
+    let screen = b
+        .wait_for(
+            &format!(
+                "window.mrTest.stats().then(s => s.inbound.find(r => r.participant === '{}' && r.source === 'screen' && r.framesDecoded > 5) || null)",
+                ps[0].0
+            ),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("screen share never arrived: {e}; errors {:?}", a.execute("return window.mrTest.errors", vec![])));
+    assert_eq!(screen["kind"], "video");
+
+    // Muting is signalled to the others.
+    b.click("nav.controls button[data-action='mic']").expect("click mute");
+    a.wait_for(
+        &format!(
+            "(window.mrTest.participants.find(p => p.id === '{}') || {{sources: []}}).sources.some(s => s.source === 'mic' && s.muted)",
+            ps[1].0
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("mute state reached the clinic");
+    b.click("nav.controls button[data-action='mic']").expect("click unmute");
+    a.wait_for(
+        &format!(
+            "(window.mrTest.participants.find(p => p.id === '{}') || {{sources: []}}).sources.some(s => s.source === 'mic' && !s.muted)",
+            ps[1].0
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("unmute reached the clinic");
 
     // A third participant: everyone receives both others, and the late
     // joiner is shown the image the room is looking at.

@@ -1615,6 +1615,12 @@ impl Engine {
             super::layer::LinkState::AudioOnly => LinkState::AudioOnly,
         };
         if state != s.link_state {
+            info!(
+                participant = pid,
+                ?state,
+                bwe_kbps = s.bwe_bps.unwrap_or(0) / 1000,
+                "link state"
+            );
             s.link_state = state;
             s.send(ServerMsg::Link {
                 state,

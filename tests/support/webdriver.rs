@@ -294,6 +294,24 @@ impl Session {
             .collect())
     }
 
+    /// Clicks the first element matching a CSS selector. A WebDriver click is
+    /// a trusted user gesture, which APIs such as getDisplayMedia require.
+    pub fn click(&self, css: &str) -> Result<(), String> {
+        let el = self.cmd(
+            "POST",
+            "/element",
+            Some(&json!({"using": "css selector", "value": css})),
+            HTTP_TIMEOUT,
+        )?;
+        let id = el
+            .get("element-6066-11e4-a52e-4f735466cecf")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("click {css}: no element id in {el}"))?
+            .to_string();
+        self.cmd("POST", &format!("/element/{id}/click"), Some(&json!({})), HTTP_TIMEOUT)
+            .map(|_| ())
+    }
+
     /// Screenshot of the viewport as PNG bytes.
     pub fn screenshot_png(&self) -> Result<Vec<u8>, String> {
         let v = self.cmd("GET", "/screenshot", None, HTTP_TIMEOUT)?;
