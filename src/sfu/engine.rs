@@ -1513,6 +1513,7 @@ impl Engine {
             let mut rtcp_out: Vec<(RTCRtpReceiverId, Box<dyn rtcp::Packet>)> = Vec::new();
             for u in p.uptracks.values_mut() {
                 let Some(media_ssrc) = u.media_ssrc else { continue };
+                u.keyframes.set_rtt(rtt);
                 let missing = u.nack.poll(now, rtt);
                 if !missing.is_empty() {
                     self.metrics.nack_out.fetch_add(1, Relaxed);

@@ -20,6 +20,101 @@ use super::engine::{Command, Engine, EngineConfig};
 /// Commands waiting for the engine; senders wait (async) when it is full.
 pub const COMMAND_QUEUE: usize = 256;
 
+/// Datagrams handed to the kernel per `sendmmsg` call: one published packet
+/// fans out to every subscriber, so copies come in bursts.
+const BATCH: usize = 64;
+
+/// Sends everything the engine produced. A full kernel buffer drops the rest
+/// of the burst, as a congested router would (NACK/RTX repairs it): waiting
+/// here would delay every other participant.
+fn flush(socket: &UdpSocket, engine: &mut Engine, batch: &mut Vec<super::engine::Transmit>, metrics: &SfuMetrics) {
+    loop {
+        batch.clear();
+        while batch.len() < BATCH {
+            match engine.poll_transmit() {
+                Some(t) => batch.push(t),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let sent = send_batch(socket, batch);
+        if sent < batch.len() {
+            metrics
+                .udp_send_dropped
+                .fetch_add((batch.len() - sent) as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// One `sendmmsg` for the whole burst: the per-datagram system call, not the
+/// forwarding decision, is the larger cost of a copy (see benches/sfu_forward.rs).
+#[cfg(target_os = "linux")]
+pub fn send_batch(socket: &UdpSocket, batch: &[super::engine::Transmit]) -> usize {
+    use std::os::fd::AsRawFd;
+    let addrs: Vec<socket2::SockAddr> = batch.iter().map(|t| socket2::SockAddr::from(t.to)).collect();
+    let mut iovs: Vec<libc::iovec> = batch
+        .iter()
+        .map(|t| libc::iovec {
+            iov_base: t.data.as_ptr() as *mut libc::c_void,
+            iov_len: t.data.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(batch.len());
+    for (i, a) in addrs.iter().enumerate() {
+        // SAFETY: an all-zero msghdr is a valid "no control data" header.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = a.as_ptr() as *mut libc::c_void;
+        h.msg_namelen = a.len();
+        h.msg_iov = &mut iovs[i] as *mut libc::iovec;
+        h.msg_iovlen = 1;
+        msgs.push(libc::mmsghdr { msg_hdr: h, msg_len: 0 });
+    }
+    let mut done = 0usize;
+    while done < msgs.len() {
+        // SAFETY: every pointer in msgs[done..] points into addrs/iovs/batch,
+        // which outlive this call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                msgs[done..].as_mut_ptr(),
+                (msgs.len() - done) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => return done,
+                // An unreachable destination (ICMP from a vanished
+                // browser) fails only its own datagram: skip it.
+                _ => {
+                    debug!(to = %batch[done].to, error = %e, "send failed");
+                    done += 1;
+                    continue;
+                }
+            }
+        }
+        done += n as usize;
+    }
+    done
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn send_batch(socket: &UdpSocket, batch: &[super::engine::Transmit]) -> usize {
+    let mut sent = 0;
+    for t in batch {
+        match socket.try_send_to(&t.data, t.to) {
+            Ok(_) => sent += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return sent,
+            Err(e) => debug!(to = %t.to, error = %e, "send failed"),
+        }
+    }
+    sent
+}
+
 pub fn spawn(
     socket: std::net::UdpSocket,
     cfg: EngineConfig,
@@ -55,21 +150,9 @@ async fn run(
     info!(addr = ?local, announce = ?cfg.announce, "SFU media port ready");
     let mut engine = Engine::new(cfg, metrics.clone(), Instant::now());
     let mut buf = vec![0u8; 2048];
+    let mut batch: Vec<super::engine::Transmit> = Vec::with_capacity(BATCH);
     loop {
-        while let Some(t) = engine.poll_transmit() {
-            match socket.try_send_to(&t.data, t.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Kernel buffer full: waiting here would delay every
-                    // other participant, so the packet is dropped like a
-                    // congested router would (NACK/RTX repairs it).
-                    metrics
-                        .udp_send_dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => debug!(to = %t.to, error = %e, "send failed"),
-            }
-        }
+        flush(&socket, &mut engine, &mut batch, &metrics);
         let deadline = engine.poll_timeout();
         tokio::select! {
             biased;
