@@ -386,6 +386,14 @@ fn long_lossy_link_is_repaired_by_retransmission() {
     // SFU's history), and the SFU repaired its own uplink by NACKing.
     let nacks = inbound_sum(&after, "nackCount");
     let rtx = inbound_sum(&after, "retransmittedPacketsReceived");
+    eprintln!(
+        "lossy link: frames decoded {v0} -> {v1} in 15 s; subscriber NACKs {nacks}, RTX received {rtx}, lost {}; \
+         SFU: rtx sent {}, NACKs to publisher {}, PLIs to publisher {}",
+        inbound_sum(&after, "packetsLost"),
+        s.metric("medrelay_sfu_rtx_sent_total"),
+        s.metric("medrelay_sfu_nack_out_total"),
+        s.metric("medrelay_sfu_pli_out_total")
+    );
     assert!(nacks > 0, "no NACKs from the subscriber: {after}");
     assert!(rtx > 0, "no retransmissions received: {after}");
     assert!(s.metric("medrelay_sfu_rtx_sent_total") > 0.0);
@@ -427,6 +435,7 @@ fn a_starved_downlink_keeps_audio_and_pauses_video() {
     std::thread::sleep(Duration::from_secs(4));
     let (_, a1) = inbound_from(&stats(&b), &ps[0].0);
     assert!(a1 >= a0 + 100, "audio stalled under audio-only: {a0} -> {a1}");
+    eprintln!("starved downlink: link {state}; audio packets {a0} -> {a1} in 4 s");
     drop(a);
 }
 
