@@ -27,6 +27,7 @@ pub mod dicom;
 pub mod http;
 pub mod imaging;
 pub mod metrics;
+pub mod reading;
 pub mod sfu;
 pub mod tls;
 
