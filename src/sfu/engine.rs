@@ -178,6 +178,19 @@ struct Peer {
 /// (payload type, lower-case mime type, fmtp line) of one negotiated codec.
 type PtInfo = (u8, String, String);
 
+fn pt_infos(codecs: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters]) -> Vec<PtInfo> {
+    codecs
+        .iter()
+        .map(|c| {
+            (
+                c.payload_type,
+                c.rtp_codec.mime_type.to_ascii_lowercase(),
+                c.rtp_codec.sdp_fmtp_line.clone(),
+            )
+        })
+        .collect()
+}
+
 /// A track a participant publishes.
 struct UpTrack {
     receiver: RTCRtpReceiverId,
@@ -811,18 +824,7 @@ impl Engine {
                 continue;
             };
             let params = sender.get_parameters();
-            let negotiated: Vec<(u8, String, String)> = params
-                .rtp_parameters
-                .codecs
-                .iter()
-                .map(|c| {
-                    (
-                        c.payload_type,
-                        c.rtp_codec.mime_type.to_ascii_lowercase(),
-                        c.rtp_codec.sdp_fmtp_line.clone(),
-                    )
-                })
-                .collect();
+            let negotiated = pt_infos(&params.rtp_parameters.codecs);
             let Some(up_pts) = pubs.get(key) else { continue };
             d.pt_map.clear();
             for (in_pt, mime, fmtp) in up_pts {
@@ -1119,18 +1121,7 @@ impl Engine {
         let track_codec = first_ssrc.and_then(|s| r.track().codec(s).cloned());
         let params = r.get_parameters();
         let codec = track_codec.or_else(|| params.rtp_parameters.codecs.first().map(|c| c.rtp_codec.clone()));
-        let pts: Vec<(u8, String, String)> = params
-            .rtp_parameters
-            .codecs
-            .iter()
-            .map(|c| {
-                (
-                    c.payload_type,
-                    c.rtp_codec.mime_type.to_ascii_lowercase(),
-                    c.rtp_codec.sdp_fmtp_line.clone(),
-                )
-            })
-            .collect();
+        let pts = pt_infos(&params.rtp_parameters.codecs);
         let Some(codec) = codec else {
             warn!(participant = pid, "published track without a negotiated codec ignored");
             return;

@@ -187,23 +187,27 @@ pub fn new_peer_connection(
         .build(now)
         .map_err(se)?;
     for addr in announce {
-        let cand = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(se)?;
-        pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().map_err(se)?)
-            .map_err(se)?;
+        pc.add_local_candidate(host_candidate(*addr)?).map_err(se)?;
     }
     pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(se)?;
     Ok(pc)
+}
+
+/// A UDP host candidate for `addr` (we gather nothing: the sockets are ours).
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SetupError> {
+    let cand = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(se)?;
+    RTCIceCandidate::from(&cand).to_json().map_err(se)
 }
 
 /// Lets subscribers' feedback reach the engine.

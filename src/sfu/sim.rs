@@ -15,7 +15,7 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::sansio::Protocol;
@@ -78,19 +78,7 @@ fn client_pc(addr: SocketAddr, kind: PcKind, now: Instant) -> RTCPeerConnection 
         .with_interceptor_registry(registry)
         .build(now)
         .expect("client peer connection");
-    let cand = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("candidate");
-    let _ = pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().expect("candidate json"));
+    let _ = pc.add_local_candidate(super::media::host_candidate(addr).expect("candidate"));
     let _ = pc.add_local_candidate(RTCIceCandidateInit::default());
     pc
 }

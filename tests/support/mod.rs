@@ -389,25 +389,7 @@ impl Drop for Server {
 /// Minimal HTTPS GET against the self-signed dev certificate, with curl (a
 /// real, independent client) so tests do not need a TLS stack of their own.
 pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
-    let out = std::env::temp_dir().join(format!("medrelay-it-body-{}-{}", std::process::id(), rand_suffix()));
-    let o = run({
-        let mut c = Command::new("curl");
-        c.args([
-            "-sk",
-            "--max-time",
-            "60",
-            "-o",
-            &out.display().to_string(),
-            "-w",
-            "%{http_code}",
-        ]);
-        c.arg(format!("https://127.0.0.1:{port}{path}"));
-        c
-    });
-    let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
-    let body = std::fs::read(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
-    (code, body)
+    http_send(port, "GET", path, None)
 }
 
 fn rand_suffix() -> u64 {
