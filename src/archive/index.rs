@@ -17,6 +17,9 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::files::{ArchiveError, Committed};
+use crate::reading::worklist::{
+    Action as WorkAction, Actor, State as WorkState, Transition, WorklistError, apply as apply_work,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -137,6 +140,21 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE instances ADD COLUMN preview_ms INTEGER;
      ALTER TABLE instances ADD COLUMN cine_frames INTEGER;
      CREATE INDEX IF NOT EXISTS instances_preview ON instances(preview_status);",
+    // 2: claims with leases and the transition log (reading workflow)
+    "ALTER TABLE worklist ADD COLUMN claimed_by TEXT;
+     ALTER TABLE worklist ADD COLUMN lease_until_ms INTEGER;
+     ALTER TABLE worklist ADD COLUMN detail TEXT;
+     CREATE TABLE IF NOT EXISTS worklist_transitions (
+         id INTEGER PRIMARY KEY,
+         study_uid TEXT NOT NULL,
+         from_state TEXT NOT NULL,
+         to_state TEXT NOT NULL,
+         actor TEXT NOT NULL,
+         at_ms INTEGER NOT NULL,
+         detail TEXT
+     );
+     CREATE INDEX IF NOT EXISTS worklist_transitions_study ON worklist_transitions(study_uid, at_ms);
+     CREATE INDEX IF NOT EXISTS worklist_lease ON worklist(state, lease_until_ms);",
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
@@ -936,6 +954,145 @@ impl Index {
     }
 }
 
+/// Why a worklist action was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum WorklistApplyError {
+    #[error("study is not on the worklist")]
+    NoSuchStudy,
+    #[error(transparent)]
+    Rule(#[from] WorklistError),
+    #[error("worklist row in an unknown state {0:?}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl From<sqlx::Error> for WorklistApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        WorklistApplyError::Index(IndexError::Db(e))
+    }
+}
+
+fn worklist_state(
+    name: &str,
+    by: Option<String>,
+    lease: Option<i64>,
+    detail: Option<String>,
+) -> Result<WorkState, WorklistApplyError> {
+    Ok(match name {
+        "new" => WorkState::New,
+        "claimed" => WorkState::Claimed {
+            by: by.unwrap_or_default(),
+            lease_until_ms: lease.unwrap_or(0),
+        },
+        "reported" => WorkState::Reported {
+            by: by.unwrap_or_default(),
+        },
+        "delivered" => WorkState::Delivered,
+        "returned" => WorkState::Returned {
+            reason: detail.unwrap_or_default(),
+        },
+        "cancelled" => WorkState::Cancelled,
+        other => return Err(WorklistApplyError::Corrupt(other.to_string())),
+    })
+}
+
+impl Index {
+    /// Applies one worklist action atomically: read the row, decide with the
+    /// pure rules in `reading::worklist`, write it and its transition record
+    /// in one IMMEDIATE transaction. SQLite serialises such transactions, so
+    /// of two experts claiming one study at the same moment exactly one wins
+    /// and the other is told who did.
+    pub async fn worklist_apply(
+        &self,
+        study_uid: &str,
+        action: &WorkAction,
+        actor: Actor<'_>,
+        now_ms: i64,
+    ) -> Result<Transition, WorklistApplyError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let step = async {
+            let row = sqlx::query("SELECT state, claimed_by, lease_until_ms, detail FROM worklist WHERE study_uid = ?")
+                .bind(study_uid)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or(WorklistApplyError::NoSuchStudy)?;
+            let state = worklist_state(
+                &row.get::<String, _>(0),
+                row.get::<Option<String>, _>(1),
+                row.get::<Option<i64>, _>(2),
+                row.get::<Option<String>, _>(3),
+            )?;
+            let t = apply_work(&state, action, actor, now_ms)?;
+            let (by, lease, detail) = match &t.to {
+                WorkState::Claimed { by, lease_until_ms } => (Some(by.clone()), Some(*lease_until_ms), None),
+                WorkState::Reported { by } => (Some(by.clone()), None, None),
+                WorkState::Returned { reason } => (None, None, Some(reason.clone())),
+                _ => (None, None, None),
+            };
+            sqlx::query(
+                "UPDATE worklist SET state = ?, claimed_by = ?, lease_until_ms = ?, detail = ?, updated_ms = ? WHERE study_uid = ?",
+            )
+            .bind(t.to.name())
+            .bind(&by)
+            .bind(lease)
+            .bind(&detail)
+            .bind(now_ms)
+            .bind(study_uid)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(study_uid)
+            .bind(t.from)
+            .bind(t.to.name())
+            .bind(&t.by)
+            .bind(now_ms)
+            .bind(&detail)
+            .execute(&mut *conn)
+            .await?;
+            Ok::<Transition, WorklistApplyError>(t)
+        }
+        .await;
+        match step {
+            Ok(t) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(t)
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns studies whose claim lease has run out to `new`; their uids.
+    pub async fn expire_worklist_leases(&self, now_ms: i64) -> Result<Vec<String>, WorklistApplyError> {
+        let due: Vec<String> =
+            sqlx::query("SELECT study_uid FROM worklist WHERE state = 'claimed' AND lease_until_ms <= ?")
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+        let mut freed = Vec::new();
+        for uid in due {
+            // Renewed or taken over in the meantime: the rules refuse, skip it.
+            if self
+                .worklist_apply(&uid, &WorkAction::Expire, Actor::System, now_ms)
+                .await
+                .is_ok()
+            {
+                freed.push(uid);
+            }
+        }
+        Ok(freed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1065,5 +1222,66 @@ mod tests {
             assert_eq!(t.await.expect("join").expect("store"), StoreOutcome::Stored);
         }
         assert_eq!(idx.study("9").await.expect("q").map(|s| s.num_instances), Some(200));
+    }
+
+    #[tokio::test]
+    async fn racing_claims_have_one_winner_and_leases_expire() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        idx.store(inst("1.1", "9", "9.1", "CT", 0), file("aa"))
+            .await
+            .expect("s");
+        assert_eq!(idx.sweep_stable(1030).await.expect("sweep"), vec!["9".to_string()]);
+        let claim = WorkAction::Claim {
+            lease: Duration::from_secs(60),
+        };
+        let t0 = 1_000_000;
+        let (a, b) = tokio::join!(
+            idx.worklist_apply("9", &claim, Actor::Expert("li"), t0),
+            idx.worklist_apply("9", &claim, Actor::Expert("wang"), t0)
+        );
+        let winners = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
+        assert_eq!(winners, 1, "{a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert!(
+            matches!(loser, Err(WorklistApplyError::Rule(WorklistError::ClaimedByOther(_)))),
+            "{loser:?}"
+        );
+        // Unknown study, and a clinic doctor trying to claim.
+        assert!(matches!(
+            idx.worklist_apply("nope", &claim, Actor::Expert("li"), t0).await,
+            Err(WorklistApplyError::NoSuchStudy)
+        ));
+        // Nothing expires early; at the lease end the study returns to new.
+        assert!(idx.expire_worklist_leases(t0 + 59_999).await.expect("sweep").is_empty());
+        assert_eq!(
+            idx.expire_worklist_leases(t0 + 60_000).await.expect("sweep"),
+            vec!["9".to_string()]
+        );
+        assert_eq!(idx.worklist_depth().await.expect("depth"), 1);
+        let log: Vec<(String, String, String)> = sqlx::query(
+            "SELECT from_state, to_state, actor FROM worklist_transitions WHERE study_uid = '9' ORDER BY id",
+        )
+        .fetch_all(idx.pool())
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!((log[0].0.as_str(), log[0].1.as_str()), ("new", "claimed"));
+        assert_eq!(log[1], ("claimed".into(), "new".into(), "system".into()));
+        // A refused action writes nothing.
+        assert!(
+            idx.worklist_apply("9", &WorkAction::Report, Actor::Expert("li"), t0 + 70_000)
+                .await
+                .is_err()
+        );
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist_transitions")
+            .fetch_one(idx.pool())
+            .await
+            .expect("n")
+            .get(0);
+        assert_eq!(n, 2);
     }
 }

@@ -1,7 +1,9 @@
 //! Remote reading: the worklist of complete studies, claims with leases,
 //! reports and their delivery back to the clinic.
 //!
-//! `worklist` holds the pure transition rules; the database and HTTP layers
-//! that apply them arrive with the rest of the reading workflow.
+//! `worklist` holds the pure transition rules; `archive::index` applies them
+//! atomically (`worklist_apply`, `expire_worklist_leases`) and logs every
+//! transition. Accounts, the HTTP routes and the viewer arrive with the rest
+//! of the reading workflow.
 
 pub mod worklist;
