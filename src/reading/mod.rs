@@ -4,6 +4,8 @@
 //! `worklist` holds the pure transition rules; `archive::index` applies them
 //! atomically (`worklist_apply`, `expire_worklist_leases`) and logs every
 //! transition. Accounts, the HTTP routes and the viewer arrive with the rest
-//! of the reading workflow.
+//! of the reading workflow. `accounts` has the password hashing (argon2id)
+//! and login throttling the login route will use.
 
+pub mod accounts;
 pub mod worklist;
