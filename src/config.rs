@@ -37,6 +37,11 @@ pub struct Config {
     /// Clinics and the AE titles their devices call from.
     #[serde(rename = "clinic")]
     pub clinics: Vec<ClinicConfig>,
+    /// Expert hospitals and the clinics each one reads for.
+    #[serde(rename = "hospital")]
+    pub hospitals: Vec<HospitalConfig>,
+    pub auth: AuthConfig,
+    pub reading: ReadingConfig,
     /// Seconds to let in-flight associations and requests finish on shutdown.
     pub shutdown_grace_secs: u64,
     pub log: String,
@@ -161,6 +166,60 @@ pub struct ClinicConfig {
     pub ae_titles: Vec<String>,
     #[serde(default)]
     pub stable_after_secs: Option<f64>,
+    /// The clinic's PACS, `AE@HOST:PORT`: signed reports are sent back to it
+    /// as DICOM Basic Text SR. None: reports stay on the clinic's page.
+    #[serde(default)]
+    pub pacs: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HospitalConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Clinic ids whose studies this hospital's experts read.
+    #[serde(default)]
+    pub serves: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A session unused for this long must log in again.
+    pub session_idle_secs: u64,
+    /// A session ends this long after login whatever its use.
+    pub session_max_secs: u64,
+    /// Failed logins allowed per user and per address before a lockout.
+    pub login_free_failures: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_idle_secs: 30 * 60,
+            session_max_secs: 12 * 3600,
+            login_free_failures: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadingConfig {
+    /// Length of a claim; the viewer renews it while the expert reads.
+    pub claim_lease_secs: u64,
+    /// Calling AE title used when sending reports back to clinic PACS.
+    pub sr_calling_ae: String,
+}
+
+impl Default for ReadingConfig {
+    fn default() -> Self {
+        ReadingConfig {
+            claim_lease_secs: 15 * 60,
+            sr_calling_ae: "MEDRELAY".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -175,6 +234,9 @@ impl Default for Config {
             render: RenderConfig::default(),
             sfu: SfuConfig::default(),
             clinics: Vec::new(),
+            hospitals: Vec::new(),
+            auth: AuthConfig::default(),
+            reading: ReadingConfig::default(),
             shutdown_grace_secs: 30,
             log: "info".into(),
         }
@@ -342,6 +404,32 @@ impl Config {
                 }
             }
         }
+        for c in &self.clinics {
+            if let Some(p) = &c.pacs
+                && crate::dicom::scu::Target::parse(p, "").is_err()
+            {
+                return bad(format!("clinic {}: pacs {p:?}: expected AE@HOST:PORT", c.id));
+            }
+        }
+        for h in &self.hospitals {
+            if h.id.trim().is_empty() {
+                return bad("every [[hospital]] needs an id".into());
+            }
+            for c in &h.serves {
+                if !self.clinics.iter().any(|k| &k.id == c) {
+                    return bad(format!("hospital {}: serves unknown clinic {c:?}", h.id));
+                }
+            }
+        }
+        if self.auth.session_idle_secs < 60 || self.auth.session_max_secs < self.auth.session_idle_secs {
+            return bad("auth: session_idle_secs >= 60 and session_max_secs >= session_idle_secs".into());
+        }
+        if self.reading.claim_lease_secs < 60 || self.reading.claim_lease_secs > 4 * 3600 {
+            return bad("reading.claim_lease_secs must be between 60 and 14400".into());
+        }
+        if !valid_ae(&self.reading.sr_calling_ae) {
+            return bad("reading.sr_calling_ae is not a valid AE title".into());
+        }
         for uid in &self.dicom.extra_sop_classes {
             if !crate::dicom::meta::is_valid_uid(uid) {
                 return bad(format!("dicom.extra_sop_classes: {uid:?} is not a valid UID"));
@@ -401,12 +489,14 @@ mod tests {
                     name: String::new(),
                     ae_titles: vec!["CT1".into()],
                     stable_after_secs: None,
+                    pacs: None,
                 },
                 ClinicConfig {
                     id: "b".into(),
                     name: String::new(),
                     ae_titles: vec!["CT1".into()],
                     stable_after_secs: None,
+                    pacs: None,
                 },
             ],
             ..Config::default()

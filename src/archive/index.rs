@@ -155,6 +155,103 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX IF NOT EXISTS worklist_transitions_study ON worklist_transitions(study_uid, at_ms);
      CREATE INDEX IF NOT EXISTS worklist_lease ON worklist(state, lease_until_ms);",
+    // 3: accounts, sessions, reports, SR delivery, notifications,
+    // consultation requests, audit trail (reading workflow)
+    "ALTER TABLE worklist ADD COLUMN clinical_question TEXT;
+     CREATE INDEX IF NOT EXISTS worklist_queue ON worklist(state, priority, enqueued_ms);
+     CREATE TABLE IF NOT EXISTS users (
+         username TEXT PRIMARY KEY,
+         display_name TEXT NOT NULL,
+         role TEXT NOT NULL,
+         clinic_id TEXT,
+         hospital_id TEXT,
+         department TEXT,
+         password_hash TEXT NOT NULL,
+         disabled INTEGER NOT NULL DEFAULT 0,
+         created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS sessions (
+         token_hash TEXT PRIMARY KEY,
+         username TEXT NOT NULL,
+         csrf TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         last_seen_ms INTEGER NOT NULL,
+         remote TEXT
+     );
+     CREATE INDEX IF NOT EXISTS sessions_user ON sessions(username);
+     CREATE TABLE IF NOT EXISTS reports (
+         study_uid TEXT NOT NULL,
+         version INTEGER NOT NULL,
+         status TEXT NOT NULL,
+         findings TEXT NOT NULL,
+         impression TEXT NOT NULL,
+         author TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         updated_ms INTEGER NOT NULL,
+         signed_ms INTEGER,
+         sr_sop_uid TEXT,
+         PRIMARY KEY (study_uid, version)
+     );
+     CREATE TABLE IF NOT EXISTS deliveries (
+         id INTEGER PRIMARY KEY,
+         study_uid TEXT NOT NULL,
+         version INTEGER NOT NULL,
+         clinic_id TEXT NOT NULL,
+         target TEXT NOT NULL,
+         path TEXT NOT NULL,
+         sop_instance_uid TEXT NOT NULL,
+         state TEXT NOT NULL,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         next_attempt_ms INTEGER NOT NULL,
+         last_error TEXT,
+         created_ms INTEGER NOT NULL,
+         sent_ms INTEGER
+     );
+     CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_ms);
+     CREATE INDEX IF NOT EXISTS deliveries_study ON deliveries(study_uid);
+     CREATE TABLE IF NOT EXISTS notifications (
+         id INTEGER PRIMARY KEY,
+         clinic_id TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         study_uid TEXT,
+         request_id INTEGER,
+         text TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         read_ms INTEGER
+     );
+     CREATE INDEX IF NOT EXISTS notifications_clinic ON notifications(clinic_id, created_ms);
+     CREATE TABLE IF NOT EXISTS consult_requests (
+         id INTEGER PRIMARY KEY,
+         clinic_id TEXT NOT NULL,
+         requested_by TEXT NOT NULL,
+         patient_id TEXT NOT NULL,
+         patient_name TEXT NOT NULL,
+         question TEXT NOT NULL,
+         study_uids TEXT NOT NULL,
+         urgency TEXT NOT NULL,
+         preferred_from_ms INTEGER,
+         preferred_to_ms INTEGER,
+         state TEXT NOT NULL,
+         expert TEXT,
+         scheduled_ms INTEGER,
+         room_id TEXT,
+         cancel_reason TEXT,
+         created_ms INTEGER NOT NULL,
+         updated_ms INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS consult_requests_clinic ON consult_requests(clinic_id, created_ms);
+     CREATE TABLE IF NOT EXISTS audit (
+         id INTEGER PRIMARY KEY,
+         at_ms INTEGER NOT NULL,
+         username TEXT NOT NULL,
+         role TEXT NOT NULL,
+         action TEXT NOT NULL,
+         study_uid TEXT,
+         detail TEXT,
+         remote TEXT
+     );
+     CREATE INDEX IF NOT EXISTS audit_time ON audit(at_ms);
+     CREATE INDEX IF NOT EXISTS audit_study ON audit(study_uid, at_ms);",
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {

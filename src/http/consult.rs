@@ -212,8 +212,22 @@ mod assets {
     include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 }
 
-fn asset(name: &str) -> Option<&'static [u8]> {
-    assets::WEB_ASSETS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+/// A page or module. `MEDRELAY_WEB_DIR` (development only) serves `web/`
+/// from disk so page work needs no rebuild; names are flat, so nothing
+/// outside that directory can be reached.
+pub(crate) fn asset(name: &str) -> Option<std::borrow::Cow<'static, [u8]>> {
+    if let Some(dir) = std::env::var_os("MEDRELAY_WEB_DIR") {
+        if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+            return None;
+        }
+        return std::fs::read(std::path::Path::new(&dir).join(name))
+            .ok()
+            .map(std::borrow::Cow::Owned);
+    }
+    assets::WEB_ASSETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
 }
 
 fn static_headers(ctype: &'static str) -> HeaderMap {

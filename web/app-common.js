@@ -1,0 +1,178 @@
+// Shared helpers for the reading pages (login, studies, worklist, viewer,
+// requests, admin): the API wrapper with the CSRF header and the
+// session-expired redirect, the page header, small formatters.
+//
+// PHI rule: nothing here logs patient names, IDs or report text.
+
+let csrf = '';
+let me = null;
+
+/** Thrown for non-2xx answers; `status` and the server's `error` text. */
+export class ApiError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+/**
+ * fetch() for the JSON API. Sends the CSRF token on every state-changing
+ * request; a 401 (never logged in, or the session expired) goes to the
+ * login page and comes back here afterwards.
+ */
+export async function api(path, { method = 'GET', body, raw = false, signal } = {}) {
+  const headers = {};
+  if (method !== 'GET' && method !== 'HEAD') headers['X-CSRF-Token'] = csrf;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: 'same-origin',
+    signal,
+  });
+  if (res.status === 401 && !path.startsWith('/api/login')) {
+    toLogin();
+    throw new ApiError(401, 'session expired');
+  }
+  if (raw) {
+    if (!res.ok) throw new ApiError(res.status, `HTTP ${res.status}`);
+    return res;
+  }
+  if (res.status === 204) return null;
+  let data = null;
+  try {
+    data = await res.json();
+  } catch {
+    data = null;
+  }
+  if (!res.ok) throw new ApiError(res.status, (data && data.error) || `HTTP ${res.status}`, data);
+  return data;
+}
+
+export function toLogin() {
+  const next = location.pathname + location.search + location.hash;
+  location.assign('/login?next=' + encodeURIComponent(next));
+}
+
+/** The logged-in user (fetches once); redirects to login when there is none. */
+export async function session() {
+  if (me) return me;
+  const r = await api('/api/me');
+  csrf = r.csrf;
+  me = r.user;
+  return me;
+}
+
+export function setSession(user, token) {
+  me = user;
+  csrf = token;
+}
+
+export function homeOf(user) {
+  if (!user) return '/login';
+  if (user.role === 'expert') return '/worklist';
+  if (user.role === 'admin') return '/admin';
+  return '/studies';
+}
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+export const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
+
+/** Element builder: el('td', {class: 'x', dataset: {uid}}, 'text', child). */
+export function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+    else if (k === 'text') e.textContent = v;
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+/** DICOM PN "Doe^John" -> "Doe, John". */
+export function personName(pn) {
+  if (!pn) return '';
+  const [family, given] = String(pn).split('=')[0].split('^');
+  return given ? `${family}, ${given}` : family;
+}
+
+/** DICOM DA "20240131" -> "2024-01-31". */
+export function dicomDate(da) {
+  if (!da || da.length !== 8) return da || '';
+  return `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6, 8)}`;
+}
+
+export function fmtTime(ms) {
+  if (!ms) return '';
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+export function fmtDuration(ms) {
+  if (ms == null) return '';
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 60) return `${m} min`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h} h ${m % 60} min`;
+  return `${Math.floor(h / 24)} d ${h % 24} h`;
+}
+
+/**
+ * The page header: product name, links for the caller's role, who is
+ * logged in, logout. `active` is the current page's path.
+ */
+export function header(user, active) {
+  const links = [];
+  if (user.role === 'clinic') links.push(['/studies', 'Studies'], ['/requests', 'Consultations']);
+  if (user.role === 'expert') links.push(['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations']);
+  if (user.role === 'admin')
+    links.push(['/admin', 'Admin'], ['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations']);
+  const nav = el(
+    'nav',
+    { class: 'app-nav' },
+    links.map(([href, label]) => el('a', { href, class: href === active ? 'active' : undefined }, label)),
+  );
+  const logout = el('button', { type: 'button', class: 'link', dataset: { test: 'logout' } }, 'Log out');
+  logout.addEventListener('click', async () => {
+    try {
+      await api('/api/logout', { method: 'POST' });
+    } finally {
+      location.assign('/login');
+    }
+  });
+  const who = el('span', { class: 'app-user' }, `${user.display_name || user.username} · ${user.role}`);
+  const h = el('header', { class: 'app-header' }, el('a', { class: 'brand', href: '/' }, 'medrelay'), nav, who, logout);
+  document.body.prepend(h);
+  return h;
+}
+
+/** A small non-blocking message at the bottom of the page. */
+export function toast(text, kind = 'info') {
+  let box = $('#toasts');
+  if (!box) {
+    box = el('div', { id: 'toasts', role: 'status', 'aria-live': 'polite' });
+    document.body.append(box);
+  }
+  const t = el('div', { class: `toast ${kind}` }, text);
+  box.append(t);
+  setTimeout(() => t.remove(), kind === 'error' ? 8000 : 4000);
+}
+
+/** Test hooks for WebDriver: window.mrTest.<page> = {...}. */
+export function testHook(name, obj) {
+  window.mrTest = window.mrTest || {};
+  window.mrTest[name] = obj;
+  return obj;
+}
