@@ -50,6 +50,11 @@ pub struct Services {
     /// Bounds on-demand renders (CPU-bound) to one per core.
     pub render_slots: tokio::sync::Semaphore,
     pub sfu: Arc<crate::sfu::Sfu>,
+    /// Failed logins per username and per address (in memory: a restart
+    /// forgets them, which is acceptable for throttling).
+    pub login_limiter: std::sync::Mutex<crate::reading::accounts::LoginThrottle>,
+    /// Wakes the SR delivery worker when a signed report is queued.
+    pub delivery: crate::reading::delivery::DeliveryHandle,
 }
 
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -135,6 +140,8 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         metrics: metrics.clone(),
         render_slots: tokio::sync::Semaphore::new(cores),
         sfu: sfu.clone(),
+        delivery: crate::reading::delivery::DeliveryHandle::default(),
+        login_limiter: std::sync::Mutex::new(crate::reading::accounts::LoginThrottle::new(cfg.auth.login_free_failures)),
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -159,6 +166,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         sweep_every,
         shutdown.clone(),
     ));
+    let housekeeping = tokio::spawn(housekeeping(index.clone(), cfg.clone(), shutdown.clone()));
     // Ready marker for scripts and tests: every listener is bound.
     info!("medrelay ready");
 
@@ -176,6 +184,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     }
     let _ = http.await;
     let _ = stability.await;
+    let _ = housekeeping.await;
     sfu.join();
     drop(scp);
     // The writer ends once every Index handle is gone and its queue is drained;
@@ -186,4 +195,33 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     pool.close().await;
     info!("shutdown complete");
     Ok(())
+}
+
+/// Periodic reading-workflow upkeep: abandoned claims return to the queue
+/// when their lease runs out, and expired sessions are deleted.
+async fn housekeeping(index: Index, cfg: Arc<Config>, shutdown: CancellationToken) {
+    let every = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = crate::dicom::scp::now_ms();
+        match index.expire_worklist_leases(now).await {
+            Ok(freed) if !freed.is_empty() => info!(studies = freed.len(), "expired claims returned to the worklist"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "lease expiry sweep failed"),
+        }
+        let a = &cfg.auth;
+        if let Err(e) = crate::reading::accounts::sweep_sessions(
+            index.pool(),
+            now,
+            (a.session_idle_secs * 1000) as i64,
+            (a.session_max_secs * 1000) as i64,
+        )
+        .await
+        {
+            warn!(error = %e, "session sweep failed");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `echo`, `store`.
+//! Command-line interface: `serve`, `user`, `echo`, `store`, `render`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +28,16 @@ pub struct Cli {
 enum Cmd {
     /// Run the gateway (DICOM SCP + HTTPS API).
     Serve(ServeArgs),
+    /// Manage accounts (the first admin is created here, before `serve`).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+        /// Same configuration as `serve` (for data_dir and clinic checks).
+        #[arg(long, short, env = "MEDRELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "MEDRELAY_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// C-ECHO a DICOM node: `medrelay echo [AE@]HOST:PORT`.
     Echo {
         target: String,
@@ -79,6 +89,45 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Create an account. The password is read from the terminal, or from
+    /// standard input with --password-stdin (never from the command line,
+    /// where other users of the machine could see it).
+    Add {
+        username: String,
+        /// admin, expert or clinic (a clinic doctor).
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The clinic id (from [[clinic]]) of a clinic doctor.
+        #[arg(long)]
+        clinic: Option<String>,
+        /// The hospital id (from [[hospital]]) of an expert.
+        #[arg(long)]
+        hospital: Option<String>,
+        #[arg(long)]
+        department: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password (ends the account's sessions).
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account (ends its sessions) or enable it again.
+    Disable {
+        username: String,
+        #[arg(long)]
+        enable: bool,
+    },
+    /// List accounts.
+    List,
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// TOML configuration file (see medrelay.example.toml).
@@ -126,6 +175,10 @@ pub fn run() -> ExitCode {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve(a).await,
+            Cmd::User { cmd, config, data_dir } => {
+                init_tracing("warn");
+                user(cmd, config, data_dir).await
+            }
             Cmd::Echo { target, aet, aec } => {
                 init_tracing("warn");
                 let t = match Target::parse(&target, &aec) {
@@ -171,6 +224,129 @@ pub fn run() -> ExitCode {
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(2)
+}
+
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !from_stdin && !stdin.is_terminal() {
+        return Err("no terminal: pass --password-stdin and pipe the password in".into());
+    }
+    if !from_stdin {
+        eprint!("password (shown as you type; clear the screen afterwards): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    use crate::reading::accounts;
+    let o = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    let cfg = match Config::load(config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
+        return fail(format!("creating {}: {e}", cfg.data_dir.display()));
+    }
+    let (index, writer) = match crate::archive::index::Index::open(&cfg.index_path()).await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let pool = index.pool().clone();
+    let now = crate::dicom::scp::now_ms();
+    let code = match cmd {
+        UserCmd::Add {
+            username,
+            role,
+            name,
+            clinic,
+            hospital,
+            department,
+            password_stdin,
+        } => {
+            if let Some(c) = &clinic
+                && !cfg.clinics.is_empty()
+                && !cfg.clinics.iter().any(|k| &k.id == c)
+            {
+                return fail(format!("clinic {c:?} is not in the configuration's [[clinic]] list"));
+            }
+            if let Some(h) = &hospital
+                && !cfg.hospitals.is_empty()
+                && !cfg.hospitals.iter().any(|k| &k.id == h)
+            {
+                return fail(format!("hospital {h:?} is not in the configuration's [[hospital]] list"));
+            }
+            let password = match read_password(password_stdin) {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            let nu = accounts::NewUser {
+                username,
+                password,
+                display_name: name,
+                role,
+                clinic_id: clinic,
+                hospital_id: hospital,
+                department,
+            };
+            match accounts::create_user(&pool, &nu, now).await {
+                Ok(u) => {
+                    println!("created {} ({})", u.username, u.role.as_str());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        UserCmd::Passwd {
+            username,
+            password_stdin,
+        } => match read_password(password_stdin) {
+            Err(e) => fail(e),
+            Ok(p) => match accounts::set_password(&pool, &username, &p).await {
+                Ok(()) => {
+                    println!("password changed for {username}; its sessions were ended");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+        },
+        UserCmd::Disable { username, enable } => match accounts::set_disabled(&pool, &username, !enable).await {
+            Ok(()) => {
+                println!("{username} {}", if enable { "enabled" } else { "disabled" });
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        UserCmd::List => match accounts::list_users(&pool).await {
+            Ok(users) => {
+                for u in users {
+                    println!(
+                        "{}\t{}\t{}\t{}{}",
+                        u.username,
+                        u.role.as_str(),
+                        u.clinic_id.or(u.hospital_id).unwrap_or_default(),
+                        u.display_name,
+                        if u.disabled { "\t(disabled)" } else { "" }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    };
+    drop(index);
+    let _ = writer.await;
+    pool.close().await;
+    code
 }
 
 async fn serve(a: ServeArgs) -> ExitCode {

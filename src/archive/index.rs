@@ -158,7 +158,8 @@ const MIGRATIONS: &[&str] = &[
     // 3: accounts, sessions, reports, SR delivery, notifications,
     // consultation requests, audit trail (reading workflow)
     "ALTER TABLE worklist ADD COLUMN clinical_question TEXT;
-     CREATE INDEX IF NOT EXISTS worklist_queue ON worklist(state, priority, enqueued_ms);
+     ALTER TABLE worklist ADD COLUMN priority_rank INTEGER NOT NULL DEFAULT 2;
+     CREATE INDEX IF NOT EXISTS worklist_queue ON worklist(state, priority_rank, enqueued_ms);
      CREATE TABLE IF NOT EXISTS users (
          username TEXT PRIMARY KEY,
          display_name TEXT NOT NULL,
@@ -867,6 +868,10 @@ pub struct StudyRow {
     pub status: String,
     pub completed_ms: Option<i64>,
     pub worklist_state: Option<String>,
+    pub priority: Option<String>,
+    pub clinical_question: Option<String>,
+    /// Latest signed report version, if any.
+    pub report_version: Option<i64>,
     /// Instance versions whose previews are rendered.
     pub previews_ready: i64,
 }
@@ -919,12 +924,17 @@ pub struct StudyFilter {
     pub status: Option<String>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
+    /// The caller's scope: only these clinics (None: all). Never from the query string.
+    #[serde(skip)]
+    pub clinics: Option<Vec<String>>,
 }
 
 const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_name, s.patient_id,
     p.birth_date, p.sex, s.study_date, s.study_time, s.accession_number, s.description,
     s.referring_physician, s.modalities, s.body_parts, s.num_series, s.num_instances, s.size_bytes,
     s.first_received_ms, s.last_received_ms, s.status, s.completed_ms, w.state AS worklist_state,
+    w.priority, w.clinical_question,
+    (SELECT MAX(version) FROM reports r WHERE r.study_uid = s.study_uid AND r.status IN ('signed', 'amended')) AS report_version,
     (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready";
 
 impl Index {
@@ -960,6 +970,9 @@ impl Index {
         }
         if let Some(v) = f.status.as_deref().filter(|v| !v.is_empty()) {
             qb.push(" AND s.status = ").push_bind(v.to_string());
+        }
+        if let Some(cs) = &f.clinics {
+            push_in(&mut qb, "s.clinic_id", cs);
         }
         let limit = f.limit.unwrap_or(50).clamp(1, 500);
         let offset = f.offset.unwrap_or(0).max(0);
@@ -1043,6 +1056,28 @@ impl Index {
         )
     }
 
+    /// The clinic an instance (any version) belongs to, for access checks.
+    pub async fn clinic_of_instance(&self, sop_uid: &str) -> Result<Option<String>, IndexError> {
+        Ok(sqlx::query(
+            "SELECT s.clinic_id FROM instances i JOIN studies s ON s.study_uid = i.study_uid
+             WHERE i.sop_instance_uid = ? LIMIT 1",
+        )
+        .bind(sop_uid)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    pub async fn clinic_of_series(&self, series_uid: &str) -> Result<Option<String>, IndexError> {
+        Ok(sqlx::query(
+            "SELECT s.clinic_id FROM series x JOIN studies s ON s.study_uid = x.study_uid WHERE x.series_uid = ?",
+        )
+        .bind(series_uid)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.get(0)))
+    }
+
     pub async fn worklist_depth(&self) -> Result<i64, IndexError> {
         Ok(sqlx::query("SELECT COUNT(*) FROM worklist WHERE state = 'new'")
             .fetch_one(&self.pool)
@@ -1109,50 +1144,7 @@ impl Index {
     ) -> Result<Transition, WorklistApplyError> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let step = async {
-            let row = sqlx::query("SELECT state, claimed_by, lease_until_ms, detail FROM worklist WHERE study_uid = ?")
-                .bind(study_uid)
-                .fetch_optional(&mut *conn)
-                .await?
-                .ok_or(WorklistApplyError::NoSuchStudy)?;
-            let state = worklist_state(
-                &row.get::<String, _>(0),
-                row.get::<Option<String>, _>(1),
-                row.get::<Option<i64>, _>(2),
-                row.get::<Option<String>, _>(3),
-            )?;
-            let t = apply_work(&state, action, actor, now_ms)?;
-            let (by, lease, detail) = match &t.to {
-                WorkState::Claimed { by, lease_until_ms } => (Some(by.clone()), Some(*lease_until_ms), None),
-                WorkState::Reported { by } => (Some(by.clone()), None, None),
-                WorkState::Returned { reason } => (None, None, Some(reason.clone())),
-                _ => (None, None, None),
-            };
-            sqlx::query(
-                "UPDATE worklist SET state = ?, claimed_by = ?, lease_until_ms = ?, detail = ?, updated_ms = ? WHERE study_uid = ?",
-            )
-            .bind(t.to.name())
-            .bind(&by)
-            .bind(lease)
-            .bind(&detail)
-            .bind(now_ms)
-            .bind(study_uid)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(study_uid)
-            .bind(t.from)
-            .bind(t.to.name())
-            .bind(&t.by)
-            .bind(now_ms)
-            .bind(&detail)
-            .execute(&mut *conn)
-            .await?;
-            Ok::<Transition, WorklistApplyError>(t)
-        }
-        .await;
+        let step = worklist_apply_in(&mut conn, study_uid, action, actor, now_ms, None).await;
         match step {
             Ok(t) => {
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
@@ -1188,6 +1180,74 @@ impl Index {
         }
         Ok(freed)
     }
+}
+
+/// `AND col IN (?, ?, ...)`; an empty list matches nothing.
+pub fn push_in(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, col: &str, values: &[String]) {
+    if values.is_empty() {
+        qb.push(" AND 0");
+        return;
+    }
+    qb.push(format!(" AND {col} IN ("));
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(v.clone());
+    }
+    qb.push(")");
+}
+
+/// The body of `Index::worklist_apply`, for callers that fold a transition
+/// into a larger transaction (signing a report). The caller holds an
+/// IMMEDIATE transaction on `conn`. `note` goes to the transition log.
+pub async fn worklist_apply_in(
+    conn: &mut sqlx::SqliteConnection,
+    study_uid: &str,
+    action: &WorkAction,
+    actor: Actor<'_>,
+    now_ms: i64,
+    note: Option<&str>,
+) -> Result<Transition, WorklistApplyError> {
+    let row = sqlx::query("SELECT state, claimed_by, lease_until_ms, detail FROM worklist WHERE study_uid = ?")
+        .bind(study_uid)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(WorklistApplyError::NoSuchStudy)?;
+    let state = worklist_state(
+        &row.get::<String, _>(0),
+        row.get::<Option<String>, _>(1),
+        row.get::<Option<i64>, _>(2),
+        row.get::<Option<String>, _>(3),
+    )?;
+    let t = apply_work(&state, action, actor, now_ms)?;
+    let (by, lease, detail) = match &t.to {
+        WorkState::Claimed { by, lease_until_ms } => (Some(by.clone()), Some(*lease_until_ms), None),
+        WorkState::Reported { by } => (Some(by.clone()), None, None),
+        WorkState::Returned { reason } => (None, None, Some(reason.clone())),
+        _ => (None, None, None),
+    };
+    sqlx::query(
+        "UPDATE worklist SET state = ?, claimed_by = ?, lease_until_ms = ?, detail = ?, updated_ms = ? WHERE study_uid = ?",
+    )
+    .bind(t.to.name())
+    .bind(&by)
+    .bind(lease)
+    .bind(&detail)
+    .bind(now_ms)
+    .bind(study_uid)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(study_uid)
+    .bind(t.from)
+    .bind(t.to.name())
+    .bind(&t.by)
+    .bind(now_ms)
+    .bind(note.map(String::from).or(detail))
+    .execute(&mut *conn)
+    .await?;
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::zipstream::ZipStream;
 use crate::app::Services;
-use crate::archive::index::{InstanceRow, StudyFilter};
+use crate::archive::index::{InstanceRow, StudyFilter, StudyRow};
+use crate::reading::access::Caller;
+use crate::reading::audit;
 use crate::dicom::meta::is_valid_uid;
 
 type S = State<Arc<Services>>;
@@ -26,6 +28,32 @@ fn check_uid(uid: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!("{uid:?} is not a valid UID")))
+    }
+}
+
+/// The study if the caller's scope covers its clinic. Out of scope is "not
+/// found", so UIDs of other clinics' studies cannot be probed.
+pub async fn study_for(s: &Services, c: &Caller, uid: &str) -> Result<StudyRow, ApiError> {
+    check_uid(uid)?;
+    match s.index.study(uid).await? {
+        Some(st) if c.sees(&st.clinic_id) => Ok(st),
+        _ => Err(ApiError::NotFound("study")),
+    }
+}
+
+pub async fn check_instance(s: &Services, c: &Caller, uid: &str) -> Result<(), ApiError> {
+    check_uid(uid)?;
+    match s.index.clinic_of_instance(uid).await? {
+        Some(clinic) if c.sees(&clinic) => Ok(()),
+        _ => Err(ApiError::NotFound("instance")),
+    }
+}
+
+pub async fn check_series(s: &Services, c: &Caller, uid: &str) -> Result<(), ApiError> {
+    check_uid(uid)?;
+    match s.index.clinic_of_series(uid).await? {
+        Some(clinic) if c.sees(&clinic) => Ok(()),
+        _ => Err(ApiError::NotFound("series")),
     }
 }
 
@@ -57,7 +85,12 @@ pub async fn metrics(State(s): S) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-pub async fn studies(State(s): S, Query(f): Query<StudyFilter>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn studies(
+    State(s): S,
+    c: Caller,
+    Query(mut f): Query<StudyFilter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    f.clinics = c.scope.clinics().map(<[String]>::to_vec);
     for d in [&f.date_from, &f.date_to].into_iter().flatten() {
         let digits = d.replace('-', "");
         if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -70,27 +103,45 @@ pub async fn studies(State(s): S, Query(f): Query<StudyFilter>) -> Result<Json<s
     ))
 }
 
-pub async fn study(State(s): S, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    check_uid(&uid)?;
-    let st = s.index.study(&uid).await?.ok_or(ApiError::NotFound("study"))?;
+pub async fn study(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let st = study_for(&s, &c, &uid).await?;
     let series = s.index.series_of(&uid).await?;
-    Ok(Json(json!({ "study": st, "series": series })))
+    let worklist = crate::reading::reports::worklist_entry(s.index.pool(), &uid)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let report = crate::reading::reports::latest(s.index.pool(), &uid, c.is(crate::reading::access::Role::Expert))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    audit::record(s.index.pool(), &c, "view", Some(&uid), None).await;
+    Ok(Json(
+        json!({ "study": st, "series": series, "worklist": worklist, "report": report }),
+    ))
 }
 
-pub async fn study_series(State(s): S, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    check_uid(&uid)?;
-    s.index.study(&uid).await?.ok_or(ApiError::NotFound("study"))?;
+pub async fn study_series(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    study_for(&s, &c, &uid).await?;
     Ok(Json(json!({ "series": s.index.series_of(&uid).await? })))
 }
 
-pub async fn study_instances(State(s): S, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    check_uid(&uid)?;
-    s.index.study(&uid).await?.ok_or(ApiError::NotFound("study"))?;
+pub async fn study_instances(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    study_for(&s, &c, &uid).await?;
     Ok(Json(json!({ "instances": s.index.instances_of_study(&uid).await? })))
 }
 
-pub async fn series_instances(State(s): S, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    check_uid(&uid)?;
+pub async fn series_instances(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_series(&s, &c, &uid).await?;
     let rows = s.index.instances_of_series(&uid).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound("series"));
@@ -98,11 +149,13 @@ pub async fn series_instances(State(s): S, Path(uid): Path<String>) -> Result<Js
     Ok(Json(json!({ "instances": rows })))
 }
 
-pub async fn instance(State(s): S, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    check_uid(&uid)?;
+pub async fn instance(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    check_instance(&s, &c, &uid).await?;
     let versions = s.index.instance_versions(&uid).await?;
     let latest = versions.first().cloned().ok_or(ApiError::NotFound("instance"))?;
-    Ok(Json(json!({ "instance": latest, "versions": versions })))
+    // Display attributes are best effort: an unparsable header still lists the instance.
+    let display = tags_of(&s, &uid).await.map(|(_, d)| d).unwrap_or(serde_json::Value::Null);
+    Ok(Json(json!({ "instance": latest, "versions": versions, "display": display })))
 }
 
 #[derive(Deserialize)]
@@ -112,16 +165,25 @@ pub struct VersionQuery {
 
 pub async fn instance_file(
     State(s): S,
+    c: Caller,
     Path(uid): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> Result<Response, ApiError> {
-    check_uid(&uid)?;
+    check_instance(&s, &c, &uid).await?;
     let versions = s.index.instance_versions(&uid).await?;
     let row = match q.version {
         Some(v) => versions.into_iter().find(|r| r.version == v),
         None => versions.into_iter().next(),
     }
     .ok_or(ApiError::NotFound("instance"))?;
+    audit::record(
+        s.index.pool(),
+        &c,
+        "download",
+        Some(&row.study_uid),
+        Some(&format!("instance {uid}")),
+    )
+    .await;
     let path = s.archive.path_of(&row.path);
     let file = tokio::fs::File::open(&path)
         .await
@@ -145,9 +207,9 @@ pub async fn instance_file(
 
 /// Stream the whole study as a zip, produced on a blocking thread and sent
 /// through a small bounded channel: memory stays flat whatever the study size.
-pub async fn study_zip(State(s): S, Path(uid): Path<String>) -> Result<Response, ApiError> {
-    check_uid(&uid)?;
-    s.index.study(&uid).await?.ok_or(ApiError::NotFound("study"))?;
+pub async fn study_zip(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Response, ApiError> {
+    study_for(&s, &c, &uid).await?;
+    audit::record(s.index.pool(), &c, "download", Some(&uid), Some("study zip")).await;
     let rows = s.index.instances_of_study(&uid).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let archive = s.archive.clone();
@@ -204,4 +266,104 @@ fn write_zip(
         }
     }
     send(z.finish());
+}
+
+/// Dataset attributes for the tag panel and the viewer (window presets,
+/// pixel spacing), read from the stored file up to the pixel data.
+fn read_tags(path: &std::path::Path) -> Result<(Vec<serde_json::Value>, serde_json::Value), String> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_core::value::Value;
+    use dicom_dictionary_std::{StandardDataDictionary, tags};
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("cannot parse: {e}"))?;
+    let mut out = Vec::new();
+    let mut meta = Vec::new();
+    let m = obj.meta();
+    for (tag, name, v) in [
+        ("0002,0010", "TransferSyntaxUID", m.transfer_syntax()),
+        ("0002,0002", "MediaStorageSOPClassUID", m.media_storage_sop_class_uid()),
+    ] {
+        meta.push(json!({ "tag": tag, "vr": "UI", "name": name, "value": v.trim_end_matches('\0') }));
+    }
+    out.extend(meta);
+    for e in obj.iter() {
+        let tag = e.header().tag;
+        let name = StandardDataDictionary
+            .by_tag(tag)
+            .map(|d| d.alias().to_string())
+            .unwrap_or_else(|| if tag.group() % 2 == 1 { "(private)".into() } else { "(unknown)".into() });
+        let value = match e.value() {
+            Value::Primitive(p) => {
+                let s = p.to_str();
+                let mut s = s.trim_end_matches(['\0', ' ']).to_string();
+                if s.len() > 256 {
+                    s.truncate(s.char_indices().take_while(|(i, _)| *i < 256).last().map(|(i, c)| i + c.len_utf8()).unwrap_or(0));
+                    s.push('…');
+                }
+                s
+            }
+            Value::Sequence(seq) => format!("[{} items]", seq.items().len()),
+            Value::PixelSequence(_) => "[pixel data]".into(),
+        };
+        out.push(json!({
+            "tag": format!("{:04X},{:04X}", tag.group(), tag.element()),
+            "vr": e.vr().to_string(),
+            "name": name,
+            "value": value,
+        }));
+    }
+    let floats = |t| -> Vec<f64> {
+        obj.element(t)
+            .ok()
+            .and_then(|e| e.to_multi_float64().ok())
+            .unwrap_or_default()
+    };
+    let text = |t| -> String {
+        obj.element(t)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let spacing = {
+        let p = floats(tags::PIXEL_SPACING);
+        if p.len() >= 2 { p } else { floats(tags::IMAGER_PIXEL_SPACING) }
+    };
+    let display = json!({
+        "window_center": floats(tags::WINDOW_CENTER),
+        "window_width": floats(tags::WINDOW_WIDTH),
+        "window_explanation": text(tags::WINDOW_CENTER_WIDTH_EXPLANATION),
+        "pixel_spacing": spacing,
+        "slice_thickness": floats(tags::SLICE_THICKNESS).first(),
+        "slice_location": floats(tags::SLICE_LOCATION).first(),
+        "rescale_slope": floats(tags::RESCALE_SLOPE).first(),
+        "rescale_intercept": floats(tags::RESCALE_INTERCEPT).first(),
+        "modality": text(tags::MODALITY),
+        "photometric": text(tags::PHOTOMETRIC_INTERPRETATION),
+        "image_position": floats(tags::IMAGE_POSITION_PATIENT),
+    });
+    Ok((out, display))
+}
+
+async fn tags_of(s: &Services, uid: &str) -> Result<(Vec<serde_json::Value>, serde_json::Value), ApiError> {
+    let row = s
+        .index
+        .instance_versions(uid)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(ApiError::NotFound("instance"))?;
+    let path = s.archive.path_of(&row.path);
+    tokio::task::spawn_blocking(move || read_tags(&path))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Unprocessable)
+}
+
+pub async fn instance_tags(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    check_instance(&s, &c, &uid).await?;
+    let (tags, _) = tags_of(&s, &uid).await?;
+    Ok(Json(json!({ "tags": tags })))
 }

@@ -22,6 +22,7 @@ use tracing::debug;
 
 use super::error::ApiError;
 use crate::app::Services;
+use crate::reading::access::Caller;
 use crate::sfu::engine::{Command, NewParticipant, SfuError};
 use crate::sfu::protocol::{
     ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, ServerMsg, ToClient, error as sig_error, parse_client,
@@ -98,6 +99,7 @@ fn ttl(s: &Services, ttl_secs: Option<u64>) -> Result<u64, ApiError> {
 
 pub async fn create_room(
     State(s): S,
+    _c: Caller,
     body: Result<Json<NewRoom>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -141,6 +143,55 @@ pub async fn create_room(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// Adds a participant to `room`, or creates the room when it does not exist
+/// (first join, or the room expired or the gateway restarted). Returns the
+/// room id, the participant id and the token expiry.
+pub(crate) async fn join_or_create_room(
+    s: &Services,
+    room: Option<&str>,
+    title: &str,
+    name: &str,
+    role: Role,
+) -> Result<(String, String, u64), ApiError> {
+    let name = check_name(name, "participant name")?;
+    let exp = unix_now() + s.sfu.room_ttl.as_secs();
+    if let Some(room) = room {
+        let added = s
+            .sfu
+            .ask(|reply| Command::AddParticipant {
+                room: room.to_string(),
+                participant: NewParticipant {
+                    name: name.clone(),
+                    role,
+                },
+                reply,
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match added {
+            Ok((id, _, _)) => return Ok((room.to_string(), id, exp)),
+            Err(SfuError::NoSuchRoom) => {}
+            Err(e) => return Err(sfu_err(e)),
+        }
+    }
+    let created = s
+        .sfu
+        .ask(|reply| Command::CreateRoom {
+            title: title.to_string(),
+            participants: vec![NewParticipant { name, role }],
+            reply,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(sfu_err)?;
+    let pid = created
+        .participants
+        .first()
+        .map(|(id, _, _)| id.clone())
+        .ok_or_else(|| ApiError::Internal("room created without its participant".into()))?;
+    Ok((created.id, pid, exp))
+}
+
 fn sfu_err(e: SfuError) -> ApiError {
     match e {
         SfuError::NoSuchRoom => ApiError::NotFound("room"),
@@ -158,6 +209,7 @@ pub struct AddParticipant {
 
 pub async fn add_participant(
     State(s): S,
+    _c: Caller,
     Path(room): Path<String>,
     body: Result<Json<AddParticipant>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -181,7 +233,7 @@ pub async fn add_participant(
         .into_response())
 }
 
-pub async fn room_status(State(s): S, Path(room): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn room_status(State(s): S, _c: Caller, Path(room): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let st = s
         .sfu
         .ask(|reply| Command::RoomStatus { room, reply })
@@ -193,7 +245,7 @@ pub async fn room_status(State(s): S, Path(room): Path<String>) -> Result<Json<s
     ))
 }
 
-pub async fn close_room(State(s): S, Path(room): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn close_room(State(s): S, _c: Caller, Path(room): Path<String>) -> Result<StatusCode, ApiError> {
     let existed = s
         .sfu
         .ask(|reply| Command::CloseRoom { room, reply })
@@ -242,6 +294,10 @@ fn static_headers(ctype: &'static str) -> HeaderMap {
     );
     h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
     h
+}
+
+pub(crate) fn page_headers() -> HeaderMap {
+    static_headers("text/html; charset=utf-8")
 }
 
 pub async fn consult_page() -> Response {

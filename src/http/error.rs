@@ -15,6 +15,14 @@ pub enum ApiError {
     /// The request is fine but the data cannot serve it (e.g. undecodable pixels).
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many failed attempts; try again in {0} s")]
+    TooMany(u64),
     #[error("internal error")]
     Internal(String),
 }
@@ -31,6 +39,18 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooMany(secs) => {
+                let body = serde_json::json!({ "error": self.to_string(), "retry_after_secs": secs });
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
             ApiError::Internal(detail) => {
                 // Detail goes to the log, not to the client.
                 tracing::error!(error = %detail, "API request failed");

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use crate::reading::access::Caller;
 use crate::app::Services;
 use crate::archive::index::InstanceRow;
 use crate::dicom::meta::is_valid_uid;
@@ -140,7 +141,13 @@ async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &Hea
     })
 }
 
-pub async fn thumbnail(State(s): S, Path(uid): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn thumbnail(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::api::check_instance(&s, &c, &uid).await?;
     stored_image(&s, &uid, "thumb", &headers).await
 }
 
@@ -152,10 +159,12 @@ pub struct PreviewQuery {
 
 pub async fn preview(
     State(s): S,
+    c: Caller,
     Path(uid): Path<String>,
     Query(q): Query<PreviewQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    super::api::check_instance(&s, &c, &uid).await?;
     let kind = match q.frame.as_deref() {
         None | Some("first") => "preview",
         Some("middle") => "mid",
@@ -164,7 +173,13 @@ pub async fn preview(
     stored_image(&s, &uid, kind, &headers).await
 }
 
-pub async fn cine(State(s): S, Path(uid): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn cine(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::api::check_instance(&s, &c, &uid).await?;
     stored_image(&s, &uid, "cine", &headers).await
 }
 
@@ -182,10 +197,12 @@ pub struct RenderedQuery {
 /// On-demand render with explicit parameters (full fidelity, any window).
 pub async fn rendered_image(
     State(s): S,
+    c: Caller,
     Path(uid): Path<String>,
     Query(q): Query<RenderedQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    super::api::check_instance(&s, &c, &uid).await?;
     let row = latest(&s, &uid).await?;
     let window = match (q.window_center, q.window_width) {
         (Some(c), Some(w)) if w > 0.0 && c.is_finite() && w.is_finite() => Some((c, w)),
@@ -243,11 +260,13 @@ pub async fn rendered_image(
 
 /// One thumbnail per series (its middle instance), side by side: what a
 /// reader on a slow link sees first.
-pub async fn key_images(State(s): S, Path(uid): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if !is_valid_uid(&uid) {
-        return Err(ApiError::BadRequest(format!("{uid:?} is not a valid UID")));
-    }
-    s.index.study(&uid).await?.ok_or(ApiError::NotFound("study"))?;
+pub async fn key_images(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::api::study_for(&s, &c, &uid).await?;
     let mut picks = Vec::new();
     for series in s.index.series_of(&uid).await?.into_iter().take(24) {
         let inst = s.index.instances_of_series(&series.series_uid).await?;

@@ -1,7 +1,10 @@
 //! HTTPS API: axum router served over rustls with hyper-util, so TLS and
 //! graceful shutdown stay under our control (no second TLS stack).
 
+pub mod admin;
 pub mod api;
+pub mod auth;
+pub mod reading;
 pub mod consult;
 pub mod error;
 pub mod images;
@@ -25,6 +28,42 @@ use crate::app::Services;
 pub fn router(services: Arc<Services>) -> Router {
     Router::new()
         .route("/api/health", get(api::health))
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout))
+        .route("/api/me", get(auth::me))
+        .route("/api/clinics", get(reading::clinics))
+        .route("/api/worklist", get(reading::worklist))
+        .route("/api/worklist/{uid}/claim", post(reading::claim))
+        .route("/api/worklist/{uid}/renew", post(reading::renew))
+        .route("/api/worklist/{uid}/release", post(reading::release))
+        .route("/api/worklist/{uid}/return", post(reading::return_study))
+        .route("/api/worklist/{uid}/cancel", post(reading::cancel))
+        .route("/api/worklist/{uid}/priority", post(reading::set_priority))
+        .route("/api/worklist/{uid}/history", get(reading::history))
+        .route("/api/report-templates", get(reading::templates))
+        .route("/api/studies/{uid}/reports", get(reading::study_reports))
+        .route("/api/studies/{uid}/report/draft", axum::routing::put(reading::save_draft))
+        .route("/api/studies/{uid}/report/sign", post(reading::sign))
+        .route("/api/notifications", get(reading::notifications))
+        .route("/api/notifications/{id}/read", post(reading::notification_read))
+        .route("/api/requests", get(reading::list_requests).post(reading::create_request))
+        .route("/api/requests/{id}/accept", post(reading::accept_request))
+        .route("/api/requests/{id}/reschedule", post(reading::reschedule_request))
+        .route("/api/requests/{id}/cancel", post(reading::cancel_request))
+        .route("/api/requests/{id}/join", post(reading::join_request))
+        .route("/api/admin/users", get(admin::users).post(admin::add_user))
+        .route("/api/admin/users/{name}/disable", post(admin::disable_user))
+        .route("/api/admin/turnaround", get(admin::turnaround))
+        .route("/api/admin/audit", get(admin::audit_log))
+        .route("/api/admin/deliveries", get(admin::deliveries))
+        .route("/api/instances/{uid}/tags", get(api::instance_tags))
+        .route("/", get(reading::root))
+        .route("/login", get(reading::login_page))
+        .route("/studies", get(reading::studies_page))
+        .route("/worklist", get(reading::worklist_page))
+        .route("/viewer", get(reading::viewer_page))
+        .route("/requests", get(reading::requests_page))
+        .route("/admin", get(reading::admin_page))
         .route("/metrics", get(api::metrics))
         .route("/api/studies", get(api::studies))
         .route("/api/studies/{uid}", get(api::study))
@@ -72,7 +111,8 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers learn the client address (audit trail, login throttling).
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(auth::Remote(peer))));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {

@@ -77,8 +77,26 @@ pub fn free_udp_port() -> u16 {
         .expect("free UDP port")
 }
 
+/// A logged-in browser-like client: a curl cookie jar and the session's
+/// CSRF token, sent on every request that is not a GET.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub jar: PathBuf,
+    pub csrf: String,
+}
+
 /// HTTPS request with a JSON body (curl, like `http_get`).
 pub fn http_send(port: u16, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, Vec<u8>) {
+    http_send_as(port, method, path, body, None)
+}
+
+pub fn http_send_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    auth: Option<&Auth>,
+) -> (u16, Vec<u8>) {
     let out = std::env::temp_dir().join(format!("medrelay-it-body-{}-{}", std::process::id(), rand_suffix()));
     let o = run({
         let mut c = Command::new("curl");
@@ -93,6 +111,10 @@ pub fn http_send(port: u16, method: &str, path: &str, body: Option<&serde_json::
             "-w",
             "%{http_code}",
         ]);
+        if let Some(a) = auth {
+            let jar = a.jar.display().to_string();
+            c.args(["-b", &jar, "-c", &jar, "-H", &format!("x-csrf-token: {}", a.csrf)]);
+        }
         if let Some(b) = body {
             c.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);
         }
@@ -104,6 +126,9 @@ pub fn http_send(port: u16, method: &str, path: &str, body: Option<&serde_json::
     let _ = std::fs::remove_file(&out);
     (code, body)
 }
+
+/// Password of the admin account every test server gets.
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -162,6 +187,9 @@ pub struct Server {
     child: Option<Child>,
     pub log: Arc<Mutex<String>>,
     opts_args: Vec<String>,
+    /// The admin session `get`/`post_json`/`delete` use.
+    pub admin: Option<Auth>,
+    config: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -209,10 +237,78 @@ impl Server {
             child: None,
             log: Arc::new(Mutex::new(String::new())),
             opts_args: args,
+            admin: None,
+            config: config.clone(),
             _tmp: Some(tmp),
         };
+        // A reused data directory already has its admin.
+        let _ = s.try_add_user("admin", "admin", ADMIN_PASSWORD, &[]);
         s.spawn();
+        // Not fatal: a server on a full disk cannot store a session, and its
+        // tests only use DICOM and the unauthenticated /metrics.
+        s.admin = s.login("admin", ADMIN_PASSWORD).ok();
         s
+    }
+
+    /// `medrelay user add` against this server's data directory.
+    pub fn add_user(&self, name: &str, role: &str, password: &str, extra: &[&str]) {
+        if let Err(e) = self.try_add_user(name, role, password, extra) {
+            panic!("user add {name}: {e}");
+        }
+    }
+
+    pub fn try_add_user(&self, name: &str, role: &str, password: &str, extra: &[&str]) -> Result<(), String> {
+        use std::io::Write;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"))
+            .args(["user", "add", name, "--role", role, "--password-stdin", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn medrelay user add");
+        if let Some(mut i) = c.stdin.take() {
+            let _ = writeln!(i, "{password}");
+        }
+        let o = c.wait_with_output().map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// Logs in; Err((status, body)) when refused.
+    pub fn login(&self, user: &str, password: &str) -> Result<Auth, (u16, serde_json::Value)> {
+        let jar = self.dir.join(format!("cookies-{user}-{}", rand_suffix()));
+        let a = Auth {
+            jar: jar.clone(),
+            csrf: String::new(),
+        };
+        let (code, body) = http_send_as(
+            self.http_port,
+            "POST",
+            "/api/login",
+            Some(&serde_json::json!({ "username": user, "password": password })),
+            Some(&a),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        if code != 200 {
+            return Err((code, v));
+        }
+        Ok(Auth {
+            jar,
+            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// A request as `auth` (None: anonymous); the body parsed as JSON.
+    pub fn req(&self, auth: Option<&Auth>, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        let (code, b) = http_send_as(self.http_port, method, path, body.as_ref(), auth);
+        (code, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
     }
 
     fn spawn(&mut self) {
@@ -297,17 +393,18 @@ impl Server {
         self.data_dir.join("index.db")
     }
 
+    /// GET as the test admin.
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http_get(self.http_port, path)
+        http_send_as(self.http_port, "GET", path, None, self.admin.as_ref())
     }
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let (code, b) = http_send(self.http_port, "POST", path, Some(body));
+        let (code, b) = http_send_as(self.http_port, "POST", path, Some(body), self.admin.as_ref());
         (code, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
     }
 
     pub fn delete(&self, path: &str) -> u16 {
-        http_send(self.http_port, "DELETE", path, None).0
+        http_send_as(self.http_port, "DELETE", path, None, self.admin.as_ref()).0
     }
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {
@@ -377,6 +474,23 @@ impl Server {
         });
         assert!(o.status.success(), "sqlite: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+}
+
+impl Server {
+    /// Runs a writing statement (committed), e.g. to age a session.
+    pub fn sqlite_exec(&self, sql: &str) {
+        let o = run({
+            let mut c = Command::new(python());
+            c.args([
+                "-c",
+                "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1], timeout=30)\nc.execute(sys.argv[2])\nc.commit()",
+                &self.index_db().display().to_string(),
+                sql,
+            ]);
+            c
+        });
+        assert!(o.status.success(), "sqlite: {}", text(&o));
     }
 }
 

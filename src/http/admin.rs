@@ -1,0 +1,173 @@
+//! Administration routes (admin role only): accounts, turnaround times,
+//! the SR delivery queue, and the audit trail with CSV export.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+
+use super::auth::{now_ms, require};
+use super::error::ApiError;
+use crate::app::Services;
+use crate::reading::access::{Caller, Role};
+use crate::reading::accounts::{self, AccountError};
+use crate::reading::audit::{self, AuditQuery};
+
+type S = State<Arc<Services>>;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Exists(_) => ApiError::Conflict(e.to_string()),
+            AccountError::NoSuchUser(_) => ApiError::NotFound("user"),
+            AccountError::Db(d) => ApiError::Internal(d.to_string()),
+            AccountError::Password(crate::reading::accounts::PasswordError::Hash(h)) => ApiError::Internal(h),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+pub async fn users(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Admin])?;
+    Ok(Json(json!({ "users": accounts::list_users(s.index.pool()).await? })))
+}
+
+pub async fn add_user(
+    State(s): S,
+    c: Caller,
+    b: Result<Json<accounts::NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    require(&c, &[Role::Admin])?;
+    let Json(nu) = b.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(k) = nu.clinic_id.as_deref().filter(|k| !k.is_empty())
+        && !s.cfg.clinics.is_empty()
+        && !s.cfg.clinics.iter().any(|x| x.id == k)
+    {
+        return Err(ApiError::BadRequest(format!("unknown clinic {k:?}")));
+    }
+    if let Some(h) = nu.hospital_id.as_deref().filter(|h| !h.is_empty())
+        && !s.cfg.hospitals.is_empty()
+        && !s.cfg.hospitals.iter().any(|x| x.id == h)
+    {
+        return Err(ApiError::BadRequest(format!("unknown hospital {h:?}")));
+    }
+    let u = accounts::create_user(s.index.pool(), &nu, now_ms()).await?;
+    audit::record(s.index.pool(), &c, "user_add", None, Some(&format!("{} ({})", u.username, u.role.as_str()))).await;
+    Ok((StatusCode::CREATED, Json(json!({ "user": u }))).into_response())
+}
+
+pub async fn disable_user(State(s): S, c: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    require(&c, &[Role::Admin])?;
+    if name == c.user.username {
+        return Err(ApiError::BadRequest("you cannot disable your own account".into()));
+    }
+    accounts::set_disabled(s.index.pool(), &name, true).await?;
+    audit::record(s.index.pool(), &c, "user_disable", None, Some(&name)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct Days {
+    pub days: Option<i64>,
+}
+
+fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(i).copied()
+}
+
+/// Turnaround per clinic and priority over the last `days`: time from
+/// entering the worklist to the first signed report and to delivery.
+pub async fn turnaround(State(s): S, c: Caller, Query(q): Query<Days>) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Admin])?;
+    let days = q.days.unwrap_or(30).clamp(1, 3650);
+    let since = now_ms() - days * 86_400_000;
+    let rows = sqlx::query(
+        "SELECT s.clinic_id, w.priority, w.enqueued_ms,
+           (SELECT MIN(at_ms) FROM worklist_transitions t WHERE t.study_uid = w.study_uid AND t.to_state = 'reported') AS reported_ms,
+           (SELECT MIN(at_ms) FROM worklist_transitions t WHERE t.study_uid = w.study_uid AND t.to_state = 'delivered') AS delivered_ms
+         FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE w.enqueued_ms >= ?",
+    )
+    .bind(since)
+    .fetch_all(s.index.pool())
+    .await
+    .map_err(internal)?;
+    let mut groups: std::collections::BTreeMap<(String, String), (Vec<i64>, Vec<i64>, i64)> = Default::default();
+    for r in &rows {
+        let key = (r.get::<String, _>(0), r.get::<String, _>(1));
+        let enq: i64 = r.get(2);
+        let g = groups.entry(key).or_default();
+        g.2 += 1;
+        if let Some(t) = r.get::<Option<i64>, _>(3) {
+            g.0.push(t - enq);
+        }
+        if let Some(t) = r.get::<Option<i64>, _>(4) {
+            g.1.push(t - enq);
+        }
+    }
+    let out: Vec<_> = groups
+        .into_iter()
+        .map(|((clinic, prio), (mut rep, mut del, n))| {
+            rep.sort_unstable();
+            del.sort_unstable();
+            json!({
+                "clinic_id": clinic, "priority": prio, "studies": n,
+                "reported": rep.len(), "p50_report_ms": percentile(&rep, 0.5), "p90_report_ms": percentile(&rep, 0.9),
+                "delivered": del.len(), "p50_deliver_ms": percentile(&del, 0.5), "p90_deliver_ms": percentile(&del, 0.9),
+            })
+        })
+        .collect();
+    let waiting = sqlx::query(
+        "SELECT s.clinic_id, w.priority, COUNT(*), MIN(w.enqueued_ms) FROM worklist w JOIN studies s ON s.study_uid = w.study_uid
+         WHERE w.state IN ('new', 'claimed', 'returned') GROUP BY s.clinic_id, w.priority ORDER BY MIN(w.priority_rank), s.clinic_id",
+    )
+    .fetch_all(s.index.pool())
+    .await
+    .map_err(internal)?;
+    let now = now_ms();
+    let waiting: Vec<_> = waiting
+        .iter()
+        .map(|r| {
+            json!({
+                "clinic_id": r.get::<String, _>(0), "priority": r.get::<String, _>(1), "count": r.get::<i64, _>(2),
+                "oldest_ms": r.get::<i64, _>(3), "oldest_waiting_ms": now - r.get::<i64, _>(3),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "days": days, "rows": out, "waiting": waiting })))
+}
+
+pub async fn audit_log(State(s): S, c: Caller, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+    require(&c, &[Role::Admin])?;
+    let events = audit::query(s.index.pool(), &q).await.map_err(internal)?;
+    audit::record(s.index.pool(), &c, "audit_export", None, Some(&format!("{} events", events.len()))).await;
+    if q.format.as_deref() == Some("csv") {
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"medrelay-audit.csv\""),
+            ],
+            audit::to_csv(&events),
+        )
+            .into_response());
+    }
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+pub async fn deliveries(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Admin])?;
+    let d = crate::reading::delivery::list_all(s.index.pool(), 500).await.map_err(internal)?;
+    Ok(Json(json!({ "deliveries": d })))
+}

@@ -1,0 +1,189 @@
+//! Login, sessions and the `Caller` extractor every protected route takes.
+//!
+//! The session token lives only in an `HttpOnly; Secure; SameSite=Strict`
+//! cookie and only its SHA-256 is stored, so a copied database does not
+//! hand out live sessions. State-changing requests must also carry the
+//! session's CSRF token in `X-CSRF-Token`: SameSite already stops most
+//! cross-site posts, the header stops the rest (old browsers, same-site
+//! subdomains). Login failures are throttled per username and per address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::app::Services;
+use crate::reading::access::{Caller, Role, scope_of};
+use crate::reading::accounts::{self, SessionCheck};
+use crate::reading::audit;
+
+pub const COOKIE: &str = "mr_session";
+
+/// The peer address of the connection, added by the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote(pub SocketAddr);
+
+pub fn now_ms() -> i64 {
+    crate::dicom::scp::now_ms()
+}
+
+fn remote_of(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<Remote>()
+        .map(|r| r.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl FromRequestParts<Arc<Services>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Services>) -> Result<Caller, ApiError> {
+        let token = cookie_token(&parts.headers).ok_or(ApiError::Unauthorized("log in first"))?;
+        let a = &s.cfg.auth;
+        let check = accounts::check_session(
+            s.index.pool(),
+            token,
+            now_ms(),
+            (a.session_idle_secs * 1000) as i64,
+            (a.session_max_secs * 1000) as i64,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (user, csrf, hash) = match check {
+            SessionCheck::Valid { user, csrf, hash } => (user, csrf, hash),
+            SessionCheck::Expired => return Err(ApiError::Unauthorized("session expired; log in again")),
+            SessionCheck::Unknown => return Err(ApiError::Unauthorized("log in first")),
+        };
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            if !sent.is_some_and(|t| ct_eq(t.as_bytes(), csrf.as_bytes())) {
+                return Err(ApiError::Forbidden("missing or wrong CSRF token".into()));
+            }
+        }
+        let scope = scope_of(&user, &s.cfg);
+        Ok(Caller {
+            user,
+            scope,
+            session: hash,
+            csrf,
+            remote: remote_of(parts),
+        })
+    }
+}
+
+/// Equality whose time does not depend on where the first difference is.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses callers whose role is not listed.
+pub fn require(c: &Caller, roles: &[Role]) -> Result<(), ApiError> {
+    if roles.contains(&c.role()) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("not allowed for your role".into()))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+fn me_json(c_user: &crate::reading::access::User, csrf: &str) -> serde_json::Value {
+    json!({ "user": c_user, "csrf": csrf })
+}
+
+pub async fn login(
+    State(s): State<Arc<Services>>,
+    remote: Option<axum::Extension<Remote>>,
+    body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(l) = body.map_err(|e| ApiError::BadRequest(format!("login: {}", e.body_text())))?;
+    let ip = remote.map(|r| r.0.0.ip().to_string()).unwrap_or_default();
+    let user_key = l.username.to_lowercase();
+    {
+        let limiter = s.login_limiter.lock().map_err(|_| ApiError::Internal("limiter poisoned".into()))?;
+        if let Err(wait) = limiter.check(&user_key, &ip, Instant::now()) {
+            return Err(ApiError::TooMany(wait.as_secs().max(1)));
+        }
+    }
+    if l.username.len() > 64 || l.password.len() > 1024 {
+        return Err(ApiError::Unauthorized("wrong username or password"));
+    }
+    let user = accounts::check_login(s.index.pool(), &l.username, &l.password)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let Some(user) = user else {
+        if let Ok(mut limiter) = s.login_limiter.lock() {
+            limiter.on_failure(&user_key, &ip, Instant::now());
+        }
+        audit::record_raw(s.index.pool(), now_ms(), &l.username, "", "login_failed", None, None, &ip).await;
+        return Err(ApiError::Unauthorized("wrong username or password"));
+    };
+    if let Ok(mut limiter) = s.login_limiter.lock() {
+        limiter.on_success(&user_key);
+    }
+    let sess = accounts::create_session(s.index.pool(), &user.username, &ip, now_ms())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    audit::record_raw(
+        s.index.pool(),
+        now_ms(),
+        &user.username,
+        user.role.as_str(),
+        "login",
+        None,
+        None,
+        &ip,
+    )
+    .await;
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        sess.token, s.cfg.auth.session_max_secs
+    );
+    let mut resp = Json(me_json(&user, &sess.csrf)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+pub async fn logout(State(s): State<Arc<Services>>, c: Caller) -> Result<Response, ApiError> {
+    accounts::end_session(s.index.pool(), &c.session)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    audit::record(s.index.pool(), &c, "logout", None, None).await;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("mr_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(resp)
+}
+
+pub async fn me(c: Caller) -> Json<serde_json::Value> {
+    Json(me_json(&c.user, &c.csrf))
+}

@@ -1,0 +1,695 @@
+//! Reading-workflow routes: worklist, claims, reports, notifications,
+//! consultation requests, and the pages. Every handler takes a `Caller`
+//! (so it is authenticated), checks the role it needs with `require`, and
+//! reaches studies only through `study_for`, which applies the caller's
+//! clinic scope.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+
+use super::api::study_for;
+use super::auth::{now_ms, require};
+use super::error::ApiError;
+use crate::app::Services;
+use crate::archive::index::{WorklistApplyError, push_in};
+use crate::reading::access::{Caller, Role};
+use crate::reading::audit;
+use crate::reading::reports::{self, ReportError};
+use crate::reading::requests::{self, ReqAction, ReqState, RequestError};
+use crate::reading::worklist::{Action, WorklistError};
+
+type S = State<Arc<Services>>;
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(b: JsonBody<T>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+impl From<WorklistApplyError> for ApiError {
+    fn from(e: WorklistApplyError) -> Self {
+        match e {
+            WorklistApplyError::NoSuchStudy => ApiError::NotFound("worklist entry"),
+            WorklistApplyError::Rule(r) => match r {
+                WorklistError::NotAnExpert | WorklistError::Forbidden => ApiError::Forbidden(r.to_string()),
+                WorklistError::BadLease => ApiError::BadRequest(r.to_string()),
+                _ => ApiError::Conflict(r.to_string()),
+            },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Empty | ReportError::TooLong => ApiError::BadRequest(e.to_string()),
+            ReportError::NotOnWorklist => ApiError::NotFound("worklist entry"),
+            ReportError::Worklist(w) => w.into(),
+            ReportError::Db(d) => ApiError::Internal(d.to_string()),
+            _ => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NotAnExpert | RequestError::Forbidden => ApiError::Forbidden(e.to_string()),
+            RequestError::InPast => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+fn clinic_name(s: &Services, id: &str) -> String {
+    s.cfg
+        .clinics
+        .iter()
+        .find(|c| c.id == id)
+        .map(|c| if c.name.is_empty() { c.id.clone() } else { c.name.clone() })
+        .unwrap_or_else(|| id.to_string())
+}
+
+// ------------------------------------------------------------------ directory
+
+pub async fn clinics(State(s): S, c: Caller) -> Json<serde_json::Value> {
+    let clinics: Vec<_> = s
+        .cfg
+        .clinics
+        .iter()
+        .filter(|k| c.sees(&k.id))
+        .map(|k| {
+            let hospital = s.cfg.hospitals.iter().find(|h| h.serves.contains(&k.id)).map(|h| h.id.clone());
+            json!({ "id": k.id, "name": clinic_name(&s, &k.id), "hospital_id": hospital, "pacs": k.pacs.is_some() })
+        })
+        .collect();
+    let hospitals: Vec<_> = s
+        .cfg
+        .hospitals
+        .iter()
+        .filter(|h| c.is(Role::Admin) || c.user.hospital_id.as_deref() == Some(&h.id) || h.serves.iter().any(|x| c.sees(x)))
+        .map(|h| json!({ "id": h.id, "name": if h.name.is_empty() { &h.id } else { &h.name }, "serves": h.serves }))
+        .collect();
+    Json(json!({ "clinics": clinics, "hospitals": hospitals }))
+}
+
+// ------------------------------------------------------------------ worklist
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WorklistQuery {
+    pub state: Option<String>,
+    pub priority: Option<String>,
+    pub modality: Option<String>,
+    pub clinic: Option<String>,
+    pub body_part: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+const STATES: [&str; 6] = ["new", "claimed", "reported", "delivered", "returned", "cancelled"];
+const PRIORITIES: [&str; 3] = ["stat", "urgent", "routine"];
+
+pub fn priority_rank(p: &str) -> Option<i64> {
+    PRIORITIES.iter().position(|x| *x == p).map(|i| i as i64)
+}
+
+fn worklist_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, c: &Caller, q: &WorklistQuery) -> Result<(), ApiError> {
+    let states: Vec<String> = match q.state.as_deref().filter(|v| !v.is_empty()) {
+        Some(v) => v.split(',').map(|x| x.trim().to_string()).collect(),
+        None => vec!["new".into(), "claimed".into(), "returned".into()],
+    };
+    if let Some(bad) = states.iter().find(|x| !STATES.contains(&x.as_str())) {
+        return Err(ApiError::BadRequest(format!("unknown state {bad:?}")));
+    }
+    push_in(qb, "w.state", &states);
+    if let Some(p) = q.priority.as_deref().filter(|v| !v.is_empty()) {
+        let r = priority_rank(p).ok_or_else(|| ApiError::BadRequest(format!("unknown priority {p:?}")))?;
+        qb.push(" AND w.priority_rank = ").push_bind(r);
+    }
+    if let Some(cs) = c.scope.clinics() {
+        push_in(qb, "s.clinic_id", cs);
+    }
+    if let Some(v) = q.clinic.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
+    }
+    if let Some(v) = q.modality.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND (',' || s.modalities || ',') LIKE ").push_bind(format!("%,{v},%"));
+    }
+    if let Some(v) = q.body_part.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.body_parts LIKE ").push_bind(format!("%{v}%"));
+    }
+    Ok(())
+}
+
+pub async fn worklist(State(s): S, c: Caller, Query(q): Query<WorklistQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert, Role::Admin])?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let offset = q.offset.unwrap_or(0).max(0);
+    let mut qb = sqlx::QueryBuilder::new(
+        "SELECT w.study_uid, w.state, w.priority, w.clinical_question, w.claimed_by, u.display_name AS claimed_by_name,
+           w.lease_until_ms, w.enqueued_ms, w.detail, s.clinic_id, s.modalities, s.body_parts, s.description,
+           s.num_series, s.num_instances, s.patient_name, s.patient_id, p.sex, p.birth_date, s.study_date
+         FROM worklist w JOIN studies s ON s.study_uid = w.study_uid JOIN patients p ON p.id = s.patient_row
+         LEFT JOIN users u ON u.username = w.claimed_by WHERE 1=1",
+    );
+    worklist_filters(&mut qb, &c, &q)?;
+    qb.push(" ORDER BY w.priority_rank, w.enqueued_ms, w.study_uid LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let rows = qb.build().fetch_all(s.index.pool()).await.map_err(internal)?;
+    let mut cq = sqlx::QueryBuilder::new(
+        "SELECT COUNT(*) FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE 1=1",
+    );
+    worklist_filters(&mut cq, &c, &q)?;
+    let total: i64 = cq.build().fetch_one(s.index.pool()).await.map_err(internal)?.get(0);
+    let now = now_ms();
+    let items: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let clinic: String = r.get("clinic_id");
+            let enq: i64 = r.get("enqueued_ms");
+            json!({
+                "study_uid": r.get::<String, _>("study_uid"),
+                "state": r.get::<String, _>("state"),
+                "priority": r.get::<String, _>("priority"),
+                "clinical_question": r.get::<Option<String>, _>("clinical_question"),
+                "claimed_by": r.get::<Option<String>, _>("claimed_by"),
+                "claimed_by_name": r.get::<Option<String>, _>("claimed_by_name"),
+                "lease_until_ms": r.get::<Option<i64>, _>("lease_until_ms"),
+                "detail": r.get::<Option<String>, _>("detail"),
+                "enqueued_ms": enq,
+                "waiting_ms": (now - enq).max(0),
+                "clinic_name": clinic_name(&s, &clinic),
+                "clinic_id": clinic,
+                "modalities": r.get::<String, _>("modalities"),
+                "body_parts": r.get::<String, _>("body_parts"),
+                "description": r.get::<String, _>("description"),
+                "num_series": r.get::<i64, _>("num_series"),
+                "num_instances": r.get::<i64, _>("num_instances"),
+                "patient_name": r.get::<String, _>("patient_name"),
+                "patient_id": r.get::<String, _>("patient_id"),
+                "sex": r.get::<String, _>("sex"),
+                "birth_date": r.get::<String, _>("birth_date"),
+                "study_date": r.get::<String, _>("study_date"),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "total": total, "offset": offset, "items": items })))
+}
+
+async fn entry_json(s: &Services, uid: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    let w = reports::worklist_entry(s.index.pool(), uid).await?;
+    Ok(Json(json!({ "worklist": w })))
+}
+
+async fn act(s: &Services, c: &Caller, uid: &str, action: Action, audit_as: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    study_for(s, c, uid).await?;
+    s.index.worklist_apply(uid, &action, c.actor(), now_ms()).await?;
+    audit::record(s.index.pool(), c, audit_as, Some(uid), None).await;
+    entry_json(s, uid).await
+}
+
+fn lease(s: &Services) -> Duration {
+    Duration::from_secs(s.cfg.reading.claim_lease_secs)
+}
+
+pub async fn claim(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert])?;
+    act(&s, &c, &uid, Action::Claim { lease: lease(&s) }, "claim").await
+}
+
+pub async fn renew(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert])?;
+    study_for(&s, &c, &uid).await?;
+    s.index
+        .worklist_apply(&uid, &Action::Renew { lease: lease(&s) }, c.actor(), now_ms())
+        .await?;
+    entry_json(&s, &uid).await
+}
+
+pub async fn release(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert, Role::Admin])?;
+    act(&s, &c, &uid, Action::Release, "release").await
+}
+
+#[derive(Deserialize)]
+pub struct Reason {
+    #[serde(default)]
+    pub reason: String,
+}
+
+fn reason_text(r: &str, required: bool) -> Result<String, ApiError> {
+    let t = r.trim();
+    if required && t.is_empty() {
+        return Err(ApiError::BadRequest("a reason is required".into()));
+    }
+    if t.chars().count() > 2000 {
+        return Err(ApiError::BadRequest("reason: at most 2000 characters".into()));
+    }
+    Ok(t.to_string())
+}
+
+pub async fn return_study(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    b: JsonBody<Reason>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert])?;
+    let reason = reason_text(&body(b)?.reason, true)?;
+    let st = study_for(&s, &c, &uid).await?;
+    s.index
+        .worklist_apply(&uid, &Action::ReturnForMoreImages { reason: reason.clone() }, c.actor(), now_ms())
+        .await?;
+    sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, 'returned', ?, ?, ?)")
+        .bind(&st.clinic_id)
+        .bind(&uid)
+        .bind(format!("More images requested: {reason}"))
+        .bind(now_ms())
+        .execute(s.index.pool())
+        .await
+        .map_err(internal)?;
+    audit::record(s.index.pool(), &c, "return", Some(&uid), Some(&reason)).await;
+    entry_json(&s, &uid).await
+}
+
+pub async fn cancel(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    b: JsonBody<Reason>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Clinic, Role::Admin])?;
+    let reason = reason_text(&body(b)?.reason, false)?;
+    study_for(&s, &c, &uid).await?;
+    s.index.worklist_apply(&uid, &Action::Cancel, c.actor(), now_ms()).await?;
+    audit::record(s.index.pool(), &c, "cancel", Some(&uid), Some(&reason)).await;
+    entry_json(&s, &uid).await
+}
+
+#[derive(Deserialize)]
+pub struct SetPriority {
+    pub priority: String,
+    #[serde(default)]
+    pub clinical_question: Option<String>,
+}
+
+pub async fn set_priority(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    b: JsonBody<SetPriority>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Clinic, Role::Admin])?;
+    let p = body(b)?;
+    let rank = priority_rank(&p.priority)
+        .ok_or_else(|| ApiError::BadRequest(format!("priority must be stat, urgent or routine, not {:?}", p.priority)))?;
+    let question = match &p.clinical_question {
+        Some(q) => Some(reason_text(q, false)?),
+        None => None,
+    };
+    study_for(&s, &c, &uid).await?;
+    let now = now_ms();
+    let pool = s.index.pool();
+    let cur = sqlx::query("SELECT state, priority_rank FROM worklist WHERE study_uid = ?")
+        .bind(&uid)
+        .fetch_optional(pool)
+        .await
+        .map_err(internal)?
+        .ok_or(ApiError::NotFound("worklist entry"))?;
+    let (state, cur_rank): (String, i64) = (cur.get(0), cur.get(1));
+    if !matches!(state.as_str(), "new" | "claimed" | "returned") {
+        return Err(ApiError::Conflict(format!("a study that is {state} has no reading priority")));
+    }
+    if c.is(Role::Clinic) && rank > cur_rank {
+        return Err(ApiError::Forbidden("clinics can raise the priority, not lower it".into()));
+    }
+    // Conditional on the state read above, so a concurrent report is not overwritten.
+    let r = sqlx::query(
+        "UPDATE worklist SET priority = ?, priority_rank = ?, clinical_question = COALESCE(?, clinical_question), updated_ms = ?
+         WHERE study_uid = ? AND state = ?",
+    )
+    .bind(&p.priority)
+    .bind(rank)
+    .bind(&question)
+    .bind(now)
+    .bind(&uid)
+    .bind(&state)
+    .execute(pool)
+    .await
+    .map_err(internal)?;
+    if r.rows_affected() == 0 {
+        return Err(ApiError::Conflict("the study changed meanwhile; try again".into()));
+    }
+    sqlx::query(
+        "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&uid)
+    .bind(&state)
+    .bind(&state)
+    .bind(&c.user.username)
+    .bind(now)
+    .bind(format!("priority {}", p.priority))
+    .execute(pool)
+    .await
+    .map_err(internal)?;
+    audit::record(pool, &c, "priority", Some(&uid), Some(&p.priority)).await;
+    entry_json(&s, &uid).await
+}
+
+pub async fn history(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    study_for(&s, &c, &uid).await?;
+    let rows = sqlx::query(
+        "SELECT t.from_state, t.to_state, t.actor, COALESCE(u.display_name, t.actor) AS actor_name, t.at_ms, t.detail
+         FROM worklist_transitions t LEFT JOIN users u ON u.username = t.actor WHERE t.study_uid = ? ORDER BY t.at_ms, t.id",
+    )
+    .bind(&uid)
+    .fetch_all(s.index.pool())
+    .await
+    .map_err(internal)?;
+    let t: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "from": r.get::<String, _>(0), "to": r.get::<String, _>(1), "actor": r.get::<String, _>(2),
+                "actor_name": r.get::<String, _>(3), "at_ms": r.get::<i64, _>(4), "detail": r.get::<Option<String>, _>(5),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "transitions": t })))
+}
+
+// ------------------------------------------------------------------ reports
+
+#[derive(Deserialize)]
+pub struct TemplateQuery {
+    #[serde(default)]
+    pub modality: String,
+}
+
+pub async fn templates(_c: Caller, Query(q): Query<TemplateQuery>) -> Json<serde_json::Value> {
+    Json(json!({ "templates": reports::templates(&q.modality) }))
+}
+
+pub async fn study_reports(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    study_for(&s, &c, &uid).await?;
+    let versions = reports::versions(s.index.pool(), &uid, c.is(Role::Expert)).await?;
+    let delivery = crate::reading::delivery::for_study(s.index.pool(), &uid).await.map_err(internal)?;
+    Ok(Json(json!({ "versions": versions, "delivery": delivery })))
+}
+
+#[derive(Deserialize)]
+pub struct ReportText {
+    #[serde(default)]
+    pub findings: String,
+    #[serde(default)]
+    pub impression: String,
+}
+
+pub async fn save_draft(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    b: JsonBody<ReportText>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert])?;
+    let t = body(b)?;
+    study_for(&s, &c, &uid).await?;
+    let r = reports::save_draft(s.index.pool(), &uid, &c.user.username, &t.findings, &t.impression, now_ms()).await?;
+    Ok(Json(json!({ "report": r })))
+}
+
+pub async fn sign(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+    b: JsonBody<ReportText>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Expert])?;
+    let t = body(b)?;
+    let st = study_for(&s, &c, &uid).await?;
+    let target = s.cfg.clinics.iter().find(|k| k.id == st.clinic_id).and_then(|k| k.pacs.clone());
+    let plan = reports::DeliveryPlan {
+        clinic_id: st.clinic_id.clone(),
+        target,
+        sr_sop_uid: crate::reading::sr::new_uid(),
+    };
+    let signed = reports::sign(s.index.pool(), &uid, &c.user.username, &t.findings, &t.impression, &plan, now_ms()).await?;
+    audit::record(
+        s.index.pool(),
+        &c,
+        if signed.amended { "report_amend" } else { "report_sign" },
+        Some(&uid),
+        Some(&format!("version {}", signed.report.version)),
+    )
+    .await;
+    if signed.delivery_queued {
+        s.delivery.wake();
+    }
+    Ok(Json(json!({ "report": signed.report, "amended": signed.amended, "delivery_queued": signed.delivery_queued })))
+}
+
+// ------------------------------------------------------------------ notifications
+
+pub async fn notifications(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut qb = sqlx::QueryBuilder::new(
+        "SELECT id, clinic_id, kind, study_uid, request_id, text, created_ms, read_ms FROM notifications WHERE 1=1",
+    );
+    match c.role() {
+        Role::Clinic => push_in(&mut qb, "clinic_id", c.user.clinic_id.as_slice()),
+        _ => {
+            if let Some(cs) = c.scope.clinics() {
+                push_in(&mut qb, "clinic_id", cs);
+            }
+            // Experts are told about consultation requests only.
+            if c.is(Role::Expert) {
+                qb.push(" AND kind = 'request'");
+            }
+        }
+    }
+    qb.push(" ORDER BY created_ms DESC, id DESC LIMIT 100");
+    let rows = qb.build().fetch_all(s.index.pool()).await.map_err(internal)?;
+    let items: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<i64, _>(0), "clinic_id": r.get::<String, _>(1), "kind": r.get::<String, _>(2),
+                "study_uid": r.get::<Option<String>, _>(3), "request_id": r.get::<Option<i64>, _>(4),
+                "text": r.get::<String, _>(5), "created_ms": r.get::<i64, _>(6),
+                "read": r.get::<Option<i64>, _>(7).is_some(),
+            })
+        })
+        .collect();
+    let unread = items.iter().filter(|i| i["read"] == false).count();
+    Ok(Json(json!({ "unread": unread, "items": items })))
+}
+
+pub async fn notification_read(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+    let clinic = sqlx::query("SELECT clinic_id FROM notifications WHERE id = ?")
+        .bind(id)
+        .fetch_optional(s.index.pool())
+        .await
+        .map_err(internal)?
+        .map(|r| r.get::<String, _>(0));
+    match clinic {
+        Some(k) if c.sees(&k) => {}
+        _ => return Err(ApiError::NotFound("notification")),
+    }
+    sqlx::query("UPDATE notifications SET read_ms = COALESCE(read_ms, ?) WHERE id = ?")
+        .bind(now_ms())
+        .bind(id)
+        .execute(s.index.pool())
+        .await
+        .map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ consultation requests
+
+pub async fn list_requests(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = requests::list(s.index.pool(), &c).await.map_err(internal)?;
+    Ok(Json(json!({ "requests": r })))
+}
+
+pub async fn create_request(State(s): S, c: Caller, b: JsonBody<requests::NewRequest>) -> Result<Response, ApiError> {
+    require(&c, &[Role::Clinic])?;
+    let mut r = body(b)?;
+    let clinic = c.user.clinic_id.clone().ok_or(ApiError::Forbidden("your account has no clinic".into()))?;
+    r.question = reason_text(&r.question, true)?;
+    if !PRIORITIES.contains(&r.urgency.as_str()) {
+        return Err(ApiError::BadRequest("urgency must be stat, urgent or routine".into()));
+    }
+    if r.study_uids.len() > 20 {
+        return Err(ApiError::BadRequest("at most 20 studies per request".into()));
+    }
+    if r.patient_id.chars().count() > 64 || r.patient_name.chars().count() > 200 {
+        return Err(ApiError::BadRequest("patient id/name too long".into()));
+    }
+    if let (Some(a), Some(b)) = (r.preferred_from_ms, r.preferred_to_ms)
+        && b < a
+    {
+        return Err(ApiError::BadRequest("preferred time window ends before it starts".into()));
+    }
+    for uid in &r.study_uids {
+        let st = study_for(&s, &c, uid).await?;
+        if r.patient_id.is_empty() {
+            r.patient_id = st.patient_id.clone();
+            r.patient_name = st.patient_name.clone();
+        }
+    }
+    let now = now_ms();
+    let req = requests::create(s.index.pool(), &clinic, &c.user.username, &r, now)
+        .await
+        .map_err(internal)?;
+    requests::notify(s.index.pool(), &clinic, req.id, "Consultation requested", now).await;
+    audit::record(s.index.pool(), &c, "request_create", r.study_uids.first().map(String::as_str), Some(&format!("request {}", req.id))).await;
+    Ok((StatusCode::CREATED, Json(json!({ "request": req }))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct RequestChange {
+    pub scheduled_ms: Option<i64>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn request_for(s: &Services, c: &Caller, id: i64) -> Result<requests::Request, ApiError> {
+    match requests::get(s.index.pool(), id).await.map_err(internal)? {
+        Some(r) if c.sees(&r.clinic_id) => Ok(r),
+        _ => Err(ApiError::NotFound("request")),
+    }
+}
+
+async fn change_request(s: &Services, c: &Caller, id: i64, action: ReqAction, reason: Option<String>) -> Result<requests::Request, ApiError> {
+    let r = request_for(s, c, id).await?;
+    let state = ReqState::parse(&r.state).ok_or_else(|| internal("request in an unknown state"))?;
+    let now = now_ms();
+    let to = requests::decide(state, r.scheduled_ms, r.expert.as_deref(), &action, c.role(), &c.user.username, now)?;
+    let (expert, when) = match &action {
+        ReqAction::Accept { scheduled_ms } => (Some(c.user.username.as_str()), Some(*scheduled_ms)),
+        ReqAction::Reschedule { scheduled_ms } => (None, Some(*scheduled_ms)),
+        _ => (None, None),
+    };
+    if !requests::update(s.index.pool(), id, &r.state, to, expert, when, reason.as_deref(), None, now)
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError::Conflict("the request changed meanwhile; reload".into()));
+    }
+    let text = match &action {
+        ReqAction::Accept { .. } => "Consultation scheduled",
+        ReqAction::Reschedule { .. } => "Consultation rescheduled",
+        ReqAction::Cancel => "Consultation cancelled",
+        _ => "",
+    };
+    if !text.is_empty() && !c.is(Role::Clinic) {
+        requests::notify(s.index.pool(), &r.clinic_id, id, text, now).await;
+    }
+    audit::record(s.index.pool(), c, &format!("request_{}", to.as_str()), r.study_uids.first().map(String::as_str), Some(&format!("request {id}"))).await;
+    request_for(s, c, id).await
+}
+
+pub async fn accept_request(State(s): S, c: Caller, Path(id): Path<i64>, b: JsonBody<RequestChange>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ch = body(b)?;
+    let when = ch.scheduled_ms.ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
+    Ok(Json(json!({ "request": change_request(&s, &c, id, ReqAction::Accept { scheduled_ms: when }, None).await? })))
+}
+
+pub async fn reschedule_request(State(s): S, c: Caller, Path(id): Path<i64>, b: JsonBody<RequestChange>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ch = body(b)?;
+    let when = ch.scheduled_ms.ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
+    Ok(Json(json!({ "request": change_request(&s, &c, id, ReqAction::Reschedule { scheduled_ms: when }, None).await? })))
+}
+
+pub async fn cancel_request(State(s): S, c: Caller, Path(id): Path<i64>, b: JsonBody<RequestChange>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ch = body(b)?;
+    let reason = reason_text(&ch.reason, false)?;
+    Ok(Json(json!({ "request": change_request(&s, &c, id, ReqAction::Cancel, Some(reason)).await? })))
+}
+
+/// Opens (creating on first use) the request's consultation room and hands
+/// the caller a join link with the attached studies in the shared viewer.
+pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = request_for(&s, &c, id).await?;
+    let state = ReqState::parse(&r.state).ok_or_else(|| internal("request in an unknown state"))?;
+    requests::decide(state, r.scheduled_ms, r.expert.as_deref(), &ReqAction::Join, c.role(), &c.user.username, now_ms())?;
+    let role = if c.is(Role::Clinic) { crate::sfu::protocol::Role::Clinic } else { crate::sfu::protocol::Role::Expert };
+    let name = c.user.display_name.clone();
+    let title = format!("Consultation #{id}");
+    let (room, pid, exp) = super::consult::join_or_create_room(&s, r.room_id.as_deref(), &title, &name, role).await?;
+    if r.room_id.as_deref() != Some(room.as_str()) {
+        sqlx::query("UPDATE consult_requests SET room_id = ?, updated_ms = ? WHERE id = ?")
+            .bind(&room)
+            .bind(now_ms())
+            .bind(id)
+            .execute(s.index.pool())
+            .await
+            .map_err(internal)?;
+    }
+    let token = s.sfu.tokens.mint(&crate::sfu::tokens::Claims {
+        room: room.clone(),
+        participant: pid,
+        expires_unix: exp,
+    });
+    audit::record(s.index.pool(), &c, "consult_join", r.study_uids.first().map(String::as_str), Some(&format!("request {id}"))).await;
+    let study = r.study_uids.first().cloned().unwrap_or_default();
+    let enc = |v: &str| v.bytes().map(|b| if b.is_ascii_alphanumeric() || b".-_".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
+    let url = format!("/consult#token={token}&name={}&study={}", enc(&name), enc(&study));
+    Ok(Json(json!({ "url": url, "room_id": room })))
+}
+
+// ------------------------------------------------------------------ pages
+
+fn page_of(name: &str) -> Response {
+    match super::consult::asset(name) {
+        Some(b) => (super::consult::page_headers(), b).into_response(),
+        None => ApiError::NotFound("page").into_response(),
+    }
+}
+
+pub async fn login_page() -> Response {
+    page_of("login.html")
+}
+pub async fn studies_page() -> Response {
+    page_of("studies.html")
+}
+pub async fn worklist_page() -> Response {
+    page_of("worklist.html")
+}
+pub async fn viewer_page() -> Response {
+    page_of("viewer.html")
+}
+pub async fn requests_page() -> Response {
+    page_of("requests.html")
+}
+pub async fn admin_page() -> Response {
+    page_of("admin.html")
+}
+
+/// `/`: the caller's home page, or the login page.
+pub async fn root(c: Result<Caller, ApiError>) -> Response {
+    let to = match c {
+        Ok(c) => match c.role() {
+            Role::Expert => "/worklist",
+            Role::Admin => "/admin",
+            Role::Clinic => "/studies",
+        },
+        Err(_) => "/login",
+    };
+    let mut r = Redirect::to(to).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}

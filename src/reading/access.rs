@@ -1,0 +1,186 @@
+//! Who the caller is and what they may see, decided from the account and
+//! the alliance configuration, with no I/O.
+//!
+//! A clinic doctor sees their own clinic; an expert sees the clinics their
+//! hospital serves; an admin sees everything. Callers outside their scope
+//! are answered "not found", never "forbidden", so a clinic cannot probe
+//! for another clinic's study UIDs.
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Expert,
+    /// A clinic doctor.
+    Clinic,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "expert" => Some(Role::Expert),
+            "clinic" => Some(Role::Clinic),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Expert => "expert",
+            Role::Clinic => "clinic",
+        }
+    }
+}
+
+/// An account as stored (without the password hash).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct User {
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub clinic_id: Option<String>,
+    pub hospital_id: Option<String>,
+    pub department: Option<String>,
+    pub disabled: bool,
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    pub scope: Scope,
+    /// SHA-256 of the session token (the token itself is never stored).
+    pub session: String,
+    pub csrf: String,
+    pub remote: String,
+}
+
+/// The clinics whose studies a caller may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Clinics(Vec<String>),
+}
+
+impl Scope {
+    pub fn allows(&self, clinic_id: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Clinics(c) => c.iter().any(|x| x == clinic_id),
+        }
+    }
+
+    /// The clinic list for an SQL `IN (...)` filter; None means no filter.
+    pub fn clinics(&self) -> Option<&[String]> {
+        match self {
+            Scope::All => None,
+            Scope::Clinics(c) => Some(c),
+        }
+    }
+}
+
+pub fn scope_of(user: &User, cfg: &Config) -> Scope {
+    match user.role {
+        Role::Admin => Scope::All,
+        Role::Clinic => Scope::Clinics(user.clinic_id.iter().cloned().collect()),
+        Role::Expert => {
+            // A single-hospital alliance need not describe itself: with no
+            // [[hospital]] configured, experts read for every clinic.
+            if cfg.hospitals.is_empty() {
+                return Scope::All;
+            }
+            let serves = user
+                .hospital_id
+                .as_deref()
+                .and_then(|h| cfg.hospitals.iter().find(|x| x.id == h))
+                .map(|h| h.serves.clone())
+                .unwrap_or_default();
+            Scope::Clinics(serves)
+        }
+    }
+}
+
+impl Caller {
+    pub fn role(&self) -> Role {
+        self.user.role
+    }
+
+    pub fn is(&self, role: Role) -> bool {
+        self.user.role == role
+    }
+
+    pub fn sees(&self, clinic_id: &str) -> bool {
+        self.scope.allows(clinic_id)
+    }
+
+    /// The worklist actor this caller acts as.
+    pub fn actor(&self) -> crate::reading::worklist::Actor<'_> {
+        use crate::reading::worklist::Actor;
+        match self.user.role {
+            Role::Admin => Actor::Admin(&self.user.username),
+            Role::Expert => Actor::Expert(&self.user.username),
+            Role::Clinic => Actor::ClinicDoctor(&self.user.username),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClinicConfig, HospitalConfig};
+
+    fn user(role: Role, clinic: Option<&str>, hospital: Option<&str>) -> User {
+        User {
+            username: "u".into(),
+            display_name: "U".into(),
+            role,
+            clinic_id: clinic.map(String::from),
+            hospital_id: hospital.map(String::from),
+            department: None,
+            disabled: false,
+        }
+    }
+
+    fn clinic(id: &str) -> ClinicConfig {
+        ClinicConfig {
+            id: id.into(),
+            name: id.into(),
+            ae_titles: vec![],
+            stable_after_secs: None,
+            pacs: None,
+        }
+    }
+
+    #[test]
+    fn scopes_follow_role_clinic_and_hospital() {
+        let mut cfg = Config {
+            clinics: vec![clinic("t1"), clinic("t2"), clinic("t3")],
+            ..Config::default()
+        };
+        assert_eq!(scope_of(&user(Role::Admin, None, None), &cfg), Scope::All);
+        assert_eq!(
+            scope_of(&user(Role::Clinic, Some("t1"), None), &cfg),
+            Scope::Clinics(vec!["t1".into()])
+        );
+        // No hospitals described: experts read everything.
+        assert_eq!(scope_of(&user(Role::Expert, None, Some("city")), &cfg), Scope::All);
+        cfg.hospitals = vec![HospitalConfig {
+            id: "city".into(),
+            name: "City".into(),
+            serves: vec!["t1".into(), "t2".into()],
+        }];
+        let s = scope_of(&user(Role::Expert, None, Some("city")), &cfg);
+        assert!(s.allows("t1") && s.allows("t2") && !s.allows("t3"));
+        // An expert of an unknown hospital sees nothing rather than everything.
+        assert_eq!(
+            scope_of(&user(Role::Expert, None, Some("elsewhere")), &cfg),
+            Scope::Clinics(vec![])
+        );
+        // A clinic doctor without a clinic sees nothing.
+        assert_eq!(scope_of(&user(Role::Clinic, None, None), &cfg), Scope::Clinics(vec![]));
+    }
+}

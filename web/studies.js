@@ -1,0 +1,847 @@
+// Studies page: the clinic doctor's home (experts and admins use it as a
+// study browser). Notifications (polled every 30 s while the tab is
+// visible), filters, a paged table of studies with a key-image thumbnail,
+// reading state, priority and the signed report, and the clinic actions:
+// raise priority with a clinical question, cancel reading, request a
+// consultation.
+//
+// Slow links: one list request per page of 50, thumbnails only for rows
+// that scroll into view, nothing polled but notifications.
+// PHI rule: nothing is logged to the console.
+
+import {
+  api,
+  ApiError,
+  session,
+  header,
+  el,
+  $,
+  toast,
+  testHook,
+  personName,
+  dicomDate,
+  fmtTime,
+} from './app-common.js';
+
+const PAGE = 50;
+const NOTIF_EVERY_MS = 30_000;
+const FILTERS = ['patient_name', 'patient_id', 'date_from', 'date_to', 'modality', 'clinic'];
+const ACTIVE = new Set(['new', 'claimed', 'returned']);
+const PRIO = ['routine', 'urgent', 'stat'];
+const STATE_LABEL = {
+  new: 'Waiting',
+  claimed: 'Being read',
+  returned: 'Returned',
+  reported: 'Reported',
+  delivered: 'Delivered',
+  cancelled: 'Cancelled',
+};
+const NOTIF_KIND = { report: 'Report', request: 'Consultation', returned: 'Returned' };
+
+const hook = testHook('studies', {
+  ready: false,
+  uids: [],
+  total: 0,
+  offset: 0,
+  unread: 0,
+  notifications: [],
+  report: null,
+  errors: [],
+});
+
+const enc = encodeURIComponent;
+const viewerUrl = (uid) => `/viewer?study=${enc(uid)}`;
+
+let user = null;
+let offset = 0;
+let filters = {};
+let rows = new Map(); // study_uid -> StudyRow of the page shown
+let listCtl = null;
+const clinicNames = new Map();
+
+// ------------------------------------------------------------------ errors
+
+function errText(err) {
+  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
+  return 'Cannot reach the server — check the connection';
+}
+
+/** Toast + test hook for a failed request; quiet for aborts and 401 (login redirect). */
+function fail(what, err) {
+  if (err && err.name === 'AbortError') return null;
+  if (err instanceof ApiError && err.status === 401) return null;
+  const msg = `${what}: ${errText(err)}`;
+  hook.errors.push(msg);
+  toast(msg, 'error');
+  return msg;
+}
+
+// ------------------------------------------------------------------ formatting
+
+function prioBadge(p) {
+  if (!p) return null;
+  return el('span', { class: `badge prio-${p}`, dataset: { priority: p } }, p === 'stat' ? 'STAT' : cap(p));
+}
+
+function stateBadge(state) {
+  if (!state) return el('span', { class: 'muted' }, '—');
+  return el('span', { class: `badge st-${state}`, dataset: { state } }, STATE_LABEL[state] || cap(state));
+}
+
+function cap(s) {
+  return s ? s[0].toUpperCase() + s.slice(1) : '';
+}
+
+function dicomTime(tm) {
+  if (!tm || tm.length < 4) return '';
+  return `${tm.slice(0, 2)}:${tm.slice(2, 4)}`;
+}
+
+function list(v) {
+  return String(v || '')
+    .split(/[,\\]/)
+    .map((x) => x.trim())
+    .filter(Boolean)
+    .join(', ');
+}
+
+/** Age from a DICOM birth date at the study date (or today). */
+function age(birth, at) {
+  if (!birth || birth.length !== 8) return '';
+  const b = new Date(+birth.slice(0, 4), +birth.slice(4, 6) - 1, +birth.slice(6, 8));
+  const r = at && at.length === 8 ? new Date(+at.slice(0, 4), +at.slice(4, 6) - 1, +at.slice(6, 8)) : new Date();
+  if (Number.isNaN(b.getTime()) || r < b) return '';
+  let months = (r.getFullYear() - b.getFullYear()) * 12 + (r.getMonth() - b.getMonth());
+  if (r.getDate() < b.getDate()) months -= 1;
+  if (months >= 24) return `${Math.floor(months / 12)} y`;
+  if (months >= 1) return `${months} mo`;
+  return `${Math.round((r - b) / 86_400_000)} d`;
+}
+
+function patientLine(s) {
+  return [s.patient_id && `ID ${s.patient_id}`, s.sex, age(s.birth_date, s.study_date)].filter(Boolean).join(' · ');
+}
+
+// ------------------------------------------------------------------ dialogs
+
+function field(label, control, hint) {
+  return el('label', { class: 'field' }, label, control, hint ? el('span', { class: 'hint' }, hint) : null);
+}
+
+/**
+ * A modal form. `onSubmit` throws to keep the dialog open (the error is
+ * shown in the dialog and as a toast); it closes on success.
+ */
+function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSubmit }) {
+  const err = el('p', { class: 'form-error', role: 'alert', hidden: true });
+  const ok = el(
+    'button',
+    { type: 'submit', class: danger ? 'primary danger' : 'primary', dataset: submitTest ? { test: submitTest } : undefined },
+    submitLabel,
+  );
+  const close = el('button', { type: 'button' }, 'Close');
+  const form = el(
+    'form',
+    { class: 'dialog-form' },
+    el('h2', {}, title),
+    lead ? el('p', { class: 'lead' }, lead) : null,
+    fields,
+    err,
+    el('div', { class: 'dialog-actions' }, close, ok),
+  );
+  const dlg = el('dialog', { class: 'dialog', 'aria-label': title }, form);
+  close.addEventListener('click', () => dlg.close());
+  dlg.addEventListener('close', () => dlg.remove());
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    ok.disabled = true;
+    err.hidden = true;
+    try {
+      await onSubmit();
+      dlg.close();
+    } catch (e) {
+      const msg = fail(title, e);
+      if (msg) {
+        err.textContent = errText(e);
+        err.hidden = false;
+      }
+    } finally {
+      ok.disabled = false;
+    }
+  });
+  document.body.append(dlg);
+  dlg.showModal();
+  return dlg;
+}
+
+function studyLabel(s) {
+  if (!s) return '';
+  return [personName(s.patient_name), dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · ');
+}
+
+function priorityDialog(s) {
+  const uid = s.study_uid;
+  const current = s.priority || 'routine';
+  const isAdmin = user.role === 'admin';
+  // Clinic doctors may only raise (or keep) the priority.
+  const options = PRIO.filter((p) => isAdmin || PRIO.indexOf(p) >= PRIO.indexOf(current));
+  const preselect = isAdmin ? current : options[Math.min(1, options.length - 1)];
+  const sel = el(
+    'select',
+    { name: 'priority', required: true, dataset: { test: 'priority-select' } },
+    options.map((p) => el('option', { value: p, selected: p === preselect }, p === 'stat' ? 'STAT' : cap(p))),
+  );
+  const question = el('textarea', {
+    name: 'clinical_question',
+    rows: 4,
+    maxlength: 2000,
+    required: true,
+    dataset: { test: 'clinical-question' },
+    placeholder: 'What should the reader answer? Relevant history, symptoms…',
+  });
+  formDialog({
+    title: isAdmin ? 'Set priority' : 'Raise priority',
+    lead: studyLabel(s),
+    fields: [field('Priority', sel), field('Clinical question', question)],
+    submitLabel: 'Save',
+    submitTest: 'priority-submit',
+    onSubmit: async () => {
+      try {
+        await api(`/api/worklist/${enc(uid)}/priority`, {
+          method: 'POST',
+          body: { priority: sel.value, clinical_question: question.value.trim() },
+        });
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 409) loadStudies();
+        throw e;
+      }
+      toast(`Priority set to ${sel.value === 'stat' ? 'STAT' : sel.value}`, 'ok');
+      loadStudies();
+    },
+  });
+  // Pre-fill the current clinical question: in the row, or (older servers)
+  // from the study (small request, not waited for).
+  if ('clinical_question' in s) {
+    question.value = s.clinical_question || '';
+  } else {
+    api(`/api/studies/${enc(uid)}`)
+      .then((r) => {
+        const q = r && r.worklist && r.worklist.clinical_question;
+        if (q && !question.value) question.value = q;
+      })
+      .catch(() => {});
+  }
+}
+
+function cancelDialog(s) {
+  const uid = s.study_uid;
+  const reason = el('textarea', {
+    name: 'reason',
+    rows: 3,
+    maxlength: 1000,
+    required: true,
+    dataset: { test: 'cancel-reason' },
+    placeholder: 'e.g. sent to the wrong clinic, patient transferred…',
+  });
+  formDialog({
+    title: 'Cancel reading',
+    lead: `${studyLabel(s)} — the study leaves the experts' worklist.`,
+    fields: [field('Reason', reason)],
+    submitLabel: 'Cancel reading',
+    submitTest: 'cancel-submit',
+    danger: true,
+    onSubmit: async () => {
+      try {
+        await api(`/api/worklist/${enc(uid)}/cancel`, { method: 'POST', body: { reason: reason.value.trim() } });
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 409) loadStudies();
+        throw e;
+      }
+      toast('Reading cancelled', 'ok');
+      loadStudies();
+    },
+  });
+}
+
+// ------------------------------------------------------------------ report panel
+
+async function openReport(uid) {
+  const body = el('div', { class: 'report-body' }, el('p', { class: 'muted' }, 'Loading report…'));
+  const title = el('h2', {}, 'Report');
+  const closeBtn = el('button', { type: 'button', class: 'small', 'aria-label': 'Close' }, '✕');
+  const dlg = el(
+    'dialog',
+    { class: 'dialog wide', 'aria-labelledby': 'report-title', dataset: { test: 'report-panel', uid } },
+    el('div', { class: 'dialog-body' }, el('div', { class: 'dialog-head' }, title, closeBtn), body),
+  );
+  title.id = 'report-title';
+  closeBtn.addEventListener('click', () => dlg.close());
+  dlg.addEventListener('close', () => {
+    dlg.remove();
+    document.body.classList.remove('printing');
+    hook.report = null;
+  });
+  document.querySelectorAll('dialog[data-test="report-panel"]').forEach((d) => d.close());
+  document.body.append(dlg);
+  dlg.showModal();
+
+  let rep;
+  let study = rows.get(uid) || null;
+  try {
+    [rep, study] = await Promise.all([
+      api(`/api/studies/${enc(uid)}/reports`),
+      study ||
+        api(`/api/studies/${enc(uid)}`)
+          .then((r) => r.study)
+          .catch(() => null),
+    ]);
+  } catch (e) {
+    const msg = fail('Loading the report', e);
+    body.replaceChildren(el('p', { class: 'form-error' }, msg ? errText(e) : 'Could not load the report.'));
+    return;
+  }
+  if (!dlg.isConnected) return;
+  // Older signed versions are marked "amended" once a newer one is signed.
+  const signed = (rep.versions || [])
+    .filter((v) => v.status === 'signed' || v.status === 'amended')
+    .sort((a, b) => b.version - a.version);
+  if (study) title.textContent = `Report — ${personName(study.patient_name) || 'patient'}`;
+  if (!signed.length) {
+    body.replaceChildren(el('p', { class: 'empty' }, 'No signed report yet.'));
+    hook.report = { uid, version: null };
+    return;
+  }
+  const deliveries = rep.delivery || [];
+  const show = (v) => body.replaceChildren(...reportView(uid, study, v, signed, deliveries, show));
+  show(signed[0]);
+}
+
+function reportView(uid, study, v, signed, deliveries, show) {
+  hook.report = { uid, version: v.version };
+  const out = [];
+  if (study) {
+    out.push(
+      el(
+        'p',
+        { class: 'report-meta' },
+        el('span', {}, patientLine(study)),
+        el('span', {}, [dicomDate(study.study_date), list(study.modalities), study.description].filter(Boolean).join(' · ')),
+      ),
+    );
+  }
+  if (signed.length > 1) {
+    const sel = el(
+      'select',
+      { 'aria-label': 'Report version', class: 'no-print' },
+      signed.map((r) =>
+        el('option', { value: r.version, selected: r.version === v.version }, `Version ${r.version} — ${fmtTime(r.signed_ms)}`),
+      ),
+    );
+    sel.addEventListener('change', () => show(signed.find((r) => String(r.version) === sel.value)));
+    out.push(field('Version', sel));
+  }
+  out.push(
+    el(
+      'p',
+      { class: 'report-meta' },
+      el(
+        'span',
+        {},
+        el('span', { class: v.status === 'amended' ? 'badge warn' : 'badge st-signed' }, v.status === 'amended' ? 'Amended' : 'Signed'),
+        ` version ${v.version}`,
+      ),
+      el('span', {}, `by ${v.author_name || v.author || '—'}`),
+      el('span', {}, fmtTime(v.signed_ms || v.updated_ms)),
+    ),
+  );
+  const newer = signed.filter((r) => r.version > v.version).sort((a, b) => a.version - b.version)[0];
+  if (newer) {
+    out.push(
+      el(
+        'p',
+        { class: 'report-amended', role: 'note' },
+        `Amended by version ${newer.version} (${fmtTime(newer.signed_ms)}). `,
+        el('button', { type: 'button', class: 'link', onclick: () => show(signed[0]) }, 'Show the latest'),
+      ),
+    );
+  }
+  out.push(
+    el(
+      'section',
+      { class: 'report-section' },
+      el('h3', {}, 'Findings'),
+      el('div', { class: 'report-text', dataset: { test: 'report-findings' } }, v.findings || '—'),
+    ),
+    el(
+      'section',
+      { class: 'report-section' },
+      el('h3', {}, 'Impression'),
+      el('div', { class: 'report-text', dataset: { test: 'report-impression' } }, v.impression || '—'),
+    ),
+  );
+  const mine = deliveries.filter((d) => d.version === v.version);
+  out.push(
+    el(
+      'section',
+      { class: 'report-section', dataset: { test: 'report-delivery' } },
+      el('h3', {}, 'Delivery to the clinic PACS'),
+      mine.length
+        ? el(
+            'ul',
+            { class: 'delivery-list' },
+            mine.map((d) =>
+              el(
+                'li',
+                {},
+                el('span', { class: `badge st-${d.state}` }, cap(d.state)),
+                ` ${d.target || 'PACS'}`,
+                d.state === 'sent' && d.sent_ms ? ` · ${fmtTime(d.sent_ms)}` : '',
+                d.state !== 'sent' && d.attempts ? ` · ${d.attempts} attempt${d.attempts === 1 ? '' : 's'}` : '',
+                d.state !== 'sent' && d.last_error ? el('span', { class: 'sub muted' }, d.last_error) : null,
+              ),
+            ),
+          )
+        : el('p', { class: 'muted' }, 'Not sent to a PACS (none configured for this clinic); the report is available here.'),
+    ),
+  );
+  const printBtn = el('button', { type: 'button' }, 'Print');
+  printBtn.addEventListener('click', () => {
+    document.body.classList.add('printing');
+    window.addEventListener('afterprint', () => document.body.classList.remove('printing'), { once: true });
+    window.print();
+  });
+  out.push(
+    el(
+      'div',
+      { class: 'dialog-actions' },
+      el('a', { class: 'button', href: viewerUrl(uid) }, 'Open images'),
+      printBtn,
+      el('button', { type: 'button', class: 'primary', onclick: (e) => e.target.closest('dialog').close() }, 'Close'),
+    ),
+  );
+  return out;
+}
+
+// ------------------------------------------------------------------ thumbnails
+
+// Rows are rendered 50 at a time; a thumbnail is fetched only once its row
+// is near the viewport (native lazy loading starts far too early on a slow
+// connection, where Chrome widens its look-ahead).
+const thumbObserver =
+  'IntersectionObserver' in window
+    ? new IntersectionObserver(
+        (entries) => {
+          for (const e of entries) {
+            if (!e.isIntersecting) continue;
+            thumbObserver.unobserve(e.target);
+            e.target.src = e.target.dataset.src;
+          }
+        },
+        { rootMargin: '200px 0px' },
+      )
+    : null;
+
+function noThumb(title) {
+  return el('span', { class: 'study-thumb study-thumb-none', title, dataset: { test: 'study-thumb' } }, '—');
+}
+
+function thumbFor(s) {
+  if (!s.num_instances) return noThumb('No images yet');
+  // A single instance thumbnail when the server names one, else the
+  // key-image strip (one middle image per series), cropped to its first image.
+  const src = s.thumbnail_uid
+    ? `/api/instances/${enc(s.thumbnail_uid)}/thumbnail`
+    : `/api/studies/${enc(s.study_uid)}/key-images`;
+  const img = el('img', {
+    class: 'study-thumb',
+    alt: '',
+    loading: 'lazy',
+    decoding: 'async',
+    width: 64,
+    height: 64,
+    dataset: { test: 'study-thumb', src },
+  });
+  img.addEventListener('error', () => img.replaceWith(noThumb('No preview')), { once: true });
+  if (thumbObserver) thumbObserver.observe(img);
+  else img.src = src;
+  return el('a', { href: viewerUrl(s.study_uid), tabindex: '-1', 'aria-hidden': 'true' }, img);
+}
+
+// ------------------------------------------------------------------ study list
+
+function columns() {
+  const cols = ['', 'Patient'];
+  if (user.role !== 'clinic') cols.push('Clinic');
+  cols.push('Study date', 'Modality', 'Description', 'Images', 'Status', 'Reading', 'Report', 'Actions');
+  return cols;
+}
+
+function studyRow(s) {
+  const uid = s.study_uid;
+  const cells = [
+    el('td', {}, thumbFor(s)),
+    el(
+      'td',
+      { class: 'patient' },
+      el('strong', {}, personName(s.patient_name) || '(no name)'),
+      el('span', { class: 'sub' }, patientLine(s)),
+      s.accession_number ? el('span', { class: 'sub' }, `Acc ${s.accession_number}`) : null,
+    ),
+  ];
+  if (user.role !== 'clinic') cells.push(el('td', {}, clinicNames.get(s.clinic_id) || s.clinic_id || '—'));
+  const acts = [
+    el('a', { class: 'button small primary', href: viewerUrl(uid), dataset: { test: 'open-viewer' } }, 'Open'),
+  ];
+  const manages = user.role === 'clinic' || user.role === 'admin';
+  if (manages && ACTIVE.has(s.worklist_state)) {
+    acts.push(
+      el(
+        'button',
+        { type: 'button', class: 'small', dataset: { test: 'raise-priority' }, onclick: () => priorityDialog(s) },
+        user.role === 'admin' ? 'Priority' : 'Raise priority',
+      ),
+      el(
+        'button',
+        { type: 'button', class: 'small danger', dataset: { test: 'cancel-reading' }, onclick: () => cancelDialog(s) },
+        'Cancel reading',
+      ),
+    );
+  }
+  if (user.role === 'clinic') {
+    acts.push(
+      el(
+        'a',
+        { class: 'button small', href: `/requests?new=1&study=${enc(uid)}`, dataset: { test: 'request-consult' } },
+        'Request consultation',
+      ),
+    );
+  }
+  cells.push(
+    el('td', { class: 'nowrap' }, dicomDate(s.study_date) || '—', el('span', { class: 'sub' }, dicomTime(s.study_time))),
+    el('td', { class: 'nowrap' }, list(s.modalities) || '—', el('span', { class: 'sub' }, list(s.body_parts))),
+    el('td', { class: 'clip' }, s.description || el('span', { class: 'muted' }, '—')),
+    el(
+      'td',
+      { class: 'num' },
+      String(s.num_instances ?? 0),
+      el('span', { class: 'sub' }, `${s.num_series ?? 0} series`),
+    ),
+    el(
+      'td',
+      {},
+      el(
+        'span',
+        { class: `badge st-${s.status}`, dataset: { status: s.status } },
+        s.status === 'receiving' ? 'Receiving' : cap(s.status || ''),
+      ),
+    ),
+    el('td', {}, el('div', { class: 'actions' }, stateBadge(s.worklist_state), prioBadge(s.priority))),
+    el(
+      'td',
+      { class: 'nowrap' },
+      s.report_version != null
+        ? [
+            el(
+              'button',
+              {
+                type: 'button',
+                class: 'small',
+                dataset: { test: 'report-link' },
+                'aria-label': `Report, version ${s.report_version}`,
+                onclick: () => openReport(uid),
+              },
+              'Report',
+            ),
+            el('span', { class: 'sub' }, `v${s.report_version}`),
+          ]
+        : el('span', { class: 'muted' }, '—'),
+    ),
+    el('td', {}, el('div', { class: 'actions' }, acts)),
+  );
+  return el('tr', { dataset: { test: 'study-row', uid } }, cells);
+}
+
+function renderStudies(r) {
+  const studies = r.studies || [];
+  const total = Number.isFinite(r.total) ? r.total : studies.length;
+  rows = new Map(studies.map((s) => [s.study_uid, s]));
+  hook.uids = studies.map((s) => s.study_uid);
+  hook.total = total;
+  hook.offset = offset;
+
+  $('#thead').replaceChildren(el('tr', {}, columns().map((c) => el('th', { scope: 'col' }, c))));
+  $('#rows').replaceChildren(...studies.map(studyRow));
+  $('#table-wrap').hidden = studies.length === 0;
+  const empty = $('#empty');
+  empty.hidden = studies.length > 0;
+  empty.textContent = Object.keys(filters).length
+    ? 'No studies match these filters.'
+    : user.role === 'clinic'
+      ? 'No studies from your clinic yet. Studies appear here as soon as the modality sends them.'
+      : 'No studies.';
+  $('#summary').textContent = studies.length
+    ? `${offset + 1}–${offset + studies.length} of ${total} ${total === 1 ? 'study' : 'studies'}`
+    : '';
+  const pager = $('#pager');
+  pager.hidden = total <= PAGE && offset === 0;
+  $('#prev').disabled = offset === 0;
+  $('#next').disabled = offset + studies.length >= total;
+  $('#page-info').textContent = `Page ${Math.floor(offset / PAGE) + 1} of ${Math.max(1, Math.ceil(total / PAGE))}`;
+}
+
+async function loadStudies() {
+  if (listCtl) listCtl.abort();
+  const ctl = (listCtl = new AbortController());
+  const q = new URLSearchParams(filters);
+  q.set('limit', String(PAGE));
+  q.set('offset', String(offset));
+  $('#main').setAttribute('aria-busy', 'true');
+  try {
+    const r = await api('/api/studies?' + q, { signal: ctl.signal });
+    if (ctl !== listCtl) return;
+    if (!(r.studies || []).length && offset > 0) {
+      // The list shrank under us: back to the first page.
+      offset = 0;
+      listCtl = null;
+      return loadStudies();
+    }
+    renderStudies(r);
+  } catch (e) {
+    if (ctl === listCtl) fail('Loading studies', e);
+  } finally {
+    if (ctl === listCtl) {
+      $('#main').removeAttribute('aria-busy');
+      listCtl = null;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ filters
+
+function readForm() {
+  const fd = new FormData($('#filters'));
+  const f = {};
+  for (const k of FILTERS) {
+    const v = String(fd.get(k) ?? '').trim();
+    if (v) f[k] = v;
+  }
+  return f;
+}
+
+function syncUrl() {
+  const q = new URLSearchParams(filters);
+  if (offset) q.set('offset', String(offset));
+  const s = q.toString();
+  history.replaceState(null, '', location.pathname + (s ? '?' + s : ''));
+}
+
+function setupFilters() {
+  const form = $('#filters');
+  const params = new URLSearchParams(location.search);
+  for (const k of FILTERS) {
+    const v = params.get(k);
+    if (v && form.elements[k]) form.elements[k].value = v;
+  }
+  filters = readForm();
+  offset = Math.max(0, Math.floor(Number(params.get('offset')) / PAGE) * PAGE || 0);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const f = readForm();
+    if (f.date_from && f.date_to && f.date_from > f.date_to) {
+      toast('“Date from” is after “Date to”', 'error');
+      return;
+    }
+    filters = f;
+    offset = 0;
+    syncUrl();
+    loadStudies();
+  });
+  form.addEventListener('reset', () => {
+    setTimeout(() => {
+      filters = {};
+      offset = 0;
+      syncUrl();
+      loadStudies();
+    });
+  });
+  form.elements.modality.addEventListener('change', () => form.requestSubmit());
+  if (form.elements.clinic) form.elements.clinic.addEventListener('change', () => form.requestSubmit());
+  $('#prev').addEventListener('click', () => {
+    offset = Math.max(0, offset - PAGE);
+    syncUrl();
+    loadStudies().then(() => $('#main').scrollIntoView({ block: 'start' }));
+  });
+  $('#next').addEventListener('click', () => {
+    offset += PAGE;
+    syncUrl();
+    loadStudies().then(() => $('#main').scrollIntoView({ block: 'start' }));
+  });
+}
+
+async function loadClinics() {
+  try {
+    const r = await api('/api/clinics');
+    const sel = $('#filters').elements.clinic;
+    for (const c of r.clinics || []) {
+      clinicNames.set(c.id, c.name || c.id);
+      sel.append(el('option', { value: c.id }, c.name || c.id));
+    }
+    $('#clinic-field').hidden = (r.clinics || []).length < 2;
+  } catch (e) {
+    fail('Loading clinics', e);
+  }
+}
+
+// ------------------------------------------------------------------ notifications
+
+let notifItems = [];
+let unread = 0;
+let newestSeen = null;
+let notifBusy = null;
+let notifFailing = false;
+let notifTimer = null;
+let lastNotifAt = 0;
+let notifOpenedByUser = false;
+
+function renderNotifs(fresh) {
+  const box = $('#notifs');
+  box.hidden = false;
+  const badge = $('#notif-badge');
+  badge.textContent = String(unread);
+  badge.classList.toggle('has-unread', unread > 0);
+  badge.setAttribute('aria-label', `${unread} unread`);
+  hook.unread = unread;
+  hook.notifications = notifItems.map((n) => n.id);
+  if ((fresh && unread > 0) || (!notifOpenedByUser && unread > 0)) box.open = true;
+  $('#notif-empty').hidden = notifItems.length > 0;
+  $('#notif-list').replaceChildren(
+    ...notifItems.map((n) =>
+      el(
+        'li',
+        {},
+        el(
+          'button',
+          {
+            type: 'button',
+            class: `notif-item${n.read ? '' : ' unread'}`,
+            dataset: { test: 'notif-item', id: n.id, kind: n.kind, read: n.read ? '1' : '0' },
+            onclick: () => openNotif(n),
+          },
+          el('span', { class: 'badge' }, NOTIF_KIND[n.kind] || cap(n.kind)),
+          el('span', { class: 'text' }, n.text || ''),
+          el('time', { datetime: new Date(n.created_ms || 0).toISOString() }, fmtTime(n.created_ms)),
+        ),
+      ),
+    ),
+  );
+}
+
+async function loadNotifications() {
+  if (notifBusy) return notifBusy;
+  notifBusy = (async () => {
+    try {
+      const r = await api('/api/notifications');
+      notifItems = r.items || [];
+      unread = Number.isFinite(r.unread) ? r.unread : notifItems.filter((n) => !n.read).length;
+      const newest = notifItems.reduce((m, n) => Math.max(m, Number(n.id) || 0), 0);
+      const fresh = newestSeen !== null && newest > newestSeen;
+      newestSeen = Math.max(newestSeen ?? 0, newest);
+      renderNotifs(fresh);
+      // A report or a return arrived: the list's report links and states changed.
+      if (fresh && hook.ready) loadStudies();
+      notifFailing = false;
+    } catch (e) {
+      // On a flaky link say it once, not every 30 s.
+      if (!notifFailing) fail('Loading notifications', e);
+      notifFailing = true;
+    } finally {
+      lastNotifAt = Date.now();
+      notifBusy = null;
+    }
+  })();
+  return notifBusy;
+}
+
+async function openNotif(n) {
+  if (!n.read) {
+    try {
+      await api(`/api/notifications/${enc(n.id)}/read`, { method: 'POST' });
+      n.read = true;
+      unread = Math.max(0, unread - 1);
+      renderNotifs(false);
+    } catch (e) {
+      fail('Marking the notification read', e);
+    }
+  }
+  if (n.kind === 'request' || (!n.study_uid && n.request_id != null)) {
+    location.assign(n.request_id != null ? `/requests#request-${enc(n.request_id)}` : '/requests');
+    return;
+  }
+  if (!n.study_uid) return;
+  const row = document.querySelector(`tr[data-test="study-row"][data-uid="${CSS.escape(n.study_uid)}"]`);
+  if (row) {
+    document.querySelectorAll('tr.highlight').forEach((r) => r.classList.remove('highlight'));
+    row.classList.add('highlight');
+    row.scrollIntoView({ block: 'nearest' });
+  }
+  if (n.kind === 'report') openReport(n.study_uid);
+  else location.assign(viewerUrl(n.study_uid));
+}
+
+function scheduleNotifs() {
+  clearTimeout(notifTimer);
+  notifTimer = null;
+  if (document.hidden) return;
+  notifTimer = setTimeout(async () => {
+    await loadNotifications();
+    scheduleNotifs();
+  }, NOTIF_EVERY_MS);
+}
+
+function setupNotifs() {
+  $('#notifs').addEventListener('toggle', () => {
+    notifOpenedByUser = true;
+  });
+  document.addEventListener('visibilitychange', async () => {
+    if (document.hidden) {
+      clearTimeout(notifTimer);
+      notifTimer = null;
+      return;
+    }
+    if (Date.now() - lastNotifAt >= NOTIF_EVERY_MS) await loadNotifications();
+    scheduleNotifs();
+  });
+}
+
+// ------------------------------------------------------------------ start
+
+async function main() {
+  try {
+    user = await session();
+  } catch (e) {
+    fail('Loading your session', e);
+    return;
+  }
+  header(user, '/studies');
+  setupFilters();
+  const clinicUser = user.role === 'clinic';
+  if (!clinicUser) await loadClinics();
+  // The clinic value from the URL needs the options loaded.
+  const c = new URLSearchParams(location.search).get('clinic');
+  if (c && $('#filters').elements.clinic) {
+    $('#filters').elements.clinic.value = c;
+    filters = readForm();
+  }
+  if (clinicUser) setupNotifs();
+  await Promise.all([loadStudies(), clinicUser ? loadNotifications() : null]);
+  hook.ready = true;
+  if (clinicUser) scheduleNotifs();
+}
+
+hook.reload = () => loadStudies();
+hook.refreshNotifications = () => loadNotifications();
+hook.openReport = (uid) => openReport(uid);
+
+main().finally(() => {
+  hook.ready = true;
+});

@@ -1,0 +1,1000 @@
+// The DICOM viewer page (/viewer?study=UID): page wiring.
+//
+//   viewer-study.js   summary bar, series panel, series instance lists
+//   viewer-stack.js   image fetching, prefetch queue, bounded caches
+//   viewer-canvas.js  drawing, zoom/pan, tools, measurements, client W/L
+//   viewer-meta.js    per-instance windows/spacing, the tag panel
+//   viewer-report.js  worklist claim and report editor / read-only report
+//
+// Loading on a thin link: the selected slice's preview first, then its
+// neighbours by distance (bounded concurrency, far work aborted); a
+// full-fidelity render of the current slice only when the window, zoom or
+// "full quality" asks for it, debounced, with the preview (re-windowed on
+// the client) on screen meanwhile.
+//
+// PHI rule: nothing is logged to the console.
+
+import { api, el, session, header, testHook, toast, $, $$ } from './app-common.js';
+import { ImageStore, neighbourOrder } from './viewer-stack.js';
+import { ImageView, TOOLS } from './viewer-canvas.js';
+import { MetaStore, TagPanel, isColour } from './viewer-meta.js';
+import { ReportPanel } from './viewer-report.js';
+import { SeriesPanel, mainModality, renderSummary } from './viewer-study.js';
+
+const CT_PRESETS = [
+  { id: 'brain', label: 'Brain', wc: 40, ww: 80 },
+  { id: 'lung', label: 'Lung', wc: -600, ww: 1500 },
+  { id: 'mediastinum', label: 'Mediast./soft', wc: 40, ww: 400 },
+  { id: 'bone', label: 'Bone', wc: 400, ww: 1800 },
+  { id: 'abdomen', label: 'Abdomen', wc: 60, ww: 400 },
+];
+// Starting point for a W/L drag when the dataset has no window (the server then picks one from the pixels).
+const GUESS = { CT: { wc: 40, ww: 400 }, MR: { wc: 300, ww: 600 }, PT: { wc: 5, ww: 10 }, CR: { wc: 2048, ww: 4096 }, DX: { wc: 2048, ww: 4096 }, MG: { wc: 2048, ww: 4096 } };
+const GUESS_OTHER = { wc: 128, ww: 256 };
+
+const PREVIEW_SIDE = 1024;
+const SIZE_BUCKETS = [512, 768, 1024, 1536, 2048, 3072];
+const FULL_DEBOUNCE_MS = 350;
+const META_DEBOUNCE_MS = 400;
+const REFRESH_MS = 60000;
+const PREFETCH_RADIUS = 40;
+const BITMAP_PIXELS = 32e6; // decoded-image budget (~128 MB): fine on a tablet
+
+const round2 = (v) => Math.round(v * 100) / 100;
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+const cur = () => S.items[S.index] || null;
+const framesOf = (item) => (Number(item?.frames) > 1 ? Number(item.frames) : 1);
+const enc = encodeURIComponent;
+
+const hook = testHook('viewer', {
+  study: null,
+  series: null,
+  index: 0,
+  count: 0,
+  frame: 0,
+  frames: 1,
+  wc: null,
+  ww: null,
+  preset: 'default',
+  zoom: 1,
+  tool: 'scroll',
+  previewsLoaded: 0,
+  fullLoaded: 0,
+  fullPending: false,
+  showing: null, // 'preview' | 'approx' | 'full'
+  firstImageMs: null,
+  cinePlaying: false,
+  claimedBy: null,
+  state: null,
+  reportSaved: null,
+  signedVersion: null,
+  errors: [],
+  ready: false,
+});
+
+const S = {
+  user: null,
+  uid: '',
+  study: null,
+  worklist: null,
+  seriesRows: [],
+  seriesUid: null,
+  modality: '',
+  items: [],
+  index: 0,
+  frame: 0,
+  dir: 1,
+  win: null, // explicit window {wc, ww}; null = the dataset's own
+  preset: 'default',
+  fullQuality: false,
+  shown: null, // {key, kind, sop, frame}
+  lastFull: null, // {key, sop, frame, win}
+  fullWanted: null,
+  fullAc: null,
+  fullTimer: 0,
+  wlBase: null,
+  wlDragging: false,
+  framesActive: false,
+  measures: new Map(), // "sop:frame" -> [{type, pts}]
+  metaTimer: 0,
+  cine: { playing: false, timer: 0, stalled: false },
+  colourWarned: false,
+};
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+/* ------------------------------------------------------------------ */
+
+const recent = new Map();
+function fail(ctx, err) {
+  if (err?.name === 'AbortError') return;
+  const msg = `${ctx}: ${err?.message || err}`;
+  hook.errors.push(msg);
+  if (hook.errors.length > 100) hook.errors.splice(0, hook.errors.length - 100);
+  const now = Date.now();
+  if ((recent.get(msg) || 0) > now - 5000) return; // no toast storms
+  recent.set(msg, now);
+  toast(msg, 'error');
+}
+
+/* ------------------------------------------------------------------ */
+/* Elements, modules                                                   */
+/* ------------------------------------------------------------------ */
+
+const ui = {
+  main: $('#viewer'),
+  summary: $('#summary'),
+  canvas: $('#canvas'),
+  stage: $('#stage'),
+  msg: $('#stage-msg'),
+  spinner: $('#spinner'),
+  ov: { tl: $('#ov-tl'), tr: $('#ov-tr'), bl: $('#ov-bl'), br: $('#ov-br') },
+  slider: $('#slider'),
+  pos: $('#pos'),
+  progress: $('#progress'),
+  presets: $('#presets'),
+  full: $('#full-quality'),
+  tagsToggle: $('#tags-toggle'),
+  tagsPanel: $('#tags-panel'),
+  cinePlay: $('#cine-play'),
+  fps: $('#cine-fps'),
+  frameSlider: $('#frame-slider'),
+  framePos: $('#frame-pos'),
+  cineState: $('#cine-state'),
+  fatal: $('#fatal'),
+};
+
+const store = new ImageStore({
+  concurrency: 4,
+  maxPixels: BITMAP_PIXELS,
+  abortPrio: 24,
+  onLoaded: () => scheduleProgress(),
+  onFailed: () => scheduleProgress(),
+});
+const meta = new MetaStore(fail);
+const tagPanel = new TagPanel(ui.tagsPanel, $('#tags-filter'), meta, fail);
+const series = new SeriesPanel($('#series-list'), (uid) => openSeries(uid), fail);
+const view = new ImageView(ui.canvas, {
+  onScroll: (n) => step(n),
+  onWindowDrag,
+  onViewChange: () => {
+    hook.zoom = round2(view.zoom);
+    present();
+  },
+  onMeasure: () => {
+    const sop = cur()?.sop_instance_uid;
+    if (sop && !facts(cur())?.spacing) meta.info(sop).then(() => !facts(cur())?.spacing && ensureTags(sop), () => ensureTags(sop));
+    overlay();
+  },
+});
+let report = null;
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                             */
+/* ------------------------------------------------------------------ */
+
+
+function previewUrl(item, frame = 0) {
+  const u = enc(item.sop_instance_uid);
+  if (!frame) return `/api/instances/${u}/preview`;
+  return `/api/instances/${u}/rendered?frame=${frame}&size=${PREVIEW_SIDE}&format=jpeg&quality=80`;
+}
+
+function nativeSide(item) {
+  return Math.max(Number(item.columns) || 0, Number(item.rows) || 0);
+}
+
+function fullUrl(item, frame) {
+  const q = new URLSearchParams();
+  q.set('frame', String(frame));
+  if (S.win) {
+    q.set('window_center', String(round2(S.win.wc)));
+    q.set('window_width', String(round2(S.win.ww)));
+  }
+  const native = nativeSide(item);
+  if (!S.fullQuality && view.zoom <= 1.01 && native) {
+    // At "fit" the screen cannot show more than this; a 3000 px radiograph costs 4x less.
+    const need = view.devicePixelsNeeded();
+    const size = SIZE_BUCKETS.find((b) => b >= need) || 0;
+    if (size && size < native) q.set('size', String(size));
+  }
+  if (S.fullQuality) q.set('format', 'png');
+  else {
+    q.set('format', 'jpeg');
+    q.set('quality', '90');
+  }
+  return `/api/instances/${enc(item.sop_instance_uid)}/rendered?${q}`;
+}
+
+function facts(item) {
+  return (item && meta.known(item.sop_instance_uid)) || null;
+}
+
+/** The dataset's default window for the series (first known instance), if any. */
+function datasetWindow(item) {
+  const f = facts(item);
+  if (f?.windows?.length) return f.windows[0];
+  for (const it of S.items) {
+    const g = meta.known(it.sop_instance_uid);
+    if (g?.windows?.length) return g.windows[0];
+  }
+  return null;
+}
+
+function seriesModality() {
+  return S.seriesRows.find((r) => r.series_uid === S.seriesUid)?.modality || S.modality || '';
+}
+
+/** The window the preview was rendered with (known or guessed). */
+function baseWindow(item) {
+  return datasetWindow(item) || GUESS[seriesModality()] || GUESS_OTHER;
+}
+
+function colour(item) {
+  return isColour(facts(item)?.photometric);
+}
+
+function inverted(item) {
+  return String(facts(item)?.photometric || '').toUpperCase() === 'MONOCHROME1';
+}
+
+function spaceOf(item, bm) {
+  const c = Number(item.columns);
+  const r = Number(item.rows);
+  if (c > 0 && r > 0 && Math.abs(c / r - bm.width / bm.height) < 0.02 * (c / r)) return { w: c, h: r };
+  return { w: bm.width, h: bm.height };
+}
+
+function measureList(item, frame) {
+  const k = `${item.sop_instance_uid}:${frame}`;
+  let l = S.measures.get(k);
+  if (!l) {
+    l = [];
+    S.measures.set(k, l);
+  }
+  return l;
+}
+
+function needFull() {
+  if (S.cine.playing || S.wlDragging) return false;
+  if (S.win || S.fullQuality || view.zoom > 1.01) return true;
+  // A preview smaller than what the screen shows (a large monitor, a big radiograph).
+  const item = cur();
+  const pv = item && store.peek(previewUrl(item, S.frame));
+  return !!(pv && item && nativeSide(item) > Math.max(pv.width, pv.height) && view.devicePixelsNeeded() > Math.max(pv.width, pv.height) * 1.25);
+}
+
+/* ------------------------------------------------------------------ */
+/* Display                                                             */
+/* ------------------------------------------------------------------ */
+
+/** Draw the best image we have for the current slice and ask for what is missing. */
+function present() {
+  const item = cur();
+  if (!item) return;
+  const frame = S.frame;
+  const sop = item.sop_instance_uid;
+  const pKey = previewUrl(item, frame);
+  const fKey = needFull() ? fullUrl(item, frame) : null;
+  let pick = null;
+  if (fKey) {
+    const b = store.peek(fKey);
+    if (b) pick = { bitmap: b, key: fKey, kind: 'full', srcWin: null };
+  }
+  if (!pick) {
+    const b = store.peek(pKey);
+    if (b) pick = { bitmap: b, key: pKey, kind: 'preview', srcWin: baseWindow(item) };
+  }
+  if (!pick && S.lastFull && S.lastFull.sop === sop && S.lastFull.frame === frame) {
+    const b = store.peek(S.lastFull.key);
+    if (b) pick = { bitmap: b, key: S.lastFull.key, kind: 'full', srcWin: S.lastFull.win || baseWindow(item) };
+  }
+  if (pick) {
+    const dst = pick.kind === 'full' && pick.key === fKey ? null : S.win || pick.srcWin;
+    const approx = !!(dst && pick.srcWin && (dst.wc !== pick.srcWin.wc || dst.ww !== pick.srcWin.ww));
+    view.show({ bitmap: pick.bitmap, key: pick.key, space: spaceOf(item, pick.bitmap), srcWin: pick.srcWin, dstWin: dst, invert: inverted(item) });
+    view.setMeasurements(measureList(item, frame), facts(item)?.spacing || null);
+    store.pin([pick.key, pKey]);
+    const isNewFull = pick.kind === 'full' && pick.key === fKey && S.shown?.key !== pick.key;
+    if (isNewFull) hook.fullLoaded += 1;
+    S.shown = { key: pick.key, kind: approx ? 'approx' : pick.kind, sop, frame };
+    hook.showing = S.shown.kind;
+    if (hook.firstImageMs === null) {
+      requestAnimationFrame(() => {
+        if (hook.firstImageMs === null) hook.firstImageMs = performance.now();
+      });
+    }
+    setMsg('');
+  }
+  const err = store.failure(pKey);
+  if (!store.peek(pKey)) {
+    if (err) {
+      if (!pick || S.shown?.sop !== sop) setMsg(`No image: ${err.message}`);
+    } else {
+      if (!pick) setMsg('Loading…');
+      if (waiting.has(pKey)) return finishPresent(fKey);
+      waiting.add(pKey);
+      store.load(pKey).finally(() => waiting.delete(pKey)).then(
+        () => {
+          if (cur() === item && S.frame === frame) present();
+          scheduleProgress();
+        },
+        (e) => {
+          if (cur() === item && S.frame === frame) {
+            fail(`Image ${S.index + 1}`, e);
+            present();
+          }
+        },
+      );
+    }
+  }
+  finishPresent(fKey);
+}
+
+const waiting = new Set(); // preview URLs present() already waits for
+
+function finishPresent(fKey) {
+  if (fKey && S.shown?.key !== fKey) scheduleFull(fKey);
+  else if (!fKey) cancelFull();
+  overlay();
+}
+
+function scheduleFull(fKey) {
+  if (S.fullWanted === fKey) return;
+  cancelFull();
+  S.fullWanted = fKey;
+  S.fullTimer = setTimeout(() => {
+    const ac = new AbortController();
+    S.fullAc = ac;
+    const item = cur();
+    const frame = S.frame;
+    const win = S.win ? { ...S.win } : null;
+    setFullPending(true);
+    store.hold(3); // leave the link to this image (one prefetch keeps going)
+    store
+      .load(fKey, { signal: ac.signal })
+      .then(() => {
+        if (S.fullWanted !== fKey) return;
+        S.lastFull = { key: fKey, sop: item.sop_instance_uid, frame, win: win || datasetWindow(item) };
+        present();
+      })
+      .catch((e) => {
+        if (e?.name !== 'AbortError') fail('Full-quality image (the preview stays on screen)', e);
+      })
+      .finally(() => {
+        if (S.fullAc === ac) {
+          S.fullAc = null;
+          setFullPending(false);
+          store.hold(0);
+        }
+      });
+  }, FULL_DEBOUNCE_MS);
+}
+
+function cancelFull() {
+  clearTimeout(S.fullTimer);
+  if (S.fullAc) {
+    S.fullAc.abort();
+    S.fullAc = null;
+    store.hold(0);
+  }
+  S.fullWanted = null;
+  setFullPending(false);
+}
+
+function setFullPending(on) {
+  hook.fullPending = on;
+  ui.spinner.hidden = !on;
+}
+
+function setMsg(text) {
+  ui.msg.textContent = text;
+  ui.msg.hidden = !text;
+}
+
+function overlay() {
+  const item = cur();
+  const n = S.items.length;
+  const row = S.seriesRows.find((r) => r.series_uid === S.seriesUid);
+  const frames = framesOf(item);
+  const tl = [];
+  if (row) tl.push(`${row.modality || ''} ${row.series_number ?? ''} ${row.description || ''}`.trim());
+  if (n) tl.push(`Image ${S.index + 1}/${n}`);
+  if (frames > 1) tl.push(`Frame ${S.frame + 1}/${frames}`);
+  ui.ov.tl.replaceChildren(...tl.map((t) => el('div', {}, t)));
+  const w = S.win || datasetWindow(item);
+  const wl = colour(item) ? 'colour image' : w ? `W ${fmtWin(w.ww)}  L ${fmtWin(w.wc)}` : 'W/L auto';
+  const presetLabel = S.preset === 'custom' ? '' : presetName(S.preset);
+  ui.ov.bl.replaceChildren(el('div', {}, wl), presetLabel ? el('div', {}, presetLabel) : '');
+  const quality =
+    S.shown?.kind === 'full'
+      ? S.fullQuality
+        ? 'full (PNG)'
+        : 'full'
+      : S.shown?.kind === 'approx'
+        ? 'preview, window approx.'
+        : S.shown
+          ? 'preview'
+          : '';
+  const sp = facts(item)?.spacing;
+  ui.ov.br.replaceChildren(
+    el('div', {}, `Zoom ${Math.round(view.zoom * 100)}%`),
+    el('div', {}, quality + (hook.fullPending ? ' · loading full…' : '')),
+    sp ? el('div', {}, `${round2(sp.col)}×${round2(sp.row)} mm/px`) : '',
+  );
+  ui.slider.max = String(Math.max(0, n - 1));
+  ui.slider.value = String(S.index);
+  ui.pos.textContent = n ? `${S.index + 1} / ${n}` : '–';
+  ui.frameSlider.hidden = frames <= 1;
+  ui.frameSlider.max = String(frames - 1);
+  ui.frameSlider.value = String(S.frame);
+  ui.framePos.textContent = frames > 1 ? `frame ${S.frame + 1} / ${frames}` : '';
+  sync();
+}
+
+const fmtWin = (v) => (Math.abs(v) >= 10 ? String(Math.round(v)) : String(round2(v)));
+
+let progressQueued = false;
+function scheduleProgress() {
+  if (progressQueued) return;
+  progressQueued = true;
+  requestAnimationFrame(() => {
+    progressQueued = false;
+    let loaded = 0;
+    let failed = 0;
+    for (const it of S.items) {
+      const u = previewUrl(it, 0);
+      if (store.hasBlob(u) || store.peek(u)) loaded += 1;
+      else if (store.failure(u)) failed += 1;
+    }
+    hook.previewsLoaded = loaded;
+    ui.progress.textContent = S.items.length
+      ? `loaded ${loaded}/${S.items.length} previews${failed ? ` · ${failed} failed` : ''}`
+      : '';
+    ui.progress.classList.toggle('done', loaded === S.items.length);
+    // A slice that was waiting for its preview gets it here too.
+    if (S.shown?.sop !== cur()?.sop_instance_uid && cur() && store.peek(previewUrl(cur(), S.frame))) present();
+  });
+}
+
+function sync() {
+  hook.study = S.uid;
+  hook.series = S.seriesUid;
+  hook.index = S.index;
+  hook.count = S.items.length;
+  hook.frame = S.frame;
+  hook.frames = framesOf(cur());
+  const w = S.win || datasetWindow(cur());
+  hook.wc = w ? round2(w.wc) : null;
+  hook.ww = w ? round2(w.ww) : null;
+  hook.preset = S.preset;
+  hook.zoom = round2(view.zoom);
+  hook.tool = view.tool;
+  hook.cinePlaying = S.cine.playing;
+  if (report) {
+    hook.claimedBy = report.claimedBy;
+    hook.state = report.state;
+    hook.reportSaved = report.reportSaved;
+    hook.signedVersion = report.signedVersion;
+  } else {
+    hook.state = S.worklist?.state || null;
+    hook.claimedBy = S.worklist?.state === 'claimed' ? S.worklist.claimed_by || null : null;
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Navigation                                                          */
+/* ------------------------------------------------------------------ */
+
+/** Move to image `index` (and `frame`) of the current series. */
+function go(index, frame = 0) {
+  const n = S.items.length;
+  if (!n) return;
+  index = clamp(index, 0, n - 1);
+  frame = clamp(frame, 0, framesOf(S.items[index]) - 1);
+  if (index === S.index && frame === S.frame && S.shown) return;
+  if (index !== S.index) S.dir = Math.sign(index - S.index) || S.dir;
+  else if (frame !== S.frame) S.dir = Math.sign(frame - S.frame) || S.dir;
+  S.index = index;
+  S.frame = frame;
+  present();
+  prefetch();
+  settleMeta();
+}
+
+/** Scroll by `n`: frames for a lone multi-frame instance, otherwise images. */
+function step(n) {
+  if (!S.items.length || !n) return;
+  if (S.items.length === 1 && framesOf(cur()) > 1) {
+    S.framesActive = true;
+    go(S.index, S.frame + n);
+  } else go(S.index + n, 0);
+}
+
+function stepFrame(n) {
+  const item = cur();
+  if (framesOf(item) > 1) {
+    S.framesActive = true;
+    go(S.index, (S.frame + n + framesOf(item)) % framesOf(item));
+  } else step(n);
+}
+
+function prefetch() {
+  const list = [];
+  const item = cur();
+  const frames = framesOf(item);
+  let offset = 0;
+  if (frames > 1 && S.framesActive) {
+    // Cine: the frames ahead of this one, in play order.
+    for (let d = 1; d < frames; d += 1) list.push({ url: previewUrl(item, (S.frame + d) % frames), prio: d });
+    offset = Math.min(frames, 30);
+  }
+  for (const { i, prio } of neighbourOrder(S.index, S.items.length, S.dir, PREFETCH_RADIUS, true)) {
+    list.push({ url: previewUrl(S.items[i], 0), prio: prio + offset });
+  }
+  // Decode ahead only as many as the bitmap budget holds (1024 px previews are 4x a CT slice).
+  const side = Math.min(PREVIEW_SIDE, nativeSide(item) || PREVIEW_SIDE);
+  store.want(list, { decodeWithin: clamp(Math.floor(BITMAP_PIXELS / (side * side) / 2.5), 3, 20) });
+}
+
+/** Fetch the settled slice's info (windows) and, if needed, tags (spacing, photometric). */
+function settleMeta() {
+  clearTimeout(S.metaTimer);
+  S.metaTimer = setTimeout(() => {
+    const item = cur();
+    if (!item) return;
+    const sop = item.sop_instance_uid;
+    const had = JSON.stringify(facts(item)?.windows || null);
+    meta
+      .info(sop)
+      .then(() => {
+        if (JSON.stringify(facts(item)?.windows || null) !== had) buildPresets();
+        if (cur() === item) present();
+        const measuring = view.tool === 'length' || view.tool === 'angle' || measureList(item, S.frame).length > 0;
+        if (measuring && !facts(item)?.spacing) ensureTags(sop); // older backends: spacing from the tags
+      })
+      .catch((e) => fail('Loading the image information', e));
+    if (!ui.tagsPanel.hidden) tagPanel.show(sop);
+  }, META_DEBOUNCE_MS);
+}
+
+function ensureTags(sop) {
+  meta
+    .tags(sop)
+    .then(() => {
+      if (cur()?.sop_instance_uid === sop) {
+        present();
+        buildPresets();
+      }
+    })
+    .catch((e) => fail('Loading the tags', e));
+}
+
+async function openSeries(uid, { index = 0 } = {}) {
+  if (!uid) return;
+  stopCine();
+  cancelFull();
+  S.seriesUid = uid;
+  series.setActive(uid);
+  S.items = [];
+  S.shown = null;
+  S.framesActive = false;
+  S.win = null;
+  S.preset = 'default';
+  view.fit();
+  sync();
+  setMsg('Loading series…');
+  let items;
+  try {
+    items = await series.instances(uid);
+  } catch (e) {
+    fail('Loading the series', e);
+    setMsg(`Could not load the series: ${e.message}`);
+    return;
+  }
+  if (S.seriesUid !== uid) return;
+  S.items = items;
+  if (!items.length) {
+    setMsg('This series has no images yet.');
+    overlay();
+    return;
+  }
+  S.index = clamp(index, 0, items.length - 1);
+  S.frame = 0;
+  S.dir = 1;
+  buildPresets();
+  const item = cur();
+  const f = framesOf(item);
+  if (f > 1) setFps(item);
+  present();
+  prefetch();
+  scheduleProgress();
+  settleMeta();
+  const url = new URL(location.href);
+  url.searchParams.set('series', uid);
+  history.replaceState(null, '', url);
+}
+
+/* ------------------------------------------------------------------ */
+/* Window / level                                                      */
+/* ------------------------------------------------------------------ */
+
+function presetList() {
+  const list = [{ id: 'default', label: seriesModality() === 'CT' ? 'Default' : 'Auto', win: null }];
+  const ws = facts(cur())?.windows || [];
+  ws.slice(1).forEach((w, i) => list.push({ id: `dataset-${i + 1}`, label: w.name || `Dataset ${i + 2}`, win: { wc: w.wc, ww: w.ww } }));
+  if (seriesModality() === 'CT') for (const p of CT_PRESETS) list.push({ id: p.id, label: p.label, win: { wc: p.wc, ww: p.ww } });
+  return list;
+}
+
+function presetName(id) {
+  return presetList().find((p) => p.id === id)?.label || '';
+}
+
+function buildPresets() {
+  const list = presetList();
+  const key = list.map((p) => p.id).join(',');
+  if (ui.presets.dataset.key !== key) {
+    ui.presets.dataset.key = key;
+    ui.presets.replaceChildren(
+      ...list.map((p, i) =>
+        el(
+          'button',
+          {
+            type: 'button',
+            class: 'preset',
+            dataset: { test: 'preset', preset: p.id },
+            title: `${p.win ? `W ${p.win.ww} L ${p.win.wc}` : "The dataset's own window"} (${i})`,
+            onclick: () => applyPreset(p.id),
+          },
+          p.label,
+        ),
+      ),
+    );
+  }
+  for (const b of $$('button', ui.presets)) b.setAttribute('aria-pressed', String(b.dataset.preset === S.preset));
+  ui.presets.classList.toggle('disabled', colour(cur()));
+}
+
+function applyPreset(id) {
+  const p = presetList().find((x) => x.id === id);
+  if (!p) return;
+  if (p.win && colour(cur())) return colourNotice();
+  setWindow(p.win, id);
+}
+
+function setWindow(win, presetId = 'custom') {
+  S.win = win ? { wc: win.wc, ww: Math.max(1, win.ww) } : null;
+  S.preset = presetId;
+  buildPresets();
+  present();
+}
+
+function colourNotice() {
+  if (!S.colourWarned) toast('Window/level does not apply to colour images.', 'info');
+  S.colourWarned = true;
+}
+
+function onWindowDrag(phase, dx, dy) {
+  const item = cur();
+  if (!item) return;
+  if (colour(item)) {
+    if (phase === 'start') colourNotice();
+    return;
+  }
+  if (phase === 'start') {
+    S.wlBase = S.win || baseWindow(item);
+    S.wlDragging = true;
+    cancelFull();
+    return;
+  }
+  if (phase === 'end') {
+    S.wlDragging = false;
+    present();
+    return;
+  }
+  const b = S.wlBase;
+  // Width scales with the gesture so a brain window and a radiograph both feel right.
+  const ww = clamp(b.ww * Math.exp(dx / 200), 1, 100000);
+  const wc = b.wc + (dy * b.ww) / 300;
+  const r = (v) => (ww >= 20 ? Math.round(v) : round2(v));
+  setWindow({ wc: r(wc), ww: r(ww) }, 'custom');
+}
+
+/* ------------------------------------------------------------------ */
+/* Cine                                                                */
+/* ------------------------------------------------------------------ */
+
+function setFps(item) {
+  const ms = facts(item)?.frameTimeMs;
+  if (!ms) return;
+  const want = 1000 / ms;
+  const opts = [...ui.fps.options].map((o) => Number(o.value));
+  const best = opts.reduce((a, b) => (Math.abs(b - want) < Math.abs(a - want) ? b : a), opts[0]);
+  ui.fps.value = String(best);
+}
+
+function cineNext() {
+  const item = cur();
+  const frames = framesOf(item);
+  if (frames > 1) return { index: S.index, frame: (S.frame + 1) % frames };
+  return { index: (S.index + 1) % S.items.length, frame: 0 };
+}
+
+function playCine() {
+  if (!S.items.length || (S.items.length < 2 && framesOf(cur()) < 2)) return;
+  S.cine.playing = true;
+  S.framesActive = true;
+  cancelFull();
+  prefetch();
+  ui.cinePlay.textContent = '❚❚ Pause';
+  ui.cinePlay.setAttribute('aria-pressed', 'true');
+  const tick = () => {
+    if (!S.cine.playing) return;
+    const { index, frame } = cineNext();
+    const url = previewUrl(S.items[index], frame);
+    if (store.peek(url)) {
+      S.cine.stalled = false;
+      go(index, frame);
+    } else {
+      // Not here yet: wait for it rather than skip (and say so).
+      S.cine.stalled = true;
+      if (store.hasBlob(url)) store.decode(url).catch(() => {});
+      else if (store.failure(url)) go(index, frame);
+    }
+    ui.cineState.textContent = S.cine.stalled ? 'buffering…' : '';
+    S.cine.timer = setTimeout(tick, 1000 / Number(ui.fps.value || 10));
+  };
+  tick();
+  sync();
+}
+
+function stopCine() {
+  if (!S.cine.playing) return;
+  S.cine.playing = false;
+  clearTimeout(S.cine.timer);
+  ui.cinePlay.textContent = '▶ Play';
+  ui.cinePlay.setAttribute('aria-pressed', 'false');
+  ui.cineState.textContent = '';
+  present();
+  sync();
+}
+
+const toggleCine = () => (S.cine.playing ? stopCine() : playCine());
+
+/* ------------------------------------------------------------------ */
+/* Controls                                                            */
+/* ------------------------------------------------------------------ */
+
+function setTool(t) {
+  if (!TOOLS.includes(t)) return;
+  view.setTool(t);
+  for (const b of $$('.tool')) b.setAttribute('aria-pressed', String(b.dataset.tool === t));
+
+  sync();
+}
+
+function resetView() {
+  view.cancelPending();
+  S.win = null;
+  S.preset = 'default';
+  buildPresets();
+  view.fit();
+}
+
+function toggleTags(force) {
+  const open = force ?? ui.tagsPanel.hidden;
+  ui.tagsPanel.hidden = !open;
+  ui.tagsToggle.setAttribute('aria-pressed', String(open));
+  if (open && cur()) {
+    tagPanel.show(cur().sop_instance_uid);
+    $('#tags-filter').focus();
+  }
+}
+
+function togglePanel(btn, cls) {
+  const hidden = ui.main.classList.toggle(cls);
+  btn.setAttribute('aria-pressed', String(!hidden));
+  view.resize();
+}
+
+function bindControls() {
+  for (const b of $$('.tool')) b.addEventListener('click', () => setTool(b.dataset.tool));
+  $('#fit').addEventListener('click', () => view.fit());
+  $('#reset').addEventListener('click', resetView);
+  $('#clear-measures').addEventListener('click', () => {
+    const item = cur();
+    if (!item) return;
+    view.cancelPending();
+    measureList(item, S.frame).length = 0;
+    view.requestDraw();
+  });
+  ui.full.addEventListener('click', () => {
+    S.fullQuality = !S.fullQuality;
+    ui.full.setAttribute('aria-pressed', String(S.fullQuality));
+    present();
+  });
+  ui.tagsToggle.addEventListener('click', () => toggleTags());
+  $('#tags-close').addEventListener('click', () => toggleTags(false));
+  $('#toggle-series').addEventListener('click', (ev) => togglePanel(ev.currentTarget, 'no-series'));
+  $('#toggle-side').addEventListener('click', (ev) => togglePanel(ev.currentTarget, 'no-side'));
+  ui.slider.addEventListener('input', () => go(Number(ui.slider.value), 0));
+  $('#prev').addEventListener('click', () => step(-1));
+  $('#next').addEventListener('click', () => step(1));
+  ui.cinePlay.addEventListener('click', toggleCine);
+  ui.frameSlider.addEventListener('input', () => {
+    S.framesActive = true;
+    go(S.index, Number(ui.frameSlider.value));
+  });
+  ui.msg.addEventListener('click', () => {
+    store.retryFailed();
+    present();
+    prefetch();
+  });
+  document.addEventListener('keydown', onKey);
+}
+
+function onKey(ev) {
+  if (ev.defaultPrevented || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+  const t = ev.target;
+  const onSlider = t === ui.slider || t === ui.frameSlider;
+  if (!onSlider && t instanceof HTMLElement && (t.isContentEditable || t.closest('input, textarea, select, dialog'))) return;
+  // A focused slider moves itself with the arrow/page keys (its input event does the rest).
+  if (onSlider && /^(Arrow|Page|Home|End)/.test(ev.key)) return;
+  if (document.querySelector('dialog[open]')) return;
+  const n = S.items.length;
+  const k = ev.key;
+  const act = {
+    ArrowUp: () => step(-1),
+    ArrowDown: () => step(1),
+    ArrowLeft: () => stepFrame(-1),
+    ArrowRight: () => stepFrame(1),
+    PageUp: () => step(-Math.max(1, Math.min(10, Math.round(n / 10)))),
+    PageDown: () => step(Math.max(1, Math.min(10, Math.round(n / 10)))),
+    Home: () => go(0, 0),
+    End: () => go(n - 1, 0),
+    ' ': toggleCine,
+    Escape: () => view.cancelPending() || toggleTags(false),
+    Delete: () => view.undoMeasure(),
+    Backspace: () => view.undoMeasure(),
+  }[k];
+  const letter = {
+    w: () => setTool('wl'),
+    z: () => setTool('zoom'),
+    p: () => setTool('pan'),
+    l: () => setTool('length'),
+    a: () => setTool('angle'),
+    s: () => setTool('scroll'),
+    r: resetView,
+    f: () => view.fit(),
+    t: () => toggleTags(),
+  }[k.toLowerCase()];
+  if (act) {
+    ev.preventDefault();
+    act();
+    return;
+  }
+  if (letter && k.length === 1) {
+    ev.preventDefault();
+    letter();
+    return;
+  }
+  if (/^[0-9]$/.test(k)) {
+    const p = presetList()[Number(k)];
+    if (p) {
+      ev.preventDefault();
+      applyPreset(p.id);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Start                                                               */
+/* ------------------------------------------------------------------ */
+
+function fatal(text) {
+  ui.fatal.textContent = text;
+  ui.fatal.hidden = false;
+  ui.main.setAttribute('aria-busy', 'false');
+  hook.errors.push(text);
+}
+
+async function loadStudy() {
+  const r = await api(`/api/studies/${enc(S.uid)}`);
+  S.study = r?.study || null;
+  S.worklist = r?.worklist || null;
+  return r;
+}
+
+let clinicName = '';
+function showSummary() {
+  renderSummary(ui.summary, { study: S.study, worklist: report?.worklist ?? S.worklist, clinicName });
+}
+
+async function refreshStudy() {
+  const r = await loadStudy();
+  const rows = Array.isArray(r?.series) ? r.series : [];
+  if (rows.length !== S.seriesRows.length) {
+    S.seriesRows = rows;
+    series.setSeries(rows);
+    series.loadAll(2);
+  } else S.seriesRows = rows;
+  // Images still arriving in the open series: take the longer list, stay on the same image.
+  const row = rows.find((x) => x.series_uid === S.seriesUid);
+  if (row && row.num_instances > S.items.length) {
+    const uid = S.seriesUid;
+    const sop = cur()?.sop_instance_uid;
+    const items = await series.instances(uid, { fresh: true });
+    if (S.seriesUid === uid && items.length >= S.items.length) {
+      S.items = items;
+      S.index = Math.max(0, items.findIndex((i) => i.sop_instance_uid === sop));
+      present();
+      prefetch();
+      scheduleProgress();
+    }
+  }
+  showSummary();
+  return r;
+}
+
+async function main() {
+  const user = await session();
+  S.user = user;
+  header(user, '/viewer');
+  bindControls();
+  const params = new URLSearchParams(location.search);
+  S.uid = (params.get('study') || '').trim();
+  hook.study = S.uid;
+  if (!S.uid) return fatal('No study given. Open a study from the worklist or the study list.');
+  const clinics = api('/api/clinics').catch(() => null); // the clinic id is shown instead
+  let r;
+  try {
+    r = await loadStudy();
+  } catch (e) {
+    if (e.status === 401) return;
+    return fatal(e.status === 404 ? 'This study does not exist or is not available to you.' : `Could not load the study: ${e.message}`);
+  }
+  clinics.then((c) => {
+    clinicName = (c?.clinics || []).find((x) => x.id === S.study?.clinic_id)?.name || '';
+    if (clinicName) showSummary();
+  });
+  S.seriesRows = Array.isArray(r?.series) ? r.series : [];
+  S.modality = mainModality(S.study, S.seriesRows);
+  showSummary();
+  series.setSeries(S.seriesRows);
+  const first = series.rows.find((x) => x.series_uid === params.get('series')) || series.rows.find((x) => (x.num_instances ?? 1) > 0) || series.rows[0];
+  const opening = first ? openSeries(first.series_uid) : Promise.resolve(setMsg('No images in this study yet.'));
+
+  report = new ReportPanel($('#report-root'), {
+    user,
+    uid: S.uid,
+    modality: S.modality,
+    fail,
+    onChange: () => {
+      sync();
+      showSummary();
+    },
+    reloadStudy: () => refreshStudy(),
+    dialogs: { sign: $('#sign-dialog'), ret: $('#return-dialog'), template: $('#template-dialog') },
+  });
+  await Promise.allSettled([opening, report.init(S.worklist)]);
+  ui.main.setAttribute('aria-busy', 'false');
+  hook.ready = true;
+  sync();
+  series.loadAll(3);
+
+  setInterval(() => {
+    if (document.visibilityState !== 'visible') return;
+    refreshStudy()
+      .then((x) => report.setWorklist(x?.worklist || null))
+      .catch((e) => fail('Refreshing the study', e));
+    if (S.study?.status === 'receiving') {
+      store.retryFailed();
+      prefetch();
+    }
+  }, REFRESH_MS);
+}
+
+main().catch((e) => {
+  if (e?.status !== 401) fatal(`The viewer could not start: ${e?.message || e}`);
+});
