@@ -140,7 +140,13 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         metrics: metrics.clone(),
         render_slots: tokio::sync::Semaphore::new(cores),
         sfu: sfu.clone(),
-        delivery: crate::reading::delivery::DeliveryHandle::default(),
+        delivery: crate::reading::delivery::start(
+            index.clone(),
+            cfg.clone(),
+            cfg.data_dir.join("sr-spool"),
+            shutdown.clone(),
+            &tracker,
+        ),
         login_limiter: std::sync::Mutex::new(crate::reading::accounts::LoginThrottle::new(cfg.auth.login_free_failures)),
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)

@@ -168,6 +168,6 @@ pub async fn audit_log(State(s): S, c: Caller, Query(q): Query<AuditQuery>) -> R
 
 pub async fn deliveries(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Admin])?;
-    let d = crate::reading::delivery::list_all(s.index.pool(), 500).await.map_err(internal)?;
+    let d = crate::reading::delivery::list(s.index.pool(), 500).await.map_err(internal)?;
     Ok(Json(json!({ "deliveries": d })))
 }
