@@ -147,7 +147,9 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
             shutdown.clone(),
             &tracker,
         ),
-        login_limiter: std::sync::Mutex::new(crate::reading::accounts::LoginThrottle::new(cfg.auth.login_free_failures)),
+        login_limiter: std::sync::Mutex::new(crate::reading::accounts::LoginThrottle::new(
+            cfg.auth.login_free_failures,
+        )),
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

@@ -283,7 +283,9 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
                 && !cfg.hospitals.is_empty()
                 && !cfg.hospitals.iter().any(|k| &k.id == h)
             {
-                return fail(format!("hospital {h:?} is not in the configuration's [[hospital]] list"));
+                return fail(format!(
+                    "hospital {h:?} is not in the configuration's [[hospital]] list"
+                ));
             }
             let password = match read_password(password_stdin) {
                 Ok(p) => p,

@@ -556,7 +556,7 @@ function studyRow(s) {
           ]
         : el('span', { class: 'muted' }, '—'),
     ),
-    el('td', {}, el('div', { class: 'actions' }, acts)),
+    el('td', { class: 'wide-actions' }, el('div', { class: 'actions' }, acts)),
   );
   return el('tr', { dataset: { test: 'study-row', uid } }, cells);
 }
@@ -569,6 +569,8 @@ function renderStudies(r) {
   hook.total = total;
   hook.offset = offset;
 
+  const nf = Object.keys(filters).length;
+  $('#filter-count').textContent = nf ? `(${nf} active)` : '';
   $('#thead').replaceChildren(el('tr', {}, columns().map((c) => el('th', { scope: 'col' }, c))));
   $('#rows').replaceChildren(...studies.map(studyRow));
   $('#table-wrap').hidden = studies.length === 0;
@@ -637,6 +639,7 @@ function syncUrl() {
 
 function setupFilters() {
   const form = $('#filters');
+  if (matchMedia('(max-width: 699px)').matches) $('#filter-box').open = false;
   const params = new URLSearchParams(location.search);
   for (const k of FILTERS) {
     const v = params.get(k);

@@ -31,6 +31,16 @@ async function errorText(res) {
   return `HTTP ${res.status}`;
 }
 
+/** Worth trying again later: the network or the server hiccuped (not "this image has no preview"). */
+export function isTransient(err) {
+  if (!err || err.name === 'AbortError') return false;
+  if (!(err instanceof ImageError)) return true; // TypeError: the fetch itself failed
+  return err.status >= 500 || err.status === 429 || err.status === 408;
+}
+
+const BACKOFF_MIN_MS = 2000;
+const BACKOFF_MAX_MS = 30000;
+
 /** GET an image as a Blob. A placeholder served for an undecodable instance throws with the server's reason. */
 export async function fetchImageBlob(url, { signal, priority = 'auto' } = {}) {
   const res = await fetch(url, { credentials: 'same-origin', signal, priority });
@@ -111,7 +121,10 @@ export class ImageStore {
     this.onFailed = onFailed || (() => {});
     this.bitmaps = new Lru(maxPixels, (b) => b.width * b.height, (b) => b.close?.());
     this.blobs = new Lru(maxBytes, (b) => b.size);
-    this.failed = new Map(); // url -> ImageError (not retried by prefetch)
+    this.failed = new Map(); // url -> {err, until}: permanent (until = Infinity) or a transient back-off
+    this.backoff = 0; // ms; grows while the link or server keeps failing
+    this.pausedUntil = 0;
+    this.pumpTimer = 0;
     this.inflight = new Map(); // url -> {ac, promise, prio, foreground}
     this.decoding = new Map(); // url -> Promise<ImageBitmap>
     this.queue = []; // [{url, prio}] sorted by prio
@@ -129,8 +142,15 @@ export class ImageStore {
     return this.blobs.has(url);
   }
 
+  /** The error of the last attempt if it is still in force (a transient one expires). */
   failure(url) {
-    return this.failed.get(url) || null;
+    const f = this.failed.get(url);
+    if (!f) return null;
+    if (f.until <= Date.now()) {
+      this.failed.delete(url);
+      return null;
+    }
+    return f.err;
   }
 
   /** Keep `urls` in memory while they are displayed. */
@@ -157,7 +177,7 @@ export class ImageStore {
     for (const { url, prio } of list) if (!wanted.has(url)) wanted.set(url, prio);
     this.queue = [];
     for (const [url, prio] of wanted) {
-      if (this.failed.has(url) || this.inflight.has(url) || this.decoding.has(url)) continue;
+      if (this.failure(url) || this.inflight.has(url) || this.decoding.has(url)) continue;
       if (this.bitmaps.has(url)) continue;
       if (this.blobs.has(url)) {
         // Near and already downloaded: decode now (off the main thread), ready to draw.
@@ -197,6 +217,17 @@ export class ImageStore {
 
   pump() {
     const limit = Math.max(1, this.concurrency - this.paused);
+    const wait = this.pausedUntil - Date.now();
+    if (wait > 0) {
+      // Backing off after network/server errors: try again later, not in a tight loop.
+      if (!this.pumpTimer) {
+        this.pumpTimer = setTimeout(() => {
+          this.pumpTimer = 0;
+          this.pump();
+        }, wait);
+      }
+      return;
+    }
     while (this.queue.length) {
       if (this.busy() >= limit) break;
       const next = this.queue.shift();
@@ -218,12 +249,22 @@ export class ImageStore {
       .then((blob) => {
         this.blobs.set(url, blob);
         this.failed.delete(url);
+        this.backoff = 0;
         this.onLoaded(url);
         return blob;
       })
       .catch((err) => {
         if (err.name !== 'AbortError') {
-          this.failed.set(url, err);
+          if (isTransient(err)) {
+            this.backoff = Math.min(BACKOFF_MAX_MS, this.backoff ? this.backoff * 2 : BACKOFF_MIN_MS);
+            this.pausedUntil = Date.now() + this.backoff;
+            this.failed.set(url, { err, until: this.pausedUntil });
+            if (!foreground) {
+              // Back in line: it is still wanted once the link recovers.
+              this.queue.push({ url, prio });
+              this.queue.sort((a, b) => a.prio - b.prio);
+            }
+          } else this.failed.set(url, { err, until: Infinity });
           this.onFailed(url, err);
         }
         throw err;

@@ -15,7 +15,7 @@
 // PHI rule: nothing is logged to the console.
 
 import { api, el, session, header, testHook, toast, $, $$ } from './app-common.js';
-import { ImageStore, neighbourOrder } from './viewer-stack.js';
+import { ImageStore, isTransient, neighbourOrder } from './viewer-stack.js';
 import { ImageView, TOOLS } from './viewer-canvas.js';
 import { MetaStore, TagPanel, isColour } from './viewer-meta.js';
 import { ReportPanel } from './viewer-report.js';
@@ -123,7 +123,7 @@ function fail(ctx, err) {
 
 const ui = {
   main: $('#viewer'),
-  summary: $('#summary'),
+  summary: $('#study-bar'),
   canvas: $('#canvas'),
   stage: $('#stage'),
   msg: $('#stage-msg'),
@@ -309,7 +309,7 @@ function present() {
   const err = store.failure(pKey);
   if (!store.peek(pKey)) {
     if (err) {
-      if (!pick || S.shown?.sop !== sop) setMsg(`No image: ${err.message}`);
+      if (!pick || S.shown?.sop !== sop) setMsg(`No image: ${err.message}${isTransient(err) ? ' — retrying' : ''}`);
     } else {
       if (!pick) setMsg('Loading…');
       if (waiting.has(pKey)) return finishPresent(fKey);
@@ -320,10 +320,11 @@ function present() {
           scheduleProgress();
         },
         (e) => {
-          if (cur() === item && S.frame === frame) {
-            fail(`Image ${S.index + 1}`, e);
-            present();
-          }
+          if (cur() !== item || S.frame !== frame) return;
+          fail(`Image ${S.index + 1}`, e);
+          present();
+          // The link or server failed: try again when the back-off is over.
+          if (isTransient(e)) setTimeout(() => cur() === item && S.frame === frame && present(), store.pausedUntil - Date.now() + 100);
         },
       );
     }
@@ -899,8 +900,8 @@ function fatal(text) {
   hook.errors.push(text);
 }
 
-async function loadStudy() {
-  const r = await api(`/api/studies/${enc(S.uid)}`);
+async function loadStudy(pending) {
+  const r = await (pending || api(`/api/studies/${enc(S.uid)}`));
   S.study = r?.study || null;
   S.worklist = r?.worklist || null;
   return r;
@@ -938,18 +939,21 @@ async function refreshStudy() {
 }
 
 async function main() {
+  const params = new URLSearchParams(location.search);
+  S.uid = (params.get('study') || '').trim();
+  hook.study = S.uid;
+  // The study is asked for alongside the session (one round trip, not two); a 401 goes to login either way.
+  const studyP = S.uid ? api(`/api/studies/${enc(S.uid)}`) : null;
+  studyP?.catch(() => {}); // handled below
   const user = await session();
   S.user = user;
   header(user, '/viewer');
   bindControls();
-  const params = new URLSearchParams(location.search);
-  S.uid = (params.get('study') || '').trim();
-  hook.study = S.uid;
   if (!S.uid) return fatal('No study given. Open a study from the worklist or the study list.');
   const clinics = api('/api/clinics').catch(() => null); // the clinic id is shown instead
   let r;
   try {
-    r = await loadStudy();
+    r = await loadStudy(studyP);
   } catch (e) {
     if (e.status === 401) return;
     return fatal(e.status === 404 ? 'This study does not exist or is not available to you.' : `Could not load the study: ${e.message}`);

@@ -88,6 +88,20 @@ function age(birth, at) {
   return `${Math.round((r - b) / 86_400_000)} d`;
 }
 
+/** "06:01" today, else the full date and time. */
+function sinceText(ms) {
+  const t = fmtTime(ms);
+  return t.slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? t.slice(11) : t;
+}
+
+function filterCount() {
+  const form = $('#filters');
+  const st = states();
+  let n = st.length && st.join(',') !== DEFAULT_STATES.join(',') ? 1 : 0;
+  for (const k of FILTERS) if (form.elements[k].value.trim()) n += 1;
+  $('#filter-count').textContent = n ? `(${n} active)` : '';
+}
+
 function prioBadge(p) {
   if (!p) return el('span', { class: 'muted' }, '—');
   return el('span', { class: `badge prio-${p}`, dataset: { priority: p } }, p === 'stat' ? 'STAT' : cap(p));
@@ -140,7 +154,7 @@ function row(it, fetchedAt) {
       'td',
       {},
       el('span', { class: 'waiting', dataset: { since: since || '' } }, since ? fmtDuration(Date.now() - since) : '—'),
-      it.enqueued_ms ? el('span', { class: 'sub' }, `since ${fmtTime(it.enqueued_ms)}`) : null,
+      it.enqueued_ms ? el('span', { class: 'sub' }, `since ${sinceText(it.enqueued_ms)}`) : null,
     ),
     el('td', {}, it.clinic_name || clinicNames.get(it.clinic_id) || it.clinic_id || '—'),
     el(
@@ -170,7 +184,7 @@ function row(it, fetchedAt) {
       who,
       it.state === 'returned' && it.detail ? el('span', { class: 'sub' }, it.detail) : null,
     ),
-    el('td', {}, el('div', { class: 'actions' }, actions)),
+    el('td', { class: 'sticky-end' }, el('div', { class: 'actions' }, actions)),
   );
 }
 
@@ -331,6 +345,7 @@ function setupRefresh() {
 
 function setupFilters() {
   const form = $('#filters');
+  if (matchMedia('(max-width: 699px)').matches) $('#filter-box').open = false;
   const params = new URLSearchParams(location.search);
   const st = params.get('state');
   if (st) {
@@ -342,7 +357,9 @@ function setupFilters() {
     if (v && form.elements[k]) form.elements[k].value = v;
   }
   offset = Math.max(0, Math.floor(Number(params.get('offset')) / PAGE) * PAGE || 0);
+  filterCount();
   const apply = () => {
+    filterCount();
     offset = 0;
     syncUrl();
     load();

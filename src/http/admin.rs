@@ -61,7 +61,14 @@ pub async fn add_user(
         return Err(ApiError::BadRequest(format!("unknown hospital {h:?}")));
     }
     let u = accounts::create_user(s.index.pool(), &nu, now_ms()).await?;
-    audit::record(s.index.pool(), &c, "user_add", None, Some(&format!("{} ({})", u.username, u.role.as_str()))).await;
+    audit::record(
+        s.index.pool(),
+        &c,
+        "user_add",
+        None,
+        Some(&format!("{} ({})", u.username, u.role.as_str())),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(json!({ "user": u }))).into_response())
 }
 
@@ -104,7 +111,9 @@ pub async fn turnaround(State(s): S, c: Caller, Query(q): Query<Days>) -> Result
     .fetch_all(s.index.pool())
     .await
     .map_err(internal)?;
-    let mut groups: std::collections::BTreeMap<(String, String), (Vec<i64>, Vec<i64>, i64)> = Default::default();
+    // (clinic, priority) -> (times to report, times to delivery, studies)
+    type Times = (Vec<i64>, Vec<i64>, i64);
+    let mut groups: std::collections::BTreeMap<(String, String), Times> = Default::default();
     for r in &rows {
         let key = (r.get::<String, _>(0), r.get::<String, _>(1));
         let enq: i64 = r.get(2);
@@ -152,12 +161,22 @@ pub async fn turnaround(State(s): S, c: Caller, Query(q): Query<Days>) -> Result
 pub async fn audit_log(State(s): S, c: Caller, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     require(&c, &[Role::Admin])?;
     let events = audit::query(s.index.pool(), &q).await.map_err(internal)?;
-    audit::record(s.index.pool(), &c, "audit_export", None, Some(&format!("{} events", events.len()))).await;
+    audit::record(
+        s.index.pool(),
+        &c,
+        "audit_export",
+        None,
+        Some(&format!("{} events", events.len())),
+    )
+    .await;
     if q.format.as_deref() == Some("csv") {
         return Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"medrelay-audit.csv\""),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"medrelay-audit.csv\"",
+                ),
             ],
             audit::to_csv(&events),
         )
@@ -168,6 +187,8 @@ pub async fn audit_log(State(s): S, c: Caller, Query(q): Query<AuditQuery>) -> R
 
 pub async fn deliveries(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Admin])?;
-    let d = crate::reading::delivery::list(s.index.pool(), 500).await.map_err(internal)?;
+    let d = crate::reading::delivery::list(s.index.pool(), 500)
+        .await
+        .map_err(internal)?;
     Ok(Json(json!({ "deliveries": d })))
 }

@@ -17,9 +17,9 @@ use super::error::ApiError;
 use super::zipstream::ZipStream;
 use crate::app::Services;
 use crate::archive::index::{InstanceRow, StudyFilter, StudyRow};
+use crate::dicom::meta::is_valid_uid;
 use crate::reading::access::Caller;
 use crate::reading::audit;
-use crate::dicom::meta::is_valid_uid;
 
 type S = State<Arc<Services>>;
 
@@ -154,8 +154,13 @@ pub async fn instance(State(s): S, c: Caller, Path(uid): Path<String>) -> Result
     let versions = s.index.instance_versions(&uid).await?;
     let latest = versions.first().cloned().ok_or(ApiError::NotFound("instance"))?;
     // Display attributes are best effort: an unparsable header still lists the instance.
-    let display = tags_of(&s, &uid).await.map(|(_, d)| d).unwrap_or(serde_json::Value::Null);
-    Ok(Json(json!({ "instance": latest, "versions": versions, "display": display })))
+    let display = tags_of(&s, &uid)
+        .await
+        .map(|(_, d)| d)
+        .unwrap_or(serde_json::Value::Null);
+    Ok(Json(
+        json!({ "instance": latest, "versions": versions, "display": display }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -293,13 +298,25 @@ fn read_tags(path: &std::path::Path) -> Result<(Vec<serde_json::Value>, serde_js
         let name = StandardDataDictionary
             .by_tag(tag)
             .map(|d| d.alias().to_string())
-            .unwrap_or_else(|| if tag.group() % 2 == 1 { "(private)".into() } else { "(unknown)".into() });
+            .unwrap_or_else(|| {
+                if tag.group() % 2 == 1 {
+                    "(private)".into()
+                } else {
+                    "(unknown)".into()
+                }
+            });
         let value = match e.value() {
             Value::Primitive(p) => {
                 let s = p.to_str();
                 let mut s = s.trim_end_matches(['\0', ' ']).to_string();
                 if s.len() > 256 {
-                    s.truncate(s.char_indices().take_while(|(i, _)| *i < 256).last().map(|(i, c)| i + c.len_utf8()).unwrap_or(0));
+                    s.truncate(
+                        s.char_indices()
+                            .take_while(|(i, _)| *i < 256)
+                            .last()
+                            .map(|(i, c)| i + c.len_utf8())
+                            .unwrap_or(0),
+                    );
                     s.push('…');
                 }
                 s
@@ -329,7 +346,11 @@ fn read_tags(path: &std::path::Path) -> Result<(Vec<serde_json::Value>, serde_js
     };
     let spacing = {
         let p = floats(tags::PIXEL_SPACING);
-        if p.len() >= 2 { p } else { floats(tags::IMAGER_PIXEL_SPACING) }
+        if p.len() >= 2 {
+            p
+        } else {
+            floats(tags::IMAGER_PIXEL_SPACING)
+        }
     };
     let display = json!({
         "window_center": floats(tags::WINDOW_CENTER),
@@ -362,7 +383,11 @@ async fn tags_of(s: &Services, uid: &str) -> Result<(Vec<serde_json::Value>, ser
         .map_err(ApiError::Unprocessable)
 }
 
-pub async fn instance_tags(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn instance_tags(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     check_instance(&s, &c, &uid).await?;
     let (tags, _) = tags_of(&s, &uid).await?;
     Ok(Json(json!({ "tags": tags })))

@@ -125,7 +125,10 @@ pub async fn login(
     let ip = remote.map(|r| r.0.0.ip().to_string()).unwrap_or_default();
     let user_key = l.username.to_lowercase();
     {
-        let limiter = s.login_limiter.lock().map_err(|_| ApiError::Internal("limiter poisoned".into()))?;
+        let limiter = s
+            .login_limiter
+            .lock()
+            .map_err(|_| ApiError::Internal("limiter poisoned".into()))?;
         if let Err(wait) = limiter.check(&user_key, &ip, Instant::now()) {
             return Err(ApiError::TooMany(wait.as_secs().max(1)));
         }
@@ -140,7 +143,17 @@ pub async fn login(
         if let Ok(mut limiter) = s.login_limiter.lock() {
             limiter.on_failure(&user_key, &ip, Instant::now());
         }
-        audit::record_raw(s.index.pool(), now_ms(), &l.username, "", "login_failed", None, None, &ip).await;
+        audit::record_raw(
+            s.index.pool(),
+            now_ms(),
+            &l.username,
+            "",
+            "login_failed",
+            None,
+            None,
+            &ip,
+        )
+        .await;
         return Err(ApiError::Unauthorized("wrong username or password"));
     };
     if let Ok(mut limiter) = s.login_limiter.lock() {

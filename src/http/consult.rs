@@ -233,7 +233,11 @@ pub async fn add_participant(
         .into_response())
 }
 
-pub async fn room_status(State(s): S, _c: Caller, Path(room): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn room_status(
+    State(s): S,
+    _c: Caller,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let st = s
         .sfu
         .ask(|reply| Command::RoomStatus { room, reply })

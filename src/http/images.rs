@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::reading::access::Caller;
 use crate::app::Services;
 use crate::archive::index::InstanceRow;
 use crate::dicom::meta::is_valid_uid;
 use crate::imaging::render::{self, Format, Image8, RenderParams};
 use crate::imaging::worker::render_path;
+use crate::reading::access::Caller;
 
 type S = State<Arc<Services>>;
 
@@ -173,12 +173,7 @@ pub async fn preview(
     stored_image(&s, &uid, kind, &headers).await
 }
 
-pub async fn cine(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn cine(State(s): S, c: Caller, Path(uid): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     super::api::check_instance(&s, &c, &uid).await?;
     stored_image(&s, &uid, "cine", &headers).await
 }

@@ -4,10 +4,10 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
-pub mod reading;
 pub mod consult;
 pub mod error;
 pub mod images;
+pub mod reading;
 pub mod zipstream;
 
 use std::sync::Arc;
@@ -42,11 +42,17 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/worklist/{uid}/history", get(reading::history))
         .route("/api/report-templates", get(reading::templates))
         .route("/api/studies/{uid}/reports", get(reading::study_reports))
-        .route("/api/studies/{uid}/report/draft", axum::routing::put(reading::save_draft))
+        .route(
+            "/api/studies/{uid}/report/draft",
+            axum::routing::put(reading::save_draft),
+        )
         .route("/api/studies/{uid}/report/sign", post(reading::sign))
         .route("/api/notifications", get(reading::notifications))
         .route("/api/notifications/{id}/read", post(reading::notification_read))
-        .route("/api/requests", get(reading::list_requests).post(reading::create_request))
+        .route(
+            "/api/requests",
+            get(reading::list_requests).post(reading::create_request),
+        )
         .route("/api/requests/{id}/accept", post(reading::accept_request))
         .route("/api/requests/{id}/reschedule", post(reading::reschedule_request))
         .route("/api/requests/{id}/cancel", post(reading::cancel_request))

@@ -78,7 +78,13 @@ fn clinic_name(s: &Services, id: &str) -> String {
         .clinics
         .iter()
         .find(|c| c.id == id)
-        .map(|c| if c.name.is_empty() { c.id.clone() } else { c.name.clone() })
+        .map(|c| {
+            if c.name.is_empty() {
+                c.id.clone()
+            } else {
+                c.name.clone()
+            }
+        })
         .unwrap_or_else(|| id.to_string())
 }
 
@@ -91,7 +97,12 @@ pub async fn clinics(State(s): S, c: Caller) -> Json<serde_json::Value> {
         .iter()
         .filter(|k| c.sees(&k.id))
         .map(|k| {
-            let hospital = s.cfg.hospitals.iter().find(|h| h.serves.contains(&k.id)).map(|h| h.id.clone());
+            let hospital = s
+                .cfg
+                .hospitals
+                .iter()
+                .find(|h| h.serves.contains(&k.id))
+                .map(|h| h.id.clone());
             json!({ "id": k.id, "name": clinic_name(&s, &k.id), "hospital_id": hospital, "pacs": k.pacs.is_some() })
         })
         .collect();
@@ -99,7 +110,9 @@ pub async fn clinics(State(s): S, c: Caller) -> Json<serde_json::Value> {
         .cfg
         .hospitals
         .iter()
-        .filter(|h| c.is(Role::Admin) || c.user.hospital_id.as_deref() == Some(&h.id) || h.serves.iter().any(|x| c.sees(x)))
+        .filter(|h| {
+            c.is(Role::Admin) || c.user.hospital_id.as_deref() == Some(&h.id) || h.serves.iter().any(|x| c.sees(x))
+        })
         .map(|h| json!({ "id": h.id, "name": if h.name.is_empty() { &h.id } else { &h.name }, "serves": h.serves }))
         .collect();
     Json(json!({ "clinics": clinics, "hospitals": hospitals }))
@@ -125,7 +138,11 @@ pub fn priority_rank(p: &str) -> Option<i64> {
     PRIORITIES.iter().position(|x| *x == p).map(|i| i as i64)
 }
 
-fn worklist_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, c: &Caller, q: &WorklistQuery) -> Result<(), ApiError> {
+fn worklist_filters(
+    qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>,
+    c: &Caller,
+    q: &WorklistQuery,
+) -> Result<(), ApiError> {
     let states: Vec<String> = match q.state.as_deref().filter(|v| !v.is_empty()) {
         Some(v) => v.split(',').map(|x| x.trim().to_string()).collect(),
         None => vec!["new".into(), "claimed".into(), "returned".into()],
@@ -145,7 +162,8 @@ fn worklist_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, c: &Caller, q
         qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
     }
     if let Some(v) = q.modality.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND (',' || s.modalities || ',') LIKE ").push_bind(format!("%,{v},%"));
+        qb.push(" AND (',' || s.modalities || ',') LIKE ")
+            .push_bind(format!("%,{v},%"));
     }
     if let Some(v) = q.body_part.as_deref().filter(|v| !v.is_empty()) {
         qb.push(" AND s.body_parts LIKE ").push_bind(format!("%{v}%"));
@@ -153,7 +171,11 @@ fn worklist_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, c: &Caller, q
     Ok(())
 }
 
-pub async fn worklist(State(s): S, c: Caller, Query(q): Query<WorklistQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn worklist(
+    State(s): S,
+    c: Caller,
+    Query(q): Query<WorklistQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert, Role::Admin])?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let offset = q.offset.unwrap_or(0).max(0);
@@ -215,7 +237,13 @@ async fn entry_json(s: &Services, uid: &str) -> Result<Json<serde_json::Value>, 
     Ok(Json(json!({ "worklist": w })))
 }
 
-async fn act(s: &Services, c: &Caller, uid: &str, action: Action, audit_as: &str) -> Result<Json<serde_json::Value>, ApiError> {
+async fn act(
+    s: &Services,
+    c: &Caller,
+    uid: &str,
+    action: Action,
+    audit_as: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(s, c, uid).await?;
     s.index.worklist_apply(uid, &action, c.actor(), now_ms()).await?;
     audit::record(s.index.pool(), c, audit_as, Some(uid), None).await;
@@ -272,16 +300,23 @@ pub async fn return_study(
     let reason = reason_text(&body(b)?.reason, true)?;
     let st = study_for(&s, &c, &uid).await?;
     s.index
-        .worklist_apply(&uid, &Action::ReturnForMoreImages { reason: reason.clone() }, c.actor(), now_ms())
+        .worklist_apply(
+            &uid,
+            &Action::ReturnForMoreImages { reason: reason.clone() },
+            c.actor(),
+            now_ms(),
+        )
         .await?;
-    sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, 'returned', ?, ?, ?)")
-        .bind(&st.clinic_id)
-        .bind(&uid)
-        .bind(format!("More images requested: {reason}"))
-        .bind(now_ms())
-        .execute(s.index.pool())
-        .await
-        .map_err(internal)?;
+    sqlx::query(
+        "INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, 'returned', ?, ?, ?)",
+    )
+    .bind(&st.clinic_id)
+    .bind(&uid)
+    .bind(format!("More images requested: {reason}"))
+    .bind(now_ms())
+    .execute(s.index.pool())
+    .await
+    .map_err(internal)?;
     audit::record(s.index.pool(), &c, "return", Some(&uid), Some(&reason)).await;
     entry_json(&s, &uid).await
 }
@@ -295,7 +330,9 @@ pub async fn cancel(
     require(&c, &[Role::Clinic, Role::Admin])?;
     let reason = reason_text(&body(b)?.reason, false)?;
     study_for(&s, &c, &uid).await?;
-    s.index.worklist_apply(&uid, &Action::Cancel, c.actor(), now_ms()).await?;
+    s.index
+        .worklist_apply(&uid, &Action::Cancel, c.actor(), now_ms())
+        .await?;
     audit::record(s.index.pool(), &c, "cancel", Some(&uid), Some(&reason)).await;
     entry_json(&s, &uid).await
 }
@@ -315,8 +352,12 @@ pub async fn set_priority(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Clinic, Role::Admin])?;
     let p = body(b)?;
-    let rank = priority_rank(&p.priority)
-        .ok_or_else(|| ApiError::BadRequest(format!("priority must be stat, urgent or routine, not {:?}", p.priority)))?;
+    let rank = priority_rank(&p.priority).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "priority must be stat, urgent or routine, not {:?}",
+            p.priority
+        ))
+    })?;
     let question = match &p.clinical_question {
         Some(q) => Some(reason_text(q, false)?),
         None => None,
@@ -332,10 +373,14 @@ pub async fn set_priority(
         .ok_or(ApiError::NotFound("worklist entry"))?;
     let (state, cur_rank): (String, i64) = (cur.get(0), cur.get(1));
     if !matches!(state.as_str(), "new" | "claimed" | "returned") {
-        return Err(ApiError::Conflict(format!("a study that is {state} has no reading priority")));
+        return Err(ApiError::Conflict(format!(
+            "a study that is {state} has no reading priority"
+        )));
     }
     if c.is(Role::Clinic) && rank > cur_rank {
-        return Err(ApiError::Forbidden("clinics can raise the priority, not lower it".into()));
+        return Err(ApiError::Forbidden(
+            "clinics can raise the priority, not lower it".into(),
+        ));
     }
     // Conditional on the state read above, so a concurrent report is not overwritten.
     let r = sqlx::query(
@@ -404,10 +449,16 @@ pub async fn templates(_c: Caller, Query(q): Query<TemplateQuery>) -> Json<serde
     Json(json!({ "templates": reports::templates(&q.modality) }))
 }
 
-pub async fn study_reports(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn study_reports(
+    State(s): S,
+    c: Caller,
+    Path(uid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(&s, &c, &uid).await?;
     let versions = reports::versions(s.index.pool(), &uid, c.is(Role::Expert)).await?;
-    let delivery = crate::reading::delivery::for_study(s.index.pool(), &uid).await.map_err(internal)?;
+    let delivery = crate::reading::delivery::for_study(s.index.pool(), &uid)
+        .await
+        .map_err(internal)?;
     Ok(Json(json!({ "versions": versions, "delivery": delivery })))
 }
 
@@ -428,7 +479,15 @@ pub async fn save_draft(
     require(&c, &[Role::Expert])?;
     let t = body(b)?;
     study_for(&s, &c, &uid).await?;
-    let r = reports::save_draft(s.index.pool(), &uid, &c.user.username, &t.findings, &t.impression, now_ms()).await?;
+    let r = reports::save_draft(
+        s.index.pool(),
+        &uid,
+        &c.user.username,
+        &t.findings,
+        &t.impression,
+        now_ms(),
+    )
+    .await?;
     Ok(Json(json!({ "report": r })))
 }
 
@@ -441,13 +500,27 @@ pub async fn sign(
     require(&c, &[Role::Expert])?;
     let t = body(b)?;
     let st = study_for(&s, &c, &uid).await?;
-    let target = s.cfg.clinics.iter().find(|k| k.id == st.clinic_id).and_then(|k| k.pacs.clone());
+    let target = s
+        .cfg
+        .clinics
+        .iter()
+        .find(|k| k.id == st.clinic_id)
+        .and_then(|k| k.pacs.clone());
     let plan = reports::DeliveryPlan {
         clinic_id: st.clinic_id.clone(),
         target,
         sr_sop_uid: crate::reading::sr::new_uid(),
     };
-    let signed = reports::sign(s.index.pool(), &uid, &c.user.username, &t.findings, &t.impression, &plan, now_ms()).await?;
+    let signed = reports::sign(
+        s.index.pool(),
+        &uid,
+        &c.user.username,
+        &t.findings,
+        &t.impression,
+        &plan,
+        now_ms(),
+    )
+    .await?;
     audit::record(
         s.index.pool(),
         &c,
@@ -459,7 +532,9 @@ pub async fn sign(
     if signed.delivery_queued {
         s.delivery.wake();
     }
-    Ok(Json(json!({ "report": signed.report, "amended": signed.amended, "delivery_queued": signed.delivery_queued })))
+    Ok(Json(
+        json!({ "report": signed.report, "amended": signed.amended, "delivery_queued": signed.delivery_queued }),
+    ))
 }
 
 // ------------------------------------------------------------------ notifications
@@ -527,7 +602,11 @@ pub async fn list_requests(State(s): S, c: Caller) -> Result<Json<serde_json::Va
 pub async fn create_request(State(s): S, c: Caller, b: JsonBody<requests::NewRequest>) -> Result<Response, ApiError> {
     require(&c, &[Role::Clinic])?;
     let mut r = body(b)?;
-    let clinic = c.user.clinic_id.clone().ok_or(ApiError::Forbidden("your account has no clinic".into()))?;
+    let clinic = c
+        .user
+        .clinic_id
+        .clone()
+        .ok_or(ApiError::Forbidden("your account has no clinic".into()))?;
     r.question = reason_text(&r.question, true)?;
     if !PRIORITIES.contains(&r.urgency.as_str()) {
         return Err(ApiError::BadRequest("urgency must be stat, urgent or routine".into()));
@@ -541,7 +620,9 @@ pub async fn create_request(State(s): S, c: Caller, b: JsonBody<requests::NewReq
     if let (Some(a), Some(b)) = (r.preferred_from_ms, r.preferred_to_ms)
         && b < a
     {
-        return Err(ApiError::BadRequest("preferred time window ends before it starts".into()));
+        return Err(ApiError::BadRequest(
+            "preferred time window ends before it starts".into(),
+        ));
     }
     for uid in &r.study_uids {
         let st = study_for(&s, &c, uid).await?;
@@ -555,7 +636,14 @@ pub async fn create_request(State(s): S, c: Caller, b: JsonBody<requests::NewReq
         .await
         .map_err(internal)?;
     requests::notify(s.index.pool(), &clinic, req.id, "Consultation requested", now).await;
-    audit::record(s.index.pool(), &c, "request_create", r.study_uids.first().map(String::as_str), Some(&format!("request {}", req.id))).await;
+    audit::record(
+        s.index.pool(),
+        &c,
+        "request_create",
+        r.study_uids.first().map(String::as_str),
+        Some(&format!("request {}", req.id)),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(json!({ "request": req }))).into_response())
 }
 
@@ -573,19 +661,43 @@ async fn request_for(s: &Services, c: &Caller, id: i64) -> Result<requests::Requ
     }
 }
 
-async fn change_request(s: &Services, c: &Caller, id: i64, action: ReqAction, reason: Option<String>) -> Result<requests::Request, ApiError> {
+async fn change_request(
+    s: &Services,
+    c: &Caller,
+    id: i64,
+    action: ReqAction,
+    reason: Option<String>,
+) -> Result<requests::Request, ApiError> {
     let r = request_for(s, c, id).await?;
     let state = ReqState::parse(&r.state).ok_or_else(|| internal("request in an unknown state"))?;
     let now = now_ms();
-    let to = requests::decide(state, r.scheduled_ms, r.expert.as_deref(), &action, c.role(), &c.user.username, now)?;
+    let to = requests::decide(
+        state,
+        r.scheduled_ms,
+        r.expert.as_deref(),
+        &action,
+        c.role(),
+        &c.user.username,
+        now,
+    )?;
     let (expert, when) = match &action {
         ReqAction::Accept { scheduled_ms } => (Some(c.user.username.as_str()), Some(*scheduled_ms)),
         ReqAction::Reschedule { scheduled_ms } => (None, Some(*scheduled_ms)),
         _ => (None, None),
     };
-    if !requests::update(s.index.pool(), id, &r.state, to, expert, when, reason.as_deref(), None, now)
-        .await
-        .map_err(internal)?
+    if !requests::update(
+        s.index.pool(),
+        id,
+        &r.state,
+        to,
+        expert,
+        when,
+        reason.as_deref(),
+        None,
+        now,
+    )
+    .await
+    .map_err(internal)?
     {
         return Err(ApiError::Conflict("the request changed meanwhile; reload".into()));
     }
@@ -598,26 +710,58 @@ async fn change_request(s: &Services, c: &Caller, id: i64, action: ReqAction, re
     if !text.is_empty() && !c.is(Role::Clinic) {
         requests::notify(s.index.pool(), &r.clinic_id, id, text, now).await;
     }
-    audit::record(s.index.pool(), c, &format!("request_{}", to.as_str()), r.study_uids.first().map(String::as_str), Some(&format!("request {id}"))).await;
+    audit::record(
+        s.index.pool(),
+        c,
+        &format!("request_{}", to.as_str()),
+        r.study_uids.first().map(String::as_str),
+        Some(&format!("request {id}")),
+    )
+    .await;
     request_for(s, c, id).await
 }
 
-pub async fn accept_request(State(s): S, c: Caller, Path(id): Path<i64>, b: JsonBody<RequestChange>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn accept_request(
+    State(s): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    b: JsonBody<RequestChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let ch = body(b)?;
-    let when = ch.scheduled_ms.ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
-    Ok(Json(json!({ "request": change_request(&s, &c, id, ReqAction::Accept { scheduled_ms: when }, None).await? })))
+    let when = ch
+        .scheduled_ms
+        .ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
+    Ok(Json(
+        json!({ "request": change_request(&s, &c, id, ReqAction::Accept { scheduled_ms: when }, None).await? }),
+    ))
 }
 
-pub async fn reschedule_request(State(s): S, c: Caller, Path(id): Path<i64>, b: JsonBody<RequestChange>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn reschedule_request(
+    State(s): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    b: JsonBody<RequestChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let ch = body(b)?;
-    let when = ch.scheduled_ms.ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
-    Ok(Json(json!({ "request": change_request(&s, &c, id, ReqAction::Reschedule { scheduled_ms: when }, None).await? })))
+    let when = ch
+        .scheduled_ms
+        .ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
+    Ok(Json(
+        json!({ "request": change_request(&s, &c, id, ReqAction::Reschedule { scheduled_ms: when }, None).await? }),
+    ))
 }
 
-pub async fn cancel_request(State(s): S, c: Caller, Path(id): Path<i64>, b: JsonBody<RequestChange>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn cancel_request(
+    State(s): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    b: JsonBody<RequestChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let ch = body(b)?;
     let reason = reason_text(&ch.reason, false)?;
-    Ok(Json(json!({ "request": change_request(&s, &c, id, ReqAction::Cancel, Some(reason)).await? })))
+    Ok(Json(
+        json!({ "request": change_request(&s, &c, id, ReqAction::Cancel, Some(reason)).await? }),
+    ))
 }
 
 /// Opens (creating on first use) the request's consultation room and hands
@@ -625,8 +769,20 @@ pub async fn cancel_request(State(s): S, c: Caller, Path(id): Path<i64>, b: Json
 pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
     let r = request_for(&s, &c, id).await?;
     let state = ReqState::parse(&r.state).ok_or_else(|| internal("request in an unknown state"))?;
-    requests::decide(state, r.scheduled_ms, r.expert.as_deref(), &ReqAction::Join, c.role(), &c.user.username, now_ms())?;
-    let role = if c.is(Role::Clinic) { crate::sfu::protocol::Role::Clinic } else { crate::sfu::protocol::Role::Expert };
+    requests::decide(
+        state,
+        r.scheduled_ms,
+        r.expert.as_deref(),
+        &ReqAction::Join,
+        c.role(),
+        &c.user.username,
+        now_ms(),
+    )?;
+    let role = if c.is(Role::Clinic) {
+        crate::sfu::protocol::Role::Clinic
+    } else {
+        crate::sfu::protocol::Role::Expert
+    };
     let name = c.user.display_name.clone();
     let title = format!("Consultation #{id}");
     let (room, pid, exp) = super::consult::join_or_create_room(&s, r.room_id.as_deref(), &title, &name, role).await?;
@@ -644,9 +800,26 @@ pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result
         participant: pid,
         expires_unix: exp,
     });
-    audit::record(s.index.pool(), &c, "consult_join", r.study_uids.first().map(String::as_str), Some(&format!("request {id}"))).await;
+    audit::record(
+        s.index.pool(),
+        &c,
+        "consult_join",
+        r.study_uids.first().map(String::as_str),
+        Some(&format!("request {id}")),
+    )
+    .await;
     let study = r.study_uids.first().cloned().unwrap_or_default();
-    let enc = |v: &str| v.bytes().map(|b| if b.is_ascii_alphanumeric() || b".-_".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b".-_".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
     let url = format!("/consult#token={token}&name={}&study={}", enc(&name), enc(&study));
     Ok(Json(json!({ "url": url, "room_id": room })))
 }
@@ -690,6 +863,7 @@ pub async fn root(c: Result<Caller, ApiError>) -> Response {
         Err(_) => "/login",
     };
     let mut r = Redirect::to(to).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     r
 }

@@ -222,9 +222,7 @@ pub struct NewUser {
 }
 
 pub fn valid_username(u: &str) -> bool {
-    !u.is_empty()
-        && u.len() <= 64
-        && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {

@@ -74,9 +74,8 @@ pub struct AuditEvent {
 }
 
 pub async fn query(pool: &SqlitePool, q: &AuditQuery) -> Result<Vec<AuditEvent>, sqlx::Error> {
-    let mut qb = sqlx::QueryBuilder::new(
-        "SELECT at_ms, username, role, action, study_uid, detail, remote FROM audit WHERE 1=1",
-    );
+    let mut qb =
+        sqlx::QueryBuilder::new("SELECT at_ms, username, role, action, study_uid, detail, remote FROM audit WHERE 1=1");
     if let Some(v) = q.from_ms {
         qb.push(" AND at_ms >= ").push_bind(v);
     }

@@ -139,7 +139,12 @@ enum Mode {
     Amend,
 }
 
-async fn mode(conn: &mut sqlx::SqliteConnection, study_uid: &str, author: &str, now_ms: i64) -> Result<Mode, ReportError> {
+async fn mode(
+    conn: &mut sqlx::SqliteConnection,
+    study_uid: &str,
+    author: &str,
+    now_ms: i64,
+) -> Result<Mode, ReportError> {
     let w = sqlx::query("SELECT state, claimed_by, lease_until_ms FROM worklist WHERE study_uid = ?")
         .bind(study_uid)
         .fetch_optional(&mut *conn)
@@ -204,11 +209,13 @@ async fn finish<T>(
 
 /// The open draft (author, version), if any.
 async fn open_draft(conn: &mut sqlx::SqliteConnection, study_uid: &str) -> Result<Option<(String, i64)>, ReportError> {
-    Ok(sqlx::query("SELECT author, version FROM reports WHERE study_uid = ? AND status = 'draft'")
-        .bind(study_uid)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
+    Ok(
+        sqlx::query("SELECT author, version FROM reports WHERE study_uid = ? AND status = 'draft'")
+            .bind(study_uid)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| (r.get(0), r.get(1))),
+    )
 }
 
 async fn next_version(conn: &mut sqlx::SqliteConnection, study_uid: &str) -> Result<i64, ReportError> {
@@ -233,14 +240,16 @@ async fn upsert_draft(
     match open_draft(conn, study_uid).await? {
         Some((a, _)) if a != author => Err(ReportError::DraftByOther(a)),
         Some((_, v)) => {
-            sqlx::query("UPDATE reports SET findings = ?, impression = ?, updated_ms = ? WHERE study_uid = ? AND version = ?")
-                .bind(findings)
-                .bind(impression)
-                .bind(now_ms)
-                .bind(study_uid)
-                .bind(v)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE reports SET findings = ?, impression = ?, updated_ms = ? WHERE study_uid = ? AND version = ?",
+            )
+            .bind(findings)
+            .bind(impression)
+            .bind(now_ms)
+            .bind(study_uid)
+            .bind(v)
+            .execute(&mut *conn)
+            .await?;
             Ok(v)
         }
         None => {

@@ -189,7 +189,13 @@ fn routine() -> String {
     "routine".into()
 }
 
-pub async fn create(pool: &SqlitePool, clinic_id: &str, by: &str, r: &NewRequest, now_ms: i64) -> Result<Request, sqlx::Error> {
+pub async fn create(
+    pool: &SqlitePool,
+    clinic_id: &str,
+    by: &str,
+    r: &NewRequest,
+    now_ms: i64,
+) -> Result<Request, sqlx::Error> {
     let id: i64 = sqlx::query(
         "INSERT INTO consult_requests (clinic_id, requested_by, patient_id, patient_name, question, study_uids,
            urgency, preferred_from_ms, preferred_to_ms, state, created_ms, updated_ms)
@@ -266,13 +272,15 @@ pub async fn update(
 }
 
 pub async fn notify(pool: &SqlitePool, clinic_id: &str, request_id: i64, text: &str, now_ms: i64) {
-    let r = sqlx::query("INSERT INTO notifications (clinic_id, kind, request_id, text, created_ms) VALUES (?, 'request', ?, ?, ?)")
-        .bind(clinic_id)
-        .bind(request_id)
-        .bind(text)
-        .bind(now_ms)
-        .execute(pool)
-        .await;
+    let r = sqlx::query(
+        "INSERT INTO notifications (clinic_id, kind, request_id, text, created_ms) VALUES (?, 'request', ?, ?, ?)",
+    )
+    .bind(clinic_id)
+    .bind(request_id)
+    .bind(text)
+    .bind(now_ms)
+    .execute(pool)
+    .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "could not store a notification");
     }
@@ -288,29 +296,77 @@ mod tests {
     fn request_lifecycle_rules() {
         use ReqAction::*;
         use ReqState::*;
-        let acc = Accept { scheduled_ms: NOW + 3_600_000 };
-        assert_eq!(decide(Requested, None, None, &acc, Role::Clinic, "c", NOW), Err(RequestError::NotAnExpert));
-        assert_eq!(decide(Requested, None, None, &acc, Role::Expert, "e", NOW), Ok(Scheduled));
+        let acc = Accept {
+            scheduled_ms: NOW + 3_600_000,
+        };
         assert_eq!(
-            decide(Requested, None, None, &Accept { scheduled_ms: NOW - 3_600_000 }, Role::Expert, "e", NOW),
+            decide(Requested, None, None, &acc, Role::Clinic, "c", NOW),
+            Err(RequestError::NotAnExpert)
+        );
+        assert_eq!(
+            decide(Requested, None, None, &acc, Role::Expert, "e", NOW),
+            Ok(Scheduled)
+        );
+        assert_eq!(
+            decide(
+                Requested,
+                None,
+                None,
+                &Accept {
+                    scheduled_ms: NOW - 3_600_000
+                },
+                Role::Expert,
+                "e",
+                NOW
+            ),
             Err(RequestError::InPast)
         );
         let later = Some(NOW + 3_600_000);
         // Joining opens 15 minutes early, for the accepting expert and the clinic.
-        assert_eq!(decide(Scheduled, later, Some("e"), &Join, Role::Expert, "e", NOW), Err(RequestError::TooEarly));
+        assert_eq!(
+            decide(Scheduled, later, Some("e"), &Join, Role::Expert, "e", NOW),
+            Err(RequestError::TooEarly)
+        );
         assert_eq!(
             decide(Scheduled, later, Some("e"), &Join, Role::Clinic, "c", NOW + 3_000_000),
             Ok(Scheduled)
         );
         assert_eq!(
-            decide(Scheduled, later, Some("e"), &Join, Role::Expert, "other", NOW + 3_600_000),
+            decide(
+                Scheduled,
+                later,
+                Some("e"),
+                &Join,
+                Role::Expert,
+                "other",
+                NOW + 3_600_000
+            ),
             Err(RequestError::Forbidden)
         );
-        assert_eq!(decide(Scheduled, later, Some("e"), &Cancel, Role::Clinic, "c", NOW), Ok(Cancelled));
-        assert_eq!(decide(Cancelled, later, Some("e"), &Join, Role::Clinic, "c", NOW), Err(RequestError::Invalid("cancelled", "joined")));
-        assert_eq!(decide(Requested, None, None, &Join, Role::Clinic, "c", NOW), Err(RequestError::Invalid("requested", "joined")));
         assert_eq!(
-            decide(Scheduled, later, Some("e"), &Reschedule { scheduled_ms: NOW + 7_200_000 }, Role::Clinic, "c", NOW),
+            decide(Scheduled, later, Some("e"), &Cancel, Role::Clinic, "c", NOW),
+            Ok(Cancelled)
+        );
+        assert_eq!(
+            decide(Cancelled, later, Some("e"), &Join, Role::Clinic, "c", NOW),
+            Err(RequestError::Invalid("cancelled", "joined"))
+        );
+        assert_eq!(
+            decide(Requested, None, None, &Join, Role::Clinic, "c", NOW),
+            Err(RequestError::Invalid("requested", "joined"))
+        );
+        assert_eq!(
+            decide(
+                Scheduled,
+                later,
+                Some("e"),
+                &Reschedule {
+                    scheduled_ms: NOW + 7_200_000
+                },
+                Role::Clinic,
+                "c",
+                NOW
+            ),
             Ok(Scheduled)
         );
     }

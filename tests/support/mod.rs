@@ -306,7 +306,13 @@ impl Server {
     }
 
     /// A request as `auth` (None: anonymous); the body parsed as JSON.
-    pub fn req(&self, auth: Option<&Auth>, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub fn req(
+        &self,
+        auth: Option<&Auth>,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let (code, b) = http_send_as(self.http_port, method, path, body.as_ref(), auth);
         (code, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
     }
