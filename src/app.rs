@@ -79,6 +79,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     }
     let (index, writer) = Index::open(&cfg.index_path()).await?;
     let metrics = Arc::new(Metrics::default());
+    first_admin(&index, &cfg).await?;
 
     let tracker = TaskTracker::new();
     let dicom_tls = match cfg.dicom.tls_listen {
@@ -232,4 +233,52 @@ async fn housekeeping(index: Index, cfg: Arc<Config>, shutdown: CancellationToke
             warn!(error = %e, "session sweep failed");
         }
     }
+}
+
+/// First start with no accounts at all: create `admin` with a random
+/// password written to `<data_dir>/initial-admin-password` (mode 0600), so
+/// the one-command start is usable and no default password ever exists.
+async fn first_admin(index: &Index, cfg: &Config) -> Result<(), AppError> {
+    use crate::reading::accounts;
+    let users = accounts::list_users(index.pool())
+        .await
+        .map_err(|e| AppError::Other(format!("reading accounts: {e}")))?;
+    if !users.is_empty() {
+        return Ok(());
+    }
+    let password = {
+        use rand::RngCore;
+        let mut b = [0u8; 12];
+        rand::rng().fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    let path = cfg.data_dir.join("initial-admin-password");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
+        writeln!(f, "{password}").map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
+        f.sync_all().map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
+    }
+    let nu = accounts::NewUser {
+        username: "admin".into(),
+        password,
+        display_name: "Administrator".into(),
+        role: "admin".into(),
+        ..Default::default()
+    };
+    accounts::create_user(index.pool(), &nu, crate::dicom::scp::now_ms())
+        .await
+        .map_err(|e| AppError::Other(format!("creating the first admin: {e}")))?;
+    warn!(
+        file = %path.display(),
+        "no accounts yet: created user \"admin\" with a random password stored in this file; log in, then change it with `medrelay user passwd admin` and delete the file"
+    );
+    Ok(())
 }

@@ -335,6 +335,7 @@ async function loadTurnaround() {
           { dataset: { test: 'turnaround-row', clinic: x.clinic_id, priority: x.priority } },
           el('td', {}, clinicName(x.clinic_id)),
           el('td', {}, prioBadge(x.priority)),
+          el('td', { class: 'num' }, dash(x.studies)),
           el('td', { class: 'num' }, String(x.reported ?? 0)),
           el('td', { class: 'num' }, dash(fmtDuration(x.p50_report_ms))),
           el('td', { class: 'num' }, dash(fmtDuration(x.p90_report_ms))),

@@ -42,6 +42,7 @@ let refreshTimer = null;
 let tickTimer = null;
 let failing = false;
 let highlightId = null;
+const clinicNames = new Map();
 
 // ------------------------------------------------------------------ helpers
 
@@ -351,7 +352,7 @@ function row(r) {
       {},
       el('strong', {}, personName(r.patient_name) || '(no name)'),
       r.patient_id ? el('span', { class: 'sub' }, `ID ${r.patient_id}`) : null,
-      user.role !== 'clinic' && r.clinic_id ? el('span', { class: 'sub' }, r.clinic_id) : null,
+      user.role !== 'clinic' && r.clinic_id ? el('span', { class: 'sub' }, clinicNames.get(r.clinic_id) || r.clinic_id) : null,
     ),
     el('td', { class: 'question' }, r.question || '—'),
     el(
@@ -378,7 +379,7 @@ function row(r) {
       r.state === 'cancelled' && r.cancel_reason ? el('span', { class: 'sub' }, r.cancel_reason) : null,
     ),
     el('td', {}, sched),
-    el('td', {}, actionsFor(r)),
+    el('td', { class: 'sticky-end' }, actionsFor(r)),
   );
 }
 
@@ -608,7 +609,18 @@ async function main() {
   if (m) highlightId = decodeURIComponent(m[1]);
   $('#show').addEventListener('change', render);
   const params = new URLSearchParams(location.search);
-  const pending = [load()];
+  const pending = [];
+  if (user.role !== 'clinic') {
+    // Clinic names for the list (experts and admins see several clinics).
+    pending.push(
+      api('/api/clinics')
+        .then((r) => (r.clinics || []).forEach((c) => clinicNames.set(c.id, c.name || c.id)))
+        .catch((e) => fail('Loading clinics', e))
+        .then(() => load()),
+    );
+  } else {
+    pending.push(load());
+  }
   if (user.role === 'clinic') {
     setupForm();
     if (params.get('new') === '1') {

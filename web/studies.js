@@ -569,6 +569,7 @@ function renderStudies(r) {
   hook.total = total;
   hook.offset = offset;
 
+  if (notifItems.length) renderNotifs(false);
   const nf = Object.keys(filters).length;
   $('#filter-count').textContent = nf ? `(${nf} active)` : '';
   $('#thead').replaceChildren(el('tr', {}, columns().map((c) => el('th', { scope: 'col' }, c))));
@@ -706,6 +707,13 @@ let notifTimer = null;
 let lastNotifAt = 0;
 let notifOpenedByUser = false;
 
+/** Which study a notification is about, when that study is on the page. */
+function notifContext(n) {
+  const st = n.study_uid && rows.get(n.study_uid);
+  if (!st) return null;
+  return el('span', { class: 'sub muted' }, studyLabel(st));
+}
+
 function renderNotifs(fresh) {
   const box = $('#notifs');
   box.hidden = false;
@@ -731,7 +739,7 @@ function renderNotifs(fresh) {
             onclick: () => openNotif(n),
           },
           el('span', { class: 'badge' }, NOTIF_KIND[n.kind] || cap(n.kind)),
-          el('span', { class: 'text' }, n.text || ''),
+          el('span', { class: 'text' }, n.text || '', notifContext(n)),
           el('time', { datetime: new Date(n.created_ms || 0).toISOString() }, fmtTime(n.created_ms)),
         ),
       ),

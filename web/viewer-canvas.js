@@ -233,7 +233,8 @@ export class ImageView {
     const tl = this.toScreen({ x: 0, y: 0 });
     const s = this.scale();
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.imageSmoothingEnabled = s * dpr < 3; // large zoom: show the pixels
+    // Smooth at "fit" (a 64 px MR shown large stays readable); zoomed in far, show the real pixels.
+    ctx.imageSmoothingEnabled = !(this.zoom > 1.01 && s * dpr >= 4);
     ctx.imageSmoothingQuality = 'high';
     ctx.drawImage(src, 0, 0, src.width, src.height, tl.x, tl.y, sp.w * s, sp.h * s);
     this.drawMeasures(ctx);

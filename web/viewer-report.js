@@ -141,8 +141,8 @@ export class ReportPanel {
     if (this.isExpert) {
       u.template = el('select', { dataset: { test: 'template' }, 'aria-label': 'Report template' }, el('option', { value: '' }, 'Template…'));
       u.template.addEventListener('change', () => this.applyTemplate());
-      u.findings = el('textarea', { id: 'findings', rows: 10, dataset: { test: 'findings' }, spellcheck: 'true' });
-      u.impression = el('textarea', { id: 'impression', rows: 4, dataset: { test: 'impression' }, spellcheck: 'true' });
+      u.findings = el('textarea', { id: 'findings', rows: 8, dataset: { test: 'findings' }, spellcheck: 'true' });
+      u.impression = el('textarea', { id: 'impression', rows: 3, dataset: { test: 'impression' }, spellcheck: 'true' });
       for (const t of [u.findings, u.impression]) {
         t.addEventListener('input', () => this.onInput());
         t.addEventListener('blur', () => this.dirty && this.save());
@@ -155,7 +155,7 @@ export class ReportPanel {
       u.cancelAmend.addEventListener('click', () => this.stopAmend());
       u.hint = el('p', { class: 'hint', role: 'note' });
       u.reportSection.append(
-        el('label', { class: 'field' }, 'Template', u.template),
+        (u.templateField = el('label', { class: 'field' }, 'Template', u.template)),
         el('label', { class: 'field', for: 'findings' }, 'Findings'),
         u.findings,
         el('label', { class: 'field', for: 'impression' }, 'Impression'),
@@ -316,6 +316,7 @@ export class ReportPanel {
         t.setAttribute('aria-readonly', String(!edit));
       }
       u.template.disabled = !edit;
+      u.templateField.hidden = !edit;
       u.sign.hidden = !edit;
       u.sign.textContent = this.amending && !mine ? 'Sign amendment' : 'Sign report';
       u.hint.textContent = edit

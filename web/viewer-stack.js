@@ -131,6 +131,7 @@ export class ImageStore {
     this.decodeWithin = 20;
     this.pinned = new Set(); // bitmaps on screen: never evicted
     this.paused = 0; // prefetch slots taken away (a full-fidelity render in flight)
+    this.blocked = false;
   }
 
   /** The decoded image if it is in memory (no I/O). */
@@ -215,8 +216,22 @@ export class ImageStore {
     return n;
   }
 
+  /** Stop all prefetching (e.g. until the first image is on screen) or allow it again. */
+  block(on) {
+    this.blocked = !!on;
+    if (!on) this.pump();
+  }
+
   pump() {
-    const limit = Math.max(1, this.concurrency - this.paused);
+    if (this.blocked) return;
+    let limit = Math.max(1, this.concurrency - this.paused);
+    // What the reader waits for gets the link: one prefetch at most beside it.
+    for (const job of this.inflight.values()) {
+      if (job.foreground) {
+        limit = 1;
+        break;
+      }
+    }
     const wait = this.pausedUntil - Date.now();
     if (wait > 0) {
       // Backing off after network/server errors: try again later, not in a tight loop.

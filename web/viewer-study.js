@@ -69,6 +69,13 @@ export class SeriesPanel {
     this.items = new Map(); // series uid -> Promise<instances[]>
     this.loaded = new Map(); // series uid -> instances[]
     this.buttons = new Map();
+    this.thumbsOn = false; // thumbnails wait until the first image is on screen
+    this.thumbQueue = [];
+  }
+
+  enableThumbs() {
+    this.thumbsOn = true;
+    for (const [uid, list] of this.thumbQueue.splice(0)) this.showThumb(uid, list);
   }
 
   setSeries(rows) {
@@ -136,6 +143,10 @@ export class SeriesPanel {
     const entry = this.buttons.get(uid);
     if (!entry) return;
     entry.count.textContent = `${list.length} img`;
+    if (!this.thumbsOn) {
+      this.thumbQueue.push([uid, list]);
+      return;
+    }
     const mid = list[Math.floor(list.length / 2)];
     if (!mid || entry.thumb.dataset.sop === mid.sop_instance_uid) return;
     entry.thumb.dataset.sop = mid.sop_instance_uid;

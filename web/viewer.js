@@ -14,7 +14,7 @@
 //
 // PHI rule: nothing is logged to the console.
 
-import { api, el, session, header, testHook, toast, $, $$ } from './app-common.js';
+import { api, dicomDate, el, personName, session, header, testHook, toast, $, $$ } from './app-common.js';
 import { ImageStore, isTransient, neighbourOrder } from './viewer-stack.js';
 import { ImageView, TOOLS } from './viewer-canvas.js';
 import { MetaStore, TagPanel, isColour } from './viewer-meta.js';
@@ -151,6 +151,13 @@ const store = new ImageStore({
   onLoaded: () => scheduleProgress(),
   onFailed: () => scheduleProgress(),
 });
+store.block(true); // until the first image is drawn (or could not be)
+
+/** The first image had the link to itself; now the neighbours and thumbnails. */
+function startBackground() {
+  store.block(false);
+  series.enableThumbs();
+}
 const meta = new MetaStore(fail);
 const tagPanel = new TagPanel(ui.tagsPanel, $('#tags-filter'), meta, fail);
 const series = new SeriesPanel($('#series-list'), (uid) => openSeries(uid), fail);
@@ -301,11 +308,15 @@ function present() {
     hook.showing = S.shown.kind;
     if (hook.firstImageMs === null) {
       requestAnimationFrame(() => {
-        if (hook.firstImageMs === null) hook.firstImageMs = performance.now();
+        if (hook.firstImageMs !== null) return;
+        hook.firstImageMs = performance.now();
+        startBackground();
       });
     }
     setMsg('');
   }
+  // Never let an old slice pass for the new one: dim it until the right image is here.
+  ui.stage.classList.toggle('stale', !pick && !!S.shown);
   const err = store.failure(pKey);
   if (!store.peek(pKey)) {
     if (err) {
@@ -320,6 +331,7 @@ function present() {
           scheduleProgress();
         },
         (e) => {
+          startBackground();
           if (cur() !== item || S.frame !== frame) return;
           fail(`Image ${S.index + 1}`, e);
           present();
@@ -403,6 +415,9 @@ function overlay() {
   if (n) tl.push(`Image ${S.index + 1}/${n}`);
   if (frames > 1) tl.push(`Frame ${S.frame + 1}/${frames}`);
   ui.ov.tl.replaceChildren(...tl.map((t) => el('div', {}, t)));
+  const st = S.study || {};
+  const tr = [personName(st.patient_name), st.patient_id, [st.sex, dicomDate(st.birth_date)].filter(Boolean).join(' '), dicomDate(st.study_date)];
+  ui.ov.tr.replaceChildren(...tr.filter(Boolean).map((t) => el('div', {}, t)));
   const w = S.win || datasetWindow(item);
   const wl = colour(item) ? 'colour image' : w ? `W ${fmtWin(w.ww)}  L ${fmtWin(w.wc)}` : 'W/L auto';
   const presetLabel = S.preset === 'custom' ? '' : presetName(S.preset);
@@ -579,6 +594,8 @@ async function openSeries(uid, { index = 0 } = {}) {
   series.setActive(uid);
   S.items = [];
   S.shown = null;
+  view.show(null); // a blank stage, not the other series' image
+  view.setMeasurements([], null);
   S.framesActive = false;
   S.win = null;
   S.preset = 'default';
@@ -918,7 +935,7 @@ async function refreshStudy() {
   if (rows.length !== S.seriesRows.length) {
     S.seriesRows = rows;
     series.setSeries(rows);
-    series.loadAll(2);
+    series.loadAll(1);
   } else S.seriesRows = rows;
   // Images still arriving in the open series: take the longer list, stay on the same image.
   const row = rows.find((x) => x.series_uid === S.seriesUid);
@@ -982,10 +999,11 @@ async function main() {
     dialogs: { sign: $('#sign-dialog'), ret: $('#return-dialog'), template: $('#template-dialog') },
   });
   await Promise.allSettled([opening, report.init(S.worklist)]);
+  if (!S.items.length) startBackground(); // nothing to show first: thumbnails now
   ui.main.setAttribute('aria-busy', 'false');
   hook.ready = true;
   sync();
-  series.loadAll(3);
+  series.loadAll(1); // thumbnails: one list at a time, the link is for the images
 
   setInterval(() => {
     if (document.visibilityState !== 'visible') return;

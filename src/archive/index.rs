@@ -872,6 +872,8 @@ pub struct StudyRow {
     pub clinical_question: Option<String>,
     /// Latest signed report version, if any.
     pub report_version: Option<i64>,
+    /// One instance whose thumbnail stands for the study in lists.
+    pub thumbnail_uid: Option<String>,
     /// Instance versions whose previews are rendered.
     pub previews_ready: i64,
 }
@@ -935,72 +937,32 @@ const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_n
     s.first_received_ms, s.last_received_ms, s.status, s.completed_ms, w.state AS worklist_state,
     w.priority, w.clinical_question,
     (SELECT MAX(version) FROM reports r WHERE r.study_uid = s.study_uid AND r.status IN ('signed', 'amended')) AS report_version,
+    (SELECT i.sop_instance_uid FROM instances i WHERE i.study_uid = s.study_uid
+       ORDER BY i.series_uid, i.instance_number LIMIT 1) AS thumbnail_uid,
     (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready";
 
 impl Index {
+    /// One page of studies, newest first, and the number matching. The
+    /// count is a separate index-only query: a window `COUNT(*) OVER ()`
+    /// would materialise every matching row (and its per-row subqueries)
+    /// before the LIMIT, which at 100 000 studies costs far more than the page.
     pub async fn search_studies(&self, f: &StudyFilter) -> Result<(Vec<StudyRow>, i64), IndexError> {
-        let mut qb = sqlx::QueryBuilder::new(format!(
-            "SELECT {STUDY_COLUMNS}, COUNT(*) OVER () AS total FROM studies s
-             JOIN patients p ON p.id = s.patient_row LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE 1=1"
-        ));
-        if let Some(v) = f.patient_name.as_deref().filter(|v| !v.is_empty()) {
-            // DICOM-style wildcards, and a plain substring otherwise.
-            let pat = if v.contains('*') || v.contains('?') {
-                v.replace('*', "%").replace('?', "_")
-            } else {
-                format!("%{v}%")
-            };
-            qb.push(" AND s.patient_name LIKE ").push_bind(pat);
-        }
-        if let Some(v) = f.patient_id.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND s.patient_id = ").push_bind(v.to_string());
-        }
-        if let Some(v) = f.date_from.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND s.study_date >= ").push_bind(v.replace('-', ""));
-        }
-        if let Some(v) = f.date_to.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND s.study_date <= ").push_bind(v.replace('-', ""));
-        }
-        if let Some(v) = f.modality.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND (',' || s.modalities || ',') LIKE ")
-                .push_bind(format!("%,{v},%"));
-        }
-        if let Some(v) = f.clinic.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
-        }
-        if let Some(v) = f.status.as_deref().filter(|v| !v.is_empty()) {
-            qb.push(" AND s.status = ").push_bind(v.to_string());
-        }
-        if let Some(cs) = &f.clinics {
-            push_in(&mut qb, "s.clinic_id", cs);
-        }
         let limit = f.limit.unwrap_or(50).clamp(1, 500);
         let offset = f.offset.unwrap_or(0).max(0);
+        let mut qb = sqlx::QueryBuilder::new(format!(
+            "SELECT {STUDY_COLUMNS} FROM studies s
+             JOIN patients p ON p.id = s.patient_row LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE 1=1"
+        ));
+        push_study_filters(&mut qb, f);
         qb.push(" ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
             .push_bind(offset);
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        let total = rows.first().map(|r| r.get::<i64, _>("total")).unwrap_or(0);
-        let studies = rows
-            .iter()
-            .map(<StudyRow as sqlx::FromRow<sqlx::sqlite::SqliteRow>>::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let total = if studies.is_empty() && offset > 0 {
-            self.count_matching(f).await?
-        } else {
-            total
-        };
+        let studies: Vec<StudyRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        let mut cq = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM studies s WHERE 1=1");
+        push_study_filters(&mut cq, f);
+        let total: i64 = cq.build().fetch_one(&self.pool).await?.get(0);
         Ok((studies, total))
-    }
-
-    async fn count_matching(&self, f: &StudyFilter) -> Result<i64, IndexError> {
-        let all = StudyFilter {
-            limit: Some(1),
-            offset: Some(0),
-            ..f.clone()
-        };
-        Ok(Box::pin(self.search_studies(&all)).await?.1)
     }
 
     pub async fn study(&self, uid: &str) -> Result<Option<StudyRow>, IndexError> {
@@ -1179,6 +1141,41 @@ impl Index {
             }
         }
         Ok(freed)
+    }
+}
+
+/// The WHERE conditions of a study search (columns of `studies s` only).
+fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFilter) {
+    if let Some(v) = f.patient_name.as_deref().filter(|v| !v.is_empty()) {
+        // DICOM-style wildcards, and a plain substring otherwise.
+        let pat = if v.contains('*') || v.contains('?') {
+            v.replace('*', "%").replace('?', "_")
+        } else {
+            format!("%{v}%")
+        };
+        qb.push(" AND s.patient_name LIKE ").push_bind(pat);
+    }
+    if let Some(v) = f.patient_id.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.patient_id = ").push_bind(v.to_string());
+    }
+    if let Some(v) = f.date_from.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.study_date >= ").push_bind(v.replace('-', ""));
+    }
+    if let Some(v) = f.date_to.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.study_date <= ").push_bind(v.replace('-', ""));
+    }
+    if let Some(v) = f.modality.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND (',' || s.modalities || ',') LIKE ")
+            .push_bind(format!("%,{v},%"));
+    }
+    if let Some(v) = f.clinic.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
+    }
+    if let Some(v) = f.status.as_deref().filter(|v| !v.is_empty()) {
+        qb.push(" AND s.status = ").push_bind(v.to_string());
+    }
+    if let Some(cs) = &f.clinics {
+        push_in(qb, "s.clinic_id", cs);
     }
 }
 

@@ -635,7 +635,6 @@ pub async fn create_request(State(s): S, c: Caller, b: JsonBody<requests::NewReq
     let req = requests::create(s.index.pool(), &clinic, &c.user.username, &r, now)
         .await
         .map_err(internal)?;
-    requests::notify(s.index.pool(), &clinic, req.id, "Consultation requested", now).await;
     audit::record(
         s.index.pool(),
         &c,

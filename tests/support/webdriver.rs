@@ -312,6 +312,76 @@ impl Session {
             .map(|_| ())
     }
 
+    fn element(&self, css: &str) -> Result<String, String> {
+        let el = self.cmd(
+            "POST",
+            "/element",
+            Some(&json!({"using": "css selector", "value": css})),
+            HTTP_TIMEOUT,
+        )?;
+        el.get("element-6066-11e4-a52e-4f735466cecf")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+            .ok_or_else(|| format!("{css}: no element id in {el}"))
+    }
+
+    /// Types into the first element matching `css` as a user would (trusted
+    /// key events, so input handlers and autosave run).
+    pub fn send_keys(&self, css: &str, text: &str) -> Result<(), String> {
+        let id = self.element(css)?;
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(&json!({ "text": text })),
+            HTTP_TIMEOUT,
+        )
+        .map(|_| ())
+    }
+
+    /// A pointer drag starting at the centre of `css`, moving by (dx, dy)
+    /// in `steps`, with mouse `button` (0 left, 2 right).
+    pub fn drag(&self, css: &str, dx: i64, dy: i64, button: u8, steps: i64) -> Result<(), String> {
+        let id = self.element(css)?;
+        let origin = json!({ "element-6066-11e4-a52e-4f735466cecf": id });
+        let mut actions = vec![
+            json!({ "type": "pointerMove", "duration": 0, "origin": origin, "x": 0, "y": 0 }),
+            json!({ "type": "pointerDown", "button": button }),
+        ];
+        for i in 1..=steps.max(1) {
+            actions.push(json!({
+                "type": "pointerMove", "duration": 30, "origin": origin,
+                "x": dx * i / steps.max(1), "y": dy * i / steps.max(1),
+            }));
+        }
+        actions.push(json!({ "type": "pointerUp", "button": button }));
+        let body = json!({ "actions": [{
+            "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" }, "actions": actions,
+        }]});
+        self.cmd("POST", "/actions", Some(&body), HTTP_TIMEOUT)?;
+        self.cmd("DELETE", "/actions", None, HTTP_TIMEOUT).map(|_| ())
+    }
+
+    /// Mouse-wheel ticks over the centre of `css` (positive = down).
+    pub fn wheel(&self, css: &str, delta_y: i64, ticks: u32) -> Result<(), String> {
+        let id = self.element(css)?;
+        let origin = json!({ "element-6066-11e4-a52e-4f735466cecf": id });
+        let actions: Vec<Value> = (0..ticks)
+            .map(|_| json!({ "type": "scroll", "x": 0, "y": 0, "deltaX": 0, "deltaY": delta_y, "duration": 50, "origin": origin }))
+            .collect();
+        let body = json!({ "actions": [{ "type": "wheel", "id": "wheel", "actions": actions }] });
+        self.cmd("POST", "/actions", Some(&body), HTTP_TIMEOUT).map(|_| ())
+    }
+
+    /// Saves a screenshot under `target/screenshots/<name>.png`; returns the path.
+    pub fn save_screenshot(&self, name: &str) -> Result<PathBuf, String> {
+        let png = self.screenshot_png()?;
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let p = dir.join(format!("{name}.png"));
+        std::fs::write(&p, png).map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+
     /// Screenshot of the viewport as PNG bytes.
     pub fn screenshot_png(&self) -> Result<Vec<u8>, String> {
         let v = self.cmd("GET", "/screenshot", None, HTTP_TIMEOUT)?;

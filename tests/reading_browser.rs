@@ -1,0 +1,266 @@
+//! The reading workflow end to end in headless Chromium (WebDriver): a DCMTK
+//! storescu push, the clinic doctor's study list, the expert's worklist,
+//! claim, stack scroll and windowing in the viewer, a signed report, the
+//! report on the clinic's page, and the SR at the clinic's PACS (DCMTK
+//! storescp, checked with dsrdump). Screenshots of every page go to
+//! target/screenshots/reading-*.png.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::webdriver::{Chromium, Session, SessionOpts};
+use support::*;
+
+const PW: &str = "correct-horse-battery";
+const T: Duration = Duration::from_secs(60);
+
+struct Pacs {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Pacs {
+    fn start(port: u16) -> Pacs {
+        let dir = tempfile::tempdir().expect("tmp");
+        let child = dcmtk("storescp")
+            .args(["-aet", "CLINICPACS", "-od"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp");
+        Pacs { child, dir }
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn browser(ch: &Chromium) -> Session {
+    ch.session(&SessionOpts {
+        extra_args: vec!["--window-size=1400,900".into()],
+        ..Default::default()
+    })
+    .expect("browser session")
+}
+
+fn login(sess: &Session, s: &Server, user: &str, next: &str) {
+    sess.goto(&format!("https://127.0.0.1:{}/login?next={next}", s.http_port))
+        .expect("login page");
+    sess.wait_for("window.mrTest && window.mrTest.login && window.mrTest.login.ready", T)
+        .expect("login page ready");
+    sess.send_keys("[data-test=username]", user).expect("type user");
+    sess.send_keys("[data-test=password]", PW).expect("type password");
+    sess.click("[data-test=login]").expect("click login");
+    let deadline = Instant::now() + T;
+    loop {
+        let url = sess.current_url().unwrap_or_default();
+        if url.contains(next) && !url.contains("/login") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{user}: still on {url} after logging in");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn hook(sess: &Session, expr: &str) -> Value {
+    sess.execute(&format!("return {expr}"), vec![]).unwrap_or(Value::Null)
+}
+
+fn shot(sess: &Session, name: &str) {
+    let p = sess.save_screenshot(&format!("reading-{name}")).expect("screenshot");
+    println!("screenshot: {}", p.display());
+}
+
+#[test]
+fn clinic_pushes_expert_reads_and_signs_clinic_gets_the_report() {
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port);
+    let cfg = format!(
+        r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+pacs = "CLINICPACS@127.0.0.1:{pacs_port}"
+
+[[clinic]]
+id = "t02"
+name = "Township 02"
+ae_titles = ["T02_MR"]
+
+[[hospital]]
+id = "city"
+name = "City Hospital"
+serves = ["t01", "t02"]
+"#
+    );
+    let s = Server::start(ServerOpts {
+        config_toml: cfg,
+        stable_after_secs: 1.0,
+        ..Default::default()
+    });
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township One"]);
+    s.add_user("doc2", "clinic", PW, &["--clinic", "t02"]);
+    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. Expert One"]);
+    // The clinic's CT pushes a 40-slice series.
+    let files: Vec<PathBuf> = (1..=40).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.args(&files);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    s.wait_for(60, "study complete with previews", || {
+        s.sqlite("SELECT COUNT(*) FROM worklist WHERE state = 'new'") == "1"
+            && s.sqlite("SELECT COUNT(*) FROM instances WHERE preview_status = 'ok'") == "40"
+    });
+    let uid = s.sqlite("SELECT study_uid FROM studies");
+
+    let ch = Chromium::launch().unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"));
+
+    // 1. The clinic doctor sees the study with its thumbnail.
+    let clinic = browser(&ch);
+    login(&clinic, &s, "doc1", "/studies");
+    clinic
+        .wait_for("window.mrTest.studies && window.mrTest.studies.ready", T)
+        .expect("studies page");
+    clinic
+        .wait_for(
+            &format!(
+                "(() => {{ const r = document.querySelector('[data-test=study-row][data-uid=\"{uid}\"]');
+                   const i = r && r.querySelector('img');
+                   return !!(i && i.complete && i.naturalWidth > 0); }})()"
+            ),
+            T,
+        )
+        .expect("study row with a loaded thumbnail");
+    shot(&clinic, "1-clinic-studies");
+
+    // 2. The expert sees it on the worklist and claims it.
+    let expert = browser(&ch);
+    login(&expert, &s, "exp1", "/worklist");
+    expert
+        .wait_for(
+            &format!("window.mrTest.worklist && window.mrTest.worklist.ready && window.mrTest.worklist.uids.includes('{uid}')"),
+            T,
+        )
+        .expect("worklist row");
+    shot(&expert, "2-expert-worklist");
+    expert
+        .click(&format!("[data-test=worklist-row][data-uid=\"{uid}\"] [data-test=claim]"))
+        .expect("claim");
+    expert
+        .wait_for("location.pathname === '/viewer' && window.mrTest.viewer && window.mrTest.viewer.firstImageMs > 0", T)
+        .expect("viewer shows the first image");
+    expert
+        .wait_for("window.mrTest.viewer.claimedBy === 'exp1' || window.mrTest.viewer.state === 'claimed'", T)
+        .expect("claimed");
+    assert_eq!(s.sqlite(&format!("SELECT claimed_by FROM worklist WHERE study_uid = '{uid}'")), "exp1");
+    assert_eq!(hook(&expert, "window.mrTest.viewer.count"), json!(40));
+
+    // 3. Stack scroll with the wheel, then window/level by dragging.
+    let before = hook(&expert, "window.mrTest.viewer.index").as_i64().unwrap_or(-1);
+    expert.wheel("[data-test=canvas]", 120, 5).expect("wheel");
+    expert
+        .wait_for(&format!("window.mrTest.viewer.index !== {before}"), T)
+        .expect("scrolled");
+    let (wc0, ww0) = (hook(&expert, "window.mrTest.viewer.wc"), hook(&expert, "window.mrTest.viewer.ww"));
+    let full0 = hook(&expert, "window.mrTest.viewer.fullLoaded").as_i64().unwrap_or(0);
+    expert.click("[data-test=tool-wl]").expect("W/L tool");
+    expert.drag("[data-test=canvas]", 120, -60, 0, 6).expect("W/L drag");
+    expert
+        .wait_for(
+            &format!("window.mrTest.viewer.wc !== {wc0} || window.mrTest.viewer.ww !== {ww0}"),
+            T,
+        )
+        .expect("window changed");
+    expert
+        .wait_for(&format!("window.mrTest.viewer.fullLoaded > {full0}"), T)
+        .expect("full-fidelity render with the new window");
+    shot(&expert, "3-expert-viewer");
+
+    // 4. Report: typed (autosaved), then signed through the confirm dialog.
+    let findings = "右肺下叶见一约8mm结节. Solid 8 mm nodule, right lower lobe.";
+    expert.send_keys("[data-test=findings]", findings).expect("findings");
+    expert
+        .send_keys("[data-test=impression]", "Follow-up CT in 3 months.")
+        .expect("impression");
+    expert
+        .wait_for("window.mrTest.viewer.reportSaved", T)
+        .expect("draft autosaved");
+    assert_eq!(
+        s.sqlite(&format!("SELECT status FROM reports WHERE study_uid = '{uid}'")),
+        "draft"
+    );
+    expert.click("[data-test=sign]").expect("sign");
+    expert
+        .wait_for("(() => { const d = document.querySelector('[data-test=sign-confirm]'); return !!(d && d.open); })()", T)
+        .expect("confirm dialog");
+    expert
+        .click("[data-test=sign-confirm] button[value=confirm], [data-test=sign-confirm] [data-test=sign-confirm-ok]")
+        .expect("confirm");
+    expert
+        .wait_for("window.mrTest.viewer.signedVersion === 1", T)
+        .expect("signed");
+    shot(&expert, "4-expert-signed");
+
+    // 5. The clinic sees the report (after a notification).
+    clinic.goto(&format!("https://127.0.0.1:{}/studies", s.http_port)).expect("reload");
+    clinic
+        .wait_for("window.mrTest.studies && window.mrTest.studies.ready", T)
+        .expect("studies page");
+    clinic
+        .wait_for("(() => { const b = document.querySelector('[data-test=notif-badge]'); return !!(b && /[1-9]/.test(b.textContent)); })()", T)
+        .expect("notification badge");
+    clinic
+        .click(&format!("[data-test=study-row][data-uid=\"{uid}\"] [data-test=report-link]"))
+        .expect("open report");
+    clinic
+        .wait_for(
+            "(() => { const f = document.querySelector('[data-test=report-findings]'); return !!(f && f.textContent.includes('8 mm nodule')); })()",
+            T,
+        )
+        .expect("report shown to the clinic");
+    shot(&clinic, "5-clinic-report");
+
+    // 6. The SR reaches the clinic PACS and is valid SR.
+    s.wait_for(60, "SR at the PACS", || !pacs.files().is_empty());
+    let sr = &pacs.files()[0];
+    let o = Command::new("dsrdump").arg(sr).output().expect("dsrdump");
+    assert!(o.status.success(), "{}", text(&o));
+    let dump = String::from_utf8_lossy(&o.stdout);
+    assert!(dump.contains("8 mm nodule") && dump.contains("Follow-up CT"), "{dump}");
+
+    // 7. Another clinic's doctor opening the study's viewer URL gets nothing.
+    let other = browser(&ch);
+    login(&other, &s, "doc2", "/studies");
+    other
+        .goto(&format!("https://127.0.0.1:{}/viewer?study={uid}", s.http_port))
+        .expect("viewer");
+    other
+        .wait_for("window.mrTest.viewer && window.mrTest.viewer.errors.length > 0", T)
+        .expect("the viewer reports an error");
+    assert!(
+        !hook(&other, "window.mrTest.viewer.firstImageMs").as_f64().is_some_and(|v| v > 0.0),
+        "no image of another clinic's study"
+    );
+    shot(&other, "6-other-clinic-refused");
+    for sess in [clinic, expert, other] {
+        let _ = sess.quit();
+    }
+}
