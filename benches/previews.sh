@@ -204,6 +204,14 @@ start_medrelay() { # dir render(on|off) -> MR_PID MR_DICOM MR_HTTP
     echo "$MR_PID" >>"$STATE"
     wait_tcp 127.0.0.1 "$MR_DICOM"
     wait_tcp 127.0.0.1 "$MR_HTTP"
+    # Log in as the first admin the gateway generated, for the API clients.
+    local pw
+    pw=$(cat "$d/data/initial-admin-password")
+    MEDRELAY_COOKIE=$(curl -sk -o /dev/null -D - -H 'content-type: application/json' \
+        -d "{\"username\":\"admin\",\"password\":\"$pw\"}" "https://127.0.0.1:$MR_HTTP/api/login" |
+        sed -n 's/^[Ss]et-[Cc]ookie: \(mr_session=[0-9a-f]*\).*/\1/p')
+    [ -n "$MEDRELAY_COOKIE" ] || { echo "login to medrelay failed" >&2; exit 1; }
+    export MEDRELAY_COOKIE
 }
 
 cat "$CT"/* >/dev/null   # same page-cache state for every contender

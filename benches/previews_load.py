@@ -50,7 +50,12 @@ class Client:
                 self.conn = connect(self.base)
                 self.connects += 1
             try:
-                self.conn.request(method, path, body=body, headers=headers or {})
+                h = dict(headers or {})
+                # medrelay needs a session (benches/previews.sh logs in as the
+                # generated first admin); other servers ignore the cookie.
+                if os.environ.get("MEDRELAY_COOKIE"):
+                    h.setdefault("Cookie", os.environ["MEDRELAY_COOKIE"])
+                self.conn.request(method, path, body=body, headers=h)
                 resp = self.conn.getresponse()
                 data = resp.read()
                 if resp.will_close:

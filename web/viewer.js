@@ -911,8 +911,9 @@ function onKey(ev) {
 /* ------------------------------------------------------------------ */
 
 function fatal(text) {
-  ui.fatal.textContent = text;
+  ui.fatal.replaceChildren(text, el('br'), el('a', { href: '/', class: 'button', dataset: { test: 'home' } }, 'Back'));
   ui.fatal.hidden = false;
+  ui.main.hidden = true;
   ui.main.setAttribute('aria-busy', 'false');
   hook.errors.push(text);
 }

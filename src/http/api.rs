@@ -72,8 +72,24 @@ pub async fn health(State(s): S) -> Json<serde_json::Value> {
 pub async fn metrics(State(s): S) -> Response {
     let depth = s.index.worklist_depth().await.unwrap_or(-1);
     let free = s.archive.free_bytes().map(|v| v as i64).unwrap_or(-1);
+    let d = crate::reading::delivery::counts(s.index.pool()).await.ok();
     let text = s.metrics.render(&[
         ("medrelay_worklist_depth", "Complete studies waiting to be read", depth),
+        (
+            "medrelay_sr_deliveries_pending",
+            "Signed reports waiting for their first C-STORE to the clinic PACS",
+            d.as_ref().map_or(-1, |d| d.pending),
+        ),
+        (
+            "medrelay_sr_deliveries_failing",
+            "Signed reports whose C-STORE failed and is being retried",
+            d.as_ref().map_or(-1, |d| d.failing),
+        ),
+        (
+            "medrelay_sr_deliveries_sent",
+            "Signed reports acknowledged by the clinic PACS",
+            d.as_ref().map_or(-1, |d| d.sent),
+        ),
         (
             "medrelay_archive_free_bytes",
             "Free bytes on the archive filesystem",
