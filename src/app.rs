@@ -264,7 +264,8 @@ async fn first_admin(index: &Index, cfg: &Config) -> Result<(), AppError> {
             .open(&path)
             .map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
         writeln!(f, "{password}").map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
-        f.sync_all().map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
+        f.sync_all()
+            .map_err(|e| AppError::Other(format!("writing {}: {e}", path.display())))?;
     }
     let nu = accounts::NewUser {
         username: "admin".into(),

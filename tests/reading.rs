@@ -388,7 +388,7 @@ impl Drop for Pacs {
 }
 
 fn dsrdump(p: &PathBuf) -> String {
-    let o = Command::new("dsrdump").arg(p).output().expect("dsrdump");
+    let o = Command::new("dsrdump").arg("+Pl").arg(p).output().expect("dsrdump");
     assert!(o.status.success(), "dsrdump {}: {}", p.display(), text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -61,8 +61,9 @@ fn browser(ch: &Chromium) -> Session {
 fn login(sess: &Session, s: &Server, user: &str, next: &str) {
     sess.goto(&format!("https://127.0.0.1:{}/login?next={next}", s.http_port))
         .expect("login page");
-    sess.wait_for("window.mrTest && window.mrTest.login && window.mrTest.login.ready", T)
-        .expect("login page ready");
+    if let Err(e) = sess.wait_for("window.mrTest && window.mrTest.login && window.mrTest.login.ready", T) {
+        panic!("login page not ready: {e}; console: {:?}", sess.console_logs());
+    }
     sess.send_keys("[data-test=username]", user).expect("type user");
     sess.send_keys("[data-test=password]", PW).expect("type password");
     sess.click("[data-test=login]").expect("click login");
@@ -116,7 +117,12 @@ serves = ["t01", "t02"]
     });
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township One"]);
     s.add_user("doc2", "clinic", PW, &["--clinic", "t02"]);
-    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. Expert One"]);
+    s.add_user(
+        "exp1",
+        "expert",
+        PW,
+        &["--hospital", "city", "--name", "Prof. Expert One"],
+    );
     // The clinic's CT pushes a 40-slice series.
     let files: Vec<PathBuf> = (1..=40).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
     let o = run({
@@ -131,7 +137,8 @@ serves = ["t01", "t02"]
     });
     let uid = s.sqlite("SELECT study_uid FROM studies");
 
-    let ch = Chromium::launch().unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"));
+    let ch = Chromium::launch()
+        .unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"));
 
     // 1. The clinic doctor sees the study with its thumbnail.
     let clinic = browser(&ch);
@@ -162,15 +169,26 @@ serves = ["t01", "t02"]
         .expect("worklist row");
     shot(&expert, "2-expert-worklist");
     expert
-        .click(&format!("[data-test=worklist-row][data-uid=\"{uid}\"] [data-test=claim]"))
+        .click(&format!(
+            "[data-test=worklist-row][data-uid=\"{uid}\"] [data-test=claim]"
+        ))
         .expect("claim");
     expert
-        .wait_for("location.pathname === '/viewer' && window.mrTest.viewer && window.mrTest.viewer.firstImageMs > 0", T)
+        .wait_for(
+            "location.pathname === '/viewer' && window.mrTest.viewer && window.mrTest.viewer.firstImageMs > 0",
+            T,
+        )
         .expect("viewer shows the first image");
     expert
-        .wait_for("window.mrTest.viewer.claimedBy === 'exp1' || window.mrTest.viewer.state === 'claimed'", T)
+        .wait_for(
+            "window.mrTest.viewer.claimedBy === 'exp1' || window.mrTest.viewer.state === 'claimed'",
+            T,
+        )
         .expect("claimed");
-    assert_eq!(s.sqlite(&format!("SELECT claimed_by FROM worklist WHERE study_uid = '{uid}'")), "exp1");
+    assert_eq!(
+        s.sqlite(&format!("SELECT claimed_by FROM worklist WHERE study_uid = '{uid}'")),
+        "exp1"
+    );
     assert_eq!(hook(&expert, "window.mrTest.viewer.count"), json!(40));
 
     // 3. Stack scroll with the wheel, then window/level by dragging.
@@ -179,7 +197,10 @@ serves = ["t01", "t02"]
     expert
         .wait_for(&format!("window.mrTest.viewer.index !== {before}"), T)
         .expect("scrolled");
-    let (wc0, ww0) = (hook(&expert, "window.mrTest.viewer.wc"), hook(&expert, "window.mrTest.viewer.ww"));
+    let (wc0, ww0) = (
+        hook(&expert, "window.mrTest.viewer.wc"),
+        hook(&expert, "window.mrTest.viewer.ww"),
+    );
     let full0 = hook(&expert, "window.mrTest.viewer.fullLoaded").as_i64().unwrap_or(0);
     expert.click("[data-test=tool-wl]").expect("W/L tool");
     expert.drag("[data-test=canvas]", 120, -60, 0, 6).expect("W/L drag");
@@ -209,7 +230,10 @@ serves = ["t01", "t02"]
     );
     expert.click("[data-test=sign]").expect("sign");
     expert
-        .wait_for("(() => { const d = document.querySelector('[data-test=sign-confirm]'); return !!(d && d.open); })()", T)
+        .wait_for(
+            "(() => { const d = document.querySelector('[data-test=sign-confirm]'); return !!(d && d.open); })()",
+            T,
+        )
         .expect("confirm dialog");
     expert
         .click("[data-test=sign-confirm] button[value=confirm], [data-test=sign-confirm] [data-test=sign-confirm-ok]")
@@ -220,7 +244,9 @@ serves = ["t01", "t02"]
     shot(&expert, "4-expert-signed");
 
     // 5. The clinic sees the report (after a notification).
-    clinic.goto(&format!("https://127.0.0.1:{}/studies", s.http_port)).expect("reload");
+    clinic
+        .goto(&format!("https://127.0.0.1:{}/studies", s.http_port))
+        .expect("reload");
     clinic
         .wait_for("window.mrTest.studies && window.mrTest.studies.ready", T)
         .expect("studies page");
@@ -228,7 +254,9 @@ serves = ["t01", "t02"]
         .wait_for("(() => { const b = document.querySelector('[data-test=notif-badge]'); return !!(b && /[1-9]/.test(b.textContent)); })()", T)
         .expect("notification badge");
     clinic
-        .click(&format!("[data-test=study-row][data-uid=\"{uid}\"] [data-test=report-link]"))
+        .click(&format!(
+            "[data-test=study-row][data-uid=\"{uid}\"] [data-test=report-link]"
+        ))
         .expect("open report");
     clinic
         .wait_for(
@@ -241,7 +269,7 @@ serves = ["t01", "t02"]
     // 6. The SR reaches the clinic PACS and is valid SR.
     s.wait_for(60, "SR at the PACS", || !pacs.files().is_empty());
     let sr = &pacs.files()[0];
-    let o = Command::new("dsrdump").arg(sr).output().expect("dsrdump");
+    let o = Command::new("dsrdump").arg("+Pl").arg(sr).output().expect("dsrdump");
     assert!(o.status.success(), "{}", text(&o));
     let dump = String::from_utf8_lossy(&o.stdout);
     assert!(dump.contains("8 mm nodule") && dump.contains("Follow-up CT"), "{dump}");
@@ -256,7 +284,9 @@ serves = ["t01", "t02"]
         .wait_for("window.mrTest.viewer && window.mrTest.viewer.errors.length > 0", T)
         .expect("the viewer reports an error");
     assert!(
-        !hook(&other, "window.mrTest.viewer.firstImageMs").as_f64().is_some_and(|v| v > 0.0),
+        !hook(&other, "window.mrTest.viewer.firstImageMs")
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
         "no image of another clinic's study"
     );
     shot(&other, "6-other-clinic-refused");

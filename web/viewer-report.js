@@ -361,6 +361,10 @@ export class ReportPanel {
 
   renderVersions() {
     const box = this.ui.versions;
+    // Re-render only on change: a periodic refresh must not fold what the reader unfolded.
+    const sig = JSON.stringify([this.versions.map((v) => [v.version, v.status, v.updated_ms, v.signed_ms]), this.delivery]);
+    if (sig === this.versionsSig) return;
+    this.versionsSig = sig;
     const list = this.isExpert || this.user.role === 'admin' ? this.versions : this.versions.filter((r) => r.status === 'signed').slice(1);
     if (!list.length) {
       box.replaceChildren();
@@ -369,8 +373,12 @@ export class ReportPanel {
     const title = this.isExpert || this.user.role === 'admin' ? `Versions (${list.length})` : `Older versions (${list.length})`;
     const items = list.map((r) => {
       const del = this.delivery.filter((d) => d.version === r.version);
+      // A signed version with a newer signed one after it was amended (it stays on record).
+      const newer = this.versions.filter((v) => v.status === 'signed' && v.version > r.version).pop();
+      const amendedBy = r.amended_by ?? newer?.version;
+      const status = r.status === 'signed' && amendedBy ? `signed, amended by v${amendedBy}` : r.status;
       const line = [
-        `v${r.version} · ${r.status}`,
+        `v${r.version} · ${status}`,
         r.author_name || r.author ? ` · ${r.author_name || r.author}` : '',
         r.signed_ms ? ` · signed ${fmtTime(r.signed_ms)}` : r.updated_ms ? ` · ${fmtTime(r.updated_ms)}` : '',
       ].join('');

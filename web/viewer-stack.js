@@ -97,6 +97,13 @@ class Lru {
       this.onEvict?.(val);
     }
   }
+  delete(k) {
+    const v = this.map.get(k);
+    if (v === undefined) return;
+    this.map.delete(k);
+    this.used -= this.sizeOf(v);
+    this.onEvict?.(v);
+  }
   clear() {
     for (const v of this.map.values()) this.onEvict?.(v);
     this.map.clear();
@@ -307,7 +314,7 @@ export class ImageStore {
       })
       .catch((err) => {
         // A broken blob is dropped so the next request fetches it again.
-        this.blobs.map.delete(url);
+        this.blobs.delete(url);
         throw new ImageError(0, `cannot decode the image (${err.message || err})`);
       })
       .finally(() => this.decoding.delete(url));

@@ -8,7 +8,7 @@
 #
 # Provides:
 #   - dcmtk (storescu/storescp/...), cmake, python3-venv   (Debian apt, only if missing)
-#   - chromium, chromium-driver (chromedriver)             (Debian apt, only if missing;
+#   - chromium, chromium-driver (chromedriver), fonts-wqy-microhei (Debian apt, only if missing;
 #                                  WebRTC browser tests, tests/support/webdriver.rs)
 #   - $REPO/.cache/venv            python venv with pynetdicom, pydicom, pydicom-data, numpy,
 #                                  pillow, aiortc, websockets
@@ -80,6 +80,15 @@ if ! command -v chromium >/dev/null 2>&1 || [ -z "$(chromedriver_path)" ]; then
 fi
 command -v chromium >/dev/null 2>&1 || die "chromium still missing after apt-get install chromium"
 CHROMEDRIVER="$(chromedriver_path)" || die "chromedriver still missing after apt-get install chromium-driver"
+# A CJK font, so Chinese report text in the reading pages' screenshots shows
+# as text rather than empty boxes (as it does on the clinics' machines).
+if ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        log "installing fonts-wqy-microhei (apt)"
+        apt_update_once
+        apt-get install -y -qq --no-install-recommends fonts-wqy-microhei </dev/null >/dev/null || log "CJK font not installed; screenshots will show boxes for Chinese text"
+    fi
+fi
 
 # ---------------------------------------------------------------- venv
 PYVERS=""
