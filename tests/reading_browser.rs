@@ -290,6 +290,83 @@ serves = ["t01", "t02"]
         "no image of another clinic's study"
     );
     shot(&other, "6-other-clinic-refused");
+    // 8. Consultation: the clinic requests one from its studies page, the
+    // expert accepts it, both join the room from the request and see the
+    // attached study in the shared viewer.
+    clinic
+        .goto(&format!("https://127.0.0.1:{}/requests?new=1&study={uid}", s.http_port))
+        .expect("requests page");
+    clinic
+        .wait_for("window.mrTest.requests && window.mrTest.requests.ready", T)
+        .expect("requests page ready");
+    clinic
+        .send_keys("[data-test=req-question]", "Nodule: follow-up or biopsy?")
+        .expect("question");
+    clinic.click("[data-test=req-submit]").expect("submit request");
+    clinic
+        .wait_for("window.mrTest.requests.ids.length === 1", T)
+        .expect("request listed");
+    let id = hook(&clinic, "window.mrTest.requests.ids[0]");
+    expert
+        .goto(&format!("https://127.0.0.1:{}/requests", s.http_port))
+        .expect("requests page");
+    expert
+        .wait_for(
+            &format!("window.mrTest.requests && window.mrTest.requests.ids.includes({id})"),
+            T,
+        )
+        .expect("expert sees the request");
+    // Accepting picks a time; done through the page's own session.
+    let accepted = expert
+        .execute_async(
+            &format!(
+                "const done = arguments[arguments.length - 1];
+                 fetch('/api/me').then(r => r.json()).then(me => fetch('/api/requests/{id}/accept', {{
+                   method: 'POST', headers: {{ 'content-type': 'application/json', 'x-csrf-token': me.csrf }},
+                   body: JSON.stringify({{ scheduled_ms: Date.now() + 60000 }}) }}))
+                 .then(r => done(r.status), e => done(String(e)));"
+            ),
+            vec![],
+        )
+        .expect("accept");
+    assert_eq!(accepted, json!(200));
+    for sess in [&clinic, &expert] {
+        sess.goto(&format!("https://127.0.0.1:{}/requests", s.http_port))
+            .expect("requests page");
+        sess.wait_for(
+            &format!("(() => {{ const b = document.querySelector('[data-test=request-row][data-id=\"{id}\"] [data-test=req-join]'); return !!(b && !b.disabled); }})()"),
+            T,
+        )
+        .expect("join enabled");
+        sess.click(&format!(
+            "[data-test=request-row][data-id=\"{id}\"] [data-test=req-join]"
+        ))
+        .expect("join");
+        sess.wait_for(
+            "location.pathname === '/consult' && !document.querySelector('#join').disabled",
+            T,
+        )
+        .expect("consultation page");
+        sess.click("#join").expect("join the room");
+    }
+    for sess in [&clinic, &expert] {
+        sess.wait_for(
+            "window.mrTest.state === 'joined' && window.mrTest.participants.length === 1",
+            T,
+        )
+        .expect("both in the room");
+        sess.wait_for(
+            &format!(
+                "(() => {{ const i = document.querySelector('#panel-study [data-study-input]');
+                   const img = document.querySelector('#panel-study img');
+                   return !!(i && i.value === '{uid}' && img && img.complete && img.naturalWidth > 0); }})()"
+            ),
+            T,
+        )
+        .expect("the request's study in the shared viewer");
+    }
+    shot(&clinic, "7-consultation-from-request");
+
     for sess in [clinic, expert, other] {
         let _ = sess.quit();
     }

@@ -252,8 +252,10 @@ export function createDisplay(ctx) {
   }
 
   function setFullPending(on) {
+    if (hook.fullPending === on) return;
     hook.fullPending = on;
     ui.spinner.hidden = !on;
+    overlay();
   }
 
   function setMsg(text) {

@@ -75,7 +75,7 @@ export class SeriesPanel {
 
   enableThumbs() {
     this.thumbsOn = true;
-    for (const [uid, list] of this.thumbQueue.splice(0)) this.showThumb(uid, list);
+    for (const [uid, list, sop] of this.thumbQueue.splice(0)) this.showThumb(uid, list, sop);
   }
 
   setSeries(rows) {
@@ -101,6 +101,8 @@ export class SeriesPanel {
       b.addEventListener('click', () => this.onOpen(r.series_uid));
       this.buttons.set(r.series_uid, { b, thumb, count });
       this.list.append(el('li', {}, b));
+      // A backend that names each series' thumbnail instance saves fetching every list up front.
+      if (r.thumbnail_uid) this.showThumb(r.series_uid, null, r.thumbnail_uid);
     }
     // Keep the DOM in series-number order after additions.
     for (const r of sorted) this.list.append(this.buttons.get(r.series_uid).b.parentElement);
@@ -139,19 +141,20 @@ export class SeriesPanel {
     return p;
   }
 
-  showThumb(uid, list) {
+  /** The series' thumbnail: its middle instance (from `list`), or the instance `sop` the API named. */
+  showThumb(uid, list, sop) {
     const entry = this.buttons.get(uid);
     if (!entry) return;
-    entry.count.textContent = `${list.length} img`;
+    if (list) entry.count.textContent = `${list.length} img`;
     if (!this.thumbsOn) {
-      this.thumbQueue.push([uid, list]);
+      this.thumbQueue.push([uid, list, sop]);
       return;
     }
-    const mid = list[Math.floor(list.length / 2)];
-    if (!mid || entry.thumb.dataset.sop === mid.sop_instance_uid) return;
-    entry.thumb.dataset.sop = mid.sop_instance_uid;
+    const pick = sop || list?.[Math.floor(list.length / 2)]?.sop_instance_uid;
+    if (!pick || entry.thumb.dataset.sop) return; // the first choice stays: no flicker
+    entry.thumb.dataset.sop = pick;
     const img = el('img', {
-      src: `/api/instances/${encodeURIComponent(mid.sop_instance_uid)}/thumbnail`,
+      src: `/api/instances/${encodeURIComponent(pick)}/thumbnail`,
       alt: '',
       loading: 'lazy',
       decoding: 'async',
@@ -164,7 +167,7 @@ export class SeriesPanel {
 
   /** Fetch the other series' lists (thumbnails), `n` at a time, after the opened one. */
   async loadAll(n = 3) {
-    const todo = this.rows.map((r) => r.series_uid).filter((u) => !this.loaded.has(u));
+    const todo = this.rows.filter((r) => !r.thumbnail_uid && !this.loaded.has(r.series_uid)).map((r) => r.series_uid);
     const worker = async () => {
       while (todo.length) {
         const uid = todo.shift();

@@ -228,8 +228,9 @@ async function openSeries(uid, { index = 0 } = {}) {
 /* ------------------------------------------------------------------ */
 
 function presetList() {
-  const list = [{ id: 'default', label: seriesModality() === 'CT' ? 'Default' : 'Auto', win: null }];
   const ws = facts(cur())?.windows || [];
+  const first = ws[0]?.name ? ` · ${ws[0].name}` : '';
+  const list = [{ id: 'default', label: (ws.length || seriesModality() === 'CT' ? 'Default' : 'Auto') + first, win: null }];
   ws.slice(1).forEach((w, i) => list.push({ id: `dataset-${i + 1}`, label: w.name || `Dataset ${i + 2}`, win: { wc: w.wc, ww: w.ww } }));
   if (seriesModality() === 'CT') for (const p of CT_PRESETS) list.push({ id: p.id, label: p.label, win: { wc: p.wc, ww: p.ww } });
   return list;
