@@ -415,7 +415,10 @@ function addParticipant(p) {
 }
 
 function onParticipantJoined(p) {
-  if (addParticipant(p)) chatPanel.note(`${nameOf(p.id)} joined`);
+  // The server repeats `participant_joined` when someone's published
+  // sources change (camera on, screen share); announce only the first.
+  const known = validParticipant(p) && app.participants.has(p.id);
+  if (addParticipant(p) && !known) chatPanel.note(`${nameOf(p.id)} joined`);
 }
 
 function onParticipantLeft(id) {
