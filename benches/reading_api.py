@@ -262,6 +262,49 @@ def seed(db, n_studies, seed_, expert):
     print("  modalities: " + ", ".join(f"{k} {v}" for k, v in sorted(mods.items(), key=lambda kv: -kv[1])) + f", mixed {n_studies - sum(mods.values())}")
 
 
+FAKE_PATH = "bench-fake/"
+
+
+def seed_instances(db, rows):
+    """Instance rows (preview 'ok') for the newest studies, series by series, until ROWS.
+
+    Only index rows (no files): what the list and detail queries read. A real
+    archive of 100 000 studies holds millions of them; this is a small part."""
+    con = sqlite3.connect(db, isolation_level=None, timeout=60)
+    t0 = time.monotonic()
+    con.execute("BEGIN IMMEDIATE")
+    batch, n, studies = [], 0, set()
+    q = con.execute(
+        """SELECT x.series_uid, x.study_uid, x.modality, x.num_instances, x.last_received_ms, s.calling_ae
+           FROM series x JOIN studies s ON s.study_uid = x.study_uid ORDER BY s.last_received_ms DESC, x.series_uid"""
+    )
+    for se, st, mod, k, t, ae in q:
+        for j in range(k):
+            batch.append((f"{se}.{j + 1}", 1, se, st, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", j + 1, 512, 512, 1,
+                          f"{n:064x}", 525_000, f"{FAKE_PATH}{n:064x}.dcm", ae, t, "ok", t + 500))
+            n += 1
+        studies.add(st)
+        if n >= rows:
+            break
+    q.close()
+    con.executemany(
+        """INSERT INTO instances (sop_instance_uid, version, series_uid, study_uid, sop_class_uid, transfer_syntax,
+             instance_number, rows, columns, frames, sha256, size_bytes, path, calling_ae, received_ms,
+             preview_status, preview_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        batch,
+    )
+    con.execute("COMMIT")
+    con.close()
+    print(f"added {n} instance rows (preview ok) to the newest {len(studies)} studies in {time.monotonic() - t0:.1f} s")
+
+
+def unseed_instances(db):
+    con = sqlite3.connect(db, isolation_level=None, timeout=60)
+    n = con.execute("DELETE FROM instances WHERE path LIKE ?", (FAKE_PATH + "%",)).rowcount
+    con.close()
+    print(f"removed {n} instance rows")
+
+
 # ---------------------------------------------------------------- HTTP
 
 
@@ -474,20 +517,21 @@ def bench(args):
         return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
 
     routes = []
-    for label, client, path, scope, kind in [
-        ("worklist (expert, default)", expert, "/api/worklist", exp_scope, "wl"),
-        ("worklist ?modality=CT", expert, "/api/worklist?modality=CT", exp_scope, "wl"),
-        ("worklist ?clinic=t07", expert, "/api/worklist?clinic=t07", exp_scope, "wl"),
-        ("worklist ?offset=1000&state=reported", expert, "/api/worklist?offset=1000&state=reported", exp_scope, "wl"),
-        ("studies (expert, default)", expert, "/api/studies", exp_scope, "st"),
-        ("studies ?patient_name=ZHANG*", expert, "/api/studies?patient_name=ZHANG*", exp_scope, "st"),
-        (f"studies ?date_from..to (30 days)", expert, f"/api/studies?date_from={date_from}&date_to={date_to}", exp_scope, "st"),
-        ("studies (clinic doctor t01)", doc, "/api/studies", doc_scope, "st"),
+    for key, label, client, path, scope, kind in [
+        ("wl", "worklist (expert, default)", expert, "/api/worklist", exp_scope, "wl"),
+        ("wl_ct", "worklist ?modality=CT", expert, "/api/worklist?modality=CT", exp_scope, "wl"),
+        ("wl_clinic", "worklist ?clinic=t07", expert, "/api/worklist?clinic=t07", exp_scope, "wl"),
+        ("wl_deep", "worklist ?offset=1000&state=reported", expert, "/api/worklist?offset=1000&state=reported", exp_scope, "wl"),
+        ("st", "studies (expert, default)", expert, "/api/studies", exp_scope, "st"),
+        ("st_name", "studies ?patient_name=ZHANG*", expert, "/api/studies?patient_name=ZHANG*", exp_scope, "st"),
+        ("st_dates", "studies ?date_from&date_to (31 days)", expert, f"/api/studies?date_from={date_from}&date_to={date_to}", exp_scope, "st"),
+        ("st_doc", "studies (clinic doctor, t01)", doc, "/api/studies", doc_scope, "st"),
     ]:
         stmts = (sql_worklist if kind == "wl" else sql_studies)(scope, q(path))
-        routes.append((label, client, lambda i, p=path: p, lambda i, s=stmts: s, kind))
+        routes.append((key, label, client, lambda i, p=path: p, lambda i, s=stmts: s, kind))
     routes.append(
         (
+            "detail",
             "study detail /api/studies/{uid}",
             expert,
             lambda i: f"/api/studies/{urllib.parse.quote(picks[i])}",
@@ -495,10 +539,13 @@ def bench(args):
             "detail",
         )
     )
+    if args.only:
+        keep = args.only.split(",")
+        routes = [r for r in routes if r[0] in keep]
 
     results = []
     load0 = os.getloadavg()
-    for label, client, path_of, stmts_of, kind in routes:
+    for key, label, client, path_of, stmts_of, kind in routes:
         api_ms, sql_ms, sizes, info = [], [], [], {}
         t_route = time.monotonic()
         for i in range(args.warmup + args.n):
@@ -527,6 +574,7 @@ def bench(args):
                 info["capped"] = True
                 break
         r = {
+            "key": key,
             "route": label,
             "path": path_of(0) if kind != "detail" else "/api/studies/{random uid}",
             "n": len(api_ms),
@@ -543,12 +591,16 @@ def bench(args):
             file=sys.stderr, flush=True,
         )
     load1 = os.getloadavg()
+    plans = {}
+    for sql, a in sql_studies(exp_scope, {}) + sql_worklist(exp_scope, {}):
+        plans[sql[:30]] = [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + sql, a)]
+    (n_inst,) = con.execute("SELECT COUNT(*) FROM instances").fetchone()
     # the durable write /api/studies/{uid} does besides its reads (audit row, WAL, synchronous=FULL)
-    fs = fsync_insert_floor(os.path.dirname(os.path.abspath(args.db)), 100)
+    fs = fsync_insert_floor(os.path.dirname(os.path.abspath(args.db)), 100) if not args.only else [0.0]
     out = {
         "results": results, "connects": expert.connects + doc.connects, "load_before": load0, "load_after": load1,
         "date_from": date_from, "date_to": date_to, "insert_p50": pct(fs, 50), "insert_p95": pct(fs, 95),
-        "user": me["username"],
+        "user": me["username"], "plans": plans, "instance_rows": n_inst, "sqlite_version": sqlite3.sqlite_version,
     }
     if args.json:
         with open(args.json, "w") as f:
@@ -578,6 +630,7 @@ def fsync_insert_floor(directory, n):
 
 
 def print_table(out):
+    sv = out.get("sqlite_version", "?")
     print("   route                                       n    API p50    p95    p99 |  SQL p50    p95 | API/SQL p95 | p95<=50ms | rows total  KB")
     for r in out["results"]:
         ratio = r["api_p95"] / r["sql_p95"] if r["sql_p95"] > 0 else float("nan")
@@ -585,7 +638,12 @@ def print_table(out):
             f"   {r['route']:40s} {r['n']:4d} {r['api_p50']:9.1f} {r['api_p95']:6.1f} {r['api_p99']:6.1f} |"
             f" {r['sql_p50']:7.1f} {r['sql_p95']:6.1f} | {ratio:10.2f}  | {'yes' if r['api_p95'] <= 50 else 'NO ':>5s}     |"
             f" {str(r.get('total', '-')):>10s} {r['kb']:5.1f}"
+            + (f"  (time cap: {r['n']} requests)" if r.get("capped") else "")
         )
+    for key, plan in out.get("plans", {}).items():
+        for i, line in enumerate(plan):
+            if "SUBQUERY 2" in line and i + 1 < len(plan):
+                print(f"   plan of previews_ready in the studies query (Python sqlite3 {sv}): {plan[i + 1]}")
 
 
 def main():
@@ -606,12 +664,22 @@ def main():
     b.add_argument("--n", type=int, default=200)
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--max-route-s", type=float, default=60.0)
+    b.add_argument("--only", help="comma list of route keys (wl,wl_ct,wl_clinic,wl_deep,st,st_name,st_dates,st_doc,detail)")
     b.add_argument("--json")
+    si = sub.add_parser("seed-instances")
+    si.add_argument("db")
+    si.add_argument("--rows", type=int, default=300_000)
+    ui = sub.add_parser("unseed-instances")
+    ui.add_argument("db")
     a = p.parse_args()
     if a.cmd == "config":
         write_config(a.out)
     elif a.cmd == "seed":
         seed(a.db, a.studies, a.seed, a.expert)
+    elif a.cmd == "seed-instances":
+        seed_instances(a.db, a.rows)
+    elif a.cmd == "unseed-instances":
+        unseed_instances(a.db)
     else:
         bench(a)
 

@@ -888,6 +888,8 @@ pub struct SeriesRow {
     pub body_part: String,
     pub num_instances: i64,
     pub size_bytes: i64,
+    /// The middle instance (by instance number): the series' thumbnail.
+    pub thumbnail_uid: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -977,8 +979,11 @@ impl Index {
 
     pub async fn series_of(&self, study_uid: &str) -> Result<Vec<SeriesRow>, IndexError> {
         Ok(sqlx::query_as(
-            "SELECT series_uid, study_uid, modality, series_number, description, body_part, num_instances, size_bytes
-             FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",
+            "SELECT x.series_uid, x.study_uid, x.modality, x.series_number, x.description, x.body_part,
+               x.num_instances, x.size_bytes,
+               (SELECT i.sop_instance_uid FROM instances i WHERE i.series_uid = x.series_uid
+                  ORDER BY i.instance_number, i.sop_instance_uid LIMIT 1 OFFSET x.num_instances / 2) AS thumbnail_uid
+             FROM series x WHERE x.study_uid = ? ORDER BY x.series_number, x.series_uid",
         )
         .bind(study_uid)
         .fetch_all(&self.pool)

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod compress;
 pub mod consult;
 pub mod error;
 pub mod images;
@@ -90,6 +91,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/ws/consult", get(consult::signaling))
         .route("/consult", get(consult::consult_page))
         .route("/web/{name}", get(consult::web_asset))
+        .layer(axum::middleware::from_fn(compress::gzip))
         .with_state(services)
 }
 
