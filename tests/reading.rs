@@ -337,10 +337,51 @@ fn racing_claims_have_one_winner_and_an_abandoned_claim_expires() {
             .any(|x| x["from"] == "claimed" && x["to"] == "new" && x["actor"] == "system"),
         "{h}"
     );
-    // Now the other expert can claim it.
+    // Now the other expert can claim it, and return it for more images.
     ok(
         s.req(Some(other), "POST", &format!("/api/worklist/{uid}/claim"), None),
         "second claim",
+    );
+    let (code, _) = s.req(
+        Some(other),
+        "POST",
+        &format!("/api/worklist/{uid}/return"),
+        Some(json!({ "reason": "" })),
+    );
+    assert_eq!(code, 400, "a return needs a reason");
+    let r = ok(
+        s.req(
+            Some(other),
+            "POST",
+            &format!("/api/worklist/{uid}/return"),
+            Some(json!({ "reason": "please send the lung window series" })),
+        ),
+        "return",
+    );
+    assert_eq!(r["worklist"]["state"], "returned");
+    // The clinic is told, sends one more slice, and the study is read again.
+    let n = ok(s.req(Some(&w.doc1), "GET", "/api/notifications", None), "notifications");
+    assert_eq!(n["items"][0]["kind"], "returned", "{n}");
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.arg(ct300().join("CT000006.dcm"));
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    s.wait_for(30, "reopened", || {
+        s.sqlite(&format!("SELECT state FROM worklist WHERE study_uid = '{uid}'")) == "new"
+    });
+    let h = ok(
+        s.req(Some(other), "GET", &format!("/api/worklist/{uid}/history"), None),
+        "history",
+    );
+    assert!(
+        h["transitions"]
+            .as_array()
+            .expect("t")
+            .iter()
+            .any(|x| x["from"] == "returned" && x["to"] == "new"),
+        "{h}"
     );
 }
 

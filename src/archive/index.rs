@@ -838,6 +838,27 @@ async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexErro
         .bind(now_ms)
         .execute(&mut *c)
         .await?;
+        // A study returned for more images is read again once they arrived.
+        let reopened = sqlx::query(
+            "UPDATE worklist SET state = 'new', claimed_by = NULL, lease_until_ms = NULL, enqueued_ms = ?, updated_ms = ?
+             WHERE study_uid = ? AND state = 'returned'",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(uid)
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+        if reopened == 1 {
+            sqlx::query(
+                "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail)
+                 VALUES (?, 'returned', 'new', 'system', ?, 'new images arrived')",
+            )
+            .bind(uid)
+            .bind(now_ms)
+            .execute(&mut *c)
+            .await?;
+        }
     }
     Ok(done)
 }
