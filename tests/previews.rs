@@ -170,8 +170,11 @@ fn bad_pixel_data_gets_a_reason_and_the_worker_keeps_going() {
     );
     let o = run({
         let mut c = Command::new("curl");
+        let admin = s.admin.as_ref().expect("admin session");
         c.args([
             "-sk",
+            "-b",
+            &admin.jar.display().to_string(),
             "-D",
             "-",
             "-o",

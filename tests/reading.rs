@@ -156,6 +156,13 @@ fn sessions_roles_and_clinic_scope_are_enforced() {
         "own study",
     );
     assert_eq!(own["worklist"]["state"], "new");
+    // The series' middle slice stands for it in thumbnails (5 slices: the third).
+    let third = s.sqlite(&format!(
+        "SELECT sop_instance_uid FROM instances WHERE study_uid = '{}' ORDER BY instance_number LIMIT 1 OFFSET 2",
+        w.study1
+    ));
+    assert_eq!(own["series"][0]["thumbnail_uid"], third.as_str(), "{own}");
+    assert!(own["study"]["thumbnail_uid"].is_string(), "{own}");
     // Clinic doctors have no worklist and cannot claim; they may raise priority.
     assert_eq!(s.req(Some(&w.doc1), "GET", "/api/worklist", None).0, 403);
     let (code, body) = s.req(

@@ -999,16 +999,28 @@ impl Index {
     }
 
     pub async fn series_of(&self, study_uid: &str) -> Result<Vec<SeriesRow>, IndexError> {
-        Ok(sqlx::query_as(
-            "SELECT x.series_uid, x.study_uid, x.modality, x.series_number, x.description, x.body_part,
-               x.num_instances, x.size_bytes,
-               (SELECT i.sop_instance_uid FROM instances i WHERE i.series_uid = x.series_uid
-                  ORDER BY i.instance_number, i.sop_instance_uid LIMIT 1 OFFSET x.num_instances / 2) AS thumbnail_uid
-             FROM series x WHERE x.study_uid = ? ORDER BY x.series_number, x.series_uid",
+        let mut rows: Vec<SeriesRow> = sqlx::query_as(
+            "SELECT series_uid, study_uid, modality, series_number, description, body_part, num_instances, size_bytes,
+               NULL AS thumbnail_uid
+             FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",
         )
         .bind(study_uid)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        // The middle instance stands for the series (SQLite cannot take a
+        // correlated OFFSET, hence one small indexed query per series).
+        for r in &mut rows {
+            r.thumbnail_uid = sqlx::query(
+                "SELECT sop_instance_uid FROM instances WHERE series_uid = ?
+                 ORDER BY instance_number, sop_instance_uid LIMIT 1 OFFSET ?",
+            )
+            .bind(&r.series_uid)
+            .bind(r.num_instances / 2)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.get(0));
+        }
+        Ok(rows)
     }
 
     /// Latest version of each instance in a series.
