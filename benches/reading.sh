@@ -176,7 +176,14 @@ mkdir -p "$WORK/browser"
 run "$PY" "$VIEWER" measure --direct "$BASE" --link "https://127.0.0.1:$LINK_PORT" --user expert1 --n "$N" \
     --runs "$VIEW_RUNS" --tmp "$WORK/browser" --json "$WORK/viewer.json" >"$WORK/viewer.txt"
 stop "$LINK_PID"
-LINK_STATS=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"connections\"]} connections, down {d[\"down\"][\"bytes\"]/1e6:.1f} MB, emulator lateness max up {d[\"up\"][\"max_late_ms\"]} ms / down {d[\"down\"][\"max_late_ms\"]} ms, {d[\"up\"][\"late_over_5ms\"] + d[\"down\"][\"late_over_5ms\"]} writes > 5 ms late")' "$WORK/link.json")
+LINK_STATS=$("$PY" - "$WORK/link.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+up, down = d["up"], d["down"]
+print(f"{d['connections']} connections, {up['bytes'] / 1e6:.2f} MB up, {down['bytes'] / 1e6:.1f} MB down; emulator lateness "
+      f"max {up['max_late_ms']} ms up / {down['max_late_ms']} ms down, {up['late_over_5ms'] + down['late_over_5ms']} writes > 5 ms late")
+EOF
+)
 MR_RSS=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$MR_PID/status" 2>/dev/null || echo "?")
 stop "$MR_PID"
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -191,9 +198,11 @@ cat "$WORK/api.txt"
 if [ -n "$INST_TXT" ]; then
     echo "   with instance rows: $INST_LINE"
     cat "$INST_TXT"
+    echo "   (the expert's study lists are not measured again here: they evaluate previews_ready for every matching row)"
 fi
 echo "2. viewer time to first image (performance.now() when drawn; navigation start = 0), $VIEW_RUNS runs each,"
 echo "   fresh profile + cleared cache, 300-slice CT 512x512 (storescu $PUSH_S s; $WAIT_LINE)"
 echo "   link = tcp_impair.py, $DELAY_MS ms one way + $RATE_KBIT kbit/s each way, TCP handshake + slow start (initcwnd 10) modelled; goal <= 2000 ms"
+echo "   full-fidelity = when hook.fullLoaded first counted (\"not asked\": at fit the viewer keeps the preview, which is native size for 512x512)"
 cat "$WORK/viewer.txt"
 echo "   link: $LINK_STATS; medrelay peak RSS $MR_RSS MB"

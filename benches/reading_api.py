@@ -214,7 +214,7 @@ def seed(db, n_studies, seed_, expert):
         else:
             state = "reported" if i < n_studies * 0.15 else "delivered"
         updated = enq if state in ("new", "claimed") else enq + rng.randint(600_000, 86_400_000)
-        wl.append((uid, state, prio, enq, updated, 1, claimed_by, lease, detail, q, rank))
+        wl.append((uid, state, prio, enq, updated, 1, claimed_by, lease, detail, q, rank, c))
         if state in ("reported", "delivered"):
             author = rng.choice([expert, "dr_li", "dr_wang"])
             findings = FINDINGS * rng.randint(1, 3)
@@ -239,7 +239,7 @@ def seed(db, n_studies, seed_, expert):
     )
     cur.executemany(
         """INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, claimed_by,
-             lease_until_ms, detail, clinical_question, priority_rank) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+             lease_until_ms, detail, clinical_question, priority_rank, clinic_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         wl,
     )
     cur.executemany(
@@ -380,7 +380,8 @@ STUDY_COLUMNS = """s.study_uid, s.clinic_id, s.calling_ae, s.patient_name, s.pat
     (SELECT MAX(version) FROM reports r WHERE r.study_uid = s.study_uid AND r.status IN ('signed', 'amended')) AS report_version,
     (SELECT i.sop_instance_uid FROM instances i WHERE i.study_uid = s.study_uid
        ORDER BY i.series_uid, i.instance_number LIMIT 1) AS thumbnail_uid,
-    (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready"""
+    (SELECT COUNT(*) FROM instances i INDEXED BY instances_study_preview
+       WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready"""
 
 
 def in_list(col, values):
@@ -388,34 +389,40 @@ def in_list(col, values):
 
 
 def sql_worklist(scope, q):
-    """src/http/reading.rs worklist(): the page query, then the count query."""
+    """src/http/reading.rs worklist(): the page (chosen from the worklist alone, then joined), then the count."""
     where, args = "", []
     states = q.get("state", "new,claimed,returned").split(",")
     w, a = in_list("w.state", states)
     where += w
     args += a
     if scope is not None:
-        w, a = in_list("s.clinic_id", scope)
+        w, a = in_list("w.clinic_id", scope)
         where += w
         args += a
     if q.get("clinic"):
-        where += " AND s.clinic_id = ?"
+        where += " AND w.clinic_id = ?"
         args.append(q["clinic"])
+    join = False
     if q.get("modality"):
         where += " AND (',' || s.modalities || ',') LIKE ?"
         args.append(f"%,{q['modality']},%")
+        join = True
+    frm = "FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE 1=1" if join else "FROM worklist w WHERE 1=1"
     limit = int(q.get("limit", 50))
     offset = int(q.get("offset", 0))
     page = (
         """SELECT w.study_uid, w.state, w.priority, w.clinical_question, w.claimed_by, u.display_name AS claimed_by_name,
            w.lease_until_ms, w.enqueued_ms, w.detail, s.clinic_id, s.modalities, s.body_parts, s.description,
            s.num_series, s.num_instances, s.patient_name, s.patient_id, p.sex, p.birth_date, s.study_date
-         FROM worklist w JOIN studies s ON s.study_uid = w.study_uid JOIN patients p ON p.id = s.patient_row
-         LEFT JOIN users u ON u.username = w.claimed_by WHERE 1=1"""
+         FROM (SELECT w.study_uid, w.priority_rank, w.enqueued_ms """
+        + frm
         + where
-        + " ORDER BY w.priority_rank, w.enqueued_ms, w.study_uid LIMIT ? OFFSET ?"
+        + """ ORDER BY w.priority_rank, w.enqueued_ms, w.study_uid LIMIT ? OFFSET ?) AS pg
+         JOIN worklist w ON w.study_uid = pg.study_uid JOIN studies s ON s.study_uid = pg.study_uid
+         JOIN patients p ON p.id = s.patient_row LEFT JOIN users u ON u.username = w.claimed_by
+         ORDER BY pg.priority_rank, pg.enqueued_ms, pg.study_uid"""
     )
-    count = "SELECT COUNT(*) FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE 1=1" + where
+    count = "SELECT COUNT(*) " + frm + where
     return [(page, args + [limit, offset]), (count, args)]
 
 
@@ -440,16 +447,17 @@ def sql_studies(scope, q):
         where += " AND s.clinic_id = ?"
         args.append(q["clinic"])
     if scope is not None:
-        w, a = in_list("s.clinic_id", scope)
+        w, a = in_list("+s.clinic_id", scope)
         where += w
         args += a
     limit = int(q.get("limit", 50))
     offset = int(q.get("offset", 0))
     page = (
-        f"SELECT {STUDY_COLUMNS} FROM studies s "
-        "JOIN patients p ON p.id = s.patient_row LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE 1=1"
+        f"SELECT {STUDY_COLUMNS} FROM (SELECT s.study_uid, s.last_received_ms FROM studies s WHERE 1=1"
         + where
-        + " ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ? OFFSET ?"
+        + " ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ? OFFSET ?) AS pg"
+        " JOIN studies s ON s.study_uid = pg.study_uid JOIN patients p ON p.id = s.patient_row"
+        " LEFT JOIN worklist w ON w.study_uid = s.study_uid ORDER BY pg.last_received_ms DESC, pg.study_uid"
     )
     count = "SELECT COUNT(*) FROM studies s WHERE 1=1" + where
     return [(page, args + [limit, offset]), (count, args)]
@@ -697,8 +705,8 @@ def print_table(out):
             f"   /api/studies/{{uid}} also writes an audit row; a 1-row INSERT + COMMIT (WAL, synchronous=FULL) on this disk: "
             f"p50 {out['insert_p50']:.2f} ms, p95 {out['insert_p95']:.2f} ms (not in its SQL column)"
         )
-    for key, plan in out.get("plans", {}).items():
-        if "studies" in key or "SELECT s." in key:
+    for key, plan in (out.get("plans", {}) if out.get("insert_p50") else {}).items():
+        if key == "studies":
             print(f"   plan of the expert's study-list page query (Python sqlite3 {sv}; the server bundles 3.46): " + " | ".join(plan))
 
 

@@ -453,7 +453,7 @@ def print_summary(out):
         fulls = [r["full"] for r in rs]
         full = "not asked" if all(f is None for f in fulls) else fmt(med(fulls))
         print(
-            f"   {case:10s} {fmt(m):>9s} ({', '.join(fmt(x, '', 0) for x in firsts):18s})  {full:>13s}"
+            f"   {case:10s} {fmt(m):>9s} {'(' + ', '.join(fmt(x, '', 0) for x in firsts) + ')':20s}  {full:>13s}"
             f"  {med([r['bytes_first'] for r in rs]) / 1024:8.0f} KB / {med([r['requests_first'] for r in rs]):3.0f} req"
             f"  {med([r['bytes_total'] for r in rs]) / 1024:7.0f} KB |"
             f" {fmt(anchor):>10s}        {ratio:>6s}      {ok}"
@@ -466,6 +466,13 @@ def print_summary(out):
             big[name] = max(big.get(name, 0), size)
     top = sorted(big.items(), key=lambda kv: -kv[1])[:6]
     print("   largest transfers before the first image: " + ", ".join(f"{n} {v / 1024:.0f} KB" for n, v in top))
+    cold = out["runs"].get("link-cold") or []
+    if cold:
+        r = sorted(cold, key=lambda x: x["first"] if x["first"] is not None else 1e12)[len(cold) // 2]
+        print("   link-cold waterfall up to the first image (median run; start -> end ms, bytes on the wire):")
+        print(f"      {0:5d} -> {r['html_end']:5.0f}  /viewer (HTML)")
+        for start, end, size, name in r["before_first"]:
+            print(f"      {start:5d} -> {end:5d}  {name} {size} B")
     for case, rs in out["runs"].items():
         r = sorted(rs, key=lambda x: x["first"] if x["first"] is not None else 1e12)[len(rs) // 2]
         print(

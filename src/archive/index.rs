@@ -253,6 +253,14 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX IF NOT EXISTS audit_time ON audit(at_ms);
      CREATE INDEX IF NOT EXISTS audit_study ON audit(study_uid, at_ms);",
+    // 4: list speed at 100 000+ studies. previews_ready counts per study
+    // (it used the preview_status index and scanned every rendered
+    // instance); the worklist carries its study's clinic so the reading
+    // queue is scoped and ordered from one index, without joining studies.
+    "CREATE INDEX IF NOT EXISTS instances_study_preview ON instances(study_uid, preview_status);
+     ALTER TABLE worklist ADD COLUMN clinic_id TEXT NOT NULL DEFAULT '';
+     UPDATE worklist SET clinic_id = COALESCE((SELECT s.clinic_id FROM studies s WHERE s.study_uid = worklist.study_uid), '');
+     CREATE INDEX IF NOT EXISTS worklist_clinic_queue ON worklist(clinic_id, state, priority_rank, enqueued_ms);",
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
@@ -828,14 +836,15 @@ async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexErro
     for uid in &done {
         // One worklist row per study, ever: a re-completed study updates it.
         sqlx::query(
-            "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions)
-             VALUES (?, 'new', 'routine', ?, ?, 1)
+            "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, clinic_id)
+             VALUES (?, 'new', 'routine', ?, ?, 1, (SELECT clinic_id FROM studies WHERE study_uid = ?))
              ON CONFLICT (study_uid) DO UPDATE SET updated_ms = excluded.updated_ms,
                completions = completions + 1",
         )
         .bind(uid)
         .bind(now_ms)
         .bind(now_ms)
+        .bind(uid)
         .execute(&mut *c)
         .await?;
         // A study returned for more images is read again once they arrived.
@@ -962,7 +971,8 @@ const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_n
     (SELECT MAX(version) FROM reports r WHERE r.study_uid = s.study_uid AND r.status IN ('signed', 'amended')) AS report_version,
     (SELECT i.sop_instance_uid FROM instances i WHERE i.study_uid = s.study_uid
        ORDER BY i.series_uid, i.instance_number LIMIT 1) AS thumbnail_uid,
-    (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready";
+    (SELECT COUNT(*) FROM instances i INDEXED BY instances_study_preview
+       WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready";
 
 impl Index {
     /// One page of studies, newest first, and the number matching. The
@@ -972,15 +982,24 @@ impl Index {
     pub async fn search_studies(&self, f: &StudyFilter) -> Result<(Vec<StudyRow>, i64), IndexError> {
         let limit = f.limit.unwrap_or(50).clamp(1, 500);
         let offset = f.offset.unwrap_or(0).max(0);
+        // The page is chosen first from `studies` alone, walking the
+        // received-time index newest first and stopping at the limit; only
+        // those rows get the joins and per-row subqueries. (Scope filters
+        // are written `+s.clinic_id` so SQLite does not drive the query from
+        // the clinic index and sort every study of twenty clinics.)
         let mut qb = sqlx::QueryBuilder::new(format!(
-            "SELECT {STUDY_COLUMNS} FROM studies s
-             JOIN patients p ON p.id = s.patient_row LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE 1=1"
+            "SELECT {STUDY_COLUMNS} FROM (SELECT s.study_uid, s.last_received_ms FROM studies s WHERE 1=1"
         ));
         push_study_filters(&mut qb, f);
         qb.push(" ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
-            .push_bind(offset);
+            .push_bind(offset)
+            .push(
+                ") AS pg JOIN studies s ON s.study_uid = pg.study_uid JOIN patients p ON p.id = s.patient_row
+                 LEFT JOIN worklist w ON w.study_uid = s.study_uid
+                 ORDER BY pg.last_received_ms DESC, pg.study_uid",
+            );
         let studies: Vec<StudyRow> = qb.build_query_as().fetch_all(&self.pool).await?;
         let mut cq = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM studies s WHERE 1=1");
         push_study_filters(&mut cq, f);
@@ -1213,7 +1232,7 @@ fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFi
         qb.push(" AND s.status = ").push_bind(v.to_string());
     }
     if let Some(cs) = &f.clinics {
-        push_in(qb, "s.clinic_id", cs);
+        push_in(qb, "+s.clinic_id", cs);
     }
 }
 
