@@ -214,7 +214,7 @@ def seed(db, n_studies, seed_, expert):
         else:
             state = "reported" if i < n_studies * 0.15 else "delivered"
         updated = enq if state in ("new", "claimed") else enq + rng.randint(600_000, 86_400_000)
-        wl.append((uid, state, prio, enq, updated, 1, claimed_by, lease, detail, q, rank, c))
+        wl.append((uid, state, prio, enq, updated, 1, claimed_by, lease, detail, q, rank, c, ",".join(mods), part))
         if state in ("reported", "delivered"):
             author = rng.choice([expert, "dr_li", "dr_wang"])
             findings = FINDINGS * rng.randint(1, 3)
@@ -239,7 +239,8 @@ def seed(db, n_studies, seed_, expert):
     )
     cur.executemany(
         """INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, claimed_by,
-             lease_until_ms, detail, clinical_question, priority_rank, clinic_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+             lease_until_ms, detail, clinical_question, priority_rank, clinic_id, modalities, body_parts)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         wl,
     )
     cur.executemany(
@@ -402,12 +403,10 @@ def sql_worklist(scope, q):
     if q.get("clinic"):
         where += " AND w.clinic_id = ?"
         args.append(q["clinic"])
-    join = False
     if q.get("modality"):
-        where += " AND (',' || s.modalities || ',') LIKE ?"
+        where += " AND (',' || w.modalities || ',') LIKE ?"
         args.append(f"%,{q['modality']},%")
-        join = True
-    frm = "FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE 1=1" if join else "FROM worklist w WHERE 1=1"
+    frm = "FROM worklist w WHERE 1=1"
     limit = int(q.get("limit", 50))
     offset = int(q.get("offset", 0))
     page = (

@@ -41,9 +41,15 @@ export function isTransient(err) {
 const BACKOFF_MIN_MS = 2000;
 const BACKOFF_MAX_MS = 30000;
 
-/** GET an image as a Blob. A placeholder served for an undecodable instance throws with the server's reason. */
-export async function fetchImageBlob(url, { signal, priority = 'auto' } = {}) {
-  const res = await fetch(url, { credentials: 'same-origin', signal, priority });
+/**
+ * GET an image as a Blob. A placeholder served for an undecodable instance throws with the server's reason.
+ * `preloaded`: the page has `<link rel="preload" as="fetch" crossorigin="use-credentials">` for `url`;
+ * the request then matches that one exactly (same URL, CORS mode, credentials included, no extra
+ * options) so the browser hands over the preloaded response instead of asking again.
+ */
+export async function fetchImageBlob(url, { signal, priority = 'auto', preloaded = false } = {}) {
+  const init = preloaded ? { credentials: 'include', mode: 'cors', signal } : { credentials: 'same-origin', signal, priority };
+  const res = await fetch(url, init);
   if (res.status === 401) {
     toLogin();
     throw new ImageError(401, 'session expired');
@@ -139,6 +145,12 @@ export class ImageStore {
     this.pinned = new Set(); // bitmaps on screen: never evicted
     this.paused = 0; // prefetch slots taken away (a full-fidelity render in flight)
     this.blocked = false;
+    this.preloads = new Set(); // URLs the page preloads: fetched once with the matching request
+  }
+
+  /** `url` is preloaded by the page (`<link rel="preload" as="fetch" crossorigin="use-credentials">`). */
+  expectPreload(url) {
+    if (url) this.preloads.add(url);
   }
 
   /** The decoded image if it is in memory (no I/O). */
@@ -267,7 +279,8 @@ export class ImageStore {
     const onAbort = () => ac.abort();
     signal?.addEventListener('abort', onAbort, { once: true });
     const job = { ac, prio, foreground, promise: null };
-    job.promise = fetchImageBlob(url, { signal: ac.signal, priority: foreground ? 'high' : 'low' })
+    const preloaded = this.preloads.delete(url); // only the first request can take the preloaded response
+    job.promise = fetchImageBlob(url, { signal: ac.signal, priority: foreground ? 'high' : 'low', preloaded })
       .then((blob) => {
         this.blobs.set(url, blob);
         this.failed.delete(url);

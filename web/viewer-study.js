@@ -124,14 +124,7 @@ export class SeriesPanel {
     let p = fresh ? null : this.items.get(uid);
     if (!p) {
       p = api(`/api/series/${encodeURIComponent(uid)}/instances`)
-        .then((r) => {
-          const list = (Array.isArray(r?.instances) ? r.instances : []).filter((i) => i && i.sop_instance_uid);
-          // The API sorts already; a stable sort keeps its order for ties and missing numbers.
-          list.sort((a, b) => (a.instance_number ?? Infinity) - (b.instance_number ?? Infinity));
-          this.loaded.set(uid, list);
-          this.showThumb(uid, list);
-          return list;
-        })
+        .then((r) => this.accept(uid, r))
         .catch((e) => {
           this.items.delete(uid);
           throw e;
@@ -139,6 +132,26 @@ export class SeriesPanel {
       this.items.set(uid, p);
     }
     return p;
+  }
+
+  /**
+   * A series list the page already has (the body of GET /api/series/{uid}/instances,
+   * injected into the HTML): used as if fetched. Returns the list in viewer order.
+   */
+  seed(uid, body) {
+    if (!uid || !body || typeof body !== 'object') return null;
+    const list = this.accept(uid, body);
+    this.items.set(uid, Promise.resolve(list));
+    return list;
+  }
+
+  accept(uid, r) {
+    const list = (Array.isArray(r?.instances) ? r.instances : []).filter((i) => i && i.sop_instance_uid);
+    // The API sorts already; a stable sort keeps its order for ties and missing numbers.
+    list.sort((a, b) => (a.instance_number ?? Infinity) - (b.instance_number ?? Infinity));
+    this.loaded.set(uid, list);
+    this.showThumb(uid, list);
+    return list;
   }
 
   /** The series' thumbnail: its middle instance (from `list`), or the instance `sop` the API named. */

@@ -6,12 +6,19 @@
 //   viewer-canvas.js  drawing, zoom/pan, tools, measurements, client W/L
 //   viewer-meta.js    per-instance windows/spacing, the tag panel
 //   viewer-report.js  worklist claim and report editor / read-only report
+//                     (imported once the first image is drawn: not on its path)
 //
 // Loading on a thin link: the selected slice's preview first, then its
 // neighbours by distance (bounded concurrency, far work aborted); a
 // full-fidelity render of the current slice only when the window, zoom or
 // "full quality" asks for it, debounced, with the preview (re-windowed on
 // the client) on screen meanwhile.
+//
+// Start-up: the server puts the study, the first series' instance list and
+// the first image's choice into the page (#mr-initial) and preloads that
+// preview, so the first image needs no API round trip once the modules run;
+// without that block the study and the list are fetched. The session, clinic
+// names and the report panel never hold up the first image.
 //
 // PHI rule: nothing is logged to the console.
 
@@ -20,7 +27,6 @@ import { ImageStore } from './viewer-stack.js';
 import { ImageView, TOOLS } from './viewer-canvas.js';
 import { MetaStore, TagPanel } from './viewer-meta.js';
 import { BITMAP_PIXELS, clamp, createDisplay, framesOf, round2 } from './viewer-display.js';
-import { ReportPanel } from './viewer-report.js';
 import { SeriesPanel, mainModality, renderSummary } from './viewer-study.js';
 
 const CT_PRESETS = [
@@ -31,6 +37,7 @@ const CT_PRESETS = [
   { id: 'abdomen', label: 'Abdomen', wc: 60, ww: 400 },
 ];
 const REFRESH_MS = 60000;
+const REPORT_MODULE_WAIT_MS = 4000; // the report panel's code waits for the first image at most this long
 const enc = encodeURIComponent;
 
 const hook = testHook('viewer', {
@@ -50,6 +57,7 @@ const hook = testHook('viewer', {
   fullPending: false,
   showing: null, // 'preview' | 'approx' | 'full'
   firstImageMs: null,
+  initial: false, // the page came with the study and first series (no API round trips before the first image)
   cinePlaying: false,
   claimedBy: null,
   state: null,
@@ -140,10 +148,13 @@ const store = new ImageStore({
 });
 store.block(true); // until the first image is drawn (or could not be)
 
-/** The first image had the link to itself; now the neighbours and thumbnails. */
+let firstDone;
+const firstSettled = new Promise((resolve) => (firstDone = resolve));
+/** The first image had the link to itself (drawn, failed, or none): now the neighbours, thumbnails, the report panel's code. */
 function startBackground() {
   store.block(false);
   series.enableThumbs();
+  firstDone();
 }
 const meta = new MetaStore(fail);
 const tagPanel = new TagPanel(ui.tagsPanel, $('#tags-filter'), meta, fail);
@@ -557,18 +568,61 @@ async function refreshStudy() {
   return r;
 }
 
+/**
+ * What the server put into the page (`<script type="application/json" id="mr-initial">`):
+ * the study and the first series' list as the API would return them, and the
+ * first image (which the page also preloads). Only for this study; else null.
+ */
+function readInitial(uid) {
+  const node = document.getElementById('mr-initial');
+  if (!node || !uid) return null;
+  try {
+    const d = JSON.parse(node.textContent || '');
+    if (!d || d.study_uid !== uid || !d.study || typeof d.study !== 'object') return null;
+    return d;
+  } catch {
+    return null; // unreadable: load as without it
+  }
+}
+
+/** Take the injected series lists; the injected first image as {uid, index} in them, or null. */
+function seedInitial(init) {
+  const lists = init?.series_instances && typeof init.series_instances === 'object' ? init.series_instances : {};
+  const seeded = Object.keys(lists).map((uid) => [uid, series.seed(uid, lists[uid]) || []]);
+  const sop = init?.first_instance;
+  if (!sop) return null;
+  for (const [uid, list] of seeded) {
+    const index = list.findIndex((i) => i.sop_instance_uid === sop);
+    if (index >= 0) return { uid, index };
+  }
+  return null;
+}
+
 async function main() {
   const params = new URLSearchParams(location.search);
   S.uid = (params.get('study') || '').trim();
   hook.study = S.uid;
-  // The study is asked for alongside the session (one round trip, not two); a 401 goes to login either way.
-  const studyP = S.uid ? api(`/api/studies/${enc(S.uid)}`) : null;
-  studyP?.catch(() => {}); // handled below
-  const user = await session();
-  S.user = user;
-  header(user, '/viewer');
   bindControls();
-  if (!S.uid) return fatal('No study given. Open a study from the worklist or the study list.');
+  const init = readInitial(S.uid);
+  hook.initial = !!init;
+  // Everything starts now and in parallel. Only the study, the series list and
+  // the first preview are on the way to the first image (and with the data the
+  // server put into the page, only the preview, already preloaded); the session
+  // (header, report panel), clinic names and the report panel's own requests
+  // fill in as they arrive. A 401 from any of them goes to login (api() does it).
+  const userP = session().then((user) => {
+    S.user = user;
+    header(user, '/viewer');
+    return user;
+  });
+  userP.catch((e) => {
+    if (e?.status !== 401) fatal(`The viewer could not start: ${e?.message || e}`);
+  });
+  if (!S.uid) {
+    if (await userP.catch(() => null)) fatal('No study given. Open a study from the worklist or the study list.');
+    return;
+  }
+  const studyP = init ? Promise.resolve(init.study) : api(`/api/studies/${enc(S.uid)}`);
   const clinics = api('/api/clinics').catch(() => null); // the clinic id is shown instead
   let r;
   try {
@@ -585,23 +639,47 @@ async function main() {
   S.modality = mainModality(S.study, S.seriesRows);
   showSummary();
   series.setSeries(S.seriesRows);
-  const first = series.rows.find((x) => x.series_uid === params.get('series')) || series.rows.find((x) => (x.num_instances ?? 1) > 0) || series.rows[0];
-  const opening = first ? openSeries(first.series_uid) : Promise.resolve(setMsg('No images in this study yet.'));
+  // Where to start: the series in the URL (the viewer keeps it there, so a reload
+  // stays put); else the image the server chose and preloaded (first series in
+  // its order, lowest instance number); else the first series with images, first image.
+  const asked = series.rows.find((x) => x.series_uid === params.get('series'));
+  const pick = init ? seedInitial(init) : null;
+  let opening;
+  if (pick && (!asked || asked.series_uid === pick.uid)) {
+    store.expectPreload(init.first_preview);
+    opening = openSeries(pick.uid, { index: pick.index });
+  } else {
+    const first = asked || series.rows.find((x) => (x.num_instances ?? 1) > 0) || series.rows[0];
+    opening = first ? openSeries(first.series_uid) : Promise.resolve(setMsg('No images in this study yet.'));
+  }
 
-  report = new ReportPanel($('#report-root'), {
-    user,
-    uid: S.uid,
-    modality: S.modality,
-    fail,
-    onChange: () => {
-      sync();
-      showSummary();
-    },
-    reloadStudy: () => refreshStudy(),
-    dialogs: { sign: $('#sign-dialog'), ret: $('#return-dialog'), template: $('#template-dialog') },
+  const noImage = () => S.items.length || startBackground(); // nothing to show first: thumbnails now
+  opening.then(noImage, noImage);
+
+  // The report panel's module is not needed for the first image: fetched after it
+  // (or after a while, if that image is slow), so its bytes do not delay it.
+  const later = Promise.race([firstSettled, new Promise((resolve) => setTimeout(resolve, REPORT_MODULE_WAIT_MS))]);
+  const reportReady = Promise.all([userP, later.then(() => import('./viewer-report.js'))]).then(([user, { ReportPanel }]) => {
+    report = new ReportPanel($('#report-root'), {
+      user,
+      uid: S.uid,
+      modality: S.modality,
+      fail,
+      onChange: () => {
+        sync();
+        showSummary();
+      },
+      reloadStudy: () => refreshStudy(),
+      dialogs: { sign: $('#sign-dialog'), ret: $('#return-dialog'), template: $('#template-dialog') },
+    });
+    const ready = report.init(S.worklist);
+    sync();
+    showSummary();
+    return ready;
   });
-  await Promise.allSettled([opening, report.init(S.worklist)]);
-  if (!S.items.length) startBackground(); // nothing to show first: thumbnails now
+  const [, rep] = await Promise.allSettled([opening, reportReady]);
+  if (!S.user) return; // no session: login, or the page already says why
+  if (rep.status === 'rejected') fail('Loading the report panel', rep.reason);
   ui.main.setAttribute('aria-busy', 'false');
   hook.ready = true;
   sync();
@@ -610,7 +688,7 @@ async function main() {
   setInterval(() => {
     if (document.visibilityState !== 'visible') return;
     refreshStudy()
-      .then((x) => report.setWorklist(x?.worklist || null))
+      .then((x) => report?.setWorklist(x?.worklist || null))
       .catch((e) => fail('Refreshing the study', e));
     if (S.study?.status === 'receiving') {
       store.retryFailed();

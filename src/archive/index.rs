@@ -255,11 +255,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS audit_study ON audit(study_uid, at_ms);",
     // 4: list speed at 100 000+ studies. previews_ready counts per study
     // (it used the preview_status index and scanned every rendered
-    // instance); the worklist carries its study's clinic so the reading
-    // queue is scoped and ordered from one index, without joining studies.
+    // instance); the worklist carries its study's clinic, modalities and
+    // body parts, so the reading queue is scoped, filtered and ordered
+    // without joining studies (refreshed whenever the study completes).
     "CREATE INDEX IF NOT EXISTS instances_study_preview ON instances(study_uid, preview_status);
      ALTER TABLE worklist ADD COLUMN clinic_id TEXT NOT NULL DEFAULT '';
      UPDATE worklist SET clinic_id = COALESCE((SELECT s.clinic_id FROM studies s WHERE s.study_uid = worklist.study_uid), '');
+     ALTER TABLE worklist ADD COLUMN modalities TEXT NOT NULL DEFAULT '';
+     ALTER TABLE worklist ADD COLUMN body_parts TEXT NOT NULL DEFAULT '';
+     UPDATE worklist SET modalities = COALESCE((SELECT s.modalities FROM studies s WHERE s.study_uid = worklist.study_uid), ''),
+       body_parts = COALESCE((SELECT s.body_parts FROM studies s WHERE s.study_uid = worklist.study_uid), '');
      CREATE INDEX IF NOT EXISTS worklist_clinic_queue ON worklist(clinic_id, state, priority_rank, enqueued_ms);",
 ];
 
@@ -836,10 +841,10 @@ async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexErro
     for uid in &done {
         // One worklist row per study, ever: a re-completed study updates it.
         sqlx::query(
-            "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, clinic_id)
-             VALUES (?, 'new', 'routine', ?, ?, 1, (SELECT clinic_id FROM studies WHERE study_uid = ?))
+            "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, clinic_id, modalities, body_parts)
+             SELECT ?, 'new', 'routine', ?, ?, 1, s.clinic_id, s.modalities, s.body_parts FROM studies s WHERE s.study_uid = ?
              ON CONFLICT (study_uid) DO UPDATE SET updated_ms = excluded.updated_ms,
-               completions = completions + 1",
+               completions = completions + 1, modalities = excluded.modalities, body_parts = excluded.body_parts",
         )
         .bind(uid)
         .bind(now_ms)

@@ -138,11 +138,6 @@ pub fn priority_rank(p: &str) -> Option<i64> {
     PRIORITIES.iter().position(|x| *x == p).map(|i| i as i64)
 }
 
-/// Whether the filters need the `studies` table (modality, body part).
-fn needs_studies(q: &WorklistQuery) -> bool {
-    q.modality.as_deref().is_some_and(|v| !v.is_empty()) || q.body_part.as_deref().is_some_and(|v| !v.is_empty())
-}
-
 fn worklist_filters(
     qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>,
     c: &Caller,
@@ -167,11 +162,11 @@ fn worklist_filters(
         qb.push(" AND w.clinic_id = ").push_bind(v.to_string());
     }
     if let Some(v) = q.modality.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND (',' || s.modalities || ',') LIKE ")
+        qb.push(" AND (',' || w.modalities || ',') LIKE ")
             .push_bind(format!("%,{v},%"));
     }
     if let Some(v) = q.body_part.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND s.body_parts LIKE ").push_bind(format!("%{v}%"));
+        qb.push(" AND w.body_parts LIKE ").push_bind(format!("%{v}%"));
     }
     Ok(())
 }
@@ -184,11 +179,7 @@ pub async fn worklist(
     require(&c, &[Role::Expert, Role::Admin])?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let offset = q.offset.unwrap_or(0).max(0);
-    let from = if needs_studies(&q) {
-        "FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE 1=1"
-    } else {
-        "FROM worklist w WHERE 1=1"
-    };
+    let from = "FROM worklist w WHERE 1=1";
     // The page comes from the worklist alone (its clinic column and queue
     // index); only the chosen rows are joined with studies and patients.
     let mut qb = sqlx::QueryBuilder::new(format!(
@@ -872,8 +863,21 @@ async fn viewer_initial(s: &Services, c: &Caller, uid: &str) -> Result<(String, 
     let instances = s.index.instances_of_series(&first_series.series_uid).await?;
     let first = instances.first().ok_or(ApiError::NotFound("instance"))?;
     let preview = format!("/api/instances/{}/preview", first.sop_instance_uid);
+    // Only what drawing needs: hashes, paths and receive details would be
+    // a third of the bytes on the critical path.
+    let slim: Vec<_> = instances
+        .iter()
+        .map(|i| {
+            json!({
+                "sop_instance_uid": i.sop_instance_uid, "series_uid": i.series_uid, "study_uid": i.study_uid,
+                "sop_class_uid": i.sop_class_uid, "instance_number": i.instance_number, "rows": i.rows,
+                "columns": i.columns, "frames": i.frames, "preview_status": i.preview_status,
+                "cine_frames": i.cine_frames, "version": i.version,
+            })
+        })
+        .collect();
     let mut series_instances = serde_json::Map::new();
-    series_instances.insert(first_series.series_uid.clone(), json!({ "instances": instances }));
+    series_instances.insert(first_series.series_uid.clone(), json!({ "instances": slim }));
     let data = json!({
         "study_uid": uid,
         "study": { "study": st, "series": series, "worklist": worklist, "report": report },
