@@ -59,13 +59,17 @@ fn browser(ch: &Chromium) -> Session {
 }
 
 fn login(sess: &Session, s: &Server, user: &str, next: &str) {
+    login_with(sess, s, user, PW, next)
+}
+
+fn login_with(sess: &Session, s: &Server, user: &str, password: &str, next: &str) {
     sess.goto(&format!("https://127.0.0.1:{}/login?next={next}", s.http_port))
         .expect("login page");
     if let Err(e) = sess.wait_for("window.mrTest && window.mrTest.login && window.mrTest.login.ready", T) {
         panic!("login page not ready: {e}; console: {:?}", sess.console_logs());
     }
     sess.send_keys("[data-test=username]", user).expect("type user");
-    sess.send_keys("[data-test=password]", PW).expect("type password");
+    sess.send_keys("[data-test=password]", password).expect("type password");
     sess.click("[data-test=login]").expect("click login");
     let deadline = Instant::now() + T;
     loop {
@@ -367,7 +371,35 @@ serves = ["t01", "t02"]
     }
     shot(&clinic, "7-consultation-from-request");
 
-    for sess in [clinic, expert, other] {
+    // 9. The admin's pages: users, turnaround, deliveries, audit.
+    let admin = browser(&ch);
+    login_with(&admin, &s, "admin", ADMIN_PASSWORD, "/admin");
+    admin
+        .wait_for("window.mrTest.admin && window.mrTest.admin.ready", T)
+        .expect("admin page");
+    for tab in ["users", "turnaround", "deliveries", "audit"] {
+        admin.click(&format!("[data-test=tab-{tab}]")).expect("tab");
+        admin
+            .wait_for(&format!("window.mrTest.admin.tab === '{tab}'"), T)
+            .expect("tab shown");
+    }
+    admin
+        .wait_for(
+            "window.mrTest.admin.audit > 0 && document.querySelectorAll('[data-test=audit-row]').length > 0",
+            T,
+        )
+        .expect("audit rows");
+    assert_eq!(hook(&admin, "window.mrTest.admin.errors"), json!([]));
+    assert!(
+        hook(&admin, "window.mrTest.admin.users")
+            .as_array()
+            .is_some_and(|u| u.len() >= 4),
+        "{}",
+        hook(&admin, "window.mrTest.admin.users")
+    );
+    shot(&admin, "8-admin-audit");
+
+    for sess in [clinic, expert, other, admin] {
         let _ = sess.quit();
     }
 }

@@ -15,6 +15,11 @@ import {
   testHook,
   fmtTime,
   fmtDuration,
+  fromLocalInput,
+  toLocalInput,
+  cap,
+  errText,
+  failer,
 } from './app-common.js';
 
 const TABS = ['users', 'turnaround', 'deliveries', 'audit'];
@@ -30,6 +35,7 @@ const hook = testHook('admin', {
   audit: 0,
   errors: [],
 });
+const fail = failer(hook);
 
 const enc = encodeURIComponent;
 
@@ -40,24 +46,6 @@ const hospitalNames = new Map();
 let directory = null;
 
 // ------------------------------------------------------------------ helpers
-
-function errText(err) {
-  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
-  return 'Cannot reach the server — check the connection';
-}
-
-function fail(what, err) {
-  if (err && err.name === 'AbortError') return null;
-  if (err instanceof ApiError && err.status === 401) return null;
-  const msg = `${what}: ${errText(err)}`;
-  hook.errors.push(msg);
-  toast(msg, 'error');
-  return msg;
-}
-
-function cap(s) {
-  return s ? s[0].toUpperCase() + s.slice(1) : '';
-}
 
 /** The array in an answer that may be a bare array or wrapped in an object. */
 function arrayOf(r, ...keys) {
@@ -77,19 +65,6 @@ function clinicName(id) {
 
 function dash(v) {
   return v === null || v === undefined || v === '' ? el('span', { class: 'muted' }, '—') : String(v);
-}
-
-function toLocalInput(ms) {
-  if (!ms) return '';
-  const d = new Date(ms);
-  const p = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
-}
-
-function fromLocalInput(v) {
-  if (!v) return null;
-  const ms = new Date(v).getTime();
-  return Number.isFinite(ms) ? ms : null;
 }
 
 function shortUid(uid) {

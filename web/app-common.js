@@ -176,3 +176,65 @@ export function testHook(name, obj) {
   window.mrTest[name] = obj;
   return obj;
 }
+
+/** `word` -> `Word`. */
+export function cap(s) {
+  return s ? s[0].toUpperCase() + s.slice(1) : '';
+}
+
+/** A DICOM multi-value or comma list for display: "CT\\PT" -> "CT, PT". */
+export function list(v) {
+  return String(v || '')
+    .split(/[,\\]/)
+    .map((x) => x.trim())
+    .filter(Boolean)
+    .join(', ');
+}
+
+/** Age at `at` (DICOM DA, default today) from a DICOM birth date: "54 y", "7 mo", "12 d". */
+export function age(birth, at) {
+  if (!birth || birth.length !== 8) return '';
+  const b = new Date(+birth.slice(0, 4), +birth.slice(4, 6) - 1, +birth.slice(6, 8));
+  const r = at && at.length === 8 ? new Date(+at.slice(0, 4), +at.slice(4, 6) - 1, +at.slice(6, 8)) : new Date();
+  if (Number.isNaN(b.getTime()) || r < b) return '';
+  let months = (r.getFullYear() - b.getFullYear()) * 12 + (r.getMonth() - b.getMonth());
+  if (r.getDate() < b.getDate()) months -= 1;
+  if (months >= 24) return `${Math.floor(months / 12)} y`;
+  if (months >= 1) return `${months} mo`;
+  return `${Math.round((r - b) / 86_400_000)} d`;
+}
+
+/** ms since epoch -> the value of an `<input type="datetime-local">`. */
+export function toLocalInput(ms) {
+  if (!ms) return '';
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+export function fromLocalInput(v) {
+  if (!v) return null;
+  const ms = new Date(v).getTime();
+  return Number.isFinite(ms) ? ms : null;
+}
+
+/** What to tell the user about a failed request. */
+export function errText(err) {
+  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
+  return 'Cannot reach the server — check the connection';
+}
+
+/**
+ * A page's failure reporter: a toast and the page's test hook. Aborted
+ * requests and 401s (already on the way to the login page) say nothing.
+ */
+export function failer(hook) {
+  return (what, err) => {
+    if (err && err.name === 'AbortError') return null;
+    if (err instanceof ApiError && err.status === 401) return null;
+    const msg = `${what}: ${errText(err)}`;
+    hook.errors.push(msg);
+    toast(msg, 'error');
+    return msg;
+  };
+}

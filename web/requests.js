@@ -21,6 +21,12 @@ import {
   dicomDate,
   fmtTime,
   fmtDuration,
+  fromLocalInput,
+  toLocalInput,
+  list,
+  cap,
+  errText,
+  failer,
 } from './app-common.js';
 
 const REFRESH_MS = 60_000;
@@ -32,6 +38,7 @@ const URGENCY_RANK = { stat: 0, urgent: 1, routine: 2 };
 const STATE_LABEL = { requested: 'Requested', scheduled: 'Scheduled', cancelled: 'Cancelled', done: 'Done' };
 
 const hook = testHook('requests', { ready: false, ids: [], rows: [], errors: [] });
+const fail = failer(hook);
 
 const enc = encodeURIComponent;
 
@@ -45,47 +52,6 @@ let highlightId = null;
 const clinicNames = new Map();
 
 // ------------------------------------------------------------------ helpers
-
-function errText(err) {
-  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
-  return 'Cannot reach the server — check the connection';
-}
-
-function fail(what, err) {
-  if (err && err.name === 'AbortError') return null;
-  if (err instanceof ApiError && err.status === 401) return null;
-  const msg = `${what}: ${errText(err)}`;
-  hook.errors.push(msg);
-  toast(msg, 'error');
-  return msg;
-}
-
-function cap(s) {
-  return s ? s[0].toUpperCase() + s.slice(1) : '';
-}
-
-function list(v) {
-  return String(v || '')
-    .split(/[,\\]/)
-    .map((x) => x.trim())
-    .filter(Boolean)
-    .join(', ');
-}
-
-/** ms -> the value format of <input type="datetime-local"> (local time). */
-function toLocalInput(ms) {
-  if (!ms) return '';
-  const d = new Date(ms);
-  const p = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
-}
-
-/** <input type="datetime-local"> value (local time) -> ms, or null. */
-function fromLocalInput(v) {
-  if (!v) return null;
-  const ms = new Date(v).getTime();
-  return Number.isFinite(ms) ? ms : null;
-}
 
 function countdown(ms) {
   const d = ms - Date.now();

@@ -21,6 +21,11 @@ import {
   personName,
   dicomDate,
   fmtTime,
+  age,
+  list,
+  cap,
+  errText,
+  failer,
 } from './app-common.js';
 
 const PAGE = 50;
@@ -48,6 +53,7 @@ const hook = testHook('studies', {
   report: null,
   errors: [],
 });
+const fail = failer(hook);
 
 const enc = encodeURIComponent;
 const viewerUrl = (uid) => `/viewer?study=${enc(uid)}`;
@@ -61,21 +67,6 @@ const clinicNames = new Map();
 
 // ------------------------------------------------------------------ errors
 
-function errText(err) {
-  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
-  return 'Cannot reach the server — check the connection';
-}
-
-/** Toast + test hook for a failed request; quiet for aborts and 401 (login redirect). */
-function fail(what, err) {
-  if (err && err.name === 'AbortError') return null;
-  if (err instanceof ApiError && err.status === 401) return null;
-  const msg = `${what}: ${errText(err)}`;
-  hook.errors.push(msg);
-  toast(msg, 'error');
-  return msg;
-}
-
 // ------------------------------------------------------------------ formatting
 
 function prioBadge(p) {
@@ -88,34 +79,9 @@ function stateBadge(state) {
   return el('span', { class: `badge st-${state}`, dataset: { state } }, STATE_LABEL[state] || cap(state));
 }
 
-function cap(s) {
-  return s ? s[0].toUpperCase() + s.slice(1) : '';
-}
-
 function dicomTime(tm) {
   if (!tm || tm.length < 4) return '';
   return `${tm.slice(0, 2)}:${tm.slice(2, 4)}`;
-}
-
-function list(v) {
-  return String(v || '')
-    .split(/[,\\]/)
-    .map((x) => x.trim())
-    .filter(Boolean)
-    .join(', ');
-}
-
-/** Age from a DICOM birth date at the study date (or today). */
-function age(birth, at) {
-  if (!birth || birth.length !== 8) return '';
-  const b = new Date(+birth.slice(0, 4), +birth.slice(4, 6) - 1, +birth.slice(6, 8));
-  const r = at && at.length === 8 ? new Date(+at.slice(0, 4), +at.slice(4, 6) - 1, +at.slice(6, 8)) : new Date();
-  if (Number.isNaN(b.getTime()) || r < b) return '';
-  let months = (r.getFullYear() - b.getFullYear()) * 12 + (r.getMonth() - b.getMonth());
-  if (r.getDate() < b.getDate()) months -= 1;
-  if (months >= 24) return `${Math.floor(months / 12)} y`;
-  if (months >= 1) return `${months} mo`;
-  return `${Math.round((r - b) / 86_400_000)} d`;
 }
 
 function patientLine(s) {

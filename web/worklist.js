@@ -17,6 +17,11 @@ import {
   dicomDate,
   fmtTime,
   fmtDuration,
+  age,
+  list,
+  cap,
+  errText,
+  failer,
 } from './app-common.js';
 
 const PAGE = 50;
@@ -34,6 +39,7 @@ const STATE_LABEL = {
 };
 
 const hook = testHook('worklist', { ready: false, uids: [], rows: [], total: 0, errors: [] });
+const fail = failer(hook);
 
 const enc = encodeURIComponent;
 const viewerUrl = (uid) => `/viewer?study=${enc(uid)}`;
@@ -48,45 +54,6 @@ let failing = false;
 const clinicNames = new Map();
 
 // ------------------------------------------------------------------ helpers
-
-function errText(err) {
-  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
-  return 'Cannot reach the server — check the connection';
-}
-
-function fail(what, err) {
-  if (err && err.name === 'AbortError') return null;
-  if (err instanceof ApiError && err.status === 401) return null;
-  const msg = `${what}: ${errText(err)}`;
-  hook.errors.push(msg);
-  toast(msg, 'error');
-  return msg;
-}
-
-function cap(s) {
-  return s ? s[0].toUpperCase() + s.slice(1) : '';
-}
-
-function list(v) {
-  return String(v || '')
-    .split(/[,\\]/)
-    .map((x) => x.trim())
-    .filter(Boolean)
-    .join(', ');
-}
-
-/** Age from a DICOM birth date at the study date (or today). */
-function age(birth, at) {
-  if (!birth || birth.length !== 8) return '';
-  const b = new Date(+birth.slice(0, 4), +birth.slice(4, 6) - 1, +birth.slice(6, 8));
-  const r = at && at.length === 8 ? new Date(+at.slice(0, 4), +at.slice(4, 6) - 1, +at.slice(6, 8)) : new Date();
-  if (Number.isNaN(b.getTime()) || r < b) return '';
-  let months = (r.getFullYear() - b.getFullYear()) * 12 + (r.getMonth() - b.getMonth());
-  if (r.getDate() < b.getDate()) months -= 1;
-  if (months >= 24) return `${Math.floor(months / 12)} y`;
-  if (months >= 1) return `${months} mo`;
-  return `${Math.round((r - b) / 86_400_000)} d`;
-}
 
 /** "06:01" today, else the full date and time. */
 function sinceText(ms) {
