@@ -28,6 +28,7 @@ pub mod http;
 pub mod imaging;
 pub mod metrics;
 pub mod reading;
+pub mod relay;
 pub mod sfu;
 pub mod tls;
 
