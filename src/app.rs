@@ -55,6 +55,8 @@ pub struct Services {
     pub login_limiter: std::sync::Mutex<crate::reading::accounts::LoginThrottle>,
     /// Wakes the SR delivery worker when a signed report is queued.
     pub delivery: crate::reading::delivery::DeliveryHandle,
+    /// Live relay link figures (per edge on a hub, the hub link on an edge).
+    pub relay: Arc<crate::relay::link::LinkStatus>,
 }
 
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -133,6 +135,46 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     let sfu = Arc::new(crate::sfu::Sfu::start(&cfg.sfu, shutdown.clone())?);
     info!(addr = %sfu.media_addr, "consultation media (UDP) listening");
 
+    let delivery = crate::reading::delivery::start(
+        index.clone(),
+        cfg.clone(),
+        cfg.data_dir.join("sr-spool"),
+        shutdown.clone(),
+        &tracker,
+    );
+    let relay_status = Arc::new(crate::relay::link::LinkStatus::default());
+    let mut relay_tasks = Vec::new();
+    if let Some(addr) = cfg.relay.listen
+        && cfg.role == "hub"
+    {
+        let endpoint = crate::relay::hub::bind(&cfg, addr).map_err(AppError::Other)?;
+        info!(%addr, name = %cfg.relay.name, "relay link (QUIC) listening for edges");
+        let hub = Arc::new(crate::relay::hub::Hub::new(
+            cfg.clone(),
+            index.clone(),
+            archive.clone(),
+            relay_status.clone(),
+        ));
+        relay_tasks.push(tokio::spawn(crate::relay::hub::serve(
+            hub,
+            endpoint,
+            shutdown.clone(),
+            tracker.clone(),
+        )));
+    }
+    if cfg.role == "edge" {
+        let edge = crate::relay::edge::Edge::new(
+            cfg.clone(),
+            index.clone(),
+            archive.clone(),
+            relay_status.clone(),
+            delivery.clone(),
+        )
+        .map_err(|e| AppError::Other(format!("relay link to the hub: {e}")))?;
+        info!(hub = ?cfg.edge.as_ref().map(|e| e.hub.clone()), "edge role: relaying complete studies to the hub");
+        relay_tasks.push(tokio::spawn(crate::relay::edge::run(Arc::new(edge), shutdown.clone())));
+    }
+
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let services = Arc::new(Services {
         cfg: cfg.clone(),
@@ -141,13 +183,8 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         metrics: metrics.clone(),
         render_slots: tokio::sync::Semaphore::new(cores),
         sfu: sfu.clone(),
-        delivery: crate::reading::delivery::start(
-            index.clone(),
-            cfg.clone(),
-            cfg.data_dir.join("sr-spool"),
-            shutdown.clone(),
-            &tracker,
-        ),
+        delivery,
+        relay: relay_status,
         login_limiter: std::sync::Mutex::new(crate::reading::accounts::LoginThrottle::new(
             cfg.auth.login_free_failures,
         )),
@@ -192,6 +229,9 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         );
     }
     let _ = http.await;
+    for t in relay_tasks {
+        let _ = t.await;
+    }
     let _ = stability.await;
     let _ = housekeeping.await;
     sfu.join();

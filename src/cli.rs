@@ -38,6 +38,18 @@ enum Cmd {
         #[arg(long, env = "MEDRELAY_DATA_DIR", global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// The relay link's edge certificates (run on the hub).
+    Relay {
+        #[command(subcommand)]
+        cmd: RelayCmd,
+        /// The hub's configuration (cert_dir, data_dir, clinics).
+        #[arg(long, short, env = "MEDRELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "MEDRELAY_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, env = "MEDRELAY_CERT_DIR", global = true)]
+        cert_dir: Option<PathBuf>,
+    },
     /// C-ECHO a DICOM node: `medrelay echo [AE@]HOST:PORT`.
     Echo {
         target: String,
@@ -128,6 +140,27 @@ enum UserCmd {
     List,
 }
 
+#[derive(Subcommand, Debug)]
+enum RelayCmd {
+    /// Issue a certificate for an edge box and register it: writes
+    /// edge-cert.pem, edge-key.pem (keep secret) and hub-ca.pem into --out,
+    /// to be copied to the edge. Issuing again replaces the old certificate.
+    IssueEdge {
+        /// Edge name: lowercase letters, digits, '-'.
+        #[arg(long)]
+        name: String,
+        /// The clinic (from [[clinic]]) whose studies come through this edge.
+        #[arg(long)]
+        clinic: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke an edge's certificate (effective immediately, also on a live link).
+    Revoke { name: String },
+    /// List registered edges.
+    List,
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// TOML configuration file (see medrelay.example.toml).
@@ -178,6 +211,15 @@ pub fn run() -> ExitCode {
             Cmd::User { cmd, config, data_dir } => {
                 init_tracing("warn");
                 user(cmd, config, data_dir).await
+            }
+            Cmd::Relay {
+                cmd,
+                config,
+                data_dir,
+                cert_dir,
+            } => {
+                init_tracing("warn");
+                relay(cmd, config, data_dir, cert_dir).await
             }
             Cmd::Echo { target, aet, aec } => {
                 init_tracing("warn");
@@ -242,6 +284,98 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
         .read_line(&mut line)
         .map_err(|e| format!("reading the password: {e}"))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+async fn relay(
+    cmd: RelayCmd,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
+) -> ExitCode {
+    use crate::relay::{pki, store};
+    let o = Overrides {
+        data_dir,
+        cert_dir,
+        ..Overrides::default()
+    };
+    let cfg = match Config::load(config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if cfg.role != "hub" {
+        return fail("edge certificates are issued on the hub (this configuration has role = \"edge\")");
+    }
+    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
+        return fail(format!("creating {}: {e}", cfg.data_dir.display()));
+    }
+    let (index, writer) = match crate::archive::index::Index::open(&cfg.index_path()).await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let pool = index.pool().clone();
+    let now = crate::dicom::scp::now_ms();
+    let code = match cmd {
+        RelayCmd::IssueEdge { name, clinic, out } => {
+            if !cfg.clinics.iter().any(|c| c.id == clinic) {
+                return fail(format!("no [[clinic]] with id {clinic:?} in the configuration"));
+            }
+            let issued =
+                pki::ensure_hub(&cfg.cert_dir, &cfg.relay.name).and_then(|_| pki::issue_edge(&cfg.cert_dir, &name));
+            match issued {
+                Err(e) => fail(e),
+                Ok(e) => match pki::write_edge_files(&out, &e) {
+                    Err(err) => fail(err),
+                    Ok((c, k, ca)) => match store::register_edge(&pool, &name, &clinic, &e.fingerprint, now).await {
+                        Err(err) => fail(err),
+                        Ok(()) => {
+                            println!(
+                                "edge {name} (clinic {clinic}) registered, fingerprint {}",
+                                e.fingerprint
+                            );
+                            println!("copy to the edge and add to its configuration:");
+                            println!("  role = \"edge\"");
+                            println!("  [edge]");
+                            let port = cfg.relay.listen.map(|a| a.port()).unwrap_or(4433);
+                            println!("  hub = \"<hub address>:{port}\"");
+                            println!("  hub_name = \"{}\"", cfg.relay.name);
+                            println!("  cert = \"{}\"", c.display());
+                            println!("  key = \"{}\"", k.display());
+                            println!("  hub_ca = \"{}\"", ca.display());
+                            ExitCode::SUCCESS
+                        }
+                    },
+                },
+            }
+        }
+        RelayCmd::Revoke { name } => match store::revoke_edge(&pool, &name, now).await {
+            Ok(true) => {
+                println!("edge {name} revoked");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail(format!("no edge named {name:?}")),
+            Err(e) => fail(e),
+        },
+        RelayCmd::List => match store::edges(&pool).await {
+            Ok(list) => {
+                for e in list {
+                    println!(
+                        "{}\tclinic={}\t{}\tlast_seen={}\t{}",
+                        e.name,
+                        e.clinic_id,
+                        if e.revoked_ms.is_some() { "REVOKED" } else { "active" },
+                        e.last_seen_ms.map(|t| t.to_string()).unwrap_or_else(|| "never".into()),
+                        e.last_addr.unwrap_or_default()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    };
+    drop(index);
+    let _ = writer.await;
+    pool.close().await;
+    code
 }
 
 async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {

@@ -42,6 +42,11 @@ pub struct Config {
     pub hospitals: Vec<HospitalConfig>,
     pub auth: AuthConfig,
     pub reading: ReadingConfig,
+    /// Hub side of the WAN relay link (edges connect here).
+    pub relay: RelayConfig,
+    /// Edge side: where the hub is and who this edge is. Required when
+    /// `role = "edge"`.
+    pub edge: Option<EdgeConfig>,
     /// Seconds to let in-flight associations and requests finish on shutdown.
     pub shutdown_grace_secs: u64,
     pub log: String,
@@ -222,6 +227,74 @@ impl Default for ReadingConfig {
     }
 }
 
+/// The hub's relay listener. Edges authenticate with certificates issued
+/// by `medrelay relay issue-edge`; the relay CA lives in `cert_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// UDP address of the QUIC relay listener; absent = no relay.
+    pub listen: Option<SocketAddr>,
+    /// TLS name in the hub's relay certificate (edges check it).
+    pub name: String,
+    /// Largest bundle the hub accepts, in MiB (bounds memory per stream).
+    pub max_bundle_mb: u64,
+    /// Concurrent bundles being verified and written, all edges together.
+    pub max_inflight_bundles: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: None,
+            name: "medrelay-hub".into(),
+            max_bundle_mb: 32,
+            max_inflight_bundles: 16,
+        }
+    }
+}
+
+/// An edge box's link to its hub.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The hub's relay address, `HOST:PORT` (UDP).
+    pub hub: String,
+    /// The name in the hub's relay certificate.
+    #[serde(default = "default_hub_name")]
+    pub hub_name: String,
+    /// This edge's certificate and key, and the hub's relay CA, as written
+    /// by `medrelay relay issue-edge` on the hub.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub hub_ca: PathBuf,
+    /// Cap on the relay's send rate in Mbit/s (0 = none), so video calls on
+    /// the same link keep their share.
+    #[serde(default)]
+    pub rate_mbit: f64,
+    /// Bundles in flight at once (parallel QUIC streams).
+    #[serde(default = "default_streams")]
+    pub streams: usize,
+    /// Target bundle size in MiB.
+    #[serde(default = "default_bundle_mb")]
+    pub bundle_mb: u64,
+    /// zstd level for native (uncompressed) pixel data.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+}
+
+fn default_hub_name() -> String {
+    "medrelay-hub".into()
+}
+fn default_streams() -> usize {
+    4
+}
+fn default_bundle_mb() -> u64 {
+    4
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -237,6 +310,8 @@ impl Default for Config {
             hospitals: Vec::new(),
             auth: AuthConfig::default(),
             reading: ReadingConfig::default(),
+            relay: RelayConfig::default(),
+            edge: None,
             shutdown_grace_secs: 30,
             log: "info".into(),
         }
@@ -342,6 +417,35 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.role != "hub" && self.role != "edge" {
             return bad(format!("role must be \"hub\" or \"edge\", not {:?}", self.role));
+        }
+        match (&self.edge, self.role.as_str()) {
+            (None, "edge") => return bad("role = \"edge\" needs an [edge] section (hub, cert, key, hub_ca)".into()),
+            (Some(_), "hub") => return bad("an [edge] section needs role = \"edge\"".into()),
+            (Some(e), _) => {
+                if e.hub
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return bad(format!("edge.hub {:?}: expected HOST:PORT", e.hub));
+                }
+                if !(e.rate_mbit >= 0.0 && e.rate_mbit.is_finite()) {
+                    return bad("edge.rate_mbit must be 0 (no cap) or positive".into());
+                }
+                if e.streams == 0 || e.streams > 64 {
+                    return bad("edge.streams must be between 1 and 64".into());
+                }
+                if e.bundle_mb == 0 || e.bundle_mb > 64 {
+                    return bad("edge.bundle_mb must be between 1 and 64".into());
+                }
+                if !(1..=19).contains(&e.zstd_level) {
+                    return bad("edge.zstd_level must be between 1 and 19".into());
+                }
+            }
+            (None, _) => {}
+        }
+        if self.relay.max_bundle_mb == 0 || self.relay.max_inflight_bundles == 0 {
+            return bad("relay.max_bundle_mb and relay.max_inflight_bundles must be at least 1".into());
         }
         if !valid_ae(&self.dicom.ae_title) {
             return bad(format!(

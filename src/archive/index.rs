@@ -266,6 +266,63 @@ const MIGRATIONS: &[&str] = &[
      UPDATE worklist SET modalities = COALESCE((SELECT s.modalities FROM studies s WHERE s.study_uid = worklist.study_uid), ''),
        body_parts = COALESCE((SELECT s.body_parts FROM studies s WHERE s.study_uid = worklist.study_uid), '');
      CREATE INDEX IF NOT EXISTS worklist_clinic_queue ON worklist(clinic_id, state, priority_rank, enqueued_ms);",
+    // 5: the WAN relay link. Hub: registered edges (certificate
+    // fingerprints, revocation), studies arriving from edges, and the parts
+    // staged durably before a study commits. Edge: the outbox of complete
+    // studies still to send (filled by a trigger installed on edges only)
+    // and small durable cursors.
+    "CREATE TABLE IF NOT EXISTS relay_edges (
+         name TEXT PRIMARY KEY,
+         clinic_id TEXT NOT NULL,
+         fingerprint TEXT NOT NULL UNIQUE,
+         issued_ms INTEGER NOT NULL,
+         revoked_ms INTEGER,
+         last_seen_ms INTEGER,
+         last_addr TEXT,
+         notif_cursor INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE IF NOT EXISTS relay_inbound (
+         edge TEXT NOT NULL,
+         study_uid TEXT NOT NULL,
+         clinic_id TEXT NOT NULL,
+         state TEXT NOT NULL,
+         total INTEGER NOT NULL,
+         total_bytes INTEGER NOT NULL,
+         priority TEXT NOT NULL,
+         clinical_question TEXT,
+         manifest TEXT NOT NULL,
+         began_ms INTEGER NOT NULL,
+         first_preview_ms INTEGER,
+         first_instance_ms INTEGER,
+         committed_ms INTEGER,
+         PRIMARY KEY (edge, study_uid)
+     );
+     CREATE INDEX IF NOT EXISTS relay_inbound_state ON relay_inbound(state, began_ms);
+     CREATE TABLE IF NOT EXISTS relay_staged (
+         edge TEXT NOT NULL,
+         study_uid TEXT NOT NULL,
+         sop_uid TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         sha256 TEXT NOT NULL,
+         size INTEGER NOT NULL,
+         path TEXT NOT NULL,
+         at_ms INTEGER NOT NULL,
+         PRIMARY KEY (edge, study_uid, sop_uid, kind)
+     );
+     CREATE TABLE IF NOT EXISTS relay_outbox (
+         study_uid TEXT PRIMARY KEY,
+         completed_ms INTEGER NOT NULL,
+         enqueued_ms INTEGER NOT NULL,
+         sent_completed_ms INTEGER,
+         sent_ms INTEGER,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         last_error TEXT,
+         bytes_sent INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE IF NOT EXISTS relay_kv (
+         key TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     )",
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
@@ -665,7 +722,7 @@ fn reply_all(done: Vec<Done>, shared_err: Option<&str>) {
     }
 }
 
-type Conn = sqlx::SqliteConnection;
+pub(crate) type Conn = sqlx::SqliteConnection;
 
 fn patient_key(i: &NewInstance) -> String {
     if i.patient_id.trim().is_empty() {
@@ -685,7 +742,7 @@ fn list_append(col: &str) -> String {
 
 /// One instance into the index in few statements: each statement is a round
 /// trip to SQLite's worker thread, which is most of the cost of an insert.
-async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
+pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
     let versions = sqlx::query("SELECT version, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY version")
         .bind(&i.sop_instance_uid)
         .fetch_all(&mut *c)
@@ -839,6 +896,15 @@ async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexErro
     .map(|r| r.get(0))
     .collect();
     for uid in &done {
+        enqueue_completed(c, uid, now_ms).await?;
+    }
+    Ok(done)
+}
+
+/// A study just completed: put it on the reading worklist (one row per
+/// study, ever) and reopen it if it had been returned for more images.
+pub(crate) async fn enqueue_completed(c: &mut Conn, uid: &str, now_ms: i64) -> Result<(), IndexError> {
+    {
         // One worklist row per study, ever: a re-completed study updates it.
         sqlx::query(
             "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, clinic_id, modalities, body_parts)
@@ -874,7 +940,7 @@ async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexErro
             .await?;
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 // ---------------------------------------------------------------- reads

@@ -98,6 +98,7 @@ pub async fn metrics(State(s): S) -> Response {
     ]);
     let mut text = text;
     super::consult::render_metrics(&s.sfu.metrics, &mut text);
+    super::relay::render_metrics(&s, &mut text).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -9,6 +9,7 @@ pub mod consult;
 pub mod error;
 pub mod images;
 pub mod reading;
+pub mod relay;
 pub mod zipstream;
 
 use std::sync::Arc;
@@ -63,6 +64,9 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/admin/turnaround", get(admin::turnaround))
         .route("/api/admin/audit", get(admin::audit_log))
         .route("/api/admin/deliveries", get(admin::deliveries))
+        .route("/api/admin/relay", get(relay::admin_relay))
+        .route("/api/relay/arriving", get(relay::arriving))
+        .route("/api/relay/arriving/{uid}/{kind}", get(relay::arriving_image))
         .route("/api/instances/{uid}/tags", get(api::instance_tags))
         .route("/", get(reading::root))
         .route("/login", get(reading::login_page))

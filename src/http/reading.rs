@@ -505,12 +505,21 @@ pub async fn sign(
     require(&c, &[Role::Expert])?;
     let t = body(b)?;
     let st = study_for(&s, &c, &uid).await?;
-    let target = s
+    let mut target = s
         .cfg
         .clinics
         .iter()
         .find(|k| k.id == st.clinic_id)
         .and_then(|k| k.pacs.clone());
+    // A clinic behind an edge gets its reports over the relay link; the
+    // edge forwards them to the clinic PACS on its LAN.
+    if target.is_none()
+        && let Some(edge) = crate::relay::store::edge_for_clinic(s.index.pool(), &st.clinic_id)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        target = Some(format!("edge:{edge}"));
+    }
     let plan = reports::DeliveryPlan {
         clinic_id: st.clinic_id.clone(),
         target,

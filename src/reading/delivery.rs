@@ -145,7 +145,10 @@ const COLUMNS: &str = "d.id, d.study_uid, d.version, d.clinic_id, d.target, d.pa
 
 /// Unsent, and no earlier version of the same study for the same target is
 /// still unsent (an amendment waits for the report it amends).
-const SENDABLE: &str = "d.state IN ('pending', 'failing')
+///
+/// Reports for a clinic behind an edge (`edge:NAME`) are not sent by this
+/// worker: they travel over the relay link (`due_for_target`).
+const SENDABLE: &str = "d.state IN ('pending', 'failing') AND d.target NOT LIKE 'edge:%'
     AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.study_uid = d.study_uid AND e.target = d.target
                     AND e.version < d.version AND e.state != 'sent')";
 
@@ -166,6 +169,21 @@ pub async fn due(pool: &SqlitePool, now_ms: i64, limit: i64) -> Result<Vec<Deliv
     ))
     .bind(now_ms)
     .bind(limit.max(1))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Unsent reports for one target, oldest first, amendments after the
+/// versions they amend (the relay's way back to an edge).
+pub async fn due_for_target(pool: &SqlitePool, target: &str, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM deliveries d WHERE d.target = ? AND d.state IN ('pending', 'failing')
+         AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.study_uid = d.study_uid AND e.target = d.target
+                         AND e.version < d.version AND e.state != 'sent')
+         ORDER BY d.created_ms, d.id LIMIT ?"
+    ))
+    .bind(target)
+    .bind(limit)
     .fetch_all(pool)
     .await?)
 }
@@ -426,7 +444,12 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pa
 }
 
 /// The spool file of a delivery's SR, built and written if it is missing.
-async fn ensure_file(index: &Index, cfg: &Config, spool_dir: &Path, d: &Delivery) -> Result<PathBuf, DeliveryError> {
+pub async fn ensure_file(
+    index: &Index,
+    cfg: &Config,
+    spool_dir: &Path,
+    d: &Delivery,
+) -> Result<PathBuf, DeliveryError> {
     if !d.path.is_empty() && tokio::fs::try_exists(&d.path).await.unwrap_or(false) {
         return Ok(PathBuf::from(&d.path));
     }

@@ -1,0 +1,682 @@
+//! The hub end of the relay link: accepts edges (mutual TLS, then the
+//! certificate's fingerprint must be registered and not revoked), stages
+//! what they send durably, verifies every instance, commits each study
+//! atomically, and serves the way back (reports, notifications).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::link::{LinkError, LinkStatus, read_body, read_frame};
+use super::store::{self, CommitItem, EdgeRow, Staged};
+use super::wire::{self, Manifest, Request, Response, WayBackNotification, WayBackReport};
+use crate::archive::files::{Archive, Committed};
+use crate::archive::index::Index;
+use crate::config::Config;
+use crate::dicom::scp::now_ms;
+
+/// QUIC close codes the edge logs (application-level reasons).
+pub const CLOSE_UNKNOWN_EDGE: u32 = 0x10;
+pub const CLOSE_REVOKED: u32 = 0x11;
+pub const CLOSE_SHUTDOWN: u32 = 0x12;
+
+pub struct Hub {
+    pub cfg: Arc<Config>,
+    pub index: Index,
+    pub archive: Archive,
+    pub status: Arc<LinkStatus>,
+    /// Bounds memory and disk work for bundles, all edges together.
+    inflight: Semaphore,
+    staging: PathBuf,
+}
+
+impl Hub {
+    pub fn new(cfg: Arc<Config>, index: Index, archive: Archive, status: Arc<LinkStatus>) -> Hub {
+        let staging = cfg.data_dir.join("relay-staging");
+        let inflight = Semaphore::new(cfg.relay.max_inflight_bundles);
+        Hub {
+            cfg,
+            index,
+            archive,
+            status,
+            inflight,
+            staging,
+        }
+    }
+}
+
+/// Bind the relay endpoint (UDP).
+pub fn bind(cfg: &Config, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, String> {
+    super::pki::ensure_hub(&cfg.cert_dir, &cfg.relay.name).map_err(|e| e.to_string())?;
+    let sc = super::pki::hub_server_config(&cfg.cert_dir).map_err(|e| e.to_string())?;
+    quinn::Endpoint::server(sc, addr).map_err(|e| format!("cannot listen on {addr} (UDP): {e}"))
+}
+
+pub async fn serve(hub: Arc<Hub>, endpoint: quinn::Endpoint, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let hub = hub.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(Duration::from_secs(30), incoming).await {
+                Ok(Ok(conn)) => connection(hub, conn, shutdown).await,
+                Ok(Err(e)) => warn!(%remote, error = %e, "relay handshake refused"),
+                Err(_) => warn!(%remote, "relay handshake timed out"),
+            }
+        });
+    }
+    endpoint.close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"hub shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let id = conn.peer_identity()?;
+    let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| super::pki::fingerprint(c))
+}
+
+async fn connection(hub: Arc<Hub>, conn: quinn::Connection, shutdown: CancellationToken) {
+    let remote = conn.remote_address();
+    let pool = hub.index.pool().clone();
+    let pool = &pool;
+    let edge = match peer_fingerprint(&conn) {
+        Some(fp) => store::edge_by_fingerprint(pool, &fp).await,
+        None => Ok(None),
+    };
+    let edge = match edge {
+        Ok(Some(e)) if e.revoked_ms.is_none() => e,
+        Ok(Some(e)) => {
+            warn!(edge = %e.name, %remote, "refused a revoked edge certificate");
+            conn.close(quinn::VarInt::from_u32(CLOSE_REVOKED), b"edge certificate revoked");
+            return;
+        }
+        Ok(None) => {
+            warn!(%remote, "refused an edge certificate that is not registered here");
+            conn.close(quinn::VarInt::from_u32(CLOSE_UNKNOWN_EDGE), b"unknown edge certificate");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "looking up an edge failed");
+            conn.close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"hub index unavailable");
+            return;
+        }
+    };
+    let edge = Arc::new(edge);
+    let span = info_span!("relay", edge = %edge.name);
+    let pool = pool.clone();
+    async move {
+        let pool = &pool;
+        info!(%remote, "edge connected");
+        let _ = store::seen(pool, &edge.name, &remote.to_string(), now_ms()).await;
+        hub.status.with(&edge.name, |f| {
+            f.connections += 1;
+            f.update_from(&conn, now_ms());
+        });
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_addr = remote;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = conn.accept_bi() => match s {
+                    Ok((send, recv)) => {
+                        let hub = hub.clone();
+                        let edge = edge.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = stream(&hub, &edge, send, recv).await {
+                                debug!(error = %e, "relay stream ended with an error");
+                            }
+                        }.in_current_span());
+                    }
+                    Err(e) => {
+                        info!(reason = %e, "edge disconnected");
+                        break;
+                    }
+                },
+                _ = tick.tick() => {
+                    hub.status.with(&edge.name, |f| f.update_from(&conn, now_ms()));
+                    let addr = conn.remote_address();
+                    if addr != last_addr {
+                        info!(from = %last_addr, to = %addr, "edge address changed; connection migrated");
+                        last_addr = addr;
+                        let _ = store::seen(pool, &edge.name, &addr.to_string(), now_ms()).await;
+                    }
+                    // Revocation also ends a live connection.
+                    if store::is_revoked(pool, &edge.name).await.unwrap_or(false) {
+                        warn!("edge revoked while connected; closing");
+                        conn.close(quinn::VarInt::from_u32(CLOSE_REVOKED), b"edge certificate revoked");
+                        break;
+                    }
+                }
+            }
+        }
+        hub.status.with(&edge.name, |f| f.connected = false);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn respond(send: &mut quinn::SendStream, r: &Response, body: &[u8]) -> Result<(), LinkError> {
+    send.write_all(&wire::encode(r)).await?;
+    if !body.is_empty() {
+        send.write_all(body).await?;
+    }
+    send.finish()?;
+    Ok(())
+}
+
+async fn stream(
+    hub: &Hub,
+    edge: &EdgeRow,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), LinkError> {
+    let req: Request = match read_frame(&mut recv).await {
+        Ok(r) => r,
+        Err(LinkError::Wire(e)) => {
+            let r = Response::Error {
+                message: format!("bad request: {e}"),
+                retry: false,
+            };
+            return respond(&mut send, &r, &[]).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let (resp, body) = match handle(hub, edge, req, &mut recv).await {
+        Ok(v) => v,
+        Err(HandleError::Link(e)) => return Err(e),
+        Err(HandleError::Refuse(message, retry)) => {
+            warn!(error = %message, "relay request refused");
+            (Response::Error { message, retry }, Vec::new())
+        }
+    };
+    respond(&mut send, &resp, &body).await
+}
+
+enum HandleError {
+    Link(LinkError),
+    /// Refused with a reason; `bool`: retrying may help.
+    Refuse(String, bool),
+}
+
+impl From<LinkError> for HandleError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Wire(w) => HandleError::Refuse(w.to_string(), false),
+            e => HandleError::Link(e),
+        }
+    }
+}
+
+impl From<crate::archive::index::IndexError> for HandleError {
+    fn from(e: crate::archive::index::IndexError) -> Self {
+        HandleError::Refuse(format!("hub index: {e}"), true)
+    }
+}
+
+fn valid_uid(u: &str) -> bool {
+    !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+async fn handle(
+    hub: &Hub,
+    edge: &EdgeRow,
+    req: Request,
+    recv: &mut quinn::RecvStream,
+) -> Result<(Response, Vec<u8>), HandleError> {
+    let pool = hub.index.pool();
+    match req {
+        Request::Begin { manifest } => {
+            if !valid_uid(&manifest.study_uid)
+                || manifest
+                    .instances
+                    .iter()
+                    .any(|i| !valid_uid(&i.meta.sop_instance_uid) || i.meta.study_uid != manifest.study_uid)
+            {
+                return Err(HandleError::Refuse(
+                    "manifest with invalid or foreign UIDs".into(),
+                    false,
+                ));
+            }
+            let json = serde_json::to_string(&manifest).map_err(|e| HandleError::Refuse(e.to_string(), false))?;
+            let h = store::begin(pool, &edge.name, &edge.clinic_id, &manifest, &json, now_ms()).await?;
+            info!(study_uid = %manifest.study_uid, instances = manifest.instances.len(),
+                  already = h.instances.len(), "study arriving");
+            Ok((
+                Response::Begun {
+                    have_instances: h.instances.into_iter().collect(),
+                    have_previews: h.previews.into_iter().collect(),
+                },
+                Vec::new(),
+            ))
+        }
+        Request::Previews { study_uid, items } => {
+            if !valid_uid(&study_uid)
+                || items
+                    .iter()
+                    .any(|i| !valid_uid(&i.sop_uid) || !matches!(i.kind.as_str(), "thumb" | "preview" | "mid" | "cine"))
+            {
+                return Err(HandleError::Refuse("previews with invalid UIDs or kinds".into(), false));
+            }
+            let total: u64 = items.iter().map(|i| i.len).sum();
+            let body = read_body(recv, total, hub.cfg.relay.max_bundle_mb << 20).await?;
+            let dir = hub.staging.join(&edge.name).join(&study_uid);
+            let items2 = items.clone();
+            let staged = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Staged>> {
+                std::fs::create_dir_all(&dir)?;
+                let mut at = 0usize;
+                let mut out = Vec::with_capacity(items2.len());
+                for it in &items2 {
+                    let bytes = &body[at..at + it.len as usize];
+                    at += it.len as usize;
+                    let path = dir.join(format!("{}.{}.jpg", it.sop_uid, it.kind));
+                    // Previews can be rendered again from the instance:
+                    // renamed into place, not fsynced.
+                    let tmp = path.with_extension("jpg.tmp");
+                    std::fs::write(&tmp, bytes)?;
+                    std::fs::rename(&tmp, &path)?;
+                    out.push(Staged {
+                        sop_uid: it.sop_uid.clone(),
+                        kind: it.kind.clone(),
+                        sha256: String::new(),
+                        size: it.len,
+                        path: path.to_string_lossy().into_owned(),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| HandleError::Refuse(e.to_string(), true))?
+            .map_err(|e| HandleError::Refuse(format!("staging previews: {e}"), true))?;
+            if !store::stage(pool, &edge.name, &study_uid, &staged, now_ms()).await? {
+                return Err(HandleError::Refuse(
+                    "study not announced (send begin first)".into(),
+                    true,
+                ));
+            }
+            Ok((Response::Stored { count: items.len() }, Vec::new()))
+        }
+        Request::Bundle {
+            study_uid,
+            part_id,
+            compressed,
+            body_len,
+            members,
+        } => {
+            let inb = store::inbound(pool, &edge.name, &study_uid)
+                .await?
+                .filter(|i| i.state == "arriving")
+                .ok_or_else(|| HandleError::Refuse("study not announced (send begin first)".into(), true))?;
+            let manifest: Manifest = serde_json::from_str(&inb.manifest)
+                .map_err(|e| HandleError::Refuse(format!("stored manifest: {e}"), true))?;
+            let by_sop: HashMap<&str, &wire::ManifestInstance> = manifest
+                .instances
+                .iter()
+                .map(|i| (i.meta.sop_instance_uid.as_str(), i))
+                .collect();
+            for m in &members {
+                match by_sop.get(m.sop_uid.as_str()) {
+                    Some(i) if i.sha256 == m.sha256 && i.file_size == m.size => {}
+                    _ => {
+                        return Err(HandleError::Refuse(
+                            format!("instance {} does not match the manifest", m.sop_uid),
+                            false,
+                        ));
+                    }
+                }
+            }
+            let max = hub.cfg.relay.max_bundle_mb << 20;
+            let plain_total: u64 = members.iter().map(|m| m.size).sum();
+            if plain_total > max.saturating_mul(4) {
+                return Err(HandleError::Refuse("bundle too large".into(), false));
+            }
+            let body = read_body(recv, body_len, max).await?;
+            let _permit = hub
+                .inflight
+                .acquire()
+                .await
+                .map_err(|_| HandleError::Refuse("hub shutting down".into(), true))?;
+            let dir = hub.staging.join(&edge.name).join(&study_uid);
+            let ts: HashMap<String, String> = members
+                .iter()
+                .filter_map(|m| {
+                    by_sop
+                        .get(m.sop_uid.as_str())
+                        .map(|i| (m.sop_uid.clone(), i.meta.transfer_syntax.clone()))
+                })
+                .collect();
+            let members2 = members.clone();
+            let staged = tokio::task::spawn_blocking(move || stage_bundle(&dir, &members2, compressed, body, &ts))
+                .await
+                .map_err(|e| HandleError::Refuse(e.to_string(), true))??;
+            if !store::stage(pool, &edge.name, &study_uid, &staged, now_ms()).await? {
+                return Err(HandleError::Refuse("study no longer arriving".into(), true));
+            }
+            debug!(study_uid = %study_uid, part = %part_id, instances = members.len(), "bundle staged");
+            Ok((Response::Stored { count: members.len() }, Vec::new()))
+        }
+        Request::Commit { study_uid } => commit(hub, edge, &study_uid).await,
+        Request::Poll { notif_after, wait_ms } => poll(hub, edge, notif_after, wait_ms).await,
+        Request::Ack { delivery_ids } => {
+            let now = now_ms();
+            for id in delivery_ids {
+                let row =
+                    sqlx::query_as::<_, (String, String)>("SELECT study_uid, target FROM deliveries WHERE id = ?")
+                        .bind(id)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
+                let Some((study_uid, target)) = row else { continue };
+                if target != format!("edge:{}", edge.name) {
+                    continue;
+                }
+                crate::reading::delivery::mark_sent(pool, id, now)
+                    .await
+                    .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
+                let _ = hub
+                    .index
+                    .worklist_apply(
+                        &study_uid,
+                        &crate::reading::worklist::Action::Deliver,
+                        crate::reading::worklist::Actor::System,
+                        now,
+                    )
+                    .await;
+                info!(delivery = id, study_uid = %study_uid, "report handed to the edge");
+            }
+            Ok((Response::Acked, Vec::new()))
+        }
+    }
+}
+
+/// Verify and stage one bundle: every member's SHA-256 and content hash,
+/// each file fsynced, then the directory. Blocking.
+fn stage_bundle(
+    dir: &Path,
+    members: &[wire::Member],
+    compressed: bool,
+    body: Vec<u8>,
+    ts: &HashMap<String, String>,
+) -> Result<Vec<Staged>, HandleError> {
+    let refuse = |e: wire::WireError| HandleError::Refuse(e.to_string(), true);
+    let plain = wire::unpack_body(members, compressed, body).map_err(refuse)?;
+    let files = wire::split_bundle(members, &plain).map_err(refuse)?;
+    let io = |e: std::io::Error| HandleError::Refuse(format!("staging: {e}"), true);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut out = Vec::with_capacity(members.len());
+    for (m, bytes) in members.iter().zip(files) {
+        let ts = ts.get(&m.sop_uid).map(String::as_str).unwrap_or_default();
+        let content = wire::content_sha256(bytes, ts).map_err(refuse)?;
+        if content != m.sha256 {
+            return Err(HandleError::Refuse(
+                format!("instance {}: content hash differs from the manifest", m.sop_uid),
+                false,
+            ));
+        }
+        let path = dir.join(format!("{}.dcm", m.sop_uid));
+        let tmp = dir.join(format!("{}.dcm.tmp", m.sop_uid));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(bytes).map_err(io)?;
+            f.sync_data().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        out.push(Staged {
+            sop_uid: m.sop_uid.clone(),
+            kind: "instance".into(),
+            sha256: m.sha256.clone(),
+            size: m.size,
+            path: path.to_string_lossy().into_owned(),
+        });
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(out)
+}
+
+async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response, Vec<u8>), HandleError> {
+    let pool = hub.index.pool();
+    let inb = store::inbound(pool, &edge.name, study_uid)
+        .await?
+        .ok_or_else(|| HandleError::Refuse("study not announced".into(), false))?;
+    if inb.state == "committed" {
+        // A repeated commit (the answer to the first was lost).
+        return Ok((
+            Response::Committed {
+                instances: 0,
+                duplicates: 0,
+            },
+            Vec::new(),
+        ));
+    }
+    let manifest: Manifest =
+        serde_json::from_str(&inb.manifest).map_err(|e| HandleError::Refuse(format!("stored manifest: {e}"), true))?;
+    let staged = store::staged_of(pool, &edge.name, study_uid).await?;
+    let holdings = store::begin_holdings_committed(pool, &manifest).await?;
+    let mut files: HashMap<&str, &Staged> = HashMap::new();
+    let mut previews: HashMap<&str, Vec<&Staged>> = HashMap::new();
+    for s in &staged {
+        if s.kind == "instance" {
+            files.insert(s.sop_uid.as_str(), s);
+        } else {
+            previews.entry(s.sop_uid.as_str()).or_default().push(s);
+        }
+    }
+    let missing: Vec<String> = manifest
+        .instances
+        .iter()
+        .filter(|i| {
+            !files.contains_key(i.meta.sop_instance_uid.as_str()) && !holdings.contains(&i.meta.sop_instance_uid)
+        })
+        .map(|i| i.meta.sop_instance_uid.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Ok((Response::Missing { sop_uids: missing }, Vec::new()));
+    }
+    // Move the staged files into the archive (idempotent: a file already in
+    // place from an interrupted commit is accepted as is).
+    let moves: Vec<Move> = manifest
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let s = files.get(i.meta.sop_instance_uid.as_str())?;
+            let pv = previews
+                .get(i.meta.sop_instance_uid.as_str())
+                .map(|v| v.iter().map(|p| (p.kind.clone(), p.path.clone())).collect())
+                .unwrap_or_default();
+            Some((i.meta.sop_instance_uid.clone(), s.path.clone(), i.sha256.clone(), pv))
+        })
+        .collect();
+    let archive = hub.archive.clone();
+    let placed = tokio::task::spawn_blocking(move || place_files(&archive, moves))
+        .await
+        .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
+    let placed = match placed {
+        Ok(p) => p,
+        Err(PlaceError::Vanished(sop)) => {
+            // Staged but gone (disk trouble): ask for it again.
+            let _ = store::unstage(pool, &edge.name, study_uid, &sop).await;
+            return Ok((Response::Missing { sop_uids: vec![sop] }, Vec::new()));
+        }
+        Err(PlaceError::Io(e)) => return Err(HandleError::Refuse(format!("placing files: {e}"), true)),
+    };
+    let now = now_ms();
+    let items: Vec<CommitItem> = manifest
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let (file, has_previews) = placed.get(&i.meta.sop_instance_uid)?;
+            Some(CommitItem {
+                inst: i.meta.clone().into_new_instance(&edge.clinic_id, now),
+                file: file.clone(),
+                previews: *has_previews,
+                cine_frames: i.cine_frames,
+            })
+        })
+        .collect();
+    let (new, dup) = store::commit_study(
+        pool,
+        &edge.name,
+        study_uid,
+        &items,
+        &inb.priority,
+        inb.clinical_question.as_deref(),
+        now,
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
+    let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
+    hub.status.with(&edge.name, |f| {
+        f.studies_total += 1;
+        f.bytes_total += bytes;
+    });
+    info!(study_uid = %study_uid, instances = new, duplicates = dup, "study committed from edge");
+    Ok((
+        Response::Committed {
+            instances: new,
+            duplicates: dup,
+        },
+        Vec::new(),
+    ))
+}
+
+/// (SOP UID, staged path, content hash, [(preview kind, staged path)]).
+type Move = (String, String, String, Vec<(String, String)>);
+
+enum PlaceError {
+    Vanished(String),
+    Io(std::io::Error),
+}
+
+/// Blocking: rename staged instance files (and their previews) into the
+/// archive, fsync the directories touched. Returns, per SOP UID, the
+/// committed file and whether its thumbnail and preview came along.
+fn place_files(archive: &Archive, moves: Vec<Move>) -> Result<HashMap<String, (Committed, bool)>, PlaceError> {
+    let mut out = HashMap::new();
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
+    for (sop, staged, sha, previews) in moves {
+        let rel_path = format!("instances/{}/{sha}.dcm", &sha[..2.min(sha.len())]);
+        let dest = archive.path_of(&rel_path);
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&dir).map_err(PlaceError::Io)?;
+        let staged = PathBuf::from(staged);
+        let created = if dest.exists() {
+            let _ = std::fs::remove_file(&staged);
+            false
+        } else if staged.exists() {
+            std::fs::rename(&staged, &dest).map_err(PlaceError::Io)?;
+            true
+        } else {
+            return Err(PlaceError::Vanished(sop));
+        };
+        dirs.insert(dir);
+        let size = std::fs::metadata(&dest).map_err(PlaceError::Io)?.len();
+        let mut kinds = HashSet::new();
+        for (kind, path) in previews {
+            let to = crate::imaging::worker::render_path(archive, &rel_path, &kind);
+            if std::fs::rename(&path, &to).is_ok() || to.exists() {
+                kinds.insert(kind);
+            }
+        }
+        let has_previews = kinds.contains("thumb") && kinds.contains("preview");
+        out.insert(
+            sop,
+            (
+                Committed {
+                    rel_path,
+                    sha256: sha,
+                    size,
+                    created,
+                },
+                has_previews,
+            ),
+        );
+    }
+    for d in dirs {
+        std::fs::File::open(&d)
+            .and_then(|f| f.sync_all())
+            .map_err(PlaceError::Io)?;
+    }
+    Ok(out)
+}
+
+/// The way back: waits (up to `wait_ms`, bounded) for reports for this
+/// edge's clinic or notifications newer than the edge's cursor.
+async fn poll(hub: &Hub, edge: &EdgeRow, notif_after: i64, wait_ms: u64) -> Result<(Response, Vec<u8>), HandleError> {
+    let pool = hub.index.pool();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(25_000));
+    let target = format!("edge:{}", edge.name);
+    loop {
+        let due = crate::reading::delivery::due_for_target(pool, &target, 16)
+            .await
+            .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
+        let notes: Vec<WayBackNotification> = sqlx::query_as::<_, (i64, String, Option<String>, String, i64)>(
+            "SELECT id, kind, study_uid, text, created_ms FROM notifications WHERE clinic_id = ? AND id > ?
+             ORDER BY id LIMIT 100",
+        )
+        .bind(&edge.clinic_id)
+        .bind(notif_after)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| HandleError::Refuse(e.to_string(), true))?
+        .into_iter()
+        .map(|(id, kind, study_uid, text, created_ms)| WayBackNotification {
+            id,
+            kind,
+            study_uid,
+            text,
+            created_ms,
+        })
+        .collect();
+        if !due.is_empty() || !notes.is_empty() || tokio::time::Instant::now() >= deadline {
+            let mut reports = Vec::new();
+            let mut body = Vec::new();
+            for d in due {
+                match crate::reading::delivery::ensure_file(
+                    &hub.index,
+                    &hub.cfg,
+                    &hub.cfg.data_dir.join("sr-spool"),
+                    &d,
+                )
+                .await
+                {
+                    Ok(path) => match tokio::fs::read(&path).await {
+                        Ok(bytes) => {
+                            reports.push(WayBackReport {
+                                delivery_id: d.id,
+                                study_uid: d.study_uid.clone(),
+                                version: d.version,
+                                sop_instance_uid: d.sop_instance_uid.clone(),
+                                len: bytes.len() as u64,
+                            });
+                            body.extend_from_slice(&bytes);
+                        }
+                        Err(e) => warn!(delivery = d.id, error = %e, "reading a report SR for the edge failed"),
+                    },
+                    Err(e) => warn!(delivery = d.id, error = %e, "building a report SR for the edge failed"),
+                }
+            }
+            return Ok((
+                Response::Inbox {
+                    reports,
+                    notifications: notes,
+                },
+                body,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

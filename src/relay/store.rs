@@ -1,0 +1,899 @@
+//! The relay's durable state in the index database: on the hub, registered
+//! edges, arriving studies and their staged parts, and the atomic study
+//! commit; on the edge, the outbox and its cursors.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::{Row, SqlitePool};
+
+use super::wire::{InstanceMeta, Manifest, ManifestInstance};
+use crate::archive::index::{Conn, IndexError, NewInstance, apply_store, enqueue_completed};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EdgeRow {
+    pub name: String,
+    pub clinic_id: String,
+    pub fingerprint: String,
+    pub issued_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+    pub last_addr: Option<String>,
+}
+
+// ------------------------------------------------------------------ hub
+
+/// Register a newly issued edge certificate; re-issuing replaces the old
+/// one (the old certificate stops working).
+pub async fn register_edge(
+    pool: &SqlitePool,
+    name: &str,
+    clinic_id: &str,
+    fingerprint: &str,
+    now_ms: i64,
+) -> Result<(), IndexError> {
+    sqlx::query(
+        "INSERT INTO relay_edges (name, clinic_id, fingerprint, issued_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET clinic_id = excluded.clinic_id, fingerprint = excluded.fingerprint,
+           issued_ms = excluded.issued_ms, revoked_ms = NULL",
+    )
+    .bind(name)
+    .bind(clinic_id)
+    .bind(fingerprint)
+    .bind(now_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Returns false when no such edge exists.
+pub async fn revoke_edge(pool: &SqlitePool, name: &str, now_ms: i64) -> Result<bool, IndexError> {
+    Ok(
+        sqlx::query("UPDATE relay_edges SET revoked_ms = COALESCE(revoked_ms, ?) WHERE name = ?")
+            .bind(now_ms)
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+pub async fn edges(pool: &SqlitePool) -> Result<Vec<EdgeRow>, IndexError> {
+    Ok(sqlx::query_as(
+        "SELECT name, clinic_id, fingerprint, issued_ms, revoked_ms, last_seen_ms, last_addr FROM relay_edges ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn edge_by_fingerprint(pool: &SqlitePool, fp: &str) -> Result<Option<EdgeRow>, IndexError> {
+    Ok(sqlx::query_as(
+        "SELECT name, clinic_id, fingerprint, issued_ms, revoked_ms, last_seen_ms, last_addr FROM relay_edges WHERE fingerprint = ?",
+    )
+    .bind(fp)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn edge_for_clinic(pool: &SqlitePool, clinic_id: &str) -> Result<Option<String>, IndexError> {
+    Ok(sqlx::query(
+        "SELECT name FROM relay_edges WHERE clinic_id = ? AND revoked_ms IS NULL ORDER BY issued_ms DESC LIMIT 1",
+    )
+    .bind(clinic_id)
+    .fetch_optional(pool)
+    .await?
+    .map(|r| r.get(0)))
+}
+
+pub async fn seen(pool: &SqlitePool, name: &str, addr: &str, now_ms: i64) -> Result<(), IndexError> {
+    sqlx::query("UPDATE relay_edges SET last_seen_ms = ?, last_addr = ? WHERE name = ?")
+        .bind(now_ms)
+        .bind(addr)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn is_revoked(pool: &SqlitePool, name: &str) -> Result<bool, IndexError> {
+    Ok(
+        sqlx::query("SELECT revoked_ms IS NOT NULL FROM relay_edges WHERE name = ?")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| r.get::<bool, _>(0))
+            .unwrap_or(true),
+    )
+}
+
+/// What the hub already holds of a study an edge announces: staged parts
+/// and instances committed earlier with the same content.
+pub struct Holdings {
+    pub instances: HashSet<String>,
+    pub previews: HashSet<String>,
+}
+
+/// Record (or refresh) an arriving study and say what is already here.
+pub async fn begin(
+    pool: &SqlitePool,
+    edge: &str,
+    clinic_id: &str,
+    m: &Manifest,
+    manifest_json: &str,
+    now_ms: i64,
+) -> Result<Holdings, IndexError> {
+    let total_bytes: i64 = m.instances.iter().map(|i| i.file_size as i64).sum();
+    sqlx::query(
+        "INSERT INTO relay_inbound (edge, study_uid, clinic_id, state, total, total_bytes, priority, clinical_question,
+           manifest, began_ms)
+         VALUES (?, ?, ?, 'arriving', ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (edge, study_uid) DO UPDATE SET state = 'arriving', total = excluded.total,
+           total_bytes = excluded.total_bytes, priority = excluded.priority,
+           clinical_question = excluded.clinical_question, manifest = excluded.manifest,
+           began_ms = CASE WHEN relay_inbound.state = 'committed' THEN excluded.began_ms ELSE relay_inbound.began_ms END,
+           first_preview_ms = CASE WHEN relay_inbound.state = 'committed' THEN NULL ELSE relay_inbound.first_preview_ms END,
+           first_instance_ms = CASE WHEN relay_inbound.state = 'committed' THEN NULL ELSE relay_inbound.first_instance_ms END,
+           committed_ms = NULL",
+    )
+    .bind(edge)
+    .bind(&m.study_uid)
+    .bind(clinic_id)
+    .bind(m.instances.len() as i64)
+    .bind(total_bytes)
+    .bind(&m.priority)
+    .bind(&m.clinical_question)
+    .bind(manifest_json)
+    .bind(now_ms)
+    .execute(pool)
+    .await?;
+    holdings(pool, edge, m).await
+}
+
+async fn holdings(pool: &SqlitePool, edge: &str, m: &Manifest) -> Result<Holdings, IndexError> {
+    let mut instances = HashSet::new();
+    let mut previews = HashSet::new();
+    for r in sqlx::query("SELECT sop_uid, kind FROM relay_staged WHERE edge = ? AND study_uid = ?")
+        .bind(edge)
+        .bind(&m.study_uid)
+        .fetch_all(pool)
+        .await?
+    {
+        let sop: String = r.get(0);
+        let kind: String = r.get(1);
+        if kind == "instance" {
+            instances.insert(sop);
+        } else if kind == "preview" {
+            previews.insert(sop);
+        }
+    }
+    for (sop, preview_ok) in committed(pool, m).await? {
+        instances.insert(sop.clone());
+        if preview_ok {
+            previews.insert(sop);
+        }
+    }
+    Ok(Holdings { instances, previews })
+}
+
+/// Instances of the manifest already in the hub's index with the same
+/// content (sent before, or pushed to the hub directly), with whether their
+/// previews exist.
+async fn committed(pool: &SqlitePool, m: &Manifest) -> Result<Vec<(String, bool)>, IndexError> {
+    let wanted: HashMap<&str, &str> = m
+        .instances
+        .iter()
+        .map(|i| (i.meta.sop_instance_uid.as_str(), i.sha256.as_str()))
+        .collect();
+    Ok(
+        sqlx::query("SELECT sop_instance_uid, sha256, preview_status FROM instances WHERE study_uid = ?")
+            .bind(&m.study_uid)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let sop: String = r.get(0);
+                let sha: String = r.get(1);
+                let ok = r.get::<String, _>(2) == "ok";
+                (wanted.get(sop.as_str()) == Some(&sha.as_str())).then_some((sop, ok))
+            })
+            .collect(),
+    )
+}
+
+pub async fn begin_holdings_committed(pool: &SqlitePool, m: &Manifest) -> Result<HashSet<String>, IndexError> {
+    Ok(committed(pool, m).await?.into_iter().map(|(s, _)| s).collect())
+}
+
+pub struct Staged {
+    pub sop_uid: String,
+    pub kind: String,
+    pub sha256: String,
+    pub size: u64,
+    pub path: String,
+}
+
+/// Record durably staged parts in one transaction. Returns false when the
+/// study is not arriving from this edge (never announced, or committed).
+pub async fn stage(
+    pool: &SqlitePool,
+    edge: &str,
+    study_uid: &str,
+    parts: &[Staged],
+    now_ms: i64,
+) -> Result<bool, IndexError> {
+    let mut tx = pool.begin().await?;
+    let arriving = sqlx::query("SELECT 1 FROM relay_inbound WHERE edge = ? AND study_uid = ? AND state = 'arriving'")
+        .bind(edge)
+        .bind(study_uid)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if !arriving {
+        return Ok(false);
+    }
+    for p in parts {
+        sqlx::query(
+            "INSERT OR REPLACE INTO relay_staged (edge, study_uid, sop_uid, kind, sha256, size, path, at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(edge)
+        .bind(study_uid)
+        .bind(&p.sop_uid)
+        .bind(&p.kind)
+        .bind(&p.sha256)
+        .bind(p.size as i64)
+        .bind(&p.path)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if parts.iter().any(|p| p.kind == "instance") {
+        sqlx::query(
+            "UPDATE relay_inbound SET first_instance_ms = COALESCE(first_instance_ms, ?) WHERE edge = ? AND study_uid = ?",
+        )
+        .bind(now_ms)
+        .bind(edge)
+        .bind(study_uid)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if parts.iter().any(|p| p.kind != "instance") {
+        sqlx::query(
+            "UPDATE relay_inbound SET first_preview_ms = COALESCE(first_preview_ms, ?) WHERE edge = ? AND study_uid = ?",
+        )
+        .bind(now_ms)
+        .bind(edge)
+        .bind(study_uid)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub async fn staged_of(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<Vec<Staged>, IndexError> {
+    Ok(
+        sqlx::query("SELECT sop_uid, kind, sha256, size, path FROM relay_staged WHERE edge = ? AND study_uid = ?")
+            .bind(edge)
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Staged {
+                sop_uid: r.get(0),
+                kind: r.get(1),
+                sha256: r.get(2),
+                size: r.get::<i64, _>(3) as u64,
+                path: r.get(4),
+            })
+            .collect(),
+    )
+}
+
+/// Forget a staged instance whose file vanished, so the edge sends it again.
+pub async fn unstage(pool: &SqlitePool, edge: &str, study_uid: &str, sop_uid: &str) -> Result<(), IndexError> {
+    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ? AND sop_uid = ? AND kind = 'instance'")
+        .bind(edge)
+        .bind(study_uid)
+        .bind(sop_uid)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub struct Inbound {
+    pub clinic_id: String,
+    pub state: String,
+    pub manifest: String,
+    pub priority: String,
+    pub clinical_question: Option<String>,
+}
+
+pub async fn inbound(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<Option<Inbound>, IndexError> {
+    Ok(sqlx::query(
+        "SELECT clinic_id, state, manifest, priority, clinical_question FROM relay_inbound WHERE edge = ? AND study_uid = ?",
+    )
+    .bind(edge)
+    .bind(study_uid)
+    .fetch_optional(pool)
+    .await?
+    .map(|r| Inbound {
+        clinic_id: r.get(0),
+        state: r.get(1),
+        manifest: r.get(2),
+        priority: r.get(3),
+        clinical_question: r.get(4),
+    }))
+}
+
+/// One instance of the atomic commit: its index record, where its file now
+/// is, and whether its previews came along.
+pub struct CommitItem {
+    pub inst: NewInstance,
+    pub file: crate::archive::files::Committed,
+    pub previews: bool,
+    pub cine_frames: Option<i64>,
+}
+
+/// The atomic study commit: every instance indexed, the study complete and
+/// on the worklist with the edge's priority, the arrival closed and its
+/// staging rows dropped, all in one transaction. A crash leaves either the
+/// arriving study (files already in place are found again on retry) or the
+/// committed one. Returns (new instances, duplicates).
+pub async fn commit_study(
+    pool: &SqlitePool,
+    edge: &str,
+    study_uid: &str,
+    items: &[CommitItem],
+    priority: &str,
+    clinical_question: Option<&str>,
+    now_ms: i64,
+) -> Result<(usize, usize), IndexError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let r = commit_in(&mut conn, edge, study_uid, items, priority, clinical_question, now_ms).await;
+    match r {
+        Ok(v) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+async fn commit_in(
+    c: &mut Conn,
+    edge: &str,
+    study_uid: &str,
+    items: &[CommitItem],
+    priority: &str,
+    clinical_question: Option<&str>,
+    now_ms: i64,
+) -> Result<(usize, usize), IndexError> {
+    let mut new = 0;
+    let mut dup = 0;
+    for it in items {
+        match apply_store(c, &it.inst, &it.file).await? {
+            crate::archive::index::StoreOutcome::Duplicate => dup += 1,
+            _ => new += 1,
+        }
+        if it.previews {
+            sqlx::query(
+                "UPDATE instances SET preview_status = 'ok', cine_frames = ?, preview_ms = ?
+                 WHERE sop_instance_uid = ? AND sha256 = ?",
+            )
+            .bind(it.cine_frames)
+            .bind(now_ms)
+            .bind(&it.inst.sop_instance_uid)
+            .bind(&it.file.sha256)
+            .execute(&mut *c)
+            .await?;
+        }
+    }
+    let was_new = sqlx::query("SELECT 1 FROM worklist WHERE study_uid = ?")
+        .bind(study_uid)
+        .fetch_optional(&mut *c)
+        .await?
+        .is_none();
+    sqlx::query("UPDATE studies SET status = 'complete', completed_ms = ? WHERE study_uid = ?")
+        .bind(now_ms)
+        .bind(study_uid)
+        .execute(&mut *c)
+        .await?;
+    enqueue_completed(c, study_uid, now_ms).await?;
+    // The clinic's priority travels with the study; an expert's later change
+    // at the hub is not overwritten by a re-sent study.
+    let rank = match priority {
+        "stat" => 0,
+        "urgent" => 1,
+        _ => 2,
+    };
+    if was_new || rank < 2 {
+        sqlx::query(
+            "UPDATE worklist SET priority = ?, priority_rank = ?, clinical_question = COALESCE(?, clinical_question)
+             WHERE study_uid = ? AND priority_rank >= ?",
+        )
+        .bind(["stat", "urgent", "routine"][rank as usize])
+        .bind(rank)
+        .bind(clinical_question)
+        .bind(study_uid)
+        .bind(rank)
+        .execute(&mut *c)
+        .await?;
+    }
+    sqlx::query("UPDATE relay_inbound SET state = 'committed', committed_ms = ? WHERE edge = ? AND study_uid = ?")
+        .bind(now_ms)
+        .bind(edge)
+        .bind(study_uid)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ?")
+        .bind(edge)
+        .bind(study_uid)
+        .execute(&mut *c)
+        .await?;
+    Ok((new, dup))
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ArrivingRow {
+    pub edge: String,
+    pub study_uid: String,
+    pub clinic_id: String,
+    pub state: String,
+    pub total: i64,
+    pub arrived: i64,
+    pub total_bytes: i64,
+    pub arrived_bytes: i64,
+    pub previews: i64,
+    pub priority: String,
+    pub began_ms: i64,
+    pub first_preview_ms: Option<i64>,
+    pub committed_ms: Option<i64>,
+}
+
+/// Studies arriving (and the most recently committed), for the worklist's
+/// "arriving: k of n" and the admin page. `clinics`: None = all.
+pub async fn arriving(
+    pool: &SqlitePool,
+    clinics: Option<&[String]>,
+    include_committed: i64,
+) -> Result<Vec<ArrivingRow>, IndexError> {
+    let mut qb = sqlx::QueryBuilder::new(
+        "SELECT r.edge, r.study_uid, r.clinic_id, r.state, r.total,
+           (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') AS arrived,
+           r.total_bytes,
+           (SELECT COALESCE(SUM(size), 0) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') AS arrived_bytes,
+           (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'thumb') AS previews,
+           r.priority, r.began_ms, r.first_preview_ms, r.committed_ms
+         FROM relay_inbound r WHERE (r.state = 'arriving' OR r.committed_ms >= ",
+    );
+    qb.push_bind(include_committed).push(")");
+    if let Some(c) = clinics {
+        crate::archive::index::push_in(&mut qb, " AND r.clinic_id", c);
+    }
+    qb.push(" ORDER BY CASE r.priority WHEN 'stat' THEN 0 WHEN 'urgent' THEN 1 ELSE 2 END, r.began_ms LIMIT 200");
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+/// A staged preview of an arriving study (for the worklist thumbnails).
+pub async fn staged_preview(
+    pool: &SqlitePool,
+    study_uid: &str,
+    kind: &str,
+) -> Result<Option<(String, String)>, IndexError> {
+    Ok(sqlx::query(
+        "SELECT t.path, r.clinic_id FROM relay_staged t JOIN relay_inbound r ON r.edge = t.edge AND r.study_uid = t.study_uid
+         WHERE t.study_uid = ? AND t.kind = ? AND r.state = 'arriving' ORDER BY t.at_ms, t.sop_uid LIMIT 1",
+    )
+    .bind(study_uid)
+    .bind(kind)
+    .fetch_optional(pool)
+    .await?
+    .map(|r| (r.get(0), r.get(1))))
+}
+
+// ------------------------------------------------------------------ edge
+
+/// Studies complete at the edge enter the outbox in the same transaction
+/// that completes them (a trigger), so no completion is ever missed; the
+/// backfill covers studies completed before this box became an edge.
+pub async fn install_outbox(pool: &SqlitePool) -> Result<(), IndexError> {
+    sqlx::query(
+        "CREATE TRIGGER IF NOT EXISTS relay_outbox_enqueue AFTER UPDATE OF status ON studies
+         WHEN NEW.status = 'complete'
+         BEGIN
+           INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms) VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
+           ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
+         END",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
+         SELECT study_uid, completed_ms, completed_ms FROM studies s WHERE s.status = 'complete' AND s.completed_ms IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM relay_outbox o WHERE o.study_uid = s.study_uid)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub study_uid: String,
+    pub completed_ms: i64,
+    pub rank: i64,
+    pub attempts: i64,
+}
+
+const PENDING: &str = "(o.sent_completed_ms IS NULL OR o.sent_completed_ms < o.completed_ms)";
+
+/// The outbox in sending order: priority (the clinic's worklist priority at
+/// the edge), then oldest first. Studies re-opened by late images wait
+/// until they complete again; `not_before` skips studies backing off.
+pub async fn next_outbox(pool: &SqlitePool, skip: &[String], limit: i64) -> Result<Vec<OutboxItem>, IndexError> {
+    let mut qb = sqlx::QueryBuilder::new(format!(
+        "SELECT o.study_uid, o.completed_ms, COALESCE(w.priority_rank, 2) AS rank, o.attempts
+         FROM relay_outbox o JOIN studies s ON s.study_uid = o.study_uid
+         LEFT JOIN worklist w ON w.study_uid = o.study_uid
+         WHERE {PENDING} AND s.status = 'complete'"
+    ));
+    if !skip.is_empty() {
+        qb.push(" AND o.study_uid NOT IN (");
+        let mut sep = qb.separated(", ");
+        for s in skip {
+            sep.push_bind(s);
+        }
+        qb.push(")");
+    }
+    qb.push(" ORDER BY rank, o.completed_ms LIMIT ").push_bind(limit);
+    Ok(qb
+        .build()
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| OutboxItem {
+            study_uid: r.get(0),
+            completed_ms: r.get(1),
+            rank: r.get(2),
+            attempts: r.get(3),
+        })
+        .collect())
+}
+
+pub async fn mark_sent(pool: &SqlitePool, item: &OutboxItem, bytes: u64, now_ms: i64) -> Result<(), IndexError> {
+    sqlx::query(
+        "UPDATE relay_outbox SET sent_completed_ms = ?, sent_ms = ?, attempts = 0, last_error = NULL,
+           bytes_sent = bytes_sent + ? WHERE study_uid = ?",
+    )
+    .bind(item.completed_ms)
+    .bind(now_ms)
+    .bind(bytes as i64)
+    .bind(&item.study_uid)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_failed(pool: &SqlitePool, study_uid: &str, why: &str) -> Result<(), IndexError> {
+    let why: String = why.chars().take(500).collect();
+    sqlx::query("UPDATE relay_outbox SET attempts = attempts + 1, last_error = ? WHERE study_uid = ?")
+        .bind(why)
+        .bind(study_uid)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OutboxStats {
+    pub depth: i64,
+    pub oldest_ms: Option<i64>,
+    pub bytes_pending: i64,
+}
+
+pub async fn outbox_stats(pool: &SqlitePool) -> Result<OutboxStats, IndexError> {
+    let r = sqlx::query(&format!(
+        "SELECT COUNT(*), MIN(o.enqueued_ms), COALESCE(SUM(s.size_bytes), 0) FROM relay_outbox o
+         JOIN studies s ON s.study_uid = o.study_uid WHERE {PENDING}"
+    ))
+    .fetch_one(pool)
+    .await?;
+    Ok(OutboxStats {
+        depth: r.get(0),
+        oldest_ms: r.get(1),
+        bytes_pending: r.get(2),
+    })
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub study_uid: String,
+    pub completed_ms: i64,
+    pub enqueued_ms: i64,
+    pub sent_ms: Option<i64>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub bytes_sent: i64,
+    pub pending: bool,
+}
+
+pub async fn outbox_list(pool: &SqlitePool, limit: i64) -> Result<Vec<OutboxRow>, IndexError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT o.study_uid, o.completed_ms, o.enqueued_ms, o.sent_ms, o.attempts, o.last_error, o.bytes_sent,
+           {PENDING} AS pending FROM relay_outbox o ORDER BY pending DESC, o.enqueued_ms DESC LIMIT ?"
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One instance the edge sends, with its stored file.
+pub struct OutgoingInstance {
+    pub manifest: ManifestInstance,
+    pub rel_path: String,
+    pub preview_ok: bool,
+}
+
+/// The study as the edge sends it: latest version of each instance, in
+/// reading order. The priority is the edge worklist's.
+pub async fn outgoing(
+    pool: &SqlitePool,
+    study_uid: &str,
+) -> Result<(Vec<OutgoingInstance>, String, Option<String>), IndexError> {
+    let rows = sqlx::query(
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.study_uid, i.series_uid,
+           s.patient_id, s.patient_name, p.birth_date, p.sex, s.study_date, s.study_time, s.accession_number,
+           s.description, s.referring_physician, se.modality, se.series_number, se.description, se.body_part,
+           i.instance_number, i.rows, i.columns, i.frames, i.calling_ae, i.sha256, i.size_bytes, i.path,
+           i.cine_frames, i.preview_status
+         FROM instances i JOIN series se ON se.series_uid = i.series_uid JOIN studies s ON s.study_uid = i.study_uid
+         JOIN patients p ON p.id = s.patient_row
+         WHERE i.study_uid = ?
+           AND i.version = (SELECT MAX(j.version) FROM instances j WHERE j.sop_instance_uid = i.sop_instance_uid)
+         ORDER BY se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid",
+    )
+    .bind(study_uid)
+    .fetch_all(pool)
+    .await?;
+    let out = rows
+        .into_iter()
+        .map(|r| OutgoingInstance {
+            manifest: ManifestInstance {
+                meta: InstanceMeta {
+                    sop_instance_uid: r.get(0),
+                    sop_class_uid: r.get(1),
+                    transfer_syntax: r.get(2),
+                    study_uid: r.get(3),
+                    series_uid: r.get(4),
+                    patient_id: r.get(5),
+                    patient_name: r.get(6),
+                    birth_date: r.get(7),
+                    sex: r.get(8),
+                    study_date: r.get(9),
+                    study_time: r.get(10),
+                    accession_number: r.get(11),
+                    study_description: r.get(12),
+                    referring_physician: r.get(13),
+                    modality: r.get(14),
+                    series_number: r.get(15),
+                    series_description: r.get(16),
+                    body_part: r.get(17),
+                    instance_number: r.get(18),
+                    rows: r.get(19),
+                    columns: r.get(20),
+                    frames: r.get(21),
+                    calling_ae: r.get(22),
+                },
+                sha256: r.get(23),
+                file_size: r.get::<i64, _>(24) as u64,
+                cine_frames: r.get(26),
+            },
+            rel_path: r.get(25),
+            preview_ok: r.get::<String, _>(27) == "ok",
+        })
+        .collect();
+    let w = sqlx::query("SELECT priority, clinical_question FROM worklist WHERE study_uid = ?")
+        .bind(study_uid)
+        .fetch_optional(pool)
+        .await?;
+    let (priority, question) = match w {
+        Some(r) => (r.get(0), r.get(1)),
+        None => ("routine".to_string(), None),
+    };
+    Ok((out, priority, question))
+}
+
+pub async fn kv_get(pool: &SqlitePool, key: &str) -> Result<Option<String>, IndexError> {
+    Ok(sqlx::query("SELECT value FROM relay_kv WHERE key = ?")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Store what came back from the hub: reports queued for the clinic PACS
+/// (when one is configured), notifications for the clinic's page, and the
+/// notification cursor, in one transaction; a report already here (same SR
+/// UID, the hub re-sent it after a lost ack) is not queued twice.
+pub struct ReceivedReport {
+    pub study_uid: String,
+    pub version: i64,
+    pub sop_instance_uid: String,
+    pub path: String,
+    pub clinic_id: String,
+    pub target: Option<String>,
+}
+
+pub async fn store_inbox(
+    pool: &SqlitePool,
+    reports: &[ReceivedReport],
+    notes: &[(String, super::wire::WayBackNotification)],
+    cursor: i64,
+    now_ms: i64,
+) -> Result<(), IndexError> {
+    let mut tx = pool.begin().await?;
+    for r in reports {
+        let exists = sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = ?")
+            .bind(&r.sop_instance_uid)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if exists {
+            continue;
+        }
+        let Some(target) = &r.target else { continue };
+        sqlx::query(
+            "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state, attempts,
+               next_attempt_ms, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+        )
+        .bind(&r.study_uid)
+        .bind(r.version)
+        .bind(&r.clinic_id)
+        .bind(target)
+        .bind(&r.path)
+        .bind(&r.sop_instance_uid)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (clinic, n) in notes {
+        sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, ?, ?, ?, ?)")
+            .bind(clinic)
+            .bind(&n.kind)
+            .bind(&n.study_uid)
+            .bind(&n.text)
+            .bind(n.created_ms)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO relay_kv (key, value) VALUES ('notif_cursor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(cursor.to_string())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::index::Index;
+
+    async fn index() -> (tempfile::TempDir, Index) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        (dir, idx)
+    }
+
+    async fn study(pool: &SqlitePool, uid: &str, status: &str, completed: Option<i64>) {
+        sqlx::query(
+            "INSERT OR IGNORE INTO patients (id, clinic_id, patient_key, patient_id, patient_name, birth_date, sex)
+             VALUES (1, 'c', 'k', 'p', 'n', '', '')",
+        )
+        .execute(pool)
+        .await
+        .expect("patient");
+        sqlx::query(
+            "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id, study_date,
+               study_time, accession_number, description, referring_physician, modalities, body_parts,
+               first_received_ms, last_received_ms, stable_after_ms, stable_at_ms, status, completed_ms)
+             VALUES (?, 1, 'c', 'AE', 'n', 'p', '', '', '', '', '', 'CT', '', 0, 0, 0, 0, ?, ?)",
+        )
+        .bind(uid)
+        .bind(status)
+        .bind(completed)
+        .execute(pool)
+        .await
+        .expect("study");
+    }
+
+    #[tokio::test]
+    async fn outbox_follows_completion_priority_and_resends_reopened_studies() {
+        let (_d, idx) = index().await;
+        let pool = idx.pool();
+        study(pool, "1.old", "complete", Some(50)).await;
+        install_outbox(pool).await.expect("install");
+        // Backfilled.
+        let next = next_outbox(pool, &[], 10).await.expect("next");
+        assert_eq!(next.iter().map(|i| i.study_uid.as_str()).collect::<Vec<_>>(), ["1.old"]);
+
+        study(pool, "1.a", "receiving", None).await;
+        study(pool, "1.b", "receiving", None).await;
+        assert_eq!(next_outbox(pool, &[], 10).await.expect("next").len(), 1);
+        idx.sweep_stable(1_000).await.expect("sweep");
+        // The sweep completed both (stable_at 0): the trigger enqueued them.
+        let uids = |v: Vec<OutboxItem>| v.into_iter().map(|i| i.study_uid).collect::<Vec<_>>();
+        assert_eq!(uids(next_outbox(pool, &[], 10).await.expect("next")).len(), 3);
+        // STAT overtakes.
+        sqlx::query("UPDATE worklist SET priority_rank = 0 WHERE study_uid = '1.b'")
+            .execute(pool)
+            .await
+            .expect("stat");
+        let first = next_outbox(pool, &[], 1).await.expect("next").remove(0);
+        assert_eq!(first.study_uid, "1.b");
+        mark_sent(pool, &first, 10, 1).await.expect("sent");
+        assert!(!uids(next_outbox(pool, &[], 10).await.expect("next")).contains(&"1.b".to_string()));
+        assert_eq!(
+            uids(next_outbox(pool, &["1.old".to_string()], 10).await.expect("next")),
+            ["1.a"]
+        );
+        // Late images re-open and re-complete 1.b: it is due again.
+        sqlx::query("UPDATE studies SET status = 'receiving' WHERE study_uid = '1.b'")
+            .execute(pool)
+            .await
+            .expect("reopen");
+        assert!(!uids(next_outbox(pool, &[], 10).await.expect("next")).contains(&"1.b".to_string()));
+        sqlx::query("UPDATE studies SET status = 'complete', completed_ms = 2000 WHERE study_uid = '1.b'")
+            .execute(pool)
+            .await
+            .expect("recomplete");
+        assert_eq!(uids(next_outbox(pool, &[], 1).await.expect("next")), ["1.b"]);
+        let s = outbox_stats(pool).await.expect("stats");
+        assert_eq!(s.depth, 3);
+    }
+
+    #[tokio::test]
+    async fn staging_needs_an_announced_study_and_revocation_is_sticky() {
+        let (_d, idx) = index().await;
+        let pool = idx.pool();
+        register_edge(pool, "e1", "c", "fp1", 1).await.expect("reg");
+        assert_eq!(edge_for_clinic(pool, "c").await.expect("q").as_deref(), Some("e1"));
+        let part = Staged {
+            sop_uid: "1.2".into(),
+            kind: "instance".into(),
+            sha256: "s".into(),
+            size: 3,
+            path: "p".into(),
+        };
+        assert!(
+            !stage(pool, "e1", "1.1", std::slice::from_ref(&part), 5)
+                .await
+                .expect("stage")
+        );
+        let m = Manifest {
+            study_uid: "1.1".into(),
+            priority: "routine".into(),
+            clinical_question: None,
+            instances: vec![],
+        };
+        let h = begin(pool, "e1", "c", &m, "{}", 5).await.expect("begin");
+        assert!(h.instances.is_empty());
+        assert!(stage(pool, "e1", "1.1", &[part], 6).await.expect("stage"));
+        let h = begin(pool, "e1", "c", &m, "{}", 7).await.expect("begin");
+        assert!(h.instances.contains("1.2"));
+        assert!(!is_revoked(pool, "e1").await.expect("q"));
+        assert!(revoke_edge(pool, "e1", 9).await.expect("revoke"));
+        assert!(is_revoked(pool, "e1").await.expect("q"));
+        assert!(is_revoked(pool, "nobody").await.expect("q"));
+        assert_eq!(edge_for_clinic(pool, "c").await.expect("q"), None);
+    }
+}

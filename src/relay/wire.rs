@@ -1,0 +1,466 @@
+//! The relay link's messages and their framing, over plain byte buffers so
+//! they are tested without sockets (the QUIC adapters only move bytes).
+//!
+//! Every exchange is one bidirectional QUIC stream: the edge writes a
+//! request frame (and the body it announces), finishes its side, and reads
+//! one response frame (and its body). One stream per request keeps a lost
+//! packet from stalling unrelated transfers (no head-of-line blocking
+//! across bundles) and makes every request independently retryable.
+//!
+//! Frame: 1 byte encoding (0 = JSON, 1 = zstd-compressed JSON), 4 bytes
+//! big-endian length, the header. Bodies follow raw, their length in the
+//! header, so a receiver knows every bound before it allocates.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::archive::index::NewInstance;
+
+/// ALPN of the relay protocol; a peer speaking anything else is refused.
+pub const ALPN: &[u8] = b"medrelay-relay/1";
+
+/// Largest header accepted (a manifest of ~10 000 instances fits).
+pub const MAX_HEADER: usize = 16 << 20;
+
+/// Headers above this are zstd-compressed (manifests repeat study fields).
+const COMPRESS_HEADER_OVER: usize = 8 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame header of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("unknown frame encoding {0}")]
+    Encoding(u8),
+    #[error("truncated frame")]
+    Truncated,
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("decompressing: {0}")]
+    Zstd(std::io::Error),
+    #[error("bundle body: {0}")]
+    Body(String),
+}
+
+/// Everything the hub needs to index one instance without parsing it, plus
+/// the archive's content hash (which names the file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestInstance {
+    #[serde(flatten)]
+    pub meta: InstanceMeta,
+    /// The archive's content hash (SHA-256 over transfer syntax + dataset).
+    pub sha256: String,
+    /// Bytes of the stored file.
+    pub file_size: u64,
+    pub cine_frames: Option<i64>,
+}
+
+/// The index fields of one instance ([`NewInstance`] minus what the hub
+/// decides itself: clinic, stability, receive time).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct InstanceMeta {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    pub birth_date: String,
+    pub sex: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub accession_number: String,
+    pub study_description: String,
+    pub referring_physician: String,
+    pub modality: String,
+    pub series_number: Option<i64>,
+    pub series_description: String,
+    pub body_part: String,
+    pub instance_number: Option<i64>,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+    pub frames: Option<i64>,
+    pub calling_ae: String,
+}
+
+impl InstanceMeta {
+    pub fn into_new_instance(self, clinic_id: &str, received_ms: i64) -> NewInstance {
+        NewInstance {
+            sop_instance_uid: self.sop_instance_uid,
+            sop_class_uid: self.sop_class_uid,
+            transfer_syntax: self.transfer_syntax,
+            study_uid: self.study_uid,
+            series_uid: self.series_uid,
+            patient_id: self.patient_id,
+            patient_name: self.patient_name,
+            birth_date: self.birth_date,
+            sex: self.sex,
+            study_date: self.study_date,
+            study_time: self.study_time,
+            accession_number: self.accession_number,
+            study_description: self.study_description,
+            referring_physician: self.referring_physician,
+            modality: self.modality,
+            series_number: self.series_number,
+            series_description: self.series_description,
+            body_part: self.body_part,
+            instance_number: self.instance_number,
+            rows: self.rows,
+            columns: self.columns,
+            frames: self.frames,
+            calling_ae: self.calling_ae,
+            clinic_id: clinic_id.to_string(),
+            stable_after_ms: 0,
+            received_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub study_uid: String,
+    /// "stat", "urgent" or "routine" (the edge's worklist priority).
+    pub priority: String,
+    pub clinical_question: Option<String>,
+    /// In reading order (series, instance number).
+    pub instances: Vec<ManifestInstance>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreviewItem {
+    pub sop_uid: String,
+    /// "thumb", "preview", "mid" or "cine".
+    pub kind: String,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Member {
+    pub sop_uid: String,
+    /// Content hash (as in the manifest).
+    pub sha256: String,
+    /// SHA-256 of the whole file, checked on arrival.
+    pub file_sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WayBackReport {
+    /// The hub's delivery id, acknowledged once stored at the edge.
+    pub delivery_id: i64,
+    pub study_uid: String,
+    pub version: i64,
+    pub sop_instance_uid: String,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WayBackNotification {
+    pub id: i64,
+    pub kind: String,
+    pub study_uid: Option<String>,
+    pub text: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Announce (or re-announce after a restart) a study; the answer says
+    /// what the hub already holds, which is what makes resuming cheap.
+    Begin { manifest: Manifest },
+    /// Rendered previews; the body is the items' bytes back to back.
+    Previews { study_uid: String, items: Vec<PreviewItem> },
+    /// Whole instance files back to back, zstd-compressed when
+    /// `compressed`; `body_len` is what travels.
+    Bundle {
+        study_uid: String,
+        part_id: String,
+        compressed: bool,
+        body_len: u64,
+        members: Vec<Member>,
+    },
+    /// Everything is sent: commit the study atomically.
+    Commit { study_uid: String },
+    /// The way back: reports and notifications newer than the cursors.
+    Poll { notif_after: i64, wait_ms: u64 },
+    /// Reports stored durably at the edge.
+    Ack { delivery_ids: Vec<i64> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub enum Response {
+    Begun {
+        /// SOP UIDs whose bytes the hub holds (staged or committed).
+        have_instances: Vec<String>,
+        /// SOP UIDs whose previews are staged.
+        have_previews: Vec<String>,
+    },
+    Stored {
+        count: usize,
+    },
+    Committed {
+        instances: usize,
+        duplicates: usize,
+    },
+    /// Commit refused: these instances never arrived (or were lost).
+    Missing {
+        sop_uids: Vec<String>,
+    },
+    /// The body holds the reports' SR files back to back.
+    Inbox {
+        reports: Vec<WayBackReport>,
+        notifications: Vec<WayBackNotification>,
+    },
+    Acked,
+    Error {
+        message: String,
+        /// False when sending the same request again cannot help.
+        retry: bool,
+    },
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(msg).unwrap_or_default();
+    let (enc, payload) = if json.len() > COMPRESS_HEADER_OVER {
+        match zstd::bulk::compress(&json, 3) {
+            Ok(z) => (1u8, z),
+            Err(_) => (0u8, json),
+        }
+    } else {
+        (0u8, json)
+    };
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(enc);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Frame prefix: (encoding, payload length), checked against the limit.
+pub fn prefix(b: &[u8; 5]) -> Result<(u8, usize), WireError> {
+    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+    if b[0] > 1 {
+        return Err(WireError::Encoding(b[0]));
+    }
+    if len > MAX_HEADER {
+        return Err(WireError::TooLarge(len));
+    }
+    Ok((b[0], len))
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(enc: u8, payload: &[u8]) -> Result<T, WireError> {
+    match enc {
+        0 => Ok(serde_json::from_slice(payload)?),
+        1 => {
+            let json = zstd::bulk::decompress(payload, MAX_HEADER).map_err(WireError::Zstd)?;
+            Ok(serde_json::from_slice(&json)?)
+        }
+        e => Err(WireError::Encoding(e)),
+    }
+}
+
+/// Decode a whole frame held in memory (tests, small messages).
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(buf: &[u8]) -> Result<T, WireError> {
+    let head: &[u8; 5] = buf
+        .get(..5)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(WireError::Truncated)?;
+    let (enc, len) = prefix(head)?;
+    let payload = buf.get(5..5 + len).ok_or(WireError::Truncated)?;
+    decode(enc, payload)
+}
+
+/// Splits a received bundle body into its member files, checking sizes
+/// exactly (a body with bytes left over or missing is refused whole) and
+/// each file's SHA-256.
+pub fn split_bundle<'a>(members: &[Member], plain: &'a [u8]) -> Result<Vec<&'a [u8]>, WireError> {
+    let total: u64 = members.iter().map(|m| m.size).sum();
+    if total != plain.len() as u64 {
+        return Err(WireError::Body(format!(
+            "{} bytes for members totalling {total}",
+            plain.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(members.len());
+    let mut at = 0usize;
+    for m in members {
+        let end = at + m.size as usize;
+        let file = &plain[at..end];
+        if hex::encode(Sha256::digest(file)) != m.file_sha256 {
+            return Err(WireError::Body(format!("SHA-256 mismatch for instance {}", m.sop_uid)));
+        }
+        out.push(file);
+        at = end;
+    }
+    Ok(out)
+}
+
+/// Decompresses a bundle body, refusing to grow past the announced sizes
+/// (a decompression bomb stops at the bound).
+pub fn unpack_body(members: &[Member], compressed: bool, body: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    if !compressed {
+        return Ok(body);
+    }
+    let total: u64 = members.iter().map(|m| m.size).sum();
+    let plain = zstd::bulk::decompress(&body, total as usize).map_err(WireError::Zstd)?;
+    Ok(plain)
+}
+
+/// The archive's content hash of a Part 10 file: SHA-256 over the transfer
+/// syntax UID, a zero byte and the dataset after the file meta group (see
+/// `archive::files::Archive::begin`). The hub recomputes it so a file can
+/// never be filed under another instance's name.
+pub fn content_sha256(file: &[u8], transfer_syntax: &str) -> Result<String, WireError> {
+    let start = dataset_offset(file).ok_or_else(|| WireError::Body("not a DICOM Part 10 file".into()))?;
+    let mut h = Sha256::new();
+    h.update(transfer_syntax.as_bytes());
+    h.update([0u8]);
+    h.update(&file[start..]);
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Where the dataset starts: after the 128-byte preamble, "DICM" and the
+/// group 0002 elements (always explicit VR little endian).
+fn dataset_offset(file: &[u8]) -> Option<usize> {
+    if file.get(128..132)? != b"DICM" {
+        return None;
+    }
+    let mut at = 132usize;
+    loop {
+        let tag = file.get(at..at + 4)?;
+        let group = u16::from_le_bytes([tag[0], tag[1]]);
+        if group != 0x0002 {
+            return Some(at);
+        }
+        let vr = file.get(at + 4..at + 6)?;
+        let long = matches!(
+            vr,
+            b"OB" | b"OW" | b"OF" | b"SQ" | b"UT" | b"UN" | b"UC" | b"UR" | b"OD" | b"OL" | b"OV"
+        );
+        let (len, head) = if long {
+            let l = file.get(at + 8..at + 12)?;
+            (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+        } else {
+            let l = file.get(at + 6..at + 8)?;
+            (u16::from_le_bytes([l[0], l[1]]) as usize, 8)
+        };
+        at = at.checked_add(head)?.checked_add(len)?;
+        if at > file.len() {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_small_and_compressed() {
+        let small = Request::Commit {
+            study_uid: "1.2.3".into(),
+        };
+        let buf = encode(&small);
+        assert_eq!(buf[0], 0);
+        assert_eq!(decode_frame::<Request>(&buf).expect("decode"), small);
+
+        let inst = ManifestInstance {
+            meta: InstanceMeta {
+                sop_instance_uid: "1.2.3.4".into(),
+                patient_name: "TEST^PATIENT".into(),
+                ..Default::default()
+            },
+            sha256: "ab".repeat(32),
+            file_size: 525_000,
+            cine_frames: None,
+        };
+        let big = Request::Begin {
+            manifest: Manifest {
+                study_uid: "1.2.3".into(),
+                priority: "routine".into(),
+                clinical_question: None,
+                instances: vec![inst; 300],
+            },
+        };
+        let buf = encode(&big);
+        assert_eq!(buf[0], 1, "a 300-instance manifest is compressed");
+        assert!(buf.len() < serde_json::to_vec(&big).expect("json").len() / 5);
+        assert_eq!(decode_frame::<Request>(&buf).expect("decode"), big);
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_a_reason() {
+        assert!(matches!(prefix(&[7, 0, 0, 0, 1]), Err(WireError::Encoding(7))));
+        assert!(matches!(prefix(&[0, 0xff, 0, 0, 0]), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            decode_frame::<Request>(&[0, 0, 0, 0, 9, b'{']),
+            Err(WireError::Truncated)
+        ));
+        let mut junk = vec![0u8, 0, 0, 0, 3];
+        junk.extend_from_slice(b"{x}");
+        assert!(matches!(decode_frame::<Request>(&junk), Err(WireError::Json(_))));
+        let mut unknown = vec![0u8, 0, 0, 0, 14];
+        unknown.extend_from_slice(br#"{"op":"nuke"}"#);
+        unknown.truncate(5 + 13);
+        unknown[4] = 13;
+        assert!(decode_frame::<Request>(&unknown).is_err());
+    }
+
+    fn member(sop: &str, bytes: &[u8]) -> Member {
+        Member {
+            sop_uid: sop.into(),
+            sha256: String::new(),
+            file_sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+        }
+    }
+
+    #[test]
+    fn bundles_split_exactly_and_verify_each_file() {
+        let a = vec![1u8; 1000];
+        let b = vec![2u8; 3000];
+        let members = vec![member("1.1", &a), member("1.2", &b)];
+        let mut plain = a.clone();
+        plain.extend_from_slice(&b);
+        let packed = zstd::bulk::compress(&plain, 3).expect("zstd");
+        let unpacked = unpack_body(&members, true, packed).expect("unpack");
+        let files = split_bundle(&members, &unpacked).expect("split");
+        assert_eq!(files, vec![&a[..], &b[..]]);
+
+        // One flipped byte: refused, naming the instance.
+        let mut bad = plain.clone();
+        bad[1500] ^= 1;
+        let err = split_bundle(&members, &bad).expect_err("corrupt");
+        assert!(err.to_string().contains("1.2"), "{err}");
+        // A byte too many or too few: refused whole.
+        assert!(split_bundle(&members, &plain[..plain.len() - 1]).is_err());
+        // A body that inflates past the announced sizes stops at the bound.
+        let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).expect("zstd");
+        assert!(unpack_body(&members, true, bomb).is_err());
+    }
+
+    #[test]
+    fn content_hash_skips_the_file_meta_group() {
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        // (0002,0000) UL 4 = 10 ; (0002,0001) OB len 2
+        f.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0, 10, 0, 0, 0]);
+        f.extend_from_slice(&[2, 0, 1, 0, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1]);
+        let meta_end = f.len();
+        f.extend_from_slice(&[8, 0, 0x18, 0, b'U', b'I', 4, 0, b'1', b'.', b'2', 0]);
+        let mut h = Sha256::new();
+        h.update(b"1.2.840.10008.1.2.1");
+        h.update([0u8]);
+        h.update(&f[meta_end..]);
+        assert_eq!(
+            content_sha256(&f, "1.2.840.10008.1.2.1").expect("hash"),
+            hex::encode(h.finalize())
+        );
+        assert!(content_sha256(&f[..100], "x").is_err());
+        let mut truncated_meta = f[..meta_end - 3].to_vec();
+        truncated_meta.truncate(meta_end - 3);
+        assert!(content_sha256(&truncated_meta, "x").is_err());
+    }
+}

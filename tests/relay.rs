@@ -1,0 +1,507 @@
+//! The edge-to-hub relay link against real peers: DCMTK `storescu` pushes
+//! to an edge, the edge relays over QUIC through a user-space UDP link
+//! emulator (tests/support/udp_impair.py: delay, loss) to a hub, and a DCMTK
+//! `storescp` stands in for the clinic PACS on the way back.
+//!
+//! Shown here: the study arrives complete and byte-identical, previews
+//! first; a 30 s link cut, kill -9 of the edge and kill -9 of the hub all
+//! end with every instance exactly once; forged and revoked edge
+//! certificates are refused; a report signed at the hub reaches the PACS
+//! behind the edge as an SR.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Server, ServerOpts, dcmtk, free_port, free_udp_port, python, run, script, text};
+
+const STUDY_INSTANCES: usize = 60;
+
+/// The UDP link emulator between edge and hub; killed when dropped.
+struct Link {
+    child: Child,
+    port: u16,
+    upstream: u16,
+    args: Vec<String>,
+}
+
+impl Link {
+    fn start(port: u16, upstream: u16, args: &[&str]) -> Link {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = Command::new(python())
+            .arg(script("udp_impair.py"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("udp_impair");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("READY");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("udp_impair said {line:?}"));
+        Link {
+            child,
+            port,
+            upstream,
+            args,
+        }
+    }
+
+    fn cut(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new emulator on the same port: the hub sees a new source address.
+    fn restore(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        *self = Link::start(self.port, self.upstream, &args);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// A DCMTK storescp standing in for the clinic PACS behind the edge.
+struct Pacs {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Pacs {
+    fn start() -> Pacs {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let child = dcmtk("storescp")
+            .args(["-aet", "CLINICPACS", "-od"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pacs { child, dir, port }
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hub_config(relay_port: u16) -> String {
+    format!(
+        "[relay]\nlisten = \"127.0.0.1:{relay_port}\"\nname = \"medrelay-hub\"\n\n\
+         [[clinic]]\nid = \"clinic-a\"\nname = \"Township clinic A\"\nae_titles = [\"HUBDIRECT\"]\n"
+    )
+}
+
+/// `medrelay relay ...` against the hub's data and certificate directories.
+fn relay_cli(hub: &Server, args: &[&str]) -> std::process::Output {
+    run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+        c.arg("relay")
+            .args(args)
+            .args(["--config", &hub.dir.join("medrelay.toml").display().to_string()])
+            .args(["--data-dir", &hub.data_dir.display().to_string()])
+            .args(["--cert-dir", &hub.dir.join("certs").display().to_string()]);
+        c
+    })
+}
+
+fn issue_edge(hub: &Server, name: &str, out: &Path) {
+    let o = relay_cli(
+        hub,
+        &[
+            "issue-edge",
+            "--name",
+            name,
+            "--clinic",
+            "clinic-a",
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "issue-edge: {}", text(&o));
+}
+
+fn edge_config(link_port: u16, certs: &Path, rate_mbit: f64, pacs: Option<u16>) -> String {
+    let pacs = pacs
+        .map(|p| format!("pacs = \"CLINICPACS@127.0.0.1:{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "role = \"edge\"\n\n[edge]\nhub = \"127.0.0.1:{link_port}\"\nhub_name = \"medrelay-hub\"\n\
+         cert = \"{c}/edge-cert.pem\"\nkey = \"{c}/edge-key.pem\"\nhub_ca = \"{c}/hub-ca.pem\"\n\
+         rate_mbit = {rate_mbit}\nstreams = 4\nbundle_mb = 2\n\n\
+         [[clinic]]\nid = \"clinic-a\"\nname = \"Township clinic A\"\nae_titles = [\"MODALITY\"]\n{pacs}",
+        c = certs.display()
+    )
+}
+
+fn ct_files(n: usize) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(support::ct300())
+        .expect("ct300")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    v.sort();
+    v.truncate(n);
+    v
+}
+
+fn push(edge: &Server, files: &[PathBuf]) {
+    let o = run({
+        let mut c = edge.storescu("MODALITY");
+        c.args(files);
+        c
+    });
+    assert!(o.status.success(), "storescu to the edge: {}", text(&o));
+}
+
+fn study_uid(s: &Server) -> String {
+    s.sqlite("SELECT study_uid FROM studies LIMIT 1")
+}
+
+fn staged_instances(hub: &Server, uid: &str) -> usize {
+    hub.sqlite(&format!(
+        "SELECT COUNT(*) FROM relay_staged WHERE study_uid = '{uid}' AND kind = 'instance'"
+    ))
+    .parse()
+    .unwrap_or(0)
+}
+
+fn committed(hub: &Server, uid: &str) -> bool {
+    hub.sqlite(&format!("SELECT state FROM relay_inbound WHERE study_uid = '{uid}'")) == "committed"
+}
+
+/// Every instance exactly once at the hub, each file byte-identical to the
+/// edge's, the study complete and on the worklist.
+fn assert_identical(edge: &Server, hub: &Server, uid: &str, n: usize) {
+    let counts = hub.sqlite(&format!(
+        "SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid), MAX(version) FROM instances WHERE study_uid = '{uid}'"
+    ));
+    assert_eq!(
+        counts,
+        format!("{n}|{n}|1"),
+        "instances at the hub (count|distinct|max version)"
+    );
+    assert_eq!(
+        hub.sqlite(&format!(
+            "SELECT num_instances, status FROM studies WHERE study_uid = '{uid}'"
+        )),
+        format!("{n}|complete")
+    );
+    assert_eq!(
+        hub.sqlite(&format!("SELECT COUNT(*) FROM worklist WHERE study_uid = '{uid}'")),
+        "1"
+    );
+    let edge_files = edge.sqlite(&format!(
+        "SELECT sop_instance_uid, path FROM instances WHERE study_uid = '{uid}' ORDER BY sop_instance_uid"
+    ));
+    let hub_files = hub.sqlite(&format!(
+        "SELECT sop_instance_uid, path FROM instances WHERE study_uid = '{uid}' ORDER BY sop_instance_uid"
+    ));
+    let e: Vec<&str> = edge_files.lines().collect();
+    let h: Vec<&str> = hub_files.lines().collect();
+    assert_eq!(e.len(), n);
+    assert_eq!(e.len(), h.len());
+    for (a, b) in e.iter().zip(&h) {
+        let (sa, pa) = a.split_once('|').expect("row");
+        let (sb, pb) = b.split_once('|').expect("row");
+        assert_eq!(sa, sb);
+        let fa = std::fs::read(edge.data_dir.join(pa)).expect("edge file");
+        let fb = std::fs::read(hub.data_dir.join(pb)).expect("hub file");
+        assert!(fa == fb, "instance {sa} differs between edge and hub");
+    }
+    // Nothing left in staging.
+    assert_eq!(
+        hub.sqlite(&format!("SELECT COUNT(*) FROM relay_staged WHERE study_uid = '{uid}'")),
+        "0"
+    );
+}
+
+struct Pair {
+    hub: Server,
+    edge: Server,
+    link: Link,
+    _certs: tempfile::TempDir,
+}
+
+fn pair(link_args: &[&str], rate_mbit: f64, pacs: Option<u16>) -> Pair {
+    let relay_port = free_udp_port();
+    let hub = Server::start(ServerOpts {
+        config_toml: hub_config(relay_port),
+        ..ServerOpts::default()
+    });
+    let certs = tempfile::tempdir().expect("tmp");
+    issue_edge(&hub, "clinic-a-edge", certs.path());
+    let link = Link::start(0, relay_port, link_args);
+    let edge = Server::start(ServerOpts {
+        stable_after_secs: 1.0,
+        config_toml: edge_config(link.port, certs.path(), rate_mbit, pacs),
+        ..ServerOpts::default()
+    });
+    Pair {
+        hub,
+        edge,
+        link,
+        _certs: certs,
+    }
+}
+
+#[test]
+fn study_arrives_byte_identical_previews_first_and_the_report_comes_back() {
+    let pacs = Pacs::start();
+    let p = pair(
+        &["--delay-ms", "40", "--loss", "0.01", "--seed", "7"],
+        0.0,
+        Some(pacs.port),
+    );
+    let files = ct_files(STUDY_INSTANCES);
+    push(&p.edge, &files);
+    let uid = study_uid(&p.edge);
+    p.hub
+        .wait_for(180, "the study committed at the hub", || committed(&p.hub, &uid));
+    assert_identical(&p.edge, &p.hub, &uid, STUDY_INSTANCES);
+
+    // Previews reached the hub before the first instance did, and came
+    // along (no re-rendering at the hub for what the edge rendered).
+    let t = p.hub.sqlite(&format!(
+        "SELECT first_preview_ms, first_instance_ms, committed_ms FROM relay_inbound WHERE study_uid = '{uid}'"
+    ));
+    let v: Vec<i64> = t.split('|').map(|x| x.parse().expect("ms")).collect();
+    assert!(
+        v[0] <= v[1] && v[1] <= v[2],
+        "first preview, first instance, commit: {t}"
+    );
+    let with_previews: usize = p
+        .hub
+        .sqlite(&format!(
+            "SELECT COUNT(*) FROM instances WHERE study_uid = '{uid}' AND preview_status = 'ok'"
+        ))
+        .parse()
+        .expect("count");
+    p.hub.wait_for(60, "previews at the hub", || {
+        p.hub.sqlite(&format!(
+            "SELECT COUNT(*) FROM instances WHERE study_uid = '{uid}' AND preview_status = 'ok'"
+        )) == STUDY_INSTANCES.to_string()
+    });
+    assert!(with_previews > 0, "no preview travelled with the study");
+    // The hub's own thumbnail endpoint serves a relayed preview.
+    let sop = p.hub.sqlite(&format!(
+        "SELECT sop_instance_uid FROM instances WHERE study_uid = '{uid}' LIMIT 1"
+    ));
+    let (code, jpeg) = p.hub.get(&format!("/api/instances/{sop}/thumbnail"));
+    assert_eq!(code, 200);
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+
+    // The edge's outbox is drained and the study marked sent; link figures
+    // on /metrics at both ends; the admin views answer.
+    p.edge.wait_for(10, "outbox drained", || {
+        p.edge.metric("medrelay_relay_outbox_depth") == 0.0
+    });
+    assert_eq!(p.edge.metric("medrelay_relay_connected{peer=\"hub\"}"), 1.0);
+    assert!(
+        p.edge.metric("medrelay_relay_rtt_ms{peer=\"hub\"}") >= 70.0,
+        "emulated RTT is 80 ms"
+    );
+    assert_eq!(
+        p.hub.metric("medrelay_relay_studies_total{peer=\"clinic-a-edge\"}"),
+        1.0
+    );
+    let a = p.hub.get_json("/api/admin/relay");
+    assert_eq!(a["edges"][0]["name"], "clinic-a-edge");
+    assert_eq!(a["arriving"][0]["state"], "committed");
+    let e = p.edge.get_json("/api/admin/relay");
+    assert_eq!(e["outbox_stats"]["depth"], 0);
+
+    // The way back: an expert signs at the hub; the SR travels to the edge
+    // and on to the clinic PACS.
+    p.hub.add_user("dr-li", "expert", "expert-pass-1", &[]);
+    let exp = p.hub.login("dr-li", "expert-pass-1").expect("login");
+    let (code, body) = p
+        .hub
+        .req(Some(&exp), "POST", &format!("/api/worklist/{uid}/claim"), None);
+    assert_eq!(code, 200, "claim: {body}");
+    let (code, body) = p.hub.req(
+        Some(&exp),
+        "POST",
+        &format!("/api/studies/{uid}/report/sign"),
+        Some(json!({ "findings": "No acute findings.", "impression": "Normal CT." })),
+    );
+    assert_eq!(code, 200, "sign: {body}");
+    assert_eq!(body["delivery_queued"], true, "{body}");
+    p.edge
+        .wait_for(90, "the SR at the clinic PACS", || !pacs.files().is_empty());
+    let sr = &pacs.files()[0];
+    let o = run({
+        let mut c = dcmtk("dsrdump");
+        c.arg(sr);
+        c
+    });
+    assert!(o.status.success(), "dsrdump: {}", text(&o));
+    assert!(text(&o).contains("Normal CT."), "{}", text(&o));
+    // The hub hears that the edge has it; the clinic's notification is at the edge.
+    p.hub.wait_for(30, "delivery marked sent at the hub", || {
+        p.hub
+            .sqlite(&format!("SELECT state FROM deliveries WHERE study_uid = '{uid}'"))
+            == "sent"
+    });
+    p.edge.wait_for(30, "notification at the edge", || {
+        p.edge
+            .sqlite("SELECT COUNT(*) FROM notifications WHERE kind = 'report'")
+            != "0"
+    });
+}
+
+#[test]
+fn link_cut_and_kill9_of_edge_and_hub_resume_without_duplicates() {
+    // 8 Mbit/s cap so the study takes long enough to interrupt it three
+    // times; 1 % loss on a 100 ms RTT link.
+    let mut p = pair(&["--delay-ms", "50", "--loss", "0.01", "--seed", "11"], 8.0, None);
+    let files = ct_files(STUDY_INSTANCES);
+    push(&p.edge, &files);
+    let uid = study_uid(&p.edge);
+    let progress = |hub: &Server, at_least: usize| {
+        hub.wait_for(120, &format!("{at_least} instances staged"), || {
+            staged_instances(hub, &uid) >= at_least || committed(hub, &uid)
+        });
+    };
+
+    // 1. The link goes away for 30 s (longer than QUIC's idle timeout: the
+    //    edge reconnects and resumes).
+    progress(&p.hub, 8);
+    assert!(
+        !committed(&p.hub, &uid),
+        "the study finished before the link cut; slow the link"
+    );
+    p.link.cut();
+    std::thread::sleep(Duration::from_secs(30));
+    let before = staged_instances(&p.hub, &uid);
+    p.link.restore();
+
+    // 2. kill -9 of the edge mid-study.
+    progress(&p.hub, before + 8);
+    assert!(!committed(&p.hub, &uid), "finished before the edge kill");
+    p.edge.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    p.edge.restart();
+
+    // 3. kill -9 of the hub mid-study.
+    let before = staged_instances(&p.hub, &uid);
+    progress(&p.hub, before + 6);
+    assert!(!committed(&p.hub, &uid), "finished before the hub kill");
+    p.hub.restart();
+
+    p.hub.wait_for(240, "the study committed after all interruptions", || {
+        committed(&p.hub, &uid)
+    });
+    assert_identical(&p.edge, &p.hub, &uid, STUDY_INSTANCES);
+    p.edge.wait_for(30, "outbox drained", || {
+        p.edge
+            .sqlite("SELECT COUNT(*) FROM relay_outbox WHERE sent_completed_ms = completed_ms")
+            == "1"
+    });
+    // Resumed, not restarted: the edge's log shows more than one link-up and
+    // the hub accepted the committed instances exactly once (checked above).
+    assert!(p.edge.log().contains("relay link up"), "{}", p.edge.log());
+}
+
+#[test]
+fn forged_and_revoked_edge_certificates_are_refused() {
+    let mut p = pair(&[], 0.0, None);
+    // Forged: a certificate with the right name from another CA (another
+    // hub's), pointed at this hub.
+    let other = Server::start(ServerOpts {
+        config_toml: hub_config(free_udp_port()),
+        ..ServerOpts::default()
+    });
+    let forged = tempfile::tempdir().expect("tmp");
+    issue_edge(&other, "clinic-a-edge", forged.path());
+    // It trusts this hub's CA, so only the client certificate is wrong.
+    std::fs::copy(p.hub.dir.join("certs/relay-ca.pem"), forged.path().join("hub-ca.pem")).expect("ca");
+    let forger = Server::start(ServerOpts {
+        stable_after_secs: 1.0,
+        config_toml: edge_config(p.link.port, forged.path(), 0.0, None),
+        ..ServerOpts::default()
+    });
+    push(&forger, &ct_files(3));
+    p.hub.wait_for(30, "the forged handshake refused", || {
+        p.hub.log().contains("relay handshake refused")
+    });
+    forger.wait_for(30, "the forger told why", || {
+        forger.log().contains("invalid peer certificate")
+    });
+    assert_eq!(p.hub.sqlite("SELECT COUNT(*) FROM relay_inbound"), "0");
+
+    // The genuine edge works...
+    push(&p.edge, &ct_files(3));
+    let uid = study_uid(&p.edge);
+    p.hub
+        .wait_for(60, "genuine study committed", || committed(&p.hub, &uid));
+    // ...until revoked: the live link is closed and reconnecting is refused.
+    let o = relay_cli(&p.hub, &["revoke", "clinic-a-edge"]);
+    assert!(o.status.success(), "revoke: {}", text(&o));
+    p.hub.wait_for(30, "revoked edge disconnected", || {
+        p.hub.log().contains("edge revoked while connected")
+    });
+    p.edge
+        .wait_for(60, "edge sees the revocation", || p.edge.log().contains("revoked"));
+    let list = relay_cli(&p.hub, &["list"]);
+    assert!(text(&list).contains("REVOKED"), "{}", text(&list));
+    // Restarted, the revoked edge is refused at once; its new study does
+    // not arrive.
+    p.edge.restart();
+    p.hub.wait_for(30, "revoked edge refused on reconnect", || {
+        p.hub.log().contains("refused a revoked edge certificate")
+    });
+    let gen_dir = tempfile::tempdir().expect("tmp");
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(support::repo().join("fixtures/gen_ct.py"))
+            .args(["--n", "2", "--rows", "64", "--cols", "64", "--seed", "99", "--out"])
+            .arg(gen_dir.path());
+        c
+    });
+    assert!(o.status.success(), "gen_ct: {}", text(&o));
+    let new_files: Vec<PathBuf> = std::fs::read_dir(gen_dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    push(&p.edge, &new_files);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        p.hub.sqlite("SELECT COUNT(*) FROM relay_inbound"),
+        "1",
+        "only the study sent before revocation"
+    );
+}
