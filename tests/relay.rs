@@ -396,6 +396,15 @@ fn link_cut_and_kill9_of_edge_and_hub_resume_without_duplicates() {
         });
     };
 
+    // 0. The clinic's address changes (a new NAT mapping on 4G): the same
+    //    connection carries on from the new address.
+    progress(&p.hub, 4);
+    p.link.cut();
+    p.link.restore();
+    p.hub.wait_for(30, "the connection migrated", || {
+        p.hub.log().contains("connection migrated")
+    });
+
     // 1. The link goes away for 30 s (longer than QUIC's idle timeout: the
     //    edge reconnects and resumes).
     progress(&p.hub, 8);

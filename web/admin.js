@@ -1,6 +1,8 @@
 // Administration: users, report turnaround per clinic and priority, the
-// structured-report delivery queue, and the audit trail (with CSV export).
-// Each tab loads when it is first shown; "Refresh" reloads it.
+// structured-report delivery queue, the audit trail (with CSV export) and
+// the WAN relay link (hub: edges and arriving studies; edge: the hub link
+// and the outbox). Each tab loads when it is first shown; "Refresh" reloads
+// it; the relay tab refreshes itself every 3 s while it is shown.
 // PHI rule: nothing is logged to the console.
 
 import {
@@ -22,7 +24,8 @@ import {
   failer,
 } from './app-common.js';
 
-const TABS = ['users', 'turnaround', 'deliveries', 'audit'];
+const TABS = ['users', 'turnaround', 'deliveries', 'audit', 'relay'];
+const RELAY_REFRESH_MS = 3_000;
 const PRIO_RANK = { stat: 0, urgent: 1, routine: 2 };
 const ROLE_LABEL = { clinic: 'Clinic doctor', expert: 'Expert', admin: 'Administrator' };
 
@@ -33,6 +36,7 @@ const hook = testHook('admin', {
   turnaround: { rows: 0, waiting: 0 },
   deliveries: [],
   audit: 0,
+  relay: null,
   errors: [],
 });
 const fail = failer(hook);
@@ -44,6 +48,9 @@ const loaded = new Set();
 const clinicNames = new Map();
 const hospitalNames = new Map();
 let directory = null;
+let relayTimer = null;
+let relayCtl = null;
+let relayFailing = false;
 
 // ------------------------------------------------------------------ helpers
 
@@ -71,6 +78,35 @@ function shortUid(uid) {
   if (!uid) return el('span', { class: 'muted' }, '—');
   const short = uid.length > 18 ? `…${uid.slice(-16)}` : uid;
   return el('a', { href: `/viewer?study=${enc(uid)}`, class: 'mono', title: uid }, short);
+}
+
+/** Bytes as "840 KB" / "12.3 MB" / "1.25 GB" (decimal units, like Mbit/s). */
+function fmtBytes(n) {
+  if (n === null || n === undefined) return '';
+  const b = Number(n) || 0;
+  if (b < 1e3) return `${b} B`;
+  if (b < 1e6) return `${Math.round(b / 1e3)} KB`;
+  if (b < 1e9) return `${(b / 1e6).toFixed(1)} MB`;
+  return `${(b / 1e9).toFixed(2)} GB`;
+}
+
+/** "12.3 of 45.6 MB": both in the unit of the total. */
+function fmtBytesOf(part, total) {
+  const t = Number(total) || 0;
+  const [div, unit, dp] = t < 1e6 ? [1e3, 'KB', 0] : t < 1e9 ? [1e6, 'MB', 1] : [1e9, 'GB', 2];
+  return `${((Number(part) || 0) / div).toFixed(dp)} of ${(t / div).toFixed(dp)} ${unit}`;
+}
+
+/** A short span: "0.8 s", "12 s", "3 min". */
+function fmtSpan(ms) {
+  if (ms === null || ms === undefined || !Number.isFinite(Number(ms))) return '';
+  const v = Math.max(0, Number(ms));
+  return v < 10_000 ? `${(v / 1000).toFixed(1)} s` : fmtDuration(v);
+}
+
+/** Time since `ms`: "3 min ago". */
+function ago(ms, now = Date.now()) {
+  return ms ? `${fmtDuration(now - ms)} ago` : '';
 }
 
 function show(wrapId, emptyId, n) {
@@ -142,13 +178,18 @@ function selectTab(name, { focus = false } = {}) {
     $(`#panel-${t}`).hidden = !on;
     if (on && focus) tab.focus();
   }
+  const before = hook.tab;
   hook.tab = name;
   if (location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
+  let done = Promise.resolve();
   if (!loaded.has(name)) {
     loaded.add(name);
-    return LOADERS[name]();
+    done = LOADERS[name]();
+  } else if (name === 'relay' && before !== 'relay') {
+    done = loadRelay({ auto: true }); // live figures: never show stale ones
   }
-  return Promise.resolve();
+  relaySchedule();
+  return done;
 }
 
 function setupTabs() {
@@ -468,6 +509,279 @@ function setupAudit() {
   syncExport();
 }
 
+// ------------------------------------------------------------------ relay link
+
+function statusBadge(state, label, title) {
+  return el('span', { class: `badge st-${state}`, dataset: { state }, title }, label);
+}
+
+function linkBadge(link) {
+  if (!link) return statusBadge('disconnected', 'Not connected yet');
+  return link.connected ? statusBadge('connected', 'Connected') : statusBadge('disconnected', 'Disconnected');
+}
+
+function pct(loss) {
+  const v = Number(loss);
+  return Number.isFinite(v) ? `${(v * 100).toFixed(v > 0 && v < 0.001 ? 3 : 2)} %` : '';
+}
+
+function mbit(bps) {
+  const v = Number(bps);
+  return v > 0 ? `${(v / 1e6).toFixed(v < 1e7 ? 2 : 1)} Mbit/s` : '';
+}
+
+function fmtMs(v) {
+  const n = Number(v);
+  return v === null || v === undefined || !Number.isFinite(n) ? '' : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
+}
+
+/** The link's figures as <dl> entries: [label, value, {error}]. */
+function kv(entries) {
+  return entries
+    .filter(Boolean)
+    .map(([label, value, opts = {}]) =>
+      el('div', {}, el('dt', {}, label), el('dd', { class: opts.error ? 'error' : undefined, title: opts.title }, dash(value))),
+    );
+}
+
+/** A registered edge merged with its live link figures (if it connected since the start). */
+function edgeRow({ edge: e, link: f }, now) {
+  const revoked = !!e.revoked_ms;
+  const connected = !revoked && !!(f && f.connected);
+  const status = revoked
+    ? statusBadge('revoked', 'Revoked', `since ${fmtTime(e.revoked_ms)}`)
+    : connected
+      ? statusBadge('connected', 'Connected')
+      : statusBadge('disconnected', 'Disconnected');
+  // Last seen: now while connected, else the later of the last (re)connect
+  // and the last figures taken while the connection was up.
+  const last = Math.max(Number(e.last_seen_ms) || 0, (f && Number(f.updated_ms)) || 0);
+  const remote = (connected && f.remote) || e.last_addr || (f && f.remote) || '';
+  const live = connected ? f : null;
+  return el(
+    'tr',
+    { dataset: { test: 'relay-edge-row', edge: e.name, status: revoked ? 'revoked' : connected ? 'connected' : 'disconnected' } },
+    el(
+      'td',
+      {},
+      el('span', { class: 'mono', title: e.issued_ms ? `certificate issued ${fmtTime(e.issued_ms)}` : undefined }, e.name),
+      e.fingerprint
+        ? el('span', { class: 'sub mono', title: `certificate SHA-256 ${e.fingerprint}` }, `${String(e.fingerprint).slice(0, 16)}…`)
+        : null,
+    ),
+    el('td', {}, e.clinic_id ? clinicName(e.clinic_id) : dash('')),
+    el('td', {}, status, f && f.last_error ? el('span', { class: 'sub' }, f.last_error) : null),
+    el('td', { class: 'mono' }, dash(remote)),
+    el('td', { class: 'num' }, dash(live ? fmtMs(live.rtt_ms) : '')),
+    el(
+      'td',
+      { class: 'num', title: live ? `${live.lost_packets ?? 0} of ${live.sent_packets ?? 0} packets lost` : undefined },
+      dash(live ? pct(live.loss) : ''),
+    ),
+    el('td', { class: 'num', title: 'Over the last study relayed' }, dash(f ? mbit(f.goodput_bps) : '')),
+    el('td', { class: 'num' }, dash(f ? String(f.studies_total ?? 0) : '')),
+    el('td', { class: 'num' }, dash(f ? fmtBytes(f.bytes_total ?? 0) : '')),
+    el(
+      'td',
+      { class: 'nowrap' },
+      connected ? 'now' : dash(fmtTime(last)),
+      !connected && last ? el('span', { class: 'sub' }, ago(last, now)) : null,
+    ),
+  );
+}
+
+function arrivingRow(a) {
+  const done = a.state === 'committed';
+  const total = Number(a.total) || 0;
+  // Once committed the staged parts are gone (the server counts 0 arrived).
+  const arrived = done ? total : Number(a.arrived) || 0;
+  const totalBytes = Number(a.total_bytes) || 0;
+  const arrivedBytes = done ? totalBytes : Number(a.arrived_bytes) || 0;
+  const uid = a.study_uid || '';
+  const study = done
+    ? shortUid(uid)
+    : el('span', { class: 'mono', title: uid }, uid.length > 18 ? `…${uid.slice(-16)}` : uid || '—');
+  const after = (t) => (t && a.began_ms ? fmtSpan(t - a.began_ms) : '');
+  return el(
+    'tr',
+    { dataset: { test: 'relay-arriving-row', uid, edge: a.edge, state: a.state } },
+    el('td', {}, study),
+    el('td', { class: 'mono' }, dash(a.edge)),
+    el('td', {}, clinicName(a.clinic_id)),
+    el('td', {}, prioBadge(a.priority)),
+    el('td', {}, statusBadge(a.state, done ? 'Committed' : 'Arriving')),
+    el(
+      'td',
+      { class: 'num nowrap' },
+      `${arrived} of ${total}`,
+      !done ? el('span', { class: 'sub' }, `previews: ${Number(a.previews) || 0}`) : null,
+    ),
+    el('td', { class: 'num nowrap' }, totalBytes ? (done ? fmtBytes(totalBytes) : fmtBytesOf(arrivedBytes, totalBytes)) : dash('')),
+    el('td', { class: 'nowrap' }, dash(fmtTime(a.began_ms))),
+    el('td', { class: 'num' }, dash(after(a.first_preview_ms))),
+    el('td', { class: 'num' }, dash(after(a.committed_ms))),
+  );
+}
+
+function renderHub(r, now) {
+  const links = (r.links && typeof r.links === 'object' && r.links) || {};
+  const merged = new Map();
+  for (const e of arrayOf(r, 'edges')) merged.set(e.name, { edge: e, link: links[e.name] || null });
+  // A link without a registered edge (deleted since it connected).
+  for (const [name, link] of Object.entries(links)) if (!merged.has(name)) merged.set(name, { edge: { name }, link });
+  const rows = [...merged.values()].sort(
+    (a, b) => Number(!!a.edge.revoked_ms) - Number(!!b.edge.revoked_ms) || String(a.edge.name).localeCompare(String(b.edge.name)),
+  );
+  const arriving = arrayOf(r, 'arriving');
+  const connected = rows.filter((x) => !x.edge.revoked_ms && x.link && x.link.connected).length;
+  const active = rows.filter((x) => !x.edge.revoked_ms).length;
+  const moving = arriving.filter((a) => a.state !== 'committed').length;
+
+  $('#relay-edges-rows').replaceChildren(...rows.map((x) => edgeRow(x, now)));
+  show('#relay-edges-wrap', '#relay-edges-empty', rows.length);
+  $('#relay-arriving-rows').replaceChildren(...arriving.map(arrivingRow));
+  show('#relay-arriving-wrap', '#relay-arriving-empty', arriving.length);
+
+  const parts = [
+    r.listen ? `Hub — listening for edges on UDP ${r.listen}` : 'Hub — the relay listener is off ([relay] listen is not set): edges cannot connect',
+    `${connected} of ${active} edge${active === 1 ? '' : 's'} connected`,
+    `${moving} ${moving === 1 ? 'study' : 'studies'} arriving`,
+  ];
+  $('#relay-summary').textContent = parts.join(' · ');
+  hook.relay = {
+    role: 'hub',
+    listen: r.listen || null,
+    edges: rows.map((x) => ({
+      name: x.edge.name,
+      status: x.edge.revoked_ms ? 'revoked' : x.link && x.link.connected ? 'connected' : 'disconnected',
+    })),
+    arriving: arriving.map((a) => ({ uid: a.study_uid, edge: a.edge, state: a.state })),
+  };
+}
+
+function renderEdge(r, now) {
+  const links = (r.links && typeof r.links === 'object' && r.links) || {};
+  const f = links.hub || Object.values(links)[0] || null;
+  const st = r.outbox_stats || {};
+  const outbox = arrayOf(r, 'outbox');
+  const rate = Number(r.rate_mbit);
+
+  $('#relay-link-state').replaceChildren(linkBadge(f));
+  $('#relay-link-kv').replaceChildren(
+    ...kv([
+      ['Hub', r.hub],
+      ['Remote address', f && f.remote],
+      ['Round-trip time', f && f.connected ? fmtMs(f.rtt_ms) : ''],
+      [
+        'Packet loss',
+        f && f.connected ? pct(f.loss) : '',
+        { title: f ? `${f.lost_packets ?? 0} of ${f.sent_packets ?? 0} packets lost` : undefined },
+      ],
+      ['Congestion window', f && f.connected ? fmtBytes(f.congestion_window) : ''],
+      ['Goodput (last study)', f ? mbit(f.goodput_bps) : ''],
+      ['Rate cap', rate > 0 ? `${rate} Mbit/s` : 'none'],
+      ['Studies relayed', f ? String(f.studies_total ?? 0) : '', { title: 'Since this server started' }],
+      ['Bytes relayed', f ? fmtBytes(f.bytes_total ?? 0) : '', { title: 'Since this server started' }],
+      ['Connections', f ? String(f.connections ?? 0) : ''],
+      ['Figures taken', f && f.updated_ms ? ago(f.updated_ms, now) : '', { title: f && f.updated_ms ? fmtTime(f.updated_ms) : undefined }],
+      f && f.last_error ? ['Last error', f.last_error, { error: true }] : null,
+    ]),
+  );
+  $('#relay-outbox-kv').replaceChildren(
+    ...kv([
+      ['Waiting', String(st.depth ?? 0)],
+      ['Oldest waiting', st.oldest_ms ? fmtDuration(now - st.oldest_ms) : '', { title: st.oldest_ms ? `since ${fmtTime(st.oldest_ms)}` : undefined }],
+      ['Pending', fmtBytes(st.bytes_pending ?? 0)],
+    ]),
+  );
+  $('#relay-outbox-rows').replaceChildren(
+    ...outbox.map((o) => {
+      const state = o.pending ? (o.attempts > 0 || o.last_error ? 'retrying' : 'pending') : 'sent';
+      const label = { pending: 'Waiting', retrying: 'Retrying', sent: 'Sent' }[state];
+      return el(
+        'tr',
+        { dataset: { test: 'relay-outbox-row', uid: o.study_uid, state } },
+        el('td', {}, shortUid(o.study_uid)),
+        el('td', { class: 'nowrap' }, dash(fmtTime(o.completed_ms))),
+        el('td', { class: 'nowrap' }, dash(fmtTime(o.enqueued_ms)), o.pending && o.enqueued_ms ? el('span', { class: 'sub' }, ago(o.enqueued_ms, now)) : null),
+        el('td', {}, statusBadge(state, label)),
+        el('td', { class: 'num' }, String(o.attempts ?? 0)),
+        el('td', { class: 'nowrap' }, dash(fmtTime(o.sent_ms))),
+        el('td', { class: 'num' }, o.sent_ms || o.bytes_sent ? fmtBytes(o.bytes_sent ?? 0) : dash('')),
+        el('td', { class: 'clip' }, dash(o.last_error)),
+      );
+    }),
+  );
+  show('#relay-outbox-wrap', '#relay-outbox-empty', outbox.length);
+
+  const parts = [
+    `Edge — relaying to ${r.hub || 'the hub'}`,
+    f && f.connected ? 'link up' : 'link down',
+    `${st.depth ?? 0} ${st.depth === 1 ? 'study' : 'studies'} waiting`,
+  ];
+  $('#relay-summary').textContent = parts.join(' · ');
+  hook.relay = {
+    role: 'edge',
+    connected: !!(f && f.connected),
+    depth: st.depth ?? 0,
+    outbox: outbox.map((o) => ({ uid: o.study_uid, pending: !!o.pending })),
+  };
+}
+
+/** `auto`: a background refresh (errors are reported once per outage). */
+async function loadRelay({ auto = false } = {}) {
+  await loadDirectory();
+  if (relayCtl) relayCtl.abort();
+  const ctl = (relayCtl = new AbortController());
+  try {
+    const r = await api('/api/admin/relay', { signal: ctl.signal });
+    if (ctl !== relayCtl) return;
+    const now = Date.now();
+    const edge = r && r.role === 'edge';
+    $('#relay-hub').hidden = edge;
+    $('#relay-edge').hidden = !edge;
+    if (edge) renderEdge(r, now);
+    else renderHub(r || {}, now);
+    $('#relay-updated').textContent = `Updated ${fmtTime(now).slice(11)}`;
+    relayFailing = false;
+  } catch (e) {
+    if (ctl !== relayCtl) return;
+    if (!auto || !relayFailing) {
+      const msg = fail('Loading the relay link', e);
+      if (msg) $('#relay-summary').textContent = msg;
+    }
+    if (!(e && e.name === 'AbortError')) relayFailing = true;
+  } finally {
+    if (ctl === relayCtl) relayCtl = null;
+  }
+}
+
+/** Every 3 s while the relay tab is shown and the page visible. */
+function relaySchedule() {
+  clearTimeout(relayTimer);
+  relayTimer = null;
+  if (hook.tab !== 'relay' || document.hidden) {
+    if (relayCtl) relayCtl.abort();
+    return;
+  }
+  relayTimer = setTimeout(async () => {
+    relayTimer = null;
+    await loadRelay({ auto: true });
+    relaySchedule();
+  }, RELAY_REFRESH_MS);
+}
+
+function setupRelay() {
+  $('#relay-refresh').addEventListener('click', async () => {
+    await loadRelay();
+    relaySchedule();
+  });
+  document.addEventListener('visibilitychange', async () => {
+    if (!document.hidden && hook.tab === 'relay') await loadRelay({ auto: true });
+    relaySchedule();
+  });
+}
+
 // ------------------------------------------------------------------ start
 
 const LOADERS = {
@@ -475,6 +789,7 @@ const LOADERS = {
   turnaround: loadTurnaround,
   deliveries: loadDeliveries,
   audit: loadAudit,
+  relay: loadRelay,
 };
 
 async function main() {
@@ -496,6 +811,7 @@ async function main() {
   setupTabs();
   setupUserForm();
   setupAudit();
+  setupRelay();
   $('#ta-days').addEventListener('change', loadTurnaround);
   $('#ta-refresh').addEventListener('click', loadTurnaround);
   $('#dl-show').addEventListener('change', loadDeliveries);

@@ -2,6 +2,9 @@
 // routine, longest waiting first); this page filters, shows live waiting
 // times, and claims: a claim opens the viewer, a lost race (409) says who
 // holds the study and refreshes. Refreshed every 15 s while visible.
+// Above the list, "Arriving from clinics": studies on their way from clinic
+// edge boxes over the relay link (k of n instances, the first preview),
+// polled every 2 s while a study is on its way, else every 10 s.
 // PHI rule: nothing is logged to the console.
 
 import {
@@ -27,6 +30,8 @@ import {
 const PAGE = 50;
 const REFRESH_MS = 15_000;
 const TICK_MS = 10_000;
+const ARRIVING_FAST_MS = 2_000;
+const ARRIVING_SLOW_MS = 10_000;
 const FILTERS = ['priority', 'modality', 'clinic', 'body_part'];
 const DEFAULT_STATES = ['new', 'claimed', 'returned'];
 const STATE_LABEL = {
@@ -38,7 +43,7 @@ const STATE_LABEL = {
   cancelled: 'Cancelled',
 };
 
-const hook = testHook('worklist', { ready: false, uids: [], rows: [], total: 0, errors: [] });
+const hook = testHook('worklist', { ready: false, uids: [], rows: [], total: 0, arriving: [], errors: [] });
 const fail = failer(hook);
 
 const enc = encodeURIComponent;
@@ -52,6 +57,15 @@ let tickTimer = null;
 let lastLoadAt = 0;
 let failing = false;
 const clinicNames = new Map();
+
+// Arriving studies: their poll, and one card per (edge, study) kept across
+// polls so a thumbnail is fetched once rather than every 2 s.
+let arrivingTimer = null;
+let arrivingCtl = null;
+let arrivingFailing = false;
+let arrivingOff = false; // the server has no relay routes (404): stop asking
+let arrivingSkew = 0; // our clock minus the server's, when the server says its time
+const arrivingCards = new Map();
 
 // ------------------------------------------------------------------ helpers
 
@@ -67,6 +81,17 @@ function filterCount() {
   let n = st.length && st.join(',') !== DEFAULT_STATES.join(',') ? 1 : 0;
   for (const k of FILTERS) if (form.elements[k].value.trim()) n += 1;
   $('#filter-count').textContent = n ? `(${n} active)` : '';
+}
+
+function clinicName(id, name) {
+  return name || clinicNames.get(id) || id || '—';
+}
+
+/** "12.3 of 45.6 MB": both in the unit of the total (decimal units). */
+function fmtBytesOf(part, total) {
+  const t = Number(total) || 0;
+  const [div, unit, dp] = t < 1e6 ? [1e3, 'KB', 0] : t < 1e9 ? [1e6, 'MB', 1] : [1e9, 'GB', 2];
+  return `${((Number(part) || 0) / div).toFixed(dp)} of ${(t / div).toFixed(dp)} ${unit}`;
 }
 
 function prioBadge(p) {
@@ -123,7 +148,7 @@ function row(it, fetchedAt) {
       el('span', { class: 'waiting', dataset: { since: since || '' } }, since ? fmtDuration(Date.now() - since) : '—'),
       it.enqueued_ms ? el('span', { class: 'sub' }, `since ${sinceText(it.enqueued_ms)}`) : null,
     ),
-    el('td', {}, it.clinic_name || clinicNames.get(it.clinic_id) || it.clinic_id || '—'),
+    el('td', {}, clinicName(it.clinic_id, it.clinic_name)),
     el(
       'td',
       { class: 'patient' },
@@ -161,6 +186,7 @@ function tick() {
     const since = Number(s.dataset.since);
     if (since) s.textContent = fmtDuration(now - since);
   }
+  for (const card of arrivingCards.values()) sinceArriving(card, now);
 }
 
 function render(r, fetchedAt) {
@@ -197,6 +223,221 @@ function render(r, fetchedAt) {
     const target = tr && tr.querySelector(`[data-test="${CSS.escape(focusKey[1])}"]`);
     if (target) target.focus();
   }
+}
+
+// ------------------------------------------------------------------ arriving
+
+const arrivingKey = (a) => `${a.edge}\n${a.study_uid}`;
+const arrivingImage = (uid, kind) => `/api/relay/arriving/${enc(uid)}/${kind}`;
+
+/** One card's elements; updateArriving() fills them in on every poll. */
+function arrivingCard(a) {
+  const c = { key: arrivingKey(a), row: a, img: null, thumbTried: 0, keyImagesTried: false, prio: undefined };
+  c.thumb = el('a', { class: 'arr-thumb', rel: 'noopener', hidden: true, dataset: { test: 'arriving-thumb' } });
+  c.badge = el('span', { class: 'arr-prio' });
+  c.clinic = el('strong', { class: 'arr-clinic' });
+  c.since = el('span', { class: 'arr-since muted', dataset: { test: 'arriving-since' } });
+  c.bar = el('progress', { class: 'arr-bar', max: '100', value: '0' });
+  c.count = el('span', { dataset: { test: 'arriving-count' } });
+  c.bytes = el('span', { dataset: { test: 'arriving-bytes' } });
+  c.previews = el('span', { dataset: { test: 'arriving-previews' } });
+  c.done = el('p', { class: 'arr-done', hidden: true, dataset: { test: 'arriving-done' } });
+  c.li = el(
+    'li',
+    { class: 'arr-card', dataset: { test: 'arriving-row', uid: a.study_uid, edge: a.edge } },
+    c.thumb,
+    el(
+      'div',
+      { class: 'arr-body' },
+      el('div', { class: 'arr-head' }, c.badge, c.clinic, c.since),
+      c.bar,
+      el('div', { class: 'arr-figures' }, c.count, c.bytes, c.previews),
+      c.done,
+    ),
+  );
+  return c;
+}
+
+/** Server time (ms since epoch) to our clock. */
+function localTime(ms) {
+  return ms + arrivingSkew;
+}
+
+function sinceArriving(c, now = Date.now()) {
+  const a = c.row;
+  if (a.state === 'committed') {
+    c.since.textContent = a.committed_ms ? `completed ${fmtDuration(now - localTime(a.committed_ms))} ago` : '';
+    c.since.title = a.committed_ms ? fmtTime(localTime(a.committed_ms)) : '';
+  } else {
+    c.since.textContent = a.began_ms ? `began ${fmtDuration(now - localTime(a.began_ms))} ago` : '';
+    c.since.title = a.began_ms ? fmtTime(localTime(a.began_ms)) : '';
+  }
+}
+
+/**
+ * The card's thumbnail: the first staged preview while the study is on its
+ * way (asked for again only when more previews have arrived since a 404),
+ * the study's key images once it is committed and none was shown. Hidden
+ * until an image has loaded.
+ */
+function thumbArriving(c) {
+  const a = c.row;
+  const uid = a.study_uid;
+  const done = a.state === 'committed';
+  c.thumb.href = done ? viewerUrl(uid) : arrivingImage(uid, 'preview');
+  if (done) c.thumb.removeAttribute('target');
+  else c.thumb.target = '_blank';
+  c.thumb.title = done ? 'Open the study' : 'Open the first preview (new tab)';
+  c.thumb.setAttribute('aria-label', c.thumb.title);
+  if (c.img) return;
+  let src = null;
+  const previews = Number(a.previews) || 0;
+  if (!done && previews > c.thumbTried) {
+    c.thumbTried = previews;
+    src = arrivingImage(uid, 'thumb');
+  } else if (done && !c.keyImagesTried) {
+    c.keyImagesTried = true;
+    src = `/api/studies/${enc(uid)}/key-images`;
+  }
+  if (!src) return;
+  const img = el('img', { class: 'study-thumb', alt: '', width: 64, height: 64, decoding: 'async' });
+  c.img = img;
+  img.addEventListener('load', () => {
+    if (c.img === img) c.thumb.hidden = false;
+  });
+  img.addEventListener('error', () => {
+    if (c.img !== img) return;
+    c.img = null;
+    c.thumb.hidden = true;
+    img.remove();
+  });
+  c.thumb.replaceChildren(img);
+  img.src = src;
+}
+
+function updateArriving(c, a) {
+  c.row = a;
+  const done = a.state === 'committed';
+  c.li.dataset.state = a.state;
+  c.li.classList.toggle('committed', done);
+  if (c.prio !== a.priority) {
+    c.prio = a.priority;
+    c.badge.replaceChildren(prioBadge(a.priority));
+  }
+  c.clinic.textContent = clinicName(a.clinic_id);
+  // Once committed the staged parts are gone (the server counts 0 arrived):
+  // everything has arrived.
+  const total = Number(a.total) || 0;
+  const arrived = done ? total : Number(a.arrived) || 0;
+  const totalBytes = Number(a.total_bytes) || 0;
+  const arrivedBytes = done ? totalBytes : Number(a.arrived_bytes) || 0;
+  const frac = done ? 1 : totalBytes > 0 ? arrivedBytes / totalBytes : total > 0 ? arrived / total : 0;
+  c.bar.value = Math.round(Math.max(0, Math.min(1, frac)) * 100);
+  c.bar.setAttribute('aria-label', `${arrived} of ${total} images received`);
+  c.count.textContent = done ? `received: ${total} of ${total}` : `arriving: ${arrived} of ${total}`;
+  c.bytes.textContent = totalBytes ? fmtBytesOf(arrivedBytes, totalBytes) : '';
+  c.bytes.hidden = !totalBytes;
+  c.previews.textContent = `previews: ${Number(a.previews) || 0}`;
+  c.previews.hidden = done;
+  c.done.hidden = !done;
+  if (done) {
+    const took = a.committed_ms && a.began_ms ? ` (${fmtDuration(a.committed_ms - a.began_ms)} in transit)` : '';
+    c.done.textContent = `complete — on the worklist${took}`;
+  }
+  thumbArriving(c);
+}
+
+/** Renders the poll's rows; true when a study was committed since the last poll. */
+function renderArriving(rows) {
+  const now = Date.now();
+  const seen = new Set();
+  const cards = [];
+  let committedNow = false;
+  for (const a of rows) {
+    if (!a || !a.study_uid) continue;
+    const key = arrivingKey(a);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    let c = arrivingCards.get(key);
+    if (!c) {
+      c = arrivingCard(a);
+      arrivingCards.set(key, c);
+    } else if (c.row.state !== 'committed' && a.state === 'committed') {
+      committedNow = true;
+    }
+    updateArriving(c, a);
+    sinceArriving(c, now);
+    cards.push(c);
+  }
+  for (const key of [...arrivingCards.keys()]) if (!seen.has(key)) arrivingCards.delete(key);
+  // On their way first (in the server's order: STAT → urgent → routine,
+  // oldest first), then the just completed, newest first.
+  const moving = cards.filter((c) => c.row.state !== 'committed');
+  const done = cards
+    .filter((c) => c.row.state === 'committed')
+    .sort((x, y) => (y.row.committed_ms || 0) - (x.row.committed_ms || 0));
+  const order = [...moving, ...done].map((c) => c.li);
+  const list = $('#arriving-list');
+  const current = [...list.children];
+  // Re-insert only when the order changed (keeps keyboard focus in place).
+  if (current.length !== order.length || current.some((li, i) => li !== order[i])) list.replaceChildren(...order);
+  $('#arriving').hidden = order.length === 0;
+  $('#arriving-count').textContent = order.length
+    ? `(${moving.length} on the way${done.length ? `, ${done.length} just completed` : ''})`
+    : '';
+  hook.arriving = [...moving, ...done].map(({ row: a }) => ({
+    uid: a.study_uid,
+    edge: a.edge,
+    clinic_id: a.clinic_id,
+    state: a.state,
+    priority: a.priority,
+    total: a.total,
+    arrived: a.arrived,
+    previews: a.previews,
+  }));
+  return committedNow;
+}
+
+async function loadArriving() {
+  if (arrivingOff) return;
+  if (arrivingCtl) arrivingCtl.abort();
+  const ctl = (arrivingCtl = new AbortController());
+  try {
+    const r = await api('/api/relay/arriving', { signal: ctl.signal });
+    if (ctl !== arrivingCtl) return;
+    if (r && Number.isFinite(r.now_ms)) arrivingSkew = Date.now() - r.now_ms;
+    // A study just committed is now on the worklist: show it.
+    if (renderArriving((r && r.arriving) || [])) load({ auto: true });
+    arrivingFailing = false;
+  } catch (e) {
+    if (ctl !== arrivingCtl) return;
+    if (e instanceof ApiError && e.status === 404) {
+      // A server without the relay link's routes: nothing will ever arrive.
+      arrivingOff = true;
+      renderArriving([]);
+      return;
+    }
+    if (!arrivingFailing) fail('Loading arriving studies', e);
+    if (!(e && e.name === 'AbortError')) arrivingFailing = true;
+  } finally {
+    if (ctl === arrivingCtl) arrivingCtl = null;
+  }
+}
+
+/** Every 2 s while a study is on its way, else every 10 s; none while hidden. */
+function scheduleArriving() {
+  clearTimeout(arrivingTimer);
+  arrivingTimer = null;
+  if (document.hidden || arrivingOff) return;
+  const fast = [...arrivingCards.values()].some((c) => c.row.state !== 'committed');
+  arrivingTimer = setTimeout(
+    async () => {
+      arrivingTimer = null;
+      await loadArriving();
+      scheduleArriving();
+    },
+    fast ? ARRIVING_FAST_MS : ARRIVING_SLOW_MS,
+  );
 }
 
 // ------------------------------------------------------------------ loading
@@ -294,15 +535,19 @@ function setupRefresh() {
     if (document.hidden) {
       clearTimeout(refreshTimer);
       clearInterval(tickTimer);
+      clearTimeout(arrivingTimer);
       refreshTimer = null;
       tickTimer = null;
+      arrivingTimer = null;
       return;
     }
     tick();
+    loadArriving().then(scheduleArriving);
     if (Date.now() - lastLoadAt >= REFRESH_MS) await load({ auto: true });
     schedule();
   });
   $('#refresh').addEventListener('click', async () => {
+    loadArriving().then(scheduleArriving);
     await load();
     schedule();
   });
@@ -390,11 +635,13 @@ async function main() {
   setupFilters();
   await loadClinics();
   setupRefresh();
-  await load();
+  await Promise.all([load(), loadArriving()]);
   schedule();
+  scheduleArriving();
 }
 
 hook.refresh = () => load();
+hook.refreshArriving = () => loadArriving();
 
 main().finally(() => {
   hook.ready = true;

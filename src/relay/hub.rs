@@ -539,9 +539,21 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
     .await?;
     let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
     let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
+    let began = sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = ? AND study_uid = ?")
+        .bind(&edge.name)
+        .bind(study_uid)
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten();
     hub.status.with(&edge.name, |f| {
         f.studies_total += 1;
         f.bytes_total += bytes;
+        if let Some(b) = began
+            && now > b
+        {
+            f.goodput_bps = bytes as f64 * 8000.0 / (now - b) as f64;
+        }
     });
     info!(study_uid = %study_uid, instances = new, duplicates = dup, "study committed from edge");
     Ok((

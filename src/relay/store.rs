@@ -465,10 +465,14 @@ pub async fn arriving(
 ) -> Result<Vec<ArrivingRow>, IndexError> {
     let mut qb = sqlx::QueryBuilder::new(
         "SELECT r.edge, r.study_uid, r.clinic_id, r.state, r.total,
-           (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') AS arrived,
+           CASE WHEN r.state = 'committed' THEN r.total ELSE
+             (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') END AS arrived,
            r.total_bytes,
-           (SELECT COALESCE(SUM(size), 0) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') AS arrived_bytes,
-           (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'thumb') AS previews,
+           CASE WHEN r.state = 'committed' THEN r.total_bytes ELSE
+             (SELECT COALESCE(SUM(size), 0) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') END AS arrived_bytes,
+           CASE WHEN r.state = 'committed' THEN
+             (SELECT COUNT(*) FROM instances i WHERE i.study_uid = r.study_uid AND i.preview_status = 'ok') ELSE
+             (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'thumb') END AS previews,
            r.priority, r.began_ms, r.first_preview_ms, r.committed_ms
          FROM relay_inbound r WHERE (r.state = 'arriving' OR r.committed_ms >= ",
     );
