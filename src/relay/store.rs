@@ -222,7 +222,10 @@ pub async fn stage(
     parts: &[Staged],
     now_ms: i64,
 ) -> Result<bool, IndexError> {
-    let mut tx = pool.begin().await?;
+    // IMMEDIATE: a deferred transaction that reads, then writes, cannot wait
+    // for a concurrent writer (SQLite answers "database is locked" at once),
+    // and bundles from parallel streams stage concurrently.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let arriving = sqlx::query("SELECT 1 FROM relay_inbound WHERE edge = ? AND study_uid = ? AND state = 'arriving'")
         .bind(edge)
         .bind(study_uid)
@@ -741,7 +744,7 @@ pub async fn store_inbox(
     cursor: i64,
     now_ms: i64,
 ) -> Result<(), IndexError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for r in reports {
         let exists = sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = ?")
             .bind(&r.sop_instance_uid)
