@@ -21,6 +21,14 @@ use support::{Server, ServerOpts, dcmtk, free_port, free_udp_port, python, run, 
 
 const STUDY_INSTANCES: usize = 60;
 
+/// One hub+edge pair at a time: each test moves tens of MB through a Python
+/// link emulator, and three at once on a 2-core runner starve each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The UDP link emulator between edge and hub; killed when dropped.
 struct Link {
     child: Child,
@@ -279,6 +287,7 @@ fn pair(link_args: &[&str], rate_mbit: f64, pacs: Option<u16>) -> Pair {
 
 #[test]
 fn study_arrives_byte_identical_previews_first_and_the_report_comes_back() {
+    let _serial = serial();
     let pacs = Pacs::start();
     let p = pair(
         &["--delay-ms", "40", "--loss", "0.01", "--seed", "7"],
@@ -384,6 +393,7 @@ fn study_arrives_byte_identical_previews_first_and_the_report_comes_back() {
 
 #[test]
 fn link_cut_and_kill9_of_edge_and_hub_resume_without_duplicates() {
+    let _serial = serial();
     // 8 Mbit/s cap so the study takes long enough to interrupt it three
     // times; 1 % loss on a 100 ms RTT link.
     let mut p = pair(&["--delay-ms", "50", "--loss", "0.01", "--seed", "11"], 8.0, None);
@@ -446,6 +456,7 @@ fn link_cut_and_kill9_of_edge_and_hub_resume_without_duplicates() {
 
 #[test]
 fn forged_and_revoked_edge_certificates_are_refused() {
+    let _serial = serial();
     let mut p = pair(&[], 0.0, None);
     // Forged: a certificate with the right name from another CA (another
     // hub's), pointed at this hub.
