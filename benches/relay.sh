@@ -30,11 +30,29 @@
 #                  modality or PACS runs; cubic is what Windows and Linux
 #                  DICOM senders use. TCP_CC=host keeps the host's default.
 #   SEED=1         loss pattern seed of the emulator
-#   TIMEOUT=5400   seconds per run before giving up (a cubic flow at 600 ms
-#                  RTT and 2 % loss moves ~0.5 Mbit/s: 158 MB take ~40 min)
+#   TIMEOUT=7200   seconds per run before giving up (cubic at 600 ms RTT and
+#                  2 % loss: the 300-instance direct run takes ~73 min)
 #   BUILD=1        cargo build --release first (BUILD=0: use target/release as is)
 #   KEEP_DATA=0    keep the hub/edge data dirs (large) after each run
 #   PREFIX=mrb     namespace prefix (<prefix>-clinic, <prefix>-hub)
+#
+# Measured (2-core VM, other builds running; release binary built from the
+# working tree at HEAD cf09c14; synthetic CT compresses ~1.6x with zstd, real CT less):
+#   link a, N=300  direct (cubic) 1713 s to complete (arrived 1711 s), first
+#                  preview 1.6 s, 0.74 Mbit/s = 1.5 % of the link
+#                  direct (bbr, TCP_CC=host) 181.5 s, 7.0 Mbit/s = 14 %
+#                  relay 113-115 s, first preview 3.8 s (0.4-0.5 s after the
+#                  study was complete at the edge), 11.3-11.5 Mbit/s = 23 %;
+#                  relay/direct: 14.8x (cubic), 1.6x (bbr) faster. The relay
+#                  runs hit 4 "database is locked" refusals at the hub each,
+#                  and the retry backoff is most of their time.
+#   link b, N=60   direct (cubic) 846 s, first preview 5.5 s, 0.30 Mbit/s (3 %)
+#                  relay 33.2 s, 8.2 Mbit/s (82 %), preview 1.2 s after edge
+#                  complete; relay/direct 25x. (N=300 direct was stopped after
+#                  31 instances in 451 s: ~73 min for the series.)
+#   link b, N=300  relay 135 s, 9.6 Mbit/s of study data (96 %), preview 1.2 s
+#                  after edge complete.
+#   Run times: link a ~35 min (cubic direct dominates), link b ~80 min.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -43,7 +61,7 @@ METHODS="${METHODS:-direct relay}"
 N="${N:-300}"
 TCP_CC="${TCP_CC:-cubic}"
 SEED="${SEED:-1}"
-TIMEOUT="${TIMEOUT:-5400}"
+TIMEOUT="${TIMEOUT:-7200}"
 BUILD="${BUILD:-1}"
 KEEP_DATA="${KEEP_DATA:-0}"
 PREFIX="${PREFIX:-mrb}"
@@ -60,6 +78,7 @@ command -v storescu >/dev/null || { echo "relay.sh: storescu missing (bash tests
 WORK="$(mktemp -d /tmp/medrelay-relaybench.XXXXXX)"
 echo "relay.sh: logs and results in $WORK"
 EMU_PID=""
+MEASURE_PID=""
 declare -a SERVER_PIDS=()
 
 stop_pid() { # pid [grace seconds]
@@ -82,9 +101,13 @@ link_down() {
     if [ -n "$EMU_PID" ]; then stop_pid "$EMU_PID" 10; EMU_PID=""; fi
 }
 cleanup() {
+    if [ -n "$MEASURE_PID" ]; then stop_pid "$MEASURE_PID" 5; fi   # it stops storescu
     stop_servers
     link_down
     python3 "$LINKEMU" down --prefix "$PREFIX" 2>/dev/null || true
+    # keep the logs and results, not the binary copy and generated series
+    rm -rf "$WORK/medrelay" "$WORK/ct$N"
+    [ "$KEEP_DATA" = 1 ] || rm -rf "$WORK"/link-*/*/hub-data "$WORK"/link-*/*/edge-data
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -126,6 +149,14 @@ cat "$CT"/* >/dev/null   # page cache: every contender reads the same cached fil
 echo "relay.sh: study $CT: $N instances, $STUDY_BYTES bytes; TCP congestion control in the namespaces: $TCP_CC"
 
 # ------------------------------------------------------------------ helpers
+measure() { # args of relay_measure.py run; in the background so that a
+            # SIGTERM/SIGINT to this script is acted on at once
+    python3 "$MEASURE" run "$@" &
+    MEASURE_PID=$!
+    wait "$MEASURE_PID" || true
+    MEASURE_PID=""
+}
+
 link_params() { # a|b -> RTT LOSS RATE
     case "$1" in
         a) RTT=200; LOSS=0.01; RATE=50;;
@@ -238,10 +269,10 @@ run_direct() { # link dir
     write_hub_config "$d" 0
     start_hub "$d" || { stop_servers; return 0; }
     echo "relay.sh: [$1/direct] storescu -> hub over the WAN ..."
-    python3 "$MEASURE" run --method direct --n "$N" --study-bytes "$STUDY_BYTES" \
+    measure --method direct --n "$N" --study-bytes "$STUDY_BYTES" \
         --hub-db "$d/hub-data/index.db" --link "$1" --rtt-ms "$RTT" --rate-mbit "$RATE" --loss "$LOSS" \
-        --linkemu-stats "$LINK_DIR/linkemu.json" --timeout "$TIMEOUT" --log "$d/storescu.log" --out "$d/result.json" -- \
-        ip netns exec "$CLINIC_NS" env TCP_NODELAY=1 storescu -aet STORESCU -aec MEDRELAY "$HUB_IP" 11112 +sd "$CT" || true
+        --linkemu-stats "$LINK_DIR/linkemu.json" --linkemu-pid "$EMU_PID" --timeout "$TIMEOUT" --log "$d/storescu.log" --out "$d/result.json" -- \
+        ip netns exec "$CLINIC_NS" env TCP_NODELAY=1 storescu -aet STORESCU -aec MEDRELAY "$HUB_IP" 11112 +sd "$CT"
     RESULTS+=("$d/result.json")
     stop_servers
 }
@@ -257,11 +288,11 @@ run_relay() { # link dir
     start_hub "$d" || return 0
     start_edge "$d" || { stop_servers; return 0; }
     echo "relay.sh: [$1/relay] storescu -> edge (LAN) -> relay link -> hub ..."
-    python3 "$MEASURE" run --method relay --n "$N" --study-bytes "$STUDY_BYTES" \
+    measure --method relay --n "$N" --study-bytes "$STUDY_BYTES" \
         --hub-db "$d/hub-data/index.db" --edge-db "$d/edge-data/index.db" \
         --link "$1" --rtt-ms "$RTT" --rate-mbit "$RATE" --loss "$LOSS" \
-        --linkemu-stats "$LINK_DIR/linkemu.json" --timeout "$TIMEOUT" --log "$d/storescu.log" --out "$d/result.json" -- \
-        ip netns exec "$CLINIC_NS" env TCP_NODELAY=1 storescu -aet STORESCU -aec EDGE 127.0.0.1 11113 +sd "$CT" || true
+        --linkemu-stats "$LINK_DIR/linkemu.json" --linkemu-pid "$EMU_PID" --timeout "$TIMEOUT" --log "$d/storescu.log" --out "$d/result.json" -- \
+        ip netns exec "$CLINIC_NS" env TCP_NODELAY=1 storescu -aet STORESCU -aec EDGE 127.0.0.1 11113 +sd "$CT"
     RESULTS+=("$d/result.json")
     stop_servers
 }
@@ -274,6 +305,9 @@ for link in $LINKS; do
     echo "relay.sh: link $link: RTT $RTT ms, loss $LOSS, $RATE Mbit/s (seed $SEED)"
     link_up "$link" "$LINK_DIR"
     for method in $METHODS; do
+        if ! kill -0 "$EMU_PID" 2>/dev/null; then
+            echo "relay.sh: the link emulator is gone; its log:" >&2; cat "$LINK_DIR/linkemu.err" >&2; break
+        fi
         d="$LINK_DIR/$method"
         mkdir -p "$d"
         case "$method" in

@@ -4,7 +4,7 @@
     relay_measure.py run --method direct|relay --n N --study-bytes B
                          --hub-db HUB/index.db [--edge-db EDGE/index.db]
                          --link a --rtt-ms 200 --rate-mbit 50 [--linkemu-stats F]
-                         [--timeout 5400] [--log F] --out RESULT.json -- CMD ...
+                         [--linkemu-pid PID] [--timeout 5400] [--log F] --out RESULT.json -- CMD ...
     relay_measure.py summary RESULT.json ...
 
 `run` notes t0 (unix ms), starts CMD (storescu, in the clinic namespace) and
@@ -34,6 +34,7 @@ relay to the direct path.
 import argparse
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -132,6 +133,12 @@ def cmd_run(a):
     stats0 = linkemu_stats(a.linkemu_stats)
     t0 = now_ms()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def on_signal(signum, frame):  # do not leave storescu running
+        proc.terminate()
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     sender_rc = sender_end = None
     hub = edge = None
     done = None
@@ -170,6 +177,9 @@ def cmd_run(a):
                 last_progress = st["progress"]
                 print(f"  ... {(now_ms() - t0) / 1000:.0f} s: {last_progress}", file=sys.stderr, flush=True)
                 last_report = time.monotonic()
+        if a.linkemu_pid and not os.path.exists(f"/proc/{a.linkemu_pid}"):
+            failed = "the link emulator exited during the run (see linkemu.err)"
+            break
         if time.monotonic() > deadline:
             failed = f"timeout after {a.timeout} s (last progress: {last_progress})"
             break
@@ -320,6 +330,7 @@ def main():
     r.add_argument("--rate-mbit", type=float, default=0.0)
     r.add_argument("--loss", type=float, default=0.0)
     r.add_argument("--linkemu-stats")
+    r.add_argument("--linkemu-pid", type=int, help="fail the run if this process (the emulator) exits")
     r.add_argument("--timeout", type=float, default=5400.0)
     r.add_argument("--log")
     r.add_argument("--out", required=True)

@@ -54,7 +54,7 @@ Model (each direction independently: clinic->hub "c2h", hub->clinic "h2c")
 Because of (4), delivery times are monotonic per direction, so the timer
 "heap" is one FIFO (collections.deque) per direction: O(1) per packet and no
 tuple-heap churn. The loop is one thread on epoll: TUN fds (non-blocking,
-drained up to 256 packets per wakeup), and a signal wakeup fd; its timeout
+drained up to 256 packets per wakeup) and a signalfd; its timeout
 is the earliest head-of-line delivery time, so packets leave within about
 a millisecond of their schedule (reported as lateness in the stats).
 
@@ -62,7 +62,10 @@ Prints "READY" on stdout (flushed) once forwarding; stays in the foreground
 until SIGTERM/SIGINT, then closes the TUNs and deletes the namespaces
 (processes still inside keep their now-anonymous namespace, without link).
 `down` SIGTERMs a running `up` of that prefix (pid recorded under
-/run/linkemu/) and deletes leftover namespaces.
+/run/linkemu/) and deletes leftover namespaces. Every signal received is
+logged on stderr with a timestamp and the sender's pid and command line
+(signalfd), so cuts in a test log line up with the test's events and a
+stray kill can be traced.
 
 Stats (--stats-file F): a JSON object rewritten atomically (tmp + rename)
 every second and at exit:
@@ -149,6 +152,39 @@ def setns(fd):
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def open_signalfd(sigs):
+    """Block `sigs` (in this thread and the threads it starts later) and return
+    a non-blocking signalfd(2) for them: the epoll loop sees signals as
+    readable data, with the sender's pid (logged, so a stray kill is traceable)."""
+    mask = (ctypes.c_ulong * 16)()  # glibc sigset_t, 1024 bits
+    bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+    for sig in sigs:
+        mask[(sig - 1) // bits] |= 1 << ((sig - 1) % bits)
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    fd = _libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        e = ctypes.get_errno()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+        raise OSError(e, f"signalfd: {os.strerror(e)}")
+    return fd
+
+
+def sender(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = "?"
+    return f"pid {pid} ({cmd[:120]})"
+
+
+def log(msg):
+    print(f"linkemu {time.strftime('%H:%M:%S')}: {msg}", file=sys.stderr, flush=True)
 
 
 def run(*cmd, check=True):
@@ -380,26 +416,35 @@ class Emulator:
         self.max_stall_at = 0.0
         self.stats_cv = threading.Condition()
         self.stats_pending = None
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sig_fd = None
         self.ep = select.epoll()
-        for fd in (clinic_fd, hub_fd, self.wake_r):
+        for fd in (clinic_fd, hub_fd):
             self.ep.register(fd, select.EPOLLIN)
 
-    def install_signals(self):
-        def on_stop(signum, frame):
-            self.stop = True
+    def attach_signals(self, sig_fd):
+        """SIGTERM/SIGINT stop, SIGUSR1 cuts the link, SIGUSR2 restores it."""
+        self.sig_fd = sig_fd
+        self.ep.register(sig_fd, select.EPOLLIN)
 
-        def on_cut(signum, frame):
-            self.cut = True
-
-        def on_restore(signum, frame):
-            self.cut = False
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGUSR1, on_cut)
-        signal.signal(signal.SIGUSR2, on_restore)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+    def on_signals(self):
+        while True:
+            try:
+                info = os.read(self.sig_fd, 128)
+            except BlockingIOError:
+                return
+            if len(info) < 128:
+                return
+            signo, _errno, _code, pid = struct.unpack_from("IiiI", info)
+            name = signal.Signals(signo).name
+            if signo in (signal.SIGTERM, signal.SIGINT):
+                log(f"{name} from {sender(pid)}: stopping")
+                self.stop = True
+            elif signo == signal.SIGUSR1:
+                log(f"{name} from {sender(pid)}: link CUT (dropping everything both ways)")
+                self.cut = True
+            elif signo == signal.SIGUSR2:
+                log(f"{name} from {sender(pid)}: link restored")
+                self.cut = False
 
     def snapshot(self):
         t = os.times()
@@ -458,7 +503,7 @@ class Emulator:
         by_fd = self.by_fd
         poll = self.ep.poll
         mono = time.monotonic
-        wake_r = self.wake_r
+        sig_fd = self.sig_fd
         next_stats = mono() + 1.0
         timeout = 0.0
         deadline = mono()
@@ -475,12 +520,8 @@ class Emulator:
                 if d is not None:
                     if d.ingest(now, cut):
                         more = True
-                elif fd == wake_r:
-                    try:
-                        while os.read(wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
+                elif fd == sig_fd:
+                    self.on_signals()
             cut = self.cut
             n1 = c2h.deliver(now, cut) if c2h.q else None
             n2 = h2c.deliver(now, cut) if h2c.q else None
@@ -516,19 +557,22 @@ def cmd_up(args):
     os.makedirs(STATE_DIR, exist_ok=True)
     stale = [ns for ns in ns_names(prefix) if os.path.exists(os.path.join(NETNS_DIR, ns))]
     if stale:
-        print(f"linkemu: removing stale namespaces {' '.join(stale)}", file=sys.stderr)
+        log(f"removing stale namespaces {' '.join(stale)}")
         cmd_down(args, quiet=True)
     emu = None
+    # From here on SIGTERM/SIGINT/SIGUSR* are blocked and queue up in the
+    # signalfd (read by the loop), so a stop during setup still cleans up.
+    # Must happen before any thread is started (threads inherit the mask).
+    sig_fd = open_signalfd(HANDLED_SIGNALS)
     try:
         clinic_fd, hub_fd = setup(prefix, args.clinic_ip, args.hub_ip, args.tcp_cc)
         emu = Emulator(args, clinic_fd, hub_fd)
-        emu.install_signals()
+        emu.attach_signals(sig_fd)
         if args.rt_prio > 0:
             try:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt_prio))
             except OSError as e:
-                print(f"linkemu: SCHED_FIFO not available ({e}); timing will suffer under load",
-                      file=sys.stderr)
+                log(f"SCHED_FIFO not available ({e}); timing will suffer under load")
         with open(pid_path(prefix), "w") as f:
             f.write(f"{os.getpid()}\n")
         if args.pid_file:
@@ -537,10 +581,11 @@ def cmd_up(args):
         emu.write_stats(sync=True)
         emu.start_stats_writer()
         print("READY", flush=True)
+        log(f"forwarding {args.clinic_ip} <-> {args.hub_ip}: rtt {args.rtt_ms:g} ms, loss {args.loss:g}, "
+            f"rate {args.rate_mbit:g} Mbit/s, jitter {args.jitter_ms:g} ms, queue {args.queue_ms:g} ms")
         emu.loop()
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # signals stay blocked: another SIGTERM cannot interrupt the cleanup
         if emu is not None:
             for fd in emu.by_fd:
                 os.close(fd)
@@ -551,6 +596,7 @@ def cmd_up(args):
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
+        log(f"namespaces {' '.join(ns_names(prefix))} removed")
     return 0
 
 
