@@ -286,6 +286,15 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
+/// The index of an offline admin command (`user`, `relay`), the data
+/// directory created if needed.
+async fn open_index(cfg: &Config) -> Result<(crate::archive::index::Index, tokio::task::JoinHandle<()>), String> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
+    crate::archive::index::Index::open(&cfg.index_path())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn relay(
     cmd: RelayCmd,
     config: Option<PathBuf>,
@@ -305,10 +314,7 @@ async fn relay(
     if cfg.role != "hub" {
         return fail("edge certificates are issued on the hub (this configuration has role = \"edge\")");
     }
-    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        return fail(format!("creating {}: {e}", cfg.data_dir.display()));
-    }
-    let (index, writer) = match crate::archive::index::Index::open(&cfg.index_path()).await {
+    let (index, writer) = match open_index(&cfg).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -388,10 +394,7 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        return fail(format!("creating {}: {e}", cfg.data_dir.display()));
-    }
-    let (index, writer) = match crate::archive::index::Index::open(&cfg.index_path()).await {
+    let (index, writer) = match open_index(&cfg).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };

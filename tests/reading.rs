@@ -6,9 +6,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
@@ -390,49 +390,6 @@ fn racing_claims_have_one_winner_and_an_abandoned_claim_expires() {
             .any(|x| x["from"] == "returned" && x["to"] == "new"),
         "{h}"
     );
-}
-
-/// A DCMTK storescp standing in for the clinic PACS.
-struct Pacs {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Pacs {
-    fn start() -> Pacs {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = free_port();
-        let child = dcmtk("storescp")
-            .args(["-aet", "CLINICPACS", "-od"])
-            .arg(dir.path())
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Pacs { child, dir, port }
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Pacs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn dsrdump(p: &PathBuf) -> String {

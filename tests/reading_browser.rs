@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -17,38 +17,6 @@ use support::*;
 
 const PW: &str = "correct-horse-battery";
 const T: Duration = Duration::from_secs(60);
-
-struct Pacs {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Pacs {
-    fn start(port: u16) -> Pacs {
-        let dir = tempfile::tempdir().expect("tmp");
-        let child = dcmtk("storescp")
-            .args(["-aet", "CLINICPACS", "-od"])
-            .arg(dir.path())
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp");
-        Pacs { child, dir }
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Pacs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn browser(ch: &Chromium) -> Session {
     ch.session(&SessionOpts {
@@ -94,7 +62,7 @@ fn shot(sess: &Session, name: &str) {
 #[test]
 fn clinic_pushes_expert_reads_and_signs_clinic_gets_the_report() {
     let pacs_port = free_port();
-    let pacs = Pacs::start(pacs_port);
+    let pacs = Pacs::start_on(pacs_port);
     let cfg = format!(
         r#"
 [[clinic]]

@@ -14,10 +14,10 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use support::{Server, ServerOpts, dcmtk, free_port, free_udp_port, python, run, script, text};
+use support::{Pacs, Server, ServerOpts, dcmtk, free_udp_port, python, run, script, text};
 
 const STUDY_INSTANCES: usize = 60;
 
@@ -80,47 +80,6 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.cut();
-    }
-}
-
-/// A DCMTK storescp standing in for the clinic PACS behind the edge.
-struct Pacs {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Pacs {
-    fn start() -> Pacs {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = free_port();
-        let child = dcmtk("storescp")
-            .args(["-aet", "CLINICPACS", "-od"])
-            .arg(dir.path())
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Pacs { child, dir, port }
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Pacs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -353,7 +353,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewInstance {
     pub sop_instance_uid: String,
     pub sop_class_uid: String,

@@ -330,8 +330,9 @@ async fn send_study(edge: &Arc<Edge>, conn: &quinn::Connection, item: &OutboxIte
     // The first preview of each series goes before any pixels (the expert
     // sees the study while the rest travels); the other previews share the
     // link with the bundles on a higher-priority stream.
-    let mut parts = preview_parts(edge, &insts, &have_previews).await.into_iter();
-    if let Some((items, body)) = parts.next()
+    let (firsts, others) = preview_order(&insts);
+    let first = read_previews(edge, &insts, &firsts, &have_previews, usize::MAX).await;
+    if let Some((items, body)) = first.into_iter().next()
         && let Err(e) = flush_previews(edge, conn, &item.study_uid, items, body).await
     {
         if e.is_connection() {
@@ -339,11 +340,11 @@ async fn send_study(edge: &Arc<Edge>, conn: &quinn::Connection, item: &OutboxIte
         }
         warn!(study_uid = %item.study_uid, error = %e, "first previews not relayed");
     }
-    let rest: Vec<(Vec<PreviewItem>, Vec<u8>)> = parts.collect();
+    // The rest are read while the bundles travel, not before the first.
     let previews = {
-        let (edge, conn, uid) = (edge.clone(), conn.clone(), item.study_uid.clone());
+        let (edge, conn, uid, insts) = (edge.clone(), conn.clone(), item.study_uid.clone(), insts.clone());
         tokio::spawn(async move {
-            for (items, body) in rest {
+            for (items, body) in read_previews(&edge, &insts, &others, &have_previews, 256 << 10).await {
                 flush_previews(&edge, &conn, &uid, items, body).await?;
             }
             Ok::<(), LinkError>(())
@@ -510,15 +511,9 @@ async fn send_bundle(
     }
 }
 
-/// Previews in sending order: a first, small part with the first image of
-/// each series (what the worklist shows), then the rest in parts of about
-/// 256 KiB. Missing files (not rendered yet, or no preview possible) are
-/// skipped; the hub renders those itself after the commit.
-async fn preview_parts(
-    edge: &Edge,
-    insts: &[OutgoingInstance],
-    skip: &HashSet<String>,
-) -> Vec<(Vec<PreviewItem>, Vec<u8>)> {
+/// Previews in sending order: the first image of each series (what the
+/// worklist shows, sent alone and first), then the others.
+fn preview_order(insts: &[OutgoingInstance]) -> (Vec<usize>, Vec<usize>) {
     let mut firsts: Vec<usize> = Vec::new();
     let mut seen_series = HashSet::new();
     for (i, inst) in insts.iter().enumerate() {
@@ -526,38 +521,49 @@ async fn preview_parts(
             firsts.push(i);
         }
     }
-    let others: Vec<usize> = (0..insts.len())
+    let others = (0..insts.len())
         .filter(|i| insts[*i].preview_ok && !firsts.contains(i))
         .collect();
+    (firsts, others)
+}
+
+/// The preview files of `which`, in parts of about `cap` bytes. Missing
+/// files (not rendered yet, or no preview possible) are skipped; the hub
+/// renders those itself after the commit.
+async fn read_previews(
+    edge: &Edge,
+    insts: &[OutgoingInstance],
+    which: &[usize],
+    skip: &HashSet<String>,
+    cap: usize,
+) -> Vec<(Vec<PreviewItem>, Vec<u8>)> {
     let mut out = Vec::new();
-    for (group, cap) in [(firsts, usize::MAX), (others, 256usize << 10)] {
-        let mut items: Vec<PreviewItem> = Vec::new();
-        let mut body: Vec<u8> = Vec::new();
-        for i in group {
-            let inst = &insts[i];
-            let sop = &inst.manifest.meta.sop_instance_uid;
-            if skip.contains(sop) {
+    let mut items: Vec<PreviewItem> = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    for &i in which {
+        let inst = &insts[i];
+        let sop = &inst.manifest.meta.sop_instance_uid;
+        if skip.contains(sop) {
+            continue;
+        }
+        for kind in ["thumb", "preview", "mid", "cine"] {
+            let path = crate::imaging::worker::render_path(&edge.archive, &inst.rel_path, kind);
+            let Ok(bytes) = tokio::fs::read(&path).await else {
                 continue;
-            }
-            for kind in ["thumb", "preview", "mid", "cine"] {
-                let path = crate::imaging::worker::render_path(&edge.archive, &inst.rel_path, kind);
-                let Ok(bytes) = tokio::fs::read(&path).await else {
-                    continue;
-                };
-                items.push(PreviewItem {
-                    sop_uid: sop.clone(),
-                    kind: kind.to_string(),
-                    len: bytes.len() as u64,
-                });
-                body.extend_from_slice(&bytes);
-            }
-            if body.len() >= cap {
-                out.push((std::mem::take(&mut items), std::mem::take(&mut body)));
-            }
+            };
+            items.push(PreviewItem {
+                sop_uid: sop.clone(),
+                kind: kind.to_string(),
+                len: bytes.len() as u64,
+            });
+            body.extend_from_slice(&bytes);
         }
-        if !items.is_empty() {
-            out.push((items, body));
+        if body.len() >= cap {
+            out.push((std::mem::take(&mut items), std::mem::take(&mut body)));
         }
+    }
+    if !items.is_empty() {
+        out.push((items, body));
     }
     out
 }

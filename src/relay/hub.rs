@@ -520,7 +520,12 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         .filter_map(|i| {
             let (file, has_previews) = placed.get(&i.meta.sop_instance_uid)?;
             Some(CommitItem {
-                inst: i.meta.clone().into_new_instance(&edge.clinic_id, now),
+                inst: crate::archive::index::NewInstance {
+                    clinic_id: edge.clinic_id.clone(),
+                    stable_after_ms: 0,
+                    received_ms: now,
+                    ..i.meta.clone()
+                },
                 file: file.clone(),
                 previews: *has_previews,
                 cine_frames: i.cine_frames,

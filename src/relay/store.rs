@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 
-use super::wire::{InstanceMeta, Manifest, ManifestInstance};
+use super::wire::{Manifest, ManifestInstance};
 use crate::archive::index::{Conn, IndexError, NewInstance, apply_store, enqueue_completed};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -22,6 +22,8 @@ pub struct EdgeRow {
 }
 
 // ------------------------------------------------------------------ hub
+
+const EDGE_COLUMNS: &str = "name, clinic_id, fingerprint, issued_ms, revoked_ms, last_seen_ms, last_addr";
 
 /// Register a newly issued edge certificate; re-issuing replaces the old
 /// one (the old certificate stops working).
@@ -60,20 +62,20 @@ pub async fn revoke_edge(pool: &SqlitePool, name: &str, now_ms: i64) -> Result<b
 }
 
 pub async fn edges(pool: &SqlitePool) -> Result<Vec<EdgeRow>, IndexError> {
-    Ok(sqlx::query_as(
-        "SELECT name, clinic_id, fingerprint, issued_ms, revoked_ms, last_seen_ms, last_addr FROM relay_edges ORDER BY name",
+    Ok(
+        sqlx::query_as(&format!("SELECT {EDGE_COLUMNS} FROM relay_edges ORDER BY name"))
+            .fetch_all(pool)
+            .await?,
     )
-    .fetch_all(pool)
-    .await?)
 }
 
 pub async fn edge_by_fingerprint(pool: &SqlitePool, fp: &str) -> Result<Option<EdgeRow>, IndexError> {
-    Ok(sqlx::query_as(
-        "SELECT name, clinic_id, fingerprint, issued_ms, revoked_ms, last_seen_ms, last_addr FROM relay_edges WHERE fingerprint = ?",
+    Ok(
+        sqlx::query_as(&format!("SELECT {EDGE_COLUMNS} FROM relay_edges WHERE fingerprint = ?"))
+            .bind(fp)
+            .fetch_optional(pool)
+            .await?,
     )
-    .bind(fp)
-    .fetch_optional(pool)
-    .await?)
 }
 
 pub async fn edge_for_clinic(pool: &SqlitePool, clinic_id: &str) -> Result<Option<String>, IndexError> {
@@ -672,7 +674,7 @@ pub async fn outgoing(
         .into_iter()
         .map(|r| OutgoingInstance {
             manifest: ManifestInstance {
-                meta: InstanceMeta {
+                meta: NewInstance {
                     sop_instance_uid: r.get(0),
                     sop_class_uid: r.get(1),
                     transfer_syntax: r.get(2),
@@ -696,6 +698,7 @@ pub async fn outgoing(
                     columns: r.get(20),
                     frames: r.get(21),
                     calling_ae: r.get(22),
+                    ..NewInstance::default()
                 },
                 sha256: r.get(23),
                 file_size: r.get::<i64, _>(24) as u64,

@@ -45,75 +45,15 @@ pub enum WireError {
 /// the archive's content hash (which names the file).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManifestInstance {
+    /// The edge's index record; the hub replaces the clinic (its own record
+    /// of the edge's clinic), the stability wait and the receive time.
     #[serde(flatten)]
-    pub meta: InstanceMeta,
+    pub meta: NewInstance,
     /// The archive's content hash (SHA-256 over transfer syntax + dataset).
     pub sha256: String,
     /// Bytes of the stored file.
     pub file_size: u64,
     pub cine_frames: Option<i64>,
-}
-
-/// The index fields of one instance ([`NewInstance`] minus what the hub
-/// decides itself: clinic, stability, receive time).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct InstanceMeta {
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub transfer_syntax: String,
-    pub study_uid: String,
-    pub series_uid: String,
-    pub patient_id: String,
-    pub patient_name: String,
-    pub birth_date: String,
-    pub sex: String,
-    pub study_date: String,
-    pub study_time: String,
-    pub accession_number: String,
-    pub study_description: String,
-    pub referring_physician: String,
-    pub modality: String,
-    pub series_number: Option<i64>,
-    pub series_description: String,
-    pub body_part: String,
-    pub instance_number: Option<i64>,
-    pub rows: Option<i64>,
-    pub columns: Option<i64>,
-    pub frames: Option<i64>,
-    pub calling_ae: String,
-}
-
-impl InstanceMeta {
-    pub fn into_new_instance(self, clinic_id: &str, received_ms: i64) -> NewInstance {
-        NewInstance {
-            sop_instance_uid: self.sop_instance_uid,
-            sop_class_uid: self.sop_class_uid,
-            transfer_syntax: self.transfer_syntax,
-            study_uid: self.study_uid,
-            series_uid: self.series_uid,
-            patient_id: self.patient_id,
-            patient_name: self.patient_name,
-            birth_date: self.birth_date,
-            sex: self.sex,
-            study_date: self.study_date,
-            study_time: self.study_time,
-            accession_number: self.accession_number,
-            study_description: self.study_description,
-            referring_physician: self.referring_physician,
-            modality: self.modality,
-            series_number: self.series_number,
-            series_description: self.series_description,
-            body_part: self.body_part,
-            instance_number: self.instance_number,
-            rows: self.rows,
-            columns: self.columns,
-            frames: self.frames,
-            calling_ae: self.calling_ae,
-            clinic_id: clinic_id.to_string(),
-            stable_after_ms: 0,
-            received_ms,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -367,7 +307,7 @@ mod tests {
         assert_eq!(decode_frame::<Request>(&buf).expect("decode"), small);
 
         let inst = ManifestInstance {
-            meta: InstanceMeta {
+            meta: NewInstance {
                 sop_instance_uid: "1.2.3.4".into(),
                 patient_name: "TEST^PATIENT".into(),
                 ..Default::default()

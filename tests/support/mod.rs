@@ -534,3 +534,52 @@ pub fn copy_dir_files(from: &Path, to: &Path, filter: impl Fn(&Path) -> bool) ->
     }
     n
 }
+
+/// A DCMTK storescp (AE CLINICPACS) standing in for a clinic PACS; killed
+/// when dropped.
+pub struct Pacs {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Pacs {
+    pub fn start() -> Pacs {
+        Pacs::start_on(free_port())
+    }
+
+    /// On `port`, once it accepts connections.
+    pub fn start_on(port: u16) -> Pacs {
+        let dir = tempfile::tempdir().expect("tmp");
+        let child = dcmtk("storescp")
+            .args(["-aet", "CLINICPACS", "-od"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pacs { child, dir, port }
+    }
+
+    /// Received files, sorted by name.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
