@@ -193,7 +193,7 @@ write_hub_config() { # dir with_relay
 data_dir = "$1/hub-data"
 cert_dir = "$1/hub-certs"
 shutdown_grace_secs = 5
-log = "info"
+log = "${LOG:-info}"
 [http]
 listen = "127.0.0.1:8443"
 [dicom]
@@ -225,7 +225,7 @@ role = "edge"
 data_dir = "$1/edge-data"
 cert_dir = "$1/edge-certs"
 shutdown_grace_secs = 5
-log = "info"
+log = "${LOG:-info}"
 [http]
 listen = "127.0.0.1:8444"
 [dicom]

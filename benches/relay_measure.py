@@ -232,6 +232,16 @@ def cmd_run(a):
         if done.get("count") is not None and done["count"] != a.n:
             res["error"] = f"hub has {done['count']} instances, expected {a.n}"
     res["link_stats"] = link_delta(stats0, stats1)
+    # Wire utilisation: what the bottleneck carried clinic -> hub (packets,
+    # headers, retransmissions, after compression) over the WAN time, as a
+    # fraction of the link rate. Goodput above counts study bytes instead.
+    try:
+        if res.get("wan_s") and a.rate_mbit:
+            wire = res["link_stats"]["c2h"]["fwd_bytes"] * 8 / res["wan_s"] / 1e6
+            res["wire_mbit"] = round(wire, 3)
+            res["wire_frac"] = round(wire / a.rate_mbit, 4)
+    except (KeyError, TypeError):
+        pass
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print(one_line(res), flush=True)
@@ -275,7 +285,7 @@ def cmd_summary(a):
         print("no results")
         return 1
     hdr = ("link", "method", "complete_s", "arrived_s", "1st_prev_s", "wan_s",
-           "goodput_Mbit", "%link", "storescu_s", "prev-edge_s", "status")
+           "goodput_Mbit", "%link", "wire_%link", "storescu_s", "prev-edge_s", "status")
     lines = [hdr]
     for r in rows:
         lines.append((f"{r['link']} ({r['rtt_ms']:g}ms {100 * r['loss']:g}% {r['rate_mbit']:g}M)",
@@ -283,6 +293,7 @@ def cmd_summary(a):
                       fmt(r.get("first_preview_s")), fmt(r.get("wan_s")),
                       fmt(r.get("goodput_mbit"), ".2f"),
                       fmt(100 * r["goodput_frac"] if r.get("goodput_frac") is not None else None),
+                      fmt(100 * r["wire_frac"] if r.get("wire_frac") is not None else None),
                       fmt(r.get("sender_s")),
                       fmt(r.get("preview_after_edge_complete_s"), ".2f"),
                       "ok" if "error" not in r else "ERROR"))

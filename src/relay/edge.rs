@@ -177,6 +177,17 @@ async fn session(edge: &Arc<Edge>, conn: &quinn::Connection, shutdown: &Cancella
             loop {
                 t.tick().await;
                 edge.status.with(HUB, |f| f.update_from(&conn, now_ms()));
+                // Once a second at debug: enough to see a link's congestion
+                // control at work (`log = "info,medrelay::relay=debug"`).
+                let s = conn.stats();
+                tracing::debug!(
+                    rtt_ms = s.path.rtt.as_millis() as u64,
+                    cwnd = s.path.cwnd,
+                    sent = s.path.sent_packets,
+                    lost = s.path.lost_packets,
+                    tx_bytes = s.udp_tx.bytes,
+                    "relay link"
+                );
                 if conn.close_reason().is_some() {
                     break;
                 }

@@ -226,13 +226,14 @@ fn roots(path: &Path) -> Result<rustls::RootCertStore, PkiError> {
     Ok(roots)
 }
 
-/// Transport tuned for long, lossy links: BBR (loss is not read as
-/// congestion), windows large enough for 50 Mbit/s at 800 ms RTT with loss
+/// Transport tuned for long, lossy links: our delivery-rate congestion
+/// control (`cc`: random loss is not read as congestion, and the window, by
+/// which quinn paces, stays near one BDP), windows large enough for 50 Mbit/s at 800 ms RTT with loss
 /// recovery in flight, keep-alives under typical 4G NAT timeouts, and an
 /// idle timeout after which the edge reconnects and resumes.
 pub fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.congestion_controller_factory(Arc::new(super::cc::RelayCcConfig::default()));
     t.keep_alive_interval(Some(Duration::from_secs(4)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(20)) {
         t.max_idle_timeout(Some(idle));
