@@ -497,7 +497,11 @@ async fn send_bundle(
                 file_sha256: hex::encode(Sha256::digest(&bytes)),
                 size: bytes.len() as u64,
             });
-            plain.extend_from_slice(&bytes);
+            if compress {
+                plain.extend(wire::shuffle16(&bytes));
+            } else {
+                plain.extend_from_slice(&bytes);
+            }
         }
         let body = if compress {
             zstd::bulk::compress(&plain, level)?
@@ -513,6 +517,7 @@ async fn send_bundle(
         study_uid: study_uid.to_string(),
         part_id,
         compressed: compress,
+        shuffled: compress,
         body_len: body.len() as u64,
         members,
     };

@@ -313,6 +313,7 @@ async fn handle(
             study_uid,
             part_id,
             compressed,
+            shuffled,
             body_len,
             members,
         } => {
@@ -359,9 +360,10 @@ async fn handle(
                 })
                 .collect();
             let members2 = members.clone();
-            let staged = tokio::task::spawn_blocking(move || stage_bundle(&dir, &members2, compressed, body, &ts))
-                .await
-                .map_err(|e| HandleError::Refuse(e.to_string(), true))??;
+            let staged =
+                tokio::task::spawn_blocking(move || stage_bundle(&dir, &members2, compressed, shuffled, body, &ts))
+                    .await
+                    .map_err(|e| HandleError::Refuse(e.to_string(), true))??;
             if !store::stage(pool, &edge.name, &study_uid, &staged, now_ms()).await? {
                 return Err(HandleError::Refuse("study no longer arriving".into(), true));
             }
@@ -408,11 +410,12 @@ fn stage_bundle(
     dir: &Path,
     members: &[wire::Member],
     compressed: bool,
+    shuffled: bool,
     body: Vec<u8>,
     ts: &HashMap<String, String>,
 ) -> Result<Vec<Staged>, HandleError> {
     let refuse = |e: wire::WireError| HandleError::Refuse(e.to_string(), true);
-    let plain = wire::unpack_body(members, compressed, body).map_err(refuse)?;
+    let plain = wire::unpack_body(members, compressed, shuffled, body).map_err(refuse)?;
     let files = wire::split_bundle(members, &plain).map_err(refuse)?;
     let io = |e: std::io::Error| HandleError::Refuse(format!("staging: {e}"), true);
     std::fs::create_dir_all(dir).map_err(io)?;

