@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rtc::data_channel::RTCDataChannelId;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::demux::{PacketClass, classify, stun_local_ufrag};
+use super::gop::{CachedPacket, GopCache, GopConfig};
 use super::history::{
     HistoryConfig, HistoryPacket, NackResponder, ResponderConfig, RetransmitHistory, RtxSequencer, rtx_payload,
 };
@@ -207,6 +208,19 @@ struct UpTrack {
     nack: NackGenerator,
     keyframes: KeyframeRequester,
     meter: BitrateMeter,
+    /// Video only: the packets since the last keyframe, replayed to
+    /// newcomers instead of asking the publisher for a keyframe.
+    gop: Option<GopCache>,
+}
+
+impl UpTrack {
+    /// A new subscriber needs a keyframe: the cached group serves it if it
+    /// can; only otherwise is the publisher asked.
+    fn keyframe_for_newcomer(&mut self, now: Instant) {
+        if self.kind == RtpCodecKind::Video && self.gop.as_ref().is_none_or(|g| g.replay(now).is_none()) {
+            self.keyframes.request(now, KeyframeReason::NewSubscriber);
+        }
+    }
 }
 
 /// One up-track as forwarded to one subscriber.
@@ -228,6 +242,9 @@ struct DownTrack {
     /// Until the subscriber has a keyframe, forwarding delta frames only
     /// produces undecodable video; hold them back and ask for one.
     need_keyframe: bool,
+    /// Nothing forwarded yet: a cached group may be replayed (never to a
+    /// subscriber that already has later packets of this stream).
+    fresh: bool,
 }
 
 #[derive(Default)]
@@ -902,9 +919,7 @@ impl Engine {
             return false;
         };
         let (kind, source, codec) = (u.kind, u.source, u.codec.clone());
-        if kind == RtpCodecKind::Video {
-            u.keyframes.request(now, KeyframeReason::NewSubscriber);
-        }
+        u.keyframe_for_newcomer(now);
         let history = self.cfg.history;
         let Some(s) = self.parts.get_mut(sub) else { return false };
         let key = (publisher.to_string(), track.to_string());
@@ -972,6 +987,7 @@ impl Engine {
                 responder: NackResponder::new(ResponderConfig::default()),
                 rtx_seq: RtxSequencer::new(rand::random()),
                 need_keyframe: video,
+                fresh: true,
             },
         );
         true
@@ -1070,7 +1086,7 @@ impl Engine {
                         .unwrap_or_default();
                     for (publisher, t) in keys {
                         if let Some(u) = self.parts.get_mut(&publisher).and_then(|pp| pp.uptracks.get_mut(&t)) {
-                            u.keyframes.request(now, KeyframeReason::NewSubscriber);
+                            u.keyframe_for_newcomer(now);
                         }
                     }
                 }
@@ -1159,6 +1175,7 @@ impl Engine {
                     ..Default::default()
                 }),
                 meter: BitrateMeter::new(Duration::from_secs(1)),
+                gop: (kind == RtpCodecKind::Video).then(|| GopCache::new(GopConfig::default())),
             },
         );
         let room = p.room.clone();
@@ -1230,6 +1247,25 @@ impl Engine {
         if keyframe {
             u.keyframes.on_keyframe(now);
         }
+        // Out of the up-track for the loop over subscribers (which borrows
+        // the participants map); put back after it.
+        let mut gop = u.gop.take();
+        if let Some(g) = gop.as_mut()
+            && !pkt.payload.is_empty()
+        {
+            g.push(
+                now,
+                CachedPacket {
+                    ssrc: pkt.header.ssrc,
+                    seq,
+                    timestamp: pkt.header.timestamp,
+                    marker: pkt.header.marker,
+                    payload_type: pkt.header.payload_type,
+                    payload: pkt.payload.clone(),
+                },
+                keyframe,
+            );
+        }
         // One key and room name per inbound packet, none per subscriber.
         let key = (pid.to_string(), track_id.to_string());
         let room = p.room.clone();
@@ -1274,6 +1310,33 @@ impl Engine {
             if video && d.need_keyframe {
                 if keyframe && !paused {
                     d.need_keyframe = false;
+                } else if !paused
+                    && d.fresh
+                    && s.subc.state == RTCPeerConnectionState::Connected
+                    && let Some(replay) = gop.as_ref().and_then(|g| g.replay(now))
+                {
+                    // A newcomer: the cached group, this packet included,
+                    // instead of a keyframe request to the publisher.
+                    let mut sent = 0u64;
+                    for c in replay {
+                        let Some(pt) = d.pt_map.iter().find(|(i, _)| *i == c.payload_type).map(|x| x.1) else {
+                            continue;
+                        };
+                        let cin = InPacket {
+                            source: c.ssrc,
+                            seq: c.seq,
+                            timestamp: c.timestamp,
+                            marker: c.marker,
+                        };
+                        if write_munged(now, &mut s.subc.pc, d, &cin, pt, c.payload.clone(), transmits) {
+                            sent += 1;
+                        }
+                    }
+                    d.need_keyframe = false;
+                    d.fresh = false;
+                    metrics.gop_replays.fetch_add(1, Relaxed);
+                    metrics.rtp_out.fetch_add(sent, Relaxed);
+                    continue;
                 } else {
                     d.munger.drop_packet(&inp);
                     // Keep asking while waiting: the keyframe that answered
@@ -1288,54 +1351,13 @@ impl Engine {
                 d.need_keyframe = true;
                 continue;
             }
-            let Ok(m) = d.munger.forward(now, &inp) else {
-                continue;
-            };
-            // A fresh header: the publisher's CSRCs and extension ids mean
-            // nothing on this subscriber's connection (and cloning them
-            // would allocate per copy).
-            let out = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    padding: false,
-                    marker: pkt.header.marker,
-                    payload_type: out_pt,
-                    sequence_number: m.seq,
-                    timestamp: m.timestamp,
-                    ssrc: m.ssrc,
-                    ..Default::default()
-                },
-                payload: pkt.payload.clone(),
-            };
-            if video {
-                d.history.push(
-                    now,
-                    m.seq,
-                    HistoryPacket {
-                        timestamp: m.timestamp,
-                        marker: m.marker,
-                        payload_type: out_pt,
-                        payload: out.payload.clone(),
-                    },
-                );
-            }
-            let w = s.subc.pc.handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(String::new(), out),
-            });
-            if w.is_ok() {
+            if write_munged(now, &mut s.subc.pc, d, &inp, out_pt, pkt.payload.clone(), transmits) {
                 metrics.rtp_out.fetch_add(1, Relaxed);
             }
-            // One poll: the packet just written. Anything else the
-            // connection queued (a sender report) leaves on the next drain,
-            // at the latest the next full tick (100 ms); a second, empty poll per
-            // copy would cost a full pass over rtc's handler chain.
-            if let Some(w) = s.subc.pc.poll_write() {
-                transmits.push_back(Transmit {
-                    to: w.transport.peer_addr,
-                    data: w.message,
-                });
-            }
+            d.fresh = false;
+        }
+        if let Some(u) = parts.get_mut(pid).and_then(|p| p.uptracks.get_mut(track_id)) {
+            u.gop = gop;
         }
         if want_keyframe && let Some(u) = parts.get_mut(pid).and_then(|p| p.uptracks.get_mut(track_id)) {
             u.keyframes.request(now, KeyframeReason::NewSubscriber);
@@ -1664,6 +1686,68 @@ fn now_ntp_middle() -> u32 {
 
 /// RTT = A - LSR - DLSR in 1/65536 s units; None when the report carries no
 /// SR reference or the result is implausible (clock steps).
+/// One packet to one subscriber: sequence/timestamp rewrite, kept for
+/// retransmission (video), encrypted and queued. True if the connection took
+/// it.
+fn write_munged(
+    now: Instant,
+    pc: &mut RTCPeerConnection,
+    d: &mut DownTrack,
+    inp: &InPacket,
+    out_pt: u8,
+    payload: Bytes,
+    transmits: &mut VecDeque<Transmit>,
+) -> bool {
+    let Ok(m) = d.munger.forward(now, inp) else {
+        return false;
+    };
+    // A fresh header: the publisher's CSRCs and extension ids mean nothing
+    // on this subscriber's connection (and cloning them would allocate per
+    // copy).
+    let out = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            padding: false,
+            marker: inp.marker,
+            payload_type: out_pt,
+            sequence_number: m.seq,
+            timestamp: m.timestamp,
+            ssrc: m.ssrc,
+            ..Default::default()
+        },
+        payload,
+    };
+    if d.kind == RtpCodecKind::Video {
+        d.history.push(
+            now,
+            m.seq,
+            HistoryPacket {
+                timestamp: m.timestamp,
+                marker: m.marker,
+                payload_type: out_pt,
+                payload: out.payload.clone(),
+            },
+        );
+    }
+    let ok = pc
+        .handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(String::new(), out),
+        })
+        .is_ok();
+    // One poll: the packet just written. Anything else the connection
+    // queued (a sender report) leaves on the next drain, at the latest the
+    // next full tick (100 ms); a second, empty poll per copy would cost a
+    // full pass over rtc's handler chain.
+    if let Some(w) = pc.poll_write() {
+        transmits.push_back(Transmit {
+            to: w.transport.peer_addr,
+            data: w.message,
+        });
+    }
+    ok
+}
+
 pub fn rtt_from_report(lsr: u32, dlsr: u32, now_middle: u32) -> Option<Duration> {
     if lsr == 0 {
         return None;

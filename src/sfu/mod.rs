@@ -3,7 +3,7 @@
 //! Layout, following LiveKit's `pkg/sfu` split but sans-IO:
 //! - `engine`: rooms, participants, peer connections, the forwarding loop
 //!   (pure state machine, time passed in);
-//! - `munger`, `history`, `nack`, `keyframe`, `layer`: the per-packet and
+//! - `munger`, `history`, `nack`, `keyframe`, `layer`, `gop`: the per-packet and
 //!   per-tick decisions, each a plain struct with unit tests;
 //! - `io`: the one UDP socket and the thread that drives the engine;
 //! - `protocol`, `tokens`: signaling messages and join tokens;
@@ -20,6 +20,7 @@
 
 pub mod demux;
 pub mod engine;
+pub mod gop;
 pub mod history;
 pub mod io;
 pub mod keyframe;
@@ -56,6 +57,7 @@ pub struct SfuMetrics {
     pub nack_out: AtomicU64,
     pub pli_in: AtomicU64,
     pub pli_out: AtomicU64,
+    pub gop_replays: AtomicU64,
     pub udp_unknown: AtomicU64,
     pub udp_send_dropped: AtomicU64,
     pub dc_relayed: AtomicU64,
@@ -110,6 +112,11 @@ impl SfuMetrics {
                 "medrelay_sfu_pli_out_total",
                 "Keyframe requests sent to publishers",
                 &self.pli_out,
+            ),
+            (
+                "medrelay_sfu_gop_replays_total",
+                "Newcomers served the cached group of pictures instead of a keyframe request",
+                &self.gop_replays,
             ),
             (
                 "medrelay_sfu_udp_unknown_total",

@@ -55,6 +55,8 @@ pub struct SimClient {
     pub video_ssrc: Option<u32>,
     /// Sequence numbers delivered for each SSRC (RTX already unwrapped).
     pub seqs: HashMap<u32, Vec<u16>>,
+    /// The first RTP payload received on `sub`.
+    pub first_payload: Option<Bytes>,
     /// Drop this client's outgoing (to the SFU) datagrams when it returns true.
     pub uplink_loss: Option<LossFn>,
     /// Drop datagrams towards this client when it returns true.
@@ -89,6 +91,8 @@ pub struct Net {
     pub now: Instant,
     pub metrics: Arc<SfuMetrics>,
     pub room: String,
+    /// Invited participants not joined yet (see [`Net::with_late`]).
+    late: Vec<String>,
     /// Wall-clock time spent inside `Engine::handle_datagram` and the
     /// number of calls, for the forwarding benchmark.
     pub engine_busy: Duration,
@@ -107,7 +111,27 @@ impl Net {
         Self::with_scope(cfg_tweak, names, |_| {})
     }
 
+    /// All of `names` invited; only the first `joined` join now, the others
+    /// one by one with [`Net::join_next`].
+    pub fn with_late(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], joined: usize) -> Net {
+        Self::build(cfg_tweak, names, |_| {}, joined)
+    }
+
     pub fn with_scope(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], engine_scope: fn(bool)) -> Net {
+        Self::build(cfg_tweak, names, engine_scope, names.len())
+    }
+
+    /// The next invited participant joins (client index = join order).
+    pub fn join_next(&mut self) {
+        if self.late.is_empty() {
+            return;
+        }
+        let pid = self.late.remove(0);
+        let i = self.clients.len();
+        self.join(i, &pid);
+    }
+
+    fn build(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], engine_scope: fn(bool), joined: usize) -> Net {
         let now = Instant::now();
         let mut cfg = EngineConfig {
             local_addr: SERVER,
@@ -144,6 +168,7 @@ impl Net {
             now,
             metrics,
             room: created.id.clone(),
+            late: Vec::new(),
             engine_busy: Duration::ZERO,
             engine_calls: 0,
             timer_busy: Duration::ZERO,
@@ -152,7 +177,11 @@ impl Net {
             engine_scope,
         };
         for (i, (pid, _, _)) in created.participants.iter().enumerate() {
-            net.join(i, pid);
+            if i < joined {
+                net.join(i, pid);
+            } else {
+                net.late.push(pid.clone());
+            }
         }
         net
     }
@@ -189,6 +218,7 @@ impl Net {
             received: HashMap::new(),
             video_ssrc: None,
             seqs: HashMap::new(),
+            first_payload: None,
             uplink_loss: None,
             downlink_loss: None,
         });
@@ -351,6 +381,9 @@ impl Net {
                 while c.pubc.poll_read().is_some() {}
                 while let Some(m) = c.subc.poll_read() {
                     if let RTCMessage::RtpPacket(_, p) = m.message {
+                        if c.first_payload.is_none() {
+                            c.first_payload = Some(p.payload.clone());
+                        }
                         *c.received.entry(p.header.ssrc).or_default() += 1;
                         c.seqs.entry(p.header.ssrc).or_default().push(p.header.sequence_number);
                     }
@@ -457,6 +490,42 @@ mod tests {
             net.send_video(from, i, i as u32 * 900, i % gop == 0, 1000);
             net.run_for(Duration::from_millis(10), Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_late_joiner_is_served_the_cached_group_without_asking_the_publisher() {
+        let mut net = Net::with_late(|_| {}, &["a", "b", "c"], 2);
+        net.publish_video(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        // Two groups of 200 packets (2 s each); c arrives 1.5 s into the second.
+        stream(&mut net, 0, 0, 350, 200);
+        let pli = |n: &Net| n.metrics.pli_out.load(std::sync::atomic::Ordering::Relaxed);
+        let replays = |n: &Net| n.metrics.gop_replays.load(std::sync::atomic::Ordering::Relaxed);
+        let (pli_before, replays_before) = (pli(&net), replays(&net));
+        net.join_next();
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        assert_eq!(net.received_by(2), 0, "nothing flows before the next packet");
+        // Deltas only from here: without the cache, c could not decode any.
+        stream(&mut net, 0, 350, 40, 1000);
+        let got = net.received_by(2);
+        assert!(
+            got >= 185,
+            "late joiner got {got} packets; expected the group 200..350 then 40 live"
+        );
+        let first = net.clients[2].first_payload.clone().unwrap_or_default();
+        assert!(
+            super::super::keyframe::is_keyframe(super::super::keyframe::Codec::Vp8, &first),
+            "the late joiner's first packet is not a keyframe"
+        );
+        assert_eq!(pli(&net), pli_before, "the join cost the publisher a keyframe request");
+        assert_eq!(replays(&net), replays_before + 1);
+        // Its sequence is contiguous: the replay and the live packets join up.
+        let seqs = net.clients[2].seqs.values().next().cloned().unwrap_or_default();
+        for w in seqs.windows(2) {
+            assert_eq!(w[1], w[0].wrapping_add(1), "gap where the replay meets live packets");
+        }
+        // b, there from the start, is unaffected.
+        assert!(net.received_by(1) >= 380);
     }
 
     #[test]
