@@ -91,6 +91,8 @@ pub struct SfuConfig {
     pub announce: Vec<SocketAddr>,
     pub max_rooms: usize,
     pub max_participants_per_room: usize,
+    /// Participants of a teaching broadcast (presenters and viewers).
+    pub max_viewers_per_broadcast: usize,
     /// Published tracks per participant (mic + camera + screen = 3).
     pub max_tracks_per_participant: usize,
     /// Default lifetime of a room and its join tokens.
@@ -112,6 +114,7 @@ impl Default for SfuConfig {
             announce: Vec::new(),
             max_rooms: 200,
             max_participants_per_room: 8,
+            max_viewers_per_broadcast: 500,
             max_tracks_per_participant: 3,
             room_ttl_secs: 4 * 3600,
             peer_timeout_secs: 20,
@@ -467,6 +470,9 @@ impl Config {
         }
         if self.sfu.max_participants_per_room < 2 {
             return bad("sfu.max_participants_per_room must be at least 2".into());
+        }
+        if self.sfu.max_viewers_per_broadcast < 2 {
+            return bad("sfu.max_viewers_per_broadcast must be at least 2".into());
         }
         if self.sfu.max_tracks_per_participant == 0 || self.sfu.max_tracks_per_participant > 8 {
             return bad("sfu.max_tracks_per_participant must be between 1 and 8".into());

@@ -122,6 +122,7 @@ pub async fn create_room(
     let created = s
         .sfu
         .ask(|reply| Command::CreateRoom {
+            kind: crate::sfu::protocol::RoomKind::Consultation,
             title,
             participants: ps,
             reply,
@@ -177,6 +178,7 @@ pub(crate) async fn join_or_create_room(
     let created = s
         .sfu
         .ask(|reply| Command::CreateRoom {
+            kind: crate::sfu::protocol::RoomKind::Consultation,
             title: title.to_string(),
             participants: vec![NewParticipant { name, role }],
             reply,

@@ -53,8 +53,8 @@ use super::media::{MIME_TYPE_RED, candidates_in_every_section, new_peer_connecti
 use super::munger::{InPacket, Munger, MungerConfig};
 use super::nack::{NackConfig, NackGenerator, pack_nack_pairs};
 use super::protocol::{
-    ClientMsg, ErrorCode, LinkState, ParticipantInfo, PcKind, Role, RoomInfo, ServerMsg, Source, SourceInfo, ToClient,
-    TrackInfo, error,
+    ClientMsg, ErrorCode, LinkState, ParticipantInfo, PcKind, Role, RoomInfo, RoomKind, ServerMsg, Source, SourceInfo,
+    ToClient, TrackInfo, error,
 };
 use super::{SfuMetrics, tokens::new_id};
 
@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub announce: Vec<SocketAddr>,
     pub max_rooms: usize,
     pub max_participants: usize,
+    /// Participants of a broadcast room (viewers cost one fan-out copy each,
+    /// not a full mesh).
+    pub max_viewers: usize,
     pub max_tracks: usize,
     pub peer_timeout: Duration,
     pub history: Duration,
@@ -116,6 +119,7 @@ pub type JoinResult = Result<(), (ErrorCode, String)>;
 pub enum Command {
     CreateRoom {
         title: String,
+        kind: RoomKind,
         participants: Vec<NewParticipant>,
         reply: oneshot::Sender<Result<CreatedRoom, SfuError>>,
     },
@@ -153,6 +157,9 @@ pub enum Command {
 struct Room {
     id: String,
     title: String,
+    kind: RoomKind,
+    /// Broadcast rooms: the viewer count last sent to presenters.
+    viewers_sent: Option<usize>,
     invited: HashMap<String, NewParticipant>,
     joined: Vec<String>,
     /// Latest shared-viewer state, replayed to late joiners.
@@ -389,10 +396,11 @@ impl Engine {
         match cmd {
             Command::CreateRoom {
                 title,
+                kind,
                 participants,
                 reply,
             } => {
-                let _ = reply.send(self.create_room(title, participants));
+                let _ = reply.send(self.create_room(title, kind, participants));
             }
             Command::AddParticipant {
                 room,
@@ -454,7 +462,12 @@ impl Engine {
         self.reap(now);
     }
 
-    fn create_room(&mut self, title: String, participants: Vec<NewParticipant>) -> Result<CreatedRoom, SfuError> {
+    fn create_room(
+        &mut self,
+        title: String,
+        kind: RoomKind,
+        participants: Vec<NewParticipant>,
+    ) -> Result<CreatedRoom, SfuError> {
         if self.rooms.len() >= self.cfg.max_rooms {
             return Err(SfuError::TooManyRooms(self.cfg.max_rooms));
         }
@@ -471,6 +484,8 @@ impl Engine {
             Room {
                 id: id.clone(),
                 title: title.clone(),
+                kind,
+                viewers_sent: None,
                 invited,
                 joined: Vec::new(),
                 last_view: None,
@@ -523,11 +538,12 @@ impl Engine {
         let Some(room) = self.rooms.get(room_id) else {
             return Err((ErrorCode::RoomClosed, "this room no longer exists".into()));
         };
-        if room.joined.len() >= self.cfg.max_participants {
-            return Err((
-                ErrorCode::RoomFull,
-                format!("the room is full ({} participants)", self.cfg.max_participants),
-            ));
+        let limit = match room.kind {
+            RoomKind::Consultation => self.cfg.max_participants,
+            RoomKind::Broadcast => self.cfg.max_viewers,
+        };
+        if room.joined.len() >= limit {
+            return Err((ErrorCode::RoomFull, format!("the room is full ({limit} participants)")));
         }
         let make = |kind| -> Result<Peer, (ErrorCode, String)> {
             let (ufrag, pwd) = random_credentials();
@@ -570,10 +586,16 @@ impl Engine {
             probe: ResumeProbe::default(),
             gate: PauseGate::default(),
         };
+        // In a broadcast, a viewer sees the presenters only, and only
+        // presenters hear of a viewer.
+        let kind = room.kind;
+        let my_role = p.role;
+        let visible = |o: &Participant| kind.may_publish(o.role) || kind.may_publish(my_role);
         let others: Vec<ParticipantInfo> = room
             .joined
             .iter()
             .filter_map(|o| self.parts.get(o))
+            .filter(|o| visible(o))
             .map(|o| o.info())
             .collect();
         let me = p.info();
@@ -582,6 +604,7 @@ impl Engine {
             room: RoomInfo {
                 id: room.id.clone(),
                 title: room.title.clone(),
+                kind: room.kind,
             },
             participants: others,
             limits: super::protocol::Limits {
@@ -596,7 +619,9 @@ impl Engine {
             room.joined.push(pid.to_string());
         }
         for o in &joined {
-            if let Some(op) = self.parts.get(o) {
+            if let Some(op) = self.parts.get(o)
+                && (kind.may_publish(op.role) || kind.may_publish(me.role))
+            {
                 op.send(ServerMsg::ParticipantJoined {
                     participant: me.clone(),
                 });
@@ -639,14 +664,18 @@ impl Engine {
         }
         self.by_addr.retain(|_, (owner, _)| owner != pid);
         let mut others = Vec::new();
+        let mut kind = RoomKind::Consultation;
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.joined.retain(|x| x != pid);
             others = room.joined.clone();
+            kind = room.kind;
         }
         for o in &others {
             let mut changed = false;
             if let Some(op) = self.parts.get_mut(o) {
-                op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
+                if kind.may_publish(op.role) || kind.may_publish(p.role) {
+                    op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
+                }
                 let keys: Vec<(String, String)> = op.down.keys().filter(|k| k.0 == pid).cloned().collect();
                 for k in keys {
                     if let Some(d) = op.down.remove(&k) {
@@ -760,6 +789,14 @@ impl Engine {
         let max_tracks = self.cfg.max_tracks;
         let Some(p) = self.parts.get_mut(pid) else { return };
         let sending = sdp.matches("\r\na=sendonly").count() + sdp.matches("\r\na=sendrecv").count();
+        let may_publish = self.rooms.get(&p.room).is_none_or(|r| r.kind.may_publish(p.role));
+        if !may_publish && (!tracks.is_empty() || sending > 0) {
+            return self.reply_err(
+                pid,
+                ErrorCode::NotAllowed,
+                "viewers of a broadcast receive only (the data channel is open to them)",
+            );
+        }
         if tracks.len() > max_tracks || sending > max_tracks {
             return self.reply_err(
                 pid,
@@ -1124,6 +1161,12 @@ impl Engine {
         let pli_interval = self.cfg.pli_interval;
         let history = self.cfg.history;
         let Some(p) = self.parts.get_mut(pid) else { return };
+        if self.rooms.get(&p.room).is_some_and(|r| !r.kind.may_publish(p.role)) {
+            // pub_offer refuses media from viewers; this catches an offer
+            // that carried media without saying so.
+            warn!(participant = pid, "media from a broadcast viewer ignored");
+            return;
+        }
         if p.uptracks.len() >= self.cfg.max_tracks {
             p.send(error(
                 ErrorCode::TooManyTracks,
@@ -1342,7 +1385,9 @@ impl Engine {
                     // Keep asking while waiting: the keyframe that answered
                     // an earlier request may have gone by before this
                     // subscriber could take it (negotiation still open).
-                    want_keyframe |= !paused;
+                    // Unless the cache will serve it once it is connected.
+                    let cache_serves = d.fresh && gop.as_ref().is_some_and(|g| g.replay(now).is_some());
+                    want_keyframe |= !(paused || cache_serves);
                     continue;
                 }
             }
@@ -1525,10 +1570,18 @@ impl Engine {
                 continue;
             }
             let rtt = p.rtt;
+            // A presenter with an audience keeps the late-joiner cache short.
+            let refresh = self
+                .rooms
+                .get(&p.room)
+                .is_some_and(|r| r.kind == RoomKind::Broadcast && r.joined.len() > 1);
             // NACKs and keyframe requests towards this publisher.
             let mut rtcp_out: Vec<(RTCRtpReceiverId, Box<dyn rtcp::Packet>)> = Vec::new();
             for u in p.uptracks.values_mut() {
                 let Some(media_ssrc) = u.media_ssrc else { continue };
+                if refresh && u.gop.as_ref().is_some_and(|g| g.wants_refresh(now)) {
+                    u.keyframes.request(now, KeyframeReason::CacheRefresh);
+                }
                 u.keyframes.set_rtt(rtt);
                 let missing = u.nack.poll(now, rtt);
                 if !missing.is_empty() {
@@ -1578,6 +1631,9 @@ impl Engine {
         if !full {
             return;
         }
+        if self.ticks.is_multiple_of(50) {
+            self.send_viewer_counts();
+        }
         // Refresh cached deadlines: forwarding may have scheduled reports.
         for p in self.parts.values_mut() {
             for peer in [&mut p.pubc, &mut p.subc] {
@@ -1588,6 +1644,35 @@ impl Engine {
 }
 
 impl Engine {
+    /// Broadcast rooms: the viewer count to each presenter, when it changed
+    /// (once a second at most: with hundreds of viewers joining, a message
+    /// per join would flood the presenter's page).
+    fn send_viewer_counts(&mut self) {
+        for r in self.rooms.values_mut() {
+            if r.kind != RoomKind::Broadcast {
+                continue;
+            }
+            let mut viewers = 0;
+            let mut presenters = Vec::new();
+            for pid in &r.joined {
+                if let Some(p) = self.parts.get(pid) {
+                    if r.kind.may_publish(p.role) {
+                        presenters.push(p);
+                    } else {
+                        viewers += 1;
+                    }
+                }
+            }
+            if r.viewers_sent == Some(viewers) {
+                continue;
+            }
+            r.viewers_sent = Some(viewers);
+            for p in presenters {
+                p.send(ServerMsg::Viewers { count: viewers });
+            }
+        }
+    }
+
     /// Audio before video: from this subscriber's receive estimate (REMB),
     /// decide whether its video is forwarded at all, and tell the page.
     fn update_link(&mut self, now: Instant, pid: &str) {

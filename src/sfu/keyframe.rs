@@ -151,6 +151,8 @@ pub enum KeyframeReason {
     SubscriberFir,
     NewSubscriber,
     LayerSwitch,
+    /// A broadcast's late-joiner cache is getting old (see `gop`).
+    CacheRefresh,
 }
 
 /// Request throttling settings.

@@ -204,6 +204,7 @@ impl Sfu {
             announce,
             max_rooms: cfg.max_rooms,
             max_participants: cfg.max_participants_per_room,
+            max_viewers: cfg.max_viewers_per_broadcast,
             max_tracks: cfg.max_tracks_per_participant,
             peer_timeout: Duration::from_secs(cfg.peer_timeout_secs),
             history: Duration::from_millis(cfg.history_ms),

@@ -37,6 +37,28 @@ impl Source {
     }
 }
 
+/// A consultation: everyone publishes and sees everyone. A broadcast
+/// (teaching): experts present, clinics watch; viewers publish nothing, are
+/// not announced to each other (with hundreds of viewers each join would
+/// otherwise be a message to every page), and presenters get a viewer count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    #[default]
+    Consultation,
+    Broadcast,
+}
+
+impl RoomKind {
+    /// Whether a participant of this role may publish media here.
+    pub fn may_publish(self, role: Role) -> bool {
+        match self {
+            RoomKind::Consultation => true,
+            RoomKind::Broadcast => role == Role::Expert,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -101,6 +123,7 @@ pub struct ParticipantInfo {
 pub struct RoomInfo {
     pub id: String,
     pub title: String,
+    pub kind: RoomKind,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -158,6 +181,11 @@ pub enum ServerMsg {
         state: LinkState,
         bwe_kbps: u64,
     },
+    /// Broadcast rooms, to presenters: viewers connected (at most once a
+    /// second).
+    Viewers {
+        count: usize,
+    },
     Pong,
     Error {
         code: ErrorCode,
@@ -177,6 +205,8 @@ pub enum ErrorCode {
     BadSdp,
     BadState,
     TooManyTracks,
+    /// The action is not open to this participant (a viewer publishing).
+    NotAllowed,
     Replaced,
     Internal,
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::SfuMetrics;
 use super::engine::{Command, Engine, EngineConfig, NewParticipant};
 use super::media::codecs;
-use super::protocol::{ClientMsg, PcKind, Role, ServerMsg, Source, ToClient};
+use super::protocol::{ClientMsg, PcKind, Role, RoomKind, ServerMsg, Source, ToClient};
 
 pub const SERVER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 7882);
 
@@ -114,11 +114,17 @@ impl Net {
     /// All of `names` invited; only the first `joined` join now, the others
     /// one by one with [`Net::join_next`].
     pub fn with_late(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], joined: usize) -> Net {
-        Self::build(cfg_tweak, names, |_| {}, joined)
+        Self::build(cfg_tweak, names, |_| {}, joined, RoomKind::Consultation)
+    }
+
+    /// A broadcast room: the first name presents (role expert), the others
+    /// watch (role clinic); the first `joined` join now.
+    pub fn broadcast(names: &[&str], joined: usize) -> Net {
+        Self::build(|_| {}, names, |_| {}, joined, RoomKind::Broadcast)
     }
 
     pub fn with_scope(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], engine_scope: fn(bool)) -> Net {
-        Self::build(cfg_tweak, names, engine_scope, names.len())
+        Self::build(cfg_tweak, names, engine_scope, names.len(), RoomKind::Consultation)
     }
 
     /// The next invited participant joins (client index = join order).
@@ -131,13 +137,20 @@ impl Net {
         self.join(i, &pid);
     }
 
-    fn build(cfg_tweak: impl FnOnce(&mut EngineConfig), names: &[&str], engine_scope: fn(bool), joined: usize) -> Net {
+    fn build(
+        cfg_tweak: impl FnOnce(&mut EngineConfig),
+        names: &[&str],
+        engine_scope: fn(bool),
+        joined: usize,
+        kind: RoomKind,
+    ) -> Net {
         let now = Instant::now();
         let mut cfg = EngineConfig {
             local_addr: SERVER,
             announce: vec![SERVER],
             max_rooms: 10,
             max_participants: 64,
+            max_viewers: 600,
             max_tracks: 3,
             peer_timeout: Duration::from_secs(20),
             history: Duration::from_secs(3),
@@ -151,11 +164,17 @@ impl Net {
             now,
             Command::CreateRoom {
                 title: "sim".into(),
+                kind,
                 participants: names
                     .iter()
-                    .map(|n| NewParticipant {
+                    .enumerate()
+                    .map(|(i, n)| NewParticipant {
                         name: n.to_string(),
-                        role: Role::Expert,
+                        role: if kind == RoomKind::Broadcast && i > 0 {
+                            Role::Clinic
+                        } else {
+                            Role::Expert
+                        },
                     })
                     .collect(),
                 reply: tx,
@@ -476,6 +495,7 @@ impl Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sfu::protocol::ErrorCode;
 
     fn connected_pair() -> Net {
         let mut net = Net::new(|_| {}, &["a", "b"]);
@@ -526,6 +546,75 @@ mod tests {
         }
         // b, there from the start, is unaffected.
         assert!(net.received_by(1) >= 380);
+    }
+
+    #[test]
+    fn broadcast_viewers_receive_only_and_only_the_presenter_hears_of_them() {
+        let mut net = Net::broadcast(&["teacher", "v1", "v2", "v3"], 4);
+        net.publish_video(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        stream(&mut net, 0, 0, 150, 50);
+        for v in 1..4 {
+            assert!(net.received_by(v) >= 95, "viewer {v} got {}", net.received_by(v));
+        }
+        // A viewer trying to publish is told no, and nothing of it is forwarded.
+        net.publish_video(1);
+        net.run_for(Duration::from_millis(200), Duration::from_millis(5));
+        assert!(
+            net.clients[1].messages.iter().any(|m| matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::NotAllowed,
+                    ..
+                }
+            )),
+            "viewer publishing was not refused"
+        );
+        for i in 0..10u16 {
+            net.send_video(1, i, u32::from(i) * 900, i == 0, 500);
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        assert_eq!(net.received_by(0), 0, "the presenter received a viewer's media");
+        // Viewers are not announced to each other; the presenter gets a count.
+        for v in 1..4 {
+            let seen: Vec<&String> = net.clients[v]
+                .messages
+                .iter()
+                .filter_map(|m| match m {
+                    ServerMsg::ParticipantJoined { participant } => Some(&participant.name),
+                    ServerMsg::Joined { participants, .. } => participants.first().map(|p| &p.name),
+                    _ => None,
+                })
+                .collect();
+            assert!(seen.iter().all(|n| *n == "teacher"), "viewer {v} was told of {seen:?}");
+        }
+        net.run_for(Duration::from_millis(1100), Duration::from_millis(20));
+        let count = net.clients[0].messages.iter().rev().find_map(|m| match m {
+            ServerMsg::Viewers { count } => Some(*count),
+            _ => None,
+        });
+        assert_eq!(count, Some(3));
+    }
+
+    /// PLIs towards the publisher while it streams one keyframe then deltas
+    /// for 12 s to one subscriber who is there from the start.
+    fn plis_over_a_long_group(mut net: Net) -> u64 {
+        net.publish_video(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        stream(&mut net, 0, 0, 200, 10_000);
+        let before = net.metrics.pli_out.load(std::sync::atomic::Ordering::Relaxed);
+        stream(&mut net, 0, 200, 1000, 10_000);
+        net.metrics.pli_out.load(std::sync::atomic::Ordering::Relaxed) - before
+    }
+
+    #[test]
+    fn a_broadcast_asks_for_fresh_keyframes_for_its_cache_and_a_consultation_does_not() {
+        let broadcast = plis_over_a_long_group(Net::broadcast(&["teacher", "v1"], 2));
+        // Refresh after 4 s, throttled to 500 ms apart and retried at most
+        // once a second while unanswered (this publisher never answers).
+        assert!((5..=20).contains(&broadcast), "{broadcast} refresh requests in 10 s");
+        let consultation = plis_over_a_long_group(Net::new(|_| {}, &["a", "b"]));
+        assert_eq!(consultation, 0, "a consultation asked for keyframes nobody needed");
     }
 
     #[test]
