@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod broadcast;
 pub mod compress;
 pub mod consult;
 pub mod error;
@@ -89,6 +90,9 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/instances/{uid}/cine", get(images::cine))
         .route("/api/instances/{uid}/rendered", get(images::rendered_image))
         .route("/api/studies/{uid}/key-images", get(images::key_images))
+        .route("/api/broadcasts", get(broadcast::list).post(broadcast::create))
+        .route("/api/broadcasts/{id}", axum::routing::delete(broadcast::end))
+        .route("/api/broadcasts/{id}/join", post(broadcast::join))
         .route("/api/rooms", post(consult::create_room))
         .route("/api/rooms/{id}", get(consult::room_status).delete(consult::close_room))
         .route("/api/rooms/{id}/participants", post(consult::add_participant))

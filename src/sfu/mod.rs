@@ -156,8 +156,22 @@ pub enum SfuStartError {
 }
 
 /// What the HTTP side holds: a way to talk to the engine and to mint/check tokens.
+/// A live teaching broadcast, as the HTTP API lists it (the room itself is
+/// the engine's).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BroadcastInfo {
+    pub id: String,
+    pub title: String,
+    pub hospital_id: String,
+    /// Username of the expert who started it.
+    pub presenter: String,
+    pub presenter_name: String,
+    pub started_unix: u64,
+}
+
 pub struct Sfu {
     pub commands: mpsc::Sender<Command>,
+    broadcasts: std::sync::Mutex<std::collections::BTreeMap<String, BroadcastInfo>>,
     pub tokens: TokenKey,
     pub room_ttl: Duration,
     pub metrics: Arc<SfuMetrics>,
@@ -221,8 +235,14 @@ impl Sfu {
             room_ttl: Duration::from_secs(cfg.room_ttl_secs),
             metrics,
             media_addr: local,
+            broadcasts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             thread: std::sync::Mutex::new(Some(thread)),
         })
+    }
+
+    /// Live broadcasts by room id (never held across an await).
+    pub fn broadcasts(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, BroadcastInfo>> {
+        self.broadcasts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends a command and waits for its reply.

@@ -67,6 +67,17 @@ async def run(args):
                 out["messages"] += msgs
                 out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
                 await ws.send(json.dumps({"type": "leave"}))
+            elif s == "viewer_offers_media":
+                await ws.send(json.dumps({"type": "join", "token": args.token}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "joined")
+                sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n"
+                await ws.send(json.dumps({"type": "offer", "pc": "pub", "sdp": sdp, "tracks": {"0": "camera"}}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") == "error")
+                await ws.send(json.dumps({"type": "ping"}))
+                msgs = await drain_until(ws, lambda m: m.get("type") == "pong")
+                out["messages"] += msgs
+                out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
+                await ws.send(json.dumps({"type": "leave"}))
             elif s == "oversized":
                 await ws.send(json.dumps({"type": "join", "token": args.token}))
                 out["messages"] += await drain_until(ws, lambda m: m.get("type") == "joined")
