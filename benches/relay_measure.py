@@ -184,6 +184,10 @@ def cmd_run(a):
             failed = f"timeout after {a.timeout} s (last progress: {last_progress})"
             break
         time.sleep(0.1)
+    # The emulator rewrites its stats file once a second: wait for a rewrite
+    # that covers the end of the transfer (only keep-alives move after it).
+    if a.linkemu_stats:
+        time.sleep(1.2)
     stats1 = linkemu_stats(a.linkemu_stats)
     if sender_rc is None:
         # the study is complete once the hub has it; storescu may still be

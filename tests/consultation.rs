@@ -665,3 +665,100 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     assert_eq!(code, 400, "{v}");
     assert_eq!(s.delete("/api/rooms/r_doesnotexist"), 404);
 }
+
+const BROADCAST_CONFIG: &str = r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+
+[[hospital]]
+id = "city"
+name = "City Hospital"
+serves = ["t01"]
+"#;
+
+/// Opens a page URL from the broadcast API (`/broadcast#token=…`) and waits
+/// until it has joined.
+fn open_joined(ch: &Chromium, s: &Server, url: &str) -> Session {
+    let sess = ch
+        .session(&SessionOpts {
+            page_load_timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .expect("browser session");
+    // A receive-only page (no camera, no microphone) loads and joins, yet
+    // chromedriver reports its navigation as timed out; what counts is the
+    // page reaching `joined`, checked next.
+    if let Err(e) = sess.goto(&format!("https://127.0.0.1:{}{url}&autojoin=1", s.http_port)) {
+        eprintln!("navigation reported: {e}");
+    }
+    if let Err(e) = sess.wait_for(
+        "window.mrTest && window.mrTest.state === 'joined'",
+        Duration::from_secs(30),
+    ) {
+        let logs = sess.console_logs().unwrap_or_default().join("\n");
+        panic!("page did not join: {e}\nconsole:\n{logs}\nserver log:\n{}", s.log());
+    }
+    sess
+}
+
+#[test]
+fn broadcast_reaches_every_viewer_and_a_late_viewer_starts_from_the_cache() {
+    let _g = lock();
+    let s = server(BROADCAST_CONFIG);
+    const PW: &str = "correct-horse-battery";
+    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01"]);
+    let exp = s.login("exp1", PW).expect("expert login");
+    let doc = s.login("doc1", PW).expect("clinic login");
+    let (code, created) = s.req(
+        Some(&exp),
+        "POST",
+        "/api/broadcasts",
+        Some(json!({ "title": "Reading chest CT" })),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["broadcast"]["id"].as_str().expect("id").to_string();
+    let presenter_id = created["join"]["participant"].as_str().expect("pid").to_string();
+    let viewer_url = || {
+        let (code, v) = s.req(Some(&doc), "POST", &format!("/api/broadcasts/{id}/join"), None);
+        assert_eq!(code, 200, "{v}");
+        v["join"]["url"].as_str().expect("url").to_string()
+    };
+
+    let ch = chromium();
+    let viewers: Vec<Session> = (0..2).map(|_| open_joined(&ch, &s, &viewer_url())).collect();
+    let presenter = open_joined(&ch, &s, created["join"]["url"].as_str().expect("url"));
+    for (i, v) in viewers.iter().enumerate() {
+        assert_media_flows(&s, v, &presenter_id, &format!("viewer {i}"), Duration::from_secs(40));
+        // Receive only: the page published nothing, and it sees the presenter alone.
+        let st = stats(v);
+        assert!(
+            st["outbound"].as_array().is_none_or(|o| o.is_empty()),
+            "viewer {i} sends media: {st}"
+        );
+        let others = v
+            .execute("return window.mrTest.participants.map(p => p.role)", vec![])
+            .expect("participants");
+        assert_eq!(others, json!(["expert"]), "viewer {i} sees {others}");
+        let kind = v.execute("return window.mrTest.room.kind", vec![]).expect("room");
+        assert_eq!(kind, json!("broadcast"));
+    }
+    presenter
+        .wait_for("window.mrTest.viewers === 2", Duration::from_secs(10))
+        .expect("presenter's viewer count");
+
+    // A viewer arriving mid-lecture is served the cached group of pictures.
+    std::thread::sleep(Duration::from_secs(8));
+    let replays = s.metric("medrelay_sfu_gop_replays_total");
+    let late = open_joined(&ch, &s, &viewer_url());
+    assert_media_flows(&s, &late, &presenter_id, "late viewer", Duration::from_secs(30));
+    assert!(
+        s.metric("medrelay_sfu_gop_replays_total") >= replays + 1.0,
+        "the late viewer was not served from the cache"
+    );
+    presenter
+        .wait_for("window.mrTest.viewers === 3", Duration::from_secs(10))
+        .expect("presenter's viewer count after the late viewer");
+}

@@ -74,6 +74,7 @@ const app = {
   points: [],
   errors: [],
   dcOpen: false,
+  viewers: null,
   micMuted: false,
   camOff: false,
   screen: null, // {stream, track} while sharing
@@ -267,6 +268,8 @@ function onSignal(msg) {
       return onRemoteMute(msg);
     case 'link':
       return onLink(msg);
+    case 'viewers':
+      return onViewers(msg);
     case 'error':
       return onServerError(msg);
     case 'pong':
@@ -283,7 +286,13 @@ function onJoined(msg) {
   app.limits = msg.limits && typeof msg.limits === 'object' ? msg.limits : null;
   app.reconnects = 0;
   $('#banner-reconnect').hidden = true;
-  $('#room-title').textContent = app.room?.title || 'Consultation';
+  // A teaching broadcast is this page too: presenters publish as in a
+  // consultation, viewers (joined receive-only, with #nocam&nomic) only watch
+  // and hold no camera, microphone or screen controls.
+  const broadcast = app.room?.kind === 'broadcast';
+  document.body.dataset.kind = broadcast ? 'broadcast' : 'consultation';
+  document.body.dataset.viewer = broadcast && app.me.role !== 'expert' ? '1' : '';
+  $('#room-title').textContent = app.room?.title || (broadcast ? 'Teaching broadcast' : 'Consultation');
   app.participants.clear();
   for (const p of Array.isArray(msg.participants) ? msg.participants : []) addParticipant(p);
   setState('joined');
@@ -800,6 +809,14 @@ function onRemotePoint(m) {
 /* Link quality                                                         */
 /* ------------------------------------------------------------------ */
 
+function onViewers(msg) {
+  if (!Number.isInteger(msg.count) || msg.count < 0) return;
+  app.viewers = msg.count;
+  const el = $('#viewer-count');
+  el.hidden = false;
+  el.textContent = msg.count === 1 ? '1 viewer' : `${msg.count} viewers`;
+}
+
 function onLink(msg) {
   if (!['good', 'weak', 'audio_only'].includes(msg.state)) return;
   app.link.state = msg.state;
@@ -954,6 +971,13 @@ window.mrTest = {
   },
   get dcOpen() {
     return app.dcOpen;
+  },
+  get room() {
+    return app.room;
+  },
+  /** Broadcast presenters: viewers connected, from the server's `viewers`. */
+  get viewers() {
+    return app.viewers;
   },
   async stats() {
     const sub = app.sub;

@@ -60,11 +60,13 @@ fn join_json(s: &Services, room: &str, pid: &str, presenter: bool, exp: u64) -> 
     });
     // The token rides in the fragment, which browsers never send to the
     // server, so it stays out of access logs and Referer headers.
+    // Viewers hold no camera or microphone: the page asks for none.
+    let receive_only = if presenter { "" } else { "&nocam=1&nomic=1" };
     json!({
         "participant": pid,
         "presenter": presenter,
         "token": token,
-        "url": format!("/broadcast#token={token}"),
+        "url": format!("/broadcast#token={token}{receive_only}"),
         "expires_unix": exp,
     })
 }

@@ -98,6 +98,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/rooms/{id}/participants", post(consult::add_participant))
         .route("/ws/consult", get(consult::signaling))
         .route("/consult", get(consult::consult_page))
+        // The broadcast page is the consultation page in broadcast mode.
+        .route("/broadcast", get(consult::consult_page))
         .route("/web/{name}", get(consult::web_asset))
         .layer(axum::middleware::from_fn(compress::gzip))
         .with_state(services)

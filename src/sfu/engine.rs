@@ -617,6 +617,10 @@ impl Engine {
         self.parts.insert(pid.to_string(), p);
         if let Some(room) = self.rooms.get_mut(room_id) {
             room.joined.push(pid.to_string());
+            if kind.may_publish(my_role) {
+                // A presenter arriving gets the current count at the next send.
+                room.viewers_sent = None;
+            }
         }
         for o in &joined {
             if let Some(op) = self.parts.get(o)
