@@ -36,23 +36,19 @@
 #   KEEP_DATA=0    keep the hub/edge data dirs (large) after each run
 #   PREFIX=mrb     namespace prefix (<prefix>-clinic, <prefix>-hub)
 #
-# Measured (2-core VM, other builds running; release binary built from the
-# working tree at HEAD cf09c14; synthetic CT compresses ~1.6x with zstd, real CT less):
-#   link a, N=300  direct (cubic) 1713 s to complete (arrived 1711 s), first
-#                  preview 1.6 s, 0.74 Mbit/s = 1.5 % of the link
-#                  direct (bbr, TCP_CC=host) 181.5 s, 7.0 Mbit/s = 14 %
-#                  relay 113-115 s, first preview 3.8 s (0.4-0.5 s after the
-#                  study was complete at the edge), 11.3-11.5 Mbit/s = 23 %;
-#                  relay/direct: 14.8x (cubic), 1.6x (bbr) faster. The relay
-#                  runs hit 4 "database is locked" refusals at the hub each,
-#                  and the retry backoff is most of their time.
-#   link b, N=60   direct (cubic) 846 s, first preview 5.5 s, 0.30 Mbit/s (3 %)
-#                  relay 33.2 s, 8.2 Mbit/s (82 %), preview 1.2 s after edge
-#                  complete; relay/direct 25x. (N=300 direct was stopped after
-#                  31 instances in 451 s: ~73 min for the series.)
-#   link b, N=300  relay 135 s, 9.6 Mbit/s of study data (96 %), preview 1.2 s
-#                  after edge complete.
-#   Run times: link a ~35 min (cubic direct dominates), link b ~80 min.
+# Measured (2-core VM; release build at c817a42; the CT series compresses
+# 2.5x with shuffle + zstd-3). Run 1, TCP_CC=host (bbr), both links:
+#   link a  direct 180.8 s, first preview 1.7 s, 14 % of the link
+#           relay   17.2 s (10.5x), first preview 0.50 s after the study was
+#                   complete at the edge, wire 80.7 % of the link (a lower
+#                   bound: the stats were read before the emulator's last
+#                   once-a-second rewrite; fixed since)
+#   link b  direct 592.7 s, first preview 5.8 s, 21 % of the link
+#           relay   76.0 s (7.8x), preview 1.02 s after edge-complete, wire 83.8 %
+# Runs 2 and 3, TCP_CC=cubic, one per link, alongside run 1's direct phases:
+#   link a  direct 1724.3 s, relay 21.6 s (79.7x), wire 66 %
+#   link b  direct 4448.8 s, relay 77.4 s (57.5x), wire 82 %
+#   Run times: run 1 ~16 min; cubic: link a ~30 min, link b ~75 min.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
