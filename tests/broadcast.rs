@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use support::*;
 
@@ -31,27 +29,6 @@ id = "other"
 name = "Other Hospital"
 serves = ["t03"]
 "#;
-
-fn probe(s: &Server, scenario: &str, token: &str) -> Value {
-    let o = Command::new(python())
-        .arg(script("signal_probe.py"))
-        .args([
-            "--ws",
-            &format!("wss://127.0.0.1:{}/ws/consult", s.http_port),
-            "--scenario",
-            scenario,
-            "--token",
-            token,
-        ])
-        .output()
-        .expect("signal_probe.py");
-    assert!(
-        o.status.success(),
-        "probe {scenario}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("probe {scenario} output: {e}"))
-}
 
 fn ids(list: &Value) -> Vec<String> {
     list["broadcasts"]
@@ -141,7 +118,7 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
 
     // In the room: a broadcast, the viewer is a clinic participant, and its
     // attempt to publish is refused without ending its session.
-    let joined = probe(&s, "token", &viewer_token);
+    let joined = signal_probe(&s, "token", &viewer_token);
     let j = joined["messages"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["type"] == "joined"))
@@ -150,7 +127,7 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
     assert_eq!(j["me"]["role"], "clinic");
     let (_, v) = join(&doc1);
     let token2 = v["join"]["token"].as_str().expect("token").to_string();
-    let refused = probe(&s, "viewer_offers_media", &token2);
+    let refused = signal_probe(&s, "viewer_offers_media", &token2);
     let codes: Vec<&str> = refused["messages"]
         .as_array()
         .into_iter()

@@ -71,13 +71,6 @@ fn join_json(s: &Services, room: &str, pid: &str, presenter: bool, exp: u64) -> 
     })
 }
 
-fn sfu_err(e: SfuError) -> ApiError {
-    match e {
-        SfuError::NoSuchRoom => ApiError::NotFound("broadcast"),
-        SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => ApiError::Unprocessable(e.to_string()),
-    }
-}
-
 /// Drops broadcasts whose room is gone (closed, expired, or the gateway
 /// restarted), then returns the rest.
 async fn live(s: &Services) -> Result<Vec<BroadcastInfo>, ApiError> {
@@ -127,27 +120,18 @@ pub async fn create(
             "{MAX_BROADCASTS} broadcasts are live; end one first"
         )));
     }
-    let created = s
-        .sfu
-        .ask(|reply| Command::CreateRoom {
-            title: title.clone(),
-            kind: RoomKind::Broadcast,
-            participants: vec![NewParticipant {
-                name: c.user.display_name.clone(),
-                role: SfuRole::Expert,
-            }],
-            reply,
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(sfu_err)?;
-    let pid = created
-        .participants
-        .first()
-        .map(|(id, _, _)| id.clone())
-        .ok_or_else(|| ApiError::Internal("broadcast created without its presenter".into()))?;
+    let (room, pid) = super::consult::create_room_for(
+        &s,
+        RoomKind::Broadcast,
+        &title,
+        NewParticipant {
+            name: c.user.display_name.clone(),
+            role: SfuRole::Expert,
+        },
+    )
+    .await?;
     let info = BroadcastInfo {
-        id: created.id.clone(),
+        id: room.clone(),
         title,
         hospital_id,
         presenter: c.user.username.clone(),
@@ -156,7 +140,7 @@ pub async fn create(
     };
     s.sfu.broadcasts().insert(info.id.clone(), info.clone());
     let exp = unix_now() + s.sfu.room_ttl.as_secs();
-    let body = json!({ "broadcast": info, "join": join_json(&s, &created.id, &pid, true, exp) });
+    let body = json!({ "broadcast": info, "join": join_json(&s, &room, &pid, true, exp) });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -198,7 +182,7 @@ pub async fn join(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Json
             s.sfu.broadcasts().remove(&b.id);
             return Err(ApiError::NotFound("broadcast"));
         }
-        Err(e) => return Err(sfu_err(e)),
+        Err(e) => return Err(super::consult::sfu_err(e)),
     };
     let exp = unix_now() + s.sfu.room_ttl.as_secs();
     Ok(Json(

@@ -175,12 +175,29 @@ pub(crate) async fn join_or_create_room(
             Err(e) => return Err(sfu_err(e)),
         }
     }
+    let (room, pid) = create_room_for(
+        s,
+        crate::sfu::protocol::RoomKind::Consultation,
+        title,
+        NewParticipant { name, role },
+    )
+    .await?;
+    Ok((room, pid, exp))
+}
+
+/// Creates a room holding one participant; returns (room id, participant id).
+pub(crate) async fn create_room_for(
+    s: &Services,
+    kind: crate::sfu::protocol::RoomKind,
+    title: &str,
+    participant: NewParticipant,
+) -> Result<(String, String), ApiError> {
     let created = s
         .sfu
         .ask(|reply| Command::CreateRoom {
-            kind: crate::sfu::protocol::RoomKind::Consultation,
+            kind,
             title: title.to_string(),
-            participants: vec![NewParticipant { name, role }],
+            participants: vec![participant],
             reply,
         })
         .await
@@ -191,10 +208,10 @@ pub(crate) async fn join_or_create_room(
         .first()
         .map(|(id, _, _)| id.clone())
         .ok_or_else(|| ApiError::Internal("room created without its participant".into()))?;
-    Ok((created.id, pid, exp))
+    Ok((created.id, pid))
 }
 
-fn sfu_err(e: SfuError) -> ApiError {
+pub(crate) fn sfu_err(e: SfuError) -> ApiError {
     match e {
         SfuError::NoSuchRoom => ApiError::NotFound("room"),
         SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => ApiError::Unprocessable(e.to_string()),

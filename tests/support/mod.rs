@@ -583,3 +583,27 @@ impl Drop for Pacs {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `signal_probe.py` against the server's signaling WebSocket (a
+/// scenario of good and bad messages) and returns what came back:
+/// `{messages, close_code, pong_after}`.
+pub fn signal_probe(s: &Server, scenario: &str, token: &str) -> serde_json::Value {
+    let o = Command::new(python())
+        .arg(script("signal_probe.py"))
+        .args([
+            "--ws",
+            &format!("wss://127.0.0.1:{}/ws/consult", s.http_port),
+            "--scenario",
+            scenario,
+            "--token",
+            token,
+        ])
+        .output()
+        .expect("signal_probe.py");
+    assert!(
+        o.status.success(),
+        "probe {scenario}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("probe {scenario} output: {e}"))
+}
