@@ -590,12 +590,11 @@ impl Engine {
         // presenters hear of a viewer.
         let kind = room.kind;
         let my_role = p.role;
-        let visible = |o: &Participant| kind.may_publish(o.role) || kind.may_publish(my_role);
         let others: Vec<ParticipantInfo> = room
             .joined
             .iter()
             .filter_map(|o| self.parts.get(o))
-            .filter(|o| visible(o))
+            .filter(|o| kind.announces(o.role, my_role))
             .map(|o| o.info())
             .collect();
         let me = p.info();
@@ -624,7 +623,7 @@ impl Engine {
         }
         for o in &joined {
             if let Some(op) = self.parts.get(o)
-                && (kind.may_publish(op.role) || kind.may_publish(me.role))
+                && kind.announces(op.role, me.role)
             {
                 op.send(ServerMsg::ParticipantJoined {
                     participant: me.clone(),
@@ -677,7 +676,7 @@ impl Engine {
         for o in &others {
             let mut changed = false;
             if let Some(op) = self.parts.get_mut(o) {
-                if kind.may_publish(op.role) || kind.may_publish(p.role) {
+                if kind.announces(op.role, p.role) {
                     op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
                 }
                 let keys: Vec<(String, String)> = op.down.keys().filter(|k| k.0 == pid).cloned().collect();

@@ -57,6 +57,13 @@ impl RoomKind {
             RoomKind::Broadcast => role == Role::Expert,
         }
     }
+
+    /// Whether participants of these roles hear of each other (joins,
+    /// leaves, the participant list): always in a consultation; in a
+    /// broadcast unless both only watch.
+    pub fn announces(self, a: Role, b: Role) -> bool {
+        self.may_publish(a) || self.may_publish(b)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
