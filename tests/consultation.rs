@@ -668,8 +668,20 @@ fn open_joined(ch: &Chromium, s: &Server, url: &str, receive_only: bool) -> Sess
     sess
 }
 
+/// Inbound video frame height from `from` (the layer being received).
+fn frame_height(sess: &Session, from: &str) -> u64 {
+    stats(sess)["inbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["participant"].as_str() == Some(from) && r["kind"].as_str() == Some("video"))
+        .filter_map(|r| r["frameHeight"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
 #[test]
-fn broadcast_reaches_every_viewer_and_a_late_viewer_starts_from_the_cache() {
+fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from_the_cache() {
     let _g = lock();
     let s = server(BROADCAST_CONFIG);
     const PW: &str = "correct-horse-battery";
@@ -691,11 +703,24 @@ fn broadcast_reaches_every_viewer_and_a_late_viewer_starts_from_the_cache() {
         assert_eq!(code, 200, "{v}");
         v["join"]["url"].as_str().expect("url").to_string()
     };
+    // One township viewer behind a 1 Mbit/s downlink (the user-space link
+    // emulator, 20 ms each way); the others reach the server directly.
+    let proxy_port = free_udp_port();
+    let _link = impair_with(
+        proxy_port,
+        s.sfu_port,
+        20,
+        0.0,
+        &["--down-rate-kbps", "1000", "--queue-ms", "300"],
+    );
 
     let ch = chromium();
     let viewers: Vec<Session> = (0..2).map(|_| open_joined(&ch, &s, &viewer_url(), true)).collect();
+    let slow_url = format!("{}&via=127.0.0.1:{proxy_port}", viewer_url());
+    let slow = open_joined(&ch, &s, &slow_url, true);
     let presenter = open_joined(&ch, &s, created["join"]["url"].as_str().expect("url"), false);
-    for (i, v) in viewers.iter().enumerate() {
+    let started = Instant::now();
+    for (i, v) in viewers.iter().chain([&slow]).enumerate() {
         assert_media_flows(&s, v, &presenter_id, &format!("viewer {i}"), Duration::from_secs(40));
         // Receive only: the page published nothing, and it sees the presenter alone.
         let st = stats(v);
@@ -711,19 +736,99 @@ fn broadcast_reaches_every_viewer_and_a_late_viewer_starts_from_the_cache() {
         assert_eq!(kind, json!("broadcast"));
     }
     presenter
-        .wait_for("window.mrTest.viewers === 2", Duration::from_secs(10))
+        .wait_for("window.mrTest.viewers === 3", Duration::from_secs(10))
         .expect("presenter's viewer count");
 
-    // A viewer arriving mid-lecture is served the cached group of pictures.
-    std::thread::sleep(Duration::from_secs(8));
+    // The presenter sends three layers (rids q, h, f).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let layers = loop {
+        let st = stats(&presenter);
+        let rids: Vec<String> = st["outbound"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| o["kind"].as_str() == Some("video") && o["framesEncoded"].as_u64().unwrap_or(0) > 0)
+            .filter_map(|o| o["rid"].as_str().map(str::to_string))
+            .collect();
+        if rids.len() == 3 || Instant::now() > deadline {
+            break (rids, st);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        layers.0.len(),
+        3,
+        "the presenter does not send three layers: {}",
+        layers.1
+    );
+
+    // The direct viewers are probed up to the top layer (720p); the one
+    // behind 1 Mbit/s stays below it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let fast: Vec<u64> = viewers.iter().map(|v| frame_height(v, &presenter_id)).collect();
+        if fast.iter().all(|&h| h >= 720) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "direct viewers never reached the top layer: heights {fast:?}; layer switches {}, probe packets {}\n{}",
+            s.metric("medrelay_sfu_layer_switches_total"),
+            s.metric("medrelay_sfu_probe_packets_total"),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let slow_height = frame_height(&slow, &presenter_id);
+    let slow_link = slow.execute("return window.mrTest.link", vec![]).expect("link");
+    eprintln!(
+        "simulcast: direct viewers at 720p after {:.0} s; the 1 Mbit/s viewer at {slow_height}p, link {slow_link}; \
+         layer switches {}, probe packets {}",
+        started.elapsed().as_secs_f64(),
+        s.metric("medrelay_sfu_layer_switches_total"),
+        s.metric("medrelay_sfu_probe_packets_total"),
+    );
+    assert!(
+        (1..720).contains(&slow_height),
+        "the 1 Mbit/s viewer should get a lower layer: {slow_height}p, link {slow_link}"
+    );
+    assert!(
+        slow_link["layer"].as_u64().is_some_and(|l| l < 2) && slow_link["layers"] == json!(3),
+        "{slow_link}"
+    );
+    let (v0, _) = inbound_from(&stats(&slow), &presenter_id);
+    std::thread::sleep(Duration::from_secs(3));
+    let (v1, _) = inbound_from(&stats(&slow), &presenter_id);
+    assert!(v1 >= v0 + 20, "the 1 Mbit/s viewer's video stalled: {v0} -> {v1}");
+
+    // A viewer arriving 30 s into the lecture is served the cached group of
+    // pictures: video at once, and no keyframe request for it.
+    if let Some(wait) = Duration::from_secs(30).checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
     let replays = s.metric("medrelay_sfu_gop_replays_total");
+    let newcomer_plis = s.metric("medrelay_sfu_keyframe_newcomer_total");
     let late = open_joined(&ch, &s, &viewer_url(), true);
     assert_media_flows(&s, &late, &presenter_id, "late viewer", Duration::from_secs(30));
+    let first_frame = late
+        .execute("return window.mrTest.firstFrameMs", vec![])
+        .expect("firstFrameMs");
+    eprintln!(
+        "late viewer {:.0} s into the broadcast: first frame {first_frame} ms after joining",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         s.metric("medrelay_sfu_gop_replays_total") >= replays + 1.0,
         "the late viewer was not served from the cache"
     );
+    assert_eq!(
+        s.metric("medrelay_sfu_keyframe_newcomer_total"),
+        newcomer_plis,
+        "the late viewer cost the presenter a keyframe request"
+    );
+    assert!(first_frame.as_u64().is_some(), "{first_frame}");
     presenter
-        .wait_for("window.mrTest.viewers === 3", Duration::from_secs(10))
+        .wait_for("window.mrTest.viewers === 4", Duration::from_secs(10))
         .expect("presenter's viewer count after the late viewer");
 }

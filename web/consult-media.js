@@ -2,7 +2,7 @@
 //   pub — this browser offers; mic, camera, screen share and the `room` data channel;
 //   sub — the server offers; the other participants' tracks.
 
-import { ensureOpusFec } from './consult-sdp.js';
+import { ensureOpusFec, routeVia } from './consult-sdp.js';
 import { log } from './consult-util.js';
 
 // The server is ICE-lite and puts its single candidate in every SDP, so no
@@ -12,11 +12,23 @@ const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: '
 // 640x360@24 is plenty for a face and fits a few-Mbit/s 4G uplink with room
 // for audio and a screen share.
 export const CAMERA_CONSTRAINTS = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24, max: 24 } };
+// A lecture's presenter sends 720p, as three simulcast layers (below).
+export const PRESENTER_CONSTRAINTS = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24, max: 24 } };
 const AUDIO_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 
 // Under congestion the browser's own allocator keeps audio first.
 export const MIC_ENCODING = { priority: 'high', networkPriority: 'high' };
 export const CAMERA_ENCODING = { maxBitrate: 500_000, maxFramerate: 24 };
+// A broadcast presenter's camera as three simulcast layers, 180p/360p/720p
+// (rids q/h/f, lowest first, as the server expects): the server gives each
+// clinic the one its link carries, so a 1 Mbit/s township link still gets a
+// clear 360p picture while the county hospital gets 720p. The lowest layer
+// keeps 15 fps so even an audio-and-a-little-video link sees who speaks.
+export const CAMERA_SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000, maxFramerate: 15 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000, maxFramerate: 24 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000, maxFramerate: 24 },
+];
 // Medical images on a shared screen: sharpness matters far more than motion.
 export const SCREEN_ENCODING = { maxBitrate: 1_200_000, maxFramerate: 8 };
 
@@ -30,7 +42,8 @@ const MAX_OFFER_RETRIES = 2;
 /* ------------------------------------------------------------------ */
 
 export class LocalMedia {
-  constructor({ wantAudio, wantVideo }) {
+  constructor({ wantAudio, wantVideo, camera = CAMERA_CONSTRAINTS }) {
+    this.camera = camera;
     this.wantAudio = wantAudio;
     this.wantVideo = wantVideo;
     this.stream = new MediaStream();
@@ -52,8 +65,8 @@ export class LocalMedia {
       return this.audioDeviceId ? { ...AUDIO_CONSTRAINTS, deviceId: { exact: this.audioDeviceId } } : AUDIO_CONSTRAINTS;
     }
     return this.videoDeviceId
-      ? { ...CAMERA_CONSTRAINTS, deviceId: { exact: this.videoDeviceId } }
-      : { ...CAMERA_CONSTRAINTS, facingMode: 'user' };
+      ? { ...this.camera, deviceId: { exact: this.videoDeviceId } }
+      : { ...this.camera, facingMode: 'user' };
   }
 
   /**
@@ -162,22 +175,31 @@ export class PubConnection {
     this.dc = this.pc.createDataChannel('room', { ordered: true });
   }
 
-  /** Start sending `track` as `source`. Reuses an idle m-line of the same source. */
+  /**
+   * Start sending `track` as `source`. Reuses an idle m-line of the same source.
+   * `encoding`: one encoding's caps, or an array of them for simulcast.
+   */
   async addSource(source, track, stream, encoding) {
+    const layers = Array.isArray(encoding) ? encoding : encoding ? [encoding] : null;
     for (const [t, s] of this.sources) {
       if (s === source && !t.sender.track && t.direction === 'inactive' && t.currentDirection !== 'stopped') {
         await t.sender.replaceTrack(track);
         t.sender.setStreams?.(stream);
         t.direction = 'sendonly';
-        await applyEncoding(t.sender, encoding);
+        await applyEncoding(t.sender, layers);
         return t;
       }
     }
     const t = this.pc.addTransceiver(track, {
       direction: 'sendonly',
       streams: [stream],
-      sendEncodings: encoding ? [{ ...encoding }] : undefined,
+      sendEncodings: layers ? layers.map((e) => ({ ...e })) : undefined,
     });
+    if (layers && layers.length > 1) {
+      // Under CPU load, lower the frame rate rather than the resolution:
+      // a smaller input makes the browser drop simulcast layers altogether.
+      await applyEncoding(t.sender, null, { degradationPreference: 'maintain-resolution' });
+    }
     this.sources.set(t, source);
     return t;
   }
@@ -268,7 +290,7 @@ export class PubConnection {
     }
     clearTimeout(this.timer);
     try {
-      await this.pc.setRemoteDescription({ type: 'answer', sdp: ensureOpusFec(sdp) });
+      await this.pc.setRemoteDescription({ type: 'answer', sdp: routeVia(ensureOpusFec(sdp)) });
       this.retries = 0;
       this.negotiations += 1;
       this.hooks.onNegotiated();
@@ -328,13 +350,25 @@ export class PubConnection {
   }
 }
 
-/** Best effort: caps set on a reused sender (addTransceiver takes them directly). */
-async function applyEncoding(sender, encoding) {
-  if (!encoding) return;
+/**
+ * Best effort: caps set on a reused sender (addTransceiver takes them
+ * directly), per encoding (by position; a rid cannot be changed), and
+ * sender-wide parameters.
+ */
+async function applyEncoding(sender, layers, extra = null) {
+  if (!layers && !extra) return;
   try {
     const params = sender.getParameters();
-    if (!params.encodings || !params.encodings.length) return;
-    Object.assign(params.encodings[0], encoding);
+    if (layers) {
+      if (!params.encodings || !params.encodings.length) return;
+      layers.forEach((e, i) => {
+        if (params.encodings[i]) {
+          const { rid: _rid, ...caps } = e;
+          Object.assign(params.encodings[i], caps);
+        }
+      });
+    }
+    if (extra) Object.assign(params, extra);
     await sender.setParameters(params);
   } catch {
     /* older browsers: the server's bandwidth estimate still applies */
@@ -379,7 +413,7 @@ export class SubConnection {
     if (this.closed) return;
     // Set before setRemoteDescription: ontrack fires during it and looks mids up here.
     this.tracks = msg.tracks && typeof msg.tracks === 'object' ? msg.tracks : {};
-    await this.pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    await this.pc.setRemoteDescription({ type: 'offer', sdp: routeVia(msg.sdp) });
     const answer = await this.pc.createAnswer();
     try {
       await this.pc.setLocalDescription({ type: 'answer', sdp: ensureOpusFec(answer.sdp) });
@@ -419,7 +453,11 @@ export class SubConnection {
 export async function addRemoteCandidate(pc, candidate) {
   if (!pc || !candidate) return;
   try {
-    await pc.addIceCandidate(candidate);
+    const routed =
+      typeof candidate.candidate === 'string'
+        ? { ...candidate, candidate: routeVia(`a=${candidate.candidate}`).slice(2) }
+        : candidate;
+    await pc.addIceCandidate(routed);
   } catch {
     log('remote candidate rejected');
   }

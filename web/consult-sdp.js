@@ -1,5 +1,6 @@
-// SDP munging. Only one change is made: every Opus payload type gets
-// `useinbandfec=1;usedtx=1` in its fmtp line.
+// SDP munging. One change is made to every SDP: every Opus payload type gets
+// `useinbandfec=1;usedtx=1` in its fmtp line. (A second, `routeVia`, is a
+// test hook only: see there.)
 //
 // Why: on a 1-5 % loss link Opus in-band FEC lets the receiver rebuild a lost
 // 20 ms frame from the next packet (no retransmission round trip at 800 ms
@@ -63,4 +64,23 @@ function mergeParams(paramString) {
     else params.push([key, value]);
   }
   return params.map(([k, v]) => (v === null ? k : `${k}=${v}`)).join(';');
+}
+
+/**
+ * Test hook (`#via=host:port` in the page URL): send everything for the
+ * server through `host:port` instead of the server's own candidates. The
+ * integration tests put one viewer behind a rate-limited UDP link emulator
+ * this way while the others reach the server directly; the emulator then
+ * forwards to the real server, so media, ICE and DTLS are unchanged.
+ */
+let via = null;
+
+export function setVia(hostPort) {
+  const m = /^([0-9.]+):(\d{1,5})$/.exec(hostPort || '');
+  via = m ? { host: m[1], port: m[2] } : null;
+}
+
+export function routeVia(sdp) {
+  if (!via || typeof sdp !== 'string') return sdp;
+  return sdp.replace(/^(a=candidate:\S+ \d+ udp \d+ )(\S+) (\d+)( typ host.*)$/gim, `$1${via.host} ${via.port}$4`);
 }

@@ -152,6 +152,9 @@ export async function collectStreamStats(pub, sub, inboundInfo, outboundSource) 
       retransmittedPacketsReceived: s.retransmittedPacketsReceived ?? 0,
       packetsLost: s.packetsLost ?? 0,
       jitter: s.jitter ?? 0,
+      frameHeight: s.frameHeight ?? null,
+      freezeCount: s.freezeCount ?? 0,
+      pliCount: s.pliCount ?? 0,
     });
   });
   const outbound = [];
@@ -164,6 +167,9 @@ export async function collectStreamStats(pub, sub, inboundInfo, outboundSource) 
       framesEncoded: s.framesEncoded ?? 0,
       nackCount: s.nackCount ?? 0,
       retransmittedPacketsSent: s.retransmittedPacketsSent ?? 0,
+      rid: s.rid ?? null,
+      frameHeight: s.frameHeight ?? null,
+      pliCount: s.pliCount ?? 0,
     });
   });
   return { inbound, outbound, rttMs: rttFromReport(pr) ?? rttFromReport(sr) };

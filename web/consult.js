@@ -10,13 +10,17 @@ import { ChatPanel, chunkChatText } from './consult-chat.js';
 import { ICONS } from './consult-icons.js';
 import {
   addRemoteCandidate,
+  CAMERA_CONSTRAINTS,
   CAMERA_ENCODING,
+  CAMERA_SIMULCAST,
   LocalMedia,
+  PRESENTER_CONSTRAINTS,
   MIC_ENCODING,
   PubConnection,
   SCREEN_ENCODING,
   SubConnection,
 } from './consult-media.js';
+import { setVia } from './consult-sdp.js';
 import { FATAL_CODES, Signal } from './consult-signal.js';
 import { collectStreamStats, LinkMonitor, levelOf } from './consult-stats.js';
 import { Tiles } from './consult-tiles.js';
@@ -60,7 +64,12 @@ const opts = {
   nocam: flagOn(frag, 'nocam'),
   nomic: flagOn(frag, 'nomic'),
   study: frag.study || '',
+  via: frag.via || '',
 };
+setVia(opts.via);
+// /broadcast serves this page for teaching broadcasts: a presenter there
+// captures 720p for the simulcast layers (viewers capture nothing).
+const BROADCAST_PAGE = location.pathname.startsWith('/broadcast');
 
 const app = {
   state: 'prejoin',
@@ -68,7 +77,17 @@ const app = {
   room: null,
   limits: null, // from `joined`: {max_participants, max_tracks, max_dc_bytes}
   participants: new Map(), // the others, by id
-  link: { state: null, bwe_kbps: null, level: null, rttMs: null, lossPct: null, inKbps: null, outKbps: null },
+  link: {
+    state: null,
+    bwe_kbps: null,
+    layer: null, // simulcast: the layer the server sends us (0 = lowest) of `layers`
+    layers: null,
+    level: null,
+    rttMs: null,
+    lossPct: null,
+    inKbps: null,
+    outKbps: null,
+  },
   chat: [],
   views: [],
   points: [],
@@ -78,7 +97,11 @@ const app = {
   micMuted: false,
   camOff: false,
   screen: null, // {stream, track} while sharing
-  media: new LocalMedia({ wantAudio: !opts.nomic, wantVideo: !opts.nocam }),
+  media: new LocalMedia({
+    wantAudio: !opts.nomic,
+    wantVideo: !opts.nocam,
+    camera: BROADCAST_PAGE ? PRESENTER_CONSTRAINTS : CAMERA_CONSTRAINTS,
+  }),
   signal: null,
   pub: null,
   sub: null,
@@ -300,9 +323,36 @@ function onJoined(msg) {
   tiles.setLocalMuted('mic', app.micMuted || !app.media.audioTrack);
   tiles.setLocalMuted('camera', app.camOff || !app.media.videoTrack);
   startPeerConnections();
+  watchFirstFrame(app.sub);
   monitor.start();
   updateControls();
   if (opts.study && !viewer.study) viewer.loadStudy(opts.study, { origin: 'initial' });
+}
+
+/**
+ * Join-to-first-frame: how long after `joined` the first remote video frame
+ * was decoded (a late viewer of a broadcast should see the cached picture
+ * within about a second). Polled from the sub connection's stats for at most
+ * two minutes; the figure is for tests and the browser console.
+ */
+function watchFirstFrame(sub) {
+  const started = performance.now();
+  app.firstFrameMs = null;
+  const poll = async () => {
+    if (app.sub !== sub || performance.now() - started > 120_000) return;
+    const st = await sub.pc.getStats().catch(() => null);
+    let decoded = false;
+    st?.forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video' && (r.framesDecoded ?? 0) > 0) decoded = true;
+    });
+    if (decoded) {
+      app.firstFrameMs = Math.round(performance.now() - started);
+      log('first video frame after', app.firstFrameMs, 'ms');
+      return;
+    }
+    setTimeout(poll, 50);
+  };
+  setTimeout(poll, 50);
 }
 
 function onSignalClose({ code, reason }) {
@@ -497,7 +547,10 @@ async function publishLocal() {
     added = true;
   }
   if (m.videoTrack && !pub.hasSource('camera')) {
-    await pub.addSource('camera', m.videoTrack, m.stream, CAMERA_ENCODING);
+    // Broadcast presenters send simulcast; in a consultation every receiver
+    // gets the one stream, so a clinic's thin uplink sends it once.
+    const simulcast = app.room?.kind === 'broadcast';
+    await pub.addSource('camera', m.videoTrack, m.stream, simulcast ? CAMERA_SIMULCAST : CAMERA_ENCODING);
     added = true;
   }
   return added;
@@ -821,6 +874,8 @@ function onLink(msg) {
   if (!['good', 'weak', 'audio_only'].includes(msg.state)) return;
   app.link.state = msg.state;
   app.link.bwe_kbps = isFiniteNumber(msg.bwe_kbps) ? msg.bwe_kbps : null;
+  app.link.layer = Number.isInteger(msg.layer) ? msg.layer : null;
+  app.link.layers = Number.isInteger(msg.layers) ? msg.layers : null;
   setVideoBanner(msg.state);
   renderLink({ ...app.link, serverState: msg.state, bweKbps: app.link.bwe_kbps });
 }
@@ -843,6 +898,15 @@ function renderLink(s) {
   const l = app.link;
   const fmt = (v, unit) => (v === null || v === undefined ? '—' : `${v}${unit}`);
   const serverText = { good: 'good', weak: 'weak', audio_only: 'audio only (video paused)' }[l.state] || 'unknown';
+  // Simulcast: which picture quality this link gets.
+  const quality =
+    l.layer === null || l.layers === null || l.state === 'audio_only'
+      ? null
+      : l.layer >= l.layers - 1
+        ? 'full (720p)'
+        : l.layer === 0
+          ? 'low (180p)'
+          : 'reduced (360p)';
   const details = [
     ['Round trip', fmt(l.rttMs, ' ms')],
     ['Incoming loss', fmt(l.lossPct, ' %')],
@@ -851,6 +915,7 @@ function renderLink(s) {
     ['Sending', fmt(l.outKbps, ' kbit/s')],
     ['Server estimate', fmt(l.bwe_kbps, ' kbit/s')],
     ['Server link state', serverText],
+    ...(quality ? [['Video quality', quality]] : []),
   ];
   const btn = $('#link');
   btn.dataset.level = level;
@@ -974,6 +1039,10 @@ window.mrTest = {
   },
   get room() {
     return app.room;
+  },
+  /** Milliseconds from `joined` to the first decoded remote video frame. */
+  get firstFrameMs() {
+    return app.firstFrameMs ?? null;
   },
   /** Broadcast presenters: viewers connected, from the server's `viewers`. */
   get viewers() {

@@ -48,7 +48,10 @@ use super::history::{
     HistoryConfig, HistoryPacket, NackResponder, ResponderConfig, RetransmitHistory, RtxSequencer, rtx_payload,
 };
 use super::keyframe::{Codec, KeyframeConfig, KeyframeReason, KeyframeRequester, is_keyframe};
-use super::layer::{BitrateMeter, LayerSelector, LinkClassifier, PauseGate, ResumeProbe, SelectorConfig, Target};
+use super::layer::{
+    BitrateMeter, LayerDecision, LayerSelector, LayerSwitch, LinkClassifier, PauseGate, ResumeProbe, SelectorConfig,
+    Target, UpProbe,
+};
 use super::media::{MIME_TYPE_RED, candidates_in_every_section, new_peer_connection, random_credentials};
 use super::munger::{InPacket, Munger, MungerConfig};
 use super::nack::{NackConfig, NackGenerator, pack_nack_pairs};
@@ -56,6 +59,7 @@ use super::protocol::{
     ClientMsg, ErrorCode, LinkState, ParticipantInfo, PcKind, Role, RoomInfo, RoomKind, ServerMsg, Source, SourceInfo,
     ToClient, TrackInfo, error,
 };
+use super::vp8::Vp8Rewriter;
 use super::{SfuMetrics, tokens::new_id};
 
 /// Policy tick: NACK generation, keyframe requests, link state, timeouts.
@@ -176,6 +180,23 @@ struct Room {
 /// slow picture is worth more to a consultation than none.
 const VIDEO_MIN_BPS: u64 = 100_000;
 
+/// The layer a new subscriber starts on, before its link has been measured:
+/// the middle one (360p of 180p/360p/720p), which a 1 Mbit/s township link
+/// still carries. A good link is then probed up to the top layer; starting
+/// at the top would make a weak link's first seconds one long stall.
+const START_QUALITY: u8 = 1;
+
+fn target_quality(t: Target) -> u8 {
+    match t {
+        Target::Layer(q) => q,
+        Target::Paused => START_QUALITY,
+    }
+}
+
+/// Simulcast layers kept per track (browsers send at most 3; a bound all the
+/// same, as each costs a cache and a requester).
+const MAX_LAYERS: usize = 4;
+
 /// Chat lines kept per room for replay.
 const CHAT_REPLAY: usize = 50;
 
@@ -202,6 +223,25 @@ fn pt_infos(codecs: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters]) 
         .collect()
 }
 
+/// One incoming RTP stream of a published track: the whole track, or one
+/// simulcast layer of it. Repair, keyframe requests, rate and the
+/// late-joiner cache are all per stream, since each layer is its own
+/// encoder with its own sequence space and keyframes.
+struct UpLayer {
+    /// Learned from the first packet (simulcast layers announce no SSRC).
+    ssrc: Option<u32>,
+    /// Empty without simulcast.
+    rid: String,
+    /// 0 = lowest resolution; the identity layer switches use.
+    quality: u8,
+    nack: NackGenerator,
+    keyframes: KeyframeRequester,
+    meter: BitrateMeter,
+    /// Video only: the packets since the last keyframe, replayed to
+    /// newcomers instead of asking the publisher for a keyframe.
+    gop: Option<GopCache>,
+}
+
 /// A track a participant publishes.
 struct UpTrack {
     receiver: RTCRtpReceiverId,
@@ -211,22 +251,71 @@ struct UpTrack {
     keyframe_codec: Option<Codec>,
     /// Incoming payload type -> (mime, fmtp), from the publisher's negotiation.
     pts: Vec<(u8, String, String)>,
-    media_ssrc: Option<u32>,
-    nack: NackGenerator,
-    keyframes: KeyframeRequester,
-    meter: BitrateMeter,
-    /// Video only: the packets since the last keyframe, replayed to
-    /// newcomers instead of asking the publisher for a keyframe.
-    gop: Option<GopCache>,
+    /// Sorted by quality; one entry for a track without simulcast.
+    layers: Vec<UpLayer>,
+}
+
+/// Simulcast layer order from its RTP stream id. Browsers leave the names to
+/// the page: ours (and LiveKit's) use q/h/f (quarter, half, full), others
+/// r0/r1/r2, 0/1/2 or low/mid/high; an unknown name ranks after the known
+/// ones in order of arrival.
+fn rid_quality(rid: &str) -> Option<u8> {
+    match rid.to_ascii_lowercase().as_str() {
+        "q" | "l" | "low" | "r0" | "0" => Some(0),
+        "h" | "m" | "mid" | "r1" | "1" => Some(1),
+        "f" | "high" | "hi" | "r2" | "2" => Some(2),
+        _ => None,
+    }
 }
 
 impl UpTrack {
-    /// A new subscriber needs a keyframe: the cached group serves it if it
-    /// can; only otherwise is the publisher asked.
-    fn keyframe_for_newcomer(&mut self, now: Instant) {
-        if self.kind == RtpCodecKind::Video && self.gop.as_ref().is_none_or(|g| g.replay(now).is_none()) {
-            self.keyframes.request(now, KeyframeReason::NewSubscriber);
+    fn layer_mut(&mut self, quality: u8) -> Option<&mut UpLayer> {
+        self.layers.iter_mut().find(|l| l.quality == quality)
+    }
+
+    /// The layer a subscriber aiming at `want` should get: the best one
+    /// being received at or below it, else the lowest being received (a
+    /// publisher whose uplink shrank stops its top layers), else `want`.
+    fn pick(&self, now: Instant, want: u8) -> u8 {
+        let live: Vec<u8> = self
+            .layers
+            .iter()
+            .filter(|l| l.meter.bps(now) > 0)
+            .map(|l| l.quality)
+            .collect();
+        live.iter()
+            .copied()
+            .filter(|&q| q <= want)
+            .max()
+            .or_else(|| live.iter().copied().min())
+            .unwrap_or(want)
+    }
+
+    fn bps(&self, now: Instant) -> u64 {
+        self.layers.iter().map(|l| l.meter.bps(now)).sum()
+    }
+
+    /// A new subscriber needs a keyframe of `quality`: a cached group at or
+    /// below it serves it if one can; only otherwise is the publisher asked.
+    fn keyframe_for_newcomer(&mut self, now: Instant, quality: u8, metrics: &SfuMetrics) {
+        if self.kind != RtpCodecKind::Video || self.replay_layer(now, quality).is_some() {
+            return;
         }
+        let i = self.layers.iter().position(|l| l.quality == quality).unwrap_or(0);
+        if let Some(l) = self.layers.get_mut(i) {
+            l.keyframes.request(now, KeyframeReason::NewSubscriber);
+            metrics.keyframe_newcomer.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The best layer at or below `want` whose cache can be replayed now.
+    fn replay_layer(&self, now: Instant, want: u8) -> Option<u8> {
+        self.layers
+            .iter()
+            .rev()
+            .filter(|l| l.quality <= want)
+            .find(|l| l.gop.as_ref().is_some_and(|g| g.replay(now).is_some()))
+            .map(|l| l.quality)
     }
 }
 
@@ -246,9 +335,12 @@ struct DownTrack {
     history: RetransmitHistory,
     responder: NackResponder,
     rtx_seq: RtxSequencer,
-    /// Until the subscriber has a keyframe, forwarding delta frames only
-    /// produces undecodable video; hold them back and ask for one.
-    need_keyframe: bool,
+    /// Video: which layer is forwarded, switching only at keyframes (so
+    /// until the subscriber has a keyframe, delta frames are held back:
+    /// they would only produce undecodable video).
+    switch: LayerSwitch,
+    /// VP8 picture-id continuity across layer switches.
+    vp8: Option<Vp8Rewriter>,
     /// Nothing forwarded yet: a cached group may be replayed (never to a
     /// subscriber that already has later packets of this stream).
     fresh: bool,
@@ -281,6 +373,13 @@ struct Participant {
     link_state: LinkState,
     bwe_bps: Option<u64>,
     audio_only: bool,
+    /// The simulcast layer chosen for this subscriber's video (the same
+    /// quality for every track it receives; a track with fewer layers gets
+    /// its best one at or below it).
+    video_target: Target,
+    up_probe: UpProbe,
+    /// Bytes of probe padding owed (carried between ticks).
+    probe_credit: f64,
     selector: LayerSelector,
     classifier: LinkClassifier,
     probe: ResumeProbe,
@@ -581,6 +680,9 @@ impl Engine {
             link_state: LinkState::Good,
             bwe_bps: None,
             audio_only: false,
+            video_target: Target::Paused,
+            up_probe: UpProbe::default(),
+            probe_credit: 0.0,
             selector: LayerSelector::new(SelectorConfig::default()),
             classifier: LinkClassifier::default(),
             probe: ResumeProbe::default(),
@@ -955,11 +1057,17 @@ impl Engine {
     /// Adds a sending transceiver for `publisher`'s `track` to `sub`'s `sub`
     /// connection. Returns whether a renegotiation is needed.
     fn add_downtrack(&mut self, now: Instant, sub: &str, publisher: &str, track: &str) -> bool {
+        let want = self
+            .parts
+            .get(sub)
+            .map_or(START_QUALITY, |s| target_quality(s.video_target));
         let Some(u) = self.parts.get_mut(publisher).and_then(|p| p.uptracks.get_mut(track)) else {
             return false;
         };
         let (kind, source, codec) = (u.kind, u.source, u.codec.clone());
-        u.keyframe_for_newcomer(now);
+        let want = u.pick(now, want);
+        u.keyframe_for_newcomer(now, want, &self.metrics);
+        let vp8 = codec.mime_type.eq_ignore_ascii_case("video/vp8");
         let history = self.cfg.history;
         let Some(s) = self.parts.get_mut(sub) else { return false };
         let key = (publisher.to_string(), track.to_string());
@@ -1026,7 +1134,14 @@ impl Engine {
                 }),
                 responder: NackResponder::new(ResponderConfig::default()),
                 rtx_seq: RtxSequencer::new(rand::random()),
-                need_keyframe: video,
+                switch: {
+                    let mut sw = LayerSwitch::new();
+                    if video {
+                        sw.set_target(Target::Layer(want));
+                    }
+                    sw
+                },
+                vp8: vp8.then(Vp8Rewriter::new),
                 fresh: true,
             },
         );
@@ -1119,20 +1234,25 @@ impl Engine {
                 }
                 if st == RTCPeerConnectionState::Connected && kind == PcKind::Sub {
                     // Fresh subscriber: every video it receives needs a keyframe.
-                    let keys: Vec<(String, String)> = self
+                    let keys: Vec<(String, String, u8)> = self
                         .parts
                         .get(pid)
-                        .map(|p| p.down.keys().cloned().collect())
+                        .map(|p| {
+                            p.down
+                                .iter()
+                                .map(|(k, d)| (k.0.clone(), k.1.clone(), target_quality(d.switch.target())))
+                                .collect()
+                        })
                         .unwrap_or_default();
-                    for (publisher, t) in keys {
+                    for (publisher, t, q) in keys {
                         if let Some(u) = self.parts.get_mut(&publisher).and_then(|pp| pp.uptracks.get_mut(&t)) {
-                            u.keyframe_for_newcomer(now);
+                            u.keyframe_for_newcomer(now, q, &self.metrics);
                         }
                     }
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if kind == PcKind::Pub => {
-                self.on_track_open(now, pid, init.receiver_id, init.track_id);
+                self.on_track_open(now, pid, init.receiver_id, init.track_id, init.ssrc, init.rid);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) if kind == PcKind::Pub => {
                 self.on_track_close(now, pid, &track_id);
@@ -1160,7 +1280,15 @@ impl Engine {
         }
     }
 
-    fn on_track_open(&mut self, now: Instant, pid: &str, receiver: RTCRtpReceiverId, track_id: String) {
+    fn on_track_open(
+        &mut self,
+        now: Instant,
+        pid: &str,
+        receiver: RTCRtpReceiverId,
+        track_id: String,
+        ssrc: u32,
+        rid: Option<String>,
+    ) {
         let pli_interval = self.cfg.pli_interval;
         let history = self.cfg.history;
         let Some(p) = self.parts.get_mut(pid) else { return };
@@ -1168,6 +1296,37 @@ impl Engine {
             // pub_offer refuses media from viewers; this catches an offer
             // that carried media without saying so.
             warn!(participant = pid, "media from a broadcast viewer ignored");
+            return;
+        }
+        let rid = rid.unwrap_or_default();
+        let new_layer = |quality: u8, kind: RtpCodecKind| UpLayer {
+            ssrc: (ssrc != 0).then_some(ssrc),
+            rid: rid.clone(),
+            quality,
+            nack: NackGenerator::new(NackConfig {
+                max_age: history,
+                ..Default::default()
+            }),
+            keyframes: KeyframeRequester::new(KeyframeConfig {
+                min_interval: pli_interval,
+                ..Default::default()
+            }),
+            meter: BitrateMeter::new(Duration::from_secs(1)),
+            gop: (kind == RtpCodecKind::Video).then(|| GopCache::new(GopConfig::default())),
+        };
+        if let Some(u) = p.uptracks.get_mut(&track_id) {
+            // Another simulcast layer of a track already published.
+            if u.layers.iter().any(|l| l.rid == rid && !rid.is_empty()) || u.layers.len() >= MAX_LAYERS {
+                return;
+            }
+            let used: Vec<u8> = u.layers.iter().map(|l| l.quality).collect();
+            let quality = rid_quality(&rid)
+                .filter(|q| !used.contains(q))
+                .unwrap_or_else(|| (0..=u8::MAX).find(|q| !used.contains(q)).unwrap_or(u8::MAX));
+            let layer = new_layer(quality, u.kind);
+            u.layers.push(layer);
+            u.layers.sort_by_key(|l| l.quality);
+            info!(participant = pid, rid = %rid, quality, "simulcast layer published");
             return;
         }
         if p.uptracks.len() >= self.cfg.max_tracks {
@@ -1202,6 +1361,12 @@ impl Engine {
         if kind == RtpCodecKind::Audio && codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RED) {
             debug!(participant = pid, "publisher sends RED audio");
         }
+        let quality = if rid.is_empty() {
+            0
+        } else {
+            rid_quality(&rid).unwrap_or(0)
+        };
+        let layer = new_layer(quality, kind);
         p.uptracks.insert(
             track_id.clone(),
             UpTrack {
@@ -1211,17 +1376,7 @@ impl Engine {
                 keyframe_codec: keyframe_codec(&codec.mime_type),
                 codec,
                 pts,
-                media_ssrc: None,
-                nack: NackGenerator::new(NackConfig {
-                    max_age: history,
-                    ..Default::default()
-                }),
-                keyframes: KeyframeRequester::new(KeyframeConfig {
-                    min_interval: pli_interval,
-                    ..Default::default()
-                }),
-                meter: BitrateMeter::new(Duration::from_secs(1)),
-                gop: (kind == RtpCodecKind::Video).then(|| GopCache::new(GopConfig::default())),
+                layers: vec![layer],
             },
         );
         let room = p.room.clone();
@@ -1283,26 +1438,39 @@ impl Engine {
         let Some(p) = self.parts.get_mut(pid) else { return };
         let Some(u) = p.uptracks.get_mut(track_id) else { return };
         let seq = pkt.header.sequence_number;
-        u.media_ssrc = Some(pkt.header.ssrc);
-        u.meter.record(now, pkt.payload.len() + 12);
+        let ssrc = pkt.header.ssrc;
+        let li = match u.layers.iter().position(|l| l.ssrc == Some(ssrc)) {
+            Some(i) => i,
+            // Without simulcast the one stream may change SSRC (a
+            // renegotiation, an encoder restart): follow it.
+            None if u.layers.len() == 1 && u.layers[0].rid.is_empty() => {
+                u.layers[0].ssrc = Some(ssrc);
+                0
+            }
+            // A simulcast layer not opened yet: its OnOpen binds it.
+            None => return,
+        };
         let video = u.kind == RtpCodecKind::Video;
-        if video {
-            u.nack.on_packet(now, seq);
-        }
         let keyframe = u.keyframe_codec.is_some_and(|c| is_keyframe(c, &pkt.payload));
+        let layer = &mut u.layers[li];
+        let quality = layer.quality;
+        layer.meter.record(now, pkt.payload.len() + 12);
+        if video {
+            layer.nack.on_packet(now, seq);
+        }
         if keyframe {
-            u.keyframes.on_keyframe(now);
+            layer.keyframes.on_keyframe(now);
         }
         // Out of the up-track for the loop over subscribers (which borrows
         // the participants map); put back after it.
-        let mut gop = u.gop.take();
+        let mut gop = layer.gop.take();
         if let Some(g) = gop.as_mut()
             && !pkt.payload.is_empty()
         {
             g.push(
                 now,
                 CachedPacket {
-                    ssrc: pkt.header.ssrc,
+                    ssrc,
                     seq,
                     timestamp: pkt.header.timestamp,
                     marker: pkt.header.marker,
@@ -1312,6 +1480,20 @@ impl Engine {
                 keyframe,
             );
         }
+        // Which layers' caches could serve a newcomer now (to send it this
+        // packet's layer only if that is the one it should start from).
+        let replayable: u8 = u
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                if *i == li {
+                    gop.as_ref().is_some_and(|g| g.replay(now).is_some())
+                } else {
+                    l.gop.as_ref().is_some_and(|g| g.replay(now).is_some())
+                }
+            })
+            .fold(0u8, |m, (_, l)| m | (1u8 << l.quality.min(7)));
         // One key and room name per inbound packet, none per subscriber.
         let key = (pid.to_string(), track_id.to_string());
         let room = p.room.clone();
@@ -1323,7 +1505,6 @@ impl Engine {
             ..
         } = self;
         let Some(r) = rooms.get(&room) else { return };
-        let mut want_keyframe = false;
         for sid in &r.joined {
             if sid == pid {
                 continue;
@@ -1331,6 +1512,11 @@ impl Engine {
             let Some(s) = parts.get_mut(sid.as_str()) else {
                 continue;
             };
+            // Nothing reaches a subscriber before its connection is up; a
+            // keyframe "forwarded" then would be lost and counted as sent.
+            if s.subc.state != RTCPeerConnectionState::Connected {
+                continue;
+            }
             let Some(d) = s.down.get_mut(&key) else { continue };
             let Some(out_pt) = d
                 .pt_map
@@ -1340,9 +1526,8 @@ impl Engine {
             else {
                 continue;
             };
-            let paused = video && s.audio_only;
             let inp = InPacket {
-                source: pkt.header.ssrc,
+                source: ssrc,
                 seq,
                 timestamp: pkt.header.timestamp,
                 marker: pkt.header.marker,
@@ -1353,16 +1538,19 @@ impl Engine {
                 d.munger.drop_packet(&inp);
                 continue;
             }
-            if video && d.need_keyframe {
-                if keyframe && !paused {
-                    d.need_keyframe = false;
-                } else if !paused
-                    && d.fresh
-                    && s.subc.state == RTCPeerConnectionState::Connected
+            if video && d.switch.current().is_none() && !keyframe {
+                // A newcomer is served the cached group of the best layer
+                // at or below its target, this packet included, instead of
+                // a keyframe request to the publisher.
+                let Target::Layer(want) = d.switch.target() else {
+                    d.munger.drop_packet(&inp);
+                    continue;
+                };
+                let serve = (0..=want.min(7)).rev().find(|q| replayable & (1 << q) != 0);
+                if d.fresh
+                    && serve == Some(quality)
                     && let Some(replay) = gop.as_ref().and_then(|g| g.replay(now))
                 {
-                    // A newcomer: the cached group, this packet included,
-                    // instead of a keyframe request to the publisher.
                     let mut sent = 0u64;
                     for c in replay {
                         let Some(pt) = d.pt_map.iter().find(|(i, _)| *i == c.payload_type).map(|x| x.1) else {
@@ -1374,46 +1562,52 @@ impl Engine {
                             timestamp: c.timestamp,
                             marker: c.marker,
                         };
-                        if write_munged(now, &mut s.subc.pc, d, &cin, pt, c.payload.clone(), transmits) {
+                        let payload = match d.vp8.as_mut() {
+                            Some(v) => v.rewrite(c.ssrc, &c.payload),
+                            None => c.payload.clone(),
+                        };
+                        if write_munged(now, &mut s.subc.pc, d, &cin, pt, payload, transmits) {
                             sent += 1;
                         }
                     }
-                    d.need_keyframe = false;
+                    d.switch.set_current(quality);
                     d.fresh = false;
                     metrics.gop_replays.fetch_add(1, Relaxed);
                     metrics.rtp_out.fetch_add(sent, Relaxed);
-                    continue;
-                } else {
-                    d.munger.drop_packet(&inp);
-                    // Keep asking while waiting: the keyframe that answered
-                    // an earlier request may have gone by before this
-                    // subscriber could take it (negotiation still open).
-                    // Unless the cache will serve it once it is connected.
-                    let cache_serves = d.fresh && gop.as_ref().is_some_and(|g| g.replay(now).is_some());
-                    want_keyframe |= !(paused || cache_serves);
-                    continue;
                 }
-            }
-            if paused {
                 d.munger.drop_packet(&inp);
-                d.need_keyframe = true;
                 continue;
             }
-            if write_munged(now, &mut s.subc.pc, d, &inp, out_pt, pkt.payload.clone(), transmits) {
+            if video {
+                let before = d.switch.current();
+                if d.switch.on_packet(quality, keyframe) == LayerDecision::Drop {
+                    d.munger.drop_packet(&inp);
+                    continue;
+                }
+                if before.is_some_and(|b| b != quality) {
+                    metrics.layer_switches.fetch_add(1, Relaxed);
+                }
+            }
+            let payload = match d.vp8.as_mut() {
+                Some(v) => v.rewrite(ssrc, &pkt.payload),
+                None => pkt.payload.clone(),
+            };
+            if write_munged(now, &mut s.subc.pc, d, &inp, out_pt, payload, transmits) {
                 metrics.rtp_out.fetch_add(1, Relaxed);
             }
             d.fresh = false;
         }
-        if let Some(u) = parts.get_mut(pid).and_then(|p| p.uptracks.get_mut(track_id)) {
-            u.gop = gop;
-        }
-        if want_keyframe && let Some(u) = parts.get_mut(pid).and_then(|p| p.uptracks.get_mut(track_id)) {
-            u.keyframes.request(now, KeyframeReason::NewSubscriber);
+        if let Some(l) = parts
+            .get_mut(pid)
+            .and_then(|p| p.uptracks.get_mut(track_id))
+            .and_then(|u| u.layers.get_mut(li))
+        {
+            l.gop = gop;
         }
     }
 
     fn on_subscriber_rtcp(&mut self, now: Instant, pid: &str, pkts: Vec<Box<dyn rtcp::Packet>>) {
-        let mut keyframe_for: Vec<(String, String)> = Vec::new();
+        let mut keyframe_for: Vec<(String, String, u8)> = Vec::new();
         let Some(s) = self.parts.get_mut(pid) else { return };
         for pkt in &pkts {
             let any = pkt.as_any();
@@ -1453,14 +1647,18 @@ impl Engine {
             } else if let Some(p) =
                 any.downcast_ref::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
             {
-                if let Some(k) = s.down_by_ssrc.get(&p.media_ssrc) {
-                    keyframe_for.push(k.clone());
+                if let Some(k) = s.down_by_ssrc.get(&p.media_ssrc)
+                    && let Some(d) = s.down.get(k)
+                {
+                    keyframe_for.push((k.0.clone(), k.1.clone(), downtrack_quality(d)));
                 }
             } else if let Some(f) = any.downcast_ref::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
             {
                 for e in &f.fir {
-                    if let Some(k) = s.down_by_ssrc.get(&e.ssrc) {
-                        keyframe_for.push(k.clone());
+                    if let Some(k) = s.down_by_ssrc.get(&e.ssrc)
+                        && let Some(d) = s.down.get(k)
+                    {
+                        keyframe_for.push((k.0.clone(), k.1.clone(), downtrack_quality(d)));
                     }
                 }
             } else if let Some(r) = any.downcast_ref::<
@@ -1481,10 +1679,15 @@ impl Engine {
                 data: w.message,
             });
         }
-        for (publisher, t) in keyframe_for {
+        for (publisher, t, q) in keyframe_for {
             self.metrics.pli_in.fetch_add(1, Relaxed);
-            if let Some(u) = self.parts.get_mut(&publisher).and_then(|p| p.uptracks.get_mut(&t)) {
-                u.keyframes.request(now, KeyframeReason::SubscriberPli);
+            if let Some(l) = self
+                .parts
+                .get_mut(&publisher)
+                .and_then(|p| p.uptracks.get_mut(&t))
+                .and_then(|u| u.layer_mut(q))
+            {
+                l.keyframes.request(now, KeyframeReason::SubscriberPli);
             }
         }
     }
@@ -1581,40 +1784,46 @@ impl Engine {
             // NACKs and keyframe requests towards this publisher.
             let mut rtcp_out: Vec<(RTCRtpReceiverId, Box<dyn rtcp::Packet>)> = Vec::new();
             for u in p.uptracks.values_mut() {
-                let Some(media_ssrc) = u.media_ssrc else { continue };
-                if refresh && u.gop.as_ref().is_some_and(|g| g.wants_refresh(now)) {
-                    u.keyframes.request(now, KeyframeReason::CacheRefresh);
-                }
-                u.keyframes.set_rtt(rtt);
-                let missing = u.nack.poll(now, rtt);
-                if !missing.is_empty() {
-                    self.metrics.nack_out.fetch_add(1, Relaxed);
-                    rtcp_out.push((
-                        u.receiver,
-                        Box::new(rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
-                            sender_ssrc: 0,
-                            media_ssrc,
-                            nacks: pack_nack_pairs(&missing)
-                                .into_iter()
-                                .map(|p| rtcp::transport_feedbacks::transport_layer_nack::NackPair {
-                                    packet_id: p.pid,
-                                    lost_packets: p.blp,
-                                })
-                                .collect(),
-                        }),
-                    ));
-                }
-                if u.kind == RtpCodecKind::Video && u.keyframes.poll(now) {
-                    self.metrics.pli_out.fetch_add(1, Relaxed);
-                    rtcp_out.push((
-                        u.receiver,
-                        Box::new(
-                            rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                let video = u.kind == RtpCodecKind::Video;
+                for l in u.layers.iter_mut() {
+                    let Some(media_ssrc) = l.ssrc else { continue };
+                    // Only a layer still being sent: a publisher whose uplink
+                    // shrank pauses its top layers, and asking for their
+                    // keyframes would not bring them back.
+                    if refresh && l.gop.as_ref().is_some_and(|g| g.wants_refresh(now)) && l.meter.bps(now) > 0 {
+                        l.keyframes.request(now, KeyframeReason::CacheRefresh);
+                    }
+                    l.keyframes.set_rtt(rtt);
+                    let missing = l.nack.poll(now, rtt);
+                    if !missing.is_empty() {
+                        self.metrics.nack_out.fetch_add(1, Relaxed);
+                        rtcp_out.push((
+                            u.receiver,
+                            Box::new(rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
                                 sender_ssrc: 0,
                                 media_ssrc,
-                            },
-                        ),
-                    ));
+                                nacks: pack_nack_pairs(&missing)
+                                    .into_iter()
+                                    .map(|p| rtcp::transport_feedbacks::transport_layer_nack::NackPair {
+                                        packet_id: p.pid,
+                                        lost_packets: p.blp,
+                                    })
+                                    .collect(),
+                            }),
+                        ));
+                    }
+                    if video && l.keyframes.poll(now) {
+                        self.metrics.pli_out.fetch_add(1, Relaxed);
+                        rtcp_out.push((
+                            u.receiver,
+                            Box::new(
+                                rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                                    sender_ssrc: 0,
+                                    media_ssrc,
+                                },
+                            ),
+                        ));
+                    }
                 }
             }
             let wrote = !rtcp_out.is_empty();
@@ -1676,36 +1885,147 @@ impl Engine {
         }
     }
 
-    /// Audio before video: from this subscriber's receive estimate (REMB),
-    /// decide whether its video is forwarded at all, and tell the page.
+    /// Audio before video, then the best simulcast layer the link carries:
+    /// from this subscriber's receive estimate (REMB), choose what its video
+    /// gets, ask for the keyframes a switch needs, probe for an up-switch,
+    /// and tell the page.
     fn update_link(&mut self, now: Instant, pid: &str) {
         let Some(s) = self.parts.get(pid) else { return };
-        let (mut video_bps, mut audio_bps) = (0u64, 0u64);
-        for key in s.down.keys() {
-            if let Some(u) = self.parts.get(&key.0).and_then(|p| p.uptracks.get(&key.1)) {
-                match u.kind {
-                    RtpCodecKind::Video => video_bps += u.meter.bps(now),
-                    _ => audio_bps += u.meter.bps(now),
-                }
+        // Per received video track: its live layers (quality, bps) and which
+        // layers' caches could serve a newcomer.
+        let mut tracks: Vec<ReceivedVideo> = Vec::new();
+        let mut audio_bps = 0u64;
+        for (key, d) in &s.down {
+            let Some(u) = self.parts.get(&key.0).and_then(|p| p.uptracks.get(&key.1)) else {
+                continue;
+            };
+            if d.kind != RtpCodecKind::Video {
+                audio_bps += u.bps(now);
+                continue;
             }
+            let live: Vec<(u8, u64)> = u
+                .layers
+                .iter()
+                .map(|l| (l.quality, l.meter.bps(now)))
+                .filter(|x| x.1 > 0)
+                .collect();
+            let cached = u
+                .layers
+                .iter()
+                .filter(|l| l.gop.as_ref().is_some_and(|g| g.replay(now).is_some()))
+                .fold(0u8, |m, l| m | (1u8 << l.quality.min(7)));
+            tracks.push((key.clone(), live, cached));
         }
+        let levels = tracks
+            .iter()
+            .filter_map(|t| t.1.iter().map(|x| usize::from(x.0) + 1).max())
+            .max()
+            .unwrap_or(0);
+        // What each level costs over all tracks (a track with fewer layers
+        // contributes its best one at or below the level).
+        let layer_bps: Vec<u64> = (0..levels)
+            .map(|q| tracks.iter().map(|t| live_pick(&t.1, q as u8).map_or(0, |x| x.1)).sum())
+            .collect();
+        // Broadcast presenters are asked for a keyframe every few seconds
+        // anyway (the cache refresh), so an up-switch there waits for the
+        // next one instead of adding a request per viewer.
+        let broadcast = self
+            .parts
+            .get(pid)
+            .and_then(|s| self.rooms.get(&s.room))
+            .is_some_and(|r| r.kind == RoomKind::Broadcast);
         let Some(s) = self.parts.get_mut(pid) else { return };
-        let wants_video = s.down.values().any(|d| d.kind == RtpCodecKind::Video);
-        let wanted = if wants_video { Target::Layer(0) } else { Target::Paused };
+        let wants_video = !tracks.is_empty();
+        let top = levels.saturating_sub(1) as u8;
+        let wanted = if wants_video {
+            Target::Layer(top)
+        } else {
+            Target::Paused
+        };
         let chosen = match (s.bwe_bps, wants_video) {
-            (Some(bwe), true) if video_bps > 0 => {
-                // With one layer per track the SFU cannot send less video,
-                // only none; and a receive-side estimate hovers around what
-                // arrives, so judging against the full stream rate would
-                // flap. Video is paused only when the link cannot carry even
-                // a minimal stream next to the audio.
-                let layer = video_bps.min(VIDEO_MIN_BPS);
-                let raw = s.selector.update(now, &[layer], bwe, audio_bps.max(32_000));
+            (Some(bwe), true) if levels > 0 => {
+                // A receive-side estimate hovers around what arrives, so the
+                // lowest layer is judged against a minimal stream: video is
+                // paused only when the link cannot carry even that next to
+                // the audio.
+                let mut lb = layer_bps.clone();
+                lb[0] = lb[0].min(VIDEO_MIN_BPS);
+                // The first estimate judges the layer already being sent.
+                s.selector.seed(s.video_target);
+                let raw = s.selector.update(now, &lb, bwe, audio_bps.max(32_000));
                 let gated = s.gate.update(now, raw);
                 s.probe.update(now, gated)
             }
-            _ => wanted,
+            // Not measured yet.
+            (_, true) => Target::Layer(START_QUALITY.min(top)),
+            _ => Target::Paused,
         };
+        // Pad towards the next layer while probing (see UpProbe).
+        let extra = match chosen {
+            Target::Layer(q) if usize::from(q) + 1 < levels => {
+                let (cur, next) = (layer_bps[usize::from(q)], layer_bps[usize::from(q) + 1]);
+                (next > cur).then(|| next - cur)
+            }
+            _ => None,
+        };
+        // An up-switch waits for the new layer's keyframe; padding keeps the
+        // estimate up meanwhile (it holds what the probe reached, but a
+        // sender that drops to less than it then claims is a reason for a
+        // browser to doubt it).
+        let forwarded = s
+            .down
+            .values()
+            .filter(|d| d.kind == RtpCodecKind::Video)
+            .filter_map(|d| d.switch.current())
+            .min();
+        let pending_up = match (chosen, forwarded) {
+            (Target::Layer(q), Some(f)) if q > f && usize::from(q) < levels => {
+                Some(layer_bps[usize::from(q)].saturating_sub(layer_bps[usize::from(f)]))
+            }
+            _ => None,
+        };
+        let next_fits = match (chosen, s.bwe_bps) {
+            (Target::Layer(q), Some(bwe)) if usize::from(q) + 1 < levels => {
+                layer_bps[usize::from(q) + 1] <= super::layer::video_budget(bwe, audio_bps.max(32_000), 0.9)
+            }
+            _ => false,
+        };
+        let pad = match s.bwe_bps {
+            None => 0,
+            Some(bwe) => {
+                let probe = s.up_probe.update(now, chosen, extra, bwe, next_fits);
+                pending_up.unwrap_or(probe)
+            }
+        };
+        s.probe_credit = if pad > 0 {
+            (s.probe_credit + pad as f64 * TICK.as_secs_f64() / 8.0).min(64_000.0)
+        } else {
+            0.0
+        };
+        let mut keyframes: Vec<(String, String, u8, KeyframeReason)> = Vec::new();
+        for (key, live, cached) in &tracks {
+            let Some(d) = s.down.get_mut(key) else { continue };
+            let t = match chosen {
+                Target::Paused => Target::Paused,
+                Target::Layer(q) => Target::Layer(live_pick(live, q).map_or(q, |x| x.0)),
+            };
+            if d.switch.target() != t {
+                d.switch.set_target(t);
+            }
+            if let (Some(q), Target::Layer(want)) = (d.switch.pending_keyframe(), t) {
+                // A newcomer the cache will serve needs no keyframe.
+                let served = d.fresh && (0..=want.min(7)).any(|x| cached & (1 << x) != 0);
+                let up = d.switch.current().is_some_and(|c| q > c);
+                if !(served || up && broadcast) {
+                    let why = if d.fresh {
+                        KeyframeReason::NewSubscriber
+                    } else {
+                        KeyframeReason::LayerSwitch
+                    };
+                    keyframes.push((key.0.clone(), key.1.clone(), q, why));
+                }
+            }
+        }
         if let Some(bwe) = s.bwe_bps {
             // Retransmissions may use a quarter of what the link carries.
             let rate = (bwe / 4).max(64_000);
@@ -1713,16 +2033,20 @@ impl Engine {
                 d.responder.set_max_rate_bps(rate);
             }
         }
+        let layer_changed = s.video_target != chosen;
+        s.video_target = chosen;
         s.audio_only = chosen == Target::Paused && wants_video;
         let state = match s.classifier.update(now, chosen, wanted) {
             super::layer::LinkState::Good => LinkState::Good,
             super::layer::LinkState::Weak => LinkState::Weak,
             super::layer::LinkState::AudioOnly => LinkState::AudioOnly,
         };
-        if state != s.link_state {
+        let simulcast = levels > 1;
+        if state != s.link_state || (layer_changed && simulcast) {
             info!(
                 participant = pid,
                 ?state,
+                layer = ?chosen,
                 bwe_kbps = s.bwe_bps.unwrap_or(0) / 1000,
                 "link state"
             );
@@ -1730,9 +2054,114 @@ impl Engine {
             s.send(ServerMsg::Link {
                 state,
                 bwe_kbps: s.bwe_bps.unwrap_or(0) / 1000,
+                layer: match chosen {
+                    Target::Layer(q) if simulcast => Some(q),
+                    _ => None,
+                },
+                layers: simulcast.then_some(levels as u8),
+            });
+        }
+        for (publisher, t, q, why) in keyframes {
+            if why == KeyframeReason::NewSubscriber {
+                self.metrics.keyframe_newcomer.fetch_add(1, Relaxed);
+            }
+            if let Some(l) = self
+                .parts
+                .get_mut(&publisher)
+                .and_then(|p| p.uptracks.get_mut(&t))
+                .and_then(|u| u.layer_mut(q))
+            {
+                l.keyframes.request(now, why);
+            }
+        }
+        self.send_probe(now, pid);
+    }
+
+    /// Probe padding: retransmissions (RTX) of the newest video packets
+    /// this subscriber already has. The receiver counts their bytes into its
+    /// estimate and discards them as duplicates, so a probe never shows as
+    /// a glitch, and no padding-only packet format has to be negotiated.
+    fn send_probe(&mut self, now: Instant, pid: &str) {
+        let Some(s) = self.parts.get_mut(pid) else { return };
+        if s.probe_credit < 1200.0 {
+            return;
+        }
+        let Some(d) = s
+            .down
+            .values_mut()
+            .find(|d| d.kind == RtpCodecKind::Video && d.rtx_pt.is_some() && d.switch.current().is_some())
+        else {
+            return;
+        };
+        let (Some((last, _)), Some(rtx_pt)) = (d.munger.last_out(), d.rtx_pt) else {
+            return;
+        };
+        let mut sent = 0u64;
+        for back in 0..64u16 {
+            if s.probe_credit < 1200.0 {
+                break;
+            }
+            let seq = last.wrapping_sub(back);
+            let Some(orig) = d.history.get(seq) else { continue };
+            let out = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: orig.marker,
+                    payload_type: rtx_pt,
+                    sequence_number: d.rtx_seq.next_seq(),
+                    timestamp: orig.timestamp,
+                    ssrc: d.rtx_ssrc,
+                    ..Default::default()
+                },
+                payload: rtx_payload(seq, &orig.payload),
+            };
+            s.probe_credit -= (out.payload.len() + 12) as f64;
+            if s.subc
+                .pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket(String::new(), out),
+                })
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        if sent == 0 {
+            s.probe_credit = 0.0;
+            return;
+        }
+        self.metrics.probe_packets.fetch_add(sent, Relaxed);
+        while let Some(w) = s.subc.pc.poll_write() {
+            self.out.push_back(Transmit {
+                to: w.transport.peer_addr,
+                data: w.message,
             });
         }
     }
+}
+
+/// One video track a subscriber receives, as `update_link` sees it: its
+/// key, its live layers (quality, bps) and a bit per layer whose cache could
+/// serve a newcomer.
+type ReceivedVideo = ((String, String), Vec<(u8, u64)>, u8);
+
+/// Of one track's live layers, the best at or below `q`, else the lowest.
+fn live_pick(live: &[(u8, u64)], q: u8) -> Option<(u8, u64)> {
+    live.iter()
+        .copied()
+        .filter(|x| x.0 <= q)
+        .max_by_key(|x| x.0)
+        .or_else(|| live.iter().copied().min_by_key(|x| x.0))
+}
+
+/// The layer a subscriber's keyframe request is about: the one it is being
+/// sent, or, while it waits for a switch, the one it waits for.
+fn downtrack_quality(d: &DownTrack) -> u8 {
+    d.switch
+        .pending_keyframe()
+        .or(d.switch.current())
+        .unwrap_or(target_quality(d.switch.target()))
 }
 
 fn mid_of_receiver(pc: &mut RTCPeerConnection, receiver: RTCRtpReceiverId) -> Option<String> {

@@ -105,6 +105,13 @@ pub fn video_budget(estimate_bps: u64, audio_bps: u64, headroom: f64) -> u64 {
 pub struct SelectorConfig {
     /// Fraction of (estimate − audio) that video may use.
     pub headroom: f64,
+    /// The layer being sent is kept while its rate is at most this fraction
+    /// of (estimate − audio). Above 1 on purpose: a receive-side estimate
+    /// (REMB) starts at what arrives and only rises when more arrives, so
+    /// the layer a viewer is on sits right at its estimate; only an
+    /// estimate clearly below it (a browser that detects overuse cuts to
+    /// 85 % of what arrives) is congestion.
+    pub stay_headroom: f64,
     /// How long a higher layer must fit before switching up.
     pub up_wait: Duration,
     /// Cap of the backed-off up-wait.
@@ -117,6 +124,7 @@ impl Default for SelectorConfig {
     fn default() -> Self {
         Self {
             headroom: 0.9,
+            stay_headroom: 1.1,
             up_wait: Duration::from_secs(3),
             max_up_wait: Duration::from_secs(30),
             failed_up_window: Duration::from_secs(5),
@@ -145,6 +153,12 @@ impl LayerSelector {
             up_wait,
             last_up: None,
         }
+    }
+
+    /// Starts from `target` (what is already being sent) instead of letting
+    /// the first estimate choose freely; no effect once a choice was made.
+    pub fn seed(&mut self, target: Target) {
+        self.target.get_or_insert(target);
     }
 
     /// Current choice; `Paused` before the first update.
@@ -187,9 +201,12 @@ impl LayerSelector {
             self.target = Some(best);
             return best;
         };
+        let stay_budget = video_budget(estimate_bps, audio_bps, 1.0) as f64 * self.cfg.stay_headroom;
         let current_fits = match current {
             Target::Paused => true,
-            Target::Layer(t) => fits(usize::from(t)),
+            Target::Layer(t) => layer_bps
+                .get(usize::from(t))
+                .is_some_and(|&b| b > 0 && b as f64 <= stay_budget),
         };
         if !current_fits {
             let t = match current {
@@ -268,6 +285,12 @@ impl LayerSwitch {
             self.current = None;
         }
         self.pending_keyframe()
+    }
+
+    /// A cached group of `layer` starting at its keyframe was replayed: that layer is now being
+    /// forwarded, as if its keyframe had just passed [`LayerSwitch::on_packet`].
+    pub fn set_current(&mut self, layer: u8) {
+        self.current = Some(layer);
     }
 
     /// The target layer while it is not yet being forwarded (keep requesting a keyframe on it).
@@ -452,6 +475,119 @@ impl ResumeProbe {
     }
 }
 
+/// Probes for an up-switch. A receive-side estimate (REMB) cannot see more
+/// room than it is given: libwebrtc's rate control caps it at about 1.5 × the
+/// rate actually arriving, so a viewer held on a low layer would never be
+/// judged able to take the next one. Like libwebrtc's own probing and
+/// LiveKit's stream allocator, the SFU therefore pads the subscriber's
+/// stream up to the next layer's rate for a while (`probe_len`) and lets
+/// the estimate follow if the link allows; the selector then switches up
+/// through its usual hysteresis and the padding stops.
+///
+/// Policy: a probe starts once the choice has held for `interval` with a
+/// higher layer being published; it succeeds when the choice goes up, and
+/// fails when it goes down, when `probe_len` passes, or when the estimate
+/// has stopped growing (by 5 % within `stall`) while still too low for the
+/// next layer: the link is full, and padding it longer would only queue
+/// the viewer's own video behind it. A failure doubles the interval (up to
+/// `max_interval`), so a link that really is full is probed rarely.
+#[derive(Debug, Clone)]
+pub struct UpProbe {
+    min_interval: Duration,
+    max_interval: Duration,
+    probe_len: Duration,
+    interval: Duration,
+    last: Option<Target>,
+    steady_since: Option<Instant>,
+    probing_since: Option<Instant>,
+    stall: Duration,
+    /// During a probe: the estimate to beat by 5 %, and since when.
+    grew: Option<(u64, Instant)>,
+}
+
+impl Default for UpProbe {
+    fn default() -> Self {
+        Self::new(
+            Duration::from_secs(5),
+            Duration::from_secs(120),
+            Duration::from_secs(15),
+        )
+    }
+}
+
+impl UpProbe {
+    pub fn new(min_interval: Duration, max_interval: Duration, probe_len: Duration) -> Self {
+        Self {
+            min_interval,
+            max_interval,
+            probe_len,
+            interval: min_interval,
+            last: None,
+            steady_since: None,
+            probing_since: None,
+            stall: Duration::from_secs(3),
+            grew: None,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn probing(&self) -> bool {
+        self.probing_since.is_some()
+    }
+
+    /// `chosen`: the layer now chosen; `extra_bps`: what the next higher
+    /// layer would add (None when there is none to go to); `estimate`: the
+    /// subscriber's current estimate; `next_fits`: whether it already
+    /// leaves room for the next layer. Returns the padding rate to send
+    /// now, 0 when not probing.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        chosen: Target,
+        extra_bps: Option<u64>,
+        estimate: u64,
+        next_fits: bool,
+    ) -> u64 {
+        let last = self.last.replace(chosen);
+        if let Some(since) = self.probing_since {
+            let went_up = last.is_some_and(|l| chosen > l);
+            let went_down = last.is_some_and(|l| chosen < l);
+            let (best, at) = *self.grew.get_or_insert((estimate, now));
+            if estimate >= best + best / 20 {
+                self.grew = Some((estimate, now));
+            }
+            let stalled = !next_fits && now.saturating_duration_since(at) >= self.stall;
+            if went_up {
+                self.interval = self.min_interval;
+            } else if went_down || stalled || now.saturating_duration_since(since) >= self.probe_len {
+                self.interval = self.interval.saturating_mul(2).min(self.max_interval);
+            } else if let Some(extra) = extra_bps {
+                return extra;
+            }
+            self.probing_since = None;
+            self.grew = None;
+            self.steady_since = Some(now);
+            return 0;
+        }
+        if last != Some(chosen) || extra_bps.is_none() || chosen == Target::Paused {
+            self.steady_since = Some(now);
+            return 0;
+        }
+        let since = *self.steady_since.get_or_insert(now);
+        match extra_bps {
+            Some(extra) if now.saturating_duration_since(since) >= self.interval => {
+                self.probing_since = Some(now);
+                self.grew = Some((estimate, now));
+                extra
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// Guards the drastic step of pausing video: not during the first seconds
 /// of a subscription, while the receiver's estimate is still ramping up from
 /// its initial value, and only once the estimate has stayed too low for
@@ -551,6 +687,22 @@ mod tests {
         assert_eq!(s.update(t0, &LAYERS, 2_000_000, AUDIO), Target::Layer(2));
         let mut s = LayerSelector::new(SelectorConfig::default());
         assert_eq!(s.update(t0, &LAYERS, 150_000, AUDIO), Target::Paused);
+    }
+
+    #[test]
+    fn a_seeded_layer_is_kept_while_the_estimate_carries_it() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(SelectorConfig::default());
+        s.seed(Target::Layer(1));
+        // 520 kbit/s: the middle layer (500k) does not fit with headroom, but
+        // it is what arrives, and the estimate is not below it: stay.
+        assert_eq!(s.update(t0, &LAYERS, 520_000, AUDIO), Target::Layer(1));
+        assert_eq!(s.update(t0 + ms(5000), &LAYERS, 560_000, AUDIO), Target::Layer(1));
+        // Overuse: the browser cuts its estimate well below what arrives.
+        assert_eq!(s.update(t0 + ms(6000), &LAYERS, 480_000, AUDIO), Target::Layer(0));
+        // Seeding after a choice changes nothing.
+        s.seed(Target::Layer(2));
+        assert_eq!(s.target(), Target::Layer(0));
     }
 
     #[test]
@@ -758,5 +910,62 @@ mod tests {
         assert_eq!(g.update(t0 + ms(12_000), Target::Paused), Target::Layer(0));
         assert_eq!(g.update(t0 + ms(14_900), Target::Paused), Target::Layer(0));
         assert_eq!(g.update(t0 + ms(15_000), Target::Paused), Target::Paused);
+    }
+
+    #[test]
+    fn up_probe_pads_after_a_steady_spell_and_backs_off_when_the_link_is_full() {
+        let t0 = Instant::now();
+        let mut p = UpProbe::new(ms(5000), ms(40_000), ms(10_000));
+        let l0 = Target::Layer(0);
+        assert_eq!(p.update(t0, l0, Some(400_000), 1_000_000, true), 0);
+        assert_eq!(p.update(t0 + ms(4900), l0, Some(400_000), 1_000_000, true), 0);
+        assert_eq!(p.update(t0 + ms(5000), l0, Some(400_000), 1_000_000, true), 400_000);
+        assert!(p.probing());
+        assert_eq!(p.update(t0 + ms(14_900), l0, Some(400_000), 1_000_000, true), 400_000);
+        // The estimate never followed: stop, and wait twice as long.
+        assert_eq!(p.update(t0 + ms(15_000), l0, Some(400_000), 1_000_000, true), 0);
+        assert_eq!(p.interval(), ms(10_000));
+        assert_eq!(p.update(t0 + ms(24_900), l0, Some(400_000), 1_000_000, true), 0);
+        assert_eq!(p.update(t0 + ms(25_000), l0, Some(400_000), 1_000_000, true), 400_000);
+        // This one works: the selector goes up; padding stops, interval resets.
+        assert_eq!(
+            p.update(t0 + ms(30_000), Target::Layer(1), Some(1_000_000), 1_000_000, true),
+            0
+        );
+        assert_eq!(p.interval(), ms(5000));
+        // Nothing above the top layer: never probes.
+        let mut q = UpProbe::new(ms(5000), ms(40_000), ms(10_000));
+        for i in 0..100 {
+            assert_eq!(q.update(t0 + ms(i * 1000), Target::Layer(2), None, 1_000_000, true), 0);
+        }
+        // A down-switch mid-probe fails it; the back-off is capped.
+        let mut r = UpProbe::new(ms(5000), ms(12_000), ms(10_000));
+        r.update(t0, Target::Layer(1), Some(1), 1_000_000, true);
+        assert_eq!(r.update(t0 + ms(5000), Target::Layer(1), Some(1), 1_000_000, true), 1);
+        assert_eq!(r.update(t0 + ms(6000), l0, Some(1), 1_000_000, true), 0);
+        assert_eq!(r.interval(), ms(10_000));
+        r.update(t0 + ms(16_000), l0, Some(1), 1_000_000, true);
+        r.update(t0 + ms(30_000), l0, Some(1), 1_000_000, true);
+        assert_eq!(r.interval(), ms(12_000));
+        // A probe whose estimate stops growing short of the next layer ends
+        // early: the link is full.
+        let mut f = UpProbe::new(ms(5000), ms(40_000), ms(15_000));
+        f.update(t0, l0, Some(1), 700_000, false);
+        assert_eq!(f.update(t0 + ms(5000), l0, Some(1), 700_000, false), 1);
+        assert_eq!(f.update(t0 + ms(6000), l0, Some(1), 850_000, false), 1);
+        assert_eq!(f.update(t0 + ms(8900), l0, Some(1), 860_000, false), 1);
+        assert_eq!(f.update(t0 + ms(9000), l0, Some(1), 860_000, false), 0);
+        assert_eq!(f.interval(), ms(10_000));
+        // ... but not while the estimate already fits (the selector's wait).
+        f.update(t0 + ms(19_000), l0, Some(1), 860_000, false);
+        assert_eq!(f.update(t0 + ms(25_000), l0, Some(1), 2_000_000, true), 1);
+        // Paused (audio only) is the resume probe's business, not this one's.
+        let mut a = UpProbe::new(ms(5000), ms(12_000), ms(10_000));
+        for i in 0..30 {
+            assert_eq!(
+                a.update(t0 + ms(i * 1000), Target::Paused, Some(1), 1_000_000, false),
+                0
+            );
+        }
     }
 }

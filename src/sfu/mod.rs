@@ -31,6 +31,7 @@ pub mod nack;
 pub mod protocol;
 pub mod sim;
 pub mod tokens;
+pub mod vp8;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -58,6 +59,9 @@ pub struct SfuMetrics {
     pub pli_in: AtomicU64,
     pub pli_out: AtomicU64,
     pub gop_replays: AtomicU64,
+    pub layer_switches: AtomicU64,
+    pub keyframe_newcomer: AtomicU64,
+    pub probe_packets: AtomicU64,
     pub udp_unknown: AtomicU64,
     pub udp_send_dropped: AtomicU64,
     pub dc_relayed: AtomicU64,
@@ -117,6 +121,21 @@ impl SfuMetrics {
                 "medrelay_sfu_gop_replays_total",
                 "Newcomers served the cached group of pictures instead of a keyframe request",
                 &self.gop_replays,
+            ),
+            (
+                "medrelay_sfu_layer_switches_total",
+                "Simulcast layer switches carried out for a subscriber (at a keyframe)",
+                &self.layer_switches,
+            ),
+            (
+                "medrelay_sfu_keyframe_newcomer_total",
+                "Keyframe requests made for a new subscriber the late-joiner cache could not serve",
+                &self.keyframe_newcomer,
+            ),
+            (
+                "medrelay_sfu_probe_packets_total",
+                "Padding packets sent to probe a subscriber's link before an up-switch",
+                &self.probe_packets,
             ),
             (
                 "medrelay_sfu_udp_unknown_total",

@@ -187,6 +187,12 @@ pub enum ServerMsg {
     Link {
         state: LinkState,
         bwe_kbps: u64,
+        /// Simulcast: the layer being sent (0 = lowest) of `layers`;
+        /// absent when the video has a single layer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        layers: Option<u8>,
     },
     /// Broadcast rooms, to presenters: viewers connected (at most once a
     /// second).
@@ -308,6 +314,8 @@ mod tests {
         let m = ServerMsg::Link {
             state: LinkState::AudioOnly,
             bwe_kbps: 80,
+            layer: None,
+            layers: None,
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),

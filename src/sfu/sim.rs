@@ -57,6 +57,21 @@ pub struct SimClient {
     pub seqs: HashMap<u32, Vec<u16>>,
     /// The first RTP payload received on `sub`.
     pub first_payload: Option<Bytes>,
+    /// The last RTP payload received on `sub` (the sim's layers differ in size).
+    pub last_payload: Option<Bytes>,
+    /// VP8 PictureIDs received, in arrival order.
+    pub picture_ids: Vec<u16>,
+    /// RTP payload bytes received on `sub`, retransmissions included.
+    pub received_bytes: u64,
+    /// Tests emulating a receive-side estimator keep its state here.
+    pub estimate: u64,
+    /// Simulcast publisher: keyframe requests (PLI) received, with their
+    /// virtual time, by media SSRC.
+    pub plis: HashMap<u32, Vec<Instant>>,
+    /// Simulcast publisher: the SSRC of each layer, lowest first, and the
+    /// negotiated mid/rid extension ids with the track's mid.
+    pub layer_ssrcs: Vec<u32>,
+    simulcast_ext: Option<(u8, u8, String)>,
     /// Drop this client's outgoing (to the SFU) datagrams when it returns true.
     pub uplink_loss: Option<LossFn>,
     /// Drop datagrams towards this client when it returns true.
@@ -238,6 +253,13 @@ impl Net {
             video_ssrc: None,
             seqs: HashMap::new(),
             first_payload: None,
+            last_payload: None,
+            picture_ids: Vec::new(),
+            received_bytes: 0,
+            estimate: 0,
+            plis: HashMap::new(),
+            layer_ssrcs: Vec::new(),
+            simulcast_ext: None,
             uplink_loss: None,
             downlink_loss: None,
         });
@@ -299,6 +321,188 @@ impl Net {
                 tracks,
             },
         );
+    }
+
+    /// Client `i` publishes one VP8 camera track as three simulcast layers
+    /// (rids q, h, f), as the presenter page does.
+    pub fn publish_simulcast(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let mut media = MediaEngine::default();
+        for (cp, k) in codecs(PcKind::Pub) {
+            let _ = media.register_codec(cp, k);
+        }
+        rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut media)
+            .expect("simulcast extensions");
+        // Keyframe requests reach the test (counted per layer in `plis`).
+        let registry = rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
+            rtc::interceptor::Registry::new().with(
+                rtc::interceptor::Slot::Custom(20_000),
+                super::media::DeliverFeedback::default(),
+            ),
+            &mut media,
+        )
+        .expect("interceptors");
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(self.now)
+            .expect("client peer connection");
+        let _ = pc.add_local_candidate(super::media::host_candidate(c.pub_addr).expect("candidate"));
+        let _ = pc.add_local_candidate(RTCIceCandidateInit::default());
+        c.pubc = pc;
+        let codec = codecs(PcKind::Pub)
+            .into_iter()
+            .find(|(c, _)| c.rtp_codec.mime_type == "video/VP8")
+            .map(|(c, _)| c.rtp_codec)
+            .expect("vp8");
+        let ssrcs: Vec<u32> = (0..3).map(|_| rand::random()).collect();
+        let encodings = ["q", "h", "f"]
+            .iter()
+            .zip(&ssrcs)
+            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: rid.to_string(),
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                active: true,
+                codec: codec.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let track = MediaStreamTrack::new(
+            format!("s-{i}"),
+            format!("t-{i}"),
+            "cam".into(),
+            RtpCodecKind::Video,
+            encodings,
+        );
+        c.pubc.add_track(track).expect("add track");
+        c.layer_ssrcs = ssrcs;
+        let offer = c.pubc.create_offer(None).expect("offer");
+        c.pubc.set_local_description(self.now, offer).expect("set local");
+        let sdp = c.pubc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
+        let ext_id = |uri: &str| {
+            sdp.lines()
+                .find(|l| l.starts_with("a=extmap:") && l.ends_with(uri))
+                .and_then(|l| l["a=extmap:".len()..].split([' ', '/']).next()?.parse::<u8>().ok())
+                .expect("extmap")
+        };
+        let mid_ext = ext_id("urn:ietf:params:rtp-hdrext:sdes:mid");
+        let rid_ext = ext_id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id");
+        let mut tracks = BTreeMap::new();
+        let ids: Vec<usize> = c.pubc.get_transceivers().collect();
+        let mut mid = String::new();
+        for t in ids {
+            if let Some(m) = c.pubc.rtp_transceiver(t).and_then(|t| t.mid().clone()) {
+                mid = m.clone();
+                tracks.insert(m, Source::Camera);
+            }
+        }
+        c.simulcast_ext = Some((mid_ext, rid_ext, mid));
+        self.signal(
+            i,
+            ClientMsg::Offer {
+                pc: PcKind::Pub,
+                sdp,
+                tracks,
+            },
+        );
+    }
+
+    /// Sends one VP8 packet of simulcast `layer` (0..3) with PictureID `pid`.
+    pub fn send_layer(&mut self, i: usize, layer: usize, seq: u16, pid: u16, keyframe: bool, payload_len: usize) {
+        let c = &mut self.clients[i];
+        let (Some(&ssrc), Some((mid_ext, rid_ext, mid))) = (c.layer_ssrcs.get(layer), c.simulcast_ext.clone()) else {
+            return;
+        };
+        let mut payload = vec![0u8; payload_len.max(16)];
+        // VP8 descriptor: X=1, S=1; I=1 with a 15-bit PictureID; then the
+        // frame tag (P bit 0 = keyframe) and, for keyframes, the start code.
+        payload[..4].copy_from_slice(&[0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8]);
+        if keyframe {
+            payload[4..14].copy_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        } else {
+            payload[4] = 0x01;
+        }
+        let mut header = rtc::rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type: super::media::PT_VP8,
+            sequence_number: seq,
+            timestamp: u32::from(pid).wrapping_mul(3000),
+            ssrc,
+            extension: true,
+            extension_profile: 0xBEDE,
+            ..Default::default()
+        };
+        let rid = ["q", "h", "f"][layer.min(2)];
+        let _ = header.set_extension(mid_ext, Bytes::from(mid.into_bytes()));
+        let _ = header.set_extension(rid_ext, Bytes::from_static(rid.as_bytes()));
+        let _ = c.pubc.handle_write(TaggedRTCMessage {
+            now: self.now,
+            message: RTCMessage::RtpPacket(
+                String::new(),
+                rtc::rtp::Packet {
+                    header,
+                    payload: Bytes::from(payload),
+                },
+            ),
+        });
+    }
+
+    /// Client `i` reports a receive estimate (REMB) on its `sub` connection,
+    /// as a browser does.
+    pub fn send_remb(&mut self, i: usize, bps: u64) {
+        let c = &mut self.clients[i];
+        let ids: Vec<usize> = c.subc.get_transceivers().collect();
+        let ssrcs: Vec<u32> = c.received.keys().copied().collect();
+        for t in ids {
+            let Some(r) = c.subc.rtp_transceiver(t).and_then(|t| t.receiver()) else {
+                continue;
+            };
+            if let Some(mut rr) = c.subc.rtp_receiver(r) {
+                let remb =
+                    rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate {
+                        sender_ssrc: 1,
+                        bitrate: bps as f32,
+                        ssrcs: ssrcs.clone(),
+                    };
+                let _ = rr.write_rtcp(self.now, vec![Box::new(remb)]);
+                return;
+            }
+        }
+    }
+
+    /// Client `i` asks for a keyframe (PLI) of everything it receives, as a
+    /// browser does while it cannot decode.
+    pub fn send_pli(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let ssrcs: Vec<u32> = c.received.keys().copied().collect();
+        let ids: Vec<usize> = c.subc.get_transceivers().collect();
+        for t in ids {
+            let Some(r) = c.subc.rtp_transceiver(t).and_then(|t| t.receiver()) else {
+                continue;
+            };
+            if let Some(mut rr) = c.subc.rtp_receiver(r) {
+                let pkts: Vec<Box<dyn rtc::rtcp::Packet>> = ssrcs
+                    .iter()
+                    .map(|&media_ssrc| {
+                        Box::new(
+                            rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                                sender_ssrc: 1,
+                                media_ssrc,
+                            },
+                        ) as Box<dyn rtc::rtcp::Packet>
+                    })
+                    .collect();
+                if !pkts.is_empty() {
+                    let _ = rr.write_rtcp(self.now, pkts);
+                }
+                return;
+            }
+        }
     }
 
     /// Sends one VP8 packet from client `i`'s published track.
@@ -397,11 +601,26 @@ impl Net {
                 let c = &mut self.clients[i];
                 while c.pubc.poll_event().is_some() {}
                 while c.subc.poll_event().is_some() {}
-                while c.pubc.poll_read().is_some() {}
+                while let Some(m) = c.pubc.poll_read() {
+                    if let RTCMessage::RtcpPacket(_, pkts) = m.message {
+                        for p in pkts {
+                            if let Some(pli) = p.as_any().downcast_ref::<
+                                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication,
+                            >() {
+                                c.plis.entry(pli.media_ssrc).or_default().push(self.now);
+                            }
+                        }
+                    }
+                }
                 while let Some(m) = c.subc.poll_read() {
                     if let RTCMessage::RtpPacket(_, p) = m.message {
                         if c.first_payload.is_none() {
                             c.first_payload = Some(p.payload.clone());
+                        }
+                        c.received_bytes += p.payload.len() as u64 + 12;
+                        c.last_payload = Some(p.payload.clone());
+                        if let Some((_, _, pid)) = super::vp8::parse(&p.payload).and_then(|f| f.picture_id) {
+                            c.picture_ids.push(pid);
                         }
                         *c.received.entry(p.header.ssrc).or_default() += 1;
                         c.seqs.entry(p.header.ssrc).or_default().push(p.header.sequence_number);
@@ -546,6 +765,235 @@ mod tests {
         }
         // b, there from the start, is unaffected.
         assert!(net.received_by(1) >= 380);
+    }
+
+    /// Layer sizes of the simulated presenter: ~160, ~480 and ~1440 kbit/s at
+    /// 100 packets/s each.
+    const LAYER_BYTES: [usize; 3] = [200, 600, 1800];
+
+    /// `n` packets per layer at 100 packets/s, a keyframe every `gop`; the
+    /// REMBs of `rembs` (client, bps) every 250 ms.
+    fn stream_layers(net: &mut Net, from: usize, start: u16, n: u16, gop: u16, rembs: &[(usize, u64)]) {
+        for k in start..start + n {
+            for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
+                // Each layer has its own sequence and PictureID space.
+                let base = 10_000 * layer as u16;
+                net.send_layer(
+                    from,
+                    layer,
+                    base.wrapping_add(k),
+                    base.wrapping_add(k),
+                    k % gop == 0,
+                    *bytes,
+                );
+            }
+            if k % 25 == 0 {
+                for &(c, bps) in rembs {
+                    net.send_remb(c, bps);
+                }
+            }
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+    }
+
+    fn layer_of(net: &Net, client: usize) -> Option<usize> {
+        let len = net.clients[client].last_payload.as_ref()?.len();
+        LAYER_BYTES.iter().position(|&b| b == len)
+    }
+
+    #[test]
+    fn simulcast_viewers_get_the_layer_their_link_carries_and_switch_at_keyframes() {
+        let mut net = Net::broadcast(&["teacher", "fast", "slow"], 3);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        // The answer accepts the three layers (without it a browser sends
+        // only its first encoding).
+        let answer = net.clients[0]
+            .messages
+            .iter()
+            .find_map(|m| match m {
+                ServerMsg::Answer { sdp, .. } => Some(sdp.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        assert!(answer.contains("a=simulcast:recv q;h;f"), "{answer}");
+        for rid in ["q", "h", "f"] {
+            assert!(answer.contains(&format!("a=rid:{rid} recv")), "{answer}");
+        }
+        // Before any estimate both start on the middle layer.
+        stream_layers(&mut net, 0, 0, 100, 50, &[]);
+        assert_eq!(layer_of(&net, 1), Some(1), "start layer");
+        assert_eq!(layer_of(&net, 2), Some(1), "start layer");
+        // Estimates: 5 Mbit/s and 700 kbit/s. The fast viewer goes to the top
+        // layer once it has fit for 3 s, at the next keyframe; the middle
+        // layer keeps fitting the slow one.
+        let rembs = [(1, 5_000_000), (2, 700_000)];
+        stream_layers(&mut net, 0, 100, 200, 50, &rembs);
+        assert_eq!(layer_of(&net, 1), Some(1), "fast viewer, before the up-switch wait");
+        stream_layers(&mut net, 0, 300, 200, 50, &rembs);
+        assert_eq!(layer_of(&net, 1), Some(2), "fast viewer");
+        assert_eq!(layer_of(&net, 2), Some(1), "slow viewer");
+        // The slow viewer's link sags: down at the next low-layer keyframe.
+        let rembs = [(1, 5_000_000), (2, 300_000)];
+        stream_layers(&mut net, 0, 500, 100, 50, &rembs);
+        assert_eq!(layer_of(&net, 1), Some(2), "fast viewer");
+        assert_eq!(layer_of(&net, 2), Some(0), "slow viewer after its estimate fell");
+        // Across the switches each viewer's sequence is contiguous and the
+        // VP8 PictureIDs run on without a jump (repeats are probe padding:
+        // retransmissions of packets the viewer has).
+        for v in [1, 2] {
+            let c = &net.clients[v];
+            let all = c.seqs.values().next().cloned().unwrap_or_default();
+            assert_eq!(c.picture_ids.len(), all.len());
+            let mut seen = std::collections::HashSet::new();
+            let firsts: Vec<(u16, u16)> = all
+                .iter()
+                .zip(&c.picture_ids)
+                .filter(|(s, _)| seen.insert(**s))
+                .map(|(s, p)| (*s, *p))
+                .collect();
+            assert!(firsts.len() > 250, "viewer {v} got {} packets", firsts.len());
+            for w in firsts.windows(2) {
+                assert_eq!(w[1].0, w[0].0.wrapping_add(1), "viewer {v}: sequence gap at a switch");
+                assert_eq!(w[1].1, (w[0].1 + 1) & 0x7fff, "viewer {v}: PictureID jump at a switch");
+            }
+        }
+        eprintln!(
+            "layer switches {}; PLIs to the presenter {}",
+            net.metrics.layer_switches.load(std::sync::atomic::Ordering::Relaxed),
+            net.metrics.pli_out.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let switches = net.metrics.layer_switches.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(switches >= 2, "{switches} switches");
+    }
+
+    /// Streams `secs` seconds of three layers while `viewer` reports what a
+    /// browser's receive-side estimator would (libwebrtc's AIMD, simplified):
+    /// the estimate rises to at most 1.5 × what arrived in the last 500 ms
+    /// plus 10 kbit/s, never above the link's `capacity`, and falls only
+    /// when the link is overused (to 85 % of it). Returns the layer the
+    /// viewer ended on.
+    fn stream_with_estimator(net: &mut Net, start: u16, secs: u16, viewer: usize, capacity: u64) -> Option<usize> {
+        let mut last_bytes = net.clients[viewer].received_bytes;
+        for k in start..start + secs * 100 {
+            for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
+                let base = 10_000 * layer as u16;
+                net.send_layer(
+                    0,
+                    layer,
+                    base.wrapping_add(k),
+                    base.wrapping_add(k),
+                    k % 100 == 0,
+                    *bytes,
+                );
+            }
+            if k % 50 == 49 {
+                let got = net.clients[viewer].received_bytes;
+                let bps = (got - last_bytes) * 8 * 2;
+                last_bytes = got;
+                let est = &mut net.clients[viewer].estimate;
+                *est = if bps > capacity {
+                    capacity * 85 / 100
+                } else {
+                    (*est).max(bps * 3 / 2 + 10_000).min(capacity)
+                };
+                let e = *est;
+                net.send_remb(viewer, e);
+            }
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        layer_of(net, viewer)
+    }
+
+    #[test]
+    fn a_viewer_held_low_by_its_own_estimate_is_probed_up_when_the_link_allows() {
+        // A good link: the estimate can only follow what arrives, so the
+        // viewer reaches the top layer only through probe padding.
+        let mut net = Net::broadcast(&["teacher", "v"], 2);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        let probes = |n: &Net| n.metrics.probe_packets.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(stream_with_estimator(&mut net, 0, 4, 1, 10_000_000), Some(1));
+        let layer = stream_with_estimator(&mut net, 400, 25, 1, 10_000_000);
+        assert_eq!(layer, Some(2), "not probed up; {} probe packets", probes(&net));
+        assert!(probes(&net) > 0);
+        // Once up, the real layer carries the estimate: padding stops.
+        let p0 = probes(&net);
+        assert_eq!(stream_with_estimator(&mut net, 2900, 10, 1, 10_000_000), Some(2));
+        assert_eq!(probes(&net), p0, "padding after the up-switch");
+
+        // A 1 Mbit/s link: probes fail, the viewer stays on the middle layer,
+        // and probing backs off (fewer probe packets in the second half).
+        let mut net = Net::broadcast(&["teacher", "v"], 2);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        assert_eq!(stream_with_estimator(&mut net, 0, 30, 1, 1_000_000), Some(1));
+        let first = probes(&net);
+        assert_eq!(stream_with_estimator(&mut net, 3000, 30, 1, 1_000_000), Some(1));
+        let second = probes(&net) - first;
+        assert!(first > 0, "never probed");
+        assert!(second < first, "probing did not back off: {first} then {second}");
+    }
+
+    #[test]
+    fn a_join_storm_costs_the_presenter_at_most_two_keyframe_requests_per_layer_per_second() {
+        // 500 viewers join within 10 s while the lecture runs (keyframes
+        // every 4 s, so most join mid-group), and every connected viewer
+        // also sends a PLI every 200 ms, as browsers do while they cannot
+        // decode.
+        const VIEWERS: usize = 500;
+        let names: Vec<String> = (0..=VIEWERS).map(|i| format!("p{i}")).collect();
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let mut net = Net::broadcast(&names, 1);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        let start = net.now;
+        for k in 0..1300u16 {
+            for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
+                let base = 10_000 * layer as u16;
+                net.send_layer(
+                    0,
+                    layer,
+                    base.wrapping_add(k),
+                    base.wrapping_add(k),
+                    k % 400 == 0,
+                    *bytes,
+                );
+            }
+            if (100..1100).contains(&k) && k % 2 == 0 {
+                // One join every 20 ms.
+                net.join_next();
+            }
+            if k % 20 == 0 {
+                for v in 1..net.clients.len() {
+                    net.send_pli(v);
+                }
+            }
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        let end = net.now;
+        let receiving = (1..net.clients.len()).filter(|&v| net.received_by(v) > 0).count();
+        assert_eq!(receiving, VIEWERS, "every viewer receives video");
+        let plis = &net.clients[0].plis;
+        let mut worst = 0usize;
+        for ssrc in net.clients[0].layer_ssrcs.clone() {
+            let times = plis.get(&ssrc).cloned().unwrap_or_default();
+            // Any 1 s window, sliding over the whole run.
+            let mut t = start;
+            while t < end {
+                let n = times
+                    .iter()
+                    .filter(|&&x| x >= t && x < t + Duration::from_secs(1))
+                    .count();
+                worst = worst.max(n);
+                t += Duration::from_millis(50);
+            }
+        }
+        let total: usize = plis.values().map(Vec::len).sum();
+        let from_viewers = net.metrics.pli_in.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("join storm: {from_viewers} PLIs from viewers, {total} to the presenter, worst layer-second {worst}");
+        assert!(from_viewers > 10_000, "the viewers did not storm: {from_viewers}");
+        assert!(worst <= 2, "{worst} keyframe requests on one layer within one second");
     }
 
     #[test]
