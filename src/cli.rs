@@ -1,4 +1,5 @@
-//! Command-line interface: `serve`, `user`, `echo`, `store`, `render`.
+//! Command-line interface: `serve`, `user`, `relay`, `echo`, `store`,
+//! `render`, `loadtest`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,9 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Load-test a teaching broadcast on a running gateway: a synthetic
+    /// simulcast presenter and N receive-only WebRTC viewers.
+    Loadtest(Box<crate::loadtest::LoadArgs>),
     /// Render an instance (image or ECG) to JPEG/PNG, as the previews do.
     Render {
         file: PathBuf,
@@ -220,6 +224,16 @@ pub fn run() -> ExitCode {
             } => {
                 init_tracing("warn");
                 relay(cmd, config, data_dir, cert_dir).await
+            }
+            Cmd::Loadtest(a) => {
+                init_tracing("warn");
+                match crate::loadtest::run(*a).await {
+                    Ok(r) => {
+                        print!("{}", crate::loadtest::summary(&r));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
             }
             Cmd::Echo { target, aet, aec } => {
                 init_tracing("warn");

@@ -26,6 +26,7 @@ pub mod config;
 pub mod dicom;
 pub mod http;
 pub mod imaging;
+pub mod loadtest;
 pub mod metrics;
 pub mod reading;
 pub mod relay;
