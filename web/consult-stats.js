@@ -168,6 +168,7 @@ export async function collectStreamStats(pub, sub, inboundInfo, outboundSource) 
       nackCount: s.nackCount ?? 0,
       retransmittedPacketsSent: s.retransmittedPacketsSent ?? 0,
       rid: s.rid ?? null,
+      bytesSent: s.bytesSent ?? 0,
       frameHeight: s.frameHeight ?? null,
       pliCount: s.pliCount ?? 0,
     });

@@ -48,14 +48,18 @@ pub struct LoadArgs {
     /// (certs/medrelay.crt by default) or the CA that issued its certificate.
     #[arg(long)]
     pub ca: PathBuf,
-    /// Expert account that presents.
-    #[arg(long)]
-    pub presenter: String,
+    /// Expert account that presents (not with --broadcast).
+    #[arg(long, required_unless_present = "broadcast")]
+    pub presenter: Option<String>,
+    /// Join the viewers to this running broadcast instead of starting one
+    /// with a synthetic presenter (a real presenter's page, for example).
+    #[arg(long, conflicts_with = "presenter")]
+    pub broadcast: Option<String>,
     /// Clinic-doctor account whose join tokens the viewers use.
     #[arg(long)]
     pub viewer: String,
     #[arg(long, env = "MEDRELAY_PRESENTER_PASSWORD", hide_env_values = true)]
-    pub presenter_password: String,
+    pub presenter_password: Option<String>,
     #[arg(long, env = "MEDRELAY_VIEWER_PASSWORD", hide_env_values = true)]
     pub viewer_password: String,
     /// Receive-only viewers.
@@ -162,17 +166,30 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     if layers_bps.is_empty() {
         return Err(LoadError::Usage("--layers-kbps needs at least one layer".into()));
     }
-    let mut expert = http::Session::login(&ep, &a.presenter, &a.presenter_password).await?;
     let mut clinic = http::Session::login(&ep, &a.viewer, &a.viewer_password).await?;
-    let title = format!("Load test, {} viewers", a.viewers);
-    let (code, created) = expert
-        .request("POST", "/api/broadcasts", Some(&json!({ "title": title })))
-        .await?;
-    if code != 201 {
-        return Err(LoadError::Api(format!("create broadcast: HTTP {code} {created}")));
-    }
-    let id = created["broadcast"]["id"].as_str().unwrap_or_default().to_string();
-    let presenter_token = created["join"]["token"].as_str().unwrap_or_default().to_string();
+    // Our own broadcast with a synthetic presenter, or viewers for one
+    // already running.
+    let (mut expert, id, presenter_token) = match (&a.broadcast, &a.presenter) {
+        (Some(id), _) => (None, id.clone(), None),
+        (None, Some(user)) => {
+            let pw = a
+                .presenter_password
+                .as_deref()
+                .ok_or_else(|| LoadError::Usage("MEDRELAY_PRESENTER_PASSWORD is not set".into()))?;
+            let mut expert = http::Session::login(&ep, user, pw).await?;
+            let title = format!("Load test, {} viewers", a.viewers);
+            let (code, created) = expert
+                .request("POST", "/api/broadcasts", Some(&json!({ "title": title })))
+                .await?;
+            if code != 201 {
+                return Err(LoadError::Api(format!("create broadcast: HTTP {code} {created}")));
+            }
+            let id = created["broadcast"]["id"].as_str().unwrap_or_default().to_string();
+            let token = created["join"]["token"].as_str().unwrap_or_default().to_string();
+            (Some(expert), id, Some(token))
+        }
+        (None, None) => return Err(LoadError::Usage("--presenter or --broadcast is needed".into())),
+    };
     let mut tokens = Vec::with_capacity(a.viewers);
     for _ in 0..a.viewers {
         let (code, v) = clinic
@@ -192,19 +209,25 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     let measure_from = start + lead + join_window + settle;
     let until = measure_from + window + Duration::from_millis(500);
     let pstats = Arc::new(Mutex::new(PresenterStats::default()));
-    let presenter = tokio::spawn(peer::run_presenter(
-        PresenterOpts {
-            ep: ep.clone(),
-            token: presenter_token,
-            bind_ip: a.bind_ip,
-            layers_bps: layers_bps.clone(),
-            fps: 24,
-            gop: Duration::from_secs_f64(a.gop_secs.max(0.5)),
-            until,
-        },
-        pstats.clone(),
-    ));
-    tokio::time::sleep(lead).await;
+    let presenter = presenter_token.map(|token| {
+        tokio::spawn(peer::run_presenter(
+            PresenterOpts {
+                ep: ep.clone(),
+                token,
+                bind_ip: a.bind_ip,
+                layers_bps: layers_bps.clone(),
+                fps: 24,
+                gop: Duration::from_secs_f64(a.gop_secs.max(0.5)),
+                until,
+            },
+            pstats.clone(),
+        ))
+    });
+    if presenter.is_some() {
+        tokio::time::sleep(lead).await;
+    } else {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(start + lead)).await;
+    }
     let mut vstats = Vec::with_capacity(a.viewers);
     let mut tasks = Vec::with_capacity(a.viewers);
     for (i, token) in tokens.into_iter().enumerate() {
@@ -240,11 +263,12 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     for t in tasks {
         let _ = t.await;
     }
-    let _ = presenter.await;
-    let (_, _) = expert
-        .request("DELETE", &format!("/api/broadcasts/{id}"), None)
-        .await
-        .unwrap_or((0, Value::Null));
+    if let Some(p) = presenter {
+        let _ = p.await;
+    }
+    if let Some(expert) = expert.as_mut() {
+        let _ = expert.request("DELETE", &format!("/api/broadcasts/{id}"), None).await;
+    }
 
     // ------------------------------------------------------------ report
     let p = pstats.lock().map(|g| g.clone()).unwrap_or_default();
@@ -278,6 +302,8 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
         freezes += e.freezes - b.freezes;
     }
     let at_99 = ratios.iter().filter(|&&r| r >= 0.99).count();
+    // Video streams (camera, screen share) each viewer received.
+    let streams: Vec<usize> = after.iter().map(|e| e.video.len()).collect();
     let ratios = sorted(ratios);
     let kbps = sorted(kbps);
     let first = sorted(first);
@@ -330,6 +356,7 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
         "first_error": errors.first(),
         "window_s": elapsed,
         "viewers_at_99pct": at_99,
+        "video_streams": { "min": streams.iter().min().copied().unwrap_or(0), "max": streams.iter().max().copied().unwrap_or(0) },
         "delivered_ratio": { "min": pct(&ratios, 0.0), "p5": pct(&ratios, 0.05), "p50": pct(&ratios, 0.5) },
         "video_kbps": { "p5": pct(&kbps, 0.05), "p50": pct(&kbps, 0.5), "p95": pct(&kbps, 0.95) },
         "freezes": freezes,

@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::LoadError;
 use super::http::Endpoint;
 use crate::sfu::keyframe::{Codec, is_keyframe};
-use crate::sfu::media::{DeliverFeedback, PT_OPUS, PT_VP8, codecs, host_candidate};
+use crate::sfu::media::{DeliverFeedback, PT_H264, PT_OPUS, PT_RED, PT_VP8, codecs, host_candidate};
 use crate::sfu::munger::SeqUnwrapper;
 use crate::sfu::protocol::PcKind;
 
@@ -319,15 +319,19 @@ async fn viewer(o: ViewerOpts, stats: &Mutex<ViewerStats>) -> Result<(), LoadErr
 
 fn on_rtp(stats: &Mutex<ViewerStats>, t0: Instant, p: &rtc::rtp::Packet) {
     let Ok(mut s) = stats.lock() else { return };
-    if p.header.payload_type == PT_OPUS {
-        s.audio_packets += 1;
-        return;
-    }
-    if p.header.payload_type != PT_VP8 {
-        return;
-    }
+    let codec = match p.header.payload_type {
+        PT_OPUS | PT_RED => {
+            s.audio_packets += 1;
+            return;
+        }
+        PT_VP8 => Codec::Vp8,
+        PT_H264 => Codec::H264,
+        // Retransmissions and probe padding arrive unwrapped under the
+        // media payload type; anything else is not media.
+        _ => return,
+    };
     let now = Instant::now();
-    if s.first_frame_ms.is_none() && is_keyframe(Codec::Vp8, &p.payload) {
+    if s.first_frame_ms.is_none() && is_keyframe(codec, &p.payload) {
         s.first_frame_ms = Some(t0.elapsed().as_secs_f64() * 1000.0 - s.joined_ms.unwrap_or(0.0));
     }
     if s.first_frame_ms.is_some() {

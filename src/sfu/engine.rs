@@ -372,6 +372,8 @@ struct Participant {
     rtt: Duration,
     link_state: LinkState,
     bwe_bps: Option<u64>,
+    /// When the receive estimate last went down (see `update_link`).
+    bwe_fell_at: Option<Instant>,
     audio_only: bool,
     /// The simulcast layer chosen for this subscriber's video (the same
     /// quality for every track it receives; a track with fewer layers gets
@@ -506,9 +508,20 @@ impl Engine {
                 participant,
                 reply,
             } => {
+                // Invitations outnumber seats (people rejoin from another
+                // device, or after a dropped link, each time with a new
+                // token), but not without bound.
+                let max_viewers = self.cfg.max_viewers;
+                let max_participants = self.cfg.max_participants;
                 let r = match self.rooms.get_mut(&room) {
                     None => Err(SfuError::NoSuchRoom),
-                    Some(r) if r.invited.len() >= self.cfg.max_participants * 4 => {
+                    Some(r)
+                        if r.invited.len()
+                            >= 4 * match r.kind {
+                                RoomKind::Consultation => max_participants,
+                                RoomKind::Broadcast => max_viewers,
+                            } =>
+                    {
                         Err(SfuError::RoomFull(r.invited.len()))
                     }
                     Some(r) => {
@@ -679,6 +692,7 @@ impl Engine {
             rtt: Duration::from_millis(300),
             link_state: LinkState::Good,
             bwe_bps: None,
+            bwe_fell_at: None,
             audio_only: false,
             video_target: Target::Paused,
             up_probe: UpProbe::default(),
@@ -1160,6 +1174,9 @@ impl Engine {
         {
             // New address for this connection (first check, or the browser
             // moved from Wi-Fi to 4G): the ICE agent decides whether to use it.
+            if let Some(old) = key.as_ref() {
+                debug!(%from, old = %old.0, old_pc = ?old.1, new = %k.0, new_pc = ?k.1, "address moves to another connection");
+            }
             if self.by_addr.len() < 4 * self.by_ufrag.len() + 64 {
                 self.by_addr.insert(from, k.clone());
             }
@@ -1664,7 +1681,11 @@ impl Engine {
             } else if let Some(r) = any.downcast_ref::<
                 rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate,
             >() {
-                s.bwe_bps = Some(r.bitrate.max(0.0) as u64);
+                let bps = r.bitrate.max(0.0) as u64;
+                if s.bwe_bps.is_some_and(|prev| bps < prev / 100 * 97) {
+                    s.bwe_fell_at = Some(now);
+                }
+                s.bwe_bps = Some(bps);
             } else if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
                 for rep in &rr.reports {
                     if let Some(rtt) = rtt_from_report(rep.last_sender_report, rep.delay, now_ntp_middle()) {
@@ -1952,7 +1973,21 @@ impl Engine {
                 lb[0] = lb[0].min(VIDEO_MIN_BPS);
                 // The first estimate judges the layer already being sent.
                 s.selector.seed(s.video_target);
-                let raw = s.selector.update(now, &lb, bwe, audio_bps.max(32_000));
+                // A receive-side estimate starts low (a browser's REMB
+                // starts near 300 kbit/s) and climbs to what arrives; its
+                // only congestion signal is going *down*. While it has not
+                // fallen for 3 s, the layer being sent is taken to fit:
+                // climbing is not congestion. Going up still needs the
+                // estimate itself (and probing) to make room.
+                let audio = audio_bps.max(32_000);
+                let climbing = s
+                    .bwe_fell_at
+                    .is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(3));
+                let est = match s.video_target {
+                    Target::Layer(q) if climbing => lb.get(usize::from(q)).map_or(bwe, |&b| bwe.max(b + audio)),
+                    _ => bwe,
+                };
+                let raw = s.selector.update(now, &lb, est, audio);
                 let gated = s.gate.update(now, raw);
                 s.probe.update(now, gated)
             }

@@ -510,7 +510,7 @@ impl Default for UpProbe {
         Self::new(
             Duration::from_secs(5),
             Duration::from_secs(120),
-            Duration::from_secs(15),
+            Duration::from_secs(25),
         )
     }
 }
