@@ -12,20 +12,13 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_simulcast_extension_headers, register_default_interceptors,
-};
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::shared::TaggedBytesMut;
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
@@ -33,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::LoadError;
 use super::http::Endpoint;
 use crate::sfu::keyframe::{Codec, is_keyframe};
-use crate::sfu::media::{DeliverFeedback, PT_H264, PT_OPUS, PT_RED, PT_VP8, codecs, host_candidate};
+use crate::sfu::media::{PT_H264, PT_OPUS, PT_RED, PT_VP8, codecs};
 use crate::sfu::munger::SeqUnwrapper;
 use crate::sfu::protocol::PcKind;
 
@@ -46,13 +39,8 @@ const FREEZE_GAP: Duration = Duration::from_millis(500);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
-    TransportContext {
-        local_addr: local,
-        peer_addr: peer,
-        ecn: None,
-        transport_protocol: TransportProtocol::UDP,
-    }
+fn ctx(local: SocketAddr, peer: SocketAddr) -> rtc::shared::TransportContext {
+    crate::sfu::media::udp_context(local, peer)
 }
 
 fn peer_connection(
@@ -61,29 +49,8 @@ fn peer_connection(
     simulcast: bool,
     feedback: bool,
 ) -> Result<RTCPeerConnection, LoadError> {
-    let e = |e: rtc::shared::error::Error| LoadError::Rtc(e.to_string());
-    let mut media = MediaEngine::default();
-    for (c, k) in codecs(kind) {
-        media.register_codec(c, k).map_err(e)?;
-    }
-    if simulcast {
-        configure_simulcast_extension_headers(&mut media).map_err(e)?;
-    }
-    let mut registry = rtc::interceptor::Registry::new();
-    if feedback {
-        registry = registry.with(rtc::interceptor::Slot::Custom(20_000), DeliverFeedback::default());
-    }
-    let registry = register_default_interceptors(registry, &mut media).map_err(e)?;
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build(Instant::now())
-        .map_err(e)?;
-    pc.add_local_candidate(host_candidate(local).map_err(|x| LoadError::Rtc(x.to_string()))?)
-        .map_err(e)?;
-    pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(e)?;
-    Ok(pc)
+    crate::sfu::media::client_peer_connection(kind, local, simulcast, feedback, Instant::now())
+        .map_err(|e| LoadError::Rtc(e.to_string()))
 }
 
 async fn bind(ip: std::net::IpAddr) -> Result<(UdpSocket, SocketAddr), LoadError> {

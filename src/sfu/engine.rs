@@ -38,7 +38,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -297,15 +297,15 @@ impl UpTrack {
 
     /// A new subscriber needs a keyframe of `quality`: a cached group at or
     /// below it serves it if one can; only otherwise is the publisher asked.
-    fn keyframe_for_newcomer(&mut self, now: Instant, quality: u8, metrics: &SfuMetrics) {
+    /// True if the publisher was asked.
+    fn keyframe_for_newcomer(&mut self, now: Instant, quality: u8) -> bool {
         if self.kind != RtpCodecKind::Video || self.replay_layer(now, quality).is_some() {
-            return;
+            return false;
         }
         let i = self.layers.iter().position(|l| l.quality == quality).unwrap_or(0);
-        if let Some(l) = self.layers.get_mut(i) {
-            l.keyframes.request(now, KeyframeReason::NewSubscriber);
-            metrics.keyframe_newcomer.fetch_add(1, Relaxed);
-        }
+        let Some(l) = self.layers.get_mut(i) else { return false };
+        l.keyframes.request(now, KeyframeReason::NewSubscriber);
+        true
     }
 
     /// The best layer at or below `want` whose cache can be replayed now.
@@ -344,6 +344,30 @@ struct DownTrack {
     /// Nothing forwarded yet: a cached group may be replayed (never to a
     /// subscriber that already has later packets of this stream).
     fresh: bool,
+    /// A keyframe was requested for this newcomer (counted once).
+    asked_newcomer: bool,
+}
+
+impl DownTrack {
+    /// A retransmission (RFC 4588) of outgoing packet `seq` from the history,
+    /// on this downtrack's RTX stream; None if it is gone or RTX was not
+    /// negotiated. Answers NACKs, and pads probes.
+    fn rtx_copy(&mut self, seq: u16) -> Option<rtc::rtp::Packet> {
+        let rtx_pt = self.rtx_pt?;
+        let orig = self.history.get(seq)?;
+        Some(rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: orig.marker,
+                payload_type: rtx_pt,
+                sequence_number: self.rtx_seq.next_seq(),
+                timestamp: orig.timestamp,
+                ssrc: self.rtx_ssrc,
+                ..Default::default()
+            },
+            payload: rtx_payload(seq, &orig.payload),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -439,12 +463,7 @@ pub struct Engine {
 }
 
 fn transport(local: SocketAddr, peer: SocketAddr) -> TransportContext {
-    TransportContext {
-        local_addr: local,
-        peer_addr: peer,
-        ecn: None,
-        transport_protocol: TransportProtocol::UDP,
-    }
+    super::media::udp_context(local, peer)
 }
 
 fn keyframe_codec(mime: &str) -> Option<Codec> {
@@ -1080,13 +1099,16 @@ impl Engine {
         };
         let (kind, source, codec) = (u.kind, u.source, u.codec.clone());
         let want = u.pick(now, want);
-        u.keyframe_for_newcomer(now, want, &self.metrics);
+        let asked = u.keyframe_for_newcomer(now, want);
         let vp8 = codec.mime_type.eq_ignore_ascii_case("video/vp8");
         let history = self.cfg.history;
         let Some(s) = self.parts.get_mut(sub) else { return false };
         let key = (publisher.to_string(), track.to_string());
         if s.down.contains_key(&key) {
             return false;
+        }
+        if asked {
+            self.metrics.keyframe_newcomer.fetch_add(1, Relaxed);
         }
         let ssrc: u32 = rand::random();
         let rtx_ssrc: u32 = rand::random();
@@ -1157,6 +1179,7 @@ impl Engine {
                 },
                 vp8: vp8.then(Vp8Rewriter::new),
                 fresh: true,
+                asked_newcomer: asked,
             },
         );
         true
@@ -1263,7 +1286,8 @@ impl Engine {
                         .unwrap_or_default();
                     for (publisher, t, q) in keys {
                         if let Some(u) = self.parts.get_mut(&publisher).and_then(|pp| pp.uptracks.get_mut(&t)) {
-                            u.keyframe_for_newcomer(now, q, &self.metrics);
+                            // Counted by the tick, once per downtrack.
+                            u.keyframe_for_newcomer(now, q);
                         }
                     }
                 }
@@ -1531,7 +1555,12 @@ impl Engine {
             };
             // Nothing reaches a subscriber before its connection is up; a
             // keyframe "forwarded" then would be lost and counted as sent.
-            if s.subc.state != RTCPeerConnectionState::Connected {
+            // (Disconnected is a pause in consent checks, not a dead link:
+            // media keeps flowing, audio above all.)
+            if !matches!(
+                s.subc.state,
+                RTCPeerConnectionState::Connected | RTCPeerConnectionState::Disconnected
+            ) {
                 continue;
             }
             let Some(d) = s.down.get_mut(&key) else { continue };
@@ -1635,20 +1664,7 @@ impl Engine {
                 let seqs: Vec<u16> = n.nacks.iter().flat_map(|p| p.packet_list()).collect();
                 let resend = d.responder.on_nack(&mut d.history, now, s.rtt, &seqs);
                 for seq in resend {
-                    let Some(orig) = d.history.get(seq) else { continue };
-                    let Some(rtx_pt) = d.rtx_pt else { continue };
-                    let out = rtc::rtp::Packet {
-                        header: rtc::rtp::header::Header {
-                            version: 2,
-                            marker: orig.marker,
-                            payload_type: rtx_pt,
-                            sequence_number: d.rtx_seq.next_seq(),
-                            timestamp: orig.timestamp,
-                            ssrc: d.rtx_ssrc,
-                            ..Default::default()
-                        },
-                        payload: rtx_payload(seq, &orig.payload),
-                    };
+                    let Some(out) = d.rtx_copy(seq) else { continue };
                     if s
                         .subc
                         .pc
@@ -2038,6 +2054,7 @@ impl Engine {
             0.0
         };
         let mut keyframes: Vec<(String, String, u8, KeyframeReason)> = Vec::new();
+        let mut newcomers_asked = 0u64;
         for (key, live, cached) in &tracks {
             let Some(d) = s.down.get_mut(key) else { continue };
             let t = match chosen {
@@ -2053,6 +2070,10 @@ impl Engine {
                 let up = d.switch.current().is_some_and(|c| q > c);
                 if !(served || up && broadcast) {
                     let why = if d.fresh {
+                        if !d.asked_newcomer {
+                            d.asked_newcomer = true;
+                            newcomers_asked += 1;
+                        }
                         KeyframeReason::NewSubscriber
                     } else {
                         KeyframeReason::LayerSwitch
@@ -2096,10 +2117,8 @@ impl Engine {
                 layers: simulcast.then_some(levels as u8),
             });
         }
+        self.metrics.keyframe_newcomer.fetch_add(newcomers_asked, Relaxed);
         for (publisher, t, q, why) in keyframes {
-            if why == KeyframeReason::NewSubscriber {
-                self.metrics.keyframe_newcomer.fetch_add(1, Relaxed);
-            }
             if let Some(l) = self
                 .parts
                 .get_mut(&publisher)
@@ -2128,7 +2147,7 @@ impl Engine {
         else {
             return;
         };
-        let (Some((last, _)), Some(rtx_pt)) = (d.munger.last_out(), d.rtx_pt) else {
+        let Some((last, _)) = d.munger.last_out() else {
             return;
         };
         let mut sent = 0u64;
@@ -2136,19 +2155,8 @@ impl Engine {
             if s.probe_credit < 1200.0 {
                 break;
             }
-            let seq = last.wrapping_sub(back);
-            let Some(orig) = d.history.get(seq) else { continue };
-            let out = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    marker: orig.marker,
-                    payload_type: rtx_pt,
-                    sequence_number: d.rtx_seq.next_seq(),
-                    timestamp: orig.timestamp,
-                    ssrc: d.rtx_ssrc,
-                    ..Default::default()
-                },
-                payload: rtx_payload(seq, &orig.payload),
+            let Some(out) = d.rtx_copy(last.wrapping_sub(back)) else {
+                continue;
             };
             s.probe_credit -= (out.payload.len() + 12) as f64;
             if s.subc

@@ -193,6 +193,53 @@ pub fn new_peer_connection(
     Ok(pc)
 }
 
+/// The transport of a datagram on one of our UDP sockets.
+pub fn udp_context(local: SocketAddr, peer: SocketAddr) -> rtc::shared::TransportContext {
+    rtc::shared::TransportContext {
+        local_addr: local,
+        peer_addr: peer,
+        ecn: None,
+        transport_protocol: rtc::shared::TransportProtocol::UDP,
+    }
+}
+
+/// A peer connection like a browser's, for the simulated peers of the
+/// engine tests and the load generator: our codec table, the default
+/// interceptors (NACK, reports, TWCC), optionally the simulcast header
+/// extensions (a presenter) and RTCP delivered to the application (to count
+/// keyframe requests).
+pub fn client_peer_connection(
+    kind: PcKind,
+    local: SocketAddr,
+    simulcast: bool,
+    feedback: bool,
+    now: Instant,
+) -> Result<RTCPeerConnection, SetupError> {
+    let mut media = MediaEngine::default();
+    for (c, k) in codecs(kind) {
+        media.register_codec(c, k).map_err(se)?;
+    }
+    if simulcast {
+        configure_simulcast_extension_headers(&mut media).map_err(se)?;
+    }
+    let mut registry = Registry::new();
+    if feedback {
+        registry = registry.with(Slot::Custom(20_000), DeliverFeedback::default());
+    }
+    let registry =
+        rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(registry, &mut media)
+            .map_err(se)?;
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(se)?;
+    pc.add_local_candidate(host_candidate(local)?).map_err(se)?;
+    pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(se)?;
+    Ok(pc)
+}
+
 /// A UDP host candidate for `addr` (we gather nothing: the sockets are ours).
 pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SetupError> {
     let cand = CandidateHostConfig {

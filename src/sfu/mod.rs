@@ -129,7 +129,7 @@ impl SfuMetrics {
             ),
             (
                 "medrelay_sfu_keyframe_newcomer_total",
-                "Keyframe requests made for a new subscriber the late-joiner cache could not serve",
+                "New subscribers (per video track) that needed a keyframe from the publisher: the late-joiner cache could not serve them",
                 &self.keyframe_newcomer,
             ),
             (

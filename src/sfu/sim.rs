@@ -11,15 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::RTCIceCandidateInit;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 
 use super::SfuMetrics;
@@ -30,12 +27,7 @@ use super::protocol::{ClientMsg, PcKind, Role, RoomKind, ServerMsg, Source, ToCl
 pub const SERVER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 7882);
 
 fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
-    TransportContext {
-        local_addr: local,
-        peer_addr: peer,
-        ecn: None,
-        transport_protocol: TransportProtocol::UDP,
-    }
+    super::media::udp_context(local, peer)
 }
 
 /// Decides, per datagram, whether the simulated link loses it.
@@ -79,25 +71,8 @@ pub struct SimClient {
 }
 
 fn client_pc(addr: SocketAddr, kind: PcKind, now: Instant) -> RTCPeerConnection {
-    let mut media = MediaEngine::default();
-    for (c, k) in codecs(kind) {
-        let _ = media.register_codec(c, k);
-    }
     // Like a browser: NACKs, receiver reports and TWCC feedback.
-    let registry = rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
-        rtc::interceptor::Registry::new(),
-        &mut media,
-    )
-    .expect("interceptors");
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build(now)
-        .expect("client peer connection");
-    let _ = pc.add_local_candidate(super::media::host_candidate(addr).expect("candidate"));
-    let _ = pc.add_local_candidate(RTCIceCandidateInit::default());
-    pc
+    super::media::client_peer_connection(kind, addr, false, false, now).expect("client peer connection")
 }
 
 pub struct Net {
@@ -327,29 +302,9 @@ impl Net {
     /// (rids q, h, f), as the presenter page does.
     pub fn publish_simulcast(&mut self, i: usize) {
         let c = &mut self.clients[i];
-        let mut media = MediaEngine::default();
-        for (cp, k) in codecs(PcKind::Pub) {
-            let _ = media.register_codec(cp, k);
-        }
-        rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut media)
-            .expect("simulcast extensions");
         // Keyframe requests reach the test (counted per layer in `plis`).
-        let registry = rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
-            rtc::interceptor::Registry::new().with(
-                rtc::interceptor::Slot::Custom(20_000),
-                super::media::DeliverFeedback::default(),
-            ),
-            &mut media,
-        )
-        .expect("interceptors");
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .build(self.now)
+        let pc = super::media::client_peer_connection(PcKind::Pub, c.pub_addr, true, true, self.now)
             .expect("client peer connection");
-        let _ = pc.add_local_candidate(super::media::host_candidate(c.pub_addr).expect("candidate"));
-        let _ = pc.add_local_candidate(RTCIceCandidateInit::default());
         c.pubc = pc;
         let codec = codecs(PcKind::Pub)
             .into_iter()
