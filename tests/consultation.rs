@@ -931,7 +931,12 @@ fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from
     assert_eq!(
         s.metric("medrelay_sfu_keyframe_newcomer_total"),
         newcomer_plis,
-        "the late viewer cost the presenter a keyframe request"
+        "the late viewer cost the presenter a keyframe request:\n{}",
+        s.log()
+            .lines()
+            .filter(|l| l.contains("newcomer keyframe"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(first_frame.as_u64().is_some(), "{first_frame}");
     presenter

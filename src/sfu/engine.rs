@@ -1109,6 +1109,12 @@ impl Engine {
         }
         if asked {
             self.metrics.keyframe_newcomer.fetch_add(1, Relaxed);
+            debug!(
+                subscriber = sub,
+                publisher,
+                ?source,
+                "newcomer keyframe requested (no usable cache)"
+            );
         }
         let ssrc: u32 = rand::random();
         let rtx_ssrc: u32 = rand::random();
@@ -2073,6 +2079,7 @@ impl Engine {
                         if !d.asked_newcomer {
                             d.asked_newcomer = true;
                             newcomers_asked += 1;
+                            debug!(subscriber = pid, source = ?d.source, layer = q, "newcomer keyframe requested (no usable cache)");
                         }
                         KeyframeReason::NewSubscriber
                     } else {

@@ -38,8 +38,12 @@ pub struct GopConfig {
     pub max_bytes: usize,
     pub max_packets: usize,
     /// A group older than this is not replayed (its replay would be a long
-    /// burst of stale video).
+    /// burst of stale video) ...
     pub max_age: Duration,
+    /// ... unless it is at most this big: a quiet stream (a static screen
+    /// share sends next to nothing) still has its current picture in an
+    /// old group, and replaying it is short.
+    pub stale_bytes: usize,
     /// Age at which a fresh keyframe is worth asking for.
     pub refresh_after: Duration,
 }
@@ -52,6 +56,7 @@ impl Default for GopConfig {
             max_bytes: 4 << 20,
             max_packets: 4096,
             max_age: Duration::from_secs(10),
+            stale_bytes: 256 << 10,
             refresh_after: Duration::from_secs(4),
         }
     }
@@ -156,7 +161,7 @@ impl GopCache {
     /// The group to replay to a newcomer, if whole and fresh enough.
     pub fn replay(&self, now: Instant) -> Option<impl Iterator<Item = &CachedPacket>> {
         let started = self.started?;
-        if now.saturating_duration_since(started) > self.cfg.max_age {
+        if now.saturating_duration_since(started) > self.cfg.max_age && self.bytes > self.cfg.stale_bytes {
             return None;
         }
         let (first, _) = self.packets.front()?;
@@ -246,6 +251,7 @@ mod tests {
             max_bytes: 1000,
             max_packets: 100,
             max_age: Duration::from_secs(10),
+            stale_bytes: 0,
             refresh_after: Duration::from_secs(4),
         };
         let mut c = GopCache::new(cfg);
