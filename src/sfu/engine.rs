@@ -396,8 +396,9 @@ struct Participant {
     rtt: Duration,
     link_state: LinkState,
     bwe_bps: Option<u64>,
-    /// When the receive estimate last went down (see `update_link`).
+    /// When the receive estimate last went down, and up (see `update_link`).
     bwe_fell_at: Option<Instant>,
+    bwe_rose_at: Option<Instant>,
     audio_only: bool,
     /// The simulcast layer chosen for this subscriber's video (the same
     /// quality for every track it receives; a track with fewer layers gets
@@ -712,6 +713,7 @@ impl Engine {
             link_state: LinkState::Good,
             bwe_bps: None,
             bwe_fell_at: None,
+            bwe_rose_at: None,
             audio_only: false,
             video_target: Target::Paused,
             up_probe: UpProbe::default(),
@@ -1707,6 +1709,9 @@ impl Engine {
                 if s.bwe_bps.is_some_and(|prev| bps < prev / 100 * 97) {
                     s.bwe_fell_at = Some(now);
                 }
+                if s.bwe_bps.is_none_or(|prev| bps > prev / 100 * 101) {
+                    s.bwe_rose_at = Some(now);
+                }
                 s.bwe_bps = Some(bps);
             } else if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
                 for rep in &rr.reports {
@@ -1996,15 +2001,16 @@ impl Engine {
                 // The first estimate judges the layer already being sent.
                 s.selector.seed(s.video_target);
                 // A receive-side estimate starts low (a browser's REMB
-                // starts near 300 kbit/s) and climbs to what arrives; its
-                // only congestion signal is going *down*. While it has not
-                // fallen for 3 s, the layer being sent is taken to fit:
-                // climbing is not congestion. Going up still needs the
-                // estimate itself (and probing) to make room.
+                // starts near 300 kbit/s) and climbs to what arrives. While
+                // it is climbing (rose within 3 s, did not fall), the layer
+                // being sent is taken to fit: climbing is not congestion.
+                // An estimate that stays low is the link's real size (a
+                // starved link never shows a fall), and going up still
+                // needs the estimate itself (and probing) to make room.
                 let audio = audio_bps.max(32_000);
-                let climbing = s
-                    .bwe_fell_at
-                    .is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(3));
+                let recent =
+                    |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= Duration::from_secs(3));
+                let climbing = recent(s.bwe_rose_at) && !recent(s.bwe_fell_at);
                 let est = match s.video_target {
                     Target::Layer(q) if climbing => lb.get(usize::from(q)).map_or(bwe, |&b| bwe.max(b + audio)),
                     _ => bwe,
