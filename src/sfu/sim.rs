@@ -730,24 +730,29 @@ mod tests {
     /// REMBs of `rembs` (client, bps) every 250 ms.
     fn stream_layers(net: &mut Net, from: usize, start: u16, n: u16, gop: u16, rembs: &[(usize, u64)]) {
         for k in start..start + n {
-            for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
-                // Each layer has its own sequence and PictureID space.
-                let base = 10_000 * layer as u16;
-                net.send_layer(
-                    from,
-                    layer,
-                    base.wrapping_add(k),
-                    base.wrapping_add(k),
-                    k % gop == 0,
-                    *bytes,
-                );
-            }
+            send_layers(net, from, k, k % gop == 0);
             if k % 25 == 0 {
                 for &(c, bps) in rembs {
                     net.send_remb(c, bps);
                 }
             }
             net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+    }
+
+    /// Packet `k` of every layer from `from`; each layer has its own
+    /// sequence and PictureID space.
+    fn send_layers(net: &mut Net, from: usize, k: u16, keyframe: bool) {
+        for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
+            let base = 10_000 * layer as u16;
+            net.send_layer(
+                from,
+                layer,
+                base.wrapping_add(k),
+                base.wrapping_add(k),
+                keyframe,
+                *bytes,
+            );
         }
     }
 
@@ -831,17 +836,7 @@ mod tests {
     fn stream_with_estimator(net: &mut Net, start: u16, secs: u16, viewer: usize, capacity: u64) -> Option<usize> {
         let mut last_bytes = net.clients[viewer].received_bytes;
         for k in start..start + secs * 100 {
-            for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
-                let base = 10_000 * layer as u16;
-                net.send_layer(
-                    0,
-                    layer,
-                    base.wrapping_add(k),
-                    base.wrapping_add(k),
-                    k % 100 == 0,
-                    *bytes,
-                );
-            }
+            send_layers(net, 0, k, k % 100 == 0);
             if k % 50 == 49 {
                 let got = net.clients[viewer].received_bytes;
                 let bps = (got - last_bytes) * 8 * 2;
@@ -904,17 +899,7 @@ mod tests {
         net.run_for(Duration::from_secs(3), Duration::from_millis(5));
         let start = net.now;
         for k in 0..1300u16 {
-            for (layer, bytes) in LAYER_BYTES.iter().enumerate() {
-                let base = 10_000 * layer as u16;
-                net.send_layer(
-                    0,
-                    layer,
-                    base.wrapping_add(k),
-                    base.wrapping_add(k),
-                    k % 400 == 0,
-                    *bytes,
-                );
-            }
+            send_layers(&mut net, 0, k, k % 400 == 0);
             if (100..1100).contains(&k) && k % 2 == 0 {
                 // One join every 20 ms.
                 net.join_next();
