@@ -571,9 +571,26 @@ function onPubRefused(code) {
   if (app.screen) stopScreen({ renegotiate: true });
 }
 
+// How long a connection may stay in 'connecting' before we start over. A
+// DTLS handshake stranded by loss (one side gave up retransmitting) never
+// reaches 'failed' in Chromium; on a 800 ms satellite round trip a healthy
+// handshake with a few losses still finishes well inside this.
+const CONNECTING_LIMIT_MS = 30000;
+
 function onPcState(pc) {
   if (pc !== app.pub?.pc && pc !== app.sub?.pc) return;
   const state = pc.connectionState;
+  clearTimeout(pc.mrConnectingTimer);
+  if (state === 'connecting') {
+    pc.mrConnectingTimer = setTimeout(() => {
+      if (pc.connectionState !== 'connecting' || app.state !== 'joined') return;
+      if (pc !== app.pub?.pc && pc !== app.sub?.pc) return;
+      log('peer connection stuck connecting');
+      pushBounded(app.errors, { code: 'connect_timeout', message: 'media connection did not complete', ts: Date.now() }, 200);
+      app.signal?.shutdown();
+      onSignalClose({ code: 0, reason: 'media connection did not complete' });
+    }, CONNECTING_LIMIT_MS);
+  }
   $('#media-state').textContent = state === 'disconnected' ? 'Media interrupted — waiting for the link…' : '';
   $('#media-state').hidden = state !== 'disconnected';
   if (state === 'failed' && app.state === 'joined') {

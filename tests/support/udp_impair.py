@@ -6,6 +6,7 @@
                   [--queue-ms 200] [--reorder] [--seed N] [--stats-file F]
                   [--up-delay-ms X] [--down-delay-ms X] [--up-loss P] [--down-loss P]
                   [--up-rate-kbps R] [--down-rate-kbps R] [--idle-timeout 120]
+                  [--strand-dtls-secs S]
 
 Clients send to the --listen socket. Each distinct client address gets its
 own upstream socket (bound to an ephemeral port on the upstream's loopback
@@ -23,6 +24,11 @@ Each direction independently (per client) is:
   * delayed by --delay-ms (one way: the RTT grows by twice that) plus a
     uniform random jitter in [0, --jitter-ms]. Without --reorder a packet is
     never delivered before an earlier one of the same flow and direction.
+
+With --strand-dtls-secs S, DTLS records (first byte 20..63) sent by clients
+first seen in the first S seconds are dropped for good, as when a handshake
+is stranded by loss: ICE connects, DTLS never does. Later clients (a page
+that started over) pass untouched.
 
 Prints "READY <listen port>" on stdout (flushed) once bound; --listen with port
 0 picks a free port. With --stats-file, writes a JSON object every second (and
@@ -119,14 +125,15 @@ class FlowDir:
 
 
 class Client:
-    __slots__ = ("addr", "sock", "up", "down", "last_seen")
+    __slots__ = ("addr", "sock", "up", "down", "last_seen", "strand_dtls")
 
-    def __init__(self, addr, sock, now):
+    def __init__(self, addr, sock, now, strand_dtls):
         self.addr = addr
         self.sock = sock
         self.up = FlowDir()
         self.down = FlowDir()
         self.last_seen = now
+        self.strand_dtls = strand_dtls
 
 
 class Impair:
@@ -232,7 +239,8 @@ class Impair:
             s.bind((self.up_bind, 0))
             s.connect(self.upstream)
             s.setblocking(False)
-            c = Client(addr, s, now)
+            strand = now - self.start < self.args.strand_dtls_secs
+            c = Client(addr, s, now, strand)
             self.clients[addr] = c
             self.sel.register(s, selectors.EVENT_READ, c)
             log(f"new client {addr[0]}:{addr[1]} -> upstream via local port {s.getsockname()[1]}")
@@ -251,6 +259,10 @@ class Impair:
                 continue
             now = time.monotonic()
             c = self._client_for(addr, now)
+            if c.strand_dtls and data and 20 <= data[0] <= 63:
+                up.received += 1
+                up.dropped_loss += 1
+                continue
             self._schedule(now, up, c.up, c.sock, None, data)
 
     def _read_upstream(self, c):
@@ -353,6 +365,8 @@ def main():
     p.add_argument("--reorder", action="store_true", help="let jitter reorder packets")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stats-file", default=None)
+    p.add_argument("--strand-dtls-secs", type=float, default=0.0,
+                   help="drop DTLS from clients first seen in the first S seconds")
     p.add_argument("--idle-timeout", type=float, default=120.0, help="forget a client after S idle seconds (0 = never)")
     for d in ("up", "down"):
         p.add_argument(f"--{d}-delay-ms", type=float, default=None)
