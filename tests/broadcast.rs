@@ -157,3 +157,79 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
     assert!(ids(&s.req(Some(&doc1), "GET", "/api/broadcasts", None).1).is_empty());
     assert_eq!(join(&doc1).0, 404);
 }
+
+#[test]
+fn a_viewer_raises_a_hand_asks_a_question_and_is_given_the_floor() {
+    let s = Server::start(ServerOpts {
+        config_toml: CONFIG.into(),
+        ..Default::default()
+    });
+    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township"]);
+    let exp1 = s.login("exp1", PW).expect("login");
+    let doc1 = s.login("doc1", PW).expect("login");
+    let (code, created) = s.req(
+        Some(&exp1),
+        "POST",
+        "/api/broadcasts",
+        Some(json!({ "title": "Fracture review" })),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["broadcast"]["id"].as_str().expect("id");
+    let presenter = created["join"]["token"].as_str().expect("token");
+    let (code, v) = s.req(Some(&doc1), "POST", &format!("/api/broadcasts/{id}/join"), None);
+    assert_eq!(code, 200, "{v}");
+    let viewer = v["join"]["token"].as_str().expect("token");
+
+    let out = signal_probe_with(&s, "floor", viewer, &["--presenter-token", presenter]);
+    let of = |side: &str, t: &str| -> Vec<Value> {
+        out[side]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["type"] == t)
+            .cloned()
+            .collect()
+    };
+    // Off air until the presenter starts; the viewer is told both ways.
+    let joined = &of("messages", "joined")[0];
+    assert_eq!(joined["room"]["live"], false, "{joined}");
+    let live: Vec<Value> = of("messages", "live").iter().map(|m| m["live"].clone()).collect();
+    assert_eq!(live, [json!(true), json!(false)], "{out}");
+    // The presenter's queue named the hand and carried the trimmed question.
+    let queue = of("presenter", "queue")
+        .into_iter()
+        .find(|q| {
+            q["hands"].as_array().is_some_and(|h| !h.is_empty())
+                && q["questions"].as_array().is_some_and(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| panic!("no queue with the hand and question: {out}"));
+    assert_eq!(queue["hands"][0]["name"], "Dr. Township", "{queue}");
+    assert_eq!(queue["questions"][0]["text"], "Is the fracture displaced?", "{queue}");
+    assert_eq!(queue["hands_total"], 1);
+    // The asker learns its question was queued, then answered.
+    let states: Vec<Value> = of("messages", "question_state")
+        .iter()
+        .map(|m| m["state"].clone())
+        .collect();
+    assert_eq!(states, [json!("open"), json!("answered")], "{out}");
+    // The floor was given (audio only by default, hand lowered) and taken back.
+    let floor: Vec<(Value, Value)> = of("messages", "floor")
+        .iter()
+        .map(|m| (m["granted"].clone(), m["video"].clone()))
+        .collect();
+    assert_eq!(
+        floor,
+        [(json!(true), json!(false)), (json!(false), json!(false))],
+        "{out}"
+    );
+    let hands: Vec<Value> = of("messages", "hand").iter().map(|m| m["raised"].clone()).collect();
+    assert_eq!(hands, [json!(true), json!(false)], "{out}");
+    // Refusals, each without ending a session: an empty question, a viewer
+    // promoting itself, a presenter raising a hand.
+    let codes: Vec<Value> = of("messages", "error").iter().map(|m| m["code"].clone()).collect();
+    assert_eq!(codes, [json!("bad_message"), json!("not_allowed")], "{out}");
+    let pcodes: Vec<Value> = of("presenter", "error").iter().map(|m| m["code"].clone()).collect();
+    assert_eq!(pcodes, [json!("not_allowed")], "{out}");
+    assert_eq!(out["pong_after"], true, "{out}");
+}

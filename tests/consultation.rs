@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::webdriver::{Chromium, Session, SessionOpts};
-use support::{Server, ServerOpts, free_udp_port, python, script, signal_probe};
+use support::{Server, ServerOpts, free_udp_port, python, script, signal_probe, ui_login};
 
 static BROWSERS: Mutex<()> = Mutex::new(());
 
@@ -713,6 +713,215 @@ fn frame_height(sess: &Session, from: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Clicks the first element matching `css` (a real button on the page).
+fn click(sess: &Session, css: &str) {
+    let found = sess
+        .execute(
+            "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true",
+            vec![json!(css)],
+        )
+        .expect("click");
+    assert_eq!(found, json!(true), "nothing to click at {css}");
+}
+
+fn floor(sess: &Session) -> Value {
+    sess.execute("return window.mrTest.floor", vec![]).expect("floor")
+}
+
+#[test]
+fn broadcast_floor_a_viewer_raises_a_hand_asks_and_is_heard_when_let_speak() {
+    let _g = lock();
+    let s = server(BROADCAST_CONFIG);
+    const PW: &str = "correct-horse-battery";
+    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township"]);
+    s.add_user("doc2", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Listener"]);
+    let doc = s.login("doc2", PW).expect("clinic login");
+    let ch = chromium();
+    let page = |who: &str| {
+        let sess = ch.session(&SessionOpts::default()).expect("browser session");
+        ui_login(&sess, &s, who, PW, "/broadcasts");
+        sess.wait_for(
+            "window.mrTest.broadcasts && window.mrTest.broadcasts.ready",
+            Duration::from_secs(30),
+        )
+        .expect("broadcasts page");
+        sess
+    };
+    // The expert opens a broadcast from the Broadcasts page and lands on it.
+    let presenter = page("exp1");
+    presenter
+        .send_keys("[data-test=bc-title]", "Fracture review")
+        .expect("title");
+    presenter.click("[data-test=bc-start]").expect("start");
+    let enter = |sess: &Session| {
+        // The page may not answer scripts while it loads (a camera opening).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while let Err(e) = sess.wait_for(
+            "location.pathname === '/broadcast' && window.mrTest && window.mrTest.state === 'prejoin' && !document.querySelector('#join').disabled",
+            Duration::from_secs(20),
+        ) {
+            eprintln!("broadcast page not ready yet: {e}; url {:?}", sess.current_url());
+            assert!(Instant::now() < deadline, "the broadcast page never became ready: {:?}", sess.console_logs());
+        }
+        click(sess, "#join");
+        sess.wait_for("window.mrTest.state === 'joined'", Duration::from_secs(30))
+            .expect("joined");
+    };
+    enter(&presenter);
+    let presenter_id = presenter
+        .execute("return window.mrTest.me.id", vec![])
+        .expect("me")
+        .as_str()
+        .expect("id")
+        .to_string();
+    // A clinic doctor finds it, not started yet, and joins from the list.
+    let asker = page("doc1");
+    let rows = asker
+        .execute("return window.mrTest.broadcasts.rows", vec![])
+        .expect("rows");
+    assert_eq!(rows[0]["title"], "Fracture review", "{rows}");
+    assert_eq!(rows[0]["on_air"], false, "{rows}");
+    asker.click("[data-test=bc-join]").expect("join");
+    enter(&asker);
+    let (_, listed) = s.req(Some(&doc), "GET", "/api/broadcasts", None);
+    let id = listed["broadcasts"][0]["id"].as_str().expect("id").to_string();
+    let viewer_url = || {
+        let (code, v) = s.req(Some(&doc), "POST", &format!("/api/broadcasts/{id}/join"), None);
+        assert_eq!(code, 200, "{v}");
+        v["join"]["url"].as_str().expect("url").to_string()
+    };
+    let other = open_joined(&ch, &s, &viewer_url(), true);
+    let asker_id = asker
+        .execute("return window.mrTest.me.id", vec![])
+        .expect("me")
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Off air: the presenter publishes, the viewers get nothing and are told why.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(floor(&asker)["live"], false);
+    assert_eq!(
+        inbound_from(&stats(&asker), &presenter_id),
+        (0, 0),
+        "media before the broadcast started"
+    );
+    let banner = asker
+        .execute(
+            "const b = document.querySelector('#banner-offair'); return b.hidden ? '' : b.textContent",
+            vec![],
+        )
+        .expect("banner");
+    assert!(banner.as_str().is_some_and(|t| t.contains("not on air")), "{banner}");
+    click(&presenter, "#live-toggle");
+    assert_media_flows(&s, &asker, &presenter_id, "asker", Duration::from_secs(40));
+    assert_eq!(floor(&asker)["live"], true);
+    let (_, listed) = s.req(Some(&doc), "GET", "/api/broadcasts", None);
+    assert_eq!(listed["broadcasts"][0]["on_air"], true, "{listed}");
+
+    // The asker raises a hand and types a question on its page.
+    click(&asker, "#hand-toggle");
+    asker
+        .execute(
+            "document.querySelector('#question-input').value = arguments[0]; \
+             document.querySelector('#question-form button[type=submit]').click(); return true",
+            vec![json!("Is the fracture line in the second image displaced?")],
+        )
+        .expect("ask");
+    presenter
+        .wait_for(
+            "window.mrTest.floor.queue.hands.length === 1 && window.mrTest.floor.queue.questions.length === 1",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "the presenter's queue never showed the hand and question: {e}; {}",
+                floor(&presenter)
+            )
+        });
+    let shown = presenter
+        .execute(
+            "return [...document.querySelectorAll('#floor-questions li .text, #floor-hands li .who')].map(e => e.textContent)",
+            vec![],
+        )
+        .expect("panel");
+    assert_eq!(
+        shown,
+        json!(["Dr. Township", "Is the fracture line in the second image displaced?"]),
+        "the presenter's panel"
+    );
+    for (name, sess) in [("presenter", &presenter), ("asker", &asker)] {
+        if let Ok(p) = sess.save_screenshot(&format!("broadcast-floor-{name}")) {
+            eprintln!("screenshot: {}", p.display());
+        }
+    }
+
+    // Let speak (audio only): everyone hears the asker, nobody sees it.
+    click(&presenter, "#floor-hands li button.primary");
+    asker
+        .wait_for("window.mrTest.floor.speaking !== null", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the asker never got the floor: {e}; {}", floor(&asker)));
+    assert_eq!(floor(&asker)["speaking"]["video"], false);
+    assert_eq!(floor(&asker)["hand"], false, "the hand goes down with the floor");
+    for (who, sess) in [("presenter", &presenter), ("other viewer", &other)] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (video, audio) = inbound_from(&stats(sess), &asker_id);
+            if audio >= 50 {
+                assert_eq!(video, 0, "{who} received video from an audio-only speaker");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{who} never heard the asker ({audio} audio packets)"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let named = other
+        .execute("return window.mrTest.participants.map(p => p.name)", vec![])
+        .expect("participants");
+    assert!(
+        named.as_array().is_some_and(|n| n.contains(&json!("Dr. Township"))),
+        "the other viewer does not know who speaks: {named}"
+    );
+
+    // The question is answered; the asker's page says so.
+    click(&presenter, "#floor-questions li button.primary");
+    asker
+        .wait_for(
+            "window.mrTest.floor.questions.some(q => q.state === 'answered')",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("the asker never saw its question answered: {e}; {}", floor(&asker)));
+
+    // The presenter ends the turn: the asker's microphone stops going out.
+    click(&presenter, "#floor-speakers li button");
+    asker
+        .wait_for("window.mrTest.floor.speaking === null", Duration::from_secs(10))
+        .expect("the turn ended on the asker's page");
+    other
+        .wait_for(
+            "!window.mrTest.participants.some(p => p.name === 'Dr. Township')",
+            Duration::from_secs(10),
+        )
+        .expect("the other viewer forgot the speaker");
+    let (_, before) = inbound_from(&stats(&presenter), &asker_id);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, after) = inbound_from(&stats(&presenter), &asker_id);
+    assert!(
+        after <= before + 5,
+        "the asker is still heard after its turn: {before} -> {after}"
+    );
+
+    // Off air again: the viewers are told.
+    click(&presenter, "#live-toggle");
+    other
+        .wait_for("window.mrTest.floor.live === false", Duration::from_secs(10))
+        .expect("the viewer learned the broadcast stopped");
+}
+
 #[test]
 fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from_the_cache() {
     let _g = lock();
@@ -752,6 +961,7 @@ fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from
     let slow_url = format!("{}&via=127.0.0.1:{proxy_port}", viewer_url());
     let slow = open_joined(&ch, &s, &slow_url, true);
     let presenter = open_joined(&ch, &s, created["join"]["url"].as_str().expect("url"), false);
+    click(&presenter, "#live-toggle");
     let started = Instant::now();
     for (i, v) in viewers.iter().chain([&slow]).enumerate() {
         assert_media_flows(&s, v, &presenter_id, &format!("viewer {i}"), Duration::from_secs(40));

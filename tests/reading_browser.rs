@@ -9,7 +9,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::webdriver::{Chromium, Session, SessionOpts};
@@ -31,23 +31,7 @@ fn login(sess: &Session, s: &Server, user: &str, next: &str) {
 }
 
 fn login_with(sess: &Session, s: &Server, user: &str, password: &str, next: &str) {
-    sess.goto(&format!("https://127.0.0.1:{}/login?next={next}", s.http_port))
-        .expect("login page");
-    if let Err(e) = sess.wait_for("window.mrTest && window.mrTest.login && window.mrTest.login.ready", T) {
-        panic!("login page not ready: {e}; console: {:?}", sess.console_logs());
-    }
-    sess.send_keys("[data-test=username]", user).expect("type user");
-    sess.send_keys("[data-test=password]", password).expect("type password");
-    sess.click("[data-test=login]").expect("click login");
-    let deadline = Instant::now() + T;
-    loop {
-        let url = sess.current_url().unwrap_or_default();
-        if url.contains(next) && !url.contains("/login") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{user}: still on {url} after logging in");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ui_login(sess, s, user, password, next)
 }
 
 fn hook(sess: &Session, expr: &str) -> Value {

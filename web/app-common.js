@@ -135,8 +135,10 @@ export function fmtDuration(ms) {
  */
 export function header(user, active) {
   const links = [];
-  if (user.role === 'clinic') links.push(['/studies', 'Studies'], ['/requests', 'Consultations']);
-  if (user.role === 'expert') links.push(['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations']);
+  if (user.role === 'clinic')
+    links.push(['/studies', 'Studies'], ['/requests', 'Consultations'], ['/broadcasts', 'Broadcasts']);
+  if (user.role === 'expert')
+    links.push(['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations'], ['/broadcasts', 'Broadcasts']);
   if (user.role === 'admin')
     links.push(['/admin', 'Admin'], ['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations']);
   const nav = el(

@@ -31,6 +31,13 @@ export class Tiles {
     this.refresh(this.local);
   }
 
+  removeLocal() {
+    if (!this.local) return;
+    this.local.video.srcObject = null;
+    this.local.el.remove();
+    this.local = null;
+  }
+
   setLocalMuted(source, muted) {
     if (!this.local) return;
     this.local.muted[source] = muted;

@@ -7,6 +7,7 @@
 // `log()` only ever receives event names and codes.
 
 import { ChatPanel, chunkChatText } from './consult-chat.js';
+import { FloorPanel } from './consult-floor.js';
 import { ICONS } from './consult-icons.js';
 import {
   addRemoteCandidate,
@@ -94,6 +95,8 @@ const app = {
   errors: [],
   dcOpen: false,
   viewers: null,
+  live: true, // a broadcast is on air (a consultation always is)
+  speaking: null, // broadcast viewer with the floor: {stream, video}
   micMuted: false,
   camOff: false,
   screen: null, // {stream, track} while sharing
@@ -127,6 +130,12 @@ const tiles = new Tiles($('#tiles'), {
 });
 
 const chatPanel = new ChatPanel($('#panel-chat'), { submit: (text) => sendChat(text) });
+
+const floor = new FloorPanel($('#panel-floor'), {
+  send: (m) => !!app.signal?.send(m),
+  toast: (text) => toast(text),
+  stopSpeaking: () => app.signal?.send({ type: 'demote', participant: app.me?.id }),
+});
 
 const viewer = new StudyViewer($('#panel-study'), {
   onLocalView: (view) => queueView(view),
@@ -293,6 +302,17 @@ function onSignal(msg) {
       return onLink(msg);
     case 'viewers':
       return onViewers(msg);
+    case 'live':
+      return onLive(!!msg.live);
+    case 'queue':
+      floor.onQueue(msg);
+      return updateFloorBadge();
+    case 'hand':
+      return floor.onHand(!!msg.raised);
+    case 'question_state':
+      return floor.onQuestionState(msg);
+    case 'floor':
+      return onFloor(msg);
     case 'error':
       return onServerError(msg);
     case 'pong':
@@ -316,10 +336,17 @@ function onJoined(msg) {
   document.body.dataset.kind = broadcast ? 'broadcast' : 'consultation';
   document.body.dataset.viewer = broadcast && app.me.role !== 'expert' ? '1' : '';
   $('#room-title').textContent = app.room?.title || (broadcast ? 'Teaching broadcast' : 'Consultation');
+  $('#tab-floor').hidden = !broadcast;
+  $('#panel-floor').hidden = !broadcast;
+  $('#chat-input').placeholder = broadcast && app.me.role !== 'expert' ? 'Message to the presenter' : 'Message';
+  floor.reset(app.room?.live !== false);
+  onLive(app.room?.live !== false);
   app.participants.clear();
   for (const p of Array.isArray(msg.participants) ? msg.participants : []) addParticipant(p);
   setState('joined');
-  tiles.setLocal(app.media.stream, app.me.name);
+  // A broadcast viewer has no self view until it is given the floor.
+  if (document.body.dataset.viewer === '1') tiles.removeLocal();
+  else tiles.setLocal(app.media.stream, app.me.name);
   tiles.setLocalMuted('mic', app.micMuted || !app.media.audioTrack);
   tiles.setLocalMuted('camera', app.camOff || !app.media.videoTrack);
   startPeerConnections();
@@ -438,6 +465,7 @@ function teardown({ stopMedia }) {
   monitor.stop();
   sendViewThrottled.cancel();
   if (app.screen) stopScreen({ renegotiate: false });
+  stopSpeaking({ renegotiate: false });
   app.pub?.close();
   app.sub?.close();
   app.pub = null;
@@ -469,23 +497,39 @@ function addParticipant(p) {
   if (!validParticipant(p) || p.id === app.me?.id) return false;
   const copy = { id: p.id, name: String(p.name ?? ''), role: p.role, sources: Array.isArray(p.sources) ? p.sources.map((s) => ({ ...s })) : [] };
   app.participants.set(p.id, copy);
-  tiles.upsert(copy);
+  if (wantsTile(copy)) tiles.upsert(copy);
+  else tiles.remove(copy.id);
   return true;
+}
+
+/**
+ * In a broadcast a presenter hears of every viewer, but only those on stage
+ * (presenters, a viewer given the floor) get a tile: hundreds of empty
+ * viewer tiles would bury the lecture.
+ */
+function wantsTile(p) {
+  return app.room?.kind !== 'broadcast' || p.role === 'expert' || p.sources.length > 0;
+}
+
+/** Join/leave notes in the chat: in a broadcast, for presenters only. */
+function noteWorthy(p) {
+  return app.room?.kind !== 'broadcast' || p?.role === 'expert';
 }
 
 function onParticipantJoined(p) {
   // The server repeats `participant_joined` when someone's published
   // sources change (camera on, screen share); announce only the first.
   const known = validParticipant(p) && app.participants.has(p.id);
-  if (addParticipant(p) && !known) chatPanel.note(`${nameOf(p.id)} joined`);
+  if (addParticipant(p) && !known && noteWorthy(p)) chatPanel.note(`${nameOf(p.id)} joined`);
 }
 
 function onParticipantLeft(id) {
   if (typeof id !== 'string' || !app.participants.has(id)) return;
   const name = nameOf(id);
+  const worthy = noteWorthy(app.participants.get(id));
   app.participants.delete(id);
   tiles.remove(id);
-  chatPanel.note(`${name} left`);
+  if (worthy) chatPanel.note(`${name} left`);
 }
 
 function nameOf(id) {
@@ -519,7 +563,11 @@ function startPeerConnections() {
   });
   const sub = new SubConnection({
     send,
-    onTrack: (info) => tiles.attach(info),
+    onTrack: (info) => {
+      const p = app.participants.get(info.participant);
+      if (p) tiles.upsert(p);
+      tiles.attach(info);
+    },
     onTracksSettled: (list) => tiles.settle(list),
     onError: (text) => toast(text),
   });
@@ -887,6 +935,81 @@ function onViewers(msg) {
   el.textContent = msg.count === 1 ? '1 viewer' : `${msg.count} viewers`;
 }
 
+/* ------------------------------------------------------------------ */
+/* Teaching broadcast: on air, and the floor                            */
+/* ------------------------------------------------------------------ */
+
+function onLive(live) {
+  app.live = live;
+  floor.onLive(live);
+  const broadcast = app.room?.kind === 'broadcast';
+  $('#live-badge').hidden = !broadcast || !live;
+  const viewerSide = document.body.dataset.viewer === '1';
+  const banner = $('#banner-offair');
+  banner.hidden = !broadcast || live;
+  banner.textContent = viewerSide
+    ? 'The broadcast is not on air. It starts (or continues) when the presenter is ready.'
+    : 'Not on air: viewers do not see or hear you. Start the broadcast in the Questions panel.';
+}
+
+function updateFloorBadge() {
+  const n = floor.waiting;
+  const badge = $('#floor-unread');
+  badge.hidden = n === 0 || $('#tab-floor').getAttribute('aria-selected') === 'true';
+  badge.textContent = n ? String(n) : '';
+}
+
+/** A presenter let us speak (or ended our turn): open or close the microphone. */
+async function onFloor(msg) {
+  if (!msg.granted) {
+    if (app.speaking) toast('Your turn to speak has ended.');
+    stopSpeaking({ renegotiate: true });
+    return;
+  }
+  const video = !!msg.video;
+  if (app.speaking && app.speaking.video === video) return;
+  stopSpeaking({ renegotiate: false });
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: video ? CAMERA_CONSTRAINTS : false });
+  } catch (err) {
+    log('floor: could not open the microphone', err?.name);
+    toast('The presenter gave you the floor, but your microphone could not be opened.');
+    app.signal?.send({ type: 'demote', participant: app.me?.id });
+    return;
+  }
+  const pub = app.pub;
+  if (!pub || app.state !== 'joined') {
+    for (const t of stream.getTracks()) t.stop();
+    return;
+  }
+  app.speaking = { stream, video };
+  const audio = stream.getAudioTracks()[0];
+  const cam = stream.getVideoTracks()[0];
+  if (audio) await pub.addSource('mic', audio, stream, MIC_ENCODING);
+  if (cam) await pub.addSource('camera', cam, stream, CAMERA_ENCODING);
+  pub.negotiate();
+  tiles.setLocal(stream, app.me?.name || 'You');
+  $('#banner-speaking').hidden = false;
+  floor.setSpeaking({ video });
+  toast(video ? 'You have the floor, with video. Everyone sees and hears you.' : 'You have the floor. Everyone hears you.');
+}
+
+function stopSpeaking({ renegotiate }) {
+  const s = app.speaking;
+  if (!s) return;
+  app.speaking = null;
+  if (app.pub) {
+    app.pub.removeSource('mic');
+    app.pub.removeSource('camera');
+    if (renegotiate) app.pub.negotiate();
+  }
+  for (const t of s.stream.getTracks()) t.stop();
+  if (document.body.dataset.viewer === '1') tiles.removeLocal();
+  $('#banner-speaking').hidden = true;
+  floor.setSpeaking(null);
+}
+
 function onLink(msg) {
   if (!['good', 'weak', 'audio_only'].includes(msg.state)) return;
   app.link.state = msg.state;
@@ -1015,6 +1138,7 @@ function setupTabs() {
       $('#chat-unread').hidden = true;
       $('#chat-unread').textContent = '';
     }
+    if (tab.id === 'tab-floor') $('#floor-unread').hidden = true;
   };
   tabs.forEach((t, i) => {
     t.addEventListener('click', () => select(t));
@@ -1064,6 +1188,16 @@ window.mrTest = {
   /** Broadcast presenters: viewers connected, from the server's `viewers`. */
   get viewers() {
     return app.viewers;
+  },
+  /** Broadcasts: on air; the presenters' queue; my hand, questions and floor. */
+  get floor() {
+    return {
+      live: app.live,
+      queue: floor.queue,
+      hand: floor.hand,
+      questions: [...floor.mine].map(([id, m]) => ({ id, ...m })),
+      speaking: app.speaking ? { video: app.speaking.video } : null,
+    };
   },
   async stats() {
     const sub = app.sub;

@@ -71,23 +71,34 @@ fn join_json(s: &Services, room: &str, pid: &str, presenter: bool, exp: u64) -> 
     })
 }
 
+/// A broadcast with what its room says now.
+struct Live {
+    info: BroadcastInfo,
+    on_air: bool,
+    connected: usize,
+}
+
 /// Drops broadcasts whose room is gone (closed, expired, or the gateway
 /// restarted), then returns the rest.
-async fn live(s: &Services) -> Result<Vec<BroadcastInfo>, ApiError> {
+async fn live(s: &Services) -> Result<Vec<Live>, ApiError> {
     let all: Vec<BroadcastInfo> = s.sfu.broadcasts().values().cloned().collect();
     let mut out = Vec::with_capacity(all.len());
     for b in all {
         let room = b.id.clone();
-        let exists = s
+        let status = s
             .sfu
             .ask(|reply| Command::RoomStatus { room, reply })
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .is_some();
-        if exists {
-            out.push(b);
-        } else {
-            s.sfu.broadcasts().remove(&b.id);
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match status {
+            Some(st) => out.push(Live {
+                info: b,
+                on_air: st.live,
+                connected: st.connected.len(),
+            }),
+            None => {
+                s.sfu.broadcasts().remove(&b.id);
+            }
         }
     }
     Ok(out)
@@ -145,9 +156,29 @@ pub async fn create(
 }
 
 pub async fn list(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut out: Vec<BroadcastInfo> = live(&s).await?.into_iter().filter(|b| visible(&s, &c, b)).collect();
-    out.sort_by(|a, b| b.started_unix.cmp(&a.started_unix).then(a.id.cmp(&b.id)));
-    Ok(Json(json!({ "broadcasts": out })))
+    let mut out: Vec<Live> = live(&s)
+        .await?
+        .into_iter()
+        .filter(|b| visible(&s, &c, &b.info))
+        .collect();
+    out.sort_by(|a, b| {
+        b.info
+            .started_unix
+            .cmp(&a.info.started_unix)
+            .then(a.info.id.cmp(&b.info.id))
+    });
+    // Each entry: the broadcast, whether it is on air, and who is connected
+    // (presenters and viewers), so a clinic sees which one has started.
+    let list: Vec<serde_json::Value> = out
+        .into_iter()
+        .map(|b| {
+            let mut v = json!(b.info);
+            v["on_air"] = json!(b.on_air);
+            v["connected"] = json!(b.connected);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "broadcasts": list })))
 }
 
 fn find(s: &Services, c: &Caller, id: &str) -> Result<BroadcastInfo, ApiError> {

@@ -75,6 +75,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/worklist", get(reading::worklist_page))
         .route("/viewer", get(reading::viewer_page))
         .route("/requests", get(reading::requests_page))
+        .route("/broadcasts", get(reading::broadcasts_page))
         .route("/admin", get(reading::admin_page))
         .route("/metrics", get(api::metrics))
         .route("/api/studies", get(api::studies))

@@ -928,6 +928,9 @@ pub async fn viewer_page(State(s): S, c: Result<Caller, ApiError>, Query(q): Que
 pub async fn requests_page() -> Response {
     page_of("requests.html")
 }
+pub async fn broadcasts_page() -> Response {
+    page_of("broadcasts.html")
+}
 pub async fn admin_page() -> Response {
     page_of("admin.html")
 }

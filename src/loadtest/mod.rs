@@ -52,7 +52,8 @@ pub struct LoadArgs {
     #[arg(long, required_unless_present = "broadcast")]
     pub presenter: Option<String>,
     /// Join the viewers to this running broadcast instead of starting one
-    /// with a synthetic presenter (a real presenter's page, for example).
+    /// with a synthetic presenter (a real presenter's page, for example; the
+    /// viewers receive once that presenter has started the broadcast).
     #[arg(long, conflicts_with = "presenter")]
     pub broadcast: Option<String>,
     /// Clinic-doctor account whose join tokens the viewers use.

@@ -483,6 +483,8 @@ async fn presenter(o: PresenterOpts, stats: &Mutex<PresenterStats>) -> Result<()
         json!({ "type": "offer", "pc": "pub", "sdp": sdp, "tracks": tracks }),
     )
     .await?;
+    // On air at once: the load viewers should receive from the first packet.
+    send_json(&mut ws, json!({ "type": "live", "live": true })).await?;
     let mut buf = vec![0u8; 2048];
     let mut ping = tokio::time::interval(PING_EVERY);
     let frame_every = Duration::from_secs_f64(1.0 / f64::from(o.fps.max(1)));

@@ -42,7 +42,10 @@ use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+mod broadcast;
+
 use super::demux::{PacketClass, classify, stun_local_ufrag};
+use super::floor::Floor;
 use super::gop::{CachedPacket, GopCache, GopConfig};
 use super::history::{
     HistoryConfig, HistoryPacket, NackResponder, ResponderConfig, RetransmitHistory, RtxSequencer, rtx_payload,
@@ -106,6 +109,8 @@ pub struct RoomStatus {
     pub title: String,
     pub invited: usize,
     pub connected: Vec<ParticipantInfo>,
+    /// A broadcast is on air (always true for a consultation).
+    pub live: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -171,6 +176,8 @@ struct Room {
     /// Recent chat, replayed to late joiners and to a participant who
     /// reconnects after a dropped link, so nothing said is lost to them.
     chat_log: VecDeque<String>,
+    /// Broadcasts: on air, hands, questions, speakers.
+    floor: Floor,
 }
 
 /// Below this much room for video (after audio), a subscriber gets audio only:
@@ -567,6 +574,7 @@ impl Engine {
                         .filter_map(|p| self.parts.get(p))
                         .map(|p| p.info())
                         .collect(),
+                    live: r.floor.live(),
                 });
                 let _ = reply.send(st);
             }
@@ -622,6 +630,8 @@ impl Engine {
                 joined: Vec::new(),
                 last_view: None,
                 chat_log: VecDeque::new(),
+                // A consultation is always on air.
+                floor: Floor::new(kind == RoomKind::Consultation),
             },
         );
         self.metrics.rooms_active.store(self.rooms.len() as u64, Relaxed);
@@ -731,7 +741,7 @@ impl Engine {
             .joined
             .iter()
             .filter_map(|o| self.parts.get(o))
-            .filter(|o| kind.announces(o.role, my_role))
+            .filter(|o| broadcast::announces(room, o, &p))
             .map(|o| o.info())
             .collect();
         let me = p.info();
@@ -741,6 +751,7 @@ impl Engine {
                 id: room.id.clone(),
                 title: room.title.clone(),
                 kind: room.kind,
+                live: room.floor.live(),
             },
             participants: others,
             limits: super::protocol::Limits {
@@ -758,15 +769,18 @@ impl Engine {
                 room.viewers_sent = None;
             }
         }
-        for o in &joined {
-            if let Some(op) = self.parts.get(o)
-                && kind.announces(op.role, me.role)
-            {
-                op.send(ServerMsg::ParticipantJoined {
-                    participant: me.clone(),
-                });
+        if let (Some(room), Some(mp)) = (self.rooms.get(room_id), self.parts.get(pid)) {
+            for o in &joined {
+                if let Some(op) = self.parts.get(o)
+                    && broadcast::announces(room, op, mp)
+                {
+                    op.send(ServerMsg::ParticipantJoined {
+                        participant: me.clone(),
+                    });
+                }
             }
         }
+        self.floor_on_join(room_id, pid);
         // Subscribe the newcomer to everything already published.
         let mut added = false;
         for o in &joined {
@@ -804,16 +818,24 @@ impl Engine {
         }
         self.by_addr.retain(|_, (owner, _)| owner != pid);
         let mut others = Vec::new();
-        let mut kind = RoomKind::Consultation;
+        // Who heard of it, decided before the floor forgets its turn.
+        let mut told = std::collections::HashSet::new();
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.joined.retain(|x| x != pid);
             others = room.joined.clone();
-            kind = room.kind;
+            for o in &others {
+                if let Some(op) = self.parts.get(o)
+                    && broadcast::announces(room, op, &p)
+                {
+                    told.insert(o.clone());
+                }
+            }
+            room.floor.left(pid);
         }
         for o in &others {
             let mut changed = false;
             if let Some(op) = self.parts.get_mut(o) {
-                if kind.announces(op.role, p.role) {
+                if told.contains(o) {
                     op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
                 }
                 let keys: Vec<(String, String)> = op.down.keys().filter(|k| k.0 == pid).cloned().collect();
@@ -901,6 +923,15 @@ impl Engine {
                 tracks,
             } => self.pub_offer(now, pid, sdp, tracks),
             ClientMsg::Answer { pc: PcKind::Sub, sdp } => self.sub_answer(now, pid, sdp),
+            m @ (ClientMsg::Hand { .. }
+            | ClientMsg::Question { .. }
+            | ClientMsg::QuestionDone { .. }
+            | ClientMsg::Promote { .. }
+            | ClientMsg::Demote { .. }
+            | ClientMsg::Live { .. }) => {
+                self.floor_signal(now, pid, m);
+                return;
+            }
         }
         self.process(now, pid, PcKind::Pub);
         self.process(now, pid, PcKind::Sub);
@@ -929,13 +960,24 @@ impl Engine {
         let max_tracks = self.cfg.max_tracks;
         let Some(p) = self.parts.get_mut(pid) else { return };
         let sending = sdp.matches("\r\na=sendonly").count() + sdp.matches("\r\na=sendrecv").count();
-        let may_publish = self.rooms.get(&p.room).is_none_or(|r| r.kind.may_publish(p.role));
-        if !may_publish && (!tracks.is_empty() || sending > 0) {
-            return self.reply_err(
-                pid,
-                ErrorCode::NotAllowed,
-                "viewers of a broadcast receive only (the data channel is open to them)",
-            );
+        if let Some(r) = self.rooms.get(&p.room)
+            && !broadcast::is_presenter(r, p)
+        {
+            let speaker = r.floor.speaker(pid).is_some();
+            if !speaker && (!tracks.is_empty() || sending > 0) {
+                return self.reply_err(
+                    pid,
+                    ErrorCode::NotAllowed,
+                    "viewers of a broadcast receive only until a presenter lets them speak",
+                );
+            }
+            if tracks.values().any(|s| !broadcast::may_send(r, p, *s)) || sending > tracks.len() {
+                return self.reply_err(
+                    pid,
+                    ErrorCode::NotAllowed,
+                    "you may send only what the presenter allowed (your microphone, or camera if granted)",
+                );
+            }
         }
         if tracks.len() > max_tracks || sending > max_tracks {
             return self.reply_err(
@@ -1092,6 +1134,14 @@ impl Engine {
     /// Adds a sending transceiver for `publisher`'s `track` to `sub`'s `sub`
     /// connection. Returns whether a renegotiation is needed.
     fn add_downtrack(&mut self, now: Instant, sub: &str, publisher: &str, track: &str) -> bool {
+        if let (Some(sp), Some(pp)) = (self.parts.get(sub), self.parts.get(publisher))
+            && self
+                .rooms
+                .get(&sp.room)
+                .is_some_and(|r| !broadcast::receives(r, sp, pp))
+        {
+            return false;
+        }
         let want = self
             .parts
             .get(sub)
@@ -1341,7 +1391,7 @@ impl Engine {
         let pli_interval = self.cfg.pli_interval;
         let history = self.cfg.history;
         let Some(p) = self.parts.get_mut(pid) else { return };
-        if self.rooms.get(&p.room).is_some_and(|r| !r.kind.may_publish(p.role)) {
+        if self.rooms.get(&p.room).is_some_and(|r| !broadcast::on_stage(r, p)) {
             // pub_offer refuses media from viewers; this catches an offer
             // that carried media without saying so.
             warn!(participant = pid, "media from a broadcast viewer ignored");
@@ -1407,6 +1457,14 @@ impl Engine {
                 } else {
                     Source::Camera
                 });
+        if self
+            .rooms
+            .get(&p.room)
+            .is_some_and(|r| !broadcast::may_send(r, p, source))
+        {
+            warn!(participant = pid, ?source, "a speaker's track beyond its grant ignored");
+            return;
+        }
         if kind == RtpCodecKind::Audio && codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RED) {
             debug!(participant = pid, "publisher sends RED audio");
         }
@@ -1440,7 +1498,9 @@ impl Engine {
             if self.add_downtrack(now, &s, pid, &track_id) {
                 self.renegotiate_sub(now, &s);
             }
-            if let Some(sp) = self.parts.get(&s) {
+            if let (Some(sp), Some(pp), Some(r)) = (self.parts.get(&s), self.parts.get(pid), self.rooms.get(&room))
+                && broadcast::announces(r, sp, pp)
+            {
                 // Refresh the publisher's source list on the others' pages.
                 sp.send(ServerMsg::ParticipantJoined {
                     participant: info.clone(),
@@ -1463,6 +1523,7 @@ impl Engine {
                 && let Some(d) = sp.down.remove(&key)
             {
                 sp.down_by_ssrc.remove(&d.ssrc);
+                sp.down_by_ssrc.remove(&d.rtx_ssrc);
                 let _ = sp.subc.pc.remove_track(d.sender);
                 changed = true;
             }
@@ -1747,17 +1808,36 @@ impl Engine {
         };
         let Some(p) = self.parts.get(pid) else { return };
         let room = p.room.clone();
+        // In a broadcast, what a viewer writes goes to the presenters only
+        // (hundreds of viewers chatting to each other would drown the
+        // lecture), and only the stage drives the shared image.
+        let Some(from_stage) = self.rooms.get(&room).map(|r| broadcast::on_stage(r, p)) else {
+            return;
+        };
+        if !from_stage && !stamped.is_chat {
+            self.metrics.dc_dropped.fetch_add(1, Relaxed);
+            return;
+        }
         if let Some(r) = self.rooms.get_mut(&room) {
             if stamped.is_view {
                 r.last_view = Some(stamped.text.clone());
-            } else if stamped.is_chat {
+            } else if stamped.is_chat && from_stage {
                 if r.chat_log.len() >= CHAT_REPLAY {
                     r.chat_log.pop_front();
                 }
                 r.chat_log.push_back(stamped.text.clone());
             }
         }
-        let members: Vec<String> = self.rooms.get(&room).map(|r| r.joined.clone()).unwrap_or_default();
+        let members: Vec<String> = match self.rooms.get(&room) {
+            Some(r) if !from_stage => r
+                .joined
+                .iter()
+                .filter(|o| self.parts.get(*o).is_some_and(|op| broadcast::is_presenter(r, op)))
+                .cloned()
+                .collect(),
+            Some(r) => r.joined.clone(),
+            None => Vec::new(),
+        };
         for o in members {
             if o == pid {
                 continue;
@@ -1893,6 +1973,11 @@ impl Engine {
         }
         if self.ticks.is_multiple_of(50) {
             self.send_viewer_counts();
+        }
+        // Hands and questions coalesced per half second: a storm of raised
+        // hands is a few messages to each presenter, not one per hand.
+        if self.ticks.is_multiple_of(25) {
+            self.send_queues();
         }
         // Refresh cached deadlines: forwarding may have scheduled reports.
         for p in self.parts.values_mut() {

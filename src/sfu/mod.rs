@@ -20,6 +20,7 @@
 
 pub mod demux;
 pub mod engine;
+pub mod floor;
 pub mod gop;
 pub mod history;
 pub mod io;

@@ -57,13 +57,6 @@ impl RoomKind {
             RoomKind::Broadcast => role == Role::Expert,
         }
     }
-
-    /// Whether participants of these roles hear of each other (joins,
-    /// leaves, the participant list): always in a consultation; in a
-    /// broadcast unless both only watch.
-    pub fn announces(self, a: Role, b: Role) -> bool {
-        self.may_publish(a) || self.may_publish(b)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,6 +100,38 @@ pub enum ClientMsg {
         source: Source,
         muted: bool,
     },
+    /// Broadcasts. A viewer raises or lowers its own hand; a presenter may
+    /// lower a viewer's (`participant`).
+    Hand {
+        raised: bool,
+        #[serde(default)]
+        participant: Option<String>,
+    },
+    /// Broadcasts, viewers: a text question for the presenters' queue.
+    Question {
+        text: String,
+    },
+    /// Broadcasts, presenters: take a question off the queue.
+    QuestionDone {
+        id: u64,
+        #[serde(default)]
+        answered: bool,
+    },
+    /// Broadcasts, presenters: let a viewer speak (audio; video too if asked).
+    Promote {
+        participant: String,
+        #[serde(default)]
+        video: bool,
+    },
+    /// Broadcasts: end a viewer's turn to speak (a presenter, or the
+    /// speaker itself).
+    Demote {
+        participant: String,
+    },
+    /// Broadcasts, presenters: go on or off air.
+    Live {
+        live: bool,
+    },
     Leave,
     Ping,
 }
@@ -131,6 +156,9 @@ pub struct RoomInfo {
     pub id: String,
     pub title: String,
     pub kind: RoomKind,
+    /// A broadcast is on air (viewers receive the presenters); always true
+    /// for a consultation.
+    pub live: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -199,6 +227,32 @@ pub enum ServerMsg {
     Viewers {
         count: usize,
     },
+    /// Broadcasts, to presenters: hands, questions and speakers, when they
+    /// change (coalesced).
+    Queue {
+        #[serde(flatten)]
+        queue: super::floor::QueueView,
+    },
+    /// Broadcasts, to everyone: on or off air.
+    Live {
+        live: bool,
+    },
+    /// Broadcasts, to a viewer: its own hand (a presenter may lower it).
+    Hand {
+        raised: bool,
+    },
+    /// Broadcasts, to the asker: a question was queued or taken off.
+    QuestionState {
+        id: u64,
+        state: super::floor::QuestionState,
+        text: String,
+    },
+    /// Broadcasts, to a viewer: it may speak (publish its microphone, and
+    /// its camera if `video`), or its turn ended.
+    Floor {
+        granted: bool,
+        video: bool,
+    },
     Pong,
     Error {
         code: ErrorCode,
@@ -220,6 +274,8 @@ pub enum ErrorCode {
     TooManyTracks,
     /// The action is not open to this participant (a viewer publishing).
     NotAllowed,
+    /// A bound was reached (questions queued, speakers at once).
+    Limit,
     Replaced,
     Internal,
 }

@@ -192,6 +192,10 @@ impl Net {
                 net.late.push(pid.clone());
             }
         }
+        if kind == RoomKind::Broadcast && joined > 0 {
+            // On air from the start; `set_live` takes it off.
+            net.set_live(true);
+        }
         net
     }
 
@@ -238,6 +242,11 @@ impl Net {
             uplink_loss: None,
             downlink_loss: None,
         });
+    }
+
+    /// The presenter (client 0) goes on or off air.
+    pub fn set_live(&mut self, live: bool) {
+        self.signal(0, ClientMsg::Live { live });
     }
 
     fn signal(&mut self, i: usize, msg: ClientMsg) {
@@ -982,6 +991,204 @@ mod tests {
             _ => None,
         });
         assert_eq!(count, Some(3));
+    }
+
+    fn told(net: &mut Net, i: usize, pred: impl Fn(&ServerMsg) -> bool) -> bool {
+        net.pump();
+        net.clients[i].messages.iter().any(pred)
+    }
+
+    #[test]
+    fn viewers_receive_the_presenter_only_while_the_broadcast_is_on_air() {
+        let mut net = Net::broadcast(&["teacher", "v"], 2);
+        net.set_live(false);
+        net.publish_video(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        stream(&mut net, 0, 0, 100, 50);
+        assert_eq!(net.received_by(1), 0, "a viewer received the presenter off air");
+        assert!(told(&mut net, 1, |m| matches!(m, ServerMsg::Live { live: false })));
+        // On air: the viewer is subscribed and starts from the cached group.
+        net.set_live(true);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        stream(&mut net, 0, 100, 100, 50);
+        assert!(net.received_by(1) >= 95, "viewer got {} on air", net.received_by(1));
+        assert!(told(&mut net, 1, |m| matches!(m, ServerMsg::Live { live: true })));
+        // Only a presenter switches it.
+        net.signal(1, ClientMsg::Live { live: false });
+        assert!(told(&mut net, 1, |m| matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::NotAllowed,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_viewer_let_speak_is_heard_by_everyone_until_its_turn_ends() {
+        let mut net = Net::broadcast(&["teacher", "asker", "other"], 3);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        let asker = net.clients[1].id.clone();
+        let speaks = |v: bool| ClientMsg::Promote {
+            participant: asker.clone(),
+            video: v,
+        };
+        // Viewers cannot promote anyone, themselves included.
+        net.signal(2, speaks(true));
+        assert!(told(&mut net, 2, |m| matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::NotAllowed,
+                ..
+            }
+        )));
+        net.signal(
+            1,
+            ClientMsg::Hand {
+                raised: true,
+                participant: None,
+            },
+        );
+        net.run_for(Duration::from_millis(600), Duration::from_millis(20));
+        let hands = net.clients[0].messages.iter().rev().find_map(|m| match m {
+            ServerMsg::Queue { queue } => Some(queue.hands.iter().map(|h| h.id.clone()).collect::<Vec<_>>()),
+            _ => None,
+        });
+        assert_eq!(hands, Some(vec![asker.clone()]), "the presenter's queue shows the hand");
+        // Audio only by default: a camera is refused.
+        net.signal(0, speaks(false));
+        assert!(told(&mut net, 1, |m| matches!(
+            m,
+            ServerMsg::Floor {
+                granted: true,
+                video: false
+            }
+        )));
+        assert!(
+            told(&mut net, 1, |m| matches!(m, ServerMsg::Hand { raised: false })),
+            "hand lowered"
+        );
+        assert!(
+            told(
+                &mut net,
+                2,
+                |m| matches!(m, ServerMsg::ParticipantJoined { participant } if participant.id == asker)
+            ),
+            "the other viewer was not told who speaks"
+        );
+        net.publish_video(1);
+        net.run_for(Duration::from_millis(200), Duration::from_millis(5));
+        assert!(told(&mut net, 1, |m| matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::NotAllowed,
+                ..
+            }
+        )));
+        // With video granted the camera goes to the presenter and the other viewer.
+        net.signal(0, speaks(true));
+        net.publish_video(1);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        stream(&mut net, 1, 0, 100, 50);
+        assert!(
+            net.received_by(0) >= 95,
+            "presenter got {} from the speaker",
+            net.received_by(0)
+        );
+        assert!(
+            net.received_by(2) >= 95,
+            "other viewer got {} from the speaker",
+            net.received_by(2)
+        );
+        // Its turn ends: nobody receives it any more, and the pages are told.
+        net.signal(
+            0,
+            ClientMsg::Demote {
+                participant: asker.clone(),
+            },
+        );
+        net.run_for(Duration::from_millis(500), Duration::from_millis(5));
+        let (p0, p2) = (net.received_by(0), net.received_by(2));
+        stream(&mut net, 1, 100, 50, 50);
+        assert_eq!(
+            (net.received_by(0), net.received_by(2)),
+            (p0, p2),
+            "the speaker still forwarded"
+        );
+        assert!(told(&mut net, 1, |m| matches!(
+            m,
+            ServerMsg::Floor { granted: false, .. }
+        )));
+        assert!(told(
+            &mut net,
+            2,
+            |m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == asker)
+        ));
+    }
+
+    #[test]
+    fn questions_reach_the_presenters_and_the_asker_learns_the_outcome() {
+        let mut net = Net::broadcast(&["teacher", "v"], 2);
+        net.signal(
+            1,
+            ClientMsg::Question {
+                text: "Is the fracture displaced?".into(),
+            },
+        );
+        net.signal(1, ClientMsg::Question { text: "  ".into() });
+        assert!(told(&mut net, 1, |m| matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::BadMessage,
+                ..
+            }
+        )));
+        net.run_for(Duration::from_millis(600), Duration::from_millis(20));
+        let q = net.clients[0].messages.iter().rev().find_map(|m| match m {
+            ServerMsg::Queue { queue } => queue.questions.first().cloned(),
+            _ => None,
+        });
+        let q = q.expect("the presenter got the question");
+        assert_eq!(q.text, "Is the fracture displaced?");
+        assert_eq!(q.name, "v");
+        // A presenter cannot ask; a viewer cannot close.
+        net.signal(0, ClientMsg::Question { text: "x".into() });
+        net.signal(
+            1,
+            ClientMsg::QuestionDone {
+                id: q.id,
+                answered: true,
+            },
+        );
+        for i in [0, 1] {
+            assert!(told(&mut net, i, |m| matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::NotAllowed,
+                    ..
+                }
+            )));
+        }
+        net.signal(
+            0,
+            ClientMsg::QuestionDone {
+                id: q.id,
+                answered: true,
+            },
+        );
+        assert!(told(&mut net, 1, |m| matches!(
+            m,
+            ServerMsg::QuestionState {
+                state: crate::sfu::floor::QuestionState::Answered,
+                ..
+            }
+        )));
+        net.run_for(Duration::from_millis(600), Duration::from_millis(20));
+        let left = net.clients[0].messages.iter().rev().find_map(|m| match m {
+            ServerMsg::Queue { queue } => Some(queue.questions.len()),
+            _ => None,
+        });
+        assert_eq!(left, Some(0));
     }
 
     /// PLIs towards the publisher while it streams one keyframe then deltas

@@ -587,7 +587,34 @@ impl Drop for Pacs {
 /// Runs `signal_probe.py` against the server's signaling WebSocket (a
 /// scenario of good and bad messages) and returns what came back:
 /// `{messages, close_code, pong_after}`.
+/// Logs `user` in on the real login page and waits until the browser has
+/// been sent on to `next`.
+pub fn ui_login(sess: &webdriver::Session, s: &Server, user: &str, password: &str, next: &str) {
+    let t = Duration::from_secs(60);
+    sess.goto(&format!("https://127.0.0.1:{}/login?next={next}", s.http_port))
+        .expect("login page");
+    if let Err(e) = sess.wait_for("window.mrTest && window.mrTest.login && window.mrTest.login.ready", t) {
+        panic!("login page not ready: {e}; console: {:?}", sess.console_logs());
+    }
+    sess.send_keys("[data-test=username]", user).expect("type user");
+    sess.send_keys("[data-test=password]", password).expect("type password");
+    sess.click("[data-test=login]").expect("click login");
+    let deadline = Instant::now() + t;
+    loop {
+        let url = sess.current_url().unwrap_or_default();
+        if url.contains(next) && !url.contains("/login") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{user}: still on {url} after logging in");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn signal_probe(s: &Server, scenario: &str, token: &str) -> serde_json::Value {
+    signal_probe_with(s, scenario, token, &[])
+}
+
+pub fn signal_probe_with(s: &Server, scenario: &str, token: &str, extra: &[&str]) -> serde_json::Value {
     let o = Command::new(python())
         .arg(script("signal_probe.py"))
         .args([
@@ -598,6 +625,7 @@ pub fn signal_probe(s: &Server, scenario: &str, token: &str) -> serde_json::Valu
             "--token",
             token,
         ])
+        .args(extra)
         .output()
         .expect("signal_probe.py");
     assert!(

@@ -2,6 +2,7 @@
 came back, so the Rust test can assert on the server's answers.
 
 usage: signal_probe.py --ws wss://127.0.0.1:PORT/ws/consult --scenario NAME [--token T]
+                       [--presenter-token T]  (scenario floor: a second socket presents)
 
 Prints one JSON object: {"messages": [...], "close_code": int|null, "pong_after": bool}
 """
@@ -78,6 +79,60 @@ async def run(args):
                 out["messages"] += msgs
                 out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
                 await ws.send(json.dumps({"type": "leave"}))
+            elif s == "floor":
+                # --presenter-token presents, --token watches. The viewer's
+                # socket is `ws`; the presenter's is a second connection.
+                out["presenter"] = []
+                async with websockets.connect(args.ws, ssl=ctx, max_size=1 << 20, open_timeout=10) as pw:
+                    async def p_send(m):
+                        await pw.send(json.dumps(m))
+
+                    async def p_until(pred, timeout=5.0):
+                        got = await drain_until(pw, pred, timeout)
+                        out["presenter"].extend(got)
+                        return got[-1] if got and pred(got[-1]) else None
+
+                    async def v_send(m):
+                        await ws.send(json.dumps(m))
+
+                    async def v_until(pred, timeout=5.0):
+                        got = await drain_until(ws, pred, timeout)
+                        out["messages"].extend(got)
+                        return got[-1] if got and pred(got[-1]) else None
+
+                    def is_type(t):
+                        return lambda m: m.get("type") == t
+
+                    await p_send({"type": "join", "token": args.presenter_token})
+                    await p_until(is_type("joined"))
+                    await v_send({"type": "join", "token": args.token})
+                    joined = await v_until(is_type("joined"))
+                    me = joined["me"]["id"]
+                    await p_send({"type": "live", "live": True})
+                    await v_until(is_type("live"))
+                    await v_send({"type": "hand", "raised": True})
+                    await v_until(is_type("hand"))
+                    await v_send({"type": "question", "text": "  Is the fracture displaced?  "})
+                    q = await v_until(is_type("question_state"))
+                    await v_send({"type": "question", "text": ""})
+                    await v_until(is_type("error"))
+                    await v_send({"type": "promote", "participant": me})
+                    await v_until(is_type("error"))
+                    await p_send({"type": "hand", "raised": True})
+                    await p_until(is_type("error"))
+                    await p_until(lambda m: m.get("type") == "queue" and m.get("questions") and m.get("hands"))
+                    await p_send({"type": "question_done", "id": q["id"], "answered": True})
+                    await v_until(lambda m: m.get("type") == "question_state" and m.get("state") != "open")
+                    await p_send({"type": "promote", "participant": me})
+                    await v_until(is_type("floor"))
+                    await p_send({"type": "demote", "participant": me})
+                    await v_until(lambda m: m.get("type") == "floor" and not m.get("granted"))
+                    await p_send({"type": "live", "live": False})
+                    await v_until(is_type("live"))
+                    await v_send({"type": "ping"})
+                    msgs = await drain_until(ws, is_type("pong"))
+                    out["messages"] += msgs
+                    out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
             elif s == "oversized":
                 await ws.send(json.dumps({"type": "join", "token": args.token}))
                 out["messages"] += await drain_until(ws, lambda m: m.get("type") == "joined")
@@ -101,6 +156,7 @@ def main():
     p.add_argument("--ws", required=True)
     p.add_argument("--scenario", required=True)
     p.add_argument("--token", default="")
+    p.add_argument("--presenter-token", default="")
     asyncio.run(run(p.parse_args()))
 
 

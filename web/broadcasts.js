@@ -1,0 +1,128 @@
+// Teaching broadcasts: experts open one for the clinics their hospital
+// serves, clinic doctors find the ones they may watch and join them, a
+// presenter ends its own. The broadcast itself is /broadcast (the
+// consultation page in broadcast mode), reached through the join link.
+//
+// Slow links: the list is small and refreshed every 30 s while the tab is
+// visible. PHI rule: broadcasts carry no patient data; nothing is logged.
+
+import { api, session, header, el, $, toast, testHook, fmtTime, errText, failer } from './app-common.js';
+
+const REFRESH_MS = 30_000;
+
+const hook = testHook('broadcasts', { ready: false, ids: [], rows: [], errors: [] });
+const fail = failer(hook);
+const enc = encodeURIComponent;
+
+let user = null;
+let timer = null;
+
+async function load() {
+  let data;
+  try {
+    data = await api('/api/broadcasts');
+  } catch (e) {
+    fail('Loading broadcasts', e);
+    return;
+  }
+  render(Array.isArray(data?.broadcasts) ? data.broadcasts : []);
+}
+
+function render(list) {
+  hook.ids = list.map((b) => b.id);
+  hook.rows = list;
+  $('#summary').textContent = list.length
+    ? `${list.length} open broadcast${list.length === 1 ? '' : 's'}`
+    : user.role === 'expert'
+      ? 'No open broadcasts. Start one above.'
+      : 'No open broadcasts for your clinic right now.';
+  $('#table-wrap').hidden = list.length === 0;
+  $('#rows').replaceChildren(...list.map(row));
+  hook.ready = true;
+}
+
+function row(b) {
+  const mine = user.role === 'expert' && b.presenter === user.username;
+  const join = el('button', { type: 'button', class: 'primary', dataset: { test: 'bc-join' } }, mine ? 'Present' : 'Join');
+  join.addEventListener('click', () => joinBroadcast(b, join));
+  const actions = [join];
+  if (mine) {
+    const end = el('button', { type: 'button', class: 'danger', dataset: { test: 'bc-end' } }, 'End');
+    end.addEventListener('click', () => endBroadcast(b, end));
+    actions.push(end);
+  }
+  return el(
+    'tr',
+    { dataset: { id: b.id } },
+    el('td', {}, b.title || ''),
+    el('td', {}, b.presenter_name || b.presenter || ''),
+    el('td', {}, fmtTime((b.started_unix || 0) * 1000)),
+    el('td', {}, b.on_air ? el('strong', { class: 'on-air' }, 'On air') : 'Not started yet'),
+    el('td', {}, String(b.connected ?? '')),
+    el('td', {}, el('div', { class: 'actions' }, actions)),
+  );
+}
+
+async function joinBroadcast(b, button) {
+  button.disabled = true;
+  try {
+    const r = await api(`/api/broadcasts/${enc(b.id)}/join`, { method: 'POST' });
+    if (r?.join?.url) location.assign(r.join.url);
+  } catch (e) {
+    fail('Joining the broadcast', e);
+    button.disabled = false;
+    load();
+  }
+}
+
+async function endBroadcast(b, button) {
+  if (!confirm(`End “${b.title}” for everyone watching?`)) return;
+  button.disabled = true;
+  try {
+    await api(`/api/broadcasts/${enc(b.id)}`, { method: 'DELETE' });
+    toast('Broadcast ended');
+  } catch (e) {
+    fail('Ending the broadcast', e);
+  }
+  load();
+}
+
+async function start(ev) {
+  ev.preventDefault();
+  const title = $('#start-title-input').value.trim();
+  const err = $('#start-error');
+  err.hidden = true;
+  if (!title) return;
+  const submit = ev.target.querySelector('[type=submit]');
+  submit.disabled = true;
+  try {
+    const r = await api('/api/broadcasts', { method: 'POST', body: { title } });
+    if (r?.join?.url) location.assign(r.join.url);
+  } catch (e) {
+    err.textContent = errText(e);
+    err.hidden = false;
+    fail('Starting the broadcast', e);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+async function main() {
+  user = await session();
+  if (!user) return;
+  header(user, '/broadcasts');
+  if (user.role === 'expert') {
+    $('#start-form').hidden = false;
+    $('#start-form').addEventListener('submit', start);
+  }
+  await load();
+  timer = setInterval(() => {
+    if (document.visibilityState === 'visible') load();
+  }, REFRESH_MS);
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') load();
+  });
+}
+
+main().catch((e) => toast(`The page could not start: ${errText(e)}`, 'error'));
+window.addEventListener('pagehide', () => clearInterval(timer));
