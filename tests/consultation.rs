@@ -1137,11 +1137,14 @@ fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from
     assert_eq!(r["errors"], json!(0), "{r}");
     assert_eq!(r["receiving_video"], json!(20), "{r}");
     assert_eq!(r["receiving_audio"], json!(20), "{r}");
-    // The camera at least. (The screen share reaches the browsers, checked
-    // above; that the load generator's rtc viewers receive only the camera
-    // is an open question of this change, see its closing note.)
+    // One video stream at least. Both are offered to them, but these rtc
+    // viewers receive only the screen share, not the camera (the browsers
+    // get both, checked above): an open fault, see the notes.
     assert!(r["video_streams"]["min"].as_u64().is_some_and(|n| n >= 1), "{r}");
-    eprintln!("load-generator viewers' video streams: {}", r["video_streams"]);
+    eprintln!(
+        "load-generator viewers' video streams: received {}, offered {}",
+        r["video_streams"], r["video_offered"]
+    );
     assert!(r["delivered_ratio"]["min"].as_f64().is_some_and(|x| x >= 0.95), "{r}");
     presenter
         .wait_for("window.mrTest.viewers === 3", Duration::from_secs(20))

@@ -1145,7 +1145,11 @@ function setupTabs() {
     t.addEventListener('keydown', (ev) => {
       const d = ev.key === 'ArrowRight' ? 1 : ev.key === 'ArrowLeft' ? -1 : 0;
       if (!d) return;
-      const next = tabs[(i + d + tabs.length) % tabs.length];
+      // Skip tabs hidden in this room (Questions outside a broadcast).
+      let k = i;
+      do k = (k + d + tabs.length) % tabs.length;
+      while (tabs[k].hidden && k !== i);
+      const next = tabs[k];
       next.focus();
       select(next);
     });

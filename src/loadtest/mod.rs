@@ -305,6 +305,7 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     let at_99 = ratios.iter().filter(|&&r| r >= 0.99).count();
     // Video streams (camera, screen share) each viewer received.
     let streams: Vec<usize> = after.iter().map(|e| e.video.len()).collect();
+    let offered: Vec<usize> = after.iter().map(|e| e.offered_video).collect();
     let ratios = sorted(ratios);
     let kbps = sorted(kbps);
     let first = sorted(first);
@@ -358,6 +359,7 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
         "window_s": elapsed,
         "viewers_at_99pct": at_99,
         "video_streams": { "min": streams.iter().min().copied().unwrap_or(0), "max": streams.iter().max().copied().unwrap_or(0) },
+        "video_offered": { "min": offered.iter().min().copied().unwrap_or(0), "max": offered.iter().max().copied().unwrap_or(0) },
         "delivered_ratio": { "min": pct(&ratios, 0.0), "p5": pct(&ratios, 0.05), "p50": pct(&ratios, 0.5) },
         "video_kbps": { "p5": pct(&kbps, 0.05), "p50": pct(&kbps, 0.5), "p95": pct(&kbps, 0.95) },
         "freezes": freezes,

@@ -178,6 +178,8 @@ pub struct ViewerStats {
     pub freezes: u64,
     pub last_video: Option<Instant>,
     pub layer_msgs: Vec<Value>,
+    /// Video tracks in the server's latest sub offer (what should arrive).
+    pub offered_video: usize,
 }
 
 impl ViewerStats {
@@ -232,6 +234,9 @@ async fn viewer(o: ViewerOpts, stats: &Mutex<ViewerStats>) -> Result<(), LoadErr
                 let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                 match v["type"].as_str() {
                     Some("offer") if v["pc"] == "sub" => {
+                        if let (Ok(mut s), Some(t)) = (stats.lock(), v["tracks"].as_object()) {
+                            s.offered_video = t.values().filter(|x| x["kind"] == "video").count();
+                        }
                         let sdp = v["sdp"].as_str().unwrap_or_default().to_string();
                         let now = Instant::now();
                         let e = |e: rtc::shared::error::Error| LoadError::Rtc(e.to_string());

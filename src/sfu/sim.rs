@@ -68,6 +68,8 @@ pub struct SimClient {
     pub uplink_loss: Option<LossFn>,
     /// Drop datagrams towards this client when it returns true.
     pub downlink_loss: Option<LossFn>,
+    /// Sources published through `publish_video_as`, in transceiver order.
+    published: Vec<Source>,
 }
 
 fn client_pc(addr: SocketAddr, kind: PcKind, now: Instant) -> RTCPeerConnection {
@@ -241,6 +243,7 @@ impl Net {
             simulcast_ext: None,
             uplink_loss: None,
             downlink_loss: None,
+            published: Vec::new(),
         });
     }
 
@@ -263,18 +266,32 @@ impl Net {
 
     /// Client `i` publishes one video track (VP8) and, optionally, a data channel.
     pub fn publish_video(&mut self, i: usize) {
+        let ssrc = self.publish_video_as(i, Source::Camera);
+        self.clients[i].video_ssrc = Some(ssrc);
+    }
+
+    /// Client `i` adds one more VP8 track labelled `source` (the first one
+    /// published is the camera, later ones this) and renegotiates; returns
+    /// its SSRC for [`Net::send_video_on`].
+    pub fn publish_video_as(&mut self, i: usize, source: Source) -> u32 {
         let ssrc: u32 = rand::random();
         let c = &mut self.clients[i];
+        let (mime, kind) = if source == Source::Mic {
+            ("audio/opus", RtpCodecKind::Audio)
+        } else {
+            ("video/VP8", RtpCodecKind::Video)
+        };
         let codec = codecs(PcKind::Pub)
             .into_iter()
-            .find(|(c, _)| c.rtp_codec.mime_type == "video/VP8")
+            .find(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
             .map(|(c, _)| c.rtp_codec)
-            .expect("vp8");
+            .expect("codec");
+        c.published.push(source);
         let track = MediaStreamTrack::new(
             format!("s-{i}"),
-            format!("t-{i}"),
+            format!("t-{i}-{ssrc}"),
             "cam".into(),
-            RtpCodecKind::Video,
+            kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
@@ -286,15 +303,14 @@ impl Net {
             }],
         );
         c.pubc.add_track(track).expect("add track");
-        c.video_ssrc = Some(ssrc);
         let offer = c.pubc.create_offer(None).expect("offer");
         c.pubc.set_local_description(self.now, offer).expect("set local");
         let sdp = c.pubc.local_description().map(|d| d.sdp.clone()).unwrap_or_default();
         let mut tracks = BTreeMap::new();
         let ids: Vec<usize> = c.pubc.get_transceivers().collect();
-        for t in ids {
+        for (n, t) in ids.into_iter().enumerate() {
             if let Some(mid) = c.pubc.rtp_transceiver(t).and_then(|t| t.mid().clone()) {
-                tracks.insert(mid, Source::Camera);
+                tracks.insert(mid, c.published.get(n).copied().unwrap_or(source));
             }
         }
         self.signal(
@@ -305,6 +321,7 @@ impl Net {
                 tracks,
             },
         );
+        ssrc
     }
 
     /// Client `i` publishes one VP8 camera track as three simulcast layers
@@ -471,8 +488,13 @@ impl Net {
 
     /// Sends one VP8 packet from client `i`'s published track.
     pub fn send_video(&mut self, i: usize, seq: u16, ts: u32, keyframe: bool, payload_len: usize) {
+        let Some(ssrc) = self.clients[i].video_ssrc else { return };
+        self.send_video_on(i, ssrc, seq, ts, keyframe, payload_len);
+    }
+
+    /// Sends one VP8 packet on client `i`'s track with `ssrc`.
+    pub fn send_video_on(&mut self, i: usize, ssrc: u32, seq: u16, ts: u32, keyframe: bool, payload_len: usize) {
         let c = &mut self.clients[i];
-        let Some(ssrc) = c.video_ssrc else { return };
         let mut payload = vec![0u8; payload_len.max(4)];
         // VP8 descriptor: S=1, PID=0; then the frame tag (P bit 0 = keyframe)
         // and, for keyframes, the start code and a 640x360 size.
@@ -996,6 +1018,46 @@ mod tests {
     fn told(net: &mut Net, i: usize, pred: impl Fn(&ServerMsg) -> bool) -> bool {
         net.pump();
         net.clients[i].messages.iter().any(pred)
+    }
+
+    #[test]
+    fn a_second_video_track_reaches_an_rtc_subscriber_too() {
+        let mut net = connected_pair();
+        let screen = net.publish_video_as(0, Source::Screen);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        for i in 0..100u16 {
+            net.send_video(0, i, u32::from(i) * 900, i % 50 == 0, 800);
+            net.send_video_on(0, screen, i, u32::from(i) * 900, i % 50 == 0, 800);
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        let per_ssrc: Vec<u64> = net.clients[1].received.values().copied().collect();
+        assert_eq!(per_ssrc.len(), 2, "streams received: {per_ssrc:?}");
+        assert!(per_ssrc.iter().all(|n| *n >= 95), "{per_ssrc:?}");
+    }
+
+    #[test]
+    fn two_video_tracks_in_a_newcomers_first_offer_both_arrive() {
+        let mut net = Net::with_late(|_| {}, &["a", "b"], 1);
+        net.publish_video_as(0, Source::Mic);
+        net.publish_video(0);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        let screen = net.publish_video_as(0, Source::Screen);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        for i in 0..50u16 {
+            net.send_video(0, i, u32::from(i) * 900, i % 50 == 0, 800);
+            net.send_video_on(0, screen, i, u32::from(i) * 900, i % 50 == 0, 800);
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        net.join_next();
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        for i in 50..150u16 {
+            net.send_video(0, i, u32::from(i) * 900, i % 50 == 0, 800);
+            net.send_video_on(0, screen, i, u32::from(i) * 900, i % 50 == 0, 800);
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        let per_ssrc: Vec<u64> = net.clients[1].received.values().copied().collect();
+        assert_eq!(per_ssrc.len(), 2, "streams received: {per_ssrc:?}");
+        assert!(per_ssrc.iter().all(|n| *n >= 95), "{per_ssrc:?}");
     }
 
     #[test]
