@@ -479,7 +479,9 @@ impl Session {
                         .fetch_add(pdv.data.len() as u64, Relaxed);
                     // A send error means the writer already failed; keep draining,
                     // the failure is reported when the dataset ends.
+                    let t = Instant::now();
                     let _ = job.tx.send(Chunk::Data(pdv.data)).await;
+                    slow_stage("file writer accepting data", t);
                 }
                 if last {
                     self.finish_message(assoc).await?;
@@ -575,14 +577,18 @@ impl Session {
             Some(Reception::Store(job)) => {
                 let _ = job.tx.send(Chunk::End).await;
                 drop(job.tx);
+                let t = Instant::now();
                 let r = job
                     .ready
                     .await
                     .unwrap_or_else(|_| Err(StoreFailure::Internal("file writer ended unexpectedly".into())));
+                slow_stage("file writer validating", t);
+                let t = Instant::now();
                 let r = match r {
                     Ok((inst, planned)) => self.index(inst, planned, job.durable).await,
                     Err(f) => Err(f),
                 };
+                slow_stage("index and fsync", t);
                 (job.rq, job.pc, r)
             }
         };
@@ -692,6 +698,16 @@ impl Session {
             .send(&pdu)
             .await
             .map_err(|e| End::Closed(format!("sending response: {e}")))
+    }
+}
+
+/// A C-STORE stage that took long enough to worry a modality (whose DIMSE
+/// timeout is often 30-60 s): logged with the stage, so a stall seen from
+/// the outside can be placed.
+fn slow_stage(stage: &'static str, since: Instant) {
+    let took = since.elapsed();
+    if took > Duration::from_secs(5) {
+        warn!(stage, ms = took.as_millis() as u64, "slow C-STORE stage");
     }
 }
 

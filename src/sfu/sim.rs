@@ -332,6 +332,7 @@ impl Net {
         let pc = super::media::client_peer_connection(PcKind::Pub, c.pub_addr, true, true, self.now)
             .expect("client peer connection");
         c.pubc = pc;
+        c.published = vec![Source::Camera];
         let codec = codecs(PcKind::Pub)
             .into_iter()
             .find(|(c, _)| c.rtp_codec.mime_type == "video/VP8")
@@ -784,6 +785,55 @@ mod tests {
                 keyframe,
                 *bytes,
             );
+        }
+    }
+
+    #[test]
+    fn a_late_viewer_with_a_high_estimate_from_the_start_gets_the_simulcast_camera() {
+        let mut net = Net::broadcast(&["teacher", "early", "late"], 2);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(3), Duration::from_millis(5));
+        stream_layers(&mut net, 0, 0, 400, 100, &[(1, 5_000_000)]);
+        net.join_next();
+        // Like the load generator's viewers: 5 Mbit/s from the first second.
+        stream_layers(&mut net, 0, 400, 100, 100, &[(1, 5_000_000), (2, 5_000_000)]);
+        let before = net.received_by(2);
+        stream_layers(&mut net, 0, 500, 300, 100, &[(1, 5_000_000), (2, 5_000_000)]);
+        let got = net.received_by(2) - before;
+        assert!(
+            got >= 250,
+            "the late viewer got {got} camera packets in 3 s (layer {:?})",
+            layer_of(&net, 2)
+        );
+    }
+
+    #[test]
+    fn a_late_viewer_gets_the_simulcast_camera_and_the_screen_share() {
+        let mut net = Net::broadcast(&["teacher", "early", "late"], 2);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        let screen = net.publish_video_as(0, Source::Screen);
+        net.run_for(Duration::from_secs(2), Duration::from_millis(5));
+        let both = |net: &mut Net, start: u16, n: u16, rembs: &[(usize, u64)]| {
+            for k in start..start + n {
+                send_layers(net, 0, k, k % 100 == 0);
+                if k % 3 == 0 {
+                    net.send_video_on(0, screen, k / 3, u32::from(k) * 900, k % 300 == 0, 900);
+                }
+                if k % 25 == 0 {
+                    for &(c, bps) in rembs {
+                        net.send_remb(c, bps);
+                    }
+                }
+                net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+            }
+        };
+        both(&mut net, 0, 400, &[(1, 5_000_000)]);
+        net.join_next();
+        both(&mut net, 400, 600, &[(1, 5_000_000), (2, 5_000_000)]);
+        for v in [1, 2] {
+            let per_ssrc: Vec<u64> = net.clients[v].received.values().copied().collect();
+            assert_eq!(per_ssrc.len(), 2, "viewer {v}: streams received {per_ssrc:?}");
         }
     }
 
