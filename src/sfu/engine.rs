@@ -781,19 +781,9 @@ impl Engine {
             }
         }
         self.floor_on_join(room_id, pid);
-        // Subscribe the newcomer to everything already published.
-        let mut added = false;
-        for o in &joined {
-            let tracks: Vec<String> = self
-                .parts
-                .get(o)
-                .map(|op| op.uptracks.keys().cloned().collect())
-                .unwrap_or_default();
-            for t in tracks {
-                added |= self.add_downtrack(now, pid, o, &t);
-            }
-        }
-        if added {
+        // Subscribe the newcomer to everything already published (that it
+        // may receive: nothing of a broadcast that is off air).
+        if self.subscribe_to_stage(now, room_id, pid) {
             self.renegotiate_sub(now, pid);
         }
         self.metrics.participants_active.store(self.parts.len() as u64, Relaxed);

@@ -1075,12 +1075,22 @@ mod tests {
         let mut net = connected_pair();
         let screen = net.publish_video_as(0, Source::Screen);
         net.run_for(Duration::from_secs(3), Duration::from_millis(5));
-        for i in 0..100u16 {
+        camera_and_screen(&mut net, screen, 0..100);
+        assert_two_streams(&net, 1);
+    }
+
+    /// Packets `range` of client 0's camera and of its track `screen`, at
+    /// 100 packets/s each, a keyframe every 50.
+    fn camera_and_screen(net: &mut Net, screen: u32, range: std::ops::Range<u16>) {
+        for i in range {
             net.send_video(0, i, u32::from(i) * 900, i % 50 == 0, 800);
             net.send_video_on(0, screen, i, u32::from(i) * 900, i % 50 == 0, 800);
             net.run_for(Duration::from_millis(10), Duration::from_millis(5));
         }
-        let per_ssrc: Vec<u64> = net.clients[1].received.values().copied().collect();
+    }
+
+    fn assert_two_streams(net: &Net, client: usize) {
+        let per_ssrc: Vec<u64> = net.clients[client].received.values().copied().collect();
         assert_eq!(per_ssrc.len(), 2, "streams received: {per_ssrc:?}");
         assert!(per_ssrc.iter().all(|n| *n >= 95), "{per_ssrc:?}");
     }
@@ -1093,21 +1103,11 @@ mod tests {
         net.run_for(Duration::from_secs(2), Duration::from_millis(5));
         let screen = net.publish_video_as(0, Source::Screen);
         net.run_for(Duration::from_secs(2), Duration::from_millis(5));
-        for i in 0..50u16 {
-            net.send_video(0, i, u32::from(i) * 900, i % 50 == 0, 800);
-            net.send_video_on(0, screen, i, u32::from(i) * 900, i % 50 == 0, 800);
-            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
-        }
+        camera_and_screen(&mut net, screen, 0..50);
         net.join_next();
         net.run_for(Duration::from_secs(3), Duration::from_millis(5));
-        for i in 50..150u16 {
-            net.send_video(0, i, u32::from(i) * 900, i % 50 == 0, 800);
-            net.send_video_on(0, screen, i, u32::from(i) * 900, i % 50 == 0, 800);
-            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
-        }
-        let per_ssrc: Vec<u64> = net.clients[1].received.values().copied().collect();
-        assert_eq!(per_ssrc.len(), 2, "streams received: {per_ssrc:?}");
-        assert!(per_ssrc.iter().all(|n| *n >= 95), "{per_ssrc:?}");
+        camera_and_screen(&mut net, screen, 50..150);
+        assert_two_streams(&net, 1);
     }
 
     #[test]
