@@ -407,7 +407,16 @@ fn a_stranded_dtls_handshake_is_started_over() {
     let _link = impair_with(proxy_port, s.sfu_port, 20, 0.0, &["--strand-dtls-secs", "20"]);
     let a = join(&ch, &s, &ps[0].1, "");
     let b = join(&ch, &s, &ps[1].1, "");
-    assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(100));
+    // Both pages start over, each on its own 30 s limit; a page's restart
+    // replaces its tracks on the other's page, so media is judged after both.
+    for (who, page) in [("clinic", &a), ("expert", &b)] {
+        page.wait_for(
+            "(window.mrTest.errors || []).some(e => e.code === 'connect_timeout')",
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|e| panic!("the {who}'s page never started over: {e}"));
+    }
+    assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(60));
     let errors = b.execute("return window.mrTest.errors", vec![]).expect("errors");
     assert!(
         errors
