@@ -119,7 +119,9 @@ export class FloorPanel {
     u.handToggle.disabled = !this.live || !!this.speaking;
     u.speakStop.hidden = !this.speaking;
     const q = this.queue;
-    const send = (m) => this.hooks.send(m);
+    // A panel button that sends one floor message.
+    const button = (label, msg, primary = false) =>
+      el('button', { type: 'button', class: primary ? 'primary' : undefined, onclick: () => this.hooks.send(msg) }, label);
     fill(
       u.speakers,
       q.speakers.map((s) =>
@@ -128,7 +130,7 @@ export class FloorPanel {
           { 'data-id': s.id },
           el('span', { class: 'who' }, s.name || 'Viewer'),
           s.video ? el('span', { class: 'state' }, 'with video') : null,
-          el('button', { type: 'button', onclick: () => send({ type: 'demote', participant: s.id }) }, 'End'),
+          button('End', { type: 'demote', participant: s.id }),
         ),
       ),
       'Nobody else has the floor.',
@@ -141,17 +143,9 @@ export class FloorPanel {
           { 'data-id': h.id },
           el('span', { class: 'who' }, h.name || 'Viewer'),
           el('time', { class: 'state' }, clockTime(h.since)),
-          el(
-            'button',
-            { type: 'button', class: 'primary', onclick: () => send({ type: 'promote', participant: h.id, video: false }) },
-            'Let speak',
-          ),
-          el(
-            'button',
-            { type: 'button', onclick: () => send({ type: 'promote', participant: h.id, video: true }) },
-            'With video',
-          ),
-          el('button', { type: 'button', onclick: () => send({ type: 'hand', raised: false, participant: h.id }) }, 'Lower'),
+          button('Let speak', { type: 'promote', participant: h.id, video: false }, true),
+          button('With video', { type: 'promote', participant: h.id, video: true }),
+          button('Lower', { type: 'hand', raised: false, participant: h.id }),
         ),
       ),
       'No raised hands.',
@@ -167,16 +161,8 @@ export class FloorPanel {
           el('span', { class: 'who' }, x.name || 'Viewer'),
           el('time', { class: 'state' }, clockTime(x.ts)),
           el('p', { class: 'text' }, x.text),
-          el(
-            'button',
-            { type: 'button', class: 'primary', onclick: () => send({ type: 'question_done', id: x.id, answered: true }) },
-            'Answered',
-          ),
-          el(
-            'button',
-            { type: 'button', onclick: () => send({ type: 'question_done', id: x.id, answered: false }) },
-            'Dismiss',
-          ),
+          button('Answered', { type: 'question_done', id: x.id, answered: true }, true),
+          button('Dismiss', { type: 'question_done', id: x.id, answered: false }),
         ),
       ),
       'No questions.',

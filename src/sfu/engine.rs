@@ -823,22 +823,12 @@ impl Engine {
             room.floor.left(pid);
         }
         for o in &others {
-            let mut changed = false;
-            if let Some(op) = self.parts.get_mut(o) {
-                if told.contains(o) {
-                    op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
-                }
-                let keys: Vec<(String, String)> = op.down.keys().filter(|k| k.0 == pid).cloned().collect();
-                for k in keys {
-                    if let Some(d) = op.down.remove(&k) {
-                        op.down_by_ssrc.remove(&d.ssrc);
-                        op.down_by_ssrc.remove(&d.rtx_ssrc);
-                        let _ = op.subc.pc.remove_track(d.sender);
-                        changed = true;
-                    }
-                }
+            if let Some(op) = self.parts.get(o)
+                && told.contains(o)
+            {
+                op.send(ServerMsg::ParticipantLeft { id: pid.to_string() });
             }
-            if changed {
+            if self.unsubscribe(o, |publisher| publisher == pid) {
                 self.renegotiate_sub(now, o);
             }
         }

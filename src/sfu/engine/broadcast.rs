@@ -224,8 +224,9 @@ impl Engine {
     /// Goes on or off air: viewers start or stop receiving the presenters.
     pub(super) fn set_live(&mut self, now: Instant, room: &str, live: bool) {
         let Some(r) = self.rooms.get_mut(room) else { return };
-        let speakers: Vec<String> = r.floor.view().speakers.into_iter().map(|s| s.id).collect();
-        let hands: Vec<String> = r.floor.view().hands.into_iter().map(|h| h.id).collect();
+        let before = r.floor.view();
+        let speakers: Vec<String> = before.speakers.into_iter().map(|s| s.id).collect();
+        let hands: Vec<String> = before.hands.into_iter().map(|h| h.id).collect();
         if !r.floor.set_live(live) {
             return;
         }
@@ -250,7 +251,7 @@ impl Engine {
             let changed = if live {
                 self.subscribe_to_stage(now, room, v)
             } else {
-                self.unsubscribe(now, v, |_| true)
+                self.unsubscribe(v, |_| true)
             };
             if changed {
                 self.renegotiate_sub(now, v);
@@ -278,7 +279,7 @@ impl Engine {
 
     /// Removes `sub`'s down-tracks whose publisher matches; returns whether
     /// any was removed (the caller renegotiates).
-    fn unsubscribe(&mut self, _now: Instant, sub: &str, publisher: impl Fn(&str) -> bool) -> bool {
+    pub(super) fn unsubscribe(&mut self, sub: &str, publisher: impl Fn(&str) -> bool) -> bool {
         let Some(sp) = self.parts.get_mut(sub) else {
             return false;
         };
