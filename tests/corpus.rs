@@ -738,6 +738,7 @@ fn pynetdicom_echo_and_store_the_whole_corpus_byte_exact() {
     let expect = expectations(&files, false);
 
     let results = s.dir.join("push.jsonl");
+    let scu_log = s.dir.join("pynetdicom.log");
     let o = run({
         let mut c = Command::new(python());
         c.arg(script("corpus_push.py"))
@@ -752,16 +753,22 @@ fn pynetdicom_echo_and_store_the_whole_corpus_byte_exact() {
             ])
             .arg("--out")
             .arg(&results)
+            .arg("--log")
+            .arg(&scu_log)
             .arg(corpus_pydicom())
             .arg(corpus_nema());
         c
     });
-    assert!(
-        o.status.success(),
-        "corpus_push.py: {}\nserver log:\n{}",
-        text(&o),
-        s.log()
-    );
+    if !o.status.success() {
+        let log = std::fs::read_to_string(&scu_log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        panic!(
+            "corpus_push.py: {}\npynetdicom's log (last 150 lines):\n{}\nserver log:\n{}",
+            text(&o),
+            lines[lines.len().saturating_sub(150)..].join("\n"),
+            s.log()
+        );
+    }
     let mut actual = HashMap::new();
     let mut order = Vec::new();
     let mut echo = None;

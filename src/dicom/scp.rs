@@ -503,6 +503,9 @@ impl Session {
                     .await
             }
             field::C_STORE_RQ if cmd.has_dataset() => {
+                // With "response sent" below, places a stall seen by a peer
+                // (a DIMSE timeout) on one side of the wire or the other.
+                debug!(message_id = cmd.message_id().unwrap_or(0), pc, "C-STORE request");
                 self.current = Some(match self.start_store(pc, &cmd) {
                     Ok(job) => Reception::Store(job),
                     Err(failure) => Reception::Discard { rq: cmd, pc, failure },
@@ -616,7 +619,12 @@ impl Session {
         };
         self.respond(assoc, pc, &rsp).await?;
         metrics.store_latency.observe(started.elapsed());
-        tracing::trace!(total_us = started.elapsed().as_micros() as u64, "response sent");
+        debug!(
+            message_id = rq.message_id().unwrap_or(0),
+            status = format!("{:#06x}", rsp.u16(tag::STATUS).unwrap_or(0)),
+            total_ms = started.elapsed().as_millis() as u64,
+            "C-STORE response sent"
+        );
         Ok(())
     }
 
@@ -697,7 +705,16 @@ impl Session {
         assoc
             .send(&pdu)
             .await
-            .map_err(|e| End::Closed(format!("sending response: {e}")))
+            .map_err(|e| End::Closed(format!("sending response: {e}")))?;
+        // dicom-ul's send is a `write_all` without a flush: over TLS the
+        // response can sit in the TLS layer's buffer while the peer waits
+        // for it (a plain socket has no such buffer; the flush is then free).
+        let flush = tokio::time::timeout(self.scp.cfg.idle_timeout(), assoc.inner_stream().flush());
+        match flush.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Closed(format!("sending response: {e}"))),
+            Err(_) => Err(End::Closed("sending response: write timeout".into())),
+        }
     }
 }
 

@@ -1394,8 +1394,13 @@ impl Engine {
             gop: (kind == RtpCodecKind::Video).then(|| GopCache::new(GopConfig::default())),
         };
         if let Some(u) = p.uptracks.get_mut(&track_id) {
-            // Another simulcast layer of a track already published.
-            if u.layers.iter().any(|l| l.rid == rid && !rid.is_empty()) || u.layers.len() >= MAX_LAYERS {
+            // Another simulcast layer of a track already published (an
+            // open for a stream already bound is a repeat, not a layer).
+            if u.layers
+                .iter()
+                .any(|l| (l.rid == rid && !rid.is_empty()) || (ssrc != 0 && l.ssrc == Some(ssrc)))
+                || u.layers.len() >= MAX_LAYERS
+            {
                 return;
             }
             let used: Vec<u8> = u.layers.iter().map(|l| l.quality).collect();
@@ -1405,7 +1410,7 @@ impl Engine {
             let layer = new_layer(quality, u.kind);
             u.layers.push(layer);
             u.layers.sort_by_key(|l| l.quality);
-            info!(participant = pid, rid = %rid, quality, "simulcast layer published");
+            info!(participant = pid, track = %track_id, ssrc, rid = %rid, quality, "simulcast layer published");
             return;
         }
         if p.uptracks.len() >= self.cfg.max_tracks {
@@ -1468,7 +1473,7 @@ impl Engine {
         );
         let room = p.room.clone();
         let info = p.info();
-        info!(participant = pid, source = ?source, "track published");
+        info!(participant = pid, track = %track_id, ssrc, rid = %rid, source = ?source, "track published");
         let subs: Vec<String> = self
             .rooms
             .get(&room)

@@ -24,6 +24,9 @@ use super::engine::{Command, Engine, EngineConfig, NewParticipant};
 use super::media::codecs;
 use super::protocol::{ClientMsg, PcKind, Role, RoomKind, ServerMsg, Source, ToClient};
 
+/// Packets of a simulcast layer that name it (mid/rid header extensions).
+pub const SIMULCAST_NAMED_PACKETS: u32 = 20;
+
 pub const SERVER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 7882);
 
 fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
@@ -64,6 +67,9 @@ pub struct SimClient {
     /// negotiated mid/rid extension ids with the track's mid.
     pub layer_ssrcs: Vec<u32>,
     simulcast_ext: Option<(u8, u8, String)>,
+    /// Packets sent per simulcast layer: like a browser, the client names
+    /// the layer (mid/rid extensions) on its first packets only.
+    layer_sent: [u32; 3],
     /// Drop this client's outgoing (to the SFU) datagrams when it returns true.
     pub uplink_loss: Option<LossFn>,
     /// Drop datagrams towards this client when it returns true.
@@ -241,6 +247,7 @@ impl Net {
             plis: HashMap::new(),
             layer_ssrcs: Vec::new(),
             simulcast_ext: None,
+            layer_sent: [0; 3],
             uplink_loss: None,
             downlink_loss: None,
             published: Vec::new(),
@@ -394,6 +401,8 @@ impl Net {
     }
 
     /// Sends one VP8 packet of simulcast `layer` (0..3) with PictureID `pid`.
+    /// Only the first [`SIMULCAST_NAMED_PACKETS`] of a layer carry its mid
+    /// and rid.
     pub fn send_layer(&mut self, i: usize, layer: usize, seq: u16, pid: u16, keyframe: bool, payload_len: usize) {
         let c = &mut self.clients[i];
         let (Some(&ssrc), Some((mid_ext, rid_ext, mid))) = (c.layer_ssrcs.get(layer), c.simulcast_ext.clone()) else {
@@ -419,9 +428,16 @@ impl Net {
             extension_profile: 0xBEDE,
             ..Default::default()
         };
-        let rid = ["q", "h", "f"][layer.min(2)];
-        let _ = header.set_extension(mid_ext, Bytes::from(mid.into_bytes()));
-        let _ = header.set_extension(rid_ext, Bytes::from_static(rid.as_bytes()));
+        // A browser stops naming a stream once the receiver's reports show
+        // it is known (Chrome: the first receiver report for the SSRC), so a
+        // receiver that forgets the SSRC cannot learn it again.
+        let sent = &mut c.layer_sent[layer.min(2)];
+        *sent += 1;
+        if *sent <= SIMULCAST_NAMED_PACKETS {
+            let rid = ["q", "h", "f"][layer.min(2)];
+            let _ = header.set_extension(mid_ext, Bytes::from(mid.into_bytes()));
+            let _ = header.set_extension(rid_ext, Bytes::from_static(rid.as_bytes()));
+        }
         let _ = c.pubc.handle_write(TaggedRTCMessage {
             now: self.now,
             message: RTCMessage::RtpPacket(
@@ -835,6 +851,44 @@ mod tests {
             let per_ssrc: Vec<u64> = net.clients[v].received.values().copied().collect();
             assert_eq!(per_ssrc.len(), 2, "viewer {v}: streams received {per_ssrc:?}");
         }
+    }
+
+    /// Starting a screen share renegotiates the presenter's connection,
+    /// long after its camera layers stopped naming themselves (mid/rid): the
+    /// camera must keep flowing (rtc used to forget the layers' SSRCs there;
+    /// see vendor/rtc/PATCHES.md).
+    #[test]
+    fn a_presenter_who_starts_sharing_the_screen_keeps_its_simulcast_camera() {
+        let mut net = Net::broadcast(&["teacher", "viewer"], 2);
+        net.publish_simulcast(0);
+        net.run_for(Duration::from_secs(1), Duration::from_millis(5));
+        for k in 0..300u16 {
+            send_layers(&mut net, 0, k, k % 100 == 0);
+            if k % 25 == 0 {
+                net.send_remb(1, 5_000_000);
+            }
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        let camera: Vec<u32> = net.clients[1].received.keys().copied().collect();
+        assert_eq!(camera.len(), 1, "before the screen share: {camera:?}");
+        let before = net.clients[1].received[&camera[0]];
+        let screen = net.publish_video_as(0, Source::Screen);
+        for k in 300..700u16 {
+            send_layers(&mut net, 0, k, k % 100 == 0);
+            if k % 3 == 0 {
+                net.send_video_on(0, screen, k / 3, u32::from(k) * 900, k % 300 == 0, 900);
+            }
+            if k % 25 == 0 {
+                net.send_remb(1, 5_000_000);
+            }
+            net.run_for(Duration::from_millis(10), Duration::from_millis(5));
+        }
+        let after = net.clients[1].received[&camera[0]];
+        assert!(
+            after >= before + 300,
+            "the camera stalled at the renegotiation: {before} -> {after} packets"
+        );
+        assert_two_streams(&net, 1);
     }
 
     fn layer_of(net: &Net, client: usize) -> Option<usize> {

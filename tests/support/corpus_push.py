@@ -123,8 +123,17 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--echo", action="store_true", help="C-ECHO on the first association")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--log", help="pynetdicom's debug log (PDUs, DIMSE) to this file")
     args = ap.parse_args()
-    if args.verbose:
+    if args.log:
+        # Which side stalled when a DIMSE timeout ends a run: this log shows
+        # what the SCU sent and received; the SCP's debug log the rest.
+        h = logging.FileHandler(args.log)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s"))
+        lg = logging.getLogger("pynetdicom")
+        lg.addHandler(h)
+        lg.setLevel(logging.DEBUG)
+    elif args.verbose:
         from pynetdicom import debug_logger
 
         debug_logger()

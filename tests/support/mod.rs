@@ -70,6 +70,56 @@ pub fn gen_big(path: &Path, mb: u32) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// A camera clip for Chromium's `--use-file-for-fake-video-capture`: 720p,
+/// 24 fps, 2 s looped, mostly flat grey with a moving bar and a patch of
+/// fresh noise in every frame.
+///
+/// Why: Chromium's built-in fake camera compresses so well that its 720p
+/// layer needs well under 1 Mbit/s, so a 1 Mbit/s viewer could honestly be
+/// given the top layer. Fresh noise cannot be predicted from earlier frames,
+/// so the encoder spends every layer's whole budget (the page's caps:
+/// 150 k / 500 k / 1.5 Mbit/s), as a real camera does; the patch is small
+/// so that even the top layer stays under its cap at the coarsest quantizer
+/// (no dropped frames) and encoding it costs little CPU.
+pub fn busy_camera_y4m(path: &Path) {
+    use std::io::Write;
+    const W: usize = 1280;
+    const H: usize = 720;
+    const FRAMES: usize = 48;
+    const PATCH: (usize, usize) = (192, 108);
+    let f = std::fs::File::create(path).expect("y4m file");
+    let mut out = std::io::BufWriter::new(f);
+    writeln!(out, "YUV4MPEG2 W{W} H{H} F24:1 Ip A1:1 C420jpeg").expect("y4m header");
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut y = vec![0u8; W * H];
+    let chroma = vec![128u8; W * H / 4];
+    for n in 0..FRAMES {
+        y.fill(110);
+        // A bar sweeping across the frame: something that moves.
+        let bar = n * (W - 64) / FRAMES;
+        for row in y.chunks_mut(W) {
+            row[bar..bar + 64].fill(200);
+        }
+        let (px, py) = ((W - PATCH.0) / 2, (H - PATCH.1) / 2);
+        for r in 0..PATCH.1 {
+            let row = &mut y[(py + r) * W + px..(py + r) * W + px + PATCH.0];
+            for chunk in row.chunks_mut(8) {
+                // xorshift64: cheap, and unpredictable to a video encoder.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                for (i, b) in chunk.iter_mut().enumerate() {
+                    *b = (rng >> (i * 8)) as u8;
+                }
+            }
+        }
+        out.write_all(b"FRAME\n").expect("y4m frame");
+        out.write_all(&y).expect("y4m frame");
+        out.write_all(&chroma).expect("y4m frame");
+        out.write_all(&chroma).expect("y4m frame");
+    }
+    out.flush().expect("y4m file");
+}
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
