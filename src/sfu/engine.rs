@@ -2126,7 +2126,22 @@ impl Engine {
         let pad = match s.bwe_bps {
             None => 0,
             Some(bwe) => {
+                let was = s.up_probe.probing();
                 let probe = s.up_probe.update(now, chosen, extra, bwe, next_fits);
+                if was != s.up_probe.probing() {
+                    // Placing a slow climb to the top layer: which probes ran,
+                    // how they ended, and how far the back-off has grown.
+                    debug!(
+                        participant = pid,
+                        probing = !was,
+                        layer = ?chosen,
+                        bwe_kbps = bwe / 1000,
+                        pad_kbps = probe / 1000,
+                        next_fits,
+                        interval_s = s.up_probe.interval().as_secs(),
+                        "up-probe"
+                    );
+                }
                 pending_up.unwrap_or(probe)
             }
         };
