@@ -379,4 +379,151 @@ mod tests {
         assert!(vp8.0.rtp_codec.rtcp_feedback.iter().any(|f| f.typ == "goog-remb"));
         assert!(c.iter().any(|(c, _)| c.rtp_codec.sdp_fmtp_line == "apt=96"));
     }
+
+    /// A browser facing our ICE-lite agent may nominate a second pair later
+    /// (Chromium moves to a preferred interface once its checks there
+    /// succeed) and then sends its consent checks on that pair alone. The
+    /// agent must move with it: one that kept the first pair heard nothing
+    /// there, went `disconnected` after 8 s and `failed` after 15 s, and the
+    /// viewer's page started over every ~24 s (vendor/rtc-ice/PATCHES.md).
+    #[test]
+    fn the_lite_agent_follows_the_browser_to_another_nominated_pair() {
+        use rtc::ice::attributes::{control::AttrControlling, priority::PriorityAttr, use_candidate::UseCandidateAttr};
+        use rtc::ice::candidate::{CandidateConfig, CandidateType, candidate_host::CandidateHostConfig};
+        use rtc::ice::state::ConnectionState;
+        use rtc::ice::{Agent, AgentConfig};
+        use rtc::sansio::Protocol;
+        use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+        use rtc::stun::attributes::ATTR_USERNAME;
+        use rtc::stun::fingerprint::FINGERPRINT;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter, TransactionId};
+        use rtc::stun::textattrs::Username;
+        use rtc::stun::xoraddr::XorMappedAddress;
+        use std::sync::Arc;
+
+        let provider = rtc::ice::crypto::default_provider().expect("crypto provider");
+        let ours: SocketAddr = "127.0.0.1:7882".parse().unwrap();
+        let (our_ufrag, our_pwd) = random_credentials();
+        let (their_ufrag, their_pwd) = random_credentials();
+        let t0 = Instant::now();
+        let mut agent = Agent::new(
+            t0,
+            Arc::new(AgentConfig {
+                lite: true,
+                candidate_types: vec![CandidateType::Host],
+                local_ufrag: our_ufrag.clone(),
+                local_pwd: our_pwd.clone(),
+                disconnected_timeout: Some(Duration::from_secs(8)),
+                failed_timeout: Some(Duration::from_secs(15)),
+                ..Default::default()
+            }),
+            provider.clone(),
+        )
+        .expect("agent");
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: ours.ip().to_string(),
+                port: ours.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .expect("host candidate");
+        agent.add_local_candidate(host).expect("local candidate");
+        agent
+            .start_connectivity_checks(t0, false, their_ufrag.clone(), their_pwd.clone())
+            .expect("start");
+
+        let ctx = |peer: SocketAddr| TransportContext {
+            local_addr: ours,
+            peer_addr: peer,
+            transport_protocol: TransportProtocol::UDP,
+            ecn: None,
+        };
+        let feed = |agent: &mut Agent, now: Instant, from: SocketAddr, m: &Message| {
+            agent
+                .handle_read(TaggedBytesMut {
+                    now,
+                    transport: ctx(from),
+                    message: m.raw.as_slice().into(),
+                })
+                .expect("handle_read");
+        };
+        // A browser's check on the pair from `from`, nominating it (a
+        // controlling browser facing a lite peer puts USE-CANDIDATE on the
+        // pair it has selected); then the browser's answers to the checks
+        // the agent sends back (its triggered checks).
+        let check = |agent: &mut Agent, now: Instant, from: SocketAddr| {
+            let attrs: Vec<Box<dyn Setter + '_>> = vec![
+                Box::new(BINDING_REQUEST),
+                Box::new(TransactionId::new()),
+                Box::new(Username::new(ATTR_USERNAME, format!("{our_ufrag}:{their_ufrag}"))),
+                Box::new(UseCandidateAttr::new()),
+                Box::new(AttrControlling(7)),
+                Box::new(PriorityAttr(2_130_706_431)),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    our_pwd.clone(),
+                    provider.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ];
+            let mut m = Message::new();
+            m.build(&attrs).expect("request");
+            feed(agent, now, from, &m);
+            while let Some(out) = agent.poll_write() {
+                let mut req = Message::new();
+                req.raw = out.message.to_vec();
+                if req.decode().is_err() || req.typ != BINDING_REQUEST {
+                    continue;
+                }
+                let to = out.transport.peer_addr;
+                let attrs: Vec<Box<dyn Setter + '_>> = vec![
+                    Box::new(BINDING_SUCCESS),
+                    Box::new(req.transaction_id),
+                    Box::new(XorMappedAddress {
+                        ip: to.ip(),
+                        port: to.port(),
+                    }),
+                    Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                        their_pwd.clone(),
+                        provider.crypto(),
+                    )),
+                    Box::new(FINGERPRINT),
+                ];
+                let mut resp = Message::new();
+                resp.build(&attrs).expect("response");
+                feed(agent, now, to, &resp);
+            }
+        };
+        let selected = |agent: &Agent| agent.get_selected_candidate_pair().map(|(_, r)| r.addr());
+
+        let first: SocketAddr = "127.0.0.1:57558".parse().unwrap();
+        let second: SocketAddr = "192.0.2.2:40161".parse().unwrap();
+        let mut now = t0;
+        for _ in 0..2 {
+            check(&mut agent, now, first);
+            now += Duration::from_millis(50);
+        }
+        assert_eq!(selected(&agent), Some(first));
+        assert_eq!(agent.state(), ConnectionState::Connected);
+        // The browser moves to its other interface's pair.
+        for _ in 0..2 {
+            check(&mut agent, now, second);
+            now += Duration::from_millis(50);
+        }
+        assert_eq!(selected(&agent), Some(second), "the agent stayed on the first pair");
+        // Consent checks on the new pair only, every 2.5 s for 30 s: the
+        // connection stays up (the first pair hears nothing all along).
+        for _ in 0..12 {
+            now += Duration::from_millis(2500);
+            agent.handle_timeout(now).expect("timeout");
+            check(&mut agent, now, second);
+            assert_eq!(agent.state(), ConnectionState::Connected, "at {:?}", now - t0);
+        }
+        assert_eq!(selected(&agent), Some(second));
+    }
 }
