@@ -242,7 +242,11 @@ pub fn client_peer_connection(
 
 /// A UDP host candidate for `addr` (we gather nothing: the sockets are ours).
 pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SetupError> {
-    let cand = CandidateHostConfig {
+    RTCIceCandidate::from(&ice_host(addr)?).to_json().map_err(se)
+}
+
+fn ice_host(addr: SocketAddr) -> Result<rtc::ice::candidate::Candidate, SetupError> {
+    CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
             address: addr.ip().to_string(),
@@ -253,8 +257,7 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SetupErro
         ..Default::default()
     }
     .new_candidate_host()
-    .map_err(se)?;
-    RTCIceCandidate::from(&cand).to_json().map_err(se)
+    .map_err(se)
 }
 
 /// Lets subscribers' feedback reach the engine.
@@ -389,7 +392,7 @@ mod tests {
     #[test]
     fn the_lite_agent_follows_the_browser_to_another_nominated_pair() {
         use rtc::ice::attributes::{control::AttrControlling, priority::PriorityAttr, use_candidate::UseCandidateAttr};
-        use rtc::ice::candidate::{CandidateConfig, CandidateType, candidate_host::CandidateHostConfig};
+        use rtc::ice::candidate::CandidateType;
         use rtc::ice::state::ConnectionState;
         use rtc::ice::{Agent, AgentConfig};
         use rtc::sansio::Protocol;
@@ -421,19 +424,9 @@ mod tests {
             provider.clone(),
         )
         .expect("agent");
-        let host = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: ours.ip().to_string(),
-                port: ours.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .expect("host candidate");
-        agent.add_local_candidate(host).expect("local candidate");
+        agent
+            .add_local_candidate(ice_host(ours).expect("host candidate"))
+            .expect("local candidate");
         agent
             .start_connectivity_checks(t0, false, their_ufrag.clone(), their_pwd.clone())
             .expect("start");
