@@ -446,26 +446,39 @@ mod tests {
                 })
                 .expect("handle_read");
         };
+        // A STUN message with ICE's short-term integrity (`pwd`: the
+        // receiver's password) and a fingerprint.
+        fn signed<'a>(
+            mut attrs: Vec<Box<dyn Setter + 'a>>,
+            pwd: &str,
+            crypto: &'a dyn rtc::ice::crypto::RTCCrypto,
+        ) -> Message {
+            attrs.push(Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_owned(),
+                crypto,
+            )));
+            attrs.push(Box::new(FINGERPRINT));
+            let mut m = Message::new();
+            m.build(&attrs).expect("stun message");
+            m
+        }
         // A browser's check on the pair from `from`, nominating it (a
         // controlling browser facing a lite peer puts USE-CANDIDATE on the
         // pair it has selected); then the browser's answers to the checks
         // the agent sends back (its triggered checks).
         let check = |agent: &mut Agent, now: Instant, from: SocketAddr| {
-            let attrs: Vec<Box<dyn Setter + '_>> = vec![
-                Box::new(BINDING_REQUEST),
-                Box::new(TransactionId::new()),
-                Box::new(Username::new(ATTR_USERNAME, format!("{our_ufrag}:{their_ufrag}"))),
-                Box::new(UseCandidateAttr::new()),
-                Box::new(AttrControlling(7)),
-                Box::new(PriorityAttr(2_130_706_431)),
-                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                    our_pwd.clone(),
-                    provider.crypto(),
-                )),
-                Box::new(FINGERPRINT),
-            ];
-            let mut m = Message::new();
-            m.build(&attrs).expect("request");
+            let m = signed(
+                vec![
+                    Box::new(BINDING_REQUEST),
+                    Box::new(TransactionId::new()),
+                    Box::new(Username::new(ATTR_USERNAME, format!("{our_ufrag}:{their_ufrag}"))),
+                    Box::new(UseCandidateAttr::new()),
+                    Box::new(AttrControlling(7)),
+                    Box::new(PriorityAttr(2_130_706_431)),
+                ],
+                &our_pwd,
+                provider.crypto(),
+            );
             feed(agent, now, from, &m);
             while let Some(out) = agent.poll_write() {
                 let mut req = Message::new();
@@ -474,21 +487,18 @@ mod tests {
                     continue;
                 }
                 let to = out.transport.peer_addr;
-                let attrs: Vec<Box<dyn Setter + '_>> = vec![
-                    Box::new(BINDING_SUCCESS),
-                    Box::new(req.transaction_id),
-                    Box::new(XorMappedAddress {
-                        ip: to.ip(),
-                        port: to.port(),
-                    }),
-                    Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                        their_pwd.clone(),
-                        provider.crypto(),
-                    )),
-                    Box::new(FINGERPRINT),
-                ];
-                let mut resp = Message::new();
-                resp.build(&attrs).expect("response");
+                let resp = signed(
+                    vec![
+                        Box::new(BINDING_SUCCESS),
+                        Box::new(req.transaction_id),
+                        Box::new(XorMappedAddress {
+                            ip: to.ip(),
+                            port: to.port(),
+                        }),
+                    ],
+                    &their_pwd,
+                    provider.crypto(),
+                );
                 feed(agent, now, to, &resp);
             }
         };
