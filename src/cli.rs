@@ -424,19 +424,8 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
             department,
             password_stdin,
         } => {
-            if let Some(c) = &clinic
-                && !cfg.clinics.is_empty()
-                && !cfg.clinics.iter().any(|k| &k.id == c)
-            {
-                return fail(format!("clinic {c:?} is not in the configuration's [[clinic]] list"));
-            }
-            if let Some(h) = &hospital
-                && !cfg.hospitals.is_empty()
-                && !cfg.hospitals.iter().any(|k| &k.id == h)
-            {
-                return fail(format!(
-                    "hospital {h:?} is not in the configuration's [[hospital]] list"
-                ));
+            if let Err(e) = crate::reading::access::check_affiliation(&cfg, clinic.as_deref(), hospital.as_deref()) {
+                return fail(e);
             }
             let password = match read_password(password_stdin) {
                 Ok(p) => p,

@@ -56,6 +56,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Test builds only: lets the consultation page honour its test hooks
+    /// (`#via=` rewriting media candidates, `#autojoin=1` starting camera
+    /// and microphone without a click). Off: a link cannot do either.
+    pub test_hooks: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +109,9 @@ pub struct SfuConfig {
     pub history_ms: u64,
     /// Minimum spacing of keyframe requests towards a publisher.
     pub pli_interval_ms: u64,
+    /// A room nobody is in (or nobody has joined yet) ends after this long;
+    /// a request's room is opened again by the next join.
+    pub empty_room_grace_secs: u64,
 }
 
 impl Default for SfuConfig {
@@ -120,6 +127,7 @@ impl Default for SfuConfig {
             peer_timeout_secs: 20,
             history_ms: 3000,
             pli_interval_ms: 500,
+            empty_room_grace_secs: 600,
         }
     }
 }
@@ -326,6 +334,7 @@ impl Default for HttpConfig {
         // Loopback until accounts and roles exist (reading-workflow issue).
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            test_hooks: false,
         }
     }
 }
@@ -485,6 +494,9 @@ impl Config {
         }
         if self.sfu.room_ttl_secs < 60 {
             return bad("sfu.room_ttl_secs must be at least 60".into());
+        }
+        if self.sfu.empty_room_grace_secs == 0 || self.sfu.empty_room_grace_secs > self.sfu.room_ttl_secs {
+            return bad("sfu.empty_room_grace_secs must be between 1 and sfu.room_ttl_secs".into());
         }
         if self
             .sfu

@@ -14,7 +14,7 @@ use sqlx::Row;
 use super::auth::{now_ms, require};
 use super::error::ApiError;
 use crate::app::Services;
-use crate::reading::access::{Caller, Role};
+use crate::reading::access::{Caller, Role, check_affiliation};
 use crate::reading::accounts::{self, AccountError};
 use crate::reading::audit::{self, AuditQuery};
 
@@ -48,18 +48,7 @@ pub async fn add_user(
 ) -> Result<Response, ApiError> {
     require(&c, &[Role::Admin])?;
     let Json(nu) = b.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if let Some(k) = nu.clinic_id.as_deref().filter(|k| !k.is_empty())
-        && !s.cfg.clinics.is_empty()
-        && !s.cfg.clinics.iter().any(|x| x.id == k)
-    {
-        return Err(ApiError::BadRequest(format!("unknown clinic {k:?}")));
-    }
-    if let Some(h) = nu.hospital_id.as_deref().filter(|h| !h.is_empty())
-        && !s.cfg.hospitals.is_empty()
-        && !s.cfg.hospitals.iter().any(|x| x.id == h)
-    {
-        return Err(ApiError::BadRequest(format!("unknown hospital {h:?}")));
-    }
+    check_affiliation(&s.cfg, nu.clinic_id.as_deref(), nu.hospital_id.as_deref()).map_err(ApiError::BadRequest)?;
     let u = accounts::create_user(s.index.pool(), &nu, now_ms()).await?;
     audit::record(
         s.index.pool(),

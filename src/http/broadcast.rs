@@ -1,12 +1,16 @@
 //! Teaching broadcasts over HTTP: an expert starts one for the clinics their
-//! hospital serves; those clinics' doctors find it in a list and join it as
-//! receive-only viewers; colleagues of the same hospital join as presenters.
+//! hospital serves, naming colleagues who present with it; those clinics'
+//! doctors and the hospital's other experts find it in a list and join it
+//! as receive-only viewers.
 //!
 //! Scope follows the reading workflow's: a broadcast belongs to its
-//! presenter's hospital, and a clinic doctor sees it only if that hospital
-//! serves their clinic. Anything out of scope answers 404, as elsewhere, so
-//! broadcast ids cannot be probed. The list lives in memory beside the SFU's
-//! rooms, which do not survive a restart either.
+//! presenter's hospital (with no `[[hospital]]` configured, to the one
+//! implicit hospital that serves every clinic), and a clinic doctor sees it
+//! only if that hospital serves their clinic. Anything out of scope answers
+//! 404, as elsewhere, so broadcast ids cannot be probed. A broadcast is its
+//! room's owner in the engine (`RoomOwner::Broadcast`): the list is read
+//! from the live rooms, so a broadcast whose room ended (emptied, expired,
+//! closed, the gateway restarted) is gone from it too.
 
 use std::sync::Arc;
 
@@ -18,18 +22,23 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::require;
+use super::consult::{close_room_now, invitation, link_json, sfu_err};
 use super::error::ApiError;
+use super::room_access;
 use crate::app::Services;
 use crate::reading::access::{Caller, Role};
+use crate::reading::accounts;
+use crate::reading::audit;
 use crate::sfu::BroadcastInfo;
-use crate::sfu::engine::{Command, NewParticipant, SfuError};
-use crate::sfu::protocol::{Role as SfuRole, RoomKind};
-use crate::sfu::tokens::Claims;
+use crate::sfu::engine::{Command, RoomOwner, SfuError};
+use crate::sfu::protocol::RoomKind;
 
 type S = State<Arc<Services>>;
 
 /// Live broadcasts kept per gateway; more is a configuration mistake.
 const MAX_BROADCASTS: usize = 64;
+/// Colleagues named to present with the starter.
+const MAX_CO_PRESENTERS: usize = 7;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -38,76 +47,52 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether `c` may see (list, join) broadcast `b`.
-fn visible(s: &Services, c: &Caller, b: &BroadcastInfo) -> bool {
-    match c.role() {
-        Role::Admin => true,
-        Role::Expert => c.user.hospital_id.as_deref() == Some(b.hospital_id.as_str()),
-        Role::Clinic => s
-            .cfg
-            .hospitals
-            .iter()
-            .find(|h| h.id == b.hospital_id)
-            .is_some_and(|h| c.user.clinic_id.as_ref().is_some_and(|k| h.serves.contains(k))),
-    }
-}
-
-fn join_json(s: &Services, room: &str, pid: &str, presenter: bool, exp: u64) -> serde_json::Value {
-    let token = s.sfu.tokens.mint(&Claims {
-        room: room.to_string(),
-        participant: pid.to_string(),
-        expires_unix: exp,
-    });
-    // The token rides in the fragment, which browsers never send to the
-    // server, so it stays out of access logs and Referer headers.
-    // Viewers hold no camera or microphone: the page asks for none.
-    let receive_only = if presenter { "" } else { "&nocam=1&nomic=1" };
-    json!({
-        "participant": pid,
-        "presenter": presenter,
-        "token": token,
-        "url": format!("/broadcast#token={token}{receive_only}"),
-        "expires_unix": exp,
-    })
-}
-
 /// A broadcast with what its room says now.
 struct Live {
+    id: String,
     info: BroadcastInfo,
     on_air: bool,
     connected: usize,
 }
 
-/// Drops broadcasts whose room is gone (closed, expired, or the gateway
-/// restarted), then returns the rest.
+fn broadcast_json(id: &str, b: &BroadcastInfo) -> serde_json::Value {
+    let mut v = json!(b);
+    v["id"] = json!(id);
+    v
+}
+
+/// The live broadcasts (the rooms the engine still has).
 async fn live(s: &Services) -> Result<Vec<Live>, ApiError> {
-    let all: Vec<BroadcastInfo> = s.sfu.broadcasts().values().cloned().collect();
-    let mut out = Vec::with_capacity(all.len());
-    for b in all {
-        let room = b.id.clone();
-        let status = s
-            .sfu
-            .ask(|reply| Command::RoomStatus { room, reply })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        match status {
-            Some(st) => out.push(Live {
-                info: b,
-                on_air: st.live,
-                connected: st.connected.len(),
+    let rooms = s
+        .sfu
+        .ask(|reply| Command::ListRooms {
+            kind: RoomKind::Broadcast,
+            reply,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(rooms
+        .into_iter()
+        .filter_map(|r| match r.owner {
+            RoomOwner::Broadcast(info) => Some(Live {
+                id: r.id,
+                info,
+                on_air: r.live,
+                connected: r.connected,
             }),
-            None => {
-                s.sfu.broadcasts().remove(&b.id);
-            }
-        }
-    }
-    Ok(out)
+            _ => None,
+        })
+        .collect())
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewBroadcast {
     pub title: String,
+    /// Usernames of colleagues (experts of the same hospital) who present
+    /// with the starter; everyone else watches.
+    #[serde(default)]
+    pub presenters: Vec<String>,
 }
 
 pub async fn create(
@@ -121,58 +106,94 @@ pub async fn create(
     if title.is_empty() || title.chars().count() > 120 || title.chars().any(char::is_control) {
         return Err(ApiError::BadRequest("title: 1-120 printable characters".into()));
     }
-    let hospital_id = c
-        .user
-        .hospital_id
-        .clone()
-        .ok_or_else(|| ApiError::Forbidden("an expert without a hospital has no audience".into()))?;
+    if req.presenters.len() > MAX_CO_PRESENTERS {
+        return Err(ApiError::BadRequest(format!(
+            "presenters: at most {MAX_CO_PRESENTERS} colleagues"
+        )));
+    }
+    let hospital_id = room_access::broadcast_hospital(&c, &s.cfg).map_err(|why| ApiError::Forbidden(why.into()))?;
+    let mut presenters = vec![c.user.username.clone()];
+    for name in &req.presenters {
+        if presenters.contains(name) {
+            return Err(ApiError::BadRequest(format!("{name:?} is named twice")));
+        }
+        if !accounts::valid_username(name) {
+            return Err(ApiError::BadRequest(format!("{name:?} is not a username")));
+        }
+        // Co-presenters are experts of the starter's hospital.
+        accounts::get_user(s.index.pool(), name)
+            .await?
+            .filter(|u| u.role == Role::Expert && !u.disabled && room_access::same_hospital(&c.user, u, &s.cfg))
+            .ok_or(ApiError::NotFound("user"))?;
+        presenters.push(name.clone());
+    }
     if live(&s).await?.len() >= MAX_BROADCASTS {
         return Err(ApiError::Unprocessable(format!(
             "{MAX_BROADCASTS} broadcasts are live; end one first"
         )));
     }
-    let (room, pid) = super::consult::create_room_for(
-        &s,
-        RoomKind::Broadcast,
-        &title,
-        NewParticipant {
-            name: c.user.display_name.clone(),
-            role: SfuRole::Expert,
-        },
-    )
-    .await?;
     let info = BroadcastInfo {
-        id: room.clone(),
-        title,
+        title: title.clone(),
         hospital_id,
         presenter: c.user.username.clone(),
         presenter_name: c.user.display_name.clone(),
+        presenters,
         started_unix: unix_now(),
     };
-    s.sfu.broadcasts().insert(info.id.clone(), info.clone());
-    let exp = unix_now() + s.sfu.room_ttl.as_secs();
-    let body = json!({ "broadcast": info, "join": join_json(&s, &room, &pid, true, exp) });
+    let owner = RoomOwner::Broadcast(info.clone());
+    let me = invitation(&c.user, &owner);
+    let created = s
+        .sfu
+        .ask(|reply| Command::CreateRoom {
+            kind: RoomKind::Broadcast,
+            title,
+            owner,
+            ttl: s.sfu.room_ttl,
+            participants: vec![me],
+            reply,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(sfu_err)?;
+    let inv = created
+        .participants
+        .first()
+        .ok_or_else(|| ApiError::Internal("room created without its presenter".into()))?;
+    audit::record(s.index.pool(), &c, "broadcast_start", None, Some(&created.id)).await;
+    let body = json!({
+        "broadcast": broadcast_json(&created.id, &info),
+        "join": join_json(&s, &created.id, inv),
+    });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The join part of a response: the participant's link, and whether it
+/// presents.
+fn join_json(s: &Services, room: &str, inv: &crate::sfu::engine::Invited) -> serde_json::Value {
+    let link = link_json(s, room, RoomKind::Broadcast, inv, None);
+    json!({
+        "participant": link["id"],
+        "presenter": inv.participant.role == crate::sfu::protocol::Role::Expert,
+        "token": link["token"],
+        "url": link["url"],
+        "expires_unix": link["expires_unix"],
+    })
 }
 
 pub async fn list(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let mut out: Vec<Live> = live(&s)
         .await?
         .into_iter()
-        .filter(|b| visible(&s, &c, &b.info))
+        .filter(|b| room_access::sees_broadcast(&c.user, &b.info, &s.cfg))
         .collect();
-    out.sort_by(|a, b| {
-        b.info
-            .started_unix
-            .cmp(&a.info.started_unix)
-            .then(a.info.id.cmp(&b.info.id))
-    });
-    // Each entry: the broadcast, whether it is on air, and who is connected
-    // (presenters and viewers), so a clinic sees which one has started.
+    out.sort_by(|a, b| b.info.started_unix.cmp(&a.info.started_unix).then(a.id.cmp(&b.id)));
+    // Each entry: the broadcast, whether it is on air, and how many are
+    // connected (presenters and viewers), so a clinic sees which one has
+    // started.
     let list: Vec<serde_json::Value> = out
         .into_iter()
         .map(|b| {
-            let mut v = json!(b.info);
+            let mut v = broadcast_json(&b.id, &b.info);
             v["on_air"] = json!(b.on_air);
             v["connected"] = json!(b.connected);
             v
@@ -181,59 +202,48 @@ pub async fn list(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, Api
     Ok(Json(json!({ "broadcasts": list })))
 }
 
-fn find(s: &Services, c: &Caller, id: &str) -> Result<BroadcastInfo, ApiError> {
-    s.sfu
-        .broadcasts()
-        .get(id)
-        .filter(|b| visible(s, c, b))
-        .cloned()
+async fn find(s: &Services, c: &Caller, id: &str) -> Result<BroadcastInfo, ApiError> {
+    live(s)
+        .await?
+        .into_iter()
+        .find(|b| b.id == id && room_access::sees_broadcast(&c.user, &b.info, &s.cfg))
+        .map(|b| b.info)
         .ok_or(ApiError::NotFound("broadcast"))
 }
 
-/// A join link: presenters for experts of the broadcast's hospital, viewers
+/// A join link: presenters for the broadcast's named presenters, viewers
 /// (receive only) for everyone else who may see it.
 pub async fn join(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let b = find(&s, &c, &id)?;
-    let presenter = c.is(Role::Expert);
+    let b = find(&s, &c, &id).await?;
+    let participant = invitation(&c.user, &RoomOwner::Broadcast(b.clone()));
     let added = s
         .sfu
         .ask(|reply| Command::AddParticipant {
-            room: b.id.clone(),
-            participant: NewParticipant {
-                name: c.user.display_name.clone(),
-                role: if presenter { SfuRole::Expert } else { SfuRole::Clinic },
-            },
+            room: id.clone(),
+            participant,
             reply,
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (pid, _, _) = match added {
+    let inv = match added {
         Ok(p) => p,
-        Err(SfuError::NoSuchRoom) => {
-            s.sfu.broadcasts().remove(&b.id);
-            return Err(ApiError::NotFound("broadcast"));
-        }
-        Err(e) => return Err(super::consult::sfu_err(e)),
+        Err(SfuError::NoSuchRoom) => return Err(ApiError::NotFound("broadcast")),
+        Err(e) => return Err(sfu_err(e)),
     };
-    let exp = unix_now() + s.sfu.room_ttl.as_secs();
     Ok(Json(
-        json!({ "broadcast": b, "join": join_json(&s, &b.id, &pid, presenter, exp) }),
+        json!({ "broadcast": broadcast_json(&id, &b), "join": join_json(&s, &id, &inv) }),
     ))
 }
 
-/// Ends a broadcast: its presenter or an admin.
+/// Ends a broadcast: the presenter who started it, or an admin.
 pub async fn end(State(s): S, c: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let b = find(&s, &c, &id)?;
+    let b = find(&s, &c, &id).await?;
     if !(c.is(Role::Admin) || c.user.username == b.presenter) {
         return Err(ApiError::Forbidden(
             "only its presenter or an admin ends a broadcast".into(),
         ));
     }
-    let room = b.id.clone();
-    s.sfu
-        .ask(|reply| Command::CloseRoom { room, reply })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    s.sfu.broadcasts().remove(&b.id);
+    close_room_now(&s, &id).await?;
+    audit::record(s.index.pool(), &c, "broadcast_end", None, Some(&id)).await;
     Ok(StatusCode::NO_CONTENT)
 }

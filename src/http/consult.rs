@@ -18,14 +18,20 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
+use super::auth::{now_ms, require};
 use super::error::ApiError;
+use super::room_access::{self, Owner, Rights};
 use crate::app::Services;
-use crate::reading::access::Caller;
-use crate::sfu::engine::{Command, NewParticipant, SfuError};
+use crate::reading::access::{Caller, Role as AccountRole, User};
+use crate::reading::accounts::{self, SessionCheck};
+use crate::reading::audit;
+use crate::reading::requests::{self, Request};
+use crate::sfu::EngineGone;
+use crate::sfu::engine::{Command, Invited, NewParticipant, RoomOwner, RoomStatus, SfuError};
 use crate::sfu::protocol::{
-    ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, ServerMsg, ToClient, error as sig_error, parse_client,
+    ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, RoomKind, ServerMsg, ToClient, error as sig_error, parse_client,
 };
 use crate::sfu::tokens::{Claims, TokenError};
 
@@ -33,6 +39,9 @@ type S = State<Arc<Services>>;
 
 /// A browser that sends nothing (not even `ping`) for this long is gone.
 const WS_IDLE: Duration = Duration::from_secs(60);
+/// How often a joined participant's session, account and room owner are
+/// checked again (see `may_stay`).
+const RECHECK: Duration = Duration::from_secs(2);
 /// Time allowed between opening the socket and sending `join`.
 const JOIN_WAIT: Duration = Duration::from_secs(15);
 
@@ -47,21 +56,19 @@ fn unix_now() -> u64 {
 
 // ------------------------------------------------------------------ rooms API
 
+/// Participants named when creating a room (besides its creator).
+const MAX_INVITEES: usize = 31;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRoom {
     #[serde(default)]
     pub title: String,
-    pub participants: Vec<NewRoomParticipant>,
-    /// Lifetime of the join tokens; defaults to `sfu.room_ttl_secs`.
+    /// Usernames of the accounts invited besides the creator.
+    #[serde(default)]
+    pub participants: Vec<String>,
+    /// Lifetime of the room and its join tokens; defaults to `sfu.room_ttl_secs`.
     pub ttl_secs: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewRoomParticipant {
-    pub name: String,
-    pub role: Role,
 }
 
 fn check_name(n: &str, what: &str) -> Result<String, ApiError> {
@@ -72,143 +79,236 @@ fn check_name(n: &str, what: &str) -> Result<String, ApiError> {
     Ok(t.to_string())
 }
 
-fn participant_json(s: &Services, room: &str, id: &str, name: &str, role: Role, exp: u64) -> serde_json::Value {
+/// An invitation for `u`, with the name and role its account gives it.
+pub(crate) fn invitation(u: &User, owner: &RoomOwner) -> NewParticipant {
+    NewParticipant {
+        account: u.username.clone(),
+        name: u.display_name.clone(),
+        role: room_access::sfu_role(u, owner),
+    }
+}
+
+/// A join link for an invitation: the token, bound to the invitee's
+/// account, expiring with the room (or earlier if `ttl` says so).
+pub(crate) fn link_json(
+    s: &Services,
+    room: &str,
+    kind: RoomKind,
+    inv: &Invited,
+    ttl: Option<Duration>,
+) -> serde_json::Value {
+    let life = ttl.map_or(inv.expires_in, |t| t.min(inv.expires_in));
+    let exp = unix_now() + life.as_secs().max(1);
     let token = s.sfu.tokens.mint(&Claims {
         room: room.to_string(),
-        participant: id.to_string(),
+        participant: inv.id.clone(),
+        account: inv.participant.account.clone(),
         expires_unix: exp,
     });
+    // The token rides in the fragment, which browsers never send to the
+    // server, so it stays out of access logs and Referer headers. Broadcast
+    // viewers hold no camera or microphone: the page asks for none.
+    let url = match kind {
+        RoomKind::Consultation => format!("/consult#token={token}"),
+        RoomKind::Broadcast if inv.participant.role == Role::Expert => format!("/broadcast#token={token}"),
+        RoomKind::Broadcast => format!("/broadcast#token={token}&nocam=1&nomic=1"),
+    };
     json!({
-        "id": id,
-        "name": name,
-        "role": role,
+        "id": inv.id,
+        "username": inv.participant.account,
+        "name": inv.participant.name,
+        "role": inv.participant.role,
         "token": token,
-        // The token rides in the fragment, which browsers never send to the
-        // server, so it stays out of access logs and Referer headers.
-        "url": format!("/consult#token={token}"),
+        "url": url,
+        "expires_unix": exp,
     })
 }
 
-fn ttl(s: &Services, ttl_secs: Option<u64>) -> Result<u64, ApiError> {
+fn ttl(s: &Services, ttl_secs: Option<u64>) -> Result<Duration, ApiError> {
     let t = ttl_secs.unwrap_or(s.sfu.room_ttl.as_secs());
     if !(5..=7 * 24 * 3600).contains(&t) {
         return Err(ApiError::BadRequest("ttl_secs must be between 5 and 604800".into()));
     }
-    Ok(t)
+    Ok(Duration::from_secs(t))
 }
 
+fn engine_gone(e: EngineGone) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// The account named `username`, if `c` may invite it into a room of
+/// `owner`; unknown, disabled and out-of-scope accounts all answer 404.
+async fn invitee(s: &Services, c: &Caller, owner: Owner<'_>, username: &str) -> Result<User, ApiError> {
+    if !accounts::valid_username(username) {
+        return Err(ApiError::BadRequest(format!("{username:?} is not a username")));
+    }
+    accounts::get_user(s.index.pool(), username)
+        .await?
+        .filter(|u| room_access::may_invite(c, owner, u, &s.cfg))
+        .ok_or(ApiError::NotFound("user"))
+}
+
+/// `POST /api/rooms` (experts and admins): an ad-hoc consultation room
+/// owned by its creator, who is its first participant; the others are
+/// named by username and must be in the creator's scope.
 pub async fn create_room(
     State(s): S,
-    _c: Caller,
+    c: Caller,
     body: Result<Json<NewRoom>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    require(&c, &[AccountRole::Expert, AccountRole::Admin])?;
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let title = if req.title.trim().is_empty() {
         "Consultation".to_string()
     } else {
         check_name(&req.title, "title")?
     };
-    if req.participants.is_empty() || req.participants.len() > 32 {
-        return Err(ApiError::BadRequest("participants: 1 to 32 entries".into()));
+    if req.participants.len() > MAX_INVITEES {
+        return Err(ApiError::BadRequest(format!("participants: at most {MAX_INVITEES}")));
     }
-    let mut ps = Vec::new();
-    for p in &req.participants {
-        ps.push(NewParticipant {
-            name: check_name(&p.name, "participant name")?,
-            role: p.role,
-        });
+    let owner = RoomOwner::Account(c.user.username.clone());
+    let mut ps = vec![invitation(&c.user, &owner)];
+    for name in &req.participants {
+        if ps.iter().any(|p| &p.account == name) {
+            return Err(ApiError::BadRequest(format!("{name:?} is named twice")));
+        }
+        let u = invitee(&s, &c, Owner::Account(&c.user.username), name).await?;
+        ps.push(invitation(&u, &owner));
     }
-    let exp = unix_now() + ttl(&s, req.ttl_secs)?;
+    let life = ttl(&s, req.ttl_secs)?;
     let created = s
         .sfu
         .ask(|reply| Command::CreateRoom {
-            kind: crate::sfu::protocol::RoomKind::Consultation,
+            kind: RoomKind::Consultation,
             title,
+            owner: owner.clone(),
+            ttl: life,
             participants: ps,
             reply,
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(engine_gone)?
         .map_err(sfu_err)?;
     let participants: Vec<_> = created
         .participants
         .iter()
-        .map(|(id, name, role)| participant_json(&s, &created.id, id, name, *role, exp))
+        .map(|inv| link_json(&s, &created.id, RoomKind::Consultation, inv, None))
         .collect();
+    audit::record(s.index.pool(), &c, "room_create", None, Some(&created.id)).await;
     let body = json!({
         "id": created.id,
         "title": created.title,
-        "expires_unix": exp,
+        "kind": RoomKind::Consultation,
+        "owner": owner_json(&owner),
+        "expires_unix": unix_now() + life.as_secs(),
         "participants": participants,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// Adds a participant to `room`, or creates the room when it does not exist
-/// (first join, or the room expired or the gateway restarted). Returns the
-/// room id, the participant id and the token expiry.
-pub(crate) async fn join_or_create_room(
+fn owner_json(o: &RoomOwner) -> serde_json::Value {
+    match o {
+        RoomOwner::Account(u) => json!({ "kind": "account", "username": u }),
+        RoomOwner::Request(id) => json!({ "kind": "request", "request_id": id }),
+        RoomOwner::Broadcast(b) => json!({ "kind": "broadcast", "presenter": b.presenter, "presenters": b.presenters }),
+    }
+}
+
+/// The room `id` and what `c` may do with it; 404 when it does not exist
+/// or `c` has no right at all.
+async fn room_for(s: &Services, c: &Caller, id: &str) -> Result<(RoomStatus, Rights, Option<Request>), ApiError> {
+    let room = id.to_string();
+    let st = s
+        .sfu
+        .ask(|reply| Command::RoomStatus { room, reply })
+        .await
+        .map_err(engine_gone)?
+        .ok_or(ApiError::NotFound("room"))?;
+    let req = match st.owner {
+        RoomOwner::Request(rid) => requests::get(s.index.pool(), rid)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        _ => None,
+    };
+    let r = room_access::rights(c, Owner::of(&st.owner, req.as_ref()), &st.accounts, now_ms());
+    if r.none() {
+        return Err(ApiError::NotFound("room"));
+    }
+    Ok((st, r, req))
+}
+
+/// Adds an invitation for `participant` to `room`, or, for a consultation
+/// request, creates the request's room when it has none (first join, or
+/// the room ended: empty past its grace, expired, or the gateway
+/// restarted) and records it. Returns the room id and the invitation.
+pub(crate) async fn join_request_room(
     s: &Services,
-    room: Option<&str>,
-    title: &str,
-    name: &str,
-    role: Role,
-) -> Result<(String, String, u64), ApiError> {
-    let name = check_name(name, "participant name")?;
-    let exp = unix_now() + s.sfu.room_ttl.as_secs();
-    if let Some(room) = room {
-        let added = s
+    r: &Request,
+    participant: NewParticipant,
+) -> Result<(String, Invited), ApiError> {
+    let mut stored = r.room_id.clone();
+    // A concurrent first join may store its room between our read and our
+    // write; we then close ours and join that one.
+    for _ in 0..3 {
+        if let Some(room) = &stored {
+            let added = s
+                .sfu
+                .ask(|reply| Command::AddParticipant {
+                    room: room.clone(),
+                    participant: participant.clone(),
+                    reply,
+                })
+                .await
+                .map_err(engine_gone)?;
+            match added {
+                Ok(inv) => return Ok((room.clone(), inv)),
+                Err(SfuError::NoSuchRoom) => {}
+                Err(e) => return Err(sfu_err(e)),
+            }
+        }
+        let created = s
             .sfu
-            .ask(|reply| Command::AddParticipant {
-                room: room.to_string(),
-                participant: NewParticipant {
-                    name: name.clone(),
-                    role,
-                },
+            .ask(|reply| Command::CreateRoom {
+                kind: RoomKind::Consultation,
+                title: format!("Consultation #{}", r.id),
+                owner: RoomOwner::Request(r.id),
+                ttl: s.sfu.room_ttl,
+                participants: vec![participant.clone()],
                 reply,
             })
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        match added {
-            Ok((id, _, _)) => return Ok((room.to_string(), id, exp)),
-            Err(SfuError::NoSuchRoom) => {}
-            Err(e) => return Err(sfu_err(e)),
+            .map_err(engine_gone)?
+            .map_err(sfu_err)?;
+        let pool = s.index.pool();
+        if requests::set_room(pool, r.id, stored.as_deref(), &created.id, now_ms())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+        {
+            let inv = created
+                .participants
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::Internal("room created without its participant".into()))?;
+            return Ok((created.id, inv));
         }
+        close_room_now(s, &created.id).await?;
+        stored = requests::get(pool, r.id)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .and_then(|r| r.room_id);
     }
-    let (room, pid) = create_room_for(
-        s,
-        crate::sfu::protocol::RoomKind::Consultation,
-        title,
-        NewParticipant { name, role },
-    )
-    .await?;
-    Ok((room, pid, exp))
+    Err(ApiError::Conflict(
+        "the consultation room changed meanwhile; try again".into(),
+    ))
 }
 
-/// Creates a room holding one participant; returns (room id, participant id).
-pub(crate) async fn create_room_for(
-    s: &Services,
-    kind: crate::sfu::protocol::RoomKind,
-    title: &str,
-    participant: NewParticipant,
-) -> Result<(String, String), ApiError> {
-    let created = s
-        .sfu
-        .ask(|reply| Command::CreateRoom {
-            kind,
-            title: title.to_string(),
-            participants: vec![participant],
-            reply,
-        })
+/// Closes a room if it exists; true if it did.
+pub(crate) async fn close_room_now(s: &Services, room: &str) -> Result<bool, ApiError> {
+    let room = room.to_string();
+    s.sfu
+        .ask(|reply| Command::CloseRoom { room, reply })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(sfu_err)?;
-    let pid = created
-        .participants
-        .first()
-        .map(|(id, _, _)| id.clone())
-        .ok_or_else(|| ApiError::Internal("room created without its participant".into()))?;
-    Ok((created.id, pid))
+        .map_err(engine_gone)
 }
 
 pub(crate) fn sfu_err(e: SfuError) -> ApiError {
@@ -221,60 +321,87 @@ pub(crate) fn sfu_err(e: SfuError) -> ApiError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddParticipant {
-    pub name: String,
-    pub role: Role,
+    /// The account invited (the caller itself to take its own seat).
+    pub username: String,
     pub ttl_secs: Option<u64>,
 }
 
+/// `POST /api/rooms/{id}/participants`: the room's owner (or an admin)
+/// invites an account in its scope; a clinic doctor of a request's clinic
+/// or a named co-presenter may add only itself.
 pub async fn add_participant(
     State(s): S,
-    _c: Caller,
+    c: Caller,
     Path(room): Path<String>,
     body: Result<Json<AddParticipant>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let name = check_name(&req.name, "participant name")?;
-    let exp = unix_now() + ttl(&s, req.ttl_secs)?;
-    let (id, name, role) = s
+    let (st, rights, req) = room_for(&s, &c, &room).await?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let life = body.ttl_secs.map(|t| ttl(&s, Some(t))).transpose()?;
+    let owner = Owner::of(&st.owner, req.as_ref());
+    let user = if body.username == c.user.username && (rights.join || rights.manage) {
+        c.user.clone()
+    } else if rights.manage {
+        invitee(&s, &c, owner, &body.username).await?
+    } else {
+        return Err(ApiError::Forbidden(
+            "only the room's owner or an admin invites others".into(),
+        ));
+    };
+    let participant = invitation(&user, &st.owner);
+    let inv = s
         .sfu
         .ask(|reply| Command::AddParticipant {
             room: room.clone(),
-            participant: NewParticipant { name, role: req.role },
+            participant,
             reply,
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(engine_gone)?
         .map_err(sfu_err)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(participant_json(&s, &room, &id, &name, role, exp)),
+    audit::record(
+        s.index.pool(),
+        &c,
+        "room_invite",
+        None,
+        Some(&format!("{room} {}", user.username)),
     )
-        .into_response())
+    .await;
+    Ok((StatusCode::CREATED, Json(link_json(&s, &room, st.kind, &inv, life))).into_response())
 }
 
+/// `GET /api/rooms/{id}`: for its owner, admins and invited accounts.
 pub async fn room_status(
     State(s): S,
-    _c: Caller,
+    c: Caller,
     Path(room): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let st = s
-        .sfu
-        .ask(|reply| Command::RoomStatus { room, reply })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound("room"))?;
-    Ok(Json(
-        serde_json::to_value(st).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
+    let (st, rights, _) = room_for(&s, &c, &room).await?;
+    if !rights.see {
+        return Err(ApiError::NotFound("room"));
+    }
+    Ok(Json(json!({
+        "id": st.id,
+        "title": st.title,
+        "kind": st.kind,
+        "owner": owner_json(&st.owner),
+        "invited": st.invited,
+        "accounts": st.accounts,
+        "connected": st.connected,
+        "live": st.live,
+        "expires_unix": unix_now() + st.expires_in.as_secs(),
+    })))
 }
 
-pub async fn close_room(State(s): S, _c: Caller, Path(room): Path<String>) -> Result<StatusCode, ApiError> {
-    let existed = s
-        .sfu
-        .ask(|reply| Command::CloseRoom { room, reply })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if existed {
+/// `DELETE /api/rooms/{id}`: its owner or an admin ends it for everyone
+/// (a broadcast's room: only the presenter who started it).
+pub async fn close_room(State(s): S, c: Caller, Path(room): Path<String>) -> Result<StatusCode, ApiError> {
+    let (_, rights, _) = room_for(&s, &c, &room).await?;
+    if !rights.manage {
+        return Err(ApiError::Forbidden("only the room's owner or an admin ends it".into()));
+    }
+    if close_room_now(&s, &room).await? {
+        audit::record(s.index.pool(), &c, "room_close", None, Some(&room)).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("room"))
@@ -323,11 +450,19 @@ pub(crate) fn page_headers() -> HeaderMap {
     static_headers("text/html; charset=utf-8")
 }
 
-pub async fn consult_page() -> Response {
-    match asset("consult.html") {
-        Some(b) => (static_headers("text/html; charset=utf-8"), b).into_response(),
-        None => ApiError::NotFound("page").into_response(),
+/// The consultation page (also `/broadcast`). With `http.test_hooks` on
+/// (test servers only) it carries a marker that lets the page honour its
+/// test hooks (`#via=`, `#autojoin=1`); production pages never do.
+pub async fn consult_page(State(s): S) -> Response {
+    let Some(page) = asset("consult.html") else {
+        return ApiError::NotFound("page").into_response();
+    };
+    if !s.cfg.http.test_hooks {
+        return (static_headers("text/html; charset=utf-8"), page).into_response();
     }
+    let html =
+        String::from_utf8_lossy(&page).replacen("<head>", "<head>\n  <meta name=\"mr-test-hooks\" content=\"1\">", 1);
+    (static_headers("text/html; charset=utf-8"), html).into_response()
 }
 
 pub async fn web_asset(Path(name): Path<String>) -> Response {
@@ -346,10 +481,15 @@ pub async fn web_asset(Path(name): Path<String>) -> Response {
 
 // ------------------------------------------------------------------ signaling
 
-pub async fn signaling(State(s): S, ws: WebSocketUpgrade) -> Response {
+/// The signaling WebSocket. The upgrade request carries the session cookie
+/// (browsers send it with same-origin WebSocket handshakes); the socket is
+/// accepted without one so the page learns why it cannot join
+/// (`session_ended`) instead of seeing a bare connection failure.
+pub async fn signaling(State(s): S, caller: Result<Caller, ApiError>, ws: WebSocketUpgrade) -> Response {
+    let caller = caller.ok();
     ws.max_message_size(MAX_SIGNAL_BYTES)
         .max_frame_size(MAX_SIGNAL_BYTES)
-        .on_upgrade(move |socket| session(s, socket))
+        .on_upgrade(move |socket| session(s, caller, socket))
 }
 
 async fn send(ws: &mut WebSocket, m: &ServerMsg) -> bool {
@@ -398,7 +538,47 @@ async fn await_join(s: &Services, ws: &mut WebSocket) -> Result<Claims, (ErrorCo
     }
 }
 
-async fn session(s: Arc<Services>, mut ws: WebSocket) {
+/// Why a joined participant may not stay: checked at join and every
+/// `RECHECK` after, so a disabled account, an ended session or a cancelled
+/// request drops its participants within seconds, even when the change
+/// came from another process (`medrelay user disable`). A database error
+/// keeps the participant (one failed read must not end a consultation).
+async fn may_stay(s: &Services, session: &str, account: &str, owner: &RoomOwner) -> Result<(), (ErrorCode, String)> {
+    let a = &s.cfg.auth;
+    let check = accounts::check_session_hash(
+        s.index.pool(),
+        session,
+        now_ms(),
+        (a.session_idle_secs * 1000) as i64,
+        (a.session_max_secs * 1000) as i64,
+    )
+    .await;
+    match check {
+        Ok(SessionCheck::Valid { user, .. }) if user.username == account => {}
+        Ok(_) => {
+            return Err((
+                ErrorCode::SessionEnded,
+                "your login session ended or your account was disabled".into(),
+            ));
+        }
+        Err(e) => warn!(error = %e, "cannot re-check a signaling session"),
+    }
+    if let RoomOwner::Request(id) = owner {
+        match requests::get(s.index.pool(), *id).await {
+            Ok(Some(r)) if r.state == "scheduled" => {}
+            Ok(_) => {
+                return Err((
+                    ErrorCode::RoomClosed,
+                    "the consultation request was cancelled or finished".into(),
+                ));
+            }
+            Err(e) => warn!(error = %e, "cannot re-check a consultation request"),
+        }
+    }
+    Ok(())
+}
+
+async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
     let claims = match await_join(&s, &mut ws).await {
         Ok(c) => c,
         Err((code, why)) => {
@@ -406,6 +586,37 @@ async fn session(s: Arc<Services>, mut ws: WebSocket) {
             return close(&mut ws, code, &why).await;
         }
     };
+    // The token is good; it works only with a session of its own account.
+    let Some(caller) = caller else {
+        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
+        return close(
+            &mut ws,
+            ErrorCode::SessionEnded,
+            "log in first, then open the link again",
+        )
+        .await;
+    };
+    if caller.user.username != claims.account {
+        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
+        return close(
+            &mut ws,
+            ErrorCode::BadToken,
+            "this invitation belongs to another account",
+        )
+        .await;
+    }
+    let room = claims.room.clone();
+    let owner = match s.sfu.ask(|reply| Command::RoomStatus { room, reply }).await {
+        Ok(Some(st)) => st.owner,
+        Ok(None) => return close(&mut ws, ErrorCode::RoomClosed, "this room no longer exists").await,
+        Err(_) => return close(&mut ws, ErrorCode::Internal, "the media engine is not running").await,
+    };
+    if let Err((code, why)) = may_stay(&s, &caller.session, &claims.account, &owner).await {
+        if code == ErrorCode::RoomClosed {
+            let _ = close_room_now(&s, &claims.room).await;
+        }
+        return close(&mut ws, code, &why).await;
+    }
     let conn = CONN_IDS.fetch_add(1, Relaxed);
     let (tx, mut rx) = mpsc::channel::<ToClient>(64);
     let joined = s
@@ -413,6 +624,7 @@ async fn session(s: Arc<Services>, mut ws: WebSocket) {
         .ask(|reply| Command::Join {
             room: claims.room.clone(),
             participant: claims.participant.clone(),
+            account: claims.account.clone(),
             conn,
             tx,
             reply,
@@ -425,8 +637,22 @@ async fn session(s: Arc<Services>, mut ws: WebSocket) {
     }
     let pid = claims.participant;
     debug!(room = %claims.room, participant = %pid, "signaling session open");
+    // Spread the re-checks of many participants over the interval.
+    let first = RECHECK.mul_f64(rand::random::<f64>());
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + first, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                if let Err((code, why)) = may_stay(&s, &caller.session, &claims.account, &owner).await {
+                    if code == ErrorCode::RoomClosed {
+                        let _ = close_room_now(&s, &claims.room).await;
+                    }
+                    let _ = s.sfu.commands.send(Command::Leave { participant: pid.clone(), conn }).await;
+                    debug!(room = %claims.room, participant = %pid, "participant may no longer stay");
+                    return close(&mut ws, code, &why).await;
+                }
+            }
             out = rx.recv() => match out {
                 Some(ToClient::Msg(m)) => {
                     if !send(&mut ws, &m).await {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod images;
 pub mod reading;
 pub mod relay;
+pub mod room_access;
 pub mod zipstream;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/requests/{id}/reschedule", post(reading::reschedule_request))
         .route("/api/requests/{id}/cancel", post(reading::cancel_request))
         .route("/api/requests/{id}/join", post(reading::join_request))
+        .route("/api/requests/{id}/finish", post(reading::finish_request))
         .route("/api/admin/users", get(admin::users).post(admin::add_user))
         .route("/api/admin/users/{name}/disable", post(admin::disable_user))
         .route("/api/admin/turnaround", get(admin::turnaround))

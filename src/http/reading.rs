@@ -714,10 +714,18 @@ async fn change_request(
     {
         return Err(ApiError::Conflict("the request changed meanwhile; reload".into()));
     }
+    // A cancelled or finished consultation ends its room at once: the
+    // participants are dropped and their links stop working.
+    if matches!(to, ReqState::Cancelled | ReqState::Done)
+        && let Some(room) = &r.room_id
+    {
+        super::consult::close_room_now(s, room).await?;
+    }
     let text = match &action {
         ReqAction::Accept { .. } => "Consultation scheduled",
         ReqAction::Reschedule { .. } => "Consultation rescheduled",
         ReqAction::Cancel => "Consultation cancelled",
+        ReqAction::Finish => "Consultation finished",
         _ => "",
     };
     if !text.is_empty() && !c.is(Role::Clinic) {
@@ -777,6 +785,14 @@ pub async fn cancel_request(
     ))
 }
 
+/// Ends a scheduled consultation (its expert, the clinic, an admin): the
+/// request is done and its room closes.
+pub async fn finish_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        json!({ "request": change_request(&s, &c, id, ReqAction::Finish, None).await? }),
+    ))
+}
+
 /// Opens (creating on first use) the request's consultation room and hands
 /// the caller a join link with the attached studies in the shared viewer.
 pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -791,28 +807,11 @@ pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result
         &c.user.username,
         now_ms(),
     )?;
-    let role = if c.is(Role::Clinic) {
-        crate::sfu::protocol::Role::Clinic
-    } else {
-        crate::sfu::protocol::Role::Expert
-    };
+    let me = super::consult::invitation(&c.user, &crate::sfu::engine::RoomOwner::Request(id));
+    let (room, inv) = super::consult::join_request_room(&s, &r, me).await?;
+    let link = super::consult::link_json(&s, &room, crate::sfu::protocol::RoomKind::Consultation, &inv, None);
+    let token = link["token"].as_str().unwrap_or_default().to_string();
     let name = c.user.display_name.clone();
-    let title = format!("Consultation #{id}");
-    let (room, pid, exp) = super::consult::join_or_create_room(&s, r.room_id.as_deref(), &title, &name, role).await?;
-    if r.room_id.as_deref() != Some(room.as_str()) {
-        sqlx::query("UPDATE consult_requests SET room_id = ?, updated_ms = ? WHERE id = ?")
-            .bind(&room)
-            .bind(now_ms())
-            .bind(id)
-            .execute(s.index.pool())
-            .await
-            .map_err(internal)?;
-    }
-    let token = s.sfu.tokens.mint(&crate::sfu::tokens::Claims {
-        room: room.clone(),
-        participant: pid,
-        expires_unix: exp,
-    });
     audit::record(
         s.index.pool(),
         &c,

@@ -104,6 +104,34 @@ pub fn scope_of(user: &User, cfg: &Config) -> Scope {
     }
 }
 
+/// Refuses an account's clinic or hospital that the configuration does not
+/// list: an expert of an unknown hospital would read for nobody and start
+/// broadcasts no clinic can see. With no `[[hospital]]` configured, experts
+/// belong to the one implicit hospital and must name none.
+pub fn check_affiliation(cfg: &Config, clinic_id: Option<&str>, hospital_id: Option<&str>) -> Result<(), String> {
+    if let Some(k) = clinic_id.map(str::trim).filter(|k| !k.is_empty())
+        && !cfg.clinics.iter().any(|x| x.id == k)
+    {
+        return Err(if cfg.clinics.is_empty() {
+            format!("unknown clinic {k:?}: no [[clinic]] is configured yet")
+        } else {
+            format!("unknown clinic {k:?}: not in the configuration's [[clinic]] list")
+        });
+    }
+    if let Some(h) = hospital_id.map(str::trim).filter(|h| !h.is_empty())
+        && !cfg.hospitals.iter().any(|x| x.id == h)
+    {
+        return Err(if cfg.hospitals.is_empty() {
+            format!(
+                "unknown hospital {h:?}: no [[hospital]] is configured, so experts read for every clinic; leave the hospital empty"
+            )
+        } else {
+            format!("unknown hospital {h:?}: not in the configuration's [[hospital]] list")
+        });
+    }
+    Ok(())
+}
+
 impl Caller {
     pub fn role(&self) -> Role {
         self.user.role
@@ -182,5 +210,28 @@ mod tests {
         );
         // A clinic doctor without a clinic sees nothing.
         assert_eq!(scope_of(&user(Role::Clinic, None, None), &cfg), Scope::Clinics(vec![]));
+    }
+
+    #[test]
+    fn only_configured_clinics_and_hospitals_are_accepted_for_accounts() {
+        let mut cfg = Config::default();
+        assert!(check_affiliation(&cfg, None, None).is_ok());
+        assert!(check_affiliation(&cfg, Some(""), Some(" ")).is_ok());
+        let e = check_affiliation(&cfg, None, Some("city")).unwrap_err();
+        assert!(e.contains("no [[hospital]]"), "{e}");
+        assert!(check_affiliation(&cfg, Some("t1"), None).is_err());
+        cfg.clinics = vec![clinic("t1")];
+        cfg.hospitals = vec![HospitalConfig {
+            id: "city".into(),
+            name: "City".into(),
+            serves: vec!["t1".into()],
+        }];
+        assert!(check_affiliation(&cfg, Some("t1"), Some("city")).is_ok());
+        assert!(check_affiliation(&cfg, Some("t9"), None).unwrap_err().contains("t9"));
+        assert!(
+            check_affiliation(&cfg, None, Some("elsewhere"))
+                .unwrap_err()
+                .contains("elsewhere")
+        );
     }
 }

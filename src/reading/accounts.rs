@@ -335,6 +335,16 @@ pub async fn list_users(pool: &SqlitePool) -> Result<Vec<User>, AccountError> {
     Ok(rows.iter().filter_map(user_from_row).collect())
 }
 
+/// One account (disabled ones included: callers decide).
+pub async fn get_user(pool: &SqlitePool, username: &str) -> Result<Option<User>, AccountError> {
+    Ok(sqlx::query("SELECT * FROM users WHERE username = ?")
+        .bind(username)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .and_then(user_from_row))
+}
+
 pub async fn display_name(pool: &SqlitePool, username: &str) -> Result<Option<String>, AccountError> {
     Ok(sqlx::query("SELECT display_name FROM users WHERE username = ?")
         .bind(username)
@@ -433,7 +443,21 @@ pub async fn check_session(
     idle_ms: i64,
     max_ms: i64,
 ) -> Result<SessionCheck, AccountError> {
-    let hash = token_hash(token);
+    check_session_hash(pool, &token_hash(token), now_ms, idle_ms, max_ms).await
+}
+
+/// `check_session` by the stored hash: how a long-lived connection (the
+/// signaling WebSocket) re-checks the session it was opened with. Its use
+/// counts as activity, so a consultation longer than the idle limit keeps
+/// its session.
+pub async fn check_session_hash(
+    pool: &SqlitePool,
+    hash: &str,
+    now_ms: i64,
+    idle_ms: i64,
+    max_ms: i64,
+) -> Result<SessionCheck, AccountError> {
+    let hash = hash.to_string();
     let Some(r) = sqlx::query(
         "SELECT s.csrf, s.created_ms, s.last_seen_ms, u.* FROM sessions s JOIN users u ON u.username = s.username
          WHERE s.token_hash = ?",

@@ -113,7 +113,13 @@ pub fn decide(
             }
             Ok(ReqState::Scheduled)
         }
-        (ReqState::Scheduled, ReqAction::Finish) => Ok(ReqState::Done),
+        (ReqState::Scheduled, ReqAction::Finish) => {
+            // The consultation's parties end it: its expert, the clinic, an admin.
+            if who == Role::Expert && expert != Some(username) {
+                return Err(RequestError::Forbidden);
+            }
+            Ok(ReqState::Done)
+        }
         _ => Err(invalid()),
     }
 }
@@ -271,6 +277,26 @@ pub async fn update(
     Ok(r.rows_affected() == 1)
 }
 
+/// Records the request's consultation room if it still is `expected`
+/// (None: no room yet); false when another join stored a room first, so
+/// two people joining at once end up in one room.
+pub async fn set_room(
+    pool: &SqlitePool,
+    id: i64,
+    expected: Option<&str>,
+    room: &str,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE consult_requests SET room_id = ?, updated_ms = ? WHERE id = ? AND room_id IS ?")
+        .bind(room)
+        .bind(now_ms)
+        .bind(id)
+        .bind(expected)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 pub async fn notify(pool: &SqlitePool, clinic_id: &str, request_id: i64, text: &str, now_ms: i64) {
     let r = sqlx::query(
         "INSERT INTO notifications (clinic_id, kind, request_id, text, created_ms) VALUES (?, 'request', ?, ?, ?)",
@@ -368,6 +394,27 @@ mod tests {
                 NOW
             ),
             Ok(Scheduled)
+        );
+        // Finished by its parties only, and only once.
+        assert_eq!(
+            decide(Scheduled, later, Some("e"), &Finish, Role::Expert, "e", NOW),
+            Ok(Done)
+        );
+        assert_eq!(
+            decide(Scheduled, later, Some("e"), &Finish, Role::Clinic, "c", NOW),
+            Ok(Done)
+        );
+        assert_eq!(
+            decide(Scheduled, later, Some("e"), &Finish, Role::Expert, "other", NOW),
+            Err(RequestError::Forbidden)
+        );
+        assert_eq!(
+            decide(Done, later, Some("e"), &Finish, Role::Expert, "e", NOW),
+            Err(RequestError::Invalid("done", "finished"))
+        );
+        assert_eq!(
+            decide(Requested, None, None, &Finish, Role::Clinic, "c", NOW),
+            Err(RequestError::Invalid("requested", "finished"))
         );
     }
 }

@@ -43,6 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 mod broadcast;
+mod lifecycle;
+
+pub use lifecycle::RoomOwner;
 
 use super::demux::{PacketClass, classify, stun_local_ufrag};
 use super::floor::Floor;
@@ -82,6 +85,8 @@ pub struct EngineConfig {
     pub peer_timeout: Duration,
     pub history: Duration,
     pub pli_interval: Duration,
+    /// A room with nobody in it (or nobody yet) this long ends.
+    pub empty_room_grace: Duration,
 }
 
 pub struct Transmit {
@@ -89,28 +94,54 @@ pub struct Transmit {
     pub data: BytesMut,
 }
 
+/// An invitation: who may join (the account, checked against the
+/// signaling session), and as what (name and role, from that account).
 #[derive(Debug, Clone)]
 pub struct NewParticipant {
+    pub account: String,
     pub name: String,
     pub role: Role,
+}
+
+/// An invitation as issued: its participant id and how long it can be used
+/// (the room's time left).
+#[derive(Debug, Clone)]
+pub struct Invited {
+    pub id: String,
+    pub participant: NewParticipant,
+    pub expires_in: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct CreatedRoom {
     pub id: String,
     pub title: String,
-    /// (participant id, name, role)
-    pub participants: Vec<(String, String, Role)>,
+    pub participants: Vec<Invited>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct RoomStatus {
     pub id: String,
     pub title: String,
+    pub kind: RoomKind,
+    pub owner: RoomOwner,
     pub invited: usize,
+    /// The accounts holding an invitation, sorted, each once.
+    pub accounts: Vec<String>,
     pub connected: Vec<ParticipantInfo>,
     /// A broadcast is on air (always true for a consultation).
     pub live: bool,
+    pub expires_in: Duration,
+}
+
+/// A room in a listing: what the broadcast list shows, without walking
+/// hundreds of viewers.
+#[derive(Debug, Clone)]
+pub struct RoomSummary {
+    pub id: String,
+    pub owner: RoomOwner,
+    pub live: bool,
+    pub connected: usize,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -129,13 +160,21 @@ pub enum Command {
     CreateRoom {
         title: String,
         kind: RoomKind,
+        owner: RoomOwner,
+        /// The room ends this long after creation whatever happens in it.
+        ttl: Duration,
         participants: Vec<NewParticipant>,
         reply: oneshot::Sender<Result<CreatedRoom, SfuError>>,
     },
     AddParticipant {
         room: String,
         participant: NewParticipant,
-        reply: oneshot::Sender<Result<(String, String, Role), SfuError>>,
+        reply: oneshot::Sender<Result<Invited, SfuError>>,
+    },
+    /// Rooms of one kind (live ones: ended rooms are gone).
+    ListRooms {
+        kind: RoomKind,
+        reply: oneshot::Sender<Vec<RoomSummary>>,
     },
     CloseRoom {
         room: String,
@@ -148,6 +187,8 @@ pub enum Command {
     Join {
         room: String,
         participant: String,
+        /// The account of the signaling session (its invitation must match).
+        account: String,
         conn: u64,
         tx: mpsc::Sender<ToClient>,
         reply: oneshot::Sender<JoinResult>,
@@ -167,6 +208,12 @@ struct Room {
     id: String,
     title: String,
     kind: RoomKind,
+    owner: RoomOwner,
+    /// When the room ends whatever happens in it.
+    expires_at: Instant,
+    /// Since when nobody is in the room (from its creation until the first
+    /// join); None while someone is.
+    empty_since: Option<Instant>,
     /// Broadcast rooms: the viewer count last sent to presenters.
     viewers_sent: Option<usize>,
     invited: HashMap<String, NewParticipant>,
@@ -468,6 +515,8 @@ pub struct Engine {
     /// connections, closed signaling channels); removing them mid-iteration
     /// would invalidate what the caller is walking.
     doomed: Vec<(String, &'static str)>,
+    /// Next look for rooms that are empty past the grace or expired.
+    next_room_sweep: Instant,
 }
 
 fn transport(local: SocketAddr, peer: SocketAddr) -> TransportContext {
@@ -497,6 +546,7 @@ impl Engine {
             next_tick: now + TICK,
             ticks: 0,
             doomed: Vec::new(),
+            next_room_sweep: now + lifecycle::SWEEP,
         }
     }
 
@@ -525,10 +575,12 @@ impl Engine {
             Command::CreateRoom {
                 title,
                 kind,
+                owner,
+                ttl,
                 participants,
                 reply,
             } => {
-                let _ = reply.send(self.create_room(title, kind, participants));
+                let _ = reply.send(self.create_room(now, title, kind, owner, ttl, participants));
             }
             Command::AddParticipant {
                 room,
@@ -554,10 +606,28 @@ impl Engine {
                     Some(r) => {
                         let id = new_id("p_");
                         r.invited.insert(id.clone(), participant.clone());
-                        Ok((id, participant.name, participant.role))
+                        Ok(Invited {
+                            id,
+                            participant,
+                            expires_in: r.expires_at.saturating_duration_since(now),
+                        })
                     }
                 };
                 let _ = reply.send(r);
+            }
+            Command::ListRooms { kind, reply } => {
+                let list = self
+                    .rooms
+                    .values()
+                    .filter(|r| r.kind == kind)
+                    .map(|r| RoomSummary {
+                        id: r.id.clone(),
+                        owner: r.owner.clone(),
+                        live: r.floor.live(),
+                        connected: r.joined.len(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
             }
             Command::CloseRoom { room, reply } => {
                 let existed = self.close_room(now, &room, "the room was closed");
@@ -567,7 +637,17 @@ impl Engine {
                 let st = self.rooms.get(&room).map(|r| RoomStatus {
                     id: r.id.clone(),
                     title: r.title.clone(),
+                    kind: r.kind,
+                    owner: r.owner.clone(),
                     invited: r.invited.len(),
+                    accounts: r
+                        .invited
+                        .values()
+                        .map(|p| p.account.clone())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                    expires_in: r.expires_at.saturating_duration_since(now),
                     connected: r
                         .joined
                         .iter()
@@ -581,11 +661,12 @@ impl Engine {
             Command::Join {
                 room,
                 participant,
+                account,
                 conn,
                 tx,
                 reply,
             } => {
-                let r = self.join(now, &room, &participant, conn, tx);
+                let r = self.join(now, &room, &participant, &account, conn, tx);
                 let _ = reply.send(r);
             }
             Command::Signal { participant, conn, msg } => {
@@ -604,10 +685,14 @@ impl Engine {
 
     fn create_room(
         &mut self,
+        now: Instant,
         title: String,
         kind: RoomKind,
+        owner: RoomOwner,
+        ttl: Duration,
         participants: Vec<NewParticipant>,
     ) -> Result<CreatedRoom, SfuError> {
+        // Ended rooms are already gone (see `lifecycle`): this counts live ones.
         if self.rooms.len() >= self.cfg.max_rooms {
             return Err(SfuError::TooManyRooms(self.cfg.max_rooms));
         }
@@ -616,7 +701,11 @@ impl Engine {
         let mut out = Vec::new();
         for p in participants {
             let pid = new_id("p_");
-            out.push((pid.clone(), p.name.clone(), p.role));
+            out.push(Invited {
+                id: pid.clone(),
+                participant: p.clone(),
+                expires_in: ttl,
+            });
             invited.insert(pid, p);
         }
         self.rooms.insert(
@@ -625,6 +714,9 @@ impl Engine {
                 id: id.clone(),
                 title: title.clone(),
                 kind,
+                owner,
+                expires_at: now + ttl,
+                empty_since: Some(now),
                 viewers_sent: None,
                 invited,
                 joined: Vec::new(),
@@ -659,13 +751,24 @@ impl Engine {
         true
     }
 
-    fn join(&mut self, now: Instant, room_id: &str, pid: &str, conn: u64, tx: mpsc::Sender<ToClient>) -> JoinResult {
+    fn join(
+        &mut self,
+        now: Instant,
+        room_id: &str,
+        pid: &str,
+        account: &str,
+        conn: u64,
+        tx: mpsc::Sender<ToClient>,
+    ) -> JoinResult {
         let Some(room) = self.rooms.get(room_id) else {
             return Err((ErrorCode::RoomClosed, "this room no longer exists".into()));
         };
         let Some(invitee) = room.invited.get(pid).cloned() else {
             return Err((ErrorCode::BadToken, "not a participant of this room".into()));
         };
+        if invitee.account != account {
+            return Err((ErrorCode::BadToken, "this invitation belongs to another account".into()));
+        }
         if self.parts.contains_key(pid) {
             // Same person, new tab or reconnect after a network change: the
             // new connection wins, the old one is told why it was dropped.
@@ -764,6 +867,7 @@ impl Engine {
         self.parts.insert(pid.to_string(), p);
         if let Some(room) = self.rooms.get_mut(room_id) {
             room.joined.push(pid.to_string());
+            room.empty_since = None;
             if kind.may_publish(my_role) {
                 // A presenter arriving gets the current count at the next send.
                 room.viewers_sent = None;
@@ -812,6 +916,9 @@ impl Engine {
         let mut told = std::collections::HashSet::new();
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.joined.retain(|x| x != pid);
+            if room.joined.is_empty() {
+                room.empty_since = Some(now);
+            }
             others = room.joined.clone();
             for o in &others {
                 if let Some(op) = self.parts.get(o)
@@ -1866,6 +1973,10 @@ impl Engine {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
+        }
+        if now >= self.next_room_sweep {
+            self.next_room_sweep = now + lifecycle::SWEEP;
+            self.end_rooms(now);
         }
         self.reap(now);
     }

@@ -175,23 +175,27 @@ pub enum SfuStartError {
     NoAnnounce,
 }
 
-/// What the HTTP side holds: a way to talk to the engine and to mint/check tokens.
-/// A live teaching broadcast, as the HTTP API lists it (the room itself is
-/// the engine's).
-#[derive(Debug, Clone, serde::Serialize)]
+/// A teaching broadcast: the owner of its room (`engine::RoomOwner`), so it
+/// lives and ends with the room and the HTTP API lists it from there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BroadcastInfo {
-    pub id: String,
     pub title: String,
-    pub hospital_id: String,
-    /// Username of the expert who started it.
+    /// The presenter's hospital, whose clinics see the broadcast; None for
+    /// the one implicit hospital of an alliance that configures no
+    /// `[[hospital]]` (it serves every clinic).
+    pub hospital_id: Option<String>,
+    /// Username of the expert who started it (who may end it).
     pub presenter: String,
     pub presenter_name: String,
+    /// Who presents: the starter and the colleagues it named. Everyone else
+    /// who may see the broadcast watches.
+    pub presenters: Vec<String>,
     pub started_unix: u64,
 }
 
+/// What the HTTP side holds: a way to talk to the engine and to mint/check tokens.
 pub struct Sfu {
     pub commands: mpsc::Sender<Command>,
-    broadcasts: std::sync::Mutex<std::collections::BTreeMap<String, BroadcastInfo>>,
     pub tokens: TokenKey,
     pub room_ttl: Duration,
     pub metrics: Arc<SfuMetrics>,
@@ -243,6 +247,7 @@ impl Sfu {
             peer_timeout: Duration::from_secs(cfg.peer_timeout_secs),
             history: Duration::from_millis(cfg.history_ms),
             pli_interval: Duration::from_millis(cfg.pli_interval_ms),
+            empty_room_grace: Duration::from_secs(cfg.empty_room_grace_secs),
         };
         let (commands, thread) =
             io::spawn(socket, ecfg, metrics.clone(), shutdown).map_err(|source| SfuStartError::Bind {
@@ -255,14 +260,8 @@ impl Sfu {
             room_ttl: Duration::from_secs(cfg.room_ttl_secs),
             metrics,
             media_addr: local,
-            broadcasts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             thread: std::sync::Mutex::new(Some(thread)),
         })
-    }
-
-    /// Live broadcasts by room id (never held across an await).
-    pub fn broadcasts(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, BroadcastInfo>> {
-        self.broadcasts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends a command and waits for its reply.

@@ -277,6 +277,10 @@ pub enum ErrorCode {
     /// A bound was reached (questions queued, speakers at once).
     Limit,
     Replaced,
+    /// The login session the socket was opened with ended (logout, expiry,
+    /// the account disabled), or there was none: join tokens work only
+    /// together with a session of the account they were issued to.
+    SessionEnded,
     Internal,
 }
 
@@ -285,6 +289,7 @@ impl ErrorCode {
     pub fn close_code(self) -> Option<u16> {
         match self {
             ErrorCode::BadToken | ErrorCode::ExpiredToken => Some(4001),
+            ErrorCode::SessionEnded => Some(4002),
             ErrorCode::RoomFull => Some(4003),
             ErrorCode::RoomClosed => Some(4004),
             ErrorCode::Replaced => Some(4009),

@@ -20,7 +20,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 
 use super::SfuMetrics;
-use super::engine::{Command, Engine, EngineConfig, NewParticipant};
+use super::engine::{Command, Engine, EngineConfig, NewParticipant, RoomOwner};
 use super::media::codecs;
 use super::protocol::{ClientMsg, PcKind, Role, RoomKind, ServerMsg, Source, ToClient};
 
@@ -89,8 +89,8 @@ pub struct Net {
     pub now: Instant,
     pub metrics: Arc<SfuMetrics>,
     pub room: String,
-    /// Invited participants not joined yet (see [`Net::with_late`]).
-    late: Vec<String>,
+    /// Invited participants not joined yet, (participant id, account) (see [`Net::with_late`]).
+    late: Vec<(String, String)>,
     /// Wall-clock time spent inside `Engine::handle_datagram` and the
     /// number of calls, for the forwarding benchmark.
     pub engine_busy: Duration,
@@ -130,9 +130,9 @@ impl Net {
         if self.late.is_empty() {
             return;
         }
-        let pid = self.late.remove(0);
+        let (pid, account) = self.late.remove(0);
         let i = self.clients.len();
-        self.join(i, &pid);
+        self.join(i, &pid, &account);
     }
 
     fn build(
@@ -153,6 +153,7 @@ impl Net {
             peer_timeout: Duration::from_secs(20),
             history: Duration::from_secs(3),
             pli_interval: Duration::from_millis(500),
+            empty_room_grace: Duration::from_secs(600),
         };
         cfg_tweak(&mut cfg);
         let metrics = Arc::new(SfuMetrics::default());
@@ -163,10 +164,13 @@ impl Net {
             Command::CreateRoom {
                 title: "sim".into(),
                 kind,
+                owner: RoomOwner::Account("sim".into()),
+                ttl: Duration::from_secs(24 * 3600),
                 participants: names
                     .iter()
                     .enumerate()
                     .map(|(i, n)| NewParticipant {
+                        account: n.to_string(),
                         name: n.to_string(),
                         role: if kind == RoomKind::Broadcast && i > 0 {
                             Role::Clinic
@@ -193,11 +197,11 @@ impl Net {
             measure: false,
             engine_scope,
         };
-        for (i, (pid, _, _)) in created.participants.iter().enumerate() {
+        for (i, inv) in created.participants.iter().enumerate() {
             if i < joined {
-                net.join(i, pid);
+                net.join(i, &inv.id, &inv.participant.account);
             } else {
-                net.late.push(pid.clone());
+                net.late.push((inv.id.clone(), inv.participant.account.clone()));
             }
         }
         if kind == RoomKind::Broadcast && joined > 0 {
@@ -207,7 +211,7 @@ impl Net {
         net
     }
 
-    fn join(&mut self, i: usize, pid: &str) {
+    fn join(&mut self, i: usize, pid: &str, account: &str) {
         let ip = std::net::Ipv4Addr::new(10, 1, (i / 200) as u8, (i % 200) as u8 + 1);
         let pub_addr = SocketAddr::new(ip.into(), 5000);
         let sub_addr = SocketAddr::new(ip.into(), 5001);
@@ -220,6 +224,7 @@ impl Net {
             Command::Join {
                 room: self.room.clone(),
                 participant: pid.to_string(),
+                account: account.to_string(),
                 conn,
                 tx,
                 reply: rtx,
@@ -1474,5 +1479,33 @@ mod tests {
                 .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == gone)),
             "the others were not told"
         );
+    }
+
+    #[test]
+    fn an_occupied_room_stays_and_ends_once_empty_past_the_grace() {
+        // The simulated clients stay connected but send no media, which
+        // media timeouts would count as vanished: not what this is about.
+        let mut net = Net::new(
+            |c| {
+                c.empty_room_grace = Duration::from_secs(10);
+                c.peer_timeout = Duration::from_secs(600);
+            },
+            &["a", "b"],
+        );
+        let rooms = |n: &Net| n.metrics.rooms_active.load(std::sync::atomic::Ordering::Relaxed);
+        net.publish_video(0);
+        // Occupied well past the grace: the room stays.
+        net.run_for(Duration::from_secs(20), Duration::from_millis(10));
+        assert_eq!(rooms(&net), 1);
+        assert_eq!(net.engine.participants(), 2);
+        net.signal(0, ClientMsg::Leave);
+        net.run_for(Duration::from_secs(8), Duration::from_millis(10));
+        assert_eq!(rooms(&net), 1, "one participant is still in it");
+        assert_eq!(net.engine.participants(), 1, "one participant is still in it");
+        net.signal(1, ClientMsg::Leave);
+        net.run_for(Duration::from_secs(9), Duration::from_millis(10));
+        assert_eq!(rooms(&net), 1, "empty, but within the grace");
+        net.run_for(Duration::from_secs(2), Duration::from_millis(10));
+        assert_eq!(rooms(&net), 0, "empty past the grace");
     }
 }

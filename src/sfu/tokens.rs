@@ -1,8 +1,13 @@
-//! Join tokens: `<room>.<participant>.<expiry unix secs>.<hex HMAC-SHA256>`.
+//! Join tokens: `<room>.<participant>.<hex account>.<expiry unix secs>.<hex HMAC-SHA256>`.
 //!
 //! Stateless so the WebSocket handler can refuse a forged or expired token
 //! before it costs the SFU anything. The key is random per process: rooms live
 //! in memory, so a restart ends them and their tokens together.
+//!
+//! A token names the account it was issued to (hex, since usernames may
+//! hold dots): the signaling socket accepts it only together with a live
+//! session of that same account, so a token or room id that leaks (a
+//! forwarded link, a shoulder-surfed URL) is useless to anyone else.
 
 use ring::hmac;
 
@@ -20,6 +25,8 @@ pub enum TokenError {
 pub struct Claims {
     pub room: String,
     pub participant: String,
+    /// Username of the account the invitation belongs to.
+    pub account: String,
     pub expires_unix: u64,
 }
 
@@ -50,13 +57,20 @@ impl TokenKey {
     }
 
     pub fn mint(&self, c: &Claims) -> String {
-        let body = format!("{}.{}.{}", c.room, c.participant, c.expires_unix);
+        let body = format!(
+            "{}.{}.{}.{}",
+            c.room,
+            c.participant,
+            hex::encode(c.account.as_bytes()),
+            c.expires_unix
+        );
         let tag = hmac::sign(&self.key, body.as_bytes());
         format!("{body}.{}", hex::encode(tag.as_ref()))
     }
 
     /// `now_unix` is passed in so expiry is testable without waiting.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, TokenError> {
+        // 14 + 14 + 128 (a 64-byte username in hex) + 20 + 64 + 4 dots.
         if token.len() > 300 {
             return Err(TokenError::Malformed);
         }
@@ -65,13 +79,19 @@ impl TokenKey {
         // Constant-time comparison inside ring.
         hmac::verify(&self.key, body.as_bytes(), &tag).map_err(|_| TokenError::BadSignature)?;
         let mut parts = body.split('.');
-        let (Some(room), Some(participant), Some(exp), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(room), Some(participant), Some(account), Some(exp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
         if !id_ok(room) || !id_ok(participant) {
             return Err(TokenError::Malformed);
         }
+        let account = hex::decode(account)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|a| !a.is_empty() && a.len() <= 64)
+            .ok_or(TokenError::Malformed)?;
         let expires_unix: u64 = exp.parse().map_err(|_| TokenError::Malformed)?;
         if now_unix >= expires_unix {
             return Err(TokenError::Expired);
@@ -79,6 +99,7 @@ impl TokenKey {
         Ok(Claims {
             room: room.to_string(),
             participant: participant.to_string(),
+            account,
             expires_unix,
         })
     }
@@ -103,6 +124,7 @@ mod tests {
         Claims {
             room: "r_abc".into(),
             participant: "p_def".into(),
+            account: "li.wei".into(),
             expires_unix: exp,
         }
     }
@@ -131,9 +153,27 @@ mod tests {
         let weird = k.mint(&Claims {
             room: "r x".into(),
             participant: "p".into(),
+            account: "a".into(),
             expires_unix: 5,
         });
         assert_eq!(k.verify(&weird, 1), Err(TokenError::Malformed));
+        let nobody = k.mint(&Claims {
+            account: String::new(),
+            ..claims(5)
+        });
+        assert_eq!(k.verify(&nobody, 1), Err(TokenError::Malformed));
+        // The account cannot be swapped for another one: it is signed.
+        let other_account = t.replacen(&hex::encode("li.wei"), &hex::encode("zhao"), 1);
+        assert_ne!(other_account, t);
+        assert_eq!(k.verify(&other_account, 1), Err(TokenError::BadSignature));
+        // The longest username still fits the length bound.
+        let long = k.mint(&Claims {
+            room: new_id("r_"),
+            participant: new_id("p_"),
+            account: "u".repeat(64),
+            expires_unix: u64::MAX,
+        });
+        assert_eq!(k.verify(&long, 1).map(|c| c.account.len()), Ok(64));
     }
 
     #[test]
