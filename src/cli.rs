@@ -117,10 +117,13 @@ enum UserCmd {
         role: String,
         #[arg(long, default_value = "")]
         name: String,
-        /// The clinic id (from [[clinic]]) of a clinic doctor.
+        /// The clinic id (from [[clinic]]) of a clinic doctor; an id the
+        /// configuration does not list is refused.
         #[arg(long)]
         clinic: Option<String>,
-        /// The hospital id (from [[hospital]]) of an expert.
+        /// The hospital id (from [[hospital]]) of an expert; refused when not
+        /// listed (with no [[hospital]] configured, give none: experts then
+        /// read for every clinic).
         #[arg(long)]
         hospital: Option<String>,
         #[arg(long)]

@@ -40,27 +40,30 @@ fn ids(list: &Value) -> Vec<String> {
 }
 
 #[test]
-fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
+fn broadcasts_are_scoped_to_the_hospitals_clinics_and_only_named_presenters_present() {
     let s = Server::start(ServerOpts {
         config_toml: CONFIG.into(),
         ..Default::default()
     });
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
     s.add_user("exp2", "expert", PW, &["--hospital", "city"]);
+    s.add_user("exp4", "expert", PW, &["--hospital", "city"]);
     s.add_user("exp3", "expert", PW, &["--hospital", "other"]);
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01"]);
     s.add_user("doc3", "clinic", PW, &["--clinic", "t03"]);
     let login = |u: &str| s.login(u, PW).unwrap_or_else(|e| panic!("login {u}: {e:?}"));
-    let (exp1, exp2, exp3, doc1, doc3) = (
+    let (exp1, exp2, exp3, exp4, doc1, doc3) = (
         login("exp1"),
         login("exp2"),
         login("exp3"),
+        login("exp4"),
         login("doc1"),
         login("doc3"),
     );
 
-    // Only experts start one, with a real title.
-    let title = json!({ "title": "Reading chest CT, session 3" });
+    // Only experts start one, with a real title; co-presenters are
+    // colleagues of the same hospital.
+    let title = json!({ "title": "Reading chest CT, session 3", "presenters": ["exp2"] });
     assert_eq!(
         s.req(Some(&doc1), "POST", "/api/broadcasts", Some(title.clone())).0,
         403
@@ -81,10 +84,20 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
         .0,
         400
     );
+    for (who, code) in [("exp3", 404), ("doc1", 404), ("nobody", 404), ("exp1", 400)] {
+        let (got, v) = s.req(
+            Some(&exp1),
+            "POST",
+            "/api/broadcasts",
+            Some(json!({ "title": "x", "presenters": [who] })),
+        );
+        assert_eq!(got, code, "co-presenter {who}: {v}");
+    }
     let (code, created) = s.req(Some(&exp1), "POST", "/api/broadcasts", Some(title));
     assert_eq!(code, 201, "{created}");
     let id = created["broadcast"]["id"].as_str().expect("id").to_string();
     assert_eq!(created["broadcast"]["hospital_id"], "city");
+    assert_eq!(created["broadcast"]["presenters"], json!(["exp1", "exp2"]));
     assert_eq!(created["join"]["presenter"], true);
     assert!(
         created["join"]["url"]
@@ -97,6 +110,7 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
     for (who, a, sees) in [
         ("exp1", &exp1, true),
         ("exp2", &exp2, true),
+        ("exp4", &exp4, true),
         ("doc1", &doc1, true),
         ("exp3", &exp3, false),
         ("doc3", &doc3, false),
@@ -114,11 +128,21 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
     let viewer_token = v["join"]["token"].as_str().expect("token").to_string();
     let (code, v) = join(&exp2);
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["join"]["presenter"], true, "a colleague joins as a presenter");
+    assert_eq!(v["join"]["presenter"], true, "a named colleague joins as a presenter");
+    let (code, v) = join(&exp4);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["join"]["presenter"], false, "a colleague not named watches");
+    let exp4_token = v["join"]["token"].as_str().expect("token").to_string();
+    let watching = signal_probe_as(&s, Some(&exp4), "token", &exp4_token, &[]);
+    let j = watching["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["type"] == "joined"))
+        .unwrap_or_else(|| panic!("no joined message: {watching}"));
+    assert_eq!(j["me"]["role"], "clinic", "a viewer's seat: {j}");
 
     // In the room: a broadcast, the viewer is a clinic participant, and its
     // attempt to publish is refused without ending its session.
-    let joined = signal_probe(&s, "token", &viewer_token);
+    let joined = signal_probe_as(&s, Some(&doc1), "token", &viewer_token, &[]);
     let j = joined["messages"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["type"] == "joined"))
@@ -127,7 +151,7 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_viewers_only_watch() {
     assert_eq!(j["me"]["role"], "clinic");
     let (_, v) = join(&doc1);
     let token2 = v["join"]["token"].as_str().expect("token").to_string();
-    let refused = signal_probe(&s, "viewer_offers_media", &token2);
+    let refused = signal_probe_as(&s, Some(&doc1), "viewer_offers_media", &token2, &[]);
     let codes: Vec<&str> = refused["messages"]
         .as_array()
         .into_iter()
@@ -181,7 +205,14 @@ fn a_viewer_raises_a_hand_asks_a_question_and_is_given_the_floor() {
     assert_eq!(code, 200, "{v}");
     let viewer = v["join"]["token"].as_str().expect("token");
 
-    let out = signal_probe_with(&s, "floor", viewer, &["--presenter-token", presenter]);
+    let presenter_cookie = exp1.session_cookie();
+    let out = signal_probe_as(
+        &s,
+        Some(&doc1),
+        "floor",
+        viewer,
+        &["--presenter-token", presenter, "--presenter-cookie", &presenter_cookie],
+    );
     let of = |side: &str, t: &str| -> Vec<Value> {
         out[side]
             .as_array()

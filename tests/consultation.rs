@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::webdriver::{Chromium, Session, SessionOpts};
-use support::{Server, ServerOpts, free_udp_port, python, script, signal_probe, ui_login};
+use support::{Auth, Server, ServerOpts, free_udp_port, python, script, signal_probe, signal_probe_as, ui_login};
 
 static BROWSERS: Mutex<()> = Mutex::new(());
 
@@ -20,45 +20,92 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     BROWSERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn server(config_toml: &str) -> Server {
+const PW: &str = "correct-horse-battery";
+
+/// The pages' test hooks (`#autojoin=1`, `#via=`) work only on a server
+/// that turns them on.
+const TEST_HOOKS: &str = "[http]\ntest_hooks = true\n";
+
+/// One clinic and no `[[hospital]]`: experts consult for every clinic.
+const CLINIC: &str = "[[clinic]]\nid = \"t01\"\nname = \"Township 01\"\nae_titles = [\"T01_CT\"]\n";
+
+/// A test server with a clinic doctor (`doc1`, "Dr. Township") and two
+/// experts (`exp1` "Dr. City", `exp2` "Dr. Second"); `extra` is more TOML.
+fn server(extra: &str) -> Server {
+    let s = hooked(&format!("{CLINIC}{extra}"));
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township"]);
+    s.add_user("exp1", "expert", PW, &["--name", "Dr. City"]);
+    s.add_user("exp2", "expert", PW, &["--name", "Dr. Second"]);
+    s
+}
+
+fn hooked(config_toml: &str) -> Server {
     Server::start(ServerOpts {
-        config_toml: config_toml.to_string(),
+        config_toml: format!("{TEST_HOOKS}{config_toml}"),
         ..Default::default()
     })
 }
 
-/// Creates a room; returns (room id, [(participant id, token)]).
-fn create_room(s: &Server, names: &[(&str, &str)], ttl: Option<u64>) -> (String, Vec<(String, String)>) {
+fn login(s: &Server, user: &str) -> Auth {
+    s.login(user, PW).unwrap_or_else(|e| panic!("login {user}: {e:?}"))
+}
+
+/// A participant: its id, its join token and its account's session (the
+/// token works only with that session).
+type Seat = (String, String, Auth);
+
+/// The first expert of `users` creates a room for all of them; returns
+/// (room id, their seats in the order of `users`).
+fn create_room(s: &Server, users: &[&str], ttl: Option<u64>) -> (String, Vec<Seat>) {
+    let creator = *users
+        .iter()
+        .find(|u| u.starts_with("exp"))
+        .expect("an expert creates the room");
+    let owner = login(s, creator);
     let mut body = json!({
         "title": "Chest CT second opinion",
-        "participants": names.iter().map(|(n, r)| json!({"name": n, "role": r})).collect::<Vec<_>>(),
+        "participants": users.iter().filter(|u| **u != creator).collect::<Vec<_>>(),
     });
     if let Some(t) = ttl {
         body["ttl_secs"] = json!(t);
     }
-    let (code, v) = s.post_json("/api/rooms", &body);
+    let (code, v) = s.req(Some(&owner), "POST", "/api/rooms", Some(body));
     assert_eq!(code, 201, "create room: {v}");
-    let ps = v["participants"]
-        .as_array()
-        .expect("participants")
+    let seats = users
         .iter()
-        .map(|p| {
+        .map(|u| {
+            let p = v["participants"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["username"] == *u))
+                .unwrap_or_else(|| panic!("{u} not in {v}"));
+            let auth = if *u == creator { owner.clone() } else { login(s, u) };
             (
                 p["id"].as_str().expect("id").to_string(),
                 p["token"].as_str().expect("token").to_string(),
+                auth,
             )
         })
         .collect();
-    (v["id"].as_str().expect("room id").to_string(), ps)
+    (v["id"].as_str().expect("room id").to_string(), seats)
 }
 
 fn chromium() -> Chromium {
     Chromium::launch().unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"))
 }
 
-/// Opens the consultation page for `token` and waits until it has joined.
-fn join(ch: &Chromium, s: &Server, token: &str, extra: &str) -> Session {
-    open_joined(ch, s, &format!("/consult#token={token}{extra}"), false)
+/// Opens the consultation page for a seat (logged in as its account) and
+/// waits until it has joined.
+fn join(ch: &Chromium, s: &Server, seat: &Seat, extra: &str) -> Session {
+    open_joined(ch, s, &seat.2, &format!("/consult#token={}{extra}", seat.1), false)
+}
+
+/// A fresh browser holding `auth`'s session (as if it had logged in).
+fn browser_as(ch: &Chromium, s: &Server, auth: &Auth, opts: &SessionOpts) -> Session {
+    let sess = ch.session(opts).expect("browser session");
+    sess.goto(&format!("https://127.0.0.1:{}/api/health", s.http_port))
+        .expect("origin");
+    sess.add_cookie("mr_session", &auth.session_token()).expect("cookie");
+    sess
 }
 
 fn stats(sess: &Session) -> Value {
@@ -146,18 +193,10 @@ fn js_array_contains(sess: &Session, array: &str, pred: &str, timeout: Duration)
 fn browsers_exchange_media_chat_and_synchronized_view() {
     let _g = lock();
     let s = server("");
-    let (room, ps) = create_room(
-        &s,
-        &[
-            ("Dr. Township", "clinic"),
-            ("Dr. City", "expert"),
-            ("Dr. Second", "expert"),
-        ],
-        None,
-    );
+    let (room, ps) = create_room(&s, &["doc1", "exp1", "exp2"], None);
     let ch = chromium();
-    let a = join(&ch, &s, &ps[0].1, "");
-    let b = join(&ch, &s, &ps[1].1, "");
+    let a = join(&ch, &s, &ps[0], "");
+    let b = join(&ch, &s, &ps[1], "");
     assert_media_flows(&s, &a, &ps[1].0, "clinic", Duration::from_secs(30));
     assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(30));
 
@@ -232,7 +271,7 @@ fn browsers_exchange_media_chat_and_synchronized_view() {
 
     // A third participant: everyone receives both others, and the late
     // joiner is shown the image the room is looking at.
-    let c = join(&ch, &s, &ps[2].1, "");
+    let c = join(&ch, &s, &ps[2], "");
     assert_media_flows(&s, &c, &ps[0].0, "second expert", Duration::from_secs(30));
     assert_media_flows(&s, &c, &ps[1].0, "second expert", Duration::from_secs(30));
     assert_media_flows(&s, &a, &ps[2].0, "clinic", Duration::from_secs(30));
@@ -255,11 +294,71 @@ fn browsers_exchange_media_chat_and_synchronized_view() {
     assert!(s.metric("medrelay_sfu_rtp_out_total") > 100.0);
 }
 
+/// Waits until the page can join, then presses its Join button.
+fn click_join(sess: &Session) {
+    sess.wait_for(
+        "window.mrTest && window.mrTest.state === 'prejoin' && !document.querySelector('#join').disabled",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("the page never offered to join: {e}; {:?}", sess.console_logs()));
+    click(sess, "#join");
+    sess.wait_for("window.mrTest.state === 'joined'", Duration::from_secs(30))
+        .expect("joined");
+}
+
+#[test]
+fn production_pages_honour_no_test_hooks() {
+    let _g = lock();
+    // A production server: no `[http] test_hooks`.
+    let s = Server::start(ServerOpts {
+        config_toml: CLINIC.into(),
+        ..Default::default()
+    });
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township"]);
+    s.add_user("exp1", "expert", PW, &["--name", "Dr. City"]);
+    let (code, page) = s.get("/consult");
+    assert_eq!(code, 200);
+    assert!(
+        !String::from_utf8_lossy(&page).contains("mr-test-hooks"),
+        "a production page carries the test marker"
+    );
+    let (_room, ps) = create_room(&s, &["doc1", "exp1"], None);
+    let ch = chromium();
+    // A link asking to start camera and microphone unasked and to send the
+    // media to another host (port 9: nothing listens there).
+    let a = browser_as(&ch, &s, &ps[0].2, &SessionOpts::default());
+    a.goto(&format!(
+        "https://127.0.0.1:{}/consult#token={}&autojoin=1&via=127.0.0.1:9",
+        s.http_port, ps[0].1
+    ))
+    .expect("page");
+    a.wait_for(
+        "window.mrTest && window.mrTest.state === 'prejoin' && !document.querySelector('#join').disabled",
+        Duration::from_secs(60),
+    )
+    .expect("pre-join screen");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        a.execute("return window.mrTest.state", vec![]).expect("state"),
+        json!("prejoin"),
+        "autojoin=1 joined without a click"
+    );
+    assert_eq!(s.metric("medrelay_sfu_participants"), 0.0);
+    // Joined with a click, its media reach the server's own address.
+    click_join(&a);
+    let b = browser_as(&ch, &s, &ps[1].2, &SessionOpts::default());
+    b.goto(&format!("https://127.0.0.1:{}/consult#token={}", s.http_port, ps[1].1))
+        .expect("page");
+    click_join(&b);
+    assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(40));
+    assert_media_flows(&s, &a, &ps[1].0, "clinic", Duration::from_secs(40));
+}
+
 #[test]
 fn aiortc_and_chromium_exchange_media_through_the_sfu() {
     let _g = lock();
     let s = server("");
-    let (_room, ps) = create_room(&s, &[("Dr. Browser", "clinic"), ("aiortc", "expert")], None);
+    let (_room, ps) = create_room(&s, &["doc1", "exp1"], None);
     let out = s.dir.join("aiortc.json");
     let mut peer = Command::new(python())
         .arg(script("aiortc_peer.py"))
@@ -268,6 +367,8 @@ fn aiortc_and_chromium_exchange_media_through_the_sfu() {
             &format!("wss://127.0.0.1:{}/ws/consult", s.http_port),
             "--token",
             &ps[1].1,
+            "--cookie",
+            &ps[1].2.session_cookie(),
             "--duration",
             "30",
             "--publish",
@@ -282,7 +383,7 @@ fn aiortc_and_chromium_exchange_media_through_the_sfu() {
         .spawn()
         .expect("aiortc peer");
     let ch = chromium();
-    let a = join(&ch, &s, &ps[0].1, "");
+    let a = join(&ch, &s, &ps[0], "");
     assert_media_flows(&s, &a, &ps[1].0, "chromium", Duration::from_secs(40));
     js_array_contains(&a, "chat", "m.text === 'hello from aiortc'", Duration::from_secs(20));
     let status = peer.wait().expect("aiortc exit");
@@ -355,10 +456,10 @@ fn long_lossy_link_is_repaired_by_retransmission() {
     let proxy_port = free_udp_port();
     let s = server(&format!("[sfu]\nannounce = [\"127.0.0.1:{proxy_port}\"]\n"));
     let _link = impair(proxy_port, s.sfu_port, 300, 0.03);
-    let (_room, ps) = create_room(&s, &[("Dr. Plateau", "clinic"), ("Dr. City", "expert")], None);
+    let (_room, ps) = create_room(&s, &["doc1", "exp1"], None);
     let ch = chromium();
-    let a = join(&ch, &s, &ps[0].1, "");
-    let b = join(&ch, &s, &ps[1].1, "");
+    let a = join(&ch, &s, &ps[0], "");
+    let b = join(&ch, &s, &ps[1], "");
     // Normally ~10 s. A handshake stranded by loss costs the page its 30 s
     // connecting limit plus a rejoin, which is still a working link.
     assert_media_flows(&s, &b, &ps[0].0, "expert", Duration::from_secs(100));
@@ -402,11 +503,11 @@ fn a_stranded_dtls_handshake_is_started_over() {
     // rejoin, and the fresh connections carry media.
     let proxy_port = free_udp_port();
     let s = server(&format!("[sfu]\nannounce = [\"127.0.0.1:{proxy_port}\"]\n"));
-    let (_room, ps) = create_room(&s, &[("Dr. Plateau", "clinic"), ("Dr. City", "expert")], None);
+    let (_room, ps) = create_room(&s, &["doc1", "exp1"], None);
     let ch = chromium();
     let _link = impair_with(proxy_port, s.sfu_port, 20, 0.0, &["--strand-dtls-secs", "20"]);
-    let a = join(&ch, &s, &ps[0].1, "");
-    let b = join(&ch, &s, &ps[1].1, "");
+    let a = join(&ch, &s, &ps[0], "");
+    let b = join(&ch, &s, &ps[1], "");
     // Both pages start over, each on its own 30 s limit; a page's restart
     // replaces its tracks on the other's page, so media is judged after both.
     for (who, page) in [("clinic", &a), ("expert", &b)] {
@@ -444,10 +545,10 @@ fn a_starved_downlink_keeps_audio_and_pauses_video() {
         0.0,
         &["--down-rate-kbps", "100", "--queue-ms", "300"],
     );
-    let (_room, ps) = create_room(&s, &[("Dr. Plateau", "clinic"), ("Dr. City", "expert")], None);
+    let (_room, ps) = create_room(&s, &["doc1", "exp1"], None);
     let ch = chromium();
-    let a = join(&ch, &s, &ps[0].1, "");
-    let b = join(&ch, &s, &ps[1].1, "");
+    let a = join(&ch, &s, &ps[0], "");
+    let b = join(&ch, &s, &ps[1], "");
     let state = b
         .wait_for(
             "window.mrTest.link && window.mrTest.link.state === 'audio_only' ? window.mrTest.link : null",
@@ -517,15 +618,18 @@ async function once() {
 fn join_leave_cycles_do_not_leak() {
     let _g = lock();
     let s = server("");
-    let (_room, ps) = create_room(&s, &[("Dr. Steady", "expert"), ("Dr. Cycling", "clinic")], None);
+    let (_room, ps) = create_room(&s, &["exp1", "doc1"], None);
     let ch = chromium();
-    let a = join(&ch, &s, &ps[0].1, "");
-    let cyc = ch
-        .session(&SessionOpts {
+    let a = join(&ch, &s, &ps[0], "");
+    let cyc = browser_as(
+        &ch,
+        &s,
+        &ps[1].2,
+        &SessionOpts {
             script_timeout: Duration::from_secs(600),
             ..Default::default()
-        })
-        .expect("session");
+        },
+    );
     cyc.goto(&format!("https://127.0.0.1:{}/consult", s.http_port))
         .expect("page");
     let run = |n: u32| {
@@ -579,15 +683,11 @@ fn error_codes(v: &Value) -> Vec<String> {
 fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     let _g = lock();
     let s = server("");
-    let (room, ps) = create_room(
-        &s,
-        &[("Dr. A", "clinic"), ("Dr. B", "expert"), ("Prober", "expert")],
-        None,
-    );
-    let (_short_room, short) = create_room(&s, &[("Late", "expert")], Some(5));
+    let (room, ps) = create_room(&s, &["doc1", "exp1", "exp2"], None);
+    let (_short_room, short) = create_room(&s, &["exp2"], Some(5));
     let ch = chromium();
-    let a = join(&ch, &s, &ps[0].1, "");
-    let b = join(&ch, &s, &ps[1].1, "");
+    let a = join(&ch, &s, &ps[0], "");
+    let b = join(&ch, &s, &ps[1], "");
     assert_media_flows(&s, &b, &ps[0].0, "B", Duration::from_secs(30));
 
     let v = signal_probe(&s, "garbage_first", "");
@@ -601,19 +701,20 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     } else {
         forged
     };
-    let v = signal_probe(&s, "token", &forged);
+    let prober = Some(&ps[2].2);
+    let v = signal_probe_as(&s, prober, "token", &forged, &[]);
     assert_eq!(error_codes(&v), ["bad_token"], "{v}");
     assert_eq!(v["close_code"], 4001, "{v}");
-    let v = signal_probe(&s, "token", "r_x.p_y.99999999999.00");
+    let v = signal_probe_as(&s, prober, "token", "r_x.p_y.99999999999.00", &[]);
     assert_eq!(error_codes(&v), ["bad_token"], "{v}");
     std::thread::sleep(Duration::from_secs(6));
-    let v = signal_probe(&s, "token", &short[0].1);
+    let v = signal_probe_as(&s, prober, "token", &short[0].1, &[]);
     assert_eq!(error_codes(&v), ["expired_token"], "{v}");
     assert_eq!(v["close_code"], 4001, "{v}");
 
     // A joined participant sending garbage, bogus SDP and out-of-turn
     // answers gets errors and stays connected.
-    let v = signal_probe(&s, "joined_then_garbage", &ps[2].1);
+    let v = signal_probe_as(&s, prober, "joined_then_garbage", &ps[2].1, &[]);
     assert_eq!(
         error_codes(&v),
         [
@@ -629,7 +730,7 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
         "{v}"
     );
     assert_eq!(v["pong_after"], true, "{v}");
-    let v = signal_probe(&s, "oversized", &ps[2].1);
+    let v = signal_probe_as(&s, prober, "oversized", &ps[2].1, &[]);
     assert!(
         v["close_code"].as_u64().is_some_and(|c| c != 1000),
         "oversized frame must close: {v}"
@@ -660,13 +761,13 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     let status = s.get_json(&format!("/api/rooms/{room}"));
     assert_eq!(status["connected"].as_array().map(|v| v.len()), Some(2), "{status}");
     // Bad API input gets clear errors.
-    let (code, v) = s.post_json("/api/rooms", &json!({"participants": []}));
-    assert_eq!(code, 400, "{v}");
     let (code, v) = s.post_json(
         "/api/rooms",
         &json!({"participants": [{"name": "x", "role": "janitor"}]}),
     );
     assert_eq!(code, 400, "{v}");
+    let (code, v) = s.post_json("/api/rooms", &json!({"participants": ["nobody"]}));
+    assert_eq!(code, 404, "{v}");
     assert_eq!(s.delete("/api/rooms/r_doesnotexist"), 404);
 }
 
@@ -689,12 +790,19 @@ serves = ["t01"]
 /// yet chromedriver reports its navigation as timed out (after the full
 /// page-load wait: a shorter one aborted slow loads in CI); for those the
 /// error is tolerated and what counts is the page reaching `joined`.
-fn open_joined(ch: &Chromium, s: &Server, url: &str, receive_only: bool) -> Session {
-    open_joined_with(ch, s, url, receive_only, SessionOpts::default())
+fn open_joined(ch: &Chromium, s: &Server, auth: &Auth, url: &str, receive_only: bool) -> Session {
+    open_joined_with(ch, s, auth, url, receive_only, SessionOpts::default())
 }
 
-fn open_joined_with(ch: &Chromium, s: &Server, url: &str, receive_only: bool, opts: SessionOpts) -> Session {
-    let sess = ch.session(&opts).expect("browser session");
+fn open_joined_with(
+    ch: &Chromium,
+    s: &Server,
+    auth: &Auth,
+    url: &str,
+    receive_only: bool,
+    opts: SessionOpts,
+) -> Session {
+    let sess = browser_as(ch, s, auth, &opts);
     let nav = sess.goto(&format!("https://127.0.0.1:{}{url}&autojoin=1", s.http_port));
     match nav {
         Err(e) if receive_only => eprintln!("navigation reported: {e}"),
@@ -740,8 +848,7 @@ fn floor(sess: &Session) -> Value {
 #[test]
 fn broadcast_floor_a_viewer_raises_a_hand_asks_and_is_heard_when_let_speak() {
     let _g = lock();
-    let s = server(BROADCAST_CONFIG);
-    const PW: &str = "correct-horse-battery";
+    let s = hooked(BROADCAST_CONFIG);
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township"]);
     s.add_user("doc2", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Listener"]);
@@ -800,7 +907,7 @@ fn broadcast_floor_a_viewer_raises_a_hand_asks_and_is_heard_when_let_speak() {
         assert_eq!(code, 200, "{v}");
         v["join"]["url"].as_str().expect("url").to_string()
     };
-    let other = open_joined(&ch, &s, &viewer_url(), true);
+    let other = open_joined(&ch, &s, &doc, &viewer_url(), true);
     let asker_id = asker
         .execute("return window.mrTest.me.id", vec![])
         .expect("me")
@@ -934,8 +1041,7 @@ fn broadcast_floor_a_viewer_raises_a_hand_asks_and_is_heard_when_let_speak() {
 #[test]
 fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from_the_cache() {
     let _g = lock();
-    let s = server(BROADCAST_CONFIG);
-    const PW: &str = "correct-horse-battery";
+    let s = hooked(BROADCAST_CONFIG);
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01"]);
     let exp = s.login("exp1", PW).expect("expert login");
@@ -966,9 +1072,11 @@ fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from
     );
 
     let ch = chromium();
-    let viewers: Vec<Session> = (0..2).map(|_| open_joined(&ch, &s, &viewer_url(), true)).collect();
+    let viewers: Vec<Session> = (0..2)
+        .map(|_| open_joined(&ch, &s, &doc, &viewer_url(), true))
+        .collect();
     let slow_url = format!("{}&via=127.0.0.1:{proxy_port}", viewer_url());
-    let slow = open_joined(&ch, &s, &slow_url, true);
+    let slow = open_joined(&ch, &s, &doc, &slow_url, true);
     // The presenter's camera shows a clip that costs what a real camera
     // does (see `busy_camera_y4m`): each layer fills its cap.
     let clip = s.dir.join("busy-camera.y4m");
@@ -976,6 +1084,7 @@ fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from
     let presenter = open_joined_with(
         &ch,
         &s,
+        &exp,
         created["join"]["url"].as_str().expect("url"),
         false,
         SessionOpts {
@@ -1194,7 +1303,7 @@ fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from
     }
     let replays = s.metric("medrelay_sfu_gop_replays_total");
     let newcomer_plis = s.metric("medrelay_sfu_keyframe_newcomer_total");
-    let late = open_joined(&ch, &s, &viewer_url(), true);
+    let late = open_joined(&ch, &s, &doc, &viewer_url(), true);
     assert_media_flows(&s, &late, &presenter_id, "late viewer", Duration::from_secs(30));
     let first_frame = late
         .execute("return window.mrTest.firstFrameMs", vec![])

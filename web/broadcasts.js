@@ -42,8 +42,10 @@ function render(list) {
 }
 
 function row(b) {
+  // The starter and the colleagues it named present; the starter ends it.
+  const presents = Array.isArray(b.presenters) && b.presenters.includes(user.username);
   const mine = user.role === 'expert' && b.presenter === user.username;
-  const join = el('button', { type: 'button', class: 'primary', dataset: { test: 'bc-join' } }, mine ? 'Present' : 'Join');
+  const join = el('button', { type: 'button', class: 'primary', dataset: { test: 'bc-join' } }, presents ? 'Present' : 'Join');
   join.addEventListener('click', () => joinBroadcast(b, join));
   const actions = [join];
   if (mine) {
@@ -90,13 +92,17 @@ async function endBroadcast(b, button) {
 async function start(ev) {
   ev.preventDefault();
   const title = $('#start-title-input').value.trim();
+  const presenters = $('#start-presenters-input')
+    .value.split(/[\s,;]+/)
+    .map((s) => s.trim())
+    .filter(Boolean);
   const err = $('#start-error');
   err.hidden = true;
   if (!title) return;
   const submit = ev.target.querySelector('[type=submit]');
   submit.disabled = true;
   try {
-    const r = await api('/api/broadcasts', { method: 'POST', body: { title } });
+    const r = await api('/api/broadcasts', { method: 'POST', body: { title, presenters } });
     if (r?.join?.url) location.assign(r.join.url);
   } catch (e) {
     err.textContent = errText(e);

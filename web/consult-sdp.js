@@ -72,6 +72,8 @@ function mergeParams(paramString) {
  * integration tests put one viewer behind a rate-limited UDP link emulator
  * this way while the others reach the server directly; the emulator then
  * forwards to the real server, so media, ICE and DTLS are unchanged.
+ * consult.js passes it on only when the server marks the page as a test
+ * page (`[http] test_hooks`); a production page ignores it.
  */
 let via = null;
 

@@ -11,7 +11,14 @@ const SILENCE_LIMIT_MS = 45000;
 const MAX_FRAME = 64 * 1024;
 
 /** Error codes after which the server closes the socket for good. */
-export const FATAL_CODES = new Set(['bad_token', 'expired_token', 'room_full', 'room_closed', 'replaced']);
+export const FATAL_CODES = new Set([
+  'bad_token',
+  'expired_token',
+  'session_ended',
+  'room_full',
+  'room_closed',
+  'replaced',
+]);
 
 export class Signal {
   /**

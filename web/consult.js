@@ -47,8 +47,9 @@ const DC_HIGH_WATER = 256 * 1024; // skip views/points while this much is queued
 const OUTBOX_MAX = 100;
 
 const FATAL_TEXT = {
-  bad_token: 'This consultation link is not valid.',
+  bad_token: 'This consultation link is not valid for your account.',
   expired_token: 'This consultation link has expired.',
+  session_ended: 'You are not logged in (or your session ended). Log in, then open the link again.',
   room_full: 'The consultation room is full.',
   room_closed: 'The consultation has ended.',
   replaced: 'You joined this consultation from another tab or device.',
@@ -59,13 +60,17 @@ const FATAL_TEXT = {
 /* ------------------------------------------------------------------ */
 
 const frag = parseFragment(location.hash);
+// Test hooks (`#via=` sends media to another host, `#autojoin=1` starts
+// camera and microphone without a click) work only on a test server, which
+// marks the page (`[http] test_hooks`): a link must not do either.
+const TEST_HOOKS = document.querySelector('meta[name="mr-test-hooks"]')?.content === '1';
 const opts = {
   token: frag.token || '',
-  autojoin: flagOn(frag, 'autojoin'),
+  autojoin: TEST_HOOKS && flagOn(frag, 'autojoin'),
   nocam: flagOn(frag, 'nocam'),
   nomic: flagOn(frag, 'nomic'),
   study: frag.study || '',
-  via: frag.via || '',
+  via: TEST_HOOKS ? frag.via || '' : '',
 };
 setVia(opts.via);
 // /broadcast serves this page for teaching broadcasts: a presenter there
@@ -446,7 +451,7 @@ function describeError(code, message) {
 function fail(title, reason) {
   app.signal?.shutdown();
   teardown({ stopMedia: true });
-  const hopeless = ['bad_token', 'expired_token', 'room_closed'].includes(app.fatal?.code);
+  const hopeless = ['bad_token', 'expired_token', 'session_ended', 'room_closed'].includes(app.fatal?.code);
   showLeft(`You left the room: ${title}`, reason && reason !== title ? reason : '', !hopeless);
   setState('error');
 }

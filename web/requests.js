@@ -213,6 +213,20 @@ function cancelDialog(r) {
   });
 }
 
+/** Ends a held consultation: the request is done and its room closes. */
+async function finish(r, btn) {
+  if (!confirm(`Finish ${reqLabel(r)}? Everyone still in the room is disconnected.`)) return;
+  btn.disabled = true;
+  try {
+    await api(`/api/requests/${enc(r.id)}/finish`, { method: 'POST' });
+    toast('Consultation finished', 'ok');
+  } catch (e) {
+    fail('Finishing the consultation', e);
+    btn.disabled = false;
+  }
+  load();
+}
+
 async function join(r, btn) {
   btn.disabled = true;
   btn.textContent = 'Joining…';
@@ -259,6 +273,9 @@ function actionsFor(r) {
         'Reschedule',
       ),
     );
+    const done = el('button', { type: 'button', class: 'small', dataset: { test: 'req-finish' } }, 'Finish');
+    done.addEventListener('click', () => finish(r, done));
+    out.push(done);
   }
   if (r.state === 'requested' || (r.state === 'scheduled' && (party || role === 'admin'))) {
     out.push(

@@ -1,10 +1,16 @@
 //! Consultation rooms over HTTP: the rooms API, the signaling WebSocket and
 //! the embedded page.
 //!
+//! Who may do what with a room is decided here, from the caller's account
+//! and the room's owner as the engine keeps it (`room_access`); the engine
+//! only enforces that an invitation is used by its own account.
+//!
 //! The WebSocket task is a thin translator between JSON frames and engine
 //! commands. It checks the join token itself (stateless HMAC) so forged or
-//! expired tokens never reach the engine, bounds every read with a timeout,
-//! and maps engine refusals to `error` messages and close codes once, here.
+//! expired tokens never reach the engine, requires the session of the
+//! token's account (and re-checks it, the account and the room's request
+//! while joined), bounds every read with a timeout, and maps engine
+//! refusals to `error` messages and close codes once, here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -606,8 +612,8 @@ async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
         .await;
     }
     let room = claims.room.clone();
-    let owner = match s.sfu.ask(|reply| Command::RoomStatus { room, reply }).await {
-        Ok(Some(st)) => st.owner,
+    let owner = match s.sfu.ask(|reply| Command::Owner { room, reply }).await {
+        Ok(Some(owner)) => owner,
         Ok(None) => return close(&mut ws, ErrorCode::RoomClosed, "this room no longer exists").await,
         Err(_) => return close(&mut ws, ErrorCode::Internal, "the media engine is not running").await,
     };
@@ -641,6 +647,9 @@ async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
     let first = RECHECK.mul_f64(rand::random::<f64>());
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + first, RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Idle is measured from the browser's last message, whatever else the
+    // loop wakes up for.
+    let mut idle_at = tokio::time::Instant::now() + WS_IDLE;
     loop {
         tokio::select! {
             _ = recheck.tick() => {
@@ -669,7 +678,7 @@ async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
                     return;
                 }
             },
-            inc = tokio::time::timeout(WS_IDLE, ws.recv()) => {
+            inc = tokio::time::timeout_at(idle_at, ws.recv()) => {
                 let msg = match inc {
                     Err(_) => {
                         close(&mut ws, ErrorCode::BadState, "no message for 60 s").await;
@@ -678,6 +687,7 @@ async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
                     Ok(None) | Ok(Some(Err(_))) => break,
                     Ok(Some(Ok(m))) => m,
                 };
+                idle_at = tokio::time::Instant::now() + WS_IDLE;
                 let text = match msg {
                     Message::Text(t) => t,
                     Message::Close(_) => break,

@@ -75,11 +75,24 @@ impl Endpoint {
             .map_err(|e| LoadError::Net(format!("TLS: {e}")))
     }
 
-    /// The signaling WebSocket (`/ws/consult`).
-    pub async fn websocket(&self) -> Result<tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>, LoadError> {
+    /// The signaling WebSocket (`/ws/consult`), opened with the session
+    /// cookie (`Session::cookie`) of the account whose join tokens it uses,
+    /// as a browser sends it.
+    pub async fn websocket(
+        &self,
+        cookie: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>, LoadError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let stream = self.connect().await?;
         let url = format!("wss://{}:{}/ws/consult", self.host, self.port);
-        let (ws, _) = tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(url, stream))
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| LoadError::Usage(format!("WebSocket request: {e}")))?;
+        let value = cookie
+            .parse()
+            .map_err(|_| LoadError::Usage("session cookie is not a valid header value".into()))?;
+        req.headers_mut().insert("cookie", value);
+        let (ws, _) = tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, stream))
             .await
             .map_err(|_| LoadError::Net("WebSocket handshake timed out".into()))?
             .map_err(|e| LoadError::Net(format!("WebSocket: {e}")))?;
@@ -117,6 +130,13 @@ impl Session {
         Ok(s)
     }
 
+    /// The `Cookie` header value of this session (the signaling WebSocket
+    /// needs it).
+    pub fn cookie(&self) -> String {
+        let c: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        c.join("; ")
+    }
+
     /// One request; the body parsed as JSON (Null when empty or not JSON).
     pub async fn request(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), LoadError> {
         let mut stream = self.ep.connect().await?;
@@ -126,8 +146,7 @@ impl Session {
             self.ep.host, self.ep.port
         );
         if !self.cookies.is_empty() {
-            let c: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            req.push_str(&format!("Cookie: {}\r\n", c.join("; ")));
+            req.push_str(&format!("Cookie: {}\r\n", self.cookie()));
         }
         if !self.csrf.is_empty() {
             req.push_str(&format!("X-CSRF-Token: {}\r\n", self.csrf));

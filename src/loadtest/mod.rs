@@ -170,6 +170,9 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     let mut clinic = http::Session::login(&ep, &a.viewer, &a.viewer_password).await?;
     // Our own broadcast with a synthetic presenter, or viewers for one
     // already running.
+    // Join tokens work only with a session of their account: the viewers
+    // share the clinic account's, the presenter uses the expert's.
+    let viewer_cookie = clinic.cookie();
     let (mut expert, id, presenter_token) = match (&a.broadcast, &a.presenter) {
         (Some(id), _) => (None, id.clone(), None),
         (None, Some(user)) => {
@@ -187,7 +190,8 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
             }
             let id = created["broadcast"]["id"].as_str().unwrap_or_default().to_string();
             let token = created["join"]["token"].as_str().unwrap_or_default().to_string();
-            (Some(expert), id, Some(token))
+            let cookie = expert.cookie();
+            (Some(expert), id, Some((cookie, token)))
         }
         (None, None) => return Err(LoadError::Usage("--presenter or --broadcast is needed".into())),
     };
@@ -210,10 +214,11 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     let measure_from = start + lead + join_window + settle;
     let until = measure_from + window + Duration::from_millis(500);
     let pstats = Arc::new(Mutex::new(PresenterStats::default()));
-    let presenter = presenter_token.map(|token| {
+    let presenter = presenter_token.map(|(cookie, token)| {
         tokio::spawn(peer::run_presenter(
             PresenterOpts {
                 ep: ep.clone(),
+                cookie,
                 token,
                 bind_ip: a.bind_ip,
                 layers_bps: layers_bps.clone(),
@@ -239,6 +244,7 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
         tasks.push(tokio::spawn(peer::run_viewer(
             ViewerOpts {
                 ep: ep.clone(),
+                cookie: viewer_cookie.clone(),
                 token,
                 bind_ip: a.bind_ip,
                 remb_bps: a.remb_kbps * 1000,

@@ -79,9 +79,10 @@ async fn send_json(ws: &mut Ws, v: Value) -> Result<(), LoadError> {
         .map_err(|e| LoadError::Net(format!("signaling send: {e}")))
 }
 
-/// Joins with `token` and waits for `joined`.
-async fn join(ep: &Endpoint, token: &str) -> Result<Ws, LoadError> {
-    let mut ws = ep.websocket().await?;
+/// Joins with `token` (on the session `cookie` of its account) and waits
+/// for `joined`.
+async fn join(ep: &Endpoint, cookie: &str, token: &str) -> Result<Ws, LoadError> {
+    let mut ws = ep.websocket(cookie).await?;
     send_json(&mut ws, json!({ "type": "join", "token": token })).await?;
     let deadline = tokio::time::Instant::now() + SIGNAL_TIMEOUT;
     loop {
@@ -194,6 +195,8 @@ impl ViewerStats {
 
 pub struct ViewerOpts {
     pub ep: Endpoint,
+    /// The viewer account's session cookie.
+    pub cookie: String,
     pub token: String,
     pub bind_ip: std::net::IpAddr,
     /// REMB to report (bit/s), as a browser's estimate; 0 = none.
@@ -211,7 +214,7 @@ pub async fn run_viewer(o: ViewerOpts, stats: Arc<Mutex<ViewerStats>>) {
 
 async fn viewer(o: ViewerOpts, stats: &Mutex<ViewerStats>) -> Result<(), LoadError> {
     let t0 = Instant::now();
-    let mut ws = join(&o.ep, &o.token).await?;
+    let mut ws = join(&o.ep, &o.cookie, &o.token).await?;
     if let Ok(mut s) = stats.lock() {
         s.joined_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
     }
@@ -355,6 +358,8 @@ pub struct PresenterStats {
 
 pub struct PresenterOpts {
     pub ep: Endpoint,
+    /// The presenter account's session cookie.
+    pub cookie: String,
     pub token: String,
     pub bind_ip: std::net::IpAddr,
     /// Layer bitrates, lowest first (bit/s).
@@ -389,7 +394,7 @@ struct Layer {
 async fn presenter(o: PresenterOpts, stats: &Mutex<PresenterStats>) -> Result<(), LoadError> {
     let t0 = Instant::now();
     let n = o.layers_bps.len().clamp(1, 3);
-    let mut ws = join(&o.ep, &o.token).await?;
+    let mut ws = join(&o.ep, &o.cookie, &o.token).await?;
     let (udp, local) = bind(o.bind_ip).await?;
     let mut pc = peer_connection(PcKind::Pub, local, true, true)?;
     let e = |e: rtc::shared::error::Error| LoadError::Rtc(e.to_string());

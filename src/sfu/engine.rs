@@ -171,6 +171,12 @@ pub enum Command {
         participant: NewParticipant,
         reply: oneshot::Sender<Result<Invited, SfuError>>,
     },
+    /// A room's owner (cheap, unlike `RoomStatus`: a signaling session asks
+    /// at every join, hundreds at once for a broadcast).
+    Owner {
+        room: String,
+        reply: oneshot::Sender<Option<RoomOwner>>,
+    },
     /// Rooms of one kind (live ones: ended rooms are gone).
     ListRooms {
         kind: RoomKind,
@@ -614,6 +620,9 @@ impl Engine {
                     }
                 };
                 let _ = reply.send(r);
+            }
+            Command::Owner { room, reply } => {
+                let _ = reply.send(self.rooms.get(&room).map(|r| r.owner.clone()));
             }
             Command::ListRooms { kind, reply } => {
                 let list = self

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent WebRTC participant (aiortc, no browser) for consultation rooms.
 
-    aiortc_peer.py --ws wss://127.0.0.1:PORT/ws/consult --token TOKEN
+    aiortc_peer.py --ws wss://127.0.0.1:PORT/ws/consult --token TOKEN --cookie mr_session=...
                    [--duration 20] [--publish audio,video] [--chat TEXT]
                    [--send-dc JSON ...] [--mute SOURCE ...] [--until-frames N]
                    [--video-codec any|vp8|h264] [--media-via HOST:PORT]
@@ -259,6 +259,10 @@ class Peer:
         kwargs = {"ssl": ctx} if ctx else {}
         if a.origin:
             kwargs["origin"] = a.origin
+        if a.cookie:
+            # The join token works only with a session of its own account,
+            # which a browser sends as its cookie with the handshake.
+            kwargs["additional_headers"] = {"Cookie": a.cookie}
         try:
             async def _connect():
                 return await websockets.connect(a.ws, max_size=1 << 20, open_timeout=10, **kwargs)
@@ -623,6 +627,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ws", required=True, help="wss://HOST:PORT/ws/consult")
     p.add_argument("--token", required=True)
+    p.add_argument("--cookie", default="", help="Cookie header of the token's account session (mr_session=...)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds after joined")
     p.add_argument("--publish", default="audio,video", help="comma list: audio|mic, video|camera, screen, none")
     p.add_argument("--chat", default=None, help="chat text sent once the data channel opens")

@@ -135,6 +135,26 @@ pub struct Auth {
     pub csrf: String,
 }
 
+impl Auth {
+    /// `mr_session=…` from the curl jar: the session cookie for clients
+    /// that are not curl (signaling WebSocket peers, a browser).
+    pub fn session_cookie(&self) -> String {
+        let jar = std::fs::read_to_string(&self.jar).unwrap_or_default();
+        jar.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f.len() == 7 && f[5] == "mr_session").then(|| format!("mr_session={}", f[6]))
+            })
+            .last()
+            .unwrap_or_else(|| panic!("no session cookie in {}", self.jar.display()))
+    }
+
+    /// Just the cookie's value.
+    pub fn session_token(&self) -> String {
+        self.session_cookie().trim_start_matches("mr_session=").to_string()
+    }
+}
+
 /// HTTPS request with a JSON body (curl, like `http_get`).
 pub fn http_send(port: u16, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, Vec<u8>) {
     http_send_as(port, method, path, body, None)
@@ -534,6 +554,20 @@ impl Server {
 }
 
 impl Server {
+    /// `medrelay ARGS --config … --data-dir …` on this server's files: the
+    /// command line an operator uses, in a process of its own.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run({
+            let mut c = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+            c.args(args)
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--data-dir")
+                .arg(&self.data_dir);
+            c
+        })
+    }
+
     /// Runs a writing statement (committed), e.g. to age a session.
     pub fn sqlite_exec(&self, sql: &str) {
         let o = run({
@@ -657,6 +691,89 @@ pub fn ui_login(sess: &webdriver::Session, s: &Server, user: &str, password: &st
         }
         assert!(Instant::now() < deadline, "{user}: still on {url} after logging in");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `signal_probe` on the session of `auth` (the WebSocket handshake sends
+/// its cookie, as a browser does); None: no session.
+pub fn signal_probe_as(
+    s: &Server,
+    auth: Option<&Auth>,
+    scenario: &str,
+    token: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let cookie = auth.map(Auth::session_cookie).unwrap_or_default();
+    let mut args: Vec<&str> = vec!["--cookie", &cookie];
+    args.extend_from_slice(extra);
+    signal_probe_with(s, scenario, token, &args)
+}
+
+/// A signaling participant that joins with `token` on the session of
+/// `auth` and stays until the server ends its session (signal_probe.py's
+/// `hold` scenario); started in the background.
+pub struct SignalHold {
+    child: Option<Child>,
+}
+
+impl SignalHold {
+    /// Returns once the participant has joined (panics if it was refused).
+    pub fn join(s: &Server, auth: &Auth, token: &str, hold_secs: u32) -> SignalHold {
+        Self::join_with(s, auth, token, hold_secs, &[])
+    }
+
+    /// `join` with more arguments for signal_probe.py (`--silent`).
+    pub fn join_with(s: &Server, auth: &Auth, token: &str, hold_secs: u32, extra: &[&str]) -> SignalHold {
+        let mut child = Command::new(python())
+            .arg(script("signal_probe.py"))
+            .args([
+                "--ws",
+                &format!("wss://127.0.0.1:{}/ws/consult", s.http_port),
+                "--scenario",
+                "hold",
+                "--token",
+                token,
+                "--cookie",
+                &auth.session_cookie(),
+                "--hold-secs",
+                &hold_secs.to_string(),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("signal_probe.py hold");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut said = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.trim() == "JOINED" {
+                return SignalHold { child: Some(child) };
+            }
+            said.push(line);
+        }
+        let out = child.wait_with_output().expect("probe output");
+        panic!(
+            "hold: not joined: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            said.join("\n")
+        );
+    }
+
+    /// Waits for the participant's end: `{messages, close_code, held_secs}`.
+    pub fn finish(mut self) -> serde_json::Value {
+        let child = self.child.take().expect("running");
+        let o = child.wait_with_output().expect("probe output");
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("hold output: {e}: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+}
+
+impl Drop for SignalHold {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -2,14 +2,20 @@
 came back, so the Rust test can assert on the server's answers.
 
 usage: signal_probe.py --ws wss://127.0.0.1:PORT/ws/consult --scenario NAME [--token T]
-                       [--presenter-token T]  (scenario floor: a second socket presents)
+                       [--cookie mr_session=...]  (the session of the token's account)
+                       [--presenter-token T --presenter-cookie C]  (scenario floor: a second socket presents)
+                       [--hold-secs S] [--silent]  (scenario hold: stay joined until closed or
+                       S seconds, with keep-alives unless --silent)
 
 Prints one JSON object: {"messages": [...], "close_code": int|null, "pong_after": bool}
+(scenario hold adds "held_secs": seconds from `joined` to the close, and
+writes "JOINED" to stderr once joined).
 """
 import argparse
 import asyncio
 import json
 import ssl
+import sys
 
 import websockets
 
@@ -32,13 +38,27 @@ async def drain_until(ws, pred, timeout=5.0):
     return got
 
 
+def headers(cookie):
+    """The session cookie, as a browser sends it with the WebSocket handshake."""
+    return {"Cookie": cookie} if cookie else None
+
+
 async def run(args):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     out = {"messages": [], "close_code": None, "pong_after": False}
     try:
-        async with websockets.connect(args.ws, ssl=ctx, max_size=1 << 20, open_timeout=10) as ws:
+        # --silent: not even the library's own WebSocket pings.
+        keepalive = {"ping_interval": None} if args.silent else {}
+        async with websockets.connect(
+            args.ws,
+            ssl=ctx,
+            max_size=1 << 20,
+            open_timeout=10,
+            additional_headers=headers(args.cookie),
+            **keepalive,
+        ) as ws:
             s = args.scenario
             if s == "garbage_first":
                 await ws.send("{not json")
@@ -83,7 +103,13 @@ async def run(args):
                 # --presenter-token presents, --token watches. The viewer's
                 # socket is `ws`; the presenter's is a second connection.
                 out["presenter"] = []
-                async with websockets.connect(args.ws, ssl=ctx, max_size=1 << 20, open_timeout=10) as pw:
+                async with websockets.connect(
+                    args.ws,
+                    ssl=ctx,
+                    max_size=1 << 20,
+                    open_timeout=10,
+                    additional_headers=headers(args.presenter_cookie),
+                ) as pw:
                     async def p_send(m):
                         await pw.send(json.dumps(m))
 
@@ -133,6 +159,24 @@ async def run(args):
                     msgs = await drain_until(ws, is_type("pong"))
                     out["messages"] += msgs
                     out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
+            elif s == "hold":
+                # Joined, then nothing but keep-alives until the server ends it.
+                await ws.send(json.dumps({"type": "join", "token": args.token}))
+                out["messages"] += await drain_until(ws, lambda m: m.get("type") in ("joined", "error"))
+                if out["messages"] and out["messages"][-1].get("type") == "joined":
+                    print("JOINED", file=sys.stderr, flush=True)
+                    loop = asyncio.get_running_loop()
+                    t0 = loop.time()
+                    try:
+                        while loop.time() - t0 < args.hold_secs:
+                            try:
+                                out["messages"].append(await recv_json(ws, 5.0))
+                            except asyncio.TimeoutError:
+                                if not args.silent:
+                                    await ws.send(json.dumps({"type": "ping"}))
+                    except websockets.ConnectionClosed:
+                        pass
+                    out["held_secs"] = loop.time() - t0
             elif s == "oversized":
                 await ws.send(json.dumps({"type": "join", "token": args.token}))
                 out["messages"] += await drain_until(ws, lambda m: m.get("type") == "joined")
@@ -157,6 +201,10 @@ def main():
     p.add_argument("--scenario", required=True)
     p.add_argument("--token", default="")
     p.add_argument("--presenter-token", default="")
+    p.add_argument("--cookie", default="", help="Cookie header of the token's account session")
+    p.add_argument("--presenter-cookie", default="")
+    p.add_argument("--hold-secs", type=float, default=30.0)
+    p.add_argument("--silent", action="store_true", help="hold: send no keep-alive")
     asyncio.run(run(p.parse_args()))
 
 

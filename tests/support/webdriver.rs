@@ -231,6 +231,15 @@ impl Session {
         .map(|_| ())
     }
 
+    /// Sets a cookie for the current page's origin (navigate there first):
+    /// how a test hands a browser the session an API login made.
+    pub fn add_cookie(&self, name: &str, value: &str) -> Result<(), String> {
+        let cookie = json!({ "cookie": {
+            "name": name, "value": value, "path": "/", "secure": true, "httpOnly": true, "sameSite": "Strict",
+        }});
+        self.cmd("POST", "/cookie", Some(&cookie), HTTP_TIMEOUT).map(|_| ())
+    }
+
     /// Current page URL.
     pub fn current_url(&self) -> Result<String, String> {
         let v = self.cmd("GET", "/url", None, HTTP_TIMEOUT)?;
