@@ -141,11 +141,11 @@ impl Auth {
     pub fn session_cookie(&self) -> String {
         let jar = std::fs::read_to_string(&self.jar).unwrap_or_default();
         jar.lines()
-            .filter_map(|l| {
+            .rev()
+            .find_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 (f.len() == 7 && f[5] == "mr_session").then(|| format!("mr_session={}", f[6]))
             })
-            .last()
             .unwrap_or_else(|| panic!("no session cookie in {}", self.jar.display()))
     }
 
