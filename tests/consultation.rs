@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::webdriver::{Chromium, Session, SessionOpts};
-use support::{Auth, Server, ServerOpts, free_udp_port, python, script, signal_probe, signal_probe_as, ui_login};
+use support::{
+    Auth, Server, ServerOpts, free_udp_port, python, rss_kb, script, signal_probe, signal_probe_as, ui_login,
+};
 
 static BROWSERS: Mutex<()> = Mutex::new(());
 
@@ -563,15 +565,6 @@ fn a_starved_downlink_keeps_audio_and_pauses_video() {
     assert!(a1 >= a0 + 100, "audio stalled under audio-only: {a0} -> {a1}");
     eprintln!("starved downlink: link {state}; audio packets {a0} -> {a1} in 4 s");
     drop(a);
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    st.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 /// One join/leave cycle from inside the page's origin, with raw WebSocket and

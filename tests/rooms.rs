@@ -94,6 +94,18 @@ fn entry<'a>(created: &'a Value, username: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no participant {username} in {created}"))
 }
 
+/// A room `a` creates for itself and `participants`.
+fn new_room(s: &Server, a: &Auth, participants: &[&str]) -> Value {
+    let (code, created) = s.req(
+        Some(a),
+        "POST",
+        "/api/rooms",
+        Some(json!({ "participants": participants })),
+    );
+    assert_eq!(code, 201, "{created}");
+    created
+}
+
 fn token(v: &Value) -> String {
     v["token"].as_str().expect("token").to_string()
 }
@@ -256,13 +268,7 @@ fn a_clinic_doctor_can_neither_present_in_nor_end_a_broadcast_room() {
 fn join_tokens_work_only_with_a_session_of_their_own_account() {
     let w = world(ALLIANCE);
     let s = &w.s;
-    let (code, created) = s.req(
-        Some(&w.exp1),
-        "POST",
-        "/api/rooms",
-        Some(json!({ "participants": ["doc1"] })),
-    );
-    assert_eq!(code, 201, "{created}");
+    let created = new_room(s, &w.exp1, &["doc1"]);
     let room = created["id"].as_str().expect("id").to_string();
     let doc_token = token(entry(&created, "doc1"));
 
@@ -325,13 +331,7 @@ fn disabling_an_account_drops_its_participants_within_seconds() {
     let s = &w.s;
     s.add_user("doc1b", "clinic", PW, &["--clinic", "t01"]);
     let doc1b = s.login("doc1b", PW).expect("login");
-    let (code, created) = s.req(
-        Some(&w.exp1),
-        "POST",
-        "/api/rooms",
-        Some(json!({ "participants": ["doc1", "doc1b"] })),
-    );
-    assert_eq!(code, 201, "{created}");
+    let created = new_room(s, &w.exp1, &["doc1", "doc1b"]);
     let expert = SignalHold::join(s, &w.exp1, &token(entry(&created, "exp1")), 60);
 
     // Disabled from another process: `medrelay user disable`.
@@ -377,8 +377,7 @@ fn a_silent_participant_is_still_dropped_after_the_idle_limit() {
     // stopped talking on (60 s without even a ping).
     let w = world(ALLIANCE);
     let s = &w.s;
-    let (code, created) = s.req(Some(&w.exp1), "POST", "/api/rooms", Some(json!({})));
-    assert_eq!(code, 201, "{created}");
+    let created = new_room(s, &w.exp1, &[]);
     let hold = SignalHold::join_with(s, &w.exp1, &token(entry(&created, "exp1")), 120, &["--silent"]);
     let out = hold.finish();
     assert_eq!(out["close_code"], 1008, "{out}");
@@ -521,15 +520,6 @@ fn cancelling_or_finishing_a_request_drops_its_participants_and_ends_its_room() 
     s.wait_for(10, "no room left", || s.metric("medrelay_sfu_rooms") == 0.0);
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    st.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// `room_cycles.py` as `a`: `n` create -> join -> leave cycles.
 fn cycles(s: &Server, a: &Auth, n: u32, invite: &str) -> Value {
     let o = std::process::Command::new(python())
@@ -588,13 +578,7 @@ fn a_thousand_room_cycles_leave_no_room_behind_and_consultations_keep_working() 
     assert!(tasks1 <= tasks0 + 2.0, "tasks grew from {tasks0} to {tasks1}");
 
     // A new consultation works: both sides join.
-    let (code, created) = s.req(
-        Some(&w.exp1),
-        "POST",
-        "/api/rooms",
-        Some(json!({ "participants": ["doc1"] })),
-    );
-    assert_eq!(code, 201, "{created}");
+    let created = new_room(s, &w.exp1, &["doc1"]);
     for (who, a) in [("exp1", &w.exp1), ("doc1", &w.doc1)] {
         let v = signal_probe_as(s, Some(a), "token", &token(entry(&created, who)), &[]);
         assert!(joined(&v).is_some(), "{who}: {v}");

@@ -55,21 +55,21 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The configured session limits (idle, absolute), in milliseconds.
+pub(crate) fn session_limits_ms(s: &Services) -> (i64, i64) {
+    let a = &s.cfg.auth;
+    ((a.session_idle_secs * 1000) as i64, (a.session_max_secs * 1000) as i64)
+}
+
 impl FromRequestParts<Arc<Services>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &Arc<Services>) -> Result<Caller, ApiError> {
         let token = cookie_token(&parts.headers).ok_or(ApiError::Unauthorized("log in first"))?;
-        let a = &s.cfg.auth;
-        let check = accounts::check_session(
-            s.index.pool(),
-            token,
-            now_ms(),
-            (a.session_idle_secs * 1000) as i64,
-            (a.session_max_secs * 1000) as i64,
-        )
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (idle, max) = session_limits_ms(s);
+        let check = accounts::check_session(s.index.pool(), token, now_ms(), idle, max)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let (user, csrf, hash) = match check {
             SessionCheck::Valid { user, csrf, hash } => (user, csrf, hash),
             SessionCheck::Expired => return Err(ApiError::Unauthorized("session expired; log in again")),

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::auth::{now_ms, require};
+use super::auth::{now_ms, require, session_limits_ms};
 use super::error::ApiError;
 use super::room_access::{self, Owner, Rights};
 use crate::app::Services;
@@ -550,15 +550,8 @@ async fn await_join(s: &Services, ws: &mut WebSocket) -> Result<Claims, (ErrorCo
 /// came from another process (`medrelay user disable`). A database error
 /// keeps the participant (one failed read must not end a consultation).
 async fn may_stay(s: &Services, session: &str, account: &str, owner: &RoomOwner) -> Result<(), (ErrorCode, String)> {
-    let a = &s.cfg.auth;
-    let check = accounts::check_session_hash(
-        s.index.pool(),
-        session,
-        now_ms(),
-        (a.session_idle_secs * 1000) as i64,
-        (a.session_max_secs * 1000) as i64,
-    )
-    .await;
+    let (idle, max) = session_limits_ms(s);
+    let check = accounts::check_session_hash(s.index.pool(), session, now_ms(), idle, max).await;
     match check {
         Ok(SessionCheck::Valid { user, .. }) if user.username == account => {}
         Ok(_) => {

@@ -199,40 +199,8 @@ pub fn broadcast_hospital(c: &Caller, cfg: &Config) -> Result<Option<String>, &'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClinicConfig, HospitalConfig};
-    use crate::reading::access::scope_of;
-
-    fn caller(u: User, cfg: &Config) -> Caller {
-        Caller {
-            scope: scope_of(&u, cfg),
-            user: u,
-            session: String::new(),
-            csrf: String::new(),
-            remote: String::new(),
-        }
-    }
-
-    fn user(name: &str, role: Role, clinic: Option<&str>, hospital: Option<&str>) -> User {
-        User {
-            username: name.into(),
-            display_name: name.into(),
-            role,
-            clinic_id: clinic.map(String::from),
-            hospital_id: hospital.map(String::from),
-            department: None,
-            disabled: false,
-        }
-    }
-
-    fn clinic(id: &str) -> ClinicConfig {
-        ClinicConfig {
-            id: id.into(),
-            name: id.into(),
-            ae_titles: vec![],
-            stable_after_secs: None,
-            pacs: None,
-        }
-    }
+    use crate::config::HospitalConfig;
+    use crate::reading::access::testing::{caller, clinic, named as user};
 
     fn alliance() -> Config {
         Config {

@@ -156,15 +156,16 @@ impl Caller {
     }
 }
 
+/// Accounts, clinics and callers for unit tests of access rules.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use crate::config::{ClinicConfig, HospitalConfig};
+    use crate::config::ClinicConfig;
 
-    fn user(role: Role, clinic: Option<&str>, hospital: Option<&str>) -> User {
+    pub fn named(name: &str, role: Role, clinic: Option<&str>, hospital: Option<&str>) -> User {
         User {
-            username: "u".into(),
-            display_name: "U".into(),
+            username: name.into(),
+            display_name: name.into(),
             role,
             clinic_id: clinic.map(String::from),
             hospital_id: hospital.map(String::from),
@@ -173,7 +174,7 @@ mod tests {
         }
     }
 
-    fn clinic(id: &str) -> ClinicConfig {
+    pub fn clinic(id: &str) -> ClinicConfig {
         ClinicConfig {
             id: id.into(),
             name: id.into(),
@@ -181,6 +182,27 @@ mod tests {
             stable_after_secs: None,
             pacs: None,
         }
+    }
+
+    pub fn caller(u: User, cfg: &Config) -> Caller {
+        Caller {
+            scope: scope_of(&u, cfg),
+            user: u,
+            session: String::new(),
+            csrf: String::new(),
+            remote: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{clinic, named};
+    use super::*;
+    use crate::config::HospitalConfig;
+
+    fn user(role: Role, clinic: Option<&str>, hospital: Option<&str>) -> User {
+        named("u", role, clinic, hospital)
     }
 
     #[test]

@@ -120,6 +120,16 @@ pub fn busy_camera_y4m(path: &Path) {
     }
     out.flush().expect("y4m file");
 }
+/// Resident memory of process `pid`, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())

@@ -38,9 +38,17 @@ async def drain_until(ws, pred, timeout=5.0):
     return got
 
 
-def headers(cookie):
-    """The session cookie, as a browser sends it with the WebSocket handshake."""
-    return {"Cookie": cookie} if cookie else None
+def connect(args, ctx, cookie, ping_interval=20):
+    """The signaling socket, with the session cookie as a browser sends it
+    with the WebSocket handshake."""
+    return websockets.connect(
+        args.ws,
+        ssl=ctx,
+        max_size=1 << 20,
+        open_timeout=10,
+        additional_headers={"Cookie": cookie} if cookie else None,
+        ping_interval=ping_interval,
+    )
 
 
 async def run(args):
@@ -50,15 +58,7 @@ async def run(args):
     out = {"messages": [], "close_code": None, "pong_after": False}
     try:
         # --silent: not even the library's own WebSocket pings.
-        keepalive = {"ping_interval": None} if args.silent else {}
-        async with websockets.connect(
-            args.ws,
-            ssl=ctx,
-            max_size=1 << 20,
-            open_timeout=10,
-            additional_headers=headers(args.cookie),
-            **keepalive,
-        ) as ws:
+        async with connect(args, ctx, args.cookie, ping_interval=None if args.silent else 20) as ws:
             s = args.scenario
             if s == "garbage_first":
                 await ws.send("{not json")
@@ -103,13 +103,7 @@ async def run(args):
                 # --presenter-token presents, --token watches. The viewer's
                 # socket is `ws`; the presenter's is a second connection.
                 out["presenter"] = []
-                async with websockets.connect(
-                    args.ws,
-                    ssl=ctx,
-                    max_size=1 << 20,
-                    open_timeout=10,
-                    additional_headers=headers(args.presenter_cookie),
-                ) as pw:
+                async with connect(args, ctx, args.presenter_cookie) as pw:
                     async def p_send(m):
                         await pw.send(json.dumps(m))
 
