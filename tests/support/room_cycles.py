@@ -8,8 +8,7 @@ Each cycle: POST /api/rooms (the caller is the room's first participant),
 open the signaling WebSocket with the session cookie, `join` with the
 caller's token, wait for `joined`, send `leave`, close. Stops at the first
 failure. Prints one JSON object:
-{"done": cycles completed, "error": null|"what failed", "rooms": [ids]} (the
-room ids only when --keep-ids).
+{"done": cycles completed, "error": null|"what failed"}.
 """
 import argparse
 import asyncio
@@ -62,7 +61,7 @@ async def cycle(api, ws_url, invite):
     body = {"title": "Cycle", "participants": [invite] if invite else []}
     code, v = api.post("/api/rooms", body)
     if code != 201:
-        return None, f"create: HTTP {code} {v}"
+        return f"create: HTTP {code} {v}"
     token = v["participants"][0]["token"]
     async with websockets.connect(
         ws_url, ssl=tls(), open_timeout=10, additional_headers={"Cookie": api.cookie}
@@ -73,22 +72,20 @@ async def cycle(api, ws_url, invite):
             if m.get("type") == "joined":
                 break
             if m.get("type") == "error":
-                return v["id"], f"join: {m}"
+                return f"join: {m}"
         await ws.send(json.dumps({"type": "leave"}))
-    return v["id"], None
+    return None
 
 
 async def run(a):
     api = Api(a.base, a.cookie, a.csrf)
     ws_url = a.base.replace("https://", "wss://").rstrip("/") + "/ws/consult"
-    out = {"done": 0, "error": None, "rooms": []}
+    out = {"done": 0, "error": None}
     for i in range(a.cycles):
         try:
-            room, err = await cycle(api, ws_url, a.invite)
+            err = await cycle(api, ws_url, a.invite)
         except Exception as e:  # noqa: BLE001 - reported, not hidden
-            room, err = None, f"{type(e).__name__}: {e}"
-        if a.keep_ids and room:
-            out["rooms"].append(room)
+            err = f"{type(e).__name__}: {e}"
         if err:
             out["error"] = f"cycle {i + 1}: {err}"
             break
@@ -103,7 +100,6 @@ def main():
     p.add_argument("--csrf", required=True)
     p.add_argument("--cycles", type=int, required=True)
     p.add_argument("--invite", default="")
-    p.add_argument("--keep-ids", action="store_true")
     asyncio.run(run(p.parse_args()))
     sys.stdout.flush()
 
