@@ -1307,7 +1307,8 @@ fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFi
     }
 }
 
-/// `AND col IN (?, ?, ...)`; an empty list matches nothing.
+/// `AND col IN (?, ?, ...)`; an empty list matches nothing. `col` is the
+/// bare column (the `AND` is added here).
 pub fn push_in(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, col: &str, values: &[String]) {
     if values.is_empty() {
         qb.push(" AND 0");

@@ -483,7 +483,7 @@ pub async fn arriving(
     );
     qb.push_bind(include_committed).push(")");
     if let Some(c) = clinics {
-        crate::archive::index::push_in(&mut qb, " AND r.clinic_id", c);
+        crate::archive::index::push_in(&mut qb, "r.clinic_id", c);
     }
     qb.push(" ORDER BY CASE r.priority WHEN 'stat' THEN 0 WHEN 'urgent' THEN 1 ELSE 2 END, r.began_ms LIMIT 200");
     Ok(qb.build_query_as().fetch_all(pool).await?)
