@@ -29,7 +29,8 @@ pub struct Cli {
 enum Cmd {
     /// Run the gateway (DICOM SCP + HTTPS API).
     Serve(ServeArgs),
-    /// Manage accounts (the first admin is created here, before `serve`).
+    /// Manage accounts (`serve` creates the first admin itself on an empty
+    /// index, with its password in data/initial-admin-password).
     User {
         #[command(subcommand)]
         cmd: UserCmd,
