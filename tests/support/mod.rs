@@ -231,6 +231,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub dicom_port: u16,
     pub http_port: u16,
+    /// Plain-HTTP metrics listener (loopback): `/metrics`, detailed `/api/health`.
+    pub metrics_port: u16,
     /// UDP port of the consultation media (SFU).
     pub sfu_port: u16,
     pub ae_title: String,
@@ -255,6 +257,7 @@ impl Server {
         std::fs::write(&config, &opts.config_toml).expect("write config");
         let dicom_port = free_port();
         let http_port = free_port();
+        let metrics_port = free_port();
         let sfu_port = free_udp_port();
         let args = vec![
             "serve".to_string(),
@@ -266,6 +269,8 @@ impl Server {
             dir.join("certs").display().to_string(),
             "--http-listen".into(),
             format!("127.0.0.1:{http_port}"),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}"),
             "--dicom-listen".into(),
             format!("127.0.0.1:{dicom_port}"),
             "--ae-title".into(),
@@ -282,6 +287,7 @@ impl Server {
             data_dir,
             dicom_port,
             http_port,
+            metrics_port,
             sfu_port,
             ae_title: opts.ae_title,
             child: None,
@@ -295,7 +301,7 @@ impl Server {
         let _ = s.try_add_user("admin", "admin", ADMIN_PASSWORD, &[]);
         s.spawn();
         // Not fatal: a server on a full disk cannot store a session, and its
-        // tests only use DICOM and the unauthenticated /metrics.
+        // tests only use DICOM and /metrics (on its own listener).
         s.admin = s.login("admin", ADMIN_PASSWORD).ok();
         s
     }
@@ -346,6 +352,41 @@ impl Server {
             Some(&a),
         );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        if code != 200 {
+            return Err((code, v));
+        }
+        Ok(Auth {
+            jar,
+            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Logs in from another loopback address (`127.x.y.z`; Linux routes all
+    /// of 127/8 to lo), as a client elsewhere would; Err((status, body)).
+    pub fn login_from(&self, from: &str, user: &str, password: &str) -> Result<Auth, (u16, serde_json::Value)> {
+        let jar = self.dir.join(format!("cookies-{user}-{}", rand_suffix()));
+        let out = self.dir.join(format!("login-body-{}", rand_suffix()));
+        let o = run({
+            let mut c = Command::new("curl");
+            c.args([
+                "-sk",
+                "--max-time",
+                "60",
+                "--interface",
+                from,
+                "-c",
+                &jar.display().to_string(),
+            ])
+            .args(["-o", &out.display().to_string(), "-w", "%{http_code}"])
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(serde_json::json!({ "username": user, "password": password }).to_string())
+            .arg(format!("https://127.0.0.1:{}/api/login", self.http_port));
+            c
+        });
+        let code: u16 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+        let _ = std::fs::remove_file(&out);
         if code != 200 {
             return Err((code, v));
         }
@@ -469,9 +510,41 @@ impl Server {
         serde_json::from_slice(&body).expect("json")
     }
 
+    /// GET on the metrics listener (plain HTTP, loopback), e.g. "/metrics".
+    pub fn metrics_get(&self, path: &str, bearer: Option<&str>) -> (u16, Vec<u8>) {
+        let out = self.dir.join(format!("metrics-body-{}", rand_suffix()));
+        let o = run({
+            let mut c = Command::new("curl");
+            c.args([
+                "-s",
+                "--max-time",
+                "60",
+                "-o",
+                &out.display().to_string(),
+                "-w",
+                "%{http_code}",
+            ]);
+            if let Some(t) = bearer {
+                c.args(["-H", &format!("authorization: Bearer {t}")]);
+            }
+            c.arg(format!("http://127.0.0.1:{}{path}", self.metrics_port));
+            c
+        });
+        let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+        let body = std::fs::read(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        (code, body)
+    }
+
+    /// The Prometheus text from the metrics listener.
+    pub fn metrics_text(&self) -> String {
+        let (code, body) = self.metrics_get("/metrics", None);
+        assert_eq!(code, 200, "GET /metrics: {}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        let text = String::from_utf8_lossy(&body);
+        let text = self.metrics_text();
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(name)
