@@ -182,6 +182,27 @@ async fn bearer(axum::extract::State(s): axum::extract::State<Arc<Services>>, re
     next.run(req).await
 }
 
+/// The next connection, or None once `shutdown` is cancelled. Accept errors
+/// (out of file descriptors) are logged and retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Plain HTTP/1.1 for the metrics listener (a scraper on the same host, or
 /// behind the bearer token); ends with `shutdown`.
 pub async fn serve_metrics(
@@ -191,18 +212,7 @@ pub async fn serve_metrics(
     write_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = accept(&listener, &shutdown, "metrics").await {
         let service = TowerToHyperService::new(app.clone());
         let io = TokioIo::new(limits::WriteTimeout::new(tcp, write_timeout, limits.clone()));
         let stop = shutdown.clone();
@@ -235,18 +245,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = accept(&listener, &shutdown, "HTTPS").await {
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         // Handlers learn the client address (audit trail, login throttling).

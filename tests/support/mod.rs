@@ -351,49 +351,20 @@ impl Server {
             Some(&serde_json::json!({ "username": user, "password": password })),
             Some(&a),
         );
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        if code != 200 {
-            return Err((code, v));
-        }
-        Ok(Auth {
-            jar,
-            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
-        })
+        login_answer(jar, code, &body)
     }
 
     /// Logs in from another loopback address (`127.x.y.z`; Linux routes all
     /// of 127/8 to lo), as a client elsewhere would; Err((status, body)).
     pub fn login_from(&self, from: &str, user: &str, password: &str) -> Result<Auth, (u16, serde_json::Value)> {
         let jar = self.dir.join(format!("cookies-{user}-{}", rand_suffix()));
-        let out = self.dir.join(format!("login-body-{}", rand_suffix()));
-        let o = run({
-            let mut c = Command::new("curl");
-            c.args([
-                "-sk",
-                "--max-time",
-                "60",
-                "--interface",
-                from,
-                "-c",
-                &jar.display().to_string(),
-            ])
-            .args(["-o", &out.display().to_string(), "-w", "%{http_code}"])
-            .args(["-H", "content-type: application/json", "--data-binary"])
-            .arg(serde_json::json!({ "username": user, "password": password }).to_string())
-            .arg(format!("https://127.0.0.1:{}/api/login", self.http_port));
-            c
+        let (code, body) = curl_status_body(&self.dir, |c| {
+            c.args(["-k", "--interface", from, "-c", &jar.display().to_string()])
+                .args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(serde_json::json!({ "username": user, "password": password }).to_string())
+                .arg(format!("https://127.0.0.1:{}/api/login", self.http_port));
         });
-        let code: u16 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&out).unwrap_or_default()).unwrap_or(serde_json::Value::Null);
-        let _ = std::fs::remove_file(&out);
-        if code != 200 {
-            return Err((code, v));
-        }
-        Ok(Auth {
-            jar,
-            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
-        })
+        login_answer(jar, code, &body)
     }
 
     /// A request as `auth` (None: anonymous); the body parsed as JSON.
@@ -512,28 +483,12 @@ impl Server {
 
     /// GET on the metrics listener (plain HTTP, loopback), e.g. "/metrics".
     pub fn metrics_get(&self, path: &str, bearer: Option<&str>) -> (u16, Vec<u8>) {
-        let out = self.dir.join(format!("metrics-body-{}", rand_suffix()));
-        let o = run({
-            let mut c = Command::new("curl");
-            c.args([
-                "-s",
-                "--max-time",
-                "60",
-                "-o",
-                &out.display().to_string(),
-                "-w",
-                "%{http_code}",
-            ]);
+        curl_status_body(&self.dir, |c| {
             if let Some(t) = bearer {
                 c.args(["-H", &format!("authorization: Bearer {t}")]);
             }
             c.arg(format!("http://127.0.0.1:{}{path}", self.metrics_port));
-            c
-        });
-        let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
-        let body = std::fs::read(&out).unwrap_or_default();
-        let _ = std::fs::remove_file(&out);
-        (code, body)
+        })
     }
 
     /// The Prometheus text from the metrics listener.
@@ -633,6 +588,42 @@ impl Drop for Server {
 /// real, independent client) so tests do not need a TLS stack of their own.
 pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     http_send(port, "GET", path, None)
+}
+
+/// The session a login answered with, or Err((status, body)).
+fn login_answer(jar: PathBuf, code: u16, body: &[u8]) -> Result<Auth, (u16, serde_json::Value)> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    if code != 200 {
+        return Err((code, v));
+    }
+    Ok(Auth {
+        jar,
+        csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// Runs curl (silent, 60 s at most) with the arguments `args` adds; its
+/// status code and body (kept in a file under `dir` meanwhile).
+fn curl_status_body(dir: &Path, args: impl FnOnce(&mut Command)) -> (u16, Vec<u8>) {
+    let out = dir.join(format!("curl-body-{}", rand_suffix()));
+    let o = run({
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "--max-time",
+            "60",
+            "-o",
+            &out.display().to_string(),
+            "-w",
+            "%{http_code}",
+        ]);
+        args(&mut c);
+        c
+    });
+    let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+    let body = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (code, body)
 }
 
 fn rand_suffix() -> u64 {
