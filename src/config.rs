@@ -30,6 +30,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub cert_dir: PathBuf,
     pub http: HttpConfig,
+    /// The Prometheus listener (not on the API listener).
+    pub metrics: MetricsConfig,
     pub dicom: DicomConfig,
     pub stability: StabilityConfig,
     pub render: RenderConfig,
@@ -56,6 +58,37 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A connection whose client takes no bytes for this long is closed
+    /// (a download nobody reads, a stuck WebSocket).
+    pub write_timeout_secs: u64,
+    /// Study zips streaming at once, all accounts together (beyond: 503).
+    pub max_zip_downloads: usize,
+    /// Study zips streaming at once per account (beyond: 429).
+    pub max_zip_downloads_per_account: usize,
+}
+
+/// `/metrics` and the detailed health check, on their own plain-HTTP
+/// listener: loopback by default, as Prometheus exporters do, so that
+/// figures about the alliance (edge names, queue depths, free disk) are not
+/// on the hospital-facing API port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// When set, scrapers must send `Authorization: Bearer <token>`.
+    /// Required when `listen` is not a loopback address.
+    pub token: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            token: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +233,11 @@ pub struct AuthConfig {
     pub session_max_secs: u64,
     /// Failed logins allowed per user and per address before a lockout.
     pub login_free_failures: u32,
+    /// Threads verifying passwords (argon2id, ~19 MiB each); 0 = half the
+    /// cores, at least 1.
+    pub login_hash_threads: usize,
+    /// Logins that may wait for a hashing thread; beyond, 503 + Retry-After.
+    pub login_queue: usize,
 }
 
 impl Default for AuthConfig {
@@ -208,7 +246,21 @@ impl Default for AuthConfig {
             session_idle_secs: 30 * 60,
             session_max_secs: 12 * 3600,
             login_free_failures: 5,
+            login_hash_threads: 0,
+            login_queue: 16,
         }
+    }
+}
+
+impl AuthConfig {
+    pub fn effective_hash_threads(&self) -> usize {
+        if self.login_hash_threads > 0 {
+            return self.login_hash_threads;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get() / 2)
+            .unwrap_or(1)
+            .max(1)
     }
 }
 
@@ -305,6 +357,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             cert_dir: PathBuf::from("certs"),
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
             dicom: DicomConfig::default(),
             stability: StabilityConfig::default(),
             render: RenderConfig::default(),
@@ -326,6 +379,9 @@ impl Default for HttpConfig {
         // Loopback until accounts and roles exist (reading-workflow issue).
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            write_timeout_secs: 60,
+            max_zip_downloads: 8,
+            max_zip_downloads_per_account: 2,
         }
     }
 }
@@ -362,6 +418,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub cert_dir: Option<PathBuf>,
     pub http_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub dicom_listen: Option<SocketAddr>,
     pub dicom_tls_listen: Option<SocketAddr>,
     pub ae_title: Option<String>,
@@ -393,6 +450,9 @@ impl Config {
         }
         if let Some(v) = o.http_listen {
             cfg.http.listen = v;
+        }
+        if let Some(v) = o.metrics_listen {
+            cfg.metrics.listen = v;
         }
         if let Some(v) = o.dicom_listen {
             cfg.dicom.listen = v;
@@ -530,6 +590,21 @@ impl Config {
                     return bad(format!("hospital {}: serves unknown clinic {c:?}", h.id));
                 }
             }
+        }
+        if self.http.write_timeout_secs == 0 || self.http.write_timeout_secs > 3600 {
+            return bad("http.write_timeout_secs must be between 1 and 3600".into());
+        }
+        if self.http.max_zip_downloads == 0 || self.http.max_zip_downloads_per_account == 0 {
+            return bad("http.max_zip_downloads and max_zip_downloads_per_account must be at least 1".into());
+        }
+        if self.metrics.enabled && !self.metrics.listen.ip().is_loopback() && self.metrics.token.len() < 16 {
+            return bad(format!(
+                "metrics.listen {} is not a loopback address: set metrics.token (16+ characters) so scrapers must authenticate",
+                self.metrics.listen
+            ));
+        }
+        if self.auth.login_queue > 10_000 || self.auth.login_hash_threads > 256 {
+            return bad("auth.login_queue at most 10000, auth.login_hash_threads at most 256".into());
         }
         if self.auth.session_idle_secs < 60 || self.auth.session_max_secs < self.auth.session_idle_secs {
             return bad("auth: session_idle_secs >= 60 and session_max_secs >= session_idle_secs".into());

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -72,6 +73,20 @@ pub struct Committed {
     pub created: bool,
 }
 
+/// Makes everything this process creates from now on private to its user
+/// (umask 077: files 0600, directories 0700) and the data directory itself
+/// 0700, created if missing. The data directory holds patient data (instance
+/// files, previews, the index, staged relay bundles, the SR spool) and the
+/// first admin's password; SQLite, the renderer and the relay create files
+/// there too, so the process-wide mask covers all of them, not only the
+/// files opened here. Called once at startup, before any file is written.
+pub fn make_private(data_dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    fs::create_dir_all(data_dir)?;
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+}
+
 impl Archive {
     pub fn open(root: &Path, min_free_bytes: u64) -> Result<Archive, ArchiveError> {
         fs::create_dir_all(root.join("tmp")).map_err(ArchiveError::from_io)?;
@@ -129,6 +144,7 @@ impl Archive {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(ArchiveError::from_io)?;
         let mut hasher = Sha256::new();

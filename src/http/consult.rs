@@ -305,17 +305,13 @@ pub(crate) fn asset(name: &str) -> Option<std::borrow::Cow<'static, [u8]>> {
         .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
 }
 
+/// Content type and caching of a page or asset. The CSP (`connect-src
+/// 'self'`, `frame-ancestors 'none'`), HSTS, `nosniff` and Referrer-Policy
+/// are added to every response by `http::security_headers`.
 fn static_headers(ctype: &'static str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
     h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self' wss:; style-src 'self'; script-src 'self'",
-        ),
-    );
-    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
     h
 }
 

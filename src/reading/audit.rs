@@ -51,6 +51,87 @@ pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Opti
     .await;
 }
 
+/// Caps the audit rows one kind of anonymous event (failed logins) may write
+/// per window, so a flood of attempts cannot fill the disk: the first
+/// `max_rows` of a window are itemised, the rest only counted, and the count
+/// is written as one summary row when the window has passed. Pure: time is
+/// passed in.
+#[derive(Debug)]
+pub struct RowBudget {
+    window: std::time::Duration,
+    max_rows: u32,
+    started: Option<std::time::Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+/// Rows not itemised in a window that has closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suppressed {
+    pub count: u64,
+    pub window_secs: u64,
+}
+
+impl RowBudget {
+    pub fn new(window: std::time::Duration, max_rows: u32) -> Self {
+        RowBudget {
+            window,
+            max_rows,
+            started: None,
+            written: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Closes the window if it has passed; its suppressed count, if any.
+    pub fn flush(&mut self, now: std::time::Instant) -> Option<Suppressed> {
+        let start = self.started?;
+        if now.saturating_duration_since(start) < self.window {
+            return None;
+        }
+        self.started = None;
+        self.written = 0;
+        let count = std::mem::take(&mut self.suppressed);
+        (count > 0).then_some(Suppressed {
+            count,
+            window_secs: self.window.as_secs(),
+        })
+    }
+
+    /// Whether this event gets its own row, and the summary of a window
+    /// that closed before it.
+    pub fn admit(&mut self, now: std::time::Instant) -> (bool, Option<Suppressed>) {
+        let closed = self.flush(now);
+        self.started.get_or_insert(now);
+        if self.written < self.max_rows {
+            self.written += 1;
+            (true, closed)
+        } else {
+            self.suppressed += 1;
+            (false, closed)
+        }
+    }
+}
+
+/// Writes the summary row of failed logins that were not itemised.
+pub async fn record_suppressed(pool: &SqlitePool, action: &str, s: Suppressed) {
+    let detail = format!(
+        "{} more not itemised (at most one row per attempt for the first ones of each {} s)",
+        s.count, s.window_secs
+    );
+    record_raw(
+        pool,
+        crate::dicom::scp::now_ms(),
+        "",
+        "",
+        action,
+        None,
+        Some(&detail),
+        "",
+    )
+    .await;
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct AuditQuery {
     pub from_ms: Option<i64>,
@@ -109,10 +190,12 @@ pub async fn query(pool: &SqlitePool, q: &AuditQuery) -> Result<Vec<AuditEvent>,
 }
 
 /// RFC 4180 CSV; cells that a spreadsheet would treat as a formula are
-/// prefixed with a quote so an exported audit log cannot run anything.
+/// prefixed with a quote so an exported audit log cannot run anything. A
+/// leading TAB or CR counts too: spreadsheets skip it and then read the
+/// formula behind it (OWASP CSV injection).
 pub fn to_csv(events: &[AuditEvent]) -> String {
     fn cell(v: &str) -> String {
-        let v = if v.starts_with(['=', '+', '-', '@']) {
+        let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
             format!("'{v}")
         } else {
             v.to_string()
@@ -163,5 +246,43 @@ mod tests {
         let line = csv.lines().nth(1).unwrap();
         assert!(line.starts_with("1970-01-01T00:00:00Z,0,\"dr,li\",expert,view,1.2.3,"));
         assert!(line.contains("\"'=HYPERLINK(\"\"x\"\")\""));
+        for lead in ["\t=1+2", "\r=1+2", "\t@SUM(A1)"] {
+            let e = AuditEvent {
+                at_ms: 0,
+                username: lead.into(),
+                role: String::new(),
+                action: "login_failed".into(),
+                study_uid: None,
+                detail: None,
+                remote: None,
+            };
+            let csv = to_csv(&[e]);
+            let row = &csv[csv.find("\r\n").unwrap() + 2..];
+            let third = row.split(',').nth(2).unwrap();
+            assert!(
+                third.starts_with('\'') || third.starts_with("\"'"),
+                "{lead:?} not defused: {third:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_login_rows_are_capped_per_window_and_summarised() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut b = RowBudget::new(Duration::from_secs(60), 3);
+        let admitted: Vec<bool> = (0..10).map(|i| b.admit(t0 + Duration::from_millis(i)).0).collect();
+        assert_eq!(admitted.iter().filter(|a| **a).count(), 3);
+        assert_eq!(b.flush(t0 + Duration::from_secs(30)), None, "window still open");
+        let (own, closed) = b.admit(t0 + Duration::from_secs(61));
+        assert!(own, "a new window itemises again");
+        assert_eq!(
+            closed,
+            Some(Suppressed {
+                count: 7,
+                window_secs: 60
+            })
+        );
+        assert_eq!(b.flush(t0 + Duration::from_secs(200)), None, "nothing suppressed since");
     }
 }
