@@ -128,7 +128,7 @@ STOP = threading.Event()
 class Gateway:
     """One medrelay process (hub or edge) that may be killed and restarted."""
 
-    def __init__(self, name: str, args: list[str], work: Path, http_port: int, metrics_url: str | None):
+    def __init__(self, name: str, args: list[str], work: Path, http_port: int, metrics_url: str):
         self.name = name
         self.args = args
         self.work = work
@@ -222,7 +222,7 @@ def https(port: int, timeout: float = 30) -> http.client.HTTPSConnection:
 
 def metric(g: Gateway, name: str) -> float | None:
     """A gauge from the gateway's Prometheus text (its metrics URL)."""
-    url = g.metrics_url or f"https://127.0.0.1:{g.http_port}/metrics"
+    url = g.metrics_url
     m = re.match(r"(https?)://([^/:]+):(\d+)(/.*)", url)
     if not m:
         return None
@@ -673,7 +673,6 @@ def main() -> int:
     hub_cfg = hub_dir / "medrelay.toml"
     lines = [
         f'[relay]\nlisten = "127.0.0.1:{relay_port}"\nname = "medrelay-hub"\n',
-        f'[metrics]\nlisten = "127.0.0.1:{hub_metrics_port}"\n' if os.environ.get("SOAK_METRICS_LISTENER") == "1" else "",
         "[render]\nworkers = 1\n",
     ]
     for cid, ae in clinics:
@@ -684,7 +683,7 @@ def main() -> int:
         bin_, "serve", "--config", str(hub_cfg), "--data-dir", str(hub_dir / "data"), "--cert-dir", str(hub_dir / "certs"),
         "--http-listen", f"127.0.0.1:{hub_http}", "--dicom-listen", f"127.0.0.1:{hub_dicom}",
         "--ae-title", "MEDRELAY", "--stable-after-secs", "5", "--min-free-bytes", "0",
-        "--sfu-udp-listen", f"127.0.0.1:{hub_sfu}",
+        "--sfu-udp-listen", f"127.0.0.1:{hub_sfu}", "--metrics-listen", f"127.0.0.1:{hub_metrics_port}",
     ]
     for user, role, extra in [
         ("exp1", "expert", ["--hospital", "city"]), ("exp2", "expert", ["--hospital", "city"]),
@@ -693,8 +692,7 @@ def main() -> int:
     ]:
         cli(bin_, hub_cfg, hub_dir / "data", hub_dir / "certs", "user", "add", user, "--role", role, *extra,
             "--password-stdin", stdin=PW + "\n")
-    metrics_url = f"http://127.0.0.1:{hub_metrics_port}/metrics" if os.environ.get("SOAK_METRICS_LISTENER") == "1" else None
-    hub = Gateway("hub", hub_args, work, hub_http, metrics_url)
+    hub = Gateway("hub", hub_args, work, hub_http, f"http://127.0.0.1:{hub_metrics_port}/metrics")
     say("starting hub")
     hub.start()
     cli(bin_, hub_cfg, hub_dir / "data", hub_dir / "certs", "relay", "issue-edge", "--name", "t04-edge",
@@ -711,7 +709,7 @@ def main() -> int:
     link_port = int(ready[1])
 
     # ---- edge
-    edge_dicom, edge_http, edge_sfu = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    edge_dicom, edge_http, edge_sfu, edge_metrics = free_port(), free_port(), free_port(socket.SOCK_DGRAM), free_port()
     edge_cfg = edge_dir / "medrelay.toml"
     r = edge_dir / "relay"
     edge_cfg.write_text(
@@ -724,9 +722,9 @@ def main() -> int:
         bin_, "serve", "--config", str(edge_cfg), "--data-dir", str(edge_dir / "data"), "--cert-dir", str(edge_dir / "certs"),
         "--http-listen", f"127.0.0.1:{edge_http}", "--dicom-listen", f"127.0.0.1:{edge_dicom}",
         "--ae-title", "MEDRELAY", "--stable-after-secs", "5", "--min-free-bytes", "0",
-        "--sfu-udp-listen", f"127.0.0.1:{edge_sfu}",
+        "--sfu-udp-listen", f"127.0.0.1:{edge_sfu}", "--metrics-listen", f"127.0.0.1:{edge_metrics}",
     ]
-    edge = Gateway("edge", edge_args, work, edge_http, None)
+    edge = Gateway("edge", edge_args, work, edge_http, f"http://127.0.0.1:{edge_metrics}/metrics")
     say("starting edge")
     edge.start()
 
