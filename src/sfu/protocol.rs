@@ -66,7 +66,7 @@ pub enum Role {
     Expert,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CandidateInit {
     pub candidate: String,
@@ -76,7 +76,8 @@ pub struct CandidateInit {
     pub sdp_mline_index: Option<u16>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Serialize and PartialEq serve the round-trip fuzz target (`crate::fuzz`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     Join {
