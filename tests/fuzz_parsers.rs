@@ -6,7 +6,8 @@
 //! mutated seed inputs (generated ones and the captures in `fixtures/fuzz/`),
 //! random bytes and structured generators, so a run is the same on every
 //! machine. Long run (`benches/fuzz.sh`): with `FUZZ_SECS=N` each target
-//! loops over fresh random seeds for N seconds and prints its figures.
+//! loops over fresh random seeds for N seconds and prints its figures; a
+//! failure prints `FUZZ_RNG=…`, which replays it.
 //!
 //! The binary counts allocations (`CountingAlloc`), so every target call is
 //! also checked against the allocation bound of the parser it drives.
@@ -186,7 +187,7 @@ fn run<T: std::fmt::Debug>(name: &str, strategy: BoxedStrategy<T>, check: impl F
     let cases: u32 = std::env::var("FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(4000);
     let secs: u64 = std::env::var("FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -205,7 +206,10 @@ fn run<T: std::fmt::Debug>(name: &str, strategy: BoxedStrategy<T>, check: impl F
     quiet_panics();
     loop {
         let mut seed = seed_of(name);
-        if secs > 0 {
+        if let Some(replay) = std::env::var("FUZZ_RNG").ok().and_then(|h| hex::decode(h).ok()) {
+            // Replays a failure a long run reported.
+            seed.copy_from_slice(&replay);
+        } else if secs > 0 {
             // Long run: a different seed each round, reported on failure.
             seed[16..24].copy_from_slice(&round.to_le_bytes());
             seed[24..32].copy_from_slice(&(started.elapsed().as_nanos() as u64).to_le_bytes());
@@ -219,7 +223,7 @@ fn run<T: std::fmt::Debug>(name: &str, strategy: BoxedStrategy<T>, check: impl F
         });
         QUIET.with(|q| q.set(false));
         if let Err(e) = result {
-            panic!("fuzz {name}: {e} (rng seed {})", hex::encode(seed));
+            panic!("fuzz {name}: {e} (replay: FUZZ_RNG={})", hex::encode(seed));
         }
         round += 1;
         if Instant::now() >= deadline {
@@ -614,4 +618,71 @@ fn bundle_sizes_that_overflow_are_refused() {
     input.extend_from_slice(&2u64.to_le_bytes());
     input.extend_from_slice(&zstd::bulk::compress(b"x", 3).expect("zstd"));
     fuzz::bundle(&input);
+}
+
+/// The inputs that cost the most per byte, at each parser's size limit: a
+/// random run does not reach them, and the bounds must hold there too.
+#[test]
+fn worst_case_inputs_stay_within_the_bounds() {
+    let zeros = |n: usize| format!("[{}0]", "0,".repeat(n / 2 - 2));
+    // Signaling: an unknown field of a 64 KiB frame, buffered whole.
+    let frame = format!(r#"{{"type":"ping","x":{}}}"#, zeros(60_000));
+    fuzz::signaling(frame.as_bytes());
+    let tracks: String = (0..5000)
+        .map(|i| format!(r#""{i}":"mic""#))
+        .collect::<Vec<_>>()
+        .join(",");
+    fuzz::signaling(format!(r#"{{"type":"offer","pc":"pub","sdp":"","tracks":{{{tracks}}}}}"#).as_bytes());
+    // Data channel: a 4 KiB array.
+    fuzz::datachannel(format!(r#"{{"t":"chat","text":"x","a":{}}}"#, zeros(4000)).as_bytes());
+    // API bodies at axum's 2 MiB limit: a list of empty strings, a list of
+    // participants, an unknown field.
+    let uids = format!(
+        r#"{{"question":"q","study_uids":[{}""]}}"#,
+        r#"""#.to_string().repeat(0) + &"\"\",".repeat(690_000)
+    );
+    fuzz::api_json(&[&[5u8][..], uids.as_bytes()].concat());
+    let people = format!(
+        r#"{{"participants":[{}{{"name":"a","role":"clinic"}}]}}"#,
+        r#"{"name":"","role":"clinic"},"#.repeat(70_000)
+    );
+    fuzz::api_json(&[&[2u8][..], people.as_bytes()].concat());
+    fuzz::api_json(
+        &[
+            &[0u8][..],
+            format!(r#"{{"username":"u","password":"p","x":{}}}"#, zeros(2_000_000)).as_bytes(),
+        ]
+        .concat(),
+    );
+    // DIMSE: a 64 KiB command set of empty elements (8 bytes each).
+    let mut cmd = Vec::new();
+    for (e, v) in [(0x0100u16, &[0x30u8, 0][..]), (0x0800, &[1, 1])] {
+        cmd.extend_from_slice(&[0, 0]);
+        cmd.extend_from_slice(&e.to_le_bytes());
+        cmd.extend_from_slice(&2u32.to_le_bytes());
+        cmd.extend_from_slice(v);
+    }
+    for e in 0x0801u16..0x0801 + 8000 {
+        cmd.extend_from_slice(&[0, 0]);
+        cmd.extend_from_slice(&e.to_le_bytes());
+        cmd.extend_from_slice(&0u32.to_le_bytes());
+    }
+    fuzz::dimse(&cmd);
+    // PDU: a P-DATA of the SCP's maximum length, full of the smallest PDVs
+    // (empty, 6 bytes) or one-byte ones.
+    let max = fuzz::scp_max_pdu() as usize;
+    for data in [&[][..], &[0u8][..]] {
+        let item = 2 + data.len();
+        let n = max / (4 + item);
+        let mut pdu = vec![0x04, 0];
+        pdu.extend_from_slice(&((n * (4 + item)) as u32).to_be_bytes());
+        for _ in 0..n {
+            pdu.extend_from_slice(&(item as u32).to_be_bytes());
+            pdu.extend_from_slice(&[1, 0x02]);
+            pdu.extend_from_slice(data);
+        }
+        fuzz::pdu(&pdu);
+    }
+    let (peak, bound) = fuzz::take_worst();
+    println!("closest to its bound: {peak} of {bound}");
 }
