@@ -187,7 +187,7 @@ fn run<T: std::fmt::Debug>(name: &str, strategy: BoxedStrategy<T>, check: impl F
     let cases: u32 = std::env::var("FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4000);
+        .unwrap_or(2000);
     let secs: u64 = std::env::var("FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -424,7 +424,7 @@ fn relay_messages_round_trip() {
         },
     );
     let req = prop_oneof![
-        (s, proptest::option::of(s), proptest::collection::vec(inst, 0..60)).prop_map(|(study_uid, q, instances)| {
+        (s, proptest::option::of(s), proptest::collection::vec(inst, 0..8)).prop_map(|(study_uid, q, instances)| {
             Request::Begin {
                 manifest: Manifest {
                     study_uid,
