@@ -159,7 +159,8 @@ pub fn scp_max_pdu() -> u32 {
 /// length), then every P-DATA value through the SCP's PDV assembly. Several
 /// PDUs may follow each other, as on an association.
 ///
-/// Bound per PDU: 20 × the PDU's bytes + 64 KiB. dicom-ul keeps each PDV as
+/// Bound per PDU read: 20 × the bytes it reads from (at most one PDU of the
+/// maximum length) + 64 KiB. dicom-ul keeps each PDV as
 /// a 32-byte struct with its own buffer, so a P-DATA of 6-byte empty PDVs
 /// costs ~16 × its length (measured: 15.9 MB for one 1 MiB PDU); with the
 /// default max PDU of 1 MiB that is ~20 MiB per association reading a PDU.
