@@ -340,7 +340,8 @@ async fn handle(
                 }
             }
             let max = hub.cfg.relay.max_bundle_mb << 20;
-            let plain_total: u64 = members.iter().map(|m| m.size).sum();
+            // Checked: the sizes are the edge's, and a wrapped sum passed this check.
+            let plain_total = wire::members_total(&members).map_err(|e| HandleError::Refuse(e.to_string(), false))?;
             if plain_total > max.saturating_mul(4) {
                 return Err(HandleError::Refuse("bundle too large".into(), false));
             }
