@@ -37,7 +37,7 @@ use super::meta::{file_meta, is_valid_uid};
 use super::sop_classes::STORAGE_SOP_CLASSES;
 use super::walk::{self, Encoding};
 use crate::archive::files::{Archive, ArchiveError, Committed};
-use crate::archive::index::{DurableGate, Index, NewInstance, StoreError, StoreOutcome};
+use crate::archive::index::{Conflict, DurableGate, Index, IndexError, NewInstance, StoreError, StoreOutcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -234,7 +234,7 @@ impl Scp {
         info!(reason = %e, "association not established");
     }
 
-    async fn run<S>(self: Arc<Self>, mut assoc: AsyncServerAssociation<S>, _peer: SocketAddr)
+    async fn run<S>(self: Arc<Self>, mut assoc: AsyncServerAssociation<S>, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -256,6 +256,7 @@ impl Scp {
         });
         let mut session = Session {
             scp: self.clone(),
+            peer,
             calling,
             route,
             contexts,
@@ -319,6 +320,7 @@ enum End {
 /// Per-association state.
 struct Session {
     scp: Arc<Scp>,
+    peer: SocketAddr,
     calling: String,
     route: ClinicRoute,
     contexts: HashMap<u8, (String, String)>,
@@ -353,6 +355,20 @@ enum Chunk {
     End,
 }
 
+/// PS3.7 §9.1.1.1.9 (general C-STORE statuses) "Invalid SOP Instance":
+/// the Affected SOP Instance UID violates the UID construction rules. Not
+/// 0xC000, which says the data could not be parsed (the README's table).
+const INVALID_SOP_INSTANCE: u16 = 0x0117;
+
+/// PS3.7 §9.1.1.1.9 "Refused: Not authorized": the sender may not perform
+/// this store. Used when an instance's UIDs already belong to another
+/// clinic's data, or would move a stored series or instance to another
+/// study or series: the dataset is well formed (not 0xA9xx, "does not match
+/// its SOP class", nor 0xCxxx, "cannot understand"), and the refusal is
+/// permanent, so a resend cannot help (unlike 0xA7xx, out of resources);
+/// only an administrator can sort it out (the refusal is audited).
+const NOT_AUTHORIZED: u16 = 0x0124;
+
 /// Why a C-STORE failed, mapped once to a DIMSE status and comment.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreFailure {
@@ -363,7 +379,11 @@ pub enum StoreFailure {
     #[error("cannot understand: {0}")]
     Unreadable(String),
     #[error("{0}")]
+    InvalidUid(String),
+    #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    NotAuthorized(String),
     #[error("processing failure: {0}")]
     Internal(String),
 }
@@ -374,7 +394,9 @@ impl StoreFailure {
             StoreFailure::Resources(_) => status::OUT_OF_RESOURCES,
             StoreFailure::Mismatch(_) => status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
             StoreFailure::Unreadable(_) => status::CANNOT_UNDERSTAND,
+            StoreFailure::InvalidUid(_) => INVALID_SOP_INSTANCE,
             StoreFailure::Refused(_) => status::SOP_CLASS_NOT_SUPPORTED,
+            StoreFailure::NotAuthorized(_) => NOT_AUTHORIZED,
             StoreFailure::Internal(_) => status::PROCESSING_FAILURE,
         }
     }
@@ -382,8 +404,10 @@ impl StoreFailure {
     fn count(&self, m: &Metrics) {
         let c = match self {
             StoreFailure::Resources(_) => &m.store_failures_resources,
-            StoreFailure::Mismatch(_) | StoreFailure::Unreadable(_) => &m.store_failures_invalid,
-            StoreFailure::Refused(_) => &m.store_failures_refused,
+            StoreFailure::Mismatch(_) | StoreFailure::Unreadable(_) | StoreFailure::InvalidUid(_) => {
+                &m.store_failures_invalid
+            }
+            StoreFailure::Refused(_) | StoreFailure::NotAuthorized(_) => &m.store_failures_refused,
             StoreFailure::Internal(_) => &m.store_failures_internal,
         };
         c.fetch_add(1, Relaxed);
@@ -545,7 +569,7 @@ impl Session {
             .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
             .to_string();
         if !is_valid_uid(&sop_instance) {
-            return Err(StoreFailure::Unreadable("invalid Affected SOP Instance UID".into()));
+            return Err(StoreFailure::InvalidUid("invalid Affected SOP Instance UID".into()));
         }
         self.scp.archive.check_reserve()?;
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -667,6 +691,14 @@ impl Session {
                     let (archive, c) = (self.scp.archive.clone(), c.clone());
                     let _ = tokio::task::spawn_blocking(move || archive.discard(&c)).await;
                 }
+                if let StoreError::Index {
+                    source: IndexError::Conflict(c),
+                    ..
+                } = &e
+                {
+                    self.refused(c).await;
+                    return Err(StoreFailure::NotAuthorized(c.to_string()));
+                }
                 // SQLite reports a full disk in several ways (SQLITE_FULL,
                 // various I/O errors); the free space says what happened.
                 if e.is_disk_full() || self.low_space() {
@@ -676,6 +708,30 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Audits an instance refused for colliding with stored data it does
+    /// not belong to: who (the calling AE and its clinic), which level,
+    /// whose data; UIDs only, no patient attributes.
+    async fn refused(&self, c: &Conflict) {
+        warn!(
+            calling = %self.calling,
+            clinic = %self.route.clinic_id,
+            level = c.level.token(),
+            reason = c.reason_token(),
+            study_uid = %c.study_uid,
+            "instance refused: its UIDs belong elsewhere"
+        );
+        crate::reading::audit::record_ingest_refusal(
+            self.scp.index.pool(),
+            now_ms(),
+            &self.calling,
+            "dicom",
+            &self.route.clinic_id,
+            c,
+            &self.peer.to_string(),
+        )
+        .await;
     }
 
     fn low_space(&self) -> bool {
