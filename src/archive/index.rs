@@ -891,35 +891,12 @@ fn list_append(col: &str) -> String {
 /// two clinics sending the same new UIDs at once the first one filed wins
 /// and the other is refused.
 pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
-    let versions = sqlx::query(
-        "SELECT i.version, i.sha256, i.series_uid, i.study_uid, s.clinic_id
-         FROM instances i JOIN studies s ON s.study_uid = i.study_uid
-         WHERE i.sop_instance_uid = ? ORDER BY i.version",
-    )
-    .bind(&i.sop_instance_uid)
-    .fetch_all(&mut *c)
-    .await?;
-    let upper = sqlx::query(
-        "SELECT (SELECT clinic_id FROM studies WHERE study_uid = ?),
-                x.study_uid, s.clinic_id
-         FROM (SELECT 1) LEFT JOIN series x ON x.series_uid = ? LEFT JOIN studies s ON s.study_uid = x.study_uid",
-    )
-    .bind(&i.study_uid)
-    .bind(&i.series_uid)
-    .fetch_one(&mut *c)
-    .await?;
-    let homes = Homes {
-        study_clinic: upper.get(0),
-        series: upper
-            .get::<Option<String>, _>(1)
-            .map(|study| (study, upper.get::<Option<String>, _>(2).unwrap_or_default())),
-        instance: versions.iter().map(|r| (r.get(2), r.get(3), r.get(4))).collect(),
-    };
+    let (homes, versions) = homes_of(c, i).await?;
     judge(i, &homes).map_err(IndexError::Conflict)?;
-    if versions.iter().any(|r| r.get::<String, _>(1) == f.sha256) {
+    if versions.iter().any(|(_, sha)| *sha == f.sha256) {
         return Ok(StoreOutcome::Duplicate);
     }
-    let version = versions.last().map(|r| r.get::<i64, _>(0) + 1).unwrap_or(1);
+    let version = versions.last().map(|(v, _)| v + 1).unwrap_or(1);
     let new_instance = version == 1;
     let added = i64::from(new_instance);
     let size = f.size as i64;
@@ -1050,6 +1027,53 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     } else {
         StoreOutcome::NewVersion(version)
     })
+}
+
+/// Where `i`'s UIDs already live, and the stored versions of its SOP
+/// Instance UID as (version, content hash), oldest first.
+async fn homes_of(c: &mut Conn, i: &NewInstance) -> Result<(Homes, Vec<(i64, String)>), IndexError> {
+    let versions = sqlx::query(
+        "SELECT i.version, i.sha256, i.series_uid, i.study_uid, s.clinic_id
+         FROM instances i JOIN studies s ON s.study_uid = i.study_uid
+         WHERE i.sop_instance_uid = ? ORDER BY i.version",
+    )
+    .bind(&i.sop_instance_uid)
+    .fetch_all(&mut *c)
+    .await?;
+    let upper = sqlx::query(
+        "SELECT (SELECT clinic_id FROM studies WHERE study_uid = ?),
+                x.study_uid, s.clinic_id
+         FROM (SELECT 1) LEFT JOIN series x ON x.series_uid = ? LEFT JOIN studies s ON s.study_uid = x.study_uid",
+    )
+    .bind(&i.study_uid)
+    .bind(&i.series_uid)
+    .fetch_one(&mut *c)
+    .await?;
+    let homes = Homes {
+        study_clinic: upper.get(0),
+        series: upper
+            .get::<Option<String>, _>(1)
+            .map(|study| (study, upper.get::<Option<String>, _>(2).unwrap_or_default())),
+        instance: versions.iter().map(|r| (r.get(2), r.get(3), r.get(4))).collect(),
+    };
+    Ok((homes, versions.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
+impl Index {
+    /// The first of `insts` that `apply_store` would refuse as a
+    /// [`Conflict`], read outside any write transaction: lets a caller
+    /// refuse before moving files into place. Advisory only; the check
+    /// inside the committing transaction is the one that holds.
+    pub async fn first_conflict(&self, insts: &[NewInstance]) -> Result<Option<Conflict>, IndexError> {
+        let mut c = self.pool.acquire().await?;
+        for i in insts {
+            let (homes, _) = homes_of(&mut c, i).await?;
+            if let Err(conflict) = judge(i, &homes) {
+                return Ok(Some(*conflict));
+            }
+        }
+        Ok(None)
+    }
 }
 
 async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexError> {
