@@ -722,10 +722,12 @@ fn crafted_requests_with_unsafe_uids_or_oversized_fields_are_refused() {
     assert!(!hub.log().contains("NNNNNNNNNN"), "a field's content in the log");
 }
 
-/// An edge of clinic B relaying an instance of a study that clinic A pushed
-/// to the hub directly: the commit is refused (not retryable), clinic A's
-/// study is untouched, the refusal is audited as coming over the relay, and
-/// what the edge staged stays staged (a retry does not resend it).
+/// An edge of clinic B relaying instances of a study that clinic A pushes
+/// to the hub directly: announced before A's study existed, the commit is
+/// refused (not retryable) and what the edge staged stays staged (a retry
+/// does not resend it); announced after, it is refused at once, before any
+/// byte crosses the WAN. Clinic A's study is untouched, and the refusals
+/// are audited as coming over the relay.
 #[test]
 fn an_edge_cannot_commit_into_another_clinics_study() {
     use medrelay::relay::wire::{self, Member, Request, Response};
@@ -754,21 +756,14 @@ fn an_edge_cannot_commit_into_another_clinics_study() {
     );
     assert!(o.status.success(), "issue-edge: {}", text(&o));
     let files = ct_files(2);
-    let o = run({
-        let mut c = hub.storescu("HUBDIRECT");
-        c.arg(&files[0]);
-        c
-    });
-    assert!(o.status.success(), "{}", text(&o));
-    let study = study_uid(&hub);
-    let before = hub.sqlite("SELECT clinic_id, num_instances, status FROM studies");
+    let study = dcm_value(&files[0], "0020,000D");
 
-    // The second slice of A's study, relayed as clinic B's.
+    // The second slice of the study, relayed as clinic B's.
     let bytes = std::fs::read(&files[1]).expect("file");
-    let sop = hub_sop_of(&files[1]);
+    let sop = dcm_value(&files[1], "0008,0018");
     let ts = "1.2.840.10008.1.2.1";
     let mut m = crafted_manifest(&study, &sop);
-    m.instances[0].meta.series_uid = hub.sqlite("SELECT series_uid FROM series");
+    m.instances[0].meta.series_uid = dcm_value(&files[1], "0020,000E");
     m.instances[0].meta.transfer_syntax = ts.into();
     m.instances[0].sha256 = wire::content_sha256(&bytes, ts).expect("content hash");
     m.instances[0].file_size = bytes.len() as u64;
@@ -779,8 +774,8 @@ fn an_edge_cannot_commit_into_another_clinics_study() {
         size: bytes.len() as u64,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let edge = rt.block_on(CraftedEdge::connect(certs.path(), relay_port));
     rt.block_on(async {
-        let edge = CraftedEdge::connect(certs.path(), relay_port).await;
         assert!(matches!(
             edge.ask(&Request::Begin { manifest: m.clone() }, &[]).await,
             Response::Begun { .. }
@@ -799,31 +794,39 @@ fn an_edge_cannot_commit_into_another_clinics_study() {
             )
             .await;
         assert!(matches!(r, Response::Stored { count: 1 }), "{r:?}");
+    });
+    // Meanwhile clinic A pushes its study to the hub directly.
+    let o = run({
+        let mut c = hub.storescu("HUBDIRECT");
+        c.arg(&files[0]);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let before = hub.sqlite("SELECT study_uid, clinic_id, num_instances, status FROM studies");
+    assert_eq!(before, format!("{study}|clinic-a|1|receiving"));
+    let refused = |r: Response, what: &str| match r {
+        Response::Error { message, retry } => {
+            assert!(
+                message.contains("Study Instance UID belongs to another clinic") && !retry,
+                "{what}: {message}"
+            );
+        }
+        other => panic!("{what}: accepted into clinic A's study: {other:?}"),
+    };
+    rt.block_on(async {
         for _ in 0..2 {
-            match edge
-                .ask(
+            refused(
+                edge.ask(
                     &Request::Commit {
                         study_uid: study.clone(),
                     },
                     &[],
                 )
-                .await
-            {
-                Response::Error { message, retry } => {
-                    assert!(
-                        message.contains("Study Instance UID belongs to another clinic") && !retry,
-                        "{message}"
-                    );
-                }
-                other => panic!("committed into clinic A's study: {other:?}"),
-            }
+                .await,
+                "commit",
+            );
         }
     });
-    assert_eq!(
-        hub.sqlite("SELECT clinic_id, num_instances, status FROM studies"),
-        before
-    );
-    assert_eq!(hub.sqlite("SELECT COUNT(*) FROM instances"), "1");
     assert_eq!(
         hub.sqlite(&format!(
             "SELECT COUNT(*) FROM relay_staged WHERE study_uid = '{study}' AND kind = 'instance'"
@@ -831,31 +834,42 @@ fn an_edge_cannot_commit_into_another_clinics_study() {
         "1",
         "the staged instance is kept (no resend on retry)"
     );
-    let listed = hub.get_json("/api/admin/ingest-refusals");
-    let r = &listed["refusals"][0];
+    // Announced now, it is refused before anything is sent.
+    rt.block_on(async { refused(edge.ask(&Request::Begin { manifest: m }, &[]).await, "begin") });
     assert_eq!(
-        (
-            &r["calling_ae"],
-            &r["via"],
-            &r["clinic_id"],
-            &r["owner_clinic"],
-            &r["level"]
-        ),
-        (
-            &"clinic-b-edge".into(),
-            &"relay".into(),
-            &"clinic-b".into(),
-            &"clinic-a".into(),
-            &"study".into()
-        ),
-        "{listed}"
+        hub.sqlite("SELECT study_uid, clinic_id, num_instances, status FROM studies"),
+        before
     );
+    assert_eq!(hub.sqlite("SELECT COUNT(*) FROM instances"), "1");
+    let listed = hub.get_json("/api/admin/ingest-refusals");
+    let all = listed["refusals"].as_array().expect("refusals");
+    assert_eq!(all.len(), 3, "{listed}");
+    for r in all {
+        assert_eq!(
+            (
+                &r["calling_ae"],
+                &r["via"],
+                &r["clinic_id"],
+                &r["owner_clinic"],
+                &r["level"]
+            ),
+            (
+                &"clinic-b-edge".into(),
+                &"relay".into(),
+                &"clinic-b".into(),
+                &"clinic-a".into(),
+                &"study".into()
+            ),
+            "{listed}"
+        );
+    }
 }
 
-fn hub_sop_of(path: &Path) -> String {
+/// One element's value from a Part 10 file (dcmdump).
+fn dcm_value(path: &Path, tag: &str) -> String {
     let o = run({
         let mut c = Command::new("dcmdump");
-        c.args(["-q", "+P", "0008,0018", "-s"]).arg(path);
+        c.args(["-q", "+P", tag, "-s"]).arg(path);
         c
     });
     let t = String::from_utf8_lossy(&o.stdout).to_string();

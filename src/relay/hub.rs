@@ -245,6 +245,11 @@ async fn handle(
     let pool = hub.index.pool();
     match req {
         Request::Begin { manifest } => {
+            // A study that collides with another clinic's data is refused
+            // before it crosses the WAN (and again at commit, which holds).
+            if let Some(c) = hub.index.first_conflict(&as_filed(edge, &manifest, now_ms())).await? {
+                return Err(refuse_conflict(hub, edge, &c).await);
+            }
             let json = serde_json::to_string(&manifest).map_err(|e| HandleError::Refuse(e.to_string(), false))?;
             let h = store::begin(pool, &edge.name, &edge.clinic_id, &manifest, &json, now_ms()).await?;
             info!(study_uid = %manifest.study_uid, instances = manifest.instances.len(),
@@ -483,16 +488,7 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
     // `archive::index::Conflict`): refused before any file moves, so the
     // staged study stays as it is for an administrator to sort out.
     let now = now_ms();
-    let items_meta: Vec<crate::archive::index::NewInstance> = manifest
-        .instances
-        .iter()
-        .map(|i| crate::archive::index::NewInstance {
-            clinic_id: edge.clinic_id.clone(),
-            stable_after_ms: 0,
-            received_ms: now,
-            ..i.meta.clone()
-        })
-        .collect();
+    let items_meta = as_filed(edge, &manifest, now);
     if let Some(c) = hub.index.first_conflict(&items_meta).await? {
         return Err(refuse_conflict(hub, edge, &c).await);
     }
@@ -597,6 +593,22 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         },
         Vec::new(),
     ))
+}
+
+/// The manifest's instances as the hub files them: the edge's clinic (the
+/// hub's own record, never the edge's word), no stability wait (the study
+/// is complete), received now.
+fn as_filed(edge: &EdgeRow, manifest: &Manifest, now: i64) -> Vec<crate::archive::index::NewInstance> {
+    manifest
+        .instances
+        .iter()
+        .map(|i| crate::archive::index::NewInstance {
+            clinic_id: edge.clinic_id.clone(),
+            stable_after_ms: 0,
+            received_ms: now,
+            ..i.meta.clone()
+        })
+        .collect()
 }
 
 /// Audits a study refused because one of its instances collides with data
