@@ -110,6 +110,29 @@ pub struct DicomConfig {
     pub min_free_bytes: u64,
     /// Extra (e.g. private) SOP classes to accept for storage.
     pub extra_sop_classes: Vec<String>,
+    // -- Overload limits (issue 16): what one peer may hold, and how long.
+    /// Concurrent associations of one calling AE title (default: a quarter
+    /// of `max_associations`, at least 1), so one sender always leaves
+    /// slots for the others; more are rejected (transient, local limit
+    /// exceeded). See [`DicomConfig::per_ae_limit`].
+    pub max_associations_per_ae: Option<usize>,
+    /// Seconds from TCP accept (and TLS handshake) to a complete
+    /// A-ASSOCIATE-RQ; a peer that sends nothing or trickles it is cut.
+    pub association_request_timeout_secs: u64,
+    /// Once a message (command and dataset) has been arriving for
+    /// `idle_timeout_secs`, it must have averaged at least this many bytes
+    /// per second since, or the association is aborted; a single PDU must
+    /// arrive within `idle_timeout_secs`. 0 disables the rate check.
+    pub min_receive_bytes_per_sec: u64,
+}
+
+impl DicomConfig {
+    /// The per-calling-AE association cap in force.
+    pub fn per_ae_limit(&self) -> usize {
+        self.max_associations_per_ae
+            .unwrap_or(self.max_associations / 4)
+            .clamp(1, self.max_associations.max(1))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +422,9 @@ impl Default for DicomConfig {
             recv_buffer_bytes: 4 << 20,
             min_free_bytes: 256 << 20,
             extra_sop_classes: Vec::new(),
+            max_associations_per_ae: None,
+            association_request_timeout_secs: 30,
+            min_receive_bytes_per_sec: 1024,
         }
     }
 }
@@ -525,6 +551,14 @@ impl Config {
         if self.dicom.idle_timeout_secs == 0 {
             return bad("dicom.idle_timeout_secs must be at least 1".into());
         }
+        if let Some(n) = self.dicom.max_associations_per_ae
+            && (n == 0 || n > self.dicom.max_associations)
+        {
+            return bad("dicom.max_associations_per_ae must be between 1 and max_associations".into());
+        }
+        if self.dicom.association_request_timeout_secs == 0 {
+            return bad("dicom.association_request_timeout_secs must be at least 1".into());
+        }
         if self.stability.stable_after_secs.is_nan() || self.stability.stable_after_secs <= 0.0 {
             return bad("stability.stable_after_secs must be positive".into());
         }
@@ -629,6 +663,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.dicom.idle_timeout_secs)
+    }
+
+    pub fn association_request_timeout(&self) -> Duration {
+        Duration::from_secs(self.dicom.association_request_timeout_secs)
     }
 }
 

@@ -76,6 +76,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/admin/turnaround", get(admin::turnaround))
         .route("/api/admin/audit", get(admin::audit_log))
         .route("/api/admin/deliveries", get(admin::deliveries))
+        .route("/api/admin/ingest-refusals", get(admin::ingest_refusals))
         .route("/api/admin/relay", get(relay::admin_relay))
         .route("/api/relay/arriving", get(relay::arriving))
         .route("/api/relay/arriving/{uid}/{kind}", get(relay::arriving_image))

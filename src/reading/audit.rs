@@ -37,6 +37,113 @@ pub async fn record_raw(
     }
 }
 
+/// Audit action of an instance refused at ingest (see
+/// `archive::index::Conflict`), by the SCP or the relay hub.
+pub const INGEST_REFUSED: &str = "ingest_refused";
+
+/// Records a refused instance: `who` is the calling AE (role "dicom") or
+/// the edge (role "relay"), `clinic` the sender's clinic. The detail is
+/// `key=value` words (UIDs, clinic ids and tokens only: never a patient
+/// attribute), read back by [`ingest_refusals`].
+pub async fn record_ingest_refusal(
+    pool: &SqlitePool,
+    at_ms: i64,
+    who: &str,
+    role: &str,
+    clinic: &str,
+    c: &crate::archive::index::Conflict,
+    remote: &str,
+) {
+    let mut detail = format!(
+        "level={} reason={} clinic={} sop={} series={}",
+        c.level.token(),
+        c.reason_token(),
+        word(clinic),
+        c.sop_instance_uid,
+        c.series_uid
+    );
+    if let Some(owner) = c.owner() {
+        detail.push_str(&format!(" owner={}", word(owner)));
+    }
+    record_raw(
+        pool,
+        at_ms,
+        who,
+        role,
+        INGEST_REFUSED,
+        Some(&c.study_uid),
+        Some(&detail),
+        remote,
+    )
+    .await;
+}
+
+/// A clinic id as one `key=value` word (ids are short tokens; a space or
+/// `=` would split the word).
+fn word(v: &str) -> String {
+    v.chars()
+        .map(|c| if c.is_whitespace() || c == '=' { '_' } else { c })
+        .collect()
+}
+
+/// One instance refused at ingest, for the admin page.
+#[derive(Debug, serde::Serialize, PartialEq)]
+pub struct IngestRefusal {
+    pub at_ms: i64,
+    /// The calling AE title, or the edge's name.
+    pub calling_ae: String,
+    /// "dicom" (an association) or "relay" (an edge's study).
+    pub via: String,
+    pub clinic_id: String,
+    /// "study", "series" or "instance": the level whose UID collided.
+    pub level: String,
+    /// "other-clinic", "other-study" or "other-series".
+    pub reason: String,
+    /// The clinic whose data it collided with (other-clinic only).
+    pub owner_clinic: Option<String>,
+    pub study_uid: Option<String>,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub remote: Option<String>,
+}
+
+/// The latest instances refused at ingest, newest first.
+pub async fn ingest_refusals(pool: &SqlitePool, limit: i64) -> Result<Vec<IngestRefusal>, sqlx::Error> {
+    let events = query(
+        pool,
+        &AuditQuery {
+            action: Some(INGEST_REFUSED.into()),
+            limit: Some(limit),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(events.into_iter().map(refusal_of).collect())
+}
+
+fn refusal_of(e: AuditEvent) -> IngestRefusal {
+    let detail = e.detail.unwrap_or_default();
+    let get = |k: &str| {
+        detail
+            .split(' ')
+            .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    IngestRefusal {
+        at_ms: e.at_ms,
+        calling_ae: e.username,
+        via: e.role,
+        clinic_id: get("clinic").unwrap_or_default(),
+        level: get("level").unwrap_or_default(),
+        reason: get("reason").unwrap_or_default(),
+        owner_clinic: get("owner"),
+        study_uid: e.study_uid,
+        series_uid: get("series").unwrap_or_default(),
+        sop_instance_uid: get("sop").unwrap_or_default(),
+        remote: e.remote,
+    }
+}
+
 pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Option<&str>, detail: Option<&str>) {
     record_raw(
         pool,
@@ -230,6 +337,36 @@ pub fn to_csv(events: &[AuditEvent]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_details_read_back() {
+        let e = AuditEvent {
+            at_ms: 5,
+            username: "CT_B".into(),
+            role: "dicom".into(),
+            action: INGEST_REFUSED.into(),
+            study_uid: Some("1.2.3".into()),
+            detail: Some(
+                "level=series reason=other-clinic clinic=clinic-b sop=1.2.3.4 series=1.2.3.5 owner=clinic-a".into(),
+            ),
+            remote: Some("127.0.0.1:5".into()),
+        };
+        let r = refusal_of(e);
+        assert_eq!(
+            (
+                r.level.as_str(),
+                r.reason.as_str(),
+                r.clinic_id.as_str(),
+                r.owner_clinic.as_deref()
+            ),
+            ("series", "other-clinic", "clinic-b", Some("clinic-a"))
+        );
+        assert_eq!(
+            (r.sop_instance_uid.as_str(), r.series_uid.as_str()),
+            ("1.2.3.4", "1.2.3.5")
+        );
+        assert_eq!(word("a b=c"), "a_b_c");
+    }
 
     #[test]
     fn csv_quotes_and_defuses_formulas() {

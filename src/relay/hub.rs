@@ -195,6 +195,15 @@ async fn stream(
         }
         Err(e) => return Err(e),
     };
+    // Nothing an edge sends reaches a path, a query or a page unchecked.
+    if let Err(e) = req.check() {
+        warn!(error = %e, "relay request refused");
+        let r = Response::Error {
+            message: format!("refused: {e}"),
+            retry: false,
+        };
+        return respond(&mut send, &r, &[]).await;
+    }
     let (resp, body) = match handle(hub, edge, req, &mut recv).await {
         Ok(v) => v,
         Err(HandleError::Link(e)) => return Err(e),
@@ -227,10 +236,6 @@ impl From<crate::archive::index::IndexError> for HandleError {
     }
 }
 
-fn valid_uid(u: &str) -> bool {
-    !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-}
-
 async fn handle(
     hub: &Hub,
     edge: &EdgeRow,
@@ -240,16 +245,10 @@ async fn handle(
     let pool = hub.index.pool();
     match req {
         Request::Begin { manifest } => {
-            if !valid_uid(&manifest.study_uid)
-                || manifest
-                    .instances
-                    .iter()
-                    .any(|i| !valid_uid(&i.meta.sop_instance_uid) || i.meta.study_uid != manifest.study_uid)
-            {
-                return Err(HandleError::Refuse(
-                    "manifest with invalid or foreign UIDs".into(),
-                    false,
-                ));
+            // A study that collides with another clinic's data is refused
+            // before it crosses the WAN (and again at commit, which holds).
+            if let Some(c) = hub.index.first_conflict(&as_filed(edge, &manifest, now_ms())).await? {
+                return Err(refuse_conflict(hub, edge, &c).await);
             }
             let json = serde_json::to_string(&manifest).map_err(|e| HandleError::Refuse(e.to_string(), false))?;
             let h = store::begin(pool, &edge.name, &edge.clinic_id, &manifest, &json, now_ms()).await?;
@@ -264,14 +263,17 @@ async fn handle(
             ))
         }
         Request::Previews { study_uid, items } => {
-            if !valid_uid(&study_uid)
-                || items
-                    .iter()
-                    .any(|i| !valid_uid(&i.sop_uid) || !matches!(i.kind.as_str(), "thumb" | "preview" | "mid" | "cine"))
-            {
-                return Err(HandleError::Refuse("previews with invalid UIDs or kinds".into(), false));
-            }
-            let total: u64 = items.iter().map(|i| i.len).sum();
+            let total = items
+                .iter()
+                .try_fold(0u64, |t, i| t.checked_add(i.len))
+                .ok_or_else(|| HandleError::Refuse("preview lengths overflow".into(), false))?;
+            // The permit before the body: bodies in memory are bounded for
+            // all edges and streams together, not per stream.
+            let _permit = hub
+                .inflight
+                .acquire()
+                .await
+                .map_err(|_| HandleError::Refuse("hub shutting down".into(), true))?;
             let body = read_body(recv, total, hub.cfg.relay.max_bundle_mb << 20).await?;
             let dir = hub.staging.join(&edge.name).join(&study_uid);
             let items2 = items.clone();
@@ -345,12 +347,13 @@ async fn handle(
             if plain_total > max.saturating_mul(4) {
                 return Err(HandleError::Refuse("bundle too large".into(), false));
             }
-            let body = read_body(recv, body_len, max).await?;
+            // The permit before the body (see Previews).
             let _permit = hub
                 .inflight
                 .acquire()
                 .await
                 .map_err(|_| HandleError::Refuse("hub shutting down".into(), true))?;
+            let body = read_body(recv, body_len, max).await?;
             let dir = hub.staging.join(&edge.name).join(&study_uid);
             let ts: HashMap<String, String> = members
                 .iter()
@@ -479,6 +482,14 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
             previews.entry(s.sop_uid.as_str()).or_default().push(s);
         }
     }
+    // The edge's clinic may not file into other data (see
+    // `archive::index::Conflict`): refused before any file moves, so the
+    // staged study stays as it is for an administrator to sort out.
+    let now = now_ms();
+    let items_meta = as_filed(edge, &manifest, now);
+    if let Some(c) = hub.index.first_conflict(&items_meta).await? {
+        return Err(refuse_conflict(hub, edge, &c).await);
+    }
     let missing: Vec<String> = manifest
         .instances
         .iter()
@@ -517,26 +528,21 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         }
         Err(PlaceError::Io(e)) => return Err(HandleError::Refuse(format!("placing files: {e}"), true)),
     };
-    let now = now_ms();
     let items: Vec<CommitItem> = manifest
         .instances
         .iter()
-        .filter_map(|i| {
+        .zip(items_meta)
+        .filter_map(|(i, inst)| {
             let (file, has_previews) = placed.get(&i.meta.sop_instance_uid)?;
             Some(CommitItem {
-                inst: crate::archive::index::NewInstance {
-                    clinic_id: edge.clinic_id.clone(),
-                    stable_after_ms: 0,
-                    received_ms: now,
-                    ..i.meta.clone()
-                },
+                inst,
                 file: file.clone(),
                 previews: *has_previews,
                 cine_frames: i.cine_frames,
             })
         })
         .collect();
-    let (new, dup) = store::commit_study(
+    let committed = store::commit_study(
         pool,
         &edge.name,
         study_uid,
@@ -545,7 +551,20 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         inb.clinical_question.as_deref(),
         now,
     )
-    .await?;
+    .await;
+    let (new, dup) = match committed {
+        Ok(v) => v,
+        Err(crate::archive::index::IndexError::Conflict(c)) => {
+            // Lost a race since the check above: take back the files this
+            // commit put in place (nothing refers to them), then refuse.
+            let archive = hub.archive.clone();
+            let created: Vec<Committed> = items.iter().map(|i| i.file.clone()).filter(|f| f.created).collect();
+            let _ = tokio::task::spawn_blocking(move || created.iter().for_each(|f| archive.discard(f))).await;
+            let _ = store::unstage_all(pool, &edge.name, study_uid).await;
+            return Err(refuse_conflict(hub, edge, &c).await);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
     let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
     let began = sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = ? AND study_uid = ?")
@@ -572,6 +591,44 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         },
         Vec::new(),
     ))
+}
+
+/// The manifest's instances as the hub files them: the edge's clinic (the
+/// hub's own record, never the edge's word), no stability wait (the study
+/// is complete), received now.
+fn as_filed(edge: &EdgeRow, manifest: &Manifest, now: i64) -> Vec<crate::archive::index::NewInstance> {
+    manifest
+        .instances
+        .iter()
+        .map(|i| crate::archive::index::NewInstance {
+            clinic_id: edge.clinic_id.clone(),
+            stable_after_ms: 0,
+            received_ms: now,
+            ..i.meta.clone()
+        })
+        .collect()
+}
+
+/// Audits a study refused because one of its instances collides with data
+/// the edge's clinic does not own, and words the refusal for the edge.
+async fn refuse_conflict(hub: &Hub, edge: &EdgeRow, c: &crate::archive::index::Conflict) -> HandleError {
+    warn!(
+        study_uid = %c.study_uid,
+        level = c.level.token(),
+        reason = c.reason_token(),
+        "study refused: an instance's UIDs belong elsewhere"
+    );
+    crate::reading::audit::record_ingest_refusal(
+        hub.index.pool(),
+        now_ms(),
+        &edge.name,
+        "relay",
+        &edge.clinic_id,
+        c,
+        edge.last_addr.as_deref().unwrap_or_default(),
+    )
+    .await;
+    HandleError::Refuse(format!("refused: instance {}: {c}", c.sop_instance_uid), false)
 }
 
 /// (SOP UID, staged path, content hash, [(preview kind, staged path)]).

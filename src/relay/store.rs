@@ -307,6 +307,17 @@ pub async fn unstage(pool: &SqlitePool, edge: &str, study_uid: &str, sop_uid: &s
     Ok(())
 }
 
+/// Forget every staged part of a study (its files are gone), so the edge
+/// sends it again in full.
+pub async fn unstage_all(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<(), IndexError> {
+    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ?")
+        .bind(edge)
+        .bind(study_uid)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub struct Inbound {
     pub clinic_id: String,
     pub state: String,
