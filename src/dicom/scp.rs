@@ -816,6 +816,7 @@ impl Session {
         let t = Instant::now();
         match self.scp.index.store_when_durable(inst, planned, Some(durable)).await {
             Ok((o, committed)) => {
+                self.scp.archive.settle(&committed, true);
                 tracing::trace!(index_us = t.elapsed().as_micros() as u64, "indexed");
                 debug!(study = %study, outcome = ?o, "instance stored");
                 let version = match o {
@@ -840,7 +841,7 @@ impl Session {
                 // Keep archive and index consistent: no file without an index row.
                 if let StoreError::Index { file: Some(c), .. } = &e {
                     let (archive, c) = (self.scp.archive.clone(), c.clone());
-                    let _ = tokio::task::spawn_blocking(move || archive.discard(&c)).await;
+                    let _ = tokio::task::spawn_blocking(move || archive.settle(&c, false)).await;
                 }
                 if let StoreError::Index {
                     source: IndexError::Conflict(c),
@@ -958,7 +959,11 @@ fn receive_instance(
             let t = std::time::Instant::now();
             let r = p.archive.commit(written);
             tracing::trace!(durable_us = t.elapsed().as_micros() as u64, "instance durable");
-            let _ = durable.send(r);
+            // Nobody waits for it (the index writer failed the request
+            // before its gate): no index row will refer to the file.
+            if let Err(Ok(c)) = durable.send(r) {
+                p.archive.settle(&c, false);
+            }
         }
         Err(f) => {
             let _ = ready.send(Err(f));

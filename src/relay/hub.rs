@@ -552,18 +552,30 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         now,
     )
     .await;
+    // Every placed file is settled: kept when indexed, or when this failure
+    // is one a retry resolves (the files stay in place and are accepted as
+    // they are then); taken back when the study is refused for good.
+    let settle = |keep: bool| {
+        let archive = hub.archive.clone();
+        let files: Vec<Committed> = placed.values().map(|(c, _)| c.clone()).collect();
+        tokio::task::spawn_blocking(move || files.iter().for_each(|f| archive.settle(f, keep)))
+    };
     let (new, dup) = match committed {
-        Ok(v) => v,
+        Ok(v) => {
+            let _ = settle(true).await;
+            v
+        }
         Err(crate::archive::index::IndexError::Conflict(c)) => {
             // Lost a race since the check above: take back the files this
             // commit put in place (nothing refers to them), then refuse.
-            let archive = hub.archive.clone();
-            let created: Vec<Committed> = items.iter().map(|i| i.file.clone()).filter(|f| f.created).collect();
-            let _ = tokio::task::spawn_blocking(move || created.iter().for_each(|f| archive.discard(f))).await;
+            let _ = settle(false).await;
             let _ = store::unstage_all(pool, &edge.name, study_uid).await;
             return Err(refuse_conflict(hub, edge, &c).await);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            let _ = settle(true).await;
+            return Err(e.into());
+        }
     };
     let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
     let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
@@ -643,52 +655,47 @@ enum PlaceError {
 /// archive, fsync the directories touched. Returns, per SOP UID, the
 /// committed file and whether its thumbnail and preview came along.
 fn place_files(archive: &Archive, moves: Vec<Move>) -> Result<HashMap<String, (Committed, bool)>, PlaceError> {
-    let mut out = HashMap::new();
+    let mut out: HashMap<String, (Committed, bool)> = HashMap::new();
+    let placed = place_each(archive, moves, &mut out);
+    if placed.is_err() {
+        // Nothing refers to what this attempt moved: a retry stages again.
+        for (c, _) in out.values() {
+            archive.settle(c, false);
+        }
+    }
+    placed.map(|()| out)
+}
+
+fn place_each(
+    archive: &Archive,
+    moves: Vec<Move>,
+    out: &mut HashMap<String, (Committed, bool)>,
+) -> Result<(), PlaceError> {
     let mut dirs: HashSet<PathBuf> = HashSet::new();
     for (sop, staged, sha, previews) in moves {
-        let rel_path = format!("instances/{}/{sha}.dcm", &sha[..2.min(sha.len())]);
-        let dest = archive.path_of(&rel_path);
+        let committed = archive
+            .place(Path::new(&staged), &sha)
+            .map_err(PlaceError::Io)?
+            .ok_or_else(|| PlaceError::Vanished(sop.clone()))?;
+        let dest = archive.path_of(&committed.rel_path);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::create_dir_all(&dir).map_err(PlaceError::Io)?;
-        let staged = PathBuf::from(staged);
-        let created = if dest.exists() {
-            let _ = std::fs::remove_file(&staged);
-            false
-        } else if staged.exists() {
-            std::fs::rename(&staged, &dest).map_err(PlaceError::Io)?;
-            true
-        } else {
-            return Err(PlaceError::Vanished(sop));
-        };
         dirs.insert(dir);
-        let size = std::fs::metadata(&dest).map_err(PlaceError::Io)?.len();
         let mut kinds = HashSet::new();
         for (kind, path) in previews {
-            let to = crate::imaging::worker::render_path(archive, &rel_path, &kind);
+            let to = crate::imaging::worker::render_path(archive, &committed.rel_path, &kind);
             if std::fs::rename(&path, &to).is_ok() || to.exists() {
                 kinds.insert(kind);
             }
         }
         let has_previews = kinds.contains("thumb") && kinds.contains("preview");
-        out.insert(
-            sop,
-            (
-                Committed {
-                    rel_path,
-                    sha256: sha,
-                    size,
-                    created,
-                },
-                has_previews,
-            ),
-        );
+        out.insert(sop, (committed, has_previews));
     }
     for d in dirs {
         std::fs::File::open(&d)
             .and_then(|f| f.sync_all())
             .map_err(PlaceError::Io)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The way back: waits (up to `wait_ms`, bounded) for reports for this
