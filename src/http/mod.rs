@@ -11,6 +11,7 @@ pub mod error;
 pub mod images;
 pub mod reading;
 pub mod relay;
+mod signal_session;
 pub mod zipstream;
 
 use std::sync::Arc;
