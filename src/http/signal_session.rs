@@ -120,9 +120,21 @@ pub(super) async fn run(s: &Services, ws: WebSocket, mut rx: ClientRx, participa
             })));
             let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
         }
-        End::Gone => {}
+        End::Gone => return,
         End::Close(code, why) => close(&mut sink, code, &why).await,
     }
+    // Read on until the page answers the close: closing the socket while
+    // its frames keep arriving (a flood) would reset the connection, and a
+    // reset makes the page's system discard what it had not read yet, our
+    // `error` and close frame included.
+    let answered = async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, answered).await;
 }
 
 /// The page's frames, charged and forwarded to the engine.
@@ -140,7 +152,11 @@ where
     loop {
         let frame = match tokio::time::timeout(WS_IDLE, stream.next()).await {
             Err(_) => return End::Close(ErrorCode::BadState, "no message for 60 s".into()),
-            Ok(None) | Ok(Some(Err(_))) => return End::Gone,
+            Ok(None) => return End::Gone,
+            Ok(Some(Err(e))) => {
+                tracing::debug!(participant, error = %e, "signaling read failed");
+                return End::Gone;
+            }
             Ok(Some(Ok(m))) => m,
         };
         // None: a WebSocket ping or pong (answered by the WebSocket layer).
@@ -218,7 +234,14 @@ where
         };
         match sent {
             Ok(true) => {}
-            Ok(false) | Err(_) => return End::Gone,
+            Ok(false) => {
+                tracing::debug!("signaling write failed");
+                return End::Gone;
+            }
+            Err(_) => {
+                tracing::debug!("signaling write timed out: the page does not read");
+                return End::Gone;
+            }
         }
     }
 }
