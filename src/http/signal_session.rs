@@ -25,7 +25,7 @@ use crate::app::Services;
 use crate::sfu::client_queue::ClientRx;
 use crate::sfu::engine::Command;
 use crate::sfu::protocol::{ClientMsg, ErrorCode, ServerMsg, error as sig_error, parse_client};
-use crate::sfu::ratelimit::{JOIN_COST, Verdict, cost};
+use crate::sfu::ratelimit::{Verdict, cost};
 
 /// A browser that sends nothing (not even `ping`) for this long is gone.
 pub(super) const WS_IDLE: Duration = Duration::from_secs(60);
@@ -80,19 +80,17 @@ where
     let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
 }
 
-/// Charges a join to the participant's budget (a page reconnecting in a
-/// loop costs the room a leave and a join each time).
+/// Whether the participant may join now (a page reconnecting in a loop
+/// costs the room a leave and a join each time; see `sfu::ratelimit`).
 pub(super) fn admit(s: &Services, participant: &str) -> Result<(), (ErrorCode, String)> {
-    match s.sfu.signal_limits.check(participant, Instant::now(), JOIN_COST) {
-        Verdict::Allow => Ok(()),
-        Verdict::Refuse { .. } | Verdict::Cut => {
-            s.sfu.metrics.signal_rate_limited.fetch_add(1, Relaxed);
-            Err((
-                ErrorCode::RateLimited,
-                "joining too often; wait a moment before rejoining".into(),
-            ))
-        }
+    if s.sfu.signal_limits.join(participant, Instant::now()) {
+        return Ok(());
     }
+    s.sfu.metrics.signal_rate_limited.fetch_add(1, Relaxed);
+    Err((
+        ErrorCode::RateLimited,
+        "joining too often; wait a moment before rejoining".into(),
+    ))
 }
 
 /// Runs a joined session until it ends, then takes the participant out of

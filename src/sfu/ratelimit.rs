@@ -21,8 +21,12 @@
 //! 10 a second. `ratelimit::tests` plays that page against it.
 //!
 //! The state is keyed by participant, not by connection, so reconnecting
-//! does not refill the bucket (and a join is charged too). Pure: time is
-//! passed in.
+//! does not refill the bucket. Joining is bounded on its own (each one
+//! tells the whole room twice): a few a second at most, and none while the
+//! participant's strikes are still high from being cut. A join grants a few
+//! tokens (a reconnecting page needs an offer and its answers at once),
+//! which is all a page that reconnects in a loop gains by it. Pure: time
+//! is passed in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,8 +46,13 @@ pub const STRIKE_LEAK_PER_SEC: f64 = 2.0;
 /// A refused participant is told at most this often (the refusals must not
 /// become a flood of their own).
 pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
-/// What joining costs (two peer connections, and the room is told).
-pub const JOIN_COST: u32 = 5;
+/// Joins a participant may make at once, and regains per second: a page
+/// rejoins after a dropped link with a backoff of seconds, and a user
+/// reloading cannot click faster; a loop of rejoins is stopped here.
+pub const JOIN_BURST: f64 = 20.0;
+pub const JOINS_PER_SEC: f64 = 5.0;
+/// Tokens a join adds (up to [`BURST`]): a fresh page's offer and answers.
+pub const JOIN_GRANT: f64 = 20.0;
 /// Participants remembered at once (far above the rooms' seats; at-rest
 /// entries are forgotten first, and forgetting one loses nothing).
 const MAX_TRACKED: usize = 1 << 16;
@@ -75,6 +84,12 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// Adds `n` tokens, up to the capacity.
+    pub fn grant(&mut self, now: Instant, n: f64) {
+        self.refill(now);
+        self.tokens = (self.tokens + n).min(self.capacity);
+    }
+
     /// A full bucket.
     pub fn new(capacity: f64, per_sec: f64) -> TokenBucket {
         TokenBucket {
@@ -126,6 +141,7 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct SignalLimiter {
     bucket: TokenBucket,
+    joins: TokenBucket,
     strikes: f64,
     strikes_at: Option<Instant>,
     noticed_at: Option<Instant>,
@@ -135,6 +151,7 @@ impl Default for SignalLimiter {
     fn default() -> Self {
         SignalLimiter {
             bucket: TokenBucket::new(BURST, REFILL_PER_SEC),
+            joins: TokenBucket::new(JOIN_BURST, JOINS_PER_SEC),
             strikes: 0.0,
             strikes_at: None,
             noticed_at: None,
@@ -149,6 +166,19 @@ impl SignalLimiter {
             self.strikes = (self.strikes - dt * STRIKE_LEAK_PER_SEC).max(0.0);
         }
         self.strikes_at = Some(self.strikes_at.map_or(now, |a| a.max(now)));
+    }
+
+    /// Whether the participant may join (again) now; a join grants
+    /// [`JOIN_GRANT`] tokens.
+    pub fn join(&mut self, now: Instant) -> bool {
+        self.leak(now);
+        // Cut for going on over the limit: not back before half the strikes
+        // have leaked away.
+        if self.strikes >= MAX_STRIKES / 2.0 || !self.joins.try_take(now, 1.0) {
+            return false;
+        }
+        self.bucket.grant(now, JOIN_GRANT);
+        true
     }
 
     /// Whether a message costing `cost` may go through now.
@@ -173,7 +203,7 @@ impl SignalLimiter {
     /// Nothing owed: forgetting this limiter changes nothing.
     fn at_rest(&mut self, now: Instant) -> bool {
         self.leak(now);
-        self.strikes == 0.0 && self.bucket.is_full(now)
+        self.strikes == 0.0 && self.bucket.is_full(now) && self.joins.is_full(now)
     }
 }
 
@@ -185,10 +215,20 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// A message of `participant` costing `cost`.
     pub fn check(&self, participant: &str, now: Instant, cost: u32) -> Verdict {
+        self.with(participant, now, |l| l.check(now, cost))
+    }
+
+    /// `participant` joins (see [`SignalLimiter::join`]).
+    pub fn join(&self, participant: &str, now: Instant) -> bool {
+        self.with(participant, now, |l| l.join(now))
+    }
+
+    fn with<T>(&self, participant: &str, now: Instant, f: impl FnOnce(&mut SignalLimiter) -> T) -> T {
         let mut map = self.by_participant.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = map.get_mut(participant) {
-            return l.check(now, cost);
+            return f(l);
         }
         if map.len() >= MAX_TRACKED {
             map.retain(|_, l| !l.at_rest(now));
@@ -199,7 +239,7 @@ impl Limits {
             }
         }
         let mut l = SignalLimiter::default();
-        let v = l.check(now, cost);
+        let v = f(&mut l);
         map.insert(participant.to_string(), l);
         v
     }
@@ -253,7 +293,7 @@ mod tests {
                 assert_eq!(l.check(t, cost(Some(&msg(m)))), Verdict::Allow, "{m} refused");
             }
         };
-        assert_eq!(l.check(t, JOIN_COST), Verdict::Allow);
+        assert!(l.join(t));
         let offer = r#"{"type":"offer","pc":"pub","sdp":"v=0","tracks":{}}"#;
         let answer = r#"{"type":"answer","pc":"sub","sdp":"v=0"}"#;
         spent(&mut l, t, offer, 3);
@@ -270,7 +310,7 @@ mod tests {
         }
         // A dropped link: the page rejoins (same participant) and starts over.
         t += Duration::from_secs(1);
-        assert_eq!(l.check(t, JOIN_COST), Verdict::Allow);
+        assert!(l.join(t));
         spent(&mut l, t, offer, 3);
         spent(&mut l, t, answer, 5);
         // An hour: a ping every 15 s, a screen share toggled every minute.
@@ -329,6 +369,56 @@ mod tests {
             t += Duration::from_secs(10);
         }
         assert!(refused >= 60 * 10, "{refused}");
+    }
+
+    /// A test page (or a user on a flapping link) that joins, negotiates
+    /// and leaves over and over, a few times a second: never refused. A
+    /// loop of rejoins faster than that is.
+    #[test]
+    fn rejoining_pays_for_its_negotiation_but_a_join_loop_is_stopped() {
+        let t0 = Instant::now();
+        let mut l = SignalLimiter::default();
+        let offer = cost(Some(&msg(r#"{"type":"offer","pc":"pub","sdp":"v=0","tracks":{}}"#)));
+        let answer = cost(Some(&msg(r#"{"type":"answer","pc":"sub","sdp":"v=0"}"#)));
+        let mut t = t0;
+        for i in 0..1000 {
+            assert!(l.join(t), "join {i} refused");
+            assert_eq!(l.check(t, offer), Verdict::Allow, "cycle {i}");
+            assert_eq!(l.check(t, answer), Verdict::Allow, "cycle {i}");
+            t += Duration::from_millis(200);
+        }
+        let joined = (0..100).filter(|_| l.join(t)).count();
+        assert_eq!(joined, JOIN_BURST as usize, "a join loop");
+    }
+
+    #[test]
+    fn a_participant_cut_for_flooding_cannot_rejoin_at_once_or_refill_by_rejoining() {
+        let t0 = Instant::now();
+        let mut l = SignalLimiter::default();
+        assert!(l.join(t0));
+        while l.check(t0, 1) != Verdict::Cut {}
+        assert!(!l.join(t0), "rejoined right after being cut");
+        // Once most strikes have leaked away it may come back, with what
+        // its bucket regained and the join's grant, not a full bucket.
+        let later = t0 + Duration::from_secs(15);
+        assert!(l.join(later));
+        let allowed = (0..1000).take_while(|_| l.check(later, 1) == Verdict::Allow).count();
+        assert!(allowed <= BURST as usize, "{allowed}");
+        // Rejoining in a loop (100 times a second) gains only the grants of
+        // the joins it is allowed: over ten seconds, the join burst, then
+        // about 110 messages a second instead of 10, not thousands.
+        let mut t = later + Duration::from_secs(60);
+        assert!(l.join(t));
+        while l.check(t, 1) == Verdict::Allow {}
+        let mut gained = 0;
+        for _ in 0..1000 {
+            t += Duration::from_millis(10);
+            if l.join(t) {
+                gained += (0..1000).take_while(|_| l.check(t, 1) == Verdict::Allow).count();
+            }
+        }
+        let bound = 10.0 * (REFILL_PER_SEC + JOINS_PER_SEC * JOIN_GRANT) + JOIN_BURST * JOIN_GRANT;
+        assert!(gained as f64 <= bound + 1.0, "{gained} > {bound}");
     }
 
     #[test]

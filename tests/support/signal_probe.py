@@ -12,7 +12,8 @@ and, by scenario, the other sockets' messages.
 Scenarios with a second participant:
 - flood: the --token viewer overshoots its budget once ("overshoot": what
   it was sent), then sends pings as fast as it can while the presenter
-  waits; then the presenter pings. "messages"/"close_code" are the flooder's.
+  waits, then tries to join again at once ("rejoin", "rejoin_close_code");
+  then the presenter pings. "messages"/"close_code" are the flooder's.
 - stall: the --presenter-token socket (small receive window) stops reading
   after sending pub offers, whose answers are large; then the second
   presenter (--other-token) toggles its mute, each a message to the stalled
@@ -179,8 +180,8 @@ async def flood(args, ctx, out):
         await vw.send(join_msg(args.token))
         out["messages"] += await drain_until(vw, is_type("joined"))
         me = out["messages"][-1]["me"]["id"]
-        # Overshoot once: 110 pings at once (the budget is 100, the join
-        # took 5), then a pause, then one more ping.
+        # Overshoot once: 110 pings at once (the budget is 100), then a
+        # pause, then one more ping.
         for _ in range(110):
             await vw.send(json.dumps({"type": "ping"}))
         try:
@@ -206,6 +207,11 @@ async def flood(args, ctx, out):
         out["close_code"] = await read_to_close(vw, out["messages"], 10.0)
         await sender
         out["sent"] = sent
+        # Straight back in with the same token: not yet.
+        out["rejoin"] = []
+        async with websockets.connect(args.ws, ssl=ctx, open_timeout=10) as again:
+            await again.send(join_msg(args.token))
+            out["rejoin_close_code"] = await read_to_close(again, out["rejoin"], 10.0)
         # The presenter was told the flooder left, and its own session works.
         out["presenter"] += await drain_until(
             pw, lambda m: m.get("type") == "participant_left" and m.get("id") == me, 10.0
@@ -231,9 +237,9 @@ async def stall(args, ctx, out):
             c.send({"type": "join", "token": args.presenter_token})
             c.read_until(is_type("queue"), out["messages"])
             out["me"] = next(m for m in out["messages"] if m.get("type") == "joined")["me"]["id"]
-            # From here on it reads nothing: 18 offers (90 tokens of the 95
-            # left after joining), whose ~200 KB of answers are more than
-            # the buffers between the server and this page hold.
+            # From here on it reads nothing: 18 offers (90 tokens of its
+            # 100), whose ~200 KB of answers are more than the buffers
+            # between the server and this page hold.
             try:
                 for _ in range(18):
                     c.send(offer)
