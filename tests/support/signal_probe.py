@@ -213,9 +213,12 @@ async def flood(args, ctx, out):
             await again.send(join_msg(args.token))
             out["rejoin_close_code"] = await read_to_close(again, out["rejoin"], 10.0)
         # The presenter was told the flooder left, and its own session works.
-        out["presenter"] += await drain_until(
-            pw, lambda m: m.get("type") == "participant_left" and m.get("id") == me, 10.0
-        )
+        try:
+            out["presenter"] += await drain_until(
+                pw, lambda m: m.get("type") == "participant_left" and m.get("id") == me, 10.0
+            )
+        except asyncio.TimeoutError:
+            out["presenter_timeout"] = True
         await pw.send(json.dumps({"type": "ping"}))
         msgs = await drain_until(pw, is_type("pong"))
         out["presenter"] += msgs
@@ -261,9 +264,12 @@ async def stall(args, ctx, out):
                 started = time.monotonic()
                 for i in range(90):
                     await ww.send(json.dumps({"type": "mute", "source": "mic", "muted": i % 2 == 0}))
-                out["witness"] += await drain_until(
-                    ww, lambda m: m.get("type") == "participant_left" and m.get("id") == me, 20.0
-                )
+                try:
+                    out["witness"] += await drain_until(
+                        ww, lambda m: m.get("type") == "participant_left" and m.get("id") == me, 20.0
+                    )
+                except asyncio.TimeoutError:
+                    out["witness_timeout"] = True
                 out["cut_after_s"] = round(time.monotonic() - started, 1)
             finally:
                 left.set()
