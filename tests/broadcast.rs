@@ -295,8 +295,9 @@ fn a_flooding_viewer_is_refused_then_cut_while_the_presenter_keeps_working() {
     let errors = of_type(&out, "overshoot", "error");
     assert_eq!(errors.len(), 1, "{out}");
     assert_eq!(errors[0]["code"], "rate_limited", "{out}");
+    // At most the budget, what it regained meanwhile and the last ping's.
     let pongs = of_type(&out, "overshoot", "pong").len();
-    assert!((2..=100).contains(&pongs), "{pongs} pongs: {out}");
+    assert!((2..=105).contains(&pongs), "{pongs} pongs: {out}");
     assert_eq!(
         out["overshoot"].as_array().and_then(|m| m.last()).map(|m| &m["type"]),
         Some(&json!("pong")),
