@@ -62,6 +62,14 @@ def join_msg(token):
     return json.dumps({"type": "join", "token": token})
 
 
+async def answers_ping(ws, got):
+    """Whether the session of `ws` still works: a ping is answered."""
+    await ws.send(json.dumps({"type": "ping"}))
+    msgs = await drain_until(ws, is_type("pong"))
+    got += msgs
+    return any(m.get("type") == "pong" for m in msgs)
+
+
 async def pub_offer():
     """A real pub offer (aiortc): two sending video m-lines and fourteen
     receive-only ones, the most the server takes; its answer is large."""
@@ -219,10 +227,7 @@ async def flood(args, ctx, out):
             )
         except asyncio.TimeoutError:
             out["presenter_timeout"] = True
-        await pw.send(json.dumps({"type": "ping"}))
-        msgs = await drain_until(pw, is_type("pong"))
-        out["presenter"] += msgs
-        out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
+        out["pong_after"] = await answers_ping(pw, out["presenter"])
 
 
 async def stall(args, ctx, out):
@@ -276,10 +281,7 @@ async def stall(args, ctx, out):
 
         await asyncio.gather(witness(), asyncio.to_thread(stalled))
         out["sent"] = sent
-        await ww.send(json.dumps({"type": "ping"}))
-        msgs = await drain_until(ww, is_type("pong"))
-        out["witness"] += msgs
-        out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
+        out["pong_after"] = await answers_ping(ww, out["witness"])
 
 
 async def viewers(args, ctx, out):
@@ -333,10 +335,7 @@ async def viewers(args, ctx, out):
         await p_until(is_type("live"))
         # Everything B was sent, up to the end of the broadcast's part.
         out["other"] += await drain_until(bw, lambda m: m.get("type") == "live" and not m.get("live"), 10.0)
-        await bw.send(json.dumps({"type": "ping"}))
-        msgs = await drain_until(bw, is_type("pong"))
-        out["other"] += msgs
-        out["pong_after"] = any(m.get("type") == "pong" for m in msgs)
+        out["pong_after"] = await answers_ping(bw, out["other"])
 
 
 async def run(args):
