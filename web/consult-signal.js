@@ -12,6 +12,8 @@ const MAX_FRAME = 64 * 1024;
 
 /** Error codes after which the server closes the socket for good. */
 export const FATAL_CODES = new Set(['bad_token', 'expired_token', 'room_full', 'room_closed', 'replaced']);
+/** The server's close when this page fell behind its messages (`too_slow`): worth a reconnect. */
+export const TOO_SLOW_CLOSE = 4008;
 
 export class Signal {
   /**

@@ -11,28 +11,25 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::error::ApiError;
+use super::signal_session;
 use crate::app::Services;
 use crate::reading::access::Caller;
+use crate::sfu::client_queue::{DEPTH, client_queue};
 use crate::sfu::engine::{Command, NewParticipant, SfuError};
-use crate::sfu::protocol::{
-    ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, ServerMsg, ToClient, error as sig_error, parse_client,
-};
+use crate::sfu::protocol::{ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, parse_client};
 use crate::sfu::tokens::{Claims, TokenError};
 
 type S = State<Arc<Services>>;
 
-/// A browser that sends nothing (not even `ping`) for this long is gone.
-const WS_IDLE: Duration = Duration::from_secs(60);
 /// Time allowed between opening the socket and sending `join`.
 const JOIN_WAIT: Duration = Duration::from_secs(15);
 
@@ -348,23 +345,8 @@ pub async fn signaling(State(s): S, ws: WebSocketUpgrade) -> Response {
         .on_upgrade(move |socket| session(s, socket))
 }
 
-async fn send(ws: &mut WebSocket, m: &ServerMsg) -> bool {
-    match serde_json::to_string(m) {
-        Ok(t) => ws.send(Message::Text(t.into())).await.is_ok(),
-        Err(_) => false,
-    }
-}
-
 async fn close(ws: &mut WebSocket, code: ErrorCode, reason: &str) {
-    let _ = send(ws, &sig_error(code, reason)).await;
-    let mut r = reason.to_string();
-    r.truncate(120);
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code: code.close_code().unwrap_or(1008),
-            reason: r.into(),
-        })))
-        .await;
+    signal_session::close(ws, code, reason).await
 }
 
 /// Waits for the first message, which must be a valid `join`.
@@ -402,8 +384,11 @@ async fn session(s: Arc<Services>, mut ws: WebSocket) {
             return close(&mut ws, code, &why).await;
         }
     };
+    if let Err((code, why)) = signal_session::admit(&s, &claims.participant) {
+        return close(&mut ws, code, &why).await;
+    }
     let conn = CONN_IDS.fetch_add(1, Relaxed);
-    let (tx, mut rx) = mpsc::channel::<ToClient>(64);
+    let (tx, rx) = client_queue(DEPTH, s.sfu.metrics.clone());
     let joined = s
         .sfu
         .ask(|reply| Command::Join {
@@ -419,69 +404,8 @@ async fn session(s: Arc<Services>, mut ws: WebSocket) {
         Ok(Err((code, why))) => return close(&mut ws, code, &why).await,
         Err(_) => return close(&mut ws, ErrorCode::Internal, "the media engine is not running").await,
     }
-    let pid = claims.participant;
-    debug!(room = %claims.room, participant = %pid, "signaling session open");
-    loop {
-        tokio::select! {
-            out = rx.recv() => match out {
-                Some(ToClient::Msg(m)) => {
-                    if !send(&mut ws, &m).await {
-                        break;
-                    }
-                }
-                Some(ToClient::Close(code, why)) => {
-                    close(&mut ws, code, &why).await;
-                    // The engine already removed us (replaced, room closed).
-                    return;
-                }
-                None => {
-                    close(&mut ws, ErrorCode::Internal, "removed from the room").await;
-                    return;
-                }
-            },
-            inc = tokio::time::timeout(WS_IDLE, ws.recv()) => {
-                let msg = match inc {
-                    Err(_) => {
-                        close(&mut ws, ErrorCode::BadState, "no message for 60 s").await;
-                        break;
-                    }
-                    Ok(None) | Ok(Some(Err(_))) => break,
-                    Ok(Some(Ok(m))) => m,
-                };
-                let text = match msg {
-                    Message::Text(t) => t,
-                    Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    Message::Binary(_) => {
-                        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
-                        if !send(&mut ws, &sig_error(ErrorCode::BadMessage, "text frames only")).await {
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                match parse_client(text.as_str()) {
-                    Ok(ClientMsg::Leave) => {
-                        let _ = s.sfu.commands.send(Command::Leave { participant: pid.clone(), conn }).await;
-                        let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
-                        return;
-                    }
-                    Ok(msg) => {
-                        if s.sfu.commands.send(Command::Signal { participant: pid.clone(), conn, msg }).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
-                        if !send(&mut ws, &sig_error(ErrorCode::BadMessage, e)).await {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let _ = s.sfu.commands.send(Command::Leave { participant: pid, conn }).await;
+    debug!(room = %claims.room, participant = %claims.participant, "signaling session open");
+    signal_session::run(&s, ws, rx, &claims.participant, conn).await;
 }
 
 pub fn render_metrics(m: &crate::sfu::SfuMetrics, out: &mut String) {

@@ -17,6 +17,7 @@ pub mod images;
 pub mod limits;
 pub mod reading;
 pub mod relay;
+mod signal_session;
 pub mod uid;
 pub mod zipstream;
 

@@ -278,6 +278,12 @@ pub enum ErrorCode {
     /// A bound was reached (questions queued, speakers at once).
     Limit,
     Replaced,
+    /// Too many messages: this one was refused (see `ratelimit`); fatal
+    /// (close 4029) when the page keeps sending regardless.
+    RateLimited,
+    /// The page did not read its messages fast enough to be sent one it
+    /// must not miss; fatal (close 4008), the page reconnects.
+    TooSlow,
     Internal,
 }
 
@@ -289,17 +295,25 @@ impl ErrorCode {
             ErrorCode::RoomFull => Some(4003),
             ErrorCode::RoomClosed => Some(4004),
             ErrorCode::Replaced => Some(4009),
+            ErrorCode::TooSlow => Some(4008),
+            // Sent alone, the refusal of one message; the code is for the
+            // session it ends.
+            ErrorCode::RateLimited => Some(4029),
             _ => None,
         }
     }
 }
 
-/// What the SFU sends down a participant's WebSocket.
-#[derive(Debug, Clone)]
-pub enum ToClient {
-    Msg(ServerMsg),
-    /// Send this error, then close the socket with its close code.
-    Close(ErrorCode, String),
+impl ServerMsg {
+    /// Superseded by the next of its kind, so it may be dropped for a page
+    /// that does not keep up (see `client_queue`); everything else changes
+    /// the page's picture of the room and is never dropped.
+    pub fn droppable(&self) -> bool {
+        matches!(
+            self,
+            ServerMsg::Link { .. } | ServerMsg::Viewers { .. } | ServerMsg::Pong
+        )
+    }
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMsg {
@@ -387,5 +401,13 @@ mod tests {
         );
         assert_eq!(ErrorCode::RoomFull.close_code(), Some(4003));
         assert_eq!(ErrorCode::BadSdp.close_code(), None);
+        assert_eq!(ErrorCode::TooSlow.close_code(), Some(4008));
+        assert_eq!(ErrorCode::RateLimited.close_code(), Some(4029));
+        assert_eq!(
+            serde_json::to_string(&error(ErrorCode::RateLimited, "x")).unwrap(),
+            r#"{"type":"error","code":"rate_limited","message":"x"}"#
+        );
+        assert!(ServerMsg::Pong.droppable());
+        assert!(!ServerMsg::Live { live: true }.droppable());
     }
 }
