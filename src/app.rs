@@ -50,9 +50,15 @@ pub struct Services {
     /// Bounds on-demand renders (CPU-bound) to one per core.
     pub render_slots: tokio::sync::Semaphore,
     pub sfu: Arc<crate::sfu::Sfu>,
-    /// Failed logins per username and per address (in memory: a restart
-    /// forgets them, which is acceptable for throttling).
-    pub login_limiter: std::sync::Mutex<crate::reading::accounts::LoginThrottle>,
+    /// What bounds anonymous login attempts: throttling per username,
+    /// address and known-good pair (in memory: a restart forgets them, which
+    /// is acceptable for throttling), the password-hashing threads, the
+    /// failed-login audit budget.
+    pub login: Arc<crate::http::auth::LoginGuard>,
+    /// Study zip downloads running, globally and per account.
+    pub zip_slots: crate::http::limits::ZipSlots,
+    /// Refusals and cuts by the HTTP limits, for /metrics.
+    pub limits: Arc<crate::http::limits::LimitCounters>,
     /// Wakes the SR delivery worker when a signed report is queued.
     pub delivery: crate::reading::delivery::DeliveryHandle,
     /// Live relay link figures (per edge on a hub, the hub link on an edge).
@@ -61,7 +67,7 @@ pub struct Services {
 
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let cfg = Arc::new(cfg);
-    std::fs::create_dir_all(&cfg.data_dir)
+    crate::archive::files::make_private(&cfg.data_dir)
         .map_err(|e| AppError::Other(format!("creating data dir {}: {e}", cfg.data_dir.display())))?;
     if crate::tls::ensure_certificate(&cfg.cert_dir)? {
         warn!(dir = %cfg.cert_dir.display(), "generated a self-signed development certificate; replace it for production");
@@ -176,6 +182,15 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
     }
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let login = Arc::new(
+        crate::http::auth::LoginGuard::new(
+            cfg.auth.login_free_failures,
+            cfg.auth.effective_hash_threads(),
+            cfg.auth.login_queue,
+        )
+        .map_err(|e| AppError::Other(format!("starting the password threads: {e}")))?,
+    );
+    let limits = Arc::new(crate::http::limits::LimitCounters::default());
     let services = Arc::new(Services {
         cfg: cfg.clone(),
         archive,
@@ -185,9 +200,12 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         sfu: sfu.clone(),
         delivery,
         relay: relay_status,
-        login_limiter: std::sync::Mutex::new(crate::reading::accounts::LoginThrottle::new(
-            cfg.auth.login_free_failures,
-        )),
+        login: login.clone(),
+        zip_slots: crate::http::limits::ZipSlots::new(
+            cfg.http.max_zip_downloads,
+            cfg.http.max_zip_downloads_per_account,
+        ),
+        limits: limits.clone(),
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -196,11 +214,32 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
             source,
         })?;
     info!(addr = %cfg.http.listen, "HTTPS API listening");
+    let write_timeout = Duration::from_secs(cfg.http.write_timeout_secs);
+    let metrics_http = if cfg.metrics.enabled {
+        let l = tokio::net::TcpListener::bind(cfg.metrics.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: cfg.metrics.listen,
+                source,
+            })?;
+        info!(addr = %cfg.metrics.listen, token = !cfg.metrics.token.is_empty(), "metrics (plain HTTP) listening");
+        Some(tokio::spawn(crate::http::serve_metrics(
+            l,
+            crate::http::metrics_router(services.clone()),
+            limits.clone(),
+            write_timeout,
+            shutdown.clone(),
+        )))
+    } else {
+        None
+    };
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     let http = tokio::spawn(crate::http::serve(
         http_listener,
         http_tls,
         crate::http::router(services),
+        limits,
+        write_timeout,
         shutdown.clone(),
         grace,
     ));
@@ -212,7 +251,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         sweep_every,
         shutdown.clone(),
     ));
-    let housekeeping = tokio::spawn(housekeeping(index.clone(), cfg.clone(), shutdown.clone()));
+    let housekeeping = tokio::spawn(housekeeping(index.clone(), cfg.clone(), login, shutdown.clone()));
     // Ready marker for scripts and tests: every listener is bound.
     info!("medrelay ready");
 
@@ -229,6 +268,9 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         );
     }
     let _ = http.await;
+    if let Some(m) = metrics_http {
+        let _ = m.await;
+    }
     for t in relay_tasks {
         let _ = t.await;
     }
@@ -247,8 +289,14 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
 }
 
 /// Periodic reading-workflow upkeep: abandoned claims return to the queue
-/// when their lease runs out, and expired sessions are deleted.
-async fn housekeeping(index: Index, cfg: Arc<Config>, shutdown: CancellationToken) {
+/// when their lease runs out, expired sessions are deleted, and the last
+/// minute of a failed-login flood gets its summary audit row.
+async fn housekeeping(
+    index: Index,
+    cfg: Arc<Config>,
+    login: Arc<crate::http::auth::LoginGuard>,
+    shutdown: CancellationToken,
+) {
     let every = Duration::from_secs(5);
     loop {
         tokio::select! {
@@ -272,6 +320,7 @@ async fn housekeeping(index: Index, cfg: Arc<Config>, shutdown: CancellationToke
         {
             warn!(error = %e, "session sweep failed");
         }
+        login.flush_audit(index.pool()).await;
     }
 }
 

@@ -29,7 +29,8 @@ pub struct Cli {
 enum Cmd {
     /// Run the gateway (DICOM SCP + HTTPS API).
     Serve(ServeArgs),
-    /// Manage accounts (the first admin is created here, before `serve`).
+    /// Manage accounts (`serve` creates the first admin itself on an empty
+    /// index, with its password in data/initial-admin-password).
     User {
         #[command(subcommand)]
         cmd: UserCmd,
@@ -179,6 +180,9 @@ struct ServeArgs {
     cert_dir: Option<PathBuf>,
     #[arg(long, env = "MEDRELAY_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
+    /// Plain-HTTP listener for /metrics (loopback by default).
+    #[arg(long, env = "MEDRELAY_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[arg(long, env = "MEDRELAY_DICOM_LISTEN")]
     dicom_listen: Option<std::net::SocketAddr>,
     #[arg(long, env = "MEDRELAY_DICOM_TLS_LISTEN")]
@@ -306,7 +310,8 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
 /// The index of an offline admin command (`user`, `relay`), the data
 /// directory created if needed.
 async fn open_index(cfg: &Config) -> Result<(crate::archive::index::Index, tokio::task::JoinHandle<()>), String> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
+    crate::archive::files::make_private(&cfg.data_dir)
+        .map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
     crate::archive::index::Index::open(&cfg.index_path())
         .await
         .map_err(|e| e.to_string())
@@ -499,6 +504,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
         data_dir: a.data_dir,
         cert_dir: a.cert_dir,
         http_listen: a.http_listen,
+        metrics_listen: a.metrics_listen,
         dicom_listen: a.dicom_listen,
         dicom_tls_listen: a.dicom_tls_listen,
         ae_title: a.ae_title,

@@ -30,6 +30,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub cert_dir: PathBuf,
     pub http: HttpConfig,
+    /// The Prometheus listener (not on the API listener).
+    pub metrics: MetricsConfig,
     pub dicom: DicomConfig,
     pub stability: StabilityConfig,
     pub render: RenderConfig,
@@ -60,6 +62,37 @@ pub struct HttpConfig {
     /// (`#via=` rewriting media candidates, `#autojoin=1` starting camera
     /// and microphone without a click). Off: a link cannot do either.
     pub test_hooks: bool,
+    /// A connection whose client takes no bytes for this long is closed
+    /// (a download nobody reads, a stuck WebSocket).
+    pub write_timeout_secs: u64,
+    /// Study zips streaming at once, all accounts together (beyond: 503).
+    pub max_zip_downloads: usize,
+    /// Study zips streaming at once per account (beyond: 429).
+    pub max_zip_downloads_per_account: usize,
+}
+
+/// `/metrics` and the detailed health check, on their own plain-HTTP
+/// listener: loopback by default, as Prometheus exporters do, so that
+/// figures about the alliance (edge names, queue depths, free disk) are not
+/// on the hospital-facing API port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// When set, scrapers must send `Authorization: Bearer <token>`.
+    /// Required when `listen` is not a loopback address.
+    pub token: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            token: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +114,29 @@ pub struct DicomConfig {
     pub min_free_bytes: u64,
     /// Extra (e.g. private) SOP classes to accept for storage.
     pub extra_sop_classes: Vec<String>,
+    // -- Overload limits (issue 16): what one peer may hold, and how long.
+    /// Concurrent associations of one calling AE title (default: a quarter
+    /// of `max_associations`, at least 1), so one sender always leaves
+    /// slots for the others; more are rejected (transient, local limit
+    /// exceeded). See [`DicomConfig::per_ae_limit`].
+    pub max_associations_per_ae: Option<usize>,
+    /// Seconds from TCP accept (and TLS handshake) to a complete
+    /// A-ASSOCIATE-RQ; a peer that sends nothing or trickles it is cut.
+    pub association_request_timeout_secs: u64,
+    /// Once a message (command and dataset) has been arriving for
+    /// `idle_timeout_secs`, it must have averaged at least this many bytes
+    /// per second since, or the association is aborted; a single PDU must
+    /// arrive within `idle_timeout_secs`. 0 disables the rate check.
+    pub min_receive_bytes_per_sec: u64,
+}
+
+impl DicomConfig {
+    /// The per-calling-AE association cap in force.
+    pub fn per_ae_limit(&self) -> usize {
+        self.max_associations_per_ae
+            .unwrap_or(self.max_associations / 4)
+            .clamp(1, self.max_associations.max(1))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +264,11 @@ pub struct AuthConfig {
     pub session_max_secs: u64,
     /// Failed logins allowed per user and per address before a lockout.
     pub login_free_failures: u32,
+    /// Threads verifying passwords (argon2id, ~19 MiB each); 0 = half the
+    /// cores, at least 1.
+    pub login_hash_threads: usize,
+    /// Logins that may wait for a hashing thread; beyond, 503 + Retry-After.
+    pub login_queue: usize,
 }
 
 impl Default for AuthConfig {
@@ -216,7 +277,21 @@ impl Default for AuthConfig {
             session_idle_secs: 30 * 60,
             session_max_secs: 12 * 3600,
             login_free_failures: 5,
+            login_hash_threads: 0,
+            login_queue: 16,
         }
+    }
+}
+
+impl AuthConfig {
+    pub fn effective_hash_threads(&self) -> usize {
+        if self.login_hash_threads > 0 {
+            return self.login_hash_threads;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get() / 2)
+            .unwrap_or(1)
+            .max(1)
     }
 }
 
@@ -313,6 +388,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             cert_dir: PathBuf::from("certs"),
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
             dicom: DicomConfig::default(),
             stability: StabilityConfig::default(),
             render: RenderConfig::default(),
@@ -335,6 +411,9 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             test_hooks: false,
+            write_timeout_secs: 60,
+            max_zip_downloads: 8,
+            max_zip_downloads_per_account: 2,
         }
     }
 }
@@ -352,6 +431,9 @@ impl Default for DicomConfig {
             recv_buffer_bytes: 4 << 20,
             min_free_bytes: 256 << 20,
             extra_sop_classes: Vec::new(),
+            max_associations_per_ae: None,
+            association_request_timeout_secs: 30,
+            min_receive_bytes_per_sec: 1024,
         }
     }
 }
@@ -371,6 +453,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub cert_dir: Option<PathBuf>,
     pub http_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub dicom_listen: Option<SocketAddr>,
     pub dicom_tls_listen: Option<SocketAddr>,
     pub ae_title: Option<String>,
@@ -402,6 +485,9 @@ impl Config {
         }
         if let Some(v) = o.http_listen {
             cfg.http.listen = v;
+        }
+        if let Some(v) = o.metrics_listen {
+            cfg.metrics.listen = v;
         }
         if let Some(v) = o.dicom_listen {
             cfg.dicom.listen = v;
@@ -474,6 +560,14 @@ impl Config {
         if self.dicom.idle_timeout_secs == 0 {
             return bad("dicom.idle_timeout_secs must be at least 1".into());
         }
+        if let Some(n) = self.dicom.max_associations_per_ae
+            && (n == 0 || n > self.dicom.max_associations)
+        {
+            return bad("dicom.max_associations_per_ae must be between 1 and max_associations".into());
+        }
+        if self.dicom.association_request_timeout_secs == 0 {
+            return bad("dicom.association_request_timeout_secs must be at least 1".into());
+        }
         if self.stability.stable_after_secs.is_nan() || self.stability.stable_after_secs <= 0.0 {
             return bad("stability.stable_after_secs must be positive".into());
         }
@@ -543,6 +637,21 @@ impl Config {
                 }
             }
         }
+        if self.http.write_timeout_secs == 0 || self.http.write_timeout_secs > 3600 {
+            return bad("http.write_timeout_secs must be between 1 and 3600".into());
+        }
+        if self.http.max_zip_downloads == 0 || self.http.max_zip_downloads_per_account == 0 {
+            return bad("http.max_zip_downloads and max_zip_downloads_per_account must be at least 1".into());
+        }
+        if self.metrics.enabled && !self.metrics.listen.ip().is_loopback() && self.metrics.token.len() < 16 {
+            return bad(format!(
+                "metrics.listen {} is not a loopback address: set metrics.token (16+ characters) so scrapers must authenticate",
+                self.metrics.listen
+            ));
+        }
+        if self.auth.login_queue > 10_000 || self.auth.login_hash_threads > 256 {
+            return bad("auth.login_queue at most 10000, auth.login_hash_threads at most 256".into());
+        }
         if self.auth.session_idle_secs < 60 || self.auth.session_max_secs < self.auth.session_idle_secs {
             return bad("auth: session_idle_secs >= 60 and session_max_secs >= session_idle_secs".into());
         }
@@ -566,6 +675,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.dicom.idle_timeout_secs)
+    }
+
+    pub fn association_request_timeout(&self) -> Duration {
+        Duration::from_secs(self.dicom.association_request_timeout_secs)
     }
 }
 

@@ -24,6 +24,9 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod dicom;
+/// Fuzz targets and the allocation meter (test support; see the module docs).
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod imaging;
 pub mod loadtest;

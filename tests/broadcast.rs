@@ -264,3 +264,236 @@ fn a_viewer_raises_a_hand_asks_a_question_and_is_given_the_floor() {
     assert_eq!(pcodes, [json!("not_allowed")], "{out}");
     assert_eq!(out["pong_after"], true, "{out}");
 }
+
+// ------------------------------------------------------------ signaling limits
+
+/// `CONFIG` with media timeouts long enough for signaling-only participants
+/// (the probes open no peer connection).
+fn signaling_server() -> Server {
+    Server::start(ServerOpts {
+        config_toml: format!("{CONFIG}\n[sfu]\npeer_timeout_secs = 600\n"),
+        ..Default::default()
+    })
+}
+
+/// A broadcast by an expert of "city": join tokens for its presenter and
+/// `colleagues` more presenters (experts of "city"), and for `viewers`
+/// clinic doctors of t01; each its own account. The one place these tests
+/// make rooms.
+/// A broadcast by exp1 with `colleagues` named co-presenters and `viewers`
+/// clinic doctors: each participant's join token and the session cookie of
+/// its account (a token works only on its own account's session).
+fn broadcast_tokens(s: &Server, colleagues: usize, viewers: usize) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
+    let colleague_names: Vec<String> = (0..colleagues).map(|i| format!("exp{}", i + 2)).collect();
+    for c in &colleague_names {
+        s.add_user(c, "expert", PW, &["--hospital", "city"]);
+    }
+    let exp1 = s.login("exp1", PW).expect("login");
+    let (code, created) = s.req(
+        Some(&exp1),
+        "POST",
+        "/api/broadcasts",
+        Some(json!({ "title": "Signaling limits", "presenters": colleague_names })),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["broadcast"]["id"].as_str().expect("id").to_string();
+    let join = |user: &str| {
+        let a = s.login(user, PW).expect("login");
+        let (code, v) = s.req(Some(&a), "POST", &format!("/api/broadcasts/{id}/join"), None);
+        assert_eq!(code, 200, "{v}");
+        (
+            v["join"]["token"].as_str().expect("token").to_string(),
+            a.session_cookie(),
+        )
+    };
+    let mut presenters = vec![(
+        created["join"]["token"].as_str().expect("token").to_string(),
+        exp1.session_cookie(),
+    )];
+    for c in &colleague_names {
+        let p = join(c);
+        presenters.push(p);
+    }
+    let viewers = (0..viewers)
+        .map(|i| {
+            let name = format!("doc{i}");
+            s.add_user(&name, "clinic", PW, &["--clinic", "t01"]);
+            join(&name)
+        })
+        .collect();
+    (presenters, viewers)
+}
+
+fn of_type<'a>(out: &'a Value, side: &str, t: &str) -> Vec<&'a Value> {
+    out[side]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == t)
+        .collect()
+}
+
+#[test]
+fn a_flooding_viewer_is_refused_then_cut_while_the_presenter_keeps_working() {
+    let s = signaling_server();
+    let (presenters, viewers) = broadcast_tokens(&s, 0, 1);
+    let out = signal_probe_with(
+        &s,
+        "flood",
+        &viewers[0].0,
+        &[
+            "--cookie",
+            &viewers[0].1,
+            "--presenter-token",
+            &presenters[0].0,
+            "--presenter-cookie",
+            &presenters[0].1,
+        ],
+    );
+    // Overshooting once: the excess refused, said once, the session goes on.
+    let errors = of_type(&out, "overshoot", "error");
+    assert_eq!(errors.len(), 1, "{out}");
+    assert_eq!(errors[0]["code"], "rate_limited", "{out}");
+    // At most the budget, what it regained meanwhile and the last ping's.
+    let pongs = of_type(&out, "overshoot", "pong").len();
+    assert!((2..=105).contains(&pongs), "{pongs} pongs: {out}");
+    assert_eq!(
+        out["overshoot"].as_array().and_then(|m| m.last()).map(|m| &m["type"]),
+        Some(&json!("pong")),
+        "the session ended after overshooting once: {out}"
+    );
+    // Flooding: cut, with the documented code.
+    let last = out["messages"].as_array().and_then(|m| m.last()).cloned();
+    assert_eq!(
+        last.as_ref().map(|m| (&m["type"], &m["code"])),
+        Some((&json!("error"), &json!("rate_limited"))),
+        "{out}"
+    );
+    assert_eq!(out["close_code"], 4029, "{out}");
+    // Nor is it let back in at once.
+    let rejoin: Vec<&Value> = of_type(&out, "rejoin", "error").iter().map(|m| &m["code"]).collect();
+    assert_eq!(rejoin, [&json!("rate_limited")], "{out}");
+    assert_eq!(out["rejoin_close_code"], 4029, "{out}");
+    // The presenter heard it leave and its own session is unaffected.
+    assert_eq!(out["pong_after"], true, "{out}");
+    assert!(of_type(&out, "presenter", "error").is_empty(), "{out}");
+    assert_eq!(s.metric("medrelay_sfu_signal_rate_cut_total"), 1.0);
+    assert!(s.metric("medrelay_sfu_signal_rate_limited_total") >= 50.0);
+}
+
+#[test]
+fn a_page_that_stops_reading_is_closed_rather_than_silently_left_behind() {
+    let s = signaling_server();
+    let (presenters, _) = broadcast_tokens(&s, 1, 0);
+    let out = signal_probe_with(
+        &s,
+        "stall",
+        "",
+        &[
+            "--presenter-token",
+            &presenters[0].0,
+            "--presenter-cookie",
+            &presenters[0].1,
+            "--other-token",
+            &presenters[1].0,
+            "--other-cookie",
+            &presenters[1].1,
+        ],
+    );
+    eprintln!(
+        "stalled page: sent {}, cut {} s after the mutes began",
+        out["sent"], out["cut_after_s"]
+    );
+    // The others were told it left: the server did not wait on it.
+    let me = of_type(&out, "messages", "joined")
+        .first()
+        .map(|j| j["me"]["id"].clone())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        of_type(&out, "witness", "participant_left")
+            .iter()
+            .any(|m| m["id"] == me),
+        "the stalled page was never taken out of the room: {out}"
+    );
+    // When it reads again: an unbroken prefix of what it was sent (its
+    // answers, then the other presenter's mutes in order), then the end
+    // with the documented code; not a silent gap.
+    let msgs = out["messages"].as_array().expect("messages");
+    let kinds: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| m["type"].as_str())
+        .filter(|t| ["answer", "mute"].contains(t))
+        .collect();
+    let answers = kinds.iter().take_while(|t| **t == "answer").count();
+    assert!(answers >= 1, "{out}");
+    assert!(kinds[answers..].iter().all(|t| *t == "mute"), "{kinds:?}");
+    let mutes: Vec<bool> = of_type(&out, "messages", "mute")
+        .iter()
+        .map(|m| m["muted"] == true)
+        .collect();
+    eprintln!("it read {answers} answers and {} mutes", mutes.len());
+    let expected: Vec<bool> = (0..mutes.len()).map(|i| i % 2 == 0).collect();
+    assert_eq!(mutes, expected, "a gap in the mutes the stalled page was sent");
+    let last = msgs.last().expect("a last message");
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["code"], "too_slow", "{last}");
+    assert_eq!(out["close_code"], 4008, "{out}");
+    assert!(
+        !msgs.iter().any(|m| m["code"] == "rate_limited"),
+        "the probe stayed within its budget: {out}"
+    );
+    assert_eq!(s.metric("medrelay_sfu_signal_too_slow_total"), 1.0);
+    // The other presenter is unaffected.
+    assert_eq!(out["pong_after"], true, "{out}");
+    assert!(of_type(&out, "witness", "error").is_empty(), "{out}");
+}
+
+#[test]
+fn broadcast_viewers_hear_of_each_other_only_while_one_is_on_stage() {
+    let s = signaling_server();
+    let (presenters, viewers) = broadcast_tokens(&s, 0, 2);
+    let out = signal_probe_with(
+        &s,
+        "viewers",
+        &viewers[0].0,
+        &[
+            "--cookie",
+            &viewers[0].1,
+            "--presenter-token",
+            &presenters[0].0,
+            "--presenter-cookie",
+            &presenters[0].1,
+            "--other-token",
+            &viewers[1].0,
+            "--other-cookie",
+            &viewers[1].1,
+        ],
+    );
+    let a = out["a"].as_str().unwrap_or_else(|| panic!("{out}"));
+    // Before, during and after its turn, A muted, raised its hand and asked;
+    // B was told of A only from the start to the end of the turn.
+    let seen: Vec<String> = out["other"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m.to_string())
+        .filter(|m| m.contains(a))
+        .collect();
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(
+        seen[0].contains("participant_joined"),
+        "B heard of A before its turn: {seen:?}"
+    );
+    assert!(
+        seen[seen.len() - 1].contains("participant_left"),
+        "B heard of A after its turn: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|m| m.contains("\"mute\"")),
+        "B was not told of the speaker's mute: {seen:?}"
+    );
+    assert_eq!(out["pong_after"], true, "{out}");
+    // The presenter heard of A all along.
+    assert!(of_type(&out, "presenter", "mute").len() >= 6, "{out}");
+}

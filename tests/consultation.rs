@@ -152,8 +152,8 @@ fn assert_media_flows(s: &Server, sess: &Session, from: &str, who: &str, within:
         }
         if Instant::now() > deadline {
             let link = sess.execute("return window.mrTest.link", vec![]).unwrap_or_default();
-            let (_, m) = s.get("/metrics");
-            let sfu: Vec<String> = String::from_utf8_lossy(&m)
+            let m = s.metrics_text();
+            let sfu: Vec<String> = m
                 .lines()
                 .filter(|l| l.starts_with("medrelay_sfu"))
                 .map(String::from)

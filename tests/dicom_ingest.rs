@@ -496,3 +496,110 @@ fn large_instance_is_streamed_with_bounded_memory() {
         "peak RSS {hwm_kb} kB while receiving a 512 MB instance"
     );
 }
+
+/// A Varian-style RT Structure Set whose UIDs have components with leading
+/// zeros (`1.2.246.352.91.0000217...`): not PS3.5-conformant, but common
+/// from real devices and accepted by DCMTK, Orthanc and pydicom. Sent by
+/// storescu and by pynetdicom, each is stored under its UIDs exactly as
+/// received, indexed, and downloaded byte-exact.
+#[test]
+fn uids_with_leading_zero_components_are_stored_as_received() {
+    let s = Server::start(ServerOpts::default());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = "1.2.246.352.91.0000217.20240101.1";
+    let series = "1.2.246.352.91.0000217.20240101.1.01";
+    let generator = r#"
+import sys
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+study, series, sop, out = sys.argv[1:5]
+meta = FileMetaDataset()
+meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+meta.MediaStorageSOPInstanceUID = sop
+meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds = Dataset()
+ds.file_meta = meta
+ds.SOPClassUID = meta.MediaStorageSOPClassUID
+ds.SOPInstanceUID = sop
+ds.StudyInstanceUID = study
+ds.SeriesInstanceUID = series
+ds.FrameOfReferenceUID = "1.2.246.352.91.0000217.20240101.2"
+ds.Modality = "RTSTRUCT"
+ds.PatientName = "RT^PLAN"
+ds.PatientID = "RT0001"
+ds.StudyDate = "20240101"
+ds.StructureSetLabel = "RS"
+roi = Dataset()
+roi.ROINumber = 1
+roi.ROIName = "PTV"
+roi.ReferencedFrameOfReferenceUID = ds.FrameOfReferenceUID
+ds.StructureSetROISequence = Sequence([roi])
+ds.save_as(out, enforce_file_format=True)
+"#;
+    let make = |sop: &str, name: &str| {
+        let out = tmp.path().join(name);
+        let o = run({
+            let mut c = Command::new(python());
+            c.args(["-c", generator, study, series, sop]).arg(&out);
+            c
+        });
+        assert!(o.status.success(), "{}", text(&o));
+        out
+    };
+    let by_dcmtk = (
+        "1.2.246.352.91.0000217.20240101.001",
+        make("1.2.246.352.91.0000217.20240101.001", "a.dcm"),
+    );
+    let by_pynetdicom = (
+        "1.2.246.352.91.0000217.20240101.002",
+        make("1.2.246.352.91.0000217.20240101.002", "b.dcm"),
+    );
+
+    let o = run({
+        let mut c = s.storescu("VARIAN");
+        c.arg("-v").arg(&by_dcmtk.1);
+        c
+    });
+    assert!(
+        o.status.success() && text(&o).contains("Received Store Response (Success)"),
+        "storescu: {}",
+        text(&o)
+    );
+    let acked = tmp.path().join("acked.txt");
+    let o = run({
+        let mut c = s.peer("push_acked.py");
+        c.args(["--aet", "VARIAN", "--strict", "--acked"])
+            .arg(&acked)
+            .arg(&by_pynetdicom.1);
+        c
+    });
+    assert!(o.status.success(), "pynetdicom: {}", text(&o));
+    assert_eq!(std::fs::read_to_string(&acked).expect("acked").trim(), by_pynetdicom.0);
+
+    // Indexed under the UIDs as received (not normalised).
+    assert_eq!(
+        s.sqlite("SELECT study_uid, num_series, num_instances, modalities FROM studies"),
+        format!("{study}|1|2|RTSTRUCT")
+    );
+    assert_eq!(s.sqlite("SELECT series_uid FROM series"), series);
+    for (sop, file) in [&by_dcmtk, &by_pynetdicom] {
+        assert_eq!(
+            s.sqlite(&format!(
+                "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = '{sop}'"
+            )),
+            format!("{study}|{series}")
+        );
+        // Downloadable through the API, the dataset byte for byte.
+        let (code, body) = s.get(&format!("/api/instances/{sop}/file"));
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let served = tmp.path().join("served.dcm");
+        std::fs::write(&served, &body).expect("write");
+        assert!(
+            dataset_bytes(&served) == dataset_bytes(file),
+            "{sop}: served dataset differs"
+        );
+    }
+    let (code, body) = s.get(&format!("/api/studies/{study}"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+}

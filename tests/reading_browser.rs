@@ -355,3 +355,84 @@ serves = ["t01", "t02"]
         let _ = sess.quit();
     }
 }
+
+/// Every page of every role's menu loads without a server error (a 5xx on
+/// any request the page makes, or "internal error" shown to the user). The
+/// arriving-studies list once answered 500 to every expert and clinic doctor
+/// as soon as a clinic was configured, which only an admin-only test missed.
+#[test]
+fn every_page_of_every_role_loads_without_server_errors() {
+    let cfg = r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+
+[[hospital]]
+id = "city"
+name = "City Hospital"
+serves = ["t01"]
+"#;
+    let s = Server::start(ServerOpts {
+        config_toml: cfg.into(),
+        stable_after_secs: 1.0,
+        ..Default::default()
+    });
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01"]);
+    s.add_user("exp1", "expert", PW, &["--hospital", "city"]);
+    s.add_user("adm1", "admin", PW, &[]);
+    let files: Vec<PathBuf> = (1..=3).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.args(&files);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    s.wait_for(60, "study complete", || {
+        s.sqlite("SELECT COUNT(*) FROM worklist WHERE state = 'new'") == "1"
+    });
+    let uid = s.sqlite("SELECT study_uid FROM studies");
+
+    let ch = Chromium::launch()
+        .unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"));
+    let viewer = format!("/viewer?study={uid}");
+    let menus: [(&str, Vec<&str>); 3] = [
+        ("doc1", vec!["/studies", "/requests", "/broadcasts"]),
+        (
+            "exp1",
+            vec!["/worklist", "/studies", "/requests", "/broadcasts", &viewer],
+        ),
+        ("adm1", vec!["/admin", "/worklist", "/studies", "/requests"]),
+    ];
+    let mut failures = Vec::new();
+    for (user, pages) in menus {
+        let sess = browser(&ch);
+        login(&sess, &s, user, pages[0]);
+        for page in pages {
+            sess.goto(&format!("https://127.0.0.1:{}{page}", s.http_port))
+                .unwrap_or_else(|e| panic!("{user} {page}: {e}"));
+            // Wait until the page has asked the API for its data, then give
+            // its other requests (lists, polls) time to answer.
+            sess.wait_for(
+                "document.readyState === 'complete' && performance.getEntriesByType('resource').some(e => e.name.includes('/api/'))",
+                T,
+            )
+            .unwrap_or_else(|e| panic!("{user} {page}: no API request: {e}"));
+            std::thread::sleep(Duration::from_secs(3));
+            let bad = hook(
+                &sess,
+                "performance.getEntriesByType('resource').filter(e => e.responseStatus >= 500).map(e => e.name + ' ' + e.responseStatus)",
+            );
+            let shown = hook(
+                &sess,
+                "document.body.innerText.toLowerCase().includes('internal error')",
+            );
+            if bad.as_array().is_some_and(|a| !a.is_empty()) || shown == Value::Bool(true) {
+                failures.push(format!(
+                    "{user} {page}: server errors {bad}, 'internal error' shown: {shown}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\nserver log:\n{}", s.log());
+}

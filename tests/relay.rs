@@ -484,3 +484,398 @@ fn forged_and_revoked_edge_certificates_are_refused() {
         "only the study sent before revocation"
     );
 }
+
+/// A registered edge speaking the relay protocol by hand over the real QUIC
+/// link (its issued certificate, the hub's CA): the requests a compromised
+/// or buggy edge could send.
+struct CraftedEdge {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl CraftedEdge {
+    async fn connect(certs: &Path, relay_port: u16) -> CraftedEdge {
+        let cc = medrelay::relay::pki::edge_client_config(
+            &certs.join("edge-cert.pem"),
+            &certs.join("edge-key.pem"),
+            &certs.join("hub-ca.pem"),
+        )
+        .expect("edge client config");
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(cc);
+        let addr = format!("127.0.0.1:{relay_port}").parse().expect("addr");
+        let conn = endpoint
+            .connect(addr, "medrelay-hub")
+            .expect("connect")
+            .await
+            .expect("QUIC handshake with the hub");
+        CraftedEdge {
+            conn,
+            _endpoint: endpoint,
+        }
+    }
+
+    async fn ask(&self, req: &medrelay::relay::wire::Request, body: &[u8]) -> medrelay::relay::wire::Response {
+        let (mut send, mut recv) = self.conn.open_bi().await.expect("stream");
+        send.write_all(&medrelay::relay::wire::encode(req))
+            .await
+            .expect("write");
+        send.write_all(body).await.expect("write body");
+        send.finish().expect("finish");
+        medrelay::relay::link::read_frame(&mut recv).await.expect("answer")
+    }
+}
+
+fn crafted_manifest(study: &str, sop: &str) -> medrelay::relay::wire::Manifest {
+    use medrelay::archive::index::NewInstance;
+    use medrelay::relay::wire::{Manifest, ManifestInstance};
+    Manifest {
+        study_uid: study.into(),
+        priority: "routine".into(),
+        clinical_question: None,
+        instances: vec![ManifestInstance {
+            meta: NewInstance {
+                sop_instance_uid: sop.into(),
+                study_uid: study.into(),
+                series_uid: "1.2.826.0.1.3680043.10.545.1.1".into(),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                patient_name: "EDGE^PATIENT".into(),
+                patient_id: "E1".into(),
+                modality: "CT".into(),
+                ..Default::default()
+            },
+            sha256: "ab".repeat(32),
+            file_size: 1000,
+            cine_frames: None,
+        }],
+    }
+}
+
+/// Every file under the hub's data directory that the relay could have
+/// written: previews (.jpg) and staged instances (.dcm, .tmp) outside the
+/// archive.
+fn relay_written_files(root: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if p.extension().is_some_and(|x| x == "jpg" || x == "tmp" || x == "dcm")
+                && !p.starts_with(root.join("instances"))
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn crafted_requests_with_unsafe_uids_or_oversized_fields_are_refused() {
+    use medrelay::relay::wire::{PreviewItem, Request, Response};
+    let _serial = serial();
+    let relay_port = free_udp_port();
+    let hub = Server::start(ServerOpts {
+        config_toml: hub_config(relay_port),
+        ..ServerOpts::default()
+    });
+    let certs = tempfile::tempdir().expect("tmp");
+    issue_edge(&hub, "clinic-a-edge", certs.path());
+    let staging = hub.data_dir.join("relay-staging");
+    let good = "1.2.826.0.1.3680043.10.545.1";
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let edge = CraftedEdge::connect(certs.path(), relay_port).await;
+        let refused = |r: Response, what: &str| match r {
+            Response::Error { message, retry } => {
+                assert!(message.contains(what), "{what}: {message}");
+                assert!(!retry, "resending cannot help: {message}");
+            }
+            other => panic!("{what}: accepted: {other:?}"),
+        };
+        // A study UID that is a path: announced, previews, bundles, commit.
+        for bad in ["..", "../x", "...", "1.2/../../3", ""] {
+            let r = edge
+                .ask(
+                    &Request::Begin {
+                        manifest: crafted_manifest(bad, &format!("{good}.1.1")),
+                    },
+                    &[],
+                )
+                .await;
+            refused(r, "study_uid");
+            let r = edge
+                .ask(
+                    &Request::Previews {
+                        study_uid: bad.into(),
+                        items: vec![PreviewItem {
+                            sop_uid: format!("{good}.1.1"),
+                            kind: "thumb".into(),
+                            len: 4,
+                        }],
+                    },
+                    b"\xff\xd8\xff\xd9",
+                )
+                .await;
+            refused(r, "study_uid");
+            refused(
+                edge.ask(&Request::Commit { study_uid: bad.into() }, &[]).await,
+                "study_uid",
+            );
+        }
+        // A series or SOP Instance UID that is a path; a hash that is one.
+        let mut m = crafted_manifest(good, &format!("{good}.1.1"));
+        m.instances[0].meta.series_uid = "1.2/../../../x".into();
+        refused(edge.ask(&Request::Begin { manifest: m }, &[]).await, "series_uid");
+        refused(
+            edge.ask(
+                &Request::Begin {
+                    manifest: crafted_manifest(good, ".."),
+                },
+                &[],
+            )
+            .await,
+            "sop_instance_uid",
+        );
+        let mut m = crafted_manifest(good, &format!("{good}.1.1"));
+        m.instances[0].sha256 = format!("../../{}", "a".repeat(58));
+        refused(edge.ask(&Request::Begin { manifest: m }, &[]).await, "sha256");
+        // Oversized patient fields.
+        let mut m = crafted_manifest(good, &format!("{good}.1.1"));
+        m.instances[0].meta.patient_name = "N".repeat(100_000);
+        refused(
+            edge.ask(&Request::Begin { manifest: m }, &[]).await,
+            "patient_name of 100000 bytes",
+        );
+        let mut m = crafted_manifest(good, &format!("{good}.1.1"));
+        m.instances[0].meta.patient_id = "9".repeat(1 << 20);
+        refused(edge.ask(&Request::Begin { manifest: m }, &[]).await, "patient_id");
+
+        // A well-formed study is still welcome, and its previews are staged
+        // in its own folder; a preview named by a path is not.
+        match edge
+            .ask(
+                &Request::Begin {
+                    manifest: crafted_manifest(good, &format!("{good}.1.1")),
+                },
+                &[],
+            )
+            .await
+        {
+            Response::Begun { .. } => {}
+            other => panic!("a valid manifest: {other:?}"),
+        }
+        let r = edge
+            .ask(
+                &Request::Previews {
+                    study_uid: good.into(),
+                    items: vec![PreviewItem {
+                        sop_uid: "..".into(),
+                        kind: "thumb".into(),
+                        len: 4,
+                    }],
+                },
+                b"\xff\xd8\xff\xd9",
+            )
+            .await;
+        refused(r, "sop_uid");
+        match edge
+            .ask(
+                &Request::Previews {
+                    study_uid: good.into(),
+                    items: vec![PreviewItem {
+                        sop_uid: format!("{good}.1.1"),
+                        kind: "thumb".into(),
+                        len: 4,
+                    }],
+                },
+                b"\xff\xd8\xff\xd9",
+            )
+            .await
+        {
+            Response::Stored { count: 1 } => {}
+            other => panic!("a valid preview: {other:?}"),
+        }
+    });
+
+    // Only the valid study was recorded, and every file the relay wrote is
+    // in that study's staging folder.
+    assert_eq!(
+        hub.sqlite("SELECT study_uid, state FROM relay_inbound"),
+        format!("{good}|arriving")
+    );
+    let files = relay_written_files(&hub.data_dir);
+    assert_eq!(
+        files,
+        vec![
+            staging
+                .join("clinic-a-edge")
+                .join(good)
+                .join(format!("{good}.1.1.thumb.jpg"))
+        ],
+        "files written by the relay"
+    );
+    assert!(hub.log().contains("relay request refused"), "{}", hub.log());
+    assert!(!hub.log().contains("NNNNNNNNNN"), "a field's content in the log");
+}
+
+/// An edge of clinic B relaying instances of a study that clinic A pushes
+/// to the hub directly: announced before A's study existed, the commit is
+/// refused (not retryable) and what the edge staged stays staged (a retry
+/// does not resend it); announced after, it is refused at once, before any
+/// byte crosses the WAN. Clinic A's study is untouched, and the refusals
+/// are audited as coming over the relay.
+#[test]
+fn an_edge_cannot_commit_into_another_clinics_study() {
+    use medrelay::relay::wire::{self, Member, Request, Response};
+    use sha2::Digest;
+    let _serial = serial();
+    let relay_port = free_udp_port();
+    let hub = Server::start(ServerOpts {
+        config_toml: format!(
+            "{}\n[[clinic]]\nid = \"clinic-b\"\nname = \"Township clinic B\"\nae_titles = [\"BDIRECT\"]\n",
+            hub_config(relay_port)
+        ),
+        ..ServerOpts::default()
+    });
+    let certs = tempfile::tempdir().expect("tmp");
+    let o = relay_cli(
+        &hub,
+        &[
+            "issue-edge",
+            "--name",
+            "clinic-b-edge",
+            "--clinic",
+            "clinic-b",
+            "--out",
+            &certs.path().display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "issue-edge: {}", text(&o));
+    let files = ct_files(2);
+    let study = dcm_value(&files[0], "0020,000D");
+
+    // The second slice of the study, relayed as clinic B's.
+    let bytes = std::fs::read(&files[1]).expect("file");
+    let sop = dcm_value(&files[1], "0008,0018");
+    let ts = "1.2.840.10008.1.2.1";
+    let mut m = crafted_manifest(&study, &sop);
+    m.instances[0].meta.series_uid = dcm_value(&files[1], "0020,000E");
+    m.instances[0].meta.transfer_syntax = ts.into();
+    m.instances[0].sha256 = wire::content_sha256(&bytes, ts).expect("content hash");
+    m.instances[0].file_size = bytes.len() as u64;
+    let member = Member {
+        sop_uid: sop.clone(),
+        sha256: m.instances[0].sha256.clone(),
+        file_sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let edge = rt.block_on(CraftedEdge::connect(certs.path(), relay_port));
+    rt.block_on(async {
+        assert!(matches!(
+            edge.ask(&Request::Begin { manifest: m.clone() }, &[]).await,
+            Response::Begun { .. }
+        ));
+        let r = edge
+            .ask(
+                &Request::Bundle {
+                    study_uid: study.clone(),
+                    part_id: "p1".into(),
+                    compressed: false,
+                    shuffled: false,
+                    body_len: bytes.len() as u64,
+                    members: vec![member],
+                },
+                &bytes,
+            )
+            .await;
+        assert!(matches!(r, Response::Stored { count: 1 }), "{r:?}");
+    });
+    // Meanwhile clinic A pushes its study to the hub directly.
+    let o = run({
+        let mut c = hub.storescu("HUBDIRECT");
+        c.arg(&files[0]);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let before = hub.sqlite("SELECT study_uid, clinic_id, num_instances, status FROM studies");
+    assert_eq!(before, format!("{study}|clinic-a|1|receiving"));
+    let refused = |r: Response, what: &str| match r {
+        Response::Error { message, retry } => {
+            assert!(
+                message.contains("Study Instance UID belongs to another clinic") && !retry,
+                "{what}: {message}"
+            );
+        }
+        other => panic!("{what}: accepted into clinic A's study: {other:?}"),
+    };
+    rt.block_on(async {
+        for _ in 0..2 {
+            refused(
+                edge.ask(
+                    &Request::Commit {
+                        study_uid: study.clone(),
+                    },
+                    &[],
+                )
+                .await,
+                "commit",
+            );
+        }
+    });
+    assert_eq!(
+        hub.sqlite(&format!(
+            "SELECT COUNT(*) FROM relay_staged WHERE study_uid = '{study}' AND kind = 'instance'"
+        )),
+        "1",
+        "the staged instance is kept (no resend on retry)"
+    );
+    // Announced now, it is refused before anything is sent.
+    rt.block_on(async { refused(edge.ask(&Request::Begin { manifest: m }, &[]).await, "begin") });
+    assert_eq!(
+        hub.sqlite("SELECT study_uid, clinic_id, num_instances, status FROM studies"),
+        before
+    );
+    assert_eq!(hub.sqlite("SELECT COUNT(*) FROM instances"), "1");
+    let listed = hub.get_json("/api/admin/ingest-refusals");
+    let all = listed["refusals"].as_array().expect("refusals");
+    assert_eq!(all.len(), 3, "{listed}");
+    for r in all {
+        assert_eq!(
+            (
+                &r["calling_ae"],
+                &r["via"],
+                &r["clinic_id"],
+                &r["owner_clinic"],
+                &r["level"]
+            ),
+            (
+                &"clinic-b-edge".into(),
+                &"relay".into(),
+                &"clinic-b".into(),
+                &"clinic-a".into(),
+                &"study".into()
+            ),
+            "{listed}"
+        );
+    }
+}
+
+/// One element's value from a Part 10 file (dcmdump).
+fn dcm_value(path: &Path, tag: &str) -> String {
+    let o = run({
+        let mut c = Command::new("dcmdump");
+        c.args(["-q", "+P", tag, "-s"]).arg(path);
+        c
+    });
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    t.split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .unwrap_or_default()
+        .to_string()
+}

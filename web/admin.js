@@ -1,5 +1,6 @@
 // Administration: users, report turnaround per clinic and priority, the
-// structured-report delivery queue, the audit trail (with CSV export) and
+// structured-report delivery queue, instances refused at ingest (UIDs of
+// another clinic's data), the audit trail (with CSV export) and
 // the WAN relay link (hub: edges and arriving studies; edge: the hub link
 // and the outbox). Each tab loads when it is first shown; "Refresh" reloads
 // it; the relay tab refreshes itself every 3 s while it is shown.
@@ -24,7 +25,7 @@ import {
   failer,
 } from './app-common.js';
 
-const TABS = ['users', 'turnaround', 'deliveries', 'audit', 'relay'];
+const TABS = ['users', 'turnaround', 'deliveries', 'ingest', 'audit', 'relay'];
 const RELAY_REFRESH_MS = 3_000;
 const PRIO_RANK = { stat: 0, urgent: 1, routine: 2 };
 const ROLE_LABEL = { clinic: 'Clinic doctor', expert: 'Expert', admin: 'Administrator' };
@@ -35,6 +36,7 @@ const hook = testHook('admin', {
   users: [],
   turnaround: { rows: 0, waiting: 0 },
   deliveries: [],
+  ingest: [],
   audit: 0,
   relay: null,
   errors: [],
@@ -436,6 +438,46 @@ async function loadDeliveries() {
   }
 }
 
+// ------------------------------------------------------------------ refused at ingest
+
+const LEVEL_LABEL = { study: 'Study', series: 'Series', instance: 'Instance' };
+
+function collidesWith(r) {
+  if (r.reason === 'other-clinic') return `${clinicName(r.owner_clinic)}'s data`;
+  if (r.reason === 'other-study') return 'another study of the same clinic';
+  if (r.reason === 'other-series') return 'another series of the same clinic';
+  return r.reason || '—';
+}
+
+async function loadIngest() {
+  await loadDirectory();
+  try {
+    const r = await api('/api/admin/ingest-refusals');
+    const all = arrayOf(r, 'refusals');
+    hook.ingest = all.map((x) => ({ calling_ae: x.calling_ae, level: x.level, reason: x.reason }));
+    $('#ir-summary').textContent = all.length ? `${all.length} refused (newest first)` : '';
+    $('#ir-rows').replaceChildren(
+      ...all.map((x) =>
+        el(
+          'tr',
+          { dataset: { test: 'ingest-row', level: x.level } },
+          el('td', { class: 'nowrap' }, dash(fmtTime(x.at_ms))),
+          el('td', { class: 'mono', title: x.via === 'relay' ? 'edge (relay link)' : 'calling AE title' }, dash(x.calling_ae)),
+          el('td', {}, clinicName(x.clinic_id)),
+          el('td', {}, LEVEL_LABEL[x.level] || dash(x.level)),
+          el('td', {}, collidesWith(x)),
+          el('td', { class: 'mono', title: x.study_uid || '' }, dash(x.study_uid)),
+          el('td', { class: 'mono', title: x.sop_instance_uid || '' }, dash(x.sop_instance_uid)),
+          el('td', { class: 'mono' }, dash(x.remote)),
+        ),
+      ),
+    );
+    show('#ir-wrap', '#ir-empty', all.length);
+  } catch (e) {
+    fail('Loading refused instances', e);
+  }
+}
+
 // ------------------------------------------------------------------ audit
 
 function auditQuery() {
@@ -788,6 +830,7 @@ const LOADERS = {
   users: loadUsers,
   turnaround: loadTurnaround,
   deliveries: loadDeliveries,
+  ingest: loadIngest,
   audit: loadAudit,
   relay: loadRelay,
 };
@@ -816,6 +859,7 @@ async function main() {
   $('#ta-refresh').addEventListener('click', loadTurnaround);
   $('#dl-show').addEventListener('change', loadDeliveries);
   $('#dl-refresh').addEventListener('click', loadDeliveries);
+  $('#ir-refresh').addEventListener('click', loadIngest);
   await selectTab(location.hash.slice(1) || 'users');
 }
 

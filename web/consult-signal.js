@@ -19,6 +19,8 @@ export const FATAL_CODES = new Set([
   'room_closed',
   'replaced',
 ]);
+/** The server's close when this page fell behind its messages (`too_slow`): worth a reconnect. */
+export const TOO_SLOW_CLOSE = 4008;
 
 export class Signal {
   /**

@@ -22,7 +22,7 @@ import {
   SubConnection,
 } from './consult-media.js';
 import { setVia } from './consult-sdp.js';
-import { FATAL_CODES, Signal } from './consult-signal.js';
+import { FATAL_CODES, Signal, TOO_SLOW_CLOSE } from './consult-signal.js';
 import { collectStreamStats, LinkMonitor, levelOf } from './consult-stats.js';
 import { Tiles } from './consult-tiles.js';
 import {
@@ -389,8 +389,10 @@ function watchFirstFrame(sub) {
 
 function onSignalClose({ code, reason }) {
   if (app.leaving || app.state === 'left' || app.state === 'error') return;
-  // 4000-4999 are the server's deliberate closes (PROTOCOL.md), 1000 a normal end.
-  const deliberate = code === 1000 || (code >= 4000 && code < 5000);
+  // 4000-4999 are the server's deliberate closes (PROTOCOL.md), 1000 a normal
+  // end; except 4008 (too_slow): this page fell behind its messages, and a
+  // reconnect sends it the room afresh.
+  const deliberate = code === 1000 || (code >= 4000 && code < 5000 && code !== TOO_SLOW_CLOSE);
   if (app.fatal || deliberate) {
     const f = app.fatal;
     fail(f ? FATAL_TEXT[f.code] || f.message : 'The server ended the session.', f ? f.message : reason);
@@ -420,6 +422,8 @@ function onServerError(msg) {
   const message = typeof msg.message === 'string' ? msg.message : '';
   pushBounded(app.errors, { code, message, ts: Date.now() }, 200);
   log('server error', code);
+  // The close (4008) follows; the page reconnects (onSignalClose).
+  if (code === 'too_slow') return;
   if (FATAL_CODES.has(code)) {
     app.fatal = { code, message };
     fail(FATAL_TEXT[code] || 'The server ended the session.', message || code);
@@ -443,6 +447,7 @@ function describeError(code, message) {
     bad_state: 'The server was not expecting that request.',
     bad_message: 'The server did not understand a message.',
     not_joined: 'Not joined yet.',
+    rate_limited: 'Too many requests at once; one was ignored.',
   };
   return `${known[code] || 'Error'}${message ? ` (${message})` : ` (${code})`}`;
 }

@@ -95,6 +95,9 @@ async function submit(ev) {
       hook.errors.push(`Too many attempts, try again in ${secs} s`);
       lockFor(Math.max(1, Math.ceil(secs)));
       keep = true;
+    } else if (err instanceof ApiError && err.status === 503) {
+      // Every password-checking slot is taken (a login flood): not the user's fault.
+      showError('The server is busy, try again in a moment');
     } else if (err instanceof ApiError) {
       showError(err.status === 403 ? 'Not allowed for your role' : `Sign-in failed: ${err.message}`);
     } else {

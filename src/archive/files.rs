@@ -9,7 +9,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -41,6 +43,60 @@ impl ArchiveError {
 pub struct Archive {
     root: PathBuf,
     min_free_bytes: u64,
+    holds: Arc<Holds>,
+}
+
+/// Content-addressed files are shared by every instance with the same bytes,
+/// whoever sent them. So a commit whose index write failed (another clinic's
+/// UIDs, a full disk) may take its file back only if no other commit of the
+/// same bytes is in flight and none was indexed meanwhile: clinic B racing a
+/// resend of clinic A's exact file must not delete the file A's row points
+/// to. Every commit holds its hash from before it looks for an existing file
+/// until `settle` says whether it was indexed; the last one out decides.
+#[derive(Debug, Default)]
+struct Holds(Mutex<std::collections::HashMap<String, Hold>>);
+
+#[derive(Debug, Default)]
+struct Hold {
+    /// Commits of these bytes not yet settled.
+    pending: u32,
+    /// One of them put the file in place (it was not there before).
+    created: bool,
+    /// One of them was indexed: the file is referenced.
+    kept: bool,
+}
+
+impl Holds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Hold>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, sha: &str) {
+        self.lock().entry(sha.to_string()).or_default().pending += 1;
+    }
+
+    fn created(&self, sha: &str) {
+        if let Some(h) = self.lock().get_mut(sha) {
+            h.created = true;
+        }
+    }
+
+    /// Ends one hold; true when the file should be removed now (the last
+    /// hold ended, this process put the file there and nobody indexed it).
+    fn release(&self, sha: &str, indexed: bool) -> bool {
+        let mut m = self.lock();
+        let Some(h) = m.get_mut(sha) else {
+            return false;
+        };
+        h.pending = h.pending.saturating_sub(1);
+        h.kept |= indexed;
+        if h.pending > 0 {
+            return false;
+        }
+        let remove = h.created && !h.kept;
+        m.remove(sha);
+        remove
+    }
 }
 
 /// A file being received. Dropping it without `finish` removes the file.
@@ -72,6 +128,20 @@ pub struct Committed {
     pub created: bool,
 }
 
+/// Makes everything this process creates from now on private to its user
+/// (umask 077: files 0600, directories 0700) and the data directory itself
+/// 0700, created if missing. The data directory holds patient data (instance
+/// files, previews, the index, staged relay bundles, the SR spool) and the
+/// first admin's password; SQLite, the renderer and the relay create files
+/// there too, so the process-wide mask covers all of them, not only the
+/// files opened here. Called once at startup, before any file is written.
+pub fn make_private(data_dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    fs::create_dir_all(data_dir)?;
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+}
+
 impl Archive {
     pub fn open(root: &Path, min_free_bytes: u64) -> Result<Archive, ArchiveError> {
         fs::create_dir_all(root.join("tmp")).map_err(ArchiveError::from_io)?;
@@ -79,6 +149,7 @@ impl Archive {
         Ok(Archive {
             root: root.to_path_buf(),
             min_free_bytes,
+            holds: Arc::default(),
         })
     }
 
@@ -129,6 +200,7 @@ impl Archive {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(ArchiveError::from_io)?;
         let mut hasher = Sha256::new();
@@ -162,12 +234,14 @@ impl Archive {
     }
 
     /// Make a written file durable and move it into place: fsync the data,
-    /// rename, fsync the directory. Durable when this returns.
+    /// rename, fsync the directory. Durable when this returns. The caller
+    /// must `settle` the result once its index write has ended.
     pub fn commit(&self, mut w: Written) -> Result<Committed, ArchiveError> {
         let (rel_dir, rel_path) = Self::rel_path(&w.sha256);
         let dir = self.root.join(&rel_dir);
         let dest = self.root.join(&rel_path);
         let file = w.file.take();
+        self.holds.take(&w.sha256);
         let result = (|| {
             if let Some(f) = file {
                 f.sync_data()?;
@@ -182,22 +256,77 @@ impl Archive {
             Ok(true)
         })();
         match result {
-            Ok(created) => Ok(Committed {
-                rel_path,
-                sha256: w.sha256.clone(),
-                size: w.size,
-                created,
-            }),
+            Ok(created) => {
+                if created {
+                    self.holds.created(&w.sha256);
+                }
+                Ok(Committed {
+                    rel_path,
+                    sha256: w.sha256.clone(),
+                    size: w.size,
+                    created,
+                })
+            }
             Err(e) => {
                 let _ = fs::remove_file(&w.tmp_path);
+                let _ = self.holds.release(&w.sha256, false);
                 Err(ArchiveError::from_io(e))
             }
         }
     }
 
-    /// Undo a commit whose index write failed, so no unindexed file is kept.
-    pub fn discard(&self, c: &Committed) {
-        if c.created {
+    /// Moves a file staged elsewhere under the archive (the relay hub's
+    /// verified bundles) into its content-addressed place, as `commit` does
+    /// for a received one; the caller fsyncs the directories it touched and
+    /// `settle`s the result.
+    pub fn place(&self, staged: &Path, sha256: &str) -> io::Result<Option<Committed>> {
+        let (rel_dir, rel_path) = Self::rel_path(sha256);
+        let dest = self.root.join(&rel_path);
+        fs::create_dir_all(self.root.join(&rel_dir))?;
+        self.holds.take(sha256);
+        let created = if dest.exists() {
+            let _ = fs::remove_file(staged);
+            false
+        } else if staged.exists() {
+            if let Err(e) = fs::rename(staged, &dest) {
+                let _ = self.holds.release(sha256, false);
+                return Err(e);
+            }
+            self.holds.created(sha256);
+            true
+        } else {
+            let _ = self.holds.release(sha256, false);
+            return Ok(None);
+        };
+        let size = match fs::metadata(&dest) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                self.settle(
+                    &Committed {
+                        rel_path,
+                        sha256: sha256.to_string(),
+                        size: 0,
+                        created,
+                    },
+                    false,
+                );
+                return Err(e);
+            }
+        };
+        Ok(Some(Committed {
+            rel_path,
+            sha256: sha256.to_string(),
+            size,
+            created,
+        }))
+    }
+
+    /// Ends a commit's hold once its index write has ended: `keep` says
+    /// whether the file must stay (a row now refers to it, or a retry will
+    /// index it). A file nobody keeps is removed when the last commit of the
+    /// same bytes ends, so no unindexed file is kept and no indexed one lost.
+    pub fn settle(&self, c: &Committed, keep: bool) {
+        if self.holds.release(&c.sha256, keep) {
             let _ = fs::remove_file(self.root.join(&c.rel_path));
         }
     }
@@ -300,6 +429,50 @@ mod tests {
         t.write(b"dataset").expect("write");
         let c = a.commit(t.finish().expect("finish")).expect("commit");
         assert_ne!(c.sha256, commits[0].sha256);
+    }
+
+    fn commit_bytes(a: &Archive, bytes: &[u8]) -> Committed {
+        let mut t = a.begin(b"HDR", b"1.2.840.10008.1.2.1").expect("begin");
+        t.write(bytes).expect("write");
+        a.commit(t.finish().expect("finish")).expect("commit")
+    }
+
+    #[test]
+    fn a_refused_commit_never_removes_a_file_another_commit_indexed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = Archive::open(dir.path(), 0).expect("open");
+        // B puts the file in place, A finds it there; A is indexed, then B
+        // is refused: the file stays, whichever order the two settle in.
+        let b = commit_bytes(&a, b"same");
+        let c = commit_bytes(&a, b"same");
+        assert!(b.created && !c.created);
+        a.settle(&c, true);
+        a.settle(&b, false);
+        assert!(a.path_of(&b.rel_path).exists());
+        // Refused first, indexed later: still kept.
+        let b = commit_bytes(&a, b"other");
+        let c = commit_bytes(&a, b"other");
+        a.settle(&b, false);
+        assert!(
+            a.path_of(&b.rel_path).exists(),
+            "another commit of these bytes is in flight"
+        );
+        a.settle(&c, true);
+        assert!(a.path_of(&b.rel_path).exists());
+        // Nobody indexed it: the last one out removes it.
+        let b = commit_bytes(&a, b"lonely");
+        let c = commit_bytes(&a, b"lonely");
+        a.settle(&b, false);
+        a.settle(&c, false);
+        assert!(!a.path_of(&b.rel_path).exists());
+        // A file that was there before (indexed earlier) is never removed.
+        let first = commit_bytes(&a, b"old");
+        a.settle(&first, true);
+        let again = commit_bytes(&a, b"old");
+        assert!(!again.created);
+        a.settle(&again, false);
+        assert!(a.path_of(&first.rel_path).exists());
+        assert!(a.holds.lock().is_empty());
     }
 
     #[test]

@@ -27,6 +27,146 @@ pub enum IndexError {
     Db(#[from] sqlx::Error),
     #[error("index writer has shut down")]
     Closed,
+    /// The instance would alter stored data it does not belong to; nothing
+    /// was written.
+    #[error(transparent)]
+    Conflict(Box<Conflict>),
+}
+
+/// A level of the DICOM information model, as named in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UidLevel {
+    Study,
+    Series,
+    Instance,
+}
+
+impl UidLevel {
+    /// The attribute's name, for DIMSE error comments.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            UidLevel::Study => "Study Instance UID",
+            UidLevel::Series => "Series Instance UID",
+            UidLevel::Instance => "SOP Instance UID",
+        }
+    }
+
+    /// Short token for audit records.
+    pub fn token(self) -> &'static str {
+        match self {
+            UidLevel::Study => "study",
+            UidLevel::Series => "series",
+            UidLevel::Instance => "instance",
+        }
+    }
+}
+
+/// Where the colliding UID already lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// In a study of another clinic (its id, for the audit trail only: the
+    /// sending device is never told whose data it hit).
+    OtherClinic { owner: String },
+    /// Same clinic, but the series is filed under another study.
+    OtherStudy,
+    /// Same clinic, but the instance is filed under another series or study.
+    OtherSeries,
+}
+
+/// An incoming instance whose UIDs collide with stored data it does not
+/// belong to. Filing it would merge it into another study (a new version of
+/// another clinic's instance, served to that clinic's viewers; a completed
+/// study reopened), so it is refused whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub level: UidLevel,
+    pub kind: ConflictKind,
+    /// The refused instance's own UIDs, as sent.
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+}
+
+impl std::fmt::Display for Conflict {
+    /// Worded for the DIMSE Error Comment (at most 64 characters, and no
+    /// clinic ids: the sender learns only that the UID is taken).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whose = match self.kind {
+            ConflictKind::OtherClinic { .. } => "another clinic",
+            ConflictKind::OtherStudy => "another study",
+            ConflictKind::OtherSeries => "another series",
+        };
+        write!(f, "{} belongs to {whose}", self.level.attribute())
+    }
+}
+
+impl std::error::Error for Conflict {}
+
+impl Conflict {
+    /// The owning clinic, when the collision is with another clinic's data.
+    pub fn owner(&self) -> Option<&str> {
+        match &self.kind {
+            ConflictKind::OtherClinic { owner } => Some(owner),
+            _ => None,
+        }
+    }
+
+    pub fn reason_token(&self) -> &'static str {
+        match self.kind {
+            ConflictKind::OtherClinic { .. } => "other-clinic",
+            ConflictKind::OtherStudy => "other-study",
+            ConflictKind::OtherSeries => "other-series",
+        }
+    }
+}
+
+/// Where the UIDs of an incoming instance already live in the index.
+#[derive(Debug, Default)]
+struct Homes {
+    /// The clinic of the study with this Study Instance UID.
+    study_clinic: Option<String>,
+    /// (study UID, clinic) of the series with this Series Instance UID.
+    series: Option<(String, String)>,
+    /// (series UID, study UID, clinic) of every stored version of the SOP
+    /// Instance UID.
+    instance: Vec<(String, String, String)>,
+}
+
+/// Decides whether `i` may be filed where its UIDs say, given where those
+/// UIDs already live. Another clinic's data is checked first at every level
+/// (the strongest reason), then the hierarchy within the clinic.
+fn judge(i: &NewInstance, h: &Homes) -> Result<(), Box<Conflict>> {
+    let conflict = |level, kind| {
+        Err(Box::new(Conflict {
+            level,
+            kind,
+            study_uid: i.study_uid.clone(),
+            series_uid: i.series_uid.clone(),
+            sop_instance_uid: i.sop_instance_uid.clone(),
+        }))
+    };
+    let other = |owner: &str| ConflictKind::OtherClinic {
+        owner: owner.to_string(),
+    };
+    if let Some(owner) = h.study_clinic.as_deref().filter(|c| *c != i.clinic_id) {
+        return conflict(UidLevel::Study, other(owner));
+    }
+    if let Some((_, owner)) = h.series.as_ref().filter(|(_, c)| *c != i.clinic_id) {
+        return conflict(UidLevel::Series, other(owner));
+    }
+    if let Some((_, _, owner)) = h.instance.iter().find(|(_, _, c)| *c != i.clinic_id) {
+        return conflict(UidLevel::Instance, other(owner));
+    }
+    if h.series.as_ref().is_some_and(|(study, _)| *study != i.study_uid) {
+        return conflict(UidLevel::Series, ConflictKind::OtherStudy);
+    }
+    if h.instance
+        .iter()
+        .any(|(series, study, _)| *series != i.series_uid || *study != i.study_uid)
+    {
+        return conflict(UidLevel::Instance, ConflictKind::OtherSeries);
+    }
+    Ok(())
 }
 
 impl StoreError {
@@ -742,15 +882,21 @@ fn list_append(col: &str) -> String {
 
 /// One instance into the index in few statements: each statement is a round
 /// trip to SQLite's worker thread, which is most of the cost of an insert.
+///
+/// First, where its UIDs already live: an instance that would land in
+/// another clinic's study, series or instance, or move a stored series or
+/// instance to another study or series, is refused before any statement
+/// writes (`IndexError::Conflict`). The check runs inside the caller's
+/// transaction (the single writer, or the relay's IMMEDIATE commit), so of
+/// two clinics sending the same new UIDs at once the first one filed wins
+/// and the other is refused.
 pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) -> Result<StoreOutcome, IndexError> {
-    let versions = sqlx::query("SELECT version, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY version")
-        .bind(&i.sop_instance_uid)
-        .fetch_all(&mut *c)
-        .await?;
-    if versions.iter().any(|r| r.get::<String, _>(1) == f.sha256) {
+    let (homes, versions) = homes_of(c, i).await?;
+    judge(i, &homes).map_err(IndexError::Conflict)?;
+    if versions.iter().any(|(_, sha)| *sha == f.sha256) {
         return Ok(StoreOutcome::Duplicate);
     }
-    let version = versions.last().map(|r| r.get::<i64, _>(0) + 1).unwrap_or(1);
+    let version = versions.last().map(|(v, _)| v + 1).unwrap_or(1);
     let new_instance = version == 1;
     let added = i64::from(new_instance);
     let size = f.size as i64;
@@ -881,6 +1027,53 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     } else {
         StoreOutcome::NewVersion(version)
     })
+}
+
+/// Where `i`'s UIDs already live, and the stored versions of its SOP
+/// Instance UID as (version, content hash), oldest first.
+async fn homes_of(c: &mut Conn, i: &NewInstance) -> Result<(Homes, Vec<(i64, String)>), IndexError> {
+    let versions = sqlx::query(
+        "SELECT i.version, i.sha256, i.series_uid, i.study_uid, s.clinic_id
+         FROM instances i JOIN studies s ON s.study_uid = i.study_uid
+         WHERE i.sop_instance_uid = ? ORDER BY i.version",
+    )
+    .bind(&i.sop_instance_uid)
+    .fetch_all(&mut *c)
+    .await?;
+    let upper = sqlx::query(
+        "SELECT (SELECT clinic_id FROM studies WHERE study_uid = ?),
+                x.study_uid, s.clinic_id
+         FROM (SELECT 1) LEFT JOIN series x ON x.series_uid = ? LEFT JOIN studies s ON s.study_uid = x.study_uid",
+    )
+    .bind(&i.study_uid)
+    .bind(&i.series_uid)
+    .fetch_one(&mut *c)
+    .await?;
+    let homes = Homes {
+        study_clinic: upper.get(0),
+        series: upper
+            .get::<Option<String>, _>(1)
+            .map(|study| (study, upper.get::<Option<String>, _>(2).unwrap_or_default())),
+        instance: versions.iter().map(|r| (r.get(2), r.get(3), r.get(4))).collect(),
+    };
+    Ok((homes, versions.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
+impl Index {
+    /// The first of `insts` that `apply_store` would refuse as a
+    /// [`Conflict`], read outside any write transaction: lets a caller
+    /// refuse before moving files into place. Advisory only; the check
+    /// inside the committing transaction is the one that holds.
+    pub async fn first_conflict(&self, insts: &[NewInstance]) -> Result<Option<Conflict>, IndexError> {
+        let mut c = self.pool.acquire().await?;
+        for i in insts {
+            let (homes, _) = homes_of(&mut c, i).await?;
+            if let Err(conflict) = judge(i, &homes) {
+                return Ok(Some(*conflict));
+            }
+        }
+        Ok(None)
+    }
 }
 
 async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexError> {
@@ -1136,21 +1329,30 @@ impl Index {
         .await?)
     }
 
-    /// All versions of one SOP instance, newest first.
+    /// All versions of one SOP instance, newest first: those filed in the
+    /// study of the latest version, the one `clinic_of_instance` decides
+    /// access on. (Ingest refuses a version in another study; an archive
+    /// written before that rule may hold one, which is then never served
+    /// under this study's access.)
     pub async fn instance_versions(&self, sop_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM instances WHERE sop_instance_uid = ? ORDER BY version DESC")
-                .bind(sop_uid)
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT * FROM instances WHERE sop_instance_uid = ?
+               AND study_uid = (SELECT study_uid FROM instances WHERE sop_instance_uid = ? ORDER BY version DESC LIMIT 1)
+             ORDER BY version DESC",
         )
+        .bind(sop_uid)
+        .bind(sop_uid)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
-    /// The clinic an instance (any version) belongs to, for access checks.
+    /// The clinic of the study holding an instance's latest version: the
+    /// version served by default, and the study whose versions
+    /// `instance_versions` lists, so access is decided on what is served.
     pub async fn clinic_of_instance(&self, sop_uid: &str) -> Result<Option<String>, IndexError> {
         Ok(sqlx::query(
             "SELECT s.clinic_id FROM instances i JOIN studies s ON s.study_uid = i.study_uid
-             WHERE i.sop_instance_uid = ? LIMIT 1",
+             WHERE i.sop_instance_uid = ? ORDER BY i.version DESC LIMIT 1",
         )
         .bind(sop_uid)
         .fetch_optional(&self.pool)
@@ -1307,7 +1509,8 @@ fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFi
     }
 }
 
-/// `AND col IN (?, ?, ...)`; an empty list matches nothing.
+/// `AND col IN (?, ?, ...)`; an empty list matches nothing. `col` is the
+/// bare column (the `AND` is added here).
 pub fn push_in(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, col: &str, values: &[String]) {
     if values.is_empty() {
         qb.push(" AND 0");
@@ -1486,6 +1689,163 @@ mod tests {
             .await
             .expect("search");
         assert!(rows.is_empty());
+    }
+
+    fn of(clinic: &str, mut i: NewInstance) -> NewInstance {
+        i.clinic_id = clinic.into();
+        i
+    }
+
+    fn conflict(r: Result<StoreOutcome, StoreError>) -> Conflict {
+        match r {
+            Err(StoreError::Index {
+                source: IndexError::Conflict(c),
+                ..
+            }) => *c,
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn uids_of_another_clinic_or_place_are_refused_and_nothing_changes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        idx.store(of("a", inst("1.1", "9", "9.1", "CT", 0)), file("aa"))
+            .await
+            .expect("a");
+        assert_eq!(idx.sweep_stable(5000).await.expect("sweep").len(), 1);
+        let snapshot = || async {
+            let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+                "SELECT s.status, s.num_instances, i.sha256, i.version FROM studies s JOIN instances i ON i.study_uid = s.study_uid",
+            )
+            .fetch_all(idx.pool())
+            .await
+            .expect("rows");
+            rows
+        };
+        let before = snapshot().await;
+        let cases = [
+            // clinic b: A's study, A's series (in a new study), A's instance
+            // (new study and series), and A's instance exactly (same bytes).
+            (
+                of("b", inst("2.1", "9", "8.1", "CT", 9000)),
+                "bb",
+                UidLevel::Study,
+                "other-clinic",
+            ),
+            (
+                of("b", inst("2.2", "8", "9.1", "CT", 9000)),
+                "bb",
+                UidLevel::Series,
+                "other-clinic",
+            ),
+            (
+                of("b", inst("1.1", "8", "8.1", "CT", 9000)),
+                "bb",
+                UidLevel::Instance,
+                "other-clinic",
+            ),
+            (
+                of("b", inst("1.1", "9", "9.1", "CT", 9000)),
+                "aa",
+                UidLevel::Study,
+                "other-clinic",
+            ),
+            // clinic a itself: its series under another study, its instance
+            // under another series.
+            (
+                of("a", inst("3.1", "7", "9.1", "CT", 9000)),
+                "cc",
+                UidLevel::Series,
+                "other-study",
+            ),
+            (
+                of("a", inst("1.1", "9", "9.2", "CT", 9000)),
+                "dd",
+                UidLevel::Instance,
+                "other-series",
+            ),
+        ];
+        for (i, sha, level, reason) in cases {
+            let c = conflict(idx.store(i.clone(), file(sha)).await);
+            assert_eq!((c.level, c.reason_token()), (level, reason), "{i:?}");
+            assert_eq!(c.sop_instance_uid, i.sop_instance_uid);
+            assert!(c.to_string().len() <= 64, "{c}");
+        }
+        assert_eq!(snapshot().await, before, "nothing written, study not reopened");
+        let n: i64 = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM studies) + (SELECT COUNT(*) FROM series) + (SELECT COUNT(*) FROM patients)",
+        )
+        .fetch_one(idx.pool())
+        .await
+        .expect("n")
+        .get(0);
+        assert_eq!(n, 3);
+        // The refusal wording names the level, never the owner.
+        let c = conflict(idx.store(of("b", inst("2.1", "9", "8.1", "CT", 1)), file("ee")).await);
+        assert_eq!(c.to_string(), "Study Instance UID belongs to another clinic");
+        assert_eq!(c.owner(), Some("a"));
+        // Clinic a may still add to its study and version its instance.
+        assert_eq!(
+            idx.store(of("a", inst("1.1", "9", "9.1", "CT", 9000)), file("ff"))
+                .await
+                .expect("v2"),
+            StoreOutcome::NewVersion(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn racing_clinics_with_the_same_new_uids_have_one_winner() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        for n in 0..20 {
+            let study = format!("5.{n}");
+            let (a, b) = tokio::join!(
+                idx.store(
+                    of(
+                        "a",
+                        inst(&format!("{study}.1.1"), &study, &format!("{study}.1"), "CT", 0)
+                    ),
+                    file(&format!("a{n}"))
+                ),
+                idx.store(
+                    of(
+                        "b",
+                        inst(&format!("{study}.1.1"), &study, &format!("{study}.1"), "CT", 0)
+                    ),
+                    file(&format!("b{n}"))
+                )
+            );
+            let won = [a.is_ok(), b.is_ok()];
+            assert_eq!(won.iter().filter(|x| **x).count(), 1, "round {n}: {a:?} {b:?}");
+            let loser = if a.is_ok() { b } else { a };
+            assert_eq!(conflict(loser).level, UidLevel::Study);
+        }
+    }
+
+    #[tokio::test]
+    async fn access_is_decided_on_the_version_that_is_served() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        idx.store(of("a", inst("1.1", "9", "9.1", "CT", 0)), file("aa"))
+            .await
+            .expect("a");
+        idx.store(of("b", inst("2.1", "8", "8.1", "CT", 0)), file("bb"))
+            .await
+            .expect("b");
+        // An archive from before the ingest rule: B's instance filed as
+        // version 2 of A's SOP Instance UID, in B's study.
+        sqlx::query("UPDATE instances SET sop_instance_uid = '1.1', version = 2 WHERE sop_instance_uid = '2.1'")
+            .execute(idx.pool())
+            .await
+            .expect("legacy");
+        assert_eq!(idx.clinic_of_instance("1.1").await.expect("c").as_deref(), Some("b"));
+        let v = idx.instance_versions("1.1").await.expect("v");
+        assert_eq!(
+            v.iter().map(|r| (r.version, r.study_uid.as_str())).collect::<Vec<_>>(),
+            vec![(2, "8")],
+            "only versions of the study access was decided on"
+        );
     }
 
     #[tokio::test]

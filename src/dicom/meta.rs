@@ -46,15 +46,22 @@ pub fn file_meta(sop_class: &str, sop_instance: &str, transfer_syntax: &str, sou
     out
 }
 
-/// A UID as PS3.5 §9.1 allows it: digits and dots, no empty or leading-zero
-/// components, at most 64 characters. We also rely on this to build paths and
-/// headers safely.
+/// A UID we accept at every boundary (DIMSE, relay manifests, API paths):
+/// 1 to 64 characters, digits and dots, no empty component. This is what
+/// makes a UID safe as a file or folder name, in a header and in a query:
+/// no `/`, no `..`, nothing but digits between the dots.
+///
+/// PS3.5 §9.1 also forbids a component with a leading zero (`1.02`), but
+/// real devices send them (Varian writes `1.2.246.352.91.0000217...`) and
+/// DCMTK, Orthanc and pydicom accept them. Such a UID is unambiguous (it is
+/// compared as text, never as numbers), so it is accepted and stored as
+/// received; UIDs we generate ourselves are conformant.
 pub fn is_valid_uid(uid: &str) -> bool {
     !uid.is_empty()
         && uid.len() <= 64
         && uid
             .split('.')
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0')))
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -82,8 +89,17 @@ mod tests {
         assert!(is_valid_uid("2.25.0"));
         assert!(!is_valid_uid(""));
         assert!(!is_valid_uid("1..2"));
-        assert!(!is_valid_uid("1.02"));
-        assert!(!is_valid_uid("1.2/../x"));
+        // Leading zeros: not conformant, but unambiguous and sent by real
+        // devices (a Varian RT Structure Set).
+        assert!(is_valid_uid("1.02"));
+        assert!(is_valid_uid("1.2.246.352.91.0000217.20240101.001"));
+        assert!(is_valid_uid(&"1".repeat(64)));
+        assert!(!is_valid_uid(&"1".repeat(65)));
+        for bad in [
+            "1.2/../x", "..", "...", ".", "1.", ".1", "../1", "1.2.x", "1.2 ", " 1.2", "1.2\0", "1.2\n", "-1.2", "+1",
+        ] {
+            assert!(!is_valid_uid(bad), "{bad:?}");
+        }
         assert!(!is_valid_uid(&"1.".repeat(40)));
     }
 }

@@ -5,6 +5,7 @@
 pub mod assembly;
 pub mod attrs;
 pub mod dimse;
+pub mod limits;
 pub mod meta;
 pub mod scp;
 pub mod scu;

@@ -33,11 +33,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::assembly::{Assembler, PdvKind, Step};
 use super::attrs::{self, Attrs};
 use super::dimse::{Command, field, status, tag};
+use super::limits::{Progress, ProgressRule, RQ_PREFIX_LEN, RqPrefix, Slot, Slots, parse_rq_prefix};
 use super::meta::{file_meta, is_valid_uid};
 use super::sop_classes::STORAGE_SOP_CLASSES;
 use super::walk::{self, Encoding};
 use crate::archive::files::{Archive, ArchiveError, Committed};
-use crate::archive::index::{DurableGate, Index, NewInstance, StoreError, StoreOutcome};
+use crate::archive::index::{Conflict, DurableGate, Index, IndexError, NewInstance, StoreError, StoreOutcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -65,7 +66,13 @@ pub struct Scp {
     routes: HashMap<String, ClinicRoute>,
     abstract_syntaxes: Vec<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    slots: Arc<Semaphore>,
+    /// Established associations, overall and per calling AE.
+    slots: Arc<Slots>,
+    /// Connections whose association request is still arriving (each cut
+    /// at `association_request_timeout_secs`); beyond this, new
+    /// connections are closed at once.
+    handshakes: Arc<Semaphore>,
+    progress: ProgressRule,
     next_id: AtomicU64,
     /// Stored instances are offered here for previews (never blocking).
     render: Option<crate::imaging::worker::RenderQueue>,
@@ -77,6 +84,10 @@ pub struct Scp {
 struct AeControl {
     allowed: Option<Arc<HashSet<String>>>,
     check_called: bool,
+    /// DICOM TLS only: the slot taken at accept, counted against the
+    /// calling AE once the request is read inside the TLS session. (On the
+    /// plain port the AE is read before negotiation; see `Scp::handle`.)
+    tls_slot: Option<Arc<std::sync::Mutex<Option<Slot>>>>,
 }
 
 impl AccessControl for AeControl {
@@ -92,10 +103,23 @@ impl AccessControl for AeControl {
         }
         match &self.allowed {
             Some(set) if !set.contains(calling.trim()) => {
-                Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+                return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
             }
-            _ => Ok(()),
+            _ => {}
         }
+        if let Some(cell) = &self.tls_slot {
+            let mut held = cell.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = held.as_mut()
+                && slot.bind_ae(calling.trim()).is_err()
+            {
+                // dicom-ul answers a refusal from here as permanent with
+                // this reason; it has no way to say "transient, local
+                // limit exceeded" as the plain port does.
+                warn!(calling = %calling.trim(), "association limit of this calling AE reached (TLS), rejecting");
+                return Err(AssociationRJServiceUserReason::NoReasonGiven);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -128,7 +152,12 @@ impl Scp {
         let mut abstract_syntaxes: Vec<String> = STORAGE_SOP_CLASSES.iter().map(|(uid, _)| uid.to_string()).collect();
         abstract_syntaxes.extend(cfg.dicom.extra_sop_classes.iter().cloned());
         abstract_syntaxes.push(super::dimse::VERIFICATION_SOP_CLASS.to_string());
-        let slots = Arc::new(Semaphore::new(cfg.dicom.max_associations));
+        let slots = Slots::new(cfg.dicom.max_associations, cfg.dicom.per_ae_limit());
+        let handshakes = Arc::new(Semaphore::new(cfg.dicom.max_associations));
+        let progress = ProgressRule {
+            grace: cfg.idle_timeout(),
+            min_rate: cfg.dicom.min_receive_bytes_per_sec,
+        };
         Scp {
             cfg,
             archive,
@@ -138,12 +167,17 @@ impl Scp {
             abstract_syntaxes,
             tls,
             slots,
+            handshakes,
+            progress,
             next_id: AtomicU64::new(1),
             render,
         }
     }
 
-    fn options(&self) -> ServerAssociationOptions<'_, AeControl, dicom_ul::association::server::DefaultNegotiation> {
+    fn options(
+        &self,
+        tls_slot: Option<Arc<std::sync::Mutex<Option<Slot>>>>,
+    ) -> ServerAssociationOptions<'_, AeControl, dicom_ul::association::server::DefaultNegotiation> {
         let allowed = if self.routes.is_empty() {
             None
         } else {
@@ -153,6 +187,7 @@ impl Scp {
             .ae_access_control(AeControl {
                 allowed,
                 check_called: self.cfg.dicom.check_called_ae,
+                tls_slot,
             })
             .ae_title(self.cfg.dicom.ae_title.as_str())
             .max_pdu_length(self.cfg.dicom.max_pdu)
@@ -191,42 +226,113 @@ impl Scp {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let permit = self.slots.clone().try_acquire_owned().ok();
             let id = self.next_id.fetch_add(1, Relaxed);
-            let scp = self.clone();
             let span = info_span!("assoc", id, %peer, tls = use_tls);
-            tracker.spawn(async move { scp.handle(stream, peer, permit, use_tls).await }.instrument(span));
+            // Bounded before any task exists: a flood of connections that
+            // never send a request cannot grow tasks or hold slots.
+            let Ok(handshake) = self.handshakes.clone().try_acquire_owned() else {
+                self.metrics.associations_rejected.fetch_add(1, Relaxed);
+                span.in_scope(|| warn!("too many association requests in progress; closing the connection"));
+                drop(stream);
+                continue;
+            };
+            let scp = self.clone();
+            tracker.spawn(async move { scp.handle(stream, peer, handshake, use_tls).await }.instrument(span));
         }
     }
 
+    /// From TCP accept to a running association. The whole request phase
+    /// (TLS handshake included) has one deadline,
+    /// `association_request_timeout_secs`, however the bytes trickle in.
     async fn handle(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        permit: Option<OwnedSemaphorePermit>,
+        handshake: OwnedSemaphorePermit,
         use_tls: bool,
     ) {
-        let Some(_permit) = permit else {
-            self.metrics.associations_rejected.fetch_add(1, Relaxed);
-            warn!(
-                max = self.cfg.dicom.max_associations,
-                "association limit reached, rejecting"
-            );
-            reject_busy(stream, self.cfg.dicom.max_pdu).await;
-            return;
-        };
-        let opts = self.options();
+        let deadline = tokio::time::Instant::now() + self.cfg.association_request_timeout();
         if use_tls {
-            match opts.establish_tls_async(stream).await {
-                Ok(a) => self.clone().run(a, peer).await,
-                Err(e) => self.rejected(e),
-            }
-        } else {
-            match opts.establish_async(stream).await {
-                Ok(a) => self.clone().run(a, peer).await,
-                Err(e) => self.rejected(e),
-            }
+            return self.handle_tls(stream, peer, handshake, deadline).await;
         }
+        // The calling AE decides which slots apply, so read it before
+        // negotiating: peeked, the request stays in the socket for dicom-ul.
+        let calling = match tokio::time::timeout_at(deadline, peek_calling_ae(&stream)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                debug!(error = %e, "connection closed before an association request");
+                return;
+            }
+            Err(_) => return self.cut_request(),
+        };
+        let slot = match self.slots.acquire(calling.as_deref()) {
+            Ok(slot) => slot,
+            Err(busy) => {
+                self.metrics.associations_rejected.fetch_add(1, Relaxed);
+                warn!(
+                    calling = calling.as_deref().unwrap_or(""),
+                    limit = ?busy,
+                    max = self.cfg.dicom.max_associations,
+                    max_per_ae = self.cfg.dicom.per_ae_limit(),
+                    "association limit reached, rejecting"
+                );
+                reject_busy(stream, self.cfg.dicom.max_pdu, deadline).await;
+                return;
+            }
+        };
+        let opts = self.options(None);
+        match tokio::time::timeout_at(deadline, opts.establish_async(stream)).await {
+            Ok(Ok(a)) => {
+                drop(handshake);
+                self.clone().run(a, peer, slot).await
+            }
+            Ok(Err(e)) => self.rejected(e),
+            Err(_) => self.cut_request(),
+        }
+    }
+
+    async fn handle_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        handshake: OwnedSemaphorePermit,
+        deadline: tokio::time::Instant,
+    ) {
+        // The request is inside the TLS session: take a slot now and count
+        // it against the calling AE during negotiation (AeControl).
+        let slot = match self.slots.acquire(None) {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.metrics.associations_rejected.fetch_add(1, Relaxed);
+                warn!(
+                    max = self.cfg.dicom.max_associations,
+                    "association limit reached, closing a TLS connection"
+                );
+                return;
+            }
+        };
+        let cell = Arc::new(std::sync::Mutex::new(Some(slot)));
+        let opts = self.options(Some(cell.clone()));
+        match tokio::time::timeout_at(deadline, opts.establish_tls_async(stream)).await {
+            Ok(Ok(a)) => {
+                drop(handshake);
+                let slot = cell.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match slot {
+                    Some(slot) => self.clone().run(a, peer, slot).await,
+                    None => warn!("association slot vanished; closing"),
+                }
+            }
+            Ok(Err(e)) => self.rejected(e),
+            Err(_) => self.cut_request(),
+        }
+    }
+
+    fn cut_request(&self) {
+        self.metrics.associations_rejected.fetch_add(1, Relaxed);
+        info!(
+            secs = self.cfg.dicom.association_request_timeout_secs,
+            "no complete association request in time; connection closed"
+        );
     }
 
     fn rejected(&self, e: dicom_ul::association::Error) {
@@ -234,7 +340,7 @@ impl Scp {
         info!(reason = %e, "association not established");
     }
 
-    async fn run<S>(self: Arc<Self>, mut assoc: AsyncServerAssociation<S>, _peer: SocketAddr)
+    async fn run<S>(self: Arc<Self>, mut assoc: AsyncServerAssociation<S>, peer: SocketAddr, _slot: Slot)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -256,12 +362,14 @@ impl Scp {
         });
         let mut session = Session {
             scp: self.clone(),
+            peer,
             calling,
             route,
             contexts,
             max_send_pdu: assoc.requestor_max_pdu_length(),
             asm: Assembler::new(MAX_COMMAND_BYTES),
             current: None,
+            progress: Progress::default(),
         };
         let end = session.drive(&mut assoc).await;
         match end {
@@ -284,17 +392,21 @@ impl Scp {
                     .await;
             }
         }
-        let _ = assoc.inner_stream().shutdown().await;
+        // Bounded: over TLS, shutdown writes close_notify, which waits
+        // forever on a peer that stopped reading.
+        let _ = tokio::time::timeout(self.cfg.idle_timeout(), assoc.inner_stream().shutdown()).await;
         self.metrics.associations_active.fetch_sub(1, Relaxed);
     }
 }
 
 /// Answer an A-ASSOCIATE-RQ with "transient, local limit exceeded" so the
 /// sender retries later instead of treating it as a configuration error.
-async fn reject_busy(mut stream: TcpStream, max_pdu: u32) {
+/// The request is read whole first (by `deadline`): closing on unread bytes
+/// would reset the connection before the peer reads the answer.
+async fn reject_busy(mut stream: TcpStream, max_pdu: u32, deadline: tokio::time::Instant) {
     let mut buf = bytes::BytesMut::with_capacity(4096);
     let read = dicom_ul::association::read_pdu_from_wire_async(&mut stream, &mut buf, max_pdu, true);
-    if let Ok(Ok(Pdu::AssociationRQ(_))) = tokio::time::timeout(Duration::from_secs(10), read).await {
+    if let Ok(Ok(Pdu::AssociationRQ(_))) = tokio::time::timeout_at(deadline, read).await {
         let rj = Pdu::AssociationRJ(AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(
@@ -309,6 +421,32 @@ async fn reject_busy(mut stream: TcpStream, max_pdu: u32) {
     let _ = stream.shutdown().await;
 }
 
+/// The calling AE title of the A-ASSOCIATE-RQ arriving on `stream`, read
+/// with MSG_PEEK so the request stays queued for the association layer;
+/// None when the first bytes are not an association request (the layer
+/// answers those). Waits for the 42 bytes that hold the AE titles,
+/// however slowly they come (the caller's deadline bounds it).
+async fn peek_calling_ae(stream: &TcpStream) -> std::io::Result<Option<String>> {
+    let mut buf = [0u8; RQ_PREFIX_LEN];
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        match parse_rq_prefix(&buf[..n]) {
+            RqPrefix::Calling(ae) => return Ok(Some(ae)),
+            RqPrefix::NotAssociateRq => return Ok(None),
+            // Peeking does not consume, so the socket stays readable: wait
+            // a little before looking again.
+            RqPrefix::NeedMore => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 enum End {
     Released,
     PeerAborted,
@@ -319,12 +457,15 @@ enum End {
 /// Per-association state.
 struct Session {
     scp: Arc<Scp>,
+    peer: SocketAddr,
     calling: String,
     route: ClinicRoute,
     contexts: HashMap<u8, (String, String)>,
     max_send_pdu: u32,
     asm: Assembler,
     current: Option<Reception>,
+    /// The message being received, against `Scp::progress`.
+    progress: Progress,
 }
 
 /// The message whose dataset is being received.
@@ -353,6 +494,20 @@ enum Chunk {
     End,
 }
 
+/// PS3.7 §9.1.1.1.9 (general C-STORE statuses) "Invalid SOP Instance":
+/// the Affected SOP Instance UID violates the UID construction rules. Not
+/// 0xC000, which says the data could not be parsed (the README's table).
+const INVALID_SOP_INSTANCE: u16 = 0x0117;
+
+/// PS3.7 §9.1.1.1.9 "Refused: Not authorized": the sender may not perform
+/// this store. Used when an instance's UIDs already belong to another
+/// clinic's data, or would move a stored series or instance to another
+/// study or series: the dataset is well formed (not 0xA9xx, "does not match
+/// its SOP class", nor 0xCxxx, "cannot understand"), and the refusal is
+/// permanent, so a resend cannot help (unlike 0xA7xx, out of resources);
+/// only an administrator can sort it out (the refusal is audited).
+const NOT_AUTHORIZED: u16 = 0x0124;
+
 /// Why a C-STORE failed, mapped once to a DIMSE status and comment.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreFailure {
@@ -363,7 +518,11 @@ pub enum StoreFailure {
     #[error("cannot understand: {0}")]
     Unreadable(String),
     #[error("{0}")]
+    InvalidUid(String),
+    #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    NotAuthorized(String),
     #[error("processing failure: {0}")]
     Internal(String),
 }
@@ -374,7 +533,9 @@ impl StoreFailure {
             StoreFailure::Resources(_) => status::OUT_OF_RESOURCES,
             StoreFailure::Mismatch(_) => status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
             StoreFailure::Unreadable(_) => status::CANNOT_UNDERSTAND,
+            StoreFailure::InvalidUid(_) => INVALID_SOP_INSTANCE,
             StoreFailure::Refused(_) => status::SOP_CLASS_NOT_SUPPORTED,
+            StoreFailure::NotAuthorized(_) => NOT_AUTHORIZED,
             StoreFailure::Internal(_) => status::PROCESSING_FAILURE,
         }
     }
@@ -382,8 +543,10 @@ impl StoreFailure {
     fn count(&self, m: &Metrics) {
         let c = match self {
             StoreFailure::Resources(_) => &m.store_failures_resources,
-            StoreFailure::Mismatch(_) | StoreFailure::Unreadable(_) => &m.store_failures_invalid,
-            StoreFailure::Refused(_) => &m.store_failures_refused,
+            StoreFailure::Mismatch(_) | StoreFailure::Unreadable(_) | StoreFailure::InvalidUid(_) => {
+                &m.store_failures_invalid
+            }
+            StoreFailure::Refused(_) | StoreFailure::NotAuthorized(_) => &m.store_failures_refused,
             StoreFailure::Internal(_) => &m.store_failures_internal,
         };
         c.fetch_add(1, Relaxed);
@@ -412,10 +575,22 @@ impl Session {
             };
             match pdu {
                 Pdu::PData { data } => {
+                    // A message must keep arriving at the minimum rate once
+                    // started (a single PDU is bounded by the read timeout).
+                    let n: u64 = data.iter().map(|p| p.data.len() as u64).sum();
+                    if let Err(slow) = self.progress.on_data(&self.scp.progress, Instant::now(), n) {
+                        return End::Abort(
+                            AbortRQServiceProviderReason::ReasonNotSpecified,
+                            format!("peer too slow: {slow}"),
+                        );
+                    }
                     for pdv in data {
                         if let Err(end) = self.on_pdv(assoc, pdv).await {
                             return end;
                         }
+                    }
+                    if !self.asm.in_message() && self.current.is_none() {
+                        self.progress.reset();
                     }
                 }
                 Pdu::ReleaseRQ if self.asm.in_message() => {
@@ -545,7 +720,7 @@ impl Session {
             .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
             .to_string();
         if !is_valid_uid(&sop_instance) {
-            return Err(StoreFailure::Unreadable("invalid Affected SOP Instance UID".into()));
+            return Err(StoreFailure::InvalidUid("invalid Affected SOP Instance UID".into()));
         }
         self.scp.archive.check_reserve()?;
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -641,6 +816,7 @@ impl Session {
         let t = Instant::now();
         match self.scp.index.store_when_durable(inst, planned, Some(durable)).await {
             Ok((o, committed)) => {
+                self.scp.archive.settle(&committed, true);
                 tracing::trace!(index_us = t.elapsed().as_micros() as u64, "indexed");
                 debug!(study = %study, outcome = ?o, "instance stored");
                 let version = match o {
@@ -665,7 +841,15 @@ impl Session {
                 // Keep archive and index consistent: no file without an index row.
                 if let StoreError::Index { file: Some(c), .. } = &e {
                     let (archive, c) = (self.scp.archive.clone(), c.clone());
-                    let _ = tokio::task::spawn_blocking(move || archive.discard(&c)).await;
+                    let _ = tokio::task::spawn_blocking(move || archive.settle(&c, false)).await;
+                }
+                if let StoreError::Index {
+                    source: IndexError::Conflict(c),
+                    ..
+                } = &e
+                {
+                    self.refused(c).await;
+                    return Err(StoreFailure::NotAuthorized(c.to_string()));
                 }
                 // SQLite reports a full disk in several ways (SQLITE_FULL,
                 // various I/O errors); the free space says what happened.
@@ -676,6 +860,30 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Audits an instance refused for colliding with stored data it does
+    /// not belong to: who (the calling AE and its clinic), which level,
+    /// whose data; UIDs only, no patient attributes.
+    async fn refused(&self, c: &Conflict) {
+        warn!(
+            calling = %self.calling,
+            clinic = %self.route.clinic_id,
+            level = c.level.token(),
+            reason = c.reason_token(),
+            study_uid = %c.study_uid,
+            "instance refused: its UIDs belong elsewhere"
+        );
+        crate::reading::audit::record_ingest_refusal(
+            self.scp.index.pool(),
+            now_ms(),
+            &self.calling,
+            "dicom",
+            &self.route.clinic_id,
+            c,
+            &self.peer.to_string(),
+        )
+        .await;
     }
 
     fn low_space(&self) -> bool {
@@ -751,7 +959,11 @@ fn receive_instance(
             let t = std::time::Instant::now();
             let r = p.archive.commit(written);
             tracing::trace!(durable_us = t.elapsed().as_micros() as u64, "instance durable");
-            let _ = durable.send(r);
+            // Nobody waits for it (the index writer failed the request
+            // before its gate): no index row will refer to the file.
+            if let Err(Ok(c)) = durable.send(r) {
+                p.archive.settle(&c, false);
+            }
         }
         Err(f) => {
             let _ = ready.send(Err(f));
@@ -955,6 +1167,7 @@ mod tests {
         let c = AeControl {
             allowed: Some(Arc::new(["CT01".to_string()].into())),
             check_called: true,
+            tls_slot: None,
         };
         assert_eq!(c.check_access("MEDRELAY", "CT01", "MEDRELAY", None), Ok(()));
         assert_eq!(
@@ -968,7 +1181,24 @@ mod tests {
         let open = AeControl {
             allowed: None,
             check_called: false,
+            tls_slot: None,
         };
         assert_eq!(open.check_access("MEDRELAY", "ANY", "X", None), Ok(()));
+        // TLS: the slot taken at accept counts against the calling AE.
+        let slots = Slots::new(4, 1);
+        let _held = slots.acquire(Some("PACS")).expect("slot");
+        let tls = |slot| AeControl {
+            allowed: None,
+            check_called: false,
+            tls_slot: Some(Arc::new(std::sync::Mutex::new(Some(slot)))),
+        };
+        let full = tls(slots.acquire(None).expect("slot"));
+        assert_eq!(
+            full.check_access("MEDRELAY", "PACS", "MEDRELAY", None),
+            Err(AssociationRJServiceUserReason::NoReasonGiven)
+        );
+        let other = tls(slots.acquire(None).expect("slot"));
+        assert_eq!(other.check_access("MEDRELAY", "CT01 ", "MEDRELAY", None), Ok(()));
+        assert_eq!(slots.held_by("CT01"), 1);
     }
 }

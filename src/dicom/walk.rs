@@ -49,6 +49,8 @@ pub enum WalkError {
     BadItem { group: u16, elem: u16, at: u64 },
     #[error("sequences nested deeper than {0}")]
     TooDeep(usize),
+    #[error("pixel data in more than {0} fragments")]
+    TooManyFragments(usize),
     #[error("dataset is empty")]
     Empty,
     #[error("read error: {0}")]
@@ -56,6 +58,11 @@ pub enum WalkError {
 }
 
 const MAX_DEPTH: usize = 32;
+/// Most encapsulated pixel data fragments kept (16 bytes each, so at most
+/// 16 MiB): far more than any real image has frames, while an 8-byte item
+/// header each would otherwise cost 2-4x the dataset (or, deflated, ~1000x
+/// its compressed size).
+pub const MAX_FRAGMENTS: usize = 1 << 20;
 /// Values longer than this are not collected even if wanted; index fields are short.
 const MAX_COLLECT: u32 = 4096;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
@@ -200,6 +207,14 @@ fn read_header<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<Option<Heade
     }))
 }
 
+/// The most [`walk`] allocates, whatever the input: the scratch buffer and
+/// the inflater (256 KiB), the wanted values (`wanted` tags of at most
+/// `MAX_COLLECT` bytes) and the fragment list (1.5 x its largest size, as it
+/// grows). Checked by the `walk` fuzz target.
+pub fn memory_bound(wanted: usize) -> usize {
+    (256 << 10) + wanted * (MAX_COLLECT as usize + 128) + MAX_FRAGMENTS * 16 * 3 / 2
+}
+
 /// Walk the dataset in `reader` (no file meta group, no preamble).
 /// `wanted` lists top-level tags as (group << 16 | elem) whose values to keep.
 pub fn walk<R: Read>(reader: R, enc: Encoding, wanted: &[u32]) -> Result<Summary, WalkError> {
@@ -322,6 +337,9 @@ fn walk_fragments<R: Read>(c: &mut Cursor<R>, enc: Encoding) -> Result<Vec<(u64,
         match (h.group, h.elem) {
             SEQ_END => return Ok(fragments),
             ITEM if h.len != UNDEFINED => {
+                if fragments.len() == MAX_FRAGMENTS {
+                    return Err(WalkError::TooManyFragments(MAX_FRAGMENTS));
+                }
                 fragments.push((c.pos, h.len));
                 c.skip(u64::from(h.len))?;
             }

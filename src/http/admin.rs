@@ -181,3 +181,11 @@ pub async fn deliveries(State(s): S, c: Caller) -> Result<Json<serde_json::Value
         .map_err(internal)?;
     Ok(Json(json!({ "deliveries": d })))
 }
+
+/// Instances refused at ingest because their UIDs belong to another
+/// clinic's data (or to another study or series), newest first.
+pub async fn ingest_refusals(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&c, &[Role::Admin])?;
+    let r = audit::ingest_refusals(s.index.pool(), 200).await.map_err(internal)?;
+    Ok(Json(json!({ "refusals": r })))
+}

@@ -1,11 +1,12 @@
 //! API handlers: health, metrics, study search and browse, downloads.
 
-use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,22 +15,15 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::zipstream::ZipStream;
+use super::limits::ZipRefused;
+use super::uid::{Uid, check as check_uid};
+use super::zipstream::{ZipStream, instance_entry_name};
 use crate::app::Services;
 use crate::archive::index::{InstanceRow, StudyFilter, StudyRow};
-use crate::dicom::meta::is_valid_uid;
-use crate::reading::access::Caller;
+use crate::reading::access::{Caller, Role};
 use crate::reading::audit;
 
 type S = State<Arc<Services>>;
-
-fn check_uid(uid: &str) -> Result<(), ApiError> {
-    if is_valid_uid(uid) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!("{uid:?} is not a valid UID")))
-    }
-}
 
 /// The study if the caller's scope covers its clinic. Out of scope is "not
 /// found", so UIDs of other clinics' studies cannot be probed.
@@ -57,10 +51,22 @@ pub async fn check_series(s: &Services, c: &Caller, uid: &str) -> Result<(), Api
     }
 }
 
-pub async fn health(State(s): S) -> Json<serde_json::Value> {
+/// Liveness for load balancers and monitors: only `status` for anonymous
+/// callers (no version, role, AE title or disk figures for a scanner to
+/// collect); the details for admins and on the metrics listener.
+pub async fn health(State(s): S, c: Result<Caller, ApiError>) -> Json<serde_json::Value> {
+    let details = c.is_ok_and(|c| c.is(Role::Admin));
+    health_json(&s, details).await
+}
+
+pub async fn health_json(s: &Services, details: bool) -> Json<serde_json::Value> {
     let db_ok = sqlx::query("SELECT 1").execute(s.index.pool()).await.is_ok();
+    let status = if db_ok { "ok" } else { "degraded" };
+    if !details {
+        return Json(json!({ "status": status }));
+    }
     Json(json!({
-        "status": if db_ok { "ok" } else { "degraded" },
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "role": s.cfg.role,
         "ae_title": s.cfg.dicom.ae_title,
@@ -69,6 +75,7 @@ pub async fn health(State(s): S) -> Json<serde_json::Value> {
     }))
 }
 
+/// Prometheus text; served on the metrics listener only (see `http::serve_metrics`).
 pub async fn metrics(State(s): S) -> Response {
     let depth = s.index.worklist_depth().await.unwrap_or(-1);
     let free = s.archive.free_bytes().map(|v| v as i64).unwrap_or(-1);
@@ -99,6 +106,7 @@ pub async fn metrics(State(s): S) -> Response {
     let mut text = text;
     super::consult::render_metrics(&s.sfu.metrics, &mut text);
     super::relay::render_metrics(&s, &mut text).await;
+    s.limits.render(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -120,7 +128,7 @@ pub async fn studies(
     ))
 }
 
-pub async fn study(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn study(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     let st = study_for(&s, &c, &uid).await?;
     let series = s.index.series_of(&uid).await?;
     let worklist = crate::reading::reports::worklist_entry(s.index.pool(), &uid)
@@ -135,29 +143,17 @@ pub async fn study(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Js
     ))
 }
 
-pub async fn study_series(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn study_series(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(&s, &c, &uid).await?;
     Ok(Json(json!({ "series": s.index.series_of(&uid).await? })))
 }
 
-pub async fn study_instances(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn study_instances(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(&s, &c, &uid).await?;
     Ok(Json(json!({ "instances": s.index.instances_of_study(&uid).await? })))
 }
 
-pub async fn series_instances(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn series_instances(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     check_series(&s, &c, &uid).await?;
     let rows = s.index.instances_of_series(&uid).await?;
     if rows.is_empty() {
@@ -166,7 +162,7 @@ pub async fn series_instances(
     Ok(Json(json!({ "instances": rows })))
 }
 
-pub async fn instance(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn instance(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     check_instance(&s, &c, &uid).await?;
     let versions = s.index.instance_versions(&uid).await?;
     let latest = versions.first().cloned().ok_or(ApiError::NotFound("instance"))?;
@@ -188,7 +184,7 @@ pub struct VersionQuery {
 pub async fn instance_file(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     Query(q): Query<VersionQuery>,
 ) -> Result<Response, ApiError> {
     check_instance(&s, &c, &uid).await?;
@@ -227,16 +223,48 @@ pub async fn instance_file(
     Ok(resp)
 }
 
-/// Stream the whole study as a zip, produced on a blocking thread and sent
-/// through a small bounded channel: memory stays flat whatever the study size.
-pub async fn study_zip(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Response, ApiError> {
+/// Stream the whole study as a zip. Bounded: at most `http.max_zip_downloads`
+/// at once and `max_zip_downloads_per_account` per account (beyond: 503 or
+/// 429 with Retry-After). The zip is produced by a task that reads the files
+/// with async I/O and hands chunks over a small channel; it holds no thread
+/// while the client is slow, and a client that takes no chunk for
+/// `http.write_timeout_secs` loses the download (and the connection, by the
+/// connection's write timeout), which frees its slot.
+pub async fn study_zip(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Response, ApiError> {
     study_for(&s, &c, &uid).await?;
+    let slot = s.zip_slots.try_acquire(&c.user.username).map_err(|r| {
+        s.limits.zip_refused.fetch_add(1, Ordering::Relaxed);
+        match r {
+            ZipRefused::Account => ApiError::Limited("your other study downloads are still running", 30),
+            ZipRefused::Global => ApiError::Busy("too many study downloads at once", 30),
+        }
+    })?;
     audit::record(s.index.pool(), &c, "download", Some(&uid), Some("study zip")).await;
     let rows = s.index.instances_of_study(&uid).await?;
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let archive = s.archive.clone();
-    tokio::task::spawn_blocking(move || write_zip(&archive, &rows, &tx));
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stall = Duration::from_secs(s.cfg.http.write_timeout_secs);
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        if write_zip(&archive, &rows, &tx, stall).await {
+            finished.store(true, Ordering::Release);
+        }
+    });
+    // A producer that stopped early (file error, stalled client) must not
+    // look like a complete zip: the body then ends with an error, which
+    // aborts the response instead of closing it cleanly.
+    let stream = futures::stream::unfold((rx, done), |(mut rx, done)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, done))),
+            None if done.load(Ordering::Acquire) => None,
+            None => {
+                done.store(true, Ordering::Release);
+                Some((Err(std::io::Error::other("study zip aborted")), (rx, done)))
+            }
+        }
+    });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
@@ -246,48 +274,61 @@ pub async fn study_zip(State(s): S, c: Caller, Path(uid): Path<String>) -> Resul
     Ok(resp)
 }
 
-fn write_zip(
+/// Chunk size of a study zip; with the channel's 4 slots, at most ~1 MiB
+/// waits for a slow client.
+const ZIP_CHUNK: usize = 256 * 1024;
+
+/// Writes the zip into `tx`; true when all of it was handed over.
+async fn write_zip(
     archive: &crate::archive::files::Archive,
     rows: &[InstanceRow],
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let send = |b: Vec<u8>| tx.blocking_send(Ok(Bytes::from(b))).is_ok();
+    stall: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let send = |b: Vec<u8>| async move { tx.send_timeout(Ok(Bytes::from(b)), stall).await.is_ok() };
+    let fail = |e: std::io::Error| {
+        // Best effort: the stream also ends in an error when this cannot be queued.
+        let _ = tx.try_send(Err(e));
+        false
+    };
     let mut z = ZipStream::new();
-    for r in rows {
-        let name = format!("{}/{}.dcm", r.series_uid, r.sop_instance_uid);
-        let mut f = match std::fs::File::open(archive.path_of(&r.path)) {
+    let mut series_no: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut buf = vec![0u8; ZIP_CHUNK];
+    for (i, r) in rows.iter().enumerate() {
+        let next = series_no.len();
+        let n = *series_no.entry(r.series_uid.as_str()).or_insert(next);
+        let name = instance_entry_name(&r.series_uid, &r.sop_instance_uid, n, i);
+        // Abort the body on errors: a truncated zip is detectable, a
+        // silently incomplete one is not.
+        let mut f = match tokio::fs::File::open(archive.path_of(&r.path)).await {
             Ok(f) => f,
-            Err(e) => {
-                // Abort the body: a truncated zip is detectable, a silently
-                // incomplete one is not.
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
+            Err(e) => return fail(e),
         };
-        if !send(z.start(&name)) {
-            return;
+        let header = match z.start(&name) {
+            Ok(h) => h,
+            Err(e) => return fail(std::io::Error::other(e)),
+        };
+        if !send(header).await {
+            return false;
         }
-        let mut buf = vec![0u8; 256 * 1024];
         loop {
-            match f.read(&mut buf) {
+            match f.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => {
                     z.data(&buf[..n]);
-                    if !send(buf[..n].to_vec()) {
-                        return;
+                    if !send(buf[..n].to_vec()).await {
+                        return false;
                     }
                 }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
+                Err(e) => return fail(e),
             }
         }
-        if !send(z.end()) {
-            return;
+        if !send(z.end()).await {
+            return false;
         }
     }
-    send(z.finish());
+    send(z.finish()).await
 }
 
 /// Dataset attributes for the tag panel and the viewer (window presets,
@@ -400,11 +441,7 @@ async fn tags_of(s: &Services, uid: &str) -> Result<(Vec<serde_json::Value>, ser
         .map_err(ApiError::Unprocessable)
 }
 
-pub async fn instance_tags(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn instance_tags(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     check_instance(&s, &c, &uid).await?;
     let (tags, _) = tags_of(&s, &uid).await?;
     Ok(Json(json!({ "tags": tags })))

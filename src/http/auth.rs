@@ -5,11 +5,21 @@
 //! hand out live sessions. State-changing requests must also carry the
 //! session's CSRF token in `X-CSRF-Token`: SameSite already stops most
 //! cross-site posts, the header stops the rest (old browsers, same-site
-//! subdomains). Login failures are throttled per username and per address.
+//! subdomains).
+//!
+//! Logins are the one expensive thing an anonymous client can ask for
+//! (argon2id: tens of ms and ~19 MiB each), so `login` is guarded in this
+//! order: refused at once while the username or address is locked out (429);
+//! refused at once when every password-hashing slot is taken (503, nothing
+//! queues without bound); the attempt is counted as a failure *before*
+//! hashing, so parallel attempts cannot all pass the check; a success takes
+//! the count back. Failed logins are audited, at most `FAILED_LOGIN_ROWS`
+//! rows a minute, the rest as one summary row.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
@@ -22,8 +32,45 @@ use serde_json::json;
 use super::error::ApiError;
 use crate::app::Services;
 use crate::reading::access::{Caller, Role, scope_of};
-use crate::reading::accounts::{self, SessionCheck};
-use crate::reading::audit;
+use crate::reading::accounts::{self, LoginThrottle, PasswordPool, SessionCheck};
+use crate::reading::audit::{self, RowBudget};
+
+/// Failed-login audit rows itemised per minute; the rest are counted in one
+/// summary row per minute (a flood cannot fill the disk with audit rows).
+pub const FAILED_LOGIN_ROWS: u32 = 60;
+
+/// Everything that bounds what anonymous login attempts can cost.
+pub struct LoginGuard {
+    pub throttle: Mutex<LoginThrottle>,
+    pub hasher: PasswordPool,
+    pub failed_rows: Mutex<RowBudget>,
+}
+
+impl LoginGuard {
+    pub fn new(free_failures: u32, hash_threads: usize, hash_queue: usize) -> std::io::Result<LoginGuard> {
+        Ok(LoginGuard {
+            throttle: Mutex::new(LoginThrottle::new(free_failures)),
+            hasher: PasswordPool::start(hash_threads, hash_queue)?,
+            failed_rows: Mutex::new(RowBudget::new(Duration::from_secs(60), FAILED_LOGIN_ROWS)),
+        })
+    }
+
+    fn throttle(&self) -> Result<std::sync::MutexGuard<'_, LoginThrottle>, ApiError> {
+        self.throttle
+            .lock()
+            .map_err(|_| ApiError::Internal("login throttle poisoned".into()))
+    }
+
+    /// Writes the summary row of a minute whose failed logins were not all
+    /// itemised (called by housekeeping, so the last minute of a flood is
+    /// summarised too).
+    pub async fn flush_audit(&self, pool: &sqlx::SqlitePool) {
+        let closed = self.failed_rows.lock().ok().and_then(|mut b| b.flush(Instant::now()));
+        if let Some(sup) = closed {
+            audit::record_suppressed(pool, "login_failed", sup).await;
+        }
+    }
+}
 
 pub const COOKIE: &str = "mr_session";
 
@@ -93,7 +140,7 @@ impl FromRequestParts<Arc<Services>> for Caller {
 }
 
 /// Equality whose time does not depend on where the first difference is.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -123,42 +170,49 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let Json(l) = body.map_err(|e| ApiError::BadRequest(format!("login: {}", e.body_text())))?;
     let ip = remote.map(|r| r.0.0.ip().to_string()).unwrap_or_default();
-    let user_key = l.username.to_lowercase();
-    {
-        let limiter = s
-            .login_limiter
-            .lock()
-            .map_err(|_| ApiError::Internal("limiter poisoned".into()))?;
-        if let Err(wait) = limiter.check(&user_key, &ip, Instant::now()) {
-            return Err(ApiError::TooMany(wait.as_secs().max(1)));
-        }
-    }
     if l.username.len() > 64 || l.password.len() > 1024 {
+        // No account has such a name (or password): nothing to hash or count.
         return Err(ApiError::Unauthorized("wrong username or password"));
     }
-    let user = accounts::check_login(s.index.pool(), &l.username, &l.password)
+    let user_key = l.username.to_lowercase();
+    let g = &s.login;
+    let locked = |wait: Duration| {
+        s.limits.login_locked.fetch_add(1, Relaxed);
+        ApiError::TooMany(wait.as_secs_f64().ceil().max(1.0) as u64)
+    };
+    g.throttle()?.check(&user_key, &ip, Instant::now()).map_err(locked)?;
+    let Some(slot) = g.hasher.try_slot() else {
+        s.limits.login_busy.fetch_add(1, Relaxed);
+        return Err(ApiError::Busy("the server is busy with other logins", 1));
+    };
+    g.throttle()?.begin(&user_key, &ip, Instant::now()).map_err(locked)?;
+    let user = accounts::check_login(s.index.pool(), &g.hasher, slot, &l.username, &l.password)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let Some(user) = user else {
-        if let Ok(mut limiter) = s.login_limiter.lock() {
-            limiter.on_failure(&user_key, &ip, Instant::now());
+        let (itemise, closed) = match g.failed_rows.lock() {
+            Ok(mut b) => b.admit(Instant::now()),
+            Err(_) => (false, None),
+        };
+        if let Some(sup) = closed {
+            audit::record_suppressed(s.index.pool(), "login_failed", sup).await;
         }
-        audit::record_raw(
-            s.index.pool(),
-            now_ms(),
-            &l.username,
-            "",
-            "login_failed",
-            None,
-            None,
-            &ip,
-        )
-        .await;
+        if itemise {
+            audit::record_raw(
+                s.index.pool(),
+                now_ms(),
+                &l.username,
+                "",
+                "login_failed",
+                None,
+                None,
+                &ip,
+            )
+            .await;
+        }
         return Err(ApiError::Unauthorized("wrong username or password"));
     };
-    if let Ok(mut limiter) = s.login_limiter.lock() {
-        limiter.on_success(&user_key);
-    }
+    g.throttle()?.on_success(&user_key, &ip, Instant::now());
     let sess = accounts::create_session(s.index.pool(), &user.username, &ip, now_ms())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -17,34 +17,31 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::auth::{now_ms, require, session_limits_ms};
 use super::error::ApiError;
 use super::room_access::{self, Owner, Rights};
+use super::signal_session;
 use crate::app::Services;
 use crate::reading::access::{Caller, Role as AccountRole, User};
 use crate::reading::accounts::{self, SessionCheck};
 use crate::reading::audit;
 use crate::reading::requests::{self, Request};
 use crate::sfu::EngineGone;
+use crate::sfu::client_queue::{DEPTH, client_queue};
 use crate::sfu::engine::{Command, Invited, NewParticipant, RoomOwner, RoomStatus, SfuError};
-use crate::sfu::protocol::{
-    ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, RoomKind, ServerMsg, ToClient, error as sig_error, parse_client,
-};
+use crate::sfu::protocol::{ClientMsg, ErrorCode, MAX_SIGNAL_BYTES, Role, RoomKind, parse_client};
 use crate::sfu::tokens::{Claims, TokenError};
 
 type S = State<Arc<Services>>;
 
-/// A browser that sends nothing (not even `ping`) for this long is gone.
-const WS_IDLE: Duration = Duration::from_secs(60);
 /// How often a joined participant's session, account and room owner are
 /// checked again (see `may_stay`).
 const RECHECK: Duration = Duration::from_secs(2);
@@ -438,17 +435,13 @@ pub(crate) fn asset(name: &str) -> Option<std::borrow::Cow<'static, [u8]>> {
         .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
 }
 
+/// Content type and caching of a page or asset. The CSP (`connect-src
+/// 'self'`, `frame-ancestors 'none'`), HSTS, `nosniff` and Referrer-Policy
+/// are added to every response by `http::security_headers`.
 fn static_headers(ctype: &'static str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
     h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self' wss:; style-src 'self'; script-src 'self'",
-        ),
-    );
-    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
     h
 }
 
@@ -498,23 +491,8 @@ pub async fn signaling(State(s): S, caller: Result<Caller, ApiError>, ws: WebSoc
         .on_upgrade(move |socket| session(s, caller, socket))
 }
 
-async fn send(ws: &mut WebSocket, m: &ServerMsg) -> bool {
-    match serde_json::to_string(m) {
-        Ok(t) => ws.send(Message::Text(t.into())).await.is_ok(),
-        Err(_) => false,
-    }
-}
-
 async fn close(ws: &mut WebSocket, code: ErrorCode, reason: &str) {
-    let _ = send(ws, &sig_error(code, reason)).await;
-    let mut r = reason.to_string();
-    r.truncate(120);
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code: code.close_code().unwrap_or(1008),
-            reason: r.into(),
-        })))
-        .await;
+    signal_session::close(ws, code, reason).await
 }
 
 /// Waits for the first message, which must be a valid `join`.
@@ -616,8 +594,11 @@ async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
         }
         return close(&mut ws, code, &why).await;
     }
+    if let Err((code, why)) = signal_session::admit(&s, &claims.participant) {
+        return close(&mut ws, code, &why).await;
+    }
     let conn = CONN_IDS.fetch_add(1, Relaxed);
-    let (tx, mut rx) = mpsc::channel::<ToClient>(64);
+    let (tx, rx) = client_queue(DEPTH, s.sfu.metrics.clone());
     let joined = s
         .sfu
         .ask(|reply| Command::Join {
@@ -634,87 +615,26 @@ async fn session(s: Arc<Services>, caller: Option<Caller>, mut ws: WebSocket) {
         Ok(Err((code, why))) => return close(&mut ws, code, &why).await,
         Err(_) => return close(&mut ws, ErrorCode::Internal, "the media engine is not running").await,
     }
-    let pid = claims.participant;
-    debug!(room = %claims.room, participant = %pid, "signaling session open");
-    // Spread the re-checks of many participants over the interval.
-    let first = RECHECK.mul_f64(rand::random::<f64>());
-    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + first, RECHECK);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Idle is measured from the browser's last message, whatever else the
-    // loop wakes up for.
-    let mut idle_at = tokio::time::Instant::now() + WS_IDLE;
-    loop {
-        tokio::select! {
-            _ = recheck.tick() => {
-                if let Err((code, why)) = may_stay(&s, &caller.session, &claims.account, &owner).await {
-                    if code == ErrorCode::RoomClosed {
-                        let _ = close_room_now(&s, &claims.room).await;
-                    }
-                    let _ = s.sfu.commands.send(Command::Leave { participant: pid.clone(), conn }).await;
-                    debug!(room = %claims.room, participant = %pid, "participant may no longer stay");
-                    return close(&mut ws, code, &why).await;
+    debug!(room = %claims.room, participant = %claims.participant, "signaling session open");
+    // Ends the session when the participant may no longer stay (see
+    // `may_stay`), checked every RECHECK, spread over the interval so many
+    // participants are not all checked at once.
+    let watch = async {
+        let first = RECHECK.mul_f64(rand::random::<f64>());
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + first, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            recheck.tick().await;
+            if let Err((code, why)) = may_stay(&s, &caller.session, &claims.account, &owner).await {
+                if code == ErrorCode::RoomClosed {
+                    let _ = close_room_now(&s, &claims.room).await;
                 }
-            }
-            out = rx.recv() => match out {
-                Some(ToClient::Msg(m)) => {
-                    if !send(&mut ws, &m).await {
-                        break;
-                    }
-                }
-                Some(ToClient::Close(code, why)) => {
-                    close(&mut ws, code, &why).await;
-                    // The engine already removed us (replaced, room closed).
-                    return;
-                }
-                None => {
-                    close(&mut ws, ErrorCode::Internal, "removed from the room").await;
-                    return;
-                }
-            },
-            inc = tokio::time::timeout_at(idle_at, ws.recv()) => {
-                let msg = match inc {
-                    Err(_) => {
-                        close(&mut ws, ErrorCode::BadState, "no message for 60 s").await;
-                        break;
-                    }
-                    Ok(None) | Ok(Some(Err(_))) => break,
-                    Ok(Some(Ok(m))) => m,
-                };
-                idle_at = tokio::time::Instant::now() + WS_IDLE;
-                let text = match msg {
-                    Message::Text(t) => t,
-                    Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    Message::Binary(_) => {
-                        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
-                        if !send(&mut ws, &sig_error(ErrorCode::BadMessage, "text frames only")).await {
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                match parse_client(text.as_str()) {
-                    Ok(ClientMsg::Leave) => {
-                        let _ = s.sfu.commands.send(Command::Leave { participant: pid.clone(), conn }).await;
-                        let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
-                        return;
-                    }
-                    Ok(msg) => {
-                        if s.sfu.commands.send(Command::Signal { participant: pid.clone(), conn, msg }).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        s.sfu.metrics.signal_errors.fetch_add(1, Relaxed);
-                        if !send(&mut ws, &sig_error(ErrorCode::BadMessage, e)).await {
-                            break;
-                        }
-                    }
-                }
+                debug!(room = %claims.room, participant = %claims.participant, "participant may no longer stay");
+                return (code, why);
             }
         }
-    }
-    let _ = s.sfu.commands.send(Command::Leave { participant: pid, conn }).await;
+    };
+    signal_session::run(&s, ws, rx, &claims.participant, conn, watch).await;
 }
 
 pub fn render_metrics(m: &crate::sfu::SfuMetrics, out: &mut String) {

@@ -23,6 +23,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many failed attempts; try again in {0} s")]
     TooMany(u64),
+    /// A per-client limit (429); seconds to wait.
+    #[error("{0}; try again in {1} s")]
+    Limited(&'static str, u64),
+    /// The gateway as a whole is at a limit (503); seconds to wait.
+    #[error("{0}; try again in {1} s")]
+    Busy(&'static str, u64),
     #[error("internal error")]
     Internal(String),
 }
@@ -42,10 +48,15 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooMany(secs) => {
+            ApiError::TooMany(secs) | ApiError::Limited(_, secs) | ApiError::Busy(_, secs) => {
+                let status = if matches!(self, ApiError::Busy(..)) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::TOO_MANY_REQUESTS
+                };
                 let body = serde_json::json!({ "error": self.to_string(), "retry_after_secs": secs });
                 return (
-                    StatusCode::TOO_MANY_REQUESTS,
+                    status,
                     [(axum::http::header::RETRY_AFTER, secs.to_string())],
                     Json(body),
                 )

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::uid::{self, Uid};
 use crate::app::Services;
 use crate::archive::index::InstanceRow;
-use crate::dicom::meta::is_valid_uid;
 use crate::imaging::render::{self, Format, Image8, RenderParams};
 use crate::imaging::worker::render_path;
 use crate::reading::access::Caller;
@@ -21,9 +21,7 @@ use crate::reading::access::Caller;
 type S = State<Arc<Services>>;
 
 async fn latest(s: &Services, uid: &str) -> Result<InstanceRow, ApiError> {
-    if !is_valid_uid(uid) {
-        return Err(ApiError::BadRequest(format!("{uid:?} is not a valid UID")));
-    }
+    uid::check(uid)?;
     s.index
         .instance_versions(uid)
         .await?
@@ -141,12 +139,7 @@ async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &Hea
     })
 }
 
-pub async fn thumbnail(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn thumbnail(State(s): S, c: Caller, Uid(uid): Uid, headers: HeaderMap) -> Result<Response, ApiError> {
     super::api::check_instance(&s, &c, &uid).await?;
     stored_image(&s, &uid, "thumb", &headers).await
 }
@@ -160,7 +153,7 @@ pub struct PreviewQuery {
 pub async fn preview(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     Query(q): Query<PreviewQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -173,7 +166,7 @@ pub async fn preview(
     stored_image(&s, &uid, kind, &headers).await
 }
 
-pub async fn cine(State(s): S, c: Caller, Path(uid): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn cine(State(s): S, c: Caller, Uid(uid): Uid, headers: HeaderMap) -> Result<Response, ApiError> {
     super::api::check_instance(&s, &c, &uid).await?;
     stored_image(&s, &uid, "cine", &headers).await
 }
@@ -193,7 +186,7 @@ pub struct RenderedQuery {
 pub async fn rendered_image(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     Query(q): Query<RenderedQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -255,12 +248,7 @@ pub async fn rendered_image(
 
 /// One thumbnail per series (its middle instance), side by side: what a
 /// reader on a slow link sees first.
-pub async fn key_images(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn key_images(State(s): S, c: Caller, Uid(uid): Uid, headers: HeaderMap) -> Result<Response, ApiError> {
     super::api::study_for(&s, &c, &uid).await?;
     let mut picks = Vec::new();
     for series in s.index.series_of(&uid).await?.into_iter().take(24) {

@@ -18,6 +18,7 @@ use sqlx::Row;
 use super::api::study_for;
 use super::auth::{now_ms, require};
 use super::error::ApiError;
+use super::uid::Uid;
 use crate::app::Services;
 use crate::archive::index::{WorklistApplyError, push_in};
 use crate::reading::access::{Caller, Role};
@@ -259,12 +260,12 @@ fn lease(s: &Services) -> Duration {
     Duration::from_secs(s.cfg.reading.claim_lease_secs)
 }
 
-pub async fn claim(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn claim(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert])?;
     act(&s, &c, &uid, Action::Claim { lease: lease(&s) }, "claim").await
 }
 
-pub async fn renew(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn renew(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert])?;
     study_for(&s, &c, &uid).await?;
     s.index
@@ -273,7 +274,7 @@ pub async fn renew(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Js
     entry_json(&s, &uid).await
 }
 
-pub async fn release(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn release(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert, Role::Admin])?;
     act(&s, &c, &uid, Action::Release, "release").await
 }
@@ -298,7 +299,7 @@ fn reason_text(r: &str, required: bool) -> Result<String, ApiError> {
 pub async fn return_study(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     b: JsonBody<Reason>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert])?;
@@ -329,7 +330,7 @@ pub async fn return_study(
 pub async fn cancel(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     b: JsonBody<Reason>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Clinic, Role::Admin])?;
@@ -352,7 +353,7 @@ pub struct SetPriority {
 pub async fn set_priority(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     b: JsonBody<SetPriority>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Clinic, Role::Admin])?;
@@ -420,7 +421,7 @@ pub async fn set_priority(
     entry_json(&s, &uid).await
 }
 
-pub async fn history(State(s): S, c: Caller, Path(uid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn history(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(&s, &c, &uid).await?;
     let rows = sqlx::query(
         "SELECT t.from_state, t.to_state, t.actor, COALESCE(u.display_name, t.actor) AS actor_name, t.at_ms, t.detail
@@ -454,11 +455,7 @@ pub async fn templates(_c: Caller, Query(q): Query<TemplateQuery>) -> Json<serde
     Json(json!({ "templates": reports::templates(&q.modality) }))
 }
 
-pub async fn study_reports(
-    State(s): S,
-    c: Caller,
-    Path(uid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn study_reports(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(&s, &c, &uid).await?;
     let versions = reports::versions(s.index.pool(), &uid, c.is(Role::Expert)).await?;
     let delivery = crate::reading::delivery::for_study(s.index.pool(), &uid)
@@ -478,7 +475,7 @@ pub struct ReportText {
 pub async fn save_draft(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     b: JsonBody<ReportText>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert])?;
@@ -499,7 +496,7 @@ pub async fn save_draft(
 pub async fn sign(
     State(s): S,
     c: Caller,
-    Path(uid): Path<String>,
+    Uid(uid): Uid,
     b: JsonBody<ReportText>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert])?;

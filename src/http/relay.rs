@@ -37,6 +37,7 @@ pub async fn arriving_image(
     c: Caller,
     Path((uid, kind)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    super::uid::check(&uid)?;
     if kind != "thumb" && kind != "preview" {
         return Err(ApiError::BadRequest("kind: thumb or preview".into()));
     }

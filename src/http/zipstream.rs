@@ -5,6 +5,48 @@
 //! fields from the start. Stored, not deflated: pixel data is often already
 //! compressed and the CPU is better spent elsewhere. Pure byte builders; the
 //! HTTP handler does the file reading.
+//!
+//! Entry names come from the index (series and SOP Instance UIDs), so they
+//! are built only from UIDs that pass the DICOM UID grammar and `start`
+//! refuses any name that could leave the folder it is extracted into
+//! (zip-slip): absolute, `..`, backslashes, anything but `[A-Za-z0-9._-]`.
+
+use crate::dicom::meta::is_valid_uid;
+
+/// A name `start` refused (a bug upstream, never user data written out).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unsafe zip entry name {0:?}")]
+pub struct UnsafeName(pub String);
+
+/// True for a relative name of non-empty components made of letters,
+/// digits, `.`, `_` and `-`, none of them `.` or `..`.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 512
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+}
+
+/// The entry of one instance: `SERIES_UID/SOP_UID.dcm`. A UID that fails the
+/// grammar (a row that arrived by a path that did not check it) is replaced
+/// by a generated name, `series-N` / `instance-M`, numbered in download order.
+pub fn instance_entry_name(series_uid: &str, sop_uid: &str, series_no: usize, instance_no: usize) -> String {
+    let folder = if is_valid_uid(series_uid) {
+        series_uid.to_string()
+    } else {
+        format!("series-{series_no}")
+    };
+    let file = if is_valid_uid(sop_uid) {
+        sop_uid.to_string()
+    } else {
+        format!("instance-{instance_no}")
+    };
+    format!("{folder}/{file}.dcm")
+}
 
 pub struct ZipStream {
     offset: u64,
@@ -42,7 +84,10 @@ impl ZipStream {
     }
 
     /// Local header for a new entry. Any previous entry must have been ended.
-    pub fn start(&mut self, name: &str) -> Vec<u8> {
+    pub fn start(&mut self, name: &str) -> Result<Vec<u8>, UnsafeName> {
+        if !is_safe_name(name) {
+            return Err(UnsafeName(name.to_string()));
+        }
         let mut b = Vec::with_capacity(64 + name.len());
         b.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
         b.extend_from_slice(&VERSION.to_le_bytes());
@@ -67,7 +112,7 @@ impl ZipStream {
             size: 0,
         });
         self.offset += b.len() as u64;
-        b
+        Ok(b)
     }
 
     pub fn data(&mut self, chunk: &[u8]) {
@@ -159,13 +204,35 @@ impl ZipStream {
 mod tests {
     use super::*;
 
+    #[test]
+    fn entry_names_never_leave_the_folder() {
+        assert_eq!(instance_entry_name("1.2.3", "1.2.3.4", 0, 0), "1.2.3/1.2.3.4.dcm");
+        for (series, sop) in [
+            ("../../etc", "1.2"),
+            ("/abs", "1.2"),
+            ("1.2", "../x"),
+            ("..\\..\\x", "1.2"),
+            ("", ""),
+            ("1.2.3/../..", "1.2"),
+        ] {
+            let n = instance_entry_name(series, sop, 3, 12);
+            assert!(is_safe_name(&n), "{series:?}/{sop:?} -> {n:?}");
+            assert!(!n.contains(".."), "{n:?}");
+        }
+        assert_eq!(instance_entry_name("../..", "1.2", 3, 12), "series-3/1.2.dcm");
+        let mut z = ZipStream::new();
+        for bad in ["../a.dcm", "/a.dcm", "a/../../b", "a\\b", "a//b", "", "a/./b"] {
+            assert_eq!(z.start(bad), Err(UnsafeName(bad.to_string())), "{bad:?}");
+        }
+    }
+
     /// Python's zipfile is an independent reader; it verifies CRCs on read.
     #[test]
     fn python_zipfile_reads_it() {
         let mut z = ZipStream::new();
         let mut out = Vec::new();
         for (name, data) in [("a/one.dcm", &b"first file"[..]), ("b/two.dcm", &[7u8; 100_000][..])] {
-            out.extend(z.start(name));
+            out.extend(z.start(name).expect("safe name"));
             out.extend_from_slice(data);
             z.data(data);
             out.extend(z.end());

@@ -5,18 +5,19 @@
 //! hashes. Verification is deliberately slow (tens of milliseconds), which is
 //! why it must run on a blocking thread, never on the async runtime.
 //!
-//! Login throttling is a pure state machine with time passed in: failures are
-//! counted per key (the caller uses both "username" and "client address" as
-//! keys, so neither guessing many passwords for one account nor one password
-//! for many accounts is cheap), and after a few failures the key is locked out
-//! for a doubling period. A success clears the key.
+//! Login throttling is a pure state machine with time passed in: attempts
+//! are counted per key (username, client address, and known-good (username,
+//! address) pairs; see `LoginThrottle` for the exact rule), and after a few
+//! failures the key is locked out for a doubling period. Verification runs
+//! on `PasswordPool`, a few dedicated threads with a bounded queue.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PasswordError {
@@ -42,9 +43,73 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
 /// False for a wrong password and for a stored hash that does not parse
 /// (a corrupt row must not let anyone in).
 pub fn verify_password(password: &str, stored: &str) -> bool {
-    match PasswordHash::new(stored) {
-        Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
-        Err(_) => false,
+    Verifier::new().verify(password, stored)
+}
+
+/// Largest argon2 memory a stored hash may ask for when verified (KiB); our
+/// own hashes use 19 MiB. A row asking for more is refused, not obeyed.
+const MAX_VERIFY_KIB: usize = 64 * 1024;
+
+/// `verify_password` with the argon2 memory reused across calls.
+///
+/// Why: allocating and freeing ~19 MiB per verification fragments malloc's
+/// per-thread heaps: a few dozen logins on one thread left ~170 MB resident.
+/// One buffer per password thread keeps it at 19 MiB each.
+pub struct Verifier {
+    blocks: Vec<argon2::Block>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Verifier { blocks: Vec::new() }
+    }
+
+    pub fn verify(&mut self, password: &str, stored: &str) -> bool {
+        use argon2::{Algorithm, Params, Version};
+        let Ok(h) = PasswordHash::new(stored) else {
+            return false;
+        };
+        let Ok(alg) = Algorithm::try_from(h.algorithm) else {
+            return false;
+        };
+        let version = match h.version.map(Version::try_from).transpose() {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let Ok(params) = Params::try_from(&h) else {
+            return false;
+        };
+        let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+            return false;
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        let n = params.block_count();
+        if n > MAX_VERIFY_KIB {
+            return false;
+        }
+        if self.blocks.len() < n {
+            self.blocks.resize(n, argon2::Block::default());
+        }
+        let mut out = vec![0u8; expected.len()];
+        let ok = Argon2::new(alg, version, params)
+            .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut self.blocks[..n])
+            .is_ok();
+        // Constant time: where the first difference is must not show.
+        ok && out.len() == expected.len()
+            && out
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 
@@ -137,48 +202,134 @@ impl LoginLimiter {
     pub fn on_success(&mut self, key: &str) {
         self.keys.remove(key);
     }
+
+    /// Takes back one failure counted ahead of a check that then succeeded;
+    /// a lockout that count started ends with it.
+    pub fn refund(&mut self, key: &str) {
+        if let Some(e) = self.keys.get_mut(key) {
+            e.failures = e.failures.saturating_sub(1);
+            if e.failures <= self.cfg.free_failures {
+                e.locked_until = None;
+            }
+            if e.failures == 0 {
+                self.keys.remove(key);
+            }
+        }
+    }
 }
 
-/// Login throttling per username and per client address. Addresses get
-/// four times the free failures: a clinic's whole staff may sit behind one
-/// NAT address, and one colleague's typos must not lock the others out.
+/// Login throttling per username, per client address and per known-good
+/// (username, address) pair.
+///
+/// Every attempt is counted *before* its password is hashed (`begin`), so
+/// parallel attempts cannot all slip past the check while the first ones
+/// are still hashing; a success then refunds the address's count and clears
+/// the username's (`on_success`). The arithmetic, per key: `free_failures`
+/// attempts fail with 401, the next one is still answered (401) and starts a
+/// lockout of `first_lockout`, attempts during it get 429; each failure
+/// after a lockout doubles it, up to `max_lockout`.
+///
+/// Addresses get four times the free failures: a clinic's whole staff may sit
+/// behind one NAT address, and one colleague's typos must not lock the
+/// others out.
+///
+/// An address from which an account has logged in before is *known good*
+/// for that account: its attempts are counted on their own (username,
+/// address) key and are not refused by the username's or the address's
+/// lockout. So an attacker elsewhere who locks `dr.li` out by guessing does
+/// not keep Dr. Li out of her own clinic's computer; sessions are never
+/// affected by lockouts at all. Guessing from the known-good address itself
+/// is throttled exactly as strictly, on the pair's key.
 #[derive(Debug)]
 pub struct LoginThrottle {
     users: LoginLimiter,
     addrs: LoginLimiter,
+    pairs: LoginLimiter,
+    /// Pair key -> last successful login.
+    known: HashMap<String, Instant>,
+    max_known: usize,
+}
+
+/// How long a successful login keeps its address known-good for the account.
+pub const KNOWN_GOOD_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn pair_key(user: &str, addr: &str) -> String {
+    format!("{user}\u{0}{addr}")
 }
 
 impl LoginThrottle {
     pub fn new(free_failures: u32) -> Self {
-        LoginThrottle {
-            users: LoginLimiter::new(LimiterConfig {
+        let per = |free_failures| {
+            LoginLimiter::new(LimiterConfig {
                 free_failures,
                 ..Default::default()
-            }),
-            addrs: LoginLimiter::new(LimiterConfig {
-                free_failures: free_failures.saturating_mul(4),
-                ..Default::default()
-            }),
+            })
+        };
+        LoginThrottle {
+            users: per(free_failures),
+            addrs: per(free_failures.saturating_mul(4)),
+            pairs: per(free_failures),
+            known: HashMap::new(),
+            max_known: LimiterConfig::default().max_keys,
         }
     }
 
-    /// `Err(wait)` while either the user or the address is locked out.
+    fn is_known(&self, pair: &str, now: Instant) -> bool {
+        self.known
+            .get(pair)
+            .is_some_and(|t| now.saturating_duration_since(*t) < KNOWN_GOOD_FOR)
+    }
+
+    /// `Err(wait)` while the attempt would be refused; changes nothing.
     pub fn check(&self, user: &str, addr: &str, now: Instant) -> Result<(), Duration> {
+        let pair = pair_key(user, addr);
+        if self.is_known(&pair, now) {
+            return self.pairs.check(&pair, now);
+        }
         match (self.users.check(user, now), self.addrs.check(addr, now)) {
             (Ok(()), Ok(())) => Ok(()),
             (a, b) => Err(a.err().unwrap_or_default().max(b.err().unwrap_or_default())),
         }
     }
 
-    pub fn on_failure(&mut self, user: &str, addr: &str, now: Instant) {
-        self.users.on_failure(user, now);
+    /// Checks and counts the attempt as a failure in one step, before the
+    /// password is hashed; `on_success` takes the count back.
+    pub fn begin(&mut self, user: &str, addr: &str, now: Instant) -> Result<(), Duration> {
+        self.check(user, addr, now)?;
+        let pair = pair_key(user, addr);
+        if self.is_known(&pair, now) {
+            self.pairs.on_failure(&pair, now);
+        } else {
+            self.users.on_failure(user, now);
+        }
+        // Counted for a known-good pair too (spraying from one address shows),
+        // though its lockout does not refuse known-good pairs.
         self.addrs.on_failure(addr, now);
+        Ok(())
     }
 
-    /// A success clears the user's failures; the address keeps its count
-    /// so one good account cannot be used to reset guessing at others.
-    pub fn on_success(&mut self, user: &str) {
-        self.users.on_success(user);
+    /// The password was right: clear the username's (or the pair's) count,
+    /// refund the address the attempt counted, and remember the address as
+    /// known-good for this account. The address keeps its other failures so
+    /// one good account cannot be used to reset guessing at others.
+    pub fn on_success(&mut self, user: &str, addr: &str, now: Instant) {
+        let pair = pair_key(user, addr);
+        if self.is_known(&pair, now) {
+            self.pairs.on_success(&pair);
+        } else {
+            self.users.on_success(user);
+        }
+        self.addrs.refund(addr);
+        if self.known.len() >= self.max_known && !self.known.contains_key(&pair) {
+            self.known
+                .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_GOOD_FOR);
+            if self.known.len() >= self.max_known
+                && let Some(oldest) = self.known.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+            {
+                self.known.remove(&oldest);
+            }
+        }
+        self.known.insert(pair, now);
     }
 }
 
@@ -355,27 +506,119 @@ pub async fn display_name(pool: &SqlitePool, username: &str) -> Result<Option<St
 
 /// The account if the password is right. Always runs one argon2
 /// verification (against a dummy hash for unknown users) so response time
-/// does not reveal which usernames exist.
-pub async fn check_login(pool: &SqlitePool, username: &str, password: &str) -> Result<Option<User>, AccountError> {
+/// does not reveal which usernames exist; the verification runs on the
+/// bounded `PasswordPool` in the `slot` the caller was admitted with.
+pub async fn check_login(
+    pool: &SqlitePool,
+    hasher: &PasswordPool,
+    slot: HashSlot,
+    username: &str,
+    password: &str,
+) -> Result<Option<User>, AccountError> {
     let row = sqlx::query("SELECT * FROM users WHERE username = ?")
         .bind(username)
         .fetch_optional(pool)
         .await?;
     let stored: Option<String> = row.as_ref().map(|r| r.get("password_hash"));
-    let pw = password.to_string();
-    let ok = tokio::task::spawn_blocking(move || match stored {
-        Some(h) => verify_password(&pw, &h),
-        None => {
-            verify_password(&pw, dummy_hash());
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
+    let ok = hasher.verify(slot, password.to_string(), stored).await?;
     Ok(match (ok, row) {
         (true, Some(r)) => user_from_row(&r).filter(|u| !u.disabled),
         _ => None,
     })
+}
+
+/// Password verification off the async runtime *and* off tokio's blocking
+/// pool: a few dedicated threads fed by a bounded queue.
+///
+/// Why not `spawn_blocking`: argon2id needs ~19 MiB per verification, and the
+/// blocking pool (up to 512 threads) is shared with every C-STORE's file
+/// writes. A login flood then ran hundreds of verifications at once (1.3 GB of
+/// RSS for 300 in flight) and delayed the SCP. Here at most `threads`
+/// verifications run at a time (memory: `threads` x 19 MiB, in as many malloc
+/// arenas) and at most `queue` wait; callers that find no free slot are
+/// answered "busy" at once (`try_slot`) instead of queueing without bound.
+pub struct PasswordPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Admission to the pool: one running or queued verification. Holding it is
+/// the point (the permit returns when it is dropped).
+pub struct HashSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+struct Job {
+    password: String,
+    stored: Option<String>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+    /// Released when the job is done (or skipped), not when the caller goes
+    /// away, so clients that disconnect cannot overfill the queue.
+    _slot: HashSlot,
+}
+
+impl PasswordPool {
+    /// Starts `threads` named worker threads; `queue` more jobs may wait.
+    pub fn start(threads: usize, queue: usize) -> std::io::Result<PasswordPool> {
+        let threads = threads.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(threads + queue);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("medrelay-argon2-{i}"))
+                .spawn(move || {
+                    let mut verifier = Verifier::new();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // Its caller is gone (client disconnected): skip the work.
+                        if job.reply.is_closed() {
+                            continue;
+                        }
+                        let ok = match &job.stored {
+                            Some(h) => verifier.verify(&job.password, h),
+                            None => {
+                                verifier.verify(&job.password, dummy_hash());
+                                false
+                            }
+                        };
+                        let _ = job.reply.send(ok);
+                    }
+                })?;
+        }
+        Ok(PasswordPool {
+            jobs: tx,
+            slots: Arc::new(tokio::sync::Semaphore::new(threads + queue)),
+        })
+    }
+
+    /// A slot if a verification can start or wait now; None: the pool is busy.
+    pub fn try_slot(&self) -> Option<HashSlot> {
+        self.slots.clone().try_acquire_owned().ok().map(HashSlot)
+    }
+
+    /// False for a wrong password and an unknown user (`stored` None, same
+    /// cost).
+    pub async fn verify(
+        &self,
+        slot: HashSlot,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            password,
+            stored,
+            reply,
+            _slot: slot,
+        };
+        // Never full: slots bound the jobs in the channel.
+        let gone = || PasswordError::Hash("the password threads are gone".into());
+        self.jobs.try_send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
 }
 
 /// argon2id of a random string nobody knows; only used to spend the same time.
@@ -524,6 +767,14 @@ mod tests {
         assert!(verify_password("correct horse battery", &h));
         assert!(!verify_password("correct horse batterY", &h));
         assert!(!verify_password("anything", "not a phc string"));
+        let mut v = Verifier::new();
+        assert!(v.verify("correct horse battery", &h));
+        assert!(!v.verify("correct horse batterY", &h));
+        assert!(!v.verify("anything", "not a phc string"));
+        assert!(v.verify("correct horse battery", &h), "the buffer is reused");
+        // A stored hash asking for absurd memory is refused, not obeyed.
+        let greedy = h.replace("m=19456", "m=4000000");
+        assert!(!v.verify("correct horse battery", &greedy));
         assert_ne!(h, hash_password("correct horse battery").unwrap(), "salted");
         assert_eq!(hash_password("short"), Err(PasswordError::TooShort(MIN_PASSWORD_CHARS)));
     }
@@ -560,6 +811,105 @@ mod tests {
         }
         f.on_failure("y", t0 + s(4000));
         assert!(f.check("y", t0 + s(4000)).is_ok());
+    }
+
+    /// The documented arithmetic: 5 free failures, the 6th is still answered
+    /// and starts the lockout, the 7th is refused. Attempts are counted when
+    /// they begin, so parallel attempts cannot all pass the check.
+    #[test]
+    fn attempts_are_counted_before_hashing_and_the_seventh_is_refused() {
+        let t0 = Instant::now();
+        let mut t = LoginThrottle::new(5);
+        for i in 1..=6 {
+            assert!(t.begin("dr.li", "10.0.0.1", t0).is_ok(), "attempt {i} is hashed");
+        }
+        assert_eq!(t.begin("dr.li", "10.0.0.1", t0), Err(Duration::from_secs(30)));
+        // 300 attempts in parallel for one account from many addresses:
+        // only the free ones (and the one that starts the lockout) get through.
+        let mut u = LoginThrottle::new(5);
+        let passed = (0..300)
+            .filter(|i| u.begin("dr.wang", &format!("10.1.{}.{}", i / 250, i % 250), t0).is_ok())
+            .count();
+        assert_eq!(passed, 6);
+        // ... and from one address with random names, the address's 4 x 5.
+        let mut v = LoginThrottle::new(5);
+        let passed = (0..300)
+            .filter(|i| v.begin(&format!("user{i}"), "10.2.0.1", t0).is_ok())
+            .count();
+        assert_eq!(passed, 21);
+    }
+
+    /// A success refunds the address the attempt it counted, so a clinic's
+    /// staff logging in all day behind one NAT address never locks it.
+    #[test]
+    fn successes_do_not_use_up_the_address() {
+        let t0 = Instant::now();
+        let mut t = LoginThrottle::new(5);
+        for i in 0..100 {
+            let user = format!("doc{i}");
+            assert!(t.begin(&user, "10.0.0.9", t0).is_ok(), "login {i}");
+            t.on_success(&user, "10.0.0.9", t0);
+        }
+        assert!(t.check("someone", "10.0.0.9", t0).is_ok());
+    }
+
+    /// An attacker elsewhere locking a username out does not lock its owner
+    /// out of an address she has logged in from; guessing from that address
+    /// is throttled on its own key just as strictly.
+    #[test]
+    fn a_known_good_address_keeps_its_own_count() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut t = LoginThrottle::new(5);
+        assert!(t.begin("dr.li", "10.0.0.1", t0).is_ok());
+        t.on_success("dr.li", "10.0.0.1", t0);
+        for i in 0..7 {
+            let _ = t.begin("dr.li", "203.0.113.7", t0 + s(i));
+        }
+        assert!(
+            t.check("dr.li", "203.0.113.7", t0 + s(7)).is_err(),
+            "attacker locked out"
+        );
+        assert!(
+            t.check("dr.li", "198.51.100.1", t0 + s(7)).is_err(),
+            "any new address too"
+        );
+        assert!(
+            t.begin("dr.li", "10.0.0.1", t0 + s(7)).is_ok(),
+            "the owner's address is not"
+        );
+        t.on_success("dr.li", "10.0.0.1", t0 + s(7));
+        assert!(
+            t.check("dr.li", "203.0.113.7", t0 + s(8)).is_err(),
+            "her login does not unlock the attacker"
+        );
+        // Guessing from the known-good address: 6 attempts, the 7th refused.
+        let passed = (0..10)
+            .filter(|i| {
+                t.begin("dr.li", "10.0.0.1", t0 + s(10) + Duration::from_millis(*i))
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(passed, 6);
+        // Known-good does not last for ever.
+        assert!(t.check("dr.li", "10.0.0.1", t0 + KNOWN_GOOD_FOR + s(3600)).is_ok());
+        assert!(!t.is_known(&pair_key("dr.li", "10.0.0.1"), t0 + KNOWN_GOOD_FOR + s(3600)));
+    }
+
+    #[tokio::test]
+    async fn the_password_pool_is_bounded_and_unknown_users_cost_a_hash() {
+        let pool = PasswordPool::start(1, 1).expect("pool");
+        let h = hash_password("correct horse battery").unwrap();
+        let a = pool.try_slot().expect("running");
+        let b = pool.try_slot().expect("queued");
+        assert!(pool.try_slot().is_none(), "no third slot: the caller is told busy");
+        let (ok, bad) = tokio::join!(
+            pool.verify(a, "correct horse battery".into(), Some(h.clone())),
+            pool.verify(b, "wrong".into(), Some(h)),
+        );
+        assert_eq!((ok.unwrap(), bad.unwrap()), (true, false));
+        let c = pool.try_slot().expect("slots come back");
+        assert!(!pool.verify(c, "x".into(), None).await.unwrap(), "unknown user");
     }
 
     #[test]

@@ -37,6 +37,113 @@ pub async fn record_raw(
     }
 }
 
+/// Audit action of an instance refused at ingest (see
+/// `archive::index::Conflict`), by the SCP or the relay hub.
+pub const INGEST_REFUSED: &str = "ingest_refused";
+
+/// Records a refused instance: `who` is the calling AE (role "dicom") or
+/// the edge (role "relay"), `clinic` the sender's clinic. The detail is
+/// `key=value` words (UIDs, clinic ids and tokens only: never a patient
+/// attribute), read back by [`ingest_refusals`].
+pub async fn record_ingest_refusal(
+    pool: &SqlitePool,
+    at_ms: i64,
+    who: &str,
+    role: &str,
+    clinic: &str,
+    c: &crate::archive::index::Conflict,
+    remote: &str,
+) {
+    let mut detail = format!(
+        "level={} reason={} clinic={} sop={} series={}",
+        c.level.token(),
+        c.reason_token(),
+        word(clinic),
+        c.sop_instance_uid,
+        c.series_uid
+    );
+    if let Some(owner) = c.owner() {
+        detail.push_str(&format!(" owner={}", word(owner)));
+    }
+    record_raw(
+        pool,
+        at_ms,
+        who,
+        role,
+        INGEST_REFUSED,
+        Some(&c.study_uid),
+        Some(&detail),
+        remote,
+    )
+    .await;
+}
+
+/// A clinic id as one `key=value` word (ids are short tokens; a space or
+/// `=` would split the word).
+fn word(v: &str) -> String {
+    v.chars()
+        .map(|c| if c.is_whitespace() || c == '=' { '_' } else { c })
+        .collect()
+}
+
+/// One instance refused at ingest, for the admin page.
+#[derive(Debug, serde::Serialize, PartialEq)]
+pub struct IngestRefusal {
+    pub at_ms: i64,
+    /// The calling AE title, or the edge's name.
+    pub calling_ae: String,
+    /// "dicom" (an association) or "relay" (an edge's study).
+    pub via: String,
+    pub clinic_id: String,
+    /// "study", "series" or "instance": the level whose UID collided.
+    pub level: String,
+    /// "other-clinic", "other-study" or "other-series".
+    pub reason: String,
+    /// The clinic whose data it collided with (other-clinic only).
+    pub owner_clinic: Option<String>,
+    pub study_uid: Option<String>,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub remote: Option<String>,
+}
+
+/// The latest instances refused at ingest, newest first.
+pub async fn ingest_refusals(pool: &SqlitePool, limit: i64) -> Result<Vec<IngestRefusal>, sqlx::Error> {
+    let events = query(
+        pool,
+        &AuditQuery {
+            action: Some(INGEST_REFUSED.into()),
+            limit: Some(limit),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(events.into_iter().map(refusal_of).collect())
+}
+
+fn refusal_of(e: AuditEvent) -> IngestRefusal {
+    let detail = e.detail.unwrap_or_default();
+    let get = |k: &str| {
+        detail
+            .split(' ')
+            .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    IngestRefusal {
+        at_ms: e.at_ms,
+        calling_ae: e.username,
+        via: e.role,
+        clinic_id: get("clinic").unwrap_or_default(),
+        level: get("level").unwrap_or_default(),
+        reason: get("reason").unwrap_or_default(),
+        owner_clinic: get("owner"),
+        study_uid: e.study_uid,
+        series_uid: get("series").unwrap_or_default(),
+        sop_instance_uid: get("sop").unwrap_or_default(),
+        remote: e.remote,
+    }
+}
+
 pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Option<&str>, detail: Option<&str>) {
     record_raw(
         pool,
@@ -47,6 +154,87 @@ pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Opti
         study_uid,
         detail,
         &c.remote,
+    )
+    .await;
+}
+
+/// Caps the audit rows one kind of anonymous event (failed logins) may write
+/// per window, so a flood of attempts cannot fill the disk: the first
+/// `max_rows` of a window are itemised, the rest only counted, and the count
+/// is written as one summary row when the window has passed. Pure: time is
+/// passed in.
+#[derive(Debug)]
+pub struct RowBudget {
+    window: std::time::Duration,
+    max_rows: u32,
+    started: Option<std::time::Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+/// Rows not itemised in a window that has closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suppressed {
+    pub count: u64,
+    pub window_secs: u64,
+}
+
+impl RowBudget {
+    pub fn new(window: std::time::Duration, max_rows: u32) -> Self {
+        RowBudget {
+            window,
+            max_rows,
+            started: None,
+            written: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Closes the window if it has passed; its suppressed count, if any.
+    pub fn flush(&mut self, now: std::time::Instant) -> Option<Suppressed> {
+        let start = self.started?;
+        if now.saturating_duration_since(start) < self.window {
+            return None;
+        }
+        self.started = None;
+        self.written = 0;
+        let count = std::mem::take(&mut self.suppressed);
+        (count > 0).then_some(Suppressed {
+            count,
+            window_secs: self.window.as_secs(),
+        })
+    }
+
+    /// Whether this event gets its own row, and the summary of a window
+    /// that closed before it.
+    pub fn admit(&mut self, now: std::time::Instant) -> (bool, Option<Suppressed>) {
+        let closed = self.flush(now);
+        self.started.get_or_insert(now);
+        if self.written < self.max_rows {
+            self.written += 1;
+            (true, closed)
+        } else {
+            self.suppressed += 1;
+            (false, closed)
+        }
+    }
+}
+
+/// Writes the summary row of failed logins that were not itemised.
+pub async fn record_suppressed(pool: &SqlitePool, action: &str, s: Suppressed) {
+    let detail = format!(
+        "{} more not itemised (at most one row per attempt for the first ones of each {} s)",
+        s.count, s.window_secs
+    );
+    record_raw(
+        pool,
+        crate::dicom::scp::now_ms(),
+        "",
+        "",
+        action,
+        None,
+        Some(&detail),
+        "",
     )
     .await;
 }
@@ -109,10 +297,12 @@ pub async fn query(pool: &SqlitePool, q: &AuditQuery) -> Result<Vec<AuditEvent>,
 }
 
 /// RFC 4180 CSV; cells that a spreadsheet would treat as a formula are
-/// prefixed with a quote so an exported audit log cannot run anything.
+/// prefixed with a quote so an exported audit log cannot run anything. A
+/// leading TAB or CR counts too: spreadsheets skip it and then read the
+/// formula behind it (OWASP CSV injection).
 pub fn to_csv(events: &[AuditEvent]) -> String {
     fn cell(v: &str) -> String {
-        let v = if v.starts_with(['=', '+', '-', '@']) {
+        let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
             format!("'{v}")
         } else {
             v.to_string()
@@ -149,6 +339,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusal_details_read_back() {
+        let e = AuditEvent {
+            at_ms: 5,
+            username: "CT_B".into(),
+            role: "dicom".into(),
+            action: INGEST_REFUSED.into(),
+            study_uid: Some("1.2.3".into()),
+            detail: Some(
+                "level=series reason=other-clinic clinic=clinic-b sop=1.2.3.4 series=1.2.3.5 owner=clinic-a".into(),
+            ),
+            remote: Some("127.0.0.1:5".into()),
+        };
+        let r = refusal_of(e);
+        assert_eq!(
+            (
+                r.level.as_str(),
+                r.reason.as_str(),
+                r.clinic_id.as_str(),
+                r.owner_clinic.as_deref()
+            ),
+            ("series", "other-clinic", "clinic-b", Some("clinic-a"))
+        );
+        assert_eq!(
+            (r.sop_instance_uid.as_str(), r.series_uid.as_str()),
+            ("1.2.3.4", "1.2.3.5")
+        );
+        assert_eq!(word("a b=c"), "a_b_c");
+    }
+
+    #[test]
     fn csv_quotes_and_defuses_formulas() {
         let e = AuditEvent {
             at_ms: 0,
@@ -163,5 +383,43 @@ mod tests {
         let line = csv.lines().nth(1).unwrap();
         assert!(line.starts_with("1970-01-01T00:00:00Z,0,\"dr,li\",expert,view,1.2.3,"));
         assert!(line.contains("\"'=HYPERLINK(\"\"x\"\")\""));
+        for lead in ["\t=1+2", "\r=1+2", "\t@SUM(A1)"] {
+            let e = AuditEvent {
+                at_ms: 0,
+                username: lead.into(),
+                role: String::new(),
+                action: "login_failed".into(),
+                study_uid: None,
+                detail: None,
+                remote: None,
+            };
+            let csv = to_csv(&[e]);
+            let row = &csv[csv.find("\r\n").unwrap() + 2..];
+            let third = row.split(',').nth(2).unwrap();
+            assert!(
+                third.starts_with('\'') || third.starts_with("\"'"),
+                "{lead:?} not defused: {third:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_login_rows_are_capped_per_window_and_summarised() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut b = RowBudget::new(Duration::from_secs(60), 3);
+        let admitted: Vec<bool> = (0..10).map(|i| b.admit(t0 + Duration::from_millis(i)).0).collect();
+        assert_eq!(admitted.iter().filter(|a| **a).count(), 3);
+        assert_eq!(b.flush(t0 + Duration::from_secs(30)), None, "window still open");
+        let (own, closed) = b.admit(t0 + Duration::from_secs(61));
+        assert!(own, "a new window itemises again");
+        assert_eq!(
+            closed,
+            Some(Suppressed {
+                count: 7,
+                window_secs: 60
+            })
+        );
+        assert_eq!(b.flush(t0 + Duration::from_secs(200)), None, "nothing suppressed since");
     }
 }

@@ -195,6 +195,15 @@ async fn stream(
         }
         Err(e) => return Err(e),
     };
+    // Nothing an edge sends reaches a path, a query or a page unchecked.
+    if let Err(e) = req.check() {
+        warn!(error = %e, "relay request refused");
+        let r = Response::Error {
+            message: format!("refused: {e}"),
+            retry: false,
+        };
+        return respond(&mut send, &r, &[]).await;
+    }
     let (resp, body) = match handle(hub, edge, req, &mut recv).await {
         Ok(v) => v,
         Err(HandleError::Link(e)) => return Err(e),
@@ -227,10 +236,6 @@ impl From<crate::archive::index::IndexError> for HandleError {
     }
 }
 
-fn valid_uid(u: &str) -> bool {
-    !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-}
-
 async fn handle(
     hub: &Hub,
     edge: &EdgeRow,
@@ -240,16 +245,10 @@ async fn handle(
     let pool = hub.index.pool();
     match req {
         Request::Begin { manifest } => {
-            if !valid_uid(&manifest.study_uid)
-                || manifest
-                    .instances
-                    .iter()
-                    .any(|i| !valid_uid(&i.meta.sop_instance_uid) || i.meta.study_uid != manifest.study_uid)
-            {
-                return Err(HandleError::Refuse(
-                    "manifest with invalid or foreign UIDs".into(),
-                    false,
-                ));
+            // A study that collides with another clinic's data is refused
+            // before it crosses the WAN (and again at commit, which holds).
+            if let Some(c) = hub.index.first_conflict(&as_filed(edge, &manifest, now_ms())).await? {
+                return Err(refuse_conflict(hub, edge, &c).await);
             }
             let json = serde_json::to_string(&manifest).map_err(|e| HandleError::Refuse(e.to_string(), false))?;
             let h = store::begin(pool, &edge.name, &edge.clinic_id, &manifest, &json, now_ms()).await?;
@@ -264,14 +263,17 @@ async fn handle(
             ))
         }
         Request::Previews { study_uid, items } => {
-            if !valid_uid(&study_uid)
-                || items
-                    .iter()
-                    .any(|i| !valid_uid(&i.sop_uid) || !matches!(i.kind.as_str(), "thumb" | "preview" | "mid" | "cine"))
-            {
-                return Err(HandleError::Refuse("previews with invalid UIDs or kinds".into(), false));
-            }
-            let total: u64 = items.iter().map(|i| i.len).sum();
+            let total = items
+                .iter()
+                .try_fold(0u64, |t, i| t.checked_add(i.len))
+                .ok_or_else(|| HandleError::Refuse("preview lengths overflow".into(), false))?;
+            // The permit before the body: bodies in memory are bounded for
+            // all edges and streams together, not per stream.
+            let _permit = hub
+                .inflight
+                .acquire()
+                .await
+                .map_err(|_| HandleError::Refuse("hub shutting down".into(), true))?;
             let body = read_body(recv, total, hub.cfg.relay.max_bundle_mb << 20).await?;
             let dir = hub.staging.join(&edge.name).join(&study_uid);
             let items2 = items.clone();
@@ -340,16 +342,18 @@ async fn handle(
                 }
             }
             let max = hub.cfg.relay.max_bundle_mb << 20;
-            let plain_total: u64 = members.iter().map(|m| m.size).sum();
+            // Checked: the sizes are the edge's, and a wrapped sum passed this check.
+            let plain_total = wire::members_total(&members).map_err(|e| HandleError::Refuse(e.to_string(), false))?;
             if plain_total > max.saturating_mul(4) {
                 return Err(HandleError::Refuse("bundle too large".into(), false));
             }
-            let body = read_body(recv, body_len, max).await?;
+            // The permit before the body (see Previews).
             let _permit = hub
                 .inflight
                 .acquire()
                 .await
                 .map_err(|_| HandleError::Refuse("hub shutting down".into(), true))?;
+            let body = read_body(recv, body_len, max).await?;
             let dir = hub.staging.join(&edge.name).join(&study_uid);
             let ts: HashMap<String, String> = members
                 .iter()
@@ -478,6 +482,14 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
             previews.entry(s.sop_uid.as_str()).or_default().push(s);
         }
     }
+    // The edge's clinic may not file into other data (see
+    // `archive::index::Conflict`): refused before any file moves, so the
+    // staged study stays as it is for an administrator to sort out.
+    let now = now_ms();
+    let items_meta = as_filed(edge, &manifest, now);
+    if let Some(c) = hub.index.first_conflict(&items_meta).await? {
+        return Err(refuse_conflict(hub, edge, &c).await);
+    }
     let missing: Vec<String> = manifest
         .instances
         .iter()
@@ -516,26 +528,21 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         }
         Err(PlaceError::Io(e)) => return Err(HandleError::Refuse(format!("placing files: {e}"), true)),
     };
-    let now = now_ms();
     let items: Vec<CommitItem> = manifest
         .instances
         .iter()
-        .filter_map(|i| {
+        .zip(items_meta)
+        .filter_map(|(i, inst)| {
             let (file, has_previews) = placed.get(&i.meta.sop_instance_uid)?;
             Some(CommitItem {
-                inst: crate::archive::index::NewInstance {
-                    clinic_id: edge.clinic_id.clone(),
-                    stable_after_ms: 0,
-                    received_ms: now,
-                    ..i.meta.clone()
-                },
+                inst,
                 file: file.clone(),
                 previews: *has_previews,
                 cine_frames: i.cine_frames,
             })
         })
         .collect();
-    let (new, dup) = store::commit_study(
+    let committed = store::commit_study(
         pool,
         &edge.name,
         study_uid,
@@ -544,7 +551,32 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
         inb.clinical_question.as_deref(),
         now,
     )
-    .await?;
+    .await;
+    // Every placed file is settled: kept when indexed, or when this failure
+    // is one a retry resolves (the files stay in place and are accepted as
+    // they are then); taken back when the study is refused for good.
+    let settle = |keep: bool| {
+        let archive = hub.archive.clone();
+        let files: Vec<Committed> = placed.values().map(|(c, _)| c.clone()).collect();
+        tokio::task::spawn_blocking(move || files.iter().for_each(|f| archive.settle(f, keep)))
+    };
+    let (new, dup) = match committed {
+        Ok(v) => {
+            let _ = settle(true).await;
+            v
+        }
+        Err(crate::archive::index::IndexError::Conflict(c)) => {
+            // Lost a race since the check above: take back the files this
+            // commit put in place (nothing refers to them), then refuse.
+            let _ = settle(false).await;
+            let _ = store::unstage_all(pool, &edge.name, study_uid).await;
+            return Err(refuse_conflict(hub, edge, &c).await);
+        }
+        Err(e) => {
+            let _ = settle(true).await;
+            return Err(e.into());
+        }
+    };
     let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
     let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
     let began = sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = ? AND study_uid = ?")
@@ -573,6 +605,44 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
     ))
 }
 
+/// The manifest's instances as the hub files them: the edge's clinic (the
+/// hub's own record, never the edge's word), no stability wait (the study
+/// is complete), received now.
+fn as_filed(edge: &EdgeRow, manifest: &Manifest, now: i64) -> Vec<crate::archive::index::NewInstance> {
+    manifest
+        .instances
+        .iter()
+        .map(|i| crate::archive::index::NewInstance {
+            clinic_id: edge.clinic_id.clone(),
+            stable_after_ms: 0,
+            received_ms: now,
+            ..i.meta.clone()
+        })
+        .collect()
+}
+
+/// Audits a study refused because one of its instances collides with data
+/// the edge's clinic does not own, and words the refusal for the edge.
+async fn refuse_conflict(hub: &Hub, edge: &EdgeRow, c: &crate::archive::index::Conflict) -> HandleError {
+    warn!(
+        study_uid = %c.study_uid,
+        level = c.level.token(),
+        reason = c.reason_token(),
+        "study refused: an instance's UIDs belong elsewhere"
+    );
+    crate::reading::audit::record_ingest_refusal(
+        hub.index.pool(),
+        now_ms(),
+        &edge.name,
+        "relay",
+        &edge.clinic_id,
+        c,
+        edge.last_addr.as_deref().unwrap_or_default(),
+    )
+    .await;
+    HandleError::Refuse(format!("refused: instance {}: {c}", c.sop_instance_uid), false)
+}
+
 /// (SOP UID, staged path, content hash, [(preview kind, staged path)]).
 type Move = (String, String, String, Vec<(String, String)>);
 
@@ -585,52 +655,47 @@ enum PlaceError {
 /// archive, fsync the directories touched. Returns, per SOP UID, the
 /// committed file and whether its thumbnail and preview came along.
 fn place_files(archive: &Archive, moves: Vec<Move>) -> Result<HashMap<String, (Committed, bool)>, PlaceError> {
-    let mut out = HashMap::new();
+    let mut out: HashMap<String, (Committed, bool)> = HashMap::new();
+    let placed = place_each(archive, moves, &mut out);
+    if placed.is_err() {
+        // Nothing refers to what this attempt moved: a retry stages again.
+        for (c, _) in out.values() {
+            archive.settle(c, false);
+        }
+    }
+    placed.map(|()| out)
+}
+
+fn place_each(
+    archive: &Archive,
+    moves: Vec<Move>,
+    out: &mut HashMap<String, (Committed, bool)>,
+) -> Result<(), PlaceError> {
     let mut dirs: HashSet<PathBuf> = HashSet::new();
     for (sop, staged, sha, previews) in moves {
-        let rel_path = format!("instances/{}/{sha}.dcm", &sha[..2.min(sha.len())]);
-        let dest = archive.path_of(&rel_path);
+        let committed = archive
+            .place(Path::new(&staged), &sha)
+            .map_err(PlaceError::Io)?
+            .ok_or_else(|| PlaceError::Vanished(sop.clone()))?;
+        let dest = archive.path_of(&committed.rel_path);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::create_dir_all(&dir).map_err(PlaceError::Io)?;
-        let staged = PathBuf::from(staged);
-        let created = if dest.exists() {
-            let _ = std::fs::remove_file(&staged);
-            false
-        } else if staged.exists() {
-            std::fs::rename(&staged, &dest).map_err(PlaceError::Io)?;
-            true
-        } else {
-            return Err(PlaceError::Vanished(sop));
-        };
         dirs.insert(dir);
-        let size = std::fs::metadata(&dest).map_err(PlaceError::Io)?.len();
         let mut kinds = HashSet::new();
         for (kind, path) in previews {
-            let to = crate::imaging::worker::render_path(archive, &rel_path, &kind);
+            let to = crate::imaging::worker::render_path(archive, &committed.rel_path, &kind);
             if std::fs::rename(&path, &to).is_ok() || to.exists() {
                 kinds.insert(kind);
             }
         }
         let has_previews = kinds.contains("thumb") && kinds.contains("preview");
-        out.insert(
-            sop,
-            (
-                Committed {
-                    rel_path,
-                    sha256: sha,
-                    size,
-                    created,
-                },
-                has_previews,
-            ),
-        );
+        out.insert(sop, (committed, has_previews));
     }
     for d in dirs {
         std::fs::File::open(&d)
             .and_then(|f| f.sync_all())
             .map_err(PlaceError::Io)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The way back: waits (up to `wait_ms`, bounded) for reports for this

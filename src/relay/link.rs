@@ -49,11 +49,36 @@ impl LinkError {
 /// up (the link is presumed dead; QUIC's own idle timeout is shorter).
 pub const READ_IDLE: Duration = Duration::from_secs(60);
 
+/// The slowest sustained rate a frame or body may arrive at (64 kbit/s,
+/// below any link a clinic relays over): a peer trickling bytes just often
+/// enough to dodge [`READ_IDLE`] is cut once the whole read is this late.
+pub const MIN_READ_RATE: u64 = 8 << 10;
+
+/// Memory for an announced length is taken as its bytes arrive, in steps of
+/// this much, never all at once on the peer's word.
+const READ_STEP: usize = 64 << 10;
+
+/// When a read of `len` bytes starting now must be complete.
+fn read_deadline(len: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + READ_IDLE + Duration::from_secs(len / MIN_READ_RATE)
+}
+
 pub async fn read_exact_timed(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), LinkError> {
+    read_exact_until(recv, buf, read_deadline(buf.len() as u64)).await
+}
+
+async fn read_exact_until(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+) -> Result<(), LinkError> {
     let mut at = 0;
     while at < buf.len() {
-        match tokio::time::timeout(READ_IDLE, recv.read(&mut buf[at..])).await {
-            Err(_) => return Err(LinkError::Timeout(READ_IDLE.as_secs())),
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(READ_IDLE);
+        match tokio::time::timeout(wait, recv.read(&mut buf[at..])).await {
+            Err(_) => return Err(LinkError::Timeout(wait.as_secs())),
             Ok(Err(e)) => return Err(LinkError::Read(e.to_string())),
             Ok(Ok(None)) => return Err(LinkError::Read("stream ended early".into())),
             Ok(Ok(Some(n))) => at += n,
@@ -62,26 +87,36 @@ pub async fn read_exact_timed(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> R
     Ok(())
 }
 
+/// Reads exactly `len` bytes, growing the buffer as they arrive, within
+/// `read_deadline(len)`.
+async fn read_growing(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, LinkError> {
+    let deadline = read_deadline(len as u64);
+    let mut buf = Vec::with_capacity(len.min(READ_STEP));
+    while buf.len() < len {
+        let start = buf.len();
+        buf.resize(start + (len - start).min(READ_STEP), 0);
+        read_exact_until(recv, &mut buf[start..], deadline).await?;
+    }
+    Ok(buf)
+}
+
 pub async fn read_frame<T: for<'de> serde::Deserialize<'de>>(recv: &mut quinn::RecvStream) -> Result<T, LinkError> {
     let mut head = [0u8; 5];
     read_exact_timed(recv, &mut head).await?;
     let (enc, len) = wire::prefix(&head)?;
-    let mut payload = vec![0u8; len];
-    read_exact_timed(recv, &mut payload).await?;
+    let payload = read_growing(recv, len).await?;
     Ok(wire::decode(enc, &payload)?)
 }
 
 /// Read a body whose length the header announced, refusing lengths above
-/// `max` before allocating.
+/// `max` before reading.
 pub async fn read_body(recv: &mut quinn::RecvStream, len: u64, max: u64) -> Result<Vec<u8>, LinkError> {
     if len > max {
         return Err(LinkError::Wire(WireError::Body(format!(
             "body of {len} bytes exceeds the limit of {max}"
         ))));
     }
-    let mut body = vec![0u8; len as usize];
-    read_exact_timed(recv, &mut body).await?;
-    Ok(body)
+    read_growing(recv, len as usize).await
 }
 
 /// Live figures of one link (per edge at the hub; the hub link at an edge).

@@ -307,6 +307,17 @@ pub async fn unstage(pool: &SqlitePool, edge: &str, study_uid: &str, sop_uid: &s
     Ok(())
 }
 
+/// Forget every staged part of a study (its files are gone), so the edge
+/// sends it again in full.
+pub async fn unstage_all(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<(), IndexError> {
+    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ?")
+        .bind(edge)
+        .bind(study_uid)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub struct Inbound {
     pub clinic_id: String,
     pub state: String,
@@ -483,7 +494,7 @@ pub async fn arriving(
     );
     qb.push_bind(include_committed).push(")");
     if let Some(c) = clinics {
-        crate::archive::index::push_in(&mut qb, " AND r.clinic_id", c);
+        crate::archive::index::push_in(&mut qb, "r.clinic_id", c);
     }
     qb.push(" ORDER BY CASE r.priority WHEN 'stat' THEN 0 WHEN 'urgent' THEN 1 ELSE 2 END, r.began_ms LIMIT 200");
     Ok(qb.build_query_as().fetch_all(pool).await?)

@@ -31,6 +31,8 @@ pub enum WireError {
     TooLarge(usize),
     #[error("unknown frame encoding {0}")]
     Encoding(u8),
+    #[error("message of more than {0} JSON values")]
+    TooManyValues(usize),
     #[error("truncated frame")]
     Truncated,
     #[error("malformed message: {0}")]
@@ -39,6 +41,9 @@ pub enum WireError {
     Zstd(std::io::Error),
     #[error("bundle body: {0}")]
     Body(String),
+    /// A field outside what the hub accepts (see [`Request::check`]).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Everything the hub needs to index one instance without parsing it, plus
@@ -165,6 +170,174 @@ pub enum Response {
     },
 }
 
+/// Instances in one manifest. A 16 MiB header holds about 24 000 (each is
+/// ~700 bytes of JSON); the largest studies seen (multi-phase CT, long
+/// cine) stay well below.
+pub const MAX_MANIFEST_INSTANCES: usize = 50_000;
+/// Preview items or bundle members in one request.
+pub const MAX_PARTS: usize = 10_000;
+/// Delivery ids acknowledged in one request (the hub sends at most 16
+/// reports per poll).
+pub const MAX_ACK_IDS: usize = 1_000;
+/// One text field of a manifest (patient, study and series attributes, the
+/// AE title, the clinical question). The edge's SCP keeps at most 4096 raw
+/// bytes of a value (`dicom::walk`) and decoding a character set at most
+/// doubles it in UTF-8; the API caps a clinical question at 2000
+/// characters. Anything longer did not come from a working edge.
+pub const MAX_TEXT_BYTES: usize = 8192;
+const MAX_PART_ID: usize = 128;
+
+/// A value for an error message: short, printable (never a whole field).
+fn shown(v: &str) -> String {
+    let mut s: String = v.chars().take(40).collect::<String>().escape_debug().to_string();
+    if v.chars().count() > 40 {
+        s.push('…');
+    }
+    format!("\"{s}\" ({} bytes)", v.len())
+}
+
+fn check_uid(field: &str, v: &str) -> Result<(), WireError> {
+    if crate::dicom::meta::is_valid_uid(v) {
+        Ok(())
+    } else {
+        Err(WireError::Invalid(format!(
+            "{field} {} is not a UID (1-64 characters, digits and dots, no empty component)",
+            shown(v)
+        )))
+    }
+}
+
+fn check_sha256(field: &str, v: &str) -> Result<(), WireError> {
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(WireError::Invalid(format!(
+            "{field} {} is not a SHA-256 in hex",
+            shown(v)
+        )))
+    }
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<(), WireError> {
+    if v.len() <= max {
+        Ok(())
+    } else {
+        Err(WireError::Invalid(format!(
+            "{field} of {} bytes exceeds the limit of {max}",
+            v.len()
+        )))
+    }
+}
+
+fn check_count(what: &str, n: usize, max: usize) -> Result<(), WireError> {
+    if n <= max {
+        Ok(())
+    } else {
+        Err(WireError::Invalid(format!("{n} {what} exceed the limit of {max}")))
+    }
+}
+
+impl Manifest {
+    /// Every field the hub files, stages or shows: UIDs against the grammar
+    /// (they name staging folders and files, and index rows), hashes as
+    /// hex (they name archive files), text bounded, one entry per instance.
+    pub fn check(&self) -> Result<(), WireError> {
+        check_uid("study_uid", &self.study_uid)?;
+        if !matches!(self.priority.as_str(), "stat" | "urgent" | "routine") {
+            return Err(WireError::Invalid(format!(
+                "priority {} is not stat, urgent or routine",
+                shown(&self.priority)
+            )));
+        }
+        if let Some(q) = &self.clinical_question {
+            check_text("clinical_question", q, MAX_TEXT_BYTES)?;
+        }
+        check_count("instances", self.instances.len(), MAX_MANIFEST_INSTANCES)?;
+        let mut seen = std::collections::HashSet::with_capacity(self.instances.len());
+        for i in &self.instances {
+            let m = &i.meta;
+            check_uid("sop_instance_uid", &m.sop_instance_uid)?;
+            if m.study_uid != self.study_uid {
+                return Err(WireError::Invalid(format!(
+                    "instance {} belongs to study {}, not the manifest's",
+                    m.sop_instance_uid,
+                    shown(&m.study_uid)
+                )));
+            }
+            check_uid("series_uid", &m.series_uid)?;
+            check_uid("sop_class_uid", &m.sop_class_uid)?;
+            check_uid("transfer_syntax", &m.transfer_syntax)?;
+            check_sha256("sha256", &i.sha256)?;
+            for (field, v) in [
+                ("patient_id", &m.patient_id),
+                ("patient_name", &m.patient_name),
+                ("birth_date", &m.birth_date),
+                ("sex", &m.sex),
+                ("study_date", &m.study_date),
+                ("study_time", &m.study_time),
+                ("accession_number", &m.accession_number),
+                ("study_description", &m.study_description),
+                ("referring_physician", &m.referring_physician),
+                ("modality", &m.modality),
+                ("series_description", &m.series_description),
+                ("body_part", &m.body_part),
+                ("calling_ae", &m.calling_ae),
+                ("clinic_id", &m.clinic_id),
+            ] {
+                check_text(field, v, MAX_TEXT_BYTES)?;
+            }
+            if !seen.insert(m.sop_instance_uid.as_str()) {
+                return Err(WireError::Invalid(format!(
+                    "instance {} appears twice",
+                    m.sop_instance_uid
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Request {
+    /// Checks what an edge sent before the hub uses any of it in a path, a
+    /// query or a page (see [`Manifest::check`]); the hub refuses the
+    /// request whole, naming the first offending field.
+    pub fn check(&self) -> Result<(), WireError> {
+        match self {
+            Request::Begin { manifest } => manifest.check(),
+            Request::Previews { study_uid, items } => {
+                check_uid("study_uid", study_uid)?;
+                check_count("preview items", items.len(), MAX_PARTS)?;
+                for i in items {
+                    check_uid("sop_uid", &i.sop_uid)?;
+                    if !matches!(i.kind.as_str(), "thumb" | "preview" | "mid" | "cine") {
+                        return Err(WireError::Invalid(format!("preview kind {}", shown(&i.kind))));
+                    }
+                }
+                Ok(())
+            }
+            Request::Bundle {
+                study_uid,
+                part_id,
+                members,
+                ..
+            } => {
+                check_uid("study_uid", study_uid)?;
+                check_text("part_id", part_id, MAX_PART_ID)?;
+                check_count("bundle members", members.len(), MAX_PARTS)?;
+                for m in members {
+                    check_uid("sop_uid", &m.sop_uid)?;
+                    check_sha256("sha256", &m.sha256)?;
+                    check_sha256("file_sha256", &m.file_sha256)?;
+                }
+                Ok(())
+            }
+            Request::Commit { study_uid } => check_uid("study_uid", study_uid),
+            Request::Poll { .. } => Ok(()),
+            Request::Ack { delivery_ids } => check_count("delivery ids", delivery_ids.len(), MAX_ACK_IDS),
+        }
+    }
+}
+
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     let json = serde_json::to_vec(msg).unwrap_or_default();
     let (enc, payload) = if json.len() > COMPRESS_HEADER_OVER {
@@ -194,15 +367,76 @@ pub fn prefix(b: &[u8; 5]) -> Result<(u8, usize), WireError> {
     Ok((b[0], len))
 }
 
+/// Most keys and values one message may hold. Serde reads an internally
+/// tagged message (and a flattened struct) into a buffer of generic values
+/// before it picks the variant, ~50 bytes per value: without this limit a
+/// 16 MiB frame of `0,0,0,…` (2 KiB zstd-compressed) cost the hub ~800 MB.
+/// A 10 000-instance manifest has ~600 000.
+pub const MAX_JSON_TOKENS: usize = 1 << 20;
+
+/// Decodes a frame's payload. Memory: at most [`decode_bound`] of the
+/// payload's length, whatever the bytes.
 pub fn decode<T: for<'de> Deserialize<'de>>(enc: u8, payload: &[u8]) -> Result<T, WireError> {
+    let json_of = |json: &[u8]| -> Result<T, WireError> {
+        if json_tokens(json) > MAX_JSON_TOKENS {
+            return Err(WireError::TooManyValues(MAX_JSON_TOKENS));
+        }
+        Ok(serde_json::from_slice(json)?)
+    };
     match enc {
-        0 => Ok(serde_json::from_slice(payload)?),
+        0 => json_of(payload),
         1 => {
             let json = zstd::bulk::decompress(payload, MAX_HEADER).map_err(WireError::Zstd)?;
-            Ok(serde_json::from_slice(&json)?)
+            json_of(&json)
         }
         e => Err(WireError::Encoding(e)),
     }
+}
+
+/// An upper bound on the keys and values in a JSON text: every one but the
+/// first follows a `[`, `{`, `,` or `:` outside a string.
+fn json_tokens(json: &[u8]) -> usize {
+    let (mut n, mut in_str, mut esc) = (1usize, false, false);
+    for &b in json {
+        if in_str {
+            match b {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_str = true,
+                b'[' | b'{' | b',' | b':' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+/// The most a [`decode`] of a payload of `n` bytes with encoding `enc`
+/// allocates: the inflate buffer and zstd's context (compressed frames), the
+/// JSON's generic values (~96 bytes per token with their growth), copies of
+/// its strings, the decoded message. Measured by the `relay_frame` fuzz
+/// target; a 10 000-instance manifest takes ~40 MB of it.
+pub fn decode_bound(enc: u8, n: usize) -> usize {
+    let (inflate, json) = if enc == 1 {
+        (MAX_HEADER + (256 << 10), MAX_HEADER)
+    } else {
+        (0, n)
+    };
+    inflate + 4 * json + MAX_JSON_TOKENS.min(json + 1) * 96 + 1024
+}
+
+/// The plain size the members announce, refused when it overflows (the sizes
+/// come from the edge's manifest).
+pub fn members_total(members: &[Member]) -> Result<u64, WireError> {
+    members
+        .iter()
+        .try_fold(0u64, |t, m| t.checked_add(m.size))
+        .ok_or_else(|| WireError::Body("member sizes overflow".into()))
 }
 
 /// Decode a whole frame held in memory (tests, small messages).
@@ -220,7 +454,7 @@ pub fn decode_frame<T: for<'de> Deserialize<'de>>(buf: &[u8]) -> Result<T, WireE
 /// exactly (a body with bytes left over or missing is refused whole) and
 /// each file's SHA-256.
 pub fn split_bundle<'a>(members: &[Member], plain: &'a [u8]) -> Result<Vec<&'a [u8]>, WireError> {
-    let total: u64 = members.iter().map(|m| m.size).sum();
+    let total = members_total(members)?;
     if total != plain.len() as u64 {
         return Err(WireError::Body(format!(
             "{} bytes for members totalling {total}",
@@ -243,10 +477,13 @@ pub fn split_bundle<'a>(members: &[Member], plain: &'a [u8]) -> Result<Vec<&'a [
 
 /// Decompresses a bundle body, refusing to grow past the announced sizes
 /// (a decompression bomb stops at the bound), and undoes the shuffle.
+/// Memory: the announced plain size (which the hub has bounded before
+/// reading the body) + the body + zstd's context (checked by the `bundle`
+/// fuzz target).
 pub fn unpack_body(members: &[Member], compressed: bool, shuffled: bool, body: Vec<u8>) -> Result<Vec<u8>, WireError> {
     let mut plain = if compressed {
-        let total: u64 = members.iter().map(|m| m.size).sum();
-        zstd::bulk::decompress(&body, total as usize).map_err(WireError::Zstd)?
+        let total = usize::try_from(members_total(members)?).map_err(|_| WireError::Body("bundle too large".into()))?;
+        zstd::bulk::decompress(&body, total).map_err(WireError::Zstd)?
     } else {
         body
     };
@@ -313,7 +550,7 @@ pub fn content_sha256(file: &[u8], transfer_syntax: &str) -> Result<String, Wire
 
 /// Where the dataset starts: after the 128-byte preamble, "DICM" and the
 /// group 0002 elements (always explicit VR little endian).
-fn dataset_offset(file: &[u8]) -> Option<usize> {
+pub fn dataset_offset(file: &[u8]) -> Option<usize> {
     if file.get(128..132)? != b"DICM" {
         return None;
     }
@@ -378,6 +615,120 @@ mod tests {
         assert_eq!(buf[0], 1, "a 300-instance manifest is compressed");
         assert!(buf.len() < serde_json::to_vec(&big).expect("json").len() / 5);
         assert_eq!(decode_frame::<Request>(&buf).expect("decode"), big);
+    }
+
+    fn manifest_of(study: &str, sop: &str) -> Manifest {
+        Manifest {
+            study_uid: study.into(),
+            priority: "routine".into(),
+            clinical_question: None,
+            instances: vec![ManifestInstance {
+                meta: NewInstance {
+                    sop_instance_uid: sop.into(),
+                    study_uid: study.into(),
+                    series_uid: format!("{study}.1"),
+                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                    transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                    patient_name: "TEST^PATIENT".into(),
+                    ..Default::default()
+                },
+                sha256: "ab".repeat(32),
+                file_size: 10,
+                cine_frames: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_field_by_field() {
+        let ok = manifest_of("1.2.3", "1.2.3.4");
+        assert!(ok.check().is_ok());
+        // Leading zeros are UIDs too (Varian).
+        assert!(
+            manifest_of("1.2.246.352.91.0000217.1", "1.2.246.352.91.0000217.1.001")
+                .check()
+                .is_ok()
+        );
+        let refused = |m: Manifest, what: &str| {
+            let e = Request::Begin { manifest: m }.check().expect_err(what).to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        };
+        for bad in ["..", "../x", "1.2/..", "", "1..2", ".", &"1".repeat(65)] {
+            let mut m = manifest_of("1.2.3", "1.2.3.4");
+            m.study_uid = bad.into();
+            for i in &mut m.instances {
+                i.meta.study_uid = bad.into();
+            }
+            refused(m, "study_uid");
+        }
+        let mut m = ok.clone();
+        m.instances[0].meta.series_uid = "1.2/../../x".into();
+        refused(m, "series_uid");
+        let mut m = ok.clone();
+        m.instances[0].meta.sop_instance_uid = "..".into();
+        refused(m, "sop_instance_uid");
+        let mut m = ok.clone();
+        m.instances[0].sha256 = "../../../../etc/passwd".into();
+        refused(m, "sha256");
+        let mut m = ok.clone();
+        m.instances[0].meta.study_uid = "1.2.4".into();
+        refused(m, "not the manifest's");
+        let mut m = ok.clone();
+        m.instances[0].meta.patient_name = "A".repeat(MAX_TEXT_BYTES + 1);
+        refused(m, "patient_name");
+        let mut m = ok.clone();
+        m.instances[0].meta.patient_id = "9".repeat(1 << 20);
+        refused(m, "patient_id");
+        let mut m = ok.clone();
+        m.clinical_question = Some("?".repeat(MAX_TEXT_BYTES + 1));
+        refused(m, "clinical_question");
+        let mut m = ok.clone();
+        m.priority = "now!".into();
+        refused(m, "priority");
+        let mut m = ok.clone();
+        m.instances.push(m.instances[0].clone());
+        refused(m, "twice");
+        // Error messages show a bounded excerpt, never the whole field.
+        let mut m = ok.clone();
+        m.study_uid = "7".repeat(100_000);
+        let e = m.check().expect_err("long").to_string();
+        assert!(e.len() < 300, "{e}");
+
+        let previews = |sop: &str, kind: &str| Request::Previews {
+            study_uid: "1.2.3".into(),
+            items: vec![PreviewItem {
+                sop_uid: sop.into(),
+                kind: kind.into(),
+                len: 1,
+            }],
+        };
+        assert!(previews("1.2.3.4", "thumb").check().is_ok());
+        assert!(previews("..", "thumb").check().is_err());
+        assert!(previews("1.2.3.4", "../x").check().is_err());
+        let bundle = |sop: &str, sha: &str| Request::Bundle {
+            study_uid: "1.2.3".into(),
+            part_id: "p".into(),
+            compressed: false,
+            shuffled: false,
+            body_len: 1,
+            members: vec![Member {
+                sop_uid: sop.into(),
+                sha256: sha.into(),
+                file_sha256: "cd".repeat(32),
+                size: 1,
+            }],
+        };
+        assert!(bundle("1.2.3.4", &"ab".repeat(32)).check().is_ok());
+        assert!(bundle("..", &"ab".repeat(32)).check().is_err());
+        assert!(bundle("1.2.3.4", "x").check().is_err());
+        assert!(Request::Commit { study_uid: "..".into() }.check().is_err());
+        assert!(
+            Request::Ack {
+                delivery_ids: vec![1; MAX_ACK_IDS + 1]
+            }
+            .check()
+            .is_err()
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 mod broadcast;
@@ -47,6 +47,7 @@ mod lifecycle;
 
 pub use lifecycle::RoomOwner;
 
+use super::client_queue::ClientTx;
 use super::demux::{PacketClass, classify, stun_local_ufrag};
 use super::floor::Floor;
 use super::gop::{CachedPacket, GopCache, GopConfig};
@@ -63,8 +64,9 @@ use super::munger::{InPacket, Munger, MungerConfig};
 use super::nack::{NackConfig, NackGenerator, pack_nack_pairs};
 use super::protocol::{
     ClientMsg, ErrorCode, LinkState, ParticipantInfo, PcKind, Role, RoomInfo, RoomKind, ServerMsg, Source, SourceInfo,
-    ToClient, TrackInfo, error,
+    TrackInfo, error,
 };
+use super::ratelimit::TokenBucket;
 use super::vp8::Vp8Rewriter;
 use super::{SfuMetrics, tokens::new_id};
 
@@ -196,7 +198,7 @@ pub enum Command {
         /// The account of the signaling session (its invitation must match).
         account: String,
         conn: u64,
-        tx: mpsc::Sender<ToClient>,
+        tx: ClientTx,
         reply: oneshot::Sender<JoinResult>,
     },
     Signal {
@@ -260,11 +262,32 @@ const MAX_LAYERS: usize = 4;
 /// Chat lines kept per room for replay.
 const CHAT_REPLAY: usize = 50;
 
+/// Remote ICE candidates taken per peer connection. The page trickles
+/// none (the SFU learns the browser's address from its checks); a browser
+/// that does sends one per interface and protocol, a dozen at most. Each
+/// one costs the ICE agent a pair and checks, so beyond this they are
+/// refused (`limit`).
+const MAX_REMOTE_CANDIDATES: usize = 32;
+
+/// m-lines in a `pub` offer. The page sends at most mic, camera, screen and
+/// the data channel, and reuses an m-line when a source comes back; each
+/// m-line is a transceiver the server keeps for the connection's life.
+const MAX_PUB_MLINES: usize = 16;
+
+/// Data-channel messages one participant may send (chat, `view`, `point`):
+/// a burst and a steady rate. The page sends `view` at most 5 times a
+/// second and the rest at human speed; each message is copied to every
+/// other participant, so beyond this they are dropped (and counted).
+const DC_BURST: f64 = 50.0;
+const DC_PER_SEC: f64 = 10.0;
+
 struct Peer {
     pc: RTCPeerConnection,
     ufrag: String,
     deadline: Option<Instant>,
     state: RTCPeerConnectionState,
+    /// Remote candidates taken (see MAX_REMOTE_CANDIDATES).
+    candidates: usize,
 }
 
 /// (payload type, lower-case mime type, fmtp line) of one negotiated codec.
@@ -442,7 +465,7 @@ struct Participant {
     name: String,
     role: Role,
     conn: u64,
-    tx: mpsc::Sender<ToClient>,
+    tx: ClientTx,
     pubc: Peer,
     subc: Peer,
     mid_sources: BTreeMap<String, Source>,
@@ -452,9 +475,13 @@ struct Participant {
     down_by_ssrc: HashMap<u32, (String, String)>,
     sub_neg: SubNegotiation,
     dc: Option<RTCDataChannelId>,
+    /// What this participant may relay on the data channel.
+    dc_budget: TokenBucket,
     last_rx: Instant,
     rtt: Duration,
     link_state: LinkState,
+    /// The last `link` could not be sent (the page was behind).
+    link_stale: bool,
     bwe_bps: Option<u64>,
     /// When the receive estimate last went down, and up (see `update_link`).
     bwe_fell_at: Option<Instant>,
@@ -500,10 +527,12 @@ impl Participant {
         }
     }
 
-    /// Never blocks the engine: a client that cannot keep up with a 64-deep
-    /// signaling queue is dropped by its WebSocket task (the channel closes).
+    /// Never blocks the engine. A page that cannot keep up with its queue
+    /// loses only droppable messages; a control message that does not fit
+    /// ends its session instead (`client_queue`), and the next tick removes
+    /// it from the room.
     fn send(&self, m: ServerMsg) -> bool {
-        self.tx.try_send(ToClient::Msg(m)).is_ok()
+        self.tx.send(m)
     }
 }
 
@@ -750,7 +779,7 @@ impl Engine {
         };
         for pid in r.joined.clone() {
             if let Some(p) = self.parts.get(&pid) {
-                let _ = p.tx.try_send(ToClient::Close(ErrorCode::RoomClosed, why.to_string()));
+                p.tx.close(ErrorCode::RoomClosed, why);
             }
             self.remove_participant(now, &pid, "room closed");
         }
@@ -760,15 +789,7 @@ impl Engine {
         true
     }
 
-    fn join(
-        &mut self,
-        now: Instant,
-        room_id: &str,
-        pid: &str,
-        account: &str,
-        conn: u64,
-        tx: mpsc::Sender<ToClient>,
-    ) -> JoinResult {
+    fn join(&mut self, now: Instant, room_id: &str, pid: &str, account: &str, conn: u64, tx: ClientTx) -> JoinResult {
         let Some(room) = self.rooms.get(room_id) else {
             return Err((ErrorCode::RoomClosed, "this room no longer exists".into()));
         };
@@ -782,10 +803,8 @@ impl Engine {
             // Same person, new tab or reconnect after a network change: the
             // new connection wins, the old one is told why it was dropped.
             if let Some(old) = self.parts.get(pid) {
-                let _ = old.tx.try_send(ToClient::Close(
-                    ErrorCode::Replaced,
-                    "you joined this room from another window".into(),
-                ));
+                old.tx
+                    .close(ErrorCode::Replaced, "you joined this room from another window");
             }
             self.remove_participant(now, pid, "replaced");
         }
@@ -808,6 +827,7 @@ impl Engine {
                 ufrag,
                 deadline: None,
                 state: RTCPeerConnectionState::New,
+                candidates: 0,
             })
         };
         let pubc = make(PcKind::Pub)?;
@@ -830,9 +850,11 @@ impl Engine {
             down_by_ssrc: HashMap::new(),
             sub_neg: SubNegotiation::default(),
             dc: None,
+            dc_budget: TokenBucket::new(DC_BURST, DC_PER_SEC),
             last_rx: now,
             rtt: Duration::from_millis(300),
             link_state: LinkState::Good,
+            link_stale: false,
             bwe_bps: None,
             bwe_fell_at: None,
             bwe_rose_at: None,
@@ -957,8 +979,8 @@ impl Engine {
     fn reap(&mut self, now: Instant) {
         while let Some((pid, why)) = self.doomed.pop() {
             if let Some(p) = self.parts.get(&pid) {
-                let _ =
-                    p.tx.try_send(ToClient::Close(ErrorCode::Internal, format!("media connection {why}")));
+                // A session already ended (too slow) keeps its first reason.
+                p.tx.close(ErrorCode::Internal, format!("media connection {why}"));
             }
             self.remove_participant(now, &pid, why);
         }
@@ -978,10 +1000,10 @@ impl Engine {
             ClientMsg::Mute { source, muted } => {
                 let Some(p) = self.parts.get_mut(pid) else { return };
                 p.muted.insert(source, muted);
-                let room = p.room.clone();
-                self.broadcast(
-                    &room,
-                    Some(pid),
+                // Only to those who know of it: in a broadcast, a viewer's
+                // mute is news to the presenters, not to the other viewers.
+                self.tell_about(
+                    pid,
                     ServerMsg::Mute {
                         participant: pid.to_string(),
                         source,
@@ -991,6 +1013,15 @@ impl Engine {
             }
             ClientMsg::Candidate { pc, candidate } => {
                 let Some(p) = self.parts.get_mut(pid) else { return };
+                let peer = p.peer(pc);
+                if peer.candidates >= MAX_REMOTE_CANDIDATES {
+                    return self.reply_err(
+                        pid,
+                        ErrorCode::Limit,
+                        &format!("at most {MAX_REMOTE_CANDIDATES} candidates per connection"),
+                    );
+                }
+                peer.candidates += 1;
                 let init = RTCIceCandidateInit {
                     candidate: candidate.candidate,
                     sdp_mid: candidate.sdp_mid,
@@ -999,7 +1030,7 @@ impl Engine {
                 };
                 // A lite agent learns the browser's address from its checks;
                 // remote candidates are optional, so a bad one is only noted.
-                if let Err(e) = p.peer(pc).pc.add_remote_candidate(init) {
+                if let Err(e) = peer.pc.add_remote_candidate(init) {
                     debug!(participant = pid, error = %e, "remote candidate ignored");
                 }
             }
@@ -1040,14 +1071,18 @@ impl Engine {
         }
     }
 
-    fn broadcast(&self, room: &str, except: Option<&str>, m: ServerMsg) {
-        if let Some(r) = self.rooms.get(room) {
-            for o in &r.joined {
-                if Some(o.as_str()) != except
-                    && let Some(op) = self.parts.get(o)
-                {
-                    op.send(m.clone());
-                }
+    /// Sends `m`, news about `pid`, to everyone in its room who hears of
+    /// it (`broadcast::announces`: in a broadcast, nothing about a viewer
+    /// reaches another viewer unless one of them is on stage).
+    fn tell_about(&self, pid: &str, m: ServerMsg) {
+        let Some(p) = self.parts.get(pid) else { return };
+        let Some(r) = self.rooms.get(&p.room) else { return };
+        for o in &r.joined {
+            if o != pid
+                && let Some(op) = self.parts.get(o)
+                && broadcast::announces(r, op, p)
+            {
+                op.send(m.clone());
             }
         }
     }
@@ -1074,6 +1109,14 @@ impl Engine {
                     "you may send only what the presenter allowed (your microphone, or camera if granted)",
                 );
             }
+        }
+        let mlines = sdp.matches("\nm=").count() + usize::from(sdp.starts_with("m="));
+        if mlines > MAX_PUB_MLINES {
+            return self.reply_err(
+                pid,
+                ErrorCode::TooManyTracks,
+                &format!("at most {MAX_PUB_MLINES} m-lines in an offer"),
+            );
         }
         if tracks.len() > max_tracks || sending > max_tracks {
             return self.reply_err(
@@ -1907,22 +1950,37 @@ impl Engine {
             self.metrics.dc_dropped.fetch_add(1, Relaxed);
             return;
         };
+        let Some(p) = self.parts.get_mut(pid) else { return };
+        if !p.dc_budget.try_take(now, 1.0) {
+            self.metrics.dc_dropped.fetch_add(1, Relaxed);
+            return;
+        }
         let Some(p) = self.parts.get(pid) else { return };
         let room = p.room.clone();
         // In a broadcast, what a viewer writes goes to the presenters only
         // (hundreds of viewers chatting to each other would drown the
         // lecture), and only the stage drives the shared image.
-        let Some(from_stage) = self.rooms.get(&room).map(|r| broadcast::on_stage(r, p)) else {
+        let Some((from_stage, presenter)) = self
+            .rooms
+            .get(&room)
+            .map(|r| (broadcast::on_stage(r, p), broadcast::is_presenter(r, p)))
+        else {
             return;
         };
         if !from_stage && !stamped.is_chat {
             self.metrics.dc_dropped.fetch_add(1, Relaxed);
             return;
         }
-        if let Some(r) = self.rooms.get_mut(&room) {
+        // What is kept for late joiners is a presenter's only: a viewer's
+        // words on stage reach those who are there while it speaks, but a
+        // late viewer replayed them would learn the id of a viewer it was
+        // never told of.
+        if let Some(r) = self.rooms.get_mut(&room)
+            && presenter
+        {
             if stamped.is_view {
                 r.last_view = Some(stamped.text.clone());
-            } else if stamped.is_chat && from_stage {
+            } else if stamped.is_chat {
                 if r.chat_log.len() >= CHAT_REPLAY {
                     r.chat_log.pop_front();
                 }
@@ -2006,6 +2064,11 @@ impl Engine {
             }
             if p.tx.is_closed() {
                 self.doomed.push((pid.clone(), "signaling closed"));
+                continue;
+            }
+            if p.tx.ended().is_some() {
+                // Its page could not keep up: the session is over.
+                self.doomed.push((pid.clone(), "signaling could not keep up"));
                 continue;
             }
             let rtt = p.rtt;
@@ -2117,8 +2180,14 @@ impl Engine {
                 continue;
             }
             r.viewers_sent = Some(viewers);
+            let mut all = true;
             for p in presenters {
-                p.send(ServerMsg::Viewers { count: viewers });
+                all &= p.send(ServerMsg::Viewers { count: viewers });
+            }
+            if !all {
+                // Droppable: a presenter's page that was behind gets it
+                // with the next round.
+                r.viewers_sent = None;
             }
         }
     }
@@ -2316,16 +2385,21 @@ impl Engine {
             super::layer::LinkState::AudioOnly => LinkState::AudioOnly,
         };
         let simulcast = levels > 1;
-        if state != s.link_state || (layer_changed && simulcast) {
-            info!(
-                participant = pid,
-                ?state,
-                layer = ?chosen,
-                bwe_kbps = s.bwe_bps.unwrap_or(0) / 1000,
-                "link state"
-            );
+        let changed = state != s.link_state || (layer_changed && simulcast);
+        if changed || s.link_stale {
+            if changed {
+                info!(
+                    participant = pid,
+                    ?state,
+                    layer = ?chosen,
+                    bwe_kbps = s.bwe_bps.unwrap_or(0) / 1000,
+                    "link state"
+                );
+            }
             s.link_state = state;
-            s.send(ServerMsg::Link {
+            // Droppable: a page that is behind gets the state once it has
+            // room again (the next ticks retry), not every change.
+            s.link_stale = !s.send(ServerMsg::Link {
                 state,
                 bwe_kbps: s.bwe_bps.unwrap_or(0) / 1000,
                 layer: match chosen {
@@ -2544,7 +2618,8 @@ pub struct Stamped {
 }
 
 /// Validates a data-channel message from a participant and stamps the
-/// sender, so nobody can speak in somebody else's name.
+/// sender, so nobody can speak in somebody else's name. Memory: at most
+/// 32 × the message + 8 KiB (checked by the `datachannel` fuzz target).
 pub fn stamp_dc_message(data: &[u8], from: &str, ts: u64) -> Option<Stamped> {
     if data.len() > super::protocol::MAX_DC_BYTES {
         return None;
@@ -2607,6 +2682,48 @@ mod tests {
         }
         let big = format!(r#"{{"t":"chat","text":"{}"}}"#, "a".repeat(5000));
         assert!(stamp_dc_message(big.as_bytes(), "p", 1).is_none());
+    }
+
+    /// In a broadcast only a presenter's chat and view are kept for late
+    /// joiners: a speaker's reach those present while it speaks, but a
+    /// late viewer replayed them would learn a viewer's id it was never
+    /// told. And what one participant relays on the data channel is rate
+    /// limited.
+    #[test]
+    fn only_presenters_are_replayed_to_late_joiners_and_the_data_channel_is_rate_limited() {
+        let mut net = crate::sfu::sim::Net::broadcast(&["teacher", "speaker"], 2);
+        let teacher = net.clients[0].id.clone();
+        let speaker = net.clients[1].id.clone();
+        net.signal(
+            0,
+            ClientMsg::Promote {
+                participant: speaker.clone(),
+                video: false,
+            },
+        );
+        let now = net.now;
+        let e = &mut net.engine;
+        e.relay_data(now, &speaker, br#"{"t":"chat","text":"from the floor"}"#);
+        e.relay_data(now, &speaker, br#"{"t":"view","instance":"1.2.3"}"#);
+        e.relay_data(now, &teacher, br#"{"t":"chat","text":"from the teacher"}"#);
+        let room = e.rooms.values().next().expect("room");
+        let log: Vec<&String> = room.chat_log.iter().collect();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(log[0].contains("from the teacher") && !log[0].contains(&speaker));
+        assert_eq!(room.last_view, None);
+        let metrics = e.metrics.clone();
+        let dropped = || metrics.dc_dropped.load(Relaxed);
+        let before = dropped();
+        for _ in 0..100 {
+            e.relay_data(now, &teacher, br#"{"t":"chat","text":"again"}"#);
+        }
+        // The burst (one message already spent), the rest dropped.
+        assert_eq!(dropped() - before, 100 - (DC_BURST as u64 - 1));
+        // A second later there is room again.
+        let later = now + Duration::from_secs(1);
+        let before = dropped();
+        e.relay_data(later, &teacher, br#"{"t":"chat","text":"later"}"#);
+        assert_eq!(dropped(), before);
     }
 
     #[test]

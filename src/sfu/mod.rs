@@ -18,6 +18,7 @@
 //! `TrackLocalStaticRTP` lock. The forwarding cost against the SRTP floor is
 //! measured in `benches/sfu_forward.rs`.
 
+pub mod client_queue;
 pub mod demux;
 pub mod engine;
 pub mod floor;
@@ -30,6 +31,7 @@ pub mod media;
 pub mod munger;
 pub mod nack;
 pub mod protocol;
+pub mod ratelimit;
 pub mod sim;
 pub mod tokens;
 pub mod vp8;
@@ -68,6 +70,10 @@ pub struct SfuMetrics {
     pub dc_relayed: AtomicU64,
     pub dc_dropped: AtomicU64,
     pub signal_errors: AtomicU64,
+    pub signal_dropped: AtomicU64,
+    pub signal_too_slow: AtomicU64,
+    pub signal_rate_limited: AtomicU64,
+    pub signal_rate_cut: AtomicU64,
 }
 
 impl SfuMetrics {
@@ -163,6 +169,26 @@ impl SfuMetrics {
                 "Signaling requests refused",
                 &self.signal_errors,
             ),
+            (
+                "medrelay_sfu_signal_dropped_total",
+                "Droppable signaling messages (link, viewers, pong) not sent to a page that was behind",
+                &self.signal_dropped,
+            ),
+            (
+                "medrelay_sfu_signal_too_slow_total",
+                "Sessions ended because the page did not keep up with its control messages (close 4008)",
+                &self.signal_too_slow,
+            ),
+            (
+                "medrelay_sfu_signal_rate_limited_total",
+                "Signaling messages refused by the per-participant rate limit",
+                &self.signal_rate_limited,
+            ),
+            (
+                "medrelay_sfu_signal_rate_cut_total",
+                "Sessions ended for going on over the rate limit (close 4029)",
+                &self.signal_rate_cut,
+            ),
         ]
     }
 }
@@ -197,6 +223,9 @@ pub struct BroadcastInfo {
 pub struct Sfu {
     pub commands: mpsc::Sender<Command>,
     pub tokens: TokenKey,
+    /// Per-participant signaling budgets (the WebSocket tasks consult it
+    /// before a message reaches the engine).
+    pub signal_limits: ratelimit::Limits,
     pub room_ttl: Duration,
     pub metrics: Arc<SfuMetrics>,
     pub media_addr: SocketAddr,
@@ -257,6 +286,7 @@ impl Sfu {
         Ok(Sfu {
             commands,
             tokens: TokenKey::random(),
+            signal_limits: ratelimit::Limits::default(),
             room_ttl: Duration::from_secs(cfg.room_ttl_secs),
             metrics,
             media_addr: local,

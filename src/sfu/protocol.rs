@@ -66,7 +66,7 @@ pub enum Role {
     Expert,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CandidateInit {
     pub candidate: String,
@@ -76,7 +76,8 @@ pub struct CandidateInit {
     pub sdp_mline_index: Option<u16>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Serialize and PartialEq serve the round-trip fuzz target (`crate::fuzz`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     Join {
@@ -281,6 +282,12 @@ pub enum ErrorCode {
     /// the account disabled), or there was none: join tokens work only
     /// together with a session of the account they were issued to.
     SessionEnded,
+    /// Too many messages: this one was refused (see `ratelimit`); fatal
+    /// (close 4029) when the page keeps sending regardless.
+    RateLimited,
+    /// The page did not read its messages fast enough to be sent one it
+    /// must not miss; fatal (close 4008), the page reconnects.
+    TooSlow,
     Internal,
 }
 
@@ -293,17 +300,25 @@ impl ErrorCode {
             ErrorCode::RoomFull => Some(4003),
             ErrorCode::RoomClosed => Some(4004),
             ErrorCode::Replaced => Some(4009),
+            ErrorCode::TooSlow => Some(4008),
+            // Sent alone, the refusal of one message; the code is for the
+            // session it ends.
+            ErrorCode::RateLimited => Some(4029),
             _ => None,
         }
     }
 }
 
-/// What the SFU sends down a participant's WebSocket.
-#[derive(Debug, Clone)]
-pub enum ToClient {
-    Msg(ServerMsg),
-    /// Send this error, then close the socket with its close code.
-    Close(ErrorCode, String),
+impl ServerMsg {
+    /// Superseded by the next of its kind, so it may be dropped for a page
+    /// that does not keep up (see `client_queue`); everything else changes
+    /// the page's picture of the room and is never dropped.
+    pub fn droppable(&self) -> bool {
+        matches!(
+            self,
+            ServerMsg::Link { .. } | ServerMsg::Viewers { .. } | ServerMsg::Pong
+        )
+    }
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMsg {
@@ -314,7 +329,9 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMsg {
 }
 
 /// Parses one text frame; the error text is safe to send back (no echo of
-/// the input, which could be large or contain SDP).
+/// the input, which could be large or contain SDP). Memory: at most 32 × the
+/// frame + 8 KiB (serde buffers a tagged message before picking its variant;
+/// checked by the `signaling` fuzz target).
 pub fn parse_client(text: &str) -> Result<ClientMsg, String> {
     if text.len() > MAX_SIGNAL_BYTES {
         return Err(format!("message larger than {MAX_SIGNAL_BYTES} bytes"));
@@ -389,5 +406,13 @@ mod tests {
         );
         assert_eq!(ErrorCode::RoomFull.close_code(), Some(4003));
         assert_eq!(ErrorCode::BadSdp.close_code(), None);
+        assert_eq!(ErrorCode::TooSlow.close_code(), Some(4008));
+        assert_eq!(ErrorCode::RateLimited.close_code(), Some(4029));
+        assert_eq!(
+            serde_json::to_string(&error(ErrorCode::RateLimited, "x")).unwrap(),
+            r#"{"type":"error","code":"rate_limited","message":"x"}"#
+        );
+        assert!(ServerMsg::Pong.droppable());
+        assert!(!ServerMsg::Live { live: true }.droppable());
     }
 }

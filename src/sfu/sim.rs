@@ -17,12 +17,13 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::SfuMetrics;
+use super::client_queue::{ClientRx, client_queue};
 use super::engine::{Command, Engine, EngineConfig, NewParticipant, RoomOwner};
 use super::media::codecs;
-use super::protocol::{ClientMsg, PcKind, Role, RoomKind, ServerMsg, Source, ToClient};
+use super::protocol::{ClientMsg, PcKind, Role, RoomKind, ServerMsg, Source};
 
 /// Packets of a simulcast layer that name it (mid/rid header extensions).
 pub const SIMULCAST_NAMED_PACKETS: u32 = 20;
@@ -42,8 +43,10 @@ pub struct SimClient {
     pub subc: RTCPeerConnection,
     pub pub_addr: SocketAddr,
     pub sub_addr: SocketAddr,
-    rx: mpsc::Receiver<ToClient>,
+    rx: ClientRx,
     conn: u64,
+    /// Its page stopped reading signaling (see [`Net::join_stalled`]).
+    pub stalled: bool,
     pub messages: Vec<ServerMsg>,
     /// RTP packets received on `sub`, by SSRC.
     pub received: HashMap<u32, u64>,
@@ -132,7 +135,31 @@ impl Net {
         }
         let (pid, account) = self.late.remove(0);
         let i = self.clients.len();
-        self.join(i, &pid, &account);
+        self.join(i, &pid, &account, 1024);
+    }
+
+    /// The next invited participant joins with the gateway's signaling queue
+    /// depth, and its page never reads a message (a page that hangs, or a
+    /// socket whose reader stopped): the engine's end is all there is.
+    pub fn join_stalled(&mut self) {
+        if self.late.is_empty() {
+            return;
+        }
+        let (pid, account) = self.late.remove(0);
+        let i = self.clients.len();
+        self.join(i, &pid, &account, super::client_queue::DEPTH);
+        self.clients[i].stalled = true;
+    }
+
+    /// What a stalled client's queue holds (in order), and why its session
+    /// was ended, if it was.
+    pub fn stalled_queue(&mut self, i: usize) -> (Vec<ServerMsg>, Option<super::protocol::ErrorCode>) {
+        let c = &mut self.clients[i];
+        let mut out = Vec::new();
+        while let Some(m) = c.rx.try_recv() {
+            out.push(m);
+        }
+        (out, c.rx.end_reason().map(|r| r.0))
     }
 
     fn build(
@@ -199,7 +226,7 @@ impl Net {
         };
         for (i, inv) in created.participants.iter().enumerate() {
             if i < joined {
-                net.join(i, &inv.id, &inv.participant.account);
+                net.join(i, &inv.id, &inv.participant.account, 1024);
             } else {
                 net.late.push((inv.id.clone(), inv.participant.account.clone()));
             }
@@ -211,11 +238,11 @@ impl Net {
         net
     }
 
-    fn join(&mut self, i: usize, pid: &str, account: &str) {
+    fn join(&mut self, i: usize, pid: &str, account: &str, depth: usize) {
         let ip = std::net::Ipv4Addr::new(10, 1, (i / 200) as u8, (i % 200) as u8 + 1);
         let pub_addr = SocketAddr::new(ip.into(), 5000);
         let sub_addr = SocketAddr::new(ip.into(), 5001);
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = client_queue(depth, self.metrics.clone());
         let (rtx, mut rrx) = oneshot::channel();
         let conn = 1000 + i as u64;
         (self.engine_scope)(true);
@@ -240,6 +267,7 @@ impl Net {
             sub_addr,
             rx,
             conn,
+            stalled: false,
             messages: Vec::new(),
             received: HashMap::new(),
             video_ssrc: None,
@@ -264,7 +292,8 @@ impl Net {
         self.signal(0, ClientMsg::Live { live });
     }
 
-    fn signal(&mut self, i: usize, msg: ClientMsg) {
+    /// Client `i` sends a signaling message.
+    pub fn signal(&mut self, i: usize, msg: ClientMsg) {
         let c = &self.clients[i];
         let cmd = Command::Signal {
             participant: c.id.clone(),
@@ -635,7 +664,7 @@ impl Net {
                     }
                 }
                 let mut pending = Vec::new();
-                while let Ok(m) = c.rx.try_recv() {
+                while let Some(m) = (!c.stalled).then(|| c.rx.try_recv()).flatten() {
                     pending.push(m);
                 }
                 for m in pending {
@@ -649,8 +678,7 @@ impl Net {
         }
     }
 
-    fn on_server_msg(&mut self, i: usize, m: ToClient) {
-        let ToClient::Msg(m) = m else { return };
+    fn on_server_msg(&mut self, i: usize, m: ServerMsg) {
         let now = self.now;
         match &m {
             ServerMsg::Answer { sdp, .. } => {
@@ -1458,6 +1486,258 @@ mod tests {
             expected,
             "missing sequence numbers after repair (rtx sent {rtx})"
         );
+    }
+
+    /// A viewer whose page stopped reading its signaling while the
+    /// presenter goes on and off air and gives it the floor and takes it
+    /// back: the engine never blocks, nothing is silently lost (the page's
+    /// queue holds an unbroken prefix of what it was sent), and when a
+    /// message it must not miss does not fit, its session is ended and it
+    /// leaves the room; the other viewer gets every message.
+    #[test]
+    fn a_page_that_stops_reading_is_cut_rather_than_losing_control_messages() {
+        let mut net = Net::broadcast(&["teacher", "other", "stalled"], 2);
+        net.join_stalled();
+        net.run_for(Duration::from_millis(200), Duration::from_millis(20));
+        let stalled = net.clients[2].id.clone();
+        let promote = ClientMsg::Promote {
+            participant: stalled.clone(),
+            video: false,
+        };
+        let demote = ClientMsg::Demote {
+            participant: stalled.clone(),
+        };
+        let rounds = crate::sfu::client_queue::DEPTH;
+        for _ in 0..rounds {
+            net.signal(0, promote.clone());
+            net.signal(0, demote.clone());
+            net.set_live(false);
+            net.set_live(true);
+            net.run_for(Duration::from_millis(20), Duration::from_millis(20));
+        }
+        let (queued, ended) = net.stalled_queue(2);
+        assert_eq!(
+            ended,
+            Some(ErrorCode::TooSlow),
+            "the stalled page's session was not ended"
+        );
+        assert!(queued.len() <= crate::sfu::client_queue::DEPTH);
+        // An unbroken prefix: joined, the floor, then each round's messages
+        // in order with none missing.
+        assert!(matches!(queued.first(), Some(ServerMsg::Joined { .. })), "{queued:?}");
+        let control: Vec<String> = queued
+            .iter()
+            .filter_map(|m| match m {
+                ServerMsg::Floor { granted, .. } => Some(format!("floor {granted}")),
+                ServerMsg::Live { live } => Some(format!("live {live}")),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<String> = ["floor true", "floor false", "live false", "live true"]
+            .iter()
+            .cycle()
+            .take(control.len())
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(control, expected, "a gap in what the stalled page was sent");
+        assert!(control.len() >= 40, "only {} floor/live messages queued", control.len());
+        // It left the room, and the presenter was told.
+        assert_eq!(net.engine.participants(), 2);
+        assert!(told(
+            &mut net,
+            0,
+            |m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == stalled)
+        ));
+        assert_eq!(
+            net.metrics.signal_too_slow.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Nothing queued for it afterwards either.
+        net.set_live(false);
+        net.run_for(Duration::from_millis(100), Duration::from_millis(20));
+        assert!(net.stalled_queue(2).0.is_empty());
+        // The other viewer heard every on/off-air change, and nothing else went wrong.
+        let lives = net.clients[1]
+            .messages
+            .iter()
+            .filter(|m| matches!(m, ServerMsg::Live { .. }))
+            .count();
+        assert_eq!(lives, 2 * rounds + 1 + 1, "the other viewer missed on/off-air changes");
+        assert!(
+            !net.clients[1]
+                .messages
+                .iter()
+                .any(|m| matches!(m, ServerMsg::Error { .. })),
+            "{:?}",
+            net.clients[1].messages
+        );
+    }
+
+    /// Everything viewer `of`'s page was told that names viewer `id`, by
+    /// position: true where the message names it.
+    fn mentions(net: &Net, of: usize, id: &str) -> Vec<(usize, String)> {
+        net.clients[of]
+            .messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let json = serde_json::to_string(m).unwrap_or_default();
+                json.contains(id).then_some((i, json))
+            })
+            .collect()
+    }
+
+    /// A broadcast viewer hears of another viewer only while one of them is
+    /// on stage: not of its mute, hand or question before its turn, nor of
+    /// its mute after it; and a speaker taken off stage by going off air
+    /// forgets the other speakers.
+    #[test]
+    fn a_viewer_hears_of_another_viewer_only_while_it_is_on_stage() {
+        let mut net = Net::broadcast(&["teacher", "a", "b"], 3);
+        net.run_for(Duration::from_millis(200), Duration::from_millis(20));
+        let a = net.clients[1].id.clone();
+        let b = net.clients[2].id.clone();
+        let mute = |muted| ClientMsg::Mute {
+            source: Source::Mic,
+            muted,
+        };
+        // Off stage: its mute, hand and question go to the presenter only.
+        net.signal(1, mute(true));
+        net.signal(
+            1,
+            ClientMsg::Hand {
+                raised: true,
+                participant: None,
+            },
+        );
+        net.signal(1, ClientMsg::Question { text: "why?".into() });
+        net.run_for(Duration::from_millis(600), Duration::from_millis(20));
+        assert!(
+            told(
+                &mut net,
+                0,
+                |m| matches!(m, ServerMsg::Mute { participant, .. } if *participant == a)
+            ),
+            "the presenter hears of a viewer's mute"
+        );
+        assert_eq!(mentions(&net, 2, &a), [], "b was told of a before its turn");
+        // On stage: b hears of a, its mute included; then a leaves the stage.
+        net.signal(
+            0,
+            ClientMsg::Promote {
+                participant: a.clone(),
+                video: false,
+            },
+        );
+        net.signal(1, mute(false));
+        net.run_for(Duration::from_millis(100), Duration::from_millis(20));
+        assert!(told(
+            &mut net,
+            2,
+            |m| matches!(m, ServerMsg::Mute { participant, muted: false, .. } if *participant == a)
+        ));
+        net.signal(0, ClientMsg::Demote { participant: a.clone() });
+        net.run_for(Duration::from_millis(100), Duration::from_millis(20));
+        // Off stage again: nothing more.
+        net.signal(1, mute(true));
+        net.signal(
+            1,
+            ClientMsg::Hand {
+                raised: true,
+                participant: None,
+            },
+        );
+        net.run_for(Duration::from_millis(600), Duration::from_millis(20));
+        let seen = mentions(&net, 2, &a);
+        let first = seen.first().map(|x| x.1.clone()).unwrap_or_default();
+        let last = seen.last().map(|x| x.1.clone()).unwrap_or_default();
+        assert!(first.contains("participant_joined"), "{seen:?}");
+        assert!(
+            last.contains("participant_left"),
+            "b heard of a after its turn: {seen:?}"
+        );
+        // Both speak; off air ends both turns: each forgets the other.
+        for p in [&a, &b] {
+            net.signal(
+                0,
+                ClientMsg::Promote {
+                    participant: p.clone(),
+                    video: false,
+                },
+            );
+        }
+        net.run_for(Duration::from_millis(100), Duration::from_millis(20));
+        net.set_live(false);
+        net.run_for(Duration::from_millis(100), Duration::from_millis(20));
+        for (me, other) in [(1, &b), (2, &a)] {
+            let seen = mentions(&net, me, other);
+            let last = seen.last().map(|x| x.1.clone()).unwrap_or_default();
+            assert!(
+                last.contains("participant_left"),
+                "client {me} still knows {other} after going off air: {seen:?}"
+            );
+        }
+    }
+
+    /// Per message, what a participant can make the server keep is bounded:
+    /// trickled candidates per connection, m-lines per offer.
+    #[test]
+    fn candidates_and_offer_m_lines_are_bounded() {
+        let mut net = Net::new(|_| {}, &["a", "b"]);
+        let candidate = |n: u16| ClientMsg::Candidate {
+            pc: PcKind::Pub,
+            candidate: super::super::protocol::CandidateInit {
+                candidate: format!(
+                    "candidate:{n} 1 udp 2122260223 10.9.{}.{} 5000 typ host",
+                    n / 200,
+                    n % 200
+                ),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+            },
+        };
+        let limits = |net: &mut Net| {
+            net.pump();
+            net.clients[0]
+                .messages
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        ServerMsg::Error {
+                            code: ErrorCode::Limit,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        for n in 0..32 {
+            net.signal(0, candidate(n));
+        }
+        assert_eq!(limits(&mut net), 0);
+        for n in 32..40 {
+            net.signal(0, candidate(n));
+        }
+        assert_eq!(limits(&mut net), 8);
+        let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
+        for i in 0..17 {
+            sdp.push_str(&format!(
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\na=recvonly\r\n"
+            ));
+        }
+        net.signal(
+            0,
+            ClientMsg::Offer {
+                pc: PcKind::Pub,
+                sdp,
+                tracks: BTreeMap::new(),
+            },
+        );
+        assert!(told(&mut net, 0, |m| matches!(
+            m,
+            ServerMsg::Error { code: ErrorCode::TooManyTracks, message } if message.contains("m-lines")
+        )));
     }
 
     #[test]

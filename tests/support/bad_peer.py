@@ -43,7 +43,18 @@ Cases:
                      default) or on never-proposed id 5 (--variant unproposed).
   hang               associate, then send nothing; report when/how the server
                      ends it (idle timeout), "timeout" if not within --wait.
-  all                every case above except hang, one JSON line each.
+  silent             connect (TCP only, or the TLS port: it is all the same to
+                     us) and send nothing at all; report when/how the server
+                     ends it.
+  trickle-rq         send a valid A-ASSOCIATE-RQ one byte every --interval
+                     seconds (default 0.3); report when/how the server ends
+                     it (detail.sent_bytes, detail.rq_bytes).
+  trickle-data       associate, send a C-STORE-RQ command, then the data set of
+                     --file in tiny P-DATA-TF PDUs (2-byte PDVs) one every
+                     --interval seconds: each PDU is complete, so only a
+                     minimum progress rate can tell it from a slow link.
+  all                every case above except hang, silent and the trickles, one
+                     JSON line each.
 
 --file must be a Part 10 file (with file meta); its own transfer syntax is
 proposed. Default for the cases that need one: none (not-dicom works without
@@ -556,6 +567,56 @@ def case_pc_not_accepted(args, peer: Peer):
     return finish_rsp(peer, r, d)
 
 
+def case_silent(args, peer: Peer):
+    peer.connect()
+    r, d = peer.outcome(args.wait)
+    return r, d
+
+
+def _outcome_while_sending(args, peer: Peer, chunks) -> tuple[str, dict]:
+    """Send `chunks` one per --interval; stop at the server's first reaction."""
+    t0 = time.monotonic()
+    sent = 0
+    for chunk in chunks:
+        if time.monotonic() - t0 > args.wait:
+            return "timeout", {"seconds": round(time.monotonic() - t0, 3), "sent_bytes": sent}
+        if peer.send(chunk):
+            return "closed", {"seconds": round(time.monotonic() - t0, 3), "sent_bytes": sent, "note": "send failed"}
+        sent += len(chunk)
+        try:
+            r, d = peer.outcome(args.interval)
+        except ValueError as e:
+            return "closed", {"seconds": round(time.monotonic() - t0, 3), "sent_bytes": sent, "note": str(e)}
+        if r != "timeout":
+            d["seconds"] = round(time.monotonic() - t0, 3)
+            d["sent_bytes"] = sent
+            return r, d
+    r, d = peer.outcome(max(0.0, args.wait - (time.monotonic() - t0)))
+    d["seconds"] = round(time.monotonic() - t0, 3)
+    d["sent_bytes"] = sent
+    return r, d
+
+
+def case_trickle_rq(args, peer: Peer):
+    f = file_or_default(args)
+    rq = assoc_rq(args.aec, args.aet, [(1, f["sop_class"], [f["ts"]])], args.max_pdu)
+    peer.connect()
+    r, d = _outcome_while_sending(args, peer, (rq[i : i + 1] for i in range(len(rq))))
+    d["rq_bytes"] = len(rq)
+    return r, d
+
+
+def case_trickle_data(args, peer: Peer):
+    f = need_file(args)
+    peer.associate([(1, f["sop_class"], [f["ts"]])])
+    err = peer.send(pdu(0x04, pdv(1, 0x03, c_store_rq(1, f["sop_class"], f["sop_instance"]))))
+    if err:
+        raise SetupError("command", "closed", {"error": err})
+    ds = f["dataset"]
+    pdus = (pdu(0x04, pdv(1, 0x00, ds[i : i + 2])) for i in range(0, len(ds) - 2, 2))
+    return _outcome_while_sending(args, peer, pdus)
+
+
 def case_hang(args, peer: Peer):
     f = file_or_default(args)
     peer.associate([(1, f["sop_class"], [f["ts"]])])
@@ -574,6 +635,9 @@ CASES = {
     "sop-mismatch": case_sop_mismatch,
     "pc-not-accepted": case_pc_not_accepted,
     "hang": case_hang,
+    "silent": case_silent,
+    "trickle-rq": case_trickle_rq,
+    "trickle-data": case_trickle_data,
 }
 
 
@@ -606,11 +670,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-pdu", type=int, default=16384, help="max PDU length we announce")
     ap.add_argument("--variant", help="bad-pdu-length: huge|short|pdv-zero; pc-not-accepted: rejected|unproposed")
     ap.add_argument("--seed", type=int, default=1, help="seed for random bytes / made-up UIDs")
+    ap.add_argument("--interval", type=float, default=0.3, help="trickle cases: seconds between sends")
     args = ap.parse_args(argv)
     if args.case == "all":
         rc = 0
         for name in CASES:
-            if name != "hang":
+            if name not in ("hang", "silent", "trickle-rq", "trickle-data"):
                 rc = max(rc, run_case(name, args))
         return rc
     return run_case(args.case, args)

@@ -58,7 +58,10 @@ from pydicom.uid import UID, UID_dictionary
 from pynetdicom.dsutils import split_dataset
 
 UNDEFINED = 0xFFFFFFFF
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# The gateway's UID grammar (src/dicom/meta.rs is_valid_uid): digits and
+# dots, no empty component, at most 64 characters; a component with a
+# leading zero is accepted (real devices send them).
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 

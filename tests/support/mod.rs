@@ -261,6 +261,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub dicom_port: u16,
     pub http_port: u16,
+    /// Plain-HTTP metrics listener (loopback): `/metrics`, detailed `/api/health`.
+    pub metrics_port: u16,
     /// UDP port of the consultation media (SFU).
     pub sfu_port: u16,
     pub ae_title: String,
@@ -285,6 +287,7 @@ impl Server {
         std::fs::write(&config, &opts.config_toml).expect("write config");
         let dicom_port = free_port();
         let http_port = free_port();
+        let metrics_port = free_port();
         let sfu_port = free_udp_port();
         let args = vec![
             "serve".to_string(),
@@ -296,6 +299,8 @@ impl Server {
             dir.join("certs").display().to_string(),
             "--http-listen".into(),
             format!("127.0.0.1:{http_port}"),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}"),
             "--dicom-listen".into(),
             format!("127.0.0.1:{dicom_port}"),
             "--ae-title".into(),
@@ -312,6 +317,7 @@ impl Server {
             data_dir,
             dicom_port,
             http_port,
+            metrics_port,
             sfu_port,
             ae_title: opts.ae_title,
             child: None,
@@ -325,7 +331,7 @@ impl Server {
         let _ = s.try_add_user("admin", "admin", ADMIN_PASSWORD, &[]);
         s.spawn();
         // Not fatal: a server on a full disk cannot store a session, and its
-        // tests only use DICOM and the unauthenticated /metrics.
+        // tests only use DICOM and /metrics (on its own listener).
         s.admin = s.login("admin", ADMIN_PASSWORD).ok();
         s
     }
@@ -375,14 +381,20 @@ impl Server {
             Some(&serde_json::json!({ "username": user, "password": password })),
             Some(&a),
         );
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        if code != 200 {
-            return Err((code, v));
-        }
-        Ok(Auth {
-            jar,
-            csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
-        })
+        login_answer(jar, code, &body)
+    }
+
+    /// Logs in from another loopback address (`127.x.y.z`; Linux routes all
+    /// of 127/8 to lo), as a client elsewhere would; Err((status, body)).
+    pub fn login_from(&self, from: &str, user: &str, password: &str) -> Result<Auth, (u16, serde_json::Value)> {
+        let jar = self.dir.join(format!("cookies-{user}-{}", rand_suffix()));
+        let (code, body) = curl_status_body(&self.dir, |c| {
+            c.args(["-k", "--interface", from, "-c", &jar.display().to_string()])
+                .args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(serde_json::json!({ "username": user, "password": password }).to_string())
+                .arg(format!("https://127.0.0.1:{}/api/login", self.http_port));
+        });
+        login_answer(jar, code, &body)
     }
 
     /// A request as `auth` (None: anonymous); the body parsed as JSON.
@@ -499,9 +511,25 @@ impl Server {
         serde_json::from_slice(&body).expect("json")
     }
 
+    /// GET on the metrics listener (plain HTTP, loopback), e.g. "/metrics".
+    pub fn metrics_get(&self, path: &str, bearer: Option<&str>) -> (u16, Vec<u8>) {
+        curl_status_body(&self.dir, |c| {
+            if let Some(t) = bearer {
+                c.args(["-H", &format!("authorization: Bearer {t}")]);
+            }
+            c.arg(format!("http://127.0.0.1:{}{path}", self.metrics_port));
+        })
+    }
+
+    /// The Prometheus text from the metrics listener.
+    pub fn metrics_text(&self) -> String {
+        let (code, body) = self.metrics_get("/metrics", None);
+        assert_eq!(code, 200, "GET /metrics: {}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        let text = String::from_utf8_lossy(&body);
+        let text = self.metrics_text();
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(name)
@@ -604,6 +632,42 @@ impl Drop for Server {
 /// real, independent client) so tests do not need a TLS stack of their own.
 pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     http_send(port, "GET", path, None)
+}
+
+/// The session a login answered with, or Err((status, body)).
+fn login_answer(jar: PathBuf, code: u16, body: &[u8]) -> Result<Auth, (u16, serde_json::Value)> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    if code != 200 {
+        return Err((code, v));
+    }
+    Ok(Auth {
+        jar,
+        csrf: v["csrf"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// Runs curl (silent, 60 s at most) with the arguments `args` adds; its
+/// status code and body (kept in a file under `dir` meanwhile).
+fn curl_status_body(dir: &Path, args: impl FnOnce(&mut Command)) -> (u16, Vec<u8>) {
+    let out = dir.join(format!("curl-body-{}", rand_suffix()));
+    let o = run({
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "--max-time",
+            "60",
+            "-o",
+            &out.display().to_string(),
+            "-w",
+            "%{http_code}",
+        ]);
+        args(&mut c);
+        c
+    });
+    let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+    let body = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (code, body)
 }
 
 fn rand_suffix() -> u64 {

@@ -67,6 +67,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sfu::client_queue::{ClientRx, client_queue};
 
     const ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 7882);
 
@@ -107,14 +108,8 @@ mod tests {
         rx.try_recv().expect("reply")
     }
 
-    fn join(
-        e: &mut Engine,
-        now: Instant,
-        room: &str,
-        pid: &str,
-        account: &str,
-    ) -> (JoinResult, mpsc::Receiver<ToClient>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn join(e: &mut Engine, now: Instant, room: &str, pid: &str, account: &str) -> (JoinResult, ClientRx) {
+        let (tx, rx) = client_queue(64, Arc::new(SfuMetrics::default()));
         let (rtx, mut rrx) = oneshot::channel();
         e.handle_command(
             now,
@@ -172,14 +167,9 @@ mod tests {
         run(&mut e, t, s(2));
         assert_eq!(m.rooms_active.load(Relaxed), 0);
         assert_eq!(m.participants_active.load(Relaxed), 0);
-        let mut closed = None;
-        while let Ok(msg) = rx.try_recv() {
-            if let ToClient::Close(code, why) = msg {
-                closed = Some((code, why));
-            }
-        }
+        while rx.try_recv().is_some() {}
         assert_eq!(
-            closed,
+            rx.end_reason(),
             Some((ErrorCode::RoomClosed, "the room has expired".to_string()))
         );
     }
