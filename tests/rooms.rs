@@ -684,3 +684,50 @@ fn broadcasts_work_on_the_embedded_defaults_and_unknown_ids_are_refused() {
     );
     assert_eq!(code, 404, "{v}");
 }
+
+/// `medrelay loadtest --consultation` (the soak bench's consultations): the
+/// expert opens a room with the clinic doctor over the real API, both send
+/// camera and audio and both receive, each on its own account's session.
+#[test]
+fn the_consultation_load_generator_sends_and_receives_both_ways() {
+    let w = world(ALLIANCE);
+    let report = w.s.dir.join("consultation-load.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_medrelay"))
+        .args([
+            "loadtest",
+            "--server",
+            &format!("https://127.0.0.1:{}", w.s.http_port),
+            "--ca",
+        ])
+        .arg(w.s.dir.join("certs/medrelay.crt"))
+        .args([
+            "--consultation",
+            "--presenter",
+            "exp1",
+            "--viewer",
+            "doc1",
+            "--layers-kbps",
+            "300",
+            "--join-secs",
+            "1",
+            "--settle-secs",
+            "2",
+            "--secs",
+            "4",
+            "--json",
+        ])
+        .arg(&report)
+        .env("MEDRELAY_PRESENTER_PASSWORD", PW)
+        .env("MEDRELAY_VIEWER_PASSWORD", PW)
+        .output()
+        .expect("medrelay loadtest");
+    assert!(o.status.success(), "loadtest: {}", text(&o));
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    assert_eq!(r["mode"], "consultation", "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["presenter"]["error"].is_null(), "{r}");
+    // Both receivers got video and audio from both senders.
+    assert_eq!(r["receiving_video"], 2, "{r}");
+    assert_eq!(r["receiving_audio"], 2, "{r}");
+    assert_eq!(r["video_streams"]["min"], 2, "{r}");
+}

@@ -1,5 +1,5 @@
-//! `medrelay loadtest`: a teaching broadcast under load, against a running
-//! gateway.
+//! `medrelay loadtest`: a teaching broadcast (or, with `--consultation`, a
+//! two-way consultation) under load, against a running gateway.
 //!
 //! A synthetic presenter (an expert account) starts a broadcast and sends a
 //! realistic simulcast stream: three VP8 layers at 24 fps with a keyframe
@@ -56,6 +56,12 @@ pub struct LoadArgs {
     /// viewers receive once that presenter has started the broadcast).
     #[arg(long, conflicts_with = "presenter")]
     pub broadcast: Option<String>,
+    /// A consultation instead of a broadcast: the --presenter expert opens a
+    /// room (POST /api/rooms) with the --viewer clinic doctor, and both send
+    /// camera and audio (one layer, the first of --layers-kbps) and receive
+    /// the other's, as a consultation's two pages do; --viewers is ignored.
+    #[arg(long, requires = "presenter", conflicts_with = "broadcast")]
+    pub consultation: bool,
     /// Clinic-doctor account whose join tokens the viewers use.
     #[arg(long)]
     pub viewer: String,
@@ -168,43 +174,24 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
         return Err(LoadError::Usage("--layers-kbps needs at least one layer".into()));
     }
     let mut clinic = http::Session::login(&ep, &a.viewer, &a.viewer_password).await?;
-    // Our own broadcast with a synthetic presenter, or viewers for one
-    // already running.
-    // Join tokens work only with a session of their account: the viewers
-    // share the clinic account's, the presenter uses the expert's.
-    let viewer_cookie = clinic.cookie();
-    let (mut expert, id, presenter_token) = match (&a.broadcast, &a.presenter) {
-        (Some(id), _) => (None, id.clone(), None),
-        (None, Some(user)) => {
-            let pw = a
-                .presenter_password
-                .as_deref()
-                .ok_or_else(|| LoadError::Usage("MEDRELAY_PRESENTER_PASSWORD is not set".into()))?;
-            let mut expert = http::Session::login(&ep, user, pw).await?;
-            let title = format!("Load test, {} viewers", a.viewers);
-            let (code, created) = expert
-                .request("POST", "/api/broadcasts", Some(&json!({ "title": title })))
-                .await?;
-            if code != 201 {
-                return Err(LoadError::Api(format!("create broadcast: HTTP {code} {created}")));
-            }
-            let id = created["broadcast"]["id"].as_str().unwrap_or_default().to_string();
-            let token = created["join"]["token"].as_str().unwrap_or_default().to_string();
-            let cookie = expert.cookie();
-            (Some(expert), id, Some((cookie, token)))
-        }
-        (None, None) => return Err(LoadError::Usage("--presenter or --broadcast is needed".into())),
+    // Join tokens work only with a session of their account, so every
+    // participant carries its account's cookie with its token.
+    let setup = if a.consultation {
+        consultation_setup(&a, &ep, &clinic).await?
+    } else {
+        broadcast_setup(&a, &ep, &mut clinic).await?
     };
-    let mut tokens = Vec::with_capacity(a.viewers);
-    for _ in 0..a.viewers {
-        let (code, v) = clinic
-            .request("POST", &format!("/api/broadcasts/{id}/join"), None)
-            .await?;
-        if code != 200 {
-            return Err(LoadError::Api(format!("viewer token: HTTP {code} {v}")));
-        }
-        tokens.push(v["join"]["token"].as_str().unwrap_or_default().to_string());
-    }
+    let Setup {
+        mut owner,
+        presenters: presenter_tokens,
+        viewers: tokens,
+        end_path,
+    } = setup;
+    let layers_bps: Vec<u64> = if a.consultation {
+        layers_bps.into_iter().take(1).collect()
+    } else {
+        layers_bps
+    };
     let start = Instant::now();
     let join_window = Duration::from_secs_f64(a.join_secs.max(0.0));
     let settle = Duration::from_secs_f64(a.settle_secs.max(0.0));
@@ -213,9 +200,12 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     let lead = Duration::from_secs(3);
     let measure_from = start + lead + join_window + settle;
     let until = measure_from + window + Duration::from_millis(500);
-    let pstats = Arc::new(Mutex::new(PresenterStats::default()));
-    let presenter = presenter_token.map(|(cookie, token)| {
-        tokio::spawn(peer::run_presenter(
+    let mut pstats = Vec::new();
+    let mut presenters = Vec::new();
+    for (cookie, token) in presenter_tokens {
+        let st = Arc::new(Mutex::new(PresenterStats::default()));
+        pstats.push(st.clone());
+        presenters.push(tokio::spawn(peer::run_presenter(
             PresenterOpts {
                 ep: ep.clone(),
                 cookie,
@@ -226,25 +216,22 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
                 gop: Duration::from_secs_f64(a.gop_secs.max(0.5)),
                 until,
             },
-            pstats.clone(),
-        ))
-    });
-    if presenter.is_some() {
-        tokio::time::sleep(lead).await;
-    } else {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(start + lead)).await;
+            st,
+        )));
     }
-    let mut vstats = Vec::with_capacity(a.viewers);
-    let mut tasks = Vec::with_capacity(a.viewers);
-    for (i, token) in tokens.into_iter().enumerate() {
-        let at = start + lead + join_window.mul_f64(i as f64 / a.viewers.max(1) as f64);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(start + lead)).await;
+    let n_viewers = tokens.len();
+    let mut vstats = Vec::with_capacity(n_viewers);
+    let mut tasks = Vec::with_capacity(n_viewers);
+    for (i, (cookie, token)) in tokens.into_iter().enumerate() {
+        let at = start + lead + join_window.mul_f64(i as f64 / n_viewers.max(1) as f64);
         tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
         let st = Arc::new(Mutex::new(ViewerStats::default()));
         vstats.push(st.clone());
         tasks.push(tokio::spawn(peer::run_viewer(
             ViewerOpts {
                 ep: ep.clone(),
-                cookie: viewer_cookie.clone(),
+                cookie,
                 token,
                 bind_ip: a.bind_ip,
                 remb_bps: a.remb_kbps * 1000,
@@ -270,15 +257,25 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     for t in tasks {
         let _ = t.await;
     }
-    if let Some(p) = presenter {
+    for p in presenters {
         let _ = p.await;
     }
-    if let Some(expert) = expert.as_mut() {
-        let _ = expert.request("DELETE", &format!("/api/broadcasts/{id}"), None).await;
+    if let (Some(owner), Some(path)) = (owner.as_mut(), &end_path) {
+        let _ = owner.request("DELETE", path, None).await;
     }
 
     // ------------------------------------------------------------ report
-    let p = pstats.lock().map(|g| g.clone()).unwrap_or_default();
+    // The presenters' figures together (a consultation has two).
+    let p = pstats
+        .iter()
+        .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
+        .fold(PresenterStats::default(), |mut acc, x| {
+            acc.error = acc.error.or(x.error);
+            acc.packets_sent += x.packets_sent;
+            acc.keyframes_sent += x.keyframes_sent;
+            acc.plis.extend(x.plis);
+            acc
+        });
     let mut ratios = Vec::new();
     let mut kbps = Vec::new();
     let mut first = Vec::new();
@@ -355,7 +352,8 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
         _ => Value::Null,
     };
     let report = json!({
-        "viewers": a.viewers,
+        "mode": if a.consultation { "consultation" } else { "broadcast" },
+        "viewers": n_viewers,
         "joined": joins.len(),
         "join_spread_s": join_end.duration_since(start + lead).as_secs_f64(),
         "receiving_video": receiving,
@@ -387,10 +385,123 @@ pub async fn run(a: LoadArgs) -> Result<Value, LoadError> {
     Ok(report)
 }
 
+/// Who sends and who receives, each with its account's session cookie and
+/// its join token; the session that ends the room, and how.
+struct Setup {
+    owner: Option<http::Session>,
+    presenters: Vec<(String, String)>,
+    viewers: Vec<(String, String)>,
+    end_path: Option<String>,
+}
+
+/// Our own broadcast with a synthetic presenter, or viewers for one already
+/// running; the viewers share the clinic account's session.
+async fn broadcast_setup(a: &LoadArgs, ep: &http::Endpoint, clinic: &mut http::Session) -> Result<Setup, LoadError> {
+    let (owner, id, presenters) = match (&a.broadcast, &a.presenter) {
+        (Some(id), _) => (None, id.clone(), Vec::new()),
+        (None, Some(user)) => {
+            let mut expert = expert_login(a, ep, user).await?;
+            let title = format!("Load test, {} viewers", a.viewers);
+            let (code, created) = expert
+                .request("POST", "/api/broadcasts", Some(&json!({ "title": title })))
+                .await?;
+            if code != 201 {
+                return Err(LoadError::Api(format!("create broadcast: HTTP {code} {created}")));
+            }
+            let id = created["broadcast"]["id"].as_str().unwrap_or_default().to_string();
+            let token = created["join"]["token"].as_str().unwrap_or_default().to_string();
+            let cookie = expert.cookie();
+            (Some(expert), id, vec![(cookie, token)])
+        }
+        (None, None) => return Err(LoadError::Usage("--presenter or --broadcast is needed".into())),
+    };
+    let mut viewers = Vec::with_capacity(a.viewers);
+    for _ in 0..a.viewers {
+        let (code, v) = clinic
+            .request("POST", &format!("/api/broadcasts/{id}/join"), None)
+            .await?;
+        if code != 200 {
+            return Err(LoadError::Api(format!("viewer token: HTTP {code} {v}")));
+        }
+        viewers.push((
+            clinic.cookie(),
+            v["join"]["token"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let end_path = owner.as_ref().map(|_| format!("/api/broadcasts/{id}"));
+    Ok(Setup {
+        owner,
+        presenters,
+        viewers,
+        end_path,
+    })
+}
+
+/// A consultation room opened by the expert with the clinic doctor. Each
+/// of the two sends (one invitation) and receives (a second invitation of
+/// the same account, as the page's own second connection would be).
+async fn consultation_setup(a: &LoadArgs, ep: &http::Endpoint, clinic: &http::Session) -> Result<Setup, LoadError> {
+    let user = a
+        .presenter
+        .as_deref()
+        .ok_or_else(|| LoadError::Usage("--consultation needs --presenter (the expert)".into()))?;
+    let mut expert = expert_login(a, ep, user).await?;
+    let (code, created) = expert
+        .request(
+            "POST",
+            "/api/rooms",
+            Some(&json!({ "title": "Load test consultation", "participants": [a.viewer] })),
+        )
+        .await?;
+    if code != 201 {
+        return Err(LoadError::Api(format!("create room: HTTP {code} {created}")));
+    }
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    let token_of = |p: &Value| p["token"].as_str().unwrap_or_default().to_string();
+    let invited = created["participants"].as_array().cloned().unwrap_or_default();
+    let (Some(me), Some(doctor)) = (invited.first(), invited.get(1)) else {
+        return Err(LoadError::Api(format!("create room: participants missing: {created}")));
+    };
+    let (expert_cookie, clinic_cookie) = (expert.cookie(), clinic.cookie());
+    let presenters = vec![
+        (expert_cookie.clone(), token_of(me)),
+        (clinic_cookie.clone(), token_of(doctor)),
+    ];
+    let mut viewers = Vec::new();
+    for (username, cookie) in [(user, expert_cookie), (a.viewer.as_str(), clinic_cookie)] {
+        let (code, p) = expert
+            .request(
+                "POST",
+                &format!("/api/rooms/{id}/participants"),
+                Some(&json!({ "username": username })),
+            )
+            .await?;
+        if code != 201 {
+            return Err(LoadError::Api(format!("invite {username}: HTTP {code} {p}")));
+        }
+        viewers.push((cookie, token_of(&p)));
+    }
+    Ok(Setup {
+        owner: Some(expert),
+        presenters,
+        viewers,
+        end_path: Some(format!("/api/rooms/{id}")),
+    })
+}
+
+async fn expert_login(a: &LoadArgs, ep: &http::Endpoint, user: &str) -> Result<http::Session, LoadError> {
+    let pw = a
+        .presenter_password
+        .as_deref()
+        .ok_or_else(|| LoadError::Usage("MEDRELAY_PRESENTER_PASSWORD is not set".into()))?;
+    http::Session::login(ep, user, pw).await
+}
+
 /// The human-readable summary printed by `medrelay loadtest`.
 pub fn summary(r: &Value) -> String {
     let mut s = format!(
-        "viewers {} (joined {}, receiving video {}, audio {}, errors {}) over {:.1} s\n",
+        "{}: viewers {} (joined {}, receiving video {}, audio {}, errors {}) over {:.1} s\n",
+        r["mode"].as_str().unwrap_or("broadcast"),
         r["viewers"],
         r["joined"],
         r["receiving_video"],

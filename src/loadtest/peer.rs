@@ -80,8 +80,8 @@ async fn send_json(ws: &mut Ws, v: Value) -> Result<(), LoadError> {
 }
 
 /// Joins with `token` (on the session `cookie` of its account) and waits
-/// for `joined`.
-async fn join(ep: &Endpoint, cookie: &str, token: &str) -> Result<Ws, LoadError> {
+/// for `joined`, which it returns with the socket.
+async fn join(ep: &Endpoint, cookie: &str, token: &str) -> Result<(Ws, Value), LoadError> {
     let mut ws = ep.websocket(cookie).await?;
     send_json(&mut ws, json!({ "type": "join", "token": token })).await?;
     let deadline = tokio::time::Instant::now() + SIGNAL_TIMEOUT;
@@ -94,7 +94,7 @@ async fn join(ep: &Endpoint, cookie: &str, token: &str) -> Result<Ws, LoadError>
         };
         let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
         match v["type"].as_str() {
-            Some("joined") => return Ok(ws),
+            Some("joined") => return Ok((ws, v)),
             Some("error") => return Err(LoadError::Api(format!("join refused: {v}"))),
             _ => {}
         }
@@ -214,7 +214,7 @@ pub async fn run_viewer(o: ViewerOpts, stats: Arc<Mutex<ViewerStats>>) {
 
 async fn viewer(o: ViewerOpts, stats: &Mutex<ViewerStats>) -> Result<(), LoadError> {
     let t0 = Instant::now();
-    let mut ws = join(&o.ep, &o.cookie, &o.token).await?;
+    let (mut ws, _) = join(&o.ep, &o.cookie, &o.token).await?;
     if let Ok(mut s) = stats.lock() {
         s.joined_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
     }
@@ -394,7 +394,8 @@ struct Layer {
 async fn presenter(o: PresenterOpts, stats: &Mutex<PresenterStats>) -> Result<(), LoadError> {
     let t0 = Instant::now();
     let n = o.layers_bps.len().clamp(1, 3);
-    let mut ws = join(&o.ep, &o.cookie, &o.token).await?;
+    let (mut ws, joined) = join(&o.ep, &o.cookie, &o.token).await?;
+    let broadcast = joined["room"]["kind"] == "broadcast";
     let (udp, local) = bind(o.bind_ip).await?;
     let mut pc = peer_connection(PcKind::Pub, local, true, true)?;
     let e = |e: rtc::shared::error::Error| LoadError::Rtc(e.to_string());
@@ -493,8 +494,11 @@ async fn presenter(o: PresenterOpts, stats: &Mutex<PresenterStats>) -> Result<()
         json!({ "type": "offer", "pc": "pub", "sdp": sdp, "tracks": tracks }),
     )
     .await?;
-    // On air at once: the load viewers should receive from the first packet.
-    send_json(&mut ws, json!({ "type": "live", "live": true })).await?;
+    // On air at once: the load viewers should receive from the first packet
+    // (a consultation is always on air).
+    if broadcast {
+        send_json(&mut ws, json!({ "type": "live", "live": true })).await?;
+    }
     let mut buf = vec![0u8; 2048];
     let mut ping = tokio::time::interval(PING_EVERY);
     let frame_every = Duration::from_secs_f64(1.0 / f64::from(o.fps.max(1)));
