@@ -860,26 +860,32 @@ fn bundle_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Appends one explicit VR little endian element (value as given, no
+/// padding added): the building block of hand-made datasets in tests.
+pub fn explicit_element(out: &mut Vec<u8>, g: u16, e: u16, vr: &[u8; 2], v: &[u8]) {
+    out.extend_from_slice(&g.to_le_bytes());
+    out.extend_from_slice(&e.to_le_bytes());
+    out.extend_from_slice(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    }
+    out.extend_from_slice(v);
+}
+
+/// Appends a tag and a 32-bit length with no VR: item and delimiter headers.
+pub fn tag_and_length(out: &mut Vec<u8>, g: u16, e: u16, len: u32) {
+    out.extend_from_slice(&g.to_le_bytes());
+    out.extend_from_slice(&e.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
 /// A small explicit VR little endian dataset with what the walker must
 /// handle: wanted attributes, a nested sequence, encapsulated pixel data.
 pub fn sample_dataset() -> Vec<u8> {
-    fn el(out: &mut Vec<u8>, g: u16, e: u16, vr: &[u8; 2], v: &[u8]) {
-        out.extend_from_slice(&g.to_le_bytes());
-        out.extend_from_slice(&e.to_le_bytes());
-        out.extend_from_slice(vr);
-        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(v);
-    }
-    fn raw(out: &mut Vec<u8>, g: u16, e: u16, len: u32) {
-        out.extend_from_slice(&g.to_le_bytes());
-        out.extend_from_slice(&e.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-    }
+    let (el, raw) = (explicit_element, tag_and_length);
     let mut d = Vec::new();
     el(&mut d, 0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0");
     el(&mut d, 0x0008, 0x0018, b"UI", b"1.2.3.4\0");

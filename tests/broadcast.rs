@@ -8,28 +8,6 @@ use support::*;
 
 const PW: &str = "correct-horse-battery";
 
-const CONFIG: &str = r#"
-[[clinic]]
-id = "t01"
-name = "Township 01"
-ae_titles = ["T01_CT"]
-
-[[clinic]]
-id = "t03"
-name = "Township 03"
-ae_titles = ["T03_CT"]
-
-[[hospital]]
-id = "city"
-name = "City Hospital"
-serves = ["t01"]
-
-[[hospital]]
-id = "other"
-name = "Other Hospital"
-serves = ["t03"]
-"#;
-
 fn ids(list: &Value) -> Vec<String> {
     list["broadcasts"]
         .as_array()
@@ -42,7 +20,7 @@ fn ids(list: &Value) -> Vec<String> {
 #[test]
 fn broadcasts_are_scoped_to_the_hospitals_clinics_and_only_named_presenters_present() {
     let s = Server::start(ServerOpts {
-        config_toml: CONFIG.into(),
+        config_toml: TWO_HOSPITALS.into(),
         ..Default::default()
     });
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
@@ -185,7 +163,7 @@ fn broadcasts_are_scoped_to_the_hospitals_clinics_and_only_named_presenters_pres
 #[test]
 fn a_viewer_raises_a_hand_asks_a_question_and_is_given_the_floor() {
     let s = Server::start(ServerOpts {
-        config_toml: CONFIG.into(),
+        config_toml: TWO_HOSPITALS.into(),
         ..Default::default()
     });
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
@@ -267,23 +245,22 @@ fn a_viewer_raises_a_hand_asks_a_question_and_is_given_the_floor() {
 
 // ------------------------------------------------------------ signaling limits
 
-/// `CONFIG` with media timeouts long enough for signaling-only participants
+/// `TWO_HOSPITALS` with media timeouts long enough for signaling-only participants
 /// (the probes open no peer connection).
 fn signaling_server() -> Server {
     Server::start(ServerOpts {
-        config_toml: format!("{CONFIG}\n[sfu]\npeer_timeout_secs = 600\n"),
+        config_toml: format!("{TWO_HOSPITALS}\n[sfu]\npeer_timeout_secs = 600\n"),
         ..Default::default()
     })
 }
 
-/// A broadcast by an expert of "city": join tokens for its presenter and
-/// `colleagues` more presenters (experts of "city"), and for `viewers`
-/// clinic doctors of t01; each its own account. The one place these tests
-/// make rooms.
+/// A participant: its join token and its account's session cookie.
+type Joined = (String, String);
+
 /// A broadcast by exp1 with `colleagues` named co-presenters and `viewers`
 /// clinic doctors: each participant's join token and the session cookie of
 /// its account (a token works only on its own account's session).
-fn broadcast_tokens(s: &Server, colleagues: usize, viewers: usize) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn broadcast_tokens(s: &Server, colleagues: usize, viewers: usize) -> (Vec<Joined>, Vec<Joined>) {
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
     let colleague_names: Vec<String> = (0..colleagues).map(|i| format!("exp{}", i + 2)).collect();
     for c in &colleague_names {
@@ -325,6 +302,26 @@ fn broadcast_tokens(s: &Server, colleagues: usize, viewers: usize) -> (Vec<(Stri
     (presenters, viewers)
 }
 
+/// Runs a signaling probe scenario as `own` (its join token and its
+/// account's cookie; `None` for a scenario that plays only others), with
+/// each of `others` passed as `--{name}-token` and `--{name}-cookie`.
+fn probe(s: &Server, scenario: &str, own: Option<&Joined>, others: &[(&str, &Joined)]) -> Value {
+    let mut args: Vec<String> = Vec::new();
+    if let Some((_, cookie)) = own {
+        args.extend(["--cookie".to_string(), cookie.clone()]);
+    }
+    for (name, (token, cookie)) in others {
+        args.extend([
+            format!("--{name}-token"),
+            token.clone(),
+            format!("--{name}-cookie"),
+            cookie.clone(),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    signal_probe_with(s, scenario, own.map_or("", |(t, _)| t.as_str()), &args)
+}
+
 fn of_type<'a>(out: &'a Value, side: &str, t: &str) -> Vec<&'a Value> {
     out[side]
         .as_array()
@@ -338,19 +335,7 @@ fn of_type<'a>(out: &'a Value, side: &str, t: &str) -> Vec<&'a Value> {
 fn a_flooding_viewer_is_refused_then_cut_while_the_presenter_keeps_working() {
     let s = signaling_server();
     let (presenters, viewers) = broadcast_tokens(&s, 0, 1);
-    let out = signal_probe_with(
-        &s,
-        "flood",
-        &viewers[0].0,
-        &[
-            "--cookie",
-            &viewers[0].1,
-            "--presenter-token",
-            &presenters[0].0,
-            "--presenter-cookie",
-            &presenters[0].1,
-        ],
-    );
+    let out = probe(&s, "flood", Some(&viewers[0]), &[("presenter", &presenters[0])]);
     // Overshooting once: the excess refused, said once, the session goes on.
     let errors = of_type(&out, "overshoot", "error");
     assert_eq!(errors.len(), 1, "{out}");
@@ -386,20 +371,11 @@ fn a_flooding_viewer_is_refused_then_cut_while_the_presenter_keeps_working() {
 fn a_page_that_stops_reading_is_closed_rather_than_silently_left_behind() {
     let s = signaling_server();
     let (presenters, _) = broadcast_tokens(&s, 1, 0);
-    let out = signal_probe_with(
+    let out = probe(
         &s,
         "stall",
-        "",
-        &[
-            "--presenter-token",
-            &presenters[0].0,
-            "--presenter-cookie",
-            &presenters[0].1,
-            "--other-token",
-            &presenters[1].0,
-            "--other-cookie",
-            &presenters[1].1,
-        ],
+        None,
+        &[("presenter", &presenters[0]), ("other", &presenters[1])],
     );
     eprintln!(
         "stalled page: sent {}, cut {} s after the mutes began",
@@ -453,22 +429,11 @@ fn a_page_that_stops_reading_is_closed_rather_than_silently_left_behind() {
 fn broadcast_viewers_hear_of_each_other_only_while_one_is_on_stage() {
     let s = signaling_server();
     let (presenters, viewers) = broadcast_tokens(&s, 0, 2);
-    let out = signal_probe_with(
+    let out = probe(
         &s,
         "viewers",
-        &viewers[0].0,
-        &[
-            "--cookie",
-            &viewers[0].1,
-            "--presenter-token",
-            &presenters[0].0,
-            "--presenter-cookie",
-            &presenters[0].1,
-            "--other-token",
-            &viewers[1].0,
-            "--other-cookie",
-            &viewers[1].1,
-        ],
+        Some(&viewers[0]),
+        &[("presenter", &presenters[0]), ("other", &viewers[1])],
     );
     let a = out["a"].as_str().unwrap_or_else(|| panic!("{out}"));
     // Before, during and after its turn, A muted, raised its hand and asked;

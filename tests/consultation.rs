@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::webdriver::{Chromium, Session, SessionOpts};
 use support::{
-    Auth, Server, ServerOpts, free_udp_port, python, rss_kb, script, signal_probe, signal_probe_as, ui_login,
+    Auth, ONE_HOSPITAL, Server, ServerOpts, error_codes, free_udp_port, python, rss_kb, script, signal_probe,
+    signal_probe_as, ui_login,
 };
 
 static BROWSERS: Mutex<()> = Mutex::new(());
@@ -662,16 +663,6 @@ fn join_leave_cycles_do_not_leak() {
     assert!(st["outbound"].as_array().is_some_and(|o| !o.is_empty()), "{st}");
 }
 
-fn error_codes(v: &Value) -> Vec<String> {
-    v["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["type"] == "error")
-        .filter_map(|m| m["code"].as_str().map(String::from))
-        .collect()
-}
-
 #[test]
 fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     let _g = lock();
@@ -764,18 +755,6 @@ fn bad_signaling_and_garbage_udp_leave_the_room_unaffected() {
     assert_eq!(s.delete("/api/rooms/r_doesnotexist"), 404);
 }
 
-const BROADCAST_CONFIG: &str = r#"
-[[clinic]]
-id = "t01"
-name = "Township 01"
-ae_titles = ["T01_CT"]
-
-[[hospital]]
-id = "city"
-name = "City Hospital"
-serves = ["t01"]
-"#;
-
 /// Opens a page (`/consult#token=…` or, from the broadcast API,
 /// `/broadcast#token=…`) and waits until it has joined.
 ///
@@ -841,7 +820,7 @@ fn floor(sess: &Session) -> Value {
 #[test]
 fn broadcast_floor_a_viewer_raises_a_hand_asks_and_is_heard_when_let_speak() {
     let _g = lock();
-    let s = hooked(BROADCAST_CONFIG);
+    let s = hooked(ONE_HOSPITAL);
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township"]);
     s.add_user("doc2", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Listener"]);
@@ -1034,7 +1013,7 @@ fn broadcast_floor_a_viewer_raises_a_hand_asks_and_is_heard_when_let_speak() {
 #[test]
 fn broadcast_simulcast_gives_each_viewer_its_layer_and_a_late_viewer_starts_from_the_cache() {
     let _g = lock();
-    let s = hooked(BROADCAST_CONFIG);
+    let s = hooked(ONE_HOSPITAL);
     s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. One"]);
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01"]);
     let exp = s.login("exp1", PW).expect("expert login");

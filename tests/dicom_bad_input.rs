@@ -258,34 +258,12 @@ fn one_calling_ae_cannot_take_every_association_slot() {
         (&2.into(), &3.into(), &2.into()),
         "transient, service provider (presentation), local limit exceeded: {r}"
     );
-    let o = run({
-        let mut c = dcmtk("echoscu");
-        c.args([
-            "-aet",
-            "HOG",
-            "-aec",
-            &s.ae_title,
-            "127.0.0.1",
-            &s.dicom_port.to_string(),
-        ]);
-        c
-    });
+    let o = run(s.echoscu("HOG"));
     assert!(!o.status.success(), "{}", text(&o));
     let t = text(&o).to_lowercase();
     assert!(t.contains("local limit exceeded") && t.contains("transient"), "{t}");
     // Another AE is not affected: it echoes and stores.
-    let o = run({
-        let mut c = dcmtk("echoscu");
-        c.args([
-            "-aet",
-            "CT01",
-            "-aec",
-            &s.ae_title,
-            "127.0.0.1",
-            &s.dicom_port.to_string(),
-        ]);
-        c
-    });
+    let o = run(s.echoscu("CT01"));
     assert!(o.status.success(), "{}", text(&o));
     let o = run({
         let mut c = s.storescu("CT01");
@@ -302,18 +280,7 @@ fn one_calling_ae_cannot_take_every_association_slot() {
     s.wait_for(10, "HOG's slots freed", || {
         s.metric("medrelay_dicom_associations_active") == 0.0
     });
-    let o = run({
-        let mut c = dcmtk("echoscu");
-        c.args([
-            "-aet",
-            "HOG",
-            "-aec",
-            &s.ae_title,
-            "127.0.0.1",
-            &s.dicom_port.to_string(),
-        ]);
-        c
-    });
+    let o = run(s.echoscu("HOG"));
     assert!(o.status.success(), "{}", text(&o));
 }
 

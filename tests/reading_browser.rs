@@ -362,19 +362,8 @@ serves = ["t01", "t02"]
 /// as soon as a clinic was configured, which only an admin-only test missed.
 #[test]
 fn every_page_of_every_role_loads_without_server_errors() {
-    let cfg = r#"
-[[clinic]]
-id = "t01"
-name = "Township 01"
-ae_titles = ["T01_CT"]
-
-[[hospital]]
-id = "city"
-name = "City Hospital"
-serves = ["t01"]
-"#;
     let s = Server::start(ServerOpts {
-        config_toml: cfg.into(),
+        config_toml: ONE_HOSPITAL.into(),
         stable_after_secs: 1.0,
         ..Default::default()
     });

@@ -14,31 +14,11 @@ use support::*;
 
 const PW: &str = "correct-horse-battery";
 
-const ALLIANCE: &str = r#"
-[[clinic]]
-id = "t01"
-name = "Township 01"
-ae_titles = ["T01_CT"]
-
-[[clinic]]
-id = "t03"
-name = "Township 03"
-ae_titles = ["T03_CT"]
-
-[[hospital]]
-id = "city"
-name = "City Hospital"
-serves = ["t01"]
-
-[[hospital]]
-id = "other"
-name = "Other Hospital"
-serves = ["t03"]
-
-[sfu]
-# Signaling-only participants never connect media; keep them anyway.
-peer_timeout_secs = 300
-"#;
+/// The two-hospital alliance; signaling-only participants never connect
+/// media, so keep them anyway. `extra` goes into `[sfu]`.
+fn alliance(extra: &str) -> String {
+    format!("{TWO_HOSPITALS}\n[sfu]\npeer_timeout_secs = 300\n{extra}")
+}
 
 struct World {
     s: Server,
@@ -68,16 +48,6 @@ fn world(config: &str) -> World {
         doc3: login("doc3"),
         s,
     }
-}
-
-fn error_codes(v: &Value) -> Vec<String> {
-    v["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["type"] == "error")
-        .filter_map(|m| m["code"].as_str().map(String::from))
-        .collect()
 }
 
 fn joined(v: &Value) -> Option<&Value> {
@@ -112,7 +82,7 @@ fn token(v: &Value) -> String {
 
 #[test]
 fn only_owners_and_admins_manage_rooms_and_participants_are_accounts_in_scope() {
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let s = &w.s;
     let rooms = |a: &Auth, body: Value| s.req(Some(a), "POST", "/api/rooms", Some(body));
 
@@ -202,7 +172,7 @@ fn only_owners_and_admins_manage_rooms_and_participants_are_accounts_in_scope() 
 fn a_clinic_doctor_can_neither_present_in_nor_end_a_broadcast_room() {
     // The attack from the issue: a clinic doctor added itself as an expert
     // to an expert's broadcast room (201) and then deleted the room (204).
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let s = &w.s;
     let (code, created) = s.req(
         Some(&w.exp1),
@@ -266,7 +236,7 @@ fn a_clinic_doctor_can_neither_present_in_nor_end_a_broadcast_room() {
 
 #[test]
 fn join_tokens_work_only_with_a_session_of_their_own_account() {
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let s = &w.s;
     let created = new_room(s, &w.exp1, &["doc1"]);
     let room = created["id"].as_str().expect("id").to_string();
@@ -327,7 +297,7 @@ const DROP_WITHIN_SECS: f64 = 6.0;
 
 #[test]
 fn disabling_an_account_drops_its_participants_within_seconds() {
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let s = &w.s;
     s.add_user("doc1b", "clinic", PW, &["--clinic", "t01"]);
     let doc1b = s.login("doc1b", PW).expect("login");
@@ -375,7 +345,7 @@ fn disabling_an_account_drops_its_participants_within_seconds() {
 fn a_silent_participant_is_still_dropped_after_the_idle_limit() {
     // The periodic re-check must not keep a socket alive that the browser
     // stopped talking on (60 s without even a ping).
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let s = &w.s;
     let created = new_room(s, &w.exp1, &[]);
     let hold = SignalHold::join_with(s, &w.exp1, &token(entry(&created, "exp1")), 120, &["--silent"]);
@@ -431,7 +401,7 @@ fn join_request(s: &Server, a: &Auth, id: i64) -> (String, String) {
 
 #[test]
 fn cancelling_or_finishing_a_request_drops_its_participants_and_ends_its_room() {
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let s = &w.s;
 
     // Cancelled by the clinic while both are in the room.
@@ -546,7 +516,7 @@ fn cycles(s: &Server, a: &Auth, n: u32, invite: &str) -> Value {
 fn a_thousand_room_cycles_leave_no_room_behind_and_consultations_keep_working() {
     // Rooms end once empty past the grace (1 s here), so the 200-room
     // limit never fills: it counts live rooms.
-    let w = world(&format!("{ALLIANCE}empty_room_grace_secs = 1\n"));
+    let w = world(&alliance("empty_room_grace_secs = 1\n"));
     let s = &w.s;
     let warm = cycles(s, &w.exp1, 100, "doc1");
     assert_eq!(warm["error"], Value::Null, "{warm}");
@@ -592,7 +562,7 @@ fn a_thousand_room_cycles_leave_no_room_behind_and_consultations_keep_working() 
 
 #[test]
 fn a_requests_room_ends_when_left_and_opens_again_on_the_next_join() {
-    let w = world(&format!("{ALLIANCE}empty_room_grace_secs = 1\n"));
+    let w = world(&alliance("empty_room_grace_secs = 1\n"));
     let s = &w.s;
     let id = scheduled_request(&w);
     let (room, t) = join_request(s, &w.doc1, id);
@@ -690,7 +660,7 @@ fn broadcasts_work_on_the_embedded_defaults_and_unknown_ids_are_refused() {
 /// camera and audio and both receive, each on its own account's session.
 #[test]
 fn the_consultation_load_generator_sends_and_receives_both_ways() {
-    let w = world(ALLIANCE);
+    let w = world(&alliance(""));
     let report = w.s.dir.join("consultation-load.json");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_medrelay"))
         .args([

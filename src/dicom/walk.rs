@@ -358,24 +358,7 @@ mod tests {
         deflated: false,
     };
 
-    fn el(out: &mut Vec<u8>, g: u16, e: u16, vr: &[u8; 2], v: &[u8]) {
-        out.extend_from_slice(&g.to_le_bytes());
-        out.extend_from_slice(&e.to_le_bytes());
-        out.extend_from_slice(vr);
-        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(v);
-    }
-
-    fn raw(out: &mut Vec<u8>, g: u16, e: u16, len: u32) {
-        out.extend_from_slice(&g.to_le_bytes());
-        out.extend_from_slice(&e.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-    }
+    use crate::fuzz::{explicit_element as el, tag_and_length as raw};
 
     fn sample() -> Vec<u8> {
         sample_with_boundaries().0

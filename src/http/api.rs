@@ -243,12 +243,13 @@ pub async fn study_zip(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Response
     let rows = s.index.instances_of_study(&uid).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let archive = s.archive.clone();
+    let limits = s.limits.clone();
     let stall = Duration::from_secs(s.cfg.http.write_timeout_secs);
     let done = Arc::new(AtomicBool::new(false));
     let finished = done.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        if write_zip(&archive, &rows, &tx, stall).await {
+        if write_zip(&archive, &rows, &tx, stall, &limits).await {
             finished.store(true, Ordering::Release);
         }
     });
@@ -284,9 +285,23 @@ async fn write_zip(
     rows: &[InstanceRow],
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     stall: Duration,
+    limits: &crate::http::limits::LimitCounters,
 ) -> bool {
     use tokio::io::AsyncReadExt;
-    let send = |b: Vec<u8>| async move { tx.send_timeout(Ok(Bytes::from(b)), stall).await.is_ok() };
+    use tokio::sync::mpsc::error::SendTimeoutError;
+    // The connection's own write timeout and this stall race to cut a
+    // client that stopped reading (same limit); whichever wins counts it.
+    // `Closed` means the connection already went (and counted itself).
+    let send = |b: Vec<u8>| async move {
+        match tx.send_timeout(Ok(Bytes::from(b)), stall).await {
+            Ok(()) => true,
+            Err(SendTimeoutError::Timeout(_)) => {
+                limits.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(SendTimeoutError::Closed(_)) => false,
+        }
+    };
     let fail = |e: std::io::Error| {
         // Best effort: the stream also ends in an error when this cannot be queued.
         let _ = tx.try_send(Err(e));

@@ -48,7 +48,7 @@ impl LimitCounters {
             ),
             (
                 "medrelay_http_write_timeouts_total",
-                "HTTPS connections closed because the client stopped reading",
+                "HTTP responses cut because the client stopped reading (connection write timeout or a stalled study zip)",
                 &self.write_timeouts,
             ),
         ] {

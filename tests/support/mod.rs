@@ -208,6 +208,43 @@ pub fn http_send_as(
 }
 
 /// Password of the admin account every test server gets.
+/// One township clinic, t01 (AE T01_CT), served by the "city" hospital.
+pub const ONE_HOSPITAL: &str = r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+
+[[hospital]]
+id = "city"
+name = "City Hospital"
+serves = ["t01"]
+"#;
+
+/// Two township clinics, each served by its own city hospital: t01 by
+/// "city", t03 by "other" (the alliance the room and broadcast tests use).
+pub const TWO_HOSPITALS: &str = r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+
+[[clinic]]
+id = "t03"
+name = "Township 03"
+ae_titles = ["T03_CT"]
+
+[[hospital]]
+id = "city"
+name = "City Hospital"
+serves = ["t01"]
+
+[[hospital]]
+id = "other"
+name = "Other Hospital"
+serves = ["t03"]
+"#;
+
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 pub fn free_port() -> u16 {
@@ -568,7 +605,17 @@ impl Server {
 
     /// A DCMTK storescu command aimed at this server.
     pub fn storescu(&self, calling: &str) -> Command {
-        let mut c = dcmtk("storescu");
+        self.dcmtk_to("storescu", calling)
+    }
+
+    /// DCMTK's echoscu from `calling` to this gateway.
+    pub fn echoscu(&self, calling: &str) -> Command {
+        self.dcmtk_to("echoscu", calling)
+    }
+
+    /// A DCMTK network tool, calling as `calling`, pointed at this gateway.
+    pub fn dcmtk_to(&self, prog: &str, calling: &str) -> Command {
+        let mut c = dcmtk(prog);
         c.args([
             "-aet",
             calling,
@@ -853,6 +900,17 @@ impl Drop for SignalHold {
 
 pub fn signal_probe(s: &Server, scenario: &str, token: &str) -> serde_json::Value {
     signal_probe_with(s, scenario, token, &[])
+}
+
+/// The `code` of every `error` a signaling probe was sent.
+pub fn error_codes(v: &serde_json::Value) -> Vec<String> {
+    v["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == "error")
+        .filter_map(|m| m["code"].as_str().map(String::from))
+        .collect()
 }
 
 pub fn signal_probe_with(s: &Server, scenario: &str, token: &str, extra: &[&str]) -> serde_json::Value {
