@@ -76,7 +76,11 @@ fn ok(r: (u16, Value), what: &str) -> Value {
 fn dsrdump(p: &Path, args: &[&str]) -> String {
     let o = Command::new("dsrdump").args(args).arg(p).output().expect("dsrdump");
     let out = text(&o);
-    assert!(o.status.success() && !out.contains("E: "), "dsrdump {}: {out}", p.display());
+    assert!(
+        o.status.success() && !out.contains("E: "),
+        "dsrdump {}: {out}",
+        p.display()
+    );
     out
 }
 
@@ -172,14 +176,24 @@ fn chinese_names_in_every_character_set_are_stored_as_unicode_and_found() {
     // Malformed (stray escape bytes, too many groups): stored without
     // escape or control characters, readable parts kept.
     let bad = by_id["CN-malformed"]["patient_name"].as_str().expect("name");
-    assert!(bad.starts_with("Zhao^Lei=赵^") && !bad.chars().any(char::is_control), "{bad:?}");
+    assert!(
+        bad.starts_with("Zhao^Lei=赵^") && !bad.chars().any(char::is_control),
+        "{bad:?}"
+    );
 
     let wang = ["CN-gb18030", "CN-gbk", "CN-ideo", "CN-iso2022", "CN-utf8"];
     let wang_alpha = ["CN-gb18030", "CN-gbk", "CN-iso2022", "CN-utf8"];
     for q in ["王", "王小东", "小东", "王 小东"] {
         assert_eq!(found(s, q), wang, "{q}");
     }
-    for q in ["wang", "WANG", "Wang^Xiaodong", "wang xiaodong", "wang^xiaodong", "Wang*"] {
+    for q in [
+        "wang",
+        "WANG",
+        "Wang^Xiaodong",
+        "wang xiaodong",
+        "wang^xiaodong",
+        "Wang*",
+    ] {
         assert_eq!(found(s, q), wang_alpha, "{q}");
     }
     assert_eq!(found(s, "li ming"), ["CN-alpha"]);
@@ -198,7 +212,10 @@ fn chinese_names_in_every_character_set_are_stored_as_unicode_and_found() {
     assert_eq!(r["total"], 1, "{r}");
     assert_eq!(r["studies"][0]["patient_id"], "CN-gb18030");
     // No name reached the log.
-    assert!(!s.log().contains("小东") && !s.log().contains("Xiaodong"), "PHI in the log");
+    assert!(
+        !s.log().contains("小东") && !s.log().contains("Xiaodong"),
+        "PHI in the log"
+    );
 }
 
 /// Claims, signs with Chinese findings and waits for the SR at `pacs`.
@@ -237,7 +254,12 @@ fn signed_chinese_report_reaches_the_pacs_in_utf8_or_gb18030() {
     let dcm = text(&Command::new("dcmdump").arg(&sr).output().expect("dcmdump"));
     assert!(dcm.contains("(0008,0005) CS [ISO_IR 192]"), "{dcm}");
     let dump = dsrdump(&sr, &["+Pl"]);
-    for want in [WANG, "脑实质内未见明显异常密度影。", "头颅CT平扫未见明显异常。", "李医生"] {
+    for want in [
+        WANG,
+        "脑实质内未见明显异常密度影。",
+        "头颅CT平扫未见明显异常。",
+        "李医生",
+    ] {
         assert!(dump.contains(want), "{want:?} not in:\n{dump}");
     }
 
@@ -249,15 +271,28 @@ fn signed_chinese_report_reaches_the_pacs_in_utf8_or_gb18030() {
     let raw = std::fs::read(&sr).expect("sr");
     let gb_name: &[u8] = b"Wang^Xiaodong=\xcd\xf5^\xd0\xa1\xb6\xab=wang^xiaodong";
     assert!(raw.windows(gb_name.len()).any(|x| x == gb_name), "name not in GB18030");
-    assert!(!raw.windows(WANG.len()).any(|x| x == WANG.as_bytes()), "name left in UTF-8");
+    assert!(
+        !raw.windows(WANG.len()).any(|x| x == WANG.as_bytes()),
+        "name left in UTF-8"
+    );
     let dump = dsrdump(&sr, &["+Pl", "+U8"]);
-    for want in [WANG, "脑实质内未见明显异常密度影。", "头颅CT平扫未见明显异常。", "李医生"] {
+    for want in [
+        WANG,
+        "脑实质内未见明显异常密度影。",
+        "头颅CT平扫未见明显异常。",
+        "李医生",
+    ] {
         assert!(dump.contains(want), "{want:?} not in:\n{dump}");
     }
     // Both clinics see their report.
     for (auth, case) in [(&w.doc1, "CN-iso2022"), (&w.doc2, "CN-gb18030")] {
         let r = ok(
-            w.s.req(Some(auth), "GET", &format!("/api/studies/{}/reports", w.uids[case]), None),
+            w.s.req(
+                Some(auth),
+                "GET",
+                &format!("/api/studies/{}/reports", w.uids[case]),
+                None,
+            ),
             "reports",
         );
         assert_eq!(r["versions"][0]["findings"], findings, "{r}");

@@ -597,7 +597,10 @@ mod tests {
         for m in ["CT", "MR", "DX", "CR", "DR", "US", "ECG", "CT,SR"] {
             let t = templates(m);
             for lang in ["en", "zh"] {
-                let n = t.iter().filter(|x| x.language == lang && !x.findings.is_empty()).count();
+                let n = t
+                    .iter()
+                    .filter(|x| x.language == lang && !x.findings.is_empty())
+                    .count();
                 assert!(n >= 1, "{m}: no {lang} template");
             }
         }

@@ -328,7 +328,11 @@ pub fn build_basic_text_sr(r: &SrInput) -> Result<Vec<u8>, SrError> {
         str_el(tags::MODALITY, VR::CS, "SR"),
         str_el(tags::MANUFACTURER, VR::LO, MANUFACTURER),
         str_el(tags::INSTITUTION_NAME, VR::LO, institution),
-        str_el(tags::REFERRING_PHYSICIAN_NAME, VR::PN, pn::for_dicom(&r.referring_physician)),
+        str_el(
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            pn::for_dicom(&r.referring_physician),
+        ),
         str_el(tags::STUDY_DESCRIPTION, VR::LO, short(&r.study_description, 64)),
         seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, Vec::new()),
         str_el(tags::PATIENT_NAME, VR::PN, pn::for_dicom(&r.patient_name)),
@@ -440,7 +444,10 @@ mod tests {
             let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
             let gb = has(b"\xcd\xf5^\xd0\xa1\xb6\xab");
             let utf8 = has("王^小东".as_bytes());
-            assert_eq!((gb, utf8), (charset == PacsCharset::Gb18030, charset == PacsCharset::Utf8));
+            assert_eq!(
+                (gb, utf8),
+                (charset == PacsCharset::Gb18030, charset == PacsCharset::Utf8)
+            );
         }
         // Long groups are cut per group (64 characters each), not the value.
         let mut r = input();
