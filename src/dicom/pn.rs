@@ -285,9 +285,9 @@ mod tests {
         );
         let many = "a b c d e f g h i j k";
         assert!(matches!(query(many), NameQuery::Words(w) if w.len() == MAX_QUERY_WORDS));
-        assert!(prefix_end("wang") > "wangxiaodong".to_string());
+        assert!(prefix_end("wang").as_str() > "wangxiaodong");
         assert!(prefix_end("wang") > format!("wang{}", '\u{10FFFE}'));
-        assert!(prefix_end("wang") < "wanh".to_string());
+        assert!(prefix_end("wang").as_str() < "wanh");
     }
 
     #[test]
