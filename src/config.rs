@@ -242,6 +242,31 @@ pub struct ClinicConfig {
     /// as DICOM Basic Text SR. None: reports stay on the clinic's page.
     #[serde(default)]
     pub pacs: Option<String>,
+    /// Character set of the SRs sent to `pacs`: `"ISO_IR 192"` (UTF-8,
+    /// the default) or `"GB18030"` for a PACS that does not read UTF-8.
+    #[serde(default)]
+    pub pacs_charset: PacsCharset,
+}
+
+/// Specific Character Set of the reports sent to a clinic's PACS. Both
+/// hold every Unicode character, so nothing a report says is lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum PacsCharset {
+    #[default]
+    #[serde(rename = "ISO_IR 192")]
+    Utf8,
+    #[serde(rename = "GB18030")]
+    Gb18030,
+}
+
+impl PacsCharset {
+    /// The defined term written into (0008,0005).
+    pub fn term(self) -> &'static str {
+        match self {
+            PacsCharset::Utf8 => "ISO_IR 192",
+            PacsCharset::Gb18030 => "GB18030",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -725,6 +750,7 @@ mod tests {
                     ae_titles: vec!["CT1".into()],
                     stable_after_secs: None,
                     pacs: None,
+                    pacs_charset: Default::default(),
                 },
                 ClinicConfig {
                     id: "b".into(),
@@ -732,6 +758,7 @@ mod tests {
                     ae_titles: vec!["CT1".into()],
                     stable_after_secs: None,
                     pacs: None,
+                    pacs_charset: Default::default(),
                 },
             ],
             ..Config::default()

@@ -425,3 +425,220 @@ fn every_page_of_every_role_loads_without_server_errors() {
     }
     assert!(failures.is_empty(), "{failures:#?}\nserver log:\n{}", s.log());
 }
+
+/// `(shown name, alphabetic form beside it, translate attribute)` of the
+/// name in a row of `page`, or nulls.
+fn row_name(sess: &Session, row_test: &str, uid: &str) -> Value {
+    hook(
+        sess,
+        &format!(
+            "(() => {{ const r = document.querySelector('[data-test={row_test}][data-uid=\"{uid}\"] .pn');
+               if (!r) return null;
+               const alt = r.querySelector('.pn-alt');
+               return [r.querySelector('.pn-main').textContent, alt ? alt.textContent.trim() : '', r.getAttribute('translate')]; }})()"
+        ),
+    )
+}
+
+#[test]
+fn chinese_names_shown_and_searched_and_a_chinese_template_signed() {
+    let cfg = r#"
+[[clinic]]
+id = "t01"
+name = "Township 01"
+ae_titles = ["T01_CT"]
+
+[[hospital]]
+id = "city"
+name = "市人民医院"
+serves = ["t01"]
+"#;
+    let s = Server::start(ServerOpts {
+        config_toml: cfg.into(),
+        stable_after_secs: 1.0,
+        ..Default::default()
+    });
+    s.add_user("doc1", "clinic", PW, &["--clinic", "t01"]);
+    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "李医生"]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(script("chinese_names.py")).arg(tmp.path());
+        c
+    });
+    assert!(o.status.success(), "chinese_names.py: {}", text(&o));
+    let cases = ["gb18030", "utf8", "iso2022", "alpha", "ideo"];
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.args(cases.iter().map(|k| tmp.path().join(format!("{k}.dcm"))));
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    s.wait_for(60, "five studies on the worklist", || {
+        s.sqlite("SELECT COUNT(*) FROM worklist WHERE state = 'new'") == "5"
+    });
+    let uid = |case: &str| s.sqlite(&format!("SELECT study_uid FROM studies WHERE patient_id = 'CN-{case}'"));
+    let wang: Vec<String> = ["gb18030", "utf8", "iso2022"].iter().map(|c| uid(c)).collect();
+    let (alpha, ideo) = (uid("alpha"), uid("ideo"));
+
+    let ch = Chromium::launch()
+        .unwrap_or_else(|e| panic!("chromium/chromedriver (tests/support/setup.sh installs them): {e}"));
+
+    // The clinic's study list: 王小东 with the alphabetic form beside it,
+    // whichever character set the modality used; data is marked untranslatable.
+    let clinic = browser(&ch);
+    login(&clinic, &s, "doc1", "/studies");
+    clinic
+        .wait_for(
+            "window.mrTest.studies && window.mrTest.studies.ready && window.mrTest.studies.total === 5",
+            T,
+        )
+        .expect("studies page");
+    for u in &wang {
+        assert_eq!(
+            row_name(&clinic, "study-row", u),
+            json!(["王小东", "Wang, Xiaodong", "no"]),
+            "{u}"
+        );
+    }
+    assert_eq!(row_name(&clinic, "study-row", &alpha), json!(["Li, Ming", "", "no"]));
+    assert_eq!(row_name(&clinic, "study-row", &ideo), json!(["王小东", "", "no"]));
+    shot(&clinic, "cn-1-clinic-studies");
+
+    // The search box: each query finds the three 王小东 studies (and the
+    // ideographic-only one for the hanzi queries); "li ming" in between
+    // shows that each search really ran.
+    let search = |q: &str, want: &[&String]| {
+        clinic
+            .execute(
+                "const i = document.querySelector('#filters input[name=patient_name]'); i.value = ''; i.focus();",
+                vec![],
+            )
+            .expect("clear");
+        clinic.send_keys("#filters input[name=patient_name]", q).expect("type");
+        clinic.click("#filters button[type=submit]").expect("search");
+        let mut want: Vec<String> = want.iter().map(|u| format!("'{u}'")).collect();
+        want.sort();
+        clinic
+            .wait_for(
+                &format!(
+                    "(() => {{ const u = [...window.mrTest.studies.uids].sort().map((x) => `'${{x}}'`).join(',');
+                       return u === \"{}\"; }})()",
+                    want.join(",")
+                ),
+                T,
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "search {q:?}: {e}; shown {:?}",
+                    hook(&clinic, "window.mrTest.studies.uids")
+                )
+            });
+    };
+    let hanzi: Vec<&String> = wang.iter().chain([&ideo]).collect();
+    let latin: Vec<&String> = wang.iter().collect();
+    for (q, want) in [
+        ("王", &hanzi),
+        ("王小东", &hanzi),
+        ("wang", &latin),
+        ("Wang^Xiaodong", &latin),
+        ("wang xiaodong", &latin),
+        ("WANG", &latin),
+    ] {
+        search("li ming", &[&alpha]);
+        search(q, want);
+    }
+    shot(&clinic, "cn-2-clinic-search");
+
+    // The expert's worklist shows the same names.
+    let expert = browser(&ch);
+    login(&expert, &s, "exp1", "/worklist");
+    expert
+        .wait_for(
+            "window.mrTest.worklist && window.mrTest.worklist.ready && window.mrTest.worklist.uids.length === 5",
+            T,
+        )
+        .expect("worklist");
+    for u in &wang {
+        assert_eq!(
+            row_name(&expert, "worklist-row", u),
+            json!(["王小东", "Wang, Xiaodong", "no"]),
+            "{u}"
+        );
+    }
+    shot(&expert, "cn-3-expert-worklist");
+
+    // Claim the ISO 2022 study, pick the Chinese CT head template, sign.
+    let target = &wang[2];
+    expert
+        .click(&format!(
+            "[data-test=worklist-row][data-uid=\"{target}\"] [data-test=claim]"
+        ))
+        .expect("claim");
+    expert
+        .wait_for(
+            "location.pathname === '/viewer' && window.mrTest.viewer
+               && (window.mrTest.viewer.claimedBy === 'exp1' || window.mrTest.viewer.state === 'claimed')",
+            T,
+        )
+        .expect("claimed in the viewer");
+    expert
+        .wait_for(
+            "[...document.querySelectorAll('[data-test=template] optgroup')].some((g) => g.dataset.language === 'zh'
+               && [...g.querySelectorAll('option')].some((o) => o.textContent === 'CT 头颅平扫'))",
+            T,
+        )
+        .expect("Chinese templates listed");
+    // Both languages are offered, each in its own group.
+    let langs = hook(
+        &expert,
+        "[...document.querySelectorAll('[data-test=template] optgroup')].map((g) => g.dataset.language).sort()",
+    );
+    assert_eq!(langs, json!(["en", "zh"]));
+    expert
+        .execute(
+            "const s = document.querySelector('[data-test=template]');
+             s.value = [...s.options].find((o) => o.textContent === 'CT 头颅平扫').value;
+             s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .expect("pick the template");
+    expert
+        .wait_for(
+            "document.querySelector('[data-test=findings]').value.startsWith('脑实质内未见明显异常密度影')
+               && document.querySelector('[data-test=impression]').value === '颅脑CT平扫未见明显异常。'",
+            T,
+        )
+        .expect("template applied");
+    assert_eq!(
+        hook(
+            &expert,
+            "document.querySelector('[data-test=sum-patient] [translate=no]')?.textContent"
+        ),
+        json!("王小东 (Wang, Xiaodong)")
+    );
+    expert.click("[data-test=sign]").expect("sign");
+    expert
+        .wait_for(
+            "(() => { const d = document.querySelector('[data-test=sign-confirm]'); return !!(d && d.open); })()",
+            T,
+        )
+        .expect("confirm dialog");
+    expert
+        .click("[data-test=sign-confirm] button[value=confirm], [data-test=sign-confirm] [data-test=sign-confirm-ok]")
+        .expect("confirm");
+    expert
+        .wait_for("window.mrTest.viewer.signedVersion === 1", T)
+        .expect("signed");
+    shot(&expert, "cn-4-expert-signed");
+    assert_eq!(
+        s.sqlite(&format!(
+            "SELECT status || '|' || impression FROM reports WHERE study_uid = '{target}' AND version = 1"
+        )),
+        "signed|颅脑CT平扫未见明显异常。"
+    );
+    assert!(
+        s.sqlite(&format!("SELECT findings FROM reports WHERE study_uid = '{target}'"))
+            .starts_with("脑实质内未见明显异常密度影")
+    );
+}

@@ -257,6 +257,7 @@ async fn signed_reports_reach_the_clinic_pacs_once_it_is_up() {
         ae_titles: vec!["CT01".into()],
         stable_after_secs: None,
         pacs: Some(target.clone()),
+        pacs_charset: Default::default(),
     });
     cfg.hospitals.push(HospitalConfig {
         id: "h1".into(),

@@ -98,11 +98,59 @@ export function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-/** DICOM PN "Doe^John" -> "Doe, John". */
+/** Han, kana, Hangul: names written without spaces between their parts. */
+const UNSPACED = /^[\u1100-\u11ff\u2e80-\u2fdf\u3040-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7ff\uf900-\ufaff\u{20000}-\u{3ffff}]+$/u;
+
+/** One PN component group for display: "Doe^John" -> "Doe, John";
+ * "王^小东" -> "王小东" (CJK names are written family name first, unspaced). */
+function pnGroup(group) {
+  const parts = String(group || '').split('^').map((p) => p.trim());
+  const [family = '', given = '', middle = ''] = parts;
+  const named = [family, given, middle].filter(Boolean);
+  if (!named.length) return parts.filter(Boolean).join(' ');
+  if (named.every((p) => UNSPACED.test(p))) return named.join('');
+  const rest = [given, middle].filter(Boolean).join(' ');
+  return family && rest ? `${family}, ${rest}` : family || rest;
+}
+
+/** The three component groups of a DICOM PN value
+ * ("Wang^Xiaodong=王^小东=wang^xiaodong"), each formatted for display. */
+export function personNameGroups(pn) {
+  const [alphabetic = '', ideographic = '', phonetic = ''] = String(pn || '').split('=');
+  return { alphabetic: pnGroup(alphabetic), ideographic: pnGroup(ideographic), phonetic: pnGroup(phonetic) };
+}
+
+/** A DICOM PN as people read it: the ideographic form when there is one
+ * ("王小东"), else the alphabetic ("Doe, John"), else the phonetic. */
 export function personName(pn) {
-  if (!pn) return '';
-  const [family, given] = String(pn).split('=')[0].split('^');
-  return given ? `${family}, ${given}` : family;
+  const g = personNameGroups(pn);
+  return g.ideographic || g.alphabetic || g.phonetic;
+}
+
+/** The alphabetic form worth showing beside `personName` (it differs from
+ * what is shown), or ''. */
+export function personNameAlt(pn) {
+  const g = personNameGroups(pn);
+  return g.ideographic && g.alphabetic ? g.alphabetic : '';
+}
+
+/** `personName` with the alphabetic form in brackets when it adds
+ * something: "王小东 (Wang, Xiaodong)". For one-line texts. */
+export function personNameFull(pn) {
+  const alt = personNameAlt(pn);
+  return alt ? `${personName(pn)} (${alt})` : personName(pn);
+}
+
+/** A name as an element: `tag` holding the shown form, and the alphabetic
+ * form beside it in a muted span. Names are data: `translate="no"`. */
+export function personNameEl(pn, tag = 'strong', fallback = '(no name)') {
+  const alt = personNameAlt(pn);
+  return el(
+    'span',
+    { class: 'pn', translate: 'no', 'data-pn': pn || '' },
+    el(tag, { class: 'pn-main' }, personName(pn) || fallback),
+    alt ? el('span', { class: 'pn-alt muted' }, ` ${alt}`) : null,
+  );
 }
 
 /** DICOM DA "20240131" -> "2024-01-31". */

@@ -18,6 +18,8 @@ import {
   toast,
   testHook,
   personName,
+  personNameEl,
+  personNameFull,
   dicomDate,
   fmtTime,
   fmtDuration,
@@ -116,7 +118,7 @@ function invalid(message) {
 }
 
 function reqLabel(r) {
-  return [personName(r.patient_name), r.patient_id && `ID ${r.patient_id}`].filter(Boolean).join(' · ');
+  return [personNameFull(r.patient_name), r.patient_id && `ID ${r.patient_id}`].filter(Boolean).join(' · ');
 }
 
 // ------------------------------------------------------------------ actions
@@ -333,7 +335,7 @@ function row(r) {
     el(
       'td',
       {},
-      el('strong', {}, personName(r.patient_name) || '(no name)'),
+      personNameEl(r.patient_name),
       r.patient_id ? el('span', { class: 'sub' }, `ID ${r.patient_id}`) : null,
       user.role !== 'clinic' && r.clinic_id ? el('span', { class: 'sub' }, clinicNames.get(r.clinic_id) || r.clinic_id) : null,
     ),
@@ -447,7 +449,7 @@ function schedule() {
 
 function studyOption(s) {
   const study = [dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · ');
-  const label = `${study} — ${personName(s.patient_name) || '(no name)'}${s.patient_id ? ` (${s.patient_id})` : ''}`;
+  const label = `${study} — ${personNameFull(s.patient_name) || '(no name)'}${s.patient_id ? ` (${s.patient_id})` : ''}`;
   return el(
     'option',
     { value: s.study_uid, dataset: { patientId: s.patient_id || '', patientName: personName(s.patient_name) || '' } },

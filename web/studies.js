@@ -18,7 +18,8 @@ import {
   $,
   toast,
   testHook,
-  personName,
+  personNameEl,
+  personNameFull,
   dicomDate,
   fmtTime,
   age,
@@ -142,7 +143,7 @@ function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSu
 
 function studyLabel(s) {
   if (!s) return '';
-  return [personName(s.patient_name), dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · ');
+  return [personNameFull(s.patient_name), dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · ');
 }
 
 function priorityDialog(s) {
@@ -271,7 +272,7 @@ async function openReport(uid) {
   const signed = (rep.versions || [])
     .filter((v) => v.status === 'signed' || v.status === 'amended')
     .sort((a, b) => b.version - a.version);
-  if (study) title.textContent = `Report — ${personName(study.patient_name) || 'patient'}`;
+  if (study) title.textContent = `Report — ${personNameFull(study.patient_name) || 'patient'}`;
   if (!signed.length) {
     body.replaceChildren(el('p', { class: 'empty' }, 'No signed report yet.'));
     hook.report = { uid, version: null };
@@ -449,7 +450,7 @@ function studyRow(s) {
     el(
       'td',
       { class: 'patient' },
-      el('strong', {}, personName(s.patient_name) || '(no name)'),
+      personNameEl(s.patient_name),
       el('span', { class: 'sub' }, patientLine(s)),
       s.accession_number ? el('span', { class: 'sub' }, `Acc ${s.accession_number}`) : null,
     ),

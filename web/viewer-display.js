@@ -8,7 +8,7 @@
 // A factory over the page's shared state (`ctx`), so the page module keeps
 // the wiring and this one the display rules.
 
-import { dicomDate, el, personName } from './app-common.js';
+import { dicomDate, el, personNameFull } from './app-common.js';
 import { isTransient, neighbourOrder } from './viewer-stack.js';
 import { isColour } from './viewer-meta.js';
 
@@ -276,7 +276,7 @@ export function createDisplay(ctx) {
     const st = S.study || {};
     const born = dicomDate(st.birth_date);
     const tr = [
-      personName(st.patient_name),
+      st.patient_name && el('span', { translate: 'no' }, personNameFull(st.patient_name)),
       st.patient_id,
       [st.sex, born && `b. ${born}`].filter(Boolean).join(' · '),
       st.study_date && `Study ${dicomDate(st.study_date)}`,

@@ -10,6 +10,9 @@
 
 import { api, el, fmtTime, toast } from './app-common.js';
 
+/** Template languages, each named in itself. */
+const LANGUAGE_NAMES = { en: 'English', zh: '中文' };
+
 const AUTOSAVE_MS = 2000;
 const RENEW_MS = 5 * 60 * 1000;
 const RETRY_MS = [5000, 10000, 20000, 40000, 60000];
@@ -215,10 +218,23 @@ export class ReportPanel {
     } catch (e) {
       this.fail('Loading the report templates', e);
     }
+    // The page language's templates first, each language in its own group
+    // (named in that language, so the label needs no translation).
+    const page = (document.documentElement.lang || navigator.language || 'en').toLowerCase().split('-')[0];
+    const langs = [...new Set(this.templates.map((t) => t.language || 'en'))];
+    langs.sort((a, b) => (b === page) - (a === page));
     const sel = this.ui.template;
     sel.replaceChildren(
       el('option', { value: '' }, this.templates.length ? 'Template…' : 'No templates'),
-      ...this.templates.map((t, i) => el('option', { value: String(i) }, t.name)),
+      ...langs.map((lang) =>
+        el(
+          'optgroup',
+          { label: LANGUAGE_NAMES[lang] || lang, lang, dataset: { language: lang } },
+          ...this.templates.flatMap((t, i) =>
+            (t.language || 'en') === lang ? [el('option', { value: String(i), lang }, t.name)] : [],
+          ),
+        ),
+      ),
     );
   }
 

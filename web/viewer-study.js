@@ -2,7 +2,7 @@
 // series: its middle instance). Series instance lists are fetched here,
 // the opened series first, the others a few at a time.
 
-import { api, dicomDate, el, personName } from './app-common.js';
+import { api, dicomDate, el, personNameFull } from './app-common.js';
 
 const NON_IMAGE = new Set(['SR', 'KO', 'PR', 'DOC', 'REG', 'SEG', 'RTSTRUCT', 'RTPLAN', 'RWV']);
 
@@ -39,7 +39,7 @@ export function renderSummary(root, { study, worklist, clinicName }) {
     el(
       'dl',
       { class: 'sum-list' },
-      item('Patient', personName(s.patient_name) || '—', 'sum-patient', 'strong'),
+      item('Patient', el('span', { translate: 'no' }, personNameFull(s.patient_name) || '—'), 'sum-patient', 'strong'),
       item('ID', s.patient_id, 'sum-id'),
       item('Sex', s.sex, 'sum-sex'),
       item('Born', dicomDate(s.birth_date), 'sum-birth'),

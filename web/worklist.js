@@ -16,7 +16,7 @@ import {
   $,
   toast,
   testHook,
-  personName,
+  personNameEl,
   dicomDate,
   fmtTime,
   fmtDuration,
@@ -152,7 +152,7 @@ function row(it, fetchedAt) {
     el(
       'td',
       { class: 'patient' },
-      el('strong', {}, personName(it.patient_name) || '(no name)'),
+      personNameEl(it.patient_name),
       el(
         'span',
         { class: 'sub' },

@@ -17,6 +17,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::files::{ArchiveError, Committed};
+use crate::dicom::pn::{self, NameQuery};
 use crate::reading::worklist::{
     Action as WorkAction, Actor, State as WorkState, Transition, WorklistError, apply as apply_work,
 };
@@ -463,7 +464,90 @@ const MIGRATIONS: &[&str] = &[
          key TEXT PRIMARY KEY,
          value TEXT NOT NULL
      )",
+    // 6: patient-name search keys (Chinese names). Every folded key of a
+    // study's Person Name (all three component groups, see `dicom::pn`), so
+    // 王, 王小东, `wang` or `Wang^Xiaodong` are found by an index range
+    // lookup instead of a LIKE over every study. Filled for the studies
+    // already indexed by `backfill_study_names` in the same transaction.
+    "CREATE TABLE IF NOT EXISTS study_names (
+         key TEXT NOT NULL,
+         study_uid TEXT NOT NULL,
+         PRIMARY KEY (key, study_uid)
+     ) WITHOUT ROWID",
 ];
+
+/// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).
+const STUDY_NAMES_VERSION: usize = 6;
+
+/// Studies read per step of the name backfill: bounds its memory whatever
+/// the archive's size.
+const BACKFILL_BATCH: i64 = 1_000;
+
+/// Rows per multi-row INSERT of name keys (two binds each, well under
+/// SQLite's 32 766 host parameters).
+const KEYS_PER_INSERT: usize = 200;
+
+/// Writes the search keys of one study's patient name (ignoring those it
+/// already has): one statement per [`KEYS_PER_INSERT`] keys.
+async fn insert_study_names(c: &mut Conn, study_uid: &str, patient_name: &str) -> Result<(), sqlx::Error> {
+    let keys = pn::PersonName::parse(patient_name).search_keys();
+    for chunk in keys.chunks(KEYS_PER_INSERT) {
+        let mut qb = sqlx::QueryBuilder::new("INSERT OR IGNORE INTO study_names (key, study_uid) ");
+        qb.push_values(chunk, |mut b, k| {
+            b.push_bind(k.as_str()).push_bind(study_uid);
+        });
+        qb.build().execute(&mut *c).await?;
+    }
+    Ok(())
+}
+
+/// Migration 6 for an archive indexed before it: name keys for every study,
+/// and names cleaned of the ISO 2022 escape sequences that the decoder of
+/// the time left in (`\ISO 2022 IR 58` names), in batches by study UID.
+async fn backfill_study_names(c: &mut Conn) -> Result<(), sqlx::Error> {
+    let mut after = String::new();
+    loop {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT study_uid, patient_name FROM studies WHERE study_uid > ? ORDER BY study_uid LIMIT ?",
+        )
+        .bind(&after)
+        .bind(BACKFILL_BATCH)
+        .fetch_all(&mut *c)
+        .await?;
+        let Some((last, _)) = rows.last() else { break };
+        after = last.clone();
+        for (uid, name) in &rows {
+            let cleaned = pn::clean(name);
+            if cleaned != *name {
+                sqlx::query("UPDATE studies SET patient_name = ? WHERE study_uid = ?")
+                    .bind(&cleaned)
+                    .bind(uid)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            insert_study_names(c, uid, &cleaned).await?;
+        }
+    }
+    // Cleaning removes every ESC, so each batch leaves the next query.
+    loop {
+        let patients: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, patient_name FROM patients WHERE instr(patient_name, char(27)) > 0 LIMIT ?")
+                .bind(BACKFILL_BATCH)
+                .fetch_all(&mut *c)
+                .await?;
+        if patients.is_empty() {
+            break;
+        }
+        for (id, name) in patients {
+            sqlx::query("UPDATE patients SET patient_name = ? WHERE id = ?")
+                .bind(pn::clean(&name))
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+        }
+    }
+    Ok(())
+}
 
 async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
     let mut conn = pool.acquire().await?;
@@ -473,6 +557,9 @@ async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
         let step = async {
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(stmt).execute(&mut *conn).await?;
+            }
+            if i + 1 == STUDY_NAMES_VERSION {
+                backfill_study_names(&mut conn).await?;
             }
             sqlx::query(&format!("PRAGMA user_version = {}", i + 1))
                 .execute(&mut *conn)
@@ -920,8 +1007,10 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     .get(0);
 
     // A late instance re-opens a complete study: it will be swept again once
-    // quiet, and its worklist entry is updated then, never duplicated.
-    sqlx::query(&format!(
+    // quiet, and its worklist entry is updated then, never duplicated. A
+    // study has no series only between its insert and the series insert
+    // below, so `num_series = 0` tells that this instance created it.
+    let new_study: bool = sqlx::query(&format!(
         "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id,
            study_date, study_time, accession_number, description, referring_physician, modalities,
            body_parts, num_series, num_instances, size_bytes, first_received_ms, last_received_ms,
@@ -935,7 +1024,8 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
            stable_at_ms = MAX(stable_at_ms, excluded.stable_at_ms),
            status = 'receiving',
            modalities = {},
-           body_parts = {}",
+           body_parts = {}
+         RETURNING num_series = 0",
         list_append("modalities"),
         list_append("body_parts")
     ))
@@ -958,8 +1048,12 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     .bind(i.received_ms)
     .bind(i.stable_after_ms)
     .bind(stable_at)
-    .execute(&mut *c)
-    .await?;
+    .fetch_one(&mut *c)
+    .await?
+    .get(0);
+    if new_study {
+        insert_study_names(c, &i.study_uid, &i.patient_name).await?;
+    }
 
     let series_inserted = sqlx::query(
         "INSERT INTO series (series_uid, study_uid, modality, series_number, description, body_part,
@@ -1476,14 +1570,27 @@ impl Index {
 
 /// The WHERE conditions of a study search (columns of `studies s` only).
 fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFilter) {
-    if let Some(v) = f.patient_name.as_deref().filter(|v| !v.is_empty()) {
-        // DICOM-style wildcards, and a plain substring otherwise.
-        let pat = if v.contains('*') || v.contains('?') {
-            v.replace('*', "%").replace('?', "_")
-        } else {
-            format!("%{v}%")
-        };
-        qb.push(" AND s.patient_name LIKE ").push_bind(pat);
+    if let Some(v) = f.patient_name.as_deref() {
+        match pn::query(v) {
+            NameQuery::Any => {}
+            // Each word starts a key of the name (`study_names`): an index
+            // range per word, evaluated once, not a LIKE per study.
+            NameQuery::Words(words) => {
+                for w in words {
+                    qb.push(" AND s.study_uid IN (SELECT study_uid FROM study_names WHERE key >= ")
+                        .push_bind(w.clone())
+                        .push(" AND key < ")
+                        .push_bind(pn::prefix_end(&w))
+                        .push(")");
+                }
+            }
+            // DICOM wildcards inside a word (`W?ng`, `*dong`): against the
+            // whole stored value, all groups.
+            NameQuery::Pattern(p) => {
+                qb.push(" AND s.patient_name LIKE ")
+                    .push_bind(p.replace('*', "%").replace('?', "_"));
+            }
+        }
     }
     if let Some(v) = f.patient_id.as_deref().filter(|v| !v.is_empty()) {
         qb.push(" AND s.patient_id = ").push_bind(v.to_string());
@@ -1689,6 +1796,88 @@ mod tests {
             .await
             .expect("search");
         assert!(rows.is_empty());
+    }
+
+    async fn names_found(idx: &Index, q: &str) -> Vec<String> {
+        let f = StudyFilter {
+            patient_name: Some(q.into()),
+            ..Default::default()
+        };
+        let (rows, total) = idx.search_studies(&f).await.expect("search");
+        assert_eq!(rows.len() as i64, total, "{q}");
+        let mut uids: Vec<String> = rows.into_iter().map(|r| r.study_uid).collect();
+        uids.sort();
+        uids
+    }
+
+    #[tokio::test]
+    async fn names_are_found_by_any_group_with_or_without_carets() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = Index::open(&dir.path().join("index.db")).await.expect("open");
+        for (n, name) in ["Wang^Xiaodong=王^小东=wang^xiaodong", "=王^小东", "Li^Wang", "DOE^JANE"]
+            .iter()
+            .enumerate()
+        {
+            let mut i = inst(&format!("1.{n}"), &format!("{n}"), &format!("{n}.1"), "CT", n as i64);
+            i.patient_name = name.to_string();
+            i.patient_id = format!("P{n}");
+            idx.store(i, file(&format!("{n:02}"))).await.expect("store");
+        }
+        // A later instance of the study adds no keys twice.
+        let mut again = inst("1.0b", "0", "0.1", "CT", 9);
+        again.patient_name = "Wang^Xiaodong=王^小东=wang^xiaodong".into();
+        idx.store(again, file("0b")).await.expect("store");
+        for q in ["王", "王小东", "小东", "王 小东"] {
+            assert_eq!(names_found(&idx, q).await, ["0", "1"], "{q}");
+        }
+        for q in [
+            "wang",
+            "WANG",
+            "Wang^Xiaodong",
+            "wang xiaodong",
+            "xiaodong, wang",
+            "Wang*",
+        ] {
+            let want: &[&str] = if q.to_lowercase().contains("xiao") {
+                &["0"]
+            } else {
+                &["0", "2"]
+            };
+            assert_eq!(names_found(&idx, q).await, want, "{q}");
+        }
+        assert_eq!(names_found(&idx, "jane doe").await, ["3"]);
+        assert!(names_found(&idx, "张").await.is_empty());
+        assert!(names_found(&idx, "ang").await.is_empty());
+        // Wildcards inside a word: the whole value, all groups.
+        assert_eq!(names_found(&idx, "*小东*").await, ["0", "1"]);
+        assert_eq!(names_found(&idx, "").await.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn migration_6_backfills_name_keys_and_cleans_old_escapes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("index.db");
+        {
+            let (idx, _w) = Index::open(&path).await.expect("open");
+            let mut i = inst("1.1", "9", "9.1", "CT", 0);
+            i.patient_name = "Wang^Xiaodong=\u{1b}$)A王^\u{1b}$)A小东=wang^xiaodong".into();
+            idx.store(i, file("aa")).await.expect("store");
+            // As an archive indexed before migration 6 was.
+            for stmt in ["DROP TABLE study_names", "PRAGMA user_version = 5"] {
+                sqlx::query(stmt).execute(idx.pool()).await.expect("downgrade");
+            }
+        }
+        let (idx, _w) = Index::open(&path).await.expect("reopen");
+        assert_eq!(names_found(&idx, "王小东").await, ["9"]);
+        assert_eq!(names_found(&idx, "wang xiaodong").await, ["9"]);
+        let s = idx.study("9").await.expect("q").expect("study");
+        assert_eq!(s.patient_name, "Wang^Xiaodong=王^小东=wang^xiaodong");
+        let p: String = sqlx::query("SELECT patient_name FROM patients")
+            .fetch_one(idx.pool())
+            .await
+            .expect("patient")
+            .get(0);
+        assert_eq!(p, s.patient_name);
     }
 
     fn of(clinic: &str, mut i: NewInstance) -> NewInstance {

@@ -1,8 +1,9 @@
 //! The attributes the index needs, decoded from the walker's raw values with
-//! the dataset's Specific Character Set (Chinese GB18030/GBK names included).
+//! the dataset's Specific Character Set (GB18030, GBK, ISO_IR 192 and ISO 2022
+//! code extensions such as `\ISO 2022 IR 58`; see `charset`).
 
-use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
-
+use super::charset::Charset;
+use super::pn;
 use super::walk::{Encoding, Summary};
 
 pub const SPECIFIC_CHARACTER_SET: u32 = 0x0008_0005;
@@ -56,24 +57,12 @@ pub const WANTED: &[u32] = &[
 pub struct Attrs<'a> {
     summary: &'a Summary,
     enc: Encoding,
-    charset: Option<SpecificCharacterSet>,
+    charset: Charset,
 }
 
 impl<'a> Attrs<'a> {
     pub fn new(summary: &'a Summary, enc: Encoding) -> Attrs<'a> {
-        // With ISO 2022 code extensions the last term names the extended set;
-        // for single-valued terms it is the only one.
-        let charset = summary
-            .values
-            .get(&SPECIFIC_CHARACTER_SET)
-            .and_then(|raw| std::str::from_utf8(raw).ok())
-            .and_then(|s| {
-                s.split('\\')
-                    .map(str::trim)
-                    .rfind(|t| !t.is_empty())
-                    .map(str::to_string)
-            })
-            .and_then(|code| SpecificCharacterSet::from_code(&code));
+        let charset = Charset::from_raw(summary.values.get(&SPECIFIC_CHARACTER_SET).map(Vec::as_slice));
         Attrs { summary, enc, charset }
     }
 
@@ -84,15 +73,18 @@ impl<'a> Attrs<'a> {
     /// Text value, trimmed of DICOM padding; empty if absent.
     pub fn text(&self, tag: u32) -> String {
         let Some(raw) = self.raw(tag) else { return String::new() };
-        let decoded = match &self.charset {
-            Some(cs) => cs
-                .decode(raw)
-                .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
-            None => String::from_utf8_lossy(raw).into_owned(),
-        };
-        decoded
+        self.charset
+            .decode(raw)
             .trim_matches(|c: char| c == '\0' || c.is_whitespace())
             .to_string()
+    }
+
+    /// Person Name value with all its component groups, as Unicode, with
+    /// escape sequences and control characters removed; empty if absent.
+    pub fn person_name(&self, tag: u32) -> String {
+        self.raw(tag)
+            .map(|raw| pn::clean(&self.charset.decode_pn(raw)))
+            .unwrap_or_default()
     }
 
     /// First value of a multi-valued string (e.g. IS), parsed as an integer.
@@ -125,10 +117,24 @@ mod tests {
         let le = Encoding::for_transfer_syntax("1.2.840.10008.1.2.1");
         let a = Attrs::new(&s, le);
         assert_eq!(a.text(PATIENT_NAME), "张三");
+        assert_eq!(a.person_name(PATIENT_NAME), "张三");
         assert_eq!(a.int(INSTANCE_NUMBER), Some(12));
         assert_eq!(a.us(ROWS), Some(512));
         let be = Encoding::for_transfer_syntax("1.2.840.10008.1.2.2");
         assert_eq!(Attrs::new(&s, be).us(ROWS), Some(2));
         assert_eq!(a.text(STUDY_UID), "");
+        assert_eq!(a.person_name(REFERRING_PHYSICIAN), "");
+    }
+
+    #[test]
+    fn person_names_under_iso_2022_ir_58_lose_their_escape_sequences() {
+        let mut s = Summary::default();
+        s.values.insert(SPECIFIC_CHARACTER_SET, b"\\ISO 2022 IR 58 ".to_vec());
+        s.values.insert(
+            PATIENT_NAME,
+            b"Wang^Xiaodong=\x1b$)A\xcd\xf5^\x1b$)A\xd0\xa1\xb6\xab=wang^xiaodong ".to_vec(),
+        );
+        let a = Attrs::new(&s, Encoding::for_transfer_syntax("1.2.840.10008.1.2.1"));
+        assert_eq!(a.person_name(PATIENT_NAME), "Wang^Xiaodong=王^小东=wang^xiaodong");
     }
 }

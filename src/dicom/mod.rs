@@ -4,9 +4,11 @@
 
 pub mod assembly;
 pub mod attrs;
+pub mod charset;
 pub mod dimse;
 pub mod limits;
 pub mod meta;
+pub mod pn;
 pub mod scp;
 pub mod scu;
 pub mod sop_classes;

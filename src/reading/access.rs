@@ -181,6 +181,7 @@ pub(crate) mod testing {
             ae_titles: vec![],
             stable_after_secs: None,
             pacs: None,
+            pacs_charset: Default::default(),
         }
     }
 

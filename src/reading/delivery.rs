@@ -424,6 +424,12 @@ pub async fn sr_input(index: &Index, cfg: &Config, d: &Delivery) -> Result<SrInp
         institution_name,
         amends,
         evidence,
+        charset: cfg
+            .clinics
+            .iter()
+            .find(|c| c.id == d.clinic_id)
+            .map(|c| c.pacs_charset)
+            .unwrap_or_default(),
     })
 }
 

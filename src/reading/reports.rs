@@ -431,56 +431,189 @@ pub async fn sign(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Template {
     pub name: &'static str,
+    /// BCP 47 language of the text (`en`, `zh`): the report panel lists
+    /// the page language's templates first.
+    pub language: &'static str,
     pub findings: &'static str,
     pub impression: &'static str,
 }
 
-/// Structured starting points per modality; experts edit freely.
+/// Which modalities a template is offered for (substrings of the study's
+/// modality list, upper case).
+struct Entry {
+    modalities: &'static [&'static str],
+    template: Template,
+}
+
+const fn entry(
+    modalities: &'static [&'static str],
+    language: &'static str,
+    name: &'static str,
+    findings: &'static str,
+    impression: &'static str,
+) -> Entry {
+    Entry {
+        modalities,
+        template: Template {
+            name,
+            language,
+            findings,
+            impression,
+        },
+    }
+}
+
+const CT: &[&str] = &["CT"];
+const MR: &[&str] = &["MR"];
+const XR: &[&str] = &["CR", "DX", "DR"];
+const US: &[&str] = &["US"];
+const ECG: &[&str] = &["ECG"];
+/// Offered whatever the modality.
+const ANY: &[&str] = &[""];
+
+/// The templates, English and Chinese. The Chinese ones follow the
+/// structure of Chinese radiology reports: 影像所见 (findings, organ by
+/// organ) and 诊断意见 (impression).
+const TEMPLATES: &[Entry] = &[
+    entry(
+        CT,
+        "en",
+        "CT chest",
+        "Lungs: no focal consolidation, nodule or mass.\nPleura: no effusion or pneumothorax.\nMediastinum: no lymphadenopathy. Heart size normal.\nBones: no aggressive lesion.",
+        "No acute cardiopulmonary abnormality.",
+    ),
+    entry(
+        CT,
+        "en",
+        "CT head (non-contrast)",
+        "No intracranial haemorrhage, mass effect or midline shift.\nGrey-white differentiation preserved.\nVentricles and sulci normal for age.\nCalvarium intact.",
+        "No acute intracranial abnormality.",
+    ),
+    entry(
+        CT,
+        "en",
+        "CT abdomen/pelvis",
+        "Liver, spleen, pancreas, adrenals and kidneys: unremarkable.\nBowel: no obstruction or wall thickening.\nNo free fluid or free air.\nNo lymphadenopathy.",
+        "No acute abdominal or pelvic abnormality.",
+    ),
+    entry(
+        CT,
+        "zh",
+        "CT 头颅平扫",
+        "脑实质内未见明显异常密度影，灰白质分界清楚。\n脑室系统大小、形态未见异常，脑沟、脑裂、脑池未见增宽。\n中线结构居中。\n颅骨骨质未见明显异常。",
+        "颅脑CT平扫未见明显异常。",
+    ),
+    entry(
+        CT,
+        "zh",
+        "CT 胸部平扫",
+        "胸廓对称，气管居中。\n两肺纹理清晰，两肺野内未见明显异常密度影及结节影。\n两侧肺门不大，纵隔内未见明显肿大淋巴结。\n心影大小、形态未见异常。\n两侧胸腔未见积液，胸膜未见增厚。",
+        "胸部CT平扫未见明显异常。",
+    ),
+    entry(
+        CT,
+        "zh",
+        "CT 上腹部平扫",
+        "肝脏大小、形态正常，肝实质密度均匀，未见明显异常密度影。\n胆囊不大，壁不厚，腔内未见明显异常密度影。\n胰腺、脾脏大小、形态及密度未见异常。\n双肾大小、形态正常，未见明显异常密度影。\n腹膜后未见明显肿大淋巴结，腹腔内未见积液。",
+        "上腹部CT平扫未见明显异常。",
+    ),
+    entry(
+        MR,
+        "en",
+        "MR brain",
+        "No restricted diffusion.\nNo mass, haemorrhage or abnormal enhancement.\nVentricles and extra-axial spaces normal.",
+        "Normal MR brain.",
+    ),
+    entry(
+        MR,
+        "zh",
+        "MR 头颅平扫",
+        "脑实质内未见明显异常信号影，DWI未见弥散受限。\n脑室系统大小、形态未见异常，脑沟、脑裂、脑池未见增宽。\n中线结构居中。\n颅骨及头皮软组织未见明显异常。",
+        "颅脑MRI平扫未见明显异常。",
+    ),
+    entry(
+        XR,
+        "en",
+        "Chest radiograph",
+        "Lungs clear. No pleural effusion or pneumothorax.\nCardiomediastinal silhouette within normal limits.\nNo acute osseous abnormality.",
+        "No acute cardiopulmonary process.",
+    ),
+    entry(
+        XR,
+        "zh",
+        "DR 胸部正位片",
+        "胸廓对称，骨质未见明显异常。\n两肺纹理清晰，两肺野内未见明显实变影及结节影。\n两侧肺门不大。\n心影大小、形态在正常范围内。\n两侧膈面光整，肋膈角锐利。",
+        "心肺膈未见明显异常。",
+    ),
+    entry(
+        US,
+        "en",
+        "Ultrasound abdomen",
+        "Liver normal in size and echotexture. Gallbladder without stones.\nCommon bile duct not dilated. Kidneys normal in size without hydronephrosis.\nSpleen normal.",
+        "Normal abdominal ultrasound.",
+    ),
+    entry(
+        US,
+        "zh",
+        "超声 腹部（肝胆胰脾肾）",
+        "肝脏大小、形态正常，包膜光整，实质回声均匀，肝内血管走行清晰。\n胆囊大小正常，壁光滑，腔内未见明显异常回声。\n胆总管未见扩张。\n胰腺、脾脏大小、形态正常，回声均匀。\n双肾大小、形态正常，集合系统未见分离。",
+        "肝、胆、胰、脾、双肾未见明显异常。",
+    ),
+    entry(
+        ECG,
+        "en",
+        "Resting 12-lead ECG",
+        "Sinus rhythm, rate __ bpm.\nPR interval __ ms, QRS duration __ ms, QTc __ ms.\nNormal axis.\nNo ST-segment deviation or T-wave abnormality.",
+        "Normal ECG.",
+    ),
+    entry(
+        ECG,
+        "zh",
+        "常规十二导联心电图",
+        "窦性心律，心率__次/分。\nP波形态正常，PR间期__ms。\nQRS波群时限__ms，形态正常；QTc __ms。\n电轴正常。\nST段未见明显偏移，T波未见异常。",
+        "窦性心律，正常心电图。",
+    ),
+    entry(ANY, "en", "Free text", "", ""),
+    entry(ANY, "zh", "自由文本", "", ""),
+];
+
+/// Structured starting points per modality, in every language; experts
+/// edit freely. `modality` is the study's list (`CT`, `CT,SR`…).
 pub fn templates(modality: &str) -> Vec<Template> {
     let m = modality.to_ascii_uppercase();
-    let mut out = Vec::new();
-    if m.contains("CT") {
-        out.push(Template {
-            name: "CT chest",
-            findings: "Lungs: no focal consolidation, nodule or mass.\nPleura: no effusion or pneumothorax.\nMediastinum: no lymphadenopathy. Heart size normal.\nBones: no aggressive lesion.",
-            impression: "No acute cardiopulmonary abnormality.",
-        });
-        out.push(Template {
-            name: "CT head (non-contrast)",
-            findings: "No intracranial haemorrhage, mass effect or midline shift.\nGrey-white differentiation preserved.\nVentricles and sulci normal for age.\nCalvarium intact.",
-            impression: "No acute intracranial abnormality.",
-        });
-        out.push(Template {
-            name: "CT abdomen/pelvis",
-            findings: "Liver, spleen, pancreas, adrenals and kidneys: unremarkable.\nBowel: no obstruction or wall thickening.\nNo free fluid or free air.\nNo lymphadenopathy.",
-            impression: "No acute abdominal or pelvic abnormality.",
-        });
+    TEMPLATES
+        .iter()
+        .filter(|e| e.modalities.iter().any(|x| m.contains(x)))
+        .map(|e| e.template.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_modality_has_english_and_chinese_templates() {
+        for m in ["CT", "MR", "DX", "CR", "DR", "US", "ECG", "CT,SR"] {
+            let t = templates(m);
+            for lang in ["en", "zh"] {
+                let n = t
+                    .iter()
+                    .filter(|x| x.language == lang && !x.findings.is_empty())
+                    .count();
+                assert!(n >= 1, "{m}: no {lang} template");
+            }
+        }
+        let ct = templates("CT");
+        let head = ct.iter().find(|t| t.name == "CT 头颅平扫").expect("CT 头颅平扫");
+        assert!(head.findings.starts_with("脑实质内未见明显异常密度影"));
+        assert_eq!(head.impression, "颅脑CT平扫未见明显异常。");
+        // Only what fits the modality, and free text always.
+        assert!(ct.iter().all(|t| !t.name.starts_with("MR")));
+        let other = templates("OT");
+        assert_eq!(
+            other.iter().map(|t| (t.name, t.language)).collect::<Vec<_>>(),
+            [("Free text", "en"), ("自由文本", "zh")]
+        );
     }
-    if m.contains("MR") {
-        out.push(Template {
-            name: "MR brain",
-            findings: "No restricted diffusion.\nNo mass, haemorrhage or abnormal enhancement.\nVentricles and extra-axial spaces normal.",
-            impression: "Normal MR brain.",
-        });
-    }
-    if m.contains("CR") || m.contains("DX") || m.contains("DR") {
-        out.push(Template {
-            name: "Chest radiograph",
-            findings: "Lungs clear. No pleural effusion or pneumothorax.\nCardiomediastinal silhouette within normal limits.\nNo acute osseous abnormality.",
-            impression: "No acute cardiopulmonary process.",
-        });
-    }
-    if m.contains("US") {
-        out.push(Template {
-            name: "Ultrasound abdomen",
-            findings: "Liver normal in size and echotexture. Gallbladder without stones.\nCommon bile duct not dilated. Kidneys normal in size without hydronephrosis.\nSpleen normal.",
-            impression: "Normal abdominal ultrasound.",
-        });
-    }
-    out.push(Template {
-        name: "Free text",
-        findings: "",
-        impression: "",
-    });
-    out
 }

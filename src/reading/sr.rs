@@ -1,7 +1,10 @@
 //! Signed reports as DICOM Basic Text SR (pure: no clock, no I/O).
 //!
 //! A report becomes one Part-10 file in Explicit VR Little Endian, character
-//! set ISO_IR 192 (UTF-8) so Chinese text survives. The content tree is a
+//! set ISO_IR 192 (UTF-8) so Chinese text survives, or GB18030 for a clinic
+//! PACS configured so (`pacs_charset`, for PACS that do not read UTF-8).
+//! The patient's name keeps all its component groups
+//! (`Wang^Xiaodong=王^小东=wang^xiaodong`), so the PACS shows it as received. The content tree is a
 //! root CONTAINER "Diagnostic Imaging Report" (18748-4, LN) that CONTAINS two
 //! TEXT items, "Finding" (121071, DCM) and "Impression" (121073, DCM). Every
 //! report we send is signed, so every SR is FINAL, COMPLETE and VERIFIED with
@@ -19,6 +22,9 @@ use dicom_object::InMemDicomObject;
 use dicom_object::mem::InMemElement;
 use dicom_object::meta::FileMetaTableBuilder;
 use sha2::{Digest, Sha256};
+
+pub use crate::config::PacsCharset;
+use crate::dicom::pn;
 
 /// SOP class of every SR we write.
 pub const BASIC_TEXT_SR: &str = uids::BASIC_TEXT_SR_STORAGE;
@@ -83,6 +89,9 @@ pub struct SrInput {
     /// Instances of the study the report is about
     /// (Current Requested Procedure Evidence Sequence); may be empty.
     pub evidence: Vec<InstanceRef>,
+    /// Specific Character Set the text is encoded in (the writer encodes
+    /// every text value after (0008,0005) with it).
+    pub charset: PacsCharset,
 }
 
 /// A new UID under the `2.25` arc: a random (version 4) UUID as a decimal
@@ -306,7 +315,7 @@ pub fn build_basic_text_sr(r: &SrInput) -> Result<Vec<u8>, SrError> {
     ]);
 
     let mut obj = InMemDicomObject::from_element_iter([
-        str_el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
+        str_el(tags::SPECIFIC_CHARACTER_SET, VR::CS, r.charset.term()),
         str_el(tags::INSTANCE_CREATION_DATE, VR::DA, content_date.clone()),
         str_el(tags::INSTANCE_CREATION_TIME, VR::TM, content_time.clone()),
         str_el(tags::SOP_CLASS_UID, VR::UI, BASIC_TEXT_SR),
@@ -322,11 +331,11 @@ pub fn build_basic_text_sr(r: &SrInput) -> Result<Vec<u8>, SrError> {
         str_el(
             tags::REFERRING_PHYSICIAN_NAME,
             VR::PN,
-            short(&r.referring_physician, 64),
+            pn::for_dicom(&r.referring_physician),
         ),
         str_el(tags::STUDY_DESCRIPTION, VR::LO, short(&r.study_description, 64)),
         seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, Vec::new()),
-        str_el(tags::PATIENT_NAME, VR::PN, short(&r.patient_name, 64)),
+        str_el(tags::PATIENT_NAME, VR::PN, pn::for_dicom(&r.patient_name)),
         str_el(tags::PATIENT_ID, VR::LO, short(&r.patient_id, 64)),
         str_el(tags::PATIENT_BIRTH_DATE, VR::DA, date(&r.patient_birth_date)),
         str_el(tags::PATIENT_SEX, VR::CS, sex(&r.patient_sex)),
@@ -411,7 +420,40 @@ mod tests {
                 sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
                 sop_instance_uid: "1.2.3.4.5".into(),
             }],
+            charset: PacsCharset::Utf8,
         }
+    }
+
+    const WANG: &str = "Wang^Xiaodong=王^小东=wang^xiaodong";
+
+    #[test]
+    fn every_name_group_is_kept_in_utf8_and_gb18030() {
+        for charset in [PacsCharset::Utf8, PacsCharset::Gb18030] {
+            let mut r = input();
+            r.patient_name = WANG.into();
+            r.charset = charset;
+            let bytes = build_basic_text_sr(&r).expect("build");
+            // dicom-object decodes with the file's own character set.
+            let obj = parse(&bytes);
+            assert_eq!(s(&obj, tags::SPECIFIC_CHARACTER_SET), charset.term());
+            assert_eq!(s(&obj, tags::PATIENT_NAME), WANG);
+            let content = items(&obj, tags::CONTENT_SEQUENCE);
+            assert_eq!(s(&content[0], tags::TEXT_VALUE), FINDINGS);
+            // The bytes really are in that set: 王小东 in GB18030 is
+            // CD F5 / D0 A1 B6 AB, in UTF-8 E7 8E 8B / E5 B0 8F E4 B8 9C.
+            let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+            let gb = has(b"\xcd\xf5^\xd0\xa1\xb6\xab");
+            let utf8 = has("王^小东".as_bytes());
+            assert_eq!(
+                (gb, utf8),
+                (charset == PacsCharset::Gb18030, charset == PacsCharset::Utf8)
+            );
+        }
+        // Long groups are cut per group (64 characters each), not the value.
+        let mut r = input();
+        r.patient_name = format!("{}=王^小东", "A".repeat(70));
+        let obj = parse(&build_basic_text_sr(&r).expect("build"));
+        assert_eq!(s(&obj, tags::PATIENT_NAME), format!("{}=王^小东", "A".repeat(64)));
     }
 
     fn parse(bytes: &[u8]) -> DefaultDicomObject {
