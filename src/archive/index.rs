@@ -463,6 +463,9 @@ const MIGRATIONS: &[&str] = &[
          key TEXT PRIMARY KEY,
          value TEXT NOT NULL
      )",
+    // 6: the interface language an account chose (NULL: follow the
+    // browser's Accept-Language); owned by reading::accounts.
+    "ALTER TABLE users ADD COLUMN language TEXT",
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
