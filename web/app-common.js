@@ -115,7 +115,7 @@ export function el(tag, attrs = {}, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'class') e.className = v;
-    else if (k in I18N_ATTRS) {
+    else if (Object.hasOwn(I18N_ATTRS, k)) {
       e.dataset[I18N_ATTRS[k]] = v;
       localized = true;
     } else if (k === 'i18nArgs') e.dataset.i18nArgs = JSON.stringify(v);

@@ -165,6 +165,7 @@ export function onLang(fn) {
  * not in app-common.js, so the consultation page uses it too.
  */
 async function saveToAccount(tag) {
+  if (location.pathname === '/login') return false; // no account yet: localStorage only
   const me = await fetch('/api/me', { credentials: 'same-origin' });
   if (!me.ok) return false;
   const { csrf } = await me.json();

@@ -29,7 +29,11 @@ pub const ALLOWED_LATIN: &[&str] = &[
 /// `navigator.languages`) is `lang`, e.g. "zh-CN".
 pub fn opts(lang: &str) -> SessionOpts {
     SessionOpts {
-        extra_args: vec![format!("--lang={lang}"), "--window-size=1400,900".into()],
+        extra_args: vec![
+            format!("--lang={lang}"),
+            format!("--accept-lang={lang}"),
+            "--window-size=1400,900".into(),
+        ],
         ..Default::default()
     }
 }
