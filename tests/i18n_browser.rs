@@ -44,7 +44,8 @@ fn js(sess: &Session, expr: &str) -> Value {
 }
 
 fn goto(sess: &Session, s: &Server, path: &str) {
-    sess.goto(&format!("https://127.0.0.1:{}{path}", s.http_port)).expect("page");
+    sess.goto(&format!("https://127.0.0.1:{}{path}", s.http_port))
+        .expect("page");
     i18n::wait_ready(sess).unwrap_or_else(|e| panic!("{path}: i18n not ready: {e}; console {:?}", sess.console_logs()));
 }
 
@@ -54,7 +55,10 @@ fn login_error(sess: &Session) -> String {
         T,
     )
     .expect("a login error is shown");
-    js(sess, "document.querySelector('[data-test=login-error]').textContent").as_str().unwrap_or("").to_string()
+    js(sess, "document.querySelector('[data-test=login-error]').textContent")
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
@@ -65,17 +69,32 @@ fn login_page_in_chinese_and_english_switches_in_place() {
     // Without --lang (as every other browser test runs) the page is English.
     let plain = ch.session(&SessionOpts::default()).expect("session");
     goto(&plain, &s, "/login");
-    assert_eq!(i18n::page_lang(&plain), "en", "headless Chromium's default language is English");
+    assert_eq!(
+        i18n::page_lang(&plain),
+        "en",
+        "headless Chromium's default language is English"
+    );
     assert_translated(&plain, "login", None);
     drop(plain);
 
     let sess = ch.session(&i18n::opts("zh-CN")).expect("session");
     goto(&sess, &s, "/login");
-    assert_eq!(js(&sess, "navigator.language"), json!("zh-CN"), "--lang reached the browser");
+    assert_eq!(
+        js(&sess, "navigator.language"),
+        json!("zh-CN"),
+        "--lang reached the browser"
+    );
     assert_eq!(i18n::page_lang(&sess), "zh-CN");
     assert_eq!(js(&sess, "document.documentElement.lang"), json!("zh-CN"));
-    assert_eq!(js(&sess, "document.documentElement.dataset.mrLangFrom"), json!("browser"), "the server chose it from Accept-Language");
-    assert_eq!(js(&sess, "document.querySelector('[data-test=login]').textContent"), json!("登录"));
+    assert_eq!(
+        js(&sess, "document.documentElement.dataset.mrLangFrom"),
+        json!("browser"),
+        "the server chose it from Accept-Language"
+    );
+    assert_eq!(
+        js(&sess, "document.querySelector('[data-test=login]').textContent"),
+        json!("登录")
+    );
     assert_eq!(js(&sess, "document.title"), json!("登录 — medrelay"));
     assert_translated(&sess, "login", None);
     screenshot(&sess, "login");
@@ -92,8 +111,14 @@ fn login_page_in_chinese_and_english_switches_in_place() {
     // the error included.
     sess.send_keys("[data-test=password]", "half-typed").expect("type");
     switch_to(&sess, "en");
-    assert_eq!(js(&sess, "document.querySelector('[data-test=username]').value"), json!("doc1"));
-    assert_eq!(js(&sess, "document.querySelector('[data-test=password]').value"), json!("half-typed"));
+    assert_eq!(
+        js(&sess, "document.querySelector('[data-test=username]').value"),
+        json!("doc1")
+    );
+    assert_eq!(
+        js(&sess, "document.querySelector('[data-test=password]').value"),
+        json!("half-typed")
+    );
     assert_eq!(login_error(&sess), "Wrong username or password");
     assert_eq!(js(&sess, "document.documentElement.lang"), json!("en"));
     assert_translated(&sess, "login", None);
@@ -115,18 +140,26 @@ fn header_is_translated_and_the_account_setting_wins_over_the_browser() {
     let sess = ch.session(&i18n::opts("zh-CN")).expect("session");
     ui_login(&sess, &s, "exp1", PW, "/studies");
     i18n::wait_ready(&sess).expect("ready");
-    sess.wait_for("!!document.querySelector('.app-header [data-test=logout]')", T).expect("header");
+    sess.wait_for("!!document.querySelector('.app-header [data-test=logout]')", T)
+        .expect("header");
     assert_eq!(i18n::page_lang(&sess), "zh-CN");
-    assert_eq!(js(&sess, "document.querySelector('[data-test=logout]').textContent"), json!("退出登录"));
+    assert_eq!(
+        js(&sess, "document.querySelector('[data-test=logout]').textContent"),
+        json!("退出登录")
+    );
     assert_translated(&sess, "studies-header", Some(".app-header"));
     screenshot(&sess, "studies-header");
 
     // The switcher re-translates the header in place and saves the choice
     // to the account.
     switch_to(&sess, "en");
-    assert_eq!(js(&sess, "document.querySelector('[data-test=logout]').textContent"), json!("Log out"));
+    assert_eq!(
+        js(&sess, "document.querySelector('[data-test=logout]').textContent"),
+        json!("Log out")
+    );
     assert_translated(&sess, "studies-header", Some(".app-header"));
-    sess.wait_for("window.mrTest.i18n.saved === true", T).expect("saved to the account");
+    sess.wait_for("window.mrTest.i18n.saved === true", T)
+        .expect("saved to the account");
     screenshot(&sess, "studies-header");
 
     // A fresh browser (no localStorage) asking for Chinese gets English: the
@@ -134,9 +167,14 @@ fn header_is_translated_and_the_account_setting_wins_over_the_browser() {
     let other = ch.session(&i18n::opts("zh-CN")).expect("session");
     ui_login(&other, &s, "exp1", PW, "/studies");
     i18n::wait_ready(&other).expect("ready");
-    assert_eq!(js(&other, "document.documentElement.dataset.mrLangFrom"), json!("account"));
+    assert_eq!(
+        js(&other, "document.documentElement.dataset.mrLangFrom"),
+        json!("account")
+    );
     assert_eq!(i18n::page_lang(&other), "en");
-    other.wait_for("!!document.querySelector('.app-header [data-test=logout]')", T).expect("header");
+    other
+        .wait_for("!!document.querySelector('.app-header [data-test=logout]')", T)
+        .expect("header");
     assert_translated(&other, "studies-header", Some(".app-header"));
 
     // The API: GET /api/me names it, null follows the browser again, and an
@@ -145,10 +183,22 @@ fn header_is_translated_and_the_account_setting_wins_over_the_browser() {
     let (code, body) = http_send_as(s.http_port, "GET", "/api/me", None, Some(&a));
     let me: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!((code, &me["user"]["language"]), (200, &json!("en")), "{me}");
-    let (code, body) = http_send_as(s.http_port, "PUT", "/api/me/language", Some(&json!({"language": "fr"})), Some(&a));
+    let (code, body) = http_send_as(
+        s.http_port,
+        "PUT",
+        "/api/me/language",
+        Some(&json!({"language": "fr"})),
+        Some(&a),
+    );
     let err: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!((code, &err["code"]), (400, &json!("bad_language")), "{err}");
-    let (code, _) = http_send_as(s.http_port, "PUT", "/api/me/language", Some(&json!({"language": null})), Some(&a));
+    let (code, _) = http_send_as(
+        s.http_port,
+        "PUT",
+        "/api/me/language",
+        Some(&json!({"language": null})),
+        Some(&a),
+    );
     assert_eq!(code, 200);
     let third = ch.session(&i18n::opts("zh-CN")).expect("session");
     ui_login(&third, &s, "exp1", PW, "/studies");
@@ -166,7 +216,8 @@ fn tibetan_text_renders_with_a_tibetan_font() {
     let sess = ch.session(&i18n::opts("zh-CN")).expect("session");
     ui_login(&sess, &s, "doc1", PW, "/studies");
     i18n::wait_ready(&sess).expect("ready");
-    sess.wait_for("!!document.querySelector('.app-header')", T).expect("header");
+    sess.wait_for("!!document.querySelector('.app-header')", T)
+        .expect("header");
     let r = sess
         .execute_async(
             r#"
@@ -179,18 +230,18 @@ table.innerHTML = '<tbody><tr id="tib-row"><td translate="no" id="tib-name"></td
 table.querySelector('#tib-name').textContent = name;
 table.querySelector('#tib-text').textContent = text;
 (document.querySelector('main') || document.body).prepend(table);
-// The same text where no font has the glyphs (missing-glyph boxes), and in
-// the stack as it was before the fonts were added.
+// The same name in the same cell style where no font has the glyphs
+// (missing-glyph boxes), and in the stack as it was before the fonts.
 const probe = (font) => {
-  const s = document.createElement('span');
-  s.style.cssText = `font: 15px ${font}; white-space: nowrap; position: absolute; left: -9999px`;
-  s.textContent = name;
-  document.body.append(s);
-  return s;
+  const c = table.querySelector('#tib-name').cloneNode(true);
+  c.removeAttribute('id');
+  c.style.fontFamily = font;
+  table.querySelector('tr').append(c);
+  return c;
 };
 const tofu = probe('"DejaVu Sans Mono"');
 const before = probe('system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Noto Sans CJK SC", "Microsoft YaHei", sans-serif');
-const shown = probe(getComputedStyle(document.body).fontFamily);
+const width = (e) => { const r = document.createRange(); r.selectNodeContents(e); return r.getBoundingClientRect().width; };
 document.body.offsetWidth;
 document.fonts.ready.then(() => {
   const row = document.querySelector('#tib-row').getBoundingClientRect();
@@ -199,9 +250,9 @@ document.fonts.ready.then(() => {
     family: getComputedStyle(document.querySelector('#tib-name')).fontFamily,
     loaded: [...document.fonts].filter((f) => f.status === 'loaded').map((f) => f.family),
     check: document.fonts.check('15px "medrelay Tibetan"', name),
-    tofu: tofu.getBoundingClientRect().width,
-    before: before.getBoundingClientRect().width,
-    shown: shown.getBoundingClientRect().width,
+    tofu: width(tofu),
+    before: width(before),
+    shown: width(document.querySelector('#tib-name')),
     rowHeight: row.height,
     lineHeight: parseFloat(getComputedStyle(document.body).lineHeight) || 21,
     cellRight: cell.right,
@@ -215,17 +266,32 @@ document.fonts.ready.then(() => {
     println!("tibetan: {r}");
     screenshot(&sess, "tibetan");
     let family = r["family"].as_str().unwrap_or("");
-    assert!(family.contains("Noto Sans CJK SC") && family.contains("medrelay Tibetan"), "{family}");
+    assert!(
+        family.contains("Noto Sans CJK SC") && family.contains("medrelay Tibetan"),
+        "{family}"
+    );
     let loaded = r["loaded"].to_string();
-    assert!(loaded.contains("medrelay Tibetan"), "the page's Tibetan text made the bundled font load: {r}");
+    assert!(
+        loaded.contains("medrelay Tibetan"),
+        "the page's Tibetan text made the bundled font load: {r}"
+    );
     assert_eq!(r["check"], json!(true), "{r}");
     let (tofu, shown) = (r["tofu"].as_f64().unwrap_or(0.0), r["shown"].as_f64().unwrap_or(0.0));
-    assert!(shown > 10.0 && (shown - tofu).abs() > 2.0, "drawn as missing-glyph boxes: {r}");
+    assert!(
+        shown > 10.0 && (shown - tofu).abs() > 2.0,
+        "drawn as missing-glyph boxes: {r}"
+    );
     // Without a Tibetan font on the system the old stack drew boxes: then
     // this comparison is the test's own proof that it can fail.
     println!("old stack width {} vs boxes {tofu}", r["before"]);
-    let (h, line) = (r["rowHeight"].as_f64().unwrap_or(0.0), r["lineHeight"].as_f64().unwrap_or(21.0));
-    assert!(h > 0.0 && h < 3.5 * line, "the row keeps one line's height (stacked vowels included): {r}");
+    let (h, line) = (
+        r["rowHeight"].as_f64().unwrap_or(0.0),
+        r["lineHeight"].as_f64().unwrap_or(21.0),
+    );
+    assert!(
+        h > 0.0 && h < 3.5 * line,
+        "the row keeps one line's height (stacked vowels included): {r}"
+    );
     assert!(
         r["cellRight"].as_f64().unwrap_or(f64::MAX) <= r["viewport"].as_f64().unwrap_or(0.0) + 1.0,
         "the row stays in the page: {r}"

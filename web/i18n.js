@@ -287,5 +287,10 @@ export function fmtBytesOf(part, total) {
 // (app.css and consult.css hide the body until then, so a zh-CN user never
 // sees the English text the HTML carries).
 applyI18n(document);
+// The bundled Tibetan font (app.css, consult.css) is fetched now, not when
+// the first Tibetan text appears: Chromium keeps drawing a text node made of
+// Tibetan only as missing-glyph boxes if it was laid out while the font was
+// still loading. Cached for a year after the first page (immutable).
+if (document.fonts && document.fonts.load) document.fonts.load('16px "medrelay Tibetan"', '\u0f40').catch(() => {});
 for (const slot of document.querySelectorAll('[data-lang-switch]')) slot.replaceChildren(langSwitcher());
 document.documentElement.dataset.i18nReady = '';

@@ -33,9 +33,9 @@ impl From<AccountError> for ApiError {
             AccountError::NoSuchUser(_) => ApiError::NotFound("user"),
             AccountError::Db(d) => ApiError::Internal(d.to_string()),
             AccountError::Password(PasswordError::Hash(h)) => ApiError::Internal(h),
-            AccountError::Password(PasswordError::TooShort(min)) => ApiError::BadRequest(text)
-                .code(Code::PASSWORD_SHORT)
-                .param("min", min),
+            AccountError::Password(PasswordError::TooShort(min)) => {
+                ApiError::BadRequest(text).code(Code::PASSWORD_SHORT).param("min", min)
+            }
             AccountError::BadUsername => ApiError::BadRequest(text).code(Code::BAD_USERNAME),
             AccountError::NeedsClinic => ApiError::BadRequest(text).code(Code::NEEDS_CLINIC),
             AccountError::BadRole(_) => ApiError::BadRequest(text),

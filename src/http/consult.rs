@@ -323,7 +323,9 @@ pub(crate) async fn close_room_now(s: &Services, room: &str) -> Result<bool, Api
 pub(crate) fn sfu_err(e: SfuError) -> ApiError {
     match e {
         SfuError::NoSuchRoom => ApiError::NotFound("room"),
-        SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => ApiError::Unprocessable(e.to_string()).code(Code::ROOM_LIMIT),
+        SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => {
+            ApiError::Unprocessable(e.to_string()).code(Code::ROOM_LIMIT)
+        }
     }
 }
 
@@ -353,7 +355,9 @@ pub async fn add_participant(
     } else if rights.manage {
         invitee(&s, &c, owner, &body.username).await?
     } else {
-        return Err(ApiError::Forbidden("only the room's owner or an admin invites others".into()).code(Code::NOT_ROOM_OWNER));
+        return Err(
+            ApiError::Forbidden("only the room's owner or an admin invites others".into()).code(Code::NOT_ROOM_OWNER),
+        );
     };
     let participant = invitation(&user, &st.owner);
     let inv = s

@@ -181,7 +181,11 @@ mod tests {
         assert_eq!(negotiate("zh-CN,zh;q=0.9", HAVE), Some("zh-CN"));
         assert_eq!(negotiate("en-US,en;q=0.9", HAVE), Some("en"));
         assert_eq!(negotiate("de-DE, en;q=0.5, zh;q=0.8", HAVE), Some("zh-CN"));
-        assert_eq!(negotiate("zh-TW", HAVE), Some("zh-CN"), "any Chinese reads the simplified pages");
+        assert_eq!(
+            negotiate("zh-TW", HAVE),
+            Some("zh-CN"),
+            "any Chinese reads the simplified pages"
+        );
         assert_eq!(negotiate("ZH-cn", HAVE), Some("zh-CN"));
         assert_eq!(negotiate("en;q=0, zh;q=0.1", HAVE), Some("zh-CN"));
         assert_eq!(negotiate("fr, *;q=0.5", HAVE), None);
@@ -199,7 +203,11 @@ mod tests {
         u.language = Some("en".into());
         assert_eq!(choose(Some(&u), &h), ("en", Source::Account));
         u.language = Some("xx".into());
-        assert_eq!(choose(Some(&u), &h), ("zh-CN", Source::Browser), "a language we no longer have");
+        assert_eq!(
+            choose(Some(&u), &h),
+            ("zh-CN", Source::Browser),
+            "a language we no longer have"
+        );
         assert_eq!(choose(None, &HeaderMap::new()), ("zh-CN", Source::Default));
     }
 
@@ -239,7 +247,12 @@ mod tests {
     fn the_catalogues_have_the_same_keys_sections_and_placeholders() {
         let zh = entries(include_str!("../../web/i18n-zh-CN.js"));
         let en = entries(include_str!("../../web/i18n-en.js"));
-        assert!(zh.len() > 50 && en.len() > 50, "the parser found the entries: {} {}", zh.len(), en.len());
+        assert!(
+            zh.len() > 50 && en.len() > 50,
+            "the parser found the entries: {} {}",
+            zh.len(),
+            en.len()
+        );
         for (name, cat) in [("zh-CN", &zh), ("en", &en)] {
             let mut seen = std::collections::HashSet::new();
             for (section, key, _) in cat {
@@ -256,7 +269,10 @@ mod tests {
         let (zk, ek) = (by_key(&zh), by_key(&en));
         let only_zh: Vec<_> = zk.keys().filter(|k| !ek.contains_key(*k)).collect();
         let only_en: Vec<_> = ek.keys().filter(|k| !zk.contains_key(*k)).collect();
-        assert!(only_zh.is_empty() && only_en.is_empty(), "only in zh-CN: {only_zh:?}; only in en: {only_en:?}");
+        assert!(
+            only_zh.is_empty() && only_en.is_empty(),
+            "only in zh-CN: {only_zh:?}; only in en: {only_en:?}"
+        );
         for (k, (_, p)) in &zk {
             assert_eq!(Some(p), ek.get(k).map(|(_, p)| p), "placeholders of {k}");
         }

@@ -47,9 +47,9 @@ impl From<WorklistApplyError> for ApiError {
                 match r {
                     WorklistError::NotAnExpert | WorklistError::Forbidden => ApiError::Forbidden(text).code(Code::ROLE),
                     WorklistError::BadLease => ApiError::BadRequest(text),
-                    WorklistError::ClaimedByOther(by) => ApiError::Conflict(text)
-                        .code(Code::CLAIMED_BY_OTHER)
-                        .param("name", by),
+                    WorklistError::ClaimedByOther(by) => {
+                        ApiError::Conflict(text).code(Code::CLAIMED_BY_OTHER).param("name", by)
+                    }
                     WorklistError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
                     WorklistError::LeaseExpired => ApiError::Conflict(text).code(Code::LEASE_EXPIRED),
                     WorklistError::Invalid(..) => ApiError::Conflict(text).code(Code::WRONG_STATE),
@@ -70,12 +70,8 @@ impl From<ReportError> for ApiError {
             ReportError::Worklist(w) => w.into(),
             ReportError::Db(d) => ApiError::Internal(d.to_string()),
             ReportError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
-            ReportError::ClaimedByOther(by) => ApiError::Conflict(text)
-                .code(Code::CLAIMED_BY_OTHER)
-                .param("name", by),
-            ReportError::DraftByOther(by) => ApiError::Conflict(text)
-                .code(Code::DRAFT_BY_OTHER)
-                .param("name", by),
+            ReportError::ClaimedByOther(by) => ApiError::Conflict(text).code(Code::CLAIMED_BY_OTHER).param("name", by),
+            ReportError::DraftByOther(by) => ApiError::Conflict(text).code(Code::DRAFT_BY_OTHER).param("name", by),
             ReportError::NotAuthor => ApiError::Conflict(text).code(Code::NOT_AUTHOR),
             ReportError::WrongState(_) => ApiError::Conflict(text).code(Code::WRONG_STATE),
         }
@@ -403,10 +399,14 @@ pub async fn set_priority(
         .ok_or(ApiError::NotFound("worklist entry"))?;
     let (state, cur_rank): (String, i64) = (cur.get(0), cur.get(1));
     if !matches!(state.as_str(), "new" | "claimed" | "returned") {
-        return Err(ApiError::Conflict(format!("a study that is {state} has no reading priority")).code(Code::WRONG_STATE));
+        return Err(
+            ApiError::Conflict(format!("a study that is {state} has no reading priority")).code(Code::WRONG_STATE),
+        );
     }
     if c.is(Role::Clinic) && rank > cur_rank {
-        return Err(ApiError::Forbidden("clinics can raise the priority, not lower it".into()).code(Code::PRIORITY_LOWER));
+        return Err(
+            ApiError::Forbidden("clinics can raise the priority, not lower it".into()).code(Code::PRIORITY_LOWER),
+        );
     }
     // Conditional on the state read above, so a concurrent report is not overwritten.
     let r = sqlx::query(
@@ -858,7 +858,11 @@ pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result
 /// A page in the caller's language (see `http::lang`).
 fn page_of(name: &str, c: Result<Caller, ApiError>, headers: &HeaderMap) -> Response {
     match super::consult::asset(name) {
-        Some(b) => (super::consult::page_headers(), super::lang::page(&b, c.as_ref().ok(), headers)).into_response(),
+        Some(b) => (
+            super::consult::page_headers(),
+            super::lang::page(&b, c.as_ref().ok(), headers),
+        )
+            .into_response(),
         None => ApiError::NotFound("page").into_response(),
     }
 }

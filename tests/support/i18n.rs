@@ -21,8 +21,8 @@ use super::webdriver::{Session, SessionOpts};
 /// Latin terms a zh-CN page may show as they are (case-sensitive).
 pub const ALLOWED_LATIN: &[&str] = &[
     "CT", "MR", "MRI", "DR", "CR", "DX", "US", "XA", "MG", "PT", "NM", "ECG", "DICOM", "PACS", "SR", "ID", "AE", "UID",
-    "PDF", "ZIP", "HTTP", "HTTPS", "URL", "IP", "STAT", "kbit/s", "Mbit/s", "Gbit/s", "B", "KB", "MB", "GB", "ms", "mm",
-    "cm", "px", "HU", "WW", "WL", "medrelay", "English",
+    "PDF", "ZIP", "HTTP", "HTTPS", "URL", "IP", "STAT", "kbit/s", "Mbit/s", "Gbit/s", "B", "KB", "MB", "GB", "ms",
+    "mm", "cm", "px", "HU", "WW", "WL", "medrelay", "English",
 ];
 
 /// A Chromium session whose interface language (and so Accept-Language and
@@ -49,10 +49,13 @@ pub fn wait_ready(sess: &Session) -> Result<(), String> {
 
 /// The language the page is in (web/i18n.js's `lang()`).
 pub fn page_lang(sess: &Session) -> String {
-    sess.execute("return window.mrTest && window.mrTest.i18n ? window.mrTest.i18n.lang : ''", vec![])
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    sess.execute(
+        "return window.mrTest && window.mrTest.i18n ? window.mrTest.i18n.lang : ''",
+        vec![],
+    )
+    .ok()
+    .and_then(|v| v.as_str().map(String::from))
+    .unwrap_or_default()
 }
 
 const CHECKER: &str = r#"
@@ -123,7 +126,11 @@ pub fn check(sess: &Session, root: Option<&str>) -> Vec<String> {
         .unwrap_or_else(|e| json!({ "issues": [format!("checker failed: {e}")] }));
     r["issues"]
         .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+                .collect()
+        })
         .unwrap_or_else(|| vec![format!("checker answered {r}")])
 }
 
@@ -131,7 +138,12 @@ pub fn check(sess: &Session, root: Option<&str>) -> Vec<String> {
 pub fn assert_translated(sess: &Session, page: &str, root: Option<&str>) {
     let lang = page_lang(sess);
     let issues = check(sess, root);
-    assert!(issues.is_empty(), "{page} in {lang}: {} untranslated:\n{}", issues.len(), issues.join("\n"));
+    assert!(
+        issues.is_empty(),
+        "{page} in {lang}: {} untranslated:\n{}",
+        issues.len(),
+        issues.join("\n")
+    );
 }
 
 /// Saves `target/screenshots/i18n-<page>-<lang>.png`.
@@ -145,7 +157,8 @@ pub fn screenshot(sess: &Session, page: &str) {
 
 /// Clicks the switcher's button for `lang` and waits until the page is in it.
 pub fn switch_to(sess: &Session, lang: &str) {
-    sess.click(&format!("[data-test=lang-{lang}]")).expect("click the language switcher");
+    sess.click(&format!("[data-test=lang-{lang}]"))
+        .expect("click the language switcher");
     sess.wait_for(
         &format!("window.mrTest.i18n.lang === {}", Value::String(lang.into())),
         Duration::from_secs(30),
