@@ -15,7 +15,7 @@ fn main() {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".js") || n.ends_with(".css") || n.ends_with(".html"))
+                .filter(|n| [".js", ".css", ".html", ".woff2"].iter().any(|x| n.ends_with(x)))
                 .collect()
         })
         .unwrap_or_default();

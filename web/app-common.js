@@ -3,16 +3,30 @@
 // session-expired redirect, the page header, small formatters.
 //
 // PHI rule: nothing here logs patient names, IDs or report text.
+//
+// Every visible string goes through web/i18n.js (conventions: web/I18N.md);
+// the formatters live there and are re-exported here for the pages.
+
+import { t, has as hasMessage, translateElement, langSwitcher, fmtTime, fmtDuration, fmtNumber, fmtBytes, fmtBytesOf } from './i18n.js';
+
+export { t, lang, onLang, applyI18n, langSwitcher } from './i18n.js';
+export { fmtTime, fmtDuration, fmtNumber, fmtBytes, fmtBytesOf };
 
 let csrf = '';
 let me = null;
 
-/** Thrown for non-2xx answers; `status` and the server's `error` text. */
+/**
+ * Thrown for non-2xx answers: `status`, the server's English `error` text
+ * (for logs), and its machine `code` and `params`, which `errText` turns
+ * into the user's language.
+ */
 export class ApiError extends Error {
   constructor(status, message, body) {
     super(message);
     this.status = status;
     this.body = body;
+    this.code = (body && typeof body.code === 'string' && body.code) || '';
+    this.params = (body && body.params) || {};
   }
 }
 
@@ -80,12 +94,31 @@ export function homeOf(user) {
 export const $ = (sel, root = document) => root.querySelector(sel);
 export const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 
-/** Element builder: el('td', {class: 'x', dataset: {uid}}, 'text', child). */
+// el() attributes naming a message; kept as data-i18n* so applyI18n()
+// re-translates the element when the language is switched.
+const I18N_ATTRS = {
+  i18n: 'i18n',
+  i18nPlaceholder: 'i18nPlaceholder',
+  i18nTitle: 'i18nTitle',
+  i18nAriaLabel: 'i18nAriaLabel',
+};
+
+/**
+ * Element builder: el('td', {class: 'x', dataset: {uid}}, 'text', child).
+ * Interface text: el('button', {i18n: 'report.sign', i18nArgs: {n: 2}})
+ * (also i18nPlaceholder, i18nTitle, i18nAriaLabel); data shown to users:
+ * el('td', {translate: 'no'}, name).
+ */
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
+  let localized = false;
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'class') e.className = v;
+    else if (Object.hasOwn(I18N_ATTRS, k)) {
+      e.dataset[I18N_ATTRS[k]] = v;
+      localized = true;
+    } else if (k === 'i18nArgs') e.dataset.i18nArgs = JSON.stringify(v);
     else if (k === 'dataset') Object.assign(e.dataset, v);
     else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
     else if (k === 'text') e.textContent = v;
@@ -95,6 +128,7 @@ export function el(tag, attrs = {}, ...children) {
     if (c === undefined || c === null || c === false) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
+  if (localized) translateElement(e);
   return e;
 }
 
@@ -159,42 +193,26 @@ export function dicomDate(da) {
   return `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6, 8)}`;
 }
 
-export function fmtTime(ms) {
-  if (!ms) return '';
-  const d = new Date(ms);
-  const p = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
-}
-
-export function fmtDuration(ms) {
-  if (ms == null) return '';
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 60) return `${s} s`;
-  const m = Math.round(s / 60);
-  if (m < 60) return `${m} min`;
-  const h = Math.floor(m / 60);
-  if (h < 48) return `${h} h ${m % 60} min`;
-  return `${Math.floor(h / 24)} d ${h % 24} h`;
-}
-
 /**
  * The page header: product name, links for the caller's role, who is
- * logged in, logout. `active` is the current page's path.
+ * logged in, the language switcher, logout. `active` is the current page's
+ * path. Everything in it is re-translated in place on a language switch.
  */
 export function header(user, active) {
   const links = [];
-  if (user.role === 'clinic')
-    links.push(['/studies', 'Studies'], ['/requests', 'Consultations'], ['/broadcasts', 'Broadcasts']);
+  if (user.role === 'clinic') links.push(['/studies', 'studies'], ['/requests', 'requests'], ['/broadcasts', 'broadcasts']);
   if (user.role === 'expert')
-    links.push(['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations'], ['/broadcasts', 'Broadcasts']);
+    links.push(['/worklist', 'worklist'], ['/studies', 'studies'], ['/requests', 'requests'], ['/broadcasts', 'broadcasts']);
   if (user.role === 'admin')
-    links.push(['/admin', 'Admin'], ['/worklist', 'Worklist'], ['/studies', 'Studies'], ['/requests', 'Consultations']);
+    links.push(['/admin', 'admin'], ['/worklist', 'worklist'], ['/studies', 'studies'], ['/requests', 'requests']);
   const nav = el(
     'nav',
-    { class: 'app-nav' },
-    links.map(([href, label]) => el('a', { href, class: href === active ? 'active' : undefined }, label)),
+    { class: 'app-nav', i18nAriaLabel: 'common.nav.label' },
+    links.map(([href, key]) =>
+      el('a', { href, class: href === active ? 'active' : undefined, i18n: `common.nav.${key}` }),
+    ),
   );
-  const logout = el('button', { type: 'button', class: 'link', dataset: { test: 'logout' } }, 'Log out');
+  const logout = el('button', { type: 'button', class: 'link', dataset: { test: 'logout' }, i18n: 'common.logout' });
   logout.addEventListener('click', async () => {
     try {
       await api('/api/logout', { method: 'POST' });
@@ -202,8 +220,15 @@ export function header(user, active) {
       location.assign('/login');
     }
   });
-  const who = el('span', { class: 'app-user' }, `${user.display_name || user.username} · ${user.role}`);
-  const h = el('header', { class: 'app-header' }, el('a', { class: 'brand', href: '/' }, 'medrelay'), nav, who, logout);
+  const who = el(
+    'span',
+    { class: 'app-user', dataset: { test: 'user-menu' } },
+    el('span', { translate: 'no' }, user.display_name || user.username),
+    ' · ',
+    el('span', { i18n: `common.role.${user.role}` }),
+  );
+  const brand = el('a', { class: 'brand', href: '/', translate: 'no' }, 'medrelay');
+  const h = el('header', { class: 'app-header' }, brand, nav, who, langSwitcher(), logout);
   document.body.prepend(h);
   return h;
 }
@@ -249,9 +274,9 @@ export function age(birth, at) {
   if (Number.isNaN(b.getTime()) || r < b) return '';
   let months = (r.getFullYear() - b.getFullYear()) * 12 + (r.getMonth() - b.getMonth());
   if (r.getDate() < b.getDate()) months -= 1;
-  if (months >= 24) return `${Math.floor(months / 12)} y`;
-  if (months >= 1) return `${months} mo`;
-  return `${Math.round((r - b) / 86_400_000)} d`;
+  if (months >= 24) return t('common.age.y', { n: Math.floor(months / 12) });
+  if (months >= 1) return t('common.age.mo', { n: months });
+  return t('common.age.d', { n: Math.round((r - b) / 86_400_000) });
 }
 
 /** ms since epoch -> the value of an `<input type="datetime-local">`. */
@@ -268,10 +293,27 @@ export function fromLocalInput(v) {
   return Number.isFinite(ms) ? ms : null;
 }
 
-/** What to tell the user about a failed request. */
+/**
+ * What to tell the user about a failed request, as a message key and its
+ * arguments (for el({i18n, i18nArgs}), so a language switch re-translates
+ * it): the server's `code` (with its `params`) as `error.<code>`; without
+ * one, or one the catalogue lacks, a generic message with the HTTP status,
+ * never the server's English text.
+ */
+export function errMessage(err) {
+  if (err instanceof ApiError) {
+    const key = `error.${err.code}`;
+    if (err.code && hasMessage(key)) return { key, args: err.params };
+    if (err.status === 403) return { key: 'error.role', args: {} };
+    return { key: 'error.generic', args: { status: err.status } };
+  }
+  return { key: 'error.network', args: {} };
+}
+
+/** errMessage() as text in the language in use. */
 export function errText(err) {
-  if (err instanceof ApiError) return err.status === 403 ? 'Not allowed for your role' : err.message;
-  return 'Cannot reach the server — check the connection';
+  const { key, args } = errMessage(err);
+  return t(key, args);
 }
 
 /**
@@ -282,7 +324,7 @@ export function failer(hook) {
   return (what, err) => {
     if (err && err.name === 'AbortError') return null;
     if (err instanceof ApiError && err.status === 401) return null;
-    const msg = `${what}: ${errText(err)}`;
+    const msg = t('common.failed', { what, error: errText(err) });
     hook.errors.push(msg);
     toast(msg, 'error');
     return msg;

@@ -1171,7 +1171,8 @@ function setupTabs() {
 /* Test hooks (stable: the integration tests read these)                */
 /* ------------------------------------------------------------------ */
 
-window.mrTest = {
+// Added to window.mrTest (web/i18n.js keeps its hook there too), getters kept.
+window.mrTest = Object.defineProperties(window.mrTest || {}, Object.getOwnPropertyDescriptors({
   get state() {
     return app.state;
   },
@@ -1238,7 +1239,7 @@ window.mrTest = {
     return true;
   },
   sendPoint: (obj) => sendPoint(obj),
-};
+}));
 
 initPrejoin().catch(() => {
   log('start-up failed');

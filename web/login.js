@@ -2,8 +2,11 @@
 // (`?next=`, same-origin paths only) or to the role's home page.
 // PHI rule: nothing is logged; the password never leaves the form except in
 // the login request.
+//
+// Every text this page shows is set as a message key (data-i18n), so the
+// language switcher re-translates it in place, typed username included.
 
-import { api, ApiError, setSession, homeOf, testHook, $ } from './app-common.js';
+import { api, ApiError, setSession, homeOf, testHook, t, errMessage, $ } from './app-common.js';
 
 const hook = testHook('login', { ready: false, errors: [] });
 
@@ -34,10 +37,24 @@ export function safeNext(raw) {
   }
 }
 
-function showError(text) {
-  errorBox.textContent = text;
-  errorBox.hidden = !text;
-  if (text) hook.errors.push(text);
+/** Sets `e`'s text to message `key` and keeps the key for a language switch. */
+function say(e, key, args) {
+  e.dataset.i18n = key;
+  if (args) e.dataset.i18nArgs = JSON.stringify(args);
+  else delete e.dataset.i18nArgs;
+  e.textContent = t(key, args);
+}
+
+function showError(key, args) {
+  if (!key) {
+    delete errorBox.dataset.i18n;
+    errorBox.textContent = '';
+    errorBox.hidden = true;
+    return;
+  }
+  say(errorBox, key, args);
+  errorBox.hidden = false;
+  hook.errors.push(errorBox.textContent);
 }
 
 function lockFor(secs) {
@@ -49,14 +66,13 @@ function lockFor(secs) {
       clearInterval(lockTimer);
       lockTimer = null;
       button.disabled = false;
-      button.textContent = 'Sign in';
-      errorBox.textContent = '';
-      errorBox.hidden = true;
+      say(button, 'login.submit');
+      showError(null);
       return;
     }
     button.disabled = true;
-    button.textContent = `Wait ${left} s`;
-    errorBox.textContent = `Too many attempts, try again in ${left} s`;
+    say(button, 'login.wait', { secs: left });
+    say(errorBox, 'error.login_locked', { secs: left });
     errorBox.hidden = false;
   };
   tick();
@@ -68,54 +84,50 @@ async function submit(ev) {
   if (button.disabled || Date.now() < lockedUntil) return;
   const user = username.value.trim();
   if (!user || !password.value) {
-    showError('Enter your username and password');
+    showError('login.missing');
     (user ? password : username).focus();
     return;
   }
-  showError('');
+  showError(null);
   button.disabled = true;
-  button.textContent = 'Signing in…';
+  say(button, 'login.signing_in');
   button.setAttribute('aria-busy', 'true');
   let keep = false; // leave the button as it is (navigating away, or locked out)
   try {
     const r = await api('/api/login', { method: 'POST', body: { username: user, password: password.value } });
     setSession(r.user, r.csrf);
     const next = safeNext(new URLSearchParams(location.search).get('next'));
-    button.textContent = 'Signed in';
+    say(button, 'login.signed_in');
     keep = true;
     location.assign(next || homeOf(r.user));
     return;
   } catch (err) {
+    const { key, args } = errMessage(err);
     if (err instanceof ApiError && err.status === 401) {
-      showError('Wrong username or password');
+      showError(key, args);
       password.value = '';
       password.focus();
     } else if (err instanceof ApiError && err.status === 429) {
-      const secs = Number(err.body && err.body.retry_after_secs) || 30;
-      hook.errors.push(`Too many attempts, try again in ${secs} s`);
-      lockFor(Math.max(1, Math.ceil(secs)));
+      const secs = Math.max(1, Math.ceil(Number(err.body && err.body.retry_after_secs) || 30));
+      hook.errors.push(t('error.login_locked', { secs }));
+      lockFor(secs);
       keep = true;
-    } else if (err instanceof ApiError && err.status === 503) {
-      // Every password-checking slot is taken (a login flood): not the user's fault.
-      showError('The server is busy, try again in a moment');
-    } else if (err instanceof ApiError) {
-      showError(err.status === 403 ? 'Not allowed for your role' : `Sign-in failed: ${err.message}`);
     } else {
-      showError('Cannot reach the server. Check the connection and try again.');
+      // 503: every password-checking slot is taken (a login flood), not
+      // the user's fault; the server's code says so.
+      showError(key, args);
     }
   } finally {
     button.removeAttribute('aria-busy');
     if (!keep && Date.now() >= lockedUntil) {
       button.disabled = false;
-      button.textContent = 'Sign in';
+      say(button, 'login.submit');
     }
   }
 }
 
 form.addEventListener('submit', submit);
 
-if (new URLSearchParams(location.search).get('next')) {
-  $('#login-lead').textContent = 'Sign in to continue.';
-}
+if (new URLSearchParams(location.search).get('next')) say($('#login-lead'), 'login.lead_next');
 username.focus();
 hook.ready = true;

@@ -474,6 +474,9 @@ const MIGRATIONS: &[&str] = &[
          study_uid TEXT NOT NULL,
          PRIMARY KEY (key, study_uid)
      ) WITHOUT ROWID",
+    // 7: the interface language an account chose (NULL: follow the
+    // browser's Accept-Language); owned by reading::accounts.
+    "ALTER TABLE users ADD COLUMN language TEXT",
 ];
 
 /// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).

@@ -12,7 +12,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use super::auth::{now_ms, require};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use crate::app::Services;
 use crate::reading::access::{Caller, Role, check_affiliation};
 use crate::reading::accounts::{self, AccountError};
@@ -26,12 +26,19 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 impl From<AccountError> for ApiError {
     fn from(e: AccountError) -> Self {
+        use crate::reading::accounts::PasswordError;
+        let text = e.to_string();
         match e {
-            AccountError::Exists(_) => ApiError::Conflict(e.to_string()),
+            AccountError::Exists(name) => ApiError::Conflict(text).code(Code::USER_EXISTS).param("name", name),
             AccountError::NoSuchUser(_) => ApiError::NotFound("user"),
             AccountError::Db(d) => ApiError::Internal(d.to_string()),
-            AccountError::Password(crate::reading::accounts::PasswordError::Hash(h)) => ApiError::Internal(h),
-            other => ApiError::BadRequest(other.to_string()),
+            AccountError::Password(PasswordError::Hash(h)) => ApiError::Internal(h),
+            AccountError::Password(PasswordError::TooShort(min)) => {
+                ApiError::BadRequest(text).code(Code::PASSWORD_SHORT).param("min", min)
+            }
+            AccountError::BadUsername => ApiError::BadRequest(text).code(Code::BAD_USERNAME),
+            AccountError::NeedsClinic => ApiError::BadRequest(text).code(Code::NEEDS_CLINIC),
+            AccountError::BadRole(_) => ApiError::BadRequest(text),
         }
     }
 }
@@ -48,7 +55,8 @@ pub async fn add_user(
 ) -> Result<Response, ApiError> {
     require(&c, &[Role::Admin])?;
     let Json(nu) = b.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    check_affiliation(&s.cfg, nu.clinic_id.as_deref(), nu.hospital_id.as_deref()).map_err(ApiError::BadRequest)?;
+    check_affiliation(&s.cfg, nu.clinic_id.as_deref(), nu.hospital_id.as_deref())
+        .map_err(|why| ApiError::BadRequest(why).code(Code::UNKNOWN_AFFILIATION))?;
     let u = accounts::create_user(s.index.pool(), &nu, now_ms()).await?;
     audit::record(
         s.index.pool(),
@@ -64,7 +72,7 @@ pub async fn add_user(
 pub async fn disable_user(State(s): S, c: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     require(&c, &[Role::Admin])?;
     if name == c.user.username {
-        return Err(ApiError::BadRequest("you cannot disable your own account".into()));
+        return Err(ApiError::BadRequest("you cannot disable your own account".into()).code(Code::SELF_DISABLE));
     }
     accounts::set_disabled(s.index.pool(), &name, true).await?;
     audit::record(s.index.pool(), &c, "user_disable", None, Some(&name)).await;

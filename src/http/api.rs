@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::limits::ZipRefused;
 use super::uid::{Uid, check as check_uid};
 use super::zipstream::{ZipStream, instance_entry_name};
@@ -235,8 +235,10 @@ pub async fn study_zip(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Response
     let slot = s.zip_slots.try_acquire(&c.user.username).map_err(|r| {
         s.limits.zip_refused.fetch_add(1, Ordering::Relaxed);
         match r {
-            ZipRefused::Account => ApiError::Limited("your other study downloads are still running", 30),
-            ZipRefused::Global => ApiError::Busy("too many study downloads at once", 30),
+            ZipRefused::Account => {
+                ApiError::Limited("your other study downloads are still running", 30).code(Code::DOWNLOADS_LIMITED)
+            }
+            ZipRefused::Global => ApiError::Busy("too many study downloads at once", 30).code(Code::DOWNLOADS_BUSY),
         }
     })?;
     audit::record(s.index.pool(), &c, "download", Some(&uid), Some("study zip")).await;

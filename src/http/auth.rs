@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use crate::app::Services;
 use crate::reading::access::{Caller, Role, scope_of};
 use crate::reading::accounts::{self, LoginThrottle, PasswordPool, SessionCheck};
@@ -119,13 +119,15 @@ impl FromRequestParts<Arc<Services>> for Caller {
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let (user, csrf, hash) = match check {
             SessionCheck::Valid { user, csrf, hash } => (user, csrf, hash),
-            SessionCheck::Expired => return Err(ApiError::Unauthorized("session expired; log in again")),
+            SessionCheck::Expired => {
+                return Err(ApiError::Unauthorized("session expired; log in again").code(Code::SESSION_EXPIRED));
+            }
             SessionCheck::Unknown => return Err(ApiError::Unauthorized("log in first")),
         };
         if parts.method != Method::GET && parts.method != Method::HEAD {
             let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
             if !sent.is_some_and(|t| ct_eq(t.as_bytes(), csrf.as_bytes())) {
-                return Err(ApiError::Forbidden("missing or wrong CSRF token".into()));
+                return Err(ApiError::Forbidden("missing or wrong CSRF token".into()).code(Code::CSRF));
             }
         }
         let scope = scope_of(&user, &s.cfg);
@@ -149,7 +151,7 @@ pub fn require(c: &Caller, roles: &[Role]) -> Result<(), ApiError> {
     if roles.contains(&c.role()) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("not allowed for your role".into()))
+        Err(ApiError::Forbidden("not allowed for your role".into()).code(Code::ROLE))
     }
 }
 
@@ -172,7 +174,7 @@ pub async fn login(
     let ip = remote.map(|r| r.0.0.ip().to_string()).unwrap_or_default();
     if l.username.len() > 64 || l.password.len() > 1024 {
         // No account has such a name (or password): nothing to hash or count.
-        return Err(ApiError::Unauthorized("wrong username or password"));
+        return Err(ApiError::Unauthorized("wrong username or password").code(Code::LOGIN_FAILED));
     }
     let user_key = l.username.to_lowercase();
     let g = &s.login;
@@ -183,7 +185,7 @@ pub async fn login(
     g.throttle()?.check(&user_key, &ip, Instant::now()).map_err(locked)?;
     let Some(slot) = g.hasher.try_slot() else {
         s.limits.login_busy.fetch_add(1, Relaxed);
-        return Err(ApiError::Busy("the server is busy with other logins", 1));
+        return Err(ApiError::Busy("the server is busy with other logins", 1).code(Code::LOGIN_BUSY));
     };
     g.throttle()?.begin(&user_key, &ip, Instant::now()).map_err(locked)?;
     let user = accounts::check_login(s.index.pool(), &g.hasher, slot, &l.username, &l.password)
@@ -210,7 +212,7 @@ pub async fn login(
             )
             .await;
         }
-        return Err(ApiError::Unauthorized("wrong username or password"));
+        return Err(ApiError::Unauthorized("wrong username or password").code(Code::LOGIN_FAILED));
     };
     g.throttle()?.on_success(&user_key, &ip, Instant::now());
     let sess = accounts::create_session(s.index.pool(), &user.username, &ip, now_ms())

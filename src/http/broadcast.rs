@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::auth::require;
 use super::consult::{close_room_now, invitation, link_json, sfu_err};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::room_access;
 use crate::app::Services;
 use crate::reading::access::{Caller, Role};
@@ -104,21 +104,29 @@ pub async fn create(
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let title = req.title.trim().to_string();
     if title.is_empty() || title.chars().count() > 120 || title.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest("title: 1-120 printable characters".into()));
+        return Err(ApiError::BadRequest("title: 1-120 printable characters".into())
+            .code(Code::BAD_TITLE)
+            .param("max", 120));
     }
     if req.presenters.len() > MAX_CO_PRESENTERS {
-        return Err(ApiError::BadRequest(format!(
-            "presenters: at most {MAX_CO_PRESENTERS} colleagues"
-        )));
+        return Err(
+            ApiError::BadRequest(format!("presenters: at most {MAX_CO_PRESENTERS} colleagues"))
+                .code(Code::TOO_MANY_PARTICIPANTS)
+                .param("max", MAX_CO_PRESENTERS),
+        );
     }
     let hospital_id = room_access::broadcast_hospital(&c, &s.cfg).map_err(|why| ApiError::Forbidden(why.into()))?;
     let mut presenters = vec![c.user.username.clone()];
     for name in &req.presenters {
         if presenters.contains(name) {
-            return Err(ApiError::BadRequest(format!("{name:?} is named twice")));
+            return Err(ApiError::BadRequest(format!("{name:?} is named twice"))
+                .code(Code::NAMED_TWICE)
+                .param("name", name.as_str()));
         }
         if !accounts::valid_username(name) {
-            return Err(ApiError::BadRequest(format!("{name:?} is not a username")));
+            return Err(ApiError::BadRequest(format!("{name:?} is not a username"))
+                .code(Code::NOT_A_USERNAME)
+                .param("name", name.as_str()));
         }
         // Co-presenters are experts of the starter's hospital.
         accounts::get_user(s.index.pool(), name)
@@ -128,9 +136,10 @@ pub async fn create(
         presenters.push(name.clone());
     }
     if live(&s).await?.len() >= MAX_BROADCASTS {
-        return Err(ApiError::Unprocessable(format!(
-            "{MAX_BROADCASTS} broadcasts are live; end one first"
-        )));
+        return Err(
+            ApiError::Unprocessable(format!("{MAX_BROADCASTS} broadcasts are live; end one first"))
+                .code(Code::ROOM_LIMIT),
+        );
     }
     let info = BroadcastInfo {
         title: title.clone(),

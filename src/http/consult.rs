@@ -26,7 +26,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::auth::{now_ms, require, session_limits_ms};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::room_access::{self, Owner, Rights};
 use super::signal_session;
 use crate::app::Services;
@@ -77,7 +77,9 @@ pub struct NewRoom {
 fn check_name(n: &str, what: &str) -> Result<String, ApiError> {
     let t = n.trim();
     if t.is_empty() || t.chars().count() > 80 || t.chars().any(|c| c.is_control()) {
-        return Err(ApiError::BadRequest(format!("{what}: 1-80 printable characters")));
+        return Err(ApiError::BadRequest(format!("{what}: 1-80 printable characters"))
+            .code(Code::BAD_TITLE)
+            .param("max", 80));
     }
     Ok(t.to_string())
 }
@@ -143,7 +145,9 @@ fn engine_gone(e: EngineGone) -> ApiError {
 /// `owner`; unknown, disabled and out-of-scope accounts all answer 404.
 async fn invitee(s: &Services, c: &Caller, owner: Owner<'_>, username: &str) -> Result<User, ApiError> {
     if !accounts::valid_username(username) {
-        return Err(ApiError::BadRequest(format!("{username:?} is not a username")));
+        return Err(ApiError::BadRequest(format!("{username:?} is not a username"))
+            .code(Code::NOT_A_USERNAME)
+            .param("name", username));
     }
     accounts::get_user(s.index.pool(), username)
         .await?
@@ -167,13 +171,17 @@ pub async fn create_room(
         check_name(&req.title, "title")?
     };
     if req.participants.len() > MAX_INVITEES {
-        return Err(ApiError::BadRequest(format!("participants: at most {MAX_INVITEES}")));
+        return Err(ApiError::BadRequest(format!("participants: at most {MAX_INVITEES}"))
+            .code(Code::TOO_MANY_PARTICIPANTS)
+            .param("max", MAX_INVITEES));
     }
     let owner = RoomOwner::Account(c.user.username.clone());
     let mut ps = vec![invitation(&c.user, &owner)];
     for name in &req.participants {
         if ps.iter().any(|p| &p.account == name) {
-            return Err(ApiError::BadRequest(format!("{name:?} is named twice")));
+            return Err(ApiError::BadRequest(format!("{name:?} is named twice"))
+                .code(Code::NAMED_TWICE)
+                .param("name", name.as_str()));
         }
         let u = invitee(&s, &c, Owner::Account(&c.user.username), name).await?;
         ps.push(invitation(&u, &owner));
@@ -300,9 +308,7 @@ pub(crate) async fn join_request_room(
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .and_then(|r| r.room_id);
     }
-    Err(ApiError::Conflict(
-        "the consultation room changed meanwhile; try again".into(),
-    ))
+    Err(ApiError::Conflict("the consultation room changed meanwhile; try again".into()).code(Code::CHANGED_MEANWHILE))
 }
 
 /// Closes a room if it exists; true if it did.
@@ -317,7 +323,9 @@ pub(crate) async fn close_room_now(s: &Services, room: &str) -> Result<bool, Api
 pub(crate) fn sfu_err(e: SfuError) -> ApiError {
     match e {
         SfuError::NoSuchRoom => ApiError::NotFound("room"),
-        SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => ApiError::Unprocessable(e.to_string()),
+        SfuError::TooManyRooms(_) | SfuError::RoomFull(_) => {
+            ApiError::Unprocessable(e.to_string()).code(Code::ROOM_LIMIT)
+        }
     }
 }
 
@@ -347,9 +355,9 @@ pub async fn add_participant(
     } else if rights.manage {
         invitee(&s, &c, owner, &body.username).await?
     } else {
-        return Err(ApiError::Forbidden(
-            "only the room's owner or an admin invites others".into(),
-        ));
+        return Err(
+            ApiError::Forbidden("only the room's owner or an admin invites others".into()).code(Code::NOT_ROOM_OWNER),
+        );
     };
     let participant = invitation(&user, &st.owner);
     let inv = s
@@ -401,7 +409,7 @@ pub async fn room_status(
 pub async fn close_room(State(s): S, c: Caller, Path(room): Path<String>) -> Result<StatusCode, ApiError> {
     let (_, rights, _) = room_for(&s, &c, &room).await?;
     if !rights.manage {
-        return Err(ApiError::Forbidden("only the room's owner or an admin ends it".into()));
+        return Err(ApiError::Forbidden("only the room's owner or an admin ends it".into()).code(Code::NOT_ROOM_OWNER));
     }
     if close_room_now(&s, &room).await? {
         audit::record(s.index.pool(), &c, "room_close", None, Some(&room)).await;
@@ -415,6 +423,11 @@ pub async fn close_room(State(s): S, c: Caller, Path(room): Path<String>) -> Res
 
 mod assets {
     include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
+}
+
+/// The names of the embedded pages and modules.
+pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
+    assets::WEB_ASSETS.iter().map(|(n, _)| *n)
 }
 
 /// A page or module. `MEDRELAY_WEB_DIR` (development only) serves `web/`
@@ -452,16 +465,16 @@ pub(crate) fn page_headers() -> HeaderMap {
 /// The consultation page (also `/broadcast`). With `http.test_hooks` on
 /// (test servers only) it carries a marker that lets the page honour its
 /// test hooks (`#via=`, `#autojoin=1`); production pages never do.
-pub async fn consult_page(State(s): S) -> Response {
+pub async fn consult_page(State(s): S, c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
     let Some(page) = asset("consult.html") else {
         return ApiError::NotFound("page").into_response();
     };
+    let html = super::lang::page(&page, c.as_ref().ok(), &headers);
     if !s.cfg.http.test_hooks {
-        return (static_headers("text/html; charset=utf-8"), page).into_response();
+        return (page_headers(), html).into_response();
     }
-    let html =
-        String::from_utf8_lossy(&page).replacen("<head>", "<head>\n  <meta name=\"mr-test-hooks\" content=\"1\">", 1);
-    (static_headers("text/html; charset=utf-8"), html).into_response()
+    let html = html.replacen("<head>", "<head>\n  <meta name=\"mr-test-hooks\" content=\"1\">", 1);
+    (page_headers(), html).into_response()
 }
 
 pub async fn web_asset(Path(name): Path<String>) -> Response {
@@ -469,11 +482,22 @@ pub async fn web_asset(Path(name): Path<String>) -> Response {
         "text/javascript; charset=utf-8"
     } else if name.ends_with(".css") {
         "text/css; charset=utf-8"
+    } else if name.ends_with(".woff2") {
+        "font/woff2"
     } else {
         "text/html; charset=utf-8"
     };
+    let mut h = static_headers(ctype);
+    if name.ends_with(".woff2") {
+        // A font never changes under its name (a new version gets a new
+        // one), and re-fetching 160 KB per page on a clinic link is waste.
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("public, max-age=31536000, immutable"),
+        );
+    }
     match asset(&name) {
-        Some(b) => (static_headers(ctype), b).into_response(),
+        Some(b) => (h, b).into_response(),
         None => ApiError::NotFound("file").into_response(),
     }
 }

@@ -14,6 +14,7 @@ pub mod compress;
 pub mod consult;
 pub mod error;
 pub mod images;
+pub mod lang;
 pub mod limits;
 pub mod reading;
 pub mod relay;
@@ -47,6 +48,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
+        .route("/api/me/language", axum::routing::put(lang::set_mine))
         .route("/api/clinics", get(reading::clinics))
         .route("/api/worklist", get(reading::worklist))
         .route("/api/worklist/{uid}/claim", post(reading::claim))

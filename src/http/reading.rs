@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,7 +17,7 @@ use sqlx::Row;
 
 use super::api::study_for;
 use super::auth::{now_ms, require};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::uid::Uid;
 use crate::app::Services;
 use crate::archive::index::{WorklistApplyError, push_in};
@@ -42,11 +42,19 @@ impl From<WorklistApplyError> for ApiError {
     fn from(e: WorklistApplyError) -> Self {
         match e {
             WorklistApplyError::NoSuchStudy => ApiError::NotFound("worklist entry"),
-            WorklistApplyError::Rule(r) => match r {
-                WorklistError::NotAnExpert | WorklistError::Forbidden => ApiError::Forbidden(r.to_string()),
-                WorklistError::BadLease => ApiError::BadRequest(r.to_string()),
-                _ => ApiError::Conflict(r.to_string()),
-            },
+            WorklistApplyError::Rule(r) => {
+                let text = r.to_string();
+                match r {
+                    WorklistError::NotAnExpert | WorklistError::Forbidden => ApiError::Forbidden(text).code(Code::ROLE),
+                    WorklistError::BadLease => ApiError::BadRequest(text),
+                    WorklistError::ClaimedByOther(by) => {
+                        ApiError::Conflict(text).code(Code::CLAIMED_BY_OTHER).param("name", by)
+                    }
+                    WorklistError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
+                    WorklistError::LeaseExpired => ApiError::Conflict(text).code(Code::LEASE_EXPIRED),
+                    WorklistError::Invalid(..) => ApiError::Conflict(text).code(Code::WRONG_STATE),
+                }
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -54,22 +62,32 @@ impl From<WorklistApplyError> for ApiError {
 
 impl From<ReportError> for ApiError {
     fn from(e: ReportError) -> Self {
+        let text = e.to_string();
         match e {
-            ReportError::Empty | ReportError::TooLong => ApiError::BadRequest(e.to_string()),
+            ReportError::Empty => ApiError::BadRequest(text).code(Code::REPORT_EMPTY),
+            ReportError::TooLong => ApiError::BadRequest(text).code(Code::REPORT_TOO_LONG),
             ReportError::NotOnWorklist => ApiError::NotFound("worklist entry"),
             ReportError::Worklist(w) => w.into(),
             ReportError::Db(d) => ApiError::Internal(d.to_string()),
-            _ => ApiError::Conflict(e.to_string()),
+            ReportError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
+            ReportError::ClaimedByOther(by) => ApiError::Conflict(text).code(Code::CLAIMED_BY_OTHER).param("name", by),
+            ReportError::DraftByOther(by) => ApiError::Conflict(text).code(Code::DRAFT_BY_OTHER).param("name", by),
+            ReportError::NotAuthor => ApiError::Conflict(text).code(Code::NOT_AUTHOR),
+            ReportError::WrongState(_) => ApiError::Conflict(text).code(Code::WRONG_STATE),
         }
     }
 }
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
+        let text = e.to_string();
         match e {
-            RequestError::NotAnExpert | RequestError::Forbidden => ApiError::Forbidden(e.to_string()),
-            RequestError::InPast => ApiError::BadRequest(e.to_string()),
-            _ => ApiError::Conflict(e.to_string()),
+            RequestError::NotAnExpert | RequestError::Forbidden => ApiError::Forbidden(text).code(Code::ROLE),
+            RequestError::InPast => ApiError::BadRequest(text).code(Code::IN_PAST),
+            RequestError::TooEarly => ApiError::Conflict(text)
+                .code(Code::TOO_EARLY)
+                .param("mins", requests::JOIN_EARLY_MS / 60_000),
+            RequestError::Invalid(..) => ApiError::Conflict(text).code(Code::WRONG_STATE),
         }
     }
 }
@@ -288,10 +306,12 @@ pub struct Reason {
 fn reason_text(r: &str, required: bool) -> Result<String, ApiError> {
     let t = r.trim();
     if required && t.is_empty() {
-        return Err(ApiError::BadRequest("a reason is required".into()));
+        return Err(ApiError::BadRequest("a reason is required".into()).code(Code::REASON_REQUIRED));
     }
     if t.chars().count() > 2000 {
-        return Err(ApiError::BadRequest("reason: at most 2000 characters".into()));
+        return Err(ApiError::BadRequest("reason: at most 2000 characters".into())
+            .code(Code::REASON_TOO_LONG)
+            .param("max", 2000));
     }
     Ok(t.to_string())
 }
@@ -379,14 +399,14 @@ pub async fn set_priority(
         .ok_or(ApiError::NotFound("worklist entry"))?;
     let (state, cur_rank): (String, i64) = (cur.get(0), cur.get(1));
     if !matches!(state.as_str(), "new" | "claimed" | "returned") {
-        return Err(ApiError::Conflict(format!(
-            "a study that is {state} has no reading priority"
-        )));
+        return Err(
+            ApiError::Conflict(format!("a study that is {state} has no reading priority")).code(Code::WRONG_STATE),
+        );
     }
     if c.is(Role::Clinic) && rank > cur_rank {
-        return Err(ApiError::Forbidden(
-            "clinics can raise the priority, not lower it".into(),
-        ));
+        return Err(
+            ApiError::Forbidden("clinics can raise the priority, not lower it".into()).code(Code::PRIORITY_LOWER),
+        );
     }
     // Conditional on the state read above, so a concurrent report is not overwritten.
     let r = sqlx::query(
@@ -403,7 +423,7 @@ pub async fn set_priority(
     .await
     .map_err(internal)?;
     if r.rows_affected() == 0 {
-        return Err(ApiError::Conflict("the study changed meanwhile; try again".into()));
+        return Err(ApiError::Conflict("the study changed meanwhile; try again".into()).code(Code::CHANGED_MEANWHILE));
     }
     sqlx::query(
         "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
@@ -617,23 +637,23 @@ pub async fn create_request(State(s): S, c: Caller, b: JsonBody<requests::NewReq
         .user
         .clinic_id
         .clone()
-        .ok_or(ApiError::Forbidden("your account has no clinic".into()))?;
+        .ok_or_else(|| ApiError::Forbidden("your account has no clinic".into()).code(Code::NO_CLINIC))?;
     r.question = reason_text(&r.question, true)?;
     if !PRIORITIES.contains(&r.urgency.as_str()) {
-        return Err(ApiError::BadRequest("urgency must be stat, urgent or routine".into()));
+        return Err(ApiError::BadRequest("urgency must be stat, urgent or routine".into()).code(Code::BAD_URGENCY));
     }
     if r.study_uids.len() > 20 {
-        return Err(ApiError::BadRequest("at most 20 studies per request".into()));
+        return Err(ApiError::BadRequest("at most 20 studies per request".into())
+            .code(Code::TOO_MANY_STUDIES)
+            .param("max", 20));
     }
     if r.patient_id.chars().count() > 64 || r.patient_name.chars().count() > 200 {
-        return Err(ApiError::BadRequest("patient id/name too long".into()));
+        return Err(ApiError::BadRequest("patient id/name too long".into()).code(Code::PATIENT_TOO_LONG));
     }
     if let (Some(a), Some(b)) = (r.preferred_from_ms, r.preferred_to_ms)
         && b < a
     {
-        return Err(ApiError::BadRequest(
-            "preferred time window ends before it starts".into(),
-        ));
+        return Err(ApiError::BadRequest("preferred time window ends before it starts".into()).code(Code::BAD_WINDOW));
     }
     for uid in &r.study_uids {
         let st = study_for(&s, &c, uid).await?;
@@ -709,7 +729,7 @@ async fn change_request(
     .await
     .map_err(internal)?
     {
-        return Err(ApiError::Conflict("the request changed meanwhile; reload".into()));
+        return Err(ApiError::Conflict("the request changed meanwhile; reload".into()).code(Code::CHANGED_MEANWHILE));
     }
     // A cancelled or finished consultation ends its room at once: the
     // participants are dropped and their links stop working.
@@ -748,7 +768,7 @@ pub async fn accept_request(
     let ch = body(b)?;
     let when = ch
         .scheduled_ms
-        .ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
+        .ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()).code(Code::SCHEDULE_REQUIRED))?;
     Ok(Json(
         json!({ "request": change_request(&s, &c, id, ReqAction::Accept { scheduled_ms: when }, None).await? }),
     ))
@@ -763,7 +783,7 @@ pub async fn reschedule_request(
     let ch = body(b)?;
     let when = ch
         .scheduled_ms
-        .ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()))?;
+        .ok_or_else(|| ApiError::BadRequest("scheduled_ms is required".into()).code(Code::SCHEDULE_REQUIRED))?;
     Ok(Json(
         json!({ "request": change_request(&s, &c, id, ReqAction::Reschedule { scheduled_ms: when }, None).await? }),
     ))
@@ -835,21 +855,26 @@ pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result
 
 // ------------------------------------------------------------------ pages
 
-fn page_of(name: &str) -> Response {
+/// A page in the caller's language (see `http::lang`).
+fn page_of(name: &str, c: Result<Caller, ApiError>, headers: &HeaderMap) -> Response {
     match super::consult::asset(name) {
-        Some(b) => (super::consult::page_headers(), b).into_response(),
+        Some(b) => (
+            super::consult::page_headers(),
+            super::lang::page(&b, c.as_ref().ok(), headers),
+        )
+            .into_response(),
         None => ApiError::NotFound("page").into_response(),
     }
 }
 
-pub async fn login_page() -> Response {
-    page_of("login.html")
+pub async fn login_page(c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
+    page_of("login.html", c, &headers)
 }
-pub async fn studies_page() -> Response {
-    page_of("studies.html")
+pub async fn studies_page(c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
+    page_of("studies.html", c, &headers)
 }
-pub async fn worklist_page() -> Response {
-    page_of("worklist.html")
+pub async fn worklist_page(c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
+    page_of("worklist.html", c, &headers)
 }
 #[derive(Deserialize)]
 pub struct ViewerQuery {
@@ -896,7 +921,12 @@ async fn viewer_initial(s: &Services, c: &Caller, uid: &str) -> Result<(String, 
     Ok((text, preview))
 }
 
-pub async fn viewer_page(State(s): S, c: Result<Caller, ApiError>, Query(q): Query<ViewerQuery>) -> Response {
+pub async fn viewer_page(
+    State(s): S,
+    c: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    Query(q): Query<ViewerQuery>,
+) -> Response {
     let Some(page) = super::consult::asset("viewer.html") else {
         return ApiError::NotFound("page").into_response();
     };
@@ -904,10 +934,10 @@ pub async fn viewer_page(State(s): S, c: Result<Caller, ApiError>, Query(q): Que
         (Ok(c), Some(uid)) => viewer_initial(&s, c, uid).await.ok(),
         _ => None,
     };
+    let html = super::lang::page(&page, c.as_ref().ok(), &headers);
     let Some((data, preview)) = initial else {
-        return (super::consult::page_headers(), page).into_response();
+        return (super::consult::page_headers(), html).into_response();
     };
-    let html = String::from_utf8_lossy(&page);
     let head = format!(
         "<script type=\"application/json\" id=\"mr-initial\">{data}</script>\n\
          <link rel=\"preload\" as=\"fetch\" crossorigin=\"use-credentials\" href=\"{preview}\">\n</head>"
@@ -921,14 +951,14 @@ pub async fn viewer_page(State(s): S, c: Result<Caller, ApiError>, Query(q): Que
     );
     (h, body).into_response()
 }
-pub async fn requests_page() -> Response {
-    page_of("requests.html")
+pub async fn requests_page(c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
+    page_of("requests.html", c, &headers)
 }
-pub async fn broadcasts_page() -> Response {
-    page_of("broadcasts.html")
+pub async fn broadcasts_page(c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
+    page_of("broadcasts.html", c, &headers)
 }
-pub async fn admin_page() -> Response {
-    page_of("admin.html")
+pub async fn admin_page(c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
+    page_of("admin.html", c, &headers)
 }
 
 /// `/`: the caller's home page, or the login page.

@@ -46,6 +46,9 @@ pub struct User {
     pub hospital_id: Option<String>,
     pub department: Option<String>,
     pub disabled: bool,
+    /// The interface language the account chose (`zh-CN`, `en`, …); None
+    /// follows the browser's Accept-Language.
+    pub language: Option<String>,
 }
 
 /// The authenticated caller of one request.
@@ -171,6 +174,7 @@ pub(crate) mod testing {
             hospital_id: hospital.map(String::from),
             department: None,
             disabled: false,
+            language: None,
         }
     }
 

@@ -425,6 +425,7 @@ pub async fn create_user(pool: &SqlitePool, u: &NewUser, now_ms: i64) -> Result<
         hospital_id: non_empty(&u.hospital_id),
         department: non_empty(&u.department),
         disabled: false,
+        language: None,
     })
 }
 
@@ -476,7 +477,22 @@ fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<User> {
         hospital_id: r.get("hospital_id"),
         department: r.get("department"),
         disabled: r.get::<i64, _>("disabled") != 0,
+        language: r.get("language"),
     })
+}
+
+/// Sets the account's interface language; None follows the browser again.
+/// The caller checks `language` against the languages the pages have.
+pub async fn set_language(pool: &SqlitePool, username: &str, language: Option<&str>) -> Result<(), AccountError> {
+    let r = sqlx::query("UPDATE users SET language = ? WHERE username = ?")
+        .bind(language)
+        .bind(username)
+        .execute(pool)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(AccountError::NoSuchUser(username.into()));
+    }
+    Ok(())
 }
 
 pub async fn list_users(pool: &SqlitePool) -> Result<Vec<User>, AccountError> {

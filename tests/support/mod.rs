@@ -6,6 +6,7 @@
 //! message rather than skipping: a skipped peer test proves nothing.
 #![allow(dead_code)]
 
+pub mod i18n;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
