@@ -98,7 +98,9 @@ fn back_to_chinese(sess: &Session) {
 fn worklist_ready(sess: &Session, uid: &str) {
     wait(
         sess,
-        &format!("window.mrTest.worklist && window.mrTest.worklist.ready && window.mrTest.worklist.uids.includes('{uid}')"),
+        &format!(
+            "window.mrTest.worklist && window.mrTest.worklist.ready && window.mrTest.worklist.uids.includes('{uid}')"
+        ),
         "worklist row",
     );
 }
@@ -114,16 +116,22 @@ fn worklist_in_chinese_and_english() {
     i18n::wait_ready(&sess).expect("ready");
     worklist_ready(&sess, &uid);
     assert_eq!(i18n::page_lang(&sess), "zh-CN");
+    assert_translated(&sess, "worklist", None);
     assert_eq!(js(&sess, "document.title"), json!("阅片列表 — medrelay"));
     assert_eq!(
-        js(&sess, "document.querySelector('[data-test=worklist-row] .badge.prio-stat').textContent"),
+        js(
+            &sess,
+            "document.querySelector('[data-test=worklist-row] .badge.prio-stat').textContent"
+        ),
         json!("急诊")
     );
     assert_eq!(
-        js(&sess, "document.querySelector('[data-test=worklist-row] [data-test=claim]').textContent"),
+        js(
+            &sess,
+            "document.querySelector('[data-test=worklist-row] [data-test=claim]').textContent"
+        ),
         json!("领取")
     );
-    assert_translated(&sess, "worklist", None);
     screenshot(&sess, "worklist");
 
     // A filter that matches nothing: the empty list. A switch to English
@@ -135,7 +143,10 @@ fn worklist_in_chinese_and_english() {
         "window.mrTest.worklist.total === 0 && !document.querySelector('#empty').hidden",
         "empty list",
     );
-    assert_eq!(js(&sess, "document.querySelector('#empty').textContent"), json!("暂无待阅片的检查。"));
+    assert_eq!(
+        js(&sess, "document.querySelector('#empty').textContent"),
+        json!("暂无待阅片的检查。")
+    );
     assert_translated(&sess, "worklist-empty", None);
     screenshot(&sess, "worklist-empty");
     switch_to(&sess, "en");
@@ -156,16 +167,26 @@ fn worklist_in_chinese_and_english() {
     // Back to the full list in English: the row re-rendered in place.
     sess.click("#filters button[type=reset]").expect("clear the filters");
     worklist_ready(&sess, &uid);
-    wait(&sess, "!!document.querySelector('[data-test=worklist-row]')", "row back");
+    wait(
+        &sess,
+        "!!document.querySelector('[data-test=worklist-row]')",
+        "row back",
+    );
     assert_eq!(
-        js(&sess, "document.querySelector('[data-test=worklist-row] .badge.prio-stat').textContent"),
+        js(
+            &sess,
+            "document.querySelector('[data-test=worklist-row] .badge.prio-stat').textContent"
+        ),
         json!("STAT")
     );
     assert_translated(&sess, "worklist", None);
     screenshot(&sess, "worklist");
     back_to_chinese(&sess);
     assert_eq!(
-        js(&sess, "document.querySelector('[data-test=worklist-row] .badge.prio-stat').textContent"),
+        js(
+            &sess,
+            "document.querySelector('[data-test=worklist-row] .badge.prio-stat').textContent"
+        ),
         json!("急诊")
     );
     assert_translated(&sess, "worklist", None);
@@ -182,8 +203,10 @@ fn worklist_in_chinese_and_english() {
         Some(&other),
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    sess.click(&format!("[data-test=worklist-row][data-uid=\"{uid}\"] [data-test=claim]"))
-        .expect("claim");
+    sess.click(&format!(
+        "[data-test=worklist-row][data-uid=\"{uid}\"] [data-test=claim]"
+    ))
+    .expect("claim");
     wait(&sess, "window.mrTest.worklist.errors.length > 0", "claim refused");
     let err = js(&sess, "window.mrTest.worklist.errors[0]");
     assert_eq!(err, json!("未能领取：该检查正由 exp2 阅片"), "{err}");
@@ -200,8 +223,16 @@ fn worklist_in_chinese_and_english() {
     let clinic = ch.session(&i18n::opts("zh-CN")).expect("session");
     ui_login(&clinic, &s, "doc1", PW, "/worklist");
     i18n::wait_ready(&clinic).expect("ready");
-    wait(&clinic, "window.mrTest.worklist && window.mrTest.worklist.ready", "worklist page");
-    wait(&clinic, "!!document.querySelector('.notice a[href=\"/studies\"]')", "notice");
+    wait(
+        &clinic,
+        "window.mrTest.worklist && window.mrTest.worklist.ready",
+        "worklist page",
+    );
+    wait(
+        &clinic,
+        "!!document.querySelector('.notice a[href=\"/studies\"]')",
+        "notice",
+    );
     assert_translated(&clinic, "worklist-clinic", None);
     screenshot(&clinic, "worklist-clinic");
     switch_to(&clinic, "en");
@@ -237,7 +268,11 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     ui_login(&exp, &s, "exp1", PW, "/worklist");
     goto(&exp, &s, &viewer);
     viewer_ready(&exp);
-    wait(&exp, "!document.querySelector('#report-root [data-test=claim]').hidden", "claim button");
+    wait(
+        &exp,
+        "!document.querySelector('#report-root [data-test=claim]').hidden",
+        "claim button",
+    );
     assert_eq!(js(&exp, "document.title"), json!("阅片 · medrelay"));
     assert_translated(&exp, "viewer", None);
     screenshot(&exp, "viewer");
@@ -249,7 +284,11 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     screenshot(&exp, "viewer-help");
     exp.click("#help-panel").expect("close help");
     exp.click("[data-test=tags-toggle]").expect("tags");
-    wait(&exp, "!!document.querySelector('[data-test=tags-list] tbody tr')", "tag list");
+    wait(
+        &exp,
+        "!!document.querySelector('[data-test=tags-list] tbody tr')",
+        "tag list",
+    );
     assert_translated(&exp, "viewer-tags", None);
     screenshot(&exp, "viewer-tags");
     exp.click("#tags-close").expect("close tags");
@@ -264,7 +303,8 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     let findings = "右肺下叶见一约8mm结节，边界清楚";
     exp.send_keys("[data-test=findings]", findings).expect("findings");
     wait(&exp, "window.mrTest.viewer.reportSaved > 0", "draft autosaved");
-    exp.send_keys("[data-test=impression]", "建议3个月后复查").expect("impression");
+    exp.send_keys("[data-test=impression]", "建议3个月后复查")
+        .expect("impression");
     assert_translated(&exp, "viewer-claimed", None);
     screenshot(&exp, "viewer-claimed");
 
@@ -274,13 +314,19 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     assert_eq!(js(&exp, "window.mrTest.viewer.index"), json!(1));
     assert_eq!(js(&exp, "window.mrTest.viewer.preset"), json!("lung"));
     assert_eq!(js(&exp, "window.mrTest.viewer.claimedBy"), json!("exp1"));
-    assert_eq!(js(&exp, "document.querySelector('[data-test=findings]').value"), json!(findings));
+    assert_eq!(
+        js(&exp, "document.querySelector('[data-test=findings]').value"),
+        json!(findings)
+    );
     assert_eq!(
         js(&exp, "document.querySelector('[data-test=impression]').value"),
         json!("建议3个月后复查")
     );
     assert_eq!(
-        js(&exp, "document.querySelector('#report-root [data-test=sign]').textContent"),
+        js(
+            &exp,
+            "document.querySelector('#report-root [data-test=sign]').textContent"
+        ),
         json!("Sign report")
     );
     assert_eq!(js(&exp, "document.title"), json!("Viewer · medrelay"));
@@ -288,7 +334,10 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     screenshot(&exp, "viewer-claimed");
     back_to_chinese(&exp);
     assert_eq!(
-        js(&exp, "document.querySelector('#report-root [data-test=sign]').textContent"),
+        js(
+            &exp,
+            "document.querySelector('#report-root [data-test=sign]').textContent"
+        ),
         json!("签发报告")
     );
     assert_translated(&exp, "viewer-claimed", None);
@@ -301,7 +350,11 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     wait(&exp2, "window.mrTest.viewer.claimedBy === 'exp1'", "sees the claim");
     assert_translated(&exp2, "viewer-held", None);
     exp2.click("#report-root [data-test=claim]").expect("claim");
-    wait(&exp2, "!!document.querySelector('[data-test=claim-holder]')", "refusal shown");
+    wait(
+        &exp2,
+        "!!document.querySelector('[data-test=claim-holder]')",
+        "refusal shown",
+    );
     assert_eq!(
         js(&exp2, "document.querySelector('[data-test=claim-holder]').textContent"),
         json!("该检查正由 exp1 阅片")
@@ -319,14 +372,21 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     exp.click("#report-root [data-test=sign]").expect("sign");
     dialog_open(&exp, "sign-confirm");
     assert_eq!(
-        js(&exp, "document.querySelector('[data-test=sign-confirm-ok]').textContent"),
+        js(
+            &exp,
+            "document.querySelector('[data-test=sign-confirm-ok]').textContent"
+        ),
         json!("签发")
     );
     assert_translated(&exp, "viewer-sign", Some("[data-test=sign-confirm]"));
     screenshot(&exp, "viewer-sign");
     exp.click("[data-test=sign-confirm-ok]").expect("confirm");
     wait(&exp, "window.mrTest.viewer.signedVersion === 1", "signed");
-    wait(&exp, "!!document.querySelector('[data-test=versions] li[data-status=signed]')", "versions");
+    wait(
+        &exp,
+        "!!document.querySelector('[data-test=versions] li[data-status=signed]')",
+        "versions",
+    );
     exp.execute(
         "document.querySelectorAll('[data-test=versions] details').forEach((d) => (d.open = true))",
         vec![],
@@ -375,7 +435,11 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     admin
         .click("#report-root details.history summary")
         .expect("open the history");
-    wait(&admin, "document.querySelectorAll('#report-root .history-list li').length >= 2", "history");
+    wait(
+        &admin,
+        "document.querySelectorAll('#report-root .history-list li').length >= 2",
+        "history",
+    );
     assert_translated(&admin, "viewer-admin", None);
     screenshot(&admin, "viewer-admin");
     let _ = admin.quit();
