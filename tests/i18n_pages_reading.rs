@@ -440,6 +440,16 @@ fn viewer_and_report_panel_in_chinese_and_english() {
         "document.querySelectorAll('#report-root .history-list li').length >= 2",
         "history",
     );
+    // The server's own notes are shown as messages, not as its English.
+    let history = js(
+        &admin,
+        "document.querySelector('#report-root .history-list').textContent",
+    );
+    let history = history.as_str().unwrap_or("");
+    assert!(
+        history.contains("第 1 版报告已签发") && history.contains("优先级 急诊") && history.contains("李医生"),
+        "{history}"
+    );
     assert_translated(&admin, "viewer-admin", None);
     screenshot(&admin, "viewer-admin");
     let _ = admin.quit();

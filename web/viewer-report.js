@@ -42,6 +42,21 @@ function coded(prefix, codes, v, attrs = {}) {
 }
 
 /**
+ * A history entry's detail: the notes the server writes itself (fixed
+ * English, src/reading/reports.rs, src/http/reading.rs, src/archive/index.rs)
+ * as messages; anything else (a return reason someone typed) as data.
+ */
+function historyDetail(detail) {
+  let m = /^priority (stat|urgent|routine)$/.exec(detail);
+  if (m) return [el('span', { i18n: 'report.hist.priority' }), ' ', el('span', { i18n: `viewer.prio.${m[1]}` })];
+  m = /^report v(\d+) signed( \(amendment\))?$/.exec(detail);
+  if (m) return [el('span', { i18n: m[2] ? 'report.hist.signed_amend' : 'report.hist.signed', i18nArgs: { v: Number(m[1]) } })];
+  if (detail === 'shown on the clinic page') return [el('span', { i18n: 'report.hist.shown' })];
+  if (detail === 'new images arrived') return [el('span', { i18n: 'report.hist.new_images' })];
+  return [el('span', { translate: 'no' }, detail)];
+}
+
+/**
  * An in-page confirmation (WebDriver can click it; window.confirm it cannot).
  * `text`: the body as nodes (built with el({i18n})); `ok`: the button's message key.
  */
@@ -288,8 +303,10 @@ export class ReportPanel {
             ' → ',
             coded('report.badge', STATES, tr.to),
             ' · ',
-            el('span', { translate: 'no' }, tr.actor || ''),
-            tr.detail ? el('div', { class: 'muted', translate: 'no' }, tr.detail) : null,
+            tr.actor === 'system'
+              ? el('span', { i18n: 'report.hist.system' })
+              : el('span', { translate: 'no' }, tr.actor_name || tr.actor || ''),
+            tr.detail ? el('div', { class: 'muted' }, historyDetail(tr.detail)) : null,
           ),
         ),
       );
