@@ -134,6 +134,31 @@ fn worklist_in_chinese_and_english() {
     );
     screenshot(&sess, "worklist");
 
+    // Studies arriving over the relay link from the clinic's edge box: one
+    // on its way, one just committed (rows as the hub's relay store keeps
+    // them; tests/relay.rs covers how they get there).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    s.sqlite_exec(&format!(
+        "INSERT INTO relay_inbound (edge, study_uid, clinic_id, state, total, total_bytes, priority, manifest, began_ms, committed_ms)
+         VALUES ('edge-t01', '1.2.826.0.1.3680043.8.498.77', 't01', 'arriving', 40, 21000000, 'urgent', '{{}}', {}, NULL),
+                ('edge-t01', '{uid}', 't01', 'committed', 3, 1600000, 'stat', '{{}}', {}, {})",
+        now - 95_000,
+        now - 300_000,
+        now - 40_000
+    ));
+    sess.execute("window.mrTest.worklist.refreshArriving()", vec![])
+        .expect("poll");
+    wait(
+        &sess,
+        "window.mrTest.worklist.arriving.length === 2 && !document.querySelector('#arriving').hidden",
+        "arriving studies",
+    );
+    assert_translated(&sess, "worklist-arriving", None);
+    screenshot(&sess, "worklist-arriving");
+
     // A filter that matches nothing: the empty list. A switch to English
     // keeps the typed filter and the list, and translates the empty state.
     sess.send_keys("[data-test=filter-body-part]", "KNEE\u{E007}")
@@ -180,6 +205,10 @@ fn worklist_in_chinese_and_english() {
         json!("STAT")
     );
     assert_translated(&sess, "worklist", None);
+    assert_eq!(
+        js(&sess, "document.querySelector('#arriving-title span').textContent"),
+        json!("Arriving from clinics")
+    );
     screenshot(&sess, "worklist");
     back_to_chinese(&sess);
     assert_eq!(

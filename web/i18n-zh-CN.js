@@ -111,7 +111,7 @@ export default {
   'worklist.clinic_notice': '阅片列表供阅片专家使用。',
   'worklist.clinic_go': '查看本院检查',
   'worklist.clinic_end': '。',
-  'worklist.arr.title': '基层上传中',
+  'worklist.arr.title': '基层上传中的检查',
   'worklist.arr.count': '（{n} 个传输中）',
   'worklist.arr.count_done': '（{n} 个传输中，{done} 个刚完成）',
   'worklist.arr.completed_ago': '{dur}前完成',
