@@ -270,6 +270,42 @@ fn worklist_in_chinese_and_english() {
     let _ = clinic.quit();
 }
 
+/// A second study from the clinic whose one image has pixel data the
+/// server cannot decode (Rows doubled in the header); its Study Instance UID.
+fn broken_study(s: &Server) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let script = r#"
+import sys, pydicom
+ds = pydicom.dcmread(sys.argv[1])
+ds.Rows = ds.Rows * 2
+for k in ('StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID'):
+    setattr(ds, k, pydicom.uid.generate_uid())
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+ds.save_as(sys.argv[2])
+print(ds.StudyInstanceUID)
+"#;
+    let out = dir.path().join("broken.dcm");
+    let o = run({
+        let mut c = std::process::Command::new(python());
+        c.args(["-c", script]).arg(ct300().join("CT000001.dcm")).arg(&out);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    let uid = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.arg(&out);
+        c
+    });
+    assert!(o.status.success(), "{}", text(&o));
+    s.wait_for(60, "the broken image settled", || {
+        s.sqlite(&format!(
+            "SELECT COUNT(*) FROM instances WHERE study_uid = '{uid}' AND preview_status LIKE 'no preview%'"
+        )) == "1"
+    });
+    uid
+}
+
 fn viewer_ready(sess: &Session) {
     wait(
         sess,
@@ -436,6 +472,36 @@ fn viewer_and_report_panel_in_chinese_and_english() {
     switch_to(&exp, "en");
     assert_translated(&exp, "viewer-not-found", None);
     screenshot(&exp, "viewer-not-found");
+
+    // An image the server cannot preview (its header claims twice the rows
+    // its pixel data holds): the stage says so in the page's language, the
+    // server's technical reason beside it as data.
+    let broken = broken_study(&s);
+    goto(&exp, &s, &format!("/viewer?study={broken}"));
+    wait(
+        &exp,
+        "window.mrTest.viewer.ready && !document.querySelector('#stage-msg').hidden && document.querySelector('#stage-msg .detail')",
+        "no-preview message",
+    );
+    assert!(
+        js(&exp, "document.querySelector('#stage-msg').textContent")
+            .as_str()
+            .is_some_and(|t| t.starts_with("No image: no preview can be made of this image (")),
+        "{}",
+        js(&exp, "document.querySelector('#stage-msg').textContent")
+    );
+    assert_translated(&exp, "viewer-no-preview", None);
+    screenshot(&exp, "viewer-no-preview");
+    back_to_chinese(&exp);
+    assert!(
+        js(&exp, "document.querySelector('#stage-msg').textContent")
+            .as_str()
+            .is_some_and(|t| t.starts_with("无法显示图像：该图像无法生成预览")),
+        "{}",
+        js(&exp, "document.querySelector('#stage-msg').textContent")
+    );
+    assert_translated(&exp, "viewer-no-preview", None);
+    screenshot(&exp, "viewer-no-preview");
     let _ = exp.quit();
 
     // The clinic doctor reads the signed report (and may ask for a consultation).

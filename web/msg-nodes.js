@@ -40,21 +40,42 @@ export function nodesText(nodes) {
   return nodes.map((n) => (typeof n === 'string' ? n : n.textContent)).join('');
 }
 
-// Toasts on screen whose text is built by a function: rebuilt on a language switch.
-const live = new Set();
-const TOAST_MAX_MS = 10_000; // app-common's toasts last 4 s (info) or 8 s (error)
+// Elements whose content `build()` makes with t() (a message with an error
+// or data inside, which data-i18n cannot express): rebuilt on a language
+// switch. Entries whose element has left the page are dropped.
+const live = new Map();
+const LIVE_PRUNE_AT = 50;
 
-/** A toast of the nodes `build()` returns, rebuilt in the new language on a switch. */
-export function liveToast(build, kind) {
-  const entry = { box: el('span', {}, build()), build };
-  live.add(entry);
-  setTimeout(() => live.delete(entry), TOAST_MAX_MS);
-  toast(entry.box, kind);
+function prune() {
+  for (const e of live.keys()) if (!e.isConnected) live.delete(e);
+}
+
+/**
+ * Fills `e` with the nodes `build()` returns, now and again after every
+ * language switch (until liveNodes(e, null) or `e` leaves the page).
+ */
+export function liveNodes(e, build) {
+  if (!build) {
+    live.delete(e);
+    e.replaceChildren();
+    return;
+  }
+  e.replaceChildren(...build());
+  live.set(e, build);
+  if (live.size > LIVE_PRUNE_AT) prune();
 }
 
 onLang(() => {
-  for (const e of live) e.box.replaceChildren(...e.build());
+  for (const [e, build] of live) if (e.isConnected) e.replaceChildren(...build());
+  prune();
 });
+
+/** A toast of the nodes `build()` returns, rebuilt in the new language on a switch. */
+export function liveToast(build, kind) {
+  const box = el('span', {});
+  toast(box, kind);
+  liveNodes(box, build);
+}
 
 /**
  * A page's failure reporter (as app-common's failer(), with the toast in

@@ -10,6 +10,7 @@
 
 import { dicomDate, el, personName, t } from './app-common.js';
 import { errorOf, isTransient, neighbourOrder } from './viewer-stack.js';
+import { liveNodes, withErrNodes } from './msg-nodes.js';
 import { isColour } from './viewer-meta.js';
 
 // Starting point for a W/L drag when the dataset has no window (the server then picks one from the pixels).
@@ -179,8 +180,7 @@ export function createDisplay(ctx) {
     if (!store.peek(pKey)) {
       if (err) {
         if (!pick || S.shown?.sop !== sop) {
-          const { key, args, detail } = errorOf(err);
-          setMsg(isTransient(err) ? 'viewer.no_image_retry' : 'viewer.no_image', { error: t(key, args) }, detail);
+          setMsg(isTransient(err) ? 'viewer.no_image_retry' : 'viewer.no_image', {}, errorOf(err));
         }
       } else {
         if (!pick) setMsg('viewer.loading');
@@ -264,18 +264,21 @@ export function createDisplay(ctx) {
   }
 
   /**
-   * The stage's message: `key` (re-translated in place on a language
-   * switch; '' hides it), and the server's technical `detail` as data.
+   * The stage's message: `key` ('' hides it) with `args`, its `{error}`
+   * from `err` (errorOf's {key, args, detail}: the server's technical
+   * detail shown beside it as data). Rebuilt on a language switch.
    */
-  function setMsg(key, args, detail) {
+  function setMsg(key, args, err) {
     const m = ui.msg;
     if (!key) {
-      delete m.dataset.i18n;
-      m.replaceChildren();
+      liveNodes(m, null);
       m.hidden = true;
       return;
     }
-    m.replaceChildren(el('span', { i18n: key, i18nArgs: args }), detail ? el('span', { class: 'detail', translate: 'no' }, ` (${detail})`) : '');
+    liveNodes(m, () => [
+      el('span', {}, err ? withErrNodes(key, args, err) : t(key, args)),
+      err?.detail ? el('span', { class: 'detail', translate: 'no' }, ` (${err.detail})`) : '',
+    ]);
     m.hidden = false;
   }
 

@@ -4,8 +4,9 @@
 // the tag panel. Each instance's info and tags are fetched once, on demand,
 // and kept (small JSON).
 
-import { api, el, t } from './app-common.js';
+import { api, el } from './app-common.js';
 import { errorOf } from './viewer-stack.js';
+import { liveNodes, withErrNodes } from './msg-nodes.js';
 
 const num = (s) => {
   const m = String(s ?? '').match(/[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/g);
@@ -159,8 +160,9 @@ export class TagPanel {
     } catch (e) {
       if (this.uid !== uid) return;
       this.uid = null;
-      const { key, args } = errorOf(e);
-      this.body().replaceChildren(el('p', { class: 'error', i18n: 'viewer.tags_failed', i18nArgs: { error: t(key, args) } }));
+      const p = el('p', { class: 'error' });
+      this.body().replaceChildren(p);
+      liveNodes(p, () => withErrNodes('viewer.tags_failed', {}, errorOf(e)));
       this.fail('viewer.fail.tags', e);
     }
   }

@@ -24,7 +24,7 @@
 
 import { api, el, session, header, testHook, toast, $, $$, t, onLang } from './app-common.js';
 import { ImageStore, errorOf } from './viewer-stack.js';
-import { failReporter } from './msg-nodes.js';
+import { failReporter, liveNodes, nodesText, withErrNodes } from './msg-nodes.js';
 import { ImageView, TOOLS } from './viewer-canvas.js';
 import { MetaStore, TagPanel } from './viewer-meta.js';
 import { BITMAP_PIXELS, clamp, createDisplay, framesOf, round2 } from './viewer-display.js';
@@ -105,11 +105,6 @@ const S = {
 /** `fail(whatKey, err, whatArgs)`: a toast (re-translated on a switch) and the test hook. */
 const fail = failReporter(hook, { errorOf, dedupeMs: 5000 });
 
-/** An error as text in the language in use (API codes, image errors, the network). */
-function errorText(err) {
-  const { key, args } = errorOf(err);
-  return t(key, args);
-}
 
 /** Shows message `key` in `e` as data-i18n, so a language switch re-translates it. */
 function say(e, key, args) {
@@ -215,8 +210,7 @@ async function openSeries(uid, { index = 0 } = {}) {
     items = await series.instances(uid);
   } catch (e) {
     fail('viewer.fail.series', e);
-    const { key, args } = errorOf(e);
-    setMsg('viewer.series_failed', { error: t(key, args) });
+    setMsg('viewer.series_failed', {}, errorOf(e));
     return;
   }
   if (S.seriesUid !== uid) return;
@@ -544,14 +538,15 @@ function onKey(ev) {
 /* Start                                                               */
 /* ------------------------------------------------------------------ */
 
-/** The page cannot show the study: message `key` (re-translated on a switch) and a way back. */
-function fatal(key, args) {
-  const text = t(key, args);
-  ui.fatal.replaceChildren(
-    el('span', { i18n: key, i18nArgs: args }),
+/** The page cannot show the study: message `key` (its `{error}` from `err`, rebuilt on a switch) and a way back. */
+function fatal(key, err) {
+  const build = () => (err ? withErrNodes(key, {}, errorOf(err)) : [t(key)]);
+  const text = nodesText(build());
+  liveNodes(ui.fatal, () => [
+    el('span', {}, build()),
     el('br'),
     el('a', { href: '/', class: 'button', dataset: { test: 'home' }, i18n: 'viewer.back' }),
-  );
+  ]);
   ui.fatal.hidden = false;
   ui.main.hidden = true;
   ui.main.setAttribute('aria-busy', 'false');
@@ -644,7 +639,7 @@ async function main() {
     return user;
   });
   userP.catch((e) => {
-    if (e?.status !== 401) fatal('viewer.start_failed', { error: errorText(e) });
+    if (e?.status !== 401) fatal('viewer.start_failed', e);
   });
   if (!S.uid) {
     if (await userP.catch(() => null)) fatal('viewer.no_study');
@@ -657,7 +652,7 @@ async function main() {
     r = await loadStudy(studyP);
   } catch (e) {
     if (e.status === 401) return;
-    return e.status === 404 ? fatal('viewer.not_found') : fatal('viewer.study_failed', { error: errorText(e) });
+    return e.status === 404 ? fatal('viewer.not_found') : fatal('viewer.study_failed', e);
   }
   clinics.then((c) => {
     clinicName = (c?.clinics || []).find((x) => x.id === S.study?.clinic_id)?.name || '';
@@ -738,5 +733,5 @@ onLang(() => {
 });
 
 main().catch((e) => {
-  if (e?.status !== 401) fatal('viewer.start_failed', { error: errorText(e) });
+  if (e?.status !== 401) fatal('viewer.start_failed', e);
 });
