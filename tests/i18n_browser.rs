@@ -17,21 +17,9 @@ use support::*;
 const PW: &str = "correct-horse-battery";
 const T: Duration = Duration::from_secs(60);
 
-const CFG: &str = r#"
-[[clinic]]
-id = "t01"
-name = "Township 01"
-ae_titles = ["T01_CT"]
-
-[[hospital]]
-id = "city"
-name = "City Hospital"
-serves = ["t01"]
-"#;
-
 fn server() -> Server {
     let s = Server::start(ServerOpts {
-        config_toml: CFG.into(),
+        config_toml: ONE_HOSPITAL.into(),
         ..Default::default()
     });
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township One"]);

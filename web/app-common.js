@@ -177,12 +177,15 @@ export function personNameFull(pn) {
 
 /** A name as an element: `tag` holding the shown form, and the alphabetic
  * form beside it in a muted span. Names are data: `translate="no"`. */
-export function personNameEl(pn, tag = 'strong', fallback = '(no name)') {
+export function personNameEl(pn, tag = 'strong', noNameKey = 'common.no_name') {
+  const main = personName(pn);
+  // No name: the placeholder is interface text (translated), not data.
+  if (!main) return el('span', { class: 'pn', 'data-pn': '' }, el(tag, { class: 'pn-main', i18n: noNameKey }));
   const alt = personNameAlt(pn);
   return el(
     'span',
-    { class: 'pn', translate: 'no', 'data-pn': pn || '' },
-    el(tag, { class: 'pn-main' }, personName(pn) || fallback),
+    { class: 'pn', translate: 'no', 'data-pn': pn },
+    el(tag, { class: 'pn-main' }, main),
     alt ? el('span', { class: 'pn-alt muted' }, ` ${alt}`) : null,
   );
 }

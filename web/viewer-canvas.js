@@ -7,6 +7,8 @@
 // rows), so a preview (<= 1024 px) and a full-size render of the same slice
 // are interchangeable underneath them.
 
+import { t } from './i18n.js';
+
 const DRAG_SLOP = 4; // px before a press becomes a drag
 const SCROLL_PX = 8; // px of drag per image with the scroll tool
 const MIN_ZOOM = 0.1;
@@ -278,7 +280,7 @@ export class ImageView {
     if (m.type === 'length' && m.pts.length >= 2) {
       const [a, b] = m.pts;
       const d = Math.hypot((b.x - a.x) * sx, (b.y - a.y) * sy);
-      return sp ? `${d.toFixed(1)} mm${sp.note ? ' ' + sp.note : ''}` : `${d.toFixed(1)} px`;
+      return sp ? `${d.toFixed(1)} mm${sp.note ? ' ' + t(`viewer.measure.${sp.note}`) : ''}` : `${d.toFixed(1)} px`;
     }
     if (m.type === 'angle' && m.pts.length >= 3) {
       const [a, v, b] = m.pts;

@@ -8,8 +8,9 @@
 // A factory over the page's shared state (`ctx`), so the page module keeps
 // the wiring and this one the display rules.
 
-import { dicomDate, el, personNameFull } from './app-common.js';
-import { isTransient, neighbourOrder } from './viewer-stack.js';
+import { dicomDate, el, personNameFull, t } from './app-common.js';
+import { errorOf, isTransient, neighbourOrder } from './viewer-stack.js';
+import { liveNodes, withErrNodes } from './msg-nodes.js';
 import { isColour } from './viewer-meta.js';
 
 // Starting point for a W/L drag when the dataset has no window (the server then picks one from the pixels).
@@ -28,10 +29,12 @@ export const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 export const framesOf = (item) => (Number(item?.frames) > 1 ? Number(item.frames) : 1);
 const enc = encodeURIComponent;
 
+const SEXES = ['M', 'F', 'O'];
+
 /**
  * @param {object} ctx
  *   S, hook, ui, store, view, meta, tagPanel: the page's state and parts;
- *   fail(ctx, err); startBackground(); buildPresets(); presetName(id); report(): the ReportPanel or null
+ *   fail(whatKey, err, whatArgs); startBackground(); buildPresets(); presetName(id); report(): the ReportPanel or null
  */
 export function createDisplay(ctx) {
   const { S, hook, ui, store, view, meta, tagPanel, fail, startBackground, buildPresets, presetName } = ctx;
@@ -176,9 +179,11 @@ export function createDisplay(ctx) {
     const err = store.failure(pKey);
     if (!store.peek(pKey)) {
       if (err) {
-        if (!pick || S.shown?.sop !== sop) setMsg(`No image: ${err.message}${isTransient(err) ? ' — retrying' : ''}`);
+        if (!pick || S.shown?.sop !== sop) {
+          setMsg(isTransient(err) ? 'viewer.no_image_retry' : 'viewer.no_image', {}, errorOf(err));
+        }
       } else {
-        if (!pick) setMsg('Loading…');
+        if (!pick) setMsg('viewer.loading');
         if (waiting.has(pKey)) return finishPresent(fKey);
         waiting.add(pKey);
         store.load(pKey).finally(() => waiting.delete(pKey)).then(
@@ -189,7 +194,7 @@ export function createDisplay(ctx) {
           (e) => {
             startBackground();
             if (cur() !== item || S.frame !== frame) return;
-            fail(`Image ${S.index + 1}`, e);
+            fail('viewer.fail.image', e, { n: S.index + 1 });
             present();
             // The link or server failed: try again when the back-off is over.
             if (isTransient(e)) setTimeout(() => cur() === item && S.frame === frame && present(), store.pausedUntil - Date.now() + 100);
@@ -228,7 +233,7 @@ export function createDisplay(ctx) {
           present();
         })
         .catch((e) => {
-          if (e?.name !== 'AbortError') fail('Full-quality image (the preview stays on screen)', e);
+          if (e?.name !== 'AbortError') fail('viewer.fail.full', e);
         })
         .finally(() => {
           if (S.fullAc === ac) {
@@ -258,9 +263,23 @@ export function createDisplay(ctx) {
     overlay();
   }
 
-  function setMsg(text) {
-    ui.msg.textContent = text;
-    ui.msg.hidden = !text;
+  /**
+   * The stage's message: `key` ('' hides it) with `args`, its `{error}`
+   * from `err` (errorOf's {key, args, detail}: the server's technical
+   * detail shown beside it as data). Rebuilt on a language switch.
+   */
+  function setMsg(key, args, err) {
+    const m = ui.msg;
+    if (!key) {
+      liveNodes(m, null);
+      m.hidden = true;
+      return;
+    }
+    liveNodes(m, () => [
+      el('span', {}, err ? withErrNodes(key, args, err) : t(key, args)),
+      err?.detail ? el('span', { class: 'detail', translate: 'no' }, ` (${err.detail})`) : '',
+    ]);
+    m.hidden = false;
   }
 
   function overlay() {
@@ -269,38 +288,42 @@ export function createDisplay(ctx) {
     const row = S.seriesRows.find((r) => r.series_uid === S.seriesUid);
     const frames = framesOf(item);
     const tl = [];
-    if (row) tl.push(`${row.modality || ''} ${row.series_number ?? ''} ${row.description || ''}`.trim());
-    if (n) tl.push(`Image ${S.index + 1}/${n}`);
-    if (frames > 1) tl.push(`Frame ${S.frame + 1}/${frames}`);
-    ui.ov.tl.replaceChildren(...tl.map((t) => el('div', {}, t)));
+    // Overlay text is built with t() and rebuilt on a language switch (the page calls overlay()).
+    if (row) tl.push(el('div', { translate: 'no' }, `${row.modality || ''} ${row.series_number ?? ''} ${row.description || ''}`.trim()));
+    if (n) tl.push(el('div', {}, t('viewer.ov.image', { i: S.index + 1, n })));
+    if (frames > 1) tl.push(el('div', {}, t('viewer.ov.frame', { i: S.frame + 1, n: frames })));
+    ui.ov.tl.replaceChildren(...tl);
     const st = S.study || {};
     const born = dicomDate(st.birth_date);
+    const sex = st.sex ? (SEXES.includes(st.sex) ? t(`viewer.sex.${st.sex}`) : st.sex) : '';
     const tr = [
-      st.patient_name && el('span', { translate: 'no' }, personNameFull(st.patient_name)),
-      st.patient_id,
-      [st.sex, born && `b. ${born}`].filter(Boolean).join(' · '),
-      st.study_date && `Study ${dicomDate(st.study_date)}`,
+      st.patient_name && el('div', { translate: 'no' }, personNameFull(st.patient_name)),
+      st.patient_id && el('div', { translate: 'no' }, st.patient_id),
+      (sex || born) && el('div', {}, [sex, born && t('viewer.ov.born', { date: born })].filter(Boolean).join(' · ')),
+      st.study_date && el('div', {}, t('viewer.ov.study', { date: dicomDate(st.study_date) })),
     ];
-    ui.ov.tr.replaceChildren(...tr.filter(Boolean).map((t) => el('div', {}, t)));
+    ui.ov.tr.replaceChildren(...tr.filter(Boolean));
     const w = S.win || datasetWindow(item);
-    const wl = colour(item) ? 'colour image' : w ? `W ${fmtWin(w.ww)}  L ${fmtWin(w.wc)}` : 'W/L auto';
+    const wl = colour(item)
+      ? t('viewer.ov.colour')
+      : w
+        ? t('viewer.ov.window', { ww: fmtWin(w.ww), wc: fmtWin(w.wc) })
+        : t('viewer.ov.auto');
     const presetLabel = S.preset === 'custom' || colour(item) ? '' : presetName(S.preset);
-    ui.ov.bl.replaceChildren(el('div', {}, wl), presetLabel ? el('div', {}, presetLabel) : '');
+    ui.ov.bl.replaceChildren(el('div', {}, wl), presetLabel ? el('div', {}, ...presetLabel) : '');
     const quality =
       S.shown?.kind === 'full'
-        ? S.fullQuality
-          ? 'full (PNG)'
-          : 'full'
+        ? t(S.fullQuality ? 'viewer.ov.full_png' : 'viewer.ov.full')
         : S.shown?.kind === 'approx'
-          ? 'preview, window approx.'
+          ? t('viewer.ov.approx')
           : S.shown
-            ? 'preview'
+            ? t('viewer.ov.preview')
             : '';
     const sp = facts(item)?.spacing;
     ui.ov.br.replaceChildren(
-      el('div', {}, `Zoom ${Math.round(view.zoom * 100)}%`),
-      el('div', {}, quality + (hook.fullPending ? ' · loading full…' : '')),
-      sp ? el('div', {}, `${round2(sp.col)}×${round2(sp.row)} mm/px`) : '',
+      el('div', {}, t('viewer.ov.zoom', { pct: Math.round(view.zoom * 100) })),
+      el('div', {}, [quality, hook.fullPending ? t('viewer.ov.loading_full') : ''].filter(Boolean).join(' · ')),
+      sp ? el('div', {}, t('viewer.ov.spacing', { x: round2(sp.col), y: round2(sp.row) })) : '',
     );
     ui.slider.max = String(Math.max(0, n - 1));
     ui.slider.value = String(S.index);
@@ -308,7 +331,7 @@ export function createDisplay(ctx) {
     ui.frameSlider.hidden = frames <= 1;
     ui.frameSlider.max = String(frames - 1);
     ui.frameSlider.value = String(S.frame);
-    ui.framePos.textContent = frames > 1 ? `frame ${S.frame + 1} / ${frames}` : '';
+    ui.framePos.textContent = frames > 1 ? t('viewer.frame_pos', { i: S.frame + 1, n: frames }) : '';
     sync();
   }
 
@@ -329,7 +352,7 @@ export function createDisplay(ctx) {
       }
       hook.previewsLoaded = loaded;
       ui.progress.textContent = S.items.length
-        ? `loaded ${loaded}/${S.items.length} previews${failed ? ` · ${failed} failed` : ''}`
+        ? t(failed ? 'viewer.progress_failed' : 'viewer.progress', { loaded, n: S.items.length, failed })
         : '';
       ui.progress.classList.toggle('done', loaded === S.items.length);
       // A slice that was waiting for its preview gets it here too.
@@ -432,7 +455,7 @@ export function createDisplay(ctx) {
           const measuring = view.tool === 'length' || view.tool === 'angle' || measureList(item, S.frame).length > 0;
           if (measuring && !facts(item)?.spacing) ensureTags(sop); // older backends: spacing from the tags
         })
-        .catch((e) => fail('Loading the image information', e));
+        .catch((e) => fail('viewer.fail.info', e));
       if (!ui.tagsPanel.hidden) tagPanel.show(sop);
     }, META_DEBOUNCE_MS);
   }
@@ -446,7 +469,7 @@ export function createDisplay(ctx) {
           buildPresets();
         }
       })
-      .catch((e) => fail('Loading the tags', e));
+      .catch((e) => fail('viewer.fail.tags', e));
   }
 
   return {

@@ -5,6 +5,8 @@
 // and kept (small JSON).
 
 import { api, el } from './app-common.js';
+import { errorOf } from './viewer-stack.js';
+import { liveNodes, withErrNodes } from './msg-nodes.js';
 
 const num = (s) => {
   const m = String(s ?? '').match(/[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/g);
@@ -44,7 +46,7 @@ function spacingFrom(pixel, imager) {
   if (p.length >= 2 && p[0] > 0 && p[1] > 0) return { row: p[0], col: p[1], unit: 'mm', note: '' };
   if (p.length === 1 && p[0] > 0) return { row: p[0], col: p[0], unit: 'mm', note: '' };
   const q = numbers(imager);
-  if (q.length >= 2 && q[0] > 0 && q[1] > 0) return { row: q[0], col: q[1], unit: 'mm', note: '(detector)' };
+  if (q.length >= 2 && q[0] > 0 && q[1] > 0) return { row: q[0], col: q[1], unit: 'mm', note: 'detector' }; // viewer.measure.detector
   return null;
 }
 
@@ -149,7 +151,7 @@ export class TagPanel {
   async show(uid) {
     if (!uid || uid === this.uid) return;
     this.uid = uid;
-    this.body().replaceChildren(el('p', { class: 'muted' }, 'Loading tags…'));
+    this.body().replaceChildren(el('p', { class: 'muted', i18n: 'viewer.tags_loading' }));
     try {
       const tags = await this.meta.tags(uid);
       if (this.uid !== uid) return;
@@ -158,8 +160,10 @@ export class TagPanel {
     } catch (e) {
       if (this.uid !== uid) return;
       this.uid = null;
-      this.body().replaceChildren(el('p', { class: 'error' }, `Could not load the tags: ${e.message}`));
-      this.fail('Loading the tags', e);
+      const p = el('p', { class: 'error' });
+      this.body().replaceChildren(p);
+      liveNodes(p, () => withErrNodes('viewer.tags_failed', {}, errorOf(e)));
+      this.fail('viewer.fail.tags', e);
     }
   }
 
@@ -175,15 +179,27 @@ export class TagPanel {
     const table = el(
       'table',
       { class: 'tags', dataset: { test: 'tags-list' } },
-      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Tag'), el('th', { scope: 'col' }, 'VR'), el('th', { scope: 'col' }, 'Name'), el('th', { scope: 'col' }, 'Value'))),
+      el(
+        'thead',
+        {},
+        el(
+          'tr',
+          {},
+          el('th', { scope: 'col', i18n: 'viewer.tag.tag' }),
+          el('th', { scope: 'col', i18n: 'viewer.tag.vr' }),
+          el('th', { scope: 'col', i18n: 'viewer.tag.name' }),
+          el('th', { scope: 'col', i18n: 'viewer.tag.value' }),
+        ),
+      ),
       el(
         'tbody',
         {},
         rows.map((t) => {
           const v = String(t.value ?? '');
+          // DICOM's own tag names and the values are data (the dictionary's English).
           return el(
             'tr',
-            {},
+            { translate: 'no' },
             el('td', { class: 'mono' }, t.tag),
             el('td', { class: 'mono' }, t.vr || ''),
             el('td', {}, t.name || ''),
@@ -192,6 +208,9 @@ export class TagPanel {
         }),
       ),
     );
-    this.body().replaceChildren(el('p', { class: 'muted' }, `${rows.length} of ${this.tags.length} tags`), table);
+    this.body().replaceChildren(
+      el('p', { class: 'muted', i18n: 'viewer.tags_count', i18nArgs: { shown: rows.length, n: this.tags.length } }),
+      table,
+    );
   }
 }

@@ -8,7 +8,8 @@
 //
 // PHI rule: report text and patient data are never logged.
 
-import { api, el, fmtTime, toast } from './app-common.js';
+import { api, el, errMessage, fmtTime, onLang, t, toast } from './app-common.js';
+import { errNodes } from './msg-nodes.js';
 
 /** Template languages, each named in itself. */
 const LANGUAGE_NAMES = { en: 'English', zh: '中文' };
@@ -17,26 +18,55 @@ const AUTOSAVE_MS = 2000;
 const RENEW_MS = 5 * 60 * 1000;
 const RETRY_MS = [5000, 10000, 20000, 40000, 60000];
 
-const STATE_TEXT = {
-  new: 'New — waiting for a reader',
-  claimed: 'Being read',
-  reported: 'Reported',
-  delivered: 'Reported and delivered',
-  returned: 'Returned for more images',
-  cancelled: 'Cancelled',
-};
+// Worklist states (report.state.* the sentence, report.badge.* the badge) and report statuses (report.status.*).
+const STATES = ['new', 'claimed', 'returned', 'reported', 'delivered', 'cancelled'];
+const STATUSES = ['draft', 'signed', 'amended'];
 
-const hhmm = (ms) => {
-  const d = new Date(ms);
-  return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
-};
+const hhmm = (ms) => fmtTime(ms).slice(11);
 
-/** An in-page confirmation (WebDriver can click it; window.confirm it cannot). */
-export function confirmDialog(dialog, { title, text, ok } = {}) {
+/** Message `key` in `e` as data-i18n (re-translated in place on a language switch). */
+function say(e, key, args) {
+  e.dataset.i18n = key;
+  if (args) e.dataset.i18nArgs = JSON.stringify(args);
+  else delete e.dataset.i18nArgs;
+  e.textContent = t(key, args);
+}
+
+/** `e` shows nothing (and is not re-translated). */
+function blank(e) {
+  delete e.dataset.i18n;
+  delete e.dataset.i18nArgs;
+  e.textContent = '';
+}
+
+/** A code as its message when known, else as data. */
+function coded(prefix, codes, v, attrs = {}) {
+  return codes.includes(v) ? el('span', { ...attrs, i18n: `${prefix}.${v}` }) : el('span', { ...attrs, translate: 'no' }, v);
+}
+
+/**
+ * A history entry's detail: the notes the server writes itself (fixed
+ * English, src/reading/reports.rs, src/http/reading.rs, src/archive/index.rs)
+ * as messages; anything else (a return reason someone typed) as data.
+ */
+function historyDetail(detail) {
+  let m = /^priority (stat|urgent|routine)$/.exec(detail);
+  if (m) return [el('span', { i18n: 'report.hist.priority' }), ' ', el('span', { i18n: `viewer.prio.${m[1]}` })];
+  m = /^report v(\d+) signed( \(amendment\))?$/.exec(detail);
+  if (m) return [el('span', { i18n: m[2] ? 'report.hist.signed_amend' : 'report.hist.signed', i18nArgs: { v: Number(m[1]) } })];
+  if (detail === 'shown on the clinic page') return [el('span', { i18n: 'report.hist.shown' })];
+  if (detail === 'new images arrived') return [el('span', { i18n: 'report.hist.new_images' })];
+  return [el('span', { translate: 'no' }, detail)];
+}
+
+/**
+ * An in-page confirmation (WebDriver can click it; window.confirm it cannot).
+ * `text`: the body as nodes (built with el({i18n})); `ok`: the button's message key.
+ */
+export function confirmDialog(dialog, { text, ok } = {}) {
   return new Promise((resolve) => {
-    if (title) dialog.querySelector('[data-title]').textContent = title;
-    if (text !== undefined) dialog.querySelector('[data-text]').textContent = text;
-    if (ok) dialog.querySelector('[data-ok]').textContent = ok;
+    if (text !== undefined) dialog.querySelector('[data-text]').replaceChildren(...text);
+    if (ok) say(dialog.querySelector('[data-ok]'), ok);
     const done = () => {
       dialog.removeEventListener('close', done);
       resolve(dialog.returnValue === 'ok');
@@ -54,7 +84,7 @@ export class ReportPanel {
    * @param {object} o.user the logged-in user
    * @param {string} o.uid Study Instance UID
    * @param {string} o.modality for the template list
-   * @param {(ctx: string, err: any) => void} o.fail reports an error (toast + test hook)
+   * @param {(whatKey: string, err: any) => void} o.fail reports an error (toast + test hook)
    * @param {() => void} o.onChange hook fields changed
    * @param {() => Promise<object>} o.reloadStudy GET /api/studies/{uid} again; returns its body
    * @param {{sign: HTMLDialogElement, ret: HTMLDialogElement, template: HTMLDialogElement}} o.dialogs
@@ -77,9 +107,15 @@ export class ReportPanel {
     this.renewTimer = 0;
     this.lastRenew = 0;
     this.reportSaved = null; // ms of the last successful autosave
-    this.holder = null; // who holds the claim, from a 409
+    this.holder = null; // why the claim failed (who holds it), from a 409: {key, args}
     this.isExpert = o.user.role === 'expert';
     this.build();
+    // A language switch: data-i18n text is re-translated in place; the
+    // state line and the version list are rebuilt (the typed text stays).
+    onLang(() => {
+      this.versionsSig = null;
+      this.render();
+    });
     window.addEventListener('pagehide', () => this.stash());
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.claimedByMe() && Date.now() - this.lastRenew > RENEW_MS - 30000) {
@@ -125,43 +161,50 @@ export class ReportPanel {
     const u = (this.ui = {});
     if (this.isExpert || this.user.role === 'admin') {
       u.state = el('p', { class: 'wl-state', dataset: { test: 'wl-state' } });
-      u.claim = el('button', { type: 'button', class: 'primary', dataset: { test: 'claim' } }, 'Claim');
-      u.release = el('button', { type: 'button', dataset: { test: 'release' } }, 'Release');
-      u.ret = el('button', { type: 'button', dataset: { test: 'return' } }, 'Return for more images');
+      u.claim = el('button', { type: 'button', class: 'primary', dataset: { test: 'claim' }, i18n: 'report.claim' });
+      u.release = el('button', { type: 'button', dataset: { test: 'release' }, i18n: 'report.release' });
+      u.ret = el('button', { type: 'button', dataset: { test: 'return' }, i18n: 'report.return' });
       u.claim.addEventListener('click', () => this.claim());
       u.release.addEventListener('click', () => this.release());
       u.ret.addEventListener('click', () => this.returnStudy());
       u.history = el('ol', { class: 'history-list' });
-      const hist = el('details', { class: 'history' }, el('summary', {}, 'History'), u.history);
+      const hist = el('details', { class: 'history' }, el('summary', { i18n: 'report.history' }), u.history);
       hist.addEventListener('toggle', () => hist.open && this.loadHistory());
       const actions = this.isExpert ? el('div', { class: 'row-actions' }, u.claim, u.release, u.ret) : null;
-      this.root.append(el('section', { class: 'panel', 'aria-labelledby': 'wl-h' }, el('h2', { id: 'wl-h' }, 'Worklist'), u.state, actions, hist));
+      this.root.append(
+        el('section', { class: 'panel', 'aria-labelledby': 'wl-h' }, el('h2', { id: 'wl-h', i18n: 'report.worklist' }), u.state, actions, hist),
+      );
     }
 
     u.reportSection = el('section', { class: 'panel report', 'aria-labelledby': 'rep-h' });
     u.saved = el('span', { class: 'saved', role: 'status', 'aria-live': 'polite', dataset: { test: 'report-saved' } });
-    u.reportSection.append(el('h2', { id: 'rep-h' }, 'Report ', u.saved));
+    u.reportSection.append(el('h2', { id: 'rep-h' }, el('span', { i18n: 'report.title' }), ' ', u.saved));
     if (this.isExpert) {
-      u.template = el('select', { dataset: { test: 'template' }, 'aria-label': 'Report template' }, el('option', { value: '' }, 'Template…'));
+      u.template = el(
+        'select',
+        { dataset: { test: 'template' }, i18nAriaLabel: 'report.template_label' },
+        el('option', { value: '', i18n: 'report.template_choose' }),
+      );
       u.template.addEventListener('change', () => this.applyTemplate());
-      u.findings = el('textarea', { id: 'findings', rows: 8, dataset: { test: 'findings' }, spellcheck: 'true' });
-      u.impression = el('textarea', { id: 'impression', rows: 3, dataset: { test: 'impression' }, spellcheck: 'true' });
+      // What the reader types is data: never translated.
+      u.findings = el('textarea', { id: 'findings', rows: 8, dataset: { test: 'findings' }, spellcheck: 'true', translate: 'no' });
+      u.impression = el('textarea', { id: 'impression', rows: 3, dataset: { test: 'impression' }, spellcheck: 'true', translate: 'no' });
       for (const t of [u.findings, u.impression]) {
         t.addEventListener('input', () => this.onInput());
         t.addEventListener('blur', () => this.dirty && this.save());
       }
-      u.sign = el('button', { type: 'button', class: 'primary', dataset: { test: 'sign' } }, 'Sign report');
-      u.amend = el('button', { type: 'button', dataset: { test: 'amend' } }, 'Amend report');
-      u.cancelAmend = el('button', { type: 'button', dataset: { test: 'amend-cancel' } }, 'Stop amending');
+      u.sign = el('button', { type: 'button', class: 'primary', dataset: { test: 'sign' }, i18n: 'report.sign' });
+      u.amend = el('button', { type: 'button', dataset: { test: 'amend' }, i18n: 'report.amend' });
+      u.cancelAmend = el('button', { type: 'button', dataset: { test: 'amend-cancel' }, i18n: 'report.amend_stop' });
       u.sign.addEventListener('click', () => this.sign());
       u.amend.addEventListener('click', () => this.startAmend());
       u.cancelAmend.addEventListener('click', () => this.stopAmend());
       u.hint = el('p', { class: 'hint', role: 'note' });
       u.reportSection.append(
-        (u.templateField = el('label', { class: 'field' }, 'Template', u.template)),
-        el('label', { class: 'field', for: 'findings' }, 'Findings'),
+        (u.templateField = el('label', { class: 'field' }, el('span', { i18n: 'report.template' }), u.template)),
+        el('label', { class: 'field', for: 'findings', i18n: 'report.findings' }),
         u.findings,
-        el('label', { class: 'field', for: 'impression' }, 'Impression'),
+        el('label', { class: 'field', for: 'impression', i18n: 'report.impression' }),
         u.impression,
         u.hint,
         el('div', { class: 'row-actions' }, u.sign, u.amend, u.cancelAmend),
@@ -176,8 +219,12 @@ export class ReportPanel {
             {},
             el(
               'a',
-              { class: 'button', href: `/requests?new=1&study=${encodeURIComponent(this.uid)}`, dataset: { test: 'request-consult' } },
-              'Request consultation',
+              {
+                class: 'button',
+                href: `/requests?new=1&study=${encodeURIComponent(this.uid)}`,
+                dataset: { test: 'request-consult' },
+                i18n: 'report.request_consult',
+              },
             ),
           ),
         );
@@ -206,7 +253,7 @@ export class ReportPanel {
       this.versions = Array.isArray(r?.versions) ? r.versions : [];
       this.delivery = Array.isArray(r?.delivery) ? r.delivery : [];
     } catch (e) {
-      this.fail('Loading the report versions', e);
+      this.fail('report.fail.versions', e);
     }
   }
 
@@ -216,22 +263,23 @@ export class ReportPanel {
       const r = await api(`/api/report-templates?modality=${mod}`);
       this.templates = Array.isArray(r?.templates) ? r.templates : [];
     } catch (e) {
-      this.fail('Loading the report templates', e);
+      this.fail('report.fail.templates', e);
     }
     // The page language's templates first, each language in its own group
     // (named in that language, so the label needs no translation).
     const page = (document.documentElement.lang || navigator.language || 'en').toLowerCase().split('-')[0];
-    const langs = [...new Set(this.templates.map((t) => t.language || 'en'))];
+    const langs = [...new Set(this.templates.map((tp) => tp.language || 'en'))];
     langs.sort((a, b) => (b === page) - (a === page));
     const sel = this.ui.template;
     sel.replaceChildren(
-      el('option', { value: '' }, this.templates.length ? 'Template…' : 'No templates'),
+      el('option', { value: '', i18n: this.templates.length ? 'report.template_choose' : 'report.no_templates' }),
+      // Template names are content (a Chinese template is named in Chinese).
       ...langs.map((lang) =>
         el(
           'optgroup',
           { label: LANGUAGE_NAMES[lang] || lang, lang, dataset: { language: lang } },
-          ...this.templates.flatMap((t, i) =>
-            (t.language || 'en') === lang ? [el('option', { value: String(i), lang }, t.name)] : [],
+          ...this.templates.flatMap((tp, i) =>
+            (tp.language || 'en') === lang ? [el('option', { value: String(i), lang, translate: 'no' }, tp.name)] : [],
           ),
         ),
       ),
@@ -252,7 +300,7 @@ export class ReportPanel {
       i.value = kept.impression;
       this.dirty = true;
       if (latest?.status === 'signed' && latest.author === this.user.username) this.amending = true;
-      toast('Restored report text that was not saved yet.', 'info');
+      toast(el('span', { i18n: 'report.restored' }), 'info');
       if (this.editable()) this.scheduleSave(500);
     }
   }
@@ -262,13 +310,25 @@ export class ReportPanel {
       const r = await api(`/api/worklist/${this.enc}/history`);
       const rows = Array.isArray(r?.transitions) ? r.transitions : [];
       this.ui.history.replaceChildren(
-        ...rows.map((t) =>
-          el('li', {}, `${fmtTime(t.at_ms)} · ${t.from || '—'} → ${t.to} · ${t.actor || ''}`, t.detail ? el('div', { class: 'muted' }, t.detail) : null),
+        ...rows.map((tr) =>
+          el(
+            'li',
+            {},
+            `${fmtTime(tr.at_ms)} · `,
+            tr.from ? coded('report.badge', STATES, tr.from) : '—',
+            ' → ',
+            coded('report.badge', STATES, tr.to),
+            ' · ',
+            tr.actor === 'system'
+              ? el('span', { i18n: 'report.hist.system' })
+              : el('span', { translate: 'no' }, tr.actor_name || tr.actor || ''),
+            tr.detail ? el('div', { class: 'muted' }, historyDetail(tr.detail)) : null,
+          ),
         ),
       );
-      if (!rows.length) this.ui.history.replaceChildren(el('li', { class: 'muted' }, 'No transitions yet'));
+      if (!rows.length) this.ui.history.replaceChildren(el('li', { class: 'muted', i18n: 'report.no_history' }));
     } catch (e) {
-      this.fail('Loading the worklist history', e);
+      this.fail('report.fail.history', e);
     }
   }
 
@@ -291,7 +351,7 @@ export class ReportPanel {
       const r = await this.reloadStudy();
       this.setWorklist(r?.worklist || null);
     } catch (e) {
-      this.fail('Refreshing the worklist state', e);
+      this.fail('report.fail.refresh', e);
     }
   }
 
@@ -302,17 +362,21 @@ export class ReportPanel {
     const wl = this.worklist;
     if (u.state) {
       const parts = [];
-      if (!wl) parts.push('Not on the worklist (study still arriving?)');
+      if (!wl) parts.push(el('span', { i18n: 'report.not_on_worklist' }));
       else {
-        parts.push(el('span', { class: `badge st-${wl.state}` }, wl.state));
-        parts.push(' ', STATE_TEXT[wl.state] || '');
+        parts.push(coded('report.badge', STATES, wl.state, { class: `badge st-${wl.state}` }));
+        if (STATES.includes(wl.state)) parts.push(' ', el('span', { i18n: `report.state.${wl.state}` }));
         if (wl.state === 'claimed') {
-          const who = wl.claimed_by === this.user.username ? 'you' : wl.claimed_by;
-          parts.push(el('br'), `Claimed by ${who}`);
-          if (wl.lease_until_ms) parts.push(` until ${hhmm(wl.lease_until_ms)}`);
+          parts.push(el('br'));
+          if (wl.claimed_by === this.user.username) parts.push(el('span', { i18n: 'report.claimed_by_you' }));
+          else parts.push(el('span', { i18n: 'report.claimed_by' }), ' ', el('span', { translate: 'no' }, wl.claimed_by));
+          if (wl.lease_until_ms) parts.push(' ', el('span', { i18n: 'report.until', i18nArgs: { time: hhmm(wl.lease_until_ms) } }));
         }
       }
-      if (this.holder) parts.push(el('br'), el('span', { class: 'warn', dataset: { test: 'claim-holder' } }, this.holder));
+      if (this.holder) {
+        // Names who holds the claim (data): rebuilt on a language switch (render()).
+        parts.push(el('br'), el('span', { class: 'warn', dataset: { test: 'claim-holder' } }, errNodes(this.holder)));
+      }
       u.state.replaceChildren(...parts);
     }
     if (this.isExpert) {
@@ -334,16 +398,10 @@ export class ReportPanel {
       u.template.disabled = !edit;
       u.templateField.hidden = !edit;
       u.sign.hidden = !edit;
-      u.sign.textContent = this.amending && !mine ? 'Sign amendment' : 'Sign report';
-      u.hint.textContent = edit
-        ? ''
-        : reported
-          ? canAmend
-            ? 'Signed. Use "Amend report" to issue a corrected version.'
-            : 'Signed by another reader.'
-          : mine
-            ? ''
-            : 'Claim the study to write the report.';
+      say(u.sign, this.amending && !mine ? 'report.sign_amend' : 'report.sign');
+      const hint = edit ? '' : reported ? (canAmend ? 'report.hint.amend' : 'report.hint.other') : mine ? '' : 'report.hint.claim';
+      if (hint) say(u.hint, hint);
+      else blank(u.hint);
       this.showSaved();
     } else {
       this.renderReadOnly();
@@ -355,12 +413,12 @@ export class ReportPanel {
   showSaved(text) {
     const s = this.ui.saved;
     if (!s) return;
-    if (text !== undefined) s.textContent = text;
-    else if (this.saving) s.textContent = 'saving…';
-    else if (this.dirty && this.retryTimer) s.textContent = 'not saved — will retry';
-    else if (this.dirty) s.textContent = this.editable() ? 'unsaved changes' : 'kept in this browser';
-    else if (this.reportSaved) s.textContent = `saved ${hhmm(this.reportSaved)}`;
-    else s.textContent = '';
+    if (text !== undefined) say(s, text);
+    else if (this.saving) say(s, 'report.saving');
+    else if (this.dirty && this.retryTimer) say(s, 'report.save_retry');
+    else if (this.dirty) say(s, this.editable() ? 'report.unsaved' : 'report.kept');
+    else if (this.reportSaved) say(s, 'report.saved', { time: hhmm(this.reportSaved) });
+    else blank(s);
     s.classList.toggle('warn', this.dirty && !this.saving);
   }
 
@@ -369,7 +427,7 @@ export class ReportPanel {
     const signed = this.versions.filter((r) => r.status === 'signed');
     const latest = signed[0];
     if (!latest) {
-      v.replaceChildren(el('p', { class: 'muted' }, 'No signed report yet.'));
+      v.replaceChildren(el('p', { class: 'muted', i18n: 'report.none' }));
       return;
     }
     v.replaceChildren(reportBlock(latest, true));
@@ -386,26 +444,43 @@ export class ReportPanel {
       box.replaceChildren();
       return;
     }
-    const title = this.isExpert || this.user.role === 'admin' ? `Versions (${list.length})` : `Older versions (${list.length})`;
+    const title = this.isExpert || this.user.role === 'admin' ? 'report.versions' : 'report.older';
     const items = list.map((r) => {
       const del = this.delivery.filter((d) => d.version === r.version);
       // A signed version with a newer signed one after it was amended (it stays on record).
       const newer = this.versions.filter((v) => v.status === 'signed' && v.version > r.version).pop();
       const amendedBy = r.amended_by ?? newer?.version;
-      const status = r.status === 'signed' && amendedBy ? `signed, amended by v${amendedBy}` : r.status;
+      const status =
+        r.status === 'signed' && amendedBy
+          ? el('span', { i18n: 'report.status.amended_by', i18nArgs: { v: amendedBy } })
+          : coded('report.status', STATUSES, r.status);
+      const author = r.author_name || r.author;
       const line = [
-        `v${r.version} · ${status}`,
-        r.author_name || r.author ? ` · ${r.author_name || r.author}` : '',
-        r.signed_ms ? ` · signed ${fmtTime(r.signed_ms)}` : r.updated_ms ? ` · ${fmtTime(r.updated_ms)}` : '',
-      ].join('');
+        el('span', { i18n: 'report.version_n', i18nArgs: { n: r.version } }),
+        ' · ',
+        status,
+        author ? [' · ', el('span', { translate: 'no' }, author)] : '',
+        r.signed_ms
+          ? [' · ', el('span', { i18n: 'report.signed_at', i18nArgs: { time: fmtTime(r.signed_ms) } })]
+          : r.updated_ms
+            ? ` · ${fmtTime(r.updated_ms)}`
+            : '',
+      ];
       return el(
         'li',
         { dataset: { version: String(r.version), status: r.status } },
-        el('details', {}, el('summary', {}, line, ...del.map(deliveryBadge)), reportBlock(r, false)),
+        el('details', {}, el('summary', {}, line.flat(), ...del.map(deliveryBadge)), reportBlock(r, false)),
       );
     });
     const open = !this.isExpert && this.user.role !== 'admin' ? false : undefined;
-    box.replaceChildren(el('details', { class: 'version-list', open }, el('summary', {}, title), el('ol', {}, items)));
+    box.replaceChildren(
+      el(
+        'details',
+        { class: 'version-list', open },
+        el('summary', { i18n: title, i18nArgs: { n: list.length } }),
+        el('ol', {}, items),
+      ),
+    );
   }
 
   /* ---------------- worklist actions ---------------- */
@@ -415,15 +490,15 @@ export class ReportPanel {
     try {
       const r = await api(`/api/worklist/${this.enc}/claim`, { method: 'POST' });
       this.holder = null;
-      toast('Study claimed.', 'info');
+      toast(el('span', { i18n: 'report.toast.claimed' }), 'info');
       if (r?.worklist) this.setWorklist(r.worklist);
       else await this.refresh();
     } catch (e) {
       if (e.status === 409) {
-        this.holder = e.message;
-        this.fail('Claim', e);
+        this.holder = errMessage(e);
+        this.fail('report.fail.claim', e);
         await this.refresh();
-      } else this.fail('Claim', e);
+      } else this.fail('report.fail.claim', e);
     } finally {
       this.ui.claim.disabled = false;
       this.render();
@@ -448,7 +523,7 @@ export class ReportPanel {
       this.lastRenew = Date.now();
       if (r?.worklist) this.setWorklist(r.worklist);
     } catch (e) {
-      this.fail('Renewing the claim', e);
+      this.fail('report.fail.renew', e);
       if (e.status === 409 || e.status === 403) await this.refresh();
     }
   }
@@ -458,11 +533,11 @@ export class ReportPanel {
     this.ui.release.disabled = true;
     try {
       const r = await api(`/api/worklist/${this.enc}/release`, { method: 'POST' });
-      toast('Claim released.', 'info');
+      toast(el('span', { i18n: 'report.toast.released' }), 'info');
       if (r?.worklist) this.setWorklist(r.worklist);
       else await this.refresh();
     } catch (e) {
-      this.fail('Release', e);
+      this.fail('report.fail.release', e);
     } finally {
       this.ui.release.disabled = false;
     }
@@ -476,17 +551,17 @@ export class ReportPanel {
     const text = reason.value.trim();
     if (!ok) return;
     if (!text) {
-      toast('A reason is needed to return the study.', 'error');
+      toast(el('span', { i18n: 'report.toast.reason_needed' }), 'error');
       return;
     }
     if (this.dirty) await this.save();
     try {
       const r = await api(`/api/worklist/${this.enc}/return`, { method: 'POST', body: { reason: text } });
-      toast('Returned to the clinic for more images.', 'info');
+      toast(el('span', { i18n: 'report.toast.returned' }), 'info');
       if (r?.worklist) this.setWorklist(r.worklist);
       else await this.refresh();
     } catch (e) {
-      this.fail('Return for more images', e);
+      this.fail('report.fail.return', e);
     }
   }
 
@@ -562,7 +637,7 @@ export class ReportPanel {
         }
         if (r?.report) this.mergeVersion(r.report);
       } catch (e) {
-        this.fail('Saving the draft (your text is kept)', e);
+        this.fail('report.fail.save', e);
         if (e.status === 409 || e.status === 403) {
           // The claim is gone: retrying will not help until it is claimed again.
           await this.refresh();
@@ -599,18 +674,22 @@ export class ReportPanel {
 
   async applyTemplate() {
     const sel = this.ui.template;
-    const t = this.templates[Number(sel.value)];
+    const tp = this.templates[Number(sel.value)];
     sel.value = '';
-    if (!t || !this.editable()) return;
+    if (!tp || !this.editable()) return;
     const cur = this.text();
     if (cur.findings.trim() || cur.impression.trim()) {
       const ok = await confirmDialog(this.dialogs.template, {
-        text: `Replace the current findings and impression with the template "${t.name}"?`,
+        text: [
+          el('span', { i18n: 'report.template_text' }),
+          el('span', { translate: 'no' }, tp.name),
+          el('span', { i18n: 'report.template_text_end' }),
+        ],
       });
       if (!ok) return;
     }
-    this.ui.findings.value = t.findings || '';
-    this.ui.impression.value = t.impression || '';
+    this.ui.findings.value = tp.findings || '';
+    this.ui.impression.value = tp.impression || '';
     this.onInput();
     this.ui.findings.focus();
   }
@@ -638,15 +717,13 @@ export class ReportPanel {
   async sign() {
     const { findings, impression } = this.text();
     if (!findings.trim() && !impression.trim()) {
-      toast('The report is empty.', 'error');
+      toast(el('span', { i18n: 'report.toast.empty' }), 'error');
       return;
     }
     const next = (this.signedVersion || 0) + 1;
     const ok = await confirmDialog(this.dialogs.sign, {
-      text: this.amending
-        ? 'Sign this amendment? It becomes the valid report and replaces the earlier signed version, which stays on record.'
-        : 'Sign this report? It will be sent to the clinic and cannot be edited afterwards (only amended).',
-      ok: next > 1 ? 'Sign amendment' : 'Sign',
+      text: [el('span', { i18n: this.amending ? 'report.sign_text_amend' : 'report.sign_text' })],
+      ok: next > 1 ? 'report.sign_amend' : 'report.sign_ok',
     });
     if (!ok) return;
     clearTimeout(this.saveTimer);
@@ -662,13 +739,13 @@ export class ReportPanel {
       }
       this.amending = false;
       if (r?.report) this.mergeVersion(r.report);
-      toast(`Report version ${r?.report?.version ?? ''} signed.`, 'info');
+      toast(el('span', { i18n: 'report.toast.signed', i18nArgs: { n: r?.report?.version ?? '' } }), 'info');
       this.stopRenew();
       if (this.worklist) this.worklist = { ...this.worklist, state: 'reported' };
       await this.loadVersions();
       await this.refresh();
     } catch (e) {
-      this.fail('Signing (your text is kept)', e);
+      this.fail('report.fail.sign', e);
     } finally {
       this.ui.sign.disabled = false;
       this.render();
@@ -684,22 +761,35 @@ function reportBlock(r, withMeta) {
       ? el(
           'p',
           { class: 'muted' },
-          `Version ${r.version} · signed by ${r.author_name || r.author || '?'}${r.signed_ms ? ' · ' + fmtTime(r.signed_ms) : ''}`,
+          el('span', { i18n: 'report.signed_version', i18nArgs: { n: r.version } }),
+          ' ',
+          el('span', { translate: 'no' }, r.author_name || r.author || '?'),
+          r.signed_ms ? ` · ${fmtTime(r.signed_ms)}` : '',
         )
       : null,
-    el('h3', {}, 'Findings'),
-    el('p', { class: 'report-text' }, r.findings || '—'),
-    el('h3', {}, 'Impression'),
-    el('p', { class: 'report-text' }, r.impression || '—'),
+    el('h3', { i18n: 'report.findings' }),
+    el('p', { class: 'report-text', translate: 'no' }, r.findings || '—'),
+    el('h3', { i18n: 'report.impression' }),
+    el('p', { class: 'report-text', translate: 'no' }, r.impression || '—'),
   );
 }
 
+/** A delivery's state: the PACS target and the transport's error are data (technical, untranslated). */
 function deliveryBadge(d) {
-  const text =
+  const target = el('span', { translate: 'no' }, d.target);
+  const parts =
     d.state === 'sent'
-      ? `sent to ${d.target}${d.sent_ms ? ' ' + fmtTime(d.sent_ms) : ''}`
+      ? [el('span', { i18n: 'report.delivery.sent' }), ' ', target, d.sent_ms ? ' ' + fmtTime(d.sent_ms) : '']
       : d.state === 'failing'
-        ? `failing to ${d.target} (${d.attempts} attempts${d.last_error ? ': ' + d.last_error : ''})`
-        : `pending to ${d.target}`;
-  return el('span', { class: `badge st-${d.state}`, title: text }, text);
+        ? [
+            el('span', { i18n: 'report.delivery.failing' }),
+            ' ',
+            target,
+            ' (',
+            el('span', { i18n: 'report.delivery.attempts', i18nArgs: { n: d.attempts } }),
+            d.last_error ? [': ', el('span', { translate: 'no' }, d.last_error)] : '',
+            ')',
+          ]
+        : [el('span', { i18n: 'report.delivery.pending' }), ' ', target];
+  return el('span', { class: `badge st-${d.state}`, dataset: { state: d.state } }, parts.flat());
 }

@@ -11,24 +11,57 @@
 //   (prio > abortPrio), are aborted so the link serves what is near.
 // - Fetching never logs anything (URLs carry UIDs).
 
-import { toLogin } from './app-common.js';
+import { ApiError, toLogin } from './app-common.js';
+import { has } from './i18n.js';
 
-/** An image request that failed; `reason` is for the reader. */
+/**
+ * An image request that failed: `status` (0: the browser could not decode
+ * it), the server's error `code` and `params` (shown to the reader in
+ * their language: errorOf below), and `reason`, the server's
+ * English text (for a missing preview: what is wrong with the data).
+ */
 export class ImageError extends Error {
-  constructor(status, reason) {
+  constructor(status, reason, body) {
     super(reason);
     this.status = status;
+    this.noPreview = /^no preview/.test(String(reason || ''));
+    this.reason = String(reason || '').replace(/^no preview:\s*/, '');
+    this.code = (body && typeof body.code === 'string' && body.code) || '';
+    this.params = (body && body.params) || {};
   }
 }
 
-async function errorText(res) {
+async function errorBody(res) {
   try {
     const body = await res.json();
-    if (body && typeof body.error === 'string') return body.error;
+    if (body && typeof body === 'object') return body;
   } catch {
     /* not JSON */
   }
-  return `HTTP ${res.status}`;
+  return null;
+}
+
+/**
+ * What to tell the reader about a failed request, as a message key and its
+ * arguments (never the server's English text): an API error's code, an
+ * image the server cannot preview, an image the browser cannot decode, the
+ * network. The server's reason for a missing preview is technical detail
+ * about the data, returned as `detail` (shown as data, untranslated).
+ */
+export function errorOf(err) {
+  if (err instanceof ImageError) {
+    if (err.noPreview) return { key: 'viewer.img.no_preview', args: {}, detail: err.reason };
+    if (err.code && has(`error.${err.code}`)) return { key: `error.${err.code}`, args: err.params || {} };
+    if (err.status === 0) return { key: 'viewer.img.decode', args: {} };
+    if (err.status === 403) return { key: 'error.role', args: {} };
+    return { key: 'error.generic', args: { status: err.status } };
+  }
+  if (err instanceof ApiError) {
+    if (err.code && has(`error.${err.code}`)) return { key: `error.${err.code}`, args: err.params };
+    if (err.status === 403) return { key: 'error.role', args: {} };
+    return { key: 'error.generic', args: { status: err.status } };
+  }
+  return { key: 'error.network', args: {} };
 }
 
 /** Worth trying again later: the network or the server hiccuped (not "this image has no preview"). */
@@ -54,7 +87,10 @@ export async function fetchImageBlob(url, { signal, priority = 'auto', preloaded
     toLogin();
     throw new ImageError(401, 'session expired');
   }
-  if (!res.ok) throw new ImageError(res.status, await errorText(res));
+  if (!res.ok) {
+    const body = await errorBody(res);
+    throw new ImageError(res.status, (body && typeof body.error === 'string' && body.error) || `HTTP ${res.status}`, body);
+  }
   const status = res.headers.get('x-preview-status') || '';
   const blob = await res.blob();
   if (status.startsWith('no preview')) {

@@ -2,7 +2,7 @@
 // series: its middle instance). Series instance lists are fetched here,
 // the opened series first, the others a few at a time.
 
-import { api, dicomDate, el, personNameFull } from './app-common.js';
+import { api, dicomDate, el, personNameFull, t } from './app-common.js';
 
 const NON_IMAGE = new Set(['SR', 'KO', 'PR', 'DOC', 'REG', 'SEG', 'RTSTRUCT', 'RTPLAN', 'RWV']);
 
@@ -19,11 +19,24 @@ export function mainModality(study, series = []) {
   return mods.find((m) => !NON_IMAGE.has(m)) || mods[0] || '';
 }
 
-const PRIORITY_TEXT = { stat: 'STAT', urgent: 'Urgent', routine: 'Routine' };
+const PRIORITIES = ['stat', 'urgent', 'routine'];
+const STATES = ['new', 'claimed', 'returned', 'reported', 'delivered', 'cancelled'];
+const SEXES = ['M', 'F', 'O'];
 
-function item(label, value, test, cls) {
+/** One summary entry: its label (message `key`) and value; `data`: the value is data (not translated). */
+function item(key, value, test, cls, data = false) {
   if (value === undefined || value === null || value === '') return null;
-  return el('div', { class: `sum-item ${cls || ''}`, dataset: { test } }, el('dt', {}, label), el('dd', {}, value));
+  return el(
+    'div',
+    { class: `sum-item ${cls || ''}`, dataset: { test } },
+    el('dt', { i18n: key }),
+    el('dd', { translate: data ? 'no' : undefined }, value),
+  );
+}
+
+/** A code shown as its message when known (`keys`), else as data. */
+function coded(prefix, codes, v, attrs = {}) {
+  return codes.includes(v) ? el('span', { ...attrs, i18n: `${prefix}.${v}` }) : el('span', { ...attrs, translate: 'no' }, v);
 }
 
 /** Fill the summary bar. */
@@ -39,27 +52,35 @@ export function renderSummary(root, { study, worklist, clinicName }) {
     el(
       'dl',
       { class: 'sum-list' },
-      item('Patient', el('span', { translate: 'no' }, personNameFull(s.patient_name) || '—'), 'sum-patient', 'strong'),
-      item('ID', s.patient_id, 'sum-id'),
-      item('Sex', s.sex, 'sum-sex'),
-      item('Born', dicomDate(s.birth_date), 'sum-birth'),
-      item('Study date', date, 'sum-date'),
-      item('Description', s.description, 'sum-desc'),
-      item('Modality', modalityList(s.modalities).join(', '), 'sum-modality'),
-      item('Clinic', clinicName || s.clinic_id, 'sum-clinic'),
-      item('Priority', prio ? el('span', { class: `badge prio-${prio}` }, PRIORITY_TEXT[prio] || prio) : null, 'sum-priority'),
-      item('Worklist', state ? el('span', { class: `badge st-${state}` }, state) : null, 'sum-state'),
-      s.status === 'receiving' ? item('Images', el('span', { class: 'badge st-receiving' }, 'still arriving'), 'sum-receiving') : null,
-      item('Clinical question', wl.clinical_question, 'sum-question', 'wide'),
+      item('viewer.sum.patient', personNameFull(s.patient_name) || '—', 'sum-patient', 'strong', true),
+      item('viewer.sum.id', s.patient_id, 'sum-id', '', true),
+      item('viewer.sum.sex', s.sex ? coded('viewer.sex', SEXES, s.sex) : null, 'sum-sex'),
+      item('viewer.sum.born', dicomDate(s.birth_date), 'sum-birth'),
+      item('viewer.sum.date', date, 'sum-date'),
+      item('viewer.sum.description', s.description, 'sum-desc', '', true),
+      item('viewer.sum.modality', modalityList(s.modalities).join(', '), 'sum-modality', '', true),
+      item('viewer.sum.clinic', clinicName || s.clinic_id, 'sum-clinic', '', true),
+      item('viewer.sum.priority', prio ? coded('viewer.prio', PRIORITIES, prio, { class: `badge prio-${prio}` }) : null, 'sum-priority'),
+      item('viewer.sum.state', state ? coded('viewer.state', STATES, state, { class: `badge st-${state}` }) : null, 'sum-state'),
+      s.status === 'receiving'
+        ? item('viewer.sum.images', el('span', { class: 'badge st-receiving', i18n: 'viewer.sum.arriving' }), 'sum-receiving')
+        : null,
+      item('viewer.sum.question', wl.clinical_question, 'sum-question', 'wide', true),
     ),
   );
+}
+
+/** A series' image count, re-translated in place on a language switch. */
+function setCount(e, n) {
+  e.dataset.i18nArgs = JSON.stringify({ n });
+  e.textContent = t('viewer.n_images', { n });
 }
 
 export class SeriesPanel {
   /**
    * @param {HTMLElement} list the <ul>
    * @param {(uid: string) => void} onOpen
-   * @param {(ctx: string, err: any) => void} fail
+   * @param {(whatKey: string, err: any) => void} fail
    */
   constructor(list, onOpen, fail) {
     this.list = list;
@@ -84,18 +105,26 @@ export class SeriesPanel {
     const fresh = sorted.filter((r) => !known.has(r.series_uid));
     this.rows = sorted;
     for (const r of fresh) {
-      const thumb = el('div', { class: 'thumb' }, el('span', { class: 'thumb-ph' }, r.modality || ''));
-      const count = el('span', { class: 'count' }, `${r.num_instances ?? '?'} img`);
+      const thumb = el('div', { class: 'thumb' }, el('span', { class: 'thumb-ph', translate: 'no' }, r.modality || ''));
+      const count = el('span', { class: 'count', i18n: 'viewer.n_images', i18nArgs: { n: r.num_instances ?? '?' } });
+      // The tooltip is the series description (data: on the translate="no" label) or "Series 3".
       const b = el(
         'button',
         {
           type: 'button',
           class: 'series-thumb',
           dataset: { test: 'series-thumb', series: r.series_uid },
-          title: r.description || `Series ${r.series_number ?? ''}`,
+          i18nTitle: r.description ? undefined : 'viewer.series_n',
+          i18nArgs: r.description ? undefined : { n: r.series_number ?? '' },
         },
         thumb,
-        el('span', { class: 'series-label' }, el('span', { class: 'series-no' }, `${r.modality || ''} ${r.series_number ?? ''}`.trim()), ' ', r.description || ''),
+        el(
+          'span',
+          { class: 'series-label', translate: 'no', title: r.description || undefined },
+          el('span', { class: 'series-no' }, `${r.modality || ''} ${r.series_number ?? ''}`.trim()),
+          ' ',
+          r.description || '',
+        ),
         count,
       );
       b.addEventListener('click', () => this.onOpen(r.series_uid));
@@ -108,7 +137,7 @@ export class SeriesPanel {
     for (const r of sorted) this.list.append(this.buttons.get(r.series_uid).b.parentElement);
     for (const r of rows) {
       const entry = this.buttons.get(r.series_uid);
-      if (entry && r.num_instances != null && !this.loaded.has(r.series_uid)) entry.count.textContent = `${r.num_instances} img`;
+      if (entry && r.num_instances != null && !this.loaded.has(r.series_uid)) setCount(entry.count, r.num_instances);
     }
   }
 
@@ -158,7 +187,7 @@ export class SeriesPanel {
   showThumb(uid, list, sop) {
     const entry = this.buttons.get(uid);
     if (!entry) return;
-    if (list) entry.count.textContent = `${list.length} img`;
+    if (list) setCount(entry.count, list.length);
     if (!this.thumbsOn) {
       this.thumbQueue.push([uid, list, sop]);
       return;
@@ -187,7 +216,7 @@ export class SeriesPanel {
         try {
           await this.instances(uid);
         } catch (e) {
-          this.fail('Loading a series', e);
+          this.fail('viewer.fail.series', e);
         }
       }
     };

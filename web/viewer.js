@@ -22,19 +22,21 @@
 //
 // PHI rule: nothing is logged to the console.
 
-import { api, el, session, header, testHook, toast, $, $$ } from './app-common.js';
-import { ImageStore } from './viewer-stack.js';
+import { api, el, session, header, testHook, toast, $, $$, t, onLang } from './app-common.js';
+import { ImageStore, errorOf } from './viewer-stack.js';
+import { failReporter, liveNodes, nodesText, withErrNodes } from './msg-nodes.js';
 import { ImageView, TOOLS } from './viewer-canvas.js';
 import { MetaStore, TagPanel } from './viewer-meta.js';
 import { BITMAP_PIXELS, clamp, createDisplay, framesOf, round2 } from './viewer-display.js';
 import { SeriesPanel, mainModality, renderSummary } from './viewer-study.js';
 
+// Labels: viewer.preset.<id>.
 const CT_PRESETS = [
-  { id: 'brain', label: 'Brain', wc: 40, ww: 80 },
-  { id: 'lung', label: 'Lung', wc: -600, ww: 1500 },
-  { id: 'mediastinum', label: 'Mediast./soft', wc: 40, ww: 400 },
-  { id: 'bone', label: 'Bone', wc: 400, ww: 1800 },
-  { id: 'abdomen', label: 'Abdomen', wc: 60, ww: 400 },
+  { id: 'brain', wc: 40, ww: 80 },
+  { id: 'lung', wc: -600, ww: 1500 },
+  { id: 'mediastinum', wc: 40, ww: 400 },
+  { id: 'bone', wc: 400, ww: 1800 },
+  { id: 'abdomen', wc: 60, ww: 400 },
 ];
 const REFRESH_MS = 60000;
 const REPORT_MODULE_WAIT_MS = 4000; // the report panel's code waits for the first image at most this long
@@ -100,16 +102,16 @@ const S = {
 /* Errors                                                              */
 /* ------------------------------------------------------------------ */
 
-const recent = new Map();
-function fail(ctx, err) {
-  if (err?.name === 'AbortError') return;
-  const msg = `${ctx}: ${err?.message || err}`;
-  hook.errors.push(msg);
-  if (hook.errors.length > 100) hook.errors.splice(0, hook.errors.length - 100);
-  const now = Date.now();
-  if ((recent.get(msg) || 0) > now - 5000) return; // no toast storms
-  recent.set(msg, now);
-  toast(msg, 'error');
+/** `fail(whatKey, err, whatArgs)`: a toast (re-translated on a switch) and the test hook. */
+const fail = failReporter(hook, { errorOf, dedupeMs: 5000 });
+
+
+/** Shows message `key` in `e` as data-i18n, so a language switch re-translates it. */
+function say(e, key, args) {
+  e.dataset.i18n = key;
+  if (args) e.dataset.i18nArgs = JSON.stringify(args);
+  else delete e.dataset.i18nArgs;
+  e.textContent = t(key, args);
 }
 
 /* ------------------------------------------------------------------ */
@@ -202,19 +204,19 @@ async function openSeries(uid, { index = 0 } = {}) {
   S.preset = 'default';
   view.fit();
   sync();
-  setMsg('Loading series…');
+  setMsg('viewer.loading_series');
   let items;
   try {
     items = await series.instances(uid);
   } catch (e) {
-    fail('Loading the series', e);
-    setMsg(`Could not load the series: ${e.message}`);
+    fail('viewer.fail.series', e);
+    setMsg('viewer.series_failed', {}, errorOf(e));
     return;
   }
   if (S.seriesUid !== uid) return;
   S.items = items;
   if (!items.length) {
-    setMsg('This series has no images yet.');
+    setMsg('viewer.series_empty');
     overlay();
     return;
   }
@@ -240,15 +242,28 @@ async function openSeries(uid, { index = 0 } = {}) {
 
 function presetList() {
   const ws = facts(cur())?.windows || [];
-  const first = ws[0]?.name ? ` · ${ws[0].name}` : '';
-  const list = [{ id: 'default', label: (ws.length || seriesModality() === 'CT' ? 'Default' : 'Auto') + first, win: null }];
-  ws.slice(1).forEach((w, i) => list.push({ id: `dataset-${i + 1}`, label: w.name || `Dataset ${i + 2}`, win: { wc: w.wc, ww: w.ww } }));
-  if (seriesModality() === 'CT') for (const p of CT_PRESETS) list.push({ id: p.id, label: p.label, win: { wc: p.wc, ww: p.ww } });
+  // A label is a message key (`key`, `args`) and/or the dataset's own window name (`name`, data).
+  const list = [{ id: 'default', key: ws.length || seriesModality() === 'CT' ? 'viewer.preset.default' : 'viewer.preset.auto', name: ws[0]?.name || '', win: null }];
+  ws.slice(1).forEach((w, i) =>
+    list.push({ id: `dataset-${i + 1}`, key: w.name ? '' : 'viewer.preset.dataset', args: { n: i + 2 }, name: w.name || '', win: { wc: w.wc, ww: w.ww } }),
+  );
+  if (seriesModality() === 'CT') for (const p of CT_PRESETS) list.push({ id: p.id, key: `viewer.preset.${p.id}`, win: { wc: p.wc, ww: p.ww } });
   return list;
 }
 
+/** A preset's label for the overlay, as nodes (or null). */
 function presetName(id) {
-  return presetList().find((p) => p.id === id)?.label || '';
+  const p = presetList().find((x) => x.id === id);
+  return p ? presetLabel(p) : null;
+}
+
+/** A preset's label as nodes: the message, and the dataset's window name as data. */
+function presetLabel(p) {
+  const parts = [];
+  if (p.key) parts.push(el('span', { i18n: p.key, i18nArgs: p.args }));
+  if (p.key && p.name) parts.push(' · ');
+  if (p.name) parts.push(el('span', { translate: 'no' }, p.name));
+  return parts;
 }
 
 function buildPresets() {
@@ -264,10 +279,11 @@ function buildPresets() {
             type: 'button',
             class: 'preset',
             dataset: { test: 'preset', preset: p.id },
-            title: `${p.win ? `W ${p.win.ww} L ${p.win.wc}` : "The dataset's own window"} (${i})`,
+            i18nTitle: p.win ? 'viewer.preset.window_tip' : 'viewer.preset.own_tip',
+            i18nArgs: p.win ? { ww: p.win.ww, wc: p.win.wc, i } : { i },
             onclick: () => applyPreset(p.id),
           },
-          p.label,
+          presetLabel(p),
         ),
       ),
     );
@@ -291,7 +307,7 @@ function setWindow(win, presetId = 'custom') {
 }
 
 function colourNotice() {
-  if (!S.colourWarned) toast('Window/level does not apply to colour images.', 'info');
+  if (!S.colourWarned) toast(el('span', { i18n: 'viewer.colour_no_wl' }), 'info');
   S.colourWarned = true;
 }
 
@@ -347,7 +363,7 @@ function playCine() {
   S.framesActive = true;
   cancelFull();
   prefetch();
-  ui.cinePlay.textContent = '❚❚ Pause';
+  say(ui.cinePlay, 'viewer.pause');
   ui.cinePlay.setAttribute('aria-pressed', 'true');
   const tick = () => {
     if (!S.cine.playing) return;
@@ -362,7 +378,7 @@ function playCine() {
       if (store.hasBlob(url)) store.decode(url).catch(() => {});
       else if (store.failure(url)) go(index, frame);
     }
-    ui.cineState.textContent = S.cine.stalled ? 'buffering…' : '';
+    ui.cineState.textContent = S.cine.stalled ? t('viewer.buffering') : '';
     S.cine.timer = setTimeout(tick, 1000 / Number(ui.fps.value || 10));
   };
   tick();
@@ -373,7 +389,7 @@ function stopCine() {
   if (!S.cine.playing) return;
   S.cine.playing = false;
   clearTimeout(S.cine.timer);
-  ui.cinePlay.textContent = '▶ Play';
+  say(ui.cinePlay, 'viewer.play');
   ui.cinePlay.setAttribute('aria-pressed', 'false');
   ui.cineState.textContent = '';
   present();
@@ -522,8 +538,15 @@ function onKey(ev) {
 /* Start                                                               */
 /* ------------------------------------------------------------------ */
 
-function fatal(text) {
-  ui.fatal.replaceChildren(text, el('br'), el('a', { href: '/', class: 'button', dataset: { test: 'home' } }, 'Back'));
+/** The page cannot show the study: message `key` (its `{error}` from `err`, rebuilt on a switch) and a way back. */
+function fatal(key, err) {
+  const build = () => (err ? withErrNodes(key, {}, errorOf(err)) : [t(key)]);
+  const text = nodesText(build());
+  liveNodes(ui.fatal, () => [
+    el('span', {}, build()),
+    el('br'),
+    el('a', { href: '/', class: 'button', dataset: { test: 'home' }, i18n: 'viewer.back' }),
+  ]);
   ui.fatal.hidden = false;
   ui.main.hidden = true;
   ui.main.setAttribute('aria-busy', 'false');
@@ -616,10 +639,10 @@ async function main() {
     return user;
   });
   userP.catch((e) => {
-    if (e?.status !== 401) fatal(`The viewer could not start: ${e?.message || e}`);
+    if (e?.status !== 401) fatal('viewer.start_failed', e);
   });
   if (!S.uid) {
-    if (await userP.catch(() => null)) fatal('No study given. Open a study from the worklist or the study list.');
+    if (await userP.catch(() => null)) fatal('viewer.no_study');
     return;
   }
   const studyP = init ? Promise.resolve(init.study) : api(`/api/studies/${enc(S.uid)}`);
@@ -629,7 +652,7 @@ async function main() {
     r = await loadStudy(studyP);
   } catch (e) {
     if (e.status === 401) return;
-    return fatal(e.status === 404 ? 'This study does not exist or is not available to you.' : `Could not load the study: ${e.message}`);
+    return e.status === 404 ? fatal('viewer.not_found') : fatal('viewer.study_failed', e);
   }
   clinics.then((c) => {
     clinicName = (c?.clinics || []).find((x) => x.id === S.study?.clinic_id)?.name || '';
@@ -650,7 +673,7 @@ async function main() {
     opening = openSeries(pick.uid, { index: pick.index });
   } else {
     const first = asked || series.rows.find((x) => (x.num_instances ?? 1) > 0) || series.rows[0];
-    opening = first ? openSeries(first.series_uid) : Promise.resolve(setMsg('No images in this study yet.'));
+    opening = first ? openSeries(first.series_uid) : Promise.resolve(setMsg('viewer.study_empty'));
   }
 
   const noImage = () => S.items.length || startBackground(); // nothing to show first: thumbnails now
@@ -679,7 +702,7 @@ async function main() {
   });
   const [, rep] = await Promise.allSettled([opening, reportReady]);
   if (!S.user) return; // no session: login, or the page already says why
-  if (rep.status === 'rejected') fail('Loading the report panel', rep.reason);
+  if (rep.status === 'rejected') fail('viewer.fail.report_panel', rep.reason);
   ui.main.setAttribute('aria-busy', 'false');
   hook.ready = true;
   sync();
@@ -689,7 +712,7 @@ async function main() {
     if (document.visibilityState !== 'visible') return;
     refreshStudy()
       .then((x) => report?.setWorklist(x?.worklist || null))
-      .catch((e) => fail('Refreshing the study', e));
+      .catch((e) => fail('viewer.fail.refresh', e));
     if (S.study?.status === 'receiving') {
       store.retryFailed();
       prefetch();
@@ -697,6 +720,18 @@ async function main() {
   }, REFRESH_MS);
 }
 
+// A language switch: data-i18n elements are re-translated in place; what is
+// built with t() (summary, overlay, progress, tag list, measurement labels)
+// is rebuilt. The study, series, slice, window and zoom stay.
+onLang(() => {
+  showSummary();
+  overlay();
+  scheduleProgress();
+  if (tagPanel.tags.length && !ui.tagsPanel.hidden) tagPanel.render();
+  if (S.cine.playing) ui.cineState.textContent = S.cine.stalled ? t('viewer.buffering') : '';
+  view.requestDraw();
+});
+
 main().catch((e) => {
-  if (e?.status !== 401) fatal(`The viewer could not start: ${e?.message || e}`);
+  if (e?.status !== 401) fatal('viewer.start_failed', e);
 });

@@ -14,7 +14,6 @@ import {
   header,
   el,
   $,
-  toast,
   testHook,
   personNameEl,
   dicomDate,
@@ -22,10 +21,12 @@ import {
   fmtDuration,
   age,
   list,
-  cap,
-  errText,
-  failer,
+  fmtBytesOf,
+  t,
+  onLang,
 } from './app-common.js';
+import { translateElement } from './i18n.js';
+import { failReporter, liveToast, nodesText, withErrNodes } from './msg-nodes.js';
 
 const PAGE = 50;
 const REFRESH_MS = 15_000;
@@ -34,17 +35,10 @@ const ARRIVING_FAST_MS = 2_000;
 const ARRIVING_SLOW_MS = 10_000;
 const FILTERS = ['priority', 'modality', 'clinic', 'body_part'];
 const DEFAULT_STATES = ['new', 'claimed', 'returned'];
-const STATE_LABEL = {
-  new: 'New',
-  claimed: 'Claimed',
-  returned: 'Returned',
-  reported: 'Reported',
-  delivered: 'Delivered',
-  cancelled: 'Cancelled',
-};
+const SEXES = ['M', 'F', 'O'];
 
 const hook = testHook('worklist', { ready: false, uids: [], rows: [], total: 0, arriving: [], errors: [] });
-const fail = failer(hook);
+const fail = failReporter(hook);
 
 const enc = encodeURIComponent;
 const viewerUrl = (uid) => `/viewer?study=${enc(uid)}`;
@@ -56,6 +50,7 @@ let refreshTimer = null;
 let tickTimer = null;
 let lastLoadAt = 0;
 let failing = false;
+let last = null; // the last answer and when it came: re-rendered on a language switch
 const clinicNames = new Map();
 
 // Arriving studies: their poll, and one card per (edge, study) kept across
@@ -71,8 +66,35 @@ const arrivingCards = new Map();
 
 /** "06:01" today, else the full date and time. */
 function sinceText(ms) {
-  const t = fmtTime(ms);
-  return t.slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? t.slice(11) : t;
+  const s = fmtTime(ms);
+  return s.slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? s.slice(11) : s;
+}
+
+/**
+ * Shows message `key` in `e` as a data-i18n element, so a language switch
+ * re-translates it in place (its arguments must not depend on the language).
+ */
+function say(e, key, args) {
+  e.dataset.i18n = key;
+  if (args) e.dataset.i18nArgs = JSON.stringify(args);
+  else delete e.dataset.i18nArgs;
+  translateElement(e);
+}
+
+/** Nodes joined with " · " (nothing for empty parts). */
+function joined(parts) {
+  const out = [];
+  for (const p of parts.filter(Boolean)) {
+    if (out.length) out.push(' · ');
+    out.push(p);
+  }
+  return out;
+}
+
+/** DICOM sex code: 男/女 in zh-CN; an unknown code is shown as data. */
+function sexNode(sex) {
+  if (!sex) return null;
+  return SEXES.includes(sex) ? el('span', { i18n: `worklist.sex.${sex}` }) : el('span', { translate: 'no' }, sex);
 }
 
 function filterCount() {
@@ -80,23 +102,21 @@ function filterCount() {
   const st = states();
   let n = st.length && st.join(',') !== DEFAULT_STATES.join(',') ? 1 : 0;
   for (const k of FILTERS) if (form.elements[k].value.trim()) n += 1;
-  $('#filter-count').textContent = n ? `(${n} active)` : '';
+  const fc = $('#filter-count');
+  if (n) say(fc, 'worklist.filter_count', { n });
+  else {
+    delete fc.dataset.i18n;
+    fc.textContent = '';
+  }
 }
 
 function clinicName(id, name) {
   return name || clinicNames.get(id) || id || '—';
 }
 
-/** "12.3 of 45.6 MB": both in the unit of the total (decimal units). */
-function fmtBytesOf(part, total) {
-  const t = Number(total) || 0;
-  const [div, unit, dp] = t < 1e6 ? [1e3, 'KB', 0] : t < 1e9 ? [1e6, 'MB', 1] : [1e9, 'GB', 2];
-  return `${((Number(part) || 0) / div).toFixed(dp)} of ${(t / div).toFixed(dp)} ${unit}`;
-}
-
 function prioBadge(p) {
   if (!p) return el('span', { class: 'muted' }, '—');
-  return el('span', { class: `badge prio-${p}`, dataset: { priority: p } }, p === 'stat' ? 'STAT' : cap(p));
+  return el('span', { class: `badge prio-${p}`, dataset: { priority: p }, i18n: `worklist.prio.${p}` });
 }
 
 // ------------------------------------------------------------------ rows
@@ -119,22 +139,28 @@ function row(it, fetchedAt) {
         class: 'small primary',
         dataset: { test: 'claim' },
         disabled: !claimable || heldByOther,
-        title: heldByOther ? `Being read by ${it.claimed_by_name || it.claimed_by}` : undefined,
+        i18n: mine && it.state === 'claimed' ? 'worklist.continue' : 'worklist.claim',
+        i18nTitle: heldByOther ? 'worklist.held_by' : undefined,
+        i18nArgs: heldByOther ? { name: it.claimed_by_name || it.claimed_by } : undefined,
       },
-      mine && it.state === 'claimed' ? 'Continue' : 'Claim',
     );
     btn.addEventListener('click', () => claim(uid, btn));
     actions.push(btn);
   }
-  actions.push(el('a', { class: 'button small', href: viewerUrl(uid), dataset: { test: 'open' } }, 'Open'));
+  actions.push(el('a', { class: 'button small', href: viewerUrl(uid), dataset: { test: 'open' }, i18n: 'worklist.open' }));
 
   const who =
     it.state === 'claimed' && it.claimed_by
       ? el(
           'span',
           { class: 'sub' },
-          mine ? 'by you' : `by ${it.claimed_by_name || it.claimed_by}`,
-          leaseLive ? ` · until ${fmtTime(it.lease_until_ms).slice(11)}` : ' · lease expired',
+          mine
+            ? el('span', { i18n: 'worklist.by_you' })
+            : [el('span', { i18n: 'worklist.by' }), ' ', el('span', { translate: 'no' }, it.claimed_by_name || it.claimed_by)],
+          ' · ',
+          leaseLive
+            ? el('span', { i18n: 'worklist.until', i18nArgs: { time: fmtTime(it.lease_until_ms).slice(11) } })
+            : el('span', { i18n: 'worklist.lease_expired' }),
         )
       : null;
 
@@ -146,35 +172,48 @@ function row(it, fetchedAt) {
       'td',
       {},
       el('span', { class: 'waiting', dataset: { since: since || '' } }, since ? fmtDuration(Date.now() - since) : '—'),
-      it.enqueued_ms ? el('span', { class: 'sub' }, `since ${sinceText(it.enqueued_ms)}`) : null,
+      it.enqueued_ms
+        ? el('span', { class: 'sub', i18n: 'worklist.since', i18nArgs: { time: sinceText(it.enqueued_ms) } })
+        : null,
     ),
-    el('td', {}, clinicName(it.clinic_id, it.clinic_name)),
+    el('td', { translate: 'no' }, clinicName(it.clinic_id, it.clinic_name)),
     el(
       'td',
       { class: 'patient' },
-      personNameEl(it.patient_name),
+      personNameEl(it.patient_name, 'strong', 'worklist.no_name'),
       el(
         'span',
         { class: 'sub' },
-        [it.sex, age(it.birth_date, it.study_date), it.patient_id && `ID ${it.patient_id}`].filter(Boolean).join(' · '),
+        joined([
+          sexNode(it.sex),
+          age(it.birth_date, it.study_date),
+          it.patient_id && el('span', {}, 'ID ', el('span', { translate: 'no' }, it.patient_id)),
+        ]),
       ),
     ),
-    el('td', { class: 'nowrap' }, list(it.modalities) || '—', el('span', { class: 'sub' }, dicomDate(it.study_date))),
-    el('td', {}, list(it.body_parts) || el('span', { class: 'muted' }, '—')),
-    el('td', { class: 'clip' }, it.description || el('span', { class: 'muted' }, '—')),
+    el(
+      'td',
+      { class: 'nowrap' },
+      el('span', { translate: 'no' }, list(it.modalities) || '—'),
+      el('span', { class: 'sub' }, dicomDate(it.study_date)),
+    ),
+    el('td', { translate: 'no' }, list(it.body_parts) || el('span', { class: 'muted' }, '—')),
+    el('td', { class: 'clip', translate: 'no' }, it.description || el('span', { class: 'muted' }, '—')),
     el(
       'td',
       { class: 'num' },
       String(it.num_instances ?? 0),
-      it.num_series != null ? el('span', { class: 'sub' }, `${it.num_series} series`) : null,
+      it.num_series != null
+        ? el('span', { class: 'sub', i18n: 'worklist.n_series', i18nArgs: { n: it.num_series } })
+        : null,
     ),
-    el('td', { class: 'question' }, it.clinical_question || el('span', { class: 'muted' }, '—')),
+    el('td', { class: 'question', translate: 'no' }, it.clinical_question || el('span', { class: 'muted' }, '—')),
     el(
       'td',
       {},
-      el('span', { class: `badge st-${it.state}`, dataset: { state: it.state } }, STATE_LABEL[it.state] || cap(it.state)),
+      el('span', { class: `badge st-${it.state}`, dataset: { state: it.state }, i18n: `worklist.state.${it.state}` }),
       who,
-      it.state === 'returned' && it.detail ? el('span', { class: 'sub' }, it.detail) : null,
+      it.state === 'returned' && it.detail ? el('span', { class: 'sub', translate: 'no' }, it.detail) : null,
     ),
     el('td', { class: 'sticky-end' }, el('div', { class: 'actions' }, actions)),
   );
@@ -190,6 +229,7 @@ function tick() {
 }
 
 function render(r, fetchedAt) {
+  last = { r, fetchedAt };
   const items = r.items || [];
   const total = Number.isFinite(r.total) ? r.total : items.length;
   hook.uids = items.map((it) => it.study_uid);
@@ -209,14 +249,17 @@ function render(r, fetchedAt) {
   $('#rows').replaceChildren(...items.map((it) => row(it, fetchedAt)));
   $('#table-wrap').hidden = items.length === 0;
   $('#empty').hidden = items.length > 0;
-  $('#summary').textContent = items.length
-    ? `${offset + 1}–${offset + items.length} of ${total} ${total === 1 ? 'study' : 'studies'}`
-    : '';
+  const summary = $('#summary');
+  if (items.length) say(summary, 'worklist.summary', { from: offset + 1, to: offset + items.length, n: total });
+  else {
+    delete summary.dataset.i18n;
+    summary.textContent = '';
+  }
   $('#pager').hidden = total <= PAGE && offset === 0;
   $('#prev').disabled = offset === 0;
   $('#next').disabled = offset + items.length >= total;
-  $('#page-info').textContent = `Page ${Math.floor(offset / PAGE) + 1} of ${Math.max(1, Math.ceil(total / PAGE))}`;
-  $('#updated').textContent = `Updated ${fmtTime(fetchedAt).slice(11)}`;
+  say($('#page-info'), 'worklist.page', { page: Math.floor(offset / PAGE) + 1, pages: Math.max(1, Math.ceil(total / PAGE)) });
+  say($('#updated'), 'worklist.updated', { time: fmtTime(fetchedAt).slice(11) });
 
   if (focusKey && focusKey[1]) {
     const tr = document.querySelector(`#rows tr[data-uid="${CSS.escape(focusKey[0])}"]`);
@@ -235,7 +278,7 @@ function arrivingCard(a) {
   const c = { key: arrivingKey(a), row: a, img: null, thumbTried: 0, keyImagesTried: false, prio: undefined };
   c.thumb = el('a', { class: 'arr-thumb', rel: 'noopener', hidden: true, dataset: { test: 'arriving-thumb' } });
   c.badge = el('span', { class: 'arr-prio' });
-  c.clinic = el('strong', { class: 'arr-clinic' });
+  c.clinic = el('strong', { class: 'arr-clinic', translate: 'no' });
   c.since = el('span', { class: 'arr-since muted', dataset: { test: 'arriving-since' } });
   c.bar = el('progress', { class: 'arr-bar', max: '100', value: '0' });
   c.count = el('span', { dataset: { test: 'arriving-count' } });
@@ -266,10 +309,10 @@ function localTime(ms) {
 function sinceArriving(c, now = Date.now()) {
   const a = c.row;
   if (a.state === 'committed') {
-    c.since.textContent = a.committed_ms ? `completed ${fmtDuration(now - localTime(a.committed_ms))} ago` : '';
+    c.since.textContent = a.committed_ms ? t('worklist.arr.completed_ago', { dur: fmtDuration(now - localTime(a.committed_ms)) }) : '';
     c.since.title = a.committed_ms ? fmtTime(localTime(a.committed_ms)) : '';
   } else {
-    c.since.textContent = a.began_ms ? `began ${fmtDuration(now - localTime(a.began_ms))} ago` : '';
+    c.since.textContent = a.began_ms ? t('worklist.arr.began_ago', { dur: fmtDuration(now - localTime(a.began_ms)) }) : '';
     c.since.title = a.began_ms ? fmtTime(localTime(a.began_ms)) : '';
   }
 }
@@ -287,7 +330,7 @@ function thumbArriving(c) {
   c.thumb.href = done ? viewerUrl(uid) : arrivingImage(uid, 'preview');
   if (done) c.thumb.removeAttribute('target');
   else c.thumb.target = '_blank';
-  c.thumb.title = done ? 'Open the study' : 'Open the first preview (new tab)';
+  c.thumb.title = t(done ? 'worklist.arr.open_study' : 'worklist.arr.open_preview');
   c.thumb.setAttribute('aria-label', c.thumb.title);
   if (c.img) return;
   let src = null;
@@ -333,16 +376,18 @@ function updateArriving(c, a) {
   const arrivedBytes = done ? totalBytes : Number(a.arrived_bytes) || 0;
   const frac = done ? 1 : totalBytes > 0 ? arrivedBytes / totalBytes : total > 0 ? arrived / total : 0;
   c.bar.value = Math.round(Math.max(0, Math.min(1, frac)) * 100);
-  c.bar.setAttribute('aria-label', `${arrived} of ${total} images received`);
-  c.count.textContent = done ? `received: ${total} of ${total}` : `arriving: ${arrived} of ${total}`;
+  c.bar.setAttribute('aria-label', t('worklist.arr.bar', { arrived, total }));
+  c.count.textContent = t(done ? 'worklist.arr.received' : 'worklist.arr.arriving', { arrived, total });
   c.bytes.textContent = totalBytes ? fmtBytesOf(arrivedBytes, totalBytes) : '';
   c.bytes.hidden = !totalBytes;
-  c.previews.textContent = `previews: ${Number(a.previews) || 0}`;
+  c.previews.textContent = t('worklist.arr.previews', { n: Number(a.previews) || 0 });
   c.previews.hidden = done;
   c.done.hidden = !done;
   if (done) {
-    const took = a.committed_ms && a.began_ms ? ` (${fmtDuration(a.committed_ms - a.began_ms)} in transit)` : '';
-    c.done.textContent = `complete — on the worklist${took}`;
+    c.done.textContent =
+      a.committed_ms && a.began_ms
+        ? t('worklist.arr.done_took', { dur: fmtDuration(a.committed_ms - a.began_ms) })
+        : t('worklist.arr.done');
   }
   thumbArriving(c);
 }
@@ -382,9 +427,12 @@ function renderArriving(rows) {
   // Re-insert only when the order changed (keeps keyboard focus in place).
   if (current.length !== order.length || current.some((li, i) => li !== order[i])) list.replaceChildren(...order);
   $('#arriving').hidden = order.length === 0;
-  $('#arriving-count').textContent = order.length
-    ? `(${moving.length} on the way${done.length ? `, ${done.length} just completed` : ''})`
-    : '';
+  const count = $('#arriving-count');
+  if (!order.length) {
+    delete count.dataset.i18n;
+    count.textContent = '';
+  } else if (done.length) say(count, 'worklist.arr.count_done', { n: moving.length, done: done.length });
+  else say(count, 'worklist.arr.count', { n: moving.length });
   hook.arriving = [...moving, ...done].map(({ row: a }) => ({
     uid: a.study_uid,
     edge: a.edge,
@@ -417,7 +465,7 @@ async function loadArriving() {
       renderArriving([]);
       return;
     }
-    if (!arrivingFailing) fail('Loading arriving studies', e);
+    if (!arrivingFailing) fail('worklist.fail.arriving', e);
     if (!(e && e.name === 'AbortError')) arrivingFailing = true;
   } finally {
     if (ctl === arrivingCtl) arrivingCtl = null;
@@ -485,7 +533,7 @@ async function load({ auto = false } = {}) {
     failing = false;
   } catch (e) {
     if (ctl !== loadCtl) return;
-    if (!auto || !failing) fail('Loading the worklist', e);
+    if (!auto || !failing) fail('worklist.fail.load', e);
     if (!(e && e.name === 'AbortError')) failing = true;
   } finally {
     if (ctl === loadCtl) {
@@ -499,17 +547,18 @@ async function claim(uid, btn) {
   btn.disabled = true;
   try {
     await api(`/api/worklist/${enc(uid)}/claim`, { method: 'POST' });
-    btn.textContent = 'Opening…';
+    say(btn, 'worklist.opening');
     location.assign(viewerUrl(uid));
     return;
   } catch (e) {
     if (e instanceof ApiError && e.status === 409) {
-      const msg = `Not claimed: ${e.message}`;
-      hook.errors.push(msg);
-      toast(msg, 'error');
+      // The message names who holds the study: data, in its own translate="no" span.
+      const build = () => withErrNodes('worklist.not_claimed', {}, e);
+      hook.errors.push(nodesText(build()));
+      liveToast(build, 'error');
       load();
     } else {
-      fail('Claiming the study', e);
+      fail('worklist.fail.claim', e);
     }
   }
   btn.disabled = false;
@@ -606,12 +655,12 @@ async function loadClinics() {
     const sel = $('#filters').elements.clinic;
     for (const c of r.clinics || []) {
       clinicNames.set(c.id, c.name || c.id);
-      sel.append(el('option', { value: c.id }, c.name || c.id));
+      sel.append(el('option', { value: c.id, translate: 'no' }, c.name || c.id));
     }
     const want = new URLSearchParams(location.search).get('clinic');
     if (want) sel.value = want;
   } catch (e) {
-    fail('Loading clinics', e);
+    fail('worklist.fail.clinics', e);
   }
 }
 
@@ -621,14 +670,21 @@ async function main() {
   try {
     user = await session();
   } catch (e) {
-    fail('Loading your session', e);
+    fail('worklist.fail.session', e);
     return;
   }
   header(user, '/worklist');
   if (user.role === 'clinic') {
     $('#main').replaceChildren(
-      el('h1', {}, 'Reading worklist'),
-      el('p', { class: 'notice' }, 'The worklist is for reading experts. ', el('a', { href: '/studies' }, 'Go to your studies'), '.'),
+      el('h1', { i18n: 'worklist.heading' }),
+      el(
+        'p',
+        { class: 'notice' },
+        el('span', { i18n: 'worklist.clinic_notice' }),
+        ' ',
+        el('a', { href: '/studies', i18n: 'worklist.clinic_go' }),
+        el('span', { i18n: 'worklist.clinic_end' }),
+      ),
     );
     return;
   }
@@ -639,6 +695,16 @@ async function main() {
   schedule();
   scheduleArriving();
 }
+
+// A language switch re-renders what carries formatted values (durations)
+// or is set outside data-i18n (the arriving cards); the rest is re-translated in place.
+onLang(() => {
+  if (last) render(last.r, last.fetchedAt);
+  for (const c of arrivingCards.values()) {
+    updateArriving(c, c.row);
+    sinceArriving(c);
+  }
+});
 
 hook.refresh = () => load();
 hook.refreshArriving = () => loadArriving();
