@@ -263,6 +263,13 @@ fn consultation_room_in_chinese_and_english_keeps_its_state_on_a_switch() {
     );
     assert_translated(&clinic, "consult-room", None);
     screenshot(&clinic, "consult-room");
+    // The expert has the device settings open (camera and microphone choice).
+    click(&expert, "[data-action=settings]");
+    wait(
+        &expert,
+        "!document.querySelector('#settings').hidden",
+        "the device settings",
+    );
     assert_translated(&expert, "consult-room-expert", None);
     screenshot(&expert, "consult-room-expert");
 
