@@ -1,7 +1,7 @@
 // Chat panel over the `room` data channel: {"t":"chat","text"} out,
 // {"t":"chat","text","from","ts"} in.
 
-import { clockTime, el, utf8Length } from './consult-util.js';
+import { clockTime, el, setRich, utf8Length } from './consult-util.js';
 
 export const CHAT_MAX_CHARS = 2000;
 // Data-channel messages are limited to 4 KiB; leave room for the JSON wrapper.
@@ -71,7 +71,7 @@ export class ChatPanel {
 
   updateCounter() {
     const n = Array.from(this.input.value).length;
-    this.counter.textContent = n > CHAT_MAX_CHARS * 0.8 ? `${n}/${CHAT_MAX_CHARS}` : '';
+    this.counter.textContent = n > CHAT_MAX_CHARS * 0.8 ? `${n}/${CHAT_MAX_CHARS}` : ''; // digits only
   }
 
   /** Append one message. `entry`: {name, text, ts, mine, pending} */
@@ -79,9 +79,11 @@ export class ChatPanel {
     const item = el(
       'li',
       { class: entry.mine ? 'mine' : '' },
-      el('span', { class: 'who', text: entry.mine ? 'You' : entry.name }),
+      entry.mine || !entry.name
+        ? el('span', { class: 'who', i18n: entry.mine ? 'consult.you' : 'consult.participant' })
+        : el('span', { class: 'who', translate: 'no', text: entry.name }),
       el('time', { datetime: new Date(entry.ts).toISOString(), text: clockTime(entry.ts) }),
-      el('p', { text: entry.text }),
+      el('p', { translate: 'no', text: entry.text }),
     );
     if (entry.pending) item.classList.add('pending');
     const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
@@ -91,9 +93,9 @@ export class ChatPanel {
     return item;
   }
 
-  /** A system line (someone joined/left). */
-  note(text) {
-    this.list.append(el('li', { class: 'note', text }));
+  /** A system line (someone joined/left): the message `key` with the participant's `name`. */
+  note(key, name) {
+    this.list.append(setRich(el('li', { class: 'note' }), key, { name }));
     this.list.scrollTop = this.list.scrollHeight;
   }
 }

@@ -4,16 +4,16 @@
 // This module only renders and sends; what speaking does to the media
 // (opening the microphone, publishing it) is the page's (`hooks`).
 
-import { clockTime, el } from './consult-util.js';
+import { clockTime, el, setMsg } from './consult-util.js';
 
 export const QUESTION_MAX_CHARS = 500;
 
-const STATE_TEXT = { open: 'waiting', answered: 'answered', dismissed: 'dismissed' };
+const STATE_KEYS = { open: 'consult.floor.q.open', answered: 'consult.floor.q.answered', dismissed: 'consult.floor.q.dismissed' };
 
 export class FloorPanel {
   /**
    * @param {HTMLElement} root `#panel-floor`
-   * @param {{send(msg): boolean, toast(text): void, stopSpeaking(): void}} hooks
+   * @param {{send(msg): boolean, toast(key, args): void, stopSpeaking(): void}} hooks
    */
   constructor(root, hooks) {
     this.root = root;
@@ -50,11 +50,11 @@ export class FloorPanel {
     const t = String(text ?? '').trim();
     if (!t) return false;
     if ([...t].length > QUESTION_MAX_CHARS) {
-      this.hooks.toast(`A question is at most ${QUESTION_MAX_CHARS} characters.`);
+      this.hooks.toast('consult.floor.too_long', { max: QUESTION_MAX_CHARS });
       return false;
     }
     if (!this.hooks.send({ type: 'question', text: t })) {
-      this.hooks.toast('Not connected — the question was not sent.');
+      this.hooks.toast('consult.floor.not_sent');
       return false;
     }
     this.ui.input.value = '';
@@ -111,29 +111,32 @@ export class FloorPanel {
 
   render() {
     const u = this.ui;
-    u.liveToggle.textContent = this.live ? 'Stop broadcast' : 'Start broadcast';
+    setMsg(u.liveToggle, this.live ? 'consult.floor.stop' : 'consult.floor.start');
     u.liveToggle.classList.toggle('primary', !this.live);
     u.liveToggle.setAttribute('aria-pressed', String(this.live));
-    u.handToggle.textContent = this.hand ? 'Lower hand' : 'Raise hand';
+    setMsg(u.handToggle, this.hand ? 'consult.floor.lower_hand' : 'consult.floor.raise');
     u.handToggle.setAttribute('aria-pressed', String(this.hand));
     u.handToggle.disabled = !this.live || !!this.speaking;
     u.speakStop.hidden = !this.speaking;
     const q = this.queue;
-    // A panel button that sends one floor message.
+    // A panel button (its label a message key) that sends one floor message.
     const button = (label, msg, primary = false) =>
-      el('button', { type: 'button', class: primary ? 'primary' : undefined, onclick: () => this.hooks.send(msg) }, label);
+      el('button', { type: 'button', class: primary ? 'primary' : undefined, i18n: label, onclick: () => this.hooks.send(msg) });
+    // A viewer's name: data, or "Viewer" when it has none.
+    const who = (name) =>
+      name ? el('span', { class: 'who', translate: 'no' }, name) : el('span', { class: 'who', i18n: 'consult.floor.viewer' });
     fill(
       u.speakers,
       q.speakers.map((s) =>
         el(
           'li',
           { 'data-id': s.id },
-          el('span', { class: 'who' }, s.name || 'Viewer'),
-          s.video ? el('span', { class: 'state' }, 'with video') : null,
-          button('End', { type: 'demote', participant: s.id }),
+          who(s.name),
+          s.video ? el('span', { class: 'state', i18n: 'consult.floor.with_video' }) : null,
+          button('consult.floor.end', { type: 'demote', participant: s.id }),
         ),
       ),
-      'Nobody else has the floor.',
+      'consult.floor.no_speakers',
     );
     fill(
       u.hands,
@@ -141,31 +144,31 @@ export class FloorPanel {
         el(
           'li',
           { 'data-id': h.id },
-          el('span', { class: 'who' }, h.name || 'Viewer'),
+          who(h.name),
           el('time', { class: 'state' }, clockTime(h.since)),
-          button('Let speak', { type: 'promote', participant: h.id, video: false }, true),
-          button('With video', { type: 'promote', participant: h.id, video: true }),
-          button('Lower', { type: 'hand', raised: false, participant: h.id }),
+          button('consult.floor.let_speak', { type: 'promote', participant: h.id, video: false }, true),
+          button('consult.floor.let_speak_video', { type: 'promote', participant: h.id, video: true }),
+          button('consult.floor.lower', { type: 'hand', raised: false, participant: h.id }),
         ),
       ),
-      'No raised hands.',
+      'consult.floor.no_hands',
     );
     const more = q.hands_total - q.hands.length;
-    if (more > 0) u.hands.append(el('li', { class: 'empty' }, `and ${more} more`));
+    if (more > 0) u.hands.append(el('li', { class: 'empty', i18n: 'consult.floor.more', i18nArgs: { n: more } }));
     fill(
       u.questions,
       q.questions.map((x) =>
         el(
           'li',
           { 'data-id': String(x.id) },
-          el('span', { class: 'who' }, x.name || 'Viewer'),
+          who(x.name),
           el('time', { class: 'state' }, clockTime(x.ts)),
-          el('p', { class: 'text' }, x.text),
-          button('Answered', { type: 'question_done', id: x.id, answered: true }, true),
-          button('Dismiss', { type: 'question_done', id: x.id, answered: false }),
+          el('p', { class: 'text', translate: 'no' }, x.text),
+          button('consult.floor.answered', { type: 'question_done', id: x.id, answered: true }, true),
+          button('consult.floor.dismiss', { type: 'question_done', id: x.id, answered: false }),
         ),
       ),
-      'No questions.',
+      'consult.floor.no_questions',
     );
     this.root.querySelector('#speakers-count').textContent = q.speakers.length ? `(${q.speakers.length})` : '';
     this.root.querySelector('#hands-count').textContent = q.hands_total ? `(${q.hands_total})` : '';
@@ -176,15 +179,15 @@ export class FloorPanel {
         el(
           'li',
           { 'data-id': String(id), 'data-state': m.state },
-          el('p', { class: 'text' }, m.text),
-          el('span', { class: 'state' }, STATE_TEXT[m.state] || m.state),
+          el('p', { class: 'text', translate: 'no' }, m.text),
+          el('span', { class: 'state', i18n: STATE_KEYS[m.state] || STATE_KEYS.open }),
         ),
       ),
-      'You have not asked anything yet.',
+      'consult.floor.no_mine',
     );
   }
 }
 
-function fill(list, items, emptyText) {
-  list.replaceChildren(...(items.length ? items : [el('li', { class: 'empty' }, emptyText)]));
+function fill(list, items, emptyKey) {
+  list.replaceChildren(...(items.length ? items : [el('li', { class: 'empty', i18n: emptyKey })]));
 }

@@ -157,7 +157,7 @@ export class LocalMedia {
 
 export class PubConnection {
   /**
-   * @param {{send(msg): boolean, onNegotiated(): void, onRefused(code): void, onError(text): void}} hooks
+   * @param {{send(msg): boolean, onNegotiated(): void, onRefused(code): void, onError(key): void}} hooks (onError: a message key)
    */
   constructor(hooks) {
     this.hooks = hooks;
@@ -262,7 +262,7 @@ export class PubConnection {
     this.again = false;
     this.sendOffer().catch((err) => {
       log('pub offer failed', err?.name);
-      this.hooks.onError('Could not prepare the media offer.');
+      this.hooks.onError('consult.media.offer_failed');
       this.release();
     });
   }
@@ -297,7 +297,7 @@ export class PubConnection {
     } catch (err) {
       log('pub answer rejected by the browser', err?.name);
       await this.rollback();
-      this.hooks.onError('The server answer could not be applied.');
+      this.hooks.onError('consult.media.answer_failed');
     }
     this.release();
   }
@@ -320,7 +320,7 @@ export class PubConnection {
       this.retries += 1;
       this.again = true;
     } else {
-      this.hooks.onError('The server did not answer the media offer.');
+      this.hooks.onError('consult.media.no_answer');
     }
     this.release();
   }
@@ -381,7 +381,7 @@ async function applyEncoding(sender, layers, extra = null) {
 
 export class SubConnection {
   /**
-   * @param {{send(msg): boolean, onTrack(info), onTracksSettled(list), onError(text)}} hooks
+   * @param {{send(msg): boolean, onTrack(info), onTracksSettled(list), onError(key)}} hooks (onError: a message key)
    *   onTrack({mid, participant, source, kind, track}) on each ontrack;
    *   onTracksSettled(list) after each answer with every track now received.
    */
@@ -405,7 +405,7 @@ export class SubConnection {
       .then(() => this.answer(msg))
       .catch((err) => {
         log('sub negotiation failed', err?.name);
-        this.hooks.onError('Could not receive the other participants’ media.');
+        this.hooks.onError('consult.media.receive_failed');
       });
   }
 

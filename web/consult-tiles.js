@@ -1,7 +1,8 @@
 // Video tiles: one per participant (camera + mic), plus one per active
-// screen share. Names are always set through textContent.
+// screen share. Names are always set through textContent, marked
+// translate="no" (data); the words around them are message keys.
 
-import { el, initials } from './consult-util.js';
+import { el, initials, setData, setMsg, setRich } from './consult-util.js';
 import { ICONS } from './consult-icons.js';
 
 export class Tiles {
@@ -21,12 +22,14 @@ export class Tiles {
 
   setLocal(stream, name) {
     if (!this.local) {
-      this.local = this.makeTile('me', name || 'You', 'self');
+      this.local = this.makeTile('me', name, 'self');
       this.local.el.classList.add('self');
       this.grid.prepend(this.local.el);
     }
     this.local.video.srcObject = stream;
-    this.local.name.textContent = `${name || 'You'} (you)`;
+    if (name) setRich(this.local.name, 'consult.tile.self', { name });
+    else setMsg(this.local.name, 'consult.you');
+    this.local.displayName = name;
     this.local.hasVideo = stream.getVideoTracks().length > 0;
     this.refresh(this.local);
   }
@@ -45,7 +48,7 @@ export class Tiles {
   }
 
   setLocalScreen(stream) {
-    if (this.local) this.setScreen(this.local, stream ? stream.getVideoTracks()[0] : null, 'Your screen');
+    if (this.local) this.setScreen(this.local, stream ? stream.getVideoTracks()[0] : null, null);
   }
 
   /* ---- remote participants ---- */
@@ -57,8 +60,9 @@ export class Tiles {
       this.tiles.set(p.id, tile);
       this.grid.append(tile.el);
     }
-    tile.name.textContent = p.name || 'Participant';
-    tile.role.textContent = p.role === 'clinic' ? 'clinic' : p.role === 'expert' ? 'expert' : '';
+    setData(tile.name, p.name, 'consult.participant');
+    tile.displayName = p.name;
+    setMsg(tile.role, p.role === 'clinic' ? 'common.role.clinic' : p.role === 'expert' ? 'common.role.expert' : null);
     tile.avatar.textContent = initials(p.name);
     for (const s of Array.isArray(p.sources) ? p.sources : []) {
       if (s && typeof s.source === 'string') tile.muted[s.source] = !!s.muted;
@@ -88,7 +92,7 @@ export class Tiles {
   attach({ participant, source, track }) {
     const tile = this.tiles.get(participant) || this.upsert({ id: participant, name: '…', role: '', sources: [] });
     if (source === 'screen') {
-      this.setScreen(tile, track, `${tile.name.textContent} — screen`);
+      this.setScreen(tile, track, tile.displayName || '');
     } else if (track.kind === 'audio') {
       setSingleTrack(tile.audio, track);
       this.play(tile.audio);
@@ -129,12 +133,13 @@ export class Tiles {
     const video = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-hidden': 'true' });
     video.muted = true; // the attribute alone does not mute in every browser
     const audio = el('audio', { autoplay: true });
-    const avatar = el('div', { class: 'avatar', 'aria-hidden': 'true', text: initials(name) });
-    const nameEl = el('span', { class: 'name', text: name || 'Participant' });
-    const roleEl = el('span', { class: 'role', text: role === 'self' ? '' : role || '' });
-    const micOff = el('span', { class: 'badge mic-off', role: 'img', 'aria-label': 'microphone muted', title: 'Microphone muted' });
+    // Initials are the name's: data.
+    const avatar = el('div', { class: 'avatar', 'aria-hidden': 'true', translate: 'no', text: initials(name) });
+    const nameEl = setData(el('span', { class: 'name' }), name, id === 'me' ? 'consult.you' : 'consult.participant');
+    const roleEl = el('span', { class: 'role' });
+    const micOff = el('span', { class: 'badge mic-off', role: 'img', i18nAriaLabel: 'consult.tile.mic_muted', i18nTitle: 'consult.tile.mic_muted' });
     micOff.innerHTML = ICONS.micOff; // static markup, no user data
-    const camOff = el('span', { class: 'badge cam-off', role: 'img', 'aria-label': 'camera off', title: 'Camera off' });
+    const camOff = el('span', { class: 'badge cam-off', role: 'img', i18nAriaLabel: 'consult.camera_off', i18nTitle: 'consult.camera_off' });
     camOff.innerHTML = ICONS.camOff;
     const caption = el('figcaption', {}, nameEl, roleEl, micOff, camOff);
     const fig = el('figure', { class: 'tile', 'data-pid': id }, video, avatar, caption, audio);
@@ -150,7 +155,8 @@ export class Tiles {
     tile.el.classList.toggle('no-video', !showVideo);
   }
 
-  setScreen(tile, track, label) {
+  /** A screen share beside `tile`, captioned "{name} — screen" (`name` null: our own screen). */
+  setScreen(tile, track, name) {
     if (tile.screen && (!track || tile.screen.track !== track)) {
       tile.screen.el.remove();
       tile.screen = null;
@@ -159,7 +165,11 @@ export class Tiles {
     const video = el('video', { autoplay: true, playsinline: true, muted: true });
     video.muted = true;
     setSingleTrack(video, track);
-    const fig = el('figure', { class: 'tile screen', 'data-pid': tile.id }, video, el('figcaption', {}, el('span', { class: 'name', text: label || 'Screen' })));
+    const caption = el('span', { class: 'name' });
+    if (name === null) setMsg(caption, 'consult.tile.my_screen');
+    else if (name) setRich(caption, 'consult.tile.screen_of', { name });
+    else setMsg(caption, 'consult.tile.screen');
+    const fig = el('figure', { class: 'tile screen', 'data-pid': tile.id }, video, el('figcaption', {}, caption));
     tile.el.after(fig);
     tile.screen = { el: fig, track };
   }

@@ -1,4 +1,8 @@
-// Small helpers shared by the consultation page modules. No dependencies.
+// Small helpers shared by the consultation page modules. The only
+// dependency is web/i18n.js (message keys kept as data-i18n* attributes, so
+// a language switch re-translates in place; conventions: web/I18N.md).
+
+import { onLang, t, translateElement } from './i18n.js';
 
 /**
  * Parse the URL fragment (`#token=...&autojoin=1`). Done by hand rather than
@@ -50,9 +54,14 @@ export const isFiniteNumber = (v) => typeof v === 'number' && Number.isFinite(v)
  */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
+  let localized = false;
   for (const [k, v] of Object.entries(attrs)) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'class') node.className = v;
+    else if (Object.hasOwn(I18N_ATTRS, k)) {
+      node.dataset[k] = v;
+      localized = true;
+    } else if (k === 'i18nArgs') node.dataset.i18nArgs = JSON.stringify(v);
     else if (k === 'text') node.textContent = v;
     else if (k.startsWith('on') && typeof v === 'function') node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? '' : String(v));
@@ -61,8 +70,93 @@ export function el(tag, attrs = {}, ...children) {
     if (c === null || c === undefined || c === false) continue;
     node.append(typeof c === 'string' ? document.createTextNode(c) : c);
   }
+  if (localized) translateElement(node);
   return node;
 }
+
+// el() attributes naming a message (interface text): `i18n` (the text),
+// `i18nTitle`, `i18nAriaLabel`, `i18nPlaceholder`, with `i18nArgs`.
+const I18N_ATTRS = { i18n: 1, i18nTitle: 1, i18nAriaLabel: 1, i18nPlaceholder: 1 };
+
+/**
+ * Sets `node`'s text to the message `key` (null: empty), kept as data-i18n
+ * so a language switch re-translates it. Returns `node`.
+ */
+export function setMsg(node, key, args) {
+  delete node.dataset.i18nRich;
+  node.removeAttribute('translate');
+  if (!key) {
+    delete node.dataset.i18n;
+    delete node.dataset.i18nArgs;
+    node.textContent = '';
+    return node;
+  }
+  node.dataset.i18n = key;
+  if (args) node.dataset.i18nArgs = JSON.stringify(args);
+  else delete node.dataset.i18nArgs;
+  translateElement(node);
+  return node;
+}
+
+/** Sets an attribute (`title`, `aria-label`, `placeholder`) of `node` to the message `key`. */
+export function setMsgAttr(node, attr, key, args) {
+  const k = { title: 'i18nTitle', 'aria-label': 'i18nAriaLabel', placeholder: 'i18nPlaceholder' }[attr];
+  node.dataset[k] = key;
+  if (args) node.dataset.i18nArgs = JSON.stringify(args);
+  translateElement(node);
+  return node;
+}
+
+/**
+ * Shows data typed by people (a name, a room title) as it is, marked
+ * translate="no"; without it, the message `fallback` (e.g. "Participant").
+ */
+export function setData(node, value, fallback) {
+  if (value) {
+    delete node.dataset.i18n;
+    delete node.dataset.i18nArgs;
+    delete node.dataset.i18nRich;
+    node.setAttribute('translate', 'no');
+    node.textContent = value;
+    return node;
+  }
+  return setMsg(node, fallback);
+}
+
+/**
+ * A message with data inside it ("{name} joined"): the data placeholders
+ * (`data`, e.g. {name}) become translate="no" spans, the rest is the
+ * message's text, so names are never mistaken for interface text (and the
+ * message follows a language switch). Returns `node`.
+ */
+export function setRich(node, key, data) {
+  delete node.dataset.i18n;
+  node.removeAttribute('translate');
+  node.dataset.i18nRich = key;
+  node.dataset.i18nRichArgs = JSON.stringify(data || {});
+  renderRich(node);
+  return node;
+}
+
+function renderRich(node) {
+  let data = {};
+  try {
+    data = JSON.parse(node.dataset.i18nRichArgs || '{}');
+  } catch {
+    data = {};
+  }
+  const marks = Object.fromEntries(Object.keys(data).map((k) => [k, `\u0000${k}\u0000`]));
+  const parts = t(node.dataset.i18nRich, marks).split('\u0000');
+  node.replaceChildren(
+    ...parts
+      .map((p, i) => (i % 2 ? el('span', { translate: 'no' }, String(data[p] ?? '')) : p))
+      .filter((p) => p !== ''),
+  );
+}
+
+onLang(() => {
+  for (const node of document.querySelectorAll('[data-i18n-rich]')) renderRich(node);
+});
 
 /**
  * Rate-limit `fn` to one call per `ms`, always delivering the latest

@@ -10,7 +10,9 @@
 // window drag is previewed instantly on the image already shown (an SVG
 // linear transfer function) while the exact render is fetched.
 
-import { el, isFiniteNumber, isValidUid } from './consult-util.js';
+import { ApiError, errMessage } from './app-common.js';
+import { el, isFiniteNumber, isValidUid, setMsg } from './consult-util.js';
+import { onLang, t } from './i18n.js';
 
 const WL_SETTLE_MS = 150; // fetch after a W/L drag has been still this long
 const SCROLL_SETTLE_MS = 60; // coalesce fast wheel scrolling
@@ -27,13 +29,14 @@ const CT_CLASSES = new Set([P + '2', P + '2.1', P + '2.2']);
 const MR_CLASSES = new Set([P + '4', P + '4.1', P + '4.2', P + '4.3', P + '4.4']);
 const XRAY_CLASSES = new Set([P + '1', P + '1.1', P + '1.1.1', P + '1.2', P + '1.2.1', P + '1.3', P + '1.3.1']);
 
+// [id, centre, width]; the option shows the message consult.wl.preset.<id>.
 const CT_PRESETS = [
-  ['Soft tissue', 40, 400],
-  ['Lung', -600, 1500],
-  ['Bone', 400, 1800],
-  ['Brain', 40, 80],
-  ['Liver', 60, 160],
-  ['Mediastinum', 50, 350],
+  ['soft_tissue', 40, 400],
+  ['lung', -600, 1500],
+  ['bone', 400, 1800],
+  ['brain', 40, 80],
+  ['liver', 60, 160],
+  ['mediastinum', 50, 350],
 ];
 
 function familyOf(item, modality) {
@@ -54,19 +57,21 @@ const FAMILY = {
 const round2 = (v) => Math.round(v * 100) / 100;
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 
+/** An ApiError for a failed answer: its `code` and `params` say what to show (errMessage). */
 async function responseError(res) {
+  let body = null;
   try {
-    const body = await res.json();
-    if (body && typeof body.error === 'string') return body.error;
+    body = await res.json();
   } catch {
     /* not JSON */
   }
-  return `HTTP ${res.status}`;
+  const text = body && typeof body.error === 'string' ? body.error : `HTTP ${res.status}`;
+  return new ApiError(res.status, text, body);
 }
 
 async function getJson(url) {
   const res = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-  if (!res.ok) throw new Error(await responseError(res));
+  if (!res.ok) throw await responseError(res);
   return res.json();
 }
 
@@ -100,7 +105,7 @@ export class StudyViewer {
 
     this.study = null;
     this.items = []; // instance rows, in the API's order (series, instance number)
-    this.seriesList = []; // [{uid, label, modality, start, count}]
+    this.seriesList = []; // [{uid, label, n, modality, start, count}]
     this.pos = 0;
     this.frame = 0;
     this.win = null; // {wc, ww}, or null for the dataset's own window
@@ -118,6 +123,10 @@ export class StudyViewer {
     this.wheelAcc = 0;
     this.lastSize = 1024;
     this.navigated = false; // last change was a scroll (prefetch worth it)
+    // The image's alt text is not a data-i18n attribute: redo it on a language switch.
+    onLang(() => {
+      if (this.shown) this.ui.img.alt = t('consult.viewer.image_alt', { n: this.shown.pos + 1, total: this.items.length });
+    });
 
     this.bindControls();
     this.bindStage();
@@ -145,7 +154,7 @@ export class StudyViewer {
   loadStudy(uid, { origin = 'local', select = null } = {}) {
     uid = String(uid || '').trim();
     if (!isValidUid(uid)) {
-      this.setStatus('That is not a valid Study Instance UID.', true);
+      this.setStatus('consult.viewer.bad_uid', { error: true });
       return Promise.resolve(false);
     }
     // Views arrive up to 5/s while someone drags: never restart a load of the same study.
@@ -164,7 +173,7 @@ export class StudyViewer {
 
   async fetchStudy(job) {
     const seq = ++this.loadSeq;
-    this.setStatus('Loading study…');
+    this.setStatus('consult.viewer.loading');
     const enc = encodeURIComponent(job.uid);
     try {
       const [inst, series] = await Promise.all([
@@ -176,16 +185,16 @@ export class StudyViewer {
         (r) => r && isValidUid(r.sop_instance_uid) && typeof r.series_uid === 'string',
       );
       if (!items.length) {
-        this.setStatus('This study has no images yet.', true);
+        this.setStatus('consult.viewer.no_images', { error: true });
         return false;
       }
       this.adoptStudy(job.uid, items, Array.isArray(series?.series) ? series.series : []);
-      this.setStatus('');
+      this.setStatus(null);
       if (job.select) this.select(job.select, job.origin);
       else this.moveTo(0, 0, job.origin);
       return true;
     } catch (err) {
-      if (seq === this.loadSeq) this.setStatus(`Could not load the study: ${err.message}`, true);
+      if (seq === this.loadSeq) this.setStatus('consult.viewer.load_failed', { error: true, cause: err });
       return false;
     }
   }
@@ -220,7 +229,8 @@ export class StudyViewer {
       'div',
       { class: from ? 'marker' : 'marker mine', 'data-from': key, role: 'status' },
       el('span', { class: 'dot', 'aria-hidden': 'true' }),
-      el('span', { class: 'label', text: name || '' }),
+      // Someone's name (data); our own pointer says "You".
+      from ? el('span', { class: 'label', translate: 'no', text: name || '' }) : el('span', { class: 'label', i18n: 'consult.you' }),
     );
     marker.style.left = `${box.left - stageBox.left + x * box.width}px`;
     marker.style.top = `${box.top - stageBox.top + y * box.height}px`;
@@ -248,11 +258,16 @@ export class StudyViewer {
       const row = bySeries.get(item.series_uid) || {};
       const n = this.seriesList.length + 1;
       const label = [row.modality, row.series_number ?? n, row.description].filter((x) => x !== undefined && x !== '').join(' · ');
-      this.seriesList.push({ uid: item.series_uid, label: label || `Series ${n}`, modality: row.modality || '', start: i, count: 1 });
+      this.seriesList.push({ uid: item.series_uid, label, n, modality: row.modality || '', start: i, count: 1 });
     });
     const sel = this.ui.series;
     sel.replaceChildren(
-      ...this.seriesList.map((s, i) => el('option', { value: String(i), text: `${s.label} (${s.count})` })),
+      // The label is the study's (modality, number, description): data.
+      ...this.seriesList.map((s, i) =>
+        s.label
+          ? el('option', { value: String(i), translate: 'no', text: `${s.label} (${s.count})` })
+          : el('option', { value: String(i), i18n: 'consult.viewer.series_n', i18nArgs: { n: s.n, count: s.count } }),
+      ),
     );
     sel.disabled = this.seriesList.length < 2;
     this.clearMarkers();
@@ -406,7 +421,7 @@ export class StudyViewer {
         this.prefetch();
       }
     } catch (err) {
-      if (err.name !== 'AbortError' && this.wanted === key) this.setStatus(`Image not available: ${err.message}`, true);
+      if (err.name !== 'AbortError' && this.wanted === key) this.setStatus('consult.viewer.image_failed', { error: true, cause: err });
     } finally {
       if (this.inflight === ac) {
         this.inflight = null;
@@ -417,7 +432,7 @@ export class StudyViewer {
 
   async fetchImage(key, signal, priority) {
     const res = await fetch(key, { signal, credentials: 'same-origin', priority });
-    if (!res.ok) throw new Error(await responseError(res));
+    if (!res.ok) throw await responseError(res);
     const blobUrl = URL.createObjectURL(await res.blob());
     this.remember(key, blobUrl);
     return blobUrl;
@@ -445,11 +460,11 @@ export class StudyViewer {
     }
     if (this.wanted !== key) return;
     this.ui.img.src = blobUrl;
-    this.ui.img.alt = `Image ${this.pos + 1} of ${this.items.length}`;
+    this.ui.img.alt = t('consult.viewer.image_alt', { n: this.pos + 1, total: this.items.length });
     this.shown = { key, win, pos: this.pos, frame: this.frame };
     this.ui.img.style.filter = '';
     this.ui.stage.classList.add('has-image');
-    this.setStatus('');
+    this.setStatus(null);
     // Touch the LRU order.
     this.cache.delete(key);
     this.cache.set(key, blobUrl);
@@ -648,8 +663,15 @@ export class StudyViewer {
   refreshPresets() {
     const fam = this.family();
     const u = this.ui;
-    const opts = [el('option', { value: '', text: 'Image default' }), el('option', { value: 'custom', text: 'Custom', disabled: true })];
-    if (fam === 'ct') for (const [name, c, w] of CT_PRESETS) opts.push(el('option', { value: name, text: `${name} (${c}/${w})` }));
+    const opts = [
+      el('option', { value: '', i18n: 'consult.wl.image_default' }),
+      el('option', { value: 'custom', i18n: 'consult.wl.custom', disabled: true }),
+    ];
+    if (fam === 'ct') {
+      for (const [id, c, w] of CT_PRESETS) {
+        opts.push(el('option', { value: id, i18n: `consult.wl.preset.${id}`, i18nArgs: { c, w } }));
+      }
+    }
     u.preset.replaceChildren(...opts);
     const r = FAMILY[fam];
     u.wc.min = String(r.wc[0]);
@@ -668,7 +690,8 @@ export class StudyViewer {
     if (w.ww > Number(u.ww.max)) u.ww.max = String(Math.ceil(w.ww));
     u.wc.value = String(w.wc);
     u.ww.value = String(w.ww);
-    u.wlText.textContent = this.win ? `C ${Math.round(this.win.wc)} / W ${Math.round(this.win.ww)}` : 'default window';
+    if (this.win) setMsg(u.wlText, 'consult.wl.value', { c: Math.round(this.win.wc), w: Math.round(this.win.ww) });
+    else setMsg(u.wlText, 'consult.wl.default');
     const preset = this.win && CT_PRESETS.find(([, c, ww]) => c === this.win.wc && ww === this.win.ww);
     u.preset.value = preset ? preset[0] : this.win ? 'custom' : '';
   }
@@ -676,21 +699,36 @@ export class StudyViewer {
   updateInfo() {
     const n = this.items.length;
     if (!n) {
-      this.ui.info.textContent = '';
+      setMsg(this.ui.info, null);
       return;
     }
     const s = this.seriesIndexOf(this.pos);
     const frames = this.framesOf(this.pos);
-    const parts = [`Series ${s + 1}/${this.seriesList.length}`, `Image ${this.pos + 1}/${n}`];
-    if (frames > 1) parts.push(`Frame ${this.frame + 1}/${frames}`);
-    this.ui.info.textContent = parts.join(' · ');
+    const args = { s: s + 1, ns: this.seriesList.length, i: this.pos + 1, ni: n, f: this.frame + 1, nf: frames };
+    setMsg(this.ui.info, frames > 1 ? 'consult.viewer.info_frames' : 'consult.viewer.info', args);
     this.ui.series.value = String(s);
     this.updateWindowControls();
   }
 
-  setStatus(text, isError = false) {
-    this.ui.status.textContent = text;
-    this.ui.status.classList.toggle('error', !!isError && !!text);
+  /**
+   * The status line: the message `key` (null: empty), and for a failed
+   * request its cause in the user's language (errMessage: the server's
+   * code, never its English text). Both stay message keys, so a language
+   * switch re-translates them.
+   */
+  setStatus(key, { error = false, cause = null } = {}) {
+    const status = this.ui.status;
+    delete status.dataset.i18n;
+    status.replaceChildren();
+    if (key) {
+      const parts = [el('span', { i18n: key })];
+      if (cause) {
+        const { key: why, args } = errMessage(cause);
+        parts.push(' ', el('span', { i18n: why, i18nArgs: args }));
+      }
+      status.append(...parts);
+    }
+    status.classList.toggle('error', !!error && !!key);
   }
 }
 

@@ -26,16 +26,22 @@ import { FATAL_CODES, Signal, TOO_SLOW_CLOSE } from './consult-signal.js';
 import { collectStreamStats, LinkMonitor, levelOf } from './consult-stats.js';
 import { Tiles } from './consult-tiles.js';
 import {
+  el,
   flagOn,
   isFiniteNumber,
   isValidUid,
   log,
   parseFragment,
   pushBounded,
+  setData,
+  setMsg,
+  setMsgAttr,
+  setRich,
   throttle,
   utf8Length,
 } from './consult-util.js';
 import { StudyViewer } from './consult-viewer.js';
+import { fmtNumber, has as hasMessage, onLang, t } from './i18n.js';
 
 const MAX_RECONNECTS = 5;
 const VIEW_MIN_INTERVAL_MS = 200; // at most ~5 `view` messages per second
@@ -46,14 +52,15 @@ const ROOM_MSG_MAX_BYTES = 4096;
 const DC_HIGH_WATER = 256 * 1024; // skip views/points while this much is queued
 const OUTBOX_MAX = 100;
 
-const FATAL_TEXT = {
-  bad_token: 'This consultation link is not valid for your account.',
-  expired_token: 'This consultation link has expired.',
-  session_ended: 'You are not logged in (or your session ended). Log in, then open the link again.',
-  room_full: 'The consultation room is full.',
-  room_closed: 'The consultation has ended.',
-  replaced: 'You joined this consultation from another tab or device.',
-};
+/**
+ * The message key for a signaling error code (web/PROTOCOL.md): the
+ * catalogue's error.sig.<code>, else a generic one. The server's English
+ * `message` is for logs and tests, never shown.
+ */
+function sigKey(code) {
+  const key = `error.sig.${code}`;
+  return hasMessage(key) ? key : 'consult.sig.unknown';
+}
 
 /* ------------------------------------------------------------------ */
 /* State                                                                */
@@ -138,7 +145,7 @@ const chatPanel = new ChatPanel($('#panel-chat'), { submit: (text) => sendChat(t
 
 const floor = new FloorPanel($('#panel-floor'), {
   send: (m) => !!app.signal?.send(m),
-  toast: (text) => toast(text),
+  toast: (key, args) => toast(key, args),
   stopSpeaking: () => app.signal?.send({ type: 'demote', participant: app.me?.id }),
 });
 
@@ -160,23 +167,23 @@ const monitor = new LinkMonitor({
 function setState(state) {
   app.state = state;
   document.body.dataset.state = state;
-  const label = { prejoin: '', joining: 'Connecting…', joined: '', left: '', error: '' }[state];
-  $('#conn-state').textContent = label;
+  setMsg($('#conn-state'), state === 'joining' ? 'consult.connecting' : null);
 }
 
-function toast(text, kind = 'error') {
-  const item = document.createElement('div');
-  item.className = `toast ${kind}`;
-  item.setAttribute('role', kind === 'error' ? 'alert' : 'status');
-  item.textContent = text;
+/** A toast with the message `key` (re-translated if the language is switched while it shows). */
+function toast(key, args, kind = 'error') {
+  const item = el('div', { class: `toast ${kind}`, role: kind === 'error' ? 'alert' : 'status', i18n: key, i18nArgs: args });
   $('#toasts').append(item);
   setTimeout(() => item.remove(), 6000);
 }
 
-/** The left-the-room screen. `canRejoin` is false when the same link cannot work again. */
-function showLeft(title, reason, canRejoin = true) {
-  $('#left-title').textContent = title;
-  $('#left-reason').textContent = reason || '';
+/**
+ * The left-the-room screen: message keys for the title and the reason (or
+ * null). `canRejoin` is false when the same link cannot work again.
+ */
+function showLeft(titleKey, reasonKey, canRejoin = true) {
+  setMsg($('#left-title'), titleKey);
+  setMsg($('#left-reason'), reasonKey);
   $('#rejoin').hidden = !canRejoin;
 }
 
@@ -188,7 +195,7 @@ async function initPrejoin() {
   setState('prejoin');
   setupStaticUi();
   if (!opts.token) {
-    $('#prejoin-msg').textContent = 'This link has no join token. Open the consultation link you were sent.';
+    setMsg($('#prejoin-msg'), 'consult.prejoin.no_token');
     $('#join').disabled = true;
   }
   await acquireMedia();
@@ -202,8 +209,7 @@ async function acquireMedia() {
   if (opts.token) $('#join').disabled = false;
   const err = app.media.lastError;
   if (err) {
-    const what = err.name === 'NotAllowedError' ? 'Permission to use the camera or microphone was refused' : 'A camera or microphone could not be opened';
-    $('#prejoin-msg').textContent = `${what}. You can still join and follow the consultation.`;
+    setMsg($('#prejoin-msg'), err.name === 'NotAllowedError' ? 'consult.prejoin.media_refused' : 'consult.prejoin.media_failed');
   }
   applyLocalEnabled();
   showLocalPreview();
@@ -227,18 +233,18 @@ async function fillDeviceSelects() {
   } catch {
     return;
   }
-  fillSelect($('#cam-select'), devices.video, app.media.videoDeviceId, 'Camera');
-  fillSelect($('#mic-select'), devices.audio, app.media.audioDeviceId, 'Microphone');
+  fillSelect($('#cam-select'), devices.video, app.media.videoDeviceId, 'consult.device.camera_n');
+  fillSelect($('#mic-select'), devices.audio, app.media.audioDeviceId, 'consult.device.mic_n');
   $('#cam-field').hidden = opts.nocam;
   $('#mic-field').hidden = opts.nomic;
 }
 
+/** Device names are the browser's (data); without one, "Camera 2" (`fallback` key, {n}). */
 function fillSelect(select, list, current, fallback) {
   select.replaceChildren(
     ...list.map((d, i) => {
-      const o = document.createElement('option');
+      const o = d.label ? el('option', { translate: 'no' }, d.label) : el('option', { i18n: fallback, i18nArgs: { n: i + 1 } });
       o.value = d.deviceId;
-      o.textContent = d.label || `${fallback} ${i + 1}`;
       o.selected = d.deviceId === current;
       return o;
     }),
@@ -249,7 +255,7 @@ function fillSelect(select, list, current, fallback) {
 async function switchDevice(kind, deviceId) {
   const track = await app.media.switchDevice(kind, deviceId);
   if (!track) {
-    toast(kind === 'audio' ? 'That microphone could not be opened.' : 'That camera could not be opened.');
+    toast(kind === 'audio' ? 'consult.device.mic_failed' : 'consult.device.camera_failed');
     return;
   }
   applyLocalEnabled();
@@ -340,10 +346,11 @@ function onJoined(msg) {
   const broadcast = app.room?.kind === 'broadcast';
   document.body.dataset.kind = broadcast ? 'broadcast' : 'consultation';
   document.body.dataset.viewer = broadcast && app.me.role !== 'expert' ? '1' : '';
-  $('#room-title').textContent = app.room?.title || (broadcast ? 'Teaching broadcast' : 'Consultation');
+  setData($('#room-title'), app.room?.title, broadcast ? 'consult.broadcast_title' : 'consult.title');
+  document.title = t(broadcast ? 'consult.doc_title_broadcast' : 'consult.doc_title');
   $('#tab-floor').hidden = !broadcast;
   $('#panel-floor').hidden = !broadcast;
-  $('#chat-input').placeholder = broadcast && app.me.role !== 'expert' ? 'Message to the presenter' : 'Message';
+  setMsgAttr($('#chat-input'), 'placeholder', broadcast && app.me.role !== 'expert' ? 'consult.chat.to_presenter' : 'consult.chat.message');
   floor.reset(app.room?.live !== false);
   onLive(app.room?.live !== false);
   app.participants.clear();
@@ -394,12 +401,13 @@ function onSignalClose({ code, reason }) {
   // reconnect sends it the room afresh.
   const deliberate = code === 1000 || (code >= 4000 && code < 5000 && code !== TOO_SLOW_CLOSE);
   if (app.fatal || deliberate) {
-    const f = app.fatal;
-    fail(f ? FATAL_TEXT[f.code] || f.message : 'The server ended the session.', f ? f.message : reason);
+    log('closed by the server', code);
+    fail(app.fatal ? sigKey(app.fatal.code) : 'consult.left.ended');
     return;
   }
   if (app.reconnects >= MAX_RECONNECTS) {
-    fail('The connection to the server was lost.', reason);
+    log('gave up reconnecting', code);
+    fail('consult.left.lost');
     return;
   }
   // A dropped 4G/satellite link: rejoin with the same token (the server
@@ -408,7 +416,7 @@ function onSignalClose({ code, reason }) {
   teardown({ stopMedia: false });
   setState('joining');
   const banner = $('#banner-reconnect');
-  banner.textContent = `Connection lost — reconnecting (${app.reconnects}/${MAX_RECONNECTS})…`;
+  setMsg(banner, 'consult.reconnecting', { n: app.reconnects, max: MAX_RECONNECTS });
   banner.hidden = false;
   const delay = Math.min(8000, 1000 * 2 ** (app.reconnects - 1));
   log('reconnecting', app.reconnects);
@@ -426,38 +434,26 @@ function onServerError(msg) {
   if (code === 'too_slow') return;
   if (FATAL_CODES.has(code)) {
     app.fatal = { code, message };
-    fail(FATAL_TEXT[code] || 'The server ended the session.', message || code);
+    fail(sigKey(code));
     return;
   }
   // The protocol does not say which request an error refers to; an offer
   // refusal can only concern the pub offer in flight.
   if ((code === 'bad_sdp' || code === 'too_many_tracks') && app.pub) {
     app.pub.onRefused(code).then((wasPub) => {
-      if (!wasPub) toast(describeError(code, message));
+      if (!wasPub) toast(sigKey(code));
     });
     return;
   }
-  toast(describeError(code, message));
+  toast(sigKey(code));
 }
 
-function describeError(code, message) {
-  const known = {
-    too_many_tracks: 'The room cannot take another video stream right now.',
-    bad_sdp: 'The server refused a media description.',
-    bad_state: 'The server was not expecting that request.',
-    bad_message: 'The server did not understand a message.',
-    not_joined: 'Not joined yet.',
-    rate_limited: 'Too many requests at once; one was ignored.',
-  };
-  return `${known[code] || 'Error'}${message ? ` (${message})` : ` (${code})`}`;
-}
-
-/** Fatal end: state "error", the left-the-room screen with the reason. */
-function fail(title, reason) {
+/** Fatal end: state "error", the left-the-room screen with the reason (a message key). */
+function fail(reasonKey) {
   app.signal?.shutdown();
   teardown({ stopMedia: true });
   const hopeless = ['bad_token', 'expired_token', 'session_ended', 'room_closed'].includes(app.fatal?.code);
-  showLeft(`You left the room: ${title}`, reason && reason !== title ? reason : '', !hopeless);
+  showLeft('consult.left.title', reasonKey, !hopeless);
   setState('error');
 }
 
@@ -466,7 +462,7 @@ function leave() {
   app.leaving = true;
   app.signal?.leave();
   teardown({ stopMedia: true });
-  showLeft('You left the consultation.', '');
+  showLeft(app.room?.kind === 'broadcast' ? 'consult.left.self_broadcast' : 'consult.left.self', null);
   setState('left');
 }
 
@@ -530,7 +526,7 @@ function onParticipantJoined(p) {
   // The server repeats `participant_joined` when someone's published
   // sources change (camera on, screen share); announce only the first.
   const known = validParticipant(p) && app.participants.has(p.id);
-  if (addParticipant(p) && !known && noteWorthy(p)) chatPanel.note(`${nameOf(p.id)} joined`);
+  if (addParticipant(p) && !known && noteWorthy(p)) chatPanel.note('consult.chat.joined', nameOf(p.id));
 }
 
 function onParticipantLeft(id) {
@@ -539,12 +535,13 @@ function onParticipantLeft(id) {
   const worthy = noteWorthy(app.participants.get(id));
   app.participants.delete(id);
   tiles.remove(id);
-  if (worthy) chatPanel.note(`${name} left`);
+  if (worthy) chatPanel.note('consult.chat.left', name);
 }
 
+/** A participant's display name (data; without one, the word in the language in use). */
 function nameOf(id) {
-  if (app.me && id === app.me.id) return app.me.name || 'You';
-  return app.participants.get(id)?.name || 'Participant';
+  if (app.me && id === app.me.id) return app.me.name || t('consult.you');
+  return app.participants.get(id)?.name || t('consult.participant');
 }
 
 function onRemoteMute(msg) {
@@ -569,7 +566,7 @@ function startPeerConnections() {
     send,
     onNegotiated: () => onPubNegotiated(pub),
     onRefused: (code) => onPubRefused(code),
-    onError: (text) => toast(text),
+    onError: (key) => toast(key),
   });
   const sub = new SubConnection({
     send,
@@ -579,7 +576,7 @@ function startPeerConnections() {
       tiles.attach(info);
     },
     onTracksSettled: (list) => tiles.settle(list),
-    onError: (text) => toast(text),
+    onError: (key) => toast(key),
   });
   app.pub = pub;
   app.sub = sub;
@@ -624,7 +621,7 @@ function onPubNegotiated(pub) {
 
 function onPubRefused(code) {
   log('pub offer refused', code);
-  toast(describeError(code, ''));
+  toast(sigKey(code));
   // The refused offer most likely added the screen share: give it up.
   if (app.screen) stopScreen({ renegotiate: true });
 }
@@ -649,7 +646,7 @@ function onPcState(pc) {
       onSignalClose({ code: 0, reason: 'media connection did not complete' });
     }, CONNECTING_LIMIT_MS);
   }
-  $('#media-state').textContent = state === 'disconnected' ? 'Media interrupted — waiting for the link…' : '';
+  setMsg($('#media-state'), state === 'disconnected' ? 'consult.media_interrupted' : null);
   $('#media-state').hidden = state !== 'disconnected';
   if (state === 'failed' && app.state === 'joined') {
     // ICE has given up; a fresh session is the reliable way back.
@@ -695,7 +692,7 @@ async function startScreen() {
   if (app.screen || !app.pub || !navigator.mediaDevices?.getDisplayMedia) return;
   const maxTracks = app.limits?.max_tracks;
   if (isFiniteNumber(maxTracks) && Object.keys(app.pub.tracksMap()).length >= maxTracks) {
-    toast(describeError('too_many_tracks', ''));
+    toast(sigKey('too_many_tracks'));
     return;
   }
   let stream;
@@ -705,7 +702,7 @@ async function startScreen() {
       audio: false,
     });
   } catch (err) {
-    if (err?.name !== 'NotAllowedError') toast('Screen sharing could not start.');
+    if (err?.name !== 'NotAllowedError') toast('consult.share_failed');
     return;
   }
   const track = stream.getVideoTracks()[0];
@@ -741,25 +738,25 @@ function updateControls() {
   const hasMic = !!app.media.audioTrack;
   const hasCam = !!app.media.videoTrack;
   for (const b of document.querySelectorAll('[data-action="mic"]')) {
-    setToggle(b, !app.micMuted && hasMic, hasMic ? (app.micMuted ? 'Unmute microphone' : 'Mute microphone') : 'No microphone', app.micMuted || !hasMic ? ICONS.micOff : ICONS.mic);
+    setToggle(b, !app.micMuted && hasMic, hasMic ? (app.micMuted ? 'consult.ctl.unmute' : 'consult.ctl.mute') : 'consult.ctl.no_mic', app.micMuted || !hasMic ? ICONS.micOff : ICONS.mic);
     b.disabled = !hasMic;
   }
   for (const b of document.querySelectorAll('[data-action="camera"]')) {
-    setToggle(b, !app.camOff && hasCam, hasCam ? (app.camOff ? 'Turn camera on' : 'Turn camera off') : 'No camera', app.camOff || !hasCam ? ICONS.camOff : ICONS.cam);
+    setToggle(b, !app.camOff && hasCam, hasCam ? (app.camOff ? 'consult.ctl.cam_on' : 'consult.ctl.cam_off') : 'consult.ctl.no_cam', app.camOff || !hasCam ? ICONS.camOff : ICONS.cam);
     b.disabled = !hasCam;
   }
   const share = $('[data-action="screen"]');
-  setToggle(share, !!app.screen, app.screen ? 'Stop sharing screen' : 'Share screen', ICONS.screen);
+  setToggle(share, !!app.screen, app.screen ? 'consult.ctl.stop_share' : 'consult.ctl.share', ICONS.screen);
   share.disabled = app.state !== 'joined' || !navigator.mediaDevices?.getDisplayMedia;
 }
 
-/** A toggle button: icon + visible label; aria-pressed carries the state. */
+/** A toggle button: icon + visible label (a message key); aria-pressed carries the state. */
 function setToggle(button, pressed, label, icon) {
   button.setAttribute('aria-pressed', String(pressed));
-  button.setAttribute('aria-label', label);
-  button.title = label;
+  setMsgAttr(button, 'aria-label', label);
+  setMsgAttr(button, 'title', label);
   button.querySelector('.icon').innerHTML = icon; // static markup from consult-icons.js
-  button.querySelector('.label').textContent = label;
+  setMsg(button.querySelector('.label'), label);
 }
 
 /* ------------------------------------------------------------------ */
@@ -913,7 +910,9 @@ function onRemoteView(m) {
   const entry = { ...v, from: typeof m.from === 'string' ? m.from : null, ts: isFiniteNumber(m.ts) ? m.ts : Date.now() };
   pushBounded(app.views, entry, 500);
   app.viewReceived = true;
-  $('#panel-study [data-follow]').textContent = entry.from ? `Showing ${nameOf(entry.from)}’s view` : '';
+  const follow = $('#panel-study [data-follow]');
+  if (entry.from) setRich(follow, 'consult.viewer.following', { name: nameOf(entry.from) });
+  else setMsg(follow, null);
   viewer.applyView(v, 'remote');
 }
 
@@ -921,7 +920,7 @@ function sendPoint(obj) {
   if (!obj || !isValidUid(obj.instance) || !isFiniteNumber(obj.x) || !isFiniteNumber(obj.y)) return false;
   if (obj.x < 0 || obj.x > 1 || obj.y < 0 || obj.y > 1) return false;
   const msg = { t: 'point', instance: obj.instance, x: obj.x, y: obj.y };
-  viewer.showPointer({ ...msg, name: 'You', from: null });
+  viewer.showPointer({ ...msg, name: '', from: null });
   return sendRoom(msg, { droppable: true });
 }
 
@@ -942,7 +941,7 @@ function onViewers(msg) {
   app.viewers = msg.count;
   const el = $('#viewer-count');
   el.hidden = false;
-  el.textContent = msg.count === 1 ? '1 viewer' : `${msg.count} viewers`;
+  setMsg(el, 'consult.viewers', { n: msg.count, count: fmtNumber(msg.count) });
 }
 
 /* ------------------------------------------------------------------ */
@@ -957,9 +956,7 @@ function onLive(live) {
   const viewerSide = document.body.dataset.viewer === '1';
   const banner = $('#banner-offair');
   banner.hidden = !broadcast || live;
-  banner.textContent = viewerSide
-    ? 'The broadcast is not on air. It starts (or continues) when the presenter is ready.'
-    : 'Not on air: viewers do not see or hear you. Start the broadcast in the Questions panel.';
+  setMsg(banner, viewerSide ? 'consult.offair.viewer' : 'consult.offair.presenter');
 }
 
 function updateFloorBadge() {
@@ -972,7 +969,7 @@ function updateFloorBadge() {
 /** A presenter let us speak (or ended our turn): open or close the microphone. */
 async function onFloor(msg) {
   if (!msg.granted) {
-    if (app.speaking) toast('Your turn to speak has ended.');
+    if (app.speaking) toast('consult.floor.ended');
     stopSpeaking({ renegotiate: true });
     return;
   }
@@ -984,7 +981,7 @@ async function onFloor(msg) {
     stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: video ? CAMERA_CONSTRAINTS : false });
   } catch (err) {
     log('floor: could not open the microphone', err?.name);
-    toast('The presenter gave you the floor, but your microphone could not be opened.');
+    toast('consult.floor.mic_failed');
     app.signal?.send({ type: 'demote', participant: app.me?.id });
     return;
   }
@@ -999,10 +996,10 @@ async function onFloor(msg) {
   if (audio) await pub.addSource('mic', audio, stream, MIC_ENCODING);
   if (cam) await pub.addSource('camera', cam, stream, CAMERA_ENCODING);
   pub.negotiate();
-  tiles.setLocal(stream, app.me?.name || 'You');
+  tiles.setLocal(stream, app.me?.name || '');
   $('#banner-speaking').hidden = false;
   floor.setSpeaking({ video });
-  toast(video ? 'You have the floor, with video. Everyone sees and hears you.' : 'You have the floor. Everyone hears you.');
+  toast(video ? 'consult.floor.granted_video' : 'consult.floor.granted', undefined, 'info');
 }
 
 function stopSpeaking({ renegotiate }) {
@@ -1045,34 +1042,42 @@ function renderLink(s) {
     outKbps: s.outKbps ?? null,
     level,
   });
+  showLink();
+}
+
+/** The link indicator and its details from app.link, in the language in use (again on a switch). */
+function showLink() {
   const l = app.link;
-  const fmt = (v, unit) => (v === null || v === undefined ? '—' : `${v}${unit}`);
-  const serverText = { good: 'good', weak: 'weak', audio_only: 'audio only (video paused)' }[l.state] || 'unknown';
+  const level = l.level;
+  if (!level) return; // nothing measured yet: the page's static text stands
+  const fmt = (v, unit) => (v === null || v === undefined ? '—' : `${fmtNumber(v)}${unit}`);
+  const serverText = t(`consult.link.server.${l.state || 'unknown'}`);
   // Simulcast: which picture quality this link gets.
   const quality =
     l.layer === null || l.layers === null || l.state === 'audio_only'
       ? null
       : l.layer >= l.layers - 1
-        ? 'full (720p)'
+        ? t('consult.link.quality.full')
         : l.layer === 0
-          ? 'low (180p)'
-          : 'reduced (360p)';
+          ? t('consult.link.quality.low')
+          : t('consult.link.quality.reduced');
   const details = [
-    ['Round trip', fmt(l.rttMs, ' ms')],
-    ['Incoming loss', fmt(l.lossPct, ' %')],
-    ['Outgoing loss', fmt(l.uplinkLossPct, ' %')],
-    ['Receiving', fmt(l.inKbps, ' kbit/s')],
-    ['Sending', fmt(l.outKbps, ' kbit/s')],
-    ['Server estimate', fmt(l.bwe_kbps, ' kbit/s')],
-    ['Server link state', serverText],
-    ...(quality ? [['Video quality', quality]] : []),
+    [t('consult.link.rtt'), fmt(l.rttMs, ' ms')],
+    [t('consult.link.loss_in'), fmt(l.lossPct, ' %')],
+    [t('consult.link.loss_out'), fmt(l.uplinkLossPct, ' %')],
+    [t('consult.link.receiving'), fmt(l.inKbps, ' kbit/s')],
+    [t('consult.link.sending'), fmt(l.outKbps, ' kbit/s')],
+    [t('consult.link.estimate'), fmt(l.bwe_kbps, ' kbit/s')],
+    [t('consult.link.server'), serverText],
+    ...(quality ? [[t('consult.link.quality'), quality]] : []),
   ];
   const btn = $('#link');
   btn.dataset.level = level;
-  $('#link-text').textContent = l.rttMs === null ? { green: 'Good', amber: 'Fair', red: 'Poor' }[level] : `${l.rttMs} ms · ${l.lossPct ?? 0}%`;
-  const summary = { green: 'good', amber: 'fair', red: 'poor' }[level];
-  btn.title = details.map(([k, v]) => `${k}: ${v}`).join('\n');
-  btn.setAttribute('aria-label', `Link quality ${summary}. Show details`);
+  $('#link-text').textContent =
+    l.rttMs === null ? t(`consult.link.level.${level}`) : `${fmtNumber(l.rttMs)} ms · ${fmtNumber(l.lossPct ?? 0)}%`;
+  btn.title = details.map(([k, v]) => t('consult.link.row', { k, v })).join('\n');
+  delete btn.dataset.i18nAriaLabel; // the static "unknown" label is replaced by the measured one
+  btn.setAttribute('aria-label', t('consult.link.details', { level: t(`consult.link.summary.${level}`) }));
   $('#link-details dl').replaceChildren(
     ...details.flatMap(([k, v]) => {
       const dt = document.createElement('dt');
@@ -1241,8 +1246,15 @@ window.mrTest = Object.defineProperties(window.mrTest || {}, Object.getOwnProper
   sendPoint: (obj) => sendPoint(obj),
 }));
 
+// What is not in the DOM's data-i18n attributes follows a language switch.
+document.title = t(BROADCAST_PAGE ? 'consult.doc_title_broadcast' : 'consult.doc_title');
+onLang(() => {
+  document.title = t(app.room?.kind === 'broadcast' || BROADCAST_PAGE ? 'consult.doc_title_broadcast' : 'consult.doc_title');
+  showLink();
+});
+
 initPrejoin().catch(() => {
   log('start-up failed');
   setState('error');
-  showLeft('The consultation page could not start.', '');
+  showLeft('consult.left.start_failed', null);
 });
