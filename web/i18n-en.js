@@ -271,6 +271,37 @@ export default {
 
   // ------------------------------------------------------------ broadcasts
   // web/broadcasts.html, web/broadcasts.js
+  'broadcasts.title': 'Teaching broadcasts — medrelay',
+  'broadcasts.heading': 'Teaching broadcasts',
+  'broadcasts.start.title': 'Start a broadcast',
+  'broadcasts.start.hint': 'The clinics your hospital serves can join it. You set up camera and screen first; viewers see and hear you once you press “Start broadcast” on the next page.',
+  'broadcasts.f.title': 'Title',
+  'broadcasts.f.title_ph': 'e.g. Reading chest CT, session 3',
+  'broadcasts.f.presenters': 'Co-presenters (optional)',
+  'broadcasts.f.presenters_ph': 'usernames of colleagues, separated by commas',
+  'broadcasts.f.presenters_hint': 'Colleagues of your hospital who present with you; everyone else watches.',
+  'broadcasts.f.open': 'Open the broadcast',
+  'broadcasts.col.title': 'Title',
+  'broadcasts.col.presenter': 'Presenter',
+  'broadcasts.col.opened': 'Opened',
+  'broadcasts.col.status': 'Status',
+  'broadcasts.col.connected': 'Connected',
+  'broadcasts.col.actions': 'Actions',
+  'broadcasts.summary': { one: '{n} open broadcast', other: '{n} open broadcasts' },
+  'broadcasts.none.expert': 'No open broadcasts. Start one above.',
+  'broadcasts.none.clinic': 'No open broadcasts for your clinic right now.',
+  'broadcasts.present': 'Present',
+  'broadcasts.join': 'Join',
+  'broadcasts.end': 'End',
+  'broadcasts.on_air': 'On air',
+  'broadcasts.not_started': 'Not started yet',
+  'broadcasts.end.confirm': 'End “{title}” for everyone watching?',
+  'broadcasts.ended': 'Broadcast ended',
+  'broadcasts.err.load': 'Loading broadcasts',
+  'broadcasts.err.join': 'Joining the broadcast',
+  'broadcasts.err.end': 'Ending the broadcast',
+  'broadcasts.err.start': 'Starting the broadcast',
+  'broadcasts.err.page': 'The page could not start: {error}',
 
   // ------------------------------------------------------------ admin
   // web/admin.html, web/admin.js

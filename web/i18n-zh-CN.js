@@ -272,6 +272,37 @@ export default {
 
   // ------------------------------------------------------------ broadcasts
   // web/broadcasts.html, web/broadcasts.js
+  'broadcasts.title': '直播教学 — medrelay',
+  'broadcasts.heading': '直播教学',
+  'broadcasts.start.title': '发起直播',
+  'broadcasts.start.hint': '本院对口帮扶的基层机构均可观看。请先设置摄像头和屏幕共享；在下一页点击“开始直播”后，观众才能看到和听到您。',
+  'broadcasts.f.title': '标题',
+  'broadcasts.f.title_ph': '如：胸部 CT 阅片（第 3 讲）',
+  'broadcasts.f.presenters': '共同主讲人（可选）',
+  'broadcasts.f.presenters_ph': '同事的用户名，用逗号分隔',
+  'broadcasts.f.presenters_hint': '与您一同主讲的本院同事；其他人只能观看。',
+  'broadcasts.f.open': '创建直播间',
+  'broadcasts.col.title': '标题',
+  'broadcasts.col.presenter': '主讲人',
+  'broadcasts.col.opened': '创建时间',
+  'broadcasts.col.status': '状态',
+  'broadcasts.col.connected': '在线人数',
+  'broadcasts.col.actions': '操作',
+  'broadcasts.summary': '{n} 场直播进行中',
+  'broadcasts.none.expert': '暂无进行中的直播。可在上方发起。',
+  'broadcasts.none.clinic': '目前没有本机构可观看的直播。',
+  'broadcasts.present': '进入主讲',
+  'broadcasts.join': '观看',
+  'broadcasts.end': '结束',
+  'broadcasts.on_air': '直播中',
+  'broadcasts.not_started': '尚未开始',
+  'broadcasts.end.confirm': '结束“{title}”？所有观众将被断开。',
+  'broadcasts.ended': '直播已结束',
+  'broadcasts.err.load': '加载直播列表',
+  'broadcasts.err.join': '进入直播',
+  'broadcasts.err.end': '结束直播',
+  'broadcasts.err.start': '发起直播',
+  'broadcasts.err.page': '页面无法启动：{error}',
 
   // ------------------------------------------------------------ admin
   // web/admin.html, web/admin.js
