@@ -194,7 +194,7 @@ export default {
   'requests.f.question': '需请专家解答的问题',
   'requests.f.question_ph': '需要讨论什么？病史、目前所见…',
   'requests.f.studies': '需讨论的检查',
-  'requests.f.studies_hint': '本机构近期的检查。按住 Ctrl/⌘ 点击可多选。',
+  'requests.f.studies_hint': '本机构近期的检查。按住控制键或 ⌘ 键点击可多选。',
   'requests.f.preferred': '期望时间（可选）',
   'requests.f.from': '从',
   'requests.f.to': '至',
