@@ -107,6 +107,16 @@ fn visible(sel: &str) -> String {
     )
 }
 
+/// A reason longer than the server takes (set by script: the textarea's
+/// maxlength only stops typing), so the server answers with an error code.
+fn set_too_long(sess: &Session, sel: &str) {
+    sess.execute(
+        "document.querySelector(arguments[0]).value = '很长的原因'.repeat(500); return true",
+        vec![json!(sel)],
+    )
+    .expect("set the reason");
+}
+
 fn close_dialogs(sess: &Session) {
     sess.execute("document.querySelectorAll('dialog').forEach((d) => d.close()); return true", vec![])
         .expect("close dialogs");
@@ -153,7 +163,7 @@ fn studies_page_in_chinese_and_english() {
     close_dialogs(&doc);
 
     // The priority dialog, then the cancel dialog with an error from the
-    // server (a reason of spaces only), shown from its code.
+    // server (a reason over its limit), shown from its code.
     doc.click("[data-test=raise-priority]").expect("raise priority");
     wait(&doc, &visible("dialog [data-test=priority-select]"), "priority dialog");
     assert_translated(&doc, "studies priority dialog", None);
@@ -161,12 +171,12 @@ fn studies_page_in_chinese_and_english() {
     close_dialogs(&doc);
     doc.click("[data-test=cancel-reading]").expect("cancel reading");
     wait(&doc, &visible("dialog [data-test=cancel-reason]"), "cancel dialog");
-    doc.send_keys("[data-test=cancel-reason]", "   ").expect("type");
+    set_too_long(&doc, "[data-test=cancel-reason]");
     doc.click("[data-test=cancel-submit]").expect("submit");
     wait(&doc, &visible("dialog .form-error"), "error in the dialog");
     assert_eq!(
         js(&doc, "document.querySelector('dialog .form-error').textContent"),
-        json!("请填写原因")
+        json!("内容过长（最多 2000 个字符）")
     );
     assert_translated(&doc, "studies cancel error", None);
     screenshot(&doc, "studies-error");
@@ -259,7 +269,7 @@ fn requests_page_in_chinese_and_english() {
     screenshot(&e, "requests-scheduled");
     e.click("[data-test=req-cancel]").expect("cancel");
     wait(&e, &visible("dialog [data-test=req-cancel-reason]"), "cancel dialog");
-    e.send_keys("[data-test=req-cancel-reason]", "   ").expect("type");
+    set_too_long(&e, "[data-test=req-cancel-reason]");
     e.click("[data-test=req-cancel-submit]").expect("submit");
     wait(&e, &visible("dialog .form-error"), "error in the dialog");
     assert_translated(&e, "requests cancel error", None);
@@ -287,14 +297,18 @@ fn broadcasts_page_in_chinese_and_english() {
     let s = server();
     let ch = Chromium::launch().expect("chromedriver");
 
-    // The expert: the start form, no broadcast yet, a refused co-presenter.
+    // The expert: the start form, no broadcast yet, a refused title.
     let e = open(&ch, &s, "exp1", "/broadcasts", "broadcasts");
     wait(&e, &visible("#summary"), "summary");
     assert_eq!(js(&e, "document.title"), json!("直播教学 — medrelay"));
     assert_translated(&e, "broadcasts expert empty", None);
     screenshot(&e, "broadcasts-empty");
-    e.send_keys("[data-test=bc-title]", "胸部 CT 阅片").expect("type");
-    e.send_keys("[data-test=bc-presenters]", "nosuchuser").expect("type");
+    // A title over the server's limit (set by script past the maxlength).
+    e.execute(
+        "document.querySelector('[data-test=bc-title]').value = '胸部 CT 阅片'.repeat(30); return true",
+        vec![],
+    )
+    .expect("title");
     e.click("[data-test=bc-start]").expect("start");
     wait(&e, &visible("#start-error"), "error");
     assert_translated(&e, "broadcasts start error", None);
@@ -335,8 +349,8 @@ fn admin_page_in_chinese_and_english() {
     assert_translated(&a, "admin users", None);
     screenshot(&a, "admin-users");
 
-    // Each role in the form; an existing username is refused from its code.
-    for role in ["expert", "admin", "clinic"] {
+    // Each role in the form.
+    for role in ["expert", "clinic", "admin"] {
         a.execute(
             &format!(
                 "const r = document.querySelector('[data-test=user-role]'); r.value = {}; r.dispatchEvent(new Event('change')); return true",
@@ -347,8 +361,11 @@ fn admin_page_in_chinese_and_english() {
         .expect("role");
         assert_translated(&a, &format!("admin user form ({role})"), None);
     }
-    a.send_keys("[data-test=user-username]", "doc1").expect("type");
-    a.send_keys("[data-test=user-password]", "long-enough-password").expect("type");
+    // A password shorter than the server takes (set by script past the
+    // minlength): refused with its code, shown in Chinese.
+    a.send_keys("[data-test=user-username]", "newdoc").expect("type");
+    a.execute("document.querySelector('[data-test=user-password]').value = 'short'; return true", vec![])
+        .expect("password");
     a.click("[data-test=user-add]").expect("add");
     wait(&a, "window.mrTest.admin.errors.length > 0", "error");
     wait(&a, &visible("#toasts .toast.error"), "error toast");

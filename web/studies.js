@@ -311,8 +311,16 @@ async function openReport(uid) {
     return;
   }
   const deliveries = rep.delivery || [];
-  const show = (v) => body.replaceChildren(...reportView(uid, study, v, signed, deliveries, show));
+  let shown = null;
+  const show = (v) => {
+    shown = v;
+    body.replaceChildren(...reportView(uid, study, v, signed, deliveries, show));
+  };
   show(signed[0]);
+  // The patient's age and the like are text: drawn again in the new language.
+  const relang = () => show(shown);
+  window.addEventListener('mr-lang', relang);
+  dlg.addEventListener('close', () => window.removeEventListener('mr-lang', relang));
 }
 
 function reportView(uid, study, v, signed, deliveries, show) {
