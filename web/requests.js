@@ -165,10 +165,13 @@ function timeDialog({ r, title, submitLabel, submitTest, initialMs, path }) {
     title,
     lead: [el('span', { translate: 'no' }, reqLabel(r)), ' · ', pref],
     fields: [
-      field('requests.time', input, [
-        el('span', { i18n: 'requests.time_hint' }),
-        zone ? [' (', el('span', { translate: 'no' }, zone), ')'] : null,
-      ]),
+      field(
+        'requests.time',
+        input,
+        zone
+          ? [el('span', { i18n: 'requests.time_hint' }), ' (', el('span', { translate: 'no' }, zone), ')']
+          : el('span', { i18n: 'requests.time_hint' }),
+      ),
     ],
     submitLabel,
     submitTest,
