@@ -45,7 +45,12 @@ fn server() -> Server {
     });
     s.add_user("doc1", "clinic", PW, &["--clinic", "t01", "--name", "Dr. Township One"]);
     s.add_user("doc2", "clinic", PW, &["--clinic", "t02", "--name", "Dr. Township Two"]);
-    s.add_user("exp1", "expert", PW, &["--hospital", "city", "--name", "Prof. Expert One"]);
+    s.add_user(
+        "exp1",
+        "expert",
+        PW,
+        &["--hospital", "city", "--name", "Prof. Expert One"],
+    );
     s.add_user("adm", "admin", PW, &["--name", "Admin Zhang"]);
     s
 }
@@ -118,8 +123,11 @@ fn set_too_long(sess: &Session, sel: &str) {
 }
 
 fn close_dialogs(sess: &Session) {
-    sess.execute("document.querySelectorAll('dialog').forEach((d) => d.close()); return true", vec![])
-        .expect("close dialogs");
+    sess.execute(
+        "document.querySelectorAll('dialog').forEach((d) => d.close()); return true",
+        vec![],
+    )
+    .expect("close dialogs");
 }
 
 #[test]
@@ -158,7 +166,10 @@ fn studies_page_in_chinese_and_english() {
     // The expert signs a report (Chinese and English text: data): the clinic
     // gets a notification and a report link.
     let exp = s.login("exp1", PW).expect("login");
-    ok(s.req(Some(&exp), "POST", &format!("/api/worklist/{uid}/claim"), None), "claim");
+    ok(
+        s.req(Some(&exp), "POST", &format!("/api/worklist/{uid}/claim"), None),
+        "claim",
+    );
     ok(
         s.req(
             Some(&exp),
@@ -172,7 +183,10 @@ fn studies_page_in_chinese_and_english() {
     wait(&doc, "window.mrTest.studies.uids.length === 1", "study row");
     wait(&doc, "window.mrTest.studies.unread >= 1", "notification");
     assert_eq!(
-        js(&doc, "document.querySelector('[data-test=notif-item] .text > span').textContent"),
+        js(
+            &doc,
+            "document.querySelector('[data-test=notif-item] .text > span').textContent"
+        ),
         json!("报告已出"),
         "the server's English notification text is shown in Chinese"
     );
@@ -181,7 +195,11 @@ fn studies_page_in_chinese_and_english() {
 
     doc.execute(&format!("window.mrTest.studies.openReport({})", json!(uid)), vec![])
         .expect("open report");
-    wait(&doc, "!!(window.mrTest.studies.report && window.mrTest.studies.report.version === 1)", "report panel");
+    wait(
+        &doc,
+        "!!(window.mrTest.studies.report && window.mrTest.studies.report.version === 1)",
+        "report panel",
+    );
     wait(&doc, &visible("[data-test=report-findings]"), "findings shown");
     assert_translated(&doc, "studies report panel", None);
     screenshot(&doc, "studies-report");
@@ -189,23 +207,43 @@ fn studies_page_in_chinese_and_english() {
 
     // Nothing matches a filter: the empty list.
     doc.send_keys("#filters [name=patient_id]", "NOSUCHID").expect("type");
-    doc.execute("document.querySelector('#filters').requestSubmit(); return true", vec![])
-        .expect("submit");
-    wait(&doc, "window.mrTest.studies.total === 0 && !document.querySelector('#empty').hidden", "empty list");
+    doc.execute(
+        "document.querySelector('#filters').requestSubmit(); return true",
+        vec![],
+    )
+    .expect("submit");
+    wait(
+        &doc,
+        "window.mrTest.studies.total === 0 && !document.querySelector('#empty').hidden",
+        "empty list",
+    );
     assert_translated(&doc, "studies filtered empty", None);
 
     // A half-typed filter survives the switch; the page is all English.
     doc.send_keys("#filters [name=patient_name]", "王*").expect("type");
     switch_to(&doc, "en");
-    assert_eq!(js(&doc, "document.querySelector('#filters [name=patient_name]').value"), json!("王*"));
-    assert_eq!(js(&doc, "document.querySelector('#filters [name=patient_id]').value"), json!("NOSUCHID"));
-    assert_eq!(js(&doc, "document.querySelector('#empty').textContent"), json!("No studies match these filters."));
+    assert_eq!(
+        js(&doc, "document.querySelector('#filters [name=patient_name]').value"),
+        json!("王*")
+    );
+    assert_eq!(
+        js(&doc, "document.querySelector('#filters [name=patient_id]').value"),
+        json!("NOSUCHID")
+    );
+    assert_eq!(
+        js(&doc, "document.querySelector('#empty').textContent"),
+        json!("No studies match these filters.")
+    );
     assert_eq!(js(&doc, "document.title"), json!("Studies — medrelay"));
     assert_translated(&doc, "studies", None);
     screenshot(&doc, "studies");
     doc.execute("document.querySelector('#filters').reset(); return true", vec![])
         .expect("reset");
-    wait(&doc, "window.mrTest.studies.total === 1 && window.mrTest.studies.uids.length === 1", "list again");
+    wait(
+        &doc,
+        "window.mrTest.studies.total === 1 && window.mrTest.studies.uids.length === 1",
+        "list again",
+    );
     assert_translated(&doc, "studies clinic list", None);
     screenshot(&doc, "studies-list");
 
@@ -238,10 +276,15 @@ fn requests_page_in_chinese_and_english() {
     screenshot(&doc, "requests-empty");
     doc.click("[data-test=new-request]").expect("new request");
     wait(&doc, "!document.querySelector('#request-form').hidden", "form");
-    wait(&doc, "document.querySelector('[data-test=req-studies]').options.length > 0", "study options");
+    wait(
+        &doc,
+        "document.querySelector('[data-test=req-studies]').options.length > 0",
+        "study options",
+    );
     assert_translated(&doc, "requests form", None);
     screenshot(&doc, "requests-form");
-    doc.send_keys("[data-test=req-question]", "结节：随访还是活检？").expect("type");
+    doc.send_keys("[data-test=req-question]", "结节：随访还是活检？")
+        .expect("type");
     doc.click("[data-test=req-submit]").expect("submit");
     wait(&doc, &visible("#request-error"), "form error");
     assert_translated(&doc, "requests form error", None);
@@ -253,7 +296,8 @@ fn requests_page_in_chinese_and_english() {
         "[...document.querySelector('[data-test=req-studies]').selectedOptions].length === 1",
         "study picked",
     );
-    doc.send_keys("[data-test=req-question]", "结节：随访还是活检？").expect("type");
+    doc.send_keys("[data-test=req-question]", "结节：随访还是活检？")
+        .expect("type");
     doc.click("[data-test=req-submit]").expect("submit");
     wait(&doc, "window.mrTest.requests.ids.length === 1", "request row");
     assert_translated(&doc, "requests clinic list", None);
@@ -268,7 +312,11 @@ fn requests_page_in_chinese_and_english() {
     assert_translated(&e, "requests accept dialog", None);
     screenshot(&e, "requests-accept");
     e.click("[data-test=req-accept-submit]").expect("submit");
-    wait(&e, "window.mrTest.requests.rows.some((r) => r.state === 'scheduled')", "scheduled");
+    wait(
+        &e,
+        "window.mrTest.requests.rows.some((r) => r.state === 'scheduled')",
+        "scheduled",
+    );
     wait(&e, "!document.querySelector('dialog')", "dialog closed");
     assert_translated(&e, "requests expert scheduled", None);
     screenshot(&e, "requests-scheduled");
@@ -291,8 +339,14 @@ fn requests_page_in_chinese_and_english() {
     doc.send_keys("[data-test=req-patient-id]", "P-77").expect("type");
     doc.send_keys("[data-test=req-question]", "half typed").expect("type");
     switch_to(&doc, "en");
-    assert_eq!(js(&doc, "document.querySelector('[data-test=req-patient-id]').value"), json!("P-77"));
-    assert_eq!(js(&doc, "document.querySelector('[data-test=req-question]').value"), json!("half typed"));
+    assert_eq!(
+        js(&doc, "document.querySelector('[data-test=req-patient-id]').value"),
+        json!("P-77")
+    );
+    assert_eq!(
+        js(&doc, "document.querySelector('[data-test=req-question]').value"),
+        json!("half typed")
+    );
     assert_translated(&doc, "requests", None);
     screenshot(&doc, "requests");
 }
@@ -322,7 +376,12 @@ fn broadcasts_page_in_chinese_and_english() {
     // A broadcast is open: the expert presents and ends it, the clinic joins.
     let exp = s.login("exp1", PW).expect("login");
     ok(
-        s.req(Some(&exp), "POST", "/api/broadcasts", Some(json!({ "title": "Chest CT reading, session 3" }))),
+        s.req(
+            Some(&exp),
+            "POST",
+            "/api/broadcasts",
+            Some(json!({ "title": "Chest CT reading, session 3" })),
+        ),
         "broadcast",
     );
     goto(&e, &s, "/broadcasts", "broadcasts");
@@ -337,7 +396,10 @@ fn broadcasts_page_in_chinese_and_english() {
     // A half-typed title survives the switch.
     e.send_keys("[data-test=bc-title]", "半截").expect("type");
     switch_to(&e, "en");
-    assert_eq!(js(&e, "document.querySelector('[data-test=bc-title]').value"), json!("半截"));
+    assert_eq!(
+        js(&e, "document.querySelector('[data-test=bc-title]').value"),
+        json!("半截")
+    );
     assert_translated(&e, "broadcasts", None);
     screenshot(&e, "broadcasts");
 }
@@ -369,8 +431,11 @@ fn admin_page_in_chinese_and_english() {
     // A password shorter than the server takes (set by script past the
     // minlength): refused with its code, shown in Chinese.
     a.send_keys("[data-test=user-username]", "newdoc").expect("type");
-    a.execute("document.querySelector('[data-test=user-password]').value = 'short'; return true", vec![])
-        .expect("password");
+    a.execute(
+        "document.querySelector('[data-test=user-password]').value = 'short'; return true",
+        vec![],
+    )
+    .expect("password");
     a.click("[data-test=user-add]").expect("add");
     wait(&a, "window.mrTest.admin.errors.length > 0", "error");
     wait(&a, &visible("#toasts .toast.error"), "error toast");
@@ -379,14 +444,21 @@ fn admin_page_in_chinese_and_english() {
 
     a.click("[data-test=user-row][data-username=doc2] [data-test=user-disable]")
         .expect("disable");
-    wait(&a, &visible("dialog [data-test=user-disable-confirm]"), "confirm dialog");
+    wait(
+        &a,
+        &visible("dialog [data-test=user-disable-confirm]"),
+        "confirm dialog",
+    );
     assert_translated(&a, "admin disable dialog", None);
     screenshot(&a, "admin-disable");
     close_dialogs(&a);
 
     for tab in ["turnaround", "deliveries", "ingest", "audit", "relay"] {
         a.execute_async(
-            &format!("const done = arguments[arguments.length - 1]; window.mrTest.admin.select({}).then(() => done(true));", json!(tab)),
+            &format!(
+                "const done = arguments[arguments.length - 1]; window.mrTest.admin.select({}).then(() => done(true));",
+                json!(tab)
+            ),
             vec![],
         )
         .expect("select tab");
@@ -412,7 +484,10 @@ fn admin_page_in_chinese_and_english() {
     .expect("audit");
     a.send_keys("[data-test=audit-user]", "exp1").expect("type");
     switch_to(&a, "en");
-    assert_eq!(js(&a, "document.querySelector('[data-test=audit-user]').value"), json!("exp1"));
+    assert_eq!(
+        js(&a, "document.querySelector('[data-test=audit-user]').value"),
+        json!("exp1")
+    );
     assert_translated(&a, "admin audit", None);
     screenshot(&a, "admin-audit");
     a.execute_async(
