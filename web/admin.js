@@ -25,10 +25,10 @@ import {
   toLocalInput,
   errMessage,
   failer,
+  codeLabel,
   t,
   onLang,
 } from './app-common.js';
-import { has as hasKey } from './i18n.js';
 
 const TABS = ['users', 'turnaround', 'deliveries', 'ingest', 'audit', 'relay'];
 const RELAY_REFRESH_MS = 3_000;
@@ -70,15 +70,9 @@ function arrayOf(r, ...keys) {
   return [];
 }
 
-/** A label from the catalogue when it has one, else the server's value as data. */
-function label(prefix, value, attrs = {}) {
-  const key = `${prefix}.${value}`;
-  return hasKey(key) ? el('span', { ...attrs, i18n: key }) : el('span', { ...attrs, translate: 'no' }, value || '');
-}
-
 function prioBadge(p) {
   if (!p) return el('span', { class: 'muted' }, '—');
-  return label('studies.prio', p, { class: `badge prio-${p}` });
+  return codeLabel('studies.prio', p, { class: `badge prio-${p}` });
 }
 
 function clinicName(id) {
@@ -260,7 +254,7 @@ function userRow(u) {
     { dataset: { test: 'user-row', username: u.username, disabled: u.disabled ? '1' : '0' } },
     el('td', { class: 'mono', translate: 'no' }, u.username),
     el('td', { translate: 'no' }, dash(u.display_name)),
-    el('td', {}, label('admin.role_short', u.role)),
+    el('td', {}, codeLabel('admin.role_short', u.role)),
     el('td', { translate: 'no' }, dash(where)),
     el('td', { translate: 'no' }, dash(u.department)),
     el(
@@ -456,7 +450,7 @@ function renderDeliveries(r) {
         el('td', {}, shortUid(d.study_uid)),
         el('td', { class: 'num' }, dash(d.version)),
         el('td', { class: 'mono', translate: 'no' }, dash(d.target)),
-        el('td', {}, label('studies.delivery', d.state || '', { class: `badge st-${d.state}` })),
+        el('td', {}, codeLabel('studies.delivery', d.state || '', { class: `badge st-${d.state}` })),
         el('td', { class: 'num' }, fmtNumber(d.attempts ?? 0)),
         el('td', { class: 'nowrap' }, d.state === 'sent' ? dash('') : dash(fmtTime(d.next_attempt_ms))),
         // The PACS's or the network's own words (technical, as logged).
@@ -508,7 +502,7 @@ function renderIngest(r) {
           dash(x.calling_ae),
         ),
         clinicCell(x.clinic_id),
-        el('td', {}, label('admin.ir.level', x.level)),
+        el('td', {}, codeLabel('admin.ir.level', x.level)),
         el('td', {}, collidesWith(x)),
         el('td', { class: 'mono', translate: 'no', title: x.study_uid || '' }, dash(x.study_uid)),
         el('td', { class: 'mono', translate: 'no', title: x.sop_instance_uid || '' }, dash(x.sop_instance_uid)),
@@ -562,7 +556,7 @@ function renderAudit(r, limit) {
         { dataset: { test: 'audit-row', action: a.action } },
         el('td', { class: 'nowrap' }, fmtTime(a.at_ms)),
         el('td', { class: 'mono', translate: 'no' }, dash(a.username)),
-        el('td', {}, a.role ? label('admin.role_short', a.role) : dash('')),
+        el('td', {}, a.role ? codeLabel('admin.role_short', a.role) : dash('')),
         // Action codes ("sign", "claim"…) and details are the trail's own words.
         el('td', { class: 'nowrap', translate: 'no' }, dash(a.action)),
         el('td', {}, shortUid(a.study_uid)),

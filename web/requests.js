@@ -26,10 +26,10 @@ import {
   list,
   errMessage,
   failer,
+  codeLabel,
   t,
   onLang,
 } from './app-common.js';
-import { has as hasKey } from './i18n.js';
 
 const REFRESH_MS = 60_000;
 const TICK_MS = 15_000;
@@ -59,12 +59,6 @@ function countdown(ms) {
   if (Math.abs(d) < 60_000) return [t('requests.now'), true];
   if (d > 0) return [t('requests.in', { d: fmtDuration(d) }), d < 15 * 60_000];
   return [t('requests.ago', { d: fmtDuration(-d) }), -d < 60 * 60_000];
-}
-
-/** A label from the catalogue when it has one, else the server's value as data. */
-function label(prefix, value, attrs = {}) {
-  const key = `${prefix}.${value}`;
-  return hasKey(key) ? el('span', { ...attrs, i18n: key }) : el('span', { ...attrs, translate: 'no' }, value || '');
 }
 
 /** `key`: the label's message; `hint`: nodes under the control. */
@@ -438,14 +432,14 @@ function row(r) {
       'td',
       {},
       r.urgency
-        ? label('studies.prio', r.urgency, { class: `badge prio-${r.urgency}` })
+        ? codeLabel('studies.prio', r.urgency, { class: `badge prio-${r.urgency}` })
         : el('span', { class: 'muted' }, '—'),
     ),
     el('td', {}, preferred),
     el(
       'td',
       {},
-      label('requests.state', r.state, { class: `badge st-${r.state}`, dataset: { state: r.state } }),
+      codeLabel('requests.state', r.state, { class: `badge st-${r.state}`, dataset: { state: r.state } }),
       r.state === 'cancelled' && r.cancel_reason ? el('span', { class: 'sub', translate: 'no' }, r.cancel_reason) : null,
     ),
     el('td', {}, sched),

@@ -26,10 +26,10 @@ import {
   list,
   errMessage,
   failer,
+  codeLabel,
   t,
   onLang,
 } from './app-common.js';
-import { has as hasKey } from './i18n.js';
 
 const PAGE = 50;
 const NOTIF_EVERY_MS = 30_000;
@@ -77,20 +77,14 @@ const clinicNames = new Map();
 
 // ------------------------------------------------------------------ formatting
 
-/** A label from the catalogue when it has one, else the server's value as data. */
-function label(prefix, value, attrs = {}) {
-  const key = `${prefix}.${value}`;
-  return hasKey(key) ? el('span', { ...attrs, i18n: key }) : el('span', { ...attrs, translate: 'no' }, value || '');
-}
-
 function prioBadge(p) {
   if (!p) return null;
-  return label('studies.prio', p, { class: `badge prio-${p}`, dataset: { priority: p } });
+  return codeLabel('studies.prio', p, { class: `badge prio-${p}`, dataset: { priority: p } });
 }
 
 function stateBadge(state) {
   if (!state) return el('span', { class: 'muted' }, '—');
-  return label('studies.state', state, { class: `badge st-${state}`, dataset: { state } });
+  return codeLabel('studies.state', state, { class: `badge st-${state}`, dataset: { state } });
 }
 
 function dicomTime(tm) {
@@ -102,7 +96,7 @@ function dicomTime(tm) {
 function patientLine(s) {
   const parts = [];
   if (s.patient_id) parts.push([el('span', { i18n: 'studies.id' }), ' ', el('span', { translate: 'no' }, s.patient_id)]);
-  if (s.sex) parts.push(label('studies.sex', s.sex));
+  if (s.sex) parts.push(codeLabel('studies.sex', s.sex));
   const a = age(s.birth_date, s.study_date);
   if (a) parts.push(a);
   return parts.flatMap((p, i) => (i ? [' · ', p] : [p])).flat();
@@ -414,7 +408,7 @@ function reportView(uid, study, v, signed, deliveries, show) {
               el(
                 'li',
                 {},
-                label('studies.delivery', d.state, { class: `badge st-${d.state}` }),
+                codeLabel('studies.delivery', d.state, { class: `badge st-${d.state}` }),
                 ' ',
                 el('span', { translate: 'no' }, d.target || 'PACS'),
                 d.state === 'sent' && d.sent_ms ? ` · ${fmtTime(d.sent_ms)}` : '',
@@ -575,7 +569,7 @@ function studyRow(s) {
       fmtNumber(s.num_instances ?? 0),
       el('span', { class: 'sub', i18n: 'studies.series', i18nArgs: { n: s.num_series ?? 0 } }),
     ),
-    el('td', {}, label('studies.status', s.status || '', { class: `badge st-${s.status}`, dataset: { status: s.status } })),
+    el('td', {}, codeLabel('studies.status', s.status || '', { class: `badge st-${s.status}`, dataset: { status: s.status } })),
     el('td', {}, el('div', { class: 'actions' }, stateBadge(s.worklist_state), prioBadge(s.priority))),
     el(
       'td',
