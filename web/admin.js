@@ -18,17 +18,21 @@ import {
   testHook,
   fmtTime,
   fmtDuration,
+  fmtNumber,
+  fmtBytes,
+  fmtBytesOf,
   fromLocalInput,
   toLocalInput,
-  cap,
-  errText,
+  errMessage,
   failer,
+  codeLabel,
+  t,
+  onLang,
 } from './app-common.js';
 
 const TABS = ['users', 'turnaround', 'deliveries', 'ingest', 'audit', 'relay'];
 const RELAY_REFRESH_MS = 3_000;
 const PRIO_RANK = { stat: 0, urgent: 1, routine: 2 };
-const ROLE_LABEL = { clinic: 'Clinic doctor', expert: 'Expert', admin: 'Administrator' };
 
 const hook = testHook('admin', {
   ready: false,
@@ -53,6 +57,9 @@ let directory = null;
 let relayTimer = null;
 let relayCtl = null;
 let relayFailing = false;
+// Each tab's last answer, rendered again in the new language on a switch
+// (nothing is fetched again; the forms keep what is typed).
+const last = {};
 
 // ------------------------------------------------------------------ helpers
 
@@ -65,11 +72,26 @@ function arrayOf(r, ...keys) {
 
 function prioBadge(p) {
   if (!p) return el('span', { class: 'muted' }, '—');
-  return el('span', { class: `badge prio-${p}` }, p === 'stat' ? 'STAT' : cap(p));
+  return codeLabel('studies.prio', p, { class: `badge prio-${p}` });
 }
 
 function clinicName(id) {
   return clinicNames.get(id) || id || '—';
+}
+
+/**
+ * The message `key` with its placeholder `name` filled by `value` in an
+ * element marked as data (a username, a clinic, an address): the checker
+ * and translators leave it alone, the words around it are translated.
+ */
+function withData(key, name, value) {
+  const [before, after = ''] = t(key, { [name]: '\u0000' }).split('\u0000');
+  return [before, el('span', { translate: 'no' }, value), after];
+}
+
+/** A clinic's name (data) in a cell. */
+function clinicCell(id) {
+  return el('td', { translate: 'no' }, clinicName(id));
 }
 
 function dash(v) {
@@ -79,36 +101,19 @@ function dash(v) {
 function shortUid(uid) {
   if (!uid) return el('span', { class: 'muted' }, '—');
   const short = uid.length > 18 ? `…${uid.slice(-16)}` : uid;
-  return el('a', { href: `/viewer?study=${enc(uid)}`, class: 'mono', title: uid }, short);
-}
-
-/** Bytes as "840 KB" / "12.3 MB" / "1.25 GB" (decimal units, like Mbit/s). */
-function fmtBytes(n) {
-  if (n === null || n === undefined) return '';
-  const b = Number(n) || 0;
-  if (b < 1e3) return `${b} B`;
-  if (b < 1e6) return `${Math.round(b / 1e3)} KB`;
-  if (b < 1e9) return `${(b / 1e6).toFixed(1)} MB`;
-  return `${(b / 1e9).toFixed(2)} GB`;
-}
-
-/** "12.3 of 45.6 MB": both in the unit of the total. */
-function fmtBytesOf(part, total) {
-  const t = Number(total) || 0;
-  const [div, unit, dp] = t < 1e6 ? [1e3, 'KB', 0] : t < 1e9 ? [1e6, 'MB', 1] : [1e9, 'GB', 2];
-  return `${((Number(part) || 0) / div).toFixed(dp)} of ${(t / div).toFixed(dp)} ${unit}`;
+  return el('a', { href: `/viewer?study=${enc(uid)}`, class: 'mono', title: uid, translate: 'no' }, short);
 }
 
 /** A short span: "0.8 s", "12 s", "3 min". */
 function fmtSpan(ms) {
   if (ms === null || ms === undefined || !Number.isFinite(Number(ms))) return '';
   const v = Math.max(0, Number(ms));
-  return v < 10_000 ? `${(v / 1000).toFixed(1)} s` : fmtDuration(v);
+  return v < 10_000 ? t('common.dur.s', { s: (v / 1000).toFixed(1) }) : fmtDuration(v);
 }
 
 /** Time since `ms`: "3 min ago". */
 function ago(ms, now = Date.now()) {
-  return ms ? `${fmtDuration(now - ms)} ago` : '';
+  return ms ? t('admin.relay.ago', { d: fmtDuration(now - ms) }) : '';
 }
 
 function show(wrapId, emptyId, n) {
@@ -116,23 +121,20 @@ function show(wrapId, emptyId, n) {
   $(emptyId).hidden = n > 0;
 }
 
-function field(label, control) {
-  return el('label', { class: 'field' }, label, control);
-}
-
+/** `title`, `submitLabel`: message keys; `text`: nodes. */
 function confirmDialog({ title, text, submitLabel, submitTest, onConfirm }) {
   const err = el('p', { class: 'form-error', role: 'alert', hidden: true });
-  const ok = el('button', { type: 'submit', class: 'primary danger', dataset: { test: submitTest } }, submitLabel);
-  const close = el('button', { type: 'button' }, 'Close');
+  const ok = el('button', { type: 'submit', class: 'primary danger', dataset: { test: submitTest }, i18n: submitLabel });
+  const close = el('button', { type: 'button', i18n: 'common.close' });
   const form = el(
     'form',
     { class: 'dialog-form' },
-    el('h2', {}, title),
+    el('h2', { i18n: title }),
     el('p', { class: 'lead' }, text),
     err,
     el('div', { class: 'dialog-actions' }, close, ok),
   );
-  const dlg = el('dialog', { class: 'dialog', 'aria-label': title }, form);
+  const dlg = el('dialog', { class: 'dialog', i18nAriaLabel: title }, form);
   close.addEventListener('click', () => dlg.close());
   dlg.addEventListener('close', () => dlg.remove());
   form.addEventListener('submit', async (ev) => {
@@ -142,8 +144,11 @@ function confirmDialog({ title, text, submitLabel, submitTest, onConfirm }) {
       await onConfirm();
       dlg.close();
     } catch (e) {
-      if (fail(title, e)) {
-        err.textContent = errText(e);
+      if (fail(t(title), e)) {
+        const { key, args } = errMessage(e);
+        err.dataset.i18n = key;
+        err.dataset.i18nArgs = JSON.stringify(args);
+        err.textContent = t(key, args);
         err.hidden = false;
       }
     } finally {
@@ -160,7 +165,7 @@ async function loadDirectory() {
   try {
     directory = await api('/api/clinics');
   } catch (e) {
-    fail('Loading clinics', e);
+    fail(t('studies.load_clinics'), e);
     directory = { clinics: [], hospitals: [] };
   }
   for (const c of directory.clinics || []) clinicNames.set(c.id, c.name || c.id);
@@ -228,33 +233,36 @@ function userRow(u) {
           dataset: { test: 'user-disable' },
           onclick: () =>
             confirmDialog({
-              title: 'Disable user',
-              text: `Disable ${u.username}? Their sessions end and they can no longer sign in. Their reports and audit trail stay.`,
-              submitLabel: 'Disable',
+              title: 'admin.user.disable_title',
+              // The username is data: the message is split around it.
+              text: withData('admin.user.disable_text', 'name', u.username),
+              submitLabel: 'admin.user.disable',
               submitTest: 'user-disable-confirm',
               onConfirm: async () => {
                 await api(`/api/admin/users/${enc(u.username)}/disable`, { method: 'POST' });
-                toast(`${u.username} disabled`, 'ok');
+                toast(t('admin.user.disabled_done', { name: u.username }), 'ok');
                 await loadUsers();
               },
             }),
+          i18n: 'admin.user.disable',
         },
-        'Disable',
       ),
     );
   }
   return el(
     'tr',
     { dataset: { test: 'user-row', username: u.username, disabled: u.disabled ? '1' : '0' } },
-    el('td', { class: 'mono' }, u.username),
-    el('td', {}, dash(u.display_name)),
-    el('td', {}, ROLE_LABEL[u.role] || u.role),
-    el('td', {}, dash(where)),
-    el('td', {}, dash(u.department)),
+    el('td', { class: 'mono', translate: 'no' }, u.username),
+    el('td', { translate: 'no' }, dash(u.display_name)),
+    el('td', {}, codeLabel('admin.role_short', u.role)),
+    el('td', { translate: 'no' }, dash(where)),
+    el('td', { translate: 'no' }, dash(u.department)),
     el(
       'td',
       {},
-      u.disabled ? el('span', { class: 'badge st-disabled' }, 'Disabled') : el('span', { class: 'badge st-complete' }, 'Active'),
+      u.disabled
+        ? el('span', { class: 'badge st-disabled', i18n: 'admin.user.disabled' })
+        : el('span', { class: 'badge st-complete', i18n: 'admin.user.active' }),
     ),
     el('td', {}, actions.length ? el('div', { class: 'actions' }, actions) : el('span', { class: 'muted' }, '—')),
   );
@@ -263,16 +271,20 @@ function userRow(u) {
 async function loadUsers() {
   await loadDirectory();
   try {
-    const r = await api('/api/admin/users');
-    const users = arrayOf(r, 'users').sort(
-      (a, b) => Number(!!a.disabled) - Number(!!b.disabled) || String(a.username).localeCompare(String(b.username)),
-    );
-    hook.users = users.map((u) => u.username);
-    $('#users-rows').replaceChildren(...users.map(userRow));
-    show('#users-wrap', '#users-empty', users.length);
+    renderUsers(await api('/api/admin/users'));
   } catch (e) {
-    fail('Loading users', e);
+    fail(t('admin.err.users'), e);
   }
+}
+
+function renderUsers(r) {
+  last.users = r;
+  const users = arrayOf(r, 'users').sort(
+    (a, b) => Number(!!a.disabled) - Number(!!b.disabled) || String(a.username).localeCompare(String(b.username)),
+  );
+  hook.users = users.map((u) => u.username);
+  $('#users-rows').replaceChildren(...users.map(userRow));
+  show('#users-wrap', '#users-empty', users.length);
 }
 
 function setupUserForm() {
@@ -291,12 +303,12 @@ function setupUserForm() {
     const clinics = d.clinics || [];
     const hospitals = d.hospitals || [];
     form.elements.clinic_id.replaceChildren(
-      el('option', { value: '' }, clinics.length ? 'Choose…' : 'No clinics configured'),
-      ...clinics.map((c) => el('option', { value: c.id }, `${c.name || c.id} (${c.id})`)),
+      el('option', { value: '', i18n: clinics.length ? 'admin.user.choose' : 'admin.user.no_clinics' }),
+      ...clinics.map((c) => el('option', { value: c.id, translate: 'no' }, `${c.name || c.id} (${c.id})`)),
     );
     form.elements.hospital_id.replaceChildren(
-      el('option', { value: '' }, hospitals.length ? 'Choose…' : 'No hospitals configured'),
-      ...hospitals.map((h) => el('option', { value: h.id }, `${h.name || h.id} (${h.id})`)),
+      el('option', { value: '', i18n: hospitals.length ? 'admin.user.choose' : 'admin.user.no_hospitals' }),
+      ...hospitals.map((h) => el('option', { value: h.id, translate: 'no' }, `${h.name || h.id} (${h.id})`)),
     );
     if (clinics.length === 1) form.elements.clinic_id.value = clinics[0].id;
     if (hospitals.length === 1) form.elements.hospital_id.value = hospitals[0].id;
@@ -318,12 +330,12 @@ function setupUserForm() {
     btn.disabled = true;
     try {
       await api('/api/admin/users', { method: 'POST', body });
-      toast(`User ${body.username} added`, 'ok');
+      toast(t('admin.user.added', { name: body.username }), 'ok');
       form.reset();
       syncRole();
       await loadUsers();
     } catch (e) {
-      fail('Adding the user', e);
+      fail(t('admin.err.add'), e);
     } finally {
       btn.disabled = false;
     }
@@ -336,53 +348,61 @@ async function loadTurnaround() {
   await loadDirectory();
   const days = $('#ta-days').value;
   try {
-    const r = await api(`/api/admin/turnaround?days=${enc(days)}`);
-    const rows = (r.rows || []).slice().sort(
-      (a, b) =>
-        clinicName(a.clinic_id).localeCompare(clinicName(b.clinic_id)) ||
-        (PRIO_RANK[a.priority] ?? 3) - (PRIO_RANK[b.priority] ?? 3),
-    );
-    const waiting = (r.waiting || []).slice().sort(
-      (a, b) => (PRIO_RANK[a.priority] ?? 3) - (PRIO_RANK[b.priority] ?? 3) || waitAge(b) - waitAge(a),
-    );
-    hook.turnaround = { rows: rows.length, waiting: waiting.length, days: Number(days) };
-    $('#ta-rows').replaceChildren(
-      ...rows.map((x) =>
-        el(
-          'tr',
-          { dataset: { test: 'turnaround-row', clinic: x.clinic_id, priority: x.priority } },
-          el('td', {}, clinicName(x.clinic_id)),
-          el('td', {}, prioBadge(x.priority)),
-          el('td', { class: 'num' }, dash(x.studies)),
-          el('td', { class: 'num' }, String(x.reported ?? 0)),
-          el('td', { class: 'num' }, dash(fmtDuration(x.p50_report_ms))),
-          el('td', { class: 'num' }, dash(fmtDuration(x.p90_report_ms))),
-          el('td', { class: 'num' }, String(x.delivered ?? 0)),
-          el('td', { class: 'num' }, dash(fmtDuration(x.p50_deliver_ms))),
-        ),
-      ),
-    );
-    show('#ta-wrap', '#ta-empty', rows.length);
-    $('#wait-rows').replaceChildren(
-      ...waiting.map((w) =>
-        el(
-          'tr',
-          { dataset: { test: 'waiting-row', clinic: w.clinic_id, priority: w.priority } },
-          el('td', {}, clinicName(w.clinic_id)),
-          el('td', {}, prioBadge(w.priority)),
-          el('td', { class: 'num' }, String(w.count ?? 0)),
-          el(
-            'td',
-            { class: 'num', title: isTimestamp(w.oldest_ms) ? `since ${fmtTime(w.oldest_ms)}` : undefined },
-            dash(w.oldest_ms != null ? fmtDuration(waitAge(w)) : ''),
-          ),
-        ),
-      ),
-    );
-    show('#wait-wrap', '#wait-empty', waiting.length);
+    renderTurnaround(await api(`/api/admin/turnaround?days=${enc(days)}`), days);
   } catch (e) {
-    fail('Loading turnaround', e);
+    fail(t('admin.err.turnaround'), e);
   }
+}
+
+function renderTurnaround(r, days) {
+  last.turnaround = [r, days];
+  const rows = (r.rows || []).slice().sort(
+    (a, b) =>
+      clinicName(a.clinic_id).localeCompare(clinicName(b.clinic_id)) ||
+      (PRIO_RANK[a.priority] ?? 3) - (PRIO_RANK[b.priority] ?? 3),
+  );
+  const waiting = (r.waiting || []).slice().sort(
+    (a, b) => (PRIO_RANK[a.priority] ?? 3) - (PRIO_RANK[b.priority] ?? 3) || waitAge(b) - waitAge(a),
+  );
+  hook.turnaround = { rows: rows.length, waiting: waiting.length, days: Number(days) };
+  $('#ta-rows').replaceChildren(
+    ...rows.map((x) =>
+      el(
+        'tr',
+        { dataset: { test: 'turnaround-row', clinic: x.clinic_id, priority: x.priority } },
+        clinicCell(x.clinic_id),
+        el('td', {}, prioBadge(x.priority)),
+        el('td', { class: 'num' }, dash(x.studies == null ? '' : fmtNumber(x.studies))),
+        el('td', { class: 'num' }, fmtNumber(x.reported ?? 0)),
+        el('td', { class: 'num' }, dash(fmtDuration(x.p50_report_ms))),
+        el('td', { class: 'num' }, dash(fmtDuration(x.p90_report_ms))),
+        el('td', { class: 'num' }, fmtNumber(x.delivered ?? 0)),
+        el('td', { class: 'num' }, dash(fmtDuration(x.p50_deliver_ms))),
+      ),
+    ),
+  );
+  show('#ta-wrap', '#ta-empty', rows.length);
+  $('#wait-rows').replaceChildren(
+    ...waiting.map((w) =>
+      el(
+        'tr',
+        { dataset: { test: 'waiting-row', clinic: w.clinic_id, priority: w.priority } },
+        clinicCell(w.clinic_id),
+        el('td', {}, prioBadge(w.priority)),
+        el('td', { class: 'num' }, fmtNumber(w.count ?? 0)),
+        el(
+          'td',
+          {
+            class: 'num',
+            i18nTitle: isTimestamp(w.oldest_ms) ? 'admin.wait.since' : undefined,
+            i18nArgs: isTimestamp(w.oldest_ms) ? { time: fmtTime(w.oldest_ms) } : undefined,
+          },
+          dash(w.oldest_ms != null ? fmtDuration(waitAge(w)) : ''),
+        ),
+      ),
+    ),
+  );
+  show('#wait-wrap', '#wait-empty', waiting.length);
 }
 
 // `oldest_ms` may be the oldest study's enqueue time (epoch ms) or its age.
@@ -400,82 +420,97 @@ function waitAge(w) {
 async function loadDeliveries() {
   await loadDirectory();
   try {
-    const r = await api('/api/admin/deliveries');
-    const all = arrayOf(r, 'deliveries', 'items', 'queue');
-    const problemsOnly = $('#dl-show').value === 'problems';
-    const shown = all
-      .filter((d) => !problemsOnly || d.state !== 'sent')
-      .sort((a, b) => {
-        const rank = (d) => (d.state === 'failing' ? 0 : d.state === 'pending' ? 1 : 2);
-        return rank(a) - rank(b) || (b.created_ms || 0) - (a.created_ms || 0);
-      });
-    hook.deliveries = shown.map((d) => ({ id: d.id ?? null, study_uid: d.study_uid, version: d.version, state: d.state }));
-    const failing = all.filter((d) => d.state === 'failing').length;
-    const pending = all.filter((d) => d.state === 'pending').length;
-    $('#dl-summary').textContent = `${failing} failing · ${pending} pending · ${all.length - failing - pending} sent`;
-    $('#dl-rows').replaceChildren(
-      ...shown.map((d) =>
-        el(
-          'tr',
-          { dataset: { test: 'delivery-row', state: d.state } },
-          el('td', { class: 'nowrap' }, dash(fmtTime(d.created_ms))),
-          el('td', {}, clinicName(d.clinic_id)),
-          el('td', {}, shortUid(d.study_uid)),
-          el('td', { class: 'num' }, dash(d.version)),
-          el('td', { class: 'mono' }, dash(d.target)),
-          el('td', {}, el('span', { class: `badge st-${d.state}` }, cap(d.state || ''))),
-          el('td', { class: 'num' }, String(d.attempts ?? 0)),
-          el('td', { class: 'nowrap' }, d.state === 'sent' ? dash('') : dash(fmtTime(d.next_attempt_ms))),
-          el('td', { class: 'clip' }, dash(d.last_error)),
-          el('td', { class: 'nowrap' }, dash(fmtTime(d.sent_ms))),
-        ),
-      ),
-    );
-    show('#dl-wrap', '#dl-empty', shown.length);
-    $('#dl-empty').textContent = all.length && problemsOnly ? 'Nothing pending or failing.' : 'No deliveries.';
+    renderDeliveries(await api('/api/admin/deliveries'));
   } catch (e) {
-    fail('Loading deliveries', e);
+    fail(t('admin.err.deliveries'), e);
   }
+}
+
+function renderDeliveries(r) {
+  last.deliveries = r;
+  const all = arrayOf(r, 'deliveries', 'items', 'queue');
+  const problemsOnly = $('#dl-show').value === 'problems';
+  const shown = all
+    .filter((d) => !problemsOnly || d.state !== 'sent')
+    .sort((a, b) => {
+      const rank = (d) => (d.state === 'failing' ? 0 : d.state === 'pending' ? 1 : 2);
+      return rank(a) - rank(b) || (b.created_ms || 0) - (a.created_ms || 0);
+    });
+  hook.deliveries = shown.map((d) => ({ id: d.id ?? null, study_uid: d.study_uid, version: d.version, state: d.state }));
+  const failing = all.filter((d) => d.state === 'failing').length;
+  const pending = all.filter((d) => d.state === 'pending').length;
+  $('#dl-summary').textContent = t('admin.dl.summary', { failing, pending, sent: all.length - failing - pending });
+  $('#dl-rows').replaceChildren(
+    ...shown.map((d) =>
+      el(
+        'tr',
+        { dataset: { test: 'delivery-row', state: d.state } },
+        el('td', { class: 'nowrap' }, dash(fmtTime(d.created_ms))),
+        clinicCell(d.clinic_id),
+        el('td', {}, shortUid(d.study_uid)),
+        el('td', { class: 'num' }, dash(d.version)),
+        el('td', { class: 'mono', translate: 'no' }, dash(d.target)),
+        el('td', {}, codeLabel('studies.delivery', d.state || '', { class: `badge st-${d.state}` })),
+        el('td', { class: 'num' }, fmtNumber(d.attempts ?? 0)),
+        el('td', { class: 'nowrap' }, d.state === 'sent' ? dash('') : dash(fmtTime(d.next_attempt_ms))),
+        // The PACS's or the network's own words (technical, as logged).
+        el('td', { class: 'clip', translate: 'no' }, dash(d.last_error)),
+        el('td', { class: 'nowrap' }, dash(fmtTime(d.sent_ms))),
+      ),
+    ),
+  );
+  show('#dl-wrap', '#dl-empty', shown.length);
+  const empty = $('#dl-empty');
+  empty.dataset.i18n = all.length && problemsOnly ? 'admin.dl.empty_problems' : 'admin.dl.empty';
+  empty.textContent = t(empty.dataset.i18n);
 }
 
 // ------------------------------------------------------------------ refused at ingest
 
-const LEVEL_LABEL = { study: 'Study', series: 'Series', instance: 'Instance' };
-
 function collidesWith(r) {
-  if (r.reason === 'other-clinic') return `${clinicName(r.owner_clinic)}'s data`;
-  if (r.reason === 'other-study') return 'another study of the same clinic';
-  if (r.reason === 'other-series') return 'another series of the same clinic';
-  return r.reason || '—';
+  if (r.reason === 'other-clinic') {
+    return withData('admin.ir.other_clinic', 'clinic', clinicName(r.owner_clinic));
+  }
+  if (r.reason === 'other-study') return el('span', { i18n: 'admin.ir.other_study' });
+  if (r.reason === 'other-series') return el('span', { i18n: 'admin.ir.other_series' });
+  return el('span', { translate: 'no' }, r.reason || '—');
 }
 
 async function loadIngest() {
   await loadDirectory();
   try {
-    const r = await api('/api/admin/ingest-refusals');
-    const all = arrayOf(r, 'refusals');
-    hook.ingest = all.map((x) => ({ calling_ae: x.calling_ae, level: x.level, reason: x.reason }));
-    $('#ir-summary').textContent = all.length ? `${all.length} refused (newest first)` : '';
-    $('#ir-rows').replaceChildren(
-      ...all.map((x) =>
-        el(
-          'tr',
-          { dataset: { test: 'ingest-row', level: x.level } },
-          el('td', { class: 'nowrap' }, dash(fmtTime(x.at_ms))),
-          el('td', { class: 'mono', title: x.via === 'relay' ? 'edge (relay link)' : 'calling AE title' }, dash(x.calling_ae)),
-          el('td', {}, clinicName(x.clinic_id)),
-          el('td', {}, LEVEL_LABEL[x.level] || dash(x.level)),
-          el('td', {}, collidesWith(x)),
-          el('td', { class: 'mono', title: x.study_uid || '' }, dash(x.study_uid)),
-          el('td', { class: 'mono', title: x.sop_instance_uid || '' }, dash(x.sop_instance_uid)),
-          el('td', { class: 'mono' }, dash(x.remote)),
-        ),
-      ),
-    );
-    show('#ir-wrap', '#ir-empty', all.length);
+    renderIngest(await api('/api/admin/ingest-refusals'));
   } catch (e) {
-    fail('Loading refused instances', e);
+    fail(t('admin.err.ingest'), e);
   }
+}
+
+function renderIngest(r) {
+  last.ingest = r;
+  const all = arrayOf(r, 'refusals');
+  hook.ingest = all.map((x) => ({ calling_ae: x.calling_ae, level: x.level, reason: x.reason }));
+  $('#ir-summary').textContent = all.length ? t('admin.ir.summary', { n: fmtNumber(all.length) }) : '';
+  $('#ir-rows').replaceChildren(
+    ...all.map((x) =>
+      el(
+        'tr',
+        { dataset: { test: 'ingest-row', level: x.level } },
+        el('td', { class: 'nowrap' }, dash(fmtTime(x.at_ms))),
+        el(
+          'td',
+          { class: 'mono', translate: 'no', i18nTitle: x.via === 'relay' ? 'admin.ir.via_relay' : 'admin.ir.via_dicom' },
+          dash(x.calling_ae),
+        ),
+        clinicCell(x.clinic_id),
+        el('td', {}, codeLabel('admin.ir.level', x.level)),
+        el('td', {}, collidesWith(x)),
+        el('td', { class: 'mono', translate: 'no', title: x.study_uid || '' }, dash(x.study_uid)),
+        el('td', { class: 'mono', translate: 'no', title: x.sop_instance_uid || '' }, dash(x.sop_instance_uid)),
+        el('td', { class: 'mono', translate: 'no' }, dash(x.remote)),
+      ),
+    ),
+  );
+  show('#ir-wrap', '#ir-empty', all.length);
 }
 
 // ------------------------------------------------------------------ audit
@@ -504,32 +539,37 @@ async function loadAudit() {
   const q = auditQuery();
   q.set('format', 'json');
   try {
-    const r = await api(`/api/admin/audit?${q}`);
-    const events = arrayOf(r, 'events', 'items', 'audit', 'rows');
-    hook.audit = events.length;
-    $('#audit-rows').replaceChildren(
-      ...events.map((a) =>
-        el(
-          'tr',
-          { dataset: { test: 'audit-row', action: a.action } },
-          el('td', { class: 'nowrap' }, fmtTime(a.at_ms)),
-          el('td', { class: 'mono' }, dash(a.username)),
-          el('td', {}, dash(a.role)),
-          el('td', { class: 'nowrap' }, dash(a.action)),
-          el('td', {}, shortUid(a.study_uid)),
-          el('td', { class: 'clip' }, dash(a.detail)),
-          el('td', { class: 'mono' }, dash(a.remote)),
-        ),
-      ),
-    );
-    show('#audit-wrap', '#audit-empty', events.length);
-    const limit = Number(q.get('limit'));
-    $('#audit-summary').textContent = events.length
-      ? `${events.length} event${events.length === 1 ? '' : 's'}${events.length >= limit ? ` (first ${limit}; narrow the filters or export)` : ''}`
-      : '';
+    renderAudit(await api(`/api/admin/audit?${q}`), Number(q.get('limit')));
   } catch (e) {
-    fail('Loading the audit trail', e);
+    fail(t('admin.err.audit'), e);
   }
+}
+
+function renderAudit(r, limit) {
+  last.audit = [r, limit];
+  const events = arrayOf(r, 'events', 'items', 'audit', 'rows');
+  hook.audit = events.length;
+  $('#audit-rows').replaceChildren(
+    ...events.map((a) =>
+      el(
+        'tr',
+        { dataset: { test: 'audit-row', action: a.action } },
+        el('td', { class: 'nowrap' }, fmtTime(a.at_ms)),
+        el('td', { class: 'mono', translate: 'no' }, dash(a.username)),
+        el('td', {}, a.role ? codeLabel('admin.role_short', a.role) : dash('')),
+        // Action codes ("sign", "claim"…) and details are the trail's own words.
+        el('td', { class: 'nowrap', translate: 'no' }, dash(a.action)),
+        el('td', {}, shortUid(a.study_uid)),
+        el('td', { class: 'clip', translate: 'no' }, dash(a.detail)),
+        el('td', { class: 'mono', translate: 'no' }, dash(a.remote)),
+      ),
+    ),
+  );
+  show('#audit-wrap', '#audit-empty', events.length);
+  $('#audit-summary').textContent = events.length
+    ? t('admin.audit.summary', { n: events.length }) +
+      (events.length >= limit ? ` ${t('admin.audit.capped', { limit: fmtNumber(limit) })}` : '')
+    : '';
 }
 
 function setupAudit() {
@@ -540,7 +580,7 @@ function setupAudit() {
     ev.preventDefault();
     const q = auditQuery();
     if (q.get('from_ms') && q.get('to_ms') && Number(q.get('from_ms')) > Number(q.get('to_ms'))) {
-      toast('“From” is after “To”', 'error');
+      toast(t('admin.audit.reversed'), 'error');
       return;
     }
     syncExport();
@@ -553,13 +593,22 @@ function setupAudit() {
 
 // ------------------------------------------------------------------ relay link
 
-function statusBadge(state, label, title) {
-  return el('span', { class: `badge st-${state}`, dataset: { state }, title }, label);
+/** `key`: the label's message; `title`: [key, args] of its tooltip. */
+function statusBadge(state, key, title) {
+  return el('span', {
+    class: `badge st-${state}`,
+    dataset: { state },
+    i18n: key,
+    i18nTitle: title && title[0],
+    i18nArgs: title && title[1],
+  });
 }
 
 function linkBadge(link) {
-  if (!link) return statusBadge('disconnected', 'Not connected yet');
-  return link.connected ? statusBadge('connected', 'Connected') : statusBadge('disconnected', 'Disconnected');
+  if (!link) return statusBadge('disconnected', 'admin.relay.not_connected');
+  return link.connected
+    ? statusBadge('connected', 'admin.relay.connected')
+    : statusBadge('disconnected', 'admin.relay.disconnected');
 }
 
 function pct(loss) {
@@ -577,12 +626,20 @@ function fmtMs(v) {
   return v === null || v === undefined || !Number.isFinite(n) ? '' : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
 }
 
-/** The link's figures as <dl> entries: [label, value, {error}]. */
+/**
+ * The link's figures as <dl> entries: [label key, value, {error, data,
+ * title}]; `data`: the value is the server's words (an address, an error).
+ */
 function kv(entries) {
   return entries
     .filter(Boolean)
-    .map(([label, value, opts = {}]) =>
-      el('div', {}, el('dt', {}, label), el('dd', { class: opts.error ? 'error' : undefined, title: opts.title }, dash(value))),
+    .map(([key, value, opts = {}]) =>
+      el(
+        'div',
+        {},
+        el('dt', { i18n: key }),
+        el('dd', { class: opts.error ? 'error' : undefined, title: opts.title, translate: opts.data ? 'no' : undefined }, dash(value)),
+      ),
     );
 }
 
@@ -591,13 +648,13 @@ function edgeRow({ edge: e, link: f }, now) {
   const revoked = !!e.revoked_ms;
   const connected = !revoked && !!(f && f.connected);
   const status = revoked
-    ? statusBadge('revoked', 'Revoked', `since ${fmtTime(e.revoked_ms)}`)
+    ? statusBadge('revoked', 'admin.relay.revoked', ['admin.relay.since', { time: fmtTime(e.revoked_ms) }])
     : connected
-      ? statusBadge('connected', 'Connected')
-      : statusBadge('disconnected', 'Disconnected');
+      ? statusBadge('connected', 'admin.relay.connected')
+      : statusBadge('disconnected', 'admin.relay.disconnected');
   // Last seen: now while connected, else the later of the last (re)connect
   // and the last figures taken while the connection was up.
-  const last = Math.max(Number(e.last_seen_ms) || 0, (f && Number(f.updated_ms)) || 0);
+  const lastSeen = Math.max(Number(e.last_seen_ms) || 0, (f && Number(f.updated_ms)) || 0);
   const remote = (connected && f.remote) || e.last_addr || (f && f.remote) || '';
   const live = connected ? f : null;
   return el(
@@ -606,28 +663,45 @@ function edgeRow({ edge: e, link: f }, now) {
     el(
       'td',
       {},
-      el('span', { class: 'mono', title: e.issued_ms ? `certificate issued ${fmtTime(e.issued_ms)}` : undefined }, e.name),
+      el(
+        'span',
+        {
+          class: 'mono',
+          translate: 'no',
+          i18nTitle: e.issued_ms ? 'admin.relay.issued' : undefined,
+          i18nArgs: e.issued_ms ? { time: fmtTime(e.issued_ms) } : undefined,
+        },
+        e.name,
+      ),
       e.fingerprint
-        ? el('span', { class: 'sub mono', title: `certificate SHA-256 ${e.fingerprint}` }, `${String(e.fingerprint).slice(0, 16)}…`)
+        ? el(
+            'span',
+            { class: 'sub mono', translate: 'no', i18nTitle: 'admin.relay.fingerprint', i18nArgs: { fp: e.fingerprint } },
+            `${String(e.fingerprint).slice(0, 16)}…`,
+          )
         : null,
     ),
-    el('td', {}, e.clinic_id ? clinicName(e.clinic_id) : dash('')),
-    el('td', {}, status, f && f.last_error ? el('span', { class: 'sub' }, f.last_error) : null),
-    el('td', { class: 'mono' }, dash(remote)),
+    el('td', { translate: 'no' }, e.clinic_id ? clinicName(e.clinic_id) : dash('')),
+    el('td', {}, status, f && f.last_error ? el('span', { class: 'sub', translate: 'no' }, f.last_error) : null),
+    el('td', { class: 'mono', translate: 'no' }, dash(remote)),
     el('td', { class: 'num' }, dash(live ? fmtMs(live.rtt_ms) : '')),
     el(
       'td',
-      { class: 'num', title: live ? `${live.lost_packets ?? 0} of ${live.sent_packets ?? 0} packets lost` : undefined },
+      {
+        class: 'num',
+        i18nTitle: live ? 'admin.relay.lost' : undefined,
+        i18nArgs: live ? { lost: live.lost_packets ?? 0, sent: live.sent_packets ?? 0 } : undefined,
+      },
       dash(live ? pct(live.loss) : ''),
     ),
-    el('td', { class: 'num', title: 'Over the last study relayed' }, dash(f ? mbit(f.goodput_bps) : '')),
-    el('td', { class: 'num' }, dash(f ? String(f.studies_total ?? 0) : '')),
+    el('td', { class: 'num', i18nTitle: 'admin.relay.last_study' }, dash(f ? mbit(f.goodput_bps) : '')),
+    el('td', { class: 'num' }, dash(f ? fmtNumber(f.studies_total ?? 0) : '')),
     el('td', { class: 'num' }, dash(f ? fmtBytes(f.bytes_total ?? 0) : '')),
     el(
       'td',
       { class: 'nowrap' },
-      connected ? 'now' : dash(fmtTime(last)),
-      !connected && last ? el('span', { class: 'sub' }, ago(last, now)) : null,
+      connected ? el('span', { i18n: 'admin.relay.now' }) : dash(fmtTime(lastSeen)),
+      !connected && lastSeen ? el('span', { class: 'sub' }, ago(lastSeen, now)) : null,
     ),
   );
 }
@@ -642,21 +716,21 @@ function arrivingRow(a) {
   const uid = a.study_uid || '';
   const study = done
     ? shortUid(uid)
-    : el('span', { class: 'mono', title: uid }, uid.length > 18 ? `…${uid.slice(-16)}` : uid || '—');
+    : el('span', { class: 'mono', title: uid, translate: 'no' }, uid.length > 18 ? `…${uid.slice(-16)}` : uid || '—');
   const after = (t) => (t && a.began_ms ? fmtSpan(t - a.began_ms) : '');
   return el(
     'tr',
     { dataset: { test: 'relay-arriving-row', uid, edge: a.edge, state: a.state } },
     el('td', {}, study),
-    el('td', { class: 'mono' }, dash(a.edge)),
-    el('td', {}, clinicName(a.clinic_id)),
+    el('td', { class: 'mono', translate: 'no' }, dash(a.edge)),
+    clinicCell(a.clinic_id),
     el('td', {}, prioBadge(a.priority)),
-    el('td', {}, statusBadge(a.state, done ? 'Committed' : 'Arriving')),
+    el('td', {}, statusBadge(a.state, done ? 'admin.relay.committed_state' : 'admin.relay.arriving_state')),
     el(
       'td',
       { class: 'num nowrap' },
-      `${arrived} of ${total}`,
-      !done ? el('span', { class: 'sub' }, `previews: ${Number(a.previews) || 0}`) : null,
+      el('span', { i18n: 'admin.relay.of', i18nArgs: { part: fmtNumber(arrived), total: fmtNumber(total) } }),
+      !done ? el('span', { class: 'sub', i18n: 'admin.relay.previews', i18nArgs: { n: Number(a.previews) || 0 } }) : null,
     ),
     el('td', { class: 'num nowrap' }, totalBytes ? (done ? fmtBytes(totalBytes) : fmtBytesOf(arrivedBytes, totalBytes)) : dash('')),
     el('td', { class: 'nowrap' }, dash(fmtTime(a.began_ms))),
@@ -684,12 +758,15 @@ function renderHub(r, now) {
   $('#relay-arriving-rows').replaceChildren(...arriving.map(arrivingRow));
   show('#relay-arriving-wrap', '#relay-arriving-empty', arriving.length);
 
+  // The listen address and the config key are data.
   const parts = [
-    r.listen ? `Hub — listening for edges on UDP ${r.listen}` : 'Hub — the relay listener is off ([relay] listen is not set): edges cannot connect',
-    `${connected} of ${active} edge${active === 1 ? '' : 's'} connected`,
-    `${moving} ${moving === 1 ? 'study' : 'studies'} arriving`,
+    r.listen
+      ? withData('admin.relay.hub_listening', 'addr', r.listen)
+      : [t('admin.relay.hub_off'), ' ', el('code', { translate: 'no' }, '[relay] listen'), t('admin.relay.hub_off_end')],
+    t('admin.relay.edges_connected', { c: connected, n: active }),
+    t('admin.relay.studies_arriving', { n: moving }),
   ];
-  $('#relay-summary').textContent = parts.join(' · ');
+  $('#relay-summary').replaceChildren(...parts.flatMap((p, i) => (i ? [' · ', p] : [p])).flat());
   hook.relay = {
     role: 'hub',
     listen: r.listen || null,
@@ -711,57 +788,65 @@ function renderEdge(r, now) {
   $('#relay-link-state').replaceChildren(linkBadge(f));
   $('#relay-link-kv').replaceChildren(
     ...kv([
-      ['Hub', r.hub],
-      ['Remote address', f && f.remote],
-      ['Round-trip time', f && f.connected ? fmtMs(f.rtt_ms) : ''],
+      ['admin.relay.kv.hub', r.hub, { data: true }],
+      ['admin.relay.kv.remote', f && f.remote, { data: true }],
+      ['admin.relay.kv.rtt', f && f.connected ? fmtMs(f.rtt_ms) : ''],
       [
-        'Packet loss',
+        'admin.relay.kv.loss',
         f && f.connected ? pct(f.loss) : '',
-        { title: f ? `${f.lost_packets ?? 0} of ${f.sent_packets ?? 0} packets lost` : undefined },
+        { title: f ? t('admin.relay.lost', { lost: f.lost_packets ?? 0, sent: f.sent_packets ?? 0 }) : undefined },
       ],
-      ['Congestion window', f && f.connected ? fmtBytes(f.congestion_window) : ''],
-      ['Goodput (last study)', f ? mbit(f.goodput_bps) : ''],
-      ['Rate cap', rate > 0 ? `${rate} Mbit/s` : 'none'],
-      ['Studies relayed', f ? String(f.studies_total ?? 0) : '', { title: 'Since this server started' }],
-      ['Bytes relayed', f ? fmtBytes(f.bytes_total ?? 0) : '', { title: 'Since this server started' }],
-      ['Connections', f ? String(f.connections ?? 0) : ''],
-      ['Figures taken', f && f.updated_ms ? ago(f.updated_ms, now) : '', { title: f && f.updated_ms ? fmtTime(f.updated_ms) : undefined }],
-      f && f.last_error ? ['Last error', f.last_error, { error: true }] : null,
+      ['admin.relay.kv.cwnd', f && f.connected ? fmtBytes(f.congestion_window) : ''],
+      ['admin.relay.kv.goodput', f ? mbit(f.goodput_bps) : ''],
+      ['admin.relay.kv.rate', rate > 0 ? `${fmtNumber(rate)} Mbit/s` : t('admin.relay.kv.rate_none')],
+      ['admin.relay.kv.studies', f ? fmtNumber(f.studies_total ?? 0) : '', { title: t('admin.relay.since_server') }],
+      ['admin.relay.kv.bytes', f ? fmtBytes(f.bytes_total ?? 0) : '', { title: t('admin.relay.since_server') }],
+      ['admin.relay.kv.connections', f ? fmtNumber(f.connections ?? 0) : ''],
+      [
+        'admin.relay.kv.figures',
+        f && f.updated_ms ? ago(f.updated_ms, now) : '',
+        { title: f && f.updated_ms ? fmtTime(f.updated_ms) : undefined },
+      ],
+      f && f.last_error ? ['admin.relay.kv.error', f.last_error, { error: true, data: true }] : null,
     ]),
   );
   $('#relay-outbox-kv').replaceChildren(
     ...kv([
-      ['Waiting', String(st.depth ?? 0)],
-      ['Oldest waiting', st.oldest_ms ? fmtDuration(now - st.oldest_ms) : '', { title: st.oldest_ms ? `since ${fmtTime(st.oldest_ms)}` : undefined }],
-      ['Pending', fmtBytes(st.bytes_pending ?? 0)],
+      ['admin.relay.kv.waiting', fmtNumber(st.depth ?? 0)],
+      [
+        'admin.relay.kv.oldest',
+        st.oldest_ms ? fmtDuration(now - st.oldest_ms) : '',
+        { title: st.oldest_ms ? t('admin.relay.since', { time: fmtTime(st.oldest_ms) }) : undefined },
+      ],
+      ['admin.relay.kv.pending', fmtBytes(st.bytes_pending ?? 0)],
     ]),
   );
   $('#relay-outbox-rows').replaceChildren(
     ...outbox.map((o) => {
       const state = o.pending ? (o.attempts > 0 || o.last_error ? 'retrying' : 'pending') : 'sent';
-      const label = { pending: 'Waiting', retrying: 'Retrying', sent: 'Sent' }[state];
+      const key = { pending: 'admin.relay.waiting_state', retrying: 'admin.relay.retrying_state', sent: 'admin.relay.sent_state' }[state];
       return el(
         'tr',
         { dataset: { test: 'relay-outbox-row', uid: o.study_uid, state } },
         el('td', {}, shortUid(o.study_uid)),
         el('td', { class: 'nowrap' }, dash(fmtTime(o.completed_ms))),
         el('td', { class: 'nowrap' }, dash(fmtTime(o.enqueued_ms)), o.pending && o.enqueued_ms ? el('span', { class: 'sub' }, ago(o.enqueued_ms, now)) : null),
-        el('td', {}, statusBadge(state, label)),
-        el('td', { class: 'num' }, String(o.attempts ?? 0)),
+        el('td', {}, statusBadge(state, key)),
+        el('td', { class: 'num' }, fmtNumber(o.attempts ?? 0)),
         el('td', { class: 'nowrap' }, dash(fmtTime(o.sent_ms))),
         el('td', { class: 'num' }, o.sent_ms || o.bytes_sent ? fmtBytes(o.bytes_sent ?? 0) : dash('')),
-        el('td', { class: 'clip' }, dash(o.last_error)),
+        el('td', { class: 'clip', translate: 'no' }, dash(o.last_error)),
       );
     }),
   );
   show('#relay-outbox-wrap', '#relay-outbox-empty', outbox.length);
 
   const parts = [
-    `Edge — relaying to ${r.hub || 'the hub'}`,
-    f && f.connected ? 'link up' : 'link down',
-    `${st.depth ?? 0} ${st.depth === 1 ? 'study' : 'studies'} waiting`,
+    r.hub ? withData('admin.relay.edge_to', 'hub', r.hub) : t('admin.relay.edge_to', { hub: t('admin.relay.the_hub') }),
+    t(f && f.connected ? 'admin.relay.link_up' : 'admin.relay.link_down'),
+    t('admin.relay.studies_waiting', { n: st.depth ?? 0 }),
   ];
-  $('#relay-summary').textContent = parts.join(' · ');
+  $('#relay-summary').replaceChildren(...parts.flatMap((p, i) => (i ? [' · ', p] : [p])).flat());
   hook.relay = {
     role: 'edge',
     connected: !!(f && f.connected),
@@ -778,24 +863,29 @@ async function loadRelay({ auto = false } = {}) {
   try {
     const r = await api('/api/admin/relay', { signal: ctl.signal });
     if (ctl !== relayCtl) return;
-    const now = Date.now();
-    const edge = r && r.role === 'edge';
-    $('#relay-hub').hidden = edge;
-    $('#relay-edge').hidden = !edge;
-    if (edge) renderEdge(r, now);
-    else renderHub(r || {}, now);
-    $('#relay-updated').textContent = `Updated ${fmtTime(now).slice(11)}`;
+    renderRelay(r);
     relayFailing = false;
   } catch (e) {
     if (ctl !== relayCtl) return;
     if (!auto || !relayFailing) {
-      const msg = fail('Loading the relay link', e);
+      const msg = fail(t('admin.err.relay'), e);
       if (msg) $('#relay-summary').textContent = msg;
     }
     if (!(e && e.name === 'AbortError')) relayFailing = true;
   } finally {
     if (ctl === relayCtl) relayCtl = null;
   }
+}
+
+function renderRelay(r) {
+  last.relay = r;
+  const now = Date.now();
+  const edge = r && r.role === 'edge';
+  $('#relay-hub').hidden = edge;
+  $('#relay-edge').hidden = !edge;
+  if (edge) renderEdge(r, now);
+  else renderHub(r || {}, now);
+  $('#relay-updated').textContent = t('admin.relay.updated', { time: fmtTime(now).slice(11) });
 }
 
 /** Every 3 s while the relay tab is shown and the page visible. */
@@ -839,18 +929,33 @@ async function main() {
   try {
     user = await session();
   } catch (e) {
-    fail('Loading your session', e);
+    fail(t('studies.load_session'), e);
     return;
   }
   header(user, '/admin');
   if (user.role !== 'admin') {
     $('#main').replaceChildren(
-      el('h1', {}, 'Administration'),
-      el('p', { class: 'notice' }, 'This page is for administrators. ', el('a', { href: '/' }, 'Go to your home page'), '.'),
+      el('h1', { i18n: 'admin.heading' }),
+      el(
+        'p',
+        { class: 'notice' },
+        el('span', { i18n: 'admin.only_admins' }),
+        ' ',
+        el('a', { href: '/', i18n: 'admin.go_home' }),
+      ),
     );
     hook.errors.push('Not allowed for your role');
     return;
   }
+  // Every loaded tab is drawn again from its last answer in the new language.
+  onLang(() => {
+    if (last.users) renderUsers(last.users);
+    if (last.turnaround) renderTurnaround(...last.turnaround);
+    if (last.deliveries) renderDeliveries(last.deliveries);
+    if (last.ingest) renderIngest(last.ingest);
+    if (last.audit) renderAudit(...last.audit);
+    if (last.relay) renderRelay(last.relay);
+  });
   setupTabs();
   setupUserForm();
   setupAudit();

@@ -236,12 +236,17 @@ export function header(user, active) {
   return h;
 }
 
-/** A small non-blocking message at the bottom of the page. */
+/**
+ * A small non-blocking message at the bottom of the page. Toasts are text
+ * in the language of the moment and last seconds: a language switch clears
+ * them (what must stay, like a form's error, is shown in the page by key).
+ */
 export function toast(text, kind = 'info') {
   let box = $('#toasts');
   if (!box) {
     box = el('div', { id: 'toasts', role: 'status', 'aria-live': 'polite' });
     document.body.append(box);
+    window.addEventListener('mr-lang', () => box.replaceChildren());
   }
   const t = el('div', { class: `toast ${kind}` }, text);
   box.append(t);
@@ -332,4 +337,14 @@ export function failer(hook) {
     toast(msg, 'error');
     return msg;
   };
+}
+
+/**
+ * A server code shown as a label (a reading state, a priority, a delivery
+ * state): the message `prefix.value` when the catalogue has it, else the
+ * code as the server sent it, marked as data.
+ */
+export function codeLabel(prefix, value, attrs = {}) {
+  const key = `${prefix}.${value}`;
+  return hasMessage(key) ? el('span', { ...attrs, i18n: key }) : el('span', { ...attrs, translate: 'no' }, value || '');
 }

@@ -6,7 +6,7 @@
 // Slow links: the list is small and refreshed every 30 s while the tab is
 // visible. PHI rule: broadcasts carry no patient data; nothing is logged.
 
-import { api, session, header, el, $, toast, testHook, fmtTime, errText, failer } from './app-common.js';
+import { api, session, header, el, $, toast, testHook, fmtTime, fmtNumber, errText, errMessage, failer, t, onLang } from './app-common.js';
 
 const REFRESH_MS = 30_000;
 
@@ -16,26 +16,26 @@ const enc = encodeURIComponent;
 
 let user = null;
 let timer = null;
+let shown = null; // the list on the page, rebuilt on a language switch
 
 async function load() {
   let data;
   try {
     data = await api('/api/broadcasts');
   } catch (e) {
-    fail('Loading broadcasts', e);
+    fail(t('broadcasts.err.load'), e);
     return;
   }
   render(Array.isArray(data?.broadcasts) ? data.broadcasts : []);
 }
 
 function render(list) {
+  shown = list;
   hook.ids = list.map((b) => b.id);
   hook.rows = list;
   $('#summary').textContent = list.length
-    ? `${list.length} open broadcast${list.length === 1 ? '' : 's'}`
-    : user.role === 'expert'
-      ? 'No open broadcasts. Start one above.'
-      : 'No open broadcasts for your clinic right now.';
+    ? t('broadcasts.summary', { n: list.length })
+    : t(user.role === 'expert' ? 'broadcasts.none.expert' : 'broadcasts.none.clinic');
   $('#table-wrap').hidden = list.length === 0;
   $('#rows').replaceChildren(...list.map(row));
   hook.ready = true;
@@ -45,22 +45,33 @@ function row(b) {
   // The starter and the colleagues it named present; the starter ends it.
   const presents = Array.isArray(b.presenters) && b.presenters.includes(user.username);
   const mine = user.role === 'expert' && b.presenter === user.username;
-  const join = el('button', { type: 'button', class: 'primary', dataset: { test: 'bc-join' } }, presents ? 'Present' : 'Join');
+  const join = el('button', {
+    type: 'button',
+    class: 'primary',
+    dataset: { test: 'bc-join' },
+    i18n: presents ? 'broadcasts.present' : 'broadcasts.join',
+  });
   join.addEventListener('click', () => joinBroadcast(b, join));
   const actions = [join];
   if (mine) {
-    const end = el('button', { type: 'button', class: 'danger', dataset: { test: 'bc-end' } }, 'End');
+    const end = el('button', { type: 'button', class: 'danger', dataset: { test: 'bc-end' }, i18n: 'broadcasts.end' });
     end.addEventListener('click', () => endBroadcast(b, end));
     actions.push(end);
   }
   return el(
     'tr',
     { dataset: { id: b.id } },
-    el('td', {}, b.title || ''),
-    el('td', {}, b.presenter_name || b.presenter || ''),
+    el('td', { translate: 'no' }, b.title || ''),
+    el('td', { translate: 'no' }, b.presenter_name || b.presenter || ''),
     el('td', {}, fmtTime((b.started_unix || 0) * 1000)),
-    el('td', {}, b.on_air ? el('strong', { class: 'on-air' }, 'On air') : 'Not started yet'),
-    el('td', {}, String(b.connected ?? '')),
+    el(
+      'td',
+      {},
+      b.on_air
+        ? el('strong', { class: 'on-air', i18n: 'broadcasts.on_air' })
+        : el('span', { i18n: 'broadcasts.not_started' }),
+    ),
+    el('td', {}, b.connected == null ? '' : fmtNumber(b.connected)),
     el('td', {}, el('div', { class: 'actions' }, actions)),
   );
 }
@@ -71,20 +82,20 @@ async function joinBroadcast(b, button) {
     const r = await api(`/api/broadcasts/${enc(b.id)}/join`, { method: 'POST' });
     if (r?.join?.url) location.assign(r.join.url);
   } catch (e) {
-    fail('Joining the broadcast', e);
+    fail(t('broadcasts.err.join'), e);
     button.disabled = false;
     load();
   }
 }
 
 async function endBroadcast(b, button) {
-  if (!confirm(`End “${b.title}” for everyone watching?`)) return;
+  if (!confirm(t('broadcasts.end.confirm', { title: b.title }))) return;
   button.disabled = true;
   try {
     await api(`/api/broadcasts/${enc(b.id)}`, { method: 'DELETE' });
-    toast('Broadcast ended');
+    toast(t('broadcasts.ended'));
   } catch (e) {
-    fail('Ending the broadcast', e);
+    fail(t('broadcasts.err.end'), e);
   }
   load();
 }
@@ -105,9 +116,12 @@ async function start(ev) {
     const r = await api('/api/broadcasts', { method: 'POST', body: { title, presenters } });
     if (r?.join?.url) location.assign(r.join.url);
   } catch (e) {
-    err.textContent = errText(e);
+    const { key, args } = errMessage(e);
+    err.dataset.i18n = key;
+    err.dataset.i18nArgs = JSON.stringify(args);
+    err.textContent = t(key, args);
     err.hidden = false;
-    fail('Starting the broadcast', e);
+    fail(t('broadcasts.err.start'), e);
   } finally {
     submit.disabled = false;
   }
@@ -117,6 +131,10 @@ async function main() {
   user = await session();
   if (!user) return;
   header(user, '/broadcasts');
+  // The summary is rebuilt in the new language; the start form keeps what is typed.
+  onLang(() => {
+    if (shown) render(shown);
+  });
   if (user.role === 'expert') {
     $('#start-form').hidden = false;
     $('#start-form').addEventListener('submit', start);
@@ -130,5 +148,5 @@ async function main() {
   });
 }
 
-main().catch((e) => toast(`The page could not start: ${errText(e)}`, 'error'));
+main().catch((e) => toast(t('broadcasts.err.page', { error: errText(e) }), 'error'));
 window.addEventListener('pagehide', () => clearInterval(timer));

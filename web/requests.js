@@ -26,9 +26,11 @@ import {
   fromLocalInput,
   toLocalInput,
   list,
-  cap,
-  errText,
+  errMessage,
   failer,
+  codeLabel,
+  t,
+  onLang,
 } from './app-common.js';
 
 const REFRESH_MS = 60_000;
@@ -37,7 +39,6 @@ const OPEN = new Set(['requested', 'scheduled']);
 // The room opens this long before the scheduled time (the server refuses earlier joins).
 const JOIN_EARLY_MS = 15 * 60_000;
 const URGENCY_RANK = { stat: 0, urgent: 1, routine: 2 };
-const STATE_LABEL = { requested: 'Requested', scheduled: 'Scheduled', cancelled: 'Cancelled', done: 'Done' };
 
 const hook = testHook('requests', { ready: false, ids: [], rows: [], errors: [] });
 const fail = failer(hook);
@@ -57,34 +58,46 @@ const clinicNames = new Map();
 
 function countdown(ms) {
   const d = ms - Date.now();
-  if (Math.abs(d) < 60_000) return ['starting now', true];
-  if (d > 0) return [`in ${fmtDuration(d)}`, d < 15 * 60_000];
-  return [`started ${fmtDuration(-d)} ago`, -d < 60 * 60_000];
+  if (Math.abs(d) < 60_000) return [t('requests.now'), true];
+  if (d > 0) return [t('requests.in', { d: fmtDuration(d) }), d < 15 * 60_000];
+  return [t('requests.ago', { d: fmtDuration(-d) }), -d < 60 * 60_000];
 }
 
-function field(label, control, hint) {
-  return el('label', { class: 'field' }, label, control, hint ? el('span', { class: 'hint' }, hint) : null);
+/** `key`: the label's message; `hint`: nodes under the control. */
+function field(key, control, hint) {
+  return el('label', { class: 'field' }, el('span', { i18n: key }), control, hint ? el('span', { class: 'hint' }, hint) : null);
 }
 
-/** A modal form; `onSubmit` throws to keep it open (message shown inline and as a toast). */
+/** Shows a failure in `box` from its message key, so a switch re-translates it. */
+function showError(box, key, args) {
+  box.dataset.i18n = key;
+  box.dataset.i18nArgs = JSON.stringify(args || {});
+  box.textContent = t(key, args);
+  box.hidden = false;
+}
+
+/**
+ * A modal form; `onSubmit` throws to keep it open (message shown inline and
+ * as a toast). `title`, `submitLabel`: message keys; `lead`: nodes.
+ */
 function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSubmit }) {
   const err = el('p', { class: 'form-error', role: 'alert', hidden: true });
   const ok = el(
     'button',
     { type: 'submit', class: danger ? 'primary danger' : 'primary', dataset: submitTest ? { test: submitTest } : undefined },
-    submitLabel,
+    el('span', { i18n: submitLabel }),
   );
-  const close = el('button', { type: 'button' }, 'Close');
+  const close = el('button', { type: 'button', i18n: 'common.close' });
   const form = el(
     'form',
     { class: 'dialog-form' },
-    el('h2', {}, title),
+    el('h2', { i18n: title }),
     lead ? el('p', { class: 'lead' }, lead) : null,
     fields,
     err,
     el('div', { class: 'dialog-actions' }, close, ok),
   );
-  const dlg = el('dialog', { class: 'dialog', 'aria-label': title }, form);
+  const dlg = el('dialog', { class: 'dialog', i18nAriaLabel: title }, form);
   close.addEventListener('click', () => dlg.close());
   dlg.addEventListener('close', () => dlg.remove());
   form.addEventListener('submit', async (ev) => {
@@ -95,11 +108,14 @@ function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSu
       await onSubmit();
       dlg.close();
     } catch (e) {
-      const msg = e && e.local ? e.message : fail(title, e);
+      const msg = e && e.local ? t(e.key) : fail(t(title), e);
       if (e && e.local) toast(msg, 'error');
       if (msg) {
-        err.textContent = e && e.local ? e.message : errText(e);
-        err.hidden = false;
+        if (e && e.local) showError(err, e.key);
+        else {
+          const { key, args } = errMessage(e);
+          showError(err, key, args);
+        }
       }
     } finally {
       ok.disabled = false;
@@ -110,15 +126,17 @@ function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSu
   return dlg;
 }
 
-/** A validation problem found in the page (not a failed request). */
-function invalid(message) {
-  const e = new Error(message);
+/** A validation problem found in the page (not a failed request): its message key. */
+function invalid(key) {
+  const e = new Error(key);
   e.local = true;
+  e.key = key;
   return e;
 }
 
+/** The patient's name and ID in one line (data). */
 function reqLabel(r) {
-  return [personNameFull(r.patient_name), r.patient_id && `ID ${r.patient_id}`].filter(Boolean).join(' · ');
+  return [personNameFull(r.patient_name), r.patient_id].filter(Boolean).join(' · ');
 }
 
 // ------------------------------------------------------------------ actions
@@ -133,25 +151,37 @@ function timeDialog({ r, title, submitLabel, submitTest, initialMs, path }) {
   });
   const pref =
     r.preferred_from_ms || r.preferred_to_ms
-      ? `Preferred: ${fmtTime(r.preferred_from_ms) || '…'} – ${fmtTime(r.preferred_to_ms) || '…'}`
-      : 'No preferred time given.';
+      ? el('span', {
+          i18n: 'requests.preferred',
+          i18nArgs: { from: fmtTime(r.preferred_from_ms) || '…', to: fmtTime(r.preferred_to_ms) || '…' },
+        })
+      : el('span', { i18n: 'requests.no_preferred' });
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
   formDialog({
     title,
-    lead: `${reqLabel(r)}. ${pref}`,
-    fields: [field('Consultation time', input, `Your local time (${Intl.DateTimeFormat().resolvedOptions().timeZone || 'local'})`)],
+    lead: [el('span', { translate: 'no' }, reqLabel(r)), ' · ', pref],
+    fields: [
+      field(
+        'requests.time',
+        input,
+        zone
+          ? [el('span', { i18n: 'requests.time_hint' }), ' (', el('span', { translate: 'no' }, zone), ')']
+          : el('span', { i18n: 'requests.time_hint' }),
+      ),
+    ],
     submitLabel,
     submitTest,
     onSubmit: async () => {
       const ms = fromLocalInput(input.value);
-      if (!ms) throw invalid('Pick a date and time');
-      if (ms < Date.now() - 60_000) throw invalid('Pick a time in the future');
+      if (!ms) throw invalid('requests.pick_time');
+      if (ms < Date.now() - 60_000) throw invalid('requests.pick_future');
       try {
         await api(`/api/requests/${enc(r.id)}/${path}`, { method: 'POST', body: { scheduled_ms: ms } });
       } catch (e) {
         if (e instanceof ApiError && e.status === 409) load();
         throw e;
       }
-      toast(`Consultation scheduled for ${fmtTime(ms)}`, 'ok');
+      toast(t('requests.scheduled_for', { time: fmtTime(ms) }), 'ok');
       highlightId = r.id;
       load();
     },
@@ -168,8 +198,8 @@ function suggestedTime(r) {
 function acceptDialog(r) {
   timeDialog({
     r,
-    title: 'Accept consultation',
-    submitLabel: 'Accept',
+    title: 'requests.accept.title',
+    submitLabel: 'requests.accept',
     submitTest: 'req-accept-submit',
     initialMs: suggestedTime(r),
     path: 'accept',
@@ -179,8 +209,8 @@ function acceptDialog(r) {
 function rescheduleDialog(r) {
   timeDialog({
     r,
-    title: 'Reschedule consultation',
-    submitLabel: 'Reschedule',
+    title: 'requests.reschedule.title',
+    submitLabel: 'requests.reschedule',
     submitTest: 'req-reschedule-submit',
     initialMs: r.scheduled_ms && r.scheduled_ms > Date.now() ? r.scheduled_ms : suggestedTime(r),
     path: 'reschedule',
@@ -193,13 +223,13 @@ function cancelDialog(r) {
     maxlength: 1000,
     required: true,
     dataset: { test: 'req-cancel-reason' },
-    placeholder: user.role === 'expert' ? 'e.g. please send a CT first' : 'e.g. patient transferred',
+    i18nPlaceholder: user.role === 'expert' ? 'requests.cancel.ph_expert' : 'requests.cancel.ph_clinic',
   });
   formDialog({
-    title: 'Cancel consultation',
-    lead: reqLabel(r),
-    fields: [field('Reason (the other side sees it)', reason)],
-    submitLabel: 'Cancel consultation',
+    title: 'requests.cancel.title',
+    lead: el('span', { translate: 'no' }, reqLabel(r)),
+    fields: [field('requests.cancel.reason', reason)],
+    submitLabel: 'requests.cancel.title',
     submitTest: 'req-cancel-submit',
     danger: true,
     onSubmit: async () => {
@@ -209,7 +239,7 @@ function cancelDialog(r) {
         if (e instanceof ApiError && e.status === 409) load();
         throw e;
       }
-      toast('Consultation cancelled', 'ok');
+      toast(t('requests.cancel.done'), 'ok');
       load();
     },
   });
@@ -217,13 +247,13 @@ function cancelDialog(r) {
 
 /** Ends a held consultation: the request is done and its room closes. */
 async function finish(r, btn) {
-  if (!confirm(`Finish ${reqLabel(r)}? Everyone still in the room is disconnected.`)) return;
+  if (!confirm(t('requests.finish.confirm', { patient: reqLabel(r) }))) return;
   btn.disabled = true;
   try {
     await api(`/api/requests/${enc(r.id)}/finish`, { method: 'POST' });
-    toast('Consultation finished', 'ok');
+    toast(t('requests.finish.done'), 'ok');
   } catch (e) {
-    fail('Finishing the consultation', e);
+    fail(t('requests.err.finish'), e);
     btn.disabled = false;
   }
   load();
@@ -231,7 +261,9 @@ async function finish(r, btn) {
 
 async function join(r, btn) {
   btn.disabled = true;
-  btn.textContent = 'Joining…';
+  btn.dataset.joining = '1';
+  btn.dataset.i18n = 'requests.joining';
+  btn.textContent = t('requests.joining');
   try {
     const res = await api(`/api/requests/${enc(r.id)}/join`, { method: 'POST' });
     const url = res && res.url;
@@ -239,10 +271,12 @@ async function join(r, btn) {
     location.assign(url);
     return;
   } catch (e) {
-    fail('Joining the consultation', e);
+    fail(t('requests.err.join'), e);
     if (e instanceof ApiError && e.status === 409) load();
   }
-  btn.textContent = 'Join';
+  delete btn.dataset.joining;
+  btn.dataset.i18n = 'requests.join';
+  btn.textContent = t('requests.join');
   joinState(btn);
 }
 
@@ -255,15 +289,20 @@ function actionsFor(r) {
     out.push(
       el(
         'button',
-        { type: 'button', class: 'small primary', dataset: { test: 'req-accept' }, onclick: () => acceptDialog(r) },
-        'Accept',
+        {
+          type: 'button',
+          class: 'small primary',
+          dataset: { test: 'req-accept' },
+          onclick: () => acceptDialog(r),
+          i18n: 'requests.accept',
+        },
       ),
     );
   }
   // A scheduled consultation belongs to the clinic and the accepting expert.
   const party = role === 'clinic' || (role === 'expert' && r.expert === user.username);
   if (r.state === 'scheduled' && party) {
-    const b = el('button', { type: 'button', class: 'small primary', dataset: { test: 'req-join' } }, 'Join');
+    const b = el('button', { type: 'button', class: 'small primary', dataset: { test: 'req-join' }, i18n: 'requests.join' });
     if (r.scheduled_ms) b.dataset.opensAt = String(r.scheduled_ms - JOIN_EARLY_MS);
     joinState(b);
     b.addEventListener('click', () => join(r, b));
@@ -271,11 +310,16 @@ function actionsFor(r) {
     out.push(
       el(
         'button',
-        { type: 'button', class: 'small', dataset: { test: 'req-reschedule' }, onclick: () => rescheduleDialog(r) },
-        'Reschedule',
+        {
+          type: 'button',
+          class: 'small',
+          dataset: { test: 'req-reschedule' },
+          onclick: () => rescheduleDialog(r),
+          i18n: 'requests.reschedule',
+        },
       ),
     );
-    const done = el('button', { type: 'button', class: 'small', dataset: { test: 'req-finish' } }, 'Finish');
+    const done = el('button', { type: 'button', class: 'small', dataset: { test: 'req-finish' }, i18n: 'requests.finish' });
     done.addEventListener('click', () => finish(r, done));
     out.push(done);
   }
@@ -283,8 +327,13 @@ function actionsFor(r) {
     out.push(
       el(
         'button',
-        { type: 'button', class: 'small danger', dataset: { test: 'req-cancel' }, onclick: () => cancelDialog(r) },
-        role === 'expert' && r.state === 'requested' ? 'Decline' : 'Cancel',
+        {
+          type: 'button',
+          class: 'small danger',
+          dataset: { test: 'req-cancel' },
+          onclick: () => cancelDialog(r),
+          i18n: role === 'expert' && r.state === 'requested' ? 'requests.decline' : 'requests.cancel',
+        },
       ),
     );
   }
@@ -295,9 +344,9 @@ function actionsFor(r) {
 function joinState(b) {
   const opensAt = Number(b.dataset.opensAt || 0);
   const early = opensAt > Date.now();
-  if (b.textContent === 'Joining…') return;
+  if (b.dataset.joining) return;
   b.disabled = early;
-  b.title = early ? `The room opens at ${fmtTime(opensAt)} (15 min before the start)` : '';
+  b.title = early ? t('requests.opens_at', { time: fmtTime(opensAt) }) : '';
 }
 
 function row(r) {
@@ -314,16 +363,24 @@ function row(r) {
             text,
           )
         : null,
-      r.expert ? el('span', { class: 'sub' }, `with ${r.expert_name || r.expert}`) : null,
+      r.expert
+        ? el(
+            'span',
+            { class: 'sub' },
+            el('span', { i18n: 'requests.with' }),
+            ' ',
+            el('span', { translate: 'no' }, r.expert_name || r.expert),
+          )
+        : null,
     ];
   }
   const preferred =
     r.preferred_from_ms || r.preferred_to_ms
       ? [
           el('span', { class: 'nowrap' }, fmtTime(r.preferred_from_ms) || '…'),
-          el('span', { class: 'sub nowrap' }, `to ${fmtTime(r.preferred_to_ms) || '…'}`),
+          el('span', { class: 'sub nowrap', i18n: 'requests.to', i18nArgs: { time: fmtTime(r.preferred_to_ms) || '…' } }),
         ]
-      : el('span', { class: 'muted' }, 'Any time');
+      : el('span', { class: 'muted', i18n: 'requests.any_time' });
   return el(
     'tr',
     {
@@ -331,37 +388,59 @@ function row(r) {
       class: String(r.id) === String(highlightId) ? 'highlight' : undefined,
       dataset: { test: 'request-row', id: r.id, state: r.state },
     },
-    el('td', { class: 'nowrap' }, fmtTime(r.created_ms), r.requested_by ? el('span', { class: 'sub' }, `by ${r.requested_by_name || r.requested_by}`) : null),
+    el(
+      'td',
+      { class: 'nowrap' },
+      fmtTime(r.created_ms),
+      r.requested_by
+        ? el(
+            'span',
+            { class: 'sub' },
+            el('span', { i18n: 'requests.by' }),
+            ' ',
+            el('span', { translate: 'no' }, r.requested_by_name || r.requested_by),
+          )
+        : null,
+    ),
     el(
       'td',
       {},
-      personNameEl(r.patient_name),
-      r.patient_id ? el('span', { class: 'sub' }, `ID ${r.patient_id}`) : null,
-      user.role !== 'clinic' && r.clinic_id ? el('span', { class: 'sub' }, clinicNames.get(r.clinic_id) || r.clinic_id) : null,
+      personNameEl(r.patient_name, 'strong', 'requests.no_name'),
+      r.patient_id
+        ? el('span', { class: 'sub' }, el('span', { i18n: 'requests.id' }), ' ', el('span', { translate: 'no' }, r.patient_id))
+        : null,
+      user.role !== 'clinic' && r.clinic_id
+        ? el('span', { class: 'sub', translate: 'no' }, clinicNames.get(r.clinic_id) || r.clinic_id)
+        : null,
     ),
-    el('td', { class: 'question' }, r.question || '—'),
+    el('td', { class: 'question', translate: 'no' }, r.question || '—'),
     el(
       'td',
       { class: 'nowrap' },
       studies.length
         ? studies.map((uid, i) =>
-            el('a', { href: `/viewer?study=${enc(uid)}`, class: 'sub' }, studies.length === 1 ? 'Open study' : `Study ${i + 1}`),
+            el('a', {
+              href: `/viewer?study=${enc(uid)}`,
+              class: 'sub',
+              i18n: studies.length === 1 ? 'requests.open_study' : 'requests.study_n',
+              i18nArgs: studies.length === 1 ? undefined : { n: i + 1 },
+            }),
           )
-        : el('span', { class: 'muted' }, 'None'),
+        : el('span', { class: 'muted', i18n: 'requests.none' }),
     ),
     el(
       'td',
       {},
       r.urgency
-        ? el('span', { class: `badge prio-${r.urgency}` }, r.urgency === 'stat' ? 'STAT' : cap(r.urgency))
+        ? codeLabel('studies.prio', r.urgency, { class: `badge prio-${r.urgency}` })
         : el('span', { class: 'muted' }, '—'),
     ),
     el('td', {}, preferred),
     el(
       'td',
       {},
-      el('span', { class: `badge st-${r.state}`, dataset: { state: r.state } }, STATE_LABEL[r.state] || cap(r.state)),
-      r.state === 'cancelled' && r.cancel_reason ? el('span', { class: 'sub' }, r.cancel_reason) : null,
+      codeLabel('requests.state', r.state, { class: `badge st-${r.state}`, dataset: { state: r.state } }),
+      r.state === 'cancelled' && r.cancel_reason ? el('span', { class: 'sub', translate: 'no' }, r.cancel_reason) : null,
     ),
     el('td', {}, sched),
     el('td', { class: 'sticky-end' }, actionsFor(r)),
@@ -388,14 +467,11 @@ function render() {
   $('#table-wrap').hidden = shown.length === 0;
   const empty = $('#empty');
   empty.hidden = shown.length > 0;
-  empty.textContent =
-    requests.length && onlyOpen
-      ? 'No open consultation requests.'
-      : user.role === 'clinic'
-        ? 'No consultation requests yet. Use “New request” to ask an expert for a live consultation.'
-        : 'No consultation requests.';
+  empty.dataset.i18n =
+    requests.length && onlyOpen ? 'requests.empty.open' : user.role === 'clinic' ? 'requests.empty.clinic' : 'requests.empty';
+  empty.textContent = t(empty.dataset.i18n);
   const open = requests.filter((r) => OPEN.has(r.state)).length;
-  $('#summary').textContent = requests.length ? `${open} open · ${requests.length} in all` : '';
+  $('#summary').textContent = requests.length ? t('requests.summary', { open, n: requests.length }) : '';
   if (highlightId != null) {
     const tr = document.getElementById(`request-${highlightId}`);
     if (tr) tr.scrollIntoView({ block: 'nearest' });
@@ -421,7 +497,7 @@ async function load({ auto = false } = {}) {
       render();
       failing = false;
     } catch (e) {
-      if (!auto || !failing) fail('Loading consultation requests', e);
+      if (!auto || !failing) fail(t('requests.err.load'), e);
       failing = true;
     } finally {
       loadedAt = Date.now();
@@ -447,13 +523,18 @@ function schedule() {
 
 // ------------------------------------------------------------------ new request (clinic doctors)
 
+/** A study to pick: its date, modalities, description and patient, all data. */
 function studyOption(s) {
   const study = [dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · ');
-  const label = `${study} — ${personNameFull(s.patient_name) || '(no name)'}${s.patient_id ? ` (${s.patient_id})` : ''}`;
+  const text = `${study} — ${personNameFull(s.patient_name) || '—'}${s.patient_id ? ` (${s.patient_id})` : ''}`;
   return el(
     'option',
-    { value: s.study_uid, dataset: { patientId: s.patient_id || '', patientName: personName(s.patient_name) || '' } },
-    label,
+    {
+      value: s.study_uid,
+      translate: 'no',
+      dataset: { patientId: s.patient_id || '', patientName: personName(s.patient_name) || '' },
+    },
+    text,
   );
 }
 
@@ -467,10 +548,10 @@ function loadStudyOptions() {
       const r = await api('/api/studies?limit=50');
       const have = new Set([...sel.options].map((o) => o.value));
       for (const s of r.studies || []) if (!have.has(s.study_uid)) sel.append(studyOption(s));
-      if (!sel.options.length) sel.append(el('option', { disabled: true, value: '' }, 'No studies yet'));
+      if (!sel.options.length) sel.append(el('option', { disabled: true, value: '', i18n: 'requests.f.no_studies' }));
     } catch (e) {
       studyOptions = null;
-      fail('Loading your studies', e);
+      fail(t('requests.err.studies'), e);
     }
   })();
   return studyOptions;
@@ -505,7 +586,7 @@ async function prefill(uid) {
     const w = r.worklist;
     if (w && w.priority && w.priority !== 'routine') form.elements.urgency.value = w.priority;
   } catch (e) {
-    fail('Loading the study', e);
+    fail(t('requests.err.study'), e);
   }
 }
 
@@ -537,14 +618,13 @@ function setupForm() {
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     err.hidden = true;
-    const problem = (m) => {
-      err.textContent = m;
-      err.hidden = false;
-      toast(m, 'error');
+    const problem = (key) => {
+      showError(err, key);
+      toast(t(key), 'error');
     };
     const fromMs = fromLocalInput(from.value);
     const toMs = fromLocalInput(to.value);
-    if (fromMs && toMs && toMs <= fromMs) return problem('The preferred time window ends before it starts.');
+    if (fromMs && toMs && toMs <= fromMs) return problem('requests.f.window_reversed');
     const body = {
       patient_id: form.elements.patient_id.value.trim(),
       patient_name: form.elements.patient_name.value.trim(),
@@ -555,13 +635,13 @@ function setupForm() {
       preferred_to_ms: toMs,
     };
     // Without an ID the server takes the patient of the first attached study.
-    if (!body.patient_id && !body.study_uids.length) return problem('Enter the patient ID or pick a study.');
-    if (!body.question) return problem('Write the question for the expert.');
+    if (!body.patient_id && !body.study_uids.length) return problem('requests.f.need_patient');
+    if (!body.question) return problem('requests.f.need_question');
     const submit = form.querySelector('[data-test="req-submit"]');
     submit.disabled = true;
     try {
       const r = await api('/api/requests', { method: 'POST', body });
-      toast('Request sent. You will be notified when an expert schedules it.', 'ok');
+      toast(t('requests.f.sent'), 'ok');
       form.reset();
       showForm(false);
       history.replaceState(null, '', location.pathname);
@@ -569,10 +649,10 @@ function setupForm() {
       await load();
       schedule();
     } catch (e) {
-      const msg = fail('Sending the request', e);
+      const msg = fail(t('requests.err.send'), e);
       if (msg) {
-        err.textContent = errText(e);
-        err.hidden = false;
+        const { key, args } = errMessage(e);
+        showError(err, key, args);
       }
     } finally {
       submit.disabled = false;
@@ -586,10 +666,13 @@ async function main() {
   try {
     user = await session();
   } catch (e) {
-    fail('Loading your session', e);
+    fail(t('studies.load_session'), e);
     return;
   }
   header(user, '/requests');
+  // The list's countdowns, summary and tooltips are rebuilt in the new
+  // language; the form and what is typed in it stay.
+  onLang(() => render());
   const m = /^#request-(.+)$/.exec(location.hash);
   if (m) highlightId = decodeURIComponent(m[1]);
   $('#show').addEventListener('change', render);
@@ -600,7 +683,7 @@ async function main() {
     pending.push(
       api('/api/clinics')
         .then((r) => (r.clinics || []).forEach((c) => clinicNames.set(c.id, c.name || c.id)))
-        .catch((e) => fail('Loading clinics', e))
+        .catch((e) => fail(t('studies.load_clinics'), e))
         .then(() => load()),
     );
   } else {

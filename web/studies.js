@@ -22,11 +22,14 @@ import {
   personNameFull,
   dicomDate,
   fmtTime,
+  fmtNumber,
   age,
   list,
-  cap,
-  errText,
+  errMessage,
   failer,
+  codeLabel,
+  t,
+  onLang,
 } from './app-common.js';
 
 const PAGE = 50;
@@ -34,15 +37,19 @@ const NOTIF_EVERY_MS = 30_000;
 const FILTERS = ['patient_name', 'patient_id', 'date_from', 'date_to', 'modality', 'clinic'];
 const ACTIVE = new Set(['new', 'claimed', 'returned']);
 const PRIO = ['routine', 'urgent', 'stat'];
-const STATE_LABEL = {
-  new: 'Waiting',
-  claimed: 'Being read',
-  returned: 'Returned',
-  reported: 'Reported',
-  delivered: 'Delivered',
-  cancelled: 'Cancelled',
-};
-const NOTIF_KIND = { report: 'Report', request: 'Consultation', returned: 'Returned' };
+const NOTIF_KINDS = new Set(['report', 'request', 'returned']);
+// The server writes notification texts in English (src/reading/reports.rs,
+// src/http/reading.rs): the known ones are shown from the catalogue; any
+// other is shown as the server wrote it, as data.
+const NOTIF_TEXTS = [
+  [/^The report is available$/, 'studies.notif.text.report'],
+  [/^An amended report \(version (?<v>\d+)\) is available$/, 'studies.notif.text.amended'],
+  [/^Consultation scheduled$/, 'studies.notif.text.scheduled'],
+  [/^Consultation rescheduled$/, 'studies.notif.text.rescheduled'],
+  [/^Consultation cancelled$/, 'studies.notif.text.cancelled'],
+  [/^Consultation finished$/, 'studies.notif.text.finished'],
+];
+const RETURNED_PREFIX = 'More images requested: ';
 
 const hook = testHook('studies', {
   ready: false,
@@ -63,6 +70,7 @@ let user = null;
 let offset = 0;
 let filters = {};
 let rows = new Map(); // study_uid -> StudyRow of the page shown
+let lastList = null; // the last /api/studies answer, re-rendered on a language switch
 let listCtl = null;
 const clinicNames = new Map();
 
@@ -72,12 +80,12 @@ const clinicNames = new Map();
 
 function prioBadge(p) {
   if (!p) return null;
-  return el('span', { class: `badge prio-${p}`, dataset: { priority: p } }, p === 'stat' ? 'STAT' : cap(p));
+  return codeLabel('studies.prio', p, { class: `badge prio-${p}`, dataset: { priority: p } });
 }
 
 function stateBadge(state) {
   if (!state) return el('span', { class: 'muted' }, '—');
-  return el('span', { class: `badge st-${state}`, dataset: { state } }, STATE_LABEL[state] || cap(state));
+  return codeLabel('studies.state', state, { class: `badge st-${state}`, dataset: { state } });
 }
 
 function dicomTime(tm) {
@@ -85,14 +93,20 @@ function dicomTime(tm) {
   return `${tm.slice(0, 2)}:${tm.slice(2, 4)}`;
 }
 
+/** "ID 123 · 男 · 54 岁": the ID is data, sex and age are in the interface language. */
 function patientLine(s) {
-  return [s.patient_id && `ID ${s.patient_id}`, s.sex, age(s.birth_date, s.study_date)].filter(Boolean).join(' · ');
+  const parts = [];
+  if (s.patient_id) parts.push([el('span', { i18n: 'studies.id' }), ' ', el('span', { translate: 'no' }, s.patient_id)]);
+  if (s.sex) parts.push(codeLabel('studies.sex', s.sex));
+  const a = age(s.birth_date, s.study_date);
+  if (a) parts.push(a);
+  return parts.flatMap((p, i) => (i ? [' · ', p] : [p])).flat();
 }
 
 // ------------------------------------------------------------------ dialogs
 
-function field(label, control, hint) {
-  return el('label', { class: 'field' }, label, control, hint ? el('span', { class: 'hint' }, hint) : null);
+function field(key, control) {
+  return el('label', { class: 'field' }, el('span', { i18n: key }), control);
 }
 
 /**
@@ -100,23 +114,24 @@ function field(label, control, hint) {
  * shown in the dialog and as a toast); it closes on success.
  */
 function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSubmit }) {
+  // title, submitLabel: message keys; lead: nodes (data marked translate="no").
   const err = el('p', { class: 'form-error', role: 'alert', hidden: true });
   const ok = el(
     'button',
     { type: 'submit', class: danger ? 'primary danger' : 'primary', dataset: submitTest ? { test: submitTest } : undefined },
-    submitLabel,
+    el('span', { i18n: submitLabel }),
   );
-  const close = el('button', { type: 'button' }, 'Close');
+  const close = el('button', { type: 'button', i18n: 'common.close' });
   const form = el(
     'form',
     { class: 'dialog-form' },
-    el('h2', {}, title),
+    el('h2', { i18n: title }),
     lead ? el('p', { class: 'lead' }, lead) : null,
     fields,
     err,
     el('div', { class: 'dialog-actions' }, close, ok),
   );
-  const dlg = el('dialog', { class: 'dialog', 'aria-label': title }, form);
+  const dlg = el('dialog', { class: 'dialog', i18nAriaLabel: title }, form);
   close.addEventListener('click', () => dlg.close());
   dlg.addEventListener('close', () => dlg.remove());
   form.addEventListener('submit', async (ev) => {
@@ -127,9 +142,12 @@ function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSu
       await onSubmit();
       dlg.close();
     } catch (e) {
-      const msg = fail(title, e);
+      const msg = fail(t(title), e);
       if (msg) {
-        err.textContent = errText(e);
+        const { key, args } = errMessage(e);
+        err.dataset.i18nArgs = JSON.stringify(args);
+        err.dataset.i18n = key;
+        err.textContent = t(key, args);
         err.hidden = false;
       }
     } finally {
@@ -141,9 +159,14 @@ function formDialog({ title, lead, fields, submitLabel, submitTest, danger, onSu
   return dlg;
 }
 
+/** The study in one line; all of it data (name, date, modalities, description). */
 function studyLabel(s) {
   if (!s) return '';
-  return [personNameFull(s.patient_name), dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · ');
+  return el(
+    'span',
+    { translate: 'no' },
+    [personNameFull(s.patient_name), dicomDate(s.study_date), list(s.modalities), s.description].filter(Boolean).join(' · '),
+  );
 }
 
 function priorityDialog(s) {
@@ -156,7 +179,7 @@ function priorityDialog(s) {
   const sel = el(
     'select',
     { name: 'priority', required: true, dataset: { test: 'priority-select' } },
-    options.map((p) => el('option', { value: p, selected: p === preselect }, p === 'stat' ? 'STAT' : cap(p))),
+    options.map((p) => el('option', { value: p, selected: p === preselect, i18n: `studies.prio.${p}` })),
   );
   const question = el('textarea', {
     name: 'clinical_question',
@@ -164,13 +187,13 @@ function priorityDialog(s) {
     maxlength: 2000,
     required: true,
     dataset: { test: 'clinical-question' },
-    placeholder: 'What should the reader answer? Relevant history, symptoms…',
+    i18nPlaceholder: 'studies.prio.question_ph',
   });
   formDialog({
-    title: isAdmin ? 'Set priority' : 'Raise priority',
+    title: isAdmin ? 'studies.prio.set_title' : 'studies.raise',
     lead: studyLabel(s),
-    fields: [field('Priority', sel), field('Clinical question', question)],
-    submitLabel: 'Save',
+    fields: [field('studies.priority', sel), field('studies.prio.question', question)],
+    submitLabel: 'common.save',
     submitTest: 'priority-submit',
     onSubmit: async () => {
       try {
@@ -182,7 +205,7 @@ function priorityDialog(s) {
         if (e instanceof ApiError && e.status === 409) loadStudies();
         throw e;
       }
-      toast(`Priority set to ${sel.value === 'stat' ? 'STAT' : sel.value}`, 'ok');
+      toast(t('studies.prio.done', { p: t(`studies.prio.${sel.value}`) }), 'ok');
       loadStudies();
     },
   });
@@ -208,13 +231,13 @@ function cancelDialog(s) {
     maxlength: 1000,
     required: true,
     dataset: { test: 'cancel-reason' },
-    placeholder: 'e.g. sent to the wrong clinic, patient transferred…',
+    i18nPlaceholder: 'studies.cancel.reason_ph',
   });
   formDialog({
-    title: 'Cancel reading',
-    lead: `${studyLabel(s)} — the study leaves the experts' worklist.`,
-    fields: [field('Reason', reason)],
-    submitLabel: 'Cancel reading',
+    title: 'studies.cancel_reading',
+    lead: [studyLabel(s), ' — ', el('span', { i18n: 'studies.cancel.lead' })],
+    fields: [field('studies.cancel.reason', reason)],
+    submitLabel: 'studies.cancel_reading',
     submitTest: 'cancel-submit',
     danger: true,
     onSubmit: async () => {
@@ -224,7 +247,7 @@ function cancelDialog(s) {
         if (e instanceof ApiError && e.status === 409) loadStudies();
         throw e;
       }
-      toast('Reading cancelled', 'ok');
+      toast(t('studies.cancel.done'), 'ok');
       loadStudies();
     },
   });
@@ -233,9 +256,9 @@ function cancelDialog(s) {
 // ------------------------------------------------------------------ report panel
 
 async function openReport(uid) {
-  const body = el('div', { class: 'report-body' }, el('p', { class: 'muted' }, 'Loading report…'));
-  const title = el('h2', {}, 'Report');
-  const closeBtn = el('button', { type: 'button', class: 'small', 'aria-label': 'Close' }, '✕');
+  const body = el('div', { class: 'report-body' }, el('p', { class: 'muted', i18n: 'studies.rep.loading' }));
+  const title = el('h2', {}, el('span', { i18n: 'studies.report' }));
+  const closeBtn = el('button', { type: 'button', class: 'small', i18nAriaLabel: 'common.close' }, '✕');
   const dlg = el(
     'dialog',
     { class: 'dialog wide', 'aria-labelledby': 'report-title', dataset: { test: 'report-panel', uid } },
@@ -263,8 +286,9 @@ async function openReport(uid) {
           .catch(() => null),
     ]);
   } catch (e) {
-    const msg = fail('Loading the report', e);
-    body.replaceChildren(el('p', { class: 'form-error' }, msg ? errText(e) : 'Could not load the report.'));
+    const msg = fail(t('studies.rep.load'), e);
+    const { key, args } = errMessage(e);
+    body.replaceChildren(el('p', { class: 'form-error', i18n: msg ? key : 'studies.rep.load_failed', i18nArgs: msg ? args : undefined }));
     return;
   }
   if (!dlg.isConnected) return;
@@ -272,15 +296,26 @@ async function openReport(uid) {
   const signed = (rep.versions || [])
     .filter((v) => v.status === 'signed' || v.status === 'amended')
     .sort((a, b) => b.version - a.version);
-  if (study) title.textContent = `Report — ${personNameFull(study.patient_name) || 'patient'}`;
+  if (study) {
+    const name = personNameFull(study.patient_name);
+    title.append(' — ', name ? el('span', { translate: 'no' }, name) : el('span', { i18n: 'studies.rep.patient' }));
+  }
   if (!signed.length) {
-    body.replaceChildren(el('p', { class: 'empty' }, 'No signed report yet.'));
+    body.replaceChildren(el('p', { class: 'empty', i18n: 'studies.rep.none' }));
     hook.report = { uid, version: null };
     return;
   }
   const deliveries = rep.delivery || [];
-  const show = (v) => body.replaceChildren(...reportView(uid, study, v, signed, deliveries, show));
+  let shown = null;
+  const show = (v) => {
+    shown = v;
+    body.replaceChildren(...reportView(uid, study, v, signed, deliveries, show));
+  };
   show(signed[0]);
+  // The patient's age and the like are text: drawn again in the new language.
+  const relang = () => show(shown);
+  window.addEventListener('mr-lang', relang);
+  dlg.addEventListener('close', () => window.removeEventListener('mr-lang', relang));
 }
 
 function reportView(uid, study, v, signed, deliveries, show) {
@@ -292,20 +327,29 @@ function reportView(uid, study, v, signed, deliveries, show) {
         'p',
         { class: 'report-meta' },
         el('span', {}, patientLine(study)),
-        el('span', {}, [dicomDate(study.study_date), list(study.modalities), study.description].filter(Boolean).join(' · ')),
+        el(
+          'span',
+          { translate: 'no' },
+          [dicomDate(study.study_date), list(study.modalities), study.description].filter(Boolean).join(' · '),
+        ),
       ),
     );
   }
   if (signed.length > 1) {
     const sel = el(
       'select',
-      { 'aria-label': 'Report version', class: 'no-print' },
+      { i18nAriaLabel: 'studies.rep.version_label', class: 'no-print' },
       signed.map((r) =>
-        el('option', { value: r.version, selected: r.version === v.version }, `Version ${r.version} — ${fmtTime(r.signed_ms)}`),
+        el('option', {
+          value: r.version,
+          selected: r.version === v.version,
+          i18n: 'studies.rep.version_option',
+          i18nArgs: { v: r.version, time: fmtTime(r.signed_ms) },
+        }),
       ),
     );
     sel.addEventListener('change', () => show(signed.find((r) => String(r.version) === sel.value)));
-    out.push(field('Version', sel));
+    out.push(field('studies.rep.version', sel));
   }
   out.push(
     el(
@@ -314,10 +358,14 @@ function reportView(uid, study, v, signed, deliveries, show) {
       el(
         'span',
         {},
-        el('span', { class: v.status === 'amended' ? 'badge warn' : 'badge st-signed' }, v.status === 'amended' ? 'Amended' : 'Signed'),
-        ` version ${v.version}`,
+        el('span', {
+          class: v.status === 'amended' ? 'badge warn' : 'badge st-signed',
+          i18n: v.status === 'amended' ? 'studies.rep.amended' : 'studies.rep.signed',
+        }),
+        ' ',
+        el('span', { i18n: 'studies.rep.version_n', i18nArgs: { v: v.version } }),
       ),
-      el('span', {}, `by ${v.author_name || v.author || '—'}`),
+      el('span', {}, el('span', { i18n: 'studies.rep.by' }), ' ', el('span', { translate: 'no' }, v.author_name || v.author || '—')),
       el('span', {}, fmtTime(v.signed_ms || v.updated_ms)),
     ),
   );
@@ -327,8 +375,9 @@ function reportView(uid, study, v, signed, deliveries, show) {
       el(
         'p',
         { class: 'report-amended', role: 'note' },
-        `Amended by version ${newer.version} (${fmtTime(newer.signed_ms)}). `,
-        el('button', { type: 'button', class: 'link', onclick: () => show(signed[0]) }, 'Show the latest'),
+        el('span', { i18n: 'studies.rep.amended_by', i18nArgs: { v: newer.version, time: fmtTime(newer.signed_ms) } }),
+        ' ',
+        el('button', { type: 'button', class: 'link', onclick: () => show(signed[0]), i18n: 'studies.rep.latest' }),
       ),
     );
   }
@@ -336,14 +385,14 @@ function reportView(uid, study, v, signed, deliveries, show) {
     el(
       'section',
       { class: 'report-section' },
-      el('h3', {}, 'Findings'),
-      el('div', { class: 'report-text', dataset: { test: 'report-findings' } }, v.findings || '—'),
+      el('h3', { i18n: 'studies.rep.findings' }),
+      el('div', { class: 'report-text', translate: 'no', dataset: { test: 'report-findings' } }, v.findings || '—'),
     ),
     el(
       'section',
       { class: 'report-section' },
-      el('h3', {}, 'Impression'),
-      el('div', { class: 'report-text', dataset: { test: 'report-impression' } }, v.impression || '—'),
+      el('h3', { i18n: 'studies.rep.impression' }),
+      el('div', { class: 'report-text', translate: 'no', dataset: { test: 'report-impression' } }, v.impression || '—'),
     ),
   );
   const mine = deliveries.filter((d) => d.version === v.version);
@@ -351,7 +400,7 @@ function reportView(uid, study, v, signed, deliveries, show) {
     el(
       'section',
       { class: 'report-section', dataset: { test: 'report-delivery' } },
-      el('h3', {}, 'Delivery to the clinic PACS'),
+      el('h3', { i18n: 'studies.rep.delivery' }),
       mine.length
         ? el(
             'ul',
@@ -360,18 +409,22 @@ function reportView(uid, study, v, signed, deliveries, show) {
               el(
                 'li',
                 {},
-                el('span', { class: `badge st-${d.state}` }, cap(d.state)),
-                ` ${d.target || 'PACS'}`,
+                codeLabel('studies.delivery', d.state, { class: `badge st-${d.state}` }),
+                ' ',
+                el('span', { translate: 'no' }, d.target || 'PACS'),
                 d.state === 'sent' && d.sent_ms ? ` · ${fmtTime(d.sent_ms)}` : '',
-                d.state !== 'sent' && d.attempts ? ` · ${d.attempts} attempt${d.attempts === 1 ? '' : 's'}` : '',
-                d.state !== 'sent' && d.last_error ? el('span', { class: 'sub muted' }, d.last_error) : null,
+                d.state !== 'sent' && d.attempts
+                  ? [' · ', el('span', { i18n: 'studies.rep.attempts', i18nArgs: { n: d.attempts } })]
+                  : '',
+                // The PACS's or the network's own words (technical, as logged).
+                d.state !== 'sent' && d.last_error ? el('span', { class: 'sub muted', translate: 'no' }, d.last_error) : null,
               ),
             ),
           )
-        : el('p', { class: 'muted' }, 'Not sent to a PACS (none configured for this clinic); the report is available here.'),
+        : el('p', { class: 'muted', i18n: 'studies.rep.no_pacs' }),
     ),
   );
-  const printBtn = el('button', { type: 'button' }, 'Print');
+  const printBtn = el('button', { type: 'button', i18n: 'studies.rep.print' });
   printBtn.addEventListener('click', () => {
     document.body.classList.add('printing');
     window.addEventListener('afterprint', () => document.body.classList.remove('printing'), { once: true });
@@ -381,9 +434,9 @@ function reportView(uid, study, v, signed, deliveries, show) {
     el(
       'div',
       { class: 'dialog-actions' },
-      el('a', { class: 'button', href: viewerUrl(uid) }, 'Open images'),
+      el('a', { class: 'button', href: viewerUrl(uid), i18n: 'studies.rep.open_images' }),
       printBtn,
-      el('button', { type: 'button', class: 'primary', onclick: (e) => e.target.closest('dialog').close() }, 'Close'),
+      el('button', { type: 'button', class: 'primary', onclick: (e) => e.target.closest('dialog').close(), i18n: 'common.close' }),
     ),
   );
   return out;
@@ -408,12 +461,12 @@ const thumbObserver =
       )
     : null;
 
-function noThumb(title) {
-  return el('span', { class: 'study-thumb study-thumb-none', title, dataset: { test: 'study-thumb' } }, '—');
+function noThumb(key) {
+  return el('span', { class: 'study-thumb study-thumb-none', i18nTitle: key, dataset: { test: 'study-thumb' } }, '—');
 }
 
 function thumbFor(s) {
-  if (!s.num_instances) return noThumb('No images yet');
+  if (!s.num_instances) return noThumb('studies.thumb.none');
   // A single instance thumbnail when the server names one, else the
   // key-image strip (one middle image per series), cropped to its first image.
   const src = s.thumbnail_uid
@@ -428,7 +481,7 @@ function thumbFor(s) {
     height: 64,
     dataset: { test: 'study-thumb', src },
   });
-  img.addEventListener('error', () => img.replaceWith(noThumb('No preview')), { once: true });
+  img.addEventListener('error', () => img.replaceWith(noThumb('studies.thumb.failed')), { once: true });
   if (thumbObserver) thumbObserver.observe(img);
   else img.src = src;
   return el('a', { href: viewerUrl(s.study_uid), tabindex: '-1', 'aria-hidden': 'true' }, img);
@@ -437,9 +490,9 @@ function thumbFor(s) {
 // ------------------------------------------------------------------ study list
 
 function columns() {
-  const cols = ['', 'Patient'];
-  if (user.role !== 'clinic') cols.push('Clinic');
-  cols.push('Study date', 'Modality', 'Description', 'Images', 'Status', 'Reading', 'Report', 'Actions');
+  const cols = ['', 'patient'];
+  if (user.role !== 'clinic') cols.push('clinic');
+  cols.push('date', 'modality', 'description', 'images', 'status', 'reading', 'report', 'actions');
   return cols;
 }
 
@@ -450,27 +503,45 @@ function studyRow(s) {
     el(
       'td',
       { class: 'patient' },
-      personNameEl(s.patient_name),
+      personNameEl(s.patient_name, 'strong', 'studies.no_name'),
       el('span', { class: 'sub' }, patientLine(s)),
-      s.accession_number ? el('span', { class: 'sub' }, `Acc ${s.accession_number}`) : null,
+      s.accession_number
+        ? el(
+            'span',
+            { class: 'sub' },
+            el('span', { i18n: 'studies.accession' }),
+            ' ',
+            el('span', { translate: 'no' }, s.accession_number),
+          )
+        : null,
     ),
   ];
-  if (user.role !== 'clinic') cells.push(el('td', {}, clinicNames.get(s.clinic_id) || s.clinic_id || '—'));
+  if (user.role !== 'clinic') cells.push(el('td', { translate: 'no' }, clinicNames.get(s.clinic_id) || s.clinic_id || '—'));
   const acts = [
-    el('a', { class: 'button small primary', href: viewerUrl(uid), dataset: { test: 'open-viewer' } }, 'Open'),
+    el('a', { class: 'button small primary', href: viewerUrl(uid), dataset: { test: 'open-viewer' }, i18n: 'studies.open' }),
   ];
   const manages = user.role === 'clinic' || user.role === 'admin';
   if (manages && ACTIVE.has(s.worklist_state)) {
     acts.push(
       el(
         'button',
-        { type: 'button', class: 'small', dataset: { test: 'raise-priority' }, onclick: () => priorityDialog(s) },
-        user.role === 'admin' ? 'Priority' : 'Raise priority',
+        {
+          type: 'button',
+          class: 'small',
+          dataset: { test: 'raise-priority' },
+          onclick: () => priorityDialog(s),
+          i18n: user.role === 'admin' ? 'studies.priority' : 'studies.raise',
+        },
       ),
       el(
         'button',
-        { type: 'button', class: 'small danger', dataset: { test: 'cancel-reading' }, onclick: () => cancelDialog(s) },
-        'Cancel reading',
+        {
+          type: 'button',
+          class: 'small danger',
+          dataset: { test: 'cancel-reading' },
+          onclick: () => cancelDialog(s),
+          i18n: 'studies.cancel_reading',
+        },
       ),
     );
   }
@@ -478,30 +549,26 @@ function studyRow(s) {
     acts.push(
       el(
         'a',
-        { class: 'button small', href: `/requests?new=1&study=${enc(uid)}`, dataset: { test: 'request-consult' } },
-        'Request consultation',
+        {
+          class: 'button small',
+          href: `/requests?new=1&study=${enc(uid)}`,
+          dataset: { test: 'request-consult' },
+          i18n: 'studies.request_consult',
+        },
       ),
     );
   }
   cells.push(
     el('td', { class: 'nowrap' }, dicomDate(s.study_date) || '—', el('span', { class: 'sub' }, dicomTime(s.study_time))),
-    el('td', { class: 'nowrap' }, list(s.modalities) || '—', el('span', { class: 'sub' }, list(s.body_parts))),
-    el('td', { class: 'clip' }, s.description || el('span', { class: 'muted' }, '—')),
+    el('td', { class: 'nowrap', translate: 'no' }, list(s.modalities) || '—', el('span', { class: 'sub' }, list(s.body_parts))),
+    el('td', { class: 'clip', translate: 'no' }, s.description || el('span', { class: 'muted' }, '—')),
     el(
       'td',
       { class: 'num' },
-      String(s.num_instances ?? 0),
-      el('span', { class: 'sub' }, `${s.num_series ?? 0} series`),
+      fmtNumber(s.num_instances ?? 0),
+      el('span', { class: 'sub', i18n: 'studies.series', i18nArgs: { n: s.num_series ?? 0 } }),
     ),
-    el(
-      'td',
-      {},
-      el(
-        'span',
-        { class: `badge st-${s.status}`, dataset: { status: s.status } },
-        s.status === 'receiving' ? 'Receiving' : cap(s.status || ''),
-      ),
-    ),
+    el('td', {}, codeLabel('studies.status', s.status || '', { class: `badge st-${s.status}`, dataset: { status: s.status } })),
     el('td', {}, el('div', { class: 'actions' }, stateBadge(s.worklist_state), prioBadge(s.priority))),
     el(
       'td',
@@ -514,12 +581,13 @@ function studyRow(s) {
                 type: 'button',
                 class: 'small',
                 dataset: { test: 'report-link' },
-                'aria-label': `Report, version ${s.report_version}`,
+                i18nAriaLabel: 'studies.report.aria',
+                i18nArgs: { v: s.report_version },
                 onclick: () => openReport(uid),
               },
-              'Report',
+              el('span', { i18n: 'studies.report' }),
             ),
-            el('span', { class: 'sub' }, `v${s.report_version}`),
+            el('span', { class: 'sub', i18n: 'studies.report.v', i18nArgs: { v: s.report_version } }),
           ]
         : el('span', { class: 'muted' }, '—'),
     ),
@@ -529,6 +597,7 @@ function studyRow(s) {
 }
 
 function renderStudies(r) {
+  lastList = r;
   const studies = r.studies || [];
   const total = Number.isFinite(r.total) ? r.total : studies.length;
   rows = new Map(studies.map((s) => [s.study_uid, s]));
@@ -538,25 +607,35 @@ function renderStudies(r) {
 
   if (notifItems.length) renderNotifs(false);
   const nf = Object.keys(filters).length;
-  $('#filter-count').textContent = nf ? `(${nf} active)` : '';
-  $('#thead').replaceChildren(el('tr', {}, columns().map((c) => el('th', { scope: 'col' }, c))));
+  $('#filter-count').textContent = nf ? t('studies.filters.active', { n: nf }) : '';
+  $('#thead').replaceChildren(
+    el(
+      'tr',
+      {},
+      columns().map((c) => el('th', { scope: 'col', i18n: c ? `studies.col.${c}` : undefined })),
+    ),
+  );
   $('#rows').replaceChildren(...studies.map(studyRow));
   $('#table-wrap').hidden = studies.length === 0;
   const empty = $('#empty');
   empty.hidden = studies.length > 0;
-  empty.textContent = Object.keys(filters).length
-    ? 'No studies match these filters.'
+  empty.dataset.i18n = Object.keys(filters).length
+    ? 'studies.empty.filtered'
     : user.role === 'clinic'
-      ? 'No studies from your clinic yet. Studies appear here as soon as the modality sends them.'
-      : 'No studies.';
+      ? 'studies.empty.clinic'
+      : 'studies.empty';
+  empty.textContent = t(empty.dataset.i18n);
   $('#summary').textContent = studies.length
-    ? `${offset + 1}–${offset + studies.length} of ${total} ${total === 1 ? 'study' : 'studies'}`
+    ? t('studies.summary', { from: fmtNumber(offset + 1), to: fmtNumber(offset + studies.length), n: total })
     : '';
   const pager = $('#pager');
   pager.hidden = total <= PAGE && offset === 0;
   $('#prev').disabled = offset === 0;
   $('#next').disabled = offset + studies.length >= total;
-  $('#page-info').textContent = `Page ${Math.floor(offset / PAGE) + 1} of ${Math.max(1, Math.ceil(total / PAGE))}`;
+  $('#page-info').textContent = t('studies.page_info', {
+    page: Math.floor(offset / PAGE) + 1,
+    pages: Math.max(1, Math.ceil(total / PAGE)),
+  });
 }
 
 async function loadStudies() {
@@ -577,7 +656,7 @@ async function loadStudies() {
     }
     renderStudies(r);
   } catch (e) {
-    if (ctl === listCtl) fail('Loading studies', e);
+    if (ctl === listCtl) fail(t('studies.load'), e);
   } finally {
     if (ctl === listCtl) {
       $('#main').removeAttribute('aria-busy');
@@ -619,7 +698,7 @@ function setupFilters() {
     ev.preventDefault();
     const f = readForm();
     if (f.date_from && f.date_to && f.date_from > f.date_to) {
-      toast('“Date from” is after “Date to”', 'error');
+      toast(t('studies.f.dates_reversed'), 'error');
       return;
     }
     filters = f;
@@ -655,11 +734,11 @@ async function loadClinics() {
     const sel = $('#filters').elements.clinic;
     for (const c of r.clinics || []) {
       clinicNames.set(c.id, c.name || c.id);
-      sel.append(el('option', { value: c.id }, c.name || c.id));
+      sel.append(el('option', { value: c.id, translate: 'no' }, c.name || c.id));
     }
     $('#clinic-field').hidden = (r.clinics || []).length < 2;
   } catch (e) {
-    fail('Loading clinics', e);
+    fail(t('studies.load_clinics'), e);
   }
 }
 
@@ -681,13 +760,32 @@ function notifContext(n) {
   return el('span', { class: 'sub muted' }, studyLabel(st));
 }
 
+/** A notification's text: a known server text from the catalogue, else as written (data). */
+function notifText(n) {
+  const text = String(n.text || '');
+  if (text.startsWith(RETURNED_PREFIX)) {
+    // The rest is the expert's reason, as typed.
+    return [
+      el('span', { i18n: 'studies.notif.text.returned' }),
+      el('span', { translate: 'no' }, text.slice(RETURNED_PREFIX.length)),
+    ];
+  }
+  for (const [re, key] of NOTIF_TEXTS) {
+    const m = re.exec(text);
+    if (m) return el('span', { i18n: key, i18nArgs: m.groups ? { ...m.groups } : undefined });
+  }
+  return el('span', { translate: 'no' }, text);
+}
+
 function renderNotifs(fresh) {
   const box = $('#notifs');
   box.hidden = false;
   const badge = $('#notif-badge');
   badge.textContent = String(unread);
   badge.classList.toggle('has-unread', unread > 0);
-  badge.setAttribute('aria-label', `${unread} unread`);
+  badge.dataset.i18nAriaLabel = 'studies.notifs.unread';
+  badge.dataset.i18nArgs = JSON.stringify({ n: unread });
+  badge.setAttribute('aria-label', t('studies.notifs.unread', { n: unread }));
   hook.unread = unread;
   hook.notifications = notifItems.map((n) => n.id);
   if ((fresh && unread > 0) || (!notifOpenedByUser && unread > 0)) box.open = true;
@@ -705,8 +803,8 @@ function renderNotifs(fresh) {
             dataset: { test: 'notif-item', id: n.id, kind: n.kind, read: n.read ? '1' : '0' },
             onclick: () => openNotif(n),
           },
-          el('span', { class: 'badge' }, NOTIF_KIND[n.kind] || cap(n.kind)),
-          el('span', { class: 'text' }, n.text || '', notifContext(n)),
+          el('span', { class: 'badge', i18n: `studies.notif.${NOTIF_KINDS.has(n.kind) ? n.kind : 'other'}` }),
+          el('span', { class: 'text' }, notifText(n), notifContext(n)),
           el('time', { datetime: new Date(n.created_ms || 0).toISOString() }, fmtTime(n.created_ms)),
         ),
       ),
@@ -730,7 +828,7 @@ async function loadNotifications() {
       notifFailing = false;
     } catch (e) {
       // On a flaky link say it once, not every 30 s.
-      if (!notifFailing) fail('Loading notifications', e);
+      if (!notifFailing) fail(t('studies.load_notifs'), e);
       notifFailing = true;
     } finally {
       lastNotifAt = Date.now();
@@ -748,7 +846,7 @@ async function openNotif(n) {
       unread = Math.max(0, unread - 1);
       renderNotifs(false);
     } catch (e) {
-      fail('Marking the notification read', e);
+      fail(t('studies.mark_read'), e);
     }
   }
   if (n.kind === 'request' || (!n.study_uid && n.request_id != null)) {
@@ -797,10 +895,15 @@ async function main() {
   try {
     user = await session();
   } catch (e) {
-    fail('Loading your session', e);
+    fail(t('studies.load_session'), e);
     return;
   }
   header(user, '/studies');
+  // Texts built with formatted values are rebuilt in the new language; the
+  // filters, the page and an open report stay as they are.
+  onLang(() => {
+    if (lastList) renderStudies(lastList);
+  });
   setupFilters();
   const clinicUser = user.role === 'clinic';
   if (!clinicUser) await loadClinics();
