@@ -26,26 +26,11 @@ const T: Duration = Duration::from_secs(60);
 // Browser tests share the machine's two cores: one at a time.
 static BROWSERS: Mutex<()> = Mutex::new(());
 
-const CFG: &str = r#"
-[http]
-test_hooks = true
-
-[[clinic]]
-id = "t01"
-name = "Township 01"
-ae_titles = ["T01_CT"]
-
-[[hospital]]
-id = "city"
-name = "City Hospital"
-serves = ["t01"]
-"#;
-
 /// Latin display names on purpose: shown as data (translate="no"), they
 /// must not count as untranslated English.
 fn server() -> Server {
     let s = Server::start(ServerOpts {
-        config_toml: CFG.into(),
+        config_toml: format!("[http]\ntest_hooks = true\n{ONE_HOSPITAL}"),
         stable_after_secs: 1.0,
         ..Default::default()
     });

@@ -1865,8 +1865,13 @@ mod tests {
             let mut i = inst("1.1", "9", "9.1", "CT", 0);
             i.patient_name = "Wang^Xiaodong=\u{1b}$)A王^\u{1b}$)A小东=wang^xiaodong".into();
             idx.store(i, file("aa")).await.expect("store");
-            // As an archive indexed before migration 6 was.
-            for stmt in ["DROP TABLE study_names", "PRAGMA user_version = 5"] {
+            // As an archive indexed before migration 6 was (and so before
+            // every later one).
+            for stmt in [
+                "DROP TABLE study_names",
+                "ALTER TABLE users DROP COLUMN language",
+                "PRAGMA user_version = 5",
+            ] {
                 sqlx::query(stmt).execute(idx.pool()).await.expect("downgrade");
             }
         }
