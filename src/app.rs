@@ -303,7 +303,7 @@ async fn housekeeping(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now = crate::dicom::scp::now_ms();
+        let now = crate::clock::now_ms();
         match index.expire_worklist_leases(now).await {
             Ok(freed) if !freed.is_empty() => info!(studies = freed.len(), "expired claims returned to the worklist"),
             Ok(_) => {}
@@ -363,7 +363,7 @@ async fn first_admin(index: &Index, cfg: &Config) -> Result<(), AppError> {
         role: "admin".into(),
         ..Default::default()
     };
-    accounts::create_user(index.pool(), &nu, crate::dicom::scp::now_ms())
+    accounts::create_user(index.pool(), &nu, crate::clock::now_ms())
         .await
         .map_err(|e| AppError::Other(format!("creating the first admin: {e}")))?;
     warn!(

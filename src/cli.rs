@@ -341,7 +341,7 @@ async fn relay(
         Err(e) => return fail(e),
     };
     let pool = index.pool().clone();
-    let now = crate::dicom::scp::now_ms();
+    let now = crate::clock::now_ms();
     let code = match cmd {
         RelayCmd::IssueEdge { name, clinic, out } => {
             if !cfg.clinics.iter().any(|c| c.id == clinic) {
@@ -421,7 +421,7 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
         Err(e) => return fail(e),
     };
     let pool = index.pool().clone();
-    let now = crate::dicom::scp::now_ms();
+    let now = crate::clock::now_ms();
     let code = match cmd {
         UserCmd::Add {
             username,

@@ -39,6 +39,7 @@ use super::sop_classes::STORAGE_SOP_CLASSES;
 use super::walk::{self, Encoding};
 use crate::archive::files::{Archive, ArchiveError, Committed};
 use crate::archive::index::{Conflict, DurableGate, Index, IndexError, NewInstance, StoreError, StoreOutcome};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -1077,13 +1078,6 @@ fn describe(
         stable_after_ms: p.route.stable_after_ms,
         received_ms: now_ms,
     })
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Bind a listener whose accepted sockets inherit a large receive buffer:

@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
 
-use super::auth::{now_ms, require};
+use super::auth::require;
 use super::error::{ApiError, Code};
 use crate::app::Services;
+use crate::clock::now_ms;
 use crate::reading::access::{Caller, Role, check_affiliation};
 use crate::reading::accounts::{self, AccountError};
 use crate::reading::audit::{self, AuditQuery};

@@ -31,6 +31,7 @@ use serde_json::json;
 
 use super::error::{ApiError, Code};
 use crate::app::Services;
+use crate::clock::now_ms;
 use crate::reading::access::{Caller, Role, scope_of};
 use crate::reading::accounts::{self, LoginThrottle, PasswordPool, SessionCheck};
 use crate::reading::audit::{self, RowBudget};
@@ -77,10 +78,6 @@ pub const COOKIE: &str = "mr_session";
 /// The peer address of the connection, added by the server loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Remote(pub SocketAddr);
-
-pub fn now_ms() -> i64 {
-    crate::dicom::scp::now_ms()
-}
 
 fn remote_of(parts: &Parts) -> String {
     parts

@@ -40,13 +40,6 @@ const MAX_BROADCASTS: usize = 64;
 /// Colleagues named to present with the starter.
 const MAX_CO_PRESENTERS: usize = 7;
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// A broadcast with what its room says now.
 struct Live {
     id: String,
@@ -147,7 +140,7 @@ pub async fn create(
         presenter: c.user.username.clone(),
         presenter_name: c.user.display_name.clone(),
         presenters,
-        started_unix: unix_now(),
+        started_unix: crate::clock::unix_secs(),
     };
     let owner = RoomOwner::Broadcast(info.clone());
     let me = invitation(&c.user, &owner);

@@ -147,7 +147,7 @@ fn refusal_of(e: AuditEvent) -> IngestRefusal {
 pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Option<&str>, detail: Option<&str>) {
     record_raw(
         pool,
-        crate::dicom::scp::now_ms(),
+        crate::clock::now_ms(),
         &c.user.username,
         c.user.role.as_str(),
         action,
@@ -226,17 +226,7 @@ pub async fn record_suppressed(pool: &SqlitePool, action: &str, s: Suppressed) {
         "{} more not itemised (at most one row per attempt for the first ones of each {} s)",
         s.count, s.window_secs
     );
-    record_raw(
-        pool,
-        crate::dicom::scp::now_ms(),
-        "",
-        "",
-        action,
-        None,
-        Some(&detail),
-        "",
-    )
-    .await;
+    record_raw(pool, crate::clock::now_ms(), "", "", action, None, Some(&detail), "").await;
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
