@@ -360,8 +360,10 @@ async fn first_admin(index: &Index, cfg: &Config) -> Result<(), AppError> {
         username: "admin".into(),
         password,
         display_name: "Administrator".into(),
-        role: "admin".into(),
-        ..Default::default()
+        role: crate::reading::access::Role::Admin,
+        clinic_id: None,
+        hospital_id: None,
+        department: None,
     };
     accounts::create_user(index.pool(), &nu, crate::clock::now_ms())
         .await

@@ -115,7 +115,7 @@ enum UserCmd {
         username: String,
         /// admin, expert or clinic (a clinic doctor).
         #[arg(long)]
-        role: String,
+        role: crate::reading::access::Role,
         #[arg(long, default_value = "")]
         name: String,
         /// The clinic id (from [[clinic]]) of a clinic doctor; an id the

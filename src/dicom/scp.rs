@@ -879,7 +879,7 @@ impl Session {
             self.scp.index.pool(),
             now_ms(),
             &self.calling,
-            "dicom",
+            crate::reading::audit::Actor::Dicom,
             &self.route.clinic_id,
             c,
             &self.peer.to_string(),

@@ -39,7 +39,7 @@ impl From<AccountError> for ApiError {
             }
             AccountError::BadUsername => ApiError::BadRequest(text).code(Code::BAD_USERNAME),
             AccountError::NeedsClinic => ApiError::BadRequest(text).code(Code::NEEDS_CLINIC),
-            AccountError::BadRole(_) => ApiError::BadRequest(text),
+            AccountError::StoredRole { .. } => ApiError::Internal(text),
         }
     }
 }

@@ -634,7 +634,7 @@ async fn refuse_conflict(hub: &Hub, edge: &EdgeRow, c: &crate::archive::index::C
         hub.index.pool(),
         now_ms(),
         &edge.name,
-        "relay",
+        crate::reading::audit::Actor::Relay,
         &edge.clinic_id,
         c,
         edge.last_addr.as_deref().unwrap_or_default(),
