@@ -13,8 +13,8 @@ use sqlx::Row;
 
 use super::auth::require;
 use super::error::{ApiError, Code};
-use crate::app::Services;
 use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role, check_affiliation};
 use crate::reading::accounts::{self, AccountError};
 use crate::reading::audit::{self, AuditQuery};

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, Code};
-use crate::app::Services;
 use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role, scope_of};
 use crate::reading::accounts::{self, LoginThrottle, PasswordPool, SessionCheck};
 use crate::reading::audit::{self, RowBudget};

@@ -25,7 +25,7 @@ use super::auth::require;
 use super::consult::{close_room_now, invitation, link_json, sfu_err};
 use super::error::{ApiError, Code};
 use super::room_access;
-use crate::app::Services;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::reading::accounts;
 use crate::reading::audit;

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::auth::require;
 use super::error::ApiError;
-use crate::app::Services;
 use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::relay::store;
 
