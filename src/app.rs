@@ -14,7 +14,9 @@ use tracing::{info, warn};
 use crate::archive::files::Archive;
 use crate::archive::index::Index;
 use crate::config::Config;
-use crate::dicom::scp::{Scp, bind_listener};
+use crate::dicom::scp::{OnStored, Scp, Stored, bind_listener};
+use crate::http::Services;
+use crate::imaging::worker::RenderJob;
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,30 +41,6 @@ pub enum AppError {
     Sfu(#[from] crate::sfu::SfuStartError),
     #[error("{0}")]
     Other(String),
-}
-
-/// What HTTP handlers share.
-pub struct Services {
-    pub cfg: Arc<Config>,
-    pub archive: Archive,
-    pub index: Index,
-    pub metrics: Arc<Metrics>,
-    /// Bounds on-demand renders (CPU-bound) to one per core.
-    pub render_slots: tokio::sync::Semaphore,
-    pub sfu: Arc<crate::sfu::Sfu>,
-    /// What bounds anonymous login attempts: throttling per username,
-    /// address and known-good pair (in memory: a restart forgets them, which
-    /// is acceptable for throttling), the password-hashing threads, the
-    /// failed-login audit budget.
-    pub login: Arc<crate::http::auth::LoginGuard>,
-    /// Study zip downloads running, globally and per account.
-    pub zip_slots: crate::http::limits::ZipSlots,
-    /// Refusals and cuts by the HTTP limits, for /metrics.
-    pub limits: Arc<crate::http::limits::LimitCounters>,
-    /// Wakes the SR delivery worker when a signed report is queued.
-    pub delivery: crate::reading::delivery::DeliveryHandle,
-    /// Live relay link figures (per edge on a hub, the hub link on an edge).
-    pub relay: Arc<crate::relay::link::LinkStatus>,
 }
 
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -94,10 +72,12 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         Some(_) => Some(crate::tls::server_config(&cfg.cert_dir, &[])?),
         None => None,
     };
-    let render = cfg.render.enabled.then(|| {
+    // The SCP's "stored" event feeds the render pool; a full queue drops
+    // the offer and the pool's catch-up loop renders the instance later.
+    let on_stored = cfg.render.enabled.then(|| {
         let workers = cfg.render.effective_workers();
         info!(workers, "preview rendering on");
-        crate::imaging::worker::start(
+        let queue = crate::imaging::worker::start(
             archive.clone(),
             index.clone(),
             workers,
@@ -106,7 +86,14 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
             shutdown.clone(),
             &tracker,
         )
-        .queue
+        .queue;
+        Arc::new(move |s: Stored| {
+            queue.offer(RenderJob {
+                sop_instance_uid: s.sop_instance_uid,
+                version: s.version,
+                rel_path: s.rel_path,
+            });
+        }) as OnStored
     });
     let scp = Arc::new(Scp::new(
         cfg.clone(),
@@ -114,7 +101,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         index.clone(),
         metrics.clone(),
         dicom_tls,
-        render,
+        on_stored,
     ));
     let bind =
         |addr| bind_listener(addr, cfg.dicom.recv_buffer_bytes).map_err(|source| AppError::Bind { addr, source });
@@ -303,7 +290,7 @@ async fn housekeeping(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now = crate::dicom::scp::now_ms();
+        let now = crate::clock::now_ms();
         match index.expire_worklist_leases(now).await {
             Ok(freed) if !freed.is_empty() => info!(studies = freed.len(), "expired claims returned to the worklist"),
             Ok(_) => {}
@@ -360,10 +347,12 @@ async fn first_admin(index: &Index, cfg: &Config) -> Result<(), AppError> {
         username: "admin".into(),
         password,
         display_name: "Administrator".into(),
-        role: "admin".into(),
-        ..Default::default()
+        role: crate::reading::access::Role::Admin,
+        clinic_id: None,
+        hospital_id: None,
+        department: None,
     };
-    accounts::create_user(index.pool(), &nu, crate::dicom::scp::now_ms())
+    accounts::create_user(index.pool(), &nu, crate::clock::now_ms())
         .await
         .map_err(|e| AppError::Other(format!("creating the first admin: {e}")))?;
     warn!(

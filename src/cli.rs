@@ -115,7 +115,7 @@ enum UserCmd {
         username: String,
         /// admin, expert or clinic (a clinic doctor).
         #[arg(long)]
-        role: String,
+        role: crate::reading::access::Role,
         #[arg(long, default_value = "")]
         name: String,
         /// The clinic id (from [[clinic]]) of a clinic doctor; an id the
@@ -341,7 +341,7 @@ async fn relay(
         Err(e) => return fail(e),
     };
     let pool = index.pool().clone();
-    let now = crate::dicom::scp::now_ms();
+    let now = crate::clock::now_ms();
     let code = match cmd {
         RelayCmd::IssueEdge { name, clinic, out } => {
             if !cfg.clinics.iter().any(|c| c.id == clinic) {
@@ -421,7 +421,7 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
         Err(e) => return fail(e),
     };
     let pool = index.pool().clone();
-    let now = crate::dicom::scp::now_ms();
+    let now = crate::clock::now_ms();
     let code = match cmd {
         UserCmd::Add {
             username,

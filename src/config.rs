@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::dicom::ae::valid_ae;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -705,11 +707,6 @@ impl Config {
     pub fn association_request_timeout(&self) -> Duration {
         Duration::from_secs(self.dicom.association_request_timeout_secs)
     }
-}
-
-pub fn valid_ae(ae: &str) -> bool {
-    let t = ae.trim();
-    !t.is_empty() && ae.len() <= 16 && ae.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
 }
 
 #[cfg(test)]

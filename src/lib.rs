@@ -22,6 +22,7 @@
 pub mod app;
 pub mod archive;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dicom;
 /// Fuzz targets and the allocation meter (test support; see the module docs).

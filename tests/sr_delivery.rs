@@ -67,7 +67,7 @@ impl Drop for StoreScp {
 }
 
 fn now_ms() -> i64 {
-    medrelay::dicom::scp::now_ms()
+    medrelay::clock::now_ms()
 }
 
 async fn row(idx: &Index, id: i64) -> Delivery {

@@ -26,7 +26,7 @@ pub fn next_wait(now_ms: i64, next_stable_at: Option<i64>, max_wait: Duration) -
 
 pub async fn run(index: Index, metrics: Arc<Metrics>, max_wait: Duration, shutdown: CancellationToken) {
     loop {
-        let now = crate::dicom::scp::now_ms();
+        let now = crate::clock::now_ms();
         match index.sweep_stable(now).await {
             Ok(done) => {
                 for uid in &done {
@@ -39,7 +39,7 @@ pub async fn run(index: Index, metrics: Arc<Metrics>, max_wait: Duration, shutdo
             Err(e) => warn!(error = %e, "stability sweep failed; will retry"),
         }
         let next = index.next_stable_at().await.unwrap_or(None);
-        let wait = next_wait(crate::dicom::scp::now_ms(), next, max_wait);
+        let wait = next_wait(crate::clock::now_ms(), next, max_wait);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}

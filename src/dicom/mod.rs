@@ -2,6 +2,7 @@
 //! and the pure pieces they share (DIMSE codec, PDV reassembly, dataset walk,
 //! Part 10 header).
 
+pub mod ae;
 pub mod assembly;
 pub mod attrs;
 pub mod charset;

@@ -39,6 +39,7 @@ use super::sop_classes::STORAGE_SOP_CLASSES;
 use super::walk::{self, Encoding};
 use crate::archive::files::{Archive, ArchiveError, Committed};
 use crate::archive::index::{Conflict, DurableGate, Index, IndexError, NewInstance, StoreError, StoreOutcome};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -50,6 +51,22 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Dataset chunks in flight between the socket and the writer thread, per
 /// association: with 1 MB PDUs this bounds buffered data to a few MB.
 const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The "stored" event: an instance this SCP has just committed (new, or a
+/// new version of one; a duplicate is not news). `app` wires it to preview
+/// rendering, so the SCP knows nothing of what follows a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub sop_instance_uid: String,
+    pub version: i64,
+    /// Instance path relative to the archive root.
+    pub rel_path: String,
+}
+
+/// Told of each [`Stored`] instance on the C-STORE path, before the
+/// response goes out: it must never block or wait (offer the event to a
+/// bounded queue with `try_send`, and leave a full queue to a catch-up).
+pub type OnStored = Arc<dyn Fn(Stored) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 struct ClinicRoute {
@@ -74,8 +91,8 @@ pub struct Scp {
     handshakes: Arc<Semaphore>,
     progress: ProgressRule,
     next_id: AtomicU64,
-    /// Stored instances are offered here for previews (never blocking).
-    render: Option<crate::imaging::worker::RenderQueue>,
+    /// Told of every stored instance (never blocking).
+    on_stored: Option<OnStored>,
 }
 
 /// Calling-AE allow-list and called-AE check, applied during negotiation so an
@@ -130,7 +147,7 @@ impl Scp {
         index: Index,
         metrics: Arc<Metrics>,
         tls: Option<Arc<rustls::ServerConfig>>,
-        render: Option<crate::imaging::worker::RenderQueue>,
+        on_stored: Option<OnStored>,
     ) -> Scp {
         let global_ms = (cfg.stability.stable_after_secs * 1000.0) as i64;
         let mut routes = HashMap::new();
@@ -170,7 +187,7 @@ impl Scp {
             handshakes,
             progress,
             next_id: AtomicU64::new(1),
-            render,
+            on_stored,
         }
     }
 
@@ -824,8 +841,8 @@ impl Session {
                     StoreOutcome::NewVersion(v) => Some(v),
                     StoreOutcome::Duplicate => None,
                 };
-                if let (Some(q), Some(version)) = (&self.scp.render, version) {
-                    q.offer(crate::imaging::worker::RenderJob {
+                if let (Some(tell), Some(version)) = (&self.scp.on_stored, version) {
+                    tell(Stored {
                         sop_instance_uid: sop,
                         version,
                         rel_path: committed.rel_path,
@@ -878,7 +895,7 @@ impl Session {
             self.scp.index.pool(),
             now_ms(),
             &self.calling,
-            "dicom",
+            crate::reading::audit::Actor::Dicom,
             &self.route.clinic_id,
             c,
             &self.peer.to_string(),
@@ -1077,13 +1094,6 @@ fn describe(
         stable_after_ms: p.route.stable_after_ms,
         received_ms: now_ms,
     })
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Bind a listener whose accepted sockets inherit a large receive buffer:

@@ -49,7 +49,7 @@ impl Target {
             Some((ae, addr)) => (ae.to_string(), addr.to_string()),
             None => (default_ae.to_string(), s.to_string()),
         };
-        if !crate::config::valid_ae(&ae) || !addr.contains(':') {
+        if !super::ae::valid_ae(&ae) || !addr.contains(':') {
             return Err(ScuError::BadTarget(s.to_string()));
         }
         Ok(Target { called_ae: ae, addr })

@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
 
-use super::auth::{now_ms, require};
+use super::auth::require;
 use super::error::{ApiError, Code};
-use crate::app::Services;
+use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role, check_affiliation};
 use crate::reading::accounts::{self, AccountError};
 use crate::reading::audit::{self, AuditQuery};
@@ -38,7 +39,7 @@ impl From<AccountError> for ApiError {
             }
             AccountError::BadUsername => ApiError::BadRequest(text).code(Code::BAD_USERNAME),
             AccountError::NeedsClinic => ApiError::BadRequest(text).code(Code::NEEDS_CLINIC),
-            AccountError::BadRole(_) => ApiError::BadRequest(text),
+            AccountError::StoredRole { .. } => ApiError::Internal(text),
         }
     }
 }

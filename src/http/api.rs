@@ -18,8 +18,8 @@ use super::error::{ApiError, Code};
 use super::limits::ZipRefused;
 use super::uid::{Uid, check as check_uid};
 use super::zipstream::{ZipStream, instance_entry_name};
-use crate::app::Services;
 use crate::archive::index::{InstanceRow, StudyFilter, StudyRow};
+use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::reading::audit;
 

@@ -30,7 +30,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, Code};
-use crate::app::Services;
+use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role, scope_of};
 use crate::reading::accounts::{self, LoginThrottle, PasswordPool, SessionCheck};
 use crate::reading::audit::{self, RowBudget};
@@ -77,10 +78,6 @@ pub const COOKIE: &str = "mr_session";
 /// The peer address of the connection, added by the server loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Remote(pub SocketAddr);
-
-pub fn now_ms() -> i64 {
-    crate::dicom::scp::now_ms()
-}
 
 fn remote_of(parts: &Parts) -> String {
     parts
@@ -204,7 +201,7 @@ pub async fn login(
                 s.index.pool(),
                 now_ms(),
                 &l.username,
-                "",
+                audit::Actor::Unknown,
                 "login_failed",
                 None,
                 None,
@@ -222,7 +219,7 @@ pub async fn login(
         s.index.pool(),
         now_ms(),
         &user.username,
-        user.role.as_str(),
+        audit::Actor::Account(user.role),
         "login",
         None,
         None,

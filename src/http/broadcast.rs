@@ -25,7 +25,7 @@ use super::auth::require;
 use super::consult::{close_room_now, invitation, link_json, sfu_err};
 use super::error::{ApiError, Code};
 use super::room_access;
-use crate::app::Services;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::reading::accounts;
 use crate::reading::audit;
@@ -39,13 +39,6 @@ type S = State<Arc<Services>>;
 const MAX_BROADCASTS: usize = 64;
 /// Colleagues named to present with the starter.
 const MAX_CO_PRESENTERS: usize = 7;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// A broadcast with what its room says now.
 struct Live {
@@ -147,7 +140,7 @@ pub async fn create(
         presenter: c.user.username.clone(),
         presenter_name: c.user.display_name.clone(),
         presenters,
-        started_unix: unix_now(),
+        started_unix: crate::clock::unix_secs(),
     };
     let owner = RoomOwner::Broadcast(info.clone());
     let me = invitation(&c.user, &owner);

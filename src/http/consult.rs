@@ -25,11 +25,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use super::auth::{now_ms, require, session_limits_ms};
+use super::auth::{require, session_limits_ms};
 use super::error::{ApiError, Code};
 use super::room_access::{self, Owner, Rights};
 use super::signal_session;
-use crate::app::Services;
+use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role as AccountRole, User};
 use crate::reading::accounts::{self, SessionCheck};
 use crate::reading::audit;
@@ -49,13 +50,6 @@ const RECHECK: Duration = Duration::from_secs(2);
 const JOIN_WAIT: Duration = Duration::from_secs(15);
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 // ------------------------------------------------------------------ rooms API
 
@@ -103,7 +97,7 @@ pub(crate) fn link_json(
     ttl: Option<Duration>,
 ) -> serde_json::Value {
     let life = ttl.map_or(inv.expires_in, |t| t.min(inv.expires_in));
-    let exp = unix_now() + life.as_secs().max(1);
+    let exp = crate::clock::unix_secs() + life.as_secs().max(1);
     let token = s.sfu.tokens.mint(&Claims {
         room: room.to_string(),
         participant: inv.id.clone(),
@@ -211,7 +205,7 @@ pub async fn create_room(
         "title": created.title,
         "kind": RoomKind::Consultation,
         "owner": owner_json(&owner),
-        "expires_unix": unix_now() + life.as_secs(),
+        "expires_unix": crate::clock::unix_secs() + life.as_secs(),
         "participants": participants,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -400,7 +394,7 @@ pub async fn room_status(
         "accounts": st.accounts,
         "connected": st.connected,
         "live": st.live,
-        "expires_unix": unix_now() + st.expires_in.as_secs(),
+        "expires_unix": crate::clock::unix_secs() + st.expires_in.as_secs(),
     })))
 }
 
@@ -535,10 +529,14 @@ async fn await_join(s: &Services, ws: &mut WebSocket) -> Result<Claims, (ErrorCo
         };
         match parse_client(text.as_str()) {
             Ok(ClientMsg::Join { token }) => {
-                return s.sfu.tokens.verify(&token, unix_now()).map_err(|e| match e {
-                    TokenError::Expired => (ErrorCode::ExpiredToken, "this invitation has expired".into()),
-                    _ => (ErrorCode::BadToken, "this invitation is not valid".into()),
-                });
+                return s
+                    .sfu
+                    .tokens
+                    .verify(&token, crate::clock::unix_secs())
+                    .map_err(|e| match e {
+                        TokenError::Expired => (ErrorCode::ExpiredToken, "this invitation has expired".into()),
+                        _ => (ErrorCode::BadToken, "this invitation is not valid".into()),
+                    });
             }
             Ok(_) => return Err((ErrorCode::NotJoined, "the first message must be join".into())),
             Err(e) => return Err((ErrorCode::BadMessage, e)),

@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::uid::{self, Uid};
-use crate::app::Services;
 use crate::archive::index::InstanceRow;
+use crate::http::Services;
 use crate::imaging::render::{self, Format, Image8, RenderParams};
 use crate::imaging::worker::render_path;
 use crate::reading::access::Caller;

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{ApiError, Code};
-use crate::app::Services;
+use crate::http::Services;
 use crate::reading::access::{Caller, User};
 use crate::reading::accounts;
 

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod reading;
 pub mod relay;
 pub mod room_access;
+mod services;
 mod signal_session;
 pub mod uid;
 pub mod zipstream;
@@ -40,7 +41,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::app::Services;
+pub use services::Services;
 
 pub fn router(services: Arc<Services>) -> Router {
     Router::new()

@@ -16,11 +16,12 @@ use serde_json::json;
 use sqlx::Row;
 
 use super::api::study_for;
-use super::auth::{now_ms, require};
+use super::auth::require;
 use super::error::{ApiError, Code};
 use super::uid::Uid;
-use crate::app::Services;
 use crate::archive::index::{WorklistApplyError, push_in};
+use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::reading::audit;
 use crate::reading::reports::{self, ReportError};

@@ -10,9 +10,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::auth::{now_ms, require};
+use super::auth::require;
 use super::error::ApiError;
-use crate::app::Services;
+use crate::clock::now_ms;
+use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::relay::store;
 

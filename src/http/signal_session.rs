@@ -21,7 +21,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{Sink, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::app::Services;
+use crate::http::Services;
 use crate::sfu::client_queue::ClientRx;
 use crate::sfu::engine::Command;
 use crate::sfu::protocol::{ClientMsg, ErrorCode, ServerMsg, error as sig_error, parse_client};

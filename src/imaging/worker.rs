@@ -178,7 +178,7 @@ pub fn start(
                     version: job.version,
                     status,
                     cine_frames: cine,
-                    done_ms: crate::dicom::scp::now_ms(),
+                    done_ms: crate::clock::now_ms(),
                 };
                 if let Err(e) = runtime.block_on(index.set_preview(result)) {
                     warn!(error = %e, "recording preview status failed; will retry");

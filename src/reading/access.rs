@@ -17,16 +17,34 @@ pub enum Role {
     Clinic,
 }
 
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
+/// A role name that is none of the three (from the command line, or a
+/// stored row written by something other than this gateway).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (admin, expert or clinic)")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
         match s {
-            "admin" => Some(Role::Admin),
-            "expert" => Some(Role::Expert),
-            "clinic" => Some(Role::Clinic),
-            _ => None,
+            "admin" => Ok(Role::Admin),
+            "expert" => Ok(Role::Expert),
+            "clinic" => Ok(Role::Clinic),
+            _ => Err(UnknownRole(s.to_string())),
         }
     }
+}
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Role {
+    /// The name stored in `users.role`, sent in the API and shown in the
+    /// audit log (the same lowercase strings serde uses).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -208,6 +226,20 @@ mod tests {
 
     fn user(role: Role, clinic: Option<&str>, hospital: Option<&str>) -> User {
         named("u", role, clinic, hospital)
+    }
+
+    #[test]
+    fn role_names_round_trip_and_unknown_ones_are_refused() {
+        for r in [Role::Admin, Role::Expert, Role::Clinic] {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(serde_json::to_value(r).expect("json"), serde_json::json!(r.as_str()));
+            assert_eq!(
+                serde_json::from_value::<Role>(serde_json::json!(r.as_str())).expect("json"),
+                r
+            );
+        }
+        assert_eq!("Admin".parse::<Role>(), Err(UnknownRole("Admin".into())));
+        assert!(serde_json::from_value::<Role>(serde_json::json!("nurse")).is_err());
     }
 
     #[test]

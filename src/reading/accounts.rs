@@ -337,14 +337,16 @@ impl LoginThrottle {
 
 use sqlx::{Row, SqlitePool};
 
-use super::access::{Role, User};
+use super::access::{Role, UnknownRole, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     #[error("username must be 1-64 letters, digits, '.', '_' or '-'")]
     BadUsername,
-    #[error("unknown role {0:?} (admin, expert or clinic)")]
-    BadRole(String),
+    /// A `users` row whose role this gateway does not know (written by
+    /// hand or by another version): refused rather than guessed.
+    #[error("account {username:?} has a stored {source}")]
+    StoredRole { username: String, source: UnknownRole },
     #[error("a clinic doctor needs a clinic")]
     NeedsClinic,
     #[error("user {0:?} already exists")]
@@ -357,13 +359,13 @@ pub enum AccountError {
     Db(#[from] sqlx::Error),
 }
 
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct NewUser {
     pub username: String,
     pub password: String,
     #[serde(default)]
     pub display_name: String,
-    pub role: String,
+    pub role: Role,
     #[serde(default)]
     pub clinic_id: Option<String>,
     #[serde(default)]
@@ -386,7 +388,7 @@ pub async fn create_user(pool: &SqlitePool, u: &NewUser, now_ms: i64) -> Result<
     if !valid_username(&u.username) {
         return Err(AccountError::BadUsername);
     }
-    let role = Role::parse(&u.role).ok_or_else(|| AccountError::BadRole(u.role.clone()))?;
+    let role = u.role;
     let clinic_id = non_empty(&u.clinic_id);
     if role == Role::Clinic && clinic_id.is_none() {
         return Err(AccountError::NeedsClinic);
@@ -468,11 +470,19 @@ pub async fn set_disabled(pool: &SqlitePool, username: &str, disabled: bool) -> 
     Ok(())
 }
 
-fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<User> {
-    Some(User {
-        username: r.get("username"),
+fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<User, AccountError> {
+    let username: String = r.get("username");
+    let role = r
+        .get::<String, _>("role")
+        .parse::<Role>()
+        .map_err(|source| AccountError::StoredRole {
+            username: username.clone(),
+            source,
+        })?;
+    Ok(User {
+        username,
         display_name: r.get("display_name"),
-        role: Role::parse(&r.get::<String, _>("role"))?,
+        role,
         clinic_id: r.get("clinic_id"),
         hospital_id: r.get("hospital_id"),
         department: r.get("department"),
@@ -499,17 +509,18 @@ pub async fn list_users(pool: &SqlitePool) -> Result<Vec<User>, AccountError> {
     let rows = sqlx::query("SELECT * FROM users ORDER BY role, username")
         .fetch_all(pool)
         .await?;
-    Ok(rows.iter().filter_map(user_from_row).collect())
+    rows.iter().map(user_from_row).collect()
 }
 
 /// One account (disabled ones included: callers decide).
 pub async fn get_user(pool: &SqlitePool, username: &str) -> Result<Option<User>, AccountError> {
-    Ok(sqlx::query("SELECT * FROM users WHERE username = ?")
+    sqlx::query("SELECT * FROM users WHERE username = ?")
         .bind(username)
         .fetch_optional(pool)
         .await?
         .as_ref()
-        .and_then(user_from_row))
+        .map(user_from_row)
+        .transpose()
 }
 
 pub async fn display_name(pool: &SqlitePool, username: &str) -> Result<Option<String>, AccountError> {
@@ -538,7 +549,7 @@ pub async fn check_login(
     let stored: Option<String> = row.as_ref().map(|r| r.get("password_hash"));
     let ok = hasher.verify(slot, password.to_string(), stored).await?;
     Ok(match (ok, row) {
-        (true, Some(r)) => user_from_row(&r).filter(|u| !u.disabled),
+        (true, Some(r)) => Some(user_from_row(&r)?).filter(|u| !u.disabled),
         _ => None,
     })
 }
@@ -729,15 +740,15 @@ pub async fn check_session_hash(
     };
     let created: i64 = r.get("created_ms");
     let seen: i64 = r.get("last_seen_ms");
-    let user = user_from_row(&r);
+    let user = user_from_row(&r)?;
     let expired = now_ms - seen > idle_ms || now_ms - created > max_ms;
-    let Some(user) = user.filter(|u| !u.disabled && !expired) else {
+    if user.disabled || expired {
         sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
             .bind(&hash)
             .execute(pool)
             .await?;
         return Ok(SessionCheck::Expired);
-    };
+    }
     if now_ms - seen > 60_000 {
         sqlx::query("UPDATE sessions SET last_seen_ms = ? WHERE token_hash = ?")
             .bind(now_ms)
@@ -926,6 +937,39 @@ mod tests {
         assert_eq!((ok.unwrap(), bad.unwrap()), (true, false));
         let c = pool.try_slot().expect("slots come back");
         assert!(!pool.verify(c, "x".into(), None).await.unwrap(), "unknown user");
+    }
+
+    #[tokio::test]
+    async fn a_stored_role_this_gateway_does_not_know_is_an_error_not_a_missing_user() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = crate::archive::index::Index::open(&dir.path().join("index.db"))
+            .await
+            .expect("open");
+        let pool = idx.pool();
+        let nu = NewUser {
+            username: "li".into(),
+            password: "correct horse battery".into(),
+            display_name: String::new(),
+            role: Role::Expert,
+            clinic_id: None,
+            hospital_id: Some("h1".into()),
+            department: None,
+        };
+        assert_eq!(create_user(pool, &nu, 1).await.expect("create").role, Role::Expert);
+        sqlx::query("UPDATE users SET role = 'nurse' WHERE username = 'li'")
+            .execute(pool)
+            .await
+            .expect("edit by hand");
+        let e = get_user(pool, "li").await.expect_err("refused");
+        assert!(
+            matches!(&e, AccountError::StoredRole { username, .. } if username == "li"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"account "li" has a stored unknown role "nurse" (admin, expert or clinic)"#
+        );
+        assert!(matches!(list_users(pool).await, Err(AccountError::StoredRole { .. })));
     }
 
     #[test]

@@ -7,14 +7,37 @@
 
 use sqlx::{Row, SqlitePool};
 
-use super::access::Caller;
+use super::access::{Caller, Role};
+
+/// As what the `username` of an audit row acted (the `role` column): an
+/// account's role, a DICOM peer (its AE title is the username), an edge over
+/// the relay link, or nobody known (a failed login, a summary row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Account(Role),
+    Dicom,
+    Relay,
+    Unknown,
+}
+
+impl Actor {
+    /// The stored value: the role's own name, "dicom", "relay" or "".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Account(r) => r.as_str(),
+            Actor::Dicom => "dicom",
+            Actor::Relay => "relay",
+            Actor::Unknown => "",
+        }
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 pub async fn record_raw(
     pool: &SqlitePool,
     at_ms: i64,
     username: &str,
-    role: &str,
+    actor: Actor,
     action: &str,
     study_uid: Option<&str>,
     detail: Option<&str>,
@@ -25,7 +48,7 @@ pub async fn record_raw(
     )
     .bind(at_ms)
     .bind(username)
-    .bind(role)
+    .bind(actor.as_str())
     .bind(action)
     .bind(study_uid)
     .bind(detail)
@@ -41,15 +64,15 @@ pub async fn record_raw(
 /// `archive::index::Conflict`), by the SCP or the relay hub.
 pub const INGEST_REFUSED: &str = "ingest_refused";
 
-/// Records a refused instance: `who` is the calling AE (role "dicom") or
-/// the edge (role "relay"), `clinic` the sender's clinic. The detail is
+/// Records a refused instance: `who` is the calling AE ([`Actor::Dicom`]) or
+/// the edge ([`Actor::Relay`]), `clinic` the sender's clinic. The detail is
 /// `key=value` words (UIDs, clinic ids and tokens only: never a patient
 /// attribute), read back by [`ingest_refusals`].
 pub async fn record_ingest_refusal(
     pool: &SqlitePool,
     at_ms: i64,
     who: &str,
-    role: &str,
+    via: Actor,
     clinic: &str,
     c: &crate::archive::index::Conflict,
     remote: &str,
@@ -69,7 +92,7 @@ pub async fn record_ingest_refusal(
         pool,
         at_ms,
         who,
-        role,
+        via,
         INGEST_REFUSED,
         Some(&c.study_uid),
         Some(&detail),
@@ -147,9 +170,9 @@ fn refusal_of(e: AuditEvent) -> IngestRefusal {
 pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Option<&str>, detail: Option<&str>) {
     record_raw(
         pool,
-        crate::dicom::scp::now_ms(),
+        crate::clock::now_ms(),
         &c.user.username,
-        c.user.role.as_str(),
+        Actor::Account(c.user.role),
         action,
         study_uid,
         detail,
@@ -228,9 +251,9 @@ pub async fn record_suppressed(pool: &SqlitePool, action: &str, s: Suppressed) {
     );
     record_raw(
         pool,
-        crate::dicom::scp::now_ms(),
+        crate::clock::now_ms(),
         "",
-        "",
+        Actor::Unknown,
         action,
         None,
         Some(&detail),

@@ -584,7 +584,7 @@ impl Worker {
             if pass.sent > 0 || pass.taken as i64 >= self.opts.batch {
                 continue;
             }
-            let now = crate::dicom::scp::now_ms();
+            let now = crate::clock::now_ms();
             let wait_ms = match next_due_ms(self.index.pool()).await {
                 Ok(Some(t)) => t.saturating_sub(now),
                 Ok(None) => i64::MAX,
@@ -607,7 +607,7 @@ impl Worker {
 
     async fn pass(&self) -> Result<Pass, DeliveryError> {
         let pool = self.index.pool();
-        let rows = due(pool, crate::dicom::scp::now_ms(), self.opts.batch).await?;
+        let rows = due(pool, crate::clock::now_ms(), self.opts.batch).await?;
         let mut pass = Pass {
             taken: rows.len(),
             sent: 0,
@@ -670,7 +670,7 @@ impl Worker {
         for (d, path) in &batch {
             match results.get(path) {
                 Some(r) if r.ok() => {
-                    let now = crate::dicom::scp::now_ms();
+                    let now = crate::clock::now_ms();
                     match mark_sent(self.index.pool(), d.id, now).await {
                         Ok(()) => {
                             sent += 1;
@@ -704,7 +704,7 @@ impl Worker {
     }
 
     async fn failed(&self, d: &Delivery, why: &str) {
-        let now = crate::dicom::scp::now_ms();
+        let now = crate::clock::now_ms();
         match mark_failing(self.index.pool(), d.id, why, now, &self.opts.policy).await {
             Ok(next) => warn!(delivery = d.id, study_uid = %d.study_uid, version = d.version,
                               attempts = d.attempts + 1, retry_in_ms = next - now, error = %why,

@@ -25,8 +25,8 @@ use super::store::{self, OutboxItem, OutgoingInstance, ReceivedReport};
 use super::wire::{self, Manifest, Member, PreviewItem, Request, Response};
 use crate::archive::files::Archive;
 use crate::archive::index::Index;
+use crate::clock::now_ms;
 use crate::config::{Config, EdgeConfig};
-use crate::dicom::scp::now_ms;
 
 pub const HUB: &str = "hub";
 

@@ -19,8 +19,8 @@ use super::store::{self, CommitItem, EdgeRow, Staged};
 use super::wire::{self, Manifest, Request, Response, WayBackNotification, WayBackReport};
 use crate::archive::files::{Archive, Committed};
 use crate::archive::index::Index;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::dicom::scp::now_ms;
 
 /// QUIC close codes the edge logs (application-level reasons).
 pub const CLOSE_UNKNOWN_EDGE: u32 = 0x10;
@@ -634,7 +634,7 @@ async fn refuse_conflict(hub: &Hub, edge: &EdgeRow, c: &crate::archive::index::C
         hub.index.pool(),
         now_ms(),
         &edge.name,
-        "relay",
+        crate::reading::audit::Actor::Relay,
         &edge.clinic_id,
         c,
         edge.last_addr.as_deref().unwrap_or_default(),

@@ -89,10 +89,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
 }
 
 fn year_now() -> i32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = crate::clock::unix_secs();
     1970 + (secs / 31_556_952) as i32
 }
 

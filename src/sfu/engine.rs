@@ -2520,17 +2520,12 @@ fn track_slug(s: Source) -> &'static str {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(crate::clock::now_ms()).unwrap_or(0)
 }
 
 /// Middle 32 bits of the current NTP time, the unit of LSR/DLSR (RFC 3550 §6.4.1).
 fn now_ntp_middle() -> u32 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = crate::clock::since_epoch();
     let secs = d.as_secs() + 2_208_988_800;
     let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
     (((secs & 0xffff) << 16) | (frac >> 16)) as u32
