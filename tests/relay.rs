@@ -223,13 +223,7 @@ struct Pair {
 }
 
 fn pair(link_args: &[&str], rate_mbit: f64, pacs: Option<u16>) -> Pair {
-    let relay_port = free_udp_port();
-    let hub = Server::start(ServerOpts {
-        config_toml: hub_config(relay_port),
-        ..ServerOpts::default()
-    });
-    let certs = tempfile::tempdir().expect("tmp");
-    issue_edge(&hub, "clinic-a-edge", certs.path());
+    let (hub, certs, relay_port) = hub_with_edge("clinic-a-edge");
     let link = Link::start(0, relay_port, link_args);
     let edge = Server::start(ServerOpts {
         stable_after_secs: 1.0,
@@ -552,6 +546,19 @@ fn crafted_manifest(study: &str, sop: &str) -> medrelay::relay::wire::Manifest {
     }
 }
 
+/// A hub and the certificate of one clinic-A edge: (hub, the edge's
+/// certificates, the hub's relay port).
+fn hub_with_edge(name: &str) -> (Server, tempfile::TempDir, u16) {
+    let relay_port = free_udp_port();
+    let hub = Server::start(ServerOpts {
+        config_toml: hub_config(relay_port),
+        ..ServerOpts::default()
+    });
+    let certs = tempfile::tempdir().expect("tmp");
+    issue_edge(&hub, name, certs.path());
+    (hub, certs, relay_port)
+}
+
 /// One real CT file as an edge announces and sends it: (study UID, a
 /// manifest of that one instance, its bundle member, the file's bytes).
 fn crafted_study(
@@ -606,13 +613,7 @@ fn relay_written_files(root: &Path) -> Vec<PathBuf> {
 fn crafted_requests_with_unsafe_uids_or_oversized_fields_are_refused() {
     use medrelay::relay::wire::{PreviewItem, Request, Response};
     let _serial = serial();
-    let relay_port = free_udp_port();
-    let hub = Server::start(ServerOpts {
-        config_toml: hub_config(relay_port),
-        ..ServerOpts::default()
-    });
-    let certs = tempfile::tempdir().expect("tmp");
-    issue_edge(&hub, "clinic-a-edge", certs.path());
+    let (hub, certs, relay_port) = hub_with_edge("clinic-a-edge");
     let staging = hub.data_dir.join("relay-staging");
     let good = "1.2.826.0.1.3680043.10.545.1";
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -901,13 +902,7 @@ fn dcm_value(path: &Path, tag: &str) -> String {
 fn a_resent_study_raises_a_waiting_ones_priority_not_a_cancelled_ones() {
     use medrelay::relay::wire::{Request, Response};
     let _serial = serial();
-    let relay_port = free_udp_port();
-    let hub = Server::start(ServerOpts {
-        config_toml: hub_config(relay_port),
-        ..ServerOpts::default()
-    });
-    let certs = tempfile::tempdir().expect("tmp");
-    issue_edge(&hub, "edge-a", certs.path());
+    let (hub, certs, relay_port) = hub_with_edge("edge-a");
     let pw = "correct-horse-battery";
     hub.add_user("doca", "clinic", pw, &["--clinic", "clinic-a"]);
     let doc = hub.login("doca", pw).expect("login");
