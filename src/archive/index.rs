@@ -1627,12 +1627,8 @@ mod tests {
             Some("receiving".into())
         );
         assert_eq!(idx.sweep_stable(7000).await.expect("sweep").len(), 1);
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist")
-            .fetch_one(idx.pool())
-            .await
-            .expect("c")
-            .get(0);
-        assert_eq!(n, 1);
+        assert_eq!(idx.worklist_depth().await.expect("depth"), 1);
+        assert_eq!(worklist::history(idx.pool(), "9").await.expect("history"), []);
 
         let (rows, total) = idx
             .search_studies(&StudyFilter {
