@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod reading;
 pub mod relay;
 pub mod sfu;
+pub mod store;
 pub mod tls;
 
 pub use cli::run;

@@ -526,6 +526,101 @@ fn signed_report_reaches_the_clinic_page_and_its_pacs_as_sr() {
     );
 }
 
+/// A priority change and its history row are one transaction: when the
+/// history row cannot be written (a trigger stands in for a failing write),
+/// the priority does not change either. On the old code they were two
+/// statements without a transaction and the priority changed unrecorded.
+/// Once read or cancelled, a study has no reading priority, for anyone.
+#[test]
+fn a_priority_change_commits_with_its_history_row_and_only_while_waiting() {
+    let w = world(None);
+    let s = &w.s;
+    let uid = &w.study1;
+    let priority = || {
+        s.sqlite(&format!(
+            "SELECT priority, clinical_question FROM worklist WHERE study_uid = '{uid}'"
+        ))
+    };
+    let history = || {
+        ok(
+            s.req(Some(&w.exp1), "GET", &format!("/api/worklist/{uid}/history"), None),
+            "history",
+        )["transitions"]
+            .as_array()
+            .expect("transitions")
+            .clone()
+    };
+    assert_eq!(priority(), "routine|None");
+    s.sqlite_exec(
+        "CREATE TRIGGER no_history BEFORE INSERT ON worklist_transitions
+         BEGIN SELECT RAISE(ABORT, 'history write failed'); END",
+    );
+    let (code, body) = s.req(
+        Some(&w.doc1),
+        "POST",
+        &format!("/api/worklist/{uid}/priority"),
+        Some(json!({ "priority": "stat", "clinical_question": "suspected PE" })),
+    );
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(
+        priority(),
+        "routine|None",
+        "the priority changed without its history row"
+    );
+    s.sqlite_exec("DROP TRIGGER no_history");
+    assert!(history().is_empty());
+
+    let p = ok(
+        s.req(
+            Some(&w.doc1),
+            "POST",
+            &format!("/api/worklist/{uid}/priority"),
+            Some(json!({ "priority": "stat", "clinical_question": "suspected PE" })),
+        ),
+        "raise priority",
+    );
+    assert_eq!(
+        (&p["worklist"]["priority"], &p["worklist"]["state"]),
+        (&json!("stat"), &json!("new"))
+    );
+    assert_eq!(priority(), "stat|suspected PE");
+    let h = history();
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(
+        (&h[0]["from"], &h[0]["to"], &h[0]["actor"], &h[0]["detail"]),
+        (&json!("new"), &json!("new"), &json!("doc1"), &json!("priority stat"))
+    );
+    // Lowering it is the hub's triage, not the clinic's.
+    let (code, body) = s.req(
+        Some(&w.doc1),
+        "POST",
+        &format!("/api/worklist/{uid}/priority"),
+        Some(json!({ "priority": "urgent" })),
+    );
+    assert_eq!((code, &body["code"]), (403, &json!("priority_lower")), "{body}");
+
+    // Cancelled: no priority any more; nothing written.
+    ok(
+        s.req(
+            Some(&w.doc1),
+            "POST",
+            &format!("/api/worklist/{uid}/cancel"),
+            Some(json!({ "reason": "patient transferred" })),
+        ),
+        "cancel",
+    );
+    let (code, body) = s.req(
+        Some(&w.doc1),
+        "POST",
+        &format!("/api/worklist/{uid}/priority"),
+        Some(json!({ "priority": "stat", "clinical_question": "changed" })),
+    );
+    assert_eq!((code, &body["code"]), (409, &json!("wrong_state")), "{body}");
+    assert_eq!(body["error"], "a study that is cancelled has no reading priority");
+    assert_eq!(priority(), "stat|suspected PE");
+    assert_eq!(history().len(), 2);
+}
+
 #[test]
 fn kill9_while_signing_leaves_the_old_or_the_new_version() {
     // The PACS port is closed: deliveries stay queued, as after any crash.

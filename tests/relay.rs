@@ -223,13 +223,7 @@ struct Pair {
 }
 
 fn pair(link_args: &[&str], rate_mbit: f64, pacs: Option<u16>) -> Pair {
-    let relay_port = free_udp_port();
-    let hub = Server::start(ServerOpts {
-        config_toml: hub_config(relay_port),
-        ..ServerOpts::default()
-    });
-    let certs = tempfile::tempdir().expect("tmp");
-    issue_edge(&hub, "clinic-a-edge", certs.path());
+    let (hub, certs, relay_port) = hub_with_edge("clinic-a-edge");
     let link = Link::start(0, relay_port, link_args);
     let edge = Server::start(ServerOpts {
         stable_after_secs: 1.0,
@@ -552,6 +546,48 @@ fn crafted_manifest(study: &str, sop: &str) -> medrelay::relay::wire::Manifest {
     }
 }
 
+/// A hub and the certificate of one clinic-A edge: (hub, the edge's
+/// certificates, the hub's relay port).
+fn hub_with_edge(name: &str) -> (Server, tempfile::TempDir, u16) {
+    let relay_port = free_udp_port();
+    let hub = Server::start(ServerOpts {
+        config_toml: hub_config(relay_port),
+        ..ServerOpts::default()
+    });
+    let certs = tempfile::tempdir().expect("tmp");
+    issue_edge(&hub, name, certs.path());
+    (hub, certs, relay_port)
+}
+
+/// One real CT file as an edge announces and sends it: (study UID, a
+/// manifest of that one instance, its bundle member, the file's bytes).
+fn crafted_study(
+    file: &Path,
+) -> (
+    String,
+    medrelay::relay::wire::Manifest,
+    medrelay::relay::wire::Member,
+    Vec<u8>,
+) {
+    use sha2::Digest;
+    let study = dcm_value(file, "0020,000D");
+    let bytes = std::fs::read(file).expect("file");
+    let sop = dcm_value(file, "0008,0018");
+    let ts = "1.2.840.10008.1.2.1";
+    let mut m = crafted_manifest(&study, &sop);
+    m.instances[0].meta.series_uid = dcm_value(file, "0020,000E");
+    m.instances[0].meta.transfer_syntax = ts.into();
+    m.instances[0].sha256 = medrelay::relay::wire::content_sha256(&bytes, ts).expect("content hash");
+    m.instances[0].file_size = bytes.len() as u64;
+    let member = medrelay::relay::wire::Member {
+        sop_uid: sop,
+        sha256: m.instances[0].sha256.clone(),
+        file_sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+    };
+    (study, m, member, bytes)
+}
+
 /// Every file under the hub's data directory that the relay could have
 /// written: previews (.jpg) and staged instances (.dcm, .tmp) outside the
 /// archive.
@@ -577,13 +613,7 @@ fn relay_written_files(root: &Path) -> Vec<PathBuf> {
 fn crafted_requests_with_unsafe_uids_or_oversized_fields_are_refused() {
     use medrelay::relay::wire::{PreviewItem, Request, Response};
     let _serial = serial();
-    let relay_port = free_udp_port();
-    let hub = Server::start(ServerOpts {
-        config_toml: hub_config(relay_port),
-        ..ServerOpts::default()
-    });
-    let certs = tempfile::tempdir().expect("tmp");
-    issue_edge(&hub, "clinic-a-edge", certs.path());
+    let (hub, certs, relay_port) = hub_with_edge("clinic-a-edge");
     let staging = hub.data_dir.join("relay-staging");
     let good = "1.2.826.0.1.3680043.10.545.1";
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -730,8 +760,7 @@ fn crafted_requests_with_unsafe_uids_or_oversized_fields_are_refused() {
 /// are audited as coming over the relay.
 #[test]
 fn an_edge_cannot_commit_into_another_clinics_study() {
-    use medrelay::relay::wire::{self, Member, Request, Response};
-    use sha2::Digest;
+    use medrelay::relay::wire::{Request, Response};
     let _serial = serial();
     let relay_port = free_udp_port();
     let hub = Server::start(ServerOpts {
@@ -756,23 +785,8 @@ fn an_edge_cannot_commit_into_another_clinics_study() {
     );
     assert!(o.status.success(), "issue-edge: {}", text(&o));
     let files = ct_files(2);
-    let study = dcm_value(&files[0], "0020,000D");
-
     // The second slice of the study, relayed as clinic B's.
-    let bytes = std::fs::read(&files[1]).expect("file");
-    let sop = dcm_value(&files[1], "0008,0018");
-    let ts = "1.2.840.10008.1.2.1";
-    let mut m = crafted_manifest(&study, &sop);
-    m.instances[0].meta.series_uid = dcm_value(&files[1], "0020,000E");
-    m.instances[0].meta.transfer_syntax = ts.into();
-    m.instances[0].sha256 = wire::content_sha256(&bytes, ts).expect("content hash");
-    m.instances[0].file_size = bytes.len() as u64;
-    let member = Member {
-        sop_uid: sop.clone(),
-        sha256: m.instances[0].sha256.clone(),
-        file_sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-        size: bytes.len() as u64,
-    };
+    let (study, m, member, bytes) = crafted_study(&files[1]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let edge = rt.block_on(CraftedEdge::connect(certs.path(), relay_port));
     rt.block_on(async {
@@ -878,4 +892,86 @@ fn dcm_value(path: &Path, tag: &str) -> String {
         .and_then(|s| s.split(']').next())
         .unwrap_or_default()
         .to_string()
+}
+
+/// A study the edge sends again carries the clinic's priority again. At the
+/// hub it may raise the priority only while the study waits to be read, and
+/// the raise is in the study's history; a study cancelled at the hub keeps
+/// its priority. (The old code raised it whatever the state, unrecorded.)
+#[test]
+fn a_resent_study_raises_a_waiting_ones_priority_not_a_cancelled_ones() {
+    use medrelay::relay::wire::{Request, Response};
+    let _serial = serial();
+    let (hub, certs, relay_port) = hub_with_edge("edge-a");
+    let pw = "correct-horse-battery";
+    hub.add_user("doca", "clinic", pw, &["--clinic", "clinic-a"]);
+    let doc = hub.login("doca", pw).expect("login");
+    let (study, mut m, member, bytes) = crafted_study(&ct_files(1)[0]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let edge = rt.block_on(CraftedEdge::connect(certs.path(), relay_port));
+    let send = |m: &medrelay::relay::wire::Manifest, with_file: bool| {
+        rt.block_on(async {
+            let r = edge.ask(&Request::Begin { manifest: m.clone() }, &[]).await;
+            assert!(matches!(r, Response::Begun { .. }), "{r:?}");
+            if with_file {
+                let bundle = Request::Bundle {
+                    study_uid: study.clone(),
+                    part_id: "p1".into(),
+                    compressed: false,
+                    shuffled: false,
+                    body_len: bytes.len() as u64,
+                    members: vec![member.clone()],
+                };
+                let r = edge.ask(&bundle, &bytes).await;
+                assert!(matches!(r, Response::Stored { count: 1 }), "{r:?}");
+            }
+            let r = edge
+                .ask(
+                    &Request::Commit {
+                        study_uid: study.clone(),
+                    },
+                    &[],
+                )
+                .await;
+            assert!(matches!(r, Response::Committed { .. }), "{r:?}");
+        })
+    };
+    let row = || {
+        hub.sqlite(&format!(
+            "SELECT state, priority, COALESCE(clinical_question, '-') FROM worklist WHERE study_uid = '{study}'"
+        ))
+    };
+    let history = || {
+        let (code, h) = hub.req(Some(&doc), "GET", &format!("/api/worklist/{study}/history"), None);
+        assert_eq!(code, 200, "{h}");
+        h["transitions"].as_array().expect("transitions").clone()
+    };
+    send(&m, true);
+    assert_eq!(row(), "new|routine|-");
+    assert!(history().is_empty(), "entering the worklist is not a transition");
+
+    // Waiting: the clinic's URGENT from the edge raises it, recorded.
+    m.priority = "urgent".into();
+    send(&m, false);
+    assert_eq!(row(), "new|urgent|-");
+    let h = history();
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(
+        (&h[0]["actor"], &h[0]["detail"]),
+        (&json!("system"), &json!("priority urgent"))
+    );
+
+    // Cancelled at the hub: a re-sent STAT leaves it alone.
+    let (code, body) = hub.req(
+        Some(&doc),
+        "POST",
+        &format!("/api/worklist/{study}/cancel"),
+        Some(json!({ "reason": "sent to the wrong hospital" })),
+    );
+    assert_eq!(code, 200, "{body}");
+    m.priority = "stat".into();
+    m.clinical_question = Some("resent".into());
+    send(&m, false);
+    assert_eq!(row(), "cancelled|urgent|-");
+    assert_eq!(history().len(), 2);
 }

@@ -18,9 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::files::{ArchiveError, Committed};
 use crate::dicom::pn::{self, NameQuery};
-use crate::reading::worklist::{
-    Action as WorkAction, Actor, State as WorkState, Transition, WorklistError, apply as apply_work,
-};
+use crate::reading::worklist::{Action as WorkAction, Actor, Priority, Transition};
+use crate::store::worklist::{self, WorklistApplyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -1186,51 +1185,9 @@ async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexErro
     .map(|r| r.get(0))
     .collect();
     for uid in &done {
-        enqueue_completed(c, uid, now_ms).await?;
+        worklist::enqueue_completed(c, uid, now_ms, worklist::Initial::default()).await?;
     }
     Ok(done)
-}
-
-/// A study just completed: put it on the reading worklist (one row per
-/// study, ever) and reopen it if it had been returned for more images.
-pub(crate) async fn enqueue_completed(c: &mut Conn, uid: &str, now_ms: i64) -> Result<(), IndexError> {
-    {
-        // One worklist row per study, ever: a re-completed study updates it.
-        sqlx::query(
-            "INSERT INTO worklist (study_uid, state, priority, enqueued_ms, updated_ms, completions, clinic_id, modalities, body_parts)
-             SELECT ?, 'new', 'routine', ?, ?, 1, s.clinic_id, s.modalities, s.body_parts FROM studies s WHERE s.study_uid = ?
-             ON CONFLICT (study_uid) DO UPDATE SET updated_ms = excluded.updated_ms,
-               completions = completions + 1, modalities = excluded.modalities, body_parts = excluded.body_parts",
-        )
-        .bind(uid)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(uid)
-        .execute(&mut *c)
-        .await?;
-        // A study returned for more images is read again once they arrived.
-        let reopened = sqlx::query(
-            "UPDATE worklist SET state = 'new', claimed_by = NULL, lease_until_ms = NULL, enqueued_ms = ?, updated_ms = ?
-             WHERE study_uid = ? AND state = 'returned'",
-        )
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(uid)
-        .execute(&mut *c)
-        .await?
-        .rows_affected();
-        if reopened == 1 {
-            sqlx::query(
-                "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail)
-                 VALUES (?, 'returned', 'new', 'system', ?, 'new images arrived')",
-            )
-            .bind(uid)
-            .bind(now_ms)
-            .execute(&mut *c)
-            .await?;
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- reads
@@ -1468,54 +1425,8 @@ impl Index {
     }
 
     pub async fn worklist_depth(&self) -> Result<i64, IndexError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM worklist WHERE state = 'new'")
-            .fetch_one(&self.pool)
-            .await?
-            .get(0))
+        Ok(worklist::depth(&self.pool).await?)
     }
-}
-
-/// Why a worklist action was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum WorklistApplyError {
-    #[error("study is not on the worklist")]
-    NoSuchStudy,
-    #[error(transparent)]
-    Rule(#[from] WorklistError),
-    #[error("worklist row in an unknown state {0:?}")]
-    Corrupt(String),
-    #[error(transparent)]
-    Index(#[from] IndexError),
-}
-
-impl From<sqlx::Error> for WorklistApplyError {
-    fn from(e: sqlx::Error) -> Self {
-        WorklistApplyError::Index(IndexError::Db(e))
-    }
-}
-
-fn worklist_state(
-    name: &str,
-    by: Option<String>,
-    lease: Option<i64>,
-    detail: Option<String>,
-) -> Result<WorkState, WorklistApplyError> {
-    Ok(match name {
-        "new" => WorkState::New,
-        "claimed" => WorkState::Claimed {
-            by: by.unwrap_or_default(),
-            lease_until_ms: lease.unwrap_or(0),
-        },
-        "reported" => WorkState::Reported {
-            by: by.unwrap_or_default(),
-        },
-        "delivered" => WorkState::Delivered,
-        "returned" => WorkState::Returned {
-            reason: detail.unwrap_or_default(),
-        },
-        "cancelled" => WorkState::Cancelled,
-        other => return Err(WorklistApplyError::Corrupt(other.to_string())),
-    })
 }
 
 impl Index {
@@ -1531,31 +1442,32 @@ impl Index {
         actor: Actor<'_>,
         now_ms: i64,
     ) -> Result<Transition, WorklistApplyError> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let step = worklist_apply_in(&mut conn, study_uid, action, actor, now_ms, None).await;
-        match step {
-            Ok(t) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(t)
-            }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(e)
-            }
-        }
+        crate::store::immediate(&self.pool, async |c| {
+            worklist::apply(c, study_uid, action, actor, now_ms, None).await
+        })
+        .await
+    }
+
+    /// Sets a study's reading priority (and clinical question, when given)
+    /// and records it, in one transaction; the rules decide who may and in
+    /// which states.
+    pub async fn worklist_set_priority(
+        &self,
+        study_uid: &str,
+        priority: Priority,
+        clinical_question: Option<&str>,
+        actor: Actor<'_>,
+        now_ms: i64,
+    ) -> Result<Transition, WorklistApplyError> {
+        crate::store::immediate(&self.pool, async |c| {
+            worklist::set_priority(c, study_uid, priority, clinical_question, actor, now_ms).await
+        })
+        .await
     }
 
     /// Returns studies whose claim lease has run out to `new`; their uids.
     pub async fn expire_worklist_leases(&self, now_ms: i64) -> Result<Vec<String>, WorklistApplyError> {
-        let due: Vec<String> =
-            sqlx::query("SELECT study_uid FROM worklist WHERE state = 'claimed' AND lease_until_ms <= ?")
-                .bind(now_ms)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect();
+        let due = worklist::due_leases(&self.pool, now_ms).await?;
         let mut freed = Vec::new();
         for uid in due {
             // Renewed or taken over in the meantime: the rules refuse, skip it.
@@ -1634,63 +1546,10 @@ pub fn push_in(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, col: &str, values:
     qb.push(")");
 }
 
-/// The body of `Index::worklist_apply`, for callers that fold a transition
-/// into a larger transaction (signing a report). The caller holds an
-/// IMMEDIATE transaction on `conn`. `note` goes to the transition log.
-pub async fn worklist_apply_in(
-    conn: &mut sqlx::SqliteConnection,
-    study_uid: &str,
-    action: &WorkAction,
-    actor: Actor<'_>,
-    now_ms: i64,
-    note: Option<&str>,
-) -> Result<Transition, WorklistApplyError> {
-    let row = sqlx::query("SELECT state, claimed_by, lease_until_ms, detail FROM worklist WHERE study_uid = ?")
-        .bind(study_uid)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(WorklistApplyError::NoSuchStudy)?;
-    let state = worklist_state(
-        &row.get::<String, _>(0),
-        row.get::<Option<String>, _>(1),
-        row.get::<Option<i64>, _>(2),
-        row.get::<Option<String>, _>(3),
-    )?;
-    let t = apply_work(&state, action, actor, now_ms)?;
-    let (by, lease, detail) = match &t.to {
-        WorkState::Claimed { by, lease_until_ms } => (Some(by.clone()), Some(*lease_until_ms), None),
-        WorkState::Reported { by } => (Some(by.clone()), None, None),
-        WorkState::Returned { reason } => (None, None, Some(reason.clone())),
-        _ => (None, None, None),
-    };
-    sqlx::query(
-        "UPDATE worklist SET state = ?, claimed_by = ?, lease_until_ms = ?, detail = ?, updated_ms = ? WHERE study_uid = ?",
-    )
-    .bind(t.to.name())
-    .bind(&by)
-    .bind(lease)
-    .bind(&detail)
-    .bind(now_ms)
-    .bind(study_uid)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(study_uid)
-    .bind(t.from)
-    .bind(t.to.name())
-    .bind(&t.by)
-    .bind(now_ms)
-    .bind(note.map(String::from).or(detail))
-    .execute(&mut *conn)
-    .await?;
-    Ok(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reading::worklist::WorklistError;
 
     fn inst(sop: &str, study: &str, series: &str, modality: &str, t: i64) -> NewInstance {
         NewInstance {
@@ -1768,12 +1627,8 @@ mod tests {
             Some("receiving".into())
         );
         assert_eq!(idx.sweep_stable(7000).await.expect("sweep").len(), 1);
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist")
-            .fetch_one(idx.pool())
-            .await
-            .expect("c")
-            .get(0);
-        assert_eq!(n, 1);
+        assert_eq!(idx.worklist_depth().await.expect("depth"), 1);
+        assert_eq!(worklist::history(idx.pool(), "9").await.expect("history"), []);
 
         let (rows, total) = idx
             .search_studies(&StudyFilter {
@@ -2098,15 +1953,12 @@ mod tests {
             vec!["9".to_string()]
         );
         assert_eq!(idx.worklist_depth().await.expect("depth"), 1);
-        let log: Vec<(String, String, String)> = sqlx::query(
-            "SELECT from_state, to_state, actor FROM worklist_transitions WHERE study_uid = '9' ORDER BY id",
-        )
-        .fetch_all(idx.pool())
-        .await
-        .expect("log")
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+        let log: Vec<(String, String, String)> = worklist::history(idx.pool(), "9")
+            .await
+            .expect("log")
+            .into_iter()
+            .map(|r| (r.from, r.to, r.actor))
+            .collect();
         assert_eq!(log.len(), 2, "{log:?}");
         assert_eq!((log[0].0.as_str(), log[0].1.as_str()), ("new", "claimed"));
         assert_eq!(log[1], ("claimed".into(), "new".into(), "system".into()));
@@ -2116,11 +1968,6 @@ mod tests {
                 .await
                 .is_err()
         );
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM worklist_transitions")
-            .fetch_one(idx.pool())
-            .await
-            .expect("n")
-            .get(0);
-        assert_eq!(n, 2);
+        assert_eq!(worklist::history(idx.pool(), "9").await.expect("log").len(), 2);
     }
 }

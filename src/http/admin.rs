@@ -9,7 +9,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::auth::require;
 use super::error::{ApiError, Code};
@@ -18,6 +17,7 @@ use crate::http::Services;
 use crate::reading::access::{Caller, Role, check_affiliation};
 use crate::reading::accounts::{self, AccountError};
 use crate::reading::audit::{self, AuditQuery};
+use crate::store::worklist as wl;
 
 type S = State<Arc<Services>>;
 
@@ -99,29 +99,18 @@ pub async fn turnaround(State(s): S, c: Caller, Query(q): Query<Days>) -> Result
     require(&c, &[Role::Admin])?;
     let days = q.days.unwrap_or(30).clamp(1, 3650);
     let since = now_ms() - days * 86_400_000;
-    let rows = sqlx::query(
-        "SELECT s.clinic_id, w.priority, w.enqueued_ms,
-           (SELECT MIN(at_ms) FROM worklist_transitions t WHERE t.study_uid = w.study_uid AND t.to_state = 'reported') AS reported_ms,
-           (SELECT MIN(at_ms) FROM worklist_transitions t WHERE t.study_uid = w.study_uid AND t.to_state = 'delivered') AS delivered_ms
-         FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE w.enqueued_ms >= ?",
-    )
-    .bind(since)
-    .fetch_all(s.index.pool())
-    .await
-    .map_err(internal)?;
+    let rows = wl::turnaround(s.index.pool(), since).await.map_err(internal)?;
     // (clinic, priority) -> (times to report, times to delivery, studies)
     type Times = (Vec<i64>, Vec<i64>, i64);
     let mut groups: std::collections::BTreeMap<(String, String), Times> = Default::default();
-    for r in &rows {
-        let key = (r.get::<String, _>(0), r.get::<String, _>(1));
-        let enq: i64 = r.get(2);
-        let g = groups.entry(key).or_default();
+    for r in rows {
+        let g = groups.entry((r.clinic_id, r.priority)).or_default();
         g.2 += 1;
-        if let Some(t) = r.get::<Option<i64>, _>(3) {
-            g.0.push(t - enq);
+        if let Some(t) = r.reported_ms {
+            g.0.push(t - r.enqueued_ms);
         }
-        if let Some(t) = r.get::<Option<i64>, _>(4) {
-            g.1.push(t - enq);
+        if let Some(t) = r.delivered_ms {
+            g.1.push(t - r.enqueued_ms);
         }
     }
     let out: Vec<_> = groups
@@ -136,20 +125,15 @@ pub async fn turnaround(State(s): S, c: Caller, Query(q): Query<Days>) -> Result
             })
         })
         .collect();
-    let waiting = sqlx::query(
-        "SELECT s.clinic_id, w.priority, COUNT(*), MIN(w.enqueued_ms) FROM worklist w JOIN studies s ON s.study_uid = w.study_uid
-         WHERE w.state IN ('new', 'claimed', 'returned') GROUP BY s.clinic_id, w.priority ORDER BY MIN(w.priority_rank), s.clinic_id",
-    )
-    .fetch_all(s.index.pool())
-    .await
-    .map_err(internal)?;
     let now = now_ms();
-    let waiting: Vec<_> = waiting
-        .iter()
+    let waiting: Vec<_> = wl::waiting(s.index.pool())
+        .await
+        .map_err(internal)?
+        .into_iter()
         .map(|r| {
             json!({
-                "clinic_id": r.get::<String, _>(0), "priority": r.get::<String, _>(1), "count": r.get::<i64, _>(2),
-                "oldest_ms": r.get::<i64, _>(3), "oldest_waiting_ms": now - r.get::<i64, _>(3),
+                "clinic_id": r.clinic_id, "priority": r.priority, "count": r.count,
+                "oldest_ms": r.oldest_ms, "oldest_waiting_ms": now - r.oldest_ms,
             })
         })
         .collect();

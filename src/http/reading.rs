@@ -19,14 +19,15 @@ use super::api::study_for;
 use super::auth::require;
 use super::error::{ApiError, Code};
 use super::uid::Uid;
-use crate::archive::index::{WorklistApplyError, push_in};
+use crate::archive::index::push_in;
 use crate::clock::now_ms;
 use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::reading::audit;
 use crate::reading::reports::{self, ReportError};
 use crate::reading::requests::{self, ReqAction, ReqState, RequestError};
-use crate::reading::worklist::{Action, WorklistError};
+use crate::reading::worklist::{Action, Priority, WorklistError};
+use crate::store::worklist::{self as wl, WorklistApplyError};
 
 type S = State<Arc<Services>>;
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -53,7 +54,11 @@ impl From<WorklistApplyError> for ApiError {
                     }
                     WorklistError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
                     WorklistError::LeaseExpired => ApiError::Conflict(text).code(Code::LEASE_EXPIRED),
-                    WorklistError::Invalid(..) => ApiError::Conflict(text).code(Code::WRONG_STATE),
+                    WorklistError::Invalid(..) | WorklistError::NoPriority(_) => {
+                        ApiError::Conflict(text).code(Code::WRONG_STATE)
+                    }
+                    WorklistError::NotAuthor => ApiError::Conflict(text).code(Code::NOT_AUTHOR),
+                    WorklistError::PriorityLower => ApiError::Forbidden(text).code(Code::PRIORITY_LOWER),
                 }
             }
             other => ApiError::Internal(other.to_string()),
@@ -155,14 +160,11 @@ const STATES: [&str; 6] = ["new", "claimed", "reported", "delivered", "returned"
 const PRIORITIES: [&str; 3] = ["stat", "urgent", "routine"];
 
 pub fn priority_rank(p: &str) -> Option<i64> {
-    PRIORITIES.iter().position(|x| *x == p).map(|i| i as i64)
+    Priority::parse(p).map(Priority::rank)
 }
 
-fn worklist_filters(
-    qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>,
-    c: &Caller,
-    q: &WorklistQuery,
-) -> Result<(), ApiError> {
+/// The page's filter, validated: unknown states or priorities are a 400.
+fn worklist_filter(c: &Caller, q: &WorklistQuery) -> Result<wl::ListFilter, ApiError> {
     let states: Vec<String> = match q.state.as_deref().filter(|v| !v.is_empty()) {
         Some(v) => v.split(',').map(|x| x.trim().to_string()).collect(),
         None => vec!["new".into(), "claimed".into(), "returned".into()],
@@ -170,25 +172,20 @@ fn worklist_filters(
     if let Some(bad) = states.iter().find(|x| !STATES.contains(&x.as_str())) {
         return Err(ApiError::BadRequest(format!("unknown state {bad:?}")));
     }
-    push_in(qb, "w.state", &states);
-    if let Some(p) = q.priority.as_deref().filter(|v| !v.is_empty()) {
-        let r = priority_rank(p).ok_or_else(|| ApiError::BadRequest(format!("unknown priority {p:?}")))?;
-        qb.push(" AND w.priority_rank = ").push_bind(r);
-    }
-    if let Some(cs) = c.scope.clinics() {
-        push_in(qb, "w.clinic_id", cs);
-    }
-    if let Some(v) = q.clinic.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND w.clinic_id = ").push_bind(v.to_string());
-    }
-    if let Some(v) = q.modality.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND (',' || w.modalities || ',') LIKE ")
-            .push_bind(format!("%,{v},%"));
-    }
-    if let Some(v) = q.body_part.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND w.body_parts LIKE ").push_bind(format!("%{v}%"));
-    }
-    Ok(())
+    let priority = match q.priority.as_deref().filter(|v| !v.is_empty()) {
+        Some(p) => Some(Priority::parse(p).ok_or_else(|| ApiError::BadRequest(format!("unknown priority {p:?}")))?),
+        None => None,
+    };
+    Ok(wl::ListFilter {
+        states,
+        priority,
+        scope: c.scope.clinics().map(|cs| cs.to_vec()),
+        clinic: q.clinic.clone(),
+        modality: q.modality.clone(),
+        body_part: q.body_part.clone(),
+        limit: q.limit.unwrap_or(50).clamp(1, 500),
+        offset: q.offset.unwrap_or(0).max(0),
+    })
 }
 
 pub async fn worklist(
@@ -197,64 +194,39 @@ pub async fn worklist(
     Query(q): Query<WorklistQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Expert, Role::Admin])?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let offset = q.offset.unwrap_or(0).max(0);
-    let from = "FROM worklist w WHERE 1=1";
-    // The page comes from the worklist alone (its clinic column and queue
-    // index); only the chosen rows are joined with studies and patients.
-    let mut qb = sqlx::QueryBuilder::new(format!(
-        "SELECT w.study_uid, w.state, w.priority, w.clinical_question, w.claimed_by, u.display_name AS claimed_by_name,
-           w.lease_until_ms, w.enqueued_ms, w.detail, s.clinic_id, s.modalities, s.body_parts, s.description,
-           s.num_series, s.num_instances, s.patient_name, s.patient_id, p.sex, p.birth_date, s.study_date
-         FROM (SELECT w.study_uid, w.priority_rank, w.enqueued_ms {from}"
-    ));
-    worklist_filters(&mut qb, &c, &q)?;
-    qb.push(" ORDER BY w.priority_rank, w.enqueued_ms, w.study_uid LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(
-            ") AS pg JOIN worklist w ON w.study_uid = pg.study_uid JOIN studies s ON s.study_uid = pg.study_uid
-             JOIN patients p ON p.id = s.patient_row LEFT JOIN users u ON u.username = w.claimed_by
-             ORDER BY pg.priority_rank, pg.enqueued_ms, pg.study_uid",
-        );
-    let rows = qb.build().fetch_all(s.index.pool()).await.map_err(internal)?;
-    let mut cq = sqlx::QueryBuilder::new(format!("SELECT COUNT(*) {from}"));
-    worklist_filters(&mut cq, &c, &q)?;
-    let total: i64 = cq.build().fetch_one(s.index.pool()).await.map_err(internal)?.get(0);
+    let f = worklist_filter(&c, &q)?;
+    let (rows, total) = wl::list(s.index.pool(), &f).await.map_err(internal)?;
     let now = now_ms();
     let items: Vec<_> = rows
-        .iter()
+        .into_iter()
         .map(|r| {
-            let clinic: String = r.get("clinic_id");
-            let enq: i64 = r.get("enqueued_ms");
             json!({
-                "study_uid": r.get::<String, _>("study_uid"),
-                "state": r.get::<String, _>("state"),
-                "priority": r.get::<String, _>("priority"),
-                "clinical_question": r.get::<Option<String>, _>("clinical_question"),
-                "claimed_by": r.get::<Option<String>, _>("claimed_by"),
-                "claimed_by_name": r.get::<Option<String>, _>("claimed_by_name"),
-                "lease_until_ms": r.get::<Option<i64>, _>("lease_until_ms"),
-                "detail": r.get::<Option<String>, _>("detail"),
-                "enqueued_ms": enq,
-                "waiting_ms": (now - enq).max(0),
-                "clinic_name": clinic_name(&s, &clinic),
-                "clinic_id": clinic,
-                "modalities": r.get::<String, _>("modalities"),
-                "body_parts": r.get::<String, _>("body_parts"),
-                "description": r.get::<String, _>("description"),
-                "num_series": r.get::<i64, _>("num_series"),
-                "num_instances": r.get::<i64, _>("num_instances"),
-                "patient_name": r.get::<String, _>("patient_name"),
-                "patient_id": r.get::<String, _>("patient_id"),
-                "sex": r.get::<String, _>("sex"),
-                "birth_date": r.get::<String, _>("birth_date"),
-                "study_date": r.get::<String, _>("study_date"),
+                "study_uid": r.study_uid,
+                "state": r.state,
+                "priority": r.priority,
+                "clinical_question": r.clinical_question,
+                "claimed_by": r.claimed_by,
+                "claimed_by_name": r.claimed_by_name,
+                "lease_until_ms": r.lease_until_ms,
+                "detail": r.detail,
+                "enqueued_ms": r.enqueued_ms,
+                "waiting_ms": (now - r.enqueued_ms).max(0),
+                "clinic_name": clinic_name(&s, &r.clinic_id),
+                "clinic_id": r.clinic_id,
+                "modalities": r.modalities,
+                "body_parts": r.body_parts,
+                "description": r.description,
+                "num_series": r.num_series,
+                "num_instances": r.num_instances,
+                "patient_name": r.patient_name,
+                "patient_id": r.patient_id,
+                "sex": r.sex,
+                "birth_date": r.birth_date,
+                "study_date": r.study_date,
             })
         })
         .collect();
-    Ok(Json(json!({ "total": total, "offset": offset, "items": items })))
+    Ok(Json(json!({ "total": total, "offset": f.offset, "items": items })))
 }
 
 async fn entry_json(s: &Services, uid: &str) -> Result<Json<serde_json::Value>, ApiError> {
@@ -379,7 +351,7 @@ pub async fn set_priority(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&c, &[Role::Clinic, Role::Admin])?;
     let p = body(b)?;
-    let rank = priority_rank(&p.priority).ok_or_else(|| {
+    let priority = Priority::parse(&p.priority).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "priority must be stat, urgent or routine, not {:?}",
             p.priority
@@ -390,77 +362,18 @@ pub async fn set_priority(
         None => None,
     };
     study_for(&s, &c, &uid).await?;
-    let now = now_ms();
-    let pool = s.index.pool();
-    let cur = sqlx::query("SELECT state, priority_rank FROM worklist WHERE study_uid = ?")
-        .bind(&uid)
-        .fetch_optional(pool)
-        .await
-        .map_err(internal)?
-        .ok_or(ApiError::NotFound("worklist entry"))?;
-    let (state, cur_rank): (String, i64) = (cur.get(0), cur.get(1));
-    if !matches!(state.as_str(), "new" | "claimed" | "returned") {
-        return Err(
-            ApiError::Conflict(format!("a study that is {state} has no reading priority")).code(Code::WRONG_STATE),
-        );
-    }
-    if c.is(Role::Clinic) && rank > cur_rank {
-        return Err(
-            ApiError::Forbidden("clinics can raise the priority, not lower it".into()).code(Code::PRIORITY_LOWER),
-        );
-    }
-    // Conditional on the state read above, so a concurrent report is not overwritten.
-    let r = sqlx::query(
-        "UPDATE worklist SET priority = ?, priority_rank = ?, clinical_question = COALESCE(?, clinical_question), updated_ms = ?
-         WHERE study_uid = ? AND state = ?",
-    )
-    .bind(&p.priority)
-    .bind(rank)
-    .bind(&question)
-    .bind(now)
-    .bind(&uid)
-    .bind(&state)
-    .execute(pool)
-    .await
-    .map_err(internal)?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::Conflict("the study changed meanwhile; try again".into()).code(Code::CHANGED_MEANWHILE));
-    }
-    sqlx::query(
-        "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&uid)
-    .bind(&state)
-    .bind(&state)
-    .bind(&c.user.username)
-    .bind(now)
-    .bind(format!("priority {}", p.priority))
-    .execute(pool)
-    .await
-    .map_err(internal)?;
-    audit::record(pool, &c, "priority", Some(&uid), Some(&p.priority)).await;
+    // The change and its history row commit together; the rules decide
+    // who may, in which states (`reading::worklist`).
+    s.index
+        .worklist_set_priority(&uid, priority, question.as_deref(), c.actor(), now_ms())
+        .await?;
+    audit::record(s.index.pool(), &c, "priority", Some(&uid), Some(&p.priority)).await;
     entry_json(&s, &uid).await
 }
 
 pub async fn history(State(s): S, c: Caller, Uid(uid): Uid) -> Result<Json<serde_json::Value>, ApiError> {
     study_for(&s, &c, &uid).await?;
-    let rows = sqlx::query(
-        "SELECT t.from_state, t.to_state, t.actor, COALESCE(u.display_name, t.actor) AS actor_name, t.at_ms, t.detail
-         FROM worklist_transitions t LEFT JOIN users u ON u.username = t.actor WHERE t.study_uid = ? ORDER BY t.at_ms, t.id",
-    )
-    .bind(&uid)
-    .fetch_all(s.index.pool())
-    .await
-    .map_err(internal)?;
-    let t: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "from": r.get::<String, _>(0), "to": r.get::<String, _>(1), "actor": r.get::<String, _>(2),
-                "actor_name": r.get::<String, _>(3), "at_ms": r.get::<i64, _>(4), "detail": r.get::<Option<String>, _>(5),
-            })
-        })
-        .collect();
+    let t = wl::history(s.index.pool(), &uid).await.map_err(internal)?;
     Ok(Json(json!({ "transitions": t })))
 }
 

@@ -41,6 +41,7 @@ use super::worklist::{Action as WorkAction, Actor};
 use crate::archive::index::{Index, IndexError};
 use crate::config::Config;
 use crate::dicom::scu::{self, FileResult, Target};
+use crate::store::worklist::{self as wl, WorklistApplyError};
 
 /// Longest `last_error` kept, in characters.
 pub const MAX_ERROR_CHARS: usize = 500;
@@ -208,8 +209,9 @@ pub async fn set_path(pool: &SqlitePool, id: i64, path: &str) -> Result<(), Deli
     Ok(())
 }
 
-/// The PACS accepted the SR: the delivery is `sent` and the report records
-/// the SR's SOP Instance UID.
+/// The PACS (or the edge) accepted the SR: the delivery is `sent`, the
+/// report records the SR's SOP Instance UID, and the study moves to
+/// `delivered`, all in one transaction.
 pub async fn mark_sent(pool: &SqlitePool, id: i64, now_ms: i64) -> Result<(), DeliveryError> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
@@ -221,12 +223,22 @@ pub async fn mark_sent(pool: &SqlitePool, id: i64, now_ms: i64) -> Result<(), De
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = row {
+        let study_uid: String = row.get(0);
         sqlx::query("UPDATE reports SET sr_sop_uid = ? WHERE study_uid = ? AND version = ?")
             .bind(row.get::<String, _>(2))
-            .bind(row.get::<String, _>(0))
+            .bind(&study_uid)
             .bind(row.get::<i64, _>(1))
             .execute(&mut *tx)
             .await?;
+        // The clinic has the report: the study is delivered, in the same
+        // transaction. The rules refuse when it is not reported (an
+        // amendment was signed after this version was delivered...): then
+        // the study stays as it is and nothing was written.
+        match wl::apply(&mut tx, &study_uid, &WorkAction::Deliver, Actor::System, now_ms, None).await {
+            Ok(_) => {}
+            Err(WorklistApplyError::Index(e)) => return Err(e.into()),
+            Err(e) => debug!(study_uid = %study_uid, error = %e, "worklist not moved to delivered"),
+        }
     }
     tx.commit().await?;
     Ok(())
@@ -676,15 +688,6 @@ impl Worker {
                             sent += 1;
                             info!(delivery = d.id, study_uid = %d.study_uid, version = d.version,
                                   target = %target, attempts = d.attempts + 1, "report SR delivered");
-                            // The clinic has the report. An amendment of an
-                            // already delivered study is refused by the rules.
-                            if let Err(e) = self
-                                .index
-                                .worklist_apply(&d.study_uid, &WorkAction::Deliver, Actor::System, now)
-                                .await
-                            {
-                                debug!(study_uid = %d.study_uid, error = %e, "worklist not moved to delivered");
-                            }
                         }
                         Err(e) => warn!(delivery = d.id, error = %e, "SR sent but not recorded; it will be sent again"),
                     }

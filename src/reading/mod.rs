@@ -3,8 +3,10 @@
 //! clinic as DICOM SR, consultation requests, and the audit trail.
 //!
 //! `worklist`, `access` and `requests` hold pure rules; the other modules
-//! apply them to the index database. `archive::index` applies worklist
-//! transitions atomically (`worklist_apply`, `expire_worklist_leases`).
+//! apply them to the index database. `store::worklist` is the only code
+//! that touches the worklist tables: every transition goes through the rules
+//! inside the caller's transaction (`Index::worklist_apply` wraps one in its
+//! own).
 //! `sr` builds Basic Text SR documents (pure); `delivery` is the durable
 //! queue and worker that C-STOREs them to clinic PACS until acknowledged.
 

@@ -10,8 +10,8 @@
 
 use sqlx::{Row, SqlitePool};
 
-use crate::archive::index::{WorklistApplyError, worklist_apply_in};
-use crate::reading::worklist::{Action, Actor};
+use crate::reading::worklist::{Action, Actor, State};
+use crate::store::worklist::{self as wl, WorklistApplyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -88,37 +88,10 @@ pub async fn latest(pool: &SqlitePool, study_uid: &str, with_drafts: bool) -> Re
     Ok(versions(pool, study_uid, with_drafts).await?.into_iter().next())
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WorklistEntry {
-    pub state: String,
-    pub priority: String,
-    pub clinical_question: Option<String>,
-    pub claimed_by: Option<String>,
-    pub claimed_by_name: Option<String>,
-    pub lease_until_ms: Option<i64>,
-    pub enqueued_ms: i64,
-    pub updated_ms: i64,
-    pub detail: Option<String>,
-}
+pub use crate::store::worklist::WorklistEntry;
 
 pub async fn worklist_entry(pool: &SqlitePool, study_uid: &str) -> Result<Option<WorklistEntry>, ReportError> {
-    let row = sqlx::query(
-        "SELECT w.*, u.display_name FROM worklist w LEFT JOIN users u ON u.username = w.claimed_by WHERE w.study_uid = ?",
-    )
-    .bind(study_uid)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| WorklistEntry {
-        state: r.get("state"),
-        priority: r.get("priority"),
-        clinical_question: r.get("clinical_question"),
-        claimed_by: r.get("claimed_by"),
-        claimed_by_name: r.get("display_name"),
-        lease_until_ms: r.get("lease_until_ms"),
-        enqueued_ms: r.get("enqueued_ms"),
-        updated_ms: r.get("updated_ms"),
-        detail: r.get("detail"),
-    }))
+    Ok(wl::entry(pool, study_uid).await?)
 }
 
 fn check_text(findings: &str, impression: &str, for_sign: bool) -> Result<(), ReportError> {
@@ -135,8 +108,9 @@ fn check_text(findings: &str, impression: &str, for_sign: bool) -> Result<(), Re
 enum Mode {
     /// First report while holding the claim.
     Initial,
-    /// Amending a signed report (the study is reported or delivered).
-    Amend,
+    /// Amending a signed report (the study is reported or delivered) by
+    /// its author, `signed_by`.
+    Amend { signed_by: String },
 }
 
 async fn mode(
@@ -145,28 +119,20 @@ async fn mode(
     author: &str,
     now_ms: i64,
 ) -> Result<Mode, ReportError> {
-    let w = sqlx::query("SELECT state, claimed_by, lease_until_ms FROM worklist WHERE study_uid = ?")
-        .bind(study_uid)
-        .fetch_optional(&mut *conn)
+    let state = wl::state(&mut *conn, study_uid)
         .await?
         .ok_or(ReportError::NotOnWorklist)?;
-    let state: String = w.get(0);
-    match state.as_str() {
-        "claimed" => {
-            let by: Option<String> = w.get(1);
-            let until: Option<i64> = w.get(2);
-            match by {
-                Some(b) if b == author => {
-                    if until.unwrap_or(0) <= now_ms {
-                        return Err(ReportError::NotClaimed);
-                    }
-                    Ok(Mode::Initial)
-                }
-                Some(b) => Err(ReportError::ClaimedByOther(b)),
-                None => Err(ReportError::NotClaimed),
+    match state {
+        State::Claimed { by, lease_until_ms } => {
+            if by != author {
+                return Err(ReportError::ClaimedByOther(by));
             }
+            if lease_until_ms <= now_ms {
+                return Err(ReportError::NotClaimed);
+            }
+            Ok(Mode::Initial)
         }
-        "reported" | "delivered" => {
+        State::Reported { .. } | State::Delivered => {
             let last_author: Option<String> = sqlx::query(
                 "SELECT author FROM reports WHERE study_uid = ? AND status = 'signed' ORDER BY version DESC LIMIT 1",
             )
@@ -174,36 +140,13 @@ async fn mode(
             .fetch_optional(&mut *conn)
             .await?
             .map(|r| r.get(0));
-            if last_author.as_deref() == Some(author) {
-                Ok(Mode::Amend)
-            } else {
-                Err(ReportError::NotAuthor)
+            match last_author {
+                Some(a) if a == author => Ok(Mode::Amend { signed_by: a }),
+                _ => Err(ReportError::NotAuthor),
             }
         }
-        "new" => Err(ReportError::NotClaimed),
-        other => Err(ReportError::WrongState(other.to_string())),
-    }
-}
-
-async fn begin(pool: &SqlitePool) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, ReportError> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    Ok(conn)
-}
-
-async fn finish<T>(
-    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    r: Result<T, ReportError>,
-) -> Result<T, ReportError> {
-    match r {
-        Ok(v) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
-        }
+        State::New => Err(ReportError::NotClaimed),
+        other => Err(ReportError::WrongState(other.name().to_string())),
     }
 }
 
@@ -290,13 +233,11 @@ pub async fn save_draft(
     now_ms: i64,
 ) -> Result<Report, ReportError> {
     check_text(findings, impression, false)?;
-    let mut conn = begin(pool).await?;
-    let r = async {
-        mode(&mut conn, study_uid, author, now_ms).await?;
-        upsert_draft(&mut conn, study_uid, author, findings, impression, now_ms).await
-    }
-    .await;
-    let v = finish(conn, r).await?;
+    let v = crate::store::immediate(pool, async |conn| {
+        mode(conn, study_uid, author, now_ms).await?;
+        upsert_draft(conn, study_uid, author, findings, impression, now_ms).await
+    })
+    .await?;
     one(pool, study_uid, v).await
 }
 
@@ -328,11 +269,10 @@ pub async fn sign(
     now_ms: i64,
 ) -> Result<Signed, ReportError> {
     check_text(findings, impression, true)?;
-    let mut conn = begin(pool).await?;
-    let r = async {
-        let m = mode(&mut conn, study_uid, author, now_ms).await?;
-        let v = upsert_draft(&mut conn, study_uid, author, findings, impression, now_ms).await?;
-        let amended = matches!(m, Mode::Amend);
+    let signed: Result<_, ReportError> = crate::store::immediate(pool, async |conn| {
+        let m = mode(conn, study_uid, author, now_ms).await?;
+        let v = upsert_draft(conn, study_uid, author, findings, impression, now_ms).await?;
+        let amended = matches!(m, Mode::Amend { .. });
         if amended {
             sqlx::query("UPDATE reports SET status = 'amended' WHERE study_uid = ? AND status = 'signed'")
                 .bind(study_uid)
@@ -348,31 +288,11 @@ pub async fn sign(
             .execute(&mut *conn)
             .await?;
         let note = format!("report v{v} signed{}", if amended { " (amendment)" } else { "" });
-        match m {
-            Mode::Initial => {
-                worklist_apply_in(&mut conn, study_uid, &Action::Report, Actor::Expert(author), now_ms, Some(&note)).await?;
-            }
-            Mode::Amend => {
-                sqlx::query(
-                    "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail)
-                     SELECT ?, state, 'reported', ?, ?, ? FROM worklist WHERE study_uid = ?",
-                )
-                .bind(study_uid)
-                .bind(author)
-                .bind(now_ms)
-                .bind(&note)
-                .bind(study_uid)
-                .execute(&mut *conn)
-                .await?;
-                // Delivered again once the amendment arrives.
-                sqlx::query("UPDATE worklist SET state = 'reported', claimed_by = ?, updated_ms = ? WHERE study_uid = ?")
-                    .bind(author)
-                    .bind(now_ms)
-                    .bind(study_uid)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
+        let action = match m {
+            Mode::Initial => Action::Report,
+            Mode::Amend { signed_by } => Action::Amend { signed_by },
+        };
+        wl::apply(conn, study_uid, &action, Actor::Expert(author), now_ms, Some(&note)).await?;
         let text = if amended {
             format!("An amended report (version {v}) is available")
         } else {
@@ -402,25 +322,21 @@ pub async fn sign(
             true
         } else {
             // No PACS: the clinic's page is the delivery.
-            sqlx::query("UPDATE worklist SET state = 'delivered', updated_ms = ? WHERE study_uid = ?")
-                .bind(now_ms)
-                .bind(study_uid)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail)
-                 VALUES (?, 'reported', 'delivered', 'system', ?, 'shown on the clinic page')",
+            wl::apply(
+                conn,
+                study_uid,
+                &Action::Deliver,
+                Actor::System,
+                now_ms,
+                Some("shown on the clinic page"),
             )
-            .bind(study_uid)
-            .bind(now_ms)
-            .execute(&mut *conn)
             .await?;
             false
         };
         Ok((v, amended, queued))
-    }
+    })
     .await;
-    let (v, amended, delivery_queued) = finish(conn, r).await?;
+    let (v, amended, delivery_queued) = signed?;
     Ok(Signed {
         report: one(pool, study_uid, v).await?,
         amended,

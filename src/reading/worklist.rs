@@ -10,9 +10,17 @@
 //! transition yields a `Transition` record (who, when, from, to) for the
 //! audit trail; refused ones yield a `WorklistError` saying why.
 //!
-//! The database layer applies a transition with a conditional UPDATE on the
-//! state it read, so of two experts racing for one study exactly one wins;
-//! this module decides what is allowed, the database decides who was first.
+//! A signed report may later be amended by its author (the study goes back
+//! to `Reported` until the amendment is delivered); the clinic, an admin or
+//! the relay may change the reading priority while the study waits to be
+//! read; a study that completes again after being returned is reopened
+//! (`on_completion`).
+//!
+//! `store::worklist` is the only code that reads and writes the worklist
+//! tables: it reads the row inside the caller's transaction, asks these rules,
+//! and writes the new state with one transition row, so of two experts racing
+//! for one study exactly one wins; this module decides what is allowed, the
+//! database decides who was first.
 
 use std::time::Duration;
 
@@ -80,6 +88,67 @@ pub enum Action {
     Cancel,
     /// Periodic sweep: an expired lease frees the study.
     Expire,
+    /// The signed report was amended (a new signed version): the study is
+    /// `Reported` again until the amendment reaches the clinic. Only the
+    /// author of the last signed report (`signed_by`, from the reports
+    /// table) may amend it.
+    Amend {
+        signed_by: String,
+    },
+    /// The reading priority changes from `current` (the stored one) to
+    /// `wanted`; the clinical question travels with it. Only while the
+    /// study waits to be read or is being read.
+    SetPriority {
+        current: Priority,
+        wanted: Priority,
+    },
+}
+
+/// Reading priority, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Stat,
+    Urgent,
+    Routine,
+}
+
+impl Priority {
+    /// Parses the stored / API name.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "stat" => Some(Priority::Stat),
+            "urgent" => Some(Priority::Urgent),
+            "routine" => Some(Priority::Routine),
+            _ => None,
+        }
+    }
+
+    /// The name stored in `worklist.priority` and used by the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Stat => "stat",
+            Priority::Urgent => "urgent",
+            Priority::Routine => "routine",
+        }
+    }
+
+    /// `worklist.priority_rank`: the queue sorts on it (0 first).
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::Stat => 0,
+            Priority::Urgent => 1,
+            Priority::Routine => 2,
+        }
+    }
+
+    /// The priority of a stored rank; unknown ranks read as routine.
+    pub fn from_rank(rank: i64) -> Priority {
+        match rank {
+            0 => Priority::Stat,
+            1 => Priority::Urgent,
+            _ => Priority::Routine,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +167,12 @@ pub enum WorklistError {
     Forbidden,
     #[error("lease must be between 1 minute and 4 hours")]
     BadLease,
+    #[error("only the author of the signed report can amend it")]
+    NotAuthor,
+    #[error("clinics can raise the priority, not lower it")]
+    PriorityLower,
+    #[error("a study that is {0} has no reading priority")]
+    NoPriority(&'static str),
 }
 
 /// A recorded transition.
@@ -130,6 +205,8 @@ fn verb(a: &Action) -> &'static str {
         Action::Reopen => "reopened",
         Action::Cancel => "cancelled",
         Action::Expire => "expired",
+        Action::Amend { .. } => "amended",
+        Action::SetPriority { .. } => "reprioritised",
     }
 }
 
@@ -212,6 +289,24 @@ pub fn apply(state: &State, action: &Action, actor: Actor<'_>, now_ms: i64) -> R
             Actor::ClinicDoctor(_) | Actor::Admin(_) => State::Cancelled,
             _ => return Err(WorklistError::Forbidden),
         },
+        (State::Reported { .. } | State::Delivered, Action::Amend { signed_by }) => match actor {
+            Actor::Expert(n) if n == signed_by => State::Reported { by: n.to_string() },
+            Actor::Expert(_) => return Err(WorklistError::NotAuthor),
+            _ => return Err(WorklistError::Forbidden),
+        },
+        (State::New | State::Claimed { .. } | State::Returned { .. }, Action::SetPriority { current, wanted }) => {
+            match actor {
+                // An admin sets any priority; the clinic (and the relay,
+                // carrying the clinic's choice from the edge) only raises it,
+                // so a re-sent study never undoes the hub's triage.
+                Actor::Admin(_) => {}
+                Actor::ClinicDoctor(_) | Actor::System if wanted <= current => {}
+                Actor::ClinicDoctor(_) | Actor::System => return Err(WorklistError::PriorityLower),
+                Actor::Expert(_) => return Err(WorklistError::Forbidden),
+            }
+            state.clone()
+        }
+        (_, Action::SetPriority { .. }) => return Err(WorklistError::NoPriority(from)),
         _ => return Err(invalid()),
     };
     Ok(Transition {
@@ -220,6 +315,32 @@ pub fn apply(state: &State, action: &Action, actor: Actor<'_>, now_ms: i64) -> R
         by: actor.name().to_string(),
         at_ms: now_ms,
     })
+}
+
+/// What a study completing (again) does to its worklist row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// First completion: the study enters the worklist as `New`.
+    Enqueue,
+    /// It had been returned for more images and they arrived: read again.
+    Reopen(Transition),
+    /// Already on the worklist in another state: only its completion count
+    /// and modality list change (late images of a study being read or
+    /// already reported do not send it back).
+    Keep,
+}
+
+/// Decides what a completion does; `existing` is the stored state, if the
+/// study has a worklist row. `now_ms` is passed in.
+pub fn on_completion(existing: Option<&State>, now_ms: i64) -> Completion {
+    match existing {
+        None => Completion::Enqueue,
+        Some(s @ State::Returned { .. }) => match apply(s, &Action::Reopen, Actor::System, now_ms) {
+            Ok(t) => Completion::Reopen(t),
+            Err(_) => Completion::Keep,
+        },
+        Some(_) => Completion::Keep,
+    }
 }
 
 #[cfg(test)]
@@ -384,5 +505,156 @@ mod tests {
             ),
             Err(WorklistError::Forbidden)
         );
+    }
+
+    fn amend(by: &str) -> Action {
+        Action::Amend { signed_by: by.into() }
+    }
+
+    #[test]
+    fn only_the_author_amends_a_reported_or_delivered_study() {
+        let reported = State::Reported { by: "li".into() };
+        for s in [&reported, &State::Delivered] {
+            let t = apply(s, &amend("li"), Actor::Expert("li"), T0).unwrap();
+            assert_eq!(t.to, State::Reported { by: "li".into() }, "{s:?}");
+            assert_eq!((t.from, t.by.as_str(), t.at_ms), (s.name(), "li", T0));
+            assert_eq!(
+                apply(s, &amend("li"), Actor::Expert("wang"), T0),
+                Err(WorklistError::NotAuthor)
+            );
+            for who in [Actor::Admin("root"), Actor::ClinicDoctor("zhao"), Actor::System] {
+                assert_eq!(
+                    apply(s, &amend("li"), who, T0),
+                    Err(WorklistError::Forbidden),
+                    "{who:?}"
+                );
+            }
+        }
+        // Nothing signed yet, or no longer readable: not an amendment.
+        for s in [
+            State::New,
+            claimed("li", T0 + 60_000),
+            State::Returned { reason: "x".into() },
+            State::Cancelled,
+        ] {
+            assert_eq!(
+                apply(&s, &amend("li"), Actor::Expert("li"), T0),
+                Err(WorklistError::Invalid(s.name(), "amended")),
+                "{s:?}"
+            );
+        }
+        // The amendment is delivered again like the first report.
+        let t = apply(&reported, &amend("li"), Actor::Expert("li"), T0).unwrap();
+        assert_eq!(
+            apply(&t.to, &Action::Deliver, Actor::System, T0).unwrap().to,
+            State::Delivered
+        );
+    }
+
+    fn prio(current: Priority, wanted: Priority) -> Action {
+        Action::SetPriority { current, wanted }
+    }
+
+    #[test]
+    fn clinics_and_the_relay_raise_priority_admins_set_it_experts_do_not() {
+        use Priority::*;
+        let waiting = [
+            State::New,
+            claimed("li", T0 + 60_000),
+            State::Returned { reason: "x".into() },
+        ];
+        for s in &waiting {
+            for who in [Actor::ClinicDoctor("zhao"), Actor::System, Actor::Admin("root")] {
+                let t = apply(s, &prio(Routine, Stat), who, T0).unwrap();
+                // The state itself does not change; the transition records who and when.
+                assert_eq!((&t.to, t.from, t.by.as_str(), t.at_ms), (s, s.name(), who.name(), T0));
+                assert!(apply(s, &prio(Urgent, Urgent), who, T0).is_ok(), "{who:?} same");
+            }
+            for who in [Actor::ClinicDoctor("zhao"), Actor::System] {
+                assert_eq!(
+                    apply(s, &prio(Stat, Routine), who, T0),
+                    Err(WorklistError::PriorityLower),
+                    "{who:?}"
+                );
+            }
+            assert_eq!(apply(s, &prio(Stat, Routine), Actor::Admin("root"), T0).unwrap().to, *s);
+            assert_eq!(
+                apply(s, &prio(Routine, Stat), Actor::Expert("li"), T0),
+                Err(WorklistError::Forbidden)
+            );
+        }
+        // Read, delivered or cancelled: no reading priority any more, for anyone.
+        for s in [State::Reported { by: "li".into() }, State::Delivered, State::Cancelled] {
+            for who in [Actor::ClinicDoctor("zhao"), Actor::System, Actor::Admin("root")] {
+                assert_eq!(
+                    apply(&s, &prio(Routine, Stat), who, T0),
+                    Err(WorklistError::NoPriority(s.name())),
+                    "{s:?} {who:?}"
+                );
+            }
+        }
+        assert_eq!(
+            WorklistError::NoPriority("cancelled").to_string(),
+            "a study that is cancelled has no reading priority"
+        );
+    }
+
+    #[test]
+    fn priorities_round_trip_their_names_and_ranks() {
+        for p in [Priority::Stat, Priority::Urgent, Priority::Routine] {
+            assert_eq!(Priority::parse(p.name()), Some(p));
+            assert_eq!(Priority::from_rank(p.rank()), p);
+        }
+        assert_eq!(Priority::parse("STAT"), None);
+        assert!(Priority::Stat < Priority::Routine);
+    }
+
+    #[test]
+    fn only_the_system_delivers_and_only_a_reported_study() {
+        let reported = State::Reported { by: "li".into() };
+        let t = apply(&reported, &Action::Deliver, Actor::System, T0).unwrap();
+        assert_eq!((t.from, t.to, t.by.as_str()), ("reported", State::Delivered, "system"));
+        assert_eq!(
+            apply(&reported, &Action::Deliver, Actor::ClinicDoctor("zhao"), T0),
+            Err(WorklistError::Forbidden)
+        );
+        for s in [
+            State::New,
+            claimed("li", T0 + 60_000),
+            State::Delivered,
+            State::Cancelled,
+        ] {
+            assert_eq!(
+                apply(&s, &Action::Deliver, Actor::System, T0),
+                Err(WorklistError::Invalid(s.name(), "delivered")),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_completion_enqueues_reopens_a_returned_study_or_keeps_the_row() {
+        assert_eq!(on_completion(None, T0), Completion::Enqueue);
+        let returned = State::Returned {
+            reason: "need lateral view".into(),
+        };
+        assert_eq!(
+            on_completion(Some(&returned), T0),
+            Completion::Reopen(Transition {
+                from: "returned",
+                to: State::New,
+                by: "system".into(),
+                at_ms: T0,
+            })
+        );
+        for s in [
+            State::New,
+            claimed("li", T0 + 60_000),
+            State::Reported { by: "li".into() },
+            State::Delivered,
+            State::Cancelled,
+        ] {
+            assert_eq!(on_completion(Some(&s), T0), Completion::Keep, "{s:?}");
+        }
     }
 }

@@ -392,15 +392,6 @@ async fn handle(
                 crate::reading::delivery::mark_sent(pool, id, now)
                     .await
                     .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
-                let _ = hub
-                    .index
-                    .worklist_apply(
-                        &study_uid,
-                        &crate::reading::worklist::Action::Deliver,
-                        crate::reading::worklist::Actor::System,
-                        now,
-                    )
-                    .await;
                 info!(delivery = id, study_uid = %study_uid, "report handed to the edge");
             }
             Ok((Response::Acked, Vec::new()))

@@ -8,7 +8,9 @@ use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 
 use super::wire::{Manifest, ManifestInstance};
-use crate::archive::index::{Conn, IndexError, NewInstance, apply_store, enqueue_completed};
+use crate::archive::index::{Conn, IndexError, NewInstance, apply_store};
+use crate::reading::worklist::{Actor, Completion, Priority};
+use crate::store::worklist::{self, WorklistApplyError};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct EdgeRow {
@@ -366,19 +368,10 @@ pub async fn commit_study(
     clinical_question: Option<&str>,
     now_ms: i64,
 ) -> Result<(usize, usize), IndexError> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let r = commit_in(&mut conn, edge, study_uid, items, priority, clinical_question, now_ms).await;
-    match r {
-        Ok(v) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
-        }
-    }
+    crate::store::immediate(pool, async |c| {
+        commit_in(c, edge, study_uid, items, priority, clinical_question, now_ms).await
+    })
+    .await
 }
 
 async fn commit_in(
@@ -410,36 +403,38 @@ async fn commit_in(
             .await?;
         }
     }
-    let was_new = sqlx::query("SELECT 1 FROM worklist WHERE study_uid = ?")
-        .bind(study_uid)
-        .fetch_optional(&mut *c)
-        .await?
-        .is_none();
     sqlx::query("UPDATE studies SET status = 'complete', completed_ms = ? WHERE study_uid = ?")
         .bind(now_ms)
         .bind(study_uid)
         .execute(&mut *c)
         .await?;
-    enqueue_completed(c, study_uid, now_ms).await?;
-    // The clinic's priority travels with the study; an expert's later change
-    // at the hub is not overwritten by a re-sent study.
-    let rank = match priority {
-        "stat" => 0,
-        "urgent" => 1,
-        _ => 2,
+    // The clinic's priority travels with the study: a new study enters the
+    // worklist with it; a re-sent one may only raise it, while it still
+    // waits to be read (the rules), so an expert's or admin's later change at
+    // the hub is not undone and a read study is left alone.
+    let wanted = Priority::parse(priority).unwrap_or(Priority::Routine);
+    let initial = worklist::Initial {
+        priority: wanted,
+        clinical_question,
     };
-    if was_new || rank < 2 {
-        sqlx::query(
-            "UPDATE worklist SET priority = ?, priority_rank = ?, clinical_question = COALESCE(?, clinical_question)
-             WHERE study_uid = ? AND priority_rank >= ?",
-        )
-        .bind(["stat", "urgent", "routine"][rank as usize])
-        .bind(rank)
-        .bind(clinical_question)
-        .bind(study_uid)
-        .bind(rank)
-        .execute(&mut *c)
-        .await?;
+    if worklist::enqueue_completed(c, study_uid, now_ms, initial).await? != Completion::Enqueue {
+        let raise = match worklist::priority(c, study_uid).await? {
+            Some((current, question)) => {
+                wanted < current
+                    || (wanted == current && clinical_question.is_some_and(|q| question.as_deref() != Some(q)))
+            }
+            None => false,
+        };
+        if raise {
+            match worklist::set_priority(c, study_uid, wanted, clinical_question, Actor::System, now_ms).await {
+                Err(WorklistApplyError::Index(e)) => return Err(e),
+                // Refused by the rules (or a row the rules cannot read): the
+                // hub's priority stays.
+                Ok(_)
+                | Err(WorklistApplyError::Rule(_) | WorklistApplyError::NoSuchStudy | WorklistApplyError::Corrupt(_)) =>
+                    {}
+            }
+        }
     }
     sqlx::query("UPDATE relay_inbound SET state = 'committed', committed_ms = ? WHERE edge = ? AND study_uid = ?")
         .bind(now_ms)
@@ -719,13 +714,9 @@ pub async fn outgoing(
             preview_ok: r.get::<String, _>(27) == "ok",
         })
         .collect();
-    let w = sqlx::query("SELECT priority, clinical_question FROM worklist WHERE study_uid = ?")
-        .bind(study_uid)
-        .fetch_optional(pool)
-        .await?;
-    let (priority, question) = match w {
-        Some(r) => (r.get(0), r.get(1)),
-        None => ("routine".to_string(), None),
+    let (priority, question) = match worklist::priority(&mut *pool.acquire().await?, study_uid).await? {
+        Some((p, q)) => (p.name().to_string(), q),
+        None => (Priority::Routine.name().to_string(), None),
     };
     Ok((out, priority, question))
 }
@@ -837,6 +828,79 @@ mod tests {
         .expect("study");
     }
 
+    async fn prio(pool: &SqlitePool, uid: &str) -> Option<(Priority, Option<String>)> {
+        worklist::priority(&mut pool.acquire().await.expect("conn"), uid)
+            .await
+            .expect("priority")
+    }
+
+    async fn history(pool: &SqlitePool, uid: &str) -> Vec<(String, String, String, String)> {
+        worklist::history(pool, uid)
+            .await
+            .expect("history")
+            .into_iter()
+            .map(|h| (h.from, h.to, h.actor, h.detail.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn admin_sets(pool: &SqlitePool, uid: &str, p: Priority, t: i64) -> Result<(), WorklistApplyError> {
+        crate::store::immediate(pool, async |c| {
+            worklist::set_priority(c, uid, p, None, Actor::Admin("root"), t).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The clinic's priority from the edge: a new study enters with it; a
+    /// re-sent one only raises it, only while it waits to be read, and
+    /// every raise is in its history.
+    #[tokio::test]
+    async fn a_relayed_priority_enters_with_the_study_and_later_only_raises_a_waiting_one() {
+        let (_d, idx) = index().await;
+        let pool = idx.pool();
+        let uid = "2.x";
+        study(pool, uid, "receiving", None).await;
+        let pe = Some("suspected PE".to_string());
+        commit_study(pool, "e1", uid, &[], "urgent", pe.as_deref(), 10)
+            .await
+            .expect("commit");
+        assert_eq!(prio(pool, uid).await, Some((Priority::Urgent, pe.clone())));
+        assert!(history(pool, uid).await.is_empty(), "entering is not a change");
+        // Re-sent with a lower priority: the hub's stays.
+        commit_study(pool, "e1", uid, &[], "routine", None, 20)
+            .await
+            .expect("again");
+        assert_eq!(prio(pool, uid).await, Some((Priority::Urgent, pe.clone())));
+        // The hub's admin lowers it; a re-sent study raises it again, recorded.
+        admin_sets(pool, uid, Priority::Routine, 30).await.expect("lower");
+        commit_study(pool, "e1", uid, &[], "stat", None, 40)
+            .await
+            .expect("raise");
+        assert_eq!(prio(pool, uid).await, Some((Priority::Stat, pe.clone())));
+        let h = history(pool, uid).await;
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(
+            h[1],
+            ("new".into(), "new".into(), "system".into(), "priority stat".into())
+        );
+        // Re-sent unchanged: nothing to record.
+        commit_study(pool, "e1", uid, &[], "stat", None, 45)
+            .await
+            .expect("same");
+        assert_eq!(history(pool, uid).await.len(), 2);
+        // Cancelled at the hub: no priority any more, a re-sent study leaves it alone.
+        admin_sets(pool, uid, Priority::Routine, 50).await.expect("lower");
+        idx.worklist_apply(uid, &crate::reading::worklist::Action::Cancel, Actor::Admin("root"), 55)
+            .await
+            .expect("cancel");
+        assert!(admin_sets(pool, uid, Priority::Stat, 56).await.is_err());
+        commit_study(pool, "e1", uid, &[], "stat", Some("again"), 60)
+            .await
+            .expect("resent");
+        assert_eq!(prio(pool, uid).await, Some((Priority::Routine, pe.clone())));
+        assert_eq!(history(pool, uid).await.len(), 4);
+    }
+
     #[tokio::test]
     async fn outbox_follows_completion_priority_and_resends_reopened_studies() {
         let (_d, idx) = index().await;
@@ -855,10 +919,11 @@ mod tests {
         let uids = |v: Vec<OutboxItem>| v.into_iter().map(|i| i.study_uid).collect::<Vec<_>>();
         assert_eq!(uids(next_outbox(pool, &[], 10).await.expect("next")).len(), 3);
         // STAT overtakes.
-        sqlx::query("UPDATE worklist SET priority_rank = 0 WHERE study_uid = '1.b'")
-            .execute(pool)
-            .await
-            .expect("stat");
+        crate::store::immediate(pool, async |c| {
+            worklist::set_priority(c, "1.b", Priority::Stat, None, Actor::Admin("root"), 0).await
+        })
+        .await
+        .expect("stat");
         let first = next_outbox(pool, &[], 1).await.expect("next").remove(0);
         assert_eq!(first.study_uid, "1.b");
         mark_sent(pool, &first, 10, 1).await.expect("sent");
