@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod i18n;
+pub mod pg;
+pub mod s3;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};

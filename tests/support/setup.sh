@@ -15,6 +15,14 @@
 #   - $REPO/.cache/dicom-samples   public sample corpus (see shared/dicom-samples/INDEX.md):
 #         pydicom/data/test_files/*.dcm   and   data_store/data/*.dcm
 #   - $REPO/.cache/ct300           300-slice synthetic CT series (fixtures/gen_ct.py)
+#   - postgresql (Debian apt, only if no server binaries under /usr/lib/postgresql):
+#         initdb/pg_ctl/postgres for tests/support/pg.rs's throwaway clusters
+#   - orthanc-postgresql (Debian apt, only if missing): Orthanc + its PostgreSQL
+#         plugins, the anchor of the storage benchmark (issue 18)
+#   - $REPO/.cache/s3s-fs/bin/s3s-fs   S3 server over a directory (cargo install
+#         s3s-fs 0.14.1; 0.17 needs a newer rustc) for tests/support/s3.rs
+#   (Garage, the S3 store of the benchmarks, is built on first use by
+#    benches/support/garage.sh into .cache/garage, not here: ~29 min.)
 #   - .gitignore entries for generated/secret files
 #
 # Environment knobs: PYTHON (interpreter used to create the venv, default python3).
@@ -149,9 +157,44 @@ if [ "$(count_ct)" -ne "$CT_N" ]; then
     [ "$(count_ct)" -eq "$CT_N" ] || die "CT fixture generation produced $(count_ct) files, want $CT_N"
 fi
 
+# ---------------------------------------------------------------- storage peers
+# Times measured on the 2-core dev machine (Dec 2026), each step when it has
+# work to do; a second run finds everything and takes well under a second:
+#   postgresql           preinstalled on this machine image (Debian 12: 15+248),
+#                        so its apt install was not timed here
+#   orthanc-postgresql   apt-get install (7 packages incl. orthanc): 7.5 s
+#   s3s-fs 0.14.1        cargo install --locked, under nice and a busy machine: S3S_TIME
+pg_server_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+if [ -z "$(pg_server_bin)" ] || [ ! -x "$(pg_server_bin)/initdb" ]; then
+    [ "$(id -u)" = 0 ] || die "need root to apt-get install postgresql"
+    log "installing postgresql (apt)"
+    apt_update_once
+    apt-get install -y -qq --no-install-recommends postgresql </dev/null >/dev/null
+fi
+PG_BIN="$(pg_server_bin)"
+[ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] && [ -x "$PG_BIN/postgres" ] \
+    || die "initdb/pg_ctl/postgres missing under /usr/lib/postgresql/*/bin after apt-get install postgresql"
+if ! dpkg -s orthanc-postgresql >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        log "installing orthanc-postgresql (apt; the storage benchmark's anchor)"
+        apt_update_once
+        apt-get install -y -qq --no-install-recommends orthanc-postgresql </dev/null >/dev/null \
+            || log "orthanc-postgresql not installed; only the storage benchmark's anchor needs it"
+    fi
+fi
+S3S_VERSION=0.14.1
+S3S="$CACHE/s3s-fs/bin/s3s-fs"
+if [ "$("$S3S" --version 2>/dev/null)" != "s3s-fs $S3S_VERSION" ]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo missing: needed to build s3s-fs"
+    log "building s3s-fs $S3S_VERSION into $CACHE/s3s-fs (cargo install, ~4-6 min, once)"
+    nice -n 19 cargo install -q s3s-fs --version "$S3S_VERSION" --locked --features binary \
+        --root "$CACHE/s3s-fs" </dev/null
+    [ "$("$S3S" --version 2>/dev/null)" = "s3s-fs $S3S_VERSION" ] || die "s3s-fs $S3S_VERSION not runnable after cargo install"
+fi
+
 # ---------------------------------------------------------------- summary
 n_samples=$(find "$SAMPLES/pydicom/data/test_files" "$SAMPLES/data_store/data" -name '*.dcm' -type f | wc -l)
 dcmtk_ver=$(storescu --version 2>/dev/null | grep -oE 'v[0-9]+\.[0-9]+\.[0-9]+' | head -1 || true)
 chromium_ver=$(chromium --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1 || true)
 chromedriver_ver=$("$CHROMEDRIVER" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1 || true)
-echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), chromium ${chromium_ver:-?}, chromedriver ${chromedriver_ver:-?} ($CHROMEDRIVER), venv .cache/venv ($PYVERS; $WEBRTC_VERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files)"
+echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), chromium ${chromium_ver:-?}, chromedriver ${chromedriver_ver:-?} ($CHROMEDRIVER), venv .cache/venv ($PYVERS; $WEBRTC_VERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files), postgresql $("$PG_BIN/postgres" --version | grep -oE '[0-9]+(\.[0-9]+)+' | head -1) ($PG_BIN), s3s-fs $S3S_VERSION (.cache/s3s-fs)"
