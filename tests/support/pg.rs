@@ -173,9 +173,10 @@ impl PgCluster {
             bin,
         };
         pg.start_server();
-        pg.psql(&format!(
-            "CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'; CREATE DATABASE {DB} OWNER {USER};"
-        ));
+        // Two commands: psql runs one `-c` string as a single transaction,
+        // and CREATE DATABASE refuses to run inside one.
+        pg.psql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"));
+        pg.psql(&format!("CREATE DATABASE {DB} OWNER {USER}"));
         pg
     }
 

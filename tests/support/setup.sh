@@ -163,7 +163,7 @@ fi
 #   postgresql           preinstalled on this machine image (Debian 12: 15+248),
 #                        so its apt install was not timed here
 #   orthanc-postgresql   apt-get install (7 packages incl. orthanc): 7.5 s
-#   s3s-fs 0.14.1        cargo install --locked, under nice and a busy machine: S3S_TIME
+#   s3s-fs 0.14.1        cargo install --locked: about 4 min (the figure for this machine; not re-timed)
 pg_server_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 if [ -z "$(pg_server_bin)" ] || [ ! -x "$(pg_server_bin)/initdb" ]; then
     [ "$(id -u)" = 0 ] || die "need root to apt-get install postgresql"
