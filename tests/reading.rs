@@ -621,6 +621,51 @@ fn a_priority_change_commits_with_its_history_row_and_only_while_waiting() {
     assert_eq!(history().len(), 2);
 }
 
+/// The priority route as every role: the clinic doctor of the study's
+/// clinic raises it, another clinic's doctor does not see the study, an
+/// expert may not touch it, an admin sets it either way; each change is one
+/// history row naming who made it.
+#[test]
+fn the_priority_route_answers_each_role_by_its_rules() {
+    let w = world(None);
+    let s = &w.s;
+    let uid = &w.study1;
+    s.add_user("adm1", "admin", PW, &[]);
+    let adm = s.login("adm1", PW).expect("admin login");
+    let set = |who: &Auth, p: &str| {
+        s.req(
+            Some(who),
+            "POST",
+            &format!("/api/worklist/{uid}/priority"),
+            Some(json!({ "priority": p })),
+        )
+    };
+    let (code, body) = set(&w.exp1, "stat");
+    assert_eq!(code, 403, "an expert set the priority: {body}");
+    let (code, body) = set(&w.doc2, "stat");
+    assert_eq!(code, 404, "another clinic's doctor reached the study: {body}");
+    assert_eq!(
+        ok(set(&w.doc1, "urgent"), "clinic raises")["worklist"]["priority"],
+        "urgent"
+    );
+    assert_eq!(ok(set(&adm, "stat"), "admin raises")["worklist"]["priority"], "stat");
+    assert_eq!(
+        ok(set(&adm, "routine"), "admin lowers")["worklist"]["priority"],
+        "routine"
+    );
+    let h = ok(
+        s.req(Some(&w.exp1), "GET", &format!("/api/worklist/{uid}/history"), None),
+        "history",
+    );
+    let actors: Vec<&str> = h["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["actor"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(actors, ["doc1", "adm1", "adm1"], "{h}");
+}
+
 #[test]
 fn kill9_while_signing_leaves_the_old_or_the_new_version() {
     // The PACS port is closed: deliveries stay queued, as after any crash.
