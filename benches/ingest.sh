@@ -3,8 +3,15 @@
 # same machine, same 300 x 512^2 CT series (~158 MB), TCP_NODELAY=1 on DCMTK:
 #
 #   anchor : DCMTK storescu -> DCMTK storescp            (no fsync)
-#   A      : DCMTK storescu -> medrelay                   (fsync file+dir+WAL before ack)
+#   null   : DCMTK storescu -> DCMTK storescp --ignore   (receives, stores
+#            nothing: what the sender alone can do, the ceiling of any
+#            single-association receiver)
+#   A      : DCMTK storescu -> medrelay                   (data and index
+#            durable before each ack: two syncs, see archive::staging)
 #   B      : medrelay store --parallel 4 -> medrelay
+#   floor  : the durability floor of this disk (benches/fsync_floor.py):
+#            write + fdatasync + rename + directory fsync of each instance,
+#            and the data-only part (write + fdatasync)
 #
 # Prints instances/s for each (median of RUNS runs, fresh destination each
 # run), the ratios A/anchor and B/anchor, the C-STORE-RSP latency distribution
@@ -48,8 +55,18 @@ rate() { # seconds -> instances/s
 }
 
 cat "$CT"/* >/dev/null   # warm the page cache: every contender reads the same cached files
-declare -a ANCHOR A B
+declare -a ANCHOR NULL A B FLOORS
 for run in $(seq 1 "$RUNS"); do
+    # null receiver: storescu -> storescp --ignore
+    d="$WORK/null$run"; mkdir -p "$d/out"
+    port=$(free_port)
+    storescp --ignore -aet DCMTK_SCP -od "$d/out" "$port" >"$d/log" 2>&1 & scp=$!
+    wait_port "$port"
+    t0=$(now); storescu -aec DCMTK_SCP 127.0.0.1 "$port" +sd "$CT" >/dev/null; t1=$(now)
+    kill "$scp"; wait "$scp" 2>/dev/null || true
+    NULL+=("$(rate "$(echo "$t1 - $t0" | bc -l)")")
+    rm -rf "$d"
+
     # anchor: storescu -> storescp
     d="$WORK/scp$run"; mkdir -p "$d/out"
     port=$(free_port)
@@ -77,6 +94,10 @@ for run in $(seq 1 "$RUNS"); do
     kill "$MR_PID"; wait "$MR_PID" 2>/dev/null || true
     B+=("$(rate "$(echo "$t1 - $t0" | bc -l)")")
     rm -rf "$d"
+
+    # the floor, inside the same run so it sees the same disk weather
+    FLOORS+=("$(python3 benches/fsync_floor.py "$WORK/floor" 300 | awk '{print $2, $4}')")
+    rm -rf "$WORK/floor"
 done
 
 # latency distribution, one association, sender side (medrelay store --parallel 1)
@@ -94,20 +115,25 @@ t0=$(now); storescu -aec MEDRELAY 127.0.0.1 "$MR_PORT" "$d/big.dcm" >/dev/null; 
 HWM=$(awk '/VmHWM/ {print $2}' "/proc/$MR_PID/status")
 kill "$MR_PID"; wait "$MR_PID" 2>/dev/null || true
 
-# the durability floor of this disk (see benches/fsync_floor.py)
-FLOOR=$(python3 benches/fsync_floor.py "$WORK/floor" 300 | awk '{print $2}')
-rm -rf "$WORK/floor"
+FLOOR=$(printf '%s\n' "${FLOORS[@]}" | awk '{print $1}' | median)
+DATA_FLOOR=$(printf '%s\n' "${FLOORS[@]}" | awk '{print $2}' | median)
 
 an=$(printf '%s\n' "${ANCHOR[@]}" | median)
+nm=$(printf '%s\n' "${NULL[@]}" | median)
 am=$(printf '%s\n' "${A[@]}" | median)
 bm=$(printf '%s\n' "${B[@]}" | median)
-echo "runs: $RUNS (instances/s per run) anchor=[${ANCHOR[*]}] A=[${A[*]}] B=[${B[*]}]"
+echo "runs: $RUNS (instances/s per run) anchor=[${ANCHOR[*]}] null=[${NULL[*]}] A=[${A[*]}] B=[${B[*]}]"
+echo "floor per run (ms per instance: full data): ${FLOORS[*]}"
 printf 'anchor storescu->storescp          %8.1f instances/s\n' "$an"
 printf 'A      storescu->medrelay (fsync)  %8.1f instances/s   ratio A/anchor = %.2f  (goal >= 0.8)\n' "$am" "$(echo "$am / $an" | bc -l)"
 printf 'B      medrelay store -P4->medrelay %7.1f instances/s   ratio B/anchor = %.2f  (goal >= 2)\n' "$bm" "$(echo "$bm / $an" | bc -l)"
 echo "sender-side C-STORE latency, 1 association: $LAT1"
 echo "sender-side C-STORE latency, 4 associations (last run): $LAT_LINE"
-printf 'durability floor of this disk: %.3f ms per instance (write + fdatasync of one 525 KB file, nothing else)\n' "$FLOOR"
-printf 'best possible durable single-association rate = 1 / (anchor time per instance + floor) = %.1f instances/s = %.2f x anchor\n' \
-    "$(echo "1000 / (1000 / $an + $FLOOR)" | bc -l)" "$(echo "(1000 / (1000 / $an + $FLOOR)) / $an" | bc -l)"
+printf 'null   storescu->storescp --ignore %7.1f instances/s   (the sender alone)\n' "$nm"
+printf 'durability floor: %.3f ms per instance = %.1f instances/s (write+fdatasync+rename+dir fsync); data only %.3f ms\n' \
+    "$FLOOR" "$(echo "1000 / $FLOOR" | bc -l)" "$DATA_FLOOR"
+printf 'A / floor = %.2f (issue 18 goal >= 0.9)   A / null receiver = %.2f\n' \
+    "$(echo "$am / (1000 / $FLOOR)" | bc -l)" "$(echo "$am / $nm" | bc -l)"
+printf 'best possible with this sender: 1 / (null time + data floor) = %.1f instances/s = %.2f x floor\n' \
+    "$(echo "1000 / (1000 / $nm + $DATA_FLOOR)" | bc -l)" "$(echo "(1000 / (1000 / $nm + $DATA_FLOOR)) / (1000 / $FLOOR)" | bc -l)"
 printf '1 GiB instance: received in %.1f s, medrelay peak RSS %d MB (goal <= 64 MB)\n' "$(echo "$t1 - $t0" | bc -l)" "$((HWM / 1024))"

@@ -43,6 +43,40 @@ pub enum AppError {
     Other(String),
 }
 
+/// Settle the staging files of a previous run before anything is received:
+/// the ones an index row refers to were acknowledged and go into place, the
+/// rest were not and go away (see `archive::staging`). Then receptions use
+/// staging.
+async fn recover_staged(archive: &Archive, index: &Index) -> Result<(), AppError> {
+    let a = archive.clone();
+    let leftovers = tokio::task::spawn_blocking(move || a.staging_leftovers())
+        .await
+        .map_err(|e| AppError::Other(e.to_string()))?
+        .map_err(|e| AppError::Other(format!("reading the staging directory: {e}")))?;
+    let mut keep = std::collections::HashSet::new();
+    for l in &leftovers {
+        let versions = index.instance_versions(&l.sop_instance_uid).await?;
+        if versions.iter().any(|v| v.sha256 == l.sha256) {
+            keep.insert(l.path.clone());
+        }
+    }
+    let a = archive.clone();
+    let (placed, removed) = tokio::task::spawn_blocking(move || {
+        let counts = a.recover_staged(leftovers, |l| keep.contains(&l.path))?;
+        a.start_staging().map(|()| counts)
+    })
+    .await
+    .map_err(|e| AppError::Other(e.to_string()))?
+    .map_err(|e| AppError::Other(format!("recovering staged instances: {e}")))?;
+    if placed + removed > 0 {
+        info!(
+            placed,
+            removed, "settled staged instances of a previous run (placed: acknowledged; removed: never acknowledged)"
+        );
+    }
+    Ok(())
+}
+
 pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let cfg = Arc::new(cfg);
     crate::archive::files::make_private(&cfg.data_dir)
@@ -64,6 +98,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         Err(e) => warn!(error = %e, "could not clean the tmp directory"),
     }
     let (index, writer) = Index::open(&cfg.index_path()).await?;
+    recover_staged(&archive, &index).await?;
     let metrics = Arc::new(Metrics::default());
     first_admin(&index, &cfg).await?;
 

@@ -222,6 +222,7 @@ async fn signed_reports_reach_the_clinic_pacs_once_it_is_up() {
             sha256: "aa".into(),
             size: 1,
             created: true,
+            staged: None,
         },
     )
     .await

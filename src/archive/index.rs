@@ -684,7 +684,11 @@ impl Index {
             // FULL: a commit is on disk before the C-STORE-RSP goes out.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Checkpoints run from `checkpointer`, not inside whichever
+            // commit crosses the threshold: that commit is usually a
+            // C-STORE waiting to be acknowledged.
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(6)
             .acquire_timeout(Duration::from_secs(10))
@@ -695,6 +699,7 @@ impl Index {
         let (tx, rx) = mpsc::channel(1024);
         let writer_pool = pool.clone();
         let handle = tokio::spawn(writer_loop(writer_pool, rx));
+        tokio::spawn(checkpointer(pool.clone(), tx.downgrade()));
         Ok((Index { pool, writer: tx }, handle))
     }
 
@@ -777,6 +782,38 @@ impl Index {
     }
 }
 
+/// WAL pages beyond which the checkpointer copies the log back into the
+/// database (SQLite's own default threshold).
+const CHECKPOINT_PAGES: i64 = 1000;
+/// How often the checkpointer looks at the log.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps the WAL short off the commit path (automatic checkpoints are off,
+/// see `Index::open`): a passive checkpoint never blocks the writer or
+/// readers, it copies what it can. Ends with the index.
+async fn checkpointer(pool: SqlitePool, writer: mpsc::WeakSender<WriteRequest>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if writer.upgrade().is_none() || pool.is_closed() {
+            return;
+        }
+        // (busy, log pages, checkpointed pages); a restart of the log
+        // happens by itself once a checkpoint has caught up.
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await {
+            Ok(row) => {
+                let log: i64 = row.try_get(1).unwrap_or(0);
+                let done: i64 = row.try_get(2).unwrap_or(0);
+                if log > CHECKPOINT_PAGES && done < log {
+                    tracing::debug!(log, done, "WAL checkpoint behind readers");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed; retrying"),
+        }
+    }
+}
+
 async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -803,8 +840,36 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
         Ok(c) => c,
         Err(e) => return fail_all(batch.drain(..), &e.to_string()),
     };
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+    // Preview statuses can always be re-derived (a lost one is rendered
+    // again), so a batch of nothing else commits without syncing the WAL;
+    // the next synchronous commit makes it durable. One WAL sync per
+    // rendered instance would otherwise compete with the C-STORE
+    // acknowledgements for the disk.
+    let lazy = batch.iter().all(|r| matches!(r, WriteRequest::Preview(..)));
+    if lazy && let Err(e) = sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await {
         return fail_all(batch.drain(..), &e.to_string());
+    }
+    let shared_err = run_batch_on(&mut conn, batch, alone, &mut done).await;
+    if lazy && let Err(e) = sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await {
+        // A connection left lazy must never commit a C-STORE: drop it.
+        tracing::warn!(error = %e, "could not restore synchronous commits; closing the connection");
+        conn.close_on_drop();
+    }
+    reply_all(done, shared_err.as_deref())
+}
+
+/// The body of [`run_batch`] on an acquired connection; replies that must
+/// wait for the commit are left in `done` (sent by the caller), failures
+/// that end the batch early are sent here.
+async fn run_batch_on(
+    conn: &mut Conn,
+    batch: &mut Vec<WriteRequest>,
+    alone: bool,
+    done: &mut Vec<Done>,
+) -> Option<String> {
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        done.extend(batch.drain(..).map(|r| fail_one(r, &e.to_string())));
+        return None;
     }
     let mut any_ok = false;
     for req in batch.drain(..) {
@@ -814,7 +879,7 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
         }
         let (ok, d) = match req {
             WriteRequest::Sweep(now, reply) => {
-                let r = apply_sweep(&mut conn, now).await;
+                let r = apply_sweep(conn, now).await;
                 (r.is_ok(), Done::Sweep(reply, r))
             }
             WriteRequest::Preview(p, reply) => {
@@ -839,7 +904,7 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
                 gate,
                 reply,
             } => {
-                let r = apply_store(&mut conn, &inst, &planned).await;
+                let r = apply_store(conn, &inst, &planned).await;
                 // The statements ran while the file was being fsynced; now
                 // wait until it is durable before this work may commit.
                 let durable = match gate {
@@ -882,7 +947,7 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
         if let Some(e) = step_err {
             // The connection is in an unknown state: fail everything.
             done.push(d);
-            return reply_all(done, Some(&e.to_string()));
+            return Some(e.to_string());
         }
         any_ok |= ok;
         done.push(d);
@@ -891,10 +956,10 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
         let commit = sqlx::query("COMMIT").execute(&mut *conn).await;
         if let Err(e) = commit {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return reply_all(done, Some(&format!("commit failed: {e}")));
+            return Some(format!("commit failed: {e}"));
         }
     }
-    reply_all(done, None)
+    None
 }
 
 fn fail_one(req: WriteRequest, why: &str) -> Done {
@@ -1576,6 +1641,7 @@ mod tests {
             sha256: sha.into(),
             size: 100,
             created: true,
+            staged: None,
         }
     }
 

@@ -4,3 +4,4 @@
 pub mod files;
 pub mod index;
 pub mod stability;
+pub mod staging;

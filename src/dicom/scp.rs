@@ -9,8 +9,6 @@
 //! [`StoreFailure`].
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -770,6 +768,7 @@ impl Session {
             None => return Ok(()),
             Some(Reception::Discard { rq, pc, failure }) => (rq, pc, Err(failure)),
             Some(Reception::Store(job)) => {
+                tracing::trace!("dataset received");
                 let _ = job.tx.send(Chunk::End).await;
                 drop(job.tx);
                 let t = Instant::now();
@@ -972,6 +971,7 @@ fn receive_instance(
 ) {
     match receive_and_check(&p, rx) {
         Ok((inst, written)) => {
+            tracing::trace!("dataset written and validated");
             let _ = ready.send(Ok((inst, p.archive.planned(&written))));
             let t = std::time::Instant::now();
             let r = p.archive.commit(written);
@@ -988,46 +988,87 @@ fn receive_instance(
     }
 }
 
-/// Blocking: stream chunks to a temp file, then validate it. Runs on a
-/// `spawn_blocking` thread.
+/// Blocking: stream chunks to a temp file, validating the dataset as it
+/// passes. Runs on a `spawn_blocking` thread.
 fn receive_and_check(
     p: &ReceiveParams,
     mut rx: mpsc::Receiver<Chunk>,
 ) -> Result<(NewInstance, crate::archive::files::Written), StoreFailure> {
     let header = file_meta(&p.sop_class, &p.sop_instance, &p.ts, &p.calling);
     let mut tmp: Result<_, StoreFailure> = p.archive.begin(&header, p.ts.as_bytes()).map_err(StoreFailure::from);
-    let mut complete = false;
-    while let Some(chunk) = rx.blocking_recv() {
-        match chunk {
-            Chunk::Data(bytes) => {
-                if let Ok(t) = &mut tmp
-                    && let Err(e) = t.write(&bytes)
-                {
-                    // Keep draining so the association stays in step; the
-                    // temp file is removed when `tmp` is dropped.
-                    tmp = Err(e.into());
-                }
-            }
-            Chunk::End => {
-                complete = true;
-                break;
-            }
-        }
+    let enc = Encoding::for_transfer_syntax(&p.ts);
+    let mut tee = Tee {
+        rx: &mut rx,
+        tmp: &mut tmp,
+        buf: Vec::new(),
+        pos: 0,
+        ended: None,
+    };
+    let walked = walk::walk(&mut tee, enc, attrs::WANTED);
+    // The walk stops at the end of the data or at the first malformed
+    // element; either way the association must stay in step, so whatever
+    // is still coming is consumed (and written, though a walk error
+    // already decides the outcome).
+    while tee.ended.is_none() {
+        tee.next_chunk();
     }
+    let complete = tee.ended == Some(true);
     let tmp = tmp?;
     if !complete {
         return Err(StoreFailure::Internal("association ended mid-dataset".into()));
     }
-    let enc = Encoding::for_transfer_syntax(&p.ts);
-    let summary = {
-        let mut f = File::open(tmp.path()).map_err(|e| StoreFailure::Internal(e.to_string()))?;
-        f.seek(SeekFrom::Start(header.len() as u64))
-            .map_err(|e| StoreFailure::Internal(e.to_string()))?;
-        walk::walk(BufReader::with_capacity(256 * 1024, f), enc, attrs::WANTED)
-            .map_err(|e| StoreFailure::Unreadable(e.to_string()))?
-    };
+    let summary = walked.map_err(|e| StoreFailure::Unreadable(e.to_string()))?;
     let inst = describe(p, &summary, enc, now_ms())?;
     Ok((inst, tmp.finish()?))
+}
+
+/// The dataset as the walk reads it, straight from the association's
+/// chunks, each written to the archive file as it passes: validation
+/// happens while the data arrives instead of reading the file back after
+/// the last byte (which sat on every acknowledgement).
+struct Tee<'a> {
+    rx: &'a mut mpsc::Receiver<Chunk>,
+    tmp: &'a mut Result<crate::archive::files::TmpInstance, StoreFailure>,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Some(true) after the last chunk, Some(false) if the association
+    /// went away before it.
+    ended: Option<bool>,
+}
+
+impl Tee<'_> {
+    fn next_chunk(&mut self) {
+        match self.rx.blocking_recv() {
+            Some(Chunk::Data(bytes)) => {
+                if let Ok(t) = &mut *self.tmp
+                    && let Err(e) = t.write(&bytes)
+                {
+                    // The temp file is removed when it is dropped; the
+                    // failure is reported once the dataset has ended.
+                    *self.tmp = Err(e.into());
+                }
+                self.buf = bytes;
+                self.pos = 0;
+            }
+            Some(Chunk::End) => self.ended = Some(true),
+            None => self.ended = Some(false),
+        }
+    }
+}
+
+impl std::io::Read for Tee<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.ended.is_some() {
+                return Ok(0);
+            }
+            self.next_chunk();
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Check the dataset against the command and extract the index attributes.

@@ -87,6 +87,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Previews can always be re-rendered, so no fsync; the rename keeps
     // readers from ever seeing half a JPEG.
     let tmp = path.with_extension("jpg.tmp");
+    // The instance's own directory may not exist yet: a staged instance is
+    // linked into place shortly after it is indexed (archive::staging).
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

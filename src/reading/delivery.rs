@@ -882,6 +882,7 @@ mod tests {
             sha256: "aa".into(),
             size: 1,
             created: true,
+            staged: None,
         };
         idx.store(inst, file).await.expect("store");
         sqlx::query(

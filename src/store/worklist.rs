@@ -542,6 +542,7 @@ mod tests {
             sha256: "aa".into(),
             size: 100,
             created: true,
+            staged: None,
         };
         idx.store(inst, file).await.expect("store");
         assert_eq!(idx.sweep_stable(1_000).await.expect("sweep"), ["9"]);
