@@ -8,7 +8,6 @@
 //! dedicated threads at the lowest scheduling priority.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,24 +76,11 @@ fn lower_priority() {
     }
 }
 
-/// Where the rendered files of an instance live: beside it, same stem.
-pub fn render_path(archive: &Archive, rel_path: &str, kind: &str) -> PathBuf {
-    let stem = rel_path.strip_suffix(".dcm").unwrap_or(rel_path);
-    archive.path_of(&format!("{stem}.{kind}.jpg"))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Previews can always be re-rendered, so no fsync; the rename keeps
-    // readers from ever seeing half a JPEG.
-    let tmp = path.with_extension("jpg.tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Render one instance's previews and write them; returns the status text.
+/// Render one instance's previews and store them beside it (through the
+/// blob boundary; previews can always be rendered again, so they are not
+/// made durable); returns the status text.
 pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64>) {
-    let path = archive.path_of(rel_path);
-    match render::make_previews(&path) {
+    match render::make_previews(&archive.input(rel_path)) {
         Ok(p) => {
             let mut files = vec![("thumb", p.thumbnail), ("preview", p.preview)];
             if let Some(m) = p.middle {
@@ -105,7 +91,7 @@ pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64
                 i64::from(n)
             });
             for (kind, bytes) in files {
-                if let Err(e) = write_atomic(&render_path(archive, rel_path, kind), &bytes) {
+                if let Err(e) = archive.put_derived(rel_path, kind, &bytes) {
                     return (format!("no preview: cannot write {kind}: {e}"), None);
                 }
             }
@@ -241,10 +227,15 @@ mod tests {
     }
 
     #[test]
-    fn render_paths_sit_beside_the_instance() {
+    fn previews_sit_beside_the_instance() {
         let dir = tempfile::tempdir().expect("tmp");
         let a = Archive::open(dir.path(), 0).expect("archive");
-        let p = render_path(&a, "instances/ab/abcdef.dcm", "thumb");
-        assert!(p.ends_with("instances/ab/abcdef.thumb.jpg"));
+        a.put_derived("instances/ab/abcdef.dcm", "thumb", b"jpeg").expect("put");
+        assert!(dir.path().join("instances/ab/abcdef.thumb.jpg").is_file());
+        assert_eq!(
+            a.derived("instances/ab/abcdef.dcm", "thumb").expect("get").as_deref(),
+            Some(&b"jpeg"[..])
+        );
+        assert_eq!(a.derived("instances/ab/abcdef.dcm", "mid").expect("get"), None);
     }
 }

@@ -1,0 +1,263 @@
+//! Blobs as files under one directory: the embedded default and today's
+//! on-disk layout (`<data_dir>/instances/ab/<sha256>.dcm`, previews beside).
+//!
+//! A new object is spooled in `<root>/.tmp` (same filesystem, so the final
+//! rename is atomic) and committed by fdatasync, rename into place and a
+//! directory fsync (each new directory's parent is fsynced too): durable
+//! when `commit` returns, never half visible.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{BlobError, BlobWriter, Blobs, ReadSeek};
+
+/// Spooled objects, under the root: skipped by `list`.
+const SPOOL: &str = ".tmp";
+
+#[derive(Debug)]
+pub struct FileBlobs {
+    root: PathBuf,
+}
+
+impl FileBlobs {
+    pub fn open(root: &Path) -> Result<FileBlobs, BlobError> {
+        fs::create_dir_all(root.join(SPOOL)).map_err(|e| BlobError::from_io(e, ""))?;
+        Ok(FileBlobs {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+/// Keys are relative paths of plain components: no `..`, no absolute path,
+/// nothing that could leave the root (or the S3 prefix).
+pub fn check_key(key: &str) -> Result<(), BlobError> {
+    let ok = !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with('.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError::Other(format!("invalid object key {key:?}")))
+    }
+}
+
+impl Blobs for FileBlobs {
+    fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
+        let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
+        let path = self.root.join(SPOOL).join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| BlobError::from_io(e, ""))?;
+        Ok(Box::new(FileWriter {
+            root: self.root.clone(),
+            path,
+            file: Some(file),
+        }))
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+        let mut f = File::open(self.path(key)?).map_err(|e| BlobError::from_io(e, key))?;
+        f.seek(SeekFrom::Start(range.start))
+            .map_err(|e| BlobError::from_io(e, key))?;
+        let mut buf = Vec::with_capacity(range.end.saturating_sub(range.start).min(64 << 20) as usize);
+        f.take(range.end.saturating_sub(range.start))
+            .read_to_end(&mut buf)
+            .map_err(|e| BlobError::from_io(e, key))?;
+        Ok(buf)
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        fs::read(self.path(key)?).map_err(|e| BlobError::from_io(e, key))
+    }
+
+    fn head(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        match fs::metadata(self.path(key)?) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobError::from_io(e, key)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match fs::remove_file(self.path(key)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::from_io(e, key)),
+        }
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let dest = self.path(key)?;
+        let io = |e| BlobError::from_io(e, key);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        // A unique temporary name: two renders of one instance may race.
+        let tmp = dest.with_extension(format!("{:08x}.tmp", rand::random::<u32>()));
+        let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &dest));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(io)
+    }
+
+    fn put_file(&self, key: &str, local: &Path) -> Result<bool, BlobError> {
+        let dest = self.path(key)?;
+        let io = |e| BlobError::from_io(e, key);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        create_dir_durable(&dir).map_err(io)?;
+        if dest.exists() {
+            let _ = fs::remove_file(local);
+            return Ok(false);
+        }
+        fs::rename(local, &dest).map_err(|e| BlobError::from_io(e, key))?;
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(true)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, BlobError> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(BlobError::from_io(e, prefix)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| BlobError::from_io(e, prefix))?;
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                let ft = entry.file_type().map_err(|e| BlobError::from_io(e, prefix))?;
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let rel = rel.to_string_lossy().into_owned();
+                if ft.is_dir() {
+                    // Descend only where the prefix can still match.
+                    let dir_key = format!("{rel}/");
+                    if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                        stack.push(path);
+                    }
+                } else if ft.is_file() && rel.starts_with(prefix) && !rel.ends_with(".tmp") {
+                    let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push((rel, len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn clean_spool(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(self.root.join(SPOOL))? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn open_direct(&self, key: &str) -> Option<Result<Box<dyn ReadSeek>, BlobError>> {
+        Some(
+            self.path(key)
+                .and_then(|p| File::open(p).map_err(|e| BlobError::from_io(e, key)))
+                .map(|f| Box::new(io::BufReader::with_capacity(64 << 10, f)) as Box<dyn ReadSeek>),
+        )
+    }
+}
+
+/// An object being written to `<root>/.tmp`.
+struct FileWriter {
+    root: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl BlobWriter for FileWriter {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| BlobError::Io(io::Error::other("file closed")))?;
+        file.write_all(chunk).map_err(|e| BlobError::from_io(e, ""))
+    }
+
+    fn spool_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// fdatasync the data, create the directory durably, rename, fsync the
+    /// directory: today's sequence, moved here unchanged.
+    fn commit(mut self: Box<Self>, key: &str) -> Result<bool, BlobError> {
+        check_key(key)?;
+        let dest = self.root.join(key);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        let file = self.file.take();
+        let result = (|| {
+            if let Some(f) = file {
+                f.sync_data()?;
+            }
+            create_dir_durable(&dir)?;
+            if dest.exists() {
+                fs::remove_file(&self.path)?;
+                return Ok(false);
+            }
+            fs::rename(&self.path, &dest)?;
+            File::open(&dir)?.sync_all()?;
+            Ok(true)
+        })();
+        // Renamed or removed: nothing left for Drop to remove (and after a
+        // failure Drop removes the spool).
+        if result.is_ok() {
+            self.path = PathBuf::new();
+        }
+        result.map_err(|e| BlobError::from_io(e, key))
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Create `dir` and any missing parents, fsyncing each parent whose entries changed.
+fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => File::open(parent)?.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
