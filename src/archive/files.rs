@@ -223,16 +223,7 @@ impl Archive {
     /// Remove leftovers of receptions interrupted by a crash. They were never
     /// acknowledged, so the sender still owns the data.
     pub fn clean_tmp(&self) -> io::Result<usize> {
-        let mut n = self.blobs.clean_spool()?;
-        // Spool files of versions before the blob boundary.
-        for entry in fs::read_dir(self.root.join("tmp"))? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() && entry.file_name().to_string_lossy().ends_with(".part") {
-                fs::remove_file(entry.path())?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        self.blobs.clean_spool()
     }
 
     pub fn free_bytes(&self) -> io::Result<u64> {
@@ -515,7 +506,7 @@ mod tests {
         assert!(!commits[1].created);
         assert_eq!(commits[0].rel_path, commits[1].rel_path);
         assert_eq!(a.read(&commits[0].rel_path).expect("read"), b"HDRdataset");
-        assert_eq!(fs::read_dir(dir.path().join("instances/.tmp")).expect("ls").count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
         // different transfer syntax, same bytes: a different version
         let mut t = a.begin(b"HDR", b"1.2.840.10008.1.2").expect("begin");
         t.write(b"dataset").expect("write");
@@ -574,7 +565,7 @@ mod tests {
         let mut t = a.begin(b"HDR", b"ts").expect("begin");
         t.write(b"partial").expect("write");
         drop(t);
-        assert_eq!(fs::read_dir(dir.path().join("instances/.tmp")).expect("ls").count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
         assert_eq!(a.clean_tmp().expect("clean"), 0);
     }
 

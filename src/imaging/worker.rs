@@ -78,9 +78,16 @@ fn lower_priority() {
 
 /// Render one instance's previews and store them beside it (through the
 /// blob boundary; previews can always be rendered again, so they are not
-/// made durable); returns the status text.
-pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64>) {
-    match render::make_previews(&archive.input(rel_path)) {
+/// made durable); returns the status text. None when the storage cannot be
+/// reached or a read failed on an instance that is there: nothing is wrong
+/// with the instance, so it stays pending and the catch-up loop offers it
+/// again (an outage must not leave "no preview" on what it touched).
+pub fn render_instance(archive: &Archive, rel_path: &str) -> Option<(String, Option<i64>)> {
+    match archive.size(rel_path) {
+        Err(e) if e.is_resource_problem() => return None,
+        _ => {}
+    }
+    Some(match render::make_previews(&archive.input(rel_path)) {
         Ok(p) => {
             let mut files = vec![("thumb", p.thumbnail), ("preview", p.preview)];
             if let Some(m) = p.middle {
@@ -91,14 +98,22 @@ pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64
                 i64::from(n)
             });
             for (kind, bytes) in files {
-                if let Err(e) = archive.put_derived(rel_path, kind, &bytes) {
-                    return (format!("no preview: cannot write {kind}: {e}"), None);
+                match archive.put_derived(rel_path, kind, &bytes) {
+                    Err(e) if e.is_resource_problem() => return None,
+                    Err(e) => return Some((format!("no preview: cannot write {kind}: {e}"), None)),
+                    Ok(()) => {}
                 }
             }
             ("ok".to_string(), cine)
         }
+        // Reading failed, not decoding: the store may have gone away after
+        // the check above. Only a missing instance is final.
+        Err(e @ crate::imaging::decode::DecodeError::Io(_)) => match archive.size(rel_path) {
+            Err(missing) if missing.is_not_found() => (format!("no preview: {e}"), None),
+            _ => return None,
+        },
         Err(e) => (format!("no preview: {e}"), None),
-    }
+    })
 }
 
 pub struct Pool {
@@ -151,7 +166,12 @@ pub fn start(
                     })
                 };
                 let Some(job) = job else { break };
-                let (status, cine) = render_instance(&archive, &job.rel_path);
+                let Some((status, cine)) = render_instance(&archive, &job.rel_path) else {
+                    warn!("instance storage unreachable; previews left pending");
+                    queue.done(&job);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                };
                 debug!(status = %status, "previews rendered");
                 let counter = if status == "ok" {
                     &metrics.previews_rendered

@@ -949,6 +949,27 @@ pub fn storage_is_s3() -> bool {
     std::env::var("MEDRELAY_TEST_STORAGE").as_deref() == Ok("s3")
 }
 
+/// Where the object a server's index calls `rel_path` (`instances/ab/….dcm`)
+/// lies on disk: under its data directory, or in the shared s3s-fs's
+/// directory (it keeps each object as a plain file under bucket/prefix).
+pub fn stored_path(s: &Server, rel_path: &str) -> PathBuf {
+    if !storage_is_s3() {
+        return s.data_dir.join(rel_path);
+    }
+    stored_root(s).join(rel_path.strip_prefix("instances/").unwrap_or(rel_path))
+}
+
+/// The directory holding a server's instances (see `stored_path`).
+pub fn stored_root(s: &Server) -> PathBuf {
+    if !storage_is_s3() {
+        return s.data_dir.join("instances");
+    }
+    s3::shared()
+        .data_dir()
+        .join(s3::BUCKET)
+        .join(s3::prefix_for(&s.data_dir))
+}
+
 fn storage_env(cmd: &mut Command, data_dir: &Path) {
     if !storage_is_s3() {
         return;

@@ -1,8 +1,9 @@
 //! Blobs as files under one directory: the embedded default and today's
 //! on-disk layout (`<data_dir>/instances/ab/<sha256>.dcm`, previews beside).
 //!
-//! A new object is spooled in `<root>/.tmp` (same filesystem, so the final
-//! rename is atomic) and committed by fdatasync, rename into place and a
+//! A new object is spooled in the data directory's `tmp` (today's place),
+//! or in `<root>/.tmp` when the root is on another filesystem (the final
+//! rename must stay within one filesystem to be atomic), and committed by fdatasync, rename into place and a
 //! directory fsync (each new directory's parent is fsynced too): durable
 //! when `commit` returns, never half visible.
 
@@ -20,13 +21,23 @@ const SPOOL: &str = ".tmp";
 #[derive(Debug)]
 pub struct FileBlobs {
     root: PathBuf,
+    spool: PathBuf,
 }
 
 impl FileBlobs {
-    pub fn open(root: &Path) -> Result<FileBlobs, BlobError> {
-        fs::create_dir_all(root.join(SPOOL)).map_err(|e| BlobError::from_io(e, ""))?;
+    /// Files under `root`, spooled in `spool` when it is on the same
+    /// filesystem (else in `<root>/.tmp`).
+    pub fn open(root: &Path, spool: &Path) -> Result<FileBlobs, BlobError> {
+        use std::os::unix::fs::MetadataExt;
+        let io = |e| BlobError::from_io(e, "");
+        fs::create_dir_all(root).map_err(io)?;
+        fs::create_dir_all(spool).map_err(io)?;
+        let same_fs = fs::metadata(root).map_err(io)?.dev() == fs::metadata(spool).map_err(io)?.dev();
+        let spool = if same_fs { spool.to_path_buf() } else { root.join(SPOOL) };
+        fs::create_dir_all(&spool).map_err(io)?;
         Ok(FileBlobs {
             root: root.to_path_buf(),
+            spool,
         })
     }
 
@@ -54,7 +65,7 @@ pub fn check_key(key: &str) -> Result<(), BlobError> {
 impl Blobs for FileBlobs {
     fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
         let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
-        let path = self.root.join(SPOOL).join(name);
+        let path = self.spool.join(name);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -166,7 +177,7 @@ impl Blobs for FileBlobs {
 
     fn clean_spool(&self) -> io::Result<usize> {
         let mut n = 0;
-        for entry in fs::read_dir(self.root.join(SPOOL))? {
+        for entry in fs::read_dir(&self.spool)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
                 fs::remove_file(entry.path())?;
@@ -189,7 +200,7 @@ impl Blobs for FileBlobs {
     }
 }
 
-/// An object being written to `<root>/.tmp`.
+/// An object being written to the spool.
 struct FileWriter {
     root: PathBuf,
     path: PathBuf,

@@ -254,7 +254,7 @@ impl StorageUrl {
     /// written (the S3 backend uploads from it).
     pub fn open(&self, spool: &Path) -> Result<Arc<dyn Blobs>, BlobError> {
         Ok(match self {
-            StorageUrl::File(root) => Arc::new(file::FileBlobs::open(root)?),
+            StorageUrl::File(root) => Arc::new(file::FileBlobs::open(root, spool)?),
             StorageUrl::S3(u) => Arc::new(s3::S3Blobs::open(u, spool)?),
         })
     }
