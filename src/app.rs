@@ -85,10 +85,13 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         warn!(dir = %cfg.cert_dir.display(), "generated a self-signed development certificate; replace it for production");
     }
     let http_tls = crate::tls::server_config(&cfg.cert_dir, &[b"h2", b"http/1.1"])?;
-    let archive = Archive::open(&cfg.data_dir, cfg.dicom.min_free_bytes).map_err(|source| AppError::Archive {
-        path: cfg.data_dir.display().to_string(),
-        source,
-    })?;
+    let storage = cfg.storage_url();
+    let archive =
+        Archive::open_url(&cfg.data_dir, &storage, cfg.dicom.min_free_bytes).map_err(|source| AppError::Archive {
+            path: format!("{storage:?}"),
+            source,
+        })?;
+    info!(storage = %archive.blobs().describe(), "instance storage");
     match archive.clean_tmp() {
         Ok(0) => {}
         Ok(n) => info!(

@@ -196,6 +196,9 @@ struct ServeArgs {
     /// UDP address of the consultation media port.
     #[arg(long, env = "MEDRELAY_SFU_UDP_LISTEN")]
     sfu_udp_listen: Option<std::net::SocketAddr>,
+    /// Instance storage: file://DIR or s3://BUCKET/PREFIX?endpoint=…&region=…
+    #[arg(long, env = "MEDRELAY_STORAGE_URL")]
+    storage_url: Option<String>,
 }
 
 fn init_tracing(default: &str) {
@@ -511,6 +514,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
         stable_after_secs: a.stable_after_secs,
         min_free_bytes: a.min_free_bytes,
         sfu_udp_listen: a.sfu_udp_listen,
+        storage_url: a.storage_url,
     };
     let cfg = match Config::load(a.config.as_deref(), &o) {
         Ok(c) => c,

@@ -54,6 +54,36 @@ pub struct Config {
     /// Seconds to let in-flight associations and requests finish on shutdown.
     pub shutdown_grace_secs: u64,
     pub log: String,
+    /// Where instances and previews are stored (the blob boundary).
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: `url` = `file://DIR` (default `file://<data_dir>/instances`)
+/// or `s3://bucket/prefix?endpoint=http://host:port&region=R`; S3
+/// credentials here or in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+/// Debug never shows the secret.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub url: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Parsed by `validate`.
+    #[serde(skip)]
+    parsed: Option<crate::store::blob::StorageUrl>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.parsed {
+            Some(u) => write!(f, "StorageConfig({u:?})"),
+            None => write!(
+                f,
+                "StorageConfig({:?})",
+                self.url.as_deref().map(|u| u.split('?').next())
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -428,6 +458,7 @@ impl Default for Config {
             edge: None,
             shutdown_grace_secs: 30,
             log: "info".into(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -487,6 +518,7 @@ pub struct Overrides {
     pub stable_after_secs: Option<f64>,
     pub min_free_bytes: Option<u64>,
     pub sfu_udp_listen: Option<SocketAddr>,
+    pub storage_url: Option<String>,
 }
 
 impl Config {
@@ -533,6 +565,9 @@ impl Config {
         }
         if let Some(v) = o.sfu_udp_listen {
             cfg.sfu.udp_listen = v;
+        }
+        if let Some(v) = &o.storage_url {
+            cfg.storage.url = Some(v.clone());
         }
         cfg.validate()?;
         Ok(cfg)
@@ -693,7 +728,42 @@ impl Config {
                 return bad(format!("dicom.extra_sop_classes: {uid:?} is not a valid UID"));
             }
         }
+        self.validate_storage()
+    }
+
+    /// Parse `[storage] url` once; S3 needs both credentials (from here or
+    /// the standard AWS variables).
+    fn validate_storage(&mut self) -> Result<(), ConfigError> {
+        use crate::store::blob::StorageUrl;
+        let url = match &self.storage.url {
+            None => StorageUrl::File(self.data_dir.join("instances")),
+            Some(u) => StorageUrl::parse(u).map_err(|e| ConfigError::Invalid(format!("storage.url: {e}")))?,
+        };
+        let url = match url {
+            StorageUrl::S3(s3) => {
+                let s3 = s3.with_credentials(
+                    self.storage.access_key_id.clone(),
+                    self.storage.secret_access_key.clone(),
+                );
+                if s3.access_key_id.is_none() || s3.secret_access_key.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "storage.url is s3://: set storage.access_key_id and storage.secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                    ));
+                }
+                StorageUrl::S3(s3)
+            }
+            f => f,
+        };
+        self.storage.parsed = Some(url);
         Ok(())
+    }
+
+    /// The validated storage location (the default when `validate` has not run).
+    pub fn storage_url(&self) -> crate::store::blob::StorageUrl {
+        self.storage
+            .parsed
+            .clone()
+            .unwrap_or_else(|| crate::store::blob::StorageUrl::File(self.data_dir.join("instances")))
     }
 
     pub fn index_path(&self) -> PathBuf {

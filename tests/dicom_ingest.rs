@@ -338,13 +338,13 @@ fn kill9_during_push_loses_no_acknowledged_instance() {
     for uid in &acked_uids {
         let rows = s.sqlite(&format!("SELECT path FROM instances WHERE sop_instance_uid = '{uid}'"));
         assert!(!rows.is_empty(), "acknowledged {uid} missing after kill -9");
-        let stored = s.data_dir.join(rows.lines().next().expect("row"));
+        let stored = stored_path(&s, rows.lines().next().expect("row"));
         assert_eq!(dataset_bytes(&stored), dataset_bytes(&by_uid[uid]), "{uid} corrupted");
     }
     // every indexed file verifies against its recorded SHA-256 (nothing torn)
     let o = run({
         let mut c = Command::new(python());
-        c.args(["-c", "import sqlite3,hashlib,sys,os\nroot=sys.argv[1]\nbad=0\nfor p,ts,h in sqlite3.connect(os.path.join(root,'index.db')).execute('select path,transfer_syntax,sha256 from instances'):\n  b=open(os.path.join(root,p),'rb').read()\n  g=int.from_bytes(b[140:144],'little')\n  d=hashlib.sha256(ts.encode()+b'\\0'+b[144+g:]).hexdigest()\n  bad+= d!=h\nprint(bad)"]).arg(&s.data_dir);
+        c.args(["-c", "import sqlite3,hashlib,sys,os\nroot=sys.argv[1]\nobjs=sys.argv[2]\nbad=0\nfor p,ts,h in sqlite3.connect(os.path.join(root,'index.db')).execute('select path,transfer_syntax,sha256 from instances'):\n  b=open(os.path.join(objs,p.removeprefix('instances/')),'rb').read()\n  g=int.from_bytes(b[140:144],'little')\n  d=hashlib.sha256(ts.encode()+b'\\0'+b[144+g:]).hexdigest()\n  bad+= d!=h\nprint(bad)"]).arg(&s.data_dir).arg(stored_root(&s));
         c
     });
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0", "{}", text(&o));
@@ -483,7 +483,7 @@ fn large_instance_is_streamed_with_bounded_memory() {
     });
     assert!(o.status.success(), "{}", text(&o));
     let stored = s.sqlite("SELECT path FROM instances");
-    assert_eq!(dataset_bytes(&s.data_dir.join(stored)), dataset_bytes(&big));
+    assert_eq!(dataset_bytes(&stored_path(&s, &stored)), dataset_bytes(&big));
     let pid = s.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let hwm_kb: u64 = status

@@ -137,7 +137,7 @@ fn instance_files(s: &Server) -> usize {
             })
             .unwrap_or(0)
     }
-    walk(&s.data_dir.join("instances"))
+    walk(&stored_root(s))
 }
 
 #[test]

@@ -204,8 +204,8 @@ fn assert_identical(edge: &Server, hub: &Server, uid: &str, n: usize) {
         let (sa, pa) = a.split_once('|').expect("row");
         let (sb, pb) = b.split_once('|').expect("row");
         assert_eq!(sa, sb);
-        let fa = std::fs::read(edge.data_dir.join(pa)).expect("edge file");
-        let fb = std::fs::read(hub.data_dir.join(pb)).expect("hub file");
+        let fa = std::fs::read(support::stored_path(edge, pa)).expect("edge file");
+        let fb = std::fs::read(support::stored_path(hub, pb)).expect("hub file");
         assert!(fa == fb, "instance {sa} differs between edge and hub");
     }
     // Nothing left in staging.

@@ -1,21 +1,26 @@
-//! Instance files: streamed to a temporary file, fsynced, renamed into a
-//! content-addressed place, directory fsynced.
+//! The archive's blob service: instance files streamed to a spool,
+//! hashed, made durable under a content-addressed key, and their derived
+//! images (previews), all through the blob boundary (`store::blob`: local
+//! files by default, or S3-compatible object storage).
 //!
 //! Content addressing (`instances/ab/<sha256>.dcm`, hash over transfer
 //! syntax + dataset bytes) makes a resent identical instance a no-op and lets
 //! two different versions of one SOP Instance UID live side by side without a
-//! naming scheme. Everything here is blocking I/O: callers run it on
-//! `spawn_blocking` threads, never on the async runtime.
+//! naming scheme. The index stores that relative path; the blob key is the
+//! path under the storage root (`<data_dir>/instances` by default), so an
+//! existing archive keeps working. Everything here is blocking I/O: callers
+//! run it on `spawn_blocking` threads, never on the async runtime.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::staging::{Leftover, Staging, final_rel};
+use crate::store::blob::staging::{Leftover, Staging};
+use crate::store::blob::{self, BlobError, BlobWriter, Blobs, ReadSeek, StorageUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -23,32 +28,55 @@ pub enum ArchiveError {
     DiskFull,
     #[error("free disk space {free} bytes is below the configured reserve {reserve}")]
     BelowReserve { free: u64, reserve: u64 },
+    #[error("instance storage unavailable: {0}")]
+    Unavailable(String),
     #[error("archive I/O error: {0}")]
     Io(#[from] io::Error),
+    #[error("archive storage: {0}")]
+    Storage(BlobError),
+}
+
+impl From<BlobError> for ArchiveError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::Full => ArchiveError::DiskFull,
+            BlobError::Unavailable(m) => ArchiveError::Unavailable(m),
+            BlobError::Io(e) => ArchiveError::Io(e),
+            other => ArchiveError::Storage(other),
+        }
+    }
 }
 
 impl ArchiveError {
-    fn from_io(e: io::Error) -> ArchiveError {
-        // ENOSPC and EDQUOT are both "no room": the sender should retry later.
-        match e.raw_os_error() {
-            Some(28) | Some(122) => ArchiveError::DiskFull,
-            _ if e.kind() == io::ErrorKind::StorageFull => ArchiveError::DiskFull,
-            _ => ArchiveError::Io(e),
-        }
-    }
+    /// The storage cannot take data now (full, below the reserve, or
+    /// unreachable): the SCP answers 0xA7xx and the sender retries later.
     pub fn is_resource_problem(&self) -> bool {
-        matches!(self, ArchiveError::DiskFull | ArchiveError::BelowReserve { .. })
+        matches!(
+            self,
+            ArchiveError::DiskFull | ArchiveError::BelowReserve { .. } | ArchiveError::Unavailable(_)
+        )
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            ArchiveError::Storage(BlobError::NotFound(_)) => true,
+            ArchiveError::Io(e) => e.kind() == io::ErrorKind::NotFound,
+            _ => false,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Archive {
+    /// The data directory: the spool of objects being received and the
+    /// index live here, so the free-space reserve is measured here.
     root: PathBuf,
+    blobs: Arc<dyn Blobs>,
     min_free_bytes: u64,
     holds: Arc<Holds>,
-    /// Where receptions are written when a ready file is available (see
-    /// `staging`): one sync before the acknowledgement instead of three.
-    staging: Staging,
+    /// Local files only: where receptions are written once started, for a
+    /// single sync before the acknowledgement (`store::blob::staging`).
+    staging: Option<Staging>,
 }
 
 /// Content-addressed files are shared by every instance with the same bytes,
@@ -104,46 +132,41 @@ impl Holds {
     }
 }
 
-/// A file being received. Dropping it without `finish` removes the file.
+/// An instance being received. Dropping it without `finish` removes it.
 pub struct TmpInstance {
-    path: PathBuf,
-    file: Option<File>,
+    writer: Option<Box<dyn BlobWriter>>,
     hasher: Sha256,
     size: u64,
-    /// A staging file (its name is already durable).
-    staged: bool,
-    /// Bytes written to the file so far (header included) and the offset up
-    /// to which writeback was started.
-    offset: u64,
-    kicked: u64,
 }
 
-/// Start writeback every this many bytes while receiving, so the fdatasync
-/// after the last byte only waits for the tail of the file.
-const WRITEBACK_STEP: u64 = 256 * 1024;
-
-/// A fully written temporary file with its hash, ready to be committed
-/// (commit fsyncs it; the hash and final path are known before that, so the
-/// index work can overlap the fsync).
-#[derive(Debug)]
+/// A fully received instance with its hash, ready to be committed (the hash
+/// and final key are known before it is durable, so the index work can
+/// overlap the fsync or the upload).
 pub struct Written {
-    tmp_path: PathBuf,
-    file: Option<File>,
+    writer: Option<Box<dyn BlobWriter>>,
     pub sha256: String,
     pub size: u64,
-    staged: bool,
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Committed {
-    /// Path relative to the archive root, as stored in the index.
+    /// Path relative to the data directory, as stored in the index.
     pub rel_path: String,
     pub sha256: String,
     pub size: u64,
     /// False when an identical file was already there (a resend).
     pub created: bool,
-    /// The staging file that holds the bytes until they are linked to
-    /// `rel_path` (after the index write; see `staging`).
+    /// The staging file holding the bytes until they are linked under
+    /// `rel_path`, which happens once the index write is settled.
     pub staged: Option<PathBuf>,
 }
 
@@ -161,60 +184,96 @@ pub fn make_private(data_dir: &Path) -> io::Result<()> {
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
 }
 
+/// The index's paths start with this; the blob key is the rest.
+const INDEX_PREFIX: &str = "instances/";
+
+/// The blob key of an index path (`instances/ab/<sha>.dcm` → `ab/<sha>.dcm`).
+fn key_of(rel_path: &str) -> &str {
+    rel_path.strip_prefix(INDEX_PREFIX).unwrap_or(rel_path)
+}
+
+/// The key of a derived image of an instance: beside it, same stem
+/// (`ab/<sha>.thumb.jpg`).
+fn derived_key(rel_path: &str, kind: &str) -> String {
+    let key = key_of(rel_path);
+    let stem = key.strip_suffix(".dcm").unwrap_or(key);
+    format!("{stem}.{kind}.jpg")
+}
+
 impl Archive {
+    /// The embedded default: files under `<root>/instances`.
     pub fn open(root: &Path, min_free_bytes: u64) -> Result<Archive, ArchiveError> {
-        fs::create_dir_all(root.join("tmp")).map_err(ArchiveError::from_io)?;
-        fs::create_dir_all(root.join("instances")).map_err(ArchiveError::from_io)?;
-        let staging = Staging::open(root).map_err(ArchiveError::from_io)?;
+        Archive::open_url(root, &StorageUrl::File(root.join("instances")), min_free_bytes)
+    }
+
+    /// The archive of data directory `root` on the storage `url`.
+    pub fn open_url(root: &Path, url: &StorageUrl, min_free_bytes: u64) -> Result<Archive, ArchiveError> {
+        fs::create_dir_all(root.join("tmp"))?;
+        let (blobs, staging): (Arc<dyn Blobs>, _) = match url {
+            StorageUrl::File(dir) => {
+                let files = blob::file::FileBlobs::open(dir, &root.join("tmp"))?;
+                let staging = files.staging().clone();
+                (Arc::new(files), Some(staging))
+            }
+            other => (other.open(&root.join("tmp"))?, None),
+        };
         Ok(Archive {
             root: root.to_path_buf(),
+            blobs,
             min_free_bytes,
             holds: Arc::default(),
             staging,
         })
     }
 
-    /// Staging files left by a previous run (see `staging`); run before
-    /// [`Archive::start_staging`].
+    /// Staged instances left by a previous run (local files; see
+    /// `store::blob::staging`). Run before [`Archive::start_staging`].
     pub fn staging_leftovers(&self) -> io::Result<Vec<Leftover>> {
-        self.staging.leftovers()
+        match &self.staging {
+            Some(s) => s.leftovers(|sha| key_of(&Self::rel_path(sha)).to_string()),
+            None => Ok(Vec::new()),
+        }
     }
 
-    /// Place the leftovers an index row refers to, remove the others.
+    /// Place the leftovers an index row refers to, remove the others:
+    /// (placed, removed).
     pub fn recover_staged(
         &self,
         leftovers: Vec<Leftover>,
         keep: impl Fn(&Leftover) -> bool,
     ) -> io::Result<(usize, usize)> {
-        self.staging.recover(leftovers, keep)
+        match &self.staging {
+            Some(s) => s.recover(leftovers, keep),
+            None => Ok((0, 0)),
+        }
     }
 
-    /// From now on receptions are written to staging files when one is ready.
+    /// From now on receptions are staged when a ready file is available.
     pub fn start_staging(&self) -> io::Result<()> {
-        self.staging.start()
+        match &self.staging {
+            Some(s) => s.start(),
+            None => Ok(()),
+        }
     }
 
-    /// Staged instances not linked to their final path yet.
+    /// Staged instances not linked under their key yet.
     pub fn unplaced(&self) -> usize {
-        self.staging.unplaced()
+        self.staging.as_ref().map_or(0, Staging::unplaced)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The blob store under the archive (migration, tests).
+    pub fn blobs(&self) -> &Arc<dyn Blobs> {
+        &self.blobs
+    }
+
     /// Remove leftovers of receptions interrupted by a crash. They were never
     /// acknowledged, so the sender still owns the data.
     pub fn clean_tmp(&self) -> io::Result<usize> {
-        let mut n = 0;
-        for entry in fs::read_dir(self.root.join("tmp"))? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                fs::remove_file(entry.path())?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        self.blobs.clean_spool()
     }
 
     pub fn free_bytes(&self) -> io::Result<u64> {
@@ -238,50 +297,29 @@ impl Archive {
         Ok(())
     }
 
-    /// Start a file. `header` (the Part 10 meta) is written but not hashed;
-    /// the hash covers `hash_prefix` (the transfer syntax) and the dataset.
+    /// Start an instance. `header` (the Part 10 meta) is written but not
+    /// hashed; the hash covers `hash_prefix` (the transfer syntax) and the dataset.
     pub fn begin(&self, header: &[u8], hash_prefix: &[u8]) -> Result<TmpInstance, ArchiveError> {
-        let (path, mut file, staged) = match self.staging.take() {
-            Some((path, file)) => (path, file, true),
-            None => {
-                let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
-                let path = self.root.join("tmp").join(name);
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(ArchiveError::from_io)?;
-                (path, file, false)
-            }
-        };
+        let mut writer = self.blobs.create()?;
+        writer.write(header)?;
         let mut hasher = Sha256::new();
         hasher.update(hash_prefix);
         hasher.update([0u8]);
-        let mut tmp = TmpInstance {
-            path,
-            file: None,
+        Ok(TmpInstance {
+            writer: Some(writer),
             hasher,
             size: 0,
-            staged,
-            offset: header.len() as u64,
-            kicked: 0,
-        };
-        file.write_all(header).map_err(ArchiveError::from_io)?;
-        tmp.file = Some(file);
-        Ok(tmp)
+        })
     }
 
-    fn rel_path(sha256: &str) -> (String, String) {
-        let rel_path = final_rel(sha256);
-        let rel_dir = format!("instances/{}", &sha256[0..2]);
-        (rel_dir, rel_path)
+    fn rel_path(sha256: &str) -> String {
+        format!("{INDEX_PREFIX}{}/{sha256}.dcm", &sha256[0..2])
     }
 
     /// Where `w` will live once committed.
     pub fn planned(&self, w: &Written) -> Committed {
         Committed {
-            rel_path: Self::rel_path(&w.sha256).1,
+            rel_path: Self::rel_path(&w.sha256),
             sha256: w.sha256.clone(),
             size: w.size,
             created: true,
@@ -289,32 +327,19 @@ impl Archive {
         }
     }
 
-    /// Make a written file durable and move it into place: fsync the data,
-    /// rename, fsync the directory. Durable when this returns. The caller
-    /// must `settle` the result once its index write has ended.
+    /// Make a received instance durable under its content address (local
+    /// files: fdatasync, rename, directory fsync; S3: the upload). Durable
+    /// when this returns. The caller must `settle` the result once its index
+    /// write has ended.
     pub fn commit(&self, mut w: Written) -> Result<Committed, ArchiveError> {
-        if w.staged {
-            return self.commit_staged(w);
-        }
-        let (rel_dir, rel_path) = Self::rel_path(&w.sha256);
-        let dir = self.root.join(&rel_dir);
-        let dest = self.root.join(&rel_path);
-        let file = w.file.take();
+        let rel_path = Self::rel_path(&w.sha256);
+        let writer = w
+            .writer
+            .take()
+            .ok_or_else(|| ArchiveError::Io(io::Error::other("instance already committed")))?;
         self.holds.take(&w.sha256);
-        let result = (|| {
-            if let Some(f) = file {
-                f.sync_data()?;
-            }
-            create_dir_durable(&dir)?;
-            if dest.exists() {
-                fs::remove_file(&w.tmp_path)?;
-                return Ok(false);
-            }
-            fs::rename(&w.tmp_path, &dest)?;
-            File::open(&dir)?.sync_all()?;
-            Ok(true)
-        })();
-        match result {
+        let staged = writer.staged().then(|| writer.spool_path().to_path_buf());
+        match writer.commit(key_of(&rel_path)) {
             Ok(created) => {
                 if created {
                     self.holds.created(&w.sha256);
@@ -324,102 +349,65 @@ impl Archive {
                     sha256: w.sha256.clone(),
                     size: w.size,
                     created,
-                    staged: None,
+                    staged: staged.filter(|_| created),
                 })
             }
             Err(e) => {
-                let _ = fs::remove_file(&w.tmp_path);
                 let _ = self.holds.release(&w.sha256, false);
-                Err(ArchiveError::from_io(e))
+                Err(e.into())
             }
         }
     }
 
-    /// `commit` for a staging file: its name is durable already, so making
-    /// the data durable is the only sync; it is linked to `rel_path` after
-    /// the index write (`settle`). A resend of bytes already in place needs
-    /// no sync at all. No hold is taken: the staging file is this
-    /// reception's own, and nothing here ever removes a final file.
-    fn commit_staged(&self, mut w: Written) -> Result<Committed, ArchiveError> {
-        let rel_path = final_rel(&w.sha256);
-        let staged = std::mem::take(&mut w.tmp_path);
-        let file = w.file.take();
-        let result = (|| {
-            if self.root.join(&rel_path).exists() {
-                fs::remove_file(&staged)?;
-                return Ok(false);
-            }
-            if let Some(f) = file {
-                f.sync_data()?;
-            }
-            Ok(true)
-        })();
-        match result {
-            Ok(created) => {
-                if created {
-                    self.staging.stage(&staged, &rel_path);
-                }
-                Ok(Committed {
-                    rel_path,
-                    sha256: w.sha256.clone(),
-                    size: w.size,
-                    created,
-                    staged: created.then_some(staged),
-                })
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&staged);
-                Err(ArchiveError::from_io(e))
-            }
-        }
-    }
-
-    /// Moves a file staged elsewhere under the archive (the relay hub's
-    /// verified bundles) into its content-addressed place, as `commit` does
-    /// for a received one; the caller fsyncs the directories it touched and
+    /// Moves a file staged on local disk (the relay hub's verified bundles)
+    /// into its content-addressed place durably, as `commit` does for a
+    /// received one; None when the staged file is gone. The caller
     /// `settle`s the result.
     pub fn place(&self, staged: &Path, sha256: &str) -> io::Result<Option<Committed>> {
-        let (rel_dir, rel_path) = Self::rel_path(sha256);
-        let dest = self.root.join(&rel_path);
-        fs::create_dir_all(self.root.join(&rel_dir))?;
+        let rel_path = Self::rel_path(sha256);
+        let key = key_of(&rel_path).to_string();
+        let key = key.as_str();
         self.holds.take(sha256);
-        let created = if dest.exists() {
-            let _ = fs::remove_file(staged);
-            false
-        } else if staged.exists() {
-            if let Err(e) = fs::rename(staged, &dest) {
+        let created = match self.blobs.head(key).map_err(BlobError::into_io)? {
+            Some(_) => {
+                let _ = fs::remove_file(staged);
+                false
+            }
+            None if staged.exists() => match self.blobs.put_file(key, staged) {
+                Ok(created) => {
+                    if created {
+                        self.holds.created(sha256);
+                    }
+                    created
+                }
+                Err(e) => {
+                    let _ = self.holds.release(sha256, false);
+                    return Err(e.into_io());
+                }
+            },
+            None => {
                 let _ = self.holds.release(sha256, false);
-                return Err(e);
-            }
-            self.holds.created(sha256);
-            true
-        } else {
-            let _ = self.holds.release(sha256, false);
-            return Ok(None);
-        };
-        let size = match fs::metadata(&dest) {
-            Ok(m) => m.len(),
-            Err(e) => {
-                self.settle(
-                    &Committed {
-                        rel_path,
-                        sha256: sha256.to_string(),
-                        size: 0,
-                        created,
-                        staged: None,
-                    },
-                    false,
-                );
-                return Err(e);
+                return Ok(None);
             }
         };
-        Ok(Some(Committed {
+        let committed = Committed {
             rel_path,
             sha256: sha256.to_string(),
-            size,
+            size: 0,
             created,
             staged: None,
-        }))
+        };
+        match self.blobs.head(key) {
+            Ok(Some(size)) => Ok(Some(Committed { size, ..committed })),
+            Ok(None) => {
+                self.settle(&committed, false);
+                Err(io::Error::new(io::ErrorKind::NotFound, "placed object vanished"))
+            }
+            Err(e) => {
+                self.settle(&committed, false);
+                Err(e.into_io())
+            }
+        }
     }
 
     /// Ends a commit's hold once its index write has ended: `keep` says
@@ -427,60 +415,114 @@ impl Archive {
     /// index it). A file nobody keeps is removed when the last commit of the
     /// same bytes ends, so no unindexed file is kept and no indexed one lost.
     pub fn settle(&self, c: &Committed, keep: bool) {
-        if let Some(staged) = &c.staged {
-            return self.staging.settle(staged, keep);
+        if let (Some(staging), Some(staged)) = (&self.staging, &c.staged) {
+            staging.settle(staged, keep);
         }
         if self.holds.release(&c.sha256, keep) {
-            let _ = fs::remove_file(self.root.join(&c.rel_path));
+            let _ = self.blobs.delete(key_of(&c.rel_path));
         }
     }
 
-    /// Where the file `rel_path` (as the index names it) can be read now:
-    /// its staging file while it is not linked yet.
-    pub fn path_of(&self, rel_path: &str) -> PathBuf {
-        let p = self.root.join(rel_path);
-        if p.exists() {
-            return p;
+    /// Size in bytes of a stored instance (header included).
+    pub fn size(&self, rel_path: &str) -> Result<u64, ArchiveError> {
+        self.blobs
+            .head(key_of(rel_path))?
+            .ok_or_else(|| BlobError::NotFound(rel_path.to_string()).into())
+    }
+
+    /// A whole stored instance (the relay sends bundles of a few MB).
+    pub fn read(&self, rel_path: &str) -> Result<Vec<u8>, ArchiveError> {
+        Ok(self.blobs.get(key_of(rel_path))?)
+    }
+
+    /// Bytes `range` of a stored instance, clamped to its size `len`.
+    pub fn read_range(&self, rel_path: &str, range: Range<u64>, len: u64) -> Result<Vec<u8>, ArchiveError> {
+        let range = range.start.min(len)..range.end.min(len);
+        if range.is_empty() {
+            return Ok(Vec::new());
         }
-        self.staging.resolve(rel_path).unwrap_or(p)
+        Ok(self.blobs.get_range(key_of(rel_path), range)?)
+    }
+
+    /// A `Read + Seek` view of a stored instance that reads only what is
+    /// asked for (ranged reads on S3).
+    pub fn reader(&self, rel_path: &str) -> Result<Box<dyn ReadSeek>, ArchiveError> {
+        Ok(blob::open_reader(&self.blobs, key_of(rel_path))?)
+    }
+
+    /// A stored instance as the decoders take it.
+    pub fn input(&self, rel_path: &str) -> BlobInput {
+        BlobInput {
+            archive: self.clone(),
+            rel_path: rel_path.to_string(),
+        }
+    }
+
+    /// Store a derived image (`kind`: thumb, preview, mid, cine) of an instance.
+    pub fn put_derived(&self, rel_path: &str, kind: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        Ok(self.blobs.put(&derived_key(rel_path, kind), bytes)?)
+    }
+
+    /// A derived image of an instance, None when there is none (yet).
+    pub fn derived(&self, rel_path: &str, kind: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
+        match self.blobs.get(&derived_key(rel_path, kind)) {
+            Ok(b) => Ok(Some(b)),
+            Err(BlobError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Move a derived image staged on local disk beside its instance; true
+    /// when it is there afterwards.
+    pub fn place_derived(&self, rel_path: &str, kind: &str, staged: &Path) -> bool {
+        let key = derived_key(rel_path, kind);
+        match self.blobs.put_file(&key, staged) {
+            Ok(_) => true,
+            Err(_) => matches!(self.blobs.head(&key), Ok(Some(_))),
+        }
     }
 }
 
-/// Create `dir` and any missing parents, fsyncing each parent whose entries changed.
-pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+/// A stored instance opened through the blob boundary, for the decoders.
+#[derive(Clone)]
+pub struct BlobInput {
+    archive: Archive,
+    rel_path: String,
+}
+
+impl crate::imaging::decode::Input for BlobInput {
+    fn open(&self) -> io::Result<Box<dyn ReadSeek + '_>> {
+        self.archive.reader(&self.rel_path).map_err(|e| match e {
+            ArchiveError::Io(e) => e,
+            ArchiveError::Storage(b) => b.into_io(),
+            other => io::Error::other(other.to_string()),
+        })
     }
-    if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
-        match fs::create_dir(dir) {
-            Ok(()) => File::open(parent)?.sync_all()?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+
+    fn size(&self) -> io::Result<u64> {
+        self.archive.size(&self.rel_path).map_err(|e| match e {
+            ArchiveError::Io(e) => e,
+            ArchiveError::Storage(b) => b.into_io(),
+            other => io::Error::other(other.to_string()),
+        })
     }
-    Ok(())
 }
 
 impl TmpInstance {
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
-        let file = self
-            .file
+        let writer = self
+            .writer
             .as_mut()
             .ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
-        file.write_all(chunk).map_err(ArchiveError::from_io)?;
+        writer.write(chunk)?;
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
-        self.offset += chunk.len() as u64;
-        if self.offset - self.kicked >= WRITEBACK_STEP {
-            start_writeback(file, self.kicked, self.offset - self.kicked);
-            self.kicked = self.offset;
-        }
         Ok(())
     }
 
+    /// The local spool file holding what was received so far.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.writer.as_ref().map(|w| w.spool_path()).unwrap_or(Path::new(""))
     }
 
     /// Bytes of dataset written so far (header excluded).
@@ -490,51 +532,16 @@ impl TmpInstance {
 
     /// Close the data with its hash; `Archive::commit` makes it durable.
     pub fn finish(mut self) -> Result<Written, ArchiveError> {
-        let file = self
-            .file
+        let writer = self
+            .writer
             .take()
             .ok_or_else(|| ArchiveError::Io(io::Error::other("file closed")))?;
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok(Written {
-            tmp_path: std::mem::take(&mut self.path),
-            file: Some(file),
+            writer: Some(writer),
             sha256,
             size: self.size,
-            staged: self.staged,
         })
-    }
-}
-
-/// Ask the kernel to start writing `len` bytes at `from` to disk now,
-/// without waiting: by the time the last byte arrives most of the file is
-/// on its way, and the fdatasync that must precede the acknowledgement waits
-/// only for the rest. Advisory: a failure changes nothing but timing.
-fn start_writeback(file: &File, from: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor we own; no memory is passed.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-impl Drop for TmpInstance {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-impl Drop for Written {
-    fn drop(&mut self) {
-        // Only reached when commit() was never called; commit consumes the
-        // temp path by renaming or removing it, after which this is a no-op.
-        let _ = fs::remove_file(&self.tmp_path);
     }
 }
 
@@ -555,7 +562,7 @@ mod tests {
         assert!(commits[0].created);
         assert!(!commits[1].created);
         assert_eq!(commits[0].rel_path, commits[1].rel_path);
-        assert_eq!(fs::read(a.path_of(&commits[0].rel_path)).expect("read"), b"HDRdataset");
+        assert_eq!(a.read(&commits[0].rel_path).expect("read"), b"HDRdataset");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
         // different transfer syntax, same bytes: a different version
         let mut t = a.begin(b"HDR", b"1.2.840.10008.1.2").expect("begin");
@@ -581,30 +588,30 @@ mod tests {
         assert!(b.created && !c.created);
         a.settle(&c, true);
         a.settle(&b, false);
-        assert!(a.path_of(&b.rel_path).exists());
+        assert!(a.size(&b.rel_path).is_ok());
         // Refused first, indexed later: still kept.
         let b = commit_bytes(&a, b"other");
         let c = commit_bytes(&a, b"other");
         a.settle(&b, false);
         assert!(
-            a.path_of(&b.rel_path).exists(),
+            a.size(&b.rel_path).is_ok(),
             "another commit of these bytes is in flight"
         );
         a.settle(&c, true);
-        assert!(a.path_of(&b.rel_path).exists());
+        assert!(a.size(&b.rel_path).is_ok());
         // Nobody indexed it: the last one out removes it.
         let b = commit_bytes(&a, b"lonely");
         let c = commit_bytes(&a, b"lonely");
         a.settle(&b, false);
         a.settle(&c, false);
-        assert!(!a.path_of(&b.rel_path).exists());
+        assert!(a.size(&b.rel_path).is_err());
         // A file that was there before (indexed earlier) is never removed.
         let first = commit_bytes(&a, b"old");
         a.settle(&first, true);
         let again = commit_bytes(&a, b"old");
         assert!(!again.created);
         a.settle(&again, false);
-        assert!(a.path_of(&first.rel_path).exists());
+        assert!(a.size(&first.rel_path).is_ok());
         assert!(a.holds.lock().is_empty());
     }
 
@@ -625,7 +632,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut t = loop {
             let t = a.begin(&header, ts.as_bytes()).expect("begin");
-            if t.staged {
+            if t.writer.as_ref().is_some_and(|w| w.staged()) {
                 break t;
             }
             drop(t);
@@ -645,33 +652,38 @@ mod tests {
         let c = staged(&a, "1.2.3.4", &body);
         let staging_file = c.staged.clone().expect("written to a staging file");
         assert!(c.created);
-        assert!(
-            !dir.path().join(&c.rel_path).exists(),
-            "not linked before the index write"
-        );
-        // Readers asking for the final path get the staging file meanwhile.
-        let read = fs::read(a.path_of(&c.rel_path)).expect("readable before linking");
-        assert_eq!(&read[read.len() - body.len()..], &body[..]);
+        let final_file = dir.path().join(&c.rel_path);
+        assert!(!final_file.exists(), "not linked before the index write");
+        // Readers of the key get the staged file meanwhile.
+        let read = a.read(&c.rel_path).expect("readable before linking");
+        assert!(read.ends_with(&body));
+        assert_eq!(a.size(&c.rel_path).expect("size"), read.len() as u64);
         a.settle(&c, true);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while a.unplaced() > 0 {
             assert!(std::time::Instant::now() < deadline, "never linked");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(fs::read(dir.path().join(&c.rel_path)).expect("final"), read);
-        assert_eq!(a.path_of(&c.rel_path), dir.path().join(&c.rel_path));
+        assert_eq!(fs::read(&final_file).expect("linked under its key"), read);
         assert!(
             staging_file.exists(),
-            "the staging name outlives the link by a grace period, for readers handed it"
+            "the staged name outlives the link by a grace period, for readers handed it"
         );
         // Identical bytes again: nothing to sync or link, the staging file goes.
         let again = staged(&a, "1.2.3.4", &body);
         assert!(!again.created && again.staged.is_none());
-        // A refused one is removed at once.
+        a.settle(&again, false);
+        assert!(
+            final_file.exists(),
+            "a duplicate settling never removes the stored file"
+        );
+        // A refused one is removed at once, and nothing is linked.
         let refused = staged(&a, "1.2.3.5", b"other");
         let refused_file = refused.staged.clone().expect("staged");
         a.settle(&refused, false);
         assert!(!refused_file.exists());
+        assert!(!dir.path().join(&refused.rel_path).exists());
+        assert!(a.holds.lock().is_empty());
     }
 
     #[test]
@@ -705,10 +717,10 @@ mod tests {
             .recover_staged(leftovers, |l| l.sop_instance_uid == "1.2.3.10")
             .expect("recover");
         assert_eq!((placed, removed), (1, 1));
-        let on_disk = fs::read(dir.path().join(&acked.rel_path)).expect("placed");
-        assert!(on_disk.ends_with(&vec![1u8; 300_000]));
-        assert!(!dir.path().join(&unacked.rel_path).exists());
-        assert_eq!(fs::read_dir(dir.path().join("staging")).expect("ls").count(), 0);
+        assert!(a.read(&acked.rel_path).expect("placed").ends_with(&vec![1u8; 300_000]));
+        assert!(a.size(&unacked.rel_path).is_err());
+        let staging_dir = dir.path().join("instances").join(".staging");
+        assert_eq!(fs::read_dir(staging_dir).expect("ls").count(), 0);
     }
 
     #[test]

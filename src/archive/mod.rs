@@ -4,4 +4,3 @@
 pub mod files;
 pub mod index;
 pub mod stability;
-pub mod staging;

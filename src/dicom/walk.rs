@@ -8,7 +8,7 @@
 //! Memory use is the wanted values plus one scratch buffer.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 /// How the dataset is encoded on the wire, derived from the transfer syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +95,16 @@ pub struct Summary {
     pub pixel_data: Option<PixelLocation>,
 }
 
+/// Moves a reader forward by n bytes.
+type SkipBy<R> = fn(&mut R, u64) -> io::Result<()>;
+
 struct Cursor<R> {
     inner: R,
     pos: u64,
     scratch: Vec<u8>,
+    /// Skips values by seeking instead of reading through them, with the
+    /// dataset's length to notice truncation ([`walk_seekable`]).
+    seek: Option<(SkipBy<R>, u64)>,
 }
 
 impl<R: Read> Cursor<R> {
@@ -127,6 +133,14 @@ impl<R: Read> Cursor<R> {
     }
 
     fn skip(&mut self, mut n: u64) -> Result<(), WalkError> {
+        if let Some((seek, len)) = self.seek {
+            if self.pos.saturating_add(n) > len {
+                return Err(WalkError::Truncated(len));
+            }
+            seek(&mut self.inner, n).map_err(WalkError::Io)?;
+            self.pos += n;
+            return Ok(());
+        }
         while n > 0 {
             let chunk = n.min(self.scratch.len() as u64) as usize;
             let mut buf = std::mem::take(&mut self.scratch);
@@ -225,12 +239,45 @@ pub fn walk<R: Read>(reader: R, enc: Encoding, wanted: &[u32]) -> Result<Summary
     walk_plain(reader, enc, wanted)
 }
 
+/// [`walk`] over a seekable source of `len` bytes (the dataset, from the
+/// reader's position): values are skipped by seeking, so walking a 1 GB
+/// multi-frame in object storage reads its headers, not its pixels.
+/// Truncation is still noticed (a value reaching past `len`). Deflated
+/// datasets cannot be seeked into: they are read through.
+pub fn walk_seekable<R: Read + Seek>(reader: R, enc: Encoding, wanted: &[u32], len: u64) -> Result<Summary, WalkError> {
+    if enc.deflated {
+        return walk(reader, enc, wanted);
+    }
+    fn forward<R: Seek>(r: &mut R, n: u64) -> io::Result<()> {
+        let n = i64::try_from(n).map_err(|_| io::Error::other("skip too long"))?;
+        r.seek(SeekFrom::Current(n)).map(|_| ())
+    }
+    walk_cursor(
+        Cursor {
+            inner: reader,
+            pos: 0,
+            scratch: vec![0u8; 64 * 1024],
+            seek: Some((forward::<R>, len)),
+        },
+        enc,
+        wanted,
+    )
+}
+
 fn walk_plain<R: Read>(reader: R, enc: Encoding, wanted: &[u32]) -> Result<Summary, WalkError> {
-    let mut c = Cursor {
-        inner: reader,
-        pos: 0,
-        scratch: vec![0u8; 64 * 1024],
-    };
+    walk_cursor(
+        Cursor {
+            inner: reader,
+            pos: 0,
+            scratch: vec![0u8; 64 * 1024],
+            seek: None,
+        },
+        enc,
+        wanted,
+    )
+}
+
+fn walk_cursor<R: Read>(mut c: Cursor<R>, enc: Encoding, wanted: &[u32]) -> Result<Summary, WalkError> {
     let mut summary = Summary::default();
     walk_dataset(&mut c, enc, 0, Some((&mut summary, wanted)), false)?;
     if summary.top_level_elements == 0 {

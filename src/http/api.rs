@@ -18,6 +18,7 @@ use super::error::{ApiError, Code};
 use super::limits::ZipRefused;
 use super::uid::{Uid, check as check_uid};
 use super::zipstream::{ZipStream, instance_entry_name};
+use crate::archive::files::Archive;
 use crate::archive::index::{InstanceRow, StudyFilter, StudyRow};
 use crate::http::Services;
 use crate::reading::access::{Caller, Role};
@@ -202,18 +203,14 @@ pub async fn instance_file(
         Some(&format!("instance {uid}")),
     )
     .await;
-    let path = s.archive.path_of(&row.path);
-    let file = tokio::fs::File::open(&path)
+    let len = stored_size(&s.archive, &row.path)
         .await
-        .map_err(|e| ApiError::Internal(format!("opening {}: {e}", path.display())))?;
-    let len = file.metadata().await.map(|m| m.len()).ok();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+        .map_err(|e| ApiError::Internal(format!("opening instance {uid}: {e}")))?;
+    let body = Body::from_stream(instance_chunks(s.archive.clone(), row.path.clone(), len));
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom"));
-    if let Some(len) = len {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{uid}.dcm\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -221,6 +218,44 @@ pub async fn instance_file(
         h.insert(header::ETAG, v);
     }
     Ok(resp)
+}
+
+/// Size of a stored instance, read on a blocking thread.
+async fn stored_size(archive: &Archive, rel: &str) -> std::io::Result<u64> {
+    let (archive, rel) = (archive.clone(), rel.to_string());
+    tokio::task::spawn_blocking(move || archive.size(&rel))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// A stored instance of `len` bytes as ranged reads of `ZIP_CHUNK`, each on
+/// a blocking thread and only when the consumer asks for it: memory is one
+/// chunk whatever the instance's size, and no thread waits on a slow client.
+/// An instance shorter than its size ends the stream in an error (a
+/// truncated download is detectable, a silently short one is not).
+fn instance_chunks(archive: Archive, rel: String, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    futures::stream::try_unfold(0u64, move |at| {
+        let (archive, rel) = (archive.clone(), rel.clone());
+        async move {
+            if at >= len {
+                return Ok(None);
+            }
+            let end = (at + ZIP_CHUNK as u64).min(len);
+            let bytes = tokio::task::spawn_blocking(move || archive.read_range(&rel, at..end, len))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if bytes.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stored instance shorter than its size",
+                ));
+            }
+            let next = at + bytes.len() as u64;
+            Ok(Some((Bytes::from(bytes), next)))
+        }
+    })
 }
 
 /// Stream the whole study as a zip. Bounded: at most `http.max_zip_downloads`
@@ -283,13 +318,12 @@ const ZIP_CHUNK: usize = 256 * 1024;
 
 /// Writes the zip into `tx`; true when all of it was handed over.
 async fn write_zip(
-    archive: &crate::archive::files::Archive,
+    archive: &Archive,
     rows: &[InstanceRow],
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     stall: Duration,
     limits: &crate::http::limits::LimitCounters,
 ) -> bool {
-    use tokio::io::AsyncReadExt;
     use tokio::sync::mpsc::error::SendTimeoutError;
     // The connection's own write timeout and this stall race to cut a
     // client that stopped reading (same limit); whichever wins counts it.
@@ -311,17 +345,18 @@ async fn write_zip(
     };
     let mut z = ZipStream::new();
     let mut series_no: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut buf = vec![0u8; ZIP_CHUNK];
     for (i, r) in rows.iter().enumerate() {
         let next = series_no.len();
         let n = *series_no.entry(r.series_uid.as_str()).or_insert(next);
         let name = instance_entry_name(&r.series_uid, &r.sop_instance_uid, n, i);
         // Abort the body on errors: a truncated zip is detectable, a
         // silently incomplete one is not.
-        let mut f = match tokio::fs::File::open(archive.path_of(&r.path)).await {
-            Ok(f) => f,
+        let len = match stored_size(archive, &r.path).await {
+            Ok(l) => l,
             Err(e) => return fail(e),
         };
+        let chunks = instance_chunks(archive.clone(), r.path.clone(), len);
+        let mut chunks = std::pin::pin!(chunks);
         let header = match z.start(&name) {
             Ok(h) => h,
             Err(e) => return fail(std::io::Error::other(e)),
@@ -329,12 +364,11 @@ async fn write_zip(
         if !send(header).await {
             return false;
         }
-        loop {
-            match f.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    z.data(&buf[..n]);
-                    if !send(buf[..n].to_vec()).await {
+        while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+            match chunk {
+                Ok(b) => {
+                    z.data(&b);
+                    if !send(b.to_vec()).await {
                         return false;
                     }
                 }
@@ -350,14 +384,14 @@ async fn write_zip(
 
 /// Dataset attributes for the tag panel and the viewer (window presets,
 /// pixel spacing), read from the stored file up to the pixel data.
-fn read_tags(path: &std::path::Path) -> Result<(Vec<serde_json::Value>, serde_json::Value), String> {
+fn read_tags(path: &dyn crate::imaging::decode::Input) -> Result<(Vec<serde_json::Value>, serde_json::Value), String> {
+    use crate::imaging::decode::DecodeError as D;
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
     use dicom_core::value::Value;
     use dicom_dictionary_std::{StandardDataDictionary, tags};
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| format!("cannot parse: {e}"))?;
+    let obj = crate::imaging::decode::read_object(path, Some(tags::PIXEL_DATA)).map_err(|e| match e {
+        D::Corrupt(m) | D::Io(m) | D::NotAnImage(m) | D::Unsupported(m) => format!("cannot parse: {m}"),
+    })?;
     let mut out = Vec::new();
     let mut meta = Vec::new();
     let m = obj.meta();
@@ -451,7 +485,7 @@ async fn tags_of(s: &Services, uid: &str) -> Result<(Vec<serde_json::Value>, ser
         .into_iter()
         .next()
         .ok_or(ApiError::NotFound("instance"))?;
-    let path = s.archive.path_of(&row.path);
+    let path = s.archive.input(&row.path);
     tokio::task::spawn_blocking(move || read_tags(&path))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -15,7 +15,6 @@ use super::uid::{self, Uid};
 use crate::archive::index::InstanceRow;
 use crate::http::Services;
 use crate::imaging::render::{self, Format, Image8, RenderParams};
-use crate::imaging::worker::render_path;
 use crate::reading::access::Caller;
 
 type S = State<Arc<Services>>;
@@ -98,8 +97,11 @@ async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &Hea
     if not_modified(headers, &etag) {
         return Ok(cached(&etag));
     }
-    let path = render_path(&s.archive, &row.path, kind);
-    if let Ok(bytes) = tokio::fs::read(&path).await {
+    let (archive, rel) = (s.archive.clone(), row.path.clone());
+    let stored = tokio::task::spawn_blocking(move || archive.derived(&rel, kind))
+        .await
+        .map_err(|e| ApiError::Internal(format!("preview read: {e}")))?;
+    if let Ok(Some(bytes)) = stored {
         return Ok(image_response(bytes, "image/jpeg", &etag, &row.preview_status));
     }
     if matches!(kind, "mid" | "cine") && row.frames.unwrap_or(1) <= 1 {
@@ -109,7 +111,7 @@ async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &Hea
         return Err(ApiError::NotFound("cine strip not rendered yet"));
     }
     // Pending (or files lost): render this one now rather than make the reader wait.
-    let file = s.archive.path_of(&row.path);
+    let file = s.archive.input(&row.path);
     let frames = row.frames.unwrap_or(1).max(1) as u32;
     let (frame, side) = match kind {
         "thumb" => (0, render::THUMB_SIDE),
@@ -220,7 +222,7 @@ pub async fn rendered_image(
     if not_modified(&headers, &etag) {
         return Ok(cached(&etag));
     }
-    let file = s.archive.path_of(&row.path);
+    let file = s.archive.input(&row.path);
     let r = rendered(&s, move || {
         let img = render::render_any(
             &file,
@@ -275,7 +277,7 @@ pub async fn key_images(State(s): S, c: Caller, Uid(uid): Uid, headers: HeaderMa
         let thumbs: Vec<Image8> = picks
             .iter()
             .map(|p| {
-                let stored = std::fs::read(render_path(&archive, &p.path, "thumb")).ok();
+                let stored = archive.derived(&p.path, "thumb").ok().flatten();
                 stored
                     .and_then(|b| image::load_from_memory(&b).ok())
                     .map(|i| {
@@ -293,7 +295,7 @@ pub async fn key_images(State(s): S, c: Caller, Uid(uid): Uid, headers: HeaderMa
                             frame: 0,
                             max_side: render::THUMB_SIDE,
                         };
-                        render::render_any(&archive.path_of(&p.path), &params).ok()
+                        render::render_any(&archive.input(&p.path), &params).ok()
                     })
                     .unwrap_or_else(|| render::placeholder(render::THUMB_SIDE))
             })

@@ -7,8 +7,8 @@
 //! RLE) inside a one-frame object, so a 1 GB multi-frame never sits in memory.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{self as stdio, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use dicom_core::value::{PixelFragmentSequence, Value};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -74,6 +74,65 @@ pub enum Frame {
 pub struct Source {
     pub header: DefaultDicomObject,
     pub info: ImageInfo,
+}
+
+/// Where a stored object's bytes come from: a local file, or an archived
+/// instance behind the blob boundary (`archive::files::BlobInput`, ranged
+/// reads on S3). Decoding opens it a few times and reads only the header
+/// and the requested frame.
+pub trait Input: Send + Sync {
+    fn open(&self) -> stdio::Result<Box<dyn crate::store::blob::ReadSeek + '_>>;
+    fn size(&self) -> stdio::Result<u64>;
+}
+
+impl Input for Path {
+    fn open(&self) -> stdio::Result<Box<dyn crate::store::blob::ReadSeek + '_>> {
+        Ok(Box::new(stdio::BufReader::with_capacity(64 << 10, File::open(self)?)))
+    }
+    fn size(&self) -> stdio::Result<u64> {
+        Ok(std::fs::metadata(self)?.len())
+    }
+}
+
+impl Input for PathBuf {
+    fn open(&self) -> stdio::Result<Box<dyn crate::store::blob::ReadSeek + '_>> {
+        self.as_path().open()
+    }
+    fn size(&self) -> stdio::Result<u64> {
+        self.as_path().size()
+    }
+}
+
+/// Parse a Part 10 object from `src` (with or without its 128-byte
+/// preamble), up to `until` when given.
+pub fn read_object(src: &dyn Input, until: Option<Tag>) -> Result<DefaultDicomObject, DecodeError> {
+    let mut r = src.open().map_err(io)?;
+    let mut head = [0u8; 132];
+    let got = read_up_to(&mut r, &mut head).map_err(io)?;
+    let start = if got == 132 && &head[128..132] == b"DICM" {
+        128
+    } else {
+        0
+    };
+    r.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut opts = OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Never);
+    if let Some(t) = until {
+        opts = opts.read_until(t);
+    }
+    opts.from_reader(r).map_err(|e| DecodeError::Corrupt(e.to_string()))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> stdio::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == stdio::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 fn io(e: impl std::fmt::Display) -> DecodeError {
@@ -224,17 +283,18 @@ const SOP_CLASS_UID: u32 = 0x0008_0016;
 /// without pixel data apart before dicom-object parses anything (dicom-object
 /// 0.10 misreads some undefined-length UN sequences and then allocates and
 /// zero-fills gigabytes for the garbage length it reads).
-pub fn open(path: &Path) -> Result<Source, DecodeError> {
-    let file = File::open(path).map_err(io)?;
+pub fn open(path: &dyn Input) -> Result<Source, DecodeError> {
+    let size = path.size().map_err(io)?;
+    let mut reader = path.open().map_err(io)?;
     let mut head = Vec::new();
-    (&file).take(META_LIMIT).read_to_end(&mut head).map_err(io)?;
+    (&mut reader).take(META_LIMIT).read_to_end(&mut head).map_err(io)?;
     let meta = part10(&head)?;
     let ts = meta.transfer_syntax;
     let dataset_offset = meta.dataset_offset;
     let enc = Encoding::for_transfer_syntax(&ts);
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
     reader.seek(SeekFrom::Start(dataset_offset)).map_err(io)?;
-    let summary = walk::walk(reader, enc, &[SOP_CLASS_UID]).map_err(|e| match e {
+    let len = size.saturating_sub(dataset_offset);
+    let summary = walk::walk_seekable(reader, enc, &[SOP_CLASS_UID], len).map_err(|e| match e {
         walk::WalkError::BadVr { .. } => {
             DecodeError::Corrupt(format!("dataset is not encoded as its transfer syntax {ts} says: {e}"))
         }
@@ -258,10 +318,10 @@ pub fn open(path: &Path) -> Result<Source, DecodeError> {
             return Err(DecodeError::NotAnImage("no pixel data".into()));
         }
     };
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| DecodeError::Corrupt(format!("cannot parse header: {e}")))?;
+    let header = read_object(path, Some(tags::PIXEL_DATA)).map_err(|e| match e {
+        DecodeError::Corrupt(e) => DecodeError::Corrupt(format!("cannot parse header: {e}")),
+        e => e,
+    })?;
     let obj: &InMemDicomObject = &header;
     let rows = int(obj, tags::ROWS).unwrap_or(0);
     let cols = int(obj, tags::COLUMNS).unwrap_or(0);
@@ -337,11 +397,11 @@ pub fn open(path: &Path) -> Result<Source, DecodeError> {
 /// The VR of an explicit VR element with a 4-byte length (OB, OW, ...),
 /// given where its value starts: it sits 8 bytes before (VR, 2 reserved
 /// bytes, 4-byte length).
-fn value_vr(path: &Path, value_start: u64) -> Result<[u8; 2], DecodeError> {
+fn value_vr(path: &dyn Input, value_start: u64) -> Result<[u8; 2], DecodeError> {
     let at = value_start
         .checked_sub(8)
         .ok_or_else(|| DecodeError::Corrupt("pixel data header before the dataset".into()))?;
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = path.open().map_err(io)?;
     f.seek(SeekFrom::Start(at)).map_err(io)?;
     let mut vr = [0u8; 2];
     f.read_exact(&mut vr).map_err(io)?;
@@ -468,7 +528,7 @@ impl Source {
 
     /// Decode one frame (0-based). Grayscale values go through the Modality
     /// LUT when the dataset has one (then `rescale` is the identity).
-    pub fn frame(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
+    pub fn frame(&self, path: &dyn Input, frame: u32) -> Result<Frame, DecodeError> {
         Ok(match (self.decoded_frame(path, frame)?, &self.info.modality_lut) {
             (Frame::Stored { width, height, values }, Some(lut)) => Frame::Stored {
                 width,
@@ -480,7 +540,7 @@ impl Source {
     }
 
     /// The frame's stored values (or RGB) as the data holds them.
-    fn decoded_frame(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
+    fn decoded_frame(&self, path: &dyn Input, frame: u32) -> Result<Frame, DecodeError> {
         let info = &self.info;
         if frame >= info.frames {
             return Err(DecodeError::Unsupported(format!("frame {frame} of {}", info.frames)));
@@ -508,12 +568,12 @@ impl Source {
 
     /// Deflated datasets cannot be seeked into; they are small in practice,
     /// so load them whole, with a size limit.
-    fn frame_from_full_object(&self, path: &Path, frame: u32) -> Result<Frame, DecodeError> {
-        let size = std::fs::metadata(path).map_err(io)?.len();
+    fn frame_from_full_object(&self, path: &dyn Input, frame: u32) -> Result<Frame, DecodeError> {
+        let size = path.size().map_err(io)?;
         if size > 256 << 20 {
             return Err(DecodeError::Unsupported("deflated dataset larger than 256 MB".into()));
         }
-        let obj = dicom_object::open_file(path).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        let obj = read_object(path, None)?;
         let decoded = obj
             .decode_pixel_data_frame(frame)
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
@@ -746,7 +806,7 @@ fn frame_bytes(info: &ImageInfo) -> u64 {
 }
 
 fn read_native_frame(
-    path: &Path,
+    path: &dyn Input,
     info: &ImageInfo,
     start: u64,
     length: u64,
@@ -785,7 +845,7 @@ fn read_native_frame(
     } else {
         len
     };
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = path.open().map_err(io)?;
     f.seek(SeekFrom::Start(start + read_off)).map_err(io)?;
     let mut buf = Vec::with_capacity(want as usize);
     f.take(want.min(length - read_off)).read_to_end(&mut buf).map_err(io)?;
@@ -823,13 +883,13 @@ fn read_native_frame(
 /// fragment per frame, or all fragments for a single frame, or JPEG SOI
 /// markers start each frame.
 fn read_fragments(
-    path: &Path,
+    path: &dyn Input,
     dataset_offset: u64,
     fragments: &[(u64, u32)],
     frames: u32,
     frame: u32,
 ) -> Result<Vec<Vec<u8>>, DecodeError> {
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = path.open().map_err(io)?;
     let mut read = |(off, len): (u64, u32)| -> Result<Vec<u8>, DecodeError> {
         f.seek(SeekFrom::Start(dataset_offset + off)).map_err(io)?;
         let mut buf = vec![0u8; len as usize];

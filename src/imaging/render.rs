@@ -2,9 +2,7 @@
 //! pixels and encoded JPEG/PNG out. Blocking and CPU-bound: callers run it on
 //! the render workers or `spawn_blocking`, never on the async runtime.
 
-use std::path::Path;
-
-use super::decode::{self, DecodeError, Frame, Source};
+use super::decode::{self, DecodeError, Frame, Input, Source};
 use super::pixel::{self, Voi, Window};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
@@ -86,7 +84,7 @@ pub fn display(src: &Source, frame: Frame, frame_index: u32, window: Option<(f64
 }
 
 /// Any renderable instance: an image frame, or an ECG waveform on ECG paper.
-pub fn render_any(path: &Path, p: &RenderParams) -> Result<Image8, DecodeError> {
+pub fn render_any(path: &dyn Input, p: &RenderParams) -> Result<Image8, DecodeError> {
     match render(path, p) {
         Err(DecodeError::NotAnImage(what)) if what == "waveform" => Ok(scale(render_ecg(path)?, p.max_side)),
         other => other,
@@ -95,14 +93,12 @@ pub fn render_any(path: &Path, p: &RenderParams) -> Result<Image8, DecodeError> 
 
 /// ECG waveforms are small (a few hundred KB), so the whole object is read,
 /// with a size limit against hostile files.
-pub fn render_ecg(path: &Path) -> Result<Image8, DecodeError> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| DecodeError::Io(e.to_string()))?
-        .len();
+pub fn render_ecg(path: &dyn Input) -> Result<Image8, DecodeError> {
+    let size = path.size().map_err(|e| DecodeError::Io(e.to_string()))?;
     if size > 64 << 20 {
         return Err(DecodeError::Unsupported("waveform object larger than 64 MB".into()));
     }
-    let obj = dicom_object::open_file(path).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let obj = decode::read_object(path, None)?;
     let ecg = super::ecg::parse_ecg(&obj).map_err(|e| DecodeError::Unsupported(format!("waveform: {e}")))?;
     let img = super::ecg::render_ecg(&ecg, ECG_PX_PER_MM);
     Ok(Image8 {
@@ -117,12 +113,12 @@ pub fn render_ecg(path: &Path) -> Result<Image8, DecodeError> {
 pub const ECG_PX_PER_MM: f32 = 5.0;
 
 /// Decode, window and scale one frame of a stored file.
-pub fn render(path: &Path, p: &RenderParams) -> Result<Image8, DecodeError> {
+pub fn render(path: &dyn Input, p: &RenderParams) -> Result<Image8, DecodeError> {
     let src = decode::open(path)?;
     render_source(&src, path, p)
 }
 
-pub fn render_source(src: &Source, path: &Path, p: &RenderParams) -> Result<Image8, DecodeError> {
+pub fn render_source(src: &Source, path: &dyn Input, p: &RenderParams) -> Result<Image8, DecodeError> {
     let frame = src.frame(path, p.frame)?;
     let img = display(src, frame, p.frame, p.window);
     Ok(scale(img, p.max_side))
@@ -261,7 +257,7 @@ pub struct Previews {
     pub cine: Option<(Vec<u8>, u32)>,
 }
 
-pub fn make_previews(path: &Path) -> Result<Previews, DecodeError> {
+pub fn make_previews(path: &dyn Input) -> Result<Previews, DecodeError> {
     let src = match decode::open(path) {
         Err(DecodeError::NotAnImage(what)) if what == "waveform" => {
             let ecg = render_ecg(path)?;

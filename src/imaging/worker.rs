@@ -8,7 +8,6 @@
 //! dedicated threads at the lowest scheduling priority.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,29 +76,18 @@ fn lower_priority() {
     }
 }
 
-/// Where the rendered files of an instance live: beside it, same stem.
-pub fn render_path(archive: &Archive, rel_path: &str, kind: &str) -> PathBuf {
-    let stem = rel_path.strip_suffix(".dcm").unwrap_or(rel_path);
-    archive.path_of(&format!("{stem}.{kind}.jpg"))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Previews can always be re-rendered, so no fsync; the rename keeps
-    // readers from ever seeing half a JPEG.
-    let tmp = path.with_extension("jpg.tmp");
-    // The instance's own directory may not exist yet: a staged instance is
-    // linked into place shortly after it is indexed (archive::staging).
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Render one instance's previews and store them beside it (through the
+/// blob boundary; previews can always be rendered again, so they are not
+/// made durable); returns the status text. None when the storage cannot be
+/// reached or a read failed on an instance that is there: nothing is wrong
+/// with the instance, so it stays pending and the catch-up loop offers it
+/// again (an outage must not leave "no preview" on what it touched).
+pub fn render_instance(archive: &Archive, rel_path: &str) -> Option<(String, Option<i64>)> {
+    match archive.size(rel_path) {
+        Err(e) if e.is_resource_problem() => return None,
+        _ => {}
     }
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Render one instance's previews and write them; returns the status text.
-pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64>) {
-    let path = archive.path_of(rel_path);
-    match render::make_previews(&path) {
+    Some(match render::make_previews(&archive.input(rel_path)) {
         Ok(p) => {
             let mut files = vec![("thumb", p.thumbnail), ("preview", p.preview)];
             if let Some(m) = p.middle {
@@ -110,14 +98,22 @@ pub fn render_instance(archive: &Archive, rel_path: &str) -> (String, Option<i64
                 i64::from(n)
             });
             for (kind, bytes) in files {
-                if let Err(e) = write_atomic(&render_path(archive, rel_path, kind), &bytes) {
-                    return (format!("no preview: cannot write {kind}: {e}"), None);
+                match archive.put_derived(rel_path, kind, &bytes) {
+                    Err(e) if e.is_resource_problem() => return None,
+                    Err(e) => return Some((format!("no preview: cannot write {kind}: {e}"), None)),
+                    Ok(()) => {}
                 }
             }
             ("ok".to_string(), cine)
         }
+        // Reading failed, not decoding: the store may have gone away after
+        // the check above. Only a missing instance is final.
+        Err(e @ crate::imaging::decode::DecodeError::Io(_)) => match archive.size(rel_path) {
+            Err(missing) if missing.is_not_found() => (format!("no preview: {e}"), None),
+            _ => return None,
+        },
         Err(e) => (format!("no preview: {e}"), None),
-    }
+    })
 }
 
 pub struct Pool {
@@ -170,7 +166,12 @@ pub fn start(
                     })
                 };
                 let Some(job) = job else { break };
-                let (status, cine) = render_instance(&archive, &job.rel_path);
+                let Some((status, cine)) = render_instance(&archive, &job.rel_path) else {
+                    warn!("instance storage unreachable; previews left pending");
+                    queue.done(&job);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                };
                 debug!(status = %status, "previews rendered");
                 let counter = if status == "ok" {
                     &metrics.previews_rendered
@@ -246,10 +247,15 @@ mod tests {
     }
 
     #[test]
-    fn render_paths_sit_beside_the_instance() {
+    fn previews_sit_beside_the_instance() {
         let dir = tempfile::tempdir().expect("tmp");
         let a = Archive::open(dir.path(), 0).expect("archive");
-        let p = render_path(&a, "instances/ab/abcdef.dcm", "thumb");
-        assert!(p.ends_with("instances/ab/abcdef.thumb.jpg"));
+        a.put_derived("instances/ab/abcdef.dcm", "thumb", b"jpeg").expect("put");
+        assert!(dir.path().join("instances/ab/abcdef.thumb.jpg").is_file());
+        assert_eq!(
+            a.derived("instances/ab/abcdef.dcm", "thumb").expect("get").as_deref(),
+            Some(&b"jpeg"[..])
+        );
+        assert_eq!(a.derived("instances/ab/abcdef.dcm", "mid").expect("get"), None);
     }
 }

@@ -308,15 +308,11 @@ async fn send_study(edge: &Arc<Edge>, conn: &quinn::Connection, item: &OutboxIte
     // Sizes of the files as stored (the index counts the dataset only).
     let archive = edge.archive.clone();
     let paths: Vec<String> = insts.iter().map(|i| i.rel_path.clone()).collect();
-    let sizes = tokio::task::spawn_blocking(move || {
-        paths
-            .iter()
-            .map(|p| std::fs::metadata(archive.path_of(p)).map(|m| m.len()))
-            .collect::<Result<Vec<u64>, _>>()
-    })
-    .await
-    .map_err(|e| LinkError::Unexpected(e.to_string()))?
-    .map_err(|e| LinkError::Unexpected(format!("an instance file of the study is missing: {e}")))?;
+    let sizes =
+        tokio::task::spawn_blocking(move || paths.iter().map(|p| archive.size(p)).collect::<Result<Vec<u64>, _>>())
+            .await
+            .map_err(|e| LinkError::Unexpected(e.to_string()))?
+            .map_err(|e| LinkError::Unexpected(format!("an instance file of the study is missing: {e}")))?;
     for (i, s) in insts.iter_mut().zip(sizes) {
         i.manifest.file_size = s;
     }
@@ -490,7 +486,7 @@ async fn send_bundle(
         let mut plain = Vec::new();
         let mut out = Vec::with_capacity(members.len());
         for (sop, sha, rel) in members {
-            let bytes = std::fs::read(archive.path_of(&rel))?;
+            let bytes = archive.read(&rel).map_err(|e| std::io::Error::other(e.to_string()))?;
             out.push(Member {
                 sop_uid: sop,
                 sha256: sha,
@@ -563,8 +559,8 @@ async fn read_previews(
             continue;
         }
         for kind in ["thumb", "preview", "mid", "cine"] {
-            let path = crate::imaging::worker::render_path(&edge.archive, &inst.rel_path, kind);
-            let Ok(bytes) = tokio::fs::read(&path).await else {
+            let (archive, rel) = (edge.archive.clone(), inst.rel_path.clone());
+            let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || archive.derived(&rel, kind)).await else {
                 continue;
             };
             items.push(PreviewItem {

@@ -662,29 +662,21 @@ fn place_each(
     moves: Vec<Move>,
     out: &mut HashMap<String, (Committed, bool)>,
 ) -> Result<(), PlaceError> {
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
     for (sop, staged, sha, previews) in moves {
+        // Durable when placed (rename and directory fsync on local files,
+        // the upload on S3).
         let committed = archive
             .place(Path::new(&staged), &sha)
             .map_err(PlaceError::Io)?
             .ok_or_else(|| PlaceError::Vanished(sop.clone()))?;
-        let dest = archive.path_of(&committed.rel_path);
-        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        dirs.insert(dir);
         let mut kinds = HashSet::new();
         for (kind, path) in previews {
-            let to = crate::imaging::worker::render_path(archive, &committed.rel_path, &kind);
-            if std::fs::rename(&path, &to).is_ok() || to.exists() {
+            if archive.place_derived(&committed.rel_path, &kind, Path::new(&path)) {
                 kinds.insert(kind);
             }
         }
         let has_previews = kinds.contains("thumb") && kinds.contains("preview");
         out.insert(sop, (committed, has_previews));
-    }
-    for d in dirs {
-        std::fs::File::open(&d)
-            .and_then(|f| f.sync_all())
-            .map_err(PlaceError::Io)?;
     }
     Ok(())
 }

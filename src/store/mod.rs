@@ -8,6 +8,7 @@
 //! migrations in `archive::index` (they stay there with the other
 //! migrations). Repositories so far: `worklist`.
 
+pub mod blob;
 pub mod worklist;
 
 use sqlx::SqlitePool;

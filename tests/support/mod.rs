@@ -450,7 +450,9 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_medrelay"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_medrelay"));
+        storage_env(&mut cmd, &self.data_dir);
+        let mut child = cmd
             .args(&self.opts_args)
             .env("RUST_LOG", "info,medrelay=debug")
             .env("NO_COLOR", "1")
@@ -936,4 +938,44 @@ pub fn signal_probe_with(s: &Server, scenario: &str, token: &str, extra: &[&str]
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("probe {scenario} output: {e}"))
+}
+
+/// `MEDRELAY_TEST_STORAGE=s3`: every `Server` of this test process stores its
+/// instances and previews on one real s3s-fs (started on first use), each
+/// under a prefix of its own (stable across restarts of that server);
+/// otherwise the default local files. `tests/run` runs the storage-relevant
+/// suites once more this way.
+pub fn storage_is_s3() -> bool {
+    std::env::var("MEDRELAY_TEST_STORAGE").as_deref() == Ok("s3")
+}
+
+/// Where the object a server's index calls `rel_path` (`instances/ab/….dcm`)
+/// lies on disk: under its data directory, or in the shared s3s-fs's
+/// directory (it keeps each object as a plain file under bucket/prefix).
+pub fn stored_path(s: &Server, rel_path: &str) -> PathBuf {
+    if !storage_is_s3() {
+        return s.data_dir.join(rel_path);
+    }
+    stored_root(s).join(rel_path.strip_prefix("instances/").unwrap_or(rel_path))
+}
+
+/// The directory holding a server's instances (see `stored_path`).
+pub fn stored_root(s: &Server) -> PathBuf {
+    if !storage_is_s3() {
+        return s.data_dir.join("instances");
+    }
+    s3::shared()
+        .data_dir()
+        .join(s3::BUCKET)
+        .join(s3::prefix_for(&s.data_dir))
+}
+
+fn storage_env(cmd: &mut Command, data_dir: &Path) {
+    if !storage_is_s3() {
+        return;
+    }
+    let server = s3::shared();
+    cmd.env("MEDRELAY_STORAGE_URL", server.url(&s3::prefix_for(data_dir)))
+        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY);
 }

@@ -38,6 +38,7 @@ pub struct S3Server {
     port: u16,
     child: Option<Child>,
     starts: usize,
+    die_with_thread: bool,
 }
 
 const READY: &str = "server is running at http://127.0.0.1:";
@@ -45,6 +46,16 @@ const READY: &str = "server is running at http://127.0.0.1:";
 impl S3Server {
     /// A fresh server with the bucket `BUCKET`, ready to take requests.
     pub fn start() -> S3Server {
+        Self::start_with(false)
+    }
+
+    /// As `start`, and killed when the thread that calls this ends (it
+    /// must live as long as the server is needed: see `shared`).
+    fn start_owned() -> S3Server {
+        Self::start_with(true)
+    }
+
+    fn start_with(die_with_thread: bool) -> S3Server {
         let dir = tempfile::Builder::new()
             .prefix("medrelay-s3-")
             .tempdir()
@@ -58,6 +69,7 @@ impl S3Server {
             port: 0,
             child: None,
             starts: 0,
+            die_with_thread,
         };
         s.spawn();
         s
@@ -72,7 +84,19 @@ impl S3Server {
             .expect("log");
         // Port 0 on the first start (no race with other tests for a port);
         // the same port afterwards, so URLs handed out stay valid.
-        let child = Command::new(s3s_fs_bin())
+        let mut cmd = Command::new(s3s_fs_bin());
+        if self.die_with_thread {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the child
+            // between fork and exec; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .env("RUST_LOG", "s3s_fs=info")
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
@@ -154,6 +178,32 @@ impl S3Server {
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
+}
+
+/// The one server of this test process for `MEDRELAY_TEST_STORAGE=s3`
+/// (tests/support::Server). Started by a thread that lives as long as the
+/// process, with SIGKILL as its parent-death signal: a static is never
+/// dropped, yet the server must not outlive the tests.
+pub fn shared() -> &'static S3Server {
+    static SHARED: std::sync::OnceLock<S3Server> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(S3Server::start_owned());
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("shared s3s-fs started")
+    })
+}
+
+/// A key prefix unique to one gateway's data directory.
+pub fn prefix_for(data_dir: &std::path::Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    format!("it-{:016x}", h.finish())
 }
 
 impl Drop for S3Server {

@@ -1,4 +1,5 @@
-//! Received instances made durable with one sync before the acknowledgement.
+//! Received instances made durable with one sync before the acknowledgement
+//! (the local-file blob backend's writer; S3 has no names to make durable).
 //!
 //! The classic durable file store (write, fdatasync, rename, fsync the
 //! directory) costs two journal commits per file, and on this kind of disk
@@ -8,7 +9,7 @@
 //! directory, index) sat on every modality's critical path.
 //!
 //! Staging takes the name off that path. Empty files are created ahead of
-//! time in `staging/` by a background thread, which fsyncs the directory
+//! time in `<root>/.staging` by a background thread, which fsyncs the directory
 //! once per batch: a staged file's *name* is durable before any instance is
 //! written to it. A reception writes into one (starting writeback as it
 //! goes, so the final fdatasync only waits for the tail), fdatasyncs it, the
@@ -58,9 +59,10 @@ pub struct Staging {
 
 #[derive(Debug)]
 struct Inner {
-    /// `<root>/staging`.
+    /// `<root>/.staging`: inside the root, so a hard link reaches any key,
+    /// and hidden from keys (no key component starts with a dot).
     dir: PathBuf,
-    /// The archive root, final paths are relative to it.
+    /// The blob root; final paths are keys under it.
     root: PathBuf,
     state: Mutex<State>,
     wake: Condvar,
@@ -77,7 +79,7 @@ struct State {
 
 #[derive(Debug)]
 struct Pending {
-    final_rel: String,
+    key: String,
     step: Step,
 }
 
@@ -98,12 +100,13 @@ pub struct Leftover {
     pub path: PathBuf,
     pub sop_instance_uid: String,
     pub sha256: String,
-    pub final_rel: String,
+    /// The key it belongs under (from its hash).
+    pub key: String,
 }
 
 impl Staging {
     pub fn open(root: &Path) -> io::Result<Staging> {
-        let dir = root.join("staging");
+        let dir = root.join(".staging");
         fs::create_dir_all(&dir)?;
         Ok(Staging {
             inner: Arc::new(Inner {
@@ -159,12 +162,12 @@ impl Staging {
         None
     }
 
-    /// `staged` holds the durable bytes of `final_rel`, not yet indexed.
-    pub fn stage(&self, staged: &Path, final_rel: &str) {
+    /// `staged` holds the durable bytes of `key`, not yet indexed.
+    pub fn stage(&self, staged: &Path, key: &str) {
         self.lock().pending.insert(
             staged.to_path_buf(),
             Pending {
-                final_rel: final_rel.to_string(),
+                key: key.to_string(),
                 step: Step::Written,
             },
         );
@@ -172,6 +175,7 @@ impl Staging {
 
     /// The index write of a staged instance has ended: `keep` (indexed)
     /// hands it to the placer, otherwise the staged file is removed now.
+    /// Paths this area does not hold are ignored.
     pub fn settle(&self, staged: &Path, keep: bool) {
         let mut s = self.lock();
         if keep {
@@ -179,22 +183,21 @@ impl Staging {
                 p.step = Step::Indexed;
                 self.inner.wake.notify_one();
             }
-        } else {
-            s.pending.remove(staged);
+        } else if s.pending.remove(staged).is_some() {
             drop(s);
             let _ = fs::remove_file(staged);
         }
     }
 
-    /// The staged file that holds `final_rel` while it is not linked yet.
-    pub fn resolve(&self, final_rel: &str) -> Option<PathBuf> {
+    /// The staged file that holds `key` while it is not linked yet.
+    pub fn resolve(&self, key: &str) -> Option<PathBuf> {
         let s = self.lock();
         if s.pending.is_empty() {
             return None;
         }
         s.pending
             .iter()
-            .find(|(_, p)| p.final_rel == final_rel)
+            .find(|(_, p)| p.key == key)
             .map(|(path, _)| path.clone())
     }
 
@@ -208,9 +211,10 @@ impl Staging {
     }
 
     /// Files of a previous run, each with the instance and hash its bytes
-    /// carry. Empty or unreadable ones (never acknowledged) are removed
-    /// here. Blocking; runs before [`Staging::start`].
-    pub fn leftovers(&self) -> io::Result<Vec<Leftover>> {
+    /// carry and the key that hash gives (`key_of`). Empty or unreadable
+    /// ones (never acknowledged) are removed here. Blocking; runs before
+    /// [`Staging::start`].
+    pub fn leftovers(&self, key_of: impl Fn(&str) -> String) -> io::Result<Vec<Leftover>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.inner.dir)? {
             let entry = entry?;
@@ -220,7 +224,7 @@ impl Staging {
             let path = entry.path();
             match identify(&path) {
                 Ok(Some((sop, sha))) => out.push(Leftover {
-                    final_rel: final_rel(&sha),
+                    key: key_of(&sha),
                     path,
                     sop_instance_uid: sop,
                     sha256: sha,
@@ -242,12 +246,12 @@ impl Staging {
         let mut dirs = Vec::new();
         for l in leftovers {
             if keep(&l) {
-                let dest = self.inner.root.join(&l.final_rel);
+                let dest = self.inner.root.join(&l.key);
                 if dest.exists() {
                     fs::remove_file(&l.path)?;
                 } else {
                     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-                    super::files::create_dir_durable(&dir)?;
+                    super::file::create_dir_durable(&dir)?;
                     fs::rename(&l.path, &dest)?;
                     dirs.push(dir);
                 }
@@ -260,11 +264,6 @@ impl Staging {
         sync_dirs(dirs)?;
         Ok((placed, removed))
     }
-}
-
-/// Content-addressed path of an instance file, relative to the archive root.
-pub fn final_rel(sha256: &str) -> String {
-    format!("instances/{}/{sha256}.dcm", &sha256[0..2.min(sha256.len())])
 }
 
 fn sync_dirs(mut dirs: Vec<PathBuf>) -> io::Result<()> {
@@ -296,7 +295,7 @@ fn run(weak: Weak<Inner>) {
                 .pending
                 .iter()
                 .filter(|(_, p)| p.step == Step::Indexed)
-                .map(|(k, p)| (k.clone(), p.final_rel.clone()))
+                .map(|(k, p)| (k.clone(), p.key.clone()))
                 .collect();
             let to_drop: Vec<PathBuf> = s
                 .pending
@@ -360,7 +359,7 @@ fn link_all(root: &Path, items: &[(PathBuf, String)]) -> Vec<PathBuf> {
     for (staged, rel) in items {
         let dest = root.join(rel);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let r = super::files::create_dir_durable(&dir).and_then(|()| match fs::hard_link(staged, &dest) {
+        let r = super::file::create_dir_durable(&dir).and_then(|()| match fs::hard_link(staged, &dest) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             r => r,
         });
