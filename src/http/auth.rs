@@ -65,7 +65,7 @@ impl LoginGuard {
     /// Writes the summary row of a minute whose failed logins were not all
     /// itemised (called by housekeeping, so the last minute of a flood is
     /// summarised too).
-    pub async fn flush_audit(&self, pool: &sqlx::SqlitePool) {
+    pub async fn flush_audit(&self, pool: &crate::store::Pool) {
         let closed = self.failed_rows.lock().ok().and_then(|mut b| b.flush(Instant::now()));
         if let Some(sup) = closed {
             audit::record_suppressed(pool, "login_failed", sup).await;
