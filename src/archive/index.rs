@@ -934,7 +934,7 @@ async fn run_batch(pool: &Pool, batch: &mut Vec<WriteRequest>) {
         Ok(c) => c,
         Err(e) => return fail_all(batch.drain(..), &e.to_string()),
     };
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+    if let Err(e) = crate::store::begin_write(&mut conn).await {
         return fail_all(batch.drain(..), &e.to_string());
     }
     let mut any_ok = false;
@@ -1094,10 +1094,12 @@ fn patient_key(i: &NewInstance) -> String {
 
 /// SQL that appends `item` to a comma list column unless already present.
 fn list_append(col: &str) -> String {
+    // Qualified: PostgreSQL finds a bare column name in an upsert ambiguous.
     format!(
         "CASE WHEN excluded.{col} = '' \
-         OR replace(',' || {col} || ',', ',' || excluded.{col} || ',', '') <> ',' || {col} || ',' THEN {col} \
-         WHEN {col} = '' THEN excluded.{col} ELSE {col} || ',' || excluded.{col} END"
+         OR replace(',' || studies.{col} || ',', ',' || excluded.{col} || ',', '') <> ',' || studies.{col} || ',' \
+         THEN studies.{col} \
+         WHEN studies.{col} = '' THEN excluded.{col} ELSE studies.{col} || ',' || excluded.{col} END"
     )
 }
 
@@ -1151,8 +1153,8 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
            stable_after_ms, stable_at_ms, status)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $17, $18, $19, 'receiving')
          ON CONFLICT (study_uid) DO UPDATE SET
-           num_instances = num_instances + excluded.num_instances,
-           size_bytes = size_bytes + excluded.size_bytes,
+           num_instances = studies.num_instances + excluded.num_instances,
+           size_bytes = studies.size_bytes + excluded.size_bytes,
            last_received_ms = CASE WHEN excluded.last_received_ms > studies.last_received_ms
              THEN excluded.last_received_ms ELSE studies.last_received_ms END,
            stable_after_ms = excluded.stable_after_ms,

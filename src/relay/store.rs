@@ -230,7 +230,7 @@ pub async fn stage(
     // IMMEDIATE: a deferred transaction that reads, then writes, cannot wait
     // for a concurrent writer (SQLite answers "database is locked" at once),
     // and bundles from parallel streams stage concurrently.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::begin_write_tx(pool).await?;
     let arriving = sqlx::query("SELECT 1 FROM relay_inbound WHERE edge = $1 AND study_uid = $2 AND state = 'arriving'")
         .bind(edge)
         .bind(study_uid)
@@ -517,16 +517,39 @@ pub async fn staged_preview(pool: &Pool, study_uid: &str, kind: &str) -> Result<
 /// that completes them (a trigger), so no completion is ever missed; the
 /// backfill covers studies completed before this box became an edge.
 pub async fn install_outbox(pool: &Pool) -> Result<(), IndexError> {
-    sqlx::query(
-        "CREATE TRIGGER IF NOT EXISTS relay_outbox_enqueue AFTER UPDATE OF status ON studies
-         WHEN NEW.status = 'complete'
-         BEGIN
-           INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms) VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
-           ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
-         END",
-    )
-    .execute(pool)
-    .await?;
+    match crate::store::Backend::of_pool(pool) {
+        crate::store::Backend::Sqlite => {
+            sqlx::query(
+                "CREATE TRIGGER IF NOT EXISTS relay_outbox_enqueue AFTER UPDATE OF status ON studies
+                 WHEN NEW.status = 'complete'
+                 BEGIN
+                   INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms) VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
+                   ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
+                 END",
+            )
+            .execute(pool)
+            .await?;
+        }
+        // The same trigger in PL/pgSQL (an edge on PostgreSQL is unusual,
+        // but the outbox must not depend on which index it runs on).
+        crate::store::Backend::Postgres => {
+            sqlx::raw_sql(
+                "CREATE OR REPLACE FUNCTION relay_outbox_enqueue() RETURNS trigger LANGUAGE plpgsql AS $body$
+                 BEGIN
+                   IF NEW.status = 'complete' THEN
+                     INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
+                     VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
+                     ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
+                   END IF;
+                   RETURN NULL;
+                 END $body$;
+                 CREATE OR REPLACE TRIGGER relay_outbox_enqueue AFTER UPDATE OF status ON studies
+                   FOR EACH ROW EXECUTE FUNCTION relay_outbox_enqueue();",
+            )
+            .execute(pool)
+            .await?;
+        }
+    }
     sqlx::query(
         "INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
          SELECT study_uid, completed_ms, completed_ms FROM studies s WHERE s.status = 'complete' AND s.completed_ms IS NOT NULL
@@ -745,7 +768,7 @@ pub async fn store_inbox(
     cursor: i64,
     now_ms: i64,
 ) -> Result<(), IndexError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::begin_write_tx(pool).await?;
     for r in reports {
         let exists = sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = $1")
             .bind(&r.sop_instance_uid)

@@ -73,6 +73,18 @@ impl Backend {
         }
     }
 
+    /// The backend an index URL names.
+    pub fn of_url(url: &str) -> Backend {
+        Backend::of_scheme(url.split_once(':').map_or(url, |(s, _)| s))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
     fn of_scheme(scheme: &str) -> Backend {
         match scheme {
             "postgres" | "postgresql" => Backend::Postgres,
@@ -116,6 +128,22 @@ pub async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
         }
     }
     Ok(())
+}
+
+/// A write transaction (see [`begin_write`]) on a connection of `pool`,
+/// rolled back if dropped uncommitted.
+pub async fn begin_write_tx(pool: &Pool) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    match Backend::of_pool(pool) {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
+        }
+    }
 }
 
 /// Runs `f` in one write transaction (see [`begin_write`]) on a connection

@@ -300,6 +300,13 @@ impl PgCluster {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DB}", self.port)
     }
 
+    /// A new empty database `name` owned by the password user, and its URL:
+    /// one cluster serves many tests, each on a database of its own.
+    pub fn fresh_db(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE {name} OWNER {USER}"));
+        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{name}", self.port)
+    }
+
     /// The superuser's URL (same password), for tests that inspect or break things.
     pub fn admin_url(&self) -> String {
         format!("postgres://{ADMIN}:{PASSWORD}@127.0.0.1:{}/{DB}", self.port)
