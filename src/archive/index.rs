@@ -26,6 +26,10 @@ pub enum IndexError {
     Db(#[from] sqlx::Error),
     #[error("index writer has shut down")]
     Closed,
+    /// The database cannot be reached (PostgreSQL down or restarting, the
+    /// pool's connections gone): nothing was written; retry later.
+    #[error("index database unavailable: {0}")]
+    Unavailable(String),
     /// The instance would alter stored data it does not belong to; nothing
     /// was written.
     #[error(transparent)]
@@ -172,9 +176,24 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::Index { source, .. } if source.is_disk_full())
     }
+
+    /// A full disk or an unreachable index database: the sender should
+    /// retry later (DIMSE 0xA7xx), nothing was acknowledged.
+    pub fn is_out_of_resources(&self) -> bool {
+        matches!(self, StoreError::Index { source, .. } if source.is_disk_full() || source.is_unavailable())
+    }
 }
 
 impl IndexError {
+    /// The database could not be reached (see [`crate::store::is_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            IndexError::Unavailable(_) => true,
+            IndexError::Db(e) => crate::store::is_unavailable(e),
+            _ => false,
+        }
+    }
+
     /// SQLITE_FULL (13) or an I/O error on a full disk: a resource problem.
     pub fn is_disk_full(&self) -> bool {
         match self {
@@ -932,15 +951,15 @@ async fn run_batch(pool: &Pool, batch: &mut Vec<WriteRequest>) {
     let mut done: Vec<Done> = Vec::with_capacity(batch.len());
     let mut conn = match pool.acquire().await {
         Ok(c) => c,
-        Err(e) => return fail_all(batch.drain(..), &e.to_string()),
+        Err(e) => return fail_all(batch.drain(..), &Shared::of(&e, "")),
     };
     if let Err(e) = crate::store::begin_write(&mut conn).await {
-        return fail_all(batch.drain(..), &e.to_string());
+        return fail_all(batch.drain(..), &Shared::of(&e, ""));
     }
     let mut any_ok = false;
     for req in batch.drain(..) {
         if !alone && let Err(e) = sqlx::query("SAVEPOINT req").execute(&mut *conn).await {
-            done.push(fail_one(req, &e.to_string()));
+            done.push(fail_one(req, &Shared::of(&e, "")));
             continue;
         }
         let (ok, d) = match req {
@@ -1013,7 +1032,7 @@ async fn run_batch(pool: &Pool, batch: &mut Vec<WriteRequest>) {
         if let Some(e) = step_err {
             // The connection is in an unknown state: fail everything.
             done.push(d);
-            return reply_all(done, Some(&e.to_string()));
+            return reply_all(done, Some(&Shared::of(&e, "")));
         }
         any_ok |= ok;
         done.push(d);
@@ -1022,14 +1041,40 @@ async fn run_batch(pool: &Pool, batch: &mut Vec<WriteRequest>) {
         let commit = sqlx::query("COMMIT").execute(&mut *conn).await;
         if let Err(e) = commit {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return reply_all(done, Some(&format!("commit failed: {e}")));
+            return reply_all(done, Some(&Shared::of(&e, "commit failed: ")));
         }
     }
     reply_all(done, None)
 }
 
-fn fail_one(req: WriteRequest, why: &str) -> Done {
-    let err = || IndexError::Db(sqlx::Error::Protocol(why.to_string()));
+/// A failure every request of a batch shares (the connection, BEGIN or
+/// COMMIT failed), kept as text plus whether the database was unreachable,
+/// so each caller can still tell an outage (out of resources, 503) from a
+/// fault.
+struct Shared {
+    text: String,
+    unavailable: bool,
+}
+
+impl Shared {
+    fn of(e: &sqlx::Error, prefix: &str) -> Shared {
+        Shared {
+            text: format!("{prefix}{e}"),
+            unavailable: crate::store::is_unavailable(e),
+        }
+    }
+
+    fn err(&self) -> IndexError {
+        if self.unavailable {
+            IndexError::Unavailable(self.text.clone())
+        } else {
+            IndexError::Db(sqlx::Error::Protocol(self.text.clone()))
+        }
+    }
+}
+
+fn fail_one(req: WriteRequest, why: &Shared) -> Done {
+    let err = || why.err();
     match req {
         WriteRequest::Preview(_, reply) => Done::Unit(reply, Err(err())),
         WriteRequest::Store { reply, .. } => Done::Store(
@@ -1043,15 +1088,15 @@ fn fail_one(req: WriteRequest, why: &str) -> Done {
     }
 }
 
-fn fail_all(reqs: impl Iterator<Item = WriteRequest>, why: &str) {
+fn fail_all(reqs: impl Iterator<Item = WriteRequest>, why: &Shared) {
     let done: Vec<Done> = reqs.map(|r| fail_one(r, why)).collect();
     reply_all(done, None)
 }
 
 /// Send every reply; with `shared_err`, successes become failures (the
 /// transaction they were part of did not commit).
-fn reply_all(done: Vec<Done>, shared_err: Option<&str>) {
-    let err = |why: &str| IndexError::Db(sqlx::Error::Protocol(why.to_string()));
+fn reply_all(done: Vec<Done>, shared_err: Option<&Shared>) {
+    let err = |why: &Shared| why.err();
     for d in done {
         match d {
             Done::Store(reply, r) => {

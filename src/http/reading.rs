@@ -61,6 +61,7 @@ impl From<WorklistApplyError> for ApiError {
                     WorklistError::PriorityLower => ApiError::Forbidden(text).code(Code::PRIORITY_LOWER),
                 }
             }
+            WorklistApplyError::Index(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -74,7 +75,7 @@ impl From<ReportError> for ApiError {
             ReportError::TooLong => ApiError::BadRequest(text).code(Code::REPORT_TOO_LONG),
             ReportError::NotOnWorklist => ApiError::NotFound("worklist entry"),
             ReportError::Worklist(w) => w.into(),
-            ReportError::Db(d) => ApiError::Internal(d.to_string()),
+            ReportError::Db(d) => ApiError::db(&d),
             ReportError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
             ReportError::ClaimedByOther(by) => ApiError::Conflict(text).code(Code::CLAIMED_BY_OTHER).param("name", by),
             ReportError::DraftByOther(by) => ApiError::Conflict(text).code(Code::DRAFT_BY_OTHER).param("name", by),

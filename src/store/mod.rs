@@ -30,7 +30,9 @@
 //! repository: the schema and its migration chain, the write lock
 //! ([`immediate`]: `BEGIN IMMEDIATE` on SQLite, `BEGIN` plus a transaction
 //! advisory lock on PostgreSQL, the same "one writer at a time" the
-//! conflict checks rely on), and `FOR UPDATE SKIP LOCKED` on claims.
+//! conflict checks rely on). Work queues that several nodes drain at once
+//! (deliveries, jobs) still read outside a transaction and need claims with
+//! `FOR UPDATE SKIP LOCKED` before a province runs more than one node.
 //!
 //! Tables are created by the migrations in `archive::index` (one chain per
 //! backend). Repositories so far: `worklist`.
@@ -39,8 +41,8 @@ pub mod worklist;
 
 use std::borrow::Cow;
 
+use sqlx::Arguments;
 use sqlx::any::AnyArguments;
-use sqlx::{Arguments, Connection};
 
 /// A pool of index connections, whichever the backend.
 pub type Pool = sqlx::AnyPool;
@@ -89,16 +91,6 @@ impl Backend {
         match scheme {
             "postgres" | "postgresql" => Backend::Postgres,
             _ => Backend::Sqlite,
-        }
-    }
-
-    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL (claims taken by several
-    /// nodes at once skip each other's rows), nothing on SQLite (whose
-    /// single writer already serializes claims).
-    pub fn skip_locked(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         }
     }
 }
@@ -273,15 +265,26 @@ impl From<Flag> for bool {
     }
 }
 
+/// Whether `e` says the database cannot be reached right now, as opposed to
+/// refusing a statement: no connection (refused, reset, pool timed out),
+/// or PostgreSQL's connection exceptions (SQLSTATE class 08), shutdown and
+/// startup (57P01-57P03) and too many connections (53300). The edges map
+/// it to "try again later" (0xA7xx, 503); the pool reconnects by itself.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")),
+        _ => false,
+    }
+}
+
 /// Registers the SQLite and PostgreSQL drivers with `sqlx::Any` (idempotent;
 /// every pool is opened through here).
 pub fn install_drivers() {
     sqlx::any::install_default_drivers();
-}
-
-/// Closes nothing: a check that a connection to `pool` still answers.
-pub async fn ping(pool: &Pool) -> Result<(), sqlx::Error> {
-    pool.acquire().await?.ping().await
 }
 
 #[cfg(test)]
