@@ -100,7 +100,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
         ),
         Err(e) => warn!(error = %e, "could not clean the tmp directory"),
     }
-    let (index, writer) = Index::open(&cfg.index_path()).await?;
+    let (index, writer) = Index::open_url(&cfg.index_url()).await?;
     recover_staged(&archive, &index).await?;
     let metrics = Arc::new(Metrics::default());
     first_admin(&index, &cfg).await?;

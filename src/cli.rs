@@ -52,6 +52,16 @@ enum Cmd {
         #[arg(long, env = "MEDRELAY_CERT_DIR", global = true)]
         cert_dir: Option<PathBuf>,
     },
+    /// Bring the configured index (`[index] url`, MEDRELAY_INDEX_URL) to
+    /// this build's schema version, print the version, and exit. `serve`
+    /// does the same at start; this runs it ahead, e.g. before rolling
+    /// nodes of a province onto a new release.
+    Migrate {
+        #[arg(long, short, env = "MEDRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "MEDRELAY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// C-ECHO a DICOM node: `medrelay echo [AE@]HOST:PORT`.
     Echo {
         target: String,
@@ -235,6 +245,10 @@ pub fn run() -> ExitCode {
                 init_tracing("warn");
                 relay(cmd, config, data_dir, cert_dir).await
             }
+            Cmd::Migrate { config, data_dir } => {
+                init_tracing("warn");
+                migrate(config, data_dir).await
+            }
             Cmd::Loadtest(a) => {
                 init_tracing("warn");
                 match crate::loadtest::run(*a).await {
@@ -315,7 +329,7 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
 async fn open_index(cfg: &Config) -> Result<(crate::archive::index::Index, tokio::task::JoinHandle<()>), String> {
     crate::archive::files::make_private(&cfg.data_dir)
         .map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
-    crate::archive::index::Index::open(&cfg.index_path())
+    crate::archive::index::Index::open_url(&cfg.index_url())
         .await
         .map_err(|e| e.to_string())
 }
@@ -407,6 +421,40 @@ async fn relay(
     let _ = writer.await;
     pool.close().await;
     code
+}
+
+/// `medrelay migrate`: the schema of the configured index brought up to
+/// date; prints `index <backend> schema version N`.
+async fn migrate(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    use crate::archive::index;
+    let o = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    let cfg = match Config::load(config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let url = cfg.index_url();
+    if url.starts_with("sqlite:")
+        && let Err(e) = crate::archive::files::make_private(&cfg.data_dir)
+    {
+        return fail(format!("creating {}: {e}", cfg.data_dir.display()));
+    }
+    let run = async {
+        let pool = index::connect(&url).await?;
+        index::migrate_pool(&pool).await?;
+        let v = index::schema_version(&pool).await?;
+        pool.close().await;
+        Ok::<_, index::IndexError>((crate::store::Backend::of_url(&url), v))
+    };
+    match run.await {
+        Ok((backend, (at, _))) => {
+            println!("index {} schema version {at}", backend.name());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("migrating {}: {e}", crate::config::redact_url(&url))),
+    }
 }
 
 async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
@@ -515,6 +563,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
         min_free_bytes: a.min_free_bytes,
         sfu_udp_listen: a.sfu_udp_listen,
         storage_url: a.storage_url,
+        index_url: None,
     };
     let cfg = match Config::load(a.config.as_deref(), &o) {
         Ok(c) => c,

@@ -31,6 +31,8 @@ pub struct Config {
     pub role: String,
     pub data_dir: PathBuf,
     pub cert_dir: PathBuf,
+    /// Where the index lives (`[index] url`, `MEDRELAY_INDEX_URL`).
+    pub index: IndexConfig,
     pub http: HttpConfig,
     /// The Prometheus listener (not on the API listener).
     pub metrics: MetricsConfig,
@@ -83,6 +85,87 @@ impl std::fmt::Debug for StorageConfig {
                 self.url.as_deref().map(|u| u.split('?').next())
             ),
         }
+    }
+}
+
+/// The index database: `sqlite://PATH` or `postgres://USER:PASS@HOST:PORT/DB`
+/// (PostgreSQL 15 or newer). Unset: `sqlite://<data_dir>/index.db`, the
+/// embedded default. Debug output hides the password (configs are logged).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for IndexConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`,
+/// for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..auth_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split_once(':').map_or(&rest[..at], |(u, _)| u);
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Checks an index URL once, at load: a supported scheme, and for
+/// PostgreSQL a URL the driver accepts, naming a database. Errors never
+/// repeat the password.
+fn check_index_url(url: &str) -> Result<(), String> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err("index.url sqlite:// needs a path".into());
+        }
+        return Ok(());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        use std::str::FromStr;
+        let o = sqlx::postgres::PgConnectOptions::from_str(url)
+            .map_err(|_| format!("index.url {}: not a valid PostgreSQL URL", redact_url(url)))?;
+        if o.get_database().is_none_or(str::is_empty) {
+            return Err(format!("index.url {}: no database name", redact_url(url)));
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "index.url {}: expected sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB",
+        redact_url(url)
+    ))
+}
+
+#[cfg(test)]
+mod index_url_tests {
+    use super::*;
+
+    #[test]
+    fn index_urls_are_checked_and_passwords_never_shown() {
+        assert!(check_index_url("sqlite:///var/lib/medrelay/index.db").is_ok());
+        assert!(check_index_url("postgres://mr:s3cret@db.local:5432/medrelay").is_ok());
+        let e = check_index_url("postgres://mr:s3cret@db.local:5432").expect_err("no db");
+        assert!(e.contains("no database") && !e.contains("s3cret"), "{e}");
+        let e = check_index_url("mysql://mr:s3cret@db/x").expect_err("scheme");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert_eq!(
+            redact_url("postgres://mr:s3cret@db.local:5432/medrelay"),
+            "postgres://mr:***@db.local:5432/medrelay"
+        );
+        let cfg = IndexConfig {
+            url: Some("postgres://mr:s3cret@h/db".into()),
+        };
+        assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 }
 
@@ -444,6 +527,7 @@ impl Default for Config {
             role: "hub".into(),
             data_dir: PathBuf::from("data"),
             cert_dir: PathBuf::from("certs"),
+            index: IndexConfig::default(),
             http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
             dicom: DicomConfig::default(),
@@ -519,6 +603,8 @@ pub struct Overrides {
     pub min_free_bytes: Option<u64>,
     pub sfu_udp_listen: Option<SocketAddr>,
     pub storage_url: Option<String>,
+    /// Wins over `MEDRELAY_INDEX_URL`, which wins over the file.
+    pub index_url: Option<String>,
 }
 
 impl Config {
@@ -569,12 +655,22 @@ impl Config {
         if let Some(v) = &o.storage_url {
             cfg.storage.url = Some(v.clone());
         }
+        if let Some(v) = &o.index_url {
+            cfg.index.url = Some(v.clone());
+        } else if let Some(v) = std::env::var("MEDRELAY_INDEX_URL").ok().filter(|v| !v.is_empty()) {
+            cfg.index.url = Some(v);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(u) = &self.index.url
+            && let Err(m) = check_index_url(u)
+        {
+            return bad(m);
+        }
         if self.role != "hub" && self.role != "edge" {
             return bad(format!("role must be \"hub\" or \"edge\", not {:?}", self.role));
         }
@@ -768,6 +864,14 @@ impl Config {
 
     pub fn index_path(&self) -> PathBuf {
         self.data_dir.join("index.db")
+    }
+
+    /// The index's URL: `[index] url`, or the SQLite file in the data dir.
+    pub fn index_url(&self) -> String {
+        self.index
+            .url
+            .clone()
+            .unwrap_or_else(|| crate::archive::index::sqlite_url(&self.index_path()))
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -404,7 +404,8 @@ fn two_clinics_racing_with_the_same_new_uids_one_wins() {
         assert_eq!(
             s.sqlite(&format!(
                 "SELECT s.clinic_id, s.num_instances, COUNT(i.sop_instance_uid), MAX(i.version)
-                 FROM studies s JOIN instances i ON i.study_uid = s.study_uid WHERE s.study_uid = '{study}'"
+                 FROM studies s JOIN instances i ON i.study_uid = s.study_uid WHERE s.study_uid = '{study}'
+                 GROUP BY s.clinic_id, s.num_instances"
             )),
             format!("{winner}|1|1|1"),
             "round {round}"

@@ -98,7 +98,8 @@ fn relay_cli(hub: &Server, args: &[&str]) -> std::process::Output {
             .args(args)
             .args(["--config", &hub.dir.join("medrelay.toml").display().to_string()])
             .args(["--data-dir", &hub.data_dir.display().to_string()])
-            .args(["--cert-dir", &hub.dir.join("certs").display().to_string()]);
+            .args(["--cert-dir", &hub.dir.join("certs").display().to_string()])
+            .envs(hub.index_env());
         c
     })
 }

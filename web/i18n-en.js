@@ -1063,6 +1063,7 @@ export default {
   'error.room_limit': 'No more rooms can open now; end one first or try later',
   'error.not_room_owner': 'Only the room’s owner or an admin can do this',
   'error.downloads_busy': 'Too many downloads at once, try again in {secs} s',
+  'error.index_unavailable': 'The archive database is unavailable; try again in {secs} s',
   'error.downloads_limited': 'Your other downloads are still running, try again in {secs} s',
   'error.sig.bad_message': 'The server did not understand a message',
   'error.sig.not_joined': 'Not in the room yet',

@@ -1064,6 +1064,7 @@ export default {
   'error.room_limit': '当前无法再开启房间，请先结束一个或稍后再试',
   'error.not_room_owner': '只有房间创建者或管理员可以进行此操作',
   'error.downloads_busy': '同时下载的人数过多，请 {secs} 秒后再试',
+  'error.index_unavailable': '影像库数据库暂时不可用，请 {secs} 秒后再试',
   'error.downloads_limited': '您的其他下载仍在进行，请 {secs} 秒后再试',
   'error.sig.bad_message': '服务器无法识别该消息',
   'error.sig.not_joined': '尚未进入房间',

@@ -8,18 +8,17 @@
 //! instance cannot fail its neighbours.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use super::files::{ArchiveError, Committed};
 use crate::dicom::pn::{self, NameQuery};
 use crate::reading::worklist::{Action as WorkAction, Actor, Priority, Transition};
 use crate::store::worklist::{self, WorklistApplyError};
+use crate::store::{Backend, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -27,6 +26,10 @@ pub enum IndexError {
     Db(#[from] sqlx::Error),
     #[error("index writer has shut down")]
     Closed,
+    /// The database cannot be reached (PostgreSQL down or restarting, the
+    /// pool's connections gone): nothing was written; retry later.
+    #[error("index database unavailable: {0}")]
+    Unavailable(String),
     /// The instance would alter stored data it does not belong to; nothing
     /// was written.
     #[error(transparent)]
@@ -173,9 +176,24 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::Index { source, .. } if source.is_disk_full())
     }
+
+    /// A full disk or an unreachable index database: the sender should
+    /// retry later (DIMSE 0xA7xx), nothing was acknowledged.
+    pub fn is_out_of_resources(&self) -> bool {
+        matches!(self, StoreError::Index { source, .. } if source.is_disk_full() || source.is_unavailable())
+    }
 }
 
 impl IndexError {
+    /// The database could not be reached (see [`crate::store::is_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            IndexError::Unavailable(_) => true,
+            IndexError::Db(e) => crate::store::is_unavailable(e),
+            _ => false,
+        }
+    }
+
     /// SQLITE_FULL (13) or an I/O error on a full disk: a resource problem.
     pub fn is_disk_full(&self) -> bool {
         match self {
@@ -494,10 +512,14 @@ const KEYS_PER_INSERT: usize = 200;
 async fn insert_study_names(c: &mut Conn, study_uid: &str, patient_name: &str) -> Result<(), sqlx::Error> {
     let keys = pn::PersonName::parse(patient_name).search_keys();
     for chunk in keys.chunks(KEYS_PER_INSERT) {
-        let mut qb = sqlx::QueryBuilder::new("INSERT OR IGNORE INTO study_names (key, study_uid) ");
-        qb.push_values(chunk, |mut b, k| {
-            b.push_bind(k.as_str()).push_bind(study_uid);
-        });
+        let mut qb = crate::store::Sql::new("INSERT INTO study_names (key, study_uid) VALUES ");
+        for (n, k) in chunk.iter().enumerate() {
+            if n > 0 {
+                qb.push(", ");
+            }
+            qb.push_tuple([k.as_str(), study_uid]);
+        }
+        qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&mut *c).await?;
     }
     Ok(())
@@ -510,7 +532,7 @@ async fn backfill_study_names(c: &mut Conn) -> Result<(), sqlx::Error> {
     let mut after = String::new();
     loop {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT study_uid, patient_name FROM studies WHERE study_uid > ? ORDER BY study_uid LIMIT ?",
+            "SELECT study_uid, patient_name FROM studies WHERE study_uid > $1 ORDER BY study_uid LIMIT $2",
         )
         .bind(&after)
         .bind(BACKFILL_BATCH)
@@ -521,7 +543,7 @@ async fn backfill_study_names(c: &mut Conn) -> Result<(), sqlx::Error> {
         for (uid, name) in &rows {
             let cleaned = pn::clean(name);
             if cleaned != *name {
-                sqlx::query("UPDATE studies SET patient_name = ? WHERE study_uid = ?")
+                sqlx::query("UPDATE studies SET patient_name = $1 WHERE study_uid = $2")
                     .bind(&cleaned)
                     .bind(uid)
                     .execute(&mut *c)
@@ -533,7 +555,7 @@ async fn backfill_study_names(c: &mut Conn) -> Result<(), sqlx::Error> {
     // Cleaning removes every ESC, so each batch leaves the next query.
     loop {
         let patients: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, patient_name FROM patients WHERE instr(patient_name, char(27)) > 0 LIMIT ?")
+            sqlx::query_as("SELECT id, patient_name FROM patients WHERE instr(patient_name, char(27)) > 0 LIMIT $1")
                 .bind(BACKFILL_BATCH)
                 .fetch_all(&mut *c)
                 .await?;
@@ -541,7 +563,7 @@ async fn backfill_study_names(c: &mut Conn) -> Result<(), sqlx::Error> {
             break;
         }
         for (id, name) in patients {
-            sqlx::query("UPDATE patients SET patient_name = ? WHERE id = ?")
+            sqlx::query("UPDATE patients SET patient_name = $1 WHERE id = $2")
                 .bind(pn::clean(&name))
                 .bind(id)
                 .execute(&mut *c)
@@ -551,7 +573,7 @@ async fn backfill_study_names(c: &mut Conn) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
+async fn migrate_sqlite(pool: &Pool) -> Result<(), IndexError> {
     let mut conn = pool.acquire().await?;
     let current: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *conn).await?.get(0);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
@@ -580,6 +602,138 @@ async fn migrate(pool: &SqlitePool) -> Result<(), IndexError> {
         }
     }
     Ok(())
+}
+
+/// The PostgreSQL schema, one versioned chain of its own (v1 is the whole
+/// schema SQLite reached through `SCHEMA` and `MIGRATIONS`), recorded in
+/// `medrelay_schema`. Each step runs in one transaction under an advisory
+/// lock, so nodes starting together migrate once.
+const PG_MIGRATIONS: &[&str] = &[include_str!("../store/migrations/postgres/v1.sql")];
+
+/// The advisory lock key held while PostgreSQL migrations run.
+const PG_MIGRATE_LOCK: i64 = crate::store::WRITE_LOCK_KEY ^ 1;
+
+async fn migrate_postgres(pool: &Pool) -> Result<(), IndexError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(PG_MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let r = async {
+        sqlx::query("CREATE TABLE IF NOT EXISTS medrelay_schema (version BIGINT NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM medrelay_schema")
+            .fetch_one(&mut *conn)
+            .await?;
+        for (i, sql) in PG_MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(current.unwrap_or(0).max(0) as usize)
+        {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM medrelay_schema").execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO medrelay_schema (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok::<(), sqlx::Error>(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(PG_MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await;
+    Ok(r?)
+}
+
+/// Brings the index's schema to the current version of its backend.
+pub async fn migrate_pool(pool: &Pool) -> Result<(), IndexError> {
+    match Backend::of_pool(pool) {
+        Backend::Sqlite => {
+            sqlx::raw_sql(SCHEMA).execute(pool).await?;
+            migrate_sqlite(pool).await
+        }
+        Backend::Postgres => migrate_postgres(pool).await,
+    }
+}
+
+/// The schema version the index is at (SQLite: `user_version` after the
+/// base schema; PostgreSQL: its own chain) and the version this build
+/// brings it to.
+pub async fn schema_version(pool: &Pool) -> Result<(i64, i64), IndexError> {
+    Ok(match Backend::of_pool(pool) {
+        Backend::Sqlite => {
+            let v: i64 = sqlx::query("PRAGMA user_version").fetch_one(pool).await?.get(0);
+            (v, MIGRATIONS.len() as i64)
+        }
+        Backend::Postgres => {
+            let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM medrelay_schema")
+                .fetch_one(pool)
+                .await?;
+            (v.unwrap_or(0), PG_MIGRATIONS.len() as i64)
+        }
+    })
+}
+
+/// `sqlite://<path>` for an index file.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Opens a pool on the index at `url` without touching its schema. SQLite:
+/// created if missing, WAL, `synchronous = FULL` (a commit is on disk
+/// before the C-STORE-RSP goes out), foreign keys, a busy timeout.
+/// PostgreSQL: a bounded pool whose acquire gives up after a few seconds,
+/// so an unreachable server turns into an error the edges map (0xA7xx,
+/// 503) instead of a hang, and reconnects by itself when it is back.
+pub async fn connect(url: &str) -> Result<Pool, IndexError> {
+    connect_with(url, "FULL", 6).await
+}
+
+/// `connect`, with SQLite's `synchronous` setting and pool size given.
+async fn connect_with(url: &str, synchronous: &'static str, sqlite_connections: u32) -> Result<Pool, IndexError> {
+    crate::store::install_drivers();
+    let opts = sqlx::any::AnyPoolOptions::new();
+    let pool = if url.starts_with("sqlite:") {
+        let url = if url.contains('?') {
+            url.to_string()
+        } else {
+            format!("{url}?mode=rwc")
+        };
+        opts.max_connections(sqlite_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let sync = format!("PRAGMA synchronous = {synchronous}");
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        sync.as_str(),
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA foreign_keys = ON",
+                        // Checkpoints run from `checkpointer`, not inside
+                        // whichever commit crosses the threshold: that
+                        // commit is usually a C-STORE waiting for its ack.
+                        "PRAGMA wal_autocheckpoint = 0",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?
+    } else {
+        opts.max_connections(16)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?
+    };
+    Ok(pool)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -666,7 +820,8 @@ enum WriteRequest {
 /// Cheap to clone: a pool for reads and a channel to the writer.
 #[derive(Clone)]
 pub struct Index {
-    pool: SqlitePool,
+    pool: Pool,
+    backend: Backend,
     writer: mpsc::Sender<WriteRequest>,
 }
 
@@ -674,37 +829,50 @@ pub struct Index {
 const MAX_BATCH: usize = 128;
 
 impl Index {
-    /// Open (creating if needed) the database and start the writer task. The
-    /// writer ends when every `Index` clone is dropped.
+    /// Open (creating if needed) the SQLite index at `path` and start the
+    /// writer task. The writer ends when every `Index` clone is dropped.
     pub async fn open(path: &Path) -> Result<(Index, tokio::task::JoinHandle<()>), IndexError> {
-        let url = format!("sqlite://{}", path.display());
-        let opts = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before the C-STORE-RSP goes out.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true)
-            // Checkpoints run from `checkpointer`, not inside whichever
-            // commit crosses the threshold: that commit is usually a
-            // C-STORE waiting to be acknowledged.
-            .pragma("wal_autocheckpoint", "0");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(6)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
-            .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        migrate(&pool).await?;
-        let (tx, rx) = mpsc::channel(1024);
-        let writer_pool = pool.clone();
-        let handle = tokio::spawn(writer_loop(writer_pool, rx));
-        tokio::spawn(checkpointer(pool.clone(), tx.downgrade()));
-        Ok((Index { pool, writer: tx }, handle))
+        Index::open_url(&sqlite_url(path)).await
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    /// Open the index at `url` (`sqlite://…` or `postgres://…`), bring its
+    /// schema to the current version, and start the writer task.
+    pub async fn open_url(url: &str) -> Result<(Index, tokio::task::JoinHandle<()>), IndexError> {
+        let pool = connect(url).await?;
+        migrate_pool(&pool).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let writer_pool = pool.clone();
+        let backend = Backend::of_pool(&pool);
+        // SQLite: preview statuses can always be re-derived (a lost one is
+        // rendered again), so batches of nothing else commit through a
+        // connection that does not sync the WAL; the next synchronous
+        // commit makes them durable. A WAL sync per rendered instance would
+        // compete with the C-STORE acknowledgements for the disk. (The
+        // writer runs one batch at a time, so the two never write at once.)
+        let lazy = match backend {
+            Backend::Sqlite => Some(connect_with(url, "NORMAL", 1).await?),
+            Backend::Postgres => None,
+        };
+        let handle = tokio::spawn(writer_loop(writer_pool, lazy, rx));
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpointer(pool.clone(), tx.downgrade()));
+        }
+        Ok((
+            Index {
+                pool,
+                backend,
+                writer: tx,
+            },
+            handle,
+        ))
+    }
+
+    pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Index an instance whose file is already durable.
@@ -763,7 +931,7 @@ impl Index {
     pub async fn pending_previews(&self, limit: i64) -> Result<Vec<(String, i64, String)>, IndexError> {
         Ok(sqlx::query(
             "SELECT sop_instance_uid, version, path FROM instances WHERE preview_status = 'pending'
-             ORDER BY received_ms LIMIT ?",
+             ORDER BY received_ms LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -782,16 +950,16 @@ impl Index {
     }
 }
 
-/// WAL pages beyond which the checkpointer copies the log back into the
-/// database (SQLite's own default threshold).
+/// WAL pages beyond which a checkpoint that could not catch up is worth
+/// a note (SQLite's own automatic threshold).
 const CHECKPOINT_PAGES: i64 = 1000;
 /// How often the checkpointer looks at the log.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// Keeps the WAL short off the commit path (automatic checkpoints are off,
-/// see `Index::open`): a passive checkpoint never blocks the writer or
-/// readers, it copies what it can. Ends with the index.
-async fn checkpointer(pool: SqlitePool, writer: mpsc::WeakSender<WriteRequest>) {
+/// SQLite only: keeps the WAL short off the commit path (automatic
+/// checkpoints are off, see `connect`). A passive checkpoint never blocks
+/// the writer or readers, it copies what it can. Ends with the index.
+async fn checkpointer(pool: Pool, writer: mpsc::WeakSender<WriteRequest>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -799,8 +967,8 @@ async fn checkpointer(pool: SqlitePool, writer: mpsc::WeakSender<WriteRequest>) 
         if writer.upgrade().is_none() || pool.is_closed() {
             return;
         }
-        // (busy, log pages, checkpointed pages); a restart of the log
-        // happens by itself once a checkpoint has caught up.
+        // (busy, log pages, checkpointed pages); the log restarts by itself
+        // once a checkpoint has caught up.
         match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await {
             Ok(row) => {
                 let log: i64 = row.try_get(1).unwrap_or(0);
@@ -814,10 +982,14 @@ async fn checkpointer(pool: SqlitePool, writer: mpsc::WeakSender<WriteRequest>) 
     }
 }
 
-async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<WriteRequest>) {
+async fn writer_loop(pool: Pool, lazy: Option<Pool>, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        run_batch(&pool, &mut batch).await;
+        let previews_only = batch.iter().all(|r| matches!(r, WriteRequest::Preview(..)));
+        match &lazy {
+            Some(lazy) if previews_only => run_batch(lazy, &mut batch).await,
+            _ => run_batch(&pool, &mut batch).await,
+        }
     }
 }
 
@@ -833,59 +1005,31 @@ enum Done {
 /// Apply a batch in one transaction, each request in its own savepoint (when
 /// there are neighbours to protect). Replies go out only after the commit, so
 /// no caller hears "stored" for something that could still roll back.
-async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteRequest>) {
+async fn run_batch(pool: &Pool, batch: &mut Vec<WriteRequest>) {
     let alone = batch.len() == 1;
     let mut done: Vec<Done> = Vec::with_capacity(batch.len());
     let mut conn = match pool.acquire().await {
         Ok(c) => c,
-        Err(e) => return fail_all(batch.drain(..), &e.to_string()),
+        Err(e) => return fail_all(batch.drain(..), &Shared::of(&e, "")),
     };
-    // Preview statuses can always be re-derived (a lost one is rendered
-    // again), so a batch of nothing else commits without syncing the WAL;
-    // the next synchronous commit makes it durable. One WAL sync per
-    // rendered instance would otherwise compete with the C-STORE
-    // acknowledgements for the disk.
-    let lazy = batch.iter().all(|r| matches!(r, WriteRequest::Preview(..)));
-    if lazy && let Err(e) = sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await {
-        return fail_all(batch.drain(..), &e.to_string());
-    }
-    let shared_err = run_batch_on(&mut conn, batch, alone, &mut done).await;
-    if lazy && let Err(e) = sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await {
-        // A connection left lazy must never commit a C-STORE: drop it.
-        tracing::warn!(error = %e, "could not restore synchronous commits; closing the connection");
-        conn.close_on_drop();
-    }
-    reply_all(done, shared_err.as_deref())
-}
-
-/// The body of [`run_batch`] on an acquired connection; replies that must
-/// wait for the commit are left in `done` (sent by the caller), failures
-/// that end the batch early are sent here.
-async fn run_batch_on(
-    conn: &mut Conn,
-    batch: &mut Vec<WriteRequest>,
-    alone: bool,
-    done: &mut Vec<Done>,
-) -> Option<String> {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        done.extend(batch.drain(..).map(|r| fail_one(r, &e.to_string())));
-        return None;
+    if let Err(e) = crate::store::begin_write(&mut conn).await {
+        return fail_all(batch.drain(..), &Shared::of(&e, ""));
     }
     let mut any_ok = false;
     for req in batch.drain(..) {
         if !alone && let Err(e) = sqlx::query("SAVEPOINT req").execute(&mut *conn).await {
-            done.push(fail_one(req, &e.to_string()));
+            done.push(fail_one(req, &Shared::of(&e, "")));
             continue;
         }
         let (ok, d) = match req {
             WriteRequest::Sweep(now, reply) => {
-                let r = apply_sweep(conn, now).await;
+                let r = apply_sweep(&mut conn, now).await;
                 (r.is_ok(), Done::Sweep(reply, r))
             }
             WriteRequest::Preview(p, reply) => {
                 let r = sqlx::query(
-                    "UPDATE instances SET preview_status = ?, cine_frames = ?, preview_ms = ?
-                     WHERE sop_instance_uid = ? AND version = ?",
+                    "UPDATE instances SET preview_status = $1, cine_frames = $2, preview_ms = $3
+                     WHERE sop_instance_uid = $4 AND version = $5",
                 )
                 .bind(&p.status)
                 .bind(p.cine_frames)
@@ -904,7 +1048,7 @@ async fn run_batch_on(
                 gate,
                 reply,
             } => {
-                let r = apply_store(conn, &inst, &planned).await;
+                let r = apply_store(&mut conn, &inst, &planned).await;
                 // The statements ran while the file was being fsynced; now
                 // wait until it is durable before this work may commit.
                 let durable = match gate {
@@ -947,7 +1091,7 @@ async fn run_batch_on(
         if let Some(e) = step_err {
             // The connection is in an unknown state: fail everything.
             done.push(d);
-            return Some(e.to_string());
+            return reply_all(done, Some(&Shared::of(&e, "")));
         }
         any_ok |= ok;
         done.push(d);
@@ -956,14 +1100,40 @@ async fn run_batch_on(
         let commit = sqlx::query("COMMIT").execute(&mut *conn).await;
         if let Err(e) = commit {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return Some(format!("commit failed: {e}"));
+            return reply_all(done, Some(&Shared::of(&e, "commit failed: ")));
         }
     }
-    None
+    reply_all(done, None)
 }
 
-fn fail_one(req: WriteRequest, why: &str) -> Done {
-    let err = || IndexError::Db(sqlx::Error::Protocol(why.to_string()));
+/// A failure every request of a batch shares (the connection, BEGIN or
+/// COMMIT failed), kept as text plus whether the database was unreachable,
+/// so each caller can still tell an outage (out of resources, 503) from a
+/// fault.
+struct Shared {
+    text: String,
+    unavailable: bool,
+}
+
+impl Shared {
+    fn of(e: &sqlx::Error, prefix: &str) -> Shared {
+        Shared {
+            text: format!("{prefix}{e}"),
+            unavailable: crate::store::is_unavailable(e),
+        }
+    }
+
+    fn err(&self) -> IndexError {
+        if self.unavailable {
+            IndexError::Unavailable(self.text.clone())
+        } else {
+            IndexError::Db(sqlx::Error::Protocol(self.text.clone()))
+        }
+    }
+}
+
+fn fail_one(req: WriteRequest, why: &Shared) -> Done {
+    let err = || why.err();
     match req {
         WriteRequest::Preview(_, reply) => Done::Unit(reply, Err(err())),
         WriteRequest::Store { reply, .. } => Done::Store(
@@ -977,15 +1147,15 @@ fn fail_one(req: WriteRequest, why: &str) -> Done {
     }
 }
 
-fn fail_all(reqs: impl Iterator<Item = WriteRequest>, why: &str) {
+fn fail_all(reqs: impl Iterator<Item = WriteRequest>, why: &Shared) {
     let done: Vec<Done> = reqs.map(|r| fail_one(r, why)).collect();
     reply_all(done, None)
 }
 
 /// Send every reply; with `shared_err`, successes become failures (the
 /// transaction they were part of did not commit).
-fn reply_all(done: Vec<Done>, shared_err: Option<&str>) {
-    let err = |why: &str| IndexError::Db(sqlx::Error::Protocol(why.to_string()));
+fn reply_all(done: Vec<Done>, shared_err: Option<&Shared>) {
+    let err = |why: &Shared| why.err();
     for d in done {
         match d {
             Done::Store(reply, r) => {
@@ -1016,7 +1186,7 @@ fn reply_all(done: Vec<Done>, shared_err: Option<&str>) {
     }
 }
 
-pub(crate) type Conn = sqlx::SqliteConnection;
+pub(crate) type Conn = crate::store::Conn;
 
 fn patient_key(i: &NewInstance) -> String {
     if i.patient_id.trim().is_empty() {
@@ -1028,9 +1198,12 @@ fn patient_key(i: &NewInstance) -> String {
 
 /// SQL that appends `item` to a comma list column unless already present.
 fn list_append(col: &str) -> String {
+    // Qualified: PostgreSQL finds a bare column name in an upsert ambiguous.
     format!(
-        "CASE WHEN excluded.{col} = '' OR instr(',' || {col} || ',', ',' || excluded.{col} || ',') > 0 THEN {col} \
-         WHEN {col} = '' THEN excluded.{col} ELSE {col} || ',' || excluded.{col} END"
+        "CASE WHEN excluded.{col} = '' \
+         OR replace(',' || studies.{col} || ',', ',' || excluded.{col} || ',', '') <> ',' || studies.{col} || ',' \
+         THEN studies.{col} \
+         WHEN studies.{col} = '' THEN excluded.{col} ELSE studies.{col} || ',' || excluded.{col} END"
     )
 }
 
@@ -1058,7 +1231,7 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
 
     let patient_row: i64 = sqlx::query(
         "INSERT INTO patients (clinic_id, patient_key, patient_id, patient_name, birth_date, sex)
-         VALUES (?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (clinic_id, patient_key) DO UPDATE SET
            patient_name = excluded.patient_name, birth_date = excluded.birth_date, sex = excluded.sex
          RETURNING id",
@@ -1082,17 +1255,19 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
            study_date, study_time, accession_number, description, referring_physician, modalities,
            body_parts, num_series, num_instances, size_bytes, first_received_ms, last_received_ms,
            stable_after_ms, stable_at_ms, status)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 'receiving')
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $17, $18, $19, 'receiving')
          ON CONFLICT (study_uid) DO UPDATE SET
-           num_instances = num_instances + excluded.num_instances,
-           size_bytes = size_bytes + excluded.size_bytes,
-           last_received_ms = MAX(last_received_ms, excluded.last_received_ms),
+           num_instances = studies.num_instances + excluded.num_instances,
+           size_bytes = studies.size_bytes + excluded.size_bytes,
+           last_received_ms = CASE WHEN excluded.last_received_ms > studies.last_received_ms
+             THEN excluded.last_received_ms ELSE studies.last_received_ms END,
            stable_after_ms = excluded.stable_after_ms,
-           stable_at_ms = MAX(stable_at_ms, excluded.stable_at_ms),
+           stable_at_ms = CASE WHEN excluded.stable_at_ms > studies.stable_at_ms
+             THEN excluded.stable_at_ms ELSE studies.stable_at_ms END,
            status = 'receiving',
            modalities = {},
            body_parts = {}
-         RETURNING num_series = 0",
+         RETURNING CASE WHEN num_series = 0 THEN 1 ELSE 0 END",
         list_append("modalities"),
         list_append("body_parts")
     ))
@@ -1117,7 +1292,8 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     .bind(stable_at)
     .fetch_one(&mut *c)
     .await?
-    .get(0);
+    .get::<i64, _>(0)
+        == 1;
     if new_study {
         insert_study_names(c, &i.study_uid, &i.patient_name).await?;
     }
@@ -1125,7 +1301,7 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     let series_inserted = sqlx::query(
         "INSERT INTO series (series_uid, study_uid, modality, series_number, description, body_part,
            num_instances, size_bytes, first_received_ms, last_received_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (series_uid) DO NOTHING",
     )
     .bind(&i.series_uid)
@@ -1143,14 +1319,15 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     .rows_affected()
         == 1;
     if series_inserted {
-        sqlx::query("UPDATE studies SET num_series = num_series + 1 WHERE study_uid = ?")
+        sqlx::query("UPDATE studies SET num_series = num_series + 1 WHERE study_uid = $1")
             .bind(&i.study_uid)
             .execute(&mut *c)
             .await?;
     } else {
         sqlx::query(
-            "UPDATE series SET num_instances = num_instances + ?, size_bytes = size_bytes + ?,
-               last_received_ms = MAX(last_received_ms, ?) WHERE series_uid = ?",
+            "UPDATE series SET num_instances = num_instances + $1, size_bytes = size_bytes + $2,
+               last_received_ms = CASE WHEN last_received_ms > $3 THEN last_received_ms ELSE $3 END
+             WHERE series_uid = $4",
         )
         .bind(added)
         .bind(size)
@@ -1163,7 +1340,7 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     sqlx::query(
         "INSERT INTO instances (sop_instance_uid, version, series_uid, study_uid, sop_class_uid, transfer_syntax,
            instance_number, rows, columns, frames, sha256, size_bytes, path, calling_ae, received_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&i.sop_instance_uid)
     .bind(version)
@@ -1196,15 +1373,15 @@ async fn homes_of(c: &mut Conn, i: &NewInstance) -> Result<(Homes, Vec<(i64, Str
     let versions = sqlx::query(
         "SELECT i.version, i.sha256, i.series_uid, i.study_uid, s.clinic_id
          FROM instances i JOIN studies s ON s.study_uid = i.study_uid
-         WHERE i.sop_instance_uid = ? ORDER BY i.version",
+         WHERE i.sop_instance_uid = $1 ORDER BY i.version",
     )
     .bind(&i.sop_instance_uid)
     .fetch_all(&mut *c)
     .await?;
     let upper = sqlx::query(
-        "SELECT (SELECT clinic_id FROM studies WHERE study_uid = ?),
+        "SELECT (SELECT clinic_id FROM studies WHERE study_uid = $1),
                 x.study_uid, s.clinic_id
-         FROM (SELECT 1) LEFT JOIN series x ON x.series_uid = ? LEFT JOIN studies s ON s.study_uid = x.study_uid",
+         FROM (SELECT 1) AS one LEFT JOIN series x ON x.series_uid = $2 LEFT JOIN studies s ON s.study_uid = x.study_uid",
     )
     .bind(&i.study_uid)
     .bind(&i.series_uid)
@@ -1239,8 +1416,8 @@ impl Index {
 
 async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexError> {
     let done: Vec<String> = sqlx::query(
-        "UPDATE studies SET status = 'complete', completed_ms = ?
-         WHERE status = 'receiving' AND stable_at_ms <= ? RETURNING study_uid",
+        "UPDATE studies SET status = 'complete', completed_ms = $1
+         WHERE status = 'receiving' AND stable_at_ms <= $2 RETURNING study_uid",
     )
     .bind(now_ms)
     .bind(now_ms)
@@ -1346,7 +1523,16 @@ pub struct StudyFilter {
     pub clinics: Option<Vec<String>>,
 }
 
-const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_name, s.patient_id,
+/// The columns of a [`StudyRow`]. On SQLite the preview count names its
+/// index (the planner otherwise walked the preview_status index and every
+/// rendered instance); PostgreSQL's planner needs no hint.
+fn study_columns(backend: Backend) -> String {
+    let hint = match backend {
+        Backend::Sqlite => " INDEXED BY instances_study_preview",
+        Backend::Postgres => "",
+    };
+    format!(
+        "s.study_uid, s.clinic_id, s.calling_ae, s.patient_name, s.patient_id,
     p.birth_date, p.sex, s.study_date, s.study_time, s.accession_number, s.description,
     s.referring_physician, s.modalities, s.body_parts, s.num_series, s.num_instances, s.size_bytes,
     s.first_received_ms, s.last_received_ms, s.status, s.completed_ms, w.state AS worklist_state,
@@ -1354,8 +1540,10 @@ const STUDY_COLUMNS: &str = "s.study_uid, s.clinic_id, s.calling_ae, s.patient_n
     (SELECT MAX(version) FROM reports r WHERE r.study_uid = s.study_uid AND r.status IN ('signed', 'amended')) AS report_version,
     (SELECT i.sop_instance_uid FROM instances i WHERE i.study_uid = s.study_uid
        ORDER BY i.series_uid, i.instance_number LIMIT 1) AS thumbnail_uid,
-    (SELECT COUNT(*) FROM instances i INDEXED BY instances_study_preview
-       WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready";
+    (SELECT COUNT(*) FROM instances i{hint}
+       WHERE i.study_uid = s.study_uid AND i.preview_status = 'ok') AS previews_ready"
+    )
+}
 
 impl Index {
     /// One page of studies, newest first, and the number matching. The
@@ -1370,10 +1558,11 @@ impl Index {
         // those rows get the joins and per-row subqueries. (Scope filters
         // are written `+s.clinic_id` so SQLite does not drive the query from
         // the clinic index and sort every study of twenty clinics.)
-        let mut qb = sqlx::QueryBuilder::new(format!(
-            "SELECT {STUDY_COLUMNS} FROM (SELECT s.study_uid, s.last_received_ms FROM studies s WHERE 1=1"
+        let mut qb = crate::store::Sql::new(format!(
+            "SELECT {} FROM (SELECT s.study_uid, s.last_received_ms FROM studies s WHERE 1=1",
+            study_columns(self.backend)
         ));
-        push_study_filters(&mut qb, f);
+        push_study_filters(&mut qb, f, self.backend);
         qb.push(" ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
@@ -1384,16 +1573,17 @@ impl Index {
                  ORDER BY pg.last_received_ms DESC, pg.study_uid",
             );
         let studies: Vec<StudyRow> = qb.build_query_as().fetch_all(&self.pool).await?;
-        let mut cq = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM studies s WHERE 1=1");
-        push_study_filters(&mut cq, f);
+        let mut cq = crate::store::Sql::new("SELECT COUNT(*) FROM studies s WHERE 1=1");
+        push_study_filters(&mut cq, f, self.backend);
         let total: i64 = cq.build().fetch_one(&self.pool).await?.get(0);
         Ok((studies, total))
     }
 
     pub async fn study(&self, uid: &str) -> Result<Option<StudyRow>, IndexError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {STUDY_COLUMNS} FROM studies s JOIN patients p ON p.id = s.patient_row
-             LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE s.study_uid = ?"
+            "SELECT {} FROM studies s JOIN patients p ON p.id = s.patient_row
+             LEFT JOIN worklist w ON w.study_uid = s.study_uid WHERE s.study_uid = $1",
+            study_columns(self.backend)
         ))
         .bind(uid)
         .fetch_optional(&self.pool)
@@ -1404,7 +1594,7 @@ impl Index {
         let mut rows: Vec<SeriesRow> = sqlx::query_as(
             "SELECT series_uid, study_uid, modality, series_number, description, body_part, num_instances, size_bytes,
                NULL AS thumbnail_uid
-             FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",
+             FROM series WHERE study_uid = $1 ORDER BY series_number, series_uid",
         )
         .bind(study_uid)
         .fetch_all(&self.pool)
@@ -1413,8 +1603,8 @@ impl Index {
         // correlated OFFSET, hence one small indexed query per series).
         for r in &mut rows {
             r.thumbnail_uid = sqlx::query(
-                "SELECT sop_instance_uid FROM instances WHERE series_uid = ?
-                 ORDER BY instance_number, sop_instance_uid LIMIT 1 OFFSET ?",
+                "SELECT sop_instance_uid FROM instances WHERE series_uid = $1
+                 ORDER BY instance_number, sop_instance_uid LIMIT 1 OFFSET $2",
             )
             .bind(&r.series_uid)
             .bind(r.num_instances / 2)
@@ -1428,7 +1618,7 @@ impl Index {
     /// Latest version of each instance in a series.
     pub async fn instances_of_series(&self, series_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
         Ok(sqlx::query_as(
-            "SELECT i.* FROM instances i WHERE i.series_uid = ?
+            "SELECT i.* FROM instances i WHERE i.series_uid = $1
                AND i.version = (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid = i.sop_instance_uid)
              ORDER BY i.instance_number, i.sop_instance_uid",
         )
@@ -1439,7 +1629,7 @@ impl Index {
 
     pub async fn instances_of_study(&self, study_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
         Ok(sqlx::query_as(
-            "SELECT i.* FROM instances i WHERE i.study_uid = ?
+            "SELECT i.* FROM instances i WHERE i.study_uid = $1
                AND i.version = (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid = i.sop_instance_uid)
              ORDER BY i.series_uid, i.instance_number, i.sop_instance_uid",
         )
@@ -1455,8 +1645,8 @@ impl Index {
     /// under this study's access.)
     pub async fn instance_versions(&self, sop_uid: &str) -> Result<Vec<InstanceRow>, IndexError> {
         Ok(sqlx::query_as(
-            "SELECT * FROM instances WHERE sop_instance_uid = ?
-               AND study_uid = (SELECT study_uid FROM instances WHERE sop_instance_uid = ? ORDER BY version DESC LIMIT 1)
+            "SELECT * FROM instances WHERE sop_instance_uid = $1
+               AND study_uid = (SELECT study_uid FROM instances WHERE sop_instance_uid = $2 ORDER BY version DESC LIMIT 1)
              ORDER BY version DESC",
         )
         .bind(sop_uid)
@@ -1471,7 +1661,7 @@ impl Index {
     pub async fn clinic_of_instance(&self, sop_uid: &str) -> Result<Option<String>, IndexError> {
         Ok(sqlx::query(
             "SELECT s.clinic_id FROM instances i JOIN studies s ON s.study_uid = i.study_uid
-             WHERE i.sop_instance_uid = ? ORDER BY i.version DESC LIMIT 1",
+             WHERE i.sop_instance_uid = $1 ORDER BY i.version DESC LIMIT 1",
         )
         .bind(sop_uid)
         .fetch_optional(&self.pool)
@@ -1481,7 +1671,7 @@ impl Index {
 
     pub async fn clinic_of_series(&self, series_uid: &str) -> Result<Option<String>, IndexError> {
         Ok(sqlx::query(
-            "SELECT s.clinic_id FROM series x JOIN studies s ON s.study_uid = x.study_uid WHERE x.series_uid = ?",
+            "SELECT s.clinic_id FROM series x JOIN studies s ON s.study_uid = x.study_uid WHERE x.series_uid = $1",
         )
         .bind(series_uid)
         .fetch_optional(&self.pool)
@@ -1549,7 +1739,7 @@ impl Index {
 }
 
 /// The WHERE conditions of a study search (columns of `studies s` only).
-fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFilter) {
+fn push_study_filters(qb: &mut crate::store::Sql<'_>, f: &StudyFilter, backend: Backend) {
     if let Some(v) = f.patient_name.as_deref() {
         match pn::query(v) {
             NameQuery::Any => {}
@@ -1567,8 +1757,9 @@ fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFi
             // DICOM wildcards inside a word (`W?ng`, `*dong`): against the
             // whole stored value, all groups.
             NameQuery::Pattern(p) => {
-                qb.push(" AND s.patient_name LIKE ")
-                    .push_bind(p.replace('*', "%").replace('?', "_"));
+                qb.push(" AND lower(s.patient_name) LIKE lower(")
+                    .push_bind(p.replace('*', "%").replace('?', "_"))
+                    .push(")");
             }
         }
     }
@@ -1582,8 +1773,9 @@ fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFi
         qb.push(" AND s.study_date <= ").push_bind(v.replace('-', ""));
     }
     if let Some(v) = f.modality.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND (',' || s.modalities || ',') LIKE ")
-            .push_bind(format!("%,{v},%"));
+        qb.push(" AND lower(',' || s.modalities || ',') LIKE lower(")
+            .push_bind(format!("%,{v},%"))
+            .push(")");
     }
     if let Some(v) = f.clinic.as_deref().filter(|v| !v.is_empty()) {
         qb.push(" AND s.clinic_id = ").push_bind(v.to_string());
@@ -1592,23 +1784,24 @@ fn push_study_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &StudyFi
         qb.push(" AND s.status = ").push_bind(v.to_string());
     }
     if let Some(cs) = &f.clinics {
-        push_in(qb, "+s.clinic_id", cs);
+        // `+` keeps SQLite from driving the query from the clinic index.
+        let col = match backend {
+            Backend::Sqlite => "+s.clinic_id",
+            Backend::Postgres => "s.clinic_id",
+        };
+        push_in(qb, col, cs);
     }
 }
 
 /// `AND col IN (?, ?, ...)`; an empty list matches nothing. `col` is the
 /// bare column (the `AND` is added here).
-pub fn push_in(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, col: &str, values: &[String]) {
+pub fn push_in(qb: &mut crate::store::Sql<'_>, col: &str, values: &[String]) {
     if values.is_empty() {
-        qb.push(" AND 0");
+        qb.push(" AND 1 = 0");
         return;
     }
-    qb.push(format!(" AND {col} IN ("));
-    let mut sep = qb.separated(", ");
-    for v in values {
-        sep.push_bind(v.clone());
-    }
-    qb.push(")");
+    qb.push(format!(" AND {col} IN "));
+    qb.push_tuple(values.iter().cloned());
 }
 
 #[cfg(test)]

@@ -869,7 +869,7 @@ impl Session {
                 }
                 // SQLite reports a full disk in several ways (SQLITE_FULL,
                 // various I/O errors); the free space says what happened.
-                if e.is_disk_full() || self.low_space() {
+                if e.is_out_of_resources() || self.low_space() {
                     Err(StoreFailure::Resources(format!("index: {e}")))
                 } else {
                     Err(StoreFailure::Internal(format!("index: {e}")))

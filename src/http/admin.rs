@@ -32,7 +32,7 @@ impl From<AccountError> for ApiError {
         match e {
             AccountError::Exists(name) => ApiError::Conflict(text).code(Code::USER_EXISTS).param("name", name),
             AccountError::NoSuchUser(_) => ApiError::NotFound("user"),
-            AccountError::Db(d) => ApiError::Internal(d.to_string()),
+            AccountError::Db(d) => ApiError::db(&d),
             AccountError::Password(PasswordError::Hash(h)) => ApiError::Internal(h),
             AccountError::Password(PasswordError::TooShort(min)) => {
                 ApiError::BadRequest(text).code(Code::PASSWORD_SHORT).param("min", min)

@@ -65,7 +65,7 @@ impl LoginGuard {
     /// Writes the summary row of a minute whose failed logins were not all
     /// itemised (called by housekeeping, so the last minute of a flood is
     /// summarised too).
-    pub async fn flush_audit(&self, pool: &sqlx::SqlitePool) {
+    pub async fn flush_audit(&self, pool: &crate::store::Pool) {
         let closed = self.failed_rows.lock().ok().and_then(|mut b| b.flush(Instant::now()));
         if let Some(sup) = closed {
             audit::record_suppressed(pool, "login_failed", sup).await;
@@ -113,7 +113,7 @@ impl FromRequestParts<Arc<Services>> for Caller {
         let (idle, max) = session_limits_ms(s);
         let check = accounts::check_session(s.index.pool(), token, now_ms(), idle, max)
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(ApiError::from)?;
         let (user, csrf, hash) = match check {
             SessionCheck::Valid { user, csrf, hash } => (user, csrf, hash),
             SessionCheck::Expired => {
@@ -187,7 +187,7 @@ pub async fn login(
     g.throttle()?.begin(&user_key, &ip, Instant::now()).map_err(locked)?;
     let user = accounts::check_login(s.index.pool(), &g.hasher, slot, &l.username, &l.password)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let Some(user) = user else {
         let (itemise, closed) = match g.failed_rows.lock() {
             Ok(mut b) => b.admit(Instant::now()),
@@ -214,7 +214,7 @@ pub async fn login(
     g.throttle()?.on_success(&user_key, &ip, Instant::now());
     let sess = accounts::create_session(s.index.pool(), &user.username, &ip, now_ms())
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     audit::record_raw(
         s.index.pool(),
         now_ms(),
@@ -240,7 +240,7 @@ pub async fn login(
 pub async fn logout(State(s): State<Arc<Services>>, c: Caller) -> Result<Response, ApiError> {
     accounts::end_session(s.index.pool(), &c.session)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     audit::record(s.index.pool(), &c, "logout", None, None).await;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(

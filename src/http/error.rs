@@ -99,6 +99,7 @@ codes! {
     // Study downloads.
     DOWNLOADS_BUSY = "downloads_busy";
     DOWNLOADS_LIMITED = "downloads_limited";
+    INDEX_UNAVAILABLE = "index_unavailable";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +138,28 @@ pub enum ApiError {
 
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
+        if e.is_unavailable() {
+            return ApiError::unavailable();
+        }
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The index database cannot be reached: 503 with a short retry, not a
+    /// 500 (nothing is wrong with the request; PostgreSQL is restarting).
+    pub fn unavailable() -> ApiError {
+        ApiError::Busy("the index database is unavailable", 5).code(Code::INDEX_UNAVAILABLE)
+    }
+
+    /// A database error of a repository: 503 when the database is
+    /// unreachable, otherwise 500.
+    pub fn db(e: &sqlx::Error) -> ApiError {
+        if crate::store::is_unavailable(e) {
+            ApiError::unavailable()
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 

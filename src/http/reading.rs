@@ -61,6 +61,7 @@ impl From<WorklistApplyError> for ApiError {
                     WorklistError::PriorityLower => ApiError::Forbidden(text).code(Code::PRIORITY_LOWER),
                 }
             }
+            WorklistApplyError::Index(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -74,7 +75,7 @@ impl From<ReportError> for ApiError {
             ReportError::TooLong => ApiError::BadRequest(text).code(Code::REPORT_TOO_LONG),
             ReportError::NotOnWorklist => ApiError::NotFound("worklist entry"),
             ReportError::Worklist(w) => w.into(),
-            ReportError::Db(d) => ApiError::Internal(d.to_string()),
+            ReportError::Db(d) => ApiError::db(&d),
             ReportError::NotClaimed => ApiError::Conflict(text).code(Code::NOT_CLAIMED),
             ReportError::ClaimedByOther(by) => ApiError::Conflict(text).code(Code::CLAIMED_BY_OTHER).param("name", by),
             ReportError::DraftByOther(by) => ApiError::Conflict(text).code(Code::DRAFT_BY_OTHER).param("name", by),
@@ -307,7 +308,7 @@ pub async fn return_study(
         )
         .await?;
     sqlx::query(
-        "INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, 'returned', ?, ?, ?)",
+        "INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES ($1, 'returned', $2, $3, $4)",
     )
     .bind(&st.clinic_id)
     .bind(&uid)
@@ -485,7 +486,7 @@ pub async fn sign(
 // ------------------------------------------------------------------ notifications
 
 pub async fn notifications(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut qb = sqlx::QueryBuilder::new(
+    let mut qb = crate::store::Sql::new(
         "SELECT id, clinic_id, kind, study_uid, request_id, text, created_ms, read_ms FROM notifications WHERE 1=1",
     );
     match c.role() {
@@ -518,7 +519,7 @@ pub async fn notifications(State(s): S, c: Caller) -> Result<Json<serde_json::Va
 }
 
 pub async fn notification_read(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
-    let clinic = sqlx::query("SELECT clinic_id FROM notifications WHERE id = ?")
+    let clinic = sqlx::query("SELECT clinic_id FROM notifications WHERE id = $1")
         .bind(id)
         .fetch_optional(s.index.pool())
         .await
@@ -528,7 +529,7 @@ pub async fn notification_read(State(s): S, c: Caller, Path(id): Path<i64>) -> R
         Some(k) if c.sees(&k) => {}
         _ => return Err(ApiError::NotFound("notification")),
     }
-    sqlx::query("UPDATE notifications SET read_ms = COALESCE(read_ms, ?) WHERE id = ?")
+    sqlx::query("UPDATE notifications SET read_ms = COALESCE(read_ms, $1) WHERE id = $2")
         .bind(now_ms())
         .bind(id)
         .execute(s.index.pool())

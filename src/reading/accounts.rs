@@ -335,7 +335,8 @@ impl LoginThrottle {
 
 // ------------------------------------------------------------ accounts in the index
 
-use sqlx::{Row, SqlitePool};
+use crate::store::Pool;
+use sqlx::Row;
 
 use super::access::{Role, UnknownRole, User};
 
@@ -384,7 +385,7 @@ fn non_empty(v: &Option<String>) -> Option<String> {
 
 /// Creates an account. Hashing is slow on purpose, so callers on the async
 /// runtime must wrap the hash in spawn_blocking: this function does that.
-pub async fn create_user(pool: &SqlitePool, u: &NewUser, now_ms: i64) -> Result<User, AccountError> {
+pub async fn create_user(pool: &Pool, u: &NewUser, now_ms: i64) -> Result<User, AccountError> {
     if !valid_username(&u.username) {
         return Err(AccountError::BadUsername);
     }
@@ -404,7 +405,7 @@ pub async fn create_user(pool: &SqlitePool, u: &NewUser, now_ms: i64) -> Result<
     };
     let r = sqlx::query(
         "INSERT INTO users (username, display_name, role, clinic_id, hospital_id, department, password_hash, created_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (username) DO NOTHING",
     )
     .bind(&u.username)
     .bind(&display)
@@ -431,12 +432,12 @@ pub async fn create_user(pool: &SqlitePool, u: &NewUser, now_ms: i64) -> Result<
     })
 }
 
-pub async fn set_password(pool: &SqlitePool, username: &str, password: &str) -> Result<(), AccountError> {
+pub async fn set_password(pool: &Pool, username: &str, password: &str) -> Result<(), AccountError> {
     let pw = password.to_string();
     let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
         .await
         .map_err(|e| PasswordError::Hash(e.to_string()))??;
-    let r = sqlx::query("UPDATE users SET password_hash = ? WHERE username = ?")
+    let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
         .bind(hash)
         .bind(username)
         .execute(pool)
@@ -445,16 +446,16 @@ pub async fn set_password(pool: &SqlitePool, username: &str, password: &str) -> 
         return Err(AccountError::NoSuchUser(username.into()));
     }
     // A new password ends every open session of the account.
-    sqlx::query("DELETE FROM sessions WHERE username = ?")
+    sqlx::query("DELETE FROM sessions WHERE username = $1")
         .bind(username)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-pub async fn set_disabled(pool: &SqlitePool, username: &str, disabled: bool) -> Result<(), AccountError> {
-    let r = sqlx::query("UPDATE users SET disabled = ? WHERE username = ?")
-        .bind(disabled)
+pub async fn set_disabled(pool: &Pool, username: &str, disabled: bool) -> Result<(), AccountError> {
+    let r = sqlx::query("UPDATE users SET disabled = $1 WHERE username = $2")
+        .bind(i64::from(disabled))
         .bind(username)
         .execute(pool)
         .await?;
@@ -462,7 +463,7 @@ pub async fn set_disabled(pool: &SqlitePool, username: &str, disabled: bool) -> 
         return Err(AccountError::NoSuchUser(username.into()));
     }
     if disabled {
-        sqlx::query("DELETE FROM sessions WHERE username = ?")
+        sqlx::query("DELETE FROM sessions WHERE username = $1")
             .bind(username)
             .execute(pool)
             .await?;
@@ -470,7 +471,7 @@ pub async fn set_disabled(pool: &SqlitePool, username: &str, disabled: bool) -> 
     Ok(())
 }
 
-fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<User, AccountError> {
+fn user_from_row(r: &crate::store::DbRow) -> Result<User, AccountError> {
     let username: String = r.get("username");
     let role = r
         .get::<String, _>("role")
@@ -493,8 +494,8 @@ fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<User, AccountError> {
 
 /// Sets the account's interface language; None follows the browser again.
 /// The caller checks `language` against the languages the pages have.
-pub async fn set_language(pool: &SqlitePool, username: &str, language: Option<&str>) -> Result<(), AccountError> {
-    let r = sqlx::query("UPDATE users SET language = ? WHERE username = ?")
+pub async fn set_language(pool: &Pool, username: &str, language: Option<&str>) -> Result<(), AccountError> {
+    let r = sqlx::query("UPDATE users SET language = $1 WHERE username = $2")
         .bind(language)
         .bind(username)
         .execute(pool)
@@ -505,7 +506,7 @@ pub async fn set_language(pool: &SqlitePool, username: &str, language: Option<&s
     Ok(())
 }
 
-pub async fn list_users(pool: &SqlitePool) -> Result<Vec<User>, AccountError> {
+pub async fn list_users(pool: &Pool) -> Result<Vec<User>, AccountError> {
     let rows = sqlx::query("SELECT * FROM users ORDER BY role, username")
         .fetch_all(pool)
         .await?;
@@ -513,8 +514,8 @@ pub async fn list_users(pool: &SqlitePool) -> Result<Vec<User>, AccountError> {
 }
 
 /// One account (disabled ones included: callers decide).
-pub async fn get_user(pool: &SqlitePool, username: &str) -> Result<Option<User>, AccountError> {
-    sqlx::query("SELECT * FROM users WHERE username = ?")
+pub async fn get_user(pool: &Pool, username: &str) -> Result<Option<User>, AccountError> {
+    sqlx::query("SELECT * FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(pool)
         .await?
@@ -523,8 +524,8 @@ pub async fn get_user(pool: &SqlitePool, username: &str) -> Result<Option<User>,
         .transpose()
 }
 
-pub async fn display_name(pool: &SqlitePool, username: &str) -> Result<Option<String>, AccountError> {
-    Ok(sqlx::query("SELECT display_name FROM users WHERE username = ?")
+pub async fn display_name(pool: &Pool, username: &str) -> Result<Option<String>, AccountError> {
+    Ok(sqlx::query("SELECT display_name FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(pool)
         .await?
@@ -536,13 +537,13 @@ pub async fn display_name(pool: &SqlitePool, username: &str) -> Result<Option<St
 /// does not reveal which usernames exist; the verification runs on the
 /// bounded `PasswordPool` in the `slot` the caller was admitted with.
 pub async fn check_login(
-    pool: &SqlitePool,
+    pool: &Pool,
     hasher: &PasswordPool,
     slot: HashSlot,
     username: &str,
     password: &str,
 ) -> Result<Option<User>, AccountError> {
-    let row = sqlx::query("SELECT * FROM users WHERE username = ?")
+    let row = sqlx::query("SELECT * FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(pool)
         .await?;
@@ -673,7 +674,7 @@ pub fn token_hash(token: &str) -> String {
 }
 
 pub async fn create_session(
-    pool: &SqlitePool,
+    pool: &Pool,
     username: &str,
     remote: &str,
     now_ms: i64,
@@ -683,7 +684,7 @@ pub async fn create_session(
         csrf: random_hex(16),
     };
     sqlx::query(
-        "INSERT INTO sessions (token_hash, username, csrf, created_ms, last_seen_ms, remote) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sessions (token_hash, username, csrf, created_ms, last_seen_ms, remote) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(token_hash(&s.token))
     .bind(username)
@@ -707,7 +708,7 @@ pub enum SessionCheck {
 /// one is deleted. `last_seen` is written at most once a minute so reading
 /// pages do not turn every image request into a database write.
 pub async fn check_session(
-    pool: &SqlitePool,
+    pool: &Pool,
     token: &str,
     now_ms: i64,
     idle_ms: i64,
@@ -721,7 +722,7 @@ pub async fn check_session(
 /// counts as activity, so a consultation longer than the idle limit keeps
 /// its session.
 pub async fn check_session_hash(
-    pool: &SqlitePool,
+    pool: &Pool,
     hash: &str,
     now_ms: i64,
     idle_ms: i64,
@@ -730,7 +731,7 @@ pub async fn check_session_hash(
     let hash = hash.to_string();
     let Some(r) = sqlx::query(
         "SELECT s.csrf, s.created_ms, s.last_seen_ms, u.* FROM sessions s JOIN users u ON u.username = s.username
-         WHERE s.token_hash = ?",
+         WHERE s.token_hash = $1",
     )
     .bind(&hash)
     .fetch_optional(pool)
@@ -743,14 +744,14 @@ pub async fn check_session_hash(
     let user = user_from_row(&r)?;
     let expired = now_ms - seen > idle_ms || now_ms - created > max_ms;
     if user.disabled || expired {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(&hash)
             .execute(pool)
             .await?;
         return Ok(SessionCheck::Expired);
     }
     if now_ms - seen > 60_000 {
-        sqlx::query("UPDATE sessions SET last_seen_ms = ? WHERE token_hash = ?")
+        sqlx::query("UPDATE sessions SET last_seen_ms = $1 WHERE token_hash = $2")
             .bind(now_ms)
             .bind(&hash)
             .execute(pool)
@@ -763,8 +764,8 @@ pub async fn check_session_hash(
     })
 }
 
-pub async fn end_session(pool: &SqlitePool, hash: &str) -> Result<(), AccountError> {
-    sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+pub async fn end_session(pool: &Pool, hash: &str) -> Result<(), AccountError> {
+    sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
         .bind(hash)
         .execute(pool)
         .await?;
@@ -772,9 +773,9 @@ pub async fn end_session(pool: &SqlitePool, hash: &str) -> Result<(), AccountErr
 }
 
 /// Drops sessions past either limit (periodic housekeeping).
-pub async fn sweep_sessions(pool: &SqlitePool, now_ms: i64, idle_ms: i64, max_ms: i64) -> Result<u64, AccountError> {
+pub async fn sweep_sessions(pool: &Pool, now_ms: i64, idle_ms: i64, max_ms: i64) -> Result<u64, AccountError> {
     Ok(
-        sqlx::query("DELETE FROM sessions WHERE last_seen_ms < ? OR created_ms < ?")
+        sqlx::query("DELETE FROM sessions WHERE last_seen_ms < $1 OR created_ms < $2")
             .bind(now_ms - idle_ms)
             .bind(now_ms - max_ms)
             .execute(pool)

@@ -5,7 +5,8 @@
 //! the log and in the failed write that follows), but it is awaited, so an
 //! answered request has its audit row written.
 
-use sqlx::{Row, SqlitePool};
+use crate::store::Pool;
+use sqlx::Row;
 
 use super::access::{Caller, Role};
 
@@ -34,7 +35,7 @@ impl Actor {
 
 #[allow(clippy::too_many_arguments)]
 pub async fn record_raw(
-    pool: &SqlitePool,
+    pool: &Pool,
     at_ms: i64,
     username: &str,
     actor: Actor,
@@ -44,7 +45,7 @@ pub async fn record_raw(
     remote: &str,
 ) {
     let r = sqlx::query(
-        "INSERT INTO audit (at_ms, username, role, action, study_uid, detail, remote) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (at_ms, username, role, action, study_uid, detail, remote) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(at_ms)
     .bind(username)
@@ -69,7 +70,7 @@ pub const INGEST_REFUSED: &str = "ingest_refused";
 /// `key=value` words (UIDs, clinic ids and tokens only: never a patient
 /// attribute), read back by [`ingest_refusals`].
 pub async fn record_ingest_refusal(
-    pool: &SqlitePool,
+    pool: &Pool,
     at_ms: i64,
     who: &str,
     via: Actor,
@@ -131,7 +132,7 @@ pub struct IngestRefusal {
 }
 
 /// The latest instances refused at ingest, newest first.
-pub async fn ingest_refusals(pool: &SqlitePool, limit: i64) -> Result<Vec<IngestRefusal>, sqlx::Error> {
+pub async fn ingest_refusals(pool: &Pool, limit: i64) -> Result<Vec<IngestRefusal>, sqlx::Error> {
     let events = query(
         pool,
         &AuditQuery {
@@ -167,7 +168,7 @@ fn refusal_of(e: AuditEvent) -> IngestRefusal {
     }
 }
 
-pub async fn record(pool: &SqlitePool, c: &Caller, action: &str, study_uid: Option<&str>, detail: Option<&str>) {
+pub async fn record(pool: &Pool, c: &Caller, action: &str, study_uid: Option<&str>, detail: Option<&str>) {
     record_raw(
         pool,
         crate::clock::now_ms(),
@@ -244,7 +245,7 @@ impl RowBudget {
 }
 
 /// Writes the summary row of failed logins that were not itemised.
-pub async fn record_suppressed(pool: &SqlitePool, action: &str, s: Suppressed) {
+pub async fn record_suppressed(pool: &Pool, action: &str, s: Suppressed) {
     let detail = format!(
         "{} more not itemised (at most one row per attempt for the first ones of each {} s)",
         s.count, s.window_secs
@@ -284,9 +285,9 @@ pub struct AuditEvent {
     pub remote: Option<String>,
 }
 
-pub async fn query(pool: &SqlitePool, q: &AuditQuery) -> Result<Vec<AuditEvent>, sqlx::Error> {
+pub async fn query(pool: &Pool, q: &AuditQuery) -> Result<Vec<AuditEvent>, sqlx::Error> {
     let mut qb =
-        sqlx::QueryBuilder::new("SELECT at_ms, username, role, action, study_uid, detail, remote FROM audit WHERE 1=1");
+        crate::store::Sql::new("SELECT at_ms, username, role, action, study_uid, detail, remote FROM audit WHERE 1=1");
     if let Some(v) = q.from_ms {
         qb.push(" AND at_ms >= ").push_bind(v);
     }

@@ -28,9 +28,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Pool;
 use futures::StreamExt;
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -163,10 +164,10 @@ fn truncate_chars(s: &str, max: usize) -> &str {
 // ------------------------------------------------------------ queries
 
 /// Deliveries due at `now_ms`, oldest first, at most `limit`.
-pub async fn due(pool: &SqlitePool, now_ms: i64, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
+pub async fn due(pool: &Pool, now_ms: i64, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries d WHERE {SENDABLE} AND d.next_attempt_ms <= ?
-         ORDER BY d.created_ms, d.id LIMIT ?"
+        "SELECT {COLUMNS} FROM deliveries d WHERE {SENDABLE} AND d.next_attempt_ms <= $1
+         ORDER BY d.created_ms, d.id LIMIT $2"
     ))
     .bind(now_ms)
     .bind(limit.max(1))
@@ -176,12 +177,12 @@ pub async fn due(pool: &SqlitePool, now_ms: i64, limit: i64) -> Result<Vec<Deliv
 
 /// Unsent reports for one target, oldest first, amendments after the
 /// versions they amend (the relay's way back to an edge).
-pub async fn due_for_target(pool: &SqlitePool, target: &str, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
+pub async fn due_for_target(pool: &Pool, target: &str, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries d WHERE d.target = ? AND d.state IN ('pending', 'failing')
+        "SELECT {COLUMNS} FROM deliveries d WHERE d.target = $1 AND d.state IN ('pending', 'failing')
          AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.study_uid = d.study_uid AND e.target = d.target
                          AND e.version < d.version AND e.state != 'sent')
-         ORDER BY d.created_ms, d.id LIMIT ?"
+         ORDER BY d.created_ms, d.id LIMIT $2"
     ))
     .bind(target)
     .bind(limit)
@@ -190,7 +191,7 @@ pub async fn due_for_target(pool: &SqlitePool, target: &str, limit: i64) -> Resu
 }
 
 /// The earliest `next_attempt_ms` of a delivery that could be sent, if any.
-pub async fn next_due_ms(pool: &SqlitePool) -> Result<Option<i64>, DeliveryError> {
+pub async fn next_due_ms(pool: &Pool) -> Result<Option<i64>, DeliveryError> {
     let row = sqlx::query(&format!(
         "SELECT MIN(d.next_attempt_ms) FROM deliveries d WHERE {SENDABLE}"
     ))
@@ -200,8 +201,8 @@ pub async fn next_due_ms(pool: &SqlitePool) -> Result<Option<i64>, DeliveryError
 }
 
 /// Record where the SR of a delivery was spooled.
-pub async fn set_path(pool: &SqlitePool, id: i64, path: &str) -> Result<(), DeliveryError> {
-    sqlx::query("UPDATE deliveries SET path = ? WHERE id = ?")
+pub async fn set_path(pool: &Pool, id: i64, path: &str) -> Result<(), DeliveryError> {
+    sqlx::query("UPDATE deliveries SET path = $1 WHERE id = $2")
         .bind(path)
         .bind(id)
         .execute(pool)
@@ -212,10 +213,10 @@ pub async fn set_path(pool: &SqlitePool, id: i64, path: &str) -> Result<(), Deli
 /// The PACS (or the edge) accepted the SR: the delivery is `sent`, the
 /// report records the SR's SOP Instance UID, and the study moves to
 /// `delivered`, all in one transaction.
-pub async fn mark_sent(pool: &SqlitePool, id: i64, now_ms: i64) -> Result<(), DeliveryError> {
+pub async fn mark_sent(pool: &Pool, id: i64, now_ms: i64) -> Result<(), DeliveryError> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
-        "UPDATE deliveries SET state = 'sent', sent_ms = ?, last_error = NULL WHERE id = ?
+        "UPDATE deliveries SET state = 'sent', sent_ms = $1, last_error = NULL WHERE id = $2
          RETURNING study_uid, version, sop_instance_uid",
     )
     .bind(now_ms)
@@ -224,7 +225,7 @@ pub async fn mark_sent(pool: &SqlitePool, id: i64, now_ms: i64) -> Result<(), De
     .await?;
     if let Some(row) = row {
         let study_uid: String = row.get(0);
-        sqlx::query("UPDATE reports SET sr_sop_uid = ? WHERE study_uid = ? AND version = ?")
+        sqlx::query("UPDATE reports SET sr_sop_uid = $1 WHERE study_uid = $2 AND version = $3")
             .bind(row.get::<String, _>(2))
             .bind(&study_uid)
             .bind(row.get::<i64, _>(1))
@@ -247,7 +248,7 @@ pub async fn mark_sent(pool: &SqlitePool, id: i64, now_ms: i64) -> Result<(), De
 /// An attempt failed: count it, keep the reason (at most
 /// [`MAX_ERROR_CHARS`]), and schedule the next attempt. Returns that time.
 pub async fn mark_failing(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: i64,
     error: &str,
     now_ms: i64,
@@ -256,8 +257,8 @@ pub async fn mark_failing(
     let mut tx = pool.begin().await?;
     // Writing first takes the write lock at once (no read-then-upgrade).
     let attempts: Option<i64> = sqlx::query(
-        "UPDATE deliveries SET state = 'failing', attempts = attempts + 1, last_error = ?
-         WHERE id = ? AND state != 'sent' RETURNING attempts",
+        "UPDATE deliveries SET state = 'failing', attempts = attempts + 1, last_error = $1
+         WHERE id = $2 AND state != 'sent' RETURNING attempts",
     )
     .bind(truncate_chars(error, MAX_ERROR_CHARS))
     .bind(id)
@@ -266,7 +267,7 @@ pub async fn mark_failing(
     .map(|r| r.get(0));
     let next = policy.next_attempt_ms(u32::try_from(attempts.unwrap_or(1)).unwrap_or(u32::MAX), now_ms);
     if attempts.is_some() {
-        sqlx::query("UPDATE deliveries SET next_attempt_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE deliveries SET next_attempt_ms = $1 WHERE id = $2")
             .bind(next)
             .bind(id)
             .execute(&mut *tx)
@@ -277,9 +278,9 @@ pub async fn mark_failing(
 }
 
 /// Deliveries of one study, by version then id.
-pub async fn for_study(pool: &SqlitePool, study_uid: &str) -> Result<Vec<Delivery>, DeliveryError> {
+pub async fn for_study(pool: &Pool, study_uid: &str) -> Result<Vec<Delivery>, DeliveryError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries d WHERE d.study_uid = ? ORDER BY d.version, d.id"
+        "SELECT {COLUMNS} FROM deliveries d WHERE d.study_uid = $1 ORDER BY d.version, d.id"
     ))
     .bind(study_uid)
     .fetch_all(pool)
@@ -287,16 +288,16 @@ pub async fn for_study(pool: &SqlitePool, study_uid: &str) -> Result<Vec<Deliver
 }
 
 /// The whole queue for the admin page, newest first, at most `limit`.
-pub async fn list(pool: &SqlitePool, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
+pub async fn list(pool: &Pool, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM deliveries d ORDER BY d.created_ms DESC, d.id DESC LIMIT ?"
+        "SELECT {COLUMNS} FROM deliveries d ORDER BY d.created_ms DESC, d.id DESC LIMIT $1"
     ))
     .bind(limit.clamp(1, 10_000))
     .fetch_all(pool)
     .await?)
 }
 
-pub async fn counts(pool: &SqlitePool) -> Result<DeliveryCounts, DeliveryError> {
+pub async fn counts(pool: &Pool) -> Result<DeliveryCounts, DeliveryError> {
     let mut c = DeliveryCounts::default();
     for row in sqlx::query("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
         .fetch_all(pool)
@@ -321,7 +322,7 @@ pub async fn counts(pool: &SqlitePool) -> Result<DeliveryCounts, DeliveryError> 
 pub async fn sr_input(index: &Index, cfg: &Config, d: &Delivery) -> Result<SrInput, DeliveryError> {
     let pool = index.pool();
     let rep = sqlx::query(
-        "SELECT status, findings, impression, author, signed_ms FROM reports WHERE study_uid = ? AND version = ?",
+        "SELECT status, findings, impression, author, signed_ms FROM reports WHERE study_uid = $1 AND version = $2",
     )
     .bind(&d.study_uid)
     .bind(d.version)
@@ -347,7 +348,7 @@ pub async fn sr_input(index: &Index, cfg: &Config, d: &Delivery) -> Result<SrInp
         .study(&d.study_uid)
         .await?
         .ok_or_else(|| DeliveryError::NoStudy(d.study_uid.clone()))?;
-    let user = sqlx::query("SELECT display_name, hospital_id FROM users WHERE username = ?")
+    let user = sqlx::query("SELECT display_name, hospital_id FROM users WHERE username = $1")
         .bind(&author)
         .fetch_optional(pool)
         .await?;
@@ -373,7 +374,7 @@ pub async fn sr_input(index: &Index, cfg: &Config, d: &Delivery) -> Result<SrInp
     // UID is fixed when it is queued, sent or not) or as recorded.
     let series_instance_uid = sr::report_series_uid(&d.study_uid);
     let queued: Option<String> = sqlx::query(
-        "SELECT sop_instance_uid FROM deliveries WHERE study_uid = ? AND version < ?
+        "SELECT sop_instance_uid FROM deliveries WHERE study_uid = $1 AND version < $2
          ORDER BY version DESC, id DESC LIMIT 1",
     )
     .bind(&d.study_uid)
@@ -384,7 +385,7 @@ pub async fn sr_input(index: &Index, cfg: &Config, d: &Delivery) -> Result<SrInp
     let previous = match queued {
         Some(uid) => Some(uid),
         None => sqlx::query(
-            "SELECT sr_sop_uid FROM reports WHERE study_uid = ? AND version < ? AND sr_sop_uid IS NOT NULL
+            "SELECT sr_sop_uid FROM reports WHERE study_uid = $1 AND version < $2 AND sr_sop_uid IS NOT NULL
              ORDER BY version DESC LIMIT 1",
         )
         .bind(&d.study_uid)
@@ -760,7 +761,7 @@ mod tests {
     async fn queue(idx: &Index, study: &str, version: i64, target: &str, created: i64) -> i64 {
         sqlx::query(
             "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state,
-             attempts, next_attempt_ms, created_ms) VALUES (?, ?, 'c1', ?, '', ?, 'pending', 0, ?, ?)
+             attempts, next_attempt_ms, created_ms) VALUES ($1, $2, 'c1', $3, '', $4, 'pending', 0, $5, $6)
              RETURNING id",
         )
         .bind(study)
@@ -822,7 +823,7 @@ mod tests {
         .await
         .expect("report");
         mark_sent(pool, a1, 20_000).await.expect("sent");
-        let sop: String = sqlx::query("SELECT sop_instance_uid FROM deliveries WHERE id = ?")
+        let sop: String = sqlx::query("SELECT sop_instance_uid FROM deliveries WHERE id = $1")
             .bind(a1)
             .fetch_one(pool)
             .await
@@ -895,7 +896,7 @@ mod tests {
         for v in [1, 2] {
             sqlx::query(
                 "INSERT INTO reports (study_uid, version, status, findings, impression, author, created_ms, updated_ms, signed_ms)
-                 VALUES ('1.2.3', ?, 'signed', '所见', '印象', 'li', 1, 1, ?)",
+                 VALUES ('1.2.3', $1, 'signed', '所见', '印象', 'li', 1, 1, $2)",
             )
             .bind(v)
             .bind(1_000 * v)

@@ -8,7 +8,8 @@
 //! crash (even kill -9) leaves either the old state or the new one, never a
 //! signed report without its delivery or a half-written version.
 
-use sqlx::{Row, SqlitePool};
+use crate::store::Pool;
+use sqlx::Row;
 
 use crate::reading::worklist::{Action, Actor, State};
 use crate::store::worklist::{self as wl, WorklistApplyError};
@@ -56,7 +57,7 @@ pub struct Report {
 const REPORT_SELECT: &str = "SELECT r.*, COALESCE(u.display_name, r.author) AS author_name FROM reports r
     LEFT JOIN users u ON u.username = r.author";
 
-fn report_from(r: &sqlx::sqlite::SqliteRow) -> Report {
+fn report_from(r: &crate::store::DbRow) -> Report {
     Report {
         study_uid: r.get("study_uid"),
         version: r.get("version"),
@@ -73,9 +74,9 @@ fn report_from(r: &sqlx::sqlite::SqliteRow) -> Report {
 }
 
 /// Every version, newest first; drafts only for experts.
-pub async fn versions(pool: &SqlitePool, study_uid: &str, with_drafts: bool) -> Result<Vec<Report>, ReportError> {
+pub async fn versions(pool: &Pool, study_uid: &str, with_drafts: bool) -> Result<Vec<Report>, ReportError> {
     let rows = sqlx::query(&format!(
-        "{REPORT_SELECT} WHERE r.study_uid = ? AND (? OR r.status != 'draft') ORDER BY r.version DESC"
+        "{REPORT_SELECT} WHERE r.study_uid = $1 AND ($2 OR r.status != 'draft') ORDER BY r.version DESC"
     ))
     .bind(study_uid)
     .bind(with_drafts)
@@ -84,13 +85,13 @@ pub async fn versions(pool: &SqlitePool, study_uid: &str, with_drafts: bool) -> 
     Ok(rows.iter().map(report_from).collect())
 }
 
-pub async fn latest(pool: &SqlitePool, study_uid: &str, with_drafts: bool) -> Result<Option<Report>, ReportError> {
+pub async fn latest(pool: &Pool, study_uid: &str, with_drafts: bool) -> Result<Option<Report>, ReportError> {
     Ok(versions(pool, study_uid, with_drafts).await?.into_iter().next())
 }
 
 pub use crate::store::worklist::WorklistEntry;
 
-pub async fn worklist_entry(pool: &SqlitePool, study_uid: &str) -> Result<Option<WorklistEntry>, ReportError> {
+pub async fn worklist_entry(pool: &Pool, study_uid: &str) -> Result<Option<WorklistEntry>, ReportError> {
     Ok(wl::entry(pool, study_uid).await?)
 }
 
@@ -113,12 +114,7 @@ enum Mode {
     Amend { signed_by: String },
 }
 
-async fn mode(
-    conn: &mut sqlx::SqliteConnection,
-    study_uid: &str,
-    author: &str,
-    now_ms: i64,
-) -> Result<Mode, ReportError> {
+async fn mode(conn: &mut crate::store::Conn, study_uid: &str, author: &str, now_ms: i64) -> Result<Mode, ReportError> {
     let state = wl::state(&mut *conn, study_uid)
         .await?
         .ok_or(ReportError::NotOnWorklist)?;
@@ -134,7 +130,7 @@ async fn mode(
         }
         State::Reported { .. } | State::Delivered => {
             let last_author: Option<String> = sqlx::query(
-                "SELECT author FROM reports WHERE study_uid = ? AND status = 'signed' ORDER BY version DESC LIMIT 1",
+                "SELECT author FROM reports WHERE study_uid = $1 AND status = 'signed' ORDER BY version DESC LIMIT 1",
             )
             .bind(study_uid)
             .fetch_optional(&mut *conn)
@@ -151,9 +147,9 @@ async fn mode(
 }
 
 /// The open draft (author, version), if any.
-async fn open_draft(conn: &mut sqlx::SqliteConnection, study_uid: &str) -> Result<Option<(String, i64)>, ReportError> {
+async fn open_draft(conn: &mut crate::store::Conn, study_uid: &str) -> Result<Option<(String, i64)>, ReportError> {
     Ok(
-        sqlx::query("SELECT author, version FROM reports WHERE study_uid = ? AND status = 'draft'")
+        sqlx::query("SELECT author, version FROM reports WHERE study_uid = $1 AND status = 'draft'")
             .bind(study_uid)
             .fetch_optional(&mut *conn)
             .await?
@@ -161,9 +157,9 @@ async fn open_draft(conn: &mut sqlx::SqliteConnection, study_uid: &str) -> Resul
     )
 }
 
-async fn next_version(conn: &mut sqlx::SqliteConnection, study_uid: &str) -> Result<i64, ReportError> {
+async fn next_version(conn: &mut crate::store::Conn, study_uid: &str) -> Result<i64, ReportError> {
     Ok(
-        sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM reports WHERE study_uid = ?")
+        sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM reports WHERE study_uid = $1")
             .bind(study_uid)
             .fetch_one(&mut *conn)
             .await?
@@ -173,7 +169,7 @@ async fn next_version(conn: &mut sqlx::SqliteConnection, study_uid: &str) -> Res
 
 /// Writes the draft (creating it, or updating the author's open draft).
 async fn upsert_draft(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     study_uid: &str,
     author: &str,
     findings: &str,
@@ -184,7 +180,7 @@ async fn upsert_draft(
         Some((a, _)) if a != author => Err(ReportError::DraftByOther(a)),
         Some((_, v)) => {
             sqlx::query(
-                "UPDATE reports SET findings = ?, impression = ?, updated_ms = ? WHERE study_uid = ? AND version = ?",
+                "UPDATE reports SET findings = $1, impression = $2, updated_ms = $3 WHERE study_uid = $4 AND version = $5",
             )
             .bind(findings)
             .bind(impression)
@@ -199,7 +195,7 @@ async fn upsert_draft(
             let v = next_version(conn, study_uid).await?;
             sqlx::query(
                 "INSERT INTO reports (study_uid, version, status, findings, impression, author, created_ms, updated_ms)
-                 VALUES (?, ?, 'draft', ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, 'draft', $3, $4, $5, $6, $7)",
             )
             .bind(study_uid)
             .bind(v)
@@ -215,8 +211,8 @@ async fn upsert_draft(
     }
 }
 
-async fn one(pool: &SqlitePool, study_uid: &str, version: i64) -> Result<Report, ReportError> {
-    let r = sqlx::query(&format!("{REPORT_SELECT} WHERE r.study_uid = ? AND r.version = ?"))
+async fn one(pool: &Pool, study_uid: &str, version: i64) -> Result<Report, ReportError> {
+    let r = sqlx::query(&format!("{REPORT_SELECT} WHERE r.study_uid = $1 AND r.version = $2"))
         .bind(study_uid)
         .bind(version)
         .fetch_one(pool)
@@ -225,7 +221,7 @@ async fn one(pool: &SqlitePool, study_uid: &str, version: i64) -> Result<Report,
 }
 
 pub async fn save_draft(
-    pool: &SqlitePool,
+    pool: &Pool,
     study_uid: &str,
     author: &str,
     findings: &str,
@@ -260,7 +256,7 @@ pub struct Signed {
 /// Signs the study's report in one transaction. See the module docs.
 #[allow(clippy::too_many_arguments)]
 pub async fn sign(
-    pool: &SqlitePool,
+    pool: &Pool,
     study_uid: &str,
     author: &str,
     findings: &str,
@@ -274,12 +270,12 @@ pub async fn sign(
         let v = upsert_draft(conn, study_uid, author, findings, impression, now_ms).await?;
         let amended = matches!(m, Mode::Amend { .. });
         if amended {
-            sqlx::query("UPDATE reports SET status = 'amended' WHERE study_uid = ? AND status = 'signed'")
+            sqlx::query("UPDATE reports SET status = 'amended' WHERE study_uid = $1 AND status = 'signed'")
                 .bind(study_uid)
                 .execute(&mut *conn)
                 .await?;
         }
-        sqlx::query("UPDATE reports SET status = 'signed', signed_ms = ?, updated_ms = ?, sr_sop_uid = ? WHERE study_uid = ? AND version = ?")
+        sqlx::query("UPDATE reports SET status = 'signed', signed_ms = $1, updated_ms = $2, sr_sop_uid = $3 WHERE study_uid = $4 AND version = $5")
             .bind(now_ms)
             .bind(now_ms)
             .bind(plan.target.as_ref().map(|_| plan.sr_sop_uid.clone()))
@@ -298,7 +294,7 @@ pub async fn sign(
         } else {
             "The report is available".to_string()
         };
-        sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, 'report', ?, ?, ?)")
+        sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES ($1, 'report', $2, $3, $4)")
             .bind(&plan.clinic_id)
             .bind(study_uid)
             .bind(&text)
@@ -308,7 +304,7 @@ pub async fn sign(
         let queued = if let Some(target) = &plan.target {
             sqlx::query(
                 "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state, attempts, next_attempt_ms, created_ms)
-                 VALUES (?, ?, ?, ?, '', ?, 'pending', 0, ?, ?)",
+                 VALUES ($1, $2, $3, $4, '', $5, 'pending', 0, $6, $7)",
             )
             .bind(study_uid)
             .bind(v)

@@ -3,7 +3,8 @@
 //! join the request's SFU room at the time, with the studies in the shared
 //! viewer. The rules are a pure function; the database applies them.
 
-use sqlx::{Row, SqlitePool};
+use crate::store::Pool;
+use sqlx::Row;
 
 use super::access::{Caller, Role};
 
@@ -151,7 +152,7 @@ const SELECT: &str = "SELECT c.*, COALESCE(a.display_name, c.requested_by) AS re
     e.display_name AS expert_name FROM consult_requests c
     LEFT JOIN users a ON a.username = c.requested_by LEFT JOIN users e ON e.username = c.expert";
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> Request {
+fn from_row(r: &crate::store::DbRow) -> Request {
     let uids: String = r.get("study_uids");
     Request {
         id: r.get("id"),
@@ -196,7 +197,7 @@ fn routine() -> String {
 }
 
 pub async fn create(
-    pool: &SqlitePool,
+    pool: &Pool,
     clinic_id: &str,
     by: &str,
     r: &NewRequest,
@@ -205,7 +206,7 @@ pub async fn create(
     let id: i64 = sqlx::query(
         "INSERT INTO consult_requests (clinic_id, requested_by, patient_id, patient_name, question, study_uids,
            urgency, preferred_from_ms, preferred_to_ms, state, created_ms, updated_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'requested', ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'requested', $10, $11) RETURNING id",
     )
     .bind(clinic_id)
     .bind(by)
@@ -224,8 +225,8 @@ pub async fn create(
     get(pool, id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
-pub async fn get(pool: &SqlitePool, id: i64) -> Result<Option<Request>, sqlx::Error> {
-    Ok(sqlx::query(&format!("{SELECT} WHERE c.id = ?"))
+pub async fn get(pool: &Pool, id: i64) -> Result<Option<Request>, sqlx::Error> {
+    Ok(sqlx::query(&format!("{SELECT} WHERE c.id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await?
@@ -233,8 +234,8 @@ pub async fn get(pool: &SqlitePool, id: i64) -> Result<Option<Request>, sqlx::Er
         .map(from_row))
 }
 
-pub async fn list(pool: &SqlitePool, c: &Caller) -> Result<Vec<Request>, sqlx::Error> {
-    let mut qb = sqlx::QueryBuilder::new(format!("{SELECT} WHERE 1=1"));
+pub async fn list(pool: &Pool, c: &Caller) -> Result<Vec<Request>, sqlx::Error> {
+    let mut qb = crate::store::Sql::new(format!("{SELECT} WHERE 1=1"));
     if let Some(cs) = c.scope.clinics() {
         crate::archive::index::push_in(&mut qb, "c.clinic_id", cs);
     }
@@ -249,7 +250,7 @@ pub async fn list(pool: &SqlitePool, c: &Caller) -> Result<Vec<Request>, sqlx::E
 /// change (two experts accepting at once: one wins).
 #[allow(clippy::too_many_arguments)]
 pub async fn update(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: i64,
     expected: &str,
     to: ReqState,
@@ -260,9 +261,9 @@ pub async fn update(
     now_ms: i64,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
-        "UPDATE consult_requests SET state = ?, expert = COALESCE(?, expert), scheduled_ms = COALESCE(?, scheduled_ms),
-           cancel_reason = COALESCE(?, cancel_reason), room_id = COALESCE(?, room_id), updated_ms = ?
-         WHERE id = ? AND state = ?",
+        "UPDATE consult_requests SET state = $1, expert = COALESCE($2, expert), scheduled_ms = COALESCE($3, scheduled_ms),
+           cancel_reason = COALESCE($4, cancel_reason), room_id = COALESCE($5, room_id), updated_ms = $6
+         WHERE id = $7 AND state = $8",
     )
     .bind(to.as_str())
     .bind(expert)
@@ -281,25 +282,27 @@ pub async fn update(
 /// (None: no room yet); false when another join stored a room first, so
 /// two people joining at once end up in one room.
 pub async fn set_room(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: i64,
     expected: Option<&str>,
     room: &str,
     now_ms: i64,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("UPDATE consult_requests SET room_id = ?, updated_ms = ? WHERE id = ? AND room_id IS ?")
-        .bind(room)
-        .bind(now_ms)
-        .bind(id)
-        .bind(expected)
-        .execute(pool)
-        .await?;
+    let r = sqlx::query(
+        "UPDATE consult_requests SET room_id = $1, updated_ms = $2 WHERE id = $3 AND room_id IS NOT DISTINCT FROM $4",
+    )
+    .bind(room)
+    .bind(now_ms)
+    .bind(id)
+    .bind(expected)
+    .execute(pool)
+    .await?;
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn notify(pool: &SqlitePool, clinic_id: &str, request_id: i64, text: &str, now_ms: i64) {
+pub async fn notify(pool: &Pool, clinic_id: &str, request_id: i64, text: &str, now_ms: i64) {
     let r = sqlx::query(
-        "INSERT INTO notifications (clinic_id, kind, request_id, text, created_ms) VALUES (?, 'request', ?, ?, ?)",
+        "INSERT INTO notifications (clinic_id, kind, request_id, text, created_ms) VALUES ($1, 'request', $2, $3, $4)",
     )
     .bind(clinic_id)
     .bind(request_id)

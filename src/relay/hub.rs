@@ -380,7 +380,7 @@ async fn handle(
             let now = now_ms();
             for id in delivery_ids {
                 let row =
-                    sqlx::query_as::<_, (String, String)>("SELECT study_uid, target FROM deliveries WHERE id = ?")
+                    sqlx::query_as::<_, (String, String)>("SELECT study_uid, target FROM deliveries WHERE id = $1")
                         .bind(id)
                         .fetch_optional(pool)
                         .await
@@ -570,7 +570,7 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
     };
     let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
     let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
-    let began = sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = ? AND study_uid = ?")
+    let began = sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = $1 AND study_uid = $2")
         .bind(&edge.name)
         .bind(study_uid)
         .fetch_optional(pool)
@@ -692,7 +692,7 @@ async fn poll(hub: &Hub, edge: &EdgeRow, notif_after: i64, wait_ms: u64) -> Resu
             .await
             .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
         let notes: Vec<WayBackNotification> = sqlx::query_as::<_, (i64, String, Option<String>, String, i64)>(
-            "SELECT id, kind, study_uid, text, created_ms FROM notifications WHERE clinic_id = ? AND id > ?
+            "SELECT id, kind, study_uid, text, created_ms FROM notifications WHERE clinic_id = $1 AND id > $2
              ORDER BY id LIMIT 100",
         )
         .bind(&edge.clinic_id)

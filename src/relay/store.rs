@@ -4,8 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::store::Pool;
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 
 use super::wire::{Manifest, ManifestInstance};
 use crate::archive::index::{Conn, IndexError, NewInstance, apply_store};
@@ -30,14 +31,14 @@ const EDGE_COLUMNS: &str = "name, clinic_id, fingerprint, issued_ms, revoked_ms,
 /// Register a newly issued edge certificate; re-issuing replaces the old
 /// one (the old certificate stops working).
 pub async fn register_edge(
-    pool: &SqlitePool,
+    pool: &Pool,
     name: &str,
     clinic_id: &str,
     fingerprint: &str,
     now_ms: i64,
 ) -> Result<(), IndexError> {
     sqlx::query(
-        "INSERT INTO relay_edges (name, clinic_id, fingerprint, issued_ms) VALUES (?, ?, ?, ?)
+        "INSERT INTO relay_edges (name, clinic_id, fingerprint, issued_ms) VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO UPDATE SET clinic_id = excluded.clinic_id, fingerprint = excluded.fingerprint,
            issued_ms = excluded.issued_ms, revoked_ms = NULL",
     )
@@ -51,9 +52,9 @@ pub async fn register_edge(
 }
 
 /// Returns false when no such edge exists.
-pub async fn revoke_edge(pool: &SqlitePool, name: &str, now_ms: i64) -> Result<bool, IndexError> {
+pub async fn revoke_edge(pool: &Pool, name: &str, now_ms: i64) -> Result<bool, IndexError> {
     Ok(
-        sqlx::query("UPDATE relay_edges SET revoked_ms = COALESCE(revoked_ms, ?) WHERE name = ?")
+        sqlx::query("UPDATE relay_edges SET revoked_ms = COALESCE(revoked_ms, $1) WHERE name = $2")
             .bind(now_ms)
             .bind(name)
             .execute(pool)
@@ -63,7 +64,7 @@ pub async fn revoke_edge(pool: &SqlitePool, name: &str, now_ms: i64) -> Result<b
     )
 }
 
-pub async fn edges(pool: &SqlitePool) -> Result<Vec<EdgeRow>, IndexError> {
+pub async fn edges(pool: &Pool) -> Result<Vec<EdgeRow>, IndexError> {
     Ok(
         sqlx::query_as(&format!("SELECT {EDGE_COLUMNS} FROM relay_edges ORDER BY name"))
             .fetch_all(pool)
@@ -71,18 +72,18 @@ pub async fn edges(pool: &SqlitePool) -> Result<Vec<EdgeRow>, IndexError> {
     )
 }
 
-pub async fn edge_by_fingerprint(pool: &SqlitePool, fp: &str) -> Result<Option<EdgeRow>, IndexError> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {EDGE_COLUMNS} FROM relay_edges WHERE fingerprint = ?"))
-            .bind(fp)
-            .fetch_optional(pool)
-            .await?,
-    )
+pub async fn edge_by_fingerprint(pool: &Pool, fp: &str) -> Result<Option<EdgeRow>, IndexError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {EDGE_COLUMNS} FROM relay_edges WHERE fingerprint = $1"
+    ))
+    .bind(fp)
+    .fetch_optional(pool)
+    .await?)
 }
 
-pub async fn edge_for_clinic(pool: &SqlitePool, clinic_id: &str) -> Result<Option<String>, IndexError> {
+pub async fn edge_for_clinic(pool: &Pool, clinic_id: &str) -> Result<Option<String>, IndexError> {
     Ok(sqlx::query(
-        "SELECT name FROM relay_edges WHERE clinic_id = ? AND revoked_ms IS NULL ORDER BY issued_ms DESC LIMIT 1",
+        "SELECT name FROM relay_edges WHERE clinic_id = $1 AND revoked_ms IS NULL ORDER BY issued_ms DESC LIMIT 1",
     )
     .bind(clinic_id)
     .fetch_optional(pool)
@@ -90,8 +91,8 @@ pub async fn edge_for_clinic(pool: &SqlitePool, clinic_id: &str) -> Result<Optio
     .map(|r| r.get(0)))
 }
 
-pub async fn seen(pool: &SqlitePool, name: &str, addr: &str, now_ms: i64) -> Result<(), IndexError> {
-    sqlx::query("UPDATE relay_edges SET last_seen_ms = ?, last_addr = ? WHERE name = ?")
+pub async fn seen(pool: &Pool, name: &str, addr: &str, now_ms: i64) -> Result<(), IndexError> {
+    sqlx::query("UPDATE relay_edges SET last_seen_ms = $1, last_addr = $2 WHERE name = $3")
         .bind(now_ms)
         .bind(addr)
         .bind(name)
@@ -100,13 +101,13 @@ pub async fn seen(pool: &SqlitePool, name: &str, addr: &str, now_ms: i64) -> Res
     Ok(())
 }
 
-pub async fn is_revoked(pool: &SqlitePool, name: &str) -> Result<bool, IndexError> {
+pub async fn is_revoked(pool: &Pool, name: &str) -> Result<bool, IndexError> {
     Ok(
-        sqlx::query("SELECT revoked_ms IS NOT NULL FROM relay_edges WHERE name = ?")
+        sqlx::query("SELECT CASE WHEN revoked_ms IS NULL THEN 0 ELSE 1 END FROM relay_edges WHERE name = $1")
             .bind(name)
             .fetch_optional(pool)
             .await?
-            .map(|r| r.get::<bool, _>(0))
+            .map(|r| r.get::<i64, _>(0) != 0)
             .unwrap_or(true),
     )
 }
@@ -120,7 +121,7 @@ pub struct Holdings {
 
 /// Record (or refresh) an arriving study and say what is already here.
 pub async fn begin(
-    pool: &SqlitePool,
+    pool: &Pool,
     edge: &str,
     clinic_id: &str,
     m: &Manifest,
@@ -131,7 +132,7 @@ pub async fn begin(
     sqlx::query(
         "INSERT INTO relay_inbound (edge, study_uid, clinic_id, state, total, total_bytes, priority, clinical_question,
            manifest, began_ms)
-         VALUES (?, ?, ?, 'arriving', ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, 'arriving', $4, $5, $6, $7, $8, $9)
          ON CONFLICT (edge, study_uid) DO UPDATE SET state = 'arriving', total = excluded.total,
            total_bytes = excluded.total_bytes, priority = excluded.priority,
            clinical_question = excluded.clinical_question, manifest = excluded.manifest,
@@ -154,10 +155,10 @@ pub async fn begin(
     holdings(pool, edge, m).await
 }
 
-async fn holdings(pool: &SqlitePool, edge: &str, m: &Manifest) -> Result<Holdings, IndexError> {
+async fn holdings(pool: &Pool, edge: &str, m: &Manifest) -> Result<Holdings, IndexError> {
     let mut instances = HashSet::new();
     let mut previews = HashSet::new();
-    for r in sqlx::query("SELECT sop_uid, kind FROM relay_staged WHERE edge = ? AND study_uid = ?")
+    for r in sqlx::query("SELECT sop_uid, kind FROM relay_staged WHERE edge = $1 AND study_uid = $2")
         .bind(edge)
         .bind(&m.study_uid)
         .fetch_all(pool)
@@ -183,14 +184,14 @@ async fn holdings(pool: &SqlitePool, edge: &str, m: &Manifest) -> Result<Holding
 /// Instances of the manifest already in the hub's index with the same
 /// content (sent before, or pushed to the hub directly), with whether their
 /// previews exist.
-async fn committed(pool: &SqlitePool, m: &Manifest) -> Result<Vec<(String, bool)>, IndexError> {
+async fn committed(pool: &Pool, m: &Manifest) -> Result<Vec<(String, bool)>, IndexError> {
     let wanted: HashMap<&str, &str> = m
         .instances
         .iter()
         .map(|i| (i.meta.sop_instance_uid.as_str(), i.sha256.as_str()))
         .collect();
     Ok(
-        sqlx::query("SELECT sop_instance_uid, sha256, preview_status FROM instances WHERE study_uid = ?")
+        sqlx::query("SELECT sop_instance_uid, sha256, preview_status FROM instances WHERE study_uid = $1")
             .bind(&m.study_uid)
             .fetch_all(pool)
             .await?
@@ -205,7 +206,7 @@ async fn committed(pool: &SqlitePool, m: &Manifest) -> Result<Vec<(String, bool)
     )
 }
 
-pub async fn begin_holdings_committed(pool: &SqlitePool, m: &Manifest) -> Result<HashSet<String>, IndexError> {
+pub async fn begin_holdings_committed(pool: &Pool, m: &Manifest) -> Result<HashSet<String>, IndexError> {
     Ok(committed(pool, m).await?.into_iter().map(|(s, _)| s).collect())
 }
 
@@ -220,7 +221,7 @@ pub struct Staged {
 /// Record durably staged parts in one transaction. Returns false when the
 /// study is not arriving from this edge (never announced, or committed).
 pub async fn stage(
-    pool: &SqlitePool,
+    pool: &Pool,
     edge: &str,
     study_uid: &str,
     parts: &[Staged],
@@ -229,8 +230,8 @@ pub async fn stage(
     // IMMEDIATE: a deferred transaction that reads, then writes, cannot wait
     // for a concurrent writer (SQLite answers "database is locked" at once),
     // and bundles from parallel streams stage concurrently.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let arriving = sqlx::query("SELECT 1 FROM relay_inbound WHERE edge = ? AND study_uid = ? AND state = 'arriving'")
+    let mut tx = crate::store::begin_write_tx(pool).await?;
+    let arriving = sqlx::query("SELECT 1 FROM relay_inbound WHERE edge = $1 AND study_uid = $2 AND state = 'arriving'")
         .bind(edge)
         .bind(study_uid)
         .fetch_optional(&mut *tx)
@@ -241,8 +242,10 @@ pub async fn stage(
     }
     for p in parts {
         sqlx::query(
-            "INSERT OR REPLACE INTO relay_staged (edge, study_uid, sop_uid, kind, sha256, size, path, at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO relay_staged (edge, study_uid, sop_uid, kind, sha256, size, path, at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (edge, study_uid, sop_uid, kind) DO UPDATE SET
+               sha256 = excluded.sha256, size = excluded.size, path = excluded.path, at_ms = excluded.at_ms",
         )
         .bind(edge)
         .bind(study_uid)
@@ -257,7 +260,7 @@ pub async fn stage(
     }
     if parts.iter().any(|p| p.kind == "instance") {
         sqlx::query(
-            "UPDATE relay_inbound SET first_instance_ms = COALESCE(first_instance_ms, ?) WHERE edge = ? AND study_uid = ?",
+            "UPDATE relay_inbound SET first_instance_ms = COALESCE(first_instance_ms, $1) WHERE edge = $2 AND study_uid = $3",
         )
         .bind(now_ms)
         .bind(edge)
@@ -267,7 +270,7 @@ pub async fn stage(
     }
     if parts.iter().any(|p| p.kind != "instance") {
         sqlx::query(
-            "UPDATE relay_inbound SET first_preview_ms = COALESCE(first_preview_ms, ?) WHERE edge = ? AND study_uid = ?",
+            "UPDATE relay_inbound SET first_preview_ms = COALESCE(first_preview_ms, $1) WHERE edge = $2 AND study_uid = $3",
         )
         .bind(now_ms)
         .bind(edge)
@@ -279,9 +282,9 @@ pub async fn stage(
     Ok(true)
 }
 
-pub async fn staged_of(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<Vec<Staged>, IndexError> {
+pub async fn staged_of(pool: &Pool, edge: &str, study_uid: &str) -> Result<Vec<Staged>, IndexError> {
     Ok(
-        sqlx::query("SELECT sop_uid, kind, sha256, size, path FROM relay_staged WHERE edge = ? AND study_uid = ?")
+        sqlx::query("SELECT sop_uid, kind, sha256, size, path FROM relay_staged WHERE edge = $1 AND study_uid = $2")
             .bind(edge)
             .bind(study_uid)
             .fetch_all(pool)
@@ -299,8 +302,8 @@ pub async fn staged_of(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result
 }
 
 /// Forget a staged instance whose file vanished, so the edge sends it again.
-pub async fn unstage(pool: &SqlitePool, edge: &str, study_uid: &str, sop_uid: &str) -> Result<(), IndexError> {
-    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ? AND sop_uid = ? AND kind = 'instance'")
+pub async fn unstage(pool: &Pool, edge: &str, study_uid: &str, sop_uid: &str) -> Result<(), IndexError> {
+    sqlx::query("DELETE FROM relay_staged WHERE edge = $1 AND study_uid = $2 AND sop_uid = $3 AND kind = 'instance'")
         .bind(edge)
         .bind(study_uid)
         .bind(sop_uid)
@@ -311,8 +314,8 @@ pub async fn unstage(pool: &SqlitePool, edge: &str, study_uid: &str, sop_uid: &s
 
 /// Forget every staged part of a study (its files are gone), so the edge
 /// sends it again in full.
-pub async fn unstage_all(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<(), IndexError> {
-    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ?")
+pub async fn unstage_all(pool: &Pool, edge: &str, study_uid: &str) -> Result<(), IndexError> {
+    sqlx::query("DELETE FROM relay_staged WHERE edge = $1 AND study_uid = $2")
         .bind(edge)
         .bind(study_uid)
         .execute(pool)
@@ -328,9 +331,9 @@ pub struct Inbound {
     pub clinical_question: Option<String>,
 }
 
-pub async fn inbound(pool: &SqlitePool, edge: &str, study_uid: &str) -> Result<Option<Inbound>, IndexError> {
+pub async fn inbound(pool: &Pool, edge: &str, study_uid: &str) -> Result<Option<Inbound>, IndexError> {
     Ok(sqlx::query(
-        "SELECT clinic_id, state, manifest, priority, clinical_question FROM relay_inbound WHERE edge = ? AND study_uid = ?",
+        "SELECT clinic_id, state, manifest, priority, clinical_question FROM relay_inbound WHERE edge = $1 AND study_uid = $2",
     )
     .bind(edge)
     .bind(study_uid)
@@ -360,7 +363,7 @@ pub struct CommitItem {
 /// arriving study (files already in place are found again on retry) or the
 /// committed one. Returns (new instances, duplicates).
 pub async fn commit_study(
-    pool: &SqlitePool,
+    pool: &Pool,
     edge: &str,
     study_uid: &str,
     items: &[CommitItem],
@@ -392,8 +395,8 @@ async fn commit_in(
         }
         if it.previews {
             sqlx::query(
-                "UPDATE instances SET preview_status = 'ok', cine_frames = ?, preview_ms = ?
-                 WHERE sop_instance_uid = ? AND sha256 = ?",
+                "UPDATE instances SET preview_status = 'ok', cine_frames = $1, preview_ms = $2
+                 WHERE sop_instance_uid = $3 AND sha256 = $4",
             )
             .bind(it.cine_frames)
             .bind(now_ms)
@@ -403,7 +406,7 @@ async fn commit_in(
             .await?;
         }
     }
-    sqlx::query("UPDATE studies SET status = 'complete', completed_ms = ? WHERE study_uid = ?")
+    sqlx::query("UPDATE studies SET status = 'complete', completed_ms = $1 WHERE study_uid = $2")
         .bind(now_ms)
         .bind(study_uid)
         .execute(&mut *c)
@@ -436,13 +439,13 @@ async fn commit_in(
             }
         }
     }
-    sqlx::query("UPDATE relay_inbound SET state = 'committed', committed_ms = ? WHERE edge = ? AND study_uid = ?")
+    sqlx::query("UPDATE relay_inbound SET state = 'committed', committed_ms = $1 WHERE edge = $2 AND study_uid = $3")
         .bind(now_ms)
         .bind(edge)
         .bind(study_uid)
         .execute(&mut *c)
         .await?;
-    sqlx::query("DELETE FROM relay_staged WHERE edge = ? AND study_uid = ?")
+    sqlx::query("DELETE FROM relay_staged WHERE edge = $1 AND study_uid = $2")
         .bind(edge)
         .bind(study_uid)
         .execute(&mut *c)
@@ -470,17 +473,17 @@ pub struct ArrivingRow {
 /// Studies arriving (and the most recently committed), for the worklist's
 /// "arriving: k of n" and the admin page. `clinics`: None = all.
 pub async fn arriving(
-    pool: &SqlitePool,
+    pool: &Pool,
     clinics: Option<&[String]>,
     include_committed: i64,
 ) -> Result<Vec<ArrivingRow>, IndexError> {
-    let mut qb = sqlx::QueryBuilder::new(
+    let mut qb = crate::store::Sql::new(
         "SELECT r.edge, r.study_uid, r.clinic_id, r.state, r.total,
            CASE WHEN r.state = 'committed' THEN r.total ELSE
              (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') END AS arrived,
            r.total_bytes,
            CASE WHEN r.state = 'committed' THEN r.total_bytes ELSE
-             (SELECT COALESCE(SUM(size), 0) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') END AS arrived_bytes,
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'instance') END AS arrived_bytes,
            CASE WHEN r.state = 'committed' THEN
              (SELECT COUNT(*) FROM instances i WHERE i.study_uid = r.study_uid AND i.preview_status = 'ok') ELSE
              (SELECT COUNT(*) FROM relay_staged t WHERE t.edge = r.edge AND t.study_uid = r.study_uid AND t.kind = 'thumb') END AS previews,
@@ -496,14 +499,10 @@ pub async fn arriving(
 }
 
 /// A staged preview of an arriving study (for the worklist thumbnails).
-pub async fn staged_preview(
-    pool: &SqlitePool,
-    study_uid: &str,
-    kind: &str,
-) -> Result<Option<(String, String)>, IndexError> {
+pub async fn staged_preview(pool: &Pool, study_uid: &str, kind: &str) -> Result<Option<(String, String)>, IndexError> {
     Ok(sqlx::query(
         "SELECT t.path, r.clinic_id FROM relay_staged t JOIN relay_inbound r ON r.edge = t.edge AND r.study_uid = t.study_uid
-         WHERE t.study_uid = ? AND t.kind = ? AND r.state = 'arriving' ORDER BY t.at_ms, t.sop_uid LIMIT 1",
+         WHERE t.study_uid = $1 AND t.kind = $2 AND r.state = 'arriving' ORDER BY t.at_ms, t.sop_uid LIMIT 1",
     )
     .bind(study_uid)
     .bind(kind)
@@ -517,17 +516,40 @@ pub async fn staged_preview(
 /// Studies complete at the edge enter the outbox in the same transaction
 /// that completes them (a trigger), so no completion is ever missed; the
 /// backfill covers studies completed before this box became an edge.
-pub async fn install_outbox(pool: &SqlitePool) -> Result<(), IndexError> {
-    sqlx::query(
-        "CREATE TRIGGER IF NOT EXISTS relay_outbox_enqueue AFTER UPDATE OF status ON studies
-         WHEN NEW.status = 'complete'
-         BEGIN
-           INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms) VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
-           ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
-         END",
-    )
-    .execute(pool)
-    .await?;
+pub async fn install_outbox(pool: &Pool) -> Result<(), IndexError> {
+    match crate::store::Backend::of_pool(pool) {
+        crate::store::Backend::Sqlite => {
+            sqlx::query(
+                "CREATE TRIGGER IF NOT EXISTS relay_outbox_enqueue AFTER UPDATE OF status ON studies
+                 WHEN NEW.status = 'complete'
+                 BEGIN
+                   INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms) VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
+                   ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
+                 END",
+            )
+            .execute(pool)
+            .await?;
+        }
+        // The same trigger in PL/pgSQL (an edge on PostgreSQL is unusual,
+        // but the outbox must not depend on which index it runs on).
+        crate::store::Backend::Postgres => {
+            sqlx::raw_sql(
+                "CREATE OR REPLACE FUNCTION relay_outbox_enqueue() RETURNS trigger LANGUAGE plpgsql AS $body$
+                 BEGIN
+                   IF NEW.status = 'complete' THEN
+                     INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
+                     VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
+                     ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
+                   END IF;
+                   RETURN NULL;
+                 END $body$;
+                 CREATE OR REPLACE TRIGGER relay_outbox_enqueue AFTER UPDATE OF status ON studies
+                   FOR EACH ROW EXECUTE FUNCTION relay_outbox_enqueue();",
+            )
+            .execute(pool)
+            .await?;
+        }
+    }
     sqlx::query(
         "INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
          SELECT study_uid, completed_ms, completed_ms FROM studies s WHERE s.status = 'complete' AND s.completed_ms IS NOT NULL
@@ -551,20 +573,16 @@ const PENDING: &str = "(o.sent_completed_ms IS NULL OR o.sent_completed_ms < o.c
 /// The outbox in sending order: priority (the clinic's worklist priority at
 /// the edge), then oldest first. Studies re-opened by late images wait
 /// until they complete again; `not_before` skips studies backing off.
-pub async fn next_outbox(pool: &SqlitePool, skip: &[String], limit: i64) -> Result<Vec<OutboxItem>, IndexError> {
-    let mut qb = sqlx::QueryBuilder::new(format!(
+pub async fn next_outbox(pool: &Pool, skip: &[String], limit: i64) -> Result<Vec<OutboxItem>, IndexError> {
+    let mut qb = crate::store::Sql::new(format!(
         "SELECT o.study_uid, o.completed_ms, COALESCE(w.priority_rank, 2) AS rank, o.attempts
          FROM relay_outbox o JOIN studies s ON s.study_uid = o.study_uid
          LEFT JOIN worklist w ON w.study_uid = o.study_uid
          WHERE {PENDING} AND s.status = 'complete'"
     ));
     if !skip.is_empty() {
-        qb.push(" AND o.study_uid NOT IN (");
-        let mut sep = qb.separated(", ");
-        for s in skip {
-            sep.push_bind(s);
-        }
-        qb.push(")");
+        qb.push(" AND o.study_uid NOT IN ")
+            .push_tuple(skip.iter().map(String::as_str));
     }
     qb.push(" ORDER BY rank, o.completed_ms LIMIT ").push_bind(limit);
     Ok(qb
@@ -581,10 +599,10 @@ pub async fn next_outbox(pool: &SqlitePool, skip: &[String], limit: i64) -> Resu
         .collect())
 }
 
-pub async fn mark_sent(pool: &SqlitePool, item: &OutboxItem, bytes: u64, now_ms: i64) -> Result<(), IndexError> {
+pub async fn mark_sent(pool: &Pool, item: &OutboxItem, bytes: u64, now_ms: i64) -> Result<(), IndexError> {
     sqlx::query(
-        "UPDATE relay_outbox SET sent_completed_ms = ?, sent_ms = ?, attempts = 0, last_error = NULL,
-           bytes_sent = bytes_sent + ? WHERE study_uid = ?",
+        "UPDATE relay_outbox SET sent_completed_ms = $1, sent_ms = $2, attempts = 0, last_error = NULL,
+           bytes_sent = bytes_sent + $3 WHERE study_uid = $4",
     )
     .bind(item.completed_ms)
     .bind(now_ms)
@@ -595,9 +613,9 @@ pub async fn mark_sent(pool: &SqlitePool, item: &OutboxItem, bytes: u64, now_ms:
     Ok(())
 }
 
-pub async fn mark_failed(pool: &SqlitePool, study_uid: &str, why: &str) -> Result<(), IndexError> {
+pub async fn mark_failed(pool: &Pool, study_uid: &str, why: &str) -> Result<(), IndexError> {
     let why: String = why.chars().take(500).collect();
-    sqlx::query("UPDATE relay_outbox SET attempts = attempts + 1, last_error = ? WHERE study_uid = ?")
+    sqlx::query("UPDATE relay_outbox SET attempts = attempts + 1, last_error = $1 WHERE study_uid = $2")
         .bind(why)
         .bind(study_uid)
         .execute(pool)
@@ -612,9 +630,9 @@ pub struct OutboxStats {
     pub bytes_pending: i64,
 }
 
-pub async fn outbox_stats(pool: &SqlitePool) -> Result<OutboxStats, IndexError> {
+pub async fn outbox_stats(pool: &Pool) -> Result<OutboxStats, IndexError> {
     let r = sqlx::query(&format!(
-        "SELECT COUNT(*), MIN(o.enqueued_ms), COALESCE(SUM(s.size_bytes), 0) FROM relay_outbox o
+        "SELECT COUNT(*), MIN(o.enqueued_ms), CAST(COALESCE(SUM(s.size_bytes), 0) AS BIGINT) FROM relay_outbox o
          JOIN studies s ON s.study_uid = o.study_uid WHERE {PENDING}"
     ))
     .fetch_one(pool)
@@ -635,13 +653,14 @@ pub struct OutboxRow {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub bytes_sent: i64,
+    #[sqlx(try_from = "crate::store::Flag")]
     pub pending: bool,
 }
 
-pub async fn outbox_list(pool: &SqlitePool, limit: i64) -> Result<Vec<OutboxRow>, IndexError> {
+pub async fn outbox_list(pool: &Pool, limit: i64) -> Result<Vec<OutboxRow>, IndexError> {
     Ok(sqlx::query_as(&format!(
         "SELECT o.study_uid, o.completed_ms, o.enqueued_ms, o.sent_ms, o.attempts, o.last_error, o.bytes_sent,
-           {PENDING} AS pending FROM relay_outbox o ORDER BY pending DESC, o.enqueued_ms DESC LIMIT ?"
+           CASE WHEN {PENDING} THEN 1 ELSE 0 END AS pending FROM relay_outbox o ORDER BY pending DESC, o.enqueued_ms DESC LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(pool)
@@ -658,7 +677,7 @@ pub struct OutgoingInstance {
 /// The study as the edge sends it: latest version of each instance, in
 /// reading order. The priority is the edge worklist's.
 pub async fn outgoing(
-    pool: &SqlitePool,
+    pool: &Pool,
     study_uid: &str,
 ) -> Result<(Vec<OutgoingInstance>, String, Option<String>), IndexError> {
     let rows = sqlx::query(
@@ -669,7 +688,7 @@ pub async fn outgoing(
            i.cine_frames, i.preview_status
          FROM instances i JOIN series se ON se.series_uid = i.series_uid JOIN studies s ON s.study_uid = i.study_uid
          JOIN patients p ON p.id = s.patient_row
-         WHERE i.study_uid = ?
+         WHERE i.study_uid = $1
            AND i.version = (SELECT MAX(j.version) FROM instances j WHERE j.sop_instance_uid = i.sop_instance_uid)
          ORDER BY se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid",
     )
@@ -721,8 +740,8 @@ pub async fn outgoing(
     Ok((out, priority, question))
 }
 
-pub async fn kv_get(pool: &SqlitePool, key: &str) -> Result<Option<String>, IndexError> {
-    Ok(sqlx::query("SELECT value FROM relay_kv WHERE key = ?")
+pub async fn kv_get(pool: &Pool, key: &str) -> Result<Option<String>, IndexError> {
+    Ok(sqlx::query("SELECT value FROM relay_kv WHERE key = $1")
         .bind(key)
         .fetch_optional(pool)
         .await?
@@ -743,15 +762,15 @@ pub struct ReceivedReport {
 }
 
 pub async fn store_inbox(
-    pool: &SqlitePool,
+    pool: &Pool,
     reports: &[ReceivedReport],
     notes: &[(String, super::wire::WayBackNotification)],
     cursor: i64,
     now_ms: i64,
 ) -> Result<(), IndexError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::begin_write_tx(pool).await?;
     for r in reports {
-        let exists = sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = ?")
+        let exists = sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = $1")
             .bind(&r.sop_instance_uid)
             .fetch_optional(&mut *tx)
             .await?
@@ -762,7 +781,7 @@ pub async fn store_inbox(
         let Some(target) = &r.target else { continue };
         sqlx::query(
             "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state, attempts,
-               next_attempt_ms, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+               next_attempt_ms, created_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8)",
         )
         .bind(&r.study_uid)
         .bind(r.version)
@@ -776,17 +795,19 @@ pub async fn store_inbox(
         .await?;
     }
     for (clinic, n) in notes {
-        sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES (?, ?, ?, ?, ?)")
-            .bind(clinic)
-            .bind(&n.kind)
-            .bind(&n.study_uid)
-            .bind(&n.text)
-            .bind(n.created_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(clinic)
+        .bind(&n.kind)
+        .bind(&n.study_uid)
+        .bind(&n.text)
+        .bind(n.created_ms)
+        .execute(&mut *tx)
+        .await?;
     }
     sqlx::query(
-        "INSERT INTO relay_kv (key, value) VALUES ('notif_cursor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO relay_kv (key, value) VALUES ('notif_cursor', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )
     .bind(cursor.to_string())
     .execute(&mut *tx)
@@ -806,7 +827,7 @@ mod tests {
         (dir, idx)
     }
 
-    async fn study(pool: &SqlitePool, uid: &str, status: &str, completed: Option<i64>) {
+    async fn study(pool: &Pool, uid: &str, status: &str, completed: Option<i64>) {
         sqlx::query(
             "INSERT OR IGNORE INTO patients (id, clinic_id, patient_key, patient_id, patient_name, birth_date, sex)
              VALUES (1, 'c', 'k', 'p', 'n', '', '')",
@@ -818,7 +839,7 @@ mod tests {
             "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id, study_date,
                study_time, accession_number, description, referring_physician, modalities, body_parts,
                first_received_ms, last_received_ms, stable_after_ms, stable_at_ms, status, completed_ms)
-             VALUES (?, 1, 'c', 'AE', 'n', 'p', '', '', '', '', '', 'CT', '', 0, 0, 0, 0, ?, ?)",
+             VALUES ($1, 1, 'c', 'AE', 'n', 'p', '', '', '', '', '', 'CT', '', 0, 0, 0, 0, $2, $3)",
         )
         .bind(uid)
         .bind(status)
@@ -828,13 +849,13 @@ mod tests {
         .expect("study");
     }
 
-    async fn prio(pool: &SqlitePool, uid: &str) -> Option<(Priority, Option<String>)> {
+    async fn prio(pool: &Pool, uid: &str) -> Option<(Priority, Option<String>)> {
         worklist::priority(&mut pool.acquire().await.expect("conn"), uid)
             .await
             .expect("priority")
     }
 
-    async fn history(pool: &SqlitePool, uid: &str) -> Vec<(String, String, String, String)> {
+    async fn history(pool: &Pool, uid: &str) -> Vec<(String, String, String, String)> {
         worklist::history(pool, uid)
             .await
             .expect("history")
@@ -843,7 +864,7 @@ mod tests {
             .collect()
     }
 
-    async fn admin_sets(pool: &SqlitePool, uid: &str, p: Priority, t: i64) -> Result<(), WorklistApplyError> {
+    async fn admin_sets(pool: &Pool, uid: &str, p: Priority, t: i64) -> Result<(), WorklistApplyError> {
         crate::store::immediate(pool, async |c| {
             worklist::set_priority(c, uid, p, None, Actor::Admin("root"), t).await
         })

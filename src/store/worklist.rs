@@ -17,7 +17,8 @@
 //! writers came to bypass the rules. `store/` is where DESIGN.md puts the
 //! repositories per aggregate, and where a PostgreSQL variant will sit.
 
-use sqlx::{Row, SqlitePool};
+use crate::store::Pool;
+use sqlx::Row;
 
 use crate::archive::index::{IndexError, push_in};
 use crate::reading::worklist::{
@@ -77,7 +78,7 @@ fn state_of(
 
 async fn read(conn: &mut Conn, study_uid: &str) -> Result<Option<Stored>, WorklistApplyError> {
     let Some(row) = sqlx::query(
-        "SELECT state, claimed_by, lease_until_ms, detail, priority_rank FROM worklist WHERE study_uid = ?",
+        "SELECT state, claimed_by, lease_until_ms, detail, priority_rank FROM worklist WHERE study_uid = $1",
     )
     .bind(study_uid)
     .fetch_optional(&mut *conn)
@@ -104,7 +105,7 @@ fn columns(s: &State) -> (Option<&str>, Option<i64>, Option<&str>) {
 async fn write_state(conn: &mut Conn, study_uid: &str, to: &State, now_ms: i64) -> Result<(), sqlx::Error> {
     let (by, lease, detail) = columns(to);
     sqlx::query(
-        "UPDATE worklist SET state = ?, claimed_by = ?, lease_until_ms = ?, detail = ?, updated_ms = ? WHERE study_uid = ?",
+        "UPDATE worklist SET state = $1, claimed_by = $2, lease_until_ms = $3, detail = $4, updated_ms = $5 WHERE study_uid = $6",
     )
     .bind(to.name())
     .bind(by)
@@ -119,7 +120,7 @@ async fn write_state(conn: &mut Conn, study_uid: &str, to: &State, now_ms: i64) 
 
 async fn log(conn: &mut Conn, study_uid: &str, t: &Transition, detail: Option<&str>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO worklist_transitions (study_uid, from_state, to_state, actor, at_ms, detail) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(study_uid)
     .bind(t.from)
@@ -172,8 +173,8 @@ pub async fn set_priority(
     };
     let t = rule(&stored.state, &action, actor, now_ms)?;
     sqlx::query(
-        "UPDATE worklist SET priority = ?, priority_rank = ?, clinical_question = COALESCE(?, clinical_question), updated_ms = ?
-         WHERE study_uid = ?",
+        "UPDATE worklist SET priority = $1, priority_rank = $2, clinical_question = COALESCE($3, clinical_question), updated_ms = $4
+         WHERE study_uid = $5",
     )
     .bind(wanted.name())
     .bind(wanted.rank())
@@ -231,7 +232,7 @@ pub async fn enqueue_completed(
             sqlx::query(
                 "INSERT INTO worklist (study_uid, state, priority, priority_rank, clinical_question, enqueued_ms, updated_ms,
                    completions, clinic_id, modalities, body_parts)
-                 SELECT ?, 'new', ?, ?, ?, ?, ?, 1, s.clinic_id, s.modalities, s.body_parts FROM studies s WHERE s.study_uid = ?",
+                 SELECT $1, 'new', $2, $3, $4, $5, $6, 1, s.clinic_id, s.modalities, s.body_parts FROM studies s WHERE s.study_uid = $7",
             )
             .bind(study_uid)
             .bind(initial.priority.name())
@@ -245,10 +246,10 @@ pub async fn enqueue_completed(
         }
         Completion::Keep | Completion::Reopen(_) => {
             sqlx::query(
-                "UPDATE worklist SET updated_ms = ?, completions = completions + 1,
+                "UPDATE worklist SET updated_ms = $1, completions = completions + 1,
                    modalities = COALESCE((SELECT s.modalities FROM studies s WHERE s.study_uid = worklist.study_uid), modalities),
                    body_parts = COALESCE((SELECT s.body_parts FROM studies s WHERE s.study_uid = worklist.study_uid), body_parts)
-                 WHERE study_uid = ?",
+                 WHERE study_uid = $2",
             )
             .bind(now_ms)
             .bind(study_uid)
@@ -258,7 +259,7 @@ pub async fn enqueue_completed(
     }
     if let Completion::Reopen(t) = &what {
         write_state(conn, study_uid, &t.to, now_ms).await?;
-        sqlx::query("UPDATE worklist SET enqueued_ms = ? WHERE study_uid = ?")
+        sqlx::query("UPDATE worklist SET enqueued_ms = $1 WHERE study_uid = $2")
             .bind(now_ms)
             .bind(study_uid)
             .execute(&mut *conn)
@@ -270,9 +271,9 @@ pub async fn enqueue_completed(
 
 /// Studies whose claim lease ran out by `now_ms` (each is then expired
 /// through [`apply`] in a transaction of its own).
-pub async fn due_leases(pool: &SqlitePool, now_ms: i64) -> Result<Vec<String>, sqlx::Error> {
+pub async fn due_leases(pool: &Pool, now_ms: i64) -> Result<Vec<String>, sqlx::Error> {
     Ok(
-        sqlx::query("SELECT study_uid FROM worklist WHERE state = 'claimed' AND lease_until_ms <= ?")
+        sqlx::query("SELECT study_uid FROM worklist WHERE state = 'claimed' AND lease_until_ms <= $1")
             .bind(now_ms)
             .fetch_all(pool)
             .await?
@@ -283,7 +284,7 @@ pub async fn due_leases(pool: &SqlitePool, now_ms: i64) -> Result<Vec<String>, s
 }
 
 /// Studies waiting to be read (the `worklist_depth` metric).
-pub async fn depth(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+pub async fn depth(pool: &Pool) -> Result<i64, sqlx::Error> {
     Ok(sqlx::query("SELECT COUNT(*) FROM worklist WHERE state = 'new'")
         .fetch_one(pool)
         .await?
@@ -301,7 +302,7 @@ pub async fn state(conn: &mut Conn, study_uid: &str) -> Result<Option<State>, Wo
 /// compared with at the hub).
 pub async fn priority(conn: &mut Conn, study_uid: &str) -> Result<Option<(Priority, Option<String>)>, sqlx::Error> {
     Ok(
-        sqlx::query("SELECT priority, priority_rank, clinical_question FROM worklist WHERE study_uid = ?")
+        sqlx::query("SELECT priority, priority_rank, clinical_question FROM worklist WHERE study_uid = $1")
             .bind(study_uid)
             .fetch_optional(&mut *conn)
             .await?
@@ -326,9 +327,9 @@ pub struct WorklistEntry {
     pub detail: Option<String>,
 }
 
-pub async fn entry(pool: &SqlitePool, study_uid: &str) -> Result<Option<WorklistEntry>, sqlx::Error> {
+pub async fn entry(pool: &Pool, study_uid: &str) -> Result<Option<WorklistEntry>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT w.*, u.display_name FROM worklist w LEFT JOIN users u ON u.username = w.claimed_by WHERE w.study_uid = ?",
+        "SELECT w.*, u.display_name FROM worklist w LEFT JOIN users u ON u.username = w.claimed_by WHERE w.study_uid = $1",
     )
     .bind(study_uid)
     .fetch_optional(pool)
@@ -358,10 +359,10 @@ pub struct HistoryRow {
 }
 
 /// A study's transitions, oldest first.
-pub async fn history(pool: &SqlitePool, study_uid: &str) -> Result<Vec<HistoryRow>, sqlx::Error> {
+pub async fn history(pool: &Pool, study_uid: &str) -> Result<Vec<HistoryRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT t.from_state, t.to_state, t.actor, COALESCE(u.display_name, t.actor) AS actor_name, t.at_ms, t.detail
-         FROM worklist_transitions t LEFT JOIN users u ON u.username = t.actor WHERE t.study_uid = ? ORDER BY t.at_ms, t.id",
+         FROM worklist_transitions t LEFT JOIN users u ON u.username = t.actor WHERE t.study_uid = $1 ORDER BY t.at_ms, t.id",
     )
     .bind(study_uid)
     .fetch_all(pool)
@@ -422,7 +423,7 @@ pub struct ListRow {
     pub study_date: String,
 }
 
-fn push_list_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &ListFilter) {
+fn push_list_filters(qb: &mut crate::store::Sql<'_>, f: &ListFilter) {
     push_in(qb, "w.state", &f.states);
     if let Some(p) = f.priority {
         qb.push(" AND w.priority_rank = ").push_bind(p.rank());
@@ -434,11 +435,14 @@ fn push_list_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &ListFilt
         qb.push(" AND w.clinic_id = ").push_bind(v.to_string());
     }
     if let Some(v) = f.modality.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND (',' || w.modalities || ',') LIKE ")
-            .push_bind(format!("%,{v},%"));
+        qb.push(" AND lower(',' || w.modalities || ',') LIKE lower(")
+            .push_bind(format!("%,{v},%"))
+            .push(")");
     }
     if let Some(v) = f.body_part.as_deref().filter(|v| !v.is_empty()) {
-        qb.push(" AND w.body_parts LIKE ").push_bind(format!("%{v}%"));
+        qb.push(" AND lower(w.body_parts) LIKE lower(")
+            .push_bind(format!("%{v}%"))
+            .push(")");
     }
 }
 
@@ -446,9 +450,9 @@ fn push_list_filters(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, f: &ListFilt
 /// number of rows matching. The page comes from the worklist alone (its
 /// clinic column and queue index); only the chosen rows are joined with
 /// studies and patients.
-pub async fn list(pool: &SqlitePool, f: &ListFilter) -> Result<(Vec<ListRow>, i64), sqlx::Error> {
+pub async fn list(pool: &Pool, f: &ListFilter) -> Result<(Vec<ListRow>, i64), sqlx::Error> {
     let from = "FROM worklist w WHERE 1=1";
-    let mut qb = sqlx::QueryBuilder::new(format!(
+    let mut qb = crate::store::Sql::new(format!(
         "SELECT w.study_uid, w.state, w.priority, w.clinical_question, w.claimed_by, u.display_name AS claimed_by_name,
            w.lease_until_ms, w.enqueued_ms, w.detail, s.clinic_id, s.modalities, s.body_parts, s.description,
            s.num_series, s.num_instances, s.patient_name, s.patient_id, p.sex, p.birth_date, s.study_date
@@ -465,7 +469,7 @@ pub async fn list(pool: &SqlitePool, f: &ListFilter) -> Result<(Vec<ListRow>, i6
              ORDER BY pg.priority_rank, pg.enqueued_ms, pg.study_uid",
         );
     let rows: Vec<ListRow> = qb.build_query_as().fetch_all(pool).await?;
-    let mut cq = sqlx::QueryBuilder::new(format!("SELECT COUNT(*) {from}"));
+    let mut cq = crate::store::Sql::new(format!("SELECT COUNT(*) {from}"));
     push_list_filters(&mut cq, f);
     let total: i64 = cq.build().fetch_one(pool).await?.get(0);
     Ok((rows, total))
@@ -483,12 +487,12 @@ pub struct Turnaround {
 }
 
 /// Every study that entered the worklist since `since_ms`.
-pub async fn turnaround(pool: &SqlitePool, since_ms: i64) -> Result<Vec<Turnaround>, sqlx::Error> {
+pub async fn turnaround(pool: &Pool, since_ms: i64) -> Result<Vec<Turnaround>, sqlx::Error> {
     sqlx::query_as(
         "SELECT s.clinic_id, w.priority, w.enqueued_ms,
            (SELECT MIN(at_ms) FROM worklist_transitions t WHERE t.study_uid = w.study_uid AND t.to_state = 'reported') AS reported_ms,
            (SELECT MIN(at_ms) FROM worklist_transitions t WHERE t.study_uid = w.study_uid AND t.to_state = 'delivered') AS delivered_ms
-         FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE w.enqueued_ms >= ?",
+         FROM worklist w JOIN studies s ON s.study_uid = w.study_uid WHERE w.enqueued_ms >= $1",
     )
     .bind(since_ms)
     .fetch_all(pool)
@@ -505,7 +509,7 @@ pub struct Waiting {
 }
 
 /// The waiting studies grouped by clinic and priority, most urgent first.
-pub async fn waiting(pool: &SqlitePool) -> Result<Vec<Waiting>, sqlx::Error> {
+pub async fn waiting(pool: &Pool) -> Result<Vec<Waiting>, sqlx::Error> {
     sqlx::query_as(
         "SELECT s.clinic_id, w.priority, COUNT(*) AS count, MIN(w.enqueued_ms) AS oldest_ms
          FROM worklist w JOIN studies s ON s.study_uid = w.study_uid

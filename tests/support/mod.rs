@@ -282,6 +282,8 @@ pub struct ServerOpts {
     pub config_toml: String,
     pub min_free_bytes: u64,
     pub data_dir: Option<PathBuf>,
+    /// `MEDRELAY_INDEX_URL` for this server (else the `MEDRELAY_TEST_INDEX` knob, else SQLite).
+    pub index_url: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -292,6 +294,7 @@ impl Default for ServerOpts {
             config_toml: String::new(),
             min_free_bytes: 0,
             data_dir: None,
+            index_url: None,
         }
     }
 }
@@ -313,6 +316,8 @@ pub struct Server {
     pub admin: Option<Auth>,
     config: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// The PostgreSQL index under `MEDRELAY_TEST_INDEX=pg` (see `pg::test_index_url`).
+    index_url: Option<String>,
 }
 
 impl Server {
@@ -366,7 +371,9 @@ impl Server {
             admin: None,
             config: config.clone(),
             _tmp: Some(tmp),
+            index_url: None,
         };
+        s.index_url = opts.index_url.clone().or_else(|| pg::test_index_url(&s.data_dir));
         // A reused data directory already has its admin.
         let _ = s.try_add_user("admin", "admin", ADMIN_PASSWORD, &[]);
         s.spawn();
@@ -390,6 +397,7 @@ impl Server {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .envs(self.index_env())
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -454,6 +462,7 @@ impl Server {
         storage_env(&mut cmd, &self.data_dir);
         let mut child = cmd
             .args(&self.opts_args)
+            .envs(self.index_env())
             .env("RUST_LOG", "info,medrelay=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -633,6 +642,9 @@ impl Server {
     }
 
     pub fn sqlite(&self, sql: &str) -> String {
+        if let Some(url) = &self.index_url {
+            return pg::psql_url(url, sql);
+        }
         let o = run({
             let mut c = Command::new(python());
             c.args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]): print('|'.join(str(x) for x in r))", &self.index_db().display().to_string(), sql]);
@@ -653,13 +665,18 @@ impl Server {
                 .arg("--config")
                 .arg(&self.config)
                 .arg("--data-dir")
-                .arg(&self.data_dir);
+                .arg(&self.data_dir)
+                .envs(self.index_env());
             c
         })
     }
 
     /// Runs a writing statement (committed), e.g. to age a session.
     pub fn sqlite_exec(&self, sql: &str) {
+        if let Some(url) = &self.index_url {
+            pg::psql_url(url, sql);
+            return;
+        }
         let o = run({
             let mut c = Command::new(python());
             c.args([
@@ -671,6 +688,22 @@ impl Server {
             c
         });
         assert!(o.status.success(), "sqlite: {}", text(&o));
+    }
+}
+
+impl Server {
+    /// `MEDRELAY_INDEX_URL` for every medrelay process of this server, when
+    /// its index is on PostgreSQL.
+    pub fn index_env(&self) -> Vec<(&'static str, String)> {
+        self.index_url
+            .iter()
+            .map(|u| ("MEDRELAY_INDEX_URL", u.clone()))
+            .collect()
+    }
+
+    /// Whether this server's index is on PostgreSQL (`MEDRELAY_TEST_INDEX=pg`).
+    pub fn index_on_pg(&self) -> bool {
+        self.index_url.is_some()
     }
 }
 

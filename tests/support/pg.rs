@@ -300,6 +300,13 @@ impl PgCluster {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DB}", self.port)
     }
 
+    /// A new empty database `name` owned by the password user, and its URL:
+    /// one cluster serves many tests, each on a database of its own.
+    pub fn fresh_db(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE {name} OWNER {USER}"));
+        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{name}", self.port)
+    }
+
     /// The superuser's URL (same password), for tests that inspect or break things.
     pub fn admin_url(&self) -> String {
         format!("postgres://{ADMIN}:{PASSWORD}@127.0.0.1:{}/{DB}", self.port)
@@ -350,4 +357,71 @@ impl Drop for PgCluster {
             );
         }
     }
+}
+
+/// The test knob `MEDRELAY_TEST_INDEX=pg`: every gateway `support::Server`
+/// starts runs its index on PostgreSQL instead of the embedded SQLite. One
+/// cluster per test process (started on first use, stopped and removed at
+/// exit), one fresh database per data directory (a server restarted on the
+/// same data directory finds its index again). None without the knob.
+pub fn test_index_url(data_dir: &Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, OnceLock};
+    static SHARED: OnceLock<Mutex<PgCluster>> = OnceLock::new();
+    static DBS: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    static N: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn stop_shared() {
+        if let Some(m) = SHARED.get() {
+            let mut pg = m.lock().unwrap_or_else(|e| e.into_inner());
+            pg.stop();
+            pg.dir.take();
+        }
+    }
+    if std::env::var("MEDRELAY_TEST_INDEX").ok().as_deref() != Some("pg") {
+        return None;
+    }
+    let shared = SHARED.get_or_init(|| {
+        let pg = PgCluster::start();
+        // SAFETY: registers a plain extern "C" fn to run at process exit.
+        unsafe { libc::atexit(stop_shared) };
+        Mutex::new(pg)
+    });
+    let mut dbs = DBS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let url = dbs.entry(data_dir.to_path_buf()).or_insert_with(|| {
+        let name = format!("it_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        shared.lock().unwrap_or_else(|e| e.into_inner()).fresh_db(&name)
+    });
+    Some(url.clone())
+}
+
+/// Runs SQL on the database at `url` with psql, rows as `a|b` lines and
+/// NULL as `None`: the output format of `Server::sqlite`, so a test reads
+/// the index the same way on either backend.
+pub fn psql_url(url: &str, sql: &str) -> String {
+    let out = Command::new(pg_bin().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-P",
+            "null=None",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .args(["-d", url, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
