@@ -7,13 +7,12 @@
 //! directory fsync (each new directory's parent is fsynced too): durable
 //! when `commit` returns, never half visible.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{BlobError, BlobWriter, Blobs, ReadSeek};
+use super::{BlobError, BlobWriter, Blobs, ReadSeek, Spooled};
 
 /// Spooled objects, under the root: skipped by `list`.
 const SPOOL: &str = ".tmp";
@@ -64,18 +63,9 @@ pub fn check_key(key: &str) -> Result<(), BlobError> {
 
 impl Blobs for FileBlobs {
     fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
-        let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
-        let path = self.spool.join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| BlobError::from_io(e, ""))?;
         Ok(Box::new(FileWriter {
             root: self.root.clone(),
-            path,
-            file: Some(file),
+            spool: Spooled::create(&self.spool)?,
         }))
     }
 
@@ -176,15 +166,7 @@ impl Blobs for FileBlobs {
     }
 
     fn clean_spool(&self) -> io::Result<usize> {
-        let mut n = 0;
-        for entry in fs::read_dir(&self.spool)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                fs::remove_file(entry.path())?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        Spooled::clean(&self.spool)
     }
 
     fn describe(&self) -> String {
@@ -203,21 +185,16 @@ impl Blobs for FileBlobs {
 /// An object being written to the spool.
 struct FileWriter {
     root: PathBuf,
-    path: PathBuf,
-    file: Option<File>,
+    spool: Spooled,
 }
 
 impl BlobWriter for FileWriter {
     fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| BlobError::Io(io::Error::other("file closed")))?;
-        file.write_all(chunk).map_err(|e| BlobError::from_io(e, ""))
+        self.spool.write(chunk)
     }
 
     fn spool_path(&self) -> &Path {
-        &self.path
+        self.spool.path()
     }
 
     /// fdatasync the data, create the directory durably, rename, fsync the
@@ -226,34 +203,27 @@ impl BlobWriter for FileWriter {
         check_key(key)?;
         let dest = self.root.join(key);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        let file = self.file.take();
+        let file = self.spool.close();
+        let spooled = self.spool.path().to_path_buf();
         let result = (|| {
             if let Some(f) = file {
                 f.sync_data()?;
             }
             create_dir_durable(&dir)?;
             if dest.exists() {
-                fs::remove_file(&self.path)?;
+                fs::remove_file(&spooled)?;
                 return Ok(false);
             }
-            fs::rename(&self.path, &dest)?;
+            fs::rename(&spooled, &dest)?;
             File::open(&dir)?.sync_all()?;
             Ok(true)
         })();
-        // Renamed or removed: nothing left for Drop to remove (and after a
-        // failure Drop removes the spool).
+        // Renamed or removed: nothing left for the spool to remove (after a
+        // failure, dropping it removes the spool file).
         if result.is_ok() {
-            self.path = PathBuf::new();
+            self.spool.keep();
         }
         result.map_err(|e| BlobError::from_io(e, key))
-    }
-}
-
-impl Drop for FileWriter {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 
