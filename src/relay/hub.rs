@@ -642,8 +642,8 @@ enum PlaceError {
     Io(std::io::Error),
 }
 
-/// Blocking: rename staged instance files (and their previews) into the
-/// archive, fsync the directories touched. Returns, per SOP UID, the
+/// Blocking: move staged instance files (and their previews) into the
+/// archive through the blob boundary, each durable when placed. Returns, per SOP UID, the
 /// committed file and whether its thumbnail and preview came along.
 fn place_files(archive: &Archive, moves: Vec<Move>) -> Result<HashMap<String, (Committed, bool)>, PlaceError> {
     let mut out: HashMap<String, (Committed, bool)> = HashMap::new();

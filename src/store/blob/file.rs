@@ -12,14 +12,13 @@
 //! their commit is a single fdatasync, and they are linked under their key
 //! once the index has them. Until then reads of the key find the staged file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::staging::Staging;
-use super::{BlobError, BlobWriter, Blobs, ReadSeek};
+use super::{BlobError, BlobWriter, Blobs, ReadSeek, Spooled};
 
 /// Spooled objects, under the root: skipped by `list`.
 const SPOOL: &str = ".tmp";
@@ -86,24 +85,13 @@ pub fn check_key(key: &str) -> Result<(), BlobError> {
 
 impl Blobs for FileBlobs {
     fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
-        let (path, file, staging) = match self.staging.take() {
-            Some((path, file)) => (path, file, Some(self.staging.clone())),
-            None => {
-                let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
-                let path = self.spool.join(name);
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| BlobError::from_io(e, ""))?;
-                (path, file, None)
-            }
+        let (spool, staging) = match self.staging.take() {
+            Some((path, file)) => (Spooled::adopt(path, file), Some(self.staging.clone())),
+            None => (Spooled::create(&self.spool)?, None),
         };
         Ok(Box::new(FileWriter {
             root: self.root.clone(),
-            path,
-            file: Some(file),
+            spool,
             staging,
             offset: 0,
             kicked: 0,
@@ -207,15 +195,7 @@ impl Blobs for FileBlobs {
     }
 
     fn clean_spool(&self) -> io::Result<usize> {
-        let mut n = 0;
-        for entry in fs::read_dir(&self.spool)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                fs::remove_file(entry.path())?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        Spooled::clean(&self.spool)
     }
 
     fn describe(&self) -> String {
@@ -234,9 +214,8 @@ impl Blobs for FileBlobs {
 /// An object being written to the spool, or to a staging file.
 struct FileWriter {
     root: PathBuf,
-    path: PathBuf,
-    file: Option<File>,
-    /// Set when `path` is a staging file (its name is already durable).
+    spool: Spooled,
+    /// Set when the spool is a staging file (its name is already durable).
     staging: Option<Staging>,
     /// Bytes written so far, and the offset up to which writeback was started.
     offset: u64,
@@ -249,14 +228,12 @@ const WRITEBACK_STEP: u64 = 256 * 1024;
 
 impl BlobWriter for FileWriter {
     fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| BlobError::Io(io::Error::other("file closed")))?;
-        file.write_all(chunk).map_err(|e| BlobError::from_io(e, ""))?;
+        self.spool.write(chunk)?;
         self.offset += chunk.len() as u64;
         if self.offset - self.kicked >= WRITEBACK_STEP {
-            start_writeback(file, self.kicked, self.offset - self.kicked);
+            if let Some(f) = self.spool.file() {
+                start_writeback(f, self.kicked, self.offset - self.kicked);
+            }
             self.kicked = self.offset;
         }
         Ok(())
@@ -267,7 +244,7 @@ impl BlobWriter for FileWriter {
     }
 
     fn spool_path(&self) -> &Path {
-        &self.path
+        self.spool.path()
     }
 
     /// fdatasync the data, create the directory durably, rename, fsync the
@@ -279,24 +256,25 @@ impl BlobWriter for FileWriter {
         }
         let dest = self.root.join(key);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        let file = self.file.take();
+        let file = self.spool.close();
+        let spooled = self.spool.path().to_path_buf();
         let result = (|| {
             if let Some(f) = file {
                 f.sync_data()?;
             }
             create_dir_durable(&dir)?;
             if dest.exists() {
-                fs::remove_file(&self.path)?;
+                fs::remove_file(&spooled)?;
                 return Ok(false);
             }
-            fs::rename(&self.path, &dest)?;
+            fs::rename(&spooled, &dest)?;
             File::open(&dir)?.sync_all()?;
             Ok(true)
         })();
-        // Renamed or removed: nothing left for Drop to remove (and after a
-        // failure Drop removes the spool).
+        // Renamed or removed: nothing left for the spool to remove (after a
+        // failure, dropping it removes the spool file).
         if result.is_ok() {
-            self.path = PathBuf::new();
+            self.spool.keep();
         }
         result.map_err(|e| BlobError::from_io(e, key))
     }
@@ -308,22 +286,23 @@ impl FileWriter {
     /// index has it (`Staging::settle`). Bytes already stored under `key`
     /// need no sync at all.
     fn commit_staged(mut self: Box<Self>, staging: &Staging, key: &str) -> Result<bool, BlobError> {
-        let file = self.file.take();
+        let file = self.spool.close();
+        let staged = self.spool.path().to_path_buf();
         let result = (|| {
             if self.root.join(key).exists() {
-                fs::remove_file(&self.path)?;
+                fs::remove_file(&staged)?;
                 return Ok(false);
             }
             if let Some(f) = file {
                 f.sync_data()?;
             }
-            staging.stage(&self.path, key);
+            staging.stage(&staged, key);
             Ok(true)
         })();
         // Staged (the staging area owns it now) or removed; after a failure
-        // Drop removes it.
+        // dropping the spool removes it.
         if result.is_ok() {
-            self.path = PathBuf::new();
+            self.spool.keep();
         }
         result.map_err(|e| BlobError::from_io(e, key))
     }
@@ -343,14 +322,6 @@ fn start_writeback(file: &File, from: u64, len: u64) {
             len as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
         );
-    }
-}
-
-impl Drop for FileWriter {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 

@@ -142,6 +142,83 @@ pub trait BlobWriter: Send {
     }
 }
 
+/// A new object's bytes in a local spool file (`<random>.part`), shared by
+/// both backends' writers. Removed on drop unless `keep` was called (the
+/// file backend renamed it into place).
+pub struct Spooled {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Spooled {
+    pub fn create(dir: &Path) -> Result<Spooled, BlobError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| BlobError::from_io(e, ""))?;
+        Ok(Spooled { path, file: Some(file) })
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        use std::io::Write;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| BlobError::Io(io::Error::other("file closed")))?;
+        file.write_all(chunk).map_err(|e| BlobError::from_io(e, ""))
+    }
+
+    /// A file created elsewhere (a staging file) written like a spool.
+    pub fn adopt(path: std::path::PathBuf, file: std::fs::File) -> Spooled {
+        Spooled { path, file: Some(file) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file while it is being written.
+    pub fn file(&self) -> Option<&std::fs::File> {
+        self.file.as_ref()
+    }
+
+    /// Close the file for commit, handing it over (to sync it).
+    pub fn close(&mut self) -> Option<std::fs::File> {
+        self.file.take()
+    }
+
+    /// The spool file was moved away: nothing for drop to remove.
+    pub fn keep(&mut self) {
+        self.path = std::path::PathBuf::new();
+    }
+
+    /// Remove the `.part` files of a previous run from `dir`.
+    pub fn clean(dir: &Path) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() && entry.file_name().to_string_lossy().ends_with(".part") {
+                std::fs::remove_file(entry.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Read-ahead window of [`RangedReader`]: big enough that a header parse is
 /// one or two requests, small enough that seeking past 1 GB of pixel data
 /// costs nothing.

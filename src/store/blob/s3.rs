@@ -29,10 +29,9 @@
 //! `block_on` from the blocking threads that call this boundary.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +43,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
 };
 
-use super::{BlobError, BlobWriter, Blobs, file::check_key};
+use super::{BlobError, BlobWriter, Blobs, Spooled, file::check_key};
 
 /// Part size of multipart uploads; objects up to this size go in one PUT.
 pub const PART: usize = 8 << 20;
@@ -293,18 +292,9 @@ impl Inner {
 
 impl Blobs for S3Blobs {
     fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
-        let name = format!("{:016x}{:016x}.part", rand::random::<u64>(), rand::random::<u64>());
-        let path = self.spool.join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| BlobError::from_io(e, ""))?;
         Ok(Box::new(S3Writer {
             store: self.0.clone(),
-            path,
-            file: Some(file),
+            spool: Spooled::create(&self.spool)?,
         }))
     }
 
@@ -374,15 +364,7 @@ impl Blobs for S3Blobs {
     }
 
     fn clean_spool(&self) -> io::Result<usize> {
-        let mut n = 0;
-        for entry in fs::read_dir(&self.spool)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() && entry.file_name().to_string_lossy().ends_with(".part") {
-                fs::remove_file(entry.path())?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        Spooled::clean(&self.spool)
     }
 
     fn describe(&self) -> String {
@@ -390,36 +372,25 @@ impl Blobs for S3Blobs {
     }
 }
 
-/// An object spooled locally, uploaded on commit.
+/// An object spooled locally, uploaded on commit. The spool file is
+/// removed whatever happens: on failure the sender still holds the data and
+/// will send it again.
 struct S3Writer {
     store: Arc<Inner>,
-    path: PathBuf,
-    file: Option<File>,
+    spool: Spooled,
 }
 
 impl BlobWriter for S3Writer {
     fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| BlobError::Io(io::Error::other("file closed")))?;
-        file.write_all(chunk).map_err(|e| BlobError::from_io(e, ""))
+        self.spool.write(chunk)
     }
 
     fn spool_path(&self) -> &Path {
-        &self.path
+        self.spool.path()
     }
 
     fn commit(mut self: Box<Self>, key: &str) -> Result<bool, BlobError> {
-        drop(self.file.take());
-        // The spool is removed by Drop whatever happens: on failure the
-        // sender still holds the data and will send it again.
-        self.store.upload(key, &self.path)
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        drop(self.spool.close());
+        self.store.upload(key, self.spool.path())
     }
 }
