@@ -62,6 +62,24 @@ enum Cmd {
         #[arg(long, env = "MEDRELAY_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Copy this archive (the configured index and storage) to another
+    /// index and storage, e.g. PostgreSQL + S3, while it keeps serving:
+    /// objects are copied once and verified by SHA-256 (an interrupted run
+    /// resumes), the index is copied as one snapshot. Run it while serving,
+    /// stop the gateway, run it again, start on the new URLs.
+    MigrateStorage {
+        /// Destination index, `postgres://user:pass@host:port/db` or `sqlite:///path`.
+        #[arg(long)]
+        to_index: String,
+        /// Destination storage, `s3://bucket/prefix?endpoint=…&region=…`
+        /// (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or `file:///dir`.
+        #[arg(long)]
+        to_storage: String,
+        #[arg(long, short, env = "MEDRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "MEDRELAY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// C-ECHO a DICOM node: `medrelay echo [AE@]HOST:PORT`.
     Echo {
         target: String,
@@ -249,6 +267,15 @@ pub fn run() -> ExitCode {
                 init_tracing("warn");
                 migrate(config, data_dir).await
             }
+            Cmd::MigrateStorage {
+                to_index,
+                to_storage,
+                config,
+                data_dir,
+            } => {
+                init_tracing("warn");
+                migrate_storage(config, data_dir, &to_index, &to_storage).await
+            }
             Cmd::Loadtest(a) => {
                 init_tracing("warn");
                 match crate::loadtest::run(*a).await {
@@ -425,6 +452,83 @@ async fn relay(
 
 /// `medrelay migrate`: the schema of the configured index brought up to
 /// date; prints `index <backend> schema version N`.
+/// `medrelay migrate-storage`: see `store::copy`.
+async fn migrate_storage(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    to_index: &str,
+    to_storage: &str,
+) -> ExitCode {
+    use crate::archive::index;
+    use crate::store::blob::StorageUrl;
+    use crate::store::copy;
+    let o = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    let cfg = match Config::load(config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = crate::config::check_index_url(to_index) {
+        return fail(format!("--to-index: {e}"));
+    }
+    let dest_storage = match StorageUrl::parse(to_storage) {
+        Ok(StorageUrl::S3(u)) => StorageUrl::S3(u.with_credentials(None, None)),
+        Ok(u) => u,
+        Err(e) => return fail(format!("--to-storage: {e}")),
+    };
+    if cfg.index_url() == to_index || cfg.storage_url() == dest_storage {
+        return fail("the destination must differ from the configured index and storage");
+    }
+    let spool = cfg.data_dir.join("tmp");
+    let run = async {
+        let src_blobs = cfg.storage_url().open(&spool).map_err(copy::CopyError::from)?;
+        let dst_blobs = dest_storage.open(&spool).map_err(copy::CopyError::from)?;
+        let copy_all = |src: std::sync::Arc<dyn crate::store::blob::Blobs>,
+                        dst: std::sync::Arc<dyn crate::store::blob::Blobs>| async move {
+            tokio::task::spawn_blocking(move || copy::copy_objects(&src, &dst))
+                .await
+                .map_err(|e| copy::CopyError::Blob(crate::store::blob::BlobError::Other(e.to_string())))?
+        };
+        // Objects first (the long part, while the source keeps serving)...
+        let first = copy_all(src_blobs.clone(), dst_blobs.clone()).await?;
+        println!(
+            "objects: {} at the source, {} copied ({} bytes), {} verified by SHA-256",
+            first.objects, first.copied, first.bytes_copied, first.verified
+        );
+        // ...then the index snapshot...
+        let src = index::connect(&cfg.index_url()).await.map_err(index_failure)?;
+        let dst = index::connect(to_index).await.map_err(index_failure)?;
+        index::migrate_pool(&src).await.map_err(index_failure)?;
+        index::migrate_pool(&dst).await.map_err(index_failure)?;
+        let counts = copy::copy_index(&src, &dst).await?;
+        src.close().await;
+        dst.close().await;
+        let rows: u64 = counts.iter().map(|(_, n)| n).sum();
+        println!("index: {rows} rows in {} tables copied as one snapshot", counts.len());
+        // ...then every object the snapshot can name: an instance indexed
+        // after the first pass was stored before its row committed.
+        let last = copy_all(src_blobs, dst_blobs).await?;
+        println!(
+            "objects: {} copied since, {} verified by SHA-256 in all",
+            last.copied, last.verified
+        );
+        Ok::<_, copy::CopyError>(())
+    };
+    match run.await {
+        Ok(()) => {
+            println!("done: start the gateway with [index] url and [storage] url set to the destination");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn index_failure(e: crate::archive::index::IndexError) -> crate::store::copy::CopyError {
+    crate::store::copy::CopyError::Db(sqlx::Error::Protocol(e.to_string()))
+}
+
 async fn migrate(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     use crate::archive::index;
     let o = Overrides {

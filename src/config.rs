@@ -124,7 +124,7 @@ pub fn redact_url(url: &str) -> String {
 /// Checks an index URL once, at load: a supported scheme, and for
 /// PostgreSQL a URL the driver accepts, naming a database. Errors never
 /// repeat the password.
-fn check_index_url(url: &str) -> Result<(), String> {
+pub fn check_index_url(url: &str) -> Result<(), String> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err("index.url sqlite:// needs a path".into());

@@ -38,6 +38,7 @@
 //! backend). Repositories so far: `worklist`.
 
 pub mod blob;
+pub mod copy;
 pub mod worklist;
 
 use std::borrow::Cow;
