@@ -275,3 +275,52 @@ fn migrations_are_idempotent_and_medrelay_migrate_prints_the_version() {
         "{stderr}"
     );
 }
+
+/// Two nodes draining the SR delivery queue at once: every delivery is
+/// taken by exactly one of them (a claim on SQLite's single writer; FOR
+/// UPDATE SKIP LOCKED on PostgreSQL).
+async fn racing_delivery_claims(url: &str) {
+    use medrelay::reading::delivery::{self, CLAIM_MS};
+    let (a, _wa) = Index::open_url(url).await.expect("open a");
+    let (b, _wb) = Index::open_url(url).await.expect("open b");
+    let mut all = std::collections::BTreeSet::new();
+    for n in 0..40_i64 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state,
+             attempts, next_attempt_ms, created_ms) VALUES ($1, 1, 'c1', 'PACS@h:1', '', $2, 'pending', 0, $3, $3)
+             RETURNING id",
+        )
+        .bind(format!("1.{n}"))
+        .bind(format!("2.{n}"))
+        .bind(n)
+        .fetch_one(a.pool())
+        .await
+        .expect("queue");
+        all.insert(id);
+    }
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    loop {
+        let (x, y) = tokio::join!(
+            delivery::claim_due(a.pool(), 1_000, CLAIM_MS, 3),
+            delivery::claim_due(b.pool(), 1_000, CLAIM_MS, 3)
+        );
+        let (x, y) = (x.expect("claim a"), y.expect("claim b"));
+        if x.is_empty() && y.is_empty() {
+            break;
+        }
+        got_a.extend(x.into_iter().map(|d| d.id));
+        got_b.extend(y.into_iter().map(|d| d.id));
+    }
+    let mut taken: Vec<i64> = got_a.iter().chain(&got_b).copied().collect();
+    taken.sort();
+    assert_eq!(taken, all.into_iter().collect::<Vec<_>>(), "a {got_a:?} b {got_b:?}");
+}
+
+#[test]
+fn racing_delivery_claims_take_each_delivery_once_on_both_backends() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    for url in both(&dir, &pg, "claims") {
+        rt().block_on(racing_delivery_claims(&url));
+    }
+}

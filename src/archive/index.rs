@@ -679,9 +679,23 @@ pub async fn schema_version(pool: &Pool) -> Result<(i64, i64), IndexError> {
     })
 }
 
-/// `sqlite://<path>` for an index file.
+/// `sqlite://<path>` for an index file. sqlx's Any driver parses it as a
+/// URL before SQLite sees it, so the path is made absolute (a relative
+/// `data/index.db` would be read as a host name) and the characters a URL
+/// gives meaning to are escaped (sqlx percent-decodes the path again):
+/// data directories with spaces, `#` or Chinese names keep working.
 pub fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}", path.display())
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = String::from("sqlite://");
+    for ch in abs.to_string_lossy().chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Opens a pool on the index at `url` without touching its schema. SQLite:
@@ -1836,6 +1850,22 @@ mod tests {
             created: true,
             staged: None,
         }
+    }
+
+    #[tokio::test]
+    async fn index_files_keep_their_path_whatever_its_characters() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let odd = dir.path().join("影像 data #1 100%?");
+        std::fs::create_dir(&odd).expect("mkdir");
+        let (idx, w) = Index::open(&odd.join("index.db")).await.expect("open");
+        idx.store(inst("1.1", "9", "9.1", "CT", 0), file("aa"))
+            .await
+            .expect("store");
+        drop(idx);
+        w.await.expect("writer");
+        assert!(odd.join("index.db").is_file());
+        let (idx, _w) = Index::open(&odd.join("index.db")).await.expect("reopen");
+        assert!(idx.study("9").await.expect("q").is_some());
     }
 
     #[tokio::test]

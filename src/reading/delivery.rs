@@ -175,6 +175,38 @@ pub async fn due(pool: &Pool, now_ms: i64, limit: i64) -> Result<Vec<Delivery>, 
     .await?)
 }
 
+/// How long deliveries taken by [`claim_due`] stay with the worker that
+/// took them: far longer than sending a batch of SRs takes, short enough
+/// that the deliveries of a node that died go out from another soon.
+pub const CLAIM_MS: i64 = 5 * 60_000;
+
+/// Takes the deliveries due at `now_ms` (at most `limit`, oldest first) for
+/// this worker: their next attempt moves to `now_ms + claim_ms`, so another
+/// node's worker skips them until they are sent, fail (which sets the real
+/// next attempt) or the claim runs out (the node died). One statement; on
+/// PostgreSQL rows another node is taking at the same moment are skipped
+/// (`FOR UPDATE SKIP LOCKED`), on SQLite its single writer serializes.
+pub async fn claim_due(pool: &Pool, now_ms: i64, claim_ms: i64, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
+    let skip_locked = match crate::store::Backend::of_pool(pool) {
+        crate::store::Backend::Sqlite => "",
+        crate::store::Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+    };
+    let mut rows: Vec<Delivery> = sqlx::query_as(&format!(
+        "UPDATE deliveries SET next_attempt_ms = $1 WHERE id IN (
+           SELECT d.id FROM deliveries d WHERE {SENDABLE} AND d.next_attempt_ms <= $2
+           ORDER BY d.created_ms, d.id LIMIT $3{skip_locked})
+         RETURNING {}",
+        COLUMNS.replace("d.", "")
+    ))
+    .bind(now_ms.saturating_add(claim_ms))
+    .bind(now_ms)
+    .bind(limit.max(1))
+    .fetch_all(pool)
+    .await?;
+    rows.sort_by_key(|d| (d.created_ms, d.id));
+    Ok(rows)
+}
+
 /// Unsent reports for one target, oldest first, amendments after the
 /// versions they amend (the relay's way back to an edge).
 pub async fn due_for_target(pool: &Pool, target: &str, limit: i64) -> Result<Vec<Delivery>, DeliveryError> {
@@ -620,7 +652,7 @@ impl Worker {
 
     async fn pass(&self) -> Result<Pass, DeliveryError> {
         let pool = self.index.pool();
-        let rows = due(pool, crate::clock::now_ms(), self.opts.batch).await?;
+        let rows = claim_due(pool, crate::clock::now_ms(), CLAIM_MS, self.opts.batch).await?;
         let mut pass = Pass {
             taken: rows.len(),
             sent: 0,
@@ -774,6 +806,27 @@ mod tests {
         .await
         .expect("insert")
         .get(0)
+    }
+
+    #[tokio::test]
+    async fn a_claim_hides_its_deliveries_until_it_runs_out() {
+        let (_dir, idx) = index().await;
+        let pool = idx.pool();
+        let a = queue(&idx, "1.1", 1, "PACS@h:1", 100).await;
+        let b = queue(&idx, "1.2", 1, "PACS@h:1", 150).await;
+        let c = queue(&idx, "1.3", 1, "PACS@h:1", 120).await;
+        let ids = |v: Vec<Delivery>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        // Oldest first, at most the limit; the rest for the next taker.
+        assert_eq!(ids(claim_due(pool, 1_000, 60_000, 2).await.expect("claim")), [a, c]);
+        assert_eq!(ids(claim_due(pool, 1_000, 60_000, 10).await.expect("claim")), [b]);
+        assert!(claim_due(pool, 60_999, 60_000, 10).await.expect("claim").is_empty());
+        // A failure sets its own next attempt; a claim that ran out (its
+        // worker died) is taken again.
+        mark_failing(pool, a, "refused", 2_000, &RetryPolicy::default())
+            .await
+            .expect("fail");
+        assert_eq!(ids(claim_due(pool, 7_000, 60_000, 10).await.expect("claim")), [a]);
+        assert_eq!(ids(claim_due(pool, 61_000, 60_000, 10).await.expect("claim")), [c, b]);
     }
 
     #[tokio::test]

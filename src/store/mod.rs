@@ -30,9 +30,11 @@
 //! repository: the schema and its migration chain, the write lock
 //! ([`immediate`]: `BEGIN IMMEDIATE` on SQLite, `BEGIN` plus a transaction
 //! advisory lock on PostgreSQL, the same "one writer at a time" the
-//! conflict checks rely on). Work queues that several nodes drain at once
-//! (deliveries, jobs) still read outside a transaction and need claims with
-//! `FOR UPDATE SKIP LOCKED` before a province runs more than one node.
+//! conflict checks rely on), and queue claims: the SR delivery queue is
+//! taken with one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`
+//! on PostgreSQL (`reading::delivery::claim_due`). Worklist claims go
+//! through the write lock and the pure rules; the relay outbox is drained
+//! by the one edge that owns it.
 //!
 //! Tables are created by the migrations in `archive::index` (one chain per
 //! backend). Repositories so far: `worklist`.
