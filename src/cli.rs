@@ -485,17 +485,25 @@ async fn migrate_storage(
     let run = async {
         let src_blobs = cfg.storage_url().open(&spool).map_err(copy::CopyError::from)?;
         let dst_blobs = dest_storage.open(&spool).map_err(copy::CopyError::from)?;
+        // Which objects are verified at this destination, kept across runs.
+        let journal = cfg.data_dir.join(format!(
+            "migrate-storage-{}.verified",
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(to_storage.as_bytes()))[..16]
+        ));
         let copy_all = |src: std::sync::Arc<dyn crate::store::blob::Blobs>,
-                        dst: std::sync::Arc<dyn crate::store::blob::Blobs>| async move {
-            tokio::task::spawn_blocking(move || copy::copy_objects(&src, &dst))
-                .await
-                .map_err(|e| copy::CopyError::Blob(crate::store::blob::BlobError::Other(e.to_string())))?
+                        dst: std::sync::Arc<dyn crate::store::blob::Blobs>| {
+            let journal = journal.clone();
+            async move {
+                tokio::task::spawn_blocking(move || copy::copy_objects(&src, &dst, &journal))
+                    .await
+                    .map_err(|e| copy::CopyError::Blob(crate::store::blob::BlobError::Other(e.to_string())))?
+            }
         };
         // Objects first (the long part, while the source keeps serving)...
         let first = copy_all(src_blobs.clone(), dst_blobs.clone()).await?;
         println!(
-            "objects: {} at the source, {} copied ({} bytes), {} verified by SHA-256",
-            first.objects, first.copied, first.bytes_copied, first.verified
+            "objects: {} at the source, {} copied ({} bytes), {} verified by SHA-256 now, {} in earlier runs",
+            first.objects, first.copied, first.bytes_copied, first.verified, first.verified_before
         );
         // ...then the index snapshot...
         let src = index::connect(&cfg.index_url()).await.map_err(index_failure)?;
@@ -512,7 +520,8 @@ async fn migrate_storage(
         let last = copy_all(src_blobs, dst_blobs).await?;
         println!(
             "objects: {} copied since, {} verified by SHA-256 in all",
-            last.copied, last.verified
+            last.copied,
+            last.verified + last.verified_before
         );
         Ok::<_, copy::CopyError>(())
     };

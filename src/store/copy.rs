@@ -80,30 +80,81 @@ pub struct ObjectsReport {
     /// Of those, sent in this run (the rest were there already).
     pub copied: usize,
     pub bytes_copied: u64,
-    /// Objects whose SHA-256 matched on both sides (all of them, or the run fails).
+    /// Objects whose SHA-256 matched on both sides in this run.
     pub verified: usize,
+    /// Objects verified by an earlier run (listed in the journal).
+    pub verified_before: usize,
 }
 
-/// Copy every object of `src` missing at `dst`, then verify each one.
-/// Blocking: run it on a blocking thread.
-pub fn copy_objects(src: &Arc<dyn Blobs>, dst: &Arc<dyn Blobs>) -> Result<ObjectsReport, CopyError> {
-    let mut report = ObjectsReport::default();
+/// Objects copied at once: S3 requests are latency-bound.
+const WORKERS: usize = 4;
+
+/// Copy every object of `src` missing at `dst` and verify each one by
+/// SHA-256 on both sides. `journal` lists the keys verified so far (one per
+/// line, appended as they are): a resumed run skips them, objects being
+/// immutable. Blocking: run it on a blocking thread.
+pub fn copy_objects(
+    src: &Arc<dyn Blobs>,
+    dst: &Arc<dyn Blobs>,
+    journal: &std::path::Path,
+) -> Result<ObjectsReport, CopyError> {
+    use std::io::Write;
+    let done: std::collections::HashSet<String> = std::fs::read_to_string(journal)
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default();
     let mut keys = src.list("")?;
     keys.sort();
-    report.objects = keys.len();
-    for (key, len) in keys {
-        if dst.head(&key)? != Some(len) {
-            copy_one(src, dst, &key, len)?;
-            report.copied += 1;
-            report.bytes_copied += len;
+    let objects = keys.len();
+    let todo: Vec<(String, u64)> = keys.into_iter().filter(|(k, _)| !done.contains(k)).collect();
+    let verified_before = objects - todo.len();
+    let log = std::sync::Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(journal)
+            .map_err(|e| CopyError::Blob(BlobError::from_io(e, "journal")))?,
+    );
+    let next = std::sync::Mutex::new(todo.into_iter());
+    let totals = std::sync::Mutex::new(ObjectsReport {
+        objects,
+        verified_before,
+        ..ObjectsReport::default()
+    });
+    let work = || -> Result<(), CopyError> {
+        loop {
+            let Some((key, len)) = next.lock().unwrap_or_else(|p| p.into_inner()).next() else {
+                return Ok(());
+            };
+            let (copied, a) = if dst.head(&key)? != Some(len) {
+                (true, copy_one(src, dst, &key, len)?)
+            } else {
+                (false, sha256_of(src, &key, len)?)
+            };
+            let b = sha256_of(dst, &key, len)?;
+            if a != b {
+                return Err(CopyError::Mismatch { key, src: a, dst: b });
+            }
+            writeln!(log.lock().unwrap_or_else(|p| p.into_inner()), "{key}")
+                .map_err(|e| CopyError::Blob(BlobError::from_io(e, "journal")))?;
+            let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+            t.verified += 1;
+            if copied {
+                t.copied += 1;
+                t.bytes_copied += len;
+            }
         }
-        let a = sha256_of(src, &key, len)?;
-        let b = sha256_of(dst, &key, len)?;
-        if a != b {
-            return Err(CopyError::Mismatch { key, src: a, dst: b });
-        }
-        report.verified += 1;
-    }
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..WORKERS).map(|_| scope.spawn(work)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CopyError::Blob(BlobError::Other("copy worker panicked".into()))))
+            })
+            .collect::<Result<Vec<()>, CopyError>>()
+    })?;
+    let report = totals.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(report)
 }
 
@@ -111,15 +162,19 @@ fn windows(len: u64) -> impl Iterator<Item = Range<u64>> {
     (0..len.div_ceil(WINDOW)).map(move |i| i * WINDOW..((i + 1) * WINDOW).min(len))
 }
 
-fn copy_one(src: &Arc<dyn Blobs>, dst: &Arc<dyn Blobs>, key: &str, len: u64) -> Result<(), CopyError> {
+/// Copy one object; returns the SHA-256 of the bytes read from the source.
+fn copy_one(src: &Arc<dyn Blobs>, dst: &Arc<dyn Blobs>, key: &str, len: u64) -> Result<String, CopyError> {
     let mut w = dst.create()?;
+    let mut h = Sha256::new();
     for r in windows(len) {
-        w.write(&src.get_range(key, r)?)?;
+        let bytes = src.get_range(key, r)?;
+        h.update(&bytes);
+        w.write(&bytes)?;
     }
     // An object that appeared meanwhile (another run) is left as it is;
-    // the verification below compares it either way.
+    // the caller compares it either way.
     w.commit(key)?;
-    Ok(())
+    Ok(hex::encode(h.finalize()))
 }
 
 fn sha256_of(store: &Arc<dyn Blobs>, key: &str, len: u64) -> Result<String, CopyError> {
@@ -192,9 +247,10 @@ async fn copy_table(s: &mut Conn, d: &mut Conn, table: &str) -> Result<u64, Copy
         .iter()
         .map(|c| {
             let kind = match c.type_info().kind() {
-                AnyTypeInfoKind::Bool | AnyTypeInfoKind::SmallInt | AnyTypeInfoKind::Integer | AnyTypeInfoKind::BigInt => {
-                    Kind::Int
-                }
+                AnyTypeInfoKind::Bool
+                | AnyTypeInfoKind::SmallInt
+                | AnyTypeInfoKind::Integer
+                | AnyTypeInfoKind::BigInt => Kind::Int,
                 AnyTypeInfoKind::Real | AnyTypeInfoKind::Double => Kind::Float,
                 AnyTypeInfoKind::Blob => Kind::Bytes,
                 AnyTypeInfoKind::Text | AnyTypeInfoKind::Null => Kind::Text,
@@ -243,7 +299,12 @@ fn columns_of(table: &str, row: &sqlx::any::AnyRow, dest: &[(String, Kind)]) -> 
         .collect()
 }
 
-async fn insert_rows(d: &mut Conn, table: &str, cols: &[(String, Kind)], rows: &[sqlx::any::AnyRow]) -> Result<u64, CopyError> {
+async fn insert_rows(
+    d: &mut Conn,
+    table: &str,
+    cols: &[(String, Kind)],
+    rows: &[sqlx::any::AnyRow],
+) -> Result<u64, CopyError> {
     let names = cols.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
     let mut sql = format!("INSERT INTO {table} ({names}) VALUES ");
     let mut n = 0;
@@ -305,4 +366,30 @@ async fn advance_sequences(d: &mut Conn) -> Result<(), CopyError> {
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table added to the schema but not to `TABLES` would be silently
+    /// left behind by a migration: the list must be the schema's tables.
+    #[tokio::test]
+    async fn every_index_table_is_copied() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (idx, _w) = crate::archive::index::Index::open(&dir.path().join("index.db"))
+            .await
+            .expect("open");
+        let rows = sqlx::query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .fetch_all(idx.pool())
+        .await
+        .expect("tables");
+        let mut schema: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+        schema.retain(|t| t != "medrelay_schema");
+        let mut listed: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, schema);
+    }
 }

@@ -252,7 +252,7 @@ impl BlobWriter for FileWriter {
     fn commit(mut self: Box<Self>, key: &str) -> Result<bool, BlobError> {
         check_key(key)?;
         if let Some(staging) = self.staging.take() {
-            return self.commit_staged(&staging, key);
+            return (*self).commit_staged(&staging, key);
         }
         let dest = self.root.join(key);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
@@ -285,7 +285,7 @@ impl FileWriter {
     /// the data durable is the only sync; it is linked under `key` once the
     /// index has it (`Staging::settle`). Bytes already stored under `key`
     /// need no sync at all.
-    fn commit_staged(mut self: Box<Self>, staging: &Staging, key: &str) -> Result<bool, BlobError> {
+    fn commit_staged(mut self, staging: &Staging, key: &str) -> Result<bool, BlobError> {
         let file = self.spool.close();
         let staged = self.spool.path().to_path_buf();
         let result = (|| {
