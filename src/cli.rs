@@ -452,6 +452,19 @@ async fn relay(
 
 /// `medrelay migrate`: the schema of the configured index brought up to
 /// date; prints `index <backend> schema version N`.
+/// The configuration for a one-shot command that only takes a data
+/// directory override (migrate, migrate-storage, user).
+fn load_with_data_dir(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<Config, crate::config::ConfigError> {
+    let o = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    Config::load(config.as_deref(), &o)
+}
+
 /// `medrelay migrate-storage`: see `store::copy`.
 async fn migrate_storage(
     config: Option<PathBuf>,
@@ -462,11 +475,7 @@ async fn migrate_storage(
     use crate::archive::index;
     use crate::store::blob::StorageUrl;
     use crate::store::copy;
-    let o = Overrides {
-        data_dir,
-        ..Overrides::default()
-    };
-    let cfg = match Config::load(config.as_deref(), &o) {
+    let cfg = match load_with_data_dir(config, data_dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -540,11 +549,7 @@ fn index_failure(e: crate::archive::index::IndexError) -> crate::store::copy::Co
 
 async fn migrate(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     use crate::archive::index;
-    let o = Overrides {
-        data_dir,
-        ..Overrides::default()
-    };
-    let cfg = match Config::load(config.as_deref(), &o) {
+    let cfg = match load_with_data_dir(config, data_dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -572,11 +577,7 @@ async fn migrate(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode
 
 async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     use crate::reading::accounts;
-    let o = Overrides {
-        data_dir,
-        ..Overrides::default()
-    };
-    let cfg = match Config::load(config.as_deref(), &o) {
+    let cfg = match load_with_data_dir(config, data_dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -18,14 +18,7 @@ use medrelay::archive::index::{self, Index, IndexError, NewInstance, StoreError,
 use medrelay::reading::worklist::{Action, Actor};
 use medrelay::store::worklist::WorklistApplyError;
 use support::pg::PgCluster;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use support::rt;
 
 /// The SQLite URL in `dir` and a fresh database on `pg`, named after `test`.
 fn both(dir: &tempfile::TempDir, pg: &PgCluster, test: &str) -> [String; 2] {

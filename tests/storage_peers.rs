@@ -22,15 +22,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMu
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use support::pg::PgCluster;
+use support::rt;
 use support::s3::{self, S3Server};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()

@@ -53,6 +53,15 @@ pub fn ct300() -> PathBuf {
     require(cache().join("ct300"), "generated 300-slice CT")
 }
 
+/// A small runtime for tests that drive sqlx or object_store directly.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 pub fn python() -> PathBuf {
     require(cache().join("venv/bin/python"), "test venv")
 }
