@@ -515,10 +515,10 @@ async fn migrate_storage(
             first.objects, first.copied, first.bytes_copied, first.verified, first.verified_before
         );
         // ...then the index snapshot...
-        let src = index::connect(&cfg.index_url()).await.map_err(index_failure)?;
-        let dst = index::connect(to_index).await.map_err(index_failure)?;
-        index::migrate_pool(&src).await.map_err(index_failure)?;
-        index::migrate_pool(&dst).await.map_err(index_failure)?;
+        let src = index::connect(&cfg.index_url()).await?;
+        let dst = index::connect(to_index).await?;
+        index::migrate_pool(&src).await?;
+        index::migrate_pool(&dst).await?;
         let counts = copy::copy_index(&src, &dst).await?;
         src.close().await;
         dst.close().await;
@@ -541,10 +541,6 @@ async fn migrate_storage(
         }
         Err(e) => fail(e),
     }
-}
-
-fn index_failure(e: crate::archive::index::IndexError) -> crate::store::copy::CopyError {
-    crate::store::copy::CopyError::Db(sqlx::Error::Protocol(e.to_string()))
 }
 
 async fn migrate(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {

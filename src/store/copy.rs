@@ -64,6 +64,8 @@ const ROWS_PER_INSERT: usize = 100;
 pub enum CopyError {
     #[error("index: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("index: {0}")]
+    Index(#[from] crate::archive::index::IndexError),
     #[error("object store: {0}")]
     Blob(#[from] BlobError),
     #[error("object {key} differs after copying (source sha256 {src}, destination {dst})")]
