@@ -515,8 +515,13 @@ impl CraftedEdge {
         send.write_all(&medrelay::relay::wire::encode(req))
             .await
             .expect("write");
-        send.write_all(body).await.expect("write body");
-        send.finish().expect("finish");
+        // A request refused on its header is answered without its body
+        // being read: the hub stops the stream (as the edge expects).
+        match send.write_all(body).await {
+            Ok(()) => send.finish().expect("finish"),
+            Err(quinn::WriteError::Stopped(_)) => {}
+            Err(e) => panic!("write body: {e}"),
+        }
         medrelay::relay::link::read_frame(&mut recv).await.expect("answer")
     }
 }

@@ -885,6 +885,11 @@ impl Index {
         &self.pool
     }
 
+    /// Whether the index answers at all (health checks).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -1426,6 +1431,41 @@ impl Index {
         }
         Ok(None)
     }
+}
+
+/// Marks an instance's previews present (they came with it over the relay,
+/// rendered at the edge), in the caller's transaction. Matched on the
+/// content hash, so a different object under the same UID is left alone.
+pub async fn previews_arrived(
+    c: &mut Conn,
+    sop_instance_uid: &str,
+    sha256: &str,
+    cine_frames: Option<i64>,
+    now_ms: i64,
+) -> Result<(), IndexError> {
+    sqlx::query(
+        "UPDATE instances SET preview_status = 'ok', cine_frames = $1, preview_ms = $2
+         WHERE sop_instance_uid = $3 AND sha256 = $4",
+    )
+    .bind(cine_frames)
+    .bind(now_ms)
+    .bind(sop_instance_uid)
+    .bind(sha256)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Marks a study complete now (the relay commits a whole study at once,
+/// with no stability wait), in the caller's transaction; putting it on the
+/// worklist is the caller's, with the priority it carries.
+pub async fn complete_study(c: &mut Conn, study_uid: &str, now_ms: i64) -> Result<(), IndexError> {
+    sqlx::query("UPDATE studies SET status = 'complete', completed_ms = $1 WHERE study_uid = $2")
+        .bind(now_ms)
+        .bind(study_uid)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
 }
 
 async fn apply_sweep(c: &mut Conn, now_ms: i64) -> Result<Vec<String>, IndexError> {

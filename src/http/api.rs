@@ -61,7 +61,7 @@ pub async fn health(State(s): S, c: Result<Caller, ApiError>) -> Json<serde_json
 }
 
 pub async fn health_json(s: &Services, details: bool) -> Json<serde_json::Value> {
-    let db_ok = sqlx::query("SELECT 1").execute(s.index.pool()).await.is_ok();
+    let db_ok = s.index.ping().await;
     let status = if db_ok { "ok" } else { "degraded" };
     if !details {
         return Json(json!({ "status": status }));

@@ -13,19 +13,19 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::api::study_for;
 use super::auth::require;
 use super::error::{ApiError, Code};
 use super::uid::Uid;
-use crate::archive::index::push_in;
 use crate::clock::now_ms;
 use crate::http::Services;
 use crate::reading::access::{Caller, Role};
 use crate::reading::audit;
+use crate::reading::notifications;
 use crate::reading::reports::{self, ReportError};
 use crate::reading::requests::{self, ReqAction, ReqState, RequestError};
+use crate::reading::signing;
 use crate::reading::worklist::{Action, Priority, WorklistError};
 use crate::store::worklist::{self as wl, WorklistApplyError};
 
@@ -299,24 +299,24 @@ pub async fn return_study(
     require(&c, &[Role::Expert])?;
     let reason = reason_text(&body(b)?.reason, true)?;
     let st = study_for(&s, &c, &uid).await?;
-    s.index
-        .worklist_apply(
-            &uid,
-            &Action::ReturnForMoreImages { reason: reason.clone() },
-            c.actor(),
-            now_ms(),
-        )
-        .await?;
-    sqlx::query(
-        "INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES ($1, 'returned', $2, $3, $4)",
-    )
-    .bind(&st.clinic_id)
-    .bind(&uid)
-    .bind(format!("More images requested: {reason}"))
-    .bind(now_ms())
-    .execute(s.index.pool())
-    .await
-    .map_err(internal)?;
+    // The study goes back and the clinic is told, together or not at all.
+    let text = format!("More images requested: {reason}");
+    let now = now_ms();
+    crate::store::immediate(s.index.pool(), async |conn| {
+        let action = Action::ReturnForMoreImages { reason: reason.clone() };
+        wl::apply(conn, &uid, &action, c.actor(), now, None).await?;
+        let notice = notifications::New {
+            clinic_id: &st.clinic_id,
+            kind: notifications::Kind::Returned.as_str(),
+            study_uid: Some(&uid),
+            request_id: None,
+            text: &text,
+            created_ms: now,
+        };
+        notifications::insert(conn, &notice).await?;
+        Ok::<_, WorklistApplyError>(())
+    })
+    .await?;
     audit::record(s.index.pool(), &c, "return", Some(&uid), Some(&reason)).await;
     entry_json(&s, &uid).await
 }
@@ -452,12 +452,12 @@ pub async fn sign(
     {
         target = Some(format!("edge:{edge}"));
     }
-    let plan = reports::DeliveryPlan {
+    let plan = signing::DeliveryPlan {
         clinic_id: st.clinic_id.clone(),
         target,
         sr_sop_uid: crate::reading::sr::new_uid(),
     };
-    let signed = reports::sign(
+    let signed = signing::sign(
         s.index.pool(),
         &uid,
         &c.user.username,
@@ -486,53 +486,28 @@ pub async fn sign(
 // ------------------------------------------------------------------ notifications
 
 pub async fn notifications(State(s): S, c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut qb = crate::store::Sql::new(
-        "SELECT id, clinic_id, kind, study_uid, request_id, text, created_ms, read_ms FROM notifications WHERE 1=1",
-    );
-    match c.role() {
-        Role::Clinic => push_in(&mut qb, "clinic_id", c.user.clinic_id.as_slice()),
-        _ => {
-            if let Some(cs) = c.scope.clinics() {
-                push_in(&mut qb, "clinic_id", cs);
-            }
-            // Experts are told about consultation requests only.
-            if c.is(Role::Expert) {
-                qb.push(" AND kind = 'request'");
-            }
-        }
-    }
-    qb.push(" ORDER BY created_ms DESC, id DESC LIMIT 100");
-    let rows = qb.build().fetch_all(s.index.pool()).await.map_err(internal)?;
-    let items: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<i64, _>(0), "clinic_id": r.get::<String, _>(1), "kind": r.get::<String, _>(2),
-                "study_uid": r.get::<Option<String>, _>(3), "request_id": r.get::<Option<i64>, _>(4),
-                "text": r.get::<String, _>(5), "created_ms": r.get::<i64, _>(6),
-                "read": r.get::<Option<i64>, _>(7).is_some(),
-            })
-        })
-        .collect();
-    let unread = items.iter().filter(|i| i["read"] == false).count();
+    let scope = match c.role() {
+        Role::Clinic => notifications::Scope {
+            clinics: Some(c.user.clinic_id.as_slice()),
+            requests_only: false,
+        },
+        // Experts are told about consultation requests only.
+        _ => notifications::Scope {
+            clinics: c.scope.clinics(),
+            requests_only: c.is(Role::Expert),
+        },
+    };
+    let items = notifications::list(s.index.pool(), &scope).await.map_err(internal)?;
+    let unread = items.iter().filter(|i| !i.read).count();
     Ok(Json(json!({ "unread": unread, "items": items })))
 }
 
 pub async fn notification_read(State(s): S, c: Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
-    let clinic = sqlx::query("SELECT clinic_id FROM notifications WHERE id = $1")
-        .bind(id)
-        .fetch_optional(s.index.pool())
-        .await
-        .map_err(internal)?
-        .map(|r| r.get::<String, _>(0));
-    match clinic {
+    match notifications::clinic_of(s.index.pool(), id).await.map_err(internal)? {
         Some(k) if c.sees(&k) => {}
         _ => return Err(ApiError::NotFound("notification")),
     }
-    sqlx::query("UPDATE notifications SET read_ms = COALESCE(read_ms, $1) WHERE id = $2")
-        .bind(now_ms())
-        .bind(id)
-        .execute(s.index.pool())
+    notifications::mark_read(s.index.pool(), id, now_ms())
         .await
         .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)

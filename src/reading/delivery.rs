@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::Pool;
+use crate::store::{Conn, Pool};
 use futures::StreamExt;
 use serde::Serialize;
 use sqlx::Row;
@@ -222,6 +222,59 @@ pub async fn due_for_target(pool: &Pool, target: &str, limit: i64) -> Result<Vec
     .await?)
 }
 
+/// A delivery to queue. It is written in the caller's transaction, with
+/// the signed report (or the report received over the relay) it delivers,
+/// so a report is never signed without its delivery or the reverse.
+pub struct NewDelivery<'a> {
+    pub study_uid: &'a str,
+    pub version: i64,
+    pub clinic_id: &'a str,
+    pub target: &'a str,
+    /// Where the SR already is (relayed reports); empty: built when due.
+    pub path: &'a str,
+    pub sop_instance_uid: &'a str,
+    pub now_ms: i64,
+}
+
+pub async fn enqueue(conn: &mut Conn, d: &NewDelivery<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state, attempts,
+           next_attempt_ms, created_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8)",
+    )
+    .bind(d.study_uid)
+    .bind(d.version)
+    .bind(d.clinic_id)
+    .bind(d.target)
+    .bind(d.path)
+    .bind(d.sop_instance_uid)
+    .bind(d.now_ms)
+    .bind(d.now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a delivery of this SR exists already (a report the hub re-sent
+/// after a lost acknowledgement is not queued twice).
+pub async fn exists_for_sop(conn: &mut Conn, sop_instance_uid: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = $1")
+        .bind(sop_instance_uid)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
+}
+
+/// A delivery's study and target, for checking an acknowledgement came
+/// from the edge it was handed to.
+pub async fn study_and_target(pool: &Pool, id: i64) -> Result<Option<(String, String)>, DeliveryError> {
+    Ok(
+        sqlx::query_as::<_, (String, String)>("SELECT study_uid, target FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// The earliest `next_attempt_ms` of a delivery that could be sent, if any.
 pub async fn next_due_ms(pool: &Pool) -> Result<Option<i64>, DeliveryError> {
     let row = sqlx::query(&format!(
@@ -257,12 +310,7 @@ pub async fn mark_sent(pool: &Pool, id: i64, now_ms: i64) -> Result<(), Delivery
     .await?;
     if let Some(row) = row {
         let study_uid: String = row.get(0);
-        sqlx::query("UPDATE reports SET sr_sop_uid = $1 WHERE study_uid = $2 AND version = $3")
-            .bind(row.get::<String, _>(2))
-            .bind(&study_uid)
-            .bind(row.get::<i64, _>(1))
-            .execute(&mut *tx)
-            .await?;
+        super::reports::set_sr_uid(&mut tx, &study_uid, row.get::<i64, _>(1), &row.get::<String, _>(2)).await?;
         // The clinic has the report: the study is delivered, in the same
         // transaction. The rules refuse when it is not reported (an
         // amendment was signed after this version was delivered...): then

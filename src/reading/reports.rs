@@ -1,17 +1,15 @@
-//! Reports: drafts, signing, amendments, and what signing sets in motion
-//! (the worklist transition, the clinic's notification, the SR delivery).
+//! Reports: drafts, versions and amendments; the only code that touches
+//! the `reports` table. Signing, which also moves the worklist, tells the
+//! clinic and queues the delivery, is `reading::signing`.
 //!
 //! Versions are rows keyed by (study, version) and never rewritten once
 //! signed: an amendment is a new version and the old one is marked
-//! `amended`. Signing is one IMMEDIATE transaction covering the report row,
-//! the worklist transition, the notification and the delivery row, so a
-//! crash (even kill -9) leaves either the old state or the new one, never a
-//! signed report without its delivery or a half-written version.
+//! `amended`.
 
-use crate::store::Pool;
+use crate::store::{Conn, Pool};
 use sqlx::Row;
 
-use crate::reading::worklist::{Action, Actor, State};
+use crate::reading::worklist::State;
 use crate::store::worklist::{self as wl, WorklistApplyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +93,7 @@ pub async fn worklist_entry(pool: &Pool, study_uid: &str) -> Result<Option<Workl
     Ok(wl::entry(pool, study_uid).await?)
 }
 
-fn check_text(findings: &str, impression: &str, for_sign: bool) -> Result<(), ReportError> {
+pub(super) fn check_text(findings: &str, impression: &str, for_sign: bool) -> Result<(), ReportError> {
     if findings.len() > 65536 || impression.len() > 65536 {
         return Err(ReportError::TooLong);
     }
@@ -106,7 +104,7 @@ fn check_text(findings: &str, impression: &str, for_sign: bool) -> Result<(), Re
 }
 
 /// What the author may do with the study's report right now.
-enum Mode {
+pub(super) enum Mode {
     /// First report while holding the claim.
     Initial,
     /// Amending a signed report (the study is reported or delivered) by
@@ -114,7 +112,12 @@ enum Mode {
     Amend { signed_by: String },
 }
 
-async fn mode(conn: &mut crate::store::Conn, study_uid: &str, author: &str, now_ms: i64) -> Result<Mode, ReportError> {
+pub(super) async fn mode(
+    conn: &mut crate::store::Conn,
+    study_uid: &str,
+    author: &str,
+    now_ms: i64,
+) -> Result<Mode, ReportError> {
     let state = wl::state(&mut *conn, study_uid)
         .await?
         .ok_or(ReportError::NotOnWorklist)?;
@@ -168,7 +171,7 @@ async fn next_version(conn: &mut crate::store::Conn, study_uid: &str) -> Result<
 }
 
 /// Writes the draft (creating it, or updating the author's open draft).
-async fn upsert_draft(
+pub(super) async fn upsert_draft(
     conn: &mut crate::store::Conn,
     study_uid: &str,
     author: &str,
@@ -211,7 +214,19 @@ async fn upsert_draft(
     }
 }
 
-async fn one(pool: &Pool, study_uid: &str, version: i64) -> Result<Report, ReportError> {
+/// Records the SR a version was delivered as (the delivery worker, when
+/// the clinic's PACS acknowledged it), in the caller's transaction.
+pub async fn set_sr_uid(conn: &mut Conn, study_uid: &str, version: i64, sr_sop_uid: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE reports SET sr_sop_uid = $1 WHERE study_uid = $2 AND version = $3")
+        .bind(sr_sop_uid)
+        .bind(study_uid)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn one(pool: &Pool, study_uid: &str, version: i64) -> Result<Report, ReportError> {
     let r = sqlx::query(&format!("{REPORT_SELECT} WHERE r.study_uid = $1 AND r.version = $2"))
         .bind(study_uid)
         .bind(version)
@@ -237,107 +252,32 @@ pub async fn save_draft(
     one(pool, study_uid, v).await
 }
 
-/// Where the signed report goes besides the clinic's page.
-pub struct DeliveryPlan {
-    pub clinic_id: String,
-    /// The clinic PACS (`AE@HOST:PORT`), if configured.
-    pub target: Option<String>,
-    /// SOP Instance UID for the SR (assigned now, so every retry re-sends
-    /// the same instance and a PACS sees duplicates, not new documents).
-    pub sr_sop_uid: String,
-}
-
-pub struct Signed {
-    pub report: Report,
-    pub amended: bool,
-    pub delivery_queued: bool,
-}
-
-/// Signs the study's report in one transaction. See the module docs.
-#[allow(clippy::too_many_arguments)]
-pub async fn sign(
-    pool: &Pool,
+/// Marks version `v` signed (and the earlier signed version amended, for
+/// an amendment), recording the SR UID it will be delivered as when it has
+/// a delivery, in the caller's transaction (the signing service's).
+pub(super) async fn mark_signed(
+    conn: &mut Conn,
     study_uid: &str,
-    author: &str,
-    findings: &str,
-    impression: &str,
-    plan: &DeliveryPlan,
+    v: i64,
+    amended: bool,
+    sr_sop_uid: Option<&str>,
     now_ms: i64,
-) -> Result<Signed, ReportError> {
-    check_text(findings, impression, true)?;
-    let signed: Result<_, ReportError> = crate::store::immediate(pool, async |conn| {
-        let m = mode(conn, study_uid, author, now_ms).await?;
-        let v = upsert_draft(conn, study_uid, author, findings, impression, now_ms).await?;
-        let amended = matches!(m, Mode::Amend { .. });
-        if amended {
-            sqlx::query("UPDATE reports SET status = 'amended' WHERE study_uid = $1 AND status = 'signed'")
-                .bind(study_uid)
-                .execute(&mut *conn)
-                .await?;
-        }
-        sqlx::query("UPDATE reports SET status = 'signed', signed_ms = $1, updated_ms = $2, sr_sop_uid = $3 WHERE study_uid = $4 AND version = $5")
-            .bind(now_ms)
-            .bind(now_ms)
-            .bind(plan.target.as_ref().map(|_| plan.sr_sop_uid.clone()))
+) -> Result<(), sqlx::Error> {
+    if amended {
+        sqlx::query("UPDATE reports SET status = 'amended' WHERE study_uid = $1 AND status = 'signed'")
             .bind(study_uid)
-            .bind(v)
             .execute(&mut *conn)
             .await?;
-        let note = format!("report v{v} signed{}", if amended { " (amendment)" } else { "" });
-        let action = match m {
-            Mode::Initial => Action::Report,
-            Mode::Amend { signed_by } => Action::Amend { signed_by },
-        };
-        wl::apply(conn, study_uid, &action, Actor::Expert(author), now_ms, Some(&note)).await?;
-        let text = if amended {
-            format!("An amended report (version {v}) is available")
-        } else {
-            "The report is available".to_string()
-        };
-        sqlx::query("INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES ($1, 'report', $2, $3, $4)")
-            .bind(&plan.clinic_id)
-            .bind(study_uid)
-            .bind(&text)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
-        let queued = if let Some(target) = &plan.target {
-            sqlx::query(
-                "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state, attempts, next_attempt_ms, created_ms)
-                 VALUES ($1, $2, $3, $4, '', $5, 'pending', 0, $6, $7)",
-            )
-            .bind(study_uid)
-            .bind(v)
-            .bind(&plan.clinic_id)
-            .bind(target)
-            .bind(&plan.sr_sop_uid)
-            .bind(now_ms)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
-            true
-        } else {
-            // No PACS: the clinic's page is the delivery.
-            wl::apply(
-                conn,
-                study_uid,
-                &Action::Deliver,
-                Actor::System,
-                now_ms,
-                Some("shown on the clinic page"),
-            )
-            .await?;
-            false
-        };
-        Ok((v, amended, queued))
-    })
-    .await;
-    let (v, amended, delivery_queued) = signed?;
-    Ok(Signed {
-        report: one(pool, study_uid, v).await?,
-        amended,
-        delivery_queued,
-    })
+    }
+    sqlx::query("UPDATE reports SET status = 'signed', signed_ms = $1, updated_ms = $2, sr_sop_uid = $3 WHERE study_uid = $4 AND version = $5")
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(sr_sop_uid)
+        .bind(study_uid)
+        .bind(v)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

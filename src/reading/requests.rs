@@ -301,14 +301,18 @@ pub async fn set_room(
 }
 
 pub async fn notify(pool: &Pool, clinic_id: &str, request_id: i64, text: &str, now_ms: i64) {
-    let r = sqlx::query(
-        "INSERT INTO notifications (clinic_id, kind, request_id, text, created_ms) VALUES ($1, 'request', $2, $3, $4)",
-    )
-    .bind(clinic_id)
-    .bind(request_id)
-    .bind(text)
-    .bind(now_ms)
-    .execute(pool)
+    let notice = super::notifications::New {
+        clinic_id,
+        kind: super::notifications::Kind::Request.as_str(),
+        study_uid: None,
+        request_id: Some(request_id),
+        text,
+        created_ms: now_ms,
+    };
+    let r = async {
+        let mut conn = pool.acquire().await?;
+        super::notifications::insert(&mut conn, &notice).await
+    }
     .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "could not store a notification");

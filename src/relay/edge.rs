@@ -276,9 +276,22 @@ async fn request(
     let (mut send, mut recv) = conn.open_bi().await?;
     let _ = send.set_priority(priority);
     let head = wire::encode(req);
-    write_paced(edge, &mut send, &head).await?;
-    write_paced(edge, &mut send, body).await?;
-    send.finish()?;
+    let sent = async {
+        write_paced(edge, &mut send, &head).await?;
+        write_paced(edge, &mut send, body).await?;
+        send.finish()?;
+        Ok::<(), LinkError>(())
+    }
+    .await;
+    match sent {
+        Ok(()) => {}
+        // The hub refuses a request on its header without reading the body
+        // and stops the stream; its answer (why, and whether a retry can
+        // help) is already on the way back. Treating the stop as a broken
+        // link would reconnect and resend what will be refused again.
+        Err(LinkError::Write(quinn::WriteError::Stopped(_))) => {}
+        Err(e) => return Err(e),
+    }
     let resp: Response = read_frame(&mut recv).await?;
     match resp {
         Response::Error { message, .. } => Err(LinkError::Refused(message)),

@@ -21,6 +21,7 @@ use crate::archive::files::{Archive, Committed};
 use crate::archive::index::Index;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::reading::notifications;
 
 /// QUIC close codes the edge logs (application-level reasons).
 pub const CLOSE_UNKNOWN_EDGE: u32 = 0x10;
@@ -379,12 +380,9 @@ async fn handle(
         Request::Ack { delivery_ids } => {
             let now = now_ms();
             for id in delivery_ids {
-                let row =
-                    sqlx::query_as::<_, (String, String)>("SELECT study_uid, target FROM deliveries WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(pool)
-                        .await
-                        .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
+                let row = crate::reading::delivery::study_and_target(pool, id)
+                    .await
+                    .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
                 let Some((study_uid, target)) = row else { continue };
                 if target != format!("edge:{}", edge.name) {
                     continue;
@@ -570,13 +568,7 @@ async fn commit(hub: &Hub, edge: &EdgeRow, study_uid: &str) -> Result<(Response,
     };
     let _ = std::fs::remove_dir_all(hub.staging.join(&edge.name).join(study_uid));
     let bytes: u64 = manifest.instances.iter().map(|i| i.file_size).sum();
-    let began = sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = $1 AND study_uid = $2")
-        .bind(&edge.name)
-        .bind(study_uid)
-        .fetch_optional(pool)
-        .await
-        .ok()
-        .flatten();
+    let began = store::began_ms(pool, &edge.name, study_uid).await.ok().flatten();
     hub.status.with(&edge.name, |f| {
         f.studies_total += 1;
         f.bytes_total += bytes;
@@ -691,24 +683,18 @@ async fn poll(hub: &Hub, edge: &EdgeRow, notif_after: i64, wait_ms: u64) -> Resu
         let due = crate::reading::delivery::due_for_target(pool, &target, 16)
             .await
             .map_err(|e| HandleError::Refuse(e.to_string(), true))?;
-        let notes: Vec<WayBackNotification> = sqlx::query_as::<_, (i64, String, Option<String>, String, i64)>(
-            "SELECT id, kind, study_uid, text, created_ms FROM notifications WHERE clinic_id = $1 AND id > $2
-             ORDER BY id LIMIT 100",
-        )
-        .bind(&edge.clinic_id)
-        .bind(notif_after)
-        .fetch_all(pool)
-        .await
-        .map_err(|e| HandleError::Refuse(e.to_string(), true))?
-        .into_iter()
-        .map(|(id, kind, study_uid, text, created_ms)| WayBackNotification {
-            id,
-            kind,
-            study_uid,
-            text,
-            created_ms,
-        })
-        .collect();
+        let notes: Vec<WayBackNotification> = notifications::since(pool, &edge.clinic_id, notif_after, 100)
+            .await
+            .map_err(|e| HandleError::Refuse(e.to_string(), true))?
+            .into_iter()
+            .map(|n| WayBackNotification {
+                id: n.id,
+                kind: n.kind,
+                study_uid: n.study_uid,
+                text: n.text,
+                created_ms: n.created_ms,
+            })
+            .collect();
         if !due.is_empty() || !notes.is_empty() || tokio::time::Instant::now() >= deadline {
             let mut reports = Vec::new();
             let mut body = Vec::new();

@@ -9,8 +9,9 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::wire::{Manifest, ManifestInstance};
-use crate::archive::index::{Conn, IndexError, NewInstance, apply_store};
+use crate::archive::index::{self, Conn, IndexError, NewInstance, apply_store};
 use crate::reading::worklist::{Actor, Completion, Priority};
+use crate::reading::{delivery, notifications};
 use crate::store::worklist::{self, WorklistApplyError};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -348,6 +349,17 @@ pub async fn inbound(pool: &Pool, edge: &str, study_uid: &str) -> Result<Option<
     }))
 }
 
+/// When an arrival began, for the edge's goodput once it is committed.
+pub async fn began_ms(pool: &Pool, edge: &str, study_uid: &str) -> Result<Option<i64>, IndexError> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT began_ms FROM relay_inbound WHERE edge = $1 AND study_uid = $2")
+            .bind(edge)
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// One instance of the atomic commit: its index record, where its file now
 /// is, and whether its previews came along.
 pub struct CommitItem {
@@ -394,23 +406,10 @@ async fn commit_in(
             _ => new += 1,
         }
         if it.previews {
-            sqlx::query(
-                "UPDATE instances SET preview_status = 'ok', cine_frames = $1, preview_ms = $2
-                 WHERE sop_instance_uid = $3 AND sha256 = $4",
-            )
-            .bind(it.cine_frames)
-            .bind(now_ms)
-            .bind(&it.inst.sop_instance_uid)
-            .bind(&it.file.sha256)
-            .execute(&mut *c)
-            .await?;
+            index::previews_arrived(c, &it.inst.sop_instance_uid, &it.file.sha256, it.cine_frames, now_ms).await?;
         }
     }
-    sqlx::query("UPDATE studies SET status = 'complete', completed_ms = $1 WHERE study_uid = $2")
-        .bind(now_ms)
-        .bind(study_uid)
-        .execute(&mut *c)
-        .await?;
+    index::complete_study(c, study_uid, now_ms).await?;
     // The clinic's priority travels with the study: a new study enters the
     // worklist with it; a re-sent one may only raise it, while it still
     // waits to be read (the rules), so an expert's or admin's later change at
@@ -770,41 +769,31 @@ pub async fn store_inbox(
 ) -> Result<(), IndexError> {
     let mut tx = crate::store::begin_write_tx(pool).await?;
     for r in reports {
-        let exists = sqlx::query("SELECT 1 FROM deliveries WHERE sop_instance_uid = $1")
-            .bind(&r.sop_instance_uid)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if exists {
+        if delivery::exists_for_sop(&mut tx, &r.sop_instance_uid).await? {
             continue;
         }
         let Some(target) = &r.target else { continue };
-        sqlx::query(
-            "INSERT INTO deliveries (study_uid, version, clinic_id, target, path, sop_instance_uid, state, attempts,
-               next_attempt_ms, created_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8)",
-        )
-        .bind(&r.study_uid)
-        .bind(r.version)
-        .bind(&r.clinic_id)
-        .bind(target)
-        .bind(&r.path)
-        .bind(&r.sop_instance_uid)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        let d = delivery::NewDelivery {
+            study_uid: &r.study_uid,
+            version: r.version,
+            clinic_id: &r.clinic_id,
+            target,
+            path: &r.path,
+            sop_instance_uid: &r.sop_instance_uid,
+            now_ms,
+        };
+        delivery::enqueue(&mut tx, &d).await?;
     }
     for (clinic, n) in notes {
-        sqlx::query(
-            "INSERT INTO notifications (clinic_id, kind, study_uid, text, created_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(clinic)
-        .bind(&n.kind)
-        .bind(&n.study_uid)
-        .bind(&n.text)
-        .bind(n.created_ms)
-        .execute(&mut *tx)
-        .await?;
+        let notice = notifications::New {
+            clinic_id: clinic,
+            kind: &n.kind,
+            study_uid: n.study_uid.as_deref(),
+            request_id: None,
+            text: &n.text,
+            created_ms: n.created_ms,
+        };
+        notifications::insert(&mut tx, &notice).await?;
     }
     sqlx::query(
         "INSERT INTO relay_kv (key, value) VALUES ('notif_cursor', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

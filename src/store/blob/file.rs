@@ -17,7 +17,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::staging::Staging;
+use super::staging::{Staging, create_dir_durable};
 use super::{BlobError, BlobWriter, Blobs, ReadSeek, Spooled};
 
 /// Spooled objects, under the root: skipped by `list`.
@@ -323,20 +323,4 @@ fn start_writeback(file: &File, from: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
-}
-
-/// Create `dir` and any missing parents, fsyncing each parent whose entries changed.
-pub(super) fn create_dir_durable(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
-        match fs::create_dir(dir) {
-            Ok(()) => File::open(parent)?.sync_all()?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -251,7 +251,7 @@ impl Staging {
                     fs::remove_file(&l.path)?;
                 } else {
                     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-                    super::file::create_dir_durable(&dir)?;
+                    create_dir_durable(&dir)?;
                     fs::rename(&l.path, &dest)?;
                     dirs.push(dir);
                 }
@@ -359,7 +359,7 @@ fn link_all(root: &Path, items: &[(PathBuf, String)]) -> Vec<PathBuf> {
     for (staged, rel) in items {
         let dest = root.join(rel);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let r = super::file::create_dir_durable(&dir).and_then(|()| match fs::hard_link(staged, &dest) {
+        let r = create_dir_durable(&dir).and_then(|()| match fs::hard_link(staged, &dest) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             r => r,
         });
@@ -459,4 +459,20 @@ impl io::Write for HashWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Create `dir` and any missing parents, fsyncing each parent whose entries changed.
+pub(super) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => File::open(parent)?.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
