@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::files::{ArchiveError, Committed};
 use crate::dicom::pn::{self, NameQuery};
 use crate::reading::worklist::{Action as WorkAction, Actor, Priority, Transition};
+pub use crate::store::push_in;
 use crate::store::worklist::{self, WorklistApplyError};
 use crate::store::{Backend, Pool};
 
@@ -427,7 +428,8 @@ const MIGRATIONS: &[&str] = &[
     // 5: the WAN relay link. Hub: registered edges (certificate
     // fingerprints, revocation), studies arriving from edges, and the parts
     // staged durably before a study commits. Edge: the outbox of complete
-    // studies still to send (filled by a trigger installed on edges only)
+    // studies still to send (filled from the studies' completion stamps,
+    // see relay::store::sync_outbox)
     // and small durable cursors.
     "CREATE TABLE IF NOT EXISTS relay_edges (
          name TEXT PRIMARY KEY,
@@ -494,6 +496,11 @@ const MIGRATIONS: &[&str] = &[
     // 7: the interface language an account chose (NULL: follow the
     // browser's Accept-Language); owned by reading::accounts.
     "ALTER TABLE users ADD COLUMN language TEXT",
+    // 8: the relay outbox reads completions by their stamp instead of a
+    // trigger on `studies` (the archive's tables carry nothing of the
+    // relay's); an edge upgraded from a trigger-fed outbox loses it here.
+    "DROP TRIGGER IF EXISTS relay_outbox_enqueue;
+     CREATE INDEX IF NOT EXISTS studies_completed ON studies(completed_ms)",
 ];
 
 /// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).
@@ -608,7 +615,10 @@ async fn migrate_sqlite(pool: &Pool) -> Result<(), IndexError> {
 /// schema SQLite reached through `SCHEMA` and `MIGRATIONS`), recorded in
 /// `medrelay_schema`. Each step runs in one transaction under an advisory
 /// lock, so nodes starting together migrate once.
-const PG_MIGRATIONS: &[&str] = &[include_str!("../store/migrations/postgres/v1.sql")];
+const PG_MIGRATIONS: &[&str] = &[
+    include_str!("../store/migrations/postgres/v1.sql"),
+    include_str!("../store/migrations/postgres/v2.sql"),
+];
 
 /// The advisory lock key held while PostgreSQL migrations run.
 const PG_MIGRATE_LOCK: i64 = crate::store::WRITE_LOCK_KEY ^ 1;
@@ -1845,17 +1855,6 @@ fn push_study_filters(qb: &mut crate::store::Sql<'_>, f: &StudyFilter, backend: 
         };
         push_in(qb, col, cs);
     }
-}
-
-/// `AND col IN (?, ?, ...)`; an empty list matches nothing. `col` is the
-/// bare column (the `AND` is added here).
-pub fn push_in(qb: &mut crate::store::Sql<'_>, col: &str, values: &[String]) {
-    if values.is_empty() {
-        qb.push(" AND 1 = 0");
-        return;
-    }
-    qb.push(format!(" AND {col} IN "));
-    qb.push_tuple(values.iter().cloned());
 }
 
 #[cfg(test)]

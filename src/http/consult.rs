@@ -415,33 +415,6 @@ pub async fn close_room(State(s): S, c: Caller, Path(room): Path<String>) -> Res
 
 // ------------------------------------------------------------------ web page
 
-mod assets {
-    include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
-}
-
-/// The names of the embedded pages and modules.
-pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
-    assets::WEB_ASSETS.iter().map(|(n, _)| *n)
-}
-
-/// A page or module. `MEDRELAY_WEB_DIR` (development only) serves `web/`
-/// from disk so page work needs no rebuild; names are flat, so nothing
-/// outside that directory can be reached.
-pub(crate) fn asset(name: &str) -> Option<std::borrow::Cow<'static, [u8]>> {
-    if let Some(dir) = std::env::var_os("MEDRELAY_WEB_DIR") {
-        if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-            return None;
-        }
-        return std::fs::read(std::path::Path::new(&dir).join(name))
-            .ok()
-            .map(std::borrow::Cow::Owned);
-    }
-    assets::WEB_ASSETS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
-}
-
 /// Content type and caching of a page or asset. The CSP (`connect-src
 /// 'self'`, `frame-ancestors 'none'`), HSTS, `nosniff` and Referrer-Policy
 /// are added to every response by `http::security_headers`.
@@ -460,7 +433,7 @@ pub(crate) fn page_headers() -> HeaderMap {
 /// (test servers only) it carries a marker that lets the page honour its
 /// test hooks (`#via=`, `#autojoin=1`); production pages never do.
 pub async fn consult_page(State(s): S, c: Result<Caller, ApiError>, headers: HeaderMap) -> Response {
-    let Some(page) = asset("consult.html") else {
+    let Some(page) = super::assets::asset("consult.html") else {
         return ApiError::NotFound("page").into_response();
     };
     let html = super::lang::page(&page, c.as_ref().ok(), &headers);
@@ -490,7 +463,7 @@ pub async fn web_asset(Path(name): Path<String>) -> Response {
             header::HeaderValue::from_static("public, max-age=31536000, immutable"),
         );
     }
-    match asset(&name) {
+    match super::assets::asset(&name) {
         Some(b) => (h, b).into_response(),
         None => ApiError::NotFound("file").into_response(),
     }

@@ -31,7 +31,7 @@ pub const DEFAULT: &str = "zh-CN";
 /// The languages the pages have a catalogue for, from the embedded files'
 /// names (`i18n-zh-CN.js` -> `zh-CN`).
 pub fn languages() -> Vec<&'static str> {
-    super::consult::asset_names()
+    super::assets::asset_names()
         .filter_map(|n| n.strip_prefix("i18n-")?.strip_suffix(".js"))
         .collect()
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod api;
+mod assets;
 pub mod auth;
 pub mod broadcast;
 pub mod compress;

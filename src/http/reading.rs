@@ -61,7 +61,7 @@ impl From<WorklistApplyError> for ApiError {
                     WorklistError::PriorityLower => ApiError::Forbidden(text).code(Code::PRIORITY_LOWER),
                 }
             }
-            WorklistApplyError::Index(e) => e.into(),
+            WorklistApplyError::Db(e) => crate::archive::index::IndexError::from(e).into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -747,7 +747,7 @@ pub async fn join_request(State(s): S, c: Caller, Path(id): Path<i64>) -> Result
 
 /// A page in the caller's language (see `http::lang`).
 fn page_of(name: &str, c: Result<Caller, ApiError>, headers: &HeaderMap) -> Response {
-    match super::consult::asset(name) {
+    match super::assets::asset(name) {
         Some(b) => (
             super::consult::page_headers(),
             super::lang::page(&b, c.as_ref().ok(), headers),
@@ -817,7 +817,7 @@ pub async fn viewer_page(
     headers: HeaderMap,
     Query(q): Query<ViewerQuery>,
 ) -> Response {
-    let Some(page) = super::consult::asset("viewer.html") else {
+    let Some(page) = super::assets::asset("viewer.html") else {
         return ApiError::NotFound("page").into_response();
     };
     let initial = match (&c, q.study.as_deref()) {

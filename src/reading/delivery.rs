@@ -317,7 +317,7 @@ pub async fn mark_sent(pool: &Pool, id: i64, now_ms: i64) -> Result<(), Delivery
         // the study stays as it is and nothing was written.
         match wl::apply(&mut tx, &study_uid, &WorkAction::Deliver, Actor::System, now_ms, None).await {
             Ok(_) => {}
-            Err(WorklistApplyError::Index(e)) => return Err(e.into()),
+            Err(WorklistApplyError::Db(e)) => return Err(e.into()),
             Err(e) => debug!(study_uid = %study_uid, error = %e, "worklist not moved to delivered"),
         }
     }

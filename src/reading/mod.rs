@@ -9,6 +9,13 @@
 //! own).
 //! `sr` builds Basic Text SR documents (pure); `delivery` is the durable
 //! queue and worker that C-STOREs them to clinic PACS until acknowledged.
+//!
+//! One module owns each table (a unit test in `store` fails on a second
+//! writer): `accounts` users and sessions, `reports` report versions,
+//! `delivery` the deliveries, `notifications` the clinic's notices,
+//! `requests` consultation requests, `audit` the trail. `signing` is the
+//! service that composes them: a signed version, its worklist transition,
+//! its notice and its delivery in one transaction.
 
 pub mod access;
 pub mod accounts;

@@ -203,6 +203,9 @@ async fn session(edge: &Arc<Edge>, conn: &quinn::Connection, shutdown: &Cancella
         let now = Instant::now();
         backing_off.retain(|_, until| *until > now);
         let skip: Vec<String> = backing_off.keys().cloned().collect();
+        if let Err(e) = store::sync_outbox(edge.index.pool()).await {
+            warn!(error = %e, "taking completed studies into the outbox failed");
+        }
         let next = match store::next_outbox(edge.index.pool(), &skip, 1).await {
             Ok(mut v) => v.pop(),
             Err(e) => {

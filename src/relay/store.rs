@@ -429,7 +429,7 @@ async fn commit_in(
         };
         if raise {
             match worklist::set_priority(c, study_uid, wanted, clinical_question, Actor::System, now_ms).await {
-                Err(WorklistApplyError::Index(e)) => return Err(e),
+                Err(WorklistApplyError::Db(e)) => return Err(e.into()),
                 // Refused by the rules (or a row the rules cannot read): the
                 // hub's priority stays.
                 Ok(_)
@@ -512,50 +512,62 @@ pub async fn staged_preview(pool: &Pool, study_uid: &str, kind: &str) -> Result<
 
 // ------------------------------------------------------------------ edge
 
-/// Studies complete at the edge enter the outbox in the same transaction
-/// that completes them (a trigger), so no completion is ever missed; the
-/// backfill covers studies completed before this box became an edge.
+/// How far behind the newest completion already taken each sync looks
+/// again. A completion is stamped when its sweep is planned and committed a
+/// little later, so one stamped earlier than the cursor can still appear;
+/// taking a completion twice is harmless (the upsert keeps the newest).
+const OUTBOX_SYNC_MARGIN_MS: i64 = 60_000;
+
+/// Where the outbox has read the archive's completions up to.
+const OUTBOX_CURSOR: &str = "outbox_completed_ms";
+
+/// Makes this box an edge: every study already complete enters the outbox
+/// (studies completed before it became one are sent too).
 pub async fn install_outbox(pool: &Pool) -> Result<(), IndexError> {
-    match crate::store::Backend::of_pool(pool) {
-        crate::store::Backend::Sqlite => {
-            sqlx::query(
-                "CREATE TRIGGER IF NOT EXISTS relay_outbox_enqueue AFTER UPDATE OF status ON studies
-                 WHEN NEW.status = 'complete'
-                 BEGIN
-                   INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms) VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
-                   ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
-                 END",
-            )
-            .execute(pool)
-            .await?;
-        }
-        // The same trigger in PL/pgSQL (an edge on PostgreSQL is unusual,
-        // but the outbox must not depend on which index it runs on).
-        crate::store::Backend::Postgres => {
-            sqlx::raw_sql(
-                "CREATE OR REPLACE FUNCTION relay_outbox_enqueue() RETURNS trigger LANGUAGE plpgsql AS $body$
-                 BEGIN
-                   IF NEW.status = 'complete' THEN
-                     INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
-                     VALUES (NEW.study_uid, NEW.completed_ms, NEW.completed_ms)
-                     ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms;
-                   END IF;
-                   RETURN NULL;
-                 END $body$;
-                 CREATE OR REPLACE TRIGGER relay_outbox_enqueue AFTER UPDATE OF status ON studies
-                   FOR EACH ROW EXECUTE FUNCTION relay_outbox_enqueue();",
-            )
-            .execute(pool)
-            .await?;
-        }
-    }
-    sqlx::query(
+    sync_outbox_since(pool, i64::MIN).await
+}
+
+/// Takes the archive's new completions into the outbox (a study completed,
+/// or completed again after late images). The archive's tables are only
+/// read: it knows nothing of the relay, and its completion stamp, indexed,
+/// is the feed. Cheap when nothing changed (one indexed read, no write),
+/// so the edge calls it before each look at the outbox.
+pub async fn sync_outbox(pool: &Pool) -> Result<(), IndexError> {
+    let cursor = kv_get(pool, OUTBOX_CURSOR)
+        .await?
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(i64::MIN);
+    sync_outbox_since(pool, cursor.saturating_sub(OUTBOX_SYNC_MARGIN_MS)).await
+}
+
+const COMPLETIONS: &str = "FROM studies s WHERE s.status = 'complete' AND s.completed_ms IS NOT NULL AND s.completed_ms > $1
+     AND NOT EXISTS (SELECT 1 FROM relay_outbox o WHERE o.study_uid = s.study_uid AND o.completed_ms >= s.completed_ms)";
+
+async fn sync_outbox_since(pool: &Pool, since: i64) -> Result<(), IndexError> {
+    let newest: Option<i64> = sqlx::query_scalar(&format!("SELECT MAX(s.completed_ms) {COMPLETIONS}"))
+        .bind(since)
+        .fetch_one(pool)
+        .await?;
+    let Some(newest) = newest else { return Ok(()) };
+    let mut tx = crate::store::begin_write_tx(pool).await?;
+    sqlx::query(&format!(
         "INSERT INTO relay_outbox (study_uid, completed_ms, enqueued_ms)
-         SELECT study_uid, completed_ms, completed_ms FROM studies s WHERE s.status = 'complete' AND s.completed_ms IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM relay_outbox o WHERE o.study_uid = s.study_uid)",
-    )
-    .execute(pool)
+         SELECT s.study_uid, s.completed_ms, s.completed_ms {COMPLETIONS}
+         ON CONFLICT (study_uid) DO UPDATE SET completed_ms = excluded.completed_ms
+           WHERE excluded.completed_ms > relay_outbox.completed_ms"
+    ))
+    .bind(since)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "INSERT INTO relay_kv (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(OUTBOX_CURSOR)
+    .bind(newest.to_string())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -925,7 +937,9 @@ mod tests {
         study(pool, "1.b", "receiving", None).await;
         assert_eq!(next_outbox(pool, &[], 10).await.expect("next").len(), 1);
         idx.sweep_stable(1_000).await.expect("sweep");
-        // The sweep completed both (stable_at 0): the trigger enqueued them.
+        // The sweep completed both (stable_at 0): the next sync takes them.
+        assert_eq!(next_outbox(pool, &[], 10).await.expect("next").len(), 1);
+        sync_outbox(pool).await.expect("sync");
         let uids = |v: Vec<OutboxItem>| v.into_iter().map(|i| i.study_uid).collect::<Vec<_>>();
         assert_eq!(uids(next_outbox(pool, &[], 10).await.expect("next")).len(), 3);
         // STAT overtakes.
@@ -947,12 +961,17 @@ mod tests {
             .execute(pool)
             .await
             .expect("reopen");
+        sync_outbox(pool).await.expect("sync");
         assert!(!uids(next_outbox(pool, &[], 10).await.expect("next")).contains(&"1.b".to_string()));
         sqlx::query("UPDATE studies SET status = 'complete', completed_ms = 2000 WHERE study_uid = '1.b'")
             .execute(pool)
             .await
             .expect("recomplete");
+        sync_outbox(pool).await.expect("sync");
         assert_eq!(uids(next_outbox(pool, &[], 1).await.expect("next")), ["1.b"]);
+        // Nothing new: the sync writes nothing (and the cursor holds).
+        sync_outbox(pool).await.expect("sync");
+        assert_eq!(kv_get(pool, OUTBOX_CURSOR).await.expect("kv").as_deref(), Some("2000"));
         let s = outbox_stats(pool).await.expect("stats");
         assert_eq!(s.depth, 3);
     }

@@ -242,6 +242,17 @@ impl<'a> Sql<'a> {
     }
 }
 
+/// `AND col IN (?, ?, ...)`; an empty list matches nothing. `col` is the
+/// bare column (the `AND` is added here).
+pub fn push_in(qb: &mut Sql<'_>, col: &str, values: &[String]) {
+    if values.is_empty() {
+        qb.push(" AND 1 = 0");
+        return;
+    }
+    qb.push(format!(" AND {col} IN "));
+    qb.push_tuple(values.iter().cloned());
+}
+
 /// A 0/1 integer column read as a flag: the portable boolean (sqlx's Any
 /// decodes `bool` only from a real boolean, which SQLite does not have).
 /// For `FromRow` fields: `#[sqlx(try_from = "crate::store::Flag")]`.
