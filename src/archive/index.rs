@@ -1627,7 +1627,19 @@ impl Index {
             study_columns(self.backend)
         ));
         push_study_filters(&mut qb, f, self.backend);
-        qb.push(" ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ")
+        // Given a date range, PostgreSQL walks the received-time index
+        // newest first and filters by date: for a month a year back that
+        // reads half the archive (323 ms at 1 M studies). `+ 0` hides that
+        // index, so it takes the range from the date index and sorts only
+        // those rows, as SQLite does on its own.
+        let dated = [&f.date_from, &f.date_to]
+            .iter()
+            .any(|d| d.as_deref().is_some_and(|v| !v.is_empty()));
+        let received = match self.backend {
+            Backend::Postgres if dated => "s.last_received_ms + 0",
+            _ => "s.last_received_ms",
+        };
+        qb.push(format_args!(" ORDER BY {received} DESC, s.study_uid LIMIT "))
             .push_bind(limit)
             .push(" OFFSET ")
             .push_bind(offset)
