@@ -461,6 +461,29 @@ fn signed_report_reaches_the_clinic_page_and_its_pacs_as_sr() {
     );
     let n2 = ok(s.req(Some(&w.doc2), "GET", "/api/notifications", None), "notifications");
     assert_eq!(n2["unread"], 0, "{n2}");
+    // Experts are told of consultation requests only, not of reports.
+    let ne = ok(s.req(Some(&w.exp1), "GET", "/api/notifications", None), "notifications");
+    assert!(
+        ne["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|x| x["kind"] == "request")),
+        "{ne}"
+    );
+    // Only the clinic's own users may mark its notice read.
+    let note_id = n["items"][0]["id"].as_i64().expect("notification id");
+    let read = format!("/api/notifications/{note_id}/read");
+    assert_eq!(
+        s.req(Some(&w.doc2), "POST", &read, None).0,
+        404,
+        "another clinic marks it read"
+    );
+    assert_eq!(
+        s.req(Some(&w.doc1), "POST", &read, None).0,
+        204,
+        "the clinic marks it read"
+    );
+    let n = ok(s.req(Some(&w.doc1), "GET", "/api/notifications", None), "notifications");
+    assert_eq!(n["items"][0]["read"], true, "{n}");
     // The SR arrives at the PACS, is valid SR, carries the text, and the
     // study becomes delivered.
     s.wait_for(60, "SR at the PACS", || !pacs.files().is_empty());

@@ -77,9 +77,7 @@ pub struct Scope<'a> {
 
 /// The newest hundred notices in scope, newest first.
 pub async fn list(pool: &Pool, scope: &Scope<'_>) -> Result<Vec<Notification>, sqlx::Error> {
-    let mut qb = Sql::new(
-        "SELECT id, clinic_id, kind, study_uid, request_id, text, created_ms, read_ms FROM notifications WHERE 1=1",
-    );
+    let mut qb = Sql::new(format!("SELECT {COLUMNS} FROM notifications WHERE 1=1"));
     if let Some(cs) = scope.clinics {
         crate::archive::index::push_in(&mut qb, "clinic_id", cs);
     }
@@ -87,20 +85,22 @@ pub async fn list(pool: &Pool, scope: &Scope<'_>) -> Result<Vec<Notification>, s
         qb.push(" AND kind = 'request'");
     }
     qb.push(" ORDER BY created_ms DESC, id DESC LIMIT 100");
-    let rows = qb.build().fetch_all(pool).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Notification {
-            id: r.get(0),
-            clinic_id: r.get(1),
-            kind: r.get(2),
-            study_uid: r.get(3),
-            request_id: r.get(4),
-            text: r.get(5),
-            created_ms: r.get(6),
-            read: r.get::<Option<i64>, _>(7).is_some(),
-        })
-        .collect())
+    Ok(qb.build().fetch_all(pool).await?.iter().map(from_row).collect())
+}
+
+const COLUMNS: &str = "id, clinic_id, kind, study_uid, request_id, text, created_ms, read_ms";
+
+fn from_row(r: &crate::store::DbRow) -> Notification {
+    Notification {
+        id: r.get(0),
+        clinic_id: r.get(1),
+        kind: r.get(2),
+        study_uid: r.get(3),
+        request_id: r.get(4),
+        text: r.get(5),
+        created_ms: r.get(6),
+        read: r.get::<Option<i64>, _>(7).is_some(),
+    }
 }
 
 /// The clinic a notice belongs to, for the caller's access check.
@@ -121,36 +121,16 @@ pub async fn mark_read(pool: &Pool, id: i64, now_ms: i64) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// A notice for the relay's way back: what an edge has not seen yet.
-#[derive(Debug, Clone)]
-pub struct Relayed {
-    pub id: i64,
-    pub kind: String,
-    pub study_uid: Option<String>,
-    pub text: String,
-    pub created_ms: i64,
-}
-
 /// A clinic's notices after `after` (the edge's cursor), oldest first, at
-/// most `limit`.
-pub async fn since(pool: &Pool, clinic_id: &str, after: i64, limit: i64) -> Result<Vec<Relayed>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, (i64, String, Option<String>, String, i64)>(
-        "SELECT id, kind, study_uid, text, created_ms FROM notifications WHERE clinic_id = $1 AND id > $2
-         ORDER BY id LIMIT $3",
-    )
+/// most `limit`: the relay's way back.
+pub async fn since(pool: &Pool, clinic_id: &str, after: i64, limit: i64) -> Result<Vec<Notification>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE clinic_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    ))
     .bind(clinic_id)
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, kind, study_uid, text, created_ms)| Relayed {
-            id,
-            kind,
-            study_uid,
-            text,
-            created_ms,
-        })
-        .collect())
+    Ok(rows.iter().map(from_row).collect())
 }
