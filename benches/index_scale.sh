@@ -29,26 +29,15 @@
 # tests: nothing asserts on time. Builds or tests beside make every number
 # noisier; the load average is printed.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
 STUDIES="${STUDIES:-1000000}"
 N_REQ="${N_REQ:-100}"
 MAX_ROUTE_S="${MAX_ROUTE_S:-20}"
 INST_ROWS="${INST_ROWS:-1000000}"
-unset MEDRELAY_CONFIG MEDRELAY_DATA_DIR MEDRELAY_CERT_DIR MEDRELAY_HTTP_LISTEN MEDRELAY_DICOM_LISTEN \
-    MEDRELAY_DICOM_TLS_LISTEN MEDRELAY_AE_TITLE MEDRELAY_STABLE_AFTER_SECS MEDRELAY_MIN_FREE_BYTES \
-    MEDRELAY_SFU_UDP_LISTEN MEDRELAY_WEB_DIR MEDRELAY_INDEX_URL MEDRELAY_STORAGE_URL
-
-log() { echo "index_scale.sh: $*" >&2; }
-die() { echo "index_scale.sh: ERROR: $*" >&2; exit 1; }
-
-bash tests/support/setup.sh >/dev/null
-PY="$REPO/.cache/venv/bin/python"
+# shellcheck source=support/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/support/common.sh" index_scale.sh
 API="$REPO/benches/reading_api.py"
 PG="$REPO/benches/support/pg.sh"
-log "cargo build --release"
-cargo build --release --quiet
-BIN="$REPO/target/release/medrelay"
+bench_build
 
 WORK="$(mktemp -d /tmp/medrelay-index-scale.XXXXXX)"
 chmod 711 "$WORK"   # the cluster's unprivileged owner must reach $WORK/pg
@@ -58,18 +47,13 @@ cleanup() {
     trap - EXIT INT TERM
     [ -n "$MR_PID" ] && { kill "$MR_PID" 2>/dev/null || true; wait "$MR_PID" 2>/dev/null || true; }
     bash "$PG" stop "$WORK/pg" || true
-    if [ "$rc" != 0 ]; then
-        for f in "$WORK"/*.log "$WORK"/pg/server.log; do
-            [ -s "$f" ] && { echo "---- $f (last 15 lines)" >&2; tail -n 15 "$f" >&2; }
-        done
-    fi
+    [ "$rc" != 0 ] && show_logs "$WORK"/*.log "$WORK"/pg/server.log
     rm -rf "$WORK"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-free_port() { "$PY" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 CFG="$WORK/medrelay.toml"
 DATA="$WORK/data"
@@ -77,7 +61,7 @@ start_medrelay() { # $1: index URL (empty: the embedded SQLite) -> MR_PID BASE
     local http dicom udp
     http=$(free_port); dicom=$(free_port); udp=$(free_port)
     : >"$WORK/medrelay.log"
-    MEDRELAY_INDEX_URL="$1" MEDRELAY_WEB_DIR="$REPO/web" "$BIN" serve --config "$CFG" --data-dir "$DATA" \
+    MEDRELAY_INDEX_URL="$1" MEDRELAY_WEB_DIR="$REPO/web" MEDRELAY_METRICS_LISTEN="127.0.0.1:$(free_port)" "$BIN" serve --config "$CFG" --data-dir "$DATA" \
         --cert-dir "$WORK/certs" --http-listen "127.0.0.1:$http" --dicom-listen "127.0.0.1:$dicom" \
         --sfu-udp-listen "127.0.0.1:$udp" --min-free-bytes 0 >>"$WORK/medrelay.log" 2>&1 &
     MR_PID=$!

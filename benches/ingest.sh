@@ -44,7 +44,7 @@ wait_port() {
 
 start_medrelay() { # $1 dir -> sets MR_PID MR_PORT
     MR_PORT=$(free_port); local http; http=$(free_port)
-    "$BIN" serve --data-dir "$1/data" --cert-dir "$WORK/certs" --dicom-listen "127.0.0.1:$MR_PORT" \
+    MEDRELAY_METRICS_LISTEN="127.0.0.1:$(free_port)" "$BIN" serve --data-dir "$1/data" --cert-dir "$WORK/certs" --dicom-listen "127.0.0.1:$MR_PORT" \
         --http-listen "127.0.0.1:$http" --min-free-bytes 0 >"$1/log" 2>&1 &
     MR_PID=$!
     wait_port "$MR_PORT"

@@ -37,8 +37,6 @@
 # average is printed with the results. Benchmarks, not tests: nothing asserts
 # on time.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
 STUDIES="${STUDIES:-100000}"
 N_REQ="${N_REQ:-200}"
 MAX_ROUTE_S="${MAX_ROUTE_S:-25}"
@@ -47,25 +45,15 @@ VIEW_RUNS="${VIEW_RUNS:-3}"
 DELAY_MS="${DELAY_MS:-150}"
 RATE_KBIT="${RATE_KBIT:-2000}"
 N=300
-# anything the caller exported for medrelay would skew the run
-unset MEDRELAY_CONFIG MEDRELAY_DATA_DIR MEDRELAY_CERT_DIR MEDRELAY_HTTP_LISTEN MEDRELAY_DICOM_LISTEN \
-    MEDRELAY_DICOM_TLS_LISTEN MEDRELAY_AE_TITLE MEDRELAY_STABLE_AFTER_SECS MEDRELAY_MIN_FREE_BYTES \
-    MEDRELAY_SFU_UDP_LISTEN MEDRELAY_WEB_DIR
 export TCP_NODELAY=1
-
-log() { echo "reading.sh: $*" >&2; }
-die() { echo "reading.sh: ERROR: $*" >&2; exit 1; }
-
-bash tests/support/setup.sh >/dev/null   # dcmtk, chromium + chromedriver, venv, .cache/ct300
-PY="$REPO/.cache/venv/bin/python"
+# shellcheck source=support/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/support/common.sh" reading.sh   # also dcmtk, chromium + chromedriver, venv, .cache/ct300
 API="$REPO/benches/reading_api.py"
 VIEWER="$REPO/benches/reading_viewer.py"
 IMPAIR="$REPO/tests/support/tcp_impair.py"
 CT="$REPO/.cache/ct300"
 [ "$(find "$CT" -maxdepth 1 -name '*.dcm' | wc -l)" = "$N" ] || die "$CT does not hold $N files"
-log "cargo build --release"
-cargo build --release --quiet
-BIN="$REPO/target/release/medrelay"
+bench_build
 
 # ---------------------------------------------------------------- processes, cleanup
 PIDS=()
@@ -75,11 +63,7 @@ cleanup() {
     trap - EXIT INT TERM
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [ "$rc" != 0 ]; then
-        for f in "$WORK"/*.log "$WORK"/*.err; do
-            [ -s "$f" ] && { echo "---- ${f#"$WORK"/} (last 15 lines)" >&2; tail -n 15 "$f" >&2; }
-        done
-    fi
+    [ "$rc" != 0 ] && show_logs "$WORK"/*.log "$WORK"/*.err
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -98,7 +82,6 @@ run() { # a helper in the background, so that a TERM to this script reaches the 
     forget "$p"
     return $rc
 }
-free_port() { "$PY" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 CFG="$WORK/medrelay.toml"
 DATA="$WORK/data"

@@ -35,6 +35,8 @@ import urllib.parse
 
 CLINICS = [f"t{i:02d}" for i in range(1, 21)]
 HOSPITAL = "city"
+# src/store/mod.rs COUNT_CAP: lists count their matches up to this many
+COUNT_CAP = 10_000
 
 # ---------------------------------------------------------------- config
 
@@ -393,9 +395,14 @@ def sql_worklist(scope, q):
     """src/http/reading.rs worklist(): the page (chosen from the worklist alone, then joined), then the count."""
     where, args = "", []
     states = q.get("state", "new,claimed,returned").split(",")
-    w, a = in_list("w.state", states)
-    where += w
-    args += a
+    open_only = sorted(states) == ["claimed", "new", "returned"]
+    if open_only:
+        # store::worklist OPEN_FILTER: literals, so the partial index serves it
+        where += " AND w.state IN ('new', 'claimed', 'returned')"
+    else:
+        w, a = in_list("w.state", states)
+        where += w
+        args += a
     if scope is not None:
         w, a = in_list("w.clinic_id", scope)
         where += w
@@ -406,7 +413,9 @@ def sql_worklist(scope, q):
     if q.get("modality"):
         where += " AND (',' || w.modalities || ',') LIKE ?"
         args.append(f"%,{q['modality']},%")
-    frm = "FROM worklist w WHERE 1=1"
+    # store::worklist list_from: SQLite is told to walk the queue index
+    hint = " INDEXED BY worklist_open" if open_only and not q.get("clinic") else ""
+    frm = f"FROM worklist w{hint} WHERE 1=1"
     limit = int(q.get("limit", 50))
     offset = int(q.get("offset", 0))
     page = (
@@ -421,7 +430,7 @@ def sql_worklist(scope, q):
          JOIN patients p ON p.id = s.patient_row LEFT JOIN users u ON u.username = w.claimed_by
          ORDER BY pg.priority_rank, pg.enqueued_ms, pg.study_uid"""
     )
-    count = "SELECT COUNT(*) " + frm + where
+    count = "SELECT COUNT(*) FROM (SELECT 1 " + frm + where + f" LIMIT {COUNT_CAP + 1}) AS capped"
     return [(page, args + [limit, offset]), (count, args)]
 
 
@@ -451,14 +460,20 @@ def sql_studies(scope, q):
         args += a
     limit = int(q.get("limit", 50))
     offset = int(q.get("offset", 0))
+    # a dated search lists the newest study dates first (the date index's order)
+    if q.get("date_from") or q.get("date_to"):
+        inner = "s.study_date DESC, s.last_received_ms DESC, s.study_uid DESC"
+    else:
+        inner = "s.last_received_ms DESC, s.study_uid"
+    outer = inner.replace("s.", "pg.")
     page = (
-        f"SELECT {STUDY_COLUMNS} FROM (SELECT s.study_uid, s.last_received_ms FROM studies s WHERE 1=1"
+        f"SELECT {STUDY_COLUMNS} FROM (SELECT s.study_uid, s.study_date, s.last_received_ms FROM studies s WHERE 1=1"
         + where
-        + " ORDER BY s.last_received_ms DESC, s.study_uid LIMIT ? OFFSET ?) AS pg"
+        + f" ORDER BY {inner} LIMIT ? OFFSET ?) AS pg"
         " JOIN studies s ON s.study_uid = pg.study_uid JOIN patients p ON p.id = s.patient_row"
-        " LEFT JOIN worklist w ON w.study_uid = s.study_uid ORDER BY pg.last_received_ms DESC, pg.study_uid"
+        f" LEFT JOIN worklist w ON w.study_uid = s.study_uid ORDER BY {outer}"
     )
-    count = "SELECT COUNT(*) FROM studies s WHERE 1=1" + where
+    count = "SELECT COUNT(*) FROM (SELECT 1 FROM studies s WHERE 1=1" + where + f" LIMIT {COUNT_CAP + 1}) AS capped"
     return [(page, args + [limit, offset]), (count, args)]
 
 

@@ -625,14 +625,17 @@ function renderStudies(r) {
       ? 'studies.empty.clinic'
       : 'studies.empty';
   empty.textContent = t(empty.dataset.i18n);
+  // Past COUNT_CAP the server stops counting (total_exact false): say
+  // "more than", and let Next follow full pages.
+  const more = r.total_exact === false;
   $('#summary').textContent = studies.length
-    ? t('studies.summary', { from: fmtNumber(offset + 1), to: fmtNumber(offset + studies.length), n: total })
+    ? t(more ? 'studies.summary_more' : 'studies.summary', { from: fmtNumber(offset + 1), to: fmtNumber(offset + studies.length), n: total })
     : '';
   const pager = $('#pager');
   pager.hidden = total <= PAGE && offset === 0;
   $('#prev').disabled = offset === 0;
-  $('#next').disabled = offset + studies.length >= total;
-  $('#page-info').textContent = t('studies.page_info', {
+  $('#next').disabled = more ? studies.length < PAGE : offset + studies.length >= total;
+  $('#page-info').textContent = t(more ? 'studies.page_info_more' : 'studies.page_info', {
     page: Math.floor(offset / PAGE) + 1,
     pages: Math.max(1, Math.ceil(total / PAGE)),
   });

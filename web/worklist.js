@@ -250,15 +250,19 @@ function render(r, fetchedAt) {
   $('#table-wrap').hidden = items.length === 0;
   $('#empty').hidden = items.length > 0;
   const summary = $('#summary');
-  if (items.length) say(summary, 'worklist.summary', { from: offset + 1, to: offset + items.length, n: total });
+  // Past COUNT_CAP the server stops counting (total_exact false): say
+  // "more than", and let Next follow full pages.
+  const more = r.total_exact === false;
+  if (items.length)
+    say(summary, more ? 'worklist.summary_more' : 'worklist.summary', { from: offset + 1, to: offset + items.length, n: total });
   else {
     delete summary.dataset.i18n;
     summary.textContent = '';
   }
   $('#pager').hidden = total <= PAGE && offset === 0;
   $('#prev').disabled = offset === 0;
-  $('#next').disabled = offset + items.length >= total;
-  say($('#page-info'), 'worklist.page', { page: Math.floor(offset / PAGE) + 1, pages: Math.max(1, Math.ceil(total / PAGE)) });
+  $('#next').disabled = more ? items.length < PAGE : offset + items.length >= total;
+  say($('#page-info'), more ? 'worklist.page_more' : 'worklist.page', { page: Math.floor(offset / PAGE) + 1, pages: Math.max(1, Math.ceil(total / PAGE)) });
   say($('#updated'), 'worklist.updated', { time: fmtTime(fetchedAt).slice(11) });
 
   if (focusKey && focusKey[1]) {

@@ -12,7 +12,9 @@
 #
 # DIR keeps metadata (LMDB), data blocks, the config, garage.log and pid.
 # Ports are free ones picked at start (S3 API, RPC, admin), written to DIR/env.
-# data_fsync and metadata_fsync are on: the benchmark compares durable stores.
+# data_fsync and metadata_fsync are on (the benchmark compares durable
+# stores); GARAGE_FSYNC=0 gives Garage's shipped defaults (both off: a real
+# cluster relies on its three replicas instead).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -21,6 +23,7 @@ ROOT="$REPO/.cache/garage"
 GARAGE="$ROOT/bin/garage"
 BUCKET="${BUCKET:-medrelay}"
 REGION="${REGION:-us-east-1}"
+case "${GARAGE_FSYNC:-1}" in 0) FSYNC=false ;; *) FSYNC=true ;; esac
 
 die() { echo "garage.sh: $*" >&2; exit 1; }
 
@@ -45,8 +48,8 @@ metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "lmdb"
 replication_factor = 1
-metadata_fsync = true
-data_fsync = true
+metadata_fsync = $FSYNC
+data_fsync = $FSYNC
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
 rpc_secret = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
@@ -71,6 +74,14 @@ TOML
         sleep 0.2
     done
     [ -n "$node" ] || die "garage did not answer: $(tail -20 "$dir/garage.log")"
+    # `node id` reads the key from disk; the layout commands need the RPC
+    # port, which opens a moment later.
+    local up=""
+    for _ in $(seq 100); do
+        "${g[@]}" status >/dev/null 2>&1 && { up=1; break; }
+        sleep 0.2
+    done
+    [ -n "$up" ] || die "garage RPC did not come up: $(tail -20 "$dir/garage.log")"
     "${g[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
     "${g[@]}" layout apply --version 1 >/dev/null
     "${g[@]}" bucket create "$BUCKET" >/dev/null

@@ -501,6 +501,18 @@ const MIGRATIONS: &[&str] = &[
     // relay's); an edge upgraded from a trigger-fed outbox loses it here.
     "DROP TRIGGER IF EXISTS relay_outbox_enqueue;
      CREATE INDEX IF NOT EXISTS studies_completed ON studies(completed_ms)",
+    // 9: a dated study search in the order of one index (see
+    // `search_studies`; the date-only index is its prefix and goes), and
+    // the reading queue (the worklist's default view: open entries, most
+    // urgent then longest waiting) in index order, so a page is the first
+    // 50 entries of one index instead of a sort of every open entry (at a
+    // million studies, 60 000 open: 100 ms). Partial: only open entries,
+    // and store::worklist writes the query's state filter with this exact
+    // text so both planners can use it.
+    "CREATE INDEX IF NOT EXISTS worklist_open ON worklist(priority_rank, enqueued_ms, study_uid)
+       WHERE state IN ('new', 'claimed', 'returned');
+     CREATE INDEX IF NOT EXISTS studies_date_received ON studies(study_date, last_received_ms, study_uid);
+     DROP INDEX IF EXISTS studies_date",
 ];
 
 /// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).
@@ -618,6 +630,7 @@ async fn migrate_sqlite(pool: &Pool) -> Result<(), IndexError> {
 const PG_MIGRATIONS: &[&str] = &[
     include_str!("../store/migrations/postgres/v1.sql"),
     include_str!("../store/migrations/postgres/v2.sql"),
+    include_str!("../store/migrations/postgres/v3.sql"),
 ];
 
 /// The advisory lock key held while PostgreSQL migrations run.
@@ -630,9 +643,19 @@ async fn migrate_postgres(pool: &Pool) -> Result<(), IndexError> {
         .execute(&mut *conn)
         .await?;
     let r = async {
-        sqlx::query("CREATE TABLE IF NOT EXISTS medrelay_schema (version BIGINT NOT NULL)")
-            .execute(&mut *conn)
-            .await?;
+        // Looked up first: `CREATE TABLE IF NOT EXISTS` on an existing
+        // table makes PostgreSQL send a notice, which lands in the log at
+        // every start as if something were wrong.
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'medrelay_schema'",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if exists == 0 {
+            sqlx::query("CREATE TABLE IF NOT EXISTS medrelay_schema (version BIGINT NOT NULL)")
+                .execute(&mut *conn)
+                .await?;
+        }
         let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM medrelay_schema")
             .fetch_one(&mut *conn)
             .await?;
@@ -1610,11 +1633,11 @@ fn study_columns(backend: Backend) -> String {
 }
 
 impl Index {
-    /// One page of studies, newest first, and the number matching. The
-    /// count is a separate index-only query: a window `COUNT(*) OVER ()`
+    /// One page of studies, newest first, and the number matching (capped,
+    /// see [`crate::store::COUNT_CAP`]). The count is a separate query: a window `COUNT(*) OVER ()`
     /// would materialise every matching row (and its per-row subqueries)
     /// before the LIMIT, which at 100 000 studies costs far more than the page.
-    pub async fn search_studies(&self, f: &StudyFilter) -> Result<(Vec<StudyRow>, i64), IndexError> {
+    pub async fn search_studies(&self, f: &StudyFilter) -> Result<(Vec<StudyRow>, crate::store::Total), IndexError> {
         let limit = f.limit.unwrap_or(50).clamp(1, 500);
         let offset = f.offset.unwrap_or(0).max(0);
         // The page is chosen first from `studies` alone, walking the
@@ -1622,37 +1645,44 @@ impl Index {
         // those rows get the joins and per-row subqueries. (Scope filters
         // are written `+s.clinic_id` so SQLite does not drive the query from
         // the clinic index and sort every study of twenty clinics.)
-        let mut qb = crate::store::Sql::new(format!(
-            "SELECT {} FROM (SELECT s.study_uid, s.last_received_ms FROM studies s WHERE 1=1",
-            study_columns(self.backend)
-        ));
-        push_study_filters(&mut qb, f, self.backend);
-        // Given a date range, PostgreSQL walks the received-time index
-        // newest first and filters by date: for a month a year back that
-        // reads half the archive (323 ms at 1 M studies). `+ 0` hides that
-        // index, so it takes the range from the date index and sorts only
-        // those rows, as SQLite does on its own.
+        // Given a date range, the newest studies *by study date* come first
+        // (received time breaks ties): that is what a dated search asks
+        // for, and it is the order of the index `studies_date_received`,
+        // so both backends read the page's 50 entries off its end instead
+        // of sorting every study of the range by received time (a month at
+        // 1 M studies: 42 000 rows, 62 ms on PostgreSQL).
         let dated = [&f.date_from, &f.date_to]
             .iter()
             .any(|d| d.as_deref().is_some_and(|v| !v.is_empty()));
-        let received = match self.backend {
-            Backend::Postgres if dated => "s.last_received_ms + 0",
-            _ => "s.last_received_ms",
+        let (inner_order, outer_order) = if dated {
+            (
+                "s.study_date DESC, s.last_received_ms DESC, s.study_uid DESC",
+                "pg.study_date DESC, pg.last_received_ms DESC, pg.study_uid DESC",
+            )
+        } else {
+            (
+                "s.last_received_ms DESC, s.study_uid",
+                "pg.last_received_ms DESC, pg.study_uid",
+            )
         };
-        qb.push(format_args!(" ORDER BY {received} DESC, s.study_uid LIMIT "))
+        let mut qb = crate::store::Sql::new(format!(
+            "SELECT {} FROM (SELECT s.study_uid, s.study_date, s.last_received_ms FROM studies s WHERE 1=1",
+            study_columns(self.backend)
+        ));
+        push_study_filters(&mut qb, f, self.backend);
+        qb.push(format_args!(" ORDER BY {inner_order} LIMIT "))
             .push_bind(limit)
             .push(" OFFSET ")
             .push_bind(offset)
-            .push(
+            .push(format_args!(
                 ") AS pg JOIN studies s ON s.study_uid = pg.study_uid JOIN patients p ON p.id = s.patient_row
                  LEFT JOIN worklist w ON w.study_uid = s.study_uid
-                 ORDER BY pg.last_received_ms DESC, pg.study_uid",
-            );
+                 ORDER BY {outer_order}"
+            ));
         let studies: Vec<StudyRow> = qb.build_query_as().fetch_all(&self.pool).await?;
-        let mut cq = crate::store::Sql::new("SELECT COUNT(*) FROM studies s WHERE 1=1");
+        let mut cq = crate::store::capped_count("FROM studies s WHERE 1=1");
         push_study_filters(&mut cq, f, self.backend);
-        let total: i64 = cq.build().fetch_one(&self.pool).await?.get(0);
-        Ok((studies, total))
+        Ok((studies, crate::store::Total::fetch(cq, &self.pool).await?))
     }
 
     pub async fn study(&self, uid: &str) -> Result<Option<StudyRow>, IndexError> {
@@ -1977,7 +2007,7 @@ mod tests {
             })
             .await
             .expect("search");
-        assert_eq!((rows.len(), total), (1, 1));
+        assert_eq!((rows.len(), total.n, total.exact), (1, 1, true));
         let (rows, _) = idx
             .search_studies(&StudyFilter {
                 patient_name: Some("doe*".into()),
@@ -2002,7 +2032,7 @@ mod tests {
             ..Default::default()
         };
         let (rows, total) = idx.search_studies(&f).await.expect("search");
-        assert_eq!(rows.len() as i64, total, "{q}");
+        assert_eq!((rows.len() as i64, true), (total.n, total.exact), "{q}");
         let mut uids: Vec<String> = rows.into_iter().map(|r| r.study_uid).collect();
         uids.sort();
         uids

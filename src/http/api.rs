@@ -125,7 +125,7 @@ pub async fn studies(
     }
     let (rows, total) = s.index.search_studies(&f).await?;
     Ok(Json(
-        json!({ "total": total, "offset": f.offset.unwrap_or(0), "studies": rows }),
+        json!({ "total": total.n, "total_exact": total.exact, "offset": f.offset.unwrap_or(0), "studies": rows }),
     ))
 }
 

@@ -227,7 +227,9 @@ pub async fn worklist(
             })
         })
         .collect();
-    Ok(Json(json!({ "total": total, "offset": f.offset, "items": items })))
+    Ok(Json(
+        json!({ "total": total.n, "total_exact": total.exact, "offset": f.offset, "items": items }),
+    ))
 }
 
 async fn entry_json(s: &Services, uid: &str) -> Result<Json<serde_json::Value>, ApiError> {

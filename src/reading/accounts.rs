@@ -54,7 +54,11 @@ const MAX_VERIFY_KIB: usize = 64 * 1024;
 ///
 /// Why: allocating and freeing ~19 MiB per verification fragments malloc's
 /// per-thread heaps: a few dozen logins on one thread left ~170 MB resident.
-/// One buffer per password thread keeps it at 19 MiB each.
+/// One buffer per password thread keeps it at 19 MiB each, and a thread
+/// that has had nothing to verify for [`SCRATCH_IDLE`] lets its buffer go
+/// ([`Verifier::release`]), so a gateway nobody is logging in to does not
+/// carry 19 MiB per thread (a third of the 64 MB budget of a large
+/// instance's path, benches/s3_multiframe.sh).
 pub struct Verifier {
     blocks: Vec<argon2::Block>,
 }
@@ -65,9 +69,22 @@ impl Default for Verifier {
     }
 }
 
+/// How long a password thread keeps its argon2 memory with nothing to do.
+pub const SCRATCH_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Verifier {
     pub fn new() -> Self {
         Verifier { blocks: Vec::new() }
+    }
+
+    /// Gives the argon2 memory back; the next verification allocates it.
+    pub fn release(&mut self) {
+        self.blocks = Vec::new();
+    }
+
+    /// Bytes of argon2 memory held.
+    pub fn scratch_bytes(&self) -> usize {
+        self.blocks.capacity() * std::mem::size_of::<argon2::Block>()
     }
 
     pub fn verify(&mut self, password: &str, stored: &str) -> bool {
@@ -597,10 +614,17 @@ impl PasswordPool {
                     let mut verifier = Verifier::new();
                     loop {
                         let job = match rx.lock() {
-                            Ok(r) => r.recv(),
+                            Ok(r) => r.recv_timeout(SCRATCH_IDLE),
                             Err(_) => return,
                         };
-                        let Ok(job) = job else { return };
+                        let job = match job {
+                            Ok(job) => job,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                                verifier.release();
+                                continue;
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        };
                         // Its caller is gone (client disconnected): skip the work.
                         if job.reply.is_closed() {
                             continue;
@@ -799,7 +823,13 @@ mod tests {
         assert!(v.verify("correct horse battery", &h));
         assert!(!v.verify("correct horse batterY", &h));
         assert!(!v.verify("anything", "not a phc string"));
+        let held = v.scratch_bytes();
         assert!(v.verify("correct horse battery", &h), "the buffer is reused");
+        assert_eq!((held >> 20, v.scratch_bytes()), (19, held), "19 MiB, reused");
+        v.release();
+        assert_eq!(v.scratch_bytes(), 0);
+        assert!(v.verify("correct horse battery", &h), "verifies after a release");
+        assert!(!v.verify("correct horse batterY", &h));
         // A stored hash asking for absurd memory is refused, not obeyed.
         let greedy = h.replace("m=19456", "m=4000000");
         assert!(!v.verify("correct horse battery", &greedy));

@@ -19,6 +19,15 @@
 //!    the report must arrive. A retry re-sends the same SOP Instance UID, so
 //!    a PACS that stored it but whose response was lost sees a duplicate.
 //!
+//! The spool is a node-local cache, deliberately outside the archive's
+//! blob store and index: an SR's bytes are a pure function of its signed
+//! report row (UID assigned at signing, no clock read while building), so
+//! any node rebuilds the identical file when its own copy is missing (the
+//! unit test below checks a rebuild is byte-identical). Filing the SR as an
+//! archive instance instead would add an instance to the study it reports
+//! on, which reopens a reported study (status back to receiving, stability
+//! timer, previews) for every signature.
+//!
 //! Time is passed into everything except the worker loop itself. Logs carry
 //! delivery ids and study UIDs, never patient data.
 

@@ -46,7 +46,11 @@ use object_store::{
 use super::{BlobError, BlobWriter, Blobs, Spooled, file::check_key};
 
 /// Part size of multipart uploads; objects up to this size go in one PUT.
-pub const PART: usize = 8 << 20;
+/// S3's smallest allowed part (5 MiB): the parts in flight are most of the
+/// gateway's memory while it uploads a large instance, and 8 MiB parts put
+/// a 1 GiB multi-frame's store-and-render peak over the 64 MB budget
+/// (benches/s3_multiframe.sh); 205 parts for 1 GiB is far from S3's 10 000.
+pub const PART: usize = 5 << 20;
 /// Parts uploading at once (each holds `PART` bytes of memory).
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// One request (connect to last byte) may take this long.

@@ -1,0 +1,36 @@
+# The prelude of the end-to-end benchmarks (sourced, not run):
+#
+#   . "$(dirname "${BASH_SOURCE[0]}")/support/common.sh" NAME
+#
+# cds to the repository (REPO), clears every MEDRELAY_* variable the caller
+# may have exported (they would skew the run), defines log / die (prefixed
+# with NAME), free_port and show_logs, runs the test setup (DCMTK, the venv,
+# .cache/ct300, PostgreSQL and s3s-fs) and sets PY; `bench_build` makes the
+# release binary and sets BIN.
+BENCH_NAME="${1:?common.sh NAME}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"
+unset MEDRELAY_CONFIG MEDRELAY_DATA_DIR MEDRELAY_CERT_DIR MEDRELAY_HTTP_LISTEN MEDRELAY_DICOM_LISTEN \
+    MEDRELAY_DICOM_TLS_LISTEN MEDRELAY_AE_TITLE MEDRELAY_STABLE_AFTER_SECS MEDRELAY_MIN_FREE_BYTES \
+    MEDRELAY_SFU_UDP_LISTEN MEDRELAY_WEB_DIR MEDRELAY_INDEX_URL MEDRELAY_STORAGE_URL MEDRELAY_METRICS_LISTEN
+
+log() { echo "$BENCH_NAME: $*" >&2; }
+die() { echo "$BENCH_NAME: ERROR: $*" >&2; exit 1; }
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# show_logs FILE...: the tail of each non-empty file, for a run that failed
+show_logs() {
+    local f
+    for f in "$@"; do
+        [ -s "$f" ] && { echo "---- $f (last 15 lines)" >&2; tail -n 15 "$f" >&2; }
+    done
+    return 0
+}
+
+bash tests/support/setup.sh >/dev/null
+PY="$REPO/.cache/venv/bin/python"
+
+bench_build() {
+    log "cargo build --release"
+    cargo build --release --quiet
+    BIN="$REPO/target/release/medrelay"
+}
