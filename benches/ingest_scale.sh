@@ -408,6 +408,24 @@ for size in "${SIZE_LIST[@]}"; do
     done
 done
 stop_all
+# c's own floor, same run: Garage alone taking objects of the CT's mean size
+# one acknowledged PUT at a time per connection (what one association
+# waits for before its C-STORE-RSP), over 1 and 4 connections
+FLOOR="$WORK/floor.tsv"
+: >"$FLOOR"
+if has_c; then
+    BYTES=$(find "$CT" -name '*.dcm' -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s / NR }')
+    for run in $(seq 1 "$RUNS"); do
+        for streams in 1 4; do
+            rate=$( # shellcheck disable=SC1091
+                . "$WORK/garage/env"
+                "$PY" benches/support/s3get.py puts "$GARAGE_ENDPOINT" medrelay "floor/$run-$streams/" "$N" "$BYTES" "$streams"
+            ) || die "Garage PUT floor failed"
+            log "Garage alone, run $run: $N PUTs of $BYTES bytes over $streams connection(s): $rate/s"
+            printf '%s\t%s\n' "$streams" "$rate" >>"$FLOOR"
+        done
+    done
+fi
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL_MIN=$(awk -v a="$T_START" -v b="$(now)" 'BEGIN { printf "%.0f", (b - a) / 60 }')
 DB_SIZES=$(psql_db postgres -At -F' ' -c "SELECT datname, pg_size_pretty(pg_database_size(datname)) FROM pg_database
@@ -424,10 +442,14 @@ has_c && echo "Garage: data_fsync and metadata_fsync $([ "${GARAGE_FSYNC:-1}" = 
 echo "seeding (rows only, all sizes): SQLite ${SEED_S[a]} s, medrelay PG ${SEED_S[b]} s$(has_c && echo " (+ ${SEED_S[c]} s copying it for c)"), Orthanc PG ${SEED_S[d]} s (incl. VACUUM ANALYZE)$([ "$SQLITE_ANALYZE" = 1 ] && echo "; SQLite ANALYZEd")"
 echo "databases at the end: $DB_SIZES; index.db $SQLITE_SIZE"
 echo "instances in each index before the pushes, per size: $(awk '{ $1 = $1 ":"; print }' "$WORK/sizes.txt" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
-"$PY" - "$RESULTS" "$LABEL_a" "$LABEL_b" "$LABEL_c" "$LABEL_d" <<'EOF'
+"$PY" - "$RESULTS" "$LABEL_a" "$LABEL_b" "$LABEL_c" "$LABEL_d" "$FLOOR" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l]
 labels = dict(zip("abcd", sys.argv[2:6]))
+floor = {}
+for l in open(sys.argv[6]).read().splitlines():
+    streams, rate = l.split("\t")
+    floor.setdefault(int(streams), []).append(float(rate))
 cells = {}
 for r, size, assoc, run, rate in rows:
     cells.setdefault((r, int(size), int(assoc)), []).append(float(rate))
@@ -465,4 +487,14 @@ if "c" in recv:
             if ("c", s, a) in med and ("d", s, a) in med:
                 x = med["c", s, a] / med["d", s, a]
                 print(f"  {s:10d} instances, {a} assoc: {x:.2f}x {'met' if round(x, 2) >= 2 else 'NOT met'}")
+if floor:
+    print()
+    print("c's floor, same run: Garage alone, one acknowledged PUT at a time per connection")
+    for a in (1, 4):
+        if a not in floor:
+            continue
+        f = statistics.median(floor[a])
+        runs = " ".join(f"{x:.0f}" for x in floor[a])
+        vs = ", ".join(f"{s}: {med['c', s, a] / f:.2f}x" for s in sizes if ("c", s, a) in med)
+        print(f"  {a} connection(s): {runs} -> median {f:.1f} PUTs/s; medrelay PG + S3 / Garage alone: {vs}")
 EOF
