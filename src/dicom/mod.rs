@@ -10,6 +10,7 @@ pub mod dimse;
 pub mod limits;
 pub mod meta;
 pub mod pn;
+pub mod qr;
 pub mod scp;
 pub mod scu;
 pub mod sop_classes;
