@@ -39,6 +39,8 @@ pub enum Vr {
     Dt,
     /// Person name (up to 64 characters per component group, 3 groups).
     Pn,
+    /// Integer string (Series Number, Instance Number): single value only.
+    Is,
     /// Short string / code string / long string, with their lengths.
     Sh,
     Cs,
@@ -54,6 +56,7 @@ impl Vr {
             Vr::Tm => 29,  // HHMMSS.FFFFFF-HHMMSS.FFFFFF
             Vr::Dt => 53,  // two DTs with offsets
             Vr::Pn => 194, // 3 groups of 64 and 2 '='
+            Vr::Is => 12,
             Vr::Sh => 16,
             Vr::Cs => 16,
             Vr::Lo => 64,
@@ -106,6 +109,7 @@ impl fmt::Display for Vr {
             Vr::Tm => "TM",
             Vr::Dt => "DT",
             Vr::Pn => "PN",
+            Vr::Is => "IS",
             Vr::Sh => "SH",
             Vr::Cs => "CS",
             Vr::Lo => "LO",
@@ -161,6 +165,14 @@ impl Matcher {
             Vr::Da => range(value, date),
             Vr::Tm => range(value, time),
             Vr::Dt => range(value, date_time),
+            Vr::Is => match value.trim().parse::<i64>() {
+                Ok(n) if n.unsigned_abs() < 1 << 31 => Ok(Matcher::Single(n.to_string())),
+                _ if value.contains(['*', '?']) => Err(KeyError::WildcardNotAllowed),
+                _ => Err(KeyError::BadValue {
+                    vr: "IS",
+                    value: value.to_string(),
+                }),
+            },
             Vr::Pn | Vr::Sh | Vr::Cs | Vr::Lo => {
                 if value.contains(['*', '?']) {
                     Ok(Matcher::Wildcard(value.to_string()))
@@ -475,6 +487,15 @@ mod tests {
         assert_eq!(like_pattern("Wang*"), "Wang%");
         assert_eq!(like_pattern("W?ng"), "W_ng");
         assert_eq!(like_pattern("50%_a\\b*"), "50\\%\\_a\\\\b%");
+    }
+
+    #[test]
+    fn integers_single_and_normalised() {
+        assert_eq!(p(Vr::Is, "+007"), Ok(Matcher::Single("7".into())));
+        assert_eq!(p(Vr::Is, "-3"), Ok(Matcher::Single("-3".into())));
+        assert_eq!(p(Vr::Is, "1?"), Err(KeyError::WildcardNotAllowed));
+        assert!(p(Vr::Is, "abc").is_err());
+        assert!(p(Vr::Is, "99999999999").is_err(), "beyond IS's range");
     }
 
     #[test]

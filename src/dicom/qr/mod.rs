@@ -6,6 +6,7 @@
 //! QIDO-RS) and the SCU all rest on one validated reading of a query.
 //! Nothing here reads a socket, a file or the clock.
 
+pub mod keys;
 pub mod matching;
 
 /// Patient Root and Study Root, FIND / MOVE / GET (PS3.4 C.6).
