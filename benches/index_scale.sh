@@ -51,9 +51,7 @@ cleanup() {
     rm -rf "$WORK"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps cleanup
 
 CFG="$WORK/medrelay.toml"
 DATA="$WORK/data"

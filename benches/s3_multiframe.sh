@@ -41,10 +41,7 @@ cleanup() {
     rm -rf "$WORK"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-now() { date +%s.%N; }
+bench_traps cleanup
 export TCP_NODELAY=1
 
 # ---- the object store

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # PY, BIN are for the sourcing script
 # The prelude of the end-to-end benchmarks (sourced, not run):
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/support/common.sh" NAME
@@ -9,7 +10,7 @@
 # release binary and sets BIN.
 BENCH_NAME="${1:?common.sh NAME}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO"
+cd "$REPO" || exit 1
 unset MEDRELAY_CONFIG MEDRELAY_DATA_DIR MEDRELAY_CERT_DIR MEDRELAY_HTTP_LISTEN MEDRELAY_DICOM_LISTEN \
     MEDRELAY_DICOM_TLS_LISTEN MEDRELAY_AE_TITLE MEDRELAY_STABLE_AFTER_SECS MEDRELAY_MIN_FREE_BYTES \
     MEDRELAY_SFU_UDP_LISTEN MEDRELAY_WEB_DIR MEDRELAY_INDEX_URL MEDRELAY_STORAGE_URL MEDRELAY_METRICS_LISTEN
@@ -24,6 +25,16 @@ show_logs() {
         [ -s "$f" ] && { echo "---- $f (last 15 lines)" >&2; tail -n 15 "$f" >&2; }
     done
     return 0
+}
+
+now() { date +%s.%N; }
+# bench_traps FUNC: FUNC runs once on exit; INT and TERM exit with 130 / 143
+# so FUNC sees the status (it must reset the traps first: trap - EXIT INT TERM)
+bench_traps() {
+    # shellcheck disable=SC2064  # the function name is fixed now, on purpose
+    trap "$1" EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 }
 
 bash tests/support/setup.sh >/dev/null
