@@ -25,6 +25,59 @@ pub struct Cli {
     cmd: Cmd,
 }
 
+/// What `find`, `move` and `get` ask for.
+#[derive(clap::Args, Debug)]
+struct QrArgs {
+    /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
+    #[arg(long, default_value = "STUDY")]
+    level: String,
+    /// Information model: study (Study Root) or patient (Patient Root).
+    #[arg(long, default_value = "study")]
+    model: String,
+    /// A key: `KEYWORD=VALUE` to match, `KEYWORD` alone to return it
+    /// (e.g. -k PatientName=王* -k StudyDate=20260101-20260131 -k StudyInstanceUID).
+    #[arg(short = 'k', long = "key")]
+    keys: Vec<String>,
+    /// Our calling AE title.
+    #[arg(long, default_value = "MEDRELAY_SCU")]
+    aet: String,
+    /// Called AE title when TARGET has no AE@ part.
+    #[arg(long, default_value = "ANY-SCP")]
+    aec: String,
+}
+
+impl QrArgs {
+    fn resolve(
+        &self,
+        target: &str,
+    ) -> Result<
+        (
+            Target,
+            crate::dicom::qr::Model,
+            String,
+            Vec<crate::dicom::qrscu::QueryKey>,
+        ),
+        String,
+    > {
+        let t = Target::parse(target, &self.aec).map_err(|e| e.to_string())?;
+        let model = match self.model.as_str() {
+            "study" => crate::dicom::qr::Model::StudyRoot,
+            "patient" => crate::dicom::qr::Model::PatientRoot,
+            m => return Err(format!("unknown model {m:?} (study or patient)")),
+        };
+        let level = self.level.to_uppercase();
+        if crate::dicom::qr::Level::parse(&level, model).is_none() {
+            return Err(format!("level {level:?} is not one of the {} model", self.model));
+        }
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| crate::dicom::qrscu::QueryKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((t, model, level, keys))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the gateway (DICOM SCP + HTTPS API).
@@ -106,6 +159,33 @@ enum Cmd {
         /// No progress bar (for scripts).
         #[arg(long)]
         quiet: bool,
+    },
+    /// C-FIND on a DICOM node: `medrelay find AE@HOST:PORT -k PatientName=王* -k StudyInstanceUID`.
+    Find {
+        target: String,
+        #[command(flatten)]
+        q: QrArgs,
+        /// One JSON object per match instead of text lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// C-MOVE from a DICOM node to a destination AE title it knows.
+    Move {
+        target: String,
+        #[command(flatten)]
+        q: QrArgs,
+        /// The destination AE title (configured on the node).
+        #[arg(long)]
+        dest: String,
+    },
+    /// C-GET from a DICOM node into a directory (`<SOP Instance UID>.dcm`).
+    Get {
+        target: String,
+        #[command(flatten)]
+        q: QrArgs,
+        /// Where the instances are written (created if missing).
+        #[arg(long, short)]
+        out: PathBuf,
     },
     /// Load-test a teaching broadcast on a running gateway: a synthetic
     /// simulcast presenter and N receive-only WebRTC viewers.
@@ -305,6 +385,18 @@ pub fn run() -> ExitCode {
                     Err(e) => fail(e),
                 }
             }
+            Cmd::Find { target, q, json } => {
+                init_tracing("warn");
+                qr_find(&target, &q, json).await
+            }
+            Cmd::Move { target, q, dest } => {
+                init_tracing("warn");
+                qr_move(&target, &q, &dest).await
+            }
+            Cmd::Get { target, q, out } => {
+                init_tracing("warn");
+                qr_get(&target, &q, &out).await
+            }
             Cmd::Store {
                 paths,
                 to,
@@ -326,6 +418,96 @@ pub fn run() -> ExitCode {
             } => render(file, wc, ww, frame, size, out, quality).await,
         }
     })
+}
+
+/// Exit 0 on success, 1 on a warning or partial result, 2 on failure.
+fn qr_exit(status: u16) -> ExitCode {
+    match status {
+        0x0000 => ExitCode::SUCCESS,
+        0x0001 | 0xB000..=0xBFFF => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
+async fn qr_find(target: &str, q: &QrArgs, json: bool) -> ExitCode {
+    use crate::dicom::qrscu;
+    let (t, model, level, keys) = match q.resolve(target) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    match qrscu::find(&t, &q.aet, model, &level, &keys).await {
+        Ok(r) => {
+            for m in &r.matches {
+                if json {
+                    let obj: serde_json::Map<String, serde_json::Value> = m
+                        .iter()
+                        .map(|(tag, v)| (qrscu::tag_name(*tag), serde_json::Value::String(v.clone())))
+                        .collect();
+                    println!("{}", serde_json::Value::Object(obj));
+                } else {
+                    let line: Vec<String> = m
+                        .iter()
+                        .map(|(tag, v)| format!("{}={v}", qrscu::tag_name(*tag)))
+                        .collect();
+                    println!("{}", line.join("  "));
+                }
+            }
+            eprintln!(
+                "C-FIND: {} matches, status {:#06x} {}",
+                r.matches.len(),
+                r.status,
+                r.comment
+            );
+            qr_exit(r.status)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn qr_move(target: &str, q: &QrArgs, dest: &str) -> ExitCode {
+    let (t, model, level, keys) = match q.resolve(target) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let progress = |remaining: u16, completed: u16, failed: u16, warning: u16| {
+        eprintln!("pending: {remaining} remaining, {completed} completed, {failed} failed, {warning} warning");
+    };
+    match crate::dicom::qrscu::move_to(&t, &q.aet, model, &level, &keys, dest, &progress).await {
+        Ok(r) => {
+            println!(
+                "C-MOVE to {dest}: status {:#06x}, {} completed, {} failed, {} warning {}",
+                r.status, r.completed, r.failed, r.warning, r.comment
+            );
+            qr_exit(r.status)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn qr_get(target: &str, q: &QrArgs, out: &std::path::Path) -> ExitCode {
+    let (t, model, level, keys) = match q.resolve(target) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = std::fs::create_dir_all(out) {
+        return fail(format!("{}: {e}", out.display()));
+    }
+    match crate::dicom::qrscu::get(&t, &q.aet, model, &level, &keys, out).await {
+        Ok(r) => {
+            println!(
+                "C-GET: status {:#06x}, {} completed, {} failed, {} warning, {} files in {} {}",
+                r.status,
+                r.completed,
+                r.failed,
+                r.warning,
+                r.written.len(),
+                out.display(),
+                r.comment
+            );
+            qr_exit(r.status)
+        }
+        Err(e) => fail(e),
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

@@ -243,6 +243,25 @@ pub struct DicomConfig {
     /// per second since, or the association is aborted; a single PDU must
     /// arrive within `idle_timeout_secs`. 0 disables the rate check.
     pub min_receive_bytes_per_sec: u64,
+    // -- Query/Retrieve (issue 19).
+    /// Most records one C-FIND returns; a query matching more ends with
+    /// 0xA700 after this many, asking the requester to narrow it (a PACS
+    /// asking for "every study" must not pin an association and the index
+    /// for minutes).
+    pub max_find_results: usize,
+    /// Where C-MOVE may send: a requester names a destination AE title,
+    /// never an address, so only these hosts can receive.
+    #[serde(rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+/// A C-MOVE destination (`[[dicom.destination]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
 }
 
 impl DicomConfig {
@@ -393,6 +412,11 @@ pub struct HospitalConfig {
     /// Clinic ids whose studies this hospital's experts read.
     #[serde(default)]
     pub serves: Vec<String>,
+    /// Calling AE titles of this hospital's PACS and workstations: they may
+    /// query and retrieve (C-FIND, C-MOVE, C-GET) what the hospital's
+    /// experts see, and store nothing.
+    #[serde(default)]
+    pub ae_titles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -576,6 +600,8 @@ impl Default for DicomConfig {
             max_associations_per_ae: None,
             association_request_timeout_secs: 30,
             min_receive_bytes_per_sec: 1024,
+            max_find_results: 10_000,
+            destinations: Vec::new(),
         }
     }
 }
@@ -793,6 +819,32 @@ impl Config {
                 if !self.clinics.iter().any(|k| &k.id == c) {
                     return bad(format!("hospital {}: serves unknown clinic {c:?}", h.id));
                 }
+            }
+            for ae in &h.ae_titles {
+                if !valid_ae(ae) {
+                    return bad(format!("hospital {}: invalid AE title {ae:?}", h.id));
+                }
+                if let Some(other) = seen_ae.insert(ae.trim().to_string(), h.id.clone()) {
+                    return bad(format!(
+                        "AE title {ae:?} is listed for both {other} and hospital {}",
+                        h.id
+                    ));
+                }
+            }
+        }
+        if self.dicom.max_find_results == 0 {
+            return bad("dicom.max_find_results must be at least 1".into());
+        }
+        let mut dests = std::collections::HashSet::new();
+        for d in &self.dicom.destinations {
+            if !valid_ae(&d.ae_title) || d.host.trim().is_empty() || d.port == 0 {
+                return bad(format!(
+                    "dicom.destination {:?}: needs a valid ae_title, a host and a port",
+                    d.ae_title
+                ));
+            }
+            if !dests.insert(d.ae_title.trim().to_string()) {
+                return bad(format!("dicom.destination {:?} is listed twice", d.ae_title));
             }
         }
         if self.http.write_timeout_secs == 0 || self.http.write_timeout_secs > 3600 {

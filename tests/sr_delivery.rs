@@ -264,6 +264,7 @@ async fn signed_reports_reach_the_clinic_pacs_once_it_is_up() {
         id: "h1".into(),
         name: "市人民医院".into(),
         serves: vec!["c1".into()],
+        ae_titles: Vec::new(),
     });
     let cfg = Arc::new(cfg);
 

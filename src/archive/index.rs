@@ -513,6 +513,13 @@ const MIGRATIONS: &[&str] = &[
        WHERE state IN ('new', 'claimed', 'returned');
      CREATE INDEX IF NOT EXISTS studies_date_received ON studies(study_date, last_received_ms, study_uid);
      DROP INDEX IF EXISTS studies_date",
+    // 10: Query/Retrieve (dicom::qr). Study ID is a required C-FIND key,
+    // kept from now on (studies indexed before stay blank: the value is
+    // only in their files); an accession number and a patient's ID are
+    // what a PACS or workstation asks for most, each found by an index.
+    "ALTER TABLE studies ADD COLUMN study_id TEXT NOT NULL DEFAULT '';
+     CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession_number);
+     CREATE INDEX IF NOT EXISTS patients_patient_id ON patients(patient_id)",
 ];
 
 /// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).
@@ -631,6 +638,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("../store/migrations/postgres/v1.sql"),
     include_str!("../store/migrations/postgres/v2.sql"),
     include_str!("../store/migrations/postgres/v3.sql"),
+    include_str!("../store/migrations/postgres/v4.sql"),
 ];
 
 /// The advisory lock key held while PostgreSQL migrations run.
@@ -797,6 +805,10 @@ pub struct NewInstance {
     pub study_date: String,
     pub study_time: String,
     pub accession_number: String,
+    /// Study ID (0020,0010), a Q/R required key. Absent in manifests from
+    /// edges older than this field.
+    #[serde(default)]
+    pub study_id: String,
     pub study_description: String,
     pub referring_physician: String,
     pub modality: String,
@@ -1306,8 +1318,8 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
         "INSERT INTO studies (study_uid, patient_row, clinic_id, calling_ae, patient_name, patient_id,
            study_date, study_time, accession_number, description, referring_physician, modalities,
            body_parts, num_series, num_instances, size_bytes, first_received_ms, last_received_ms,
-           stable_after_ms, stable_at_ms, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $17, $18, $19, 'receiving')
+           stable_after_ms, stable_at_ms, status, study_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15, $16, $17, $18, $19, 'receiving', $20)
          ON CONFLICT (study_uid) DO UPDATE SET
            num_instances = studies.num_instances + excluded.num_instances,
            size_bytes = studies.size_bytes + excluded.size_bytes,
@@ -1342,6 +1354,7 @@ pub(crate) async fn apply_store(c: &mut Conn, i: &NewInstance, f: &Committed) ->
     .bind(i.received_ms)
     .bind(i.stable_after_ms)
     .bind(stable_at)
+    .bind(&i.study_id)
     .fetch_one(&mut *c)
     .await?
     .get::<i64, _>(0)

@@ -22,6 +22,7 @@ pub const BIRTH_DATE: u32 = 0x0010_0030;
 pub const SEX: u32 = 0x0010_0040;
 pub const BODY_PART: u32 = 0x0018_0015;
 pub const STUDY_UID: u32 = 0x0020_000D;
+pub const STUDY_ID: u32 = 0x0020_0010;
 pub const SERIES_UID: u32 = 0x0020_000E;
 pub const SERIES_NUMBER: u32 = 0x0020_0011;
 pub const INSTANCE_NUMBER: u32 = 0x0020_0013;
@@ -46,6 +47,7 @@ pub const WANTED: &[u32] = &[
     SEX,
     BODY_PART,
     STUDY_UID,
+    STUDY_ID,
     SERIES_UID,
     SERIES_NUMBER,
     INSTANCE_NUMBER,

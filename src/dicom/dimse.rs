@@ -148,6 +148,12 @@ impl Command {
         self
     }
 
+    /// Sets an element from its encoded value (e.g. an AT tag list).
+    pub fn set_raw(&mut self, elem: u16, value: Vec<u8>) -> &mut Self {
+        self.elements.insert(elem, value);
+        self
+    }
+
     pub fn get_raw(&self, elem: u16) -> Option<&[u8]> {
         self.elements.get(&elem).map(Vec::as_slice)
     }

@@ -1,4 +1,5 @@
-//! DICOM networking: the SCP (C-ECHO, C-STORE), the SCU for the CLI tools,
+//! DICOM networking: the SCP (C-ECHO, C-STORE, Query/Retrieve), the SCUs for
+//! the CLI tools,
 //! and the pure pieces they share (DIMSE codec, PDV reassembly, dataset walk,
 //! Part 10 header).
 
@@ -11,6 +12,7 @@ pub mod limits;
 pub mod meta;
 pub mod pn;
 pub mod qr;
+pub mod qrscu;
 pub mod scp;
 pub mod scu;
 pub mod sop_classes;

@@ -58,7 +58,7 @@ impl Target {
 
 const NATIVE: [&str; 3] = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"];
 
-async fn associate(
+pub(crate) async fn associate(
     target: &Target,
     calling: &str,
     contexts: &[(String, Vec<String>)],
@@ -96,7 +96,7 @@ async fn send_command(a: &mut AsyncClientAssociation<TcpStream>, pc: u8, cmd: &C
     a.send(&pdu).await.map_err(|e| ScuError::Protocol(e.to_string()))
 }
 
-async fn receive_response(a: &mut AsyncClientAssociation<TcpStream>) -> Result<Command, ScuError> {
+pub(crate) async fn receive_response(a: &mut AsyncClientAssociation<TcpStream>) -> Result<Command, ScuError> {
     let mut buf = Vec::new();
     loop {
         match a.receive().await.map_err(|e| ScuError::Protocol(e.to_string()))? {

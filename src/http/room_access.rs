@@ -210,11 +210,13 @@ mod tests {
                     id: "city".into(),
                     name: "City".into(),
                     serves: vec!["t1".into(), "t2".into()],
+                    ae_titles: Vec::new(),
                 },
                 HospitalConfig {
                     id: "other".into(),
                     name: "Other".into(),
                     serves: vec!["t3".into()],
+                    ae_titles: Vec::new(),
                 },
             ],
             ..Config::default()

@@ -259,6 +259,7 @@ mod tests {
             id: "city".into(),
             name: "City".into(),
             serves: vec!["t1".into(), "t2".into()],
+            ae_titles: Vec::new(),
         }];
         let s = scope_of(&user(Role::Expert, None, Some("city")), &cfg);
         assert!(s.allows("t1") && s.allows("t2") && !s.allows("t3"));
@@ -284,6 +285,7 @@ mod tests {
             id: "city".into(),
             name: "City".into(),
             serves: vec!["t1".into()],
+            ae_titles: Vec::new(),
         }];
         assert!(check_affiliation(&cfg, Some("t1"), Some("city")).is_ok());
         assert!(check_affiliation(&cfg, Some("t9"), None).unwrap_err().contains("t9"));

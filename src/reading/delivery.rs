@@ -1021,6 +1021,7 @@ mod tests {
             id: "h1".into(),
             name: "市人民医院".into(),
             serves: vec!["c1".into()],
+            ae_titles: Vec::new(),
         });
         let rows = for_study(pool, "1.2.3").await.expect("rows");
         let (r1, r2) = (&rows[0], &rows[1]);

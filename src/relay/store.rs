@@ -696,7 +696,7 @@ pub async fn outgoing(
            s.patient_id, s.patient_name, p.birth_date, p.sex, s.study_date, s.study_time, s.accession_number,
            s.description, s.referring_physician, se.modality, se.series_number, se.description, se.body_part,
            i.instance_number, i.rows, i.columns, i.frames, i.calling_ae, i.sha256, i.size_bytes, i.path,
-           i.cine_frames, i.preview_status
+           i.cine_frames, i.preview_status, s.study_id
          FROM instances i JOIN series se ON se.series_uid = i.series_uid JOIN studies s ON s.study_uid = i.study_uid
          JOIN patients p ON p.id = s.patient_row
          WHERE i.study_uid = $1
@@ -734,6 +734,7 @@ pub async fn outgoing(
                     columns: r.get(20),
                     frames: r.get(21),
                     calling_ae: r.get(22),
+                    study_id: r.get(28),
                     ..NewInstance::default()
                 },
                 sha256: r.get(23),

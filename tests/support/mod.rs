@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod i18n;
+pub mod orthanc;
 pub mod pg;
 pub mod s3;
 pub mod webdriver;

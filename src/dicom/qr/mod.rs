@@ -6,8 +6,11 @@
 //! QIDO-RS) and the SCU all rest on one validated reading of a query.
 //! Nothing here reads a socket, a file or the clock.
 
+pub mod find;
+pub mod identifier;
 pub mod keys;
 pub mod matching;
+pub mod retrieve;
 
 /// Patient Root and Study Root, FIND / MOVE / GET (PS3.4 C.6).
 pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
@@ -31,6 +34,16 @@ pub enum Op {
     Move,
     Get,
 }
+
+/// Every Q/R SOP class medrelay provides (offered at negotiation).
+pub const ALL_SOP_CLASSES: [&str; 6] = [
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_MOVE,
+    PATIENT_ROOT_GET,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_MOVE,
+    STUDY_ROOT_GET,
+];
 
 /// The model and operation of a Q/R SOP class; None for any other class.
 pub fn sop_class(uid: &str) -> Option<(Model, Op)> {

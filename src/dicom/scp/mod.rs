@@ -1,4 +1,5 @@
-//! The DICOM SCP: listener, association loop, C-ECHO and C-STORE.
+//! The DICOM SCP: listener, association loop, C-ECHO and C-STORE; the
+//! Query/Retrieve services are in [`qr`].
 //!
 //! Layering, from the socket in: dicom-ul negotiates the association and reads
 //! whole PDUs (strict: never more than our max PDU, so memory per association
@@ -28,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+mod qr;
+mod retrieve;
+
 use super::assembly::{Assembler, PdvKind, Step};
 use super::attrs::{self, Attrs};
 use super::dimse::{Command, field, status, tag};
@@ -40,6 +44,7 @@ use crate::archive::index::{Conflict, DurableGate, Index, IndexError, NewInstanc
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reading::access::Scope;
 
 /// Below this much free space, an I/O failure is reported as out of resources.
 const LOW_SPACE_BYTES: u64 = 16 << 20;
@@ -79,6 +84,9 @@ pub struct Scp {
     index: Index,
     metrics: Arc<Metrics>,
     routes: HashMap<String, ClinicRoute>,
+    /// What each calling AE may query and retrieve: its clinic, or the
+    /// clinics its hospital serves (`[[hospital]] ae_titles`).
+    scopes: HashMap<String, Scope>,
     abstract_syntaxes: Vec<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Established associations, overall and per calling AE.
@@ -91,6 +99,25 @@ pub struct Scp {
     next_id: AtomicU64,
     /// Told of every stored instance (never blocking).
     on_stored: Option<OnStored>,
+}
+
+/// SCP/SCU role selection (PS3.7 D.3.3.4): a C-GET requester proposes
+/// the SCP role for the storage classes it wants back; granting what it
+/// proposed lets the C-STORE sub-operations flow on its association.
+struct Roles;
+
+impl dicom_ul::association::server::Negotiation for Roles {
+    fn negotiate_roles(
+        &self,
+        _sop_class_uid: &str,
+        scu_role: bool,
+        scp_role: bool,
+    ) -> Option<dicom_ul::pdu::RequestorRoles> {
+        Some(dicom_ul::pdu::RequestorRoles {
+            scu: scu_role,
+            scp: scp_role,
+        })
+    }
 }
 
 /// Calling-AE allow-list and called-AE check, applied during negotiation so an
@@ -161,12 +188,22 @@ impl Scp {
                 );
             }
         }
+        let mut scopes: HashMap<String, Scope> = routes
+            .iter()
+            .map(|(ae, r)| (ae.clone(), Scope::Clinics(vec![r.clinic_id.clone()])))
+            .collect();
+        for h in &cfg.hospitals {
+            for ae in &h.ae_titles {
+                scopes.insert(ae.trim().to_string(), Scope::Clinics(h.serves.clone()));
+            }
+        }
         if routes.is_empty() {
             warn!("no [[clinic]] configured: accepting associations from ANY calling AE title (first-run mode)");
         }
         let mut abstract_syntaxes: Vec<String> = STORAGE_SOP_CLASSES.iter().map(|(uid, _)| uid.to_string()).collect();
         abstract_syntaxes.extend(cfg.dicom.extra_sop_classes.iter().cloned());
         abstract_syntaxes.push(super::dimse::VERIFICATION_SOP_CLASS.to_string());
+        abstract_syntaxes.extend(super::qr::ALL_SOP_CLASSES.map(String::from));
         let slots = Slots::new(cfg.dicom.max_associations, cfg.dicom.per_ae_limit());
         let handshakes = Arc::new(Semaphore::new(cfg.dicom.max_associations));
         let progress = ProgressRule {
@@ -179,6 +216,7 @@ impl Scp {
             index,
             metrics,
             routes,
+            scopes,
             abstract_syntaxes,
             tls,
             slots,
@@ -192,11 +230,11 @@ impl Scp {
     fn options(
         &self,
         tls_slot: Option<Arc<std::sync::Mutex<Option<Slot>>>>,
-    ) -> ServerAssociationOptions<'_, AeControl, dicom_ul::association::server::DefaultNegotiation> {
-        let allowed = if self.routes.is_empty() {
+    ) -> ServerAssociationOptions<'_, AeControl, Roles> {
+        let allowed = if self.scopes.is_empty() {
             None
         } else {
-            Some(Arc::new(self.routes.keys().cloned().collect::<HashSet<_>>()))
+            Some(Arc::new(self.scopes.keys().cloned().collect::<HashSet<_>>()))
         };
         let mut o = ServerAssociationOptions::new()
             .ae_access_control(AeControl {
@@ -204,6 +242,7 @@ impl Scp {
                 check_called: self.cfg.dicom.check_called_ae,
                 tls_slot,
             })
+            .with_negotiation(Roles)
             .ae_title(self.cfg.dicom.ae_title.as_str())
             .max_pdu_length(self.cfg.dicom.max_pdu)
             .strict(true)
@@ -371,15 +410,26 @@ impl Scp {
             .map(|pc| (pc.id, (pc.abstract_syntax.clone(), pc.transfer_syntax.clone())))
             .collect();
         info!(calling = %calling, contexts = contexts.len(), "association accepted");
+        // A hospital's AE may query and retrieve, never store; with no
+        // [[clinic]] configured (first-run mode) everything is the one
+        // unnamed clinic, and so is what it may query.
+        let may_store = self.routes.is_empty() || self.routes.contains_key(&calling);
         let route = self.routes.get(&calling).cloned().unwrap_or(ClinicRoute {
             clinic_id: String::new(),
             stable_after_ms: (self.cfg.stability.stable_after_secs * 1000.0) as i64,
         });
+        let scope = self
+            .scopes
+            .get(&calling)
+            .cloned()
+            .unwrap_or_else(|| Scope::Clinics(vec![String::new()]));
         let mut session = Session {
             scp: self.clone(),
             peer,
             calling,
             route,
+            may_store,
+            scope,
             contexts,
             max_send_pdu: assoc.requestor_max_pdu_length(),
             asm: Assembler::new(MAX_COMMAND_BYTES),
@@ -475,6 +525,8 @@ struct Session {
     peer: SocketAddr,
     calling: String,
     route: ClinicRoute,
+    may_store: bool,
+    scope: Scope,
     contexts: HashMap<u8, (String, String)>,
     max_send_pdu: u32,
     asm: Assembler,
@@ -486,6 +538,8 @@ struct Session {
 /// The message whose dataset is being received.
 enum Reception {
     Store(StoreJob),
+    /// A C-FIND / C-MOVE / C-GET identifier.
+    Query(qr::QueryJob),
     /// Refused up front (unknown context, bad command): drain the dataset, then answer.
     Discard {
         rq: Command,
@@ -662,7 +716,9 @@ impl Session {
             Step::Pending => Ok(()),
             Step::Command { pc, cmd } => self.on_command(assoc, pc, cmd).await,
             Step::Data { last, .. } => {
-                if let Some(Reception::Store(job)) = &self.current {
+                if let Some(Reception::Query(job)) = &mut self.current {
+                    Session::query_data(job, &pdv.data);
+                } else if let Some(Reception::Store(job)) = &self.current {
                     self.scp
                         .metrics
                         .bytes_received
@@ -702,6 +758,16 @@ impl Session {
                 });
                 Ok(())
             }
+            field::C_FIND_RQ | field::C_MOVE_RQ | field::C_GET_RQ if cmd.has_dataset() => {
+                let op = match fieldv {
+                    field::C_FIND_RQ => super::qr::Op::Find,
+                    field::C_MOVE_RQ => super::qr::Op::Move,
+                    _ => super::qr::Op::Get,
+                };
+                debug!(message_id = cmd.message_id().unwrap_or(0), pc, ?op, "Q/R request");
+                self.current = Some(self.start_query(pc, cmd, op));
+                Ok(())
+            }
             _ if cmd.has_dataset() => {
                 let failure = StoreFailure::Refused(format!("unsupported command {fieldv:#06x}"));
                 self.current = Some(Reception::Discard { rq: cmd, pc, failure });
@@ -717,6 +783,11 @@ impl Session {
 
     /// Validate the request against the negotiated context and start the writer.
     fn start_store(&self, pc: u8, cmd: &Command) -> Result<StoreJob, StoreFailure> {
+        if !self.may_store {
+            return Err(StoreFailure::NotAuthorized(
+                "this AE title may query and retrieve, not store".into(),
+            ));
+        }
         let (abstract_syntax, ts) = self
             .contexts
             .get(&pc)
@@ -766,6 +837,7 @@ impl Session {
         let started = Instant::now();
         let (rq, pc, result) = match self.current.take() {
             None => return Ok(()),
+            Some(Reception::Query(job)) => return self.finish_query(assoc, job).await,
             Some(Reception::Discard { rq, pc, failure }) => (rq, pc, Err(failure)),
             Some(Reception::Store(job)) => {
                 tracing::trace!("dataset received");
@@ -1120,6 +1192,7 @@ fn describe(
         study_date: a.text(attrs::STUDY_DATE),
         study_time: a.text(attrs::STUDY_TIME),
         accession_number: a.text(attrs::ACCESSION_NUMBER),
+        study_id: a.text(attrs::STUDY_ID),
         study_description: a.text(attrs::STUDY_DESCRIPTION),
         referring_physician: a.person_name(attrs::REFERRING_PHYSICIAN),
         modality: a.text(attrs::MODALITY),
