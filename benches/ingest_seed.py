@@ -342,6 +342,7 @@ COMMIT;
 
 
 def main():
+    global PER_STUDY
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("copies")
@@ -354,7 +355,11 @@ def main():
             s.add_argument("db")
         s.add_argument("--batch", type=int, required=True, help="1, 2, ...: each batch has its own UIDs")
         s.add_argument("--n", type=int, required=True, help="instance rows")
+        s.add_argument("--per-study", type=int, default=PER_STUDY,
+                       help="instances per study (default 300; 1 for a study-count benchmark such as benches/qr.sh)")
     a = ap.parse_args()
+    if a.cmd != "copies":
+        PER_STUDY = max(1, a.per_study)
     if a.cmd == "copies":
         copies(a.src, a.out, a.n)
     elif a.cmd == "sqlite":

@@ -131,6 +131,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("assembly", assembly),
     ("dimse", dimse),
     ("walk", walk_dataset),
+    ("qr_identifier", qr_identifier),
     ("meta", part10_meta),
     ("signaling", signaling),
     ("datachannel", datachannel),
@@ -329,6 +330,45 @@ pub fn walk_dataset(data: &[u8]) {
             }
             None => {}
         }
+    }
+}
+
+/// A Q/R request identifier as the SCP reads it (the first byte picks the
+/// transfer syntax, as for `walk`), then as a query of either model: a
+/// parse error or a query, never a panic; a query's matching and its
+/// response for a record of arbitrary values work, and the response reads
+/// back. Memory within a few times the input (the identifier is bounded).
+pub fn qr_identifier(data: &[u8]) {
+    use crate::dicom::qr::{Model, find, identifier};
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let ts = match first & 3 {
+        0 => "1.2.840.10008.1.2.1",
+        1 => "1.2.840.10008.1.2",
+        2 => "1.2.840.10008.1.2.2",
+        _ => "1.2.840.10008.1.2.1.99",
+    };
+    let enc = Encoding::for_transfer_syntax(ts);
+    let bound = 16 * rest.len() + (1 << 20) + (64 << 10);
+    let Ok(id) = bounded("qr identifier", bound, || identifier::parse(rest, enc)) else {
+        return;
+    };
+    for model in [Model::PatientRoot, Model::StudyRoot] {
+        let Ok(q) = find::parse(model, &id) else { continue };
+        let row: find::Row = crate::dicom::qr::keys::KEYS
+            .iter()
+            .map(|k| {
+                (
+                    k.tag,
+                    String::from_utf8_lossy(rest.get(..rest.len().min(12)).unwrap_or(&[])).into_owned(),
+                )
+            })
+            .collect();
+        let _ = q.matches(&row);
+        let out = identifier::encode(q.response(&row, "MEDRELAY"), enc);
+        let back = identifier::parse(&out, enc).expect("a response identifier reads back");
+        assert!(back.elements.len() <= id.elements.len() + 1);
     }
 }
 
@@ -672,6 +712,25 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             let mut deflated = vec![3u8];
             deflated.extend(deflate(&d));
             vec![[&[0u8][..], &d].concat(), deflated]
+        }
+        "qr_identifier" => {
+            use crate::dicom::qr::identifier::{Out, encode};
+            let out = |t: u32, vr: &[u8; 2], v: &str| Out {
+                tag: t,
+                vr: *vr,
+                value: v.as_bytes().to_vec(),
+            };
+            let id = encode(
+                vec![
+                    out(0x0008_0005, b"CS", "ISO_IR 192"),
+                    out(0x0008_0020, b"DA", "20260101-20260131"),
+                    out(0x0008_0052, b"CS", "STUDY"),
+                    out(0x0010_0010, b"PN", "王*"),
+                    out(0x0020_000D, b"UI", "1.2.3\\1.2.4"),
+                ],
+                Encoding::for_transfer_syntax("1.2.840.10008.1.2.1"),
+            );
+            vec![[&[0u8][..], &id].concat()]
         }
         "meta" => vec![
             b"\x01\x0a\x02\x0a\x08\x04\x00\xff\x01\x0a\x02\x0a\x03\xff\x01\x0a\x02\x0a\x08\x04\x00\x0a\x01\x0a\x02\x0a\x01\xffCT01".to_vec(),

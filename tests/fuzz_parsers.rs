@@ -265,6 +265,11 @@ fn fuzz_assembly() {
 }
 
 #[test]
+fn fuzz_qr_identifier() {
+    bytes_target("qr_identifier", None);
+}
+
+#[test]
 fn fuzz_dimse() {
     // Structured: a command set of random group-0000 elements in order.
     let sets = proptest::collection::btree_map(1u16.., proptest::collection::vec(any::<u8>(), 0..24), 0..12)

@@ -2108,6 +2108,7 @@ mod tests {
             for stmt in [
                 "DROP TABLE study_names",
                 "ALTER TABLE users DROP COLUMN language",
+                "ALTER TABLE studies DROP COLUMN study_id",
                 "PRAGMA user_version = 5",
             ] {
                 sqlx::query(stmt).execute(idx.pool()).await.expect("downgrade");

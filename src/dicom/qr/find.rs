@@ -181,6 +181,136 @@ pub fn parse(model: Model, id: &Identifier) -> Result<Query, QueryError> {
     })
 }
 
+/// The attributes QIDO-RS returns at each level without `includefield`
+/// (PS3.18 table 6.7.1-2, those medrelay keeps), in the study-level
+/// resources' order.
+pub fn qido_defaults(level: Level) -> &'static [u32] {
+    match level {
+        Level::Patient | Level::Study => &[
+            0x0008_0020,
+            0x0008_0030,
+            0x0008_0050,
+            INSTANCE_AVAILABILITY,
+            0x0008_0061,
+            0x0008_0090,
+            0x0010_0010,
+            0x0010_0020,
+            0x0010_0030,
+            0x0010_0040,
+            0x0020_000D,
+            0x0020_0010,
+            0x0020_1206,
+            0x0020_1208,
+        ],
+        Level::Series => &[
+            0x0008_0060,
+            0x0008_103E,
+            0x0020_000E,
+            0x0020_0011,
+            0x0020_1209,
+            0x0020_000D,
+        ],
+        Level::Image => &[
+            0x0008_0016,
+            0x0008_0018,
+            INSTANCE_AVAILABILITY,
+            0x0020_0013,
+            0x0020_000E,
+            0x0020_000D,
+        ],
+    }
+}
+
+/// A QIDO-RS search (PS3.18 10.6) as a query: `keys` are the matching
+/// parameters (tag and value, from the URL: UTF-8) plus the UIDs of the
+/// resource path; `include` the `includefield` tags (`all`: every key of
+/// the level and above). Same validation and matching as C-FIND.
+pub fn qido(level: Level, keys: &[(u32, String)], include: &[u32], all: bool) -> Result<Query, QueryError> {
+    let model = Model::StudyRoot;
+    let mut filters = Vec::new();
+    let mut tags: Vec<u32> = qido_defaults(level).to_vec();
+    for (tag, value) in keys {
+        let key = keys::by_tag(*tag).ok_or(QueryError::Key {
+            tag: *tag,
+            keyword: "unsupported",
+            source: KeyError::BadValue {
+                vr: "key",
+                value: format!(
+                    "({:04X},{:04X}) is not a supported matching key",
+                    tag >> 16,
+                    tag & 0xFFFF
+                ),
+            },
+        })?;
+        if key.kind == Kind::Count {
+            return Err(QueryError::Key {
+                tag: key.tag,
+                keyword: key.keyword,
+                source: KeyError::BadValue {
+                    vr: "IS",
+                    value: "a related count is a return key only".into(),
+                },
+            });
+        }
+        let m = Matcher::parse(key.vr, value, key.list || key.vr == Vr::Ui).map_err(|source| QueryError::Key {
+            tag: key.tag,
+            keyword: key.keyword,
+            source,
+        })?;
+        let m = if key.vr == Vr::Pn { lowercase(m) } else { m };
+        if m != Matcher::Universal {
+            filters.push(Filter { key, matcher: m });
+        }
+        tags.push(*tag);
+    }
+    tags.extend_from_slice(include);
+    if all {
+        tags.extend(
+            keys::KEYS
+                .iter()
+                .filter(|k| keys::level_in(k, model) <= level)
+                .map(|k| k.tag),
+        );
+    }
+    tags.sort_unstable();
+    tags.dedup();
+    let returns = tags
+        .into_iter()
+        .map(|tag| Ret {
+            tag,
+            vr: known_vr(tag).unwrap_or(*b"UN"),
+            sequence: false,
+        })
+        .collect();
+    Ok(Query {
+        model,
+        level,
+        filters,
+        returns,
+        answer: Answer::Utf8,
+        charset_asked: false,
+    })
+}
+
+/// One response value with its VR, for writers other than the DIMSE
+/// encoder (QIDO-RS's DICOM JSON): the tag, the VR, the text value (empty:
+/// no value), multi-valued attributes split.
+pub fn response_values(q: &Query, row: &Row, retrieve_ae: &str) -> Vec<(u32, [u8; 2], Vec<String>)> {
+    q.response(row, retrieve_ae)
+        .into_iter()
+        .filter(|o| o.tag != SPECIFIC_CHARACTER_SET)
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.value).into_owned();
+            let values = if text.is_empty() {
+                Vec::new()
+            } else {
+                text.split('\\').map(str::to_string).collect()
+            };
+            (o.tag, o.vr, values)
+        })
+        .collect()
+}
+
 fn key_matcher(key: &Key, e: &Element, charset: &Charset) -> Result<Matcher, KeyError> {
     let text = match key.vr {
         Vr::Pn => charset.decode_pn(&e.value),
@@ -429,6 +559,40 @@ mod tests {
         assert_eq!(get(QUERY_RETRIEVE_LEVEL), Some(b"SERIES".to_vec()));
         assert_eq!(get(SPECIFIC_CHARACTER_SET), None, "all ASCII, not asked");
         assert_eq!(get(NAME), None, "not asked, not returned");
+    }
+
+    #[test]
+    fn qido_searches_validate_like_c_find_and_return_the_level_defaults() {
+        let q = qido(
+            Level::Study,
+            &[(NAME, "王*".into()), (DATE, "20240101-20240131".into())],
+            &[0x0008_1030],
+            false,
+        )
+        .expect("qido");
+        assert_eq!(q.filters.len(), 2);
+        let stored = row(&[
+            (NAME, "Wang^Xiaodong=王^小东"),
+            (DATE, "20240115"),
+            (STUDY, "1.2.3"),
+            (0x0008_1030, "CT 头颅"),
+            (0x0020_1208, "12"),
+        ]);
+        assert!(q.matches(&stored));
+        let v = response_values(&q, &stored, "HUB");
+        let get = |t: u32| v.iter().find(|x| x.0 == t).map(|x| x.2.clone());
+        assert_eq!(get(STUDY), Some(vec!["1.2.3".to_string()]));
+        assert_eq!(get(0x0008_1030), Some(vec!["CT 头颅".to_string()]), "includefield");
+        assert_eq!(get(0x0020_1208), Some(vec!["12".to_string()]), "a default return key");
+        assert_eq!(get(0x0008_0060), None, "a series key is not a study default");
+        assert!(qido(Level::Study, &[(STUDY, "1.2.*".into())], &[], false).is_err());
+        assert!(
+            qido(Level::Study, &[(0x0020_1208, "3".into())], &[], false).is_err(),
+            "counts are not matched"
+        );
+        assert!(qido(Level::Study, &[(0x0009_1001, "x".into())], &[], false).is_err());
+        let all = qido(Level::Series, &[], &[], true).expect("all");
+        assert!(all.wants(0x0010_0010) && all.wants(0x0008_0060) && !all.wants(0x0008_0018));
     }
 
     #[test]
