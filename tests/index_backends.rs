@@ -233,11 +233,11 @@ fn migrations_are_idempotent_and_medrelay_migrate_prints_the_version() {
     // On an empty database the command creates the schema.
     assert_eq!(
         medrelay_migrate(&postgres, dir.path()),
-        "index postgres schema version 3"
+        "index postgres schema version 4"
     );
     for (url, want) in [
-        (&sqlite, "index sqlite schema version 9"),
-        (&postgres, "index postgres schema version 3"),
+        (&sqlite, "index sqlite schema version 10"),
+        (&postgres, "index postgres schema version 4"),
     ] {
         rt().block_on(async {
             let (idx, w) = Index::open_url(url).await.expect("open");

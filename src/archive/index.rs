@@ -513,6 +513,17 @@ const MIGRATIONS: &[&str] = &[
        WHERE state IN ('new', 'claimed', 'returned');
      CREATE INDEX IF NOT EXISTS studies_date_received ON studies(study_date, last_received_ms, study_uid);
      DROP INDEX IF EXISTS studies_date",
+    // 10: API tokens for DICOMweb machine clients (owned by
+    // reading::tokens): only the token's SHA-256 is stored; a revoked
+    // token keeps its row (revoked_ms), so audit rows keep their name.
+    "CREATE TABLE IF NOT EXISTS api_tokens (
+         name TEXT PRIMARY KEY,
+         token_hash TEXT NOT NULL UNIQUE,
+         scope TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         last_used_ms INTEGER,
+         revoked_ms INTEGER
+     )",
 ];
 
 /// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).
@@ -631,6 +642,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("../store/migrations/postgres/v1.sql"),
     include_str!("../store/migrations/postgres/v2.sql"),
     include_str!("../store/migrations/postgres/v3.sql"),
+    include_str!("../store/migrations/postgres/v4.sql"),
 ];
 
 /// The advisory lock key held while PostgreSQL migrations run.
