@@ -3,4 +3,5 @@
 
 pub mod files;
 pub mod index;
+pub mod metadata;
 pub mod stability;
