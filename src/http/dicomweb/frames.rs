@@ -1,5 +1,5 @@
-//! WADO-RS frames (PS3.18 §10.4.1.1.4: `…/instances/{sop}/frames/{list}`)
-//! and the rendered resources (`…/rendered`, `…/thumbnail`, which reuse
+//! WADO-RS frames (PS3.18 §10.4.1.1.4: `…/instances/{sop}/frames/{list}`),
+//! the bulk data that metadata points at, and the rendered resources (`…/rendered`, `…/thumbnail`, which reuse
 //! the API's image code).
 //!
 //! Frames go as stored, like instances: native pixel data as
@@ -124,6 +124,111 @@ pub(super) async fn frames(
     let nums = frame_list(&list)?;
     study_in_scope(&s, &c, &study).await?;
     let row = instance_row(&s, &study, &series, &sop).await?;
+    send_frames(&s, &h, &row, Some(nums)).await
+}
+
+/// The bulk data a metadata `BulkDataURI` points at:
+/// `…/bulkdata/7FE00010` is the Pixel Data (every frame, as `frames`
+/// sends them); any other path (`TAG` or `SEQ/ITEM/TAG…`) is that binary
+/// value's bytes (little endian), one `application/octet-stream` part.
+pub(super) async fn bulkdata(
+    State(s): S,
+    c: WebCaller,
+    h: HeaderMap,
+    Path((study, series, sop, path)): Path<(String, String, String, String)>,
+) -> Result<Response, WebError> {
+    check_uids(&[&study, &series, &sop])?;
+    let steps = bulk_path(&path)?;
+    study_in_scope(&s, &c, &study).await?;
+    let row = instance_row(&s, &study, &series, &sop).await?;
+    if steps == [BulkStep::Tag(dicom_core::Tag(0x7FE0, 0x0010))] {
+        return send_frames(&s, &h, &row, None).await;
+    }
+    let a = accept_of(&h);
+    if !accept::accepts(a.as_deref(), "multipart/related") {
+        return Err(WebError::NotAcceptable(
+            "bulk data is sent as multipart/related; type=\"application/octet-stream\"".into(),
+        ));
+    }
+    let input = s.archive.input(&row.path);
+    let bytes = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
+        let obj = decode::read_object(&input, Some(dicom_core::Tag(0x7FE0, 0x0010))).map_err(|e| e.to_string())?;
+        Ok(bulk_value(&obj, &steps))
+    })
+    .await
+    .map_err(|e| WebError::Api(ApiError::Internal(e.to_string())))?
+    .map_err(|e| WebError::Api(ApiError::Unprocessable(e)))?
+    .ok_or(ApiError::NotFound("bulk data"))?;
+    let boundary = new_boundary();
+    let mut body = format!(
+        "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .into_bytes();
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut resp = Body::from(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "multipart/related; type=\"application/octet-stream\"; boundary={boundary}"
+    )) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    Ok(resp)
+}
+
+/// One step of a bulk data path (as `json` writes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkStep {
+    Tag(dicom_core::Tag),
+    Item(usize),
+}
+
+/// `TAG` or `SEQ/ITEM/…/TAG` (tags as 8 hex digits), bounded.
+fn bulk_path(path: &str) -> Result<Vec<BulkStep>, WebError> {
+    let bad = || WebError::Api(ApiError::BadRequest("bulk data path: TAG or SEQ/ITEM/TAG".into()));
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len().is_multiple_of(2) || parts.len() > 2 * 8 + 1 {
+        return Err(bad());
+    }
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i.is_multiple_of(2) {
+                if p.len() != 8 {
+                    return Err(bad());
+                }
+                let v = u32::from_str_radix(p, 16).map_err(|_| bad())?;
+                Ok(BulkStep::Tag(dicom_core::Tag((v >> 16) as u16, v as u16)))
+            } else {
+                p.parse::<usize>().map(BulkStep::Item).map_err(|_| bad())
+            }
+        })
+        .collect()
+}
+
+/// The binary value at `steps` in `obj`, None when there is none.
+fn bulk_value(obj: &dicom_object::InMemDicomObject, steps: &[BulkStep]) -> Option<Vec<u8>> {
+    use dicom_core::value::Value;
+    let (BulkStep::Tag(tag), rest) = steps.split_first()? else {
+        return None;
+    };
+    let e = obj.element(*tag).ok()?;
+    match (e.value(), rest) {
+        (Value::Primitive(p), []) => Some(p.to_bytes().into_owned()),
+        (Value::Sequence(seq), [BulkStep::Item(i), more @ ..]) => bulk_value(seq.items().get(*i)?, more),
+        _ => None,
+    }
+}
+
+/// Frames `nums` (1-based; None: all) of the instance version `row`, as
+/// stored (see the module docs).
+async fn send_frames(
+    s: &Arc<crate::http::Services>,
+    h: &HeaderMap,
+    row: &crate::archive::index::InstanceRow,
+    nums: Option<Vec<u32>>,
+) -> Result<Response, WebError> {
     let input = s.archive.input(&row.path);
     let src = tokio::task::spawn_blocking(move || decode::open(&input))
         .await
@@ -133,12 +238,13 @@ pub(super) async fn frames(
             DecodeError::Io(e) => WebError::Api(ApiError::Internal(e)),
             other => WebError::Api(ApiError::Unprocessable(other.to_string())),
         })?;
+    let nums = nums.unwrap_or_else(|| (1..=src.info.frames).collect());
     if nums.iter().any(|n| *n > src.info.frames) {
         return Err(WebError::Api(ApiError::NotFound("frame")));
     }
     let ts = src.info.transfer_syntax.clone();
     let encapsulated = src.is_encapsulated();
-    let media = negotiate(accept_of(&h).as_deref(), &ts, encapsulated)?;
+    let media = negotiate(accept_of(h).as_deref(), &ts, encapsulated)?;
     let part_type = if encapsulated {
         format!("{media}; transfer-syntax={ts}")
     } else {
@@ -148,7 +254,7 @@ pub(super) async fn frames(
     let (archive, path) = (s.archive.clone(), row.path.clone());
     let src = Arc::new(src);
     let b = boundary.clone();
-    let body: Body = spawn_body(&s, move |tx: Sender| async move {
+    let body: Body = spawn_body(s, move |tx: Sender| async move {
         for n in nums {
             let (src, input) = (src.clone(), archive.input(&path));
             let bytes = match tokio::task::spawn_blocking(move || src.wire_frame(&input, n - 1)).await {
@@ -246,6 +352,26 @@ mod tests {
     use super::*;
 
     const JPEG: &str = "1.2.840.10008.1.2.4.50";
+
+    #[test]
+    fn bulk_paths() {
+        use dicom_core::Tag;
+        assert_eq!(
+            bulk_path("7FE00010").ok(),
+            Some(vec![BulkStep::Tag(Tag(0x7FE0, 0x0010))])
+        );
+        assert_eq!(
+            bulk_path("00540016/0/00181072").ok(),
+            Some(vec![
+                BulkStep::Tag(Tag(0x0054, 0x0016)),
+                BulkStep::Item(0),
+                BulkStep::Tag(Tag(0x0018, 0x1072))
+            ])
+        );
+        for bad in ["", "7FE0", "00540016/0", "../x", "00540016/x/00181072", "zzzzzzzz"] {
+            assert!(bulk_path(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn frame_lists_are_one_based_and_bounded() {

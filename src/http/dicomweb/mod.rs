@@ -82,6 +82,10 @@ pub fn router(services: Arc<Services>) -> Router<Arc<Services>> {
             get(frames::frames).options(preflight),
         )
         .route(
+            "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{*path}",
+            get(frames::bulkdata).options(preflight),
+        )
+        .route(
             "/studies/{study}/series/{series}/instances/{sop}/rendered",
             get(frames::rendered).options(preflight),
         )
