@@ -925,6 +925,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cors_origins_must_be_origins() {
+        for ok in [
+            "https://ohif.example",
+            "http://127.0.0.1:3000",
+            "https://viewer.city-01.example:8443",
+        ] {
+            assert!(valid_origin(ok), "{ok}");
+        }
+        for bad in [
+            "*",
+            "ohif.example",
+            "https://ohif.example/",
+            "https://ohif.example/viewer",
+            "ftp://x",
+            "https://",
+            "https://a b",
+            "https://x:99999x",
+        ] {
+            assert!(!valid_origin(bad), "{bad}");
+        }
+        let mut cfg = Config::default();
+        cfg.dicomweb.cors_origins = vec!["https://ohif.example/".into()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("dicomweb.cors_origins"), "{e}");
+    }
+
+    #[test]
     fn example_file_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("medrelay.example.toml");
         let cfg = Config::load(Some(&path), &Overrides::default()).expect("example config");
