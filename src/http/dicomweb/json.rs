@@ -65,9 +65,11 @@ pub fn instance(src: &dyn Input, instance_url: &str) -> Result<Map<String, Json>
     // them (dicom-object can allocate what a garbage length asks for).
     r.seek(SeekFrom::Start(meta.dataset_offset))?;
     let len = size.saturating_sub(meta.dataset_offset);
-    let summary =
-        walk::walk_seekable(r, enc, &[SPECIFIC_CHARACTER_SET], len).map_err(|e| JsonError::Corrupt(e.to_string()))?;
-    let obj = decode::read_object(src, Some(PIXEL_DATA)).map_err(|e| JsonError::Corrupt(e.to_string()))?;
+    let summary = walk::walk_seekable(r, enc, &[SPECIFIC_CHARACTER_SET], len).map_err(walk_error)?;
+    let obj = decode::read_object(src, Some(PIXEL_DATA)).map_err(|e| match e {
+        decode::DecodeError::Io(m) => JsonError::Io(std::io::Error::other(m)),
+        e => JsonError::Corrupt(e.to_string()),
+    })?;
     let raw_charset = summary.values.get(&SPECIFIC_CHARACTER_SET).cloned();
     let iso2022 = raw_charset.as_deref().is_some_and(|c| {
         let t = String::from_utf8_lossy(c);
@@ -84,7 +86,7 @@ pub fn instance(src: &dyn Input, instance_url: &str) -> Result<Map<String, Json>
             .collect();
         let mut r = src.open()?;
         r.seek(SeekFrom::Start(meta.dataset_offset))?;
-        let raw = walk::walk_seekable(r, enc, &wanted, len).map_err(|e| JsonError::Corrupt(e.to_string()))?;
+        let raw = walk::walk_seekable(r, enc, &wanted, len).map_err(walk_error)?;
         for e in obj.iter().filter(|e| charset_vr(e.vr())) {
             let t = e.header().tag;
             let key = (u32::from(t.group()) << 16) | u32::from(t.element());
@@ -115,6 +117,37 @@ pub fn instance(src: &dyn Input, instance_url: &str) -> Result<Map<String, Json>
         );
     }
     Ok(out)
+}
+
+/// A read error is the storage's (retry later), anything else the data's.
+fn walk_error(e: walk::WalkError) -> JsonError {
+    match e {
+        walk::WalkError::Io(e) => JsonError::Io(e),
+        e => JsonError::Corrupt(e.to_string()),
+    }
+}
+
+/// The DICOM JSON of an instance from its index row alone (UIDs, SOP
+/// class, numbers), for an instance whose dataset cannot be parsed.
+pub fn from_index(r: &crate::archive::index::InstanceRow) -> Map<String, Json> {
+    let mut out = Map::new();
+    let mut put = |tag: &str, vr: &str, v: Json| {
+        out.insert(tag.into(), json!({ "vr": vr, "Value": [v] }));
+    };
+    put("00080016", "UI", Json::String(r.sop_class_uid.clone()));
+    put("00080018", "UI", Json::String(r.sop_instance_uid.clone()));
+    put("0020000D", "UI", Json::String(r.study_uid.clone()));
+    put("0020000E", "UI", Json::String(r.series_uid.clone()));
+    if let Some(n) = r.instance_number {
+        put("00200013", "IS", Json::from(n));
+    }
+    if let Some(n) = r.rows {
+        put("00280010", "US", Json::from(n));
+    }
+    if let Some(n) = r.columns {
+        put("00280011", "US", Json::from(n));
+    }
+    out
 }
 
 struct Ctx<'a> {

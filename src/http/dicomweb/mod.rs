@@ -590,7 +590,7 @@ async fn series_json_gz(s: &Services, study: &str, series: &str, rows: &[Instanc
     }
     let _permit = BUILDS.acquire().await.map_err(|e| internal(e.to_string()))?;
     let archive = s.archive.clone();
-    let instances: Vec<(String, String)> = rows
+    let instances: Vec<(String, String, InstanceRow)> = rows
         .iter()
         .map(|r| {
             (
@@ -599,6 +599,7 @@ async fn series_json_gz(s: &Services, study: &str, series: &str, rows: &[Instanc
                     "{BASE}/studies/{study}/series/{}/instances/{}",
                     r.series_uid, r.sop_instance_uid
                 ),
+                r.clone(),
             )
         })
         .collect();
@@ -608,12 +609,26 @@ async fn series_json_gz(s: &Services, study: &str, series: &str, rows: &[Instanc
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let w = |gz: &mut flate2::write::GzEncoder<Vec<u8>>, b: &[u8]| gz.write_all(b).map_err(|e| e.to_string());
         w(&mut gz, b"[")?;
-        for (i, (path, url)) in instances.iter().enumerate() {
+        for (i, (path, url, row)) in instances.iter().enumerate() {
             if i > 0 {
                 w(&mut gz, b",")?;
             }
-            let obj = json::instance(&archive.input(path), url)
-                .map_err(|e| format!("metadata of series {series_uid}, instance {url}: {e}"))?;
+            let obj = match json::instance(&archive.input(path), url) {
+                Ok(o) => o,
+                // A stored instance that cannot be read back (storage
+                // trouble): fail, and cache nothing.
+                Err(e @ json::JsonError::Io(_)) => {
+                    return Err(format!("metadata of series {series_uid}, instance {url}: {e}"));
+                }
+                // One that does not parse (accepted by the SCP, but more
+                // than dicom-object reads) must not hide its whole series:
+                // it is listed with what the index knows of it.
+                Err(e) => {
+                    tracing::warn!(series = %series_uid, sop = %row.sop_instance_uid, error = %e,
+                        "instance metadata from the index only");
+                    json::from_index(row)
+                }
+            };
             let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
             w(&mut gz, &bytes)?;
         }
