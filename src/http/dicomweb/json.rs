@@ -206,14 +206,55 @@ fn dataset(obj: &InMemDicomObject, ctx: &Ctx, url: &str, path: &str, depth: usiz
             }
             Value::Primitive(p) => {
                 let text = (depth == 0).then(|| ctx.redecoded.get(&tag)).flatten();
-                primitive(&mut attr, vr, p, text, ctx.iso2022, || {
-                    format!("{url}/bulkdata/{path}{}", tag_key(tag))
-                });
+                let bulk = || format!("{url}/bulkdata/{path}{}", tag_key(tag));
+                match known_text_vr(vr, tag) {
+                    // A standard text attribute that arrived as UN (explicit
+                    // VR UN, an implicit VR private-ish sender): its value
+                    // read as the dictionary's VR, as clients expect it.
+                    Some(real) => {
+                        attr.insert("vr".into(), Json::String(real.to_string().into()));
+                        let as_text = PrimitiveValue::from(String::from_utf8_lossy(&p.to_bytes()).into_owned());
+                        primitive(&mut attr, real, &as_text, None, ctx.iso2022, bulk);
+                    }
+                    None => primitive(&mut attr, vr, p, text, ctx.iso2022, bulk),
+                }
             }
         }
         out.insert(tag_key(tag), Json::Object(attr));
     }
     out
+}
+
+/// The standard dictionary's text VR of `tag` when the element came as UN
+/// (`None` for any other VR, unknown tags, binary and multi-VR entries).
+fn known_text_vr(vr: VR, tag: Tag) -> Option<VR> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    if vr != VR::UN {
+        return None;
+    }
+    let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(tag)?;
+    match entry.vr() {
+        VirtualVr::Exact(
+            v @ (VR::AE
+            | VR::AS
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::ST
+            | VR::TM
+            | VR::UC
+            | VR::UI
+            | VR::UR
+            | VR::UT),
+        ) => Some(v),
+        _ => None,
+    }
 }
 
 /// Strings of a multi-valued text value, padding trimmed; `None` for an
@@ -363,6 +404,15 @@ pub fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standard_text_attributes_sent_as_un_get_their_vr() {
+        assert_eq!(known_text_vr(VR::UN, Tag(0x0020, 0x0013)), Some(VR::IS));
+        assert_eq!(known_text_vr(VR::UN, Tag(0x0010, 0x0010)), Some(VR::PN));
+        assert_eq!(known_text_vr(VR::UN, Tag(0x7FE0, 0x0010)), None);
+        assert_eq!(known_text_vr(VR::UN, Tag(0x0009, 0x1001)), None);
+        assert_eq!(known_text_vr(VR::LO, Tag(0x0010, 0x0020)), None);
+    }
 
     #[test]
     fn escape_sequences_go_line_breaks_stay() {
