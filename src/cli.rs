@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `user`, `relay`, `echo`, `store`,
+//! Command-line interface: `serve`, `user`, `api-token`, `relay`, `echo`, `store`,
 //! `render`, `loadtest`.
 
 use std::path::PathBuf;
@@ -88,6 +88,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
         /// Same configuration as `serve` (for data_dir and clinic checks).
+        #[arg(long, short, env = "MEDRELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "MEDRELAY_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// API tokens for machine clients of the DICOMweb routes (viewers,
+    /// PACS): `add NAME --scope clinic:ID|hospital:ID|all` prints the new
+    /// token once; only its hash is kept.
+    ApiToken {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+        /// Same configuration as `serve` (data_dir, clinics and hospitals).
         #[arg(long, short, env = "MEDRELAY_CONFIG", global = true)]
         config: Option<PathBuf>,
         #[arg(long, env = "MEDRELAY_DATA_DIR", global = true)]
@@ -257,6 +269,24 @@ enum UserCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a token and print it (the only time it is shown).
+    Add {
+        /// 1-64 letters, digits, '.', '_' or '-'; audit rows name the
+        /// token's requests `token:NAME`.
+        name: String,
+        /// clinic:ID (a [[clinic]]), hospital:ID (a [[hospital]]: the
+        /// clinics it serves) or all.
+        #[arg(long)]
+        scope: crate::reading::tokens::TokenScope,
+    },
+    /// Revoke a token (refused from its next request on).
+    Revoke { name: String },
+    /// List tokens (names, scopes, use; never the tokens).
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 enum RelayCmd {
     /// Issue a certificate for an edge box and register it: writes
     /// edge-cert.pem, edge-key.pem (keep secret) and hub-ca.pem into --out,
@@ -333,6 +363,10 @@ pub fn run() -> ExitCode {
             Cmd::User { cmd, config, data_dir } => {
                 init_tracing("warn");
                 user(cmd, config, data_dir).await
+            }
+            Cmd::ApiToken { cmd, config, data_dir } => {
+                init_tracing("warn");
+                api_token(cmd, config, data_dir).await
             }
             Cmd::Relay {
                 cmd,
@@ -829,6 +863,59 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
                         u.clinic_id.or(u.hospital_id).unwrap_or_default(),
                         u.display_name,
                         if u.disabled { "\t(disabled)" } else { "" }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    };
+    drop(index);
+    let _ = writer.await;
+    pool.close().await;
+    code
+}
+
+async fn api_token(cmd: TokenCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    use crate::reading::tokens;
+    let cfg = match load_with_data_dir(config, data_dir) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let (index, writer) = match open_index(&cfg).await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let pool = index.pool().clone();
+    let now = crate::clock::now_ms();
+    let when = |ms: Option<i64>| ms.map_or_else(|| "never".to_string(), |t| t.to_string());
+    let code = match cmd {
+        TokenCmd::Add { name, scope } => match tokens::add(&pool, &cfg, &name, &scope, now).await {
+            Ok(token) => {
+                // The token alone on stdout (for scripts); the rest on stderr.
+                println!("{token}");
+                eprintln!("token {name} ({scope}) created; it is shown only this once");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        TokenCmd::Revoke { name } => match tokens::revoke(&pool, &name, now).await {
+            Ok(()) => {
+                println!("token {name} revoked");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        TokenCmd::List => match tokens::list(&pool).await {
+            Ok(list) => {
+                for t in list {
+                    println!(
+                        "{}\t{}\tcreated={}\tlast_used={}\t{}",
+                        t.name,
+                        t.scope_text,
+                        t.created_ms,
+                        when(t.last_used_ms),
+                        if t.revoked_ms.is_some() { "REVOKED" } else { "active" }
                     );
                 }
                 ExitCode::SUCCESS

@@ -58,6 +58,37 @@ pub struct Config {
     pub log: String,
     /// Where instances and previews are stored (the blob boundary).
     pub storage: StorageConfig,
+    /// The DICOMweb routes (`/dicom-web`).
+    pub dicomweb: DicomWebConfig,
+}
+
+/// `[dicomweb]`: which browser origins may call `/dicom-web` (a viewer such
+/// as OHIF served from another host). Empty (the default): no CORS headers
+/// at all, so only same-origin pages and non-browser clients use it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomWebConfig {
+    /// Exact origins, `https://viewer.example` or `http://host:port`
+    /// (scheme, host, optional port; no path, no wildcard).
+    pub cors_origins: Vec<String>,
+}
+
+/// Whether `o` is an origin as browsers send it: `scheme://host[:port]`,
+/// nothing after, printable ASCII.
+pub fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(h, port)| {
+        if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            ""
+        }
+    });
+    matches!(scheme, "http" | "https")
+        && !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
 }
 
 /// `[storage]`: `url` = `file://DIR` (default `file://<data_dir>/instances`)
@@ -567,6 +598,7 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             log: "info".into(),
             storage: StorageConfig::default(),
+            dicomweb: DicomWebConfig::default(),
         }
     }
 }
@@ -725,6 +757,11 @@ impl Config {
                 }
             }
             (None, _) => {}
+        }
+        if let Some(o) = self.dicomweb.cors_origins.iter().find(|o| !valid_origin(o)) {
+            return bad(format!(
+                "dicomweb.cors_origins: {o:?} is not an origin (scheme://host[:port], no path, no wildcard)"
+            ));
         }
         if self.relay.max_bundle_mb == 0 || self.relay.max_inflight_bundles == 0 {
             return bad("relay.max_bundle_mb and relay.max_inflight_bundles must be at least 1".into());
@@ -938,6 +975,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        for ok in [
+            "https://ohif.example",
+            "http://127.0.0.1:3000",
+            "https://viewer.city-01.example:8443",
+        ] {
+            assert!(valid_origin(ok), "{ok}");
+        }
+        for bad in [
+            "*",
+            "ohif.example",
+            "https://ohif.example/",
+            "https://ohif.example/viewer",
+            "ftp://x",
+            "https://",
+            "https://a b",
+            "https://x:99999x",
+        ] {
+            assert!(!valid_origin(bad), "{bad}");
+        }
+        let mut cfg = Config::default();
+        cfg.dicomweb.cors_origins = vec!["https://ohif.example/".into()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("dicomweb.cors_origins"), "{e}");
+    }
 
     #[test]
     fn example_file_parses_and_validates() {

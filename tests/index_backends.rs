@@ -233,11 +233,11 @@ fn migrations_are_idempotent_and_medrelay_migrate_prints_the_version() {
     // On an empty database the command creates the schema.
     assert_eq!(
         medrelay_migrate(&postgres, dir.path()),
-        "index postgres schema version 4"
+        "index postgres schema version 5"
     );
     for (url, want) in [
-        (&sqlite, "index sqlite schema version 10"),
-        (&postgres, "index postgres schema version 4"),
+        (&sqlite, "index sqlite schema version 11"),
+        (&postgres, "index postgres schema version 5"),
     ] {
         rt().block_on(async {
             let (idx, w) = Index::open_url(url).await.expect("open");

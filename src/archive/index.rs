@@ -520,6 +520,17 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE studies ADD COLUMN study_id TEXT NOT NULL DEFAULT '';
      CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession_number);
      CREATE INDEX IF NOT EXISTS patients_patient_id ON patients(patient_id)",
+    // 11: API tokens for DICOMweb machine clients (owned by
+    // reading::tokens): only the token's SHA-256 is stored; a revoked
+    // token keeps its row (revoked_ms), so audit rows keep their name.
+    "CREATE TABLE IF NOT EXISTS api_tokens (
+         name TEXT PRIMARY KEY,
+         token_hash TEXT NOT NULL UNIQUE,
+         scope TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         last_used_ms INTEGER,
+         revoked_ms INTEGER
+     )",
 ];
 
 /// The `user_version` that `study_names` arrives with (see `MIGRATIONS`).
@@ -639,6 +650,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("../store/migrations/postgres/v2.sql"),
     include_str!("../store/migrations/postgres/v3.sql"),
     include_str!("../store/migrations/postgres/v4.sql"),
+    include_str!("../store/migrations/postgres/v5.sql"),
 ];
 
 /// The advisory lock key held while PostgreSQL migrations run.

@@ -3,5 +3,6 @@
 
 pub mod files;
 pub mod index;
+pub mod metadata;
 pub mod query;
 pub mod stability;

@@ -221,7 +221,7 @@ pub async fn instance_file(
 }
 
 /// Size of a stored instance, read on a blocking thread.
-async fn stored_size(archive: &Archive, rel: &str) -> std::io::Result<u64> {
+pub(crate) async fn stored_size(archive: &Archive, rel: &str) -> std::io::Result<u64> {
     let (archive, rel) = (archive.clone(), rel.to_string());
     tokio::task::spawn_blocking(move || archive.size(&rel))
         .await
@@ -234,7 +234,11 @@ async fn stored_size(archive: &Archive, rel: &str) -> std::io::Result<u64> {
 /// chunk whatever the instance's size, and no thread waits on a slow client.
 /// An instance shorter than its size ends the stream in an error (a
 /// truncated download is detectable, a silently short one is not).
-fn instance_chunks(archive: Archive, rel: String, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+pub(crate) fn instance_chunks(
+    archive: Archive,
+    rel: String,
+    len: u64,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
     futures::stream::try_unfold(0u64, move |at| {
         let (archive, rel) = (archive.clone(), rel.clone());
         async move {

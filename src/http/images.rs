@@ -82,7 +82,12 @@ fn placeholder_jpeg(side: u32) -> Vec<u8> {
 
 /// Serve a stored preview file (`kind`: thumb, preview, mid, cine); render it
 /// now if the worker has not got to it yet; a placeholder if there is none.
-async fn stored_image(s: &Services, uid: &str, kind: &'static str, headers: &HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn stored_image(
+    s: &Services,
+    uid: &str,
+    kind: &'static str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let row = latest(s, uid).await?;
     let etag = format!("\"{}-{kind}\"", row.sha256);
     if row.preview_status.starts_with("no preview") {
@@ -204,26 +209,43 @@ pub async fn rendered_image(
         }
     };
     let frame = q.frame.unwrap_or(0);
+    let format = q.format.unwrap_or_default();
+    let quality = q.quality.unwrap_or(90).clamp(1, 100);
+    let size = q.size.unwrap_or(0).min(16384);
+    render_row(&s, &row, window, frame, size, format, quality, &headers).await
+}
+
+/// Renders frame `frame` of the instance version `row` with `window` (None:
+/// the dataset's), bounded by `size` (0: full size), on the render slots;
+/// 304 when the client has it (ETag). Shared with DICOMweb `rendered`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn render_row(
+    s: &Services,
+    row: &InstanceRow,
+    window: Option<(f64, f64)>,
+    frame: u32,
+    size: u32,
+    format: Format,
+    quality: u8,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let frames = row.frames.unwrap_or(1).max(1) as u32;
     if frame >= frames {
         return Err(ApiError::BadRequest(format!(
             "frame {frame}: the instance has {frames}"
         )));
     }
-    let format = q.format.unwrap_or_default();
-    let quality = q.quality.unwrap_or(90).clamp(1, 100);
-    let size = q.size.unwrap_or(0).min(16384);
     let etag = format!(
         "\"{}-r-{:?}-{frame}-{size}-{format:?}-{quality}\"",
         row.sha256,
         window.map(|(c, w)| (c.to_bits(), w.to_bits()))
     )
     .replace([' ', '(', ')', ','], "");
-    if not_modified(&headers, &etag) {
+    if not_modified(headers, &etag) {
         return Ok(cached(&etag));
     }
     let file = s.archive.input(&row.path);
-    let r = rendered(&s, move || {
+    let r = rendered(s, move || {
         let img = render::render_any(
             &file,
             &RenderParams {

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod broadcast;
 pub mod compress;
 pub mod consult;
+pub mod dicomweb;
 pub mod error;
 pub mod images;
 pub mod lang;
@@ -120,6 +121,7 @@ pub fn router(services: Arc<Services>) -> Router {
         // The broadcast page is the consultation page in broadcast mode.
         .route("/broadcast", get(consult::consult_page))
         .route("/web/{name}", get(consult::web_asset))
+        .nest(dicomweb::BASE, dicomweb::router(services.clone()))
         .layer(axum::middleware::from_fn(compress::gzip))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(services)

@@ -526,6 +526,36 @@ impl Source {
             .find_map(|g| items(g, seq).first().and_then(&f))
     }
 
+    /// Whether the pixel data is encapsulated (compressed frames).
+    pub fn is_encapsulated(&self) -> bool {
+        matches!(self.info.location, PixelLocation::Encapsulated { .. })
+    }
+
+    /// One frame (0-based) undecoded, as WADO-RS sends frames (PS3.18
+    /// 8.7.3): native samples as little-endian bytes (what Explicit VR
+    /// Little Endian holds, whatever the stored byte order), or the
+    /// compressed bytes of an encapsulated frame as stored. 1-bit and
+    /// deflated pixel data are refused (not sent as frames).
+    pub fn wire_frame(&self, path: &dyn Input, frame: u32) -> Result<Vec<u8>, DecodeError> {
+        let info = &self.info;
+        if frame >= info.frames {
+            return Err(DecodeError::Unsupported(format!("frame {frame} of {}", info.frames)));
+        }
+        if info.deflated || info.format.bits_allocated == 1 {
+            return Err(DecodeError::Unsupported(
+                "frames of deflated or 1-bit pixel data".into(),
+            ));
+        }
+        match &info.location {
+            PixelLocation::Native { offset, length } => {
+                read_native_frame(path, info, self.info.dataset_offset + offset, *length, frame)
+            }
+            PixelLocation::Encapsulated { fragments } => {
+                Ok(read_fragments(path, self.info.dataset_offset, fragments, info.frames, frame)?.concat())
+            }
+        }
+    }
+
     /// Decode one frame (0-based). Grayscale values go through the Modality
     /// LUT when the dataset has one (then `rescale` is the identity).
     pub fn frame(&self, path: &dyn Input, frame: u32) -> Result<Frame, DecodeError> {

@@ -12,12 +12,14 @@ use super::access::{Caller, Role};
 
 /// As what the `username` of an audit row acted (the `role` column): an
 /// account's role, a DICOM peer (its AE title is the username), an edge over
-/// the relay link, or nobody known (a failed login, a summary row).
+/// the relay link, an API token of a machine client (`token:NAME` is the
+/// username), or nobody known (a failed login, a summary row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor {
     Account(Role),
     Dicom,
     Relay,
+    Token,
     Unknown,
 }
 
@@ -28,6 +30,7 @@ impl Actor {
             Actor::Account(r) => r.as_str(),
             Actor::Dicom => "dicom",
             Actor::Relay => "relay",
+            Actor::Token => "token",
             Actor::Unknown => "",
         }
     }

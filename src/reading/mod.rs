@@ -26,4 +26,5 @@ pub mod reports;
 pub mod requests;
 pub mod signing;
 pub mod sr;
+pub mod tokens;
 pub mod worklist;

@@ -52,6 +52,7 @@ pub const TABLES: &[&str] = &[
     "relay_staged",
     "relay_outbox",
     "relay_kv",
+    "api_tokens",
 ];
 
 /// Bytes read per request while copying or hashing one object: bounded

@@ -11,7 +11,7 @@
 #   - chromium, chromium-driver (chromedriver), fonts-wqy-microhei (Debian apt, only if missing;
 #                                  WebRTC browser tests, tests/support/webdriver.rs)
 #   - $REPO/.cache/venv            python venv with pynetdicom, pydicom, pydicom-data, numpy,
-#                                  pillow, aiortc, websockets
+#                                  pillow, aiortc, websockets, dicomweb-client
 #   - $REPO/.cache/dicom-samples   public sample corpus (see shared/dicom-samples/INDEX.md):
 #         pydicom/data/test_files/*.dcm   and   data_store/data/*.dcm
 #   - $REPO/.cache/ct300           300-slice synthetic CT series (fixtures/gen_ct.py)
@@ -134,6 +134,22 @@ if ! venv_has_webrtc; then
     venv_has_webrtc || die "aiortc/websockets not importable after pip install"
 fi
 
+# DICOMweb client (tests/dicomweb.rs drives our WADO-RS with it, as an
+# independent client: multipart parsing, DICOM JSON to pydicom datasets).
+DICOMWEB_VERS=""
+venv_has_dicomweb() {
+    [ -x "$VPY" ] && DICOMWEB_VERS=$("$VPY" -c '
+from importlib.metadata import version
+import dicomweb_client
+print("dicomweb-client", version("dicomweb-client"))
+' 2>/dev/null)
+}
+if ! venv_has_dicomweb; then
+    log "pip install dicomweb-client into $VENV"
+    "$VPY" -m pip install -q 'dicomweb-client>=0.59,<1' </dev/null
+    venv_has_dicomweb || die "dicomweb-client not importable after pip install"
+fi
+
 # ---------------------------------------------------------------- sample corpus
 SAMPLE_CHECK=("$SAMPLES/data_store/data/MR2_UNCR.dcm" "$SAMPLES/pydicom/data/test_files/CT_small.dcm")
 samples_ok() { local f; for f in "${SAMPLE_CHECK[@]}"; do [ -s "$f" ] || return 1; done; }
@@ -197,4 +213,4 @@ n_samples=$(find "$SAMPLES/pydicom/data/test_files" "$SAMPLES/data_store/data" -
 dcmtk_ver=$(storescu --version 2>/dev/null | grep -oE 'v[0-9]+\.[0-9]+\.[0-9]+' | head -1 || true)
 chromium_ver=$(chromium --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1 || true)
 chromedriver_ver=$("$CHROMEDRIVER" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1 || true)
-echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), chromium ${chromium_ver:-?}, chromedriver ${chromedriver_ver:-?} ($CHROMEDRIVER), venv .cache/venv ($PYVERS; $WEBRTC_VERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files), postgresql $("$PG_BIN/postgres" --version | grep -oE '[0-9]+(\.[0-9]+)+' | head -1) ($PG_BIN), s3s-fs $S3S_VERSION (.cache/s3s-fs)"
+echo "medrelay test env ready: dcmtk ${dcmtk_ver:-?} ($(command -v storescu)), $(cmake --version | head -1), chromium ${chromium_ver:-?}, chromedriver ${chromedriver_ver:-?} ($CHROMEDRIVER), venv .cache/venv ($PYVERS; $WEBRTC_VERS; $DICOMWEB_VERS), samples .cache/dicom-samples ($n_samples .dcm), ct300 .cache/ct300 ($(count_ct) files), postgresql $("$PG_BIN/postgres" --version | grep -oE '[0-9]+(\.[0-9]+)+' | head -1) ($PG_BIN), s3s-fs $S3S_VERSION (.cache/s3s-fs)"
