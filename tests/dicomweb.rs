@@ -678,3 +678,124 @@ fn wado_rs_with_tokens_scope_metadata_and_cors() {
     let used = s.sqlite("SELECT last_used_ms FROM api_tokens WHERE name = 'viewer-b'");
     assert!(used.parse::<i64>().is_ok_and(|t| t > 0), "last use recorded: {used}");
 }
+
+/// QIDO-RS through dicomweb-client (`dicomweb_probe.py --search`).
+fn qido(s: &Server, token: &str, level: &str, filters: Value, study: Option<&str>) -> Vec<Value> {
+    let base = format!("https://127.0.0.1:{}/dicom-web", s.http_port);
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(script("dicomweb_probe.py"))
+            .args([base.as_str(), token, "--search", level])
+            .arg(filters.to_string())
+            .args(study);
+        c
+    });
+    assert!(o.status.success(), "dicomweb_probe --search: {}", text(&o));
+    serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+}
+
+#[test]
+fn qido_rs_searches_every_level_with_c_find_matching_within_the_token_scope() {
+    let s = Server::start(ServerOpts {
+        config_toml: CONFIG.into(),
+        ..Default::default()
+    });
+    let ct: Vec<PathBuf> = (1..=3).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
+    push(&s, "T01_CT", &ct);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cn = chinese(tmp.path());
+    push(
+        &s,
+        "T02_MR",
+        &[cn["gb18030"].clone(), cn["utf8"].clone(), cn["alpha"].clone()],
+    );
+    let (study_ct, series_ct) = study_of(&s, &sop_of(&ct[0]));
+    let (study_gb, _) = study_of(&s, &sop_of(&cn["gb18030"]));
+    let tok_a = token_add(&s, "qido-a", "clinic:t01");
+    let tok_b = token_add(&s, "qido-b", "clinic:t02");
+    let ids = |v: &[Value]| -> Vec<String> {
+        let mut x: Vec<String> = v
+            .iter()
+            .map(|r| r["PatientID"].as_str().unwrap_or("").to_string())
+            .collect();
+        x.sort();
+        x
+    };
+
+    // Studies: a Chinese wildcard, a date range, an exact ID; names come
+    // back with their groups, counts as numbers pydicom reads.
+    let m = qido(&s, &tok_b, "studies", serde_json::json!({"PatientName": "王*"}), None);
+    assert_eq!(ids(&m), ["CN-gb18030", "CN-utf8"]);
+    assert!(
+        m.iter()
+            .all(|r| r["PatientName"].as_str().is_some_and(|n| n.contains("王^小东"))),
+        "{m:?}"
+    );
+    assert!(m.iter().all(|r| r["NumberOfStudyRelatedInstances"] == "1"), "{m:?}");
+    let m = qido(
+        &s,
+        &tok_b,
+        "studies",
+        serde_json::json!({"StudyDate": "20260301-20260302", "PatientID": "CN-a*"}),
+        None,
+    );
+    assert_eq!(ids(&m), ["CN-alpha"]);
+    // Scope: clinic t01's token finds none of t02's studies, even by UID.
+    let m = qido(
+        &s,
+        &tok_a,
+        "studies",
+        serde_json::json!({"StudyInstanceUID": study_gb}),
+        None,
+    );
+    assert!(m.is_empty(), "{m:?}");
+    let m = qido(&s, &tok_a, "studies", serde_json::json!({}), None);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["StudyInstanceUID"], study_ct.as_str());
+
+    // Series of a study, instances of a study with includefield.
+    let m = qido(
+        &s,
+        &tok_a,
+        "series",
+        serde_json::json!({"Modality": "CT"}),
+        Some(&study_ct),
+    );
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["SeriesInstanceUID"], series_ct.as_str());
+    assert_eq!(m[0]["NumberOfSeriesRelatedInstances"], "3");
+    let m = qido(
+        &s,
+        &tok_a,
+        "instances",
+        serde_json::json!({"includefield": "StudyDescription"}),
+        Some(&study_ct),
+    );
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(
+        m.iter()
+            .all(|r| r.get("SOPInstanceUID").is_some() && r.get("StudyDescription").is_some())
+    );
+
+    // limit / offset page through, with a Warning while more remain.
+    let page = |q: &str| bearer(&s, &format!("/dicom-web/instances?{q}"), &tok_a, &[]);
+    let a = page("limit=2");
+    assert_eq!(a.code, 200);
+    assert_eq!(a.json().as_array().map(Vec::len), Some(2));
+    assert!(
+        a.header("warning").is_some_and(|w| w.starts_with("299")),
+        "{:?}",
+        a.headers
+    );
+    let b = page("limit=2&offset=2");
+    assert_eq!(b.json().as_array().map(Vec::len), Some(1));
+    assert!(b.header("warning").is_none());
+    assert_eq!(b.header("content-type"), Some("application/dicom+json"));
+    // Bad parameters are 400; no credentials 401.
+    assert_eq!(page("NoSuchKey=1").code, 400);
+    assert_eq!(page("StudyInstanceUID=1.2.*").code, 400);
+    assert_eq!(page("limit=100000").code, 400);
+    assert_eq!(curl(&s, "/dicom-web/studies", &[]).code, 401);
+    let audit = s.sqlite("SELECT username || ' ' || detail FROM audit WHERE action = 'search'");
+    assert!(audit.contains("token:qido-a qido level=IMAGE"), "{audit}");
+}

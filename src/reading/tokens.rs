@@ -255,6 +255,7 @@ mod tests {
                 id: "city".into(),
                 name: "City".into(),
                 serves: vec!["t1".into(), "t2".into()],
+                ae_titles: Vec::new(),
             }],
             ..Config::default()
         }

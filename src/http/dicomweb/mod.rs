@@ -1,6 +1,6 @@
 //! DICOMweb (PS3.18) under `/dicom-web`: WADO-RS retrieve of studies,
 //! series and instances as stored, and their metadata as DICOM JSON.
-//! (QIDO-RS comes with the Query/Retrieve index queries; STOW-RS later.)
+//! QIDO-RS searches ([`qido`]) run on the Q/R index queries. (STOW-RS later.)
 //!
 //! Who may call: a browser session exactly as for the rest of the API (the
 //! cookie; a state-changing request also needs the CSRF header), or a
@@ -22,6 +22,7 @@
 mod accept;
 mod frames;
 pub mod json;
+mod qido;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,18 @@ pub fn router(services: Arc<Services>) -> Router<Arc<Services>> {
     // Every route also takes OPTIONS, so a CORS preflight reaches `cors`.
     let preflight = || async { StatusCode::NO_CONTENT };
     Router::new()
+        .route("/studies", get(qido::studies).options(preflight))
+        .route("/series", get(qido::series).options(preflight))
+        .route("/instances", get(qido::instances).options(preflight))
+        .route("/studies/{study}/series", get(qido::study_series).options(preflight))
+        .route(
+            "/studies/{study}/instances",
+            get(qido::study_instances).options(preflight),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(qido::series_instances).options(preflight),
+        )
         .route("/studies/{study}", get(retrieve_study).options(preflight))
         .route("/studies/{study}/metadata", get(study_metadata).options(preflight))
         .route(
