@@ -80,13 +80,7 @@ SEED="$REPO/benches/ingest_seed.py"
 PG="$REPO/benches/support/pg.sh"
 GARAGE_SH="$REPO/benches/support/garage.sh"
 CT="$REPO/.cache/ct300"
-ORTHANC=/usr/sbin/Orthanc
-[ -x "$ORTHANC" ] || die "no $ORTHANC (apt-get install orthanc orthanc-postgresql)"
-ORTHANC_PG_PLUGIN=""
-for f in /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so /usr/lib/orthanc/libOrthancPostgreSQLIndex.so*; do
-    [ -f "$f" ] && { ORTHANC_PG_PLUGIN="$f"; break; }
-done
-[ -n "$ORTHANC_PG_PLUGIN" ] || die "no libOrthancPostgreSQLIndex.so (apt-get install orthanc-postgresql)"
+orthanc_anchor
 [ "$(find "$CT" -name '*.dcm' | wc -l)" = "$N" ] || die "$CT does not hold $N files"
 
 # c needs Garage's binary; building it takes ~29 min, so never from here

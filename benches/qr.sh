@@ -34,13 +34,7 @@ export TCP_NODELAY=1   # DCMTK and Orthanc's DICOM server leave Nagle on otherwi
 SEED="$REPO/benches/ingest_seed.py"
 PG="$REPO/benches/support/pg.sh"
 CT="$REPO/.cache/ct300"
-ORTHANC=/usr/sbin/Orthanc
-[ -x "$ORTHANC" ] || die "no $ORTHANC (apt-get install orthanc orthanc-postgresql)"
-ORTHANC_PG_PLUGIN=""
-for f in /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so /usr/lib/orthanc/libOrthancPostgreSQLIndex.so*; do
-    [ -f "$f" ] && { ORTHANC_PG_PLUGIN="$f"; break; }
-done
-[ -n "$ORTHANC_PG_PLUGIN" ] || die "no libOrthancPostgreSQLIndex.so (apt-get install orthanc-postgresql)"
+orthanc_anchor
 
 bench_build
 WORK="$(mktemp -d /tmp/medrelay-qr.XXXXXX)"

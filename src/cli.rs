@@ -577,6 +577,17 @@ async fn open_index(cfg: &Config) -> Result<(crate::archive::index::Index, tokio
         .map_err(|e| e.to_string())
 }
 
+/// The configuration and index of an offline admin command that needs
+/// no certificates (`user`, `api-token`).
+async fn admin_index(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<(Config, crate::archive::index::Index, tokio::task::JoinHandle<()>), String> {
+    let cfg = load_with_data_dir(config, data_dir).map_err(|e| e.to_string())?;
+    let (index, writer) = open_index(&cfg).await?;
+    Ok((cfg, index, writer))
+}
+
 async fn relay(
     cmd: RelayCmd,
     config: Option<PathBuf>,
@@ -789,11 +800,7 @@ async fn migrate(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode
 
 async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     use crate::reading::accounts;
-    let cfg = match load_with_data_dir(config, data_dir) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let (index, writer) = match open_index(&cfg).await {
+    let (cfg, index, writer) = match admin_index(config, data_dir).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -878,11 +885,7 @@ async fn user(cmd: UserCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) 
 
 async fn api_token(cmd: TokenCmd, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     use crate::reading::tokens;
-    let cfg = match load_with_data_dir(config, data_dir) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let (index, writer) = match open_index(&cfg).await {
+    let (cfg, index, writer) = match admin_index(config, data_dir).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };

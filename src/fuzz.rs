@@ -296,20 +296,27 @@ pub fn dimse(data: &[u8]) {
     assert_eq!(Command::decode(&rsp.encode()).as_ref(), Ok(&rsp));
 }
 
-/// The dataset walker as the SCP runs it (the SCP's wanted tags). The first
-/// byte picks the transfer syntax: explicit LE, implicit LE, explicit BE,
-/// deflated explicit LE (the rest is then raw deflate).
-pub fn walk_dataset(data: &[u8]) {
-    let Some((&first, rest)) = data.split_first() else {
-        return;
-    };
+/// The first byte of a dataset input picks its transfer syntax: explicit
+/// LE, implicit LE, explicit BE, deflated explicit LE (the rest is then raw
+/// deflate).
+fn encoding_and_rest(data: &[u8]) -> Option<(Encoding, &[u8])> {
+    let (&first, rest) = data.split_first()?;
     let ts = match first & 3 {
         0 => "1.2.840.10008.1.2.1",
         1 => "1.2.840.10008.1.2",
         2 => "1.2.840.10008.1.2.2",
         _ => "1.2.840.10008.1.2.1.99",
     };
-    let enc = Encoding::for_transfer_syntax(ts);
+    Some((Encoding::for_transfer_syntax(ts), rest))
+}
+
+/// The dataset walker as the SCP runs it (the SCP's wanted tags). The first
+/// byte picks the transfer syntax: explicit LE, implicit LE, explicit BE,
+/// deflated explicit LE (the rest is then raw deflate).
+pub fn walk_dataset(data: &[u8]) {
+    let Some((enc, rest)) = encoding_and_rest(data) else {
+        return;
+    };
     let bound = walk::memory_bound(attrs::WANTED.len());
     let Ok(s) = bounded("walk", bound, || walk::walk(rest, enc, attrs::WANTED)) else {
         return;
@@ -340,16 +347,9 @@ pub fn walk_dataset(data: &[u8]) {
 /// back. Memory within a few times the input (the identifier is bounded).
 pub fn qr_identifier(data: &[u8]) {
     use crate::dicom::qr::{Model, find, identifier};
-    let Some((&first, rest)) = data.split_first() else {
+    let Some((enc, rest)) = encoding_and_rest(data) else {
         return;
     };
-    let ts = match first & 3 {
-        0 => "1.2.840.10008.1.2.1",
-        1 => "1.2.840.10008.1.2",
-        2 => "1.2.840.10008.1.2.2",
-        _ => "1.2.840.10008.1.2.1.99",
-    };
-    let enc = Encoding::for_transfer_syntax(ts);
     let bound = 16 * rest.len() + (1 << 20) + (64 << 10);
     let Ok(id) = bounded("qr identifier", bound, || identifier::parse(rest, enc)) else {
         return;

@@ -42,22 +42,6 @@ serves = ["t01", "t02"]
     )
 }
 
-/// The datasets of `tests/support/chinese_names.py`, by case name.
-fn datasets(dir: &Path) -> HashMap<String, PathBuf> {
-    let o = run({
-        let mut c = Command::new(python());
-        c.arg(script("chinese_names.py")).arg(dir);
-        c
-    });
-    assert!(o.status.success(), "chinese_names.py: {}", text(&o));
-    std::fs::read_dir(dir)
-        .expect("datasets")
-        .flatten()
-        .map(|e| e.path())
-        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
-        .collect()
-}
-
 /// Percent-encoding of a query value (UTF-8 bytes).
 fn enc(s: &str) -> String {
     s.bytes()
@@ -150,7 +134,7 @@ fn found(s: &Server, q: &str) -> Vec<String> {
 #[test]
 fn chinese_names_in_every_character_set_are_stored_as_unicode_and_found() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let files = datasets(tmp.path());
+    let files = chinese_datasets(tmp.path());
     let w = world(support::free_port(), support::free_port(), &files);
     let s = &w.s;
     let by_id: HashMap<String, Value> = s.get_json("/api/studies?limit=50")["studies"]
@@ -243,7 +227,7 @@ fn sign_and_receive(w: &World, uid: &str, pacs: &Pacs, findings: &str, impressio
 #[test]
 fn signed_chinese_report_reaches_the_pacs_in_utf8_or_gb18030() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let files = datasets(tmp.path());
+    let files = chinese_datasets(tmp.path());
     let (p1, p2) = (Pacs::start(), Pacs::start());
     let w = world(p1.port, p2.port, &files);
     let findings = "脑实质内未见明显异常密度影。\n脑室系统未见扩大。";

@@ -8,8 +8,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use support::*;
@@ -42,22 +41,6 @@ ae_titles = ["COUNTY_WS"]
     .into()
 }
 
-/// The Chinese-name datasets (tests/support/chinese_names.py), by case.
-fn datasets(dir: &Path) -> HashMap<String, PathBuf> {
-    let o = run({
-        let mut c = Command::new(python());
-        c.arg(script("chinese_names.py")).arg(dir);
-        c
-    });
-    assert!(o.status.success(), "chinese_names.py: {}", text(&o));
-    std::fs::read_dir(dir)
-        .expect("datasets")
-        .flatten()
-        .map(|e| e.path())
-        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
-        .collect()
-}
-
 struct World {
     s: Server,
     /// Study UID by patient ID.
@@ -69,7 +52,7 @@ struct World {
 /// 300-slice CT from t02.
 fn world() -> World {
     let dir = tempfile::tempdir().expect("tmp");
-    let files = datasets(dir.path());
+    let files = chinese_datasets(dir.path());
     let s = Server::start(ServerOpts {
         config_toml: config(),
         stable_after_secs: 1.0,

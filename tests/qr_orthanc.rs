@@ -1,7 +1,9 @@
 //! Query/Retrieve with Orthanc (Debian 1.10) both ways: Orthanc queries
 //! medrelay (C-FIND) and retrieves a study into itself (C-MOVE, medrelay
 //! as SCP); medrelay's `find` and `get` commands query and fetch from
-//! Orthanc (medrelay as SCU).
+//! Orthanc (medrelay as SCU). And Orthanc's DICOMweb client (the
+//! orthanc-dicomweb plugin) searches medrelay's QIDO-RS and retrieves a
+//! study over WADO-RS with an API token.
 //!
 //! Run: `cargo test --test qr_orthanc` (after `bash tests/support/setup.sh`).
 
@@ -10,7 +12,7 @@ mod support;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use support::orthanc::Orthanc;
+use support::orthanc::{DICOMWEB_PLUGIN, Orthanc};
 use support::*;
 
 #[test]
@@ -138,4 +140,69 @@ ae_titles = ["ORTHANC"]
         c
     });
     assert_eq!(text(&o).trim(), "CT 512 True", "{}", text(&o));
+}
+
+#[test]
+fn orthancs_dicomweb_client_searches_and_retrieves_a_study_from_medrelay() {
+    let s = Server::start(ServerOpts {
+        config_toml: ONE_HOSPITAL.into(),
+        stable_after_secs: 1.0,
+        ..Default::default()
+    });
+    let o = run({
+        let mut c = s.storescu("T01_CT");
+        c.args(["+sd", "+r"]).arg(ct300());
+        c
+    });
+    assert!(o.status.success(), "storescu: {}", text(&o));
+    s.wait_for(60, "300 instances indexed", || {
+        s.sqlite("SELECT COUNT(*) FROM instances") == "300"
+    });
+    let study = s.sqlite("SELECT study_uid FROM studies");
+    let o = s.cli(&["api-token", "add", "orthanc", "--scope", "hospital:city"]);
+    assert!(o.status.success(), "api-token add: {}", text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let orthanc = Orthanc::start_with(
+        "ORTHANC",
+        free_port(),
+        &[],
+        json!({
+            "Plugins": [DICOMWEB_PLUGIN],
+            "HttpsVerifyPeers": false,
+            "DicomWeb": {
+                "Enable": true,
+                "Root": "/dicom-web/",
+                "Servers": {
+                    "medrelay": {
+                        "Url": format!("https://127.0.0.1:{}/dicom-web/", s.http_port),
+                        "HttpHeaders": {"Authorization": format!("Bearer {token}")}
+                    }
+                }
+            }
+        }),
+    );
+    // QIDO-RS through Orthanc's client.
+    let found = orthanc
+        .post(
+            "/dicom-web/servers/medrelay/get",
+            &json!({"Uri": format!("/studies?StudyInstanceUID={study}&includefield=NumberOfStudyRelatedInstances")}),
+        )
+        .expect("qido through Orthanc");
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(found[0]["00201208"]["Value"][0], 300, "{found}");
+    // WADO-RS retrieve into Orthanc.
+    let r = orthanc
+        .post(
+            "/dicom-web/servers/medrelay/retrieve",
+            &json!({"Resources": [{"Study": study}]}),
+        )
+        .expect("retrieve through Orthanc");
+    let stats = orthanc.get("/statistics").expect("statistics");
+    assert_eq!(stats["CountInstances"], 300, "{r} {stats}");
+    let studies = orthanc.get("/studies?expand").expect("studies");
+    assert_eq!(
+        studies[0]["MainDicomTags"]["StudyInstanceUID"],
+        study.as_str(),
+        "{studies}"
+    );
 }

@@ -28,6 +28,19 @@ show_logs() {
 }
 
 now() { date +%s.%N; }
+# orthanc_anchor: checks Debian's Orthanc and its PostgreSQL index plugin
+# (the anchor of the storage and Q/R benchmarks) and sets ORTHANC and
+# ORTHANC_PG_PLUGIN
+orthanc_anchor() {
+    ORTHANC=/usr/sbin/Orthanc
+    [ -x "$ORTHANC" ] || die "no $ORTHANC (apt-get install orthanc orthanc-postgresql)"
+    ORTHANC_PG_PLUGIN=""
+    local f
+    for f in /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so /usr/lib/orthanc/libOrthancPostgreSQLIndex.so*; do
+        [ -f "$f" ] && { ORTHANC_PG_PLUGIN="$f"; break; }
+    done
+    [ -n "$ORTHANC_PG_PLUGIN" ] || die "no libOrthancPostgreSQLIndex.so (apt-get install orthanc-postgresql)"
+}
 # bench_traps FUNC: FUNC runs once on exit; INT and TERM exit with 130 / 143
 # so FUNC sees the status (it must reset the traps first: trap - EXIT INT TERM)
 bench_traps() {

@@ -9,9 +9,8 @@
 //! after checking the UID is one (no path from the network otherwise).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use dicom_ul::association::{AsyncClientAssociation, ClientAssociationOptions};
+use dicom_ul::association::AsyncClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 use tokio::net::TcpStream;
 
@@ -124,32 +123,18 @@ async fn associate(
     sop: &str,
     storage_scp: bool,
 ) -> Result<(AsyncClientAssociation<TcpStream>, u8), ScuError> {
-    let mut o = ClientAssociationOptions::new()
-        .calling_ae_title(calling.to_string())
-        .called_ae_title(target.called_ae.clone())
-        .max_pdu_length(1 << 20)
-        .read_timeout(Duration::from_secs(120))
-        .write_timeout(Duration::from_secs(120))
-        .connection_timeout(Duration::from_secs(15))
-        .with_presentation_context(sop.to_string(), vec![IMPLICIT_LE.to_string()]);
+    let mut contexts = vec![(sop.to_string(), vec![IMPLICIT_LE.to_string()])];
+    let mut roles: Vec<&str> = Vec::new();
     if storage_scp {
         // C-GET brings instances back on this association: propose the
-        // storage classes with the SCP role for ourselves, as stored or
-        // uncompressed (PS3.8 limits an association to 128 contexts).
+        // storage classes with the SCP role for ourselves, uncompressed
+        // (PS3.8 limits an association to 128 contexts).
         for (uid, _) in STORAGE_SOP_CLASSES.iter().take(120) {
-            o = o
-                .with_presentation_context(uid.to_string(), vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()])
-                .with_role_selection(uid.to_string(), false, true);
+            contexts.push((uid.to_string(), vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()]));
+            roles.push(uid);
         }
     }
-    let mut a = o
-        .establish_async(target.addr.as_str())
-        .await
-        .map_err(|source| ScuError::Associate {
-            addr: target.addr.clone(),
-            source: Box::new(source),
-        })?;
-    let _ = a.inner_stream().set_nodelay(true);
+    let a = super::scu::associate(target, calling, &contexts, &roles).await?;
     let pc = a
         .presentation_contexts()
         .iter()

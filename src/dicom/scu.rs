@@ -58,10 +58,14 @@ impl Target {
 
 const NATIVE: [&str; 3] = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"];
 
+/// An association with `target` proposing `contexts`; for the SOP
+/// classes in `scp_roles` we also offer to take the SCP role (C-GET brings
+/// instances back on the association).
 pub(crate) async fn associate(
     target: &Target,
     calling: &str,
     contexts: &[(String, Vec<String>)],
+    scp_roles: &[&str],
 ) -> Result<AsyncClientAssociation<TcpStream>, ScuError> {
     let mut o = ClientAssociationOptions::new()
         .calling_ae_title(calling.to_string())
@@ -72,6 +76,9 @@ pub(crate) async fn associate(
         .connection_timeout(Duration::from_secs(15));
     for (abs, ts) in contexts {
         o = o.with_presentation_context(abs.clone(), ts.clone());
+    }
+    for sop in scp_roles {
+        o = o.with_role_selection(sop.to_string(), false, true);
     }
     let mut a = o
         .establish_async(target.addr.as_str())
@@ -122,7 +129,7 @@ pub async fn echo(target: &Target, calling: &str) -> Result<Duration, ScuError> 
         super::dimse::VERIFICATION_SOP_CLASS.to_string(),
         vec![NATIVE[1].to_string()],
     )];
-    let mut a = associate(target, calling, &ctx).await?;
+    let mut a = associate(target, calling, &ctx, &[]).await?;
     let pc = a
         .presentation_contexts()
         .iter()
@@ -310,7 +317,7 @@ async fn store_worker(
             break;
         };
         if assoc.is_none() {
-            match associate(target, calling, contexts).await {
+            match associate(target, calling, contexts, &[]).await {
                 Ok(a) => assoc = Some(a),
                 Err(e) => {
                     failures_in_a_row += 1;

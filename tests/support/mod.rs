@@ -1022,3 +1022,20 @@ fn storage_env(cmd: &mut Command, data_dir: &Path) {
         .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY);
 }
+
+/// The datasets of `tests/support/chinese_names.py` written into `dir`
+/// (one small CT per Specific Character Set case), by case name.
+pub fn chinese_datasets(dir: &Path) -> std::collections::HashMap<String, PathBuf> {
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(script("chinese_names.py")).arg(dir);
+        c
+    });
+    assert!(o.status.success(), "chinese_names.py: {}", text(&o));
+    std::fs::read_dir(dir)
+        .expect("datasets")
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+        .collect()
+}

@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 use super::free_port;
 
+/// Debian's orthanc-dicomweb plugin.
+pub const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
+
 pub struct Orthanc {
     child: Child,
     _dir: tempfile::TempDir,
@@ -28,13 +31,19 @@ impl Orthanc {
     /// [`Orthanc::start`] with its DICOM port chosen by the caller (who
     /// needed it before Orthanc could start).
     pub fn start_on(aet: &str, dicom_port: u16, modalities: &[(&str, &str, u16)]) -> Orthanc {
+        Orthanc::start_with(aet, dicom_port, modalities, json!({}))
+    }
+
+    /// [`Orthanc::start_on`] with more configuration (`extra`'s keys
+    /// replace the defaults: e.g. `Plugins` and `DicomWeb`).
+    pub fn start_with(aet: &str, dicom_port: u16, modalities: &[(&str, &str, u16)], extra: Value) -> Orthanc {
         let dir = tempfile::tempdir().expect("tmp");
         let http_port = free_port();
         let mods: serde_json::Map<String, Value> = modalities
             .iter()
             .map(|(name, ae, port)| (name.to_string(), json!([ae, "127.0.0.1", port])))
             .collect();
-        let cfg = json!({
+        let mut cfg = json!({
             "Name": "test",
             "StorageDirectory": dir.path().join("db"),
             "IndexDirectory": dir.path().join("db"),
@@ -55,6 +64,11 @@ impl Orthanc {
             "HttpTimeout": 60,
             "DicomScuTimeout": 30,
         });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
         let path = dir.path().join("orthanc.json");
         std::fs::write(&path, cfg.to_string()).expect("orthanc config");
         let child = Command::new("Orthanc")

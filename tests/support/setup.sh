@@ -17,8 +17,9 @@
 #   - $REPO/.cache/ct300           300-slice synthetic CT series (fixtures/gen_ct.py)
 #   - postgresql (Debian apt, only if no server binaries under /usr/lib/postgresql):
 #         initdb/pg_ctl/postgres for tests/support/pg.rs's throwaway clusters
-#   - orthanc-postgresql (Debian apt, only if missing): Orthanc + its PostgreSQL
-#         plugins, the anchor of the storage benchmark (issue 18)
+#   - orthanc-postgresql, orthanc-dicomweb (Debian apt, only if missing): Orthanc
+#         1.10 with its PostgreSQL and DICOMweb plugins, a Q/R and DICOMweb peer of
+#         tests/qr_orthanc.rs and the anchor of the storage and Q/R benchmarks
 #   - $REPO/.cache/s3s-fs/bin/s3s-fs   S3 server over a directory (cargo install
 #         s3s-fs 0.14.1; 0.17 needs a newer rustc) for tests/support/s3.rs
 #   (Garage, the S3 store of the benchmarks, is built on first use by
@@ -190,13 +191,14 @@ fi
 PG_BIN="$(pg_server_bin)"
 [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] && [ -x "$PG_BIN/postgres" ] \
     || die "initdb/pg_ctl/postgres missing under /usr/lib/postgresql/*/bin after apt-get install postgresql"
-if ! dpkg -s orthanc-postgresql >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then
-        log "installing orthanc-postgresql (apt; the storage benchmark's anchor)"
-        apt_update_once
-        apt-get install -y -qq --no-install-recommends orthanc-postgresql </dev/null >/dev/null \
-            || log "orthanc-postgresql not installed; only the storage benchmark's anchor needs it"
-    fi
+# Orthanc is a real peer of the Q/R and DICOMweb tests (tests/qr_orthanc.rs)
+# and the anchor of the storage and Q/R benchmarks.
+if ! dpkg -s orthanc-postgresql orthanc-dicomweb >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "orthanc, orthanc-postgresql and orthanc-dicomweb are missing (apt-get install them as root)"
+    log "installing orthanc-postgresql and orthanc-dicomweb (apt)"
+    apt_update_once
+    apt-get install -y -qq --no-install-recommends orthanc-postgresql orthanc-dicomweb </dev/null >/dev/null \
+        || die "apt-get install orthanc-postgresql orthanc-dicomweb failed"
 fi
 S3S_VERSION=0.14.1
 S3S="$CACHE/s3s-fs/bin/s3s-fs"

@@ -223,17 +223,7 @@ impl Session {
             match pdu {
                 Pdu::PData { data } => {
                     for pdv in data {
-                        let kind = match pdv.value_type {
-                            PDataValueType::Command => PdvKind::Command,
-                            PDataValueType::Data => PdvKind::Data,
-                        };
-                        let step = self
-                            .asm
-                            .feed(pdv.presentation_context_id, kind, pdv.is_last, &pdv.data)
-                            .map_err(|e| {
-                                End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, e.to_string())
-                            })?;
-                        match step {
+                        match self.feed_pdv(&pdv)? {
                             Step::Pending => {}
                             Step::Command { cmd, .. }
                                 if cmd.command_field().ok() == Some(field::C_CANCEL_RQ)
@@ -263,6 +253,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// One PDV into the association's message assembly; a malformed one
+    /// aborts the association.
+    pub(super) fn feed_pdv(&mut self, pdv: &PDataValue) -> Result<Step, End> {
+        let kind = match pdv.value_type {
+            PDataValueType::Command => PdvKind::Command,
+            PDataValueType::Data => PdvKind::Data,
+        };
+        self.asm
+            .feed(pdv.presentation_context_id, kind, pdv.is_last, &pdv.data)
+            .map_err(|e| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, e.to_string()))
     }
 
     /// A response with a dataset: the command, then the dataset in PDVs

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::super::assembly::{PdvKind, Step};
+use super::super::assembly::Step;
 use super::super::dimse::{Command, field, tag};
 use super::super::qr::find::Query;
 use super::super::qr::identifier::{self, Out};
@@ -180,7 +180,8 @@ impl Session {
             called_ae: d.ae_title.trim().to_string(),
             addr: format!("{}:{}", d.host.trim(), d.port),
         };
-        let mut sub = match scu::associate(&target, &self.scp.cfg.dicom.ae_title, &rules::proposals(&pairs)).await {
+        let mut sub = match scu::associate(&target, &self.scp.cfg.dicom.ae_title, &rules::proposals(&pairs), &[]).await
+        {
             Ok(a) => a,
             Err(e) => {
                 warn!(destination = %d.ae_title, error = %e, "C-MOVE destination unreachable");
@@ -327,15 +328,9 @@ impl Session {
                 });
             };
             for pdv in data {
-                let kind = match pdv.value_type {
-                    PDataValueType::Command => PdvKind::Command,
-                    PDataValueType::Data => PdvKind::Data,
+                let Step::Command { cmd, .. } = self.feed_pdv(&pdv)? else {
+                    continue;
                 };
-                let step = self
-                    .asm
-                    .feed(pdv.presentation_context_id, kind, pdv.is_last, &pdv.data)
-                    .map_err(|e| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, e.to_string()))?;
-                let Step::Command { cmd, .. } = step else { continue };
                 let responded = cmd.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO).ok();
                 match cmd.command_field().ok() {
                     Some(field::C_STORE_RSP) if responded == Some(sub_id) => {
