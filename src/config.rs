@@ -65,12 +65,25 @@ pub struct Config {
 /// `[dicomweb]`: which browser origins may call `/dicom-web` (a viewer such
 /// as OHIF served from another host). Empty (the default): no CORS headers
 /// at all, so only same-origin pages and non-browser clients use it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DicomWebConfig {
     /// Exact origins, `https://viewer.example` or `http://host:port`
     /// (scheme, host, optional port; no path, no wildcard).
     pub cors_origins: Vec<String>,
+    /// STOW-RS: the largest instance (one multipart part) accepted, in MB;
+    /// a larger part ends the request with 413. Parts are streamed to
+    /// disk, so this bounds disk use per part, not memory.
+    pub max_stow_mb: u64,
+}
+
+impl Default for DicomWebConfig {
+    fn default() -> Self {
+        DicomWebConfig {
+            cors_origins: Vec::new(),
+            max_stow_mb: 2048,
+        }
+    }
 }
 
 /// Whether `o` is an origin as browsers send it: `scheme://host[:port]`,
