@@ -941,7 +941,9 @@ fn stow_rs_stores_into_the_callers_clinic_through_the_c_store_pipeline() {
     assert_eq!(f[0]["00081197"]["Value"][0], 0xA900, "{body}");
 
     // ---- raw requests (curl): status codes and failure reasons
-    let ct2 = std::fs::read(&ct[2]).expect("ct");
+    // (another study than t01's CT: those UIDs are t01's)
+    let small = corpus_pydicom().join("CT_small.dcm");
+    let ct2 = std::fs::read(&small).expect("CT_small");
     let ct3 = std::fs::read(&ct[3]).expect("ct");
     let truncated = ct3[..ct3.len() / 2].to_vec();
     let body = multipart_file(
@@ -967,7 +969,7 @@ fn stow_rs_stores_into_the_callers_clinic_through_the_c_store_pipeline() {
     let ok = sequence(&v, "00081199");
     let bad = sequence(&v, "00081198");
     assert_eq!((ok.len(), bad.len()), (1, 2), "{v}");
-    assert_eq!(ok[0]["00081155"]["Value"][0], sop_of(&ct[2]).as_str());
+    assert_eq!(ok[0]["00081155"]["Value"][0], sop_of(&small).as_str());
     assert!(
         ok[0]["00081190"]["Value"][0]
             .as_str()
@@ -1019,7 +1021,8 @@ fn stow_rs_stores_into_the_callers_clinic_through_the_c_store_pipeline() {
     s.add_user("stowdoc", "clinic", "stow-pass-1234", &["--clinic", "t02"]);
     let doc = s.login("stowdoc", "stow-pass-1234").expect("login");
     let jar = doc.jar.display().to_string();
-    let one = multipart_file(&s, "sess", &[("application/dicom", ct2.clone())]);
+    let rle = std::fs::read(corpus_pydicom().join("SC_rgb_rle.dcm")).expect("SC_rgb_rle");
+    let one = multipart_file(&s, "sess", &[("application/dicom", rle)]);
     let one = format!("@{}", one.display());
     let ct_sess = "Content-Type: multipart/related; type=\"application/dicom\"; boundary=sess";
     let a = curl(

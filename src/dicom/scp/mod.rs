@@ -145,7 +145,8 @@ pub struct Ingesting {
 impl Ingest {
     /// Starts the writer thread for one instance (after checking the
     /// archive's free-space reserve); the UIDs must already be checked.
-    pub fn start(&self, req: IngestRequest) -> Result<Ingesting, StoreFailure> {
+    /// Boxed: it is held inside per-message state enums.
+    pub fn start(&self, req: IngestRequest) -> Result<Box<Ingesting>, StoreFailure> {
         self.archive.check_reserve()?;
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let params = ReceiveParams {
@@ -160,13 +161,13 @@ impl Ingest {
         let (ready_tx, ready) = oneshot::channel();
         let (durable_tx, durable) = oneshot::channel();
         tokio::task::spawn_blocking(move || receive_instance(params, rx, ready_tx, durable_tx));
-        Ok(Ingesting {
+        Ok(Box::new(Ingesting {
             ingest: self.clone(),
             req,
             tx,
             ready,
             durable,
-        })
+        }))
     }
 
     fn low_space(&self) -> bool {
@@ -209,15 +210,13 @@ impl Ingesting {
 /// Counts an ingest's outcome in the store metrics (one place for C-STORE
 /// and STOW-RS, so /metrics means the same for both).
 pub fn count_outcome(m: &Metrics, r: &Result<StoreOutcome, StoreFailure>) {
-    match r {
-        Ok(StoreOutcome::Stored) => m.instances_stored.fetch_add(1, Relaxed),
-        Ok(StoreOutcome::Duplicate) => m.instances_duplicate.fetch_add(1, Relaxed),
-        Ok(StoreOutcome::NewVersion(_)) => m.instances_new_version.fetch_add(1, Relaxed),
-        Err(f) => {
-            f.count(m);
-            return;
-        }
+    let c = match r {
+        Ok(StoreOutcome::Stored) => &m.instances_stored,
+        Ok(StoreOutcome::Duplicate) => &m.instances_duplicate,
+        Ok(StoreOutcome::NewVersion(_)) => &m.instances_new_version,
+        Err(f) => return f.count(m),
     };
+    c.fetch_add(1, Relaxed);
 }
 
 /// Everything an association needs, shared read-only.
@@ -700,7 +699,7 @@ enum Reception {
 struct StoreJob {
     rq: Command,
     pc: u8,
-    job: Ingesting,
+    job: Box<Ingesting>,
 }
 
 enum Chunk {

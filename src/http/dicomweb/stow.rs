@@ -72,7 +72,7 @@ enum Part {
     /// Collecting the preamble and file meta.
     Meta(Vec<u8>),
     Feeding {
-        job: Ingesting,
+        job: Box<Ingesting>,
         class: String,
         sop: String,
         pending: Vec<u8>,
@@ -88,13 +88,20 @@ enum Part {
 type Finishing = tokio::task::JoinHandle<Result<StoreOutcome, StoreFailure>>;
 
 async fn run(s: &Arc<Services>, c: &WebCaller, study: Option<String>, req: Request) -> Result<Response, WebError> {
-    let Some(clinic) = c.store_clinic.clone() else {
-        return Err(ApiError::Forbidden(
+    let refused = match (&c.store_clinic, boundary_of(req.headers())) {
+        (None, _) => Err(WebError::Api(ApiError::Forbidden(
             "STOW-RS stores into the caller's clinic: use a token of scope clinic:ID or a clinic doctor's account (hospital, all, expert and admin callers may read, not store)".into(),
-        )
-        .into());
+        ))),
+        (_, Err(e)) => Err(WebError::UnsupportedMedia(e)),
+        (Some(clinic), Ok(b)) => Ok((clinic.clone(), b)),
     };
-    let boundary = boundary_of(req.headers()).map_err(WebError::UnsupportedMedia)?;
+    let (clinic, boundary) = match refused {
+        Ok(v) => v,
+        Err(e) => {
+            drain(req, s.cfg.idle_timeout()).await;
+            return Err(e);
+        }
+    };
     let route = ClinicRoute::for_clinic(&s.cfg, &clinic);
     let max_part = s.cfg.dicomweb.max_stow_mb.saturating_mul(1 << 20);
     let idle = s.cfg.idle_timeout();
@@ -188,6 +195,21 @@ async fn run(s: &Arc<Services>, c: &WebCaller, study: Option<String>, req: Reque
         return Err(ApiError::BadRequest("no parts in the multipart body".into()).into());
     }
     Ok(answer(s, c, study.as_deref(), &base, done).await)
+}
+
+/// Reads (and drops) a little of a refused request's body before the
+/// answer: a client still sending a small body would otherwise see the
+/// connection reset instead of the status. A large one is cut.
+async fn drain(req: Request, idle: std::time::Duration) {
+    const DRAIN: usize = 4 << 20;
+    let mut body = req.into_body().into_data_stream();
+    let mut n = 0;
+    while n < DRAIN {
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(b))) => n += b.len(),
+            _ => break,
+        }
+    }
 }
 
 /// A finished part's outcome goes after those still finishing, keeping
