@@ -776,6 +776,9 @@ impl Config {
                 "dicomweb.cors_origins: {o:?} is not an origin (scheme://host[:port], no path, no wildcard)"
             ));
         }
+        if self.dicomweb.max_stow_mb == 0 {
+            return bad("dicomweb.max_stow_mb must be at least 1".into());
+        }
         if self.relay.max_bundle_mb == 0 || self.relay.max_inflight_bundles == 0 {
             return bad("relay.max_bundle_mb and relay.max_inflight_bundles must be at least 1".into());
         }
@@ -1022,6 +1025,7 @@ mod tests {
         let cfg = Config::load(Some(&path), &Overrides::default()).expect("example config");
         assert_eq!(cfg.dicom.ae_title, "MEDRELAY");
         assert!(!cfg.clinics.is_empty());
+        assert_eq!(cfg.dicomweb.max_stow_mb, 2048);
     }
 
     #[test]

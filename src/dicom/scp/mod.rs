@@ -738,6 +738,10 @@ pub enum StoreFailure {
     NotAuthorized(String),
     #[error("processing failure: {0}")]
     Internal(String),
+    /// The index database is unreachable: a processing failure for
+    /// C-STORE (same status and text as `Internal`), 503 for STOW-RS.
+    #[error("processing failure: {0}")]
+    IndexUnavailable(String),
 }
 
 impl StoreFailure {
@@ -749,7 +753,7 @@ impl StoreFailure {
             StoreFailure::InvalidUid(_) => INVALID_SOP_INSTANCE,
             StoreFailure::Refused(_) => status::SOP_CLASS_NOT_SUPPORTED,
             StoreFailure::NotAuthorized(_) => NOT_AUTHORIZED,
-            StoreFailure::Internal(_) => status::PROCESSING_FAILURE,
+            StoreFailure::Internal(_) | StoreFailure::IndexUnavailable(_) => status::PROCESSING_FAILURE,
         }
     }
 
@@ -760,7 +764,7 @@ impl StoreFailure {
                 &m.store_failures_invalid
             }
             StoreFailure::Refused(_) | StoreFailure::NotAuthorized(_) => &m.store_failures_refused,
-            StoreFailure::Internal(_) => &m.store_failures_internal,
+            StoreFailure::Internal(_) | StoreFailure::IndexUnavailable(_) => &m.store_failures_internal,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -1086,6 +1090,8 @@ async fn index_instance(
             // various I/O errors); the free space says what happened.
             if e.is_out_of_resources() || ing.low_space() {
                 Err(StoreFailure::Resources(format!("index: {e}")))
+            } else if matches!(&e, StoreError::Index { source, .. } if source.is_unavailable()) {
+                Err(StoreFailure::IndexUnavailable(format!("index: {e}")))
             } else {
                 Err(StoreFailure::Internal(format!("index: {e}")))
             }

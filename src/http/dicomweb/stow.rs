@@ -194,6 +194,15 @@ async fn run(s: &Arc<Services>, c: &WebCaller, study: Option<String>, req: Reque
     if done.is_empty() {
         return Err(ApiError::BadRequest("no parts in the multipart body".into()).into());
     }
+    // Nothing stored because the index is down: the client should retry
+    // the whole request later, as for the API.
+    let unavailable = |o: &Outcome| matches!(o.result, Err(StoreFailure::IndexUnavailable(_)));
+    if done.iter().any(unavailable) && done.iter().all(|o| o.result.is_err()) {
+        for o in &done {
+            count_outcome(&s.metrics, &o.result);
+        }
+        return Err(ApiError::unavailable().into());
+    }
     Ok(answer(s, c, study.as_deref(), &base, done).await)
 }
 
@@ -347,7 +356,8 @@ fn supported_class(s: &Services, class: &str) -> bool {
 }
 
 /// The PS3.18 store response (table 10.5.3-1) and its status: 200 all
-/// stored, 202 some failed or a warning, 409 all failed.
+/// stored, 202 some failed or a warning, 409 all failed (503 instead when
+/// the index was unavailable, decided by the caller).
 async fn answer(s: &Services, c: &WebCaller, study: Option<&str>, base: &str, done: Vec<Outcome>) -> Response {
     let (mut stored, mut failed) = (Vec::new(), Vec::new());
     let mut warned = false;
