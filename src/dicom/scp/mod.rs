@@ -1403,6 +1403,16 @@ mod tests {
     }
 
     #[test]
+    fn index_unavailable_is_a_processing_failure_for_c_store() {
+        let (a, b) = (
+            StoreFailure::Internal("index: x".into()),
+            StoreFailure::IndexUnavailable("index: x".into()),
+        );
+        assert_eq!((a.status(), a.to_string()), (b.status(), b.to_string()));
+        assert_eq!(b.status(), 0x0110);
+    }
+
+    #[test]
     fn ae_control_reasons() {
         let c = AeControl {
             allowed: Some(Arc::new(["CT01".to_string()].into())),
