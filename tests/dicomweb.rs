@@ -1056,3 +1056,34 @@ fn stow_rs_stores_into_the_callers_clinic_through_the_c_store_pipeline() {
     assert!(audit.contains("token:stow-b stow n=1 failed=2"), "{audit}");
     assert!(audit.contains("stowdoc stow n=1 failed=0"), "{audit}");
 }
+
+/// STOW-RS: a part over `[dicomweb] max_stow_mb` ends the request with 413
+/// and leaves nothing behind.
+#[test]
+fn stow_rs_part_over_the_size_limit_is_413() {
+    let s = Server::start(ServerOpts {
+        config_toml: format!("{CONFIG}max_stow_mb = 1\n"),
+        ..Default::default()
+    });
+    let tok = token_add(&s, "stow-small", "clinic:t02");
+    let mut big = std::fs::read(ct300().join("CT000001.dcm")).expect("ct");
+    while big.len() <= 1 << 20 {
+        big.extend_from_slice(&[0u8; 64 * 1024]);
+    }
+    let body = multipart_file(&s, "big", &[("application/dicom", big)]);
+    let a = bearer(
+        &s,
+        "/dicom-web/studies",
+        &tok,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: multipart/related; type=\"application/dicom\"; boundary=big",
+            "--data-binary",
+            &format!("@{}", body.display()),
+        ],
+    );
+    assert_eq!(a.code, 413, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(s.sqlite("SELECT COUNT(*) FROM instances"), "0");
+}

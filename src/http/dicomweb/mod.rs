@@ -17,7 +17,8 @@
 //! mode (cookies stay same-site; cross-origin viewers use tokens).
 //!
 //! Reads are audited like the API's (`download` for instances, `view` for
-//! metadata), the actor being the account or `token:NAME`. Logs carry UIDs
+//! metadata), STOW-RS as `upload`, the actor being the account or
+//! `token:NAME`. Logs carry UIDs
 //! and token names, never patient data.
 
 mod accept;

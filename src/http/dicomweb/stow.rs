@@ -145,6 +145,9 @@ async fn run(s: &Arc<Services>, c: &WebCaller, study: Option<String>, req: Reque
             Event::Data(d) => {
                 part_bytes += d.len() as u64;
                 if part_bytes > max_part {
+                    // The part being written is abandoned (temp file removed).
+                    drop(part);
+                    drain_stream(&mut body, idle).await;
                     return Err(WebError::TooLarge(format!(
                         "a part is larger than [dicomweb] max_stow_mb = {} MB",
                         s.cfg.dicomweb.max_stow_mb
@@ -210,8 +213,11 @@ async fn run(s: &Arc<Services>, c: &WebCaller, study: Option<String>, req: Reque
 /// answer: a client still sending a small body would otherwise see the
 /// connection reset instead of the status. A large one is cut.
 async fn drain(req: Request, idle: std::time::Duration) {
+    drain_stream(&mut req.into_body().into_data_stream(), idle).await
+}
+
+async fn drain_stream(body: &mut axum::body::BodyDataStream, idle: std::time::Duration) {
     const DRAIN: usize = 4 << 20;
-    let mut body = req.into_body().into_data_stream();
     let mut n = 0;
     while n < DRAIN {
         match tokio::time::timeout(idle, body.next()).await {
