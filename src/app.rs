@@ -133,6 +133,12 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
             });
         }) as OnStored
     });
+    let ingest = crate::dicom::scp::Ingest {
+        archive: archive.clone(),
+        index: index.clone(),
+        metrics: metrics.clone(),
+        on_stored: on_stored.clone(),
+    };
     let scp = Arc::new(Scp::new(
         cfg.clone(),
         archive.clone(),
@@ -231,6 +237,7 @@ pub async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), AppEr
             cfg.http.max_zip_downloads_per_account,
         ),
         limits: limits.clone(),
+        ingest,
     });
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

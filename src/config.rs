@@ -65,12 +65,25 @@ pub struct Config {
 /// `[dicomweb]`: which browser origins may call `/dicom-web` (a viewer such
 /// as OHIF served from another host). Empty (the default): no CORS headers
 /// at all, so only same-origin pages and non-browser clients use it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DicomWebConfig {
     /// Exact origins, `https://viewer.example` or `http://host:port`
     /// (scheme, host, optional port; no path, no wildcard).
     pub cors_origins: Vec<String>,
+    /// STOW-RS: the largest instance (one multipart part) accepted, in MB;
+    /// a larger part ends the request with 413. Parts are streamed to
+    /// disk, so this bounds disk use per part, not memory.
+    pub max_stow_mb: u64,
+}
+
+impl Default for DicomWebConfig {
+    fn default() -> Self {
+        DicomWebConfig {
+            cors_origins: Vec::new(),
+            max_stow_mb: 2048,
+        }
+    }
 }
 
 /// Whether `o` is an origin as browsers send it: `scheme://host[:port]`,
@@ -763,6 +776,9 @@ impl Config {
                 "dicomweb.cors_origins: {o:?} is not an origin (scheme://host[:port], no path, no wildcard)"
             ));
         }
+        if self.dicomweb.max_stow_mb == 0 {
+            return bad("dicomweb.max_stow_mb must be at least 1".into());
+        }
         if self.relay.max_bundle_mb == 0 || self.relay.max_inflight_bundles == 0 {
             return bad("relay.max_bundle_mb and relay.max_inflight_bundles must be at least 1".into());
         }
@@ -1009,6 +1025,7 @@ mod tests {
         let cfg = Config::load(Some(&path), &Overrides::default()).expect("example config");
         assert_eq!(cfg.dicom.ae_title, "MEDRELAY");
         assert!(!cfg.clinics.is_empty());
+        assert_eq!(cfg.dicomweb.max_stow_mb, 2048);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -204,22 +203,6 @@ fn token_add(s: &Server, name: &str, scope: &str) -> String {
     token
 }
 
-/// The datasets of `tests/support/chinese_names.py`, by case name.
-fn chinese(dir: &Path) -> HashMap<String, PathBuf> {
-    let o = run({
-        let mut c = Command::new(python());
-        c.arg(script("chinese_names.py")).arg(dir);
-        c
-    });
-    assert!(o.status.success(), "chinese_names.py: {}", text(&o));
-    std::fs::read_dir(dir)
-        .expect("datasets")
-        .flatten()
-        .map(|e| e.path())
-        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
-        .collect()
-}
-
 fn push(s: &Server, ae: &str, files: &[PathBuf]) {
     let o = run({
         let mut c = s.storescu(ae);
@@ -273,7 +256,7 @@ fn wado_rs_with_tokens_scope_metadata_and_cors() {
     let ct: Vec<PathBuf> = (1..=3).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
     push(&s, "T01_CT", &ct);
     let tmp = tempfile::tempdir().expect("tmp");
-    let cn = chinese(tmp.path());
+    let cn = chinese_datasets(tmp.path());
     let mr = corpus_pydicom().join("MR_small.dcm");
     let jpeg_file = corpus_pydicom().join("SC_rgb_jpeg_dcmtk.dcm");
     push(
@@ -703,7 +686,7 @@ fn qido_rs_searches_every_level_with_c_find_matching_within_the_token_scope() {
     let ct: Vec<PathBuf> = (1..=3).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
     push(&s, "T01_CT", &ct);
     let tmp = tempfile::tempdir().expect("tmp");
-    let cn = chinese(tmp.path());
+    let cn = chinese_datasets(tmp.path());
     push(
         &s,
         "T02_MR",
@@ -798,4 +781,292 @@ fn qido_rs_searches_every_level_with_c_find_matching_within_the_token_scope() {
     assert_eq!(curl(&s, "/dicom-web/studies", &[]).code, 401);
     let audit = s.sqlite("SELECT username || ' ' || detail FROM audit WHERE action = 'search'");
     assert!(audit.contains("token:qido-a qido level=IMAGE"), "{audit}");
+}
+
+/// STOW-RS through dicomweb-client (`dicomweb_probe.py --store`): the
+/// parsed response, and the SHA-256 of each dataset as sent.
+fn stow_probe(s: &Server, token: &str, study: Option<&str>, files: &[PathBuf]) -> Value {
+    let base = format!("https://127.0.0.1:{}/dicom-web", s.http_port);
+    let o = run({
+        let mut c = Command::new(python());
+        c.arg(script("dicomweb_probe.py")).args([&base, token, "--store"]);
+        if let Some(st) = study {
+            c.args(["--study", st]);
+        }
+        c.args(files);
+        c
+    });
+    assert!(o.status.success(), "dicomweb_probe --store: {}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("probe JSON")
+}
+
+/// A multipart/related body of `parts` (Content-Type, bytes), written to
+/// a file for `curl --data-binary @file`.
+fn multipart_file(s: &Server, boundary: &str, parts: &[(&str, Vec<u8>)]) -> PathBuf {
+    let mut body = Vec::new();
+    for (ct, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let p = s.dir.join(format!("stow-body-{}", rand_id()));
+    std::fs::write(&p, body).expect("body");
+    p
+}
+
+fn sequence<'a>(v: &'a Value, tag: &str) -> Vec<&'a Value> {
+    v[tag]["Value"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn stow_rs_stores_into_the_callers_clinic_through_the_c_store_pipeline() {
+    let s = Server::start(ServerOpts {
+        config_toml: CONFIG.into(),
+        ..Default::default()
+    });
+    // Clinic t01 owns a CT study (pushed by its modality).
+    let ct: Vec<PathBuf> = (1..=4).map(|i| ct300().join(format!("CT{i:06}.dcm"))).collect();
+    push(&s, "T01_CT", &ct[..1]);
+    let tok_b = token_add(&s, "stow-b", "clinic:t02");
+    let tok_city = token_add(&s, "stow-city", "hospital:city");
+    let tok_all = token_add(&s, "stow-all", "all");
+    let mr = corpus_pydicom().join("MR_small.dcm");
+    let ecg = corpus_pydicom().join("waveform_ecg.dcm");
+
+    // ---- dicomweb-client, clinic:t02 token: stored under t02, durable,
+    // retrievable byte for byte (the datasets as sent)
+    let r = stow_probe(&s, &tok_b, None, &[mr.clone(), ecg.clone()]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["failed"].as_array().map(Vec::len), Some(0), "{r}");
+    let stored = r["stored"].as_array().expect("stored").clone();
+    assert_eq!(stored.len(), 2, "{r}");
+    for item in &stored {
+        let sop = item["sop"].as_str().expect("sop");
+        let (study, _) = study_of(&s, sop);
+        assert_eq!(
+            s.sqlite(&format!("SELECT clinic_id FROM studies WHERE study_uid = '{study}'")),
+            "t02"
+        );
+        let url = item["url"].as_str().expect("RetrieveURL");
+        let path = url
+            .split_once("/dicom-web")
+            .map(|(_, p)| format!("/dicom-web{p}"))
+            .expect("url");
+        let a = bearer(&s, &path, &tok_b, &[]);
+        assert_eq!(a.code, 200, "{url}");
+        let got = parts(&a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            sha(dataset_of(&got[0])),
+            r["sent"][sop].as_str().expect("sent"),
+            "{sop}"
+        );
+    }
+    let mr_sop = sop_of(&mr);
+    let src = std::fs::read(&mr).expect("mr");
+    let (mr_study, mr_series) = study_of(&s, &mr_sop);
+    let a = bearer(
+        &s,
+        &format!("/dicom-web/studies/{mr_study}/series/{mr_series}/instances/{mr_sop}"),
+        &tok_b,
+        &[],
+    );
+    assert_eq!(dataset_of(&parts(&a)[0]), dataset_of(&src), "MR_small as in the file");
+    // the same again: a duplicate, still 200
+    let again = stow_probe(&s, &tok_b, None, std::slice::from_ref(&mr));
+    assert_eq!(again["status"], 200, "{again}");
+
+    // ---- callers that may read but not store: 403, nothing stored
+    for t in [&tok_city, &tok_all] {
+        let r = stow_probe(&s, t, None, &ct[1..2]);
+        assert_eq!(r["status"], 403, "{r}");
+        assert!(r["body"].as_str().unwrap_or("").contains("clinic:ID"), "{r}");
+    }
+    assert_eq!(
+        s.sqlite(&format!(
+            "SELECT COUNT(*) FROM instances WHERE sop_instance_uid = '{}'",
+            sop_of(&ct[1])
+        )),
+        "0"
+    );
+
+    // ---- t01's UIDs from a t02 caller: that part 0x0124, the rest stored (202)
+    let cn_dir = tempfile::tempdir().expect("tmp");
+    let cn = chinese_datasets(cn_dir.path());
+    let r = stow_probe(&s, &tok_b, None, &[ct[0].clone(), cn["gb18030"].clone()]);
+    assert_eq!(r["status"], 200, "202 is a success for the client: {r}");
+    let failed = r["failed"].as_array().expect("failed");
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(
+        (failed[0]["sop"].as_str(), failed[0]["reason"].as_u64()),
+        (Some(sop_of(&ct[0]).as_str()), Some(0x0124))
+    );
+    assert_eq!(r["stored"].as_array().map(Vec::len), Some(1), "{r}");
+    let (ct_study, _) = study_of(&s, &sop_of(&ct[0]));
+    assert_eq!(
+        s.sqlite(&format!("SELECT clinic_id FROM studies WHERE study_uid = '{ct_study}'")),
+        "t01",
+        "t01's study stays t01's"
+    );
+    let refusals = s.sqlite("SELECT username || ' ' || role FROM audit WHERE action = 'ingest_refused'");
+    assert!(refusals.contains("token:stow-b token"), "{refusals}");
+
+    // ---- POST /studies/{study}: an instance of another study fails (A900)
+    let r = stow_probe(&s, &tok_b, Some(&mr_study), &[cn["iso2022"].clone()]);
+    assert_eq!(r["status"], 409, "all failed: {r}");
+    let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).expect("dicom+json");
+    let f = sequence(&body, "00081198");
+    assert_eq!(f.len(), 1, "{body}");
+    assert_eq!(f[0]["00081197"]["Value"][0], 0xA900, "{body}");
+
+    // ---- raw requests (curl): status codes and failure reasons
+    // (another study than t01's CT: those UIDs are t01's)
+    let small = corpus_pydicom().join("CT_small.dcm");
+    let ct2 = std::fs::read(&small).expect("CT_small");
+    let ct3 = std::fs::read(&ct[3]).expect("ct");
+    let truncated = ct3[..ct3.len() / 2].to_vec();
+    let body = multipart_file(
+        &s,
+        "xyzzy",
+        &[
+            ("application/dicom", ct2.clone()),
+            ("application/dicom", truncated),
+            ("image/jpeg", vec![0xFF, 0xD8, 0xFF]),
+        ],
+    );
+    let data = format!("@{}", body.display());
+    let ct_multi = "Content-Type: multipart/related; type=\"application/dicom\"; boundary=xyzzy";
+    let a = bearer(
+        &s,
+        "/dicom-web/studies",
+        &tok_b,
+        &["-X", "POST", "-H", ct_multi, "--data-binary", &data],
+    );
+    assert_eq!(a.code, 202, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.header("content-type"), Some("application/dicom+json"));
+    let v = a.json();
+    let ok = sequence(&v, "00081199");
+    let bad = sequence(&v, "00081198");
+    assert_eq!((ok.len(), bad.len()), (1, 2), "{v}");
+    assert_eq!(ok[0]["00081155"]["Value"][0], sop_of(&small).as_str());
+    assert!(
+        ok[0]["00081190"]["Value"][0]
+            .as_str()
+            .is_some_and(|u| u.contains("/dicom-web/studies/"))
+    );
+    assert_eq!(bad[0]["00081155"]["Value"][0], sop_of(&ct[3]).as_str());
+    let reason = bad[0]["00081197"]["Value"][0].as_u64();
+    assert!(matches!(reason, Some(0xC000) | Some(0xA900)), "truncated: {v}");
+    assert!(bad[1]["00081197"]["Value"][0].as_u64().is_some(), "{v}");
+    assert_eq!(
+        s.sqlite(&format!(
+            "SELECT COUNT(*) FROM instances WHERE sop_instance_uid = '{}'",
+            sop_of(&ct[3])
+        )),
+        "0"
+    );
+    // wrong media types: 415
+    for ctype in [
+        "Content-Type: application/dicom",
+        "Content-Type: multipart/related; type=\"application/dicom+json\"; boundary=xyzzy",
+    ] {
+        let a = bearer(
+            &s,
+            "/dicom-web/studies",
+            &tok_b,
+            &["-X", "POST", "-H", ctype, "--data-binary", &data],
+        );
+        assert_eq!(a.code, 415, "{ctype}");
+    }
+    // a body without its closing boundary: 400
+    let cut = s.dir.join("stow-cut");
+    std::fs::write(&cut, b"--xyzzy\r\nContent-Type: application/dicom\r\n\r\nabc").expect("cut");
+    let a = bearer(
+        &s,
+        "/dicom-web/studies",
+        &tok_b,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            ct_multi,
+            "--data-binary",
+            &format!("@{}", cut.display()),
+        ],
+    );
+    assert_eq!(a.code, 400, "{}", String::from_utf8_lossy(&a.body));
+
+    // ---- a clinic doctor's session: needs the CSRF header
+    s.add_user("stowdoc", "clinic", "stow-pass-1234", &["--clinic", "t02"]);
+    let doc = s.login("stowdoc", "stow-pass-1234").expect("login");
+    let jar = doc.jar.display().to_string();
+    let rle = std::fs::read(corpus_pydicom().join("SC_rgb_rle.dcm")).expect("SC_rgb_rle");
+    let one = multipart_file(&s, "sess", &[("application/dicom", rle)]);
+    let one = format!("@{}", one.display());
+    let ct_sess = "Content-Type: multipart/related; type=\"application/dicom\"; boundary=sess";
+    let a = curl(
+        &s,
+        "/dicom-web/studies",
+        &["-b", &jar, "-X", "POST", "-H", ct_sess, "--data-binary", &one],
+    );
+    assert_eq!(a.code, 403, "no CSRF: {}", String::from_utf8_lossy(&a.body));
+    let csrf = format!("X-CSRF-Token: {}", doc.csrf);
+    let a = curl(
+        &s,
+        "/dicom-web/studies",
+        &[
+            "-b",
+            &jar,
+            "-H",
+            &csrf,
+            "-X",
+            "POST",
+            "-H",
+            ct_sess,
+            "--data-binary",
+            &one,
+        ],
+    );
+    assert_eq!(a.code, 200, "{}", String::from_utf8_lossy(&a.body));
+
+    // ---- audited as uploads
+    let audit = s.sqlite("SELECT username || ' ' || detail FROM audit WHERE action = 'upload' ORDER BY id");
+    assert!(audit.contains("token:stow-b stow n=2 failed=0"), "{audit}");
+    assert!(audit.contains("token:stow-b stow n=1 failed=2"), "{audit}");
+    assert!(audit.contains("stowdoc stow n=1 failed=0"), "{audit}");
+}
+
+/// STOW-RS: a part over `[dicomweb] max_stow_mb` ends the request with 413
+/// and leaves nothing behind.
+#[test]
+fn stow_rs_part_over_the_size_limit_is_413() {
+    let s = Server::start(ServerOpts {
+        config_toml: format!("{CONFIG}max_stow_mb = 1\n"),
+        ..Default::default()
+    });
+    let tok = token_add(&s, "stow-small", "clinic:t02");
+    let mut big = std::fs::read(ct300().join("CT000001.dcm")).expect("ct");
+    while big.len() <= 1 << 20 {
+        big.extend_from_slice(&[0u8; 64 * 1024]);
+    }
+    let body = multipart_file(&s, "big", &[("application/dicom", big)]);
+    let a = bearer(
+        &s,
+        "/dicom-web/studies",
+        &tok,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: multipart/related; type=\"application/dicom\"; boundary=big",
+            "--data-binary",
+            &format!("@{}", body.display()),
+        ],
+    );
+    assert_eq!(a.code, 413, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(s.sqlite("SELECT COUNT(*) FROM instances"), "0");
 }

@@ -33,4 +33,7 @@ pub struct Services {
     pub delivery: crate::reading::delivery::DeliveryHandle,
     /// Live relay link figures (per edge on a hub, the hub link on an edge).
     pub relay: Arc<crate::relay::link::LinkStatus>,
+    /// The C-STORE ingest pipeline, shared by STOW-RS (same writer,
+    /// durability, index rules and "stored" event).
+    pub ingest: crate::dicom::scp::Ingest,
 }

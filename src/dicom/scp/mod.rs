@@ -32,7 +32,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 mod qr;
 mod retrieve;
 
-use super::assembly::{Assembler, PdvKind, Step};
+use super::assembly::{Assembler, Step};
 use super::attrs::{self, Attrs};
 use super::dimse::{Command, field, status, tag};
 use super::limits::{Progress, ProgressRule, RQ_PREFIX_LEN, RqPrefix, Slot, Slots, parse_rq_prefix};
@@ -71,10 +71,152 @@ pub struct Stored {
 /// bounded queue with `try_send`, and leave a full queue to a catch-up).
 pub type OnStored = Arc<dyn Fn(Stored) + Send + Sync>;
 
+/// The clinic stored data is filed under and its stability delay: taken
+/// from who sends (the calling AE here, the caller's token or account for
+/// STOW), never from the data itself.
 #[derive(Debug, Clone)]
-struct ClinicRoute {
-    clinic_id: String,
-    stable_after_ms: i64,
+pub struct ClinicRoute {
+    pub clinic_id: String,
+    pub stable_after_ms: i64,
+}
+
+impl ClinicRoute {
+    /// The route of `clinic_id` (its own `stable_after_secs`, else the global one).
+    pub fn for_clinic(cfg: &Config, clinic_id: &str) -> ClinicRoute {
+        let global_ms = (cfg.stability.stable_after_secs * 1000.0) as i64;
+        let ms = cfg
+            .clinics
+            .iter()
+            .find(|c| c.id == clinic_id)
+            .and_then(|c| c.stable_after_secs)
+            .map(|s| (s * 1000.0) as i64)
+            .unwrap_or(global_ms);
+        ClinicRoute {
+            clinic_id: clinic_id.to_string(),
+            stable_after_ms: ms,
+        }
+    }
+}
+
+/// The one ingest pipeline for C-STORE and STOW-RS: a blocking writer
+/// thread fed chunks through a bounded channel validates the dataset
+/// against its SOP class and writes it, the archive makes it durable, and
+/// the index commits only once it is (`Index::store_when_durable`, with the
+/// conflict and ownership rules; refusals audited). Sharing it means both
+/// front doors have the same durability and isolation guarantees.
+#[derive(Clone)]
+pub struct Ingest {
+    pub archive: Archive,
+    pub index: Index,
+    pub metrics: Arc<Metrics>,
+    /// Told of every stored instance (never blocking).
+    pub on_stored: Option<OnStored>,
+}
+
+/// One instance to ingest: who sends it (for the file meta's source AE,
+/// the index row and refusal audits), where it goes, what it claims to be.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub route: ClinicRoute,
+    /// The calling AE, or `token:NAME` / the account for STOW.
+    pub calling: String,
+    pub via: crate::reading::audit::Actor,
+    pub remote: String,
+    pub sop_class: String,
+    pub sop_instance: String,
+    pub ts: String,
+    /// STOW-RS to `/studies/{study}`: the dataset must belong to this
+    /// study (else 0xA900, before anything is committed). None for C-STORE.
+    pub study: Option<String>,
+}
+
+/// An instance being received: feed its dataset bytes with [`Ingesting::send`],
+/// then [`Ingesting::finish`] waits until it is durable and indexed.
+pub struct Ingesting {
+    ingest: Ingest,
+    req: IngestRequest,
+    tx: mpsc::Sender<Chunk>,
+    /// Validated and hashed, not yet durable.
+    ready: oneshot::Receiver<Result<(NewInstance, Committed), StoreFailure>>,
+    /// Durable (fsynced, renamed, directory fsynced).
+    durable: DurableGate,
+}
+
+impl Ingest {
+    /// Starts the writer thread for one instance (after checking the
+    /// archive's free-space reserve); the UIDs must already be checked.
+    /// Boxed: it is held inside per-message state enums.
+    pub fn start(&self, req: IngestRequest) -> Result<Box<Ingesting>, StoreFailure> {
+        self.archive.check_reserve()?;
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let params = ReceiveParams {
+            archive: self.archive.clone(),
+            sop_class: req.sop_class.clone(),
+            sop_instance: req.sop_instance.clone(),
+            ts: req.ts.clone(),
+            calling: req.calling.clone(),
+            route: req.route.clone(),
+            study: req.study.clone(),
+        };
+        let (ready_tx, ready) = oneshot::channel();
+        let (durable_tx, durable) = oneshot::channel();
+        tokio::task::spawn_blocking(move || receive_instance(params, rx, ready_tx, durable_tx));
+        Ok(Box::new(Ingesting {
+            ingest: self.clone(),
+            req,
+            tx,
+            ready,
+            durable,
+        }))
+    }
+
+    fn low_space(&self) -> bool {
+        self.archive.free_bytes().map(|f| f < LOW_SPACE_BYTES).unwrap_or(false)
+    }
+}
+
+impl Ingesting {
+    /// Hands dataset bytes to the writer (waits while its queue is full).
+    /// An error here means the writer already failed: keep sending (or
+    /// not), the failure comes out of `finish`.
+    pub async fn send(&self, data: Vec<u8>) {
+        self.ingest.metrics.bytes_received.fetch_add(data.len() as u64, Relaxed);
+        let _ = self.tx.send(Chunk::Data(data)).await;
+    }
+
+    /// The dataset is complete: wait for validation, durability and the
+    /// index commit. Dropping an `Ingesting` instead abandons the instance
+    /// (the temp file is removed).
+    pub async fn finish(self) -> Result<StoreOutcome, StoreFailure> {
+        tracing::trace!("dataset received");
+        let _ = self.tx.send(Chunk::End).await;
+        drop(self.tx);
+        let t = Instant::now();
+        let r = self
+            .ready
+            .await
+            .unwrap_or_else(|_| Err(StoreFailure::Internal("file writer ended unexpectedly".into())));
+        slow_stage("file writer validating", t);
+        let t = Instant::now();
+        let r = match r {
+            Ok((inst, planned)) => index_instance(&self.ingest, &self.req, inst, planned, self.durable).await,
+            Err(f) => Err(f),
+        };
+        slow_stage("index and fsync", t);
+        r
+    }
+}
+
+/// Counts an ingest's outcome in the store metrics (one place for C-STORE
+/// and STOW-RS, so /metrics means the same for both).
+pub fn count_outcome(m: &Metrics, r: &Result<StoreOutcome, StoreFailure>) {
+    let c = match r {
+        Ok(StoreOutcome::Stored) => &m.instances_stored,
+        Ok(StoreOutcome::Duplicate) => &m.instances_duplicate,
+        Ok(StoreOutcome::NewVersion(_)) => &m.instances_new_version,
+        Err(f) => return f.count(m),
+    };
+    c.fetch_add(1, Relaxed);
 }
 
 /// Everything an association needs, shared read-only.
@@ -97,8 +239,8 @@ pub struct Scp {
     handshakes: Arc<Semaphore>,
     progress: ProgressRule,
     next_id: AtomicU64,
-    /// Told of every stored instance (never blocking).
-    on_stored: Option<OnStored>,
+    /// The C-STORE pipeline (shared with STOW-RS).
+    ingest: Ingest,
 }
 
 /// SCP/SCU role selection (PS3.7 D.3.3.4): a C-GET requester proposes
@@ -210,6 +352,12 @@ impl Scp {
             grace: cfg.idle_timeout(),
             min_rate: cfg.dicom.min_receive_bytes_per_sec,
         };
+        let ingest = Ingest {
+            archive: archive.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+            on_stored,
+        };
         Scp {
             cfg,
             archive,
@@ -223,7 +371,7 @@ impl Scp {
             handshakes,
             progress,
             next_id: AtomicU64::new(1),
-            on_stored,
+            ingest,
         }
     }
 
@@ -551,11 +699,7 @@ enum Reception {
 struct StoreJob {
     rq: Command,
     pc: u8,
-    tx: mpsc::Sender<Chunk>,
-    /// Validated and hashed, not yet durable.
-    ready: oneshot::Receiver<Result<(NewInstance, Committed), StoreFailure>>,
-    /// Durable (fsynced, renamed, directory fsynced).
-    durable: DurableGate,
+    job: Box<Ingesting>,
 }
 
 enum Chunk {
@@ -594,10 +738,14 @@ pub enum StoreFailure {
     NotAuthorized(String),
     #[error("processing failure: {0}")]
     Internal(String),
+    /// The index database is unreachable: a processing failure for
+    /// C-STORE (same status and text as `Internal`), 503 for STOW-RS.
+    #[error("processing failure: {0}")]
+    IndexUnavailable(String),
 }
 
 impl StoreFailure {
-    fn status(&self) -> u16 {
+    pub fn status(&self) -> u16 {
         match self {
             StoreFailure::Resources(_) => status::OUT_OF_RESOURCES,
             StoreFailure::Mismatch(_) => status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -605,7 +753,7 @@ impl StoreFailure {
             StoreFailure::InvalidUid(_) => INVALID_SOP_INSTANCE,
             StoreFailure::Refused(_) => status::SOP_CLASS_NOT_SUPPORTED,
             StoreFailure::NotAuthorized(_) => NOT_AUTHORIZED,
-            StoreFailure::Internal(_) => status::PROCESSING_FAILURE,
+            StoreFailure::Internal(_) | StoreFailure::IndexUnavailable(_) => status::PROCESSING_FAILURE,
         }
     }
 
@@ -616,7 +764,7 @@ impl StoreFailure {
                 &m.store_failures_invalid
             }
             StoreFailure::Refused(_) | StoreFailure::NotAuthorized(_) => &m.store_failures_refused,
-            StoreFailure::Internal(_) => &m.store_failures_internal,
+            StoreFailure::Internal(_) | StoreFailure::IndexUnavailable(_) => &m.store_failures_internal,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -704,29 +852,17 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let kind = match pdv.value_type {
-            PDataValueType::Command => PdvKind::Command,
-            PDataValueType::Data => PdvKind::Data,
-        };
-        let step = self
-            .asm
-            .feed(pdv.presentation_context_id, kind, pdv.is_last, &pdv.data)
-            .map_err(|e| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, e.to_string()))?;
-        match step {
+        match self.feed_pdv(&pdv)? {
             Step::Pending => Ok(()),
             Step::Command { pc, cmd } => self.on_command(assoc, pc, cmd).await,
             Step::Data { last, .. } => {
                 if let Some(Reception::Query(job)) = &mut self.current {
                     Session::query_data(job, &pdv.data);
                 } else if let Some(Reception::Store(job)) = &self.current {
-                    self.scp
-                        .metrics
-                        .bytes_received
-                        .fetch_add(pdv.data.len() as u64, Relaxed);
-                    // A send error means the writer already failed; keep draining,
-                    // the failure is reported when the dataset ends.
+                    // A failed writer keeps draining; the failure is
+                    // reported when the dataset ends.
                     let t = Instant::now();
-                    let _ = job.tx.send(Chunk::Data(pdv.data)).await;
+                    job.job.send(pdv.data).await;
                     slow_stage("file writer accepting data", t);
                 }
                 if last {
@@ -808,25 +944,20 @@ impl Session {
         if !is_valid_uid(&sop_instance) {
             return Err(StoreFailure::InvalidUid("invalid Affected SOP Instance UID".into()));
         }
-        self.scp.archive.check_reserve()?;
-        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let params = ReceiveParams {
-            archive: self.scp.archive.clone(),
+        let job = self.scp.ingest.start(IngestRequest {
+            route: self.route.clone(),
+            calling: self.calling.clone(),
+            via: crate::reading::audit::Actor::Dicom,
+            remote: self.peer.to_string(),
             sop_class,
             sop_instance,
             ts: ts.clone(),
-            calling: self.calling.clone(),
-            route: self.route.clone(),
-        };
-        let (ready_tx, ready) = oneshot::channel();
-        let (durable_tx, durable) = oneshot::channel();
-        tokio::task::spawn_blocking(move || receive_instance(params, rx, ready_tx, durable_tx));
+            study: None,
+        })?;
         Ok(StoreJob {
             rq: cmd.clone(),
             pc,
-            ready,
-            durable,
-            tx,
+            job,
         })
     }
 
@@ -839,43 +970,18 @@ impl Session {
             None => return Ok(()),
             Some(Reception::Query(job)) => return self.finish_query(assoc, job).await,
             Some(Reception::Discard { rq, pc, failure }) => (rq, pc, Err(failure)),
-            Some(Reception::Store(job)) => {
-                tracing::trace!("dataset received");
-                let _ = job.tx.send(Chunk::End).await;
-                drop(job.tx);
-                let t = Instant::now();
-                let r = job
-                    .ready
-                    .await
-                    .unwrap_or_else(|_| Err(StoreFailure::Internal("file writer ended unexpectedly".into())));
-                slow_stage("file writer validating", t);
-                let t = Instant::now();
-                let r = match r {
-                    Ok((inst, planned)) => self.index(inst, planned, job.durable).await,
-                    Err(f) => Err(f),
-                };
-                slow_stage("index and fsync", t);
-                (job.rq, job.pc, r)
-            }
+            Some(Reception::Store(job)) => (job.rq, job.pc, job.job.finish().await),
         };
         let scp = self.scp.clone();
         let metrics = &scp.metrics;
+        count_outcome(metrics, &result);
         let rsp = match &result {
-            Ok(StoreOutcome::Stored) => {
-                metrics.instances_stored.fetch_add(1, Relaxed);
-                Command::response_to(&rq, status::SUCCESS, None)
-            }
-            Ok(StoreOutcome::Duplicate) => {
-                metrics.instances_duplicate.fetch_add(1, Relaxed);
-                Command::response_to(&rq, status::SUCCESS, None)
-            }
+            Ok(StoreOutcome::Stored) | Ok(StoreOutcome::Duplicate) => Command::response_to(&rq, status::SUCCESS, None),
             Ok(StoreOutcome::NewVersion(v)) => {
-                metrics.instances_new_version.fetch_add(1, Relaxed);
                 let note = format!("SOP Instance UID already stored with other content; kept as version {v}");
                 Command::response_to(&rq, status::WARNING_COERCION, Some(&note))
             }
             Err(f) => {
-                f.count(metrics);
                 info!(status = format!("{:#06x}", f.status()), error = %f, "C-STORE failed");
                 Command::response_to(&rq, f.status(), Some(&f.to_string()))
             }
@@ -889,97 +995,6 @@ impl Session {
             "C-STORE response sent"
         );
         Ok(())
-    }
-
-    /// Index while the file is being made durable; the index commits only
-    /// once the file is durable (see `Index::store_when_durable`).
-    async fn index(
-        &self,
-        inst: NewInstance,
-        planned: Committed,
-        durable: DurableGate,
-    ) -> Result<StoreOutcome, StoreFailure> {
-        let study = inst.study_uid.clone();
-        let sop = inst.sop_instance_uid.clone();
-        let t = Instant::now();
-        match self.scp.index.store_when_durable(inst, planned, Some(durable)).await {
-            Ok((o, committed)) => {
-                self.scp.archive.settle(&committed, true);
-                tracing::trace!(index_us = t.elapsed().as_micros() as u64, "indexed");
-                debug!(study = %study, outcome = ?o, "instance stored");
-                let version = match o {
-                    StoreOutcome::Stored => Some(1),
-                    StoreOutcome::NewVersion(v) => Some(v),
-                    StoreOutcome::Duplicate => None,
-                };
-                if let (Some(tell), Some(version)) = (&self.scp.on_stored, version) {
-                    tell(Stored {
-                        sop_instance_uid: sop,
-                        version,
-                        rel_path: committed.rel_path,
-                    });
-                }
-                Ok(o)
-            }
-            Err(StoreError::NotDurable(e)) => Err(match StoreFailure::from(e) {
-                StoreFailure::Internal(m) if self.low_space() => StoreFailure::Resources(m),
-                f => f,
-            }),
-            Err(e) => {
-                // Keep archive and index consistent: no file without an index row.
-                if let StoreError::Index { file: Some(c), .. } = &e {
-                    let (archive, c) = (self.scp.archive.clone(), c.clone());
-                    let _ = tokio::task::spawn_blocking(move || archive.settle(&c, false)).await;
-                }
-                if let StoreError::Index {
-                    source: IndexError::Conflict(c),
-                    ..
-                } = &e
-                {
-                    self.refused(c).await;
-                    return Err(StoreFailure::NotAuthorized(c.to_string()));
-                }
-                // SQLite reports a full disk in several ways (SQLITE_FULL,
-                // various I/O errors); the free space says what happened.
-                if e.is_out_of_resources() || self.low_space() {
-                    Err(StoreFailure::Resources(format!("index: {e}")))
-                } else {
-                    Err(StoreFailure::Internal(format!("index: {e}")))
-                }
-            }
-        }
-    }
-
-    /// Audits an instance refused for colliding with stored data it does
-    /// not belong to: who (the calling AE and its clinic), which level,
-    /// whose data; UIDs only, no patient attributes.
-    async fn refused(&self, c: &Conflict) {
-        warn!(
-            calling = %self.calling,
-            clinic = %self.route.clinic_id,
-            level = c.level.token(),
-            reason = c.reason_token(),
-            study_uid = %c.study_uid,
-            "instance refused: its UIDs belong elsewhere"
-        );
-        crate::reading::audit::record_ingest_refusal(
-            self.scp.index.pool(),
-            now_ms(),
-            &self.calling,
-            crate::reading::audit::Actor::Dicom,
-            &self.route.clinic_id,
-            c,
-            &self.peer.to_string(),
-        )
-        .await;
-    }
-
-    fn low_space(&self) -> bool {
-        self.scp
-            .archive
-            .free_bytes()
-            .map(|f| f < LOW_SPACE_BYTES)
-            .unwrap_or(false)
     }
 
     async fn respond<S>(&mut self, assoc: &mut AsyncServerAssociation<S>, pc: u8, rsp: &Command) -> Result<(), End>
@@ -1014,6 +1029,92 @@ impl Session {
     }
 }
 
+/// Index while the file is being made durable; the index commits only
+/// once the file is durable (see `Index::store_when_durable`).
+async fn index_instance(
+    ing: &Ingest,
+    req: &IngestRequest,
+    inst: NewInstance,
+    planned: Committed,
+    durable: DurableGate,
+) -> Result<StoreOutcome, StoreFailure> {
+    let study = inst.study_uid.clone();
+    let sop = inst.sop_instance_uid.clone();
+    let t = Instant::now();
+    match ing.index.store_when_durable(inst, planned, Some(durable)).await {
+        Ok((o, committed)) => {
+            ing.archive.settle(&committed, true);
+            tracing::trace!(index_us = t.elapsed().as_micros() as u64, "indexed");
+            debug!(study = %study, outcome = ?o, "instance stored");
+            let version = match o {
+                StoreOutcome::Stored => Some(1),
+                StoreOutcome::NewVersion(v) => Some(v),
+                StoreOutcome::Duplicate => None,
+            };
+            if let (Some(tell), Some(version)) = (&ing.on_stored, version) {
+                tell(Stored {
+                    sop_instance_uid: sop,
+                    version,
+                    rel_path: committed.rel_path,
+                });
+            }
+            Ok(o)
+        }
+        Err(StoreError::NotDurable(e)) => Err(match StoreFailure::from(e) {
+            StoreFailure::Internal(m) if ing.low_space() => StoreFailure::Resources(m),
+            f => f,
+        }),
+        Err(e) => {
+            // Keep archive and index consistent: no file without an index row.
+            if let StoreError::Index { file: Some(c), .. } = &e {
+                let (archive, c) = (ing.archive.clone(), c.clone());
+                let _ = tokio::task::spawn_blocking(move || archive.settle(&c, false)).await;
+            }
+            if let StoreError::Index {
+                source: IndexError::Conflict(c),
+                ..
+            } = &e
+            {
+                refused(ing, req, c).await;
+                return Err(StoreFailure::NotAuthorized(c.to_string()));
+            }
+            // SQLite reports a full disk in several ways (SQLITE_FULL,
+            // various I/O errors); the free space says what happened.
+            if e.is_out_of_resources() || ing.low_space() {
+                Err(StoreFailure::Resources(format!("index: {e}")))
+            } else if matches!(&e, StoreError::Index { source, .. } if source.is_unavailable()) {
+                Err(StoreFailure::IndexUnavailable(format!("index: {e}")))
+            } else {
+                Err(StoreFailure::Internal(format!("index: {e}")))
+            }
+        }
+    }
+}
+
+/// Audits an instance refused for colliding with stored data it does
+/// not belong to: who (the calling AE and its clinic), which level,
+/// whose data; UIDs only, no patient attributes.
+async fn refused(ing: &Ingest, req: &IngestRequest, c: &Conflict) {
+    warn!(
+        calling = %req.calling,
+        clinic = %req.route.clinic_id,
+        level = c.level.token(),
+        reason = c.reason_token(),
+        study_uid = %c.study_uid,
+        "instance refused: its UIDs belong elsewhere"
+    );
+    crate::reading::audit::record_ingest_refusal(
+        ing.index.pool(),
+        now_ms(),
+        &req.calling,
+        req.via,
+        &req.route.clinic_id,
+        c,
+        &req.remote,
+    )
+    .await;
+}
+
 /// A C-STORE stage that took long enough to worry a modality (whose DIMSE
 /// timeout is often 30-60 s): logged with the stage, so a stall seen from
 /// the outside can be placed.
@@ -1031,6 +1132,7 @@ struct ReceiveParams {
     ts: String,
     calling: String,
     route: ClinicRoute,
+    study: Option<String>,
 }
 
 /// Blocking: stream chunks to a temp file, validate, fsync, commit. Runs on a
@@ -1171,6 +1273,11 @@ fn describe(
             "missing or invalid Study/Series Instance UID".into(),
         ));
     }
+    if p.study.as_ref().is_some_and(|s| *s != study_uid) {
+        return Err(StoreFailure::Mismatch(
+            "the instance belongs to another study than the request's".into(),
+        ));
+    }
     // Every "...Image Storage..." class (incl. For Presentation/Processing)
     // requires a pixel data element; presentation states and documents do not.
     let is_image = STORAGE_SOP_CLASSES
@@ -1245,6 +1352,7 @@ mod tests {
                 clinic_id: "c1".into(),
                 stable_after_ms: 1000,
             },
+            study: None,
         }
     }
 
@@ -1284,6 +1392,16 @@ mod tests {
             ..params()
         };
         assert!(describe(&gsps, &summary("1.2.840.10008.5.1.4.1.1.11.1", "1.2.3", false), enc, 5).is_ok());
+    }
+
+    #[test]
+    fn index_unavailable_is_a_processing_failure_for_c_store() {
+        let (a, b) = (
+            StoreFailure::Internal("index: x".into()),
+            StoreFailure::IndexUnavailable("index: x".into()),
+        );
+        assert_eq!((a.status(), a.to_string()), (b.status(), b.to_string()));
+        assert_eq!(b.status(), 0x0110);
     }
 
     #[test]

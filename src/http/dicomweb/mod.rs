@@ -1,6 +1,7 @@
 //! DICOMweb (PS3.18) under `/dicom-web`: WADO-RS retrieve of studies,
 //! series and instances as stored, and their metadata as DICOM JSON.
-//! QIDO-RS searches ([`qido`]) run on the Q/R index queries. (STOW-RS later.)
+//! QIDO-RS searches ([`qido`]) run on the Q/R index queries; STOW-RS
+//! ([`stow`]) stores through the C-STORE pipeline into the caller's clinic.
 //!
 //! Who may call: a browser session exactly as for the rest of the API (the
 //! cookie; a state-changing request also needs the CSRF header), or a
@@ -16,13 +17,15 @@
 //! mode (cookies stay same-site; cross-origin viewers use tokens).
 //!
 //! Reads are audited like the API's (`download` for instances, `view` for
-//! metadata), the actor being the account or `token:NAME`. Logs carry UIDs
+//! metadata), STOW-RS as `upload`, the actor being the account or
+//! `token:NAME`. Logs carry UIDs
 //! and token names, never patient data.
 
 mod accept;
 mod frames;
 pub mod json;
 mod qido;
+mod stow;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +63,7 @@ pub fn router(services: Arc<Services>) -> Router<Arc<Services>> {
     // Every route also takes OPTIONS, so a CORS preflight reaches `cors`.
     let preflight = || async { StatusCode::NO_CONTENT };
     Router::new()
-        .route("/studies", get(qido::studies).options(preflight))
+        .route("/studies", get(qido::studies).post(stow::store).options(preflight))
         .route("/series", get(qido::series).options(preflight))
         .route("/instances", get(qido::instances).options(preflight))
         .route("/studies/{study}/series", get(qido::study_series).options(preflight))
@@ -72,7 +75,10 @@ pub fn router(services: Arc<Services>) -> Router<Arc<Services>> {
             "/studies/{study}/series/{series}/instances",
             get(qido::series_instances).options(preflight),
         )
-        .route("/studies/{study}", get(retrieve_study).options(preflight))
+        .route(
+            "/studies/{study}",
+            get(retrieve_study).post(stow::store_study).options(preflight),
+        )
         .route("/studies/{study}/metadata", get(study_metadata).options(preflight))
         .route(
             "/studies/{study}/series/{series}",
@@ -123,6 +129,12 @@ pub enum WebError {
     InvalidToken,
     #[error("{0}")]
     NotAcceptable(String),
+    /// STOW-RS: not a `multipart/related; type="application/dicom"` body.
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// STOW-RS: a part over `[dicomweb] max_stow_mb`.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Api(#[from] ApiError),
 }
@@ -142,13 +154,20 @@ impl IntoResponse for WebError {
                 "Bearer realm=\"medrelay\", error=\"invalid_token\"",
             ),
             WebError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, ""),
+            WebError::UnsupportedMedia(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ""),
+            WebError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ""),
             WebError::Api(_) => (StatusCode::OK, ""),
         };
         let mut resp = match self {
             WebError::Api(e) => e.into_response(),
             other => (
                 status,
-                axum::Json(serde_json::json!({ "error": other.to_string(), "code": if status == StatusCode::UNAUTHORIZED { "login_required" } else { "not_acceptable" } })),
+                axum::Json(serde_json::json!({ "error": other.to_string(), "code": match status {
+                    StatusCode::UNAUTHORIZED => "login_required",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    _ => "not_acceptable",
+                } })),
             )
                 .into_response(),
         };
@@ -181,6 +200,12 @@ pub struct WebCaller {
     pub who: Who,
     pub scope: Scope,
     pub remote: String,
+    /// The one clinic this caller may store into (STOW-RS): a token of
+    /// scope `clinic:ID` or a clinic doctor's account. Hospital, `all`,
+    /// expert and admin callers read but never store, as a hospital's AE
+    /// may query but not C-STORE: stored data belongs to the clinic that
+    /// sends it, and that is only certain for a single-clinic caller.
+    pub store_clinic: Option<String>,
 }
 
 impl WebCaller {
@@ -243,16 +268,25 @@ impl FromRequestParts<Arc<Services>> for WebCaller {
                 .scope
                 .as_ref()
                 .map_or(Scope::Clinics(Vec::new()), |sc| sc.scope(&s.cfg));
+            let store_clinic = match &t.scope {
+                Some(tokens::TokenScope::Clinic(id)) => Some(id.clone()),
+                _ => None,
+            };
             return Ok(WebCaller {
                 who: Who::Token(t.name),
                 scope,
                 remote,
+                store_clinic,
             });
         }
         match Caller::from_request_parts(parts, s).await {
             Ok(c) => Ok(WebCaller {
                 scope: c.scope.clone(),
                 remote: c.remote.clone(),
+                store_clinic: match c.user.role {
+                    crate::reading::access::Role::Clinic => c.user.clinic_id.clone(),
+                    _ => None,
+                },
                 who: Who::Account(Box::new(c)),
             }),
             Err(e) => Err(match &e {
@@ -294,7 +328,7 @@ async fn cors(State(s): S, req: Request, next: Next) -> Response {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            HeaderValue::from_static("GET, HEAD, POST, OPTIONS"),
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,

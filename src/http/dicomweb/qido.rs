@@ -213,7 +213,7 @@ async fn run(s: &Services, c: &WebCaller, level: Level, search: &Search) -> Resu
 
 /// The public base of the DICOMweb routes, for Retrieve URLs: the
 /// request's own host (a proxy's Host header wins), HTTPS always.
-fn base(h: &HeaderMap) -> String {
+pub(super) fn base(h: &HeaderMap) -> String {
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
