@@ -174,7 +174,7 @@ fn orthancs_dicomweb_client_searches_and_retrieves_a_study_from_medrelay() {
                 "Root": "/dicom-web/",
                 "Servers": {
                     "medrelay": {
-                        "Url": format!("https://127.0.0.1:{}/dicom-web/", s.http_port),
+                        "Url": format!("https://127.0.0.1:{}/dicom-web", s.http_port),
                         "HttpHeaders": {"Authorization": format!("Bearer {token}")}
                     }
                 }
@@ -185,9 +185,14 @@ fn orthancs_dicomweb_client_searches_and_retrieves_a_study_from_medrelay() {
     let found = orthanc
         .post(
             "/dicom-web/servers/medrelay/get",
-            &json!({"Uri": format!("/studies?StudyInstanceUID={study}&includefield=NumberOfStudyRelatedInstances")}),
+            &json!({"Uri": "/studies", "Arguments": {"StudyInstanceUID": study, "includefield": "NumberOfStudyRelatedInstances"}}),
         )
-        .expect("qido through Orthanc");
+        .unwrap_or_else(|e| {
+            panic!(
+                "QIDO through Orthanc: {e}; Orthanc log:\n{}",
+                orthanc.log()
+            )
+        });
     assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
     assert_eq!(found[0]["00201208"]["Value"][0], 300, "{found}");
     // WADO-RS retrieve into Orthanc.

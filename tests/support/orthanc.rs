@@ -71,11 +71,13 @@ impl Orthanc {
         }
         let path = dir.path().join("orthanc.json");
         std::fs::write(&path, cfg.to_string()).expect("orthanc config");
+        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("orthanc log");
         let child = Command::new("Orthanc")
+            .arg("--verbose")
             .arg(&path)
             .env("TCP_NODELAY", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("Orthanc (apt install orthanc)");
         let o = Orthanc {
@@ -95,6 +97,11 @@ impl Orthanc {
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// Orthanc's own log (verbose), for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("orthanc.log")).unwrap_or_default()
     }
 
     pub fn get(&self, path: &str) -> Result<Value, String> {

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query as Params, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json, json};
 
@@ -212,11 +212,13 @@ async fn run(s: &Services, c: &WebCaller, level: Level, search: &Search) -> Resu
 }
 
 /// The public base of the DICOMweb routes, for Retrieve URLs: the
-/// request's own host (a proxy's Host header wins), HTTPS always.
-pub(super) fn base(h: &HeaderMap) -> String {
+/// request's own host (the Host header over HTTP/1.1, the authority over
+/// HTTP/2), HTTPS always.
+pub(super) fn base(h: &HeaderMap, uri: &Uri) -> String {
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or(uri.authority().map(|a| a.as_str()))
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or("localhost");
     format!("https://{host}{BASE}")
@@ -226,6 +228,7 @@ async fn answer(
     s: &Services,
     c: WebCaller,
     h: &HeaderMap,
+    uri: &Uri,
     level: Level,
     mut search: Search,
     path_keys: &[(u32, &str)],
@@ -236,7 +239,7 @@ async fn answer(
         search.keys.push((*tag, uid.to_string()));
     }
     let (q, rows, more) = run(s, &c, level, &search).await?;
-    let base = base(h);
+    let base = base(h, uri);
     let body: Vec<Json> = rows.iter().map(|r| Json::Object(record(&q, r, &base))).collect();
     let study = path_keys.first().map(|(_, u)| *u).unwrap_or("");
     c.audit(
@@ -266,60 +269,66 @@ pub async fn studies(
     State(s): S,
     c: WebCaller,
     h: HeaderMap,
+    uri: Uri,
     Params(q): Params<Vec<(String, String)>>,
 ) -> Result<Response, WebError> {
     let search = parse(&q)?;
-    answer(&s, c, &h, Level::Study, search, &[]).await
+    answer(&s, c, &h, &uri, Level::Study, search, &[]).await
 }
 
 pub async fn series(
     State(s): S,
     c: WebCaller,
     h: HeaderMap,
+    uri: Uri,
     Params(q): Params<Vec<(String, String)>>,
 ) -> Result<Response, WebError> {
     let search = parse(&q)?;
-    answer(&s, c, &h, Level::Series, search, &[]).await
+    answer(&s, c, &h, &uri, Level::Series, search, &[]).await
 }
 
 pub async fn instances(
     State(s): S,
     c: WebCaller,
     h: HeaderMap,
+    uri: Uri,
     Params(q): Params<Vec<(String, String)>>,
 ) -> Result<Response, WebError> {
     let search = parse(&q)?;
-    answer(&s, c, &h, Level::Image, search, &[]).await
+    answer(&s, c, &h, &uri, Level::Image, search, &[]).await
 }
 
 pub async fn study_series(
     State(s): S,
     c: WebCaller,
     h: HeaderMap,
+    uri: Uri,
     Path(study): Path<String>,
     Params(q): Params<Vec<(String, String)>>,
 ) -> Result<Response, WebError> {
     check_uids(&[&study])?;
     let search = parse(&q)?;
-    answer(&s, c, &h, Level::Series, search, &[(0x0020_000D, &study)]).await
+    answer(&s, c, &h, &uri, Level::Series, search, &[(0x0020_000D, &study)]).await
 }
 
 pub async fn study_instances(
     State(s): S,
     c: WebCaller,
     h: HeaderMap,
+    uri: Uri,
     Path(study): Path<String>,
     Params(q): Params<Vec<(String, String)>>,
 ) -> Result<Response, WebError> {
     check_uids(&[&study])?;
     let search = parse(&q)?;
-    answer(&s, c, &h, Level::Image, search, &[(0x0020_000D, &study)]).await
+    answer(&s, c, &h, &uri, Level::Image, search, &[(0x0020_000D, &study)]).await
 }
 
 pub async fn series_instances(
     State(s): S,
     c: WebCaller,
     h: HeaderMap,
+    uri: Uri,
     Path((study, series)): Path<(String, String)>,
     Params(q): Params<Vec<(String, String)>>,
 ) -> Result<Response, WebError> {
@@ -329,6 +338,7 @@ pub async fn series_instances(
         &s,
         c,
         &h,
+        &uri,
         Level::Image,
         search,
         &[(0x0020_000D, &study), (0x0020_000E, &series)],

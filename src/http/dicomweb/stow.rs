@@ -105,7 +105,7 @@ async fn run(s: &Arc<Services>, c: &WebCaller, study: Option<String>, req: Reque
     let route = ClinicRoute::for_clinic(&s.cfg, &clinic);
     let max_part = s.cfg.dicomweb.max_stow_mb.saturating_mul(1 << 20);
     let idle = s.cfg.idle_timeout();
-    let base = super::qido::base(req.headers());
+    let base = super::qido::base(req.headers(), req.uri());
     let mut body = req.into_body().into_data_stream();
     let mut scan = Scanner::new(&boundary);
     let mut part = Part::None;
