@@ -46,18 +46,44 @@ const CHUNK: usize = 256 * 1024;
 
 // ---------------------------------------------------------------- handlers
 
-pub(super) async fn store(State(s): State<Arc<Services>>, c: WebCaller, req: Request) -> Result<Response, WebError> {
+// The caller is taken as a Result: a request refused for its credentials
+// (no session, no CSRF header, a revoked token) still has its small body
+// read before the answer, or the client, busy sending it, would see the
+// connection reset instead of the 401 or 403.
+
+pub(super) async fn store(
+    State(s): State<Arc<Services>>,
+    c: Result<WebCaller, WebError>,
+    req: Request,
+) -> Result<Response, WebError> {
+    let (c, req) = refused_early(&s, c, Ok(()), req).await?;
     run(&s, &c, None, req).await
 }
 
 pub(super) async fn store_study(
     State(s): State<Arc<Services>>,
-    c: WebCaller,
+    c: Result<WebCaller, WebError>,
     Path(study): Path<String>,
     req: Request,
 ) -> Result<Response, WebError> {
-    check_uids(&[&study])?;
+    let (c, req) = refused_early(&s, c, check_uids(&[&study]), req).await?;
     run(&s, &c, Some(study), req).await
+}
+
+/// The caller and the request, or the refusal after draining the body.
+async fn refused_early(
+    s: &Services,
+    c: Result<WebCaller, WebError>,
+    path_ok: Result<(), WebError>,
+    req: Request,
+) -> Result<(WebCaller, Request), WebError> {
+    match c.and_then(|c| path_ok.map(|()| c)) {
+        Ok(c) => Ok((c, req)),
+        Err(e) => {
+            drain(req, s.cfg.idle_timeout()).await;
+            Err(e)
+        }
+    }
 }
 
 /// One part's result, in request order.
