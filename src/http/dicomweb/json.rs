@@ -296,16 +296,7 @@ fn primitive(
             .into_iter()
             .map(|v| match v {
                 None => Json::Null,
-                Some(v) => {
-                    let mut groups = Map::new();
-                    for (name, g) in ["Alphabetic", "Ideographic", "Phonetic"].iter().zip(v.split('=')) {
-                        let g = g.trim_end();
-                        if !g.is_empty() {
-                            groups.insert((*name).into(), Json::String(g.into()));
-                        }
-                    }
-                    Json::Object(groups)
-                }
+                Some(v) => person_name(&v),
             })
             .collect(),
         VR::AE | VR::AS | VR::CS | VR::DA | VR::DT | VR::LO | VR::SH | VR::TM | VR::UC | VR::UI => {
@@ -384,6 +375,19 @@ fn strip_escapes(s: &str) -> String {
 }
 
 /// Standard base64 with padding (RFC 4648 §4), as InlineBinary wants.
+/// A Person Name value as DICOM JSON (PS3.18 F.2.2): its non-empty
+/// component groups by name. Metadata and QIDO-RS both write names so.
+pub fn person_name(v: &str) -> Json {
+    let mut groups = Map::new();
+    for (name, g) in ["Alphabetic", "Ideographic", "Phonetic"].iter().zip(v.split('=')) {
+        let g = g.trim_end();
+        if !g.is_empty() {
+            groups.insert((*name).into(), Json::String(g.into()));
+        }
+    }
+    Json::Object(groups)
+}
+
 pub fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);

@@ -129,29 +129,16 @@ fn vr_str(vr: [u8; 2]) -> String {
 fn record(q: &Query, row: &Row, base: &str) -> Map<String, Json> {
     let mut out = Map::new();
     for (tag, vr, values) in find::response_values(q, row, "") {
-        if tag == find::RETRIEVE_AE_TITLE || tag == crate::dicom::qr::keys::QUERY_RETRIEVE_LEVEL {
+        // DIMSE-only attributes; the Retrieve URL is written below.
+        if matches!(tag, find::RETRIEVE_AE_TITLE | keys::QUERY_RETRIEVE_LEVEL | RETRIEVE_URL) {
             continue;
         }
         let key = format!("{tag:08X}");
-        if tag == RETRIEVE_URL {
-            continue;
-        }
         let mut v = Map::new();
         v.insert("vr".into(), Json::String(vr_str(vr)));
         if !values.is_empty() {
             let arr: Vec<Json> = match &vr {
-                b"PN" => values
-                    .iter()
-                    .map(|p| {
-                        let mut m = Map::new();
-                        for (name, g) in ["Alphabetic", "Ideographic", "Phonetic"].iter().zip(p.split('=')) {
-                            if !g.is_empty() {
-                                m.insert((*name).into(), Json::String(g.to_string()));
-                            }
-                        }
-                        Json::Object(m)
-                    })
-                    .collect(),
+                b"PN" => values.iter().map(|p| super::json::person_name(p)).collect(),
                 b"IS" => values
                     .iter()
                     .map(|x| {
@@ -167,20 +154,18 @@ fn record(q: &Query, row: &Row, base: &str) -> Map<String, Json> {
         }
         out.insert(key, Json::Object(v));
     }
-    {
-        let uid = |t: u32| row.get(&t).cloned().unwrap_or_default();
-        let url = match q.level {
-            Level::Patient | Level::Study => format!("{base}/studies/{}", uid(0x0020_000D)),
-            Level::Series => format!("{base}/studies/{}/series/{}", uid(0x0020_000D), uid(0x0020_000E)),
-            Level::Image => format!(
-                "{base}/studies/{}/series/{}/instances/{}",
-                uid(0x0020_000D),
-                uid(0x0020_000E),
-                uid(0x0008_0018)
-            ),
-        };
-        out.insert("00081190".into(), json!({"vr": "UR", "Value": [url]}));
-    }
+    let uid = |t: u32| row.get(&t).cloned().unwrap_or_default();
+    let url = match q.level {
+        Level::Patient | Level::Study => format!("{base}/studies/{}", uid(0x0020_000D)),
+        Level::Series => format!("{base}/studies/{}/series/{}", uid(0x0020_000D), uid(0x0020_000E)),
+        Level::Image => format!(
+            "{base}/studies/{}/series/{}/instances/{}",
+            uid(0x0020_000D),
+            uid(0x0020_000E),
+            uid(0x0008_0018)
+        ),
+    };
+    out.insert("00081190".into(), json!({"vr": "UR", "Value": [url]}));
     out
 }
 
