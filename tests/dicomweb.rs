@@ -779,6 +779,43 @@ fn qido_rs_searches_every_level_with_c_find_matching_within_the_token_scope() {
     assert_eq!(page("StudyInstanceUID=1.2.*").code, 400);
     assert_eq!(page("limit=100000").code, 400);
     assert_eq!(curl(&s, "/dicom-web/studies", &[]).code, 401);
+    // Browser sessions of every role get the API's scope: admin all,
+    // the expert of "city" (serves t01) and t01's doctor clinic t01 only,
+    // t02's doctor clinic t02 only.
+    s.add_user("qexp", "expert", "qido-pass-1234", &["--hospital", "city"]);
+    s.add_user("qdoc1", "clinic", "qido-pass-1234", &["--clinic", "t01"]);
+    s.add_user("qdoc2", "clinic", "qido-pass-1234", &["--clinic", "t02"]);
+    let studies_as = |a: &Auth| -> Vec<String> {
+        let jar = a.jar.display().to_string();
+        let r = curl(&s, "/dicom-web/studies", &["-b", &jar]);
+        assert_eq!(r.code, 200, "{}", String::from_utf8_lossy(&r.body));
+        let mut v: Vec<String> = r
+            .json()
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["0020000D"]["Value"][0].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let login = |u: &str| {
+        s.login(u, "qido-pass-1234")
+            .unwrap_or_else(|e| panic!("login {u}: {e:?}"))
+    };
+    let admin = s.admin.clone().expect("admin session");
+    assert_eq!(studies_as(&admin).len(), 4, "admin sees every clinic");
+    assert_eq!(
+        studies_as(&login("qexp")),
+        [study_ct.clone()],
+        "expert: the clinics its hospital serves"
+    );
+    assert_eq!(studies_as(&login("qdoc1")), [study_ct.clone()]);
+    let t02 = studies_as(&login("qdoc2"));
+    assert_eq!(t02.len(), 3);
+    assert!(!t02.contains(&study_ct), "clinic t02's doctor does not see t01");
     let audit = s.sqlite("SELECT username || ' ' || detail FROM audit WHERE action = 'search'");
     assert!(audit.contains("token:qido-a qido level=IMAGE"), "{audit}");
 }
