@@ -809,10 +809,10 @@ fn qido_rs_searches_every_level_with_c_find_matching_within_the_token_scope() {
     assert_eq!(studies_as(&admin).len(), 4, "admin sees every clinic");
     assert_eq!(
         studies_as(&login("qexp")),
-        [study_ct.clone()],
+        std::slice::from_ref(&study_ct),
         "expert: the clinics its hospital serves"
     );
-    assert_eq!(studies_as(&login("qdoc1")), [study_ct.clone()]);
+    assert_eq!(studies_as(&login("qdoc1")), std::slice::from_ref(&study_ct));
     let t02 = studies_as(&login("qdoc2"));
     assert_eq!(t02.len(), 3);
     assert!(!t02.contains(&study_ct), "clinic t02's doctor does not see t01");
